@@ -1,0 +1,13 @@
+"""cxrkit: chest X-ray classification on NIH ChestX-ray14, done properly.
+
+Stages, in the order data flows through them::
+
+    NIH files (read-only) -> cxrkit.data.nih (read + validate) -> cxrkit.data.splits
+      -> cxrkit.data.cache (image cache) -> cxrkit.data.dataset -> cxrkit.models
+      -> cxrkit.engine -> checkpoint -> cxrkit.evaluate / explain / predict / serve
+"""
+
+from cxrkit.labels import FINDINGS, NO_FINDING
+
+__version__ = "0.1.0"
+__all__ = ["FINDINGS", "NO_FINDING", "__version__"]
