@@ -1,0 +1,340 @@
+"""Read and validate the NIH ChestX-ray14 release exactly as NIH ships it.
+
+Dataset card
+------------
+NIH ChestX-ray14 (Wang et al., "ChestX-ray8: Hospital-scale Chest X-ray Database and
+Benchmarks on Weakly-Supervised Classification and Localization of Common Thorax
+Diseases", CVPR 2017): 112,120 frontal chest radiographs (PA or AP) of 30,805 patients,
+released as 1024x1024 8-bit PNGs (a few are RGBA). Download:
+https://nihcc.app.box.com/v/ChestXray-NIHCC (please cite the paper and acknowledge the
+NIH Clinical Center as the data provider).
+
+Files this module reads:
+
+``Data_Entry_2017.csv``
+    one row per image. ``Finding Labels`` holds findings text-mined from the report,
+    ``|``-separated, or "No Finding". Three published forms exist and all are read:
+
+    * ``2017``: NIH's file, CRLF line ends, a header with a trailing comma (so a trailing
+      empty column), ``OriginalImage[Width,Height]`` split over two columns, ages as
+      integers in years (16 impossible ones, up to 414);
+    * ``early``: the earliest form, ages like ``058Y`` / ``011M`` / ``003D``, zero-padded
+      ids; its labels differ on 181 test images (it lacks findings added later);
+    * ``v2020``: ``Data_Entry_2017_v2020.csv``, no trailing column, corrected ages.
+
+    ``OriginalImage[Width,Height]`` and ``OriginalImagePixelSpacing`` describe the scan
+    *before* NIH shrank it to 1024x1024, not the PNG.
+``BBox_List_2017.csv``
+    984 boxes on 880 images, ``x, y, w, h`` in the 1024x1024 pixel space of the released
+    PNGs whatever an image's real size; the label is spelled ``Infiltrate``. All 880 images
+    are in the official test list.
+``train_val_list.txt`` / ``test_list.txt``
+    the official patient-disjoint split: 86,524 and 25,596 image names.
+
+Errors name the file, the line (1-based, as an editor shows it; the header is line 1)
+and the field. Nothing is filtered silently: every view, follow-up and patient is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrkit.labels import FINDINGS, NO_FINDING, UnknownFindingError, canonical_finding
+
+#: Upper bound for a plausible age in years; larger values become missing (NaN).
+MAX_AGE_YEARS = 120.0
+#: Side of the released PNGs, the pixel space of NIH's boxes.
+NIH_IMAGE_SIZE = 1024
+
+_REQUIRED = {
+    "Image Index": "image_id",
+    "Finding Labels": "finding_labels",
+    "Follow-up #": "follow_up",
+    "Patient ID": "patient_id",
+    "Patient Age": "age",
+    "Patient Gender": "sex",
+    "View Position": "view",
+}
+# pandas splits "OriginalImage[Width,Height]" at the comma into two header cells.
+_OPTIONAL = {
+    "OriginalImage[Width": "orig_width",
+    "Height]": "orig_height",
+    "OriginalImagePixelSpacing[x": "spacing_x",
+    "y]": "spacing_y",
+}
+#: Columns of the table :func:`read_data_entry` returns, before the finding columns.
+META_COLUMNS = ("image_id", "patient_id", "follow_up", "age", "sex", "view",
+                "orig_width", "orig_height", "spacing_x", "spacing_y")
+BOX_COLUMNS = ("image_id", "finding", "x", "y", "w", "h")
+
+
+class NIHFormatError(ValueError):
+    """A release file that does not have the shape NIH ships (names file, line, field)."""
+
+
+@dataclass
+class LabelFileReport:
+    """What :func:`read_data_entry` found; kept in manifests and printed by the CLI."""
+
+    path: str
+    form: str
+    sha256: str
+    n_images: int
+    n_patients: int
+    impossible_ages: list[str] = field(default_factory=list)
+    finding_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.path}: NIH '{self.form}' form, {self.n_images:,} images of "
+            f"{self.n_patients:,} patients",
+        ]
+        if self.impossible_ages:
+            shown = ", ".join(self.impossible_ages[:5])
+            more = "" if len(self.impossible_ages) <= 5 else ", ..."
+            lines.append(
+                f"  {len(self.impossible_ages)} impossible ages (> {MAX_AGE_YEARS:g} years) "
+                f"set to missing: {shown}{more}"
+            )
+        return "\n".join(lines)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _line(row_index: int) -> int:
+    """1-based line number of a data row in a file with one header line."""
+    return int(row_index) + 2
+
+
+def _fail(path: Path, msg: str, row: int | None = None, field_name: str | None = None):
+    where = str(path)
+    if row is not None:
+        where += f", line {_line(row)}"
+    if field_name is not None:
+        where += f", field {field_name!r}"
+    raise NIHFormatError(f"{where}: {msg}")
+
+
+def _parse_ages(raw: pd.Series, path: Path) -> tuple[np.ndarray, str]:
+    """Ages in years as float. Handles ``58`` and the early form's ``058Y``/``011M``/``003D``."""
+    text = raw.astype(str).str.strip()
+    parts = text.str.extract(r"^(\d+(?:\.\d+)?)([YMD]?)$")
+    bad = parts[0].isna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        _fail(path, f"age {text.iloc[i]!r} is not a number of years (or 058Y/011M/003D)",
+              i, "Patient Age")
+    value = parts[0].astype(float).to_numpy()
+    unit = parts[1].to_numpy()
+    value = np.where(unit == "M", value / 12.0, np.where(unit == "D", value / 365.25, value))
+    form = "early" if (unit != "").any() else ""
+    return value, form
+
+
+def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
+    """Read any published form of ``Data_Entry_2017.csv`` (optionally ``.gz``).
+
+    Returns ``(table, report)``. ``table`` has one row per image, in file order, with
+    :data:`META_COLUMNS` (``age`` in years, NaN where missing or > 120; ``sex`` "M"/"F";
+    ``view`` "PA"/"AP"), then one uint8 0/1 column per finding in :data:`FINDINGS` order,
+    then a ``No Finding`` column. ``report.form`` says which form was read.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"label file not found: {path}")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
+        raise NIHFormatError(f"{path}: not a readable CSV ({e})") from e
+    raw.columns = [c.strip() for c in raw.columns]
+    missing = [c for c in _REQUIRED if c not in raw.columns]
+    if missing:
+        raise NIHFormatError(
+            f"{path}: missing column(s) {missing}; found {list(raw.columns)}. "
+            "Expected NIH's Data_Entry_2017.csv header: " + ", ".join(_REQUIRED)
+        )
+    trailing = [c for c in raw.columns if c.startswith("Unnamed:")]
+    for c in trailing:
+        nonempty = raw[c].str.strip() != ""
+        if nonempty.any():
+            i = int(np.flatnonzero(nonempty.to_numpy())[0])
+            _fail(path, f"unexpected value {raw[c].iloc[i]!r} in the trailing empty column", i)
+    df = raw.rename(columns={**_REQUIRED, **_OPTIONAL})
+    if len(df) == 0:
+        raise NIHFormatError(f"{path}: no data rows")
+
+    # identifiers
+    df["image_id"] = df["image_id"].str.strip()
+    empty = df["image_id"] == ""
+    if empty.any():
+        _fail(path, "empty image name", int(np.flatnonzero(empty.to_numpy())[0]), "Image Index")
+    dup = df["image_id"].duplicated(keep=False)
+    if dup.any():
+        first = df.loc[dup, "image_id"].iloc[0]
+        rows = np.flatnonzero((df["image_id"] == first).to_numpy())
+        raise NIHFormatError(
+            f"{path}: duplicate image id {first!r} on lines {[_line(r) for r in rows]} "
+            f"({int(dup.sum())} rows share an id with another row)"
+        )
+    out = pd.DataFrame({"image_id": df["image_id"].to_numpy()})
+    for col, src in (("patient_id", "Patient ID"), ("follow_up", "Follow-up #")):
+        num = pd.to_numeric(df[_REQUIRED[src]], errors="coerce")
+        if num.isna().any():
+            i = int(np.flatnonzero(num.isna().to_numpy())[0])
+            _fail(path, f"{df[_REQUIRED[src]].iloc[i]!r} is not an integer", i, src)
+        out[col] = num.astype(np.int64).to_numpy()
+
+    ages, age_form = _parse_ages(df["age"], path)
+    impossible = ages > MAX_AGE_YEARS
+    out["age"] = np.where(impossible, np.nan, ages)
+    for col, src, allowed in (("sex", "Patient Gender", ("M", "F")),
+                              ("view", "View Position", ("PA", "AP"))):
+        values = df[_REQUIRED[src]].str.strip().str.upper()
+        bad = ~values.isin(allowed)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            _fail(path, f"{df[_REQUIRED[src]].iloc[i]!r} is not one of {list(allowed)}", i, src)
+        out[col] = values.to_numpy()
+    for col in ("orig_width", "orig_height", "spacing_x", "spacing_y"):
+        out[col] = pd.to_numeric(df[col], errors="coerce").to_numpy() if col in df else np.nan
+
+    # findings: vectorised one-hot, then name-check every distinct token
+    labels = df["finding_labels"].str.strip()
+    dummies = labels.str.get_dummies(sep="|")
+    rename = {}
+    for token in dummies.columns:
+        try:
+            rename[token] = canonical_finding(token)
+        except UnknownFindingError as e:
+            i = int(np.flatnonzero(dummies[token].to_numpy())[0])
+            _fail(path, str(e), i, "Finding Labels")
+    dummies = dummies.T.groupby(pd.Series(rename)).max().T  # merge aliases
+    if (labels == "").any():
+        i = int(np.flatnonzero((labels == "").to_numpy())[0])
+        _fail(path, "empty finding labels (NIH writes 'No Finding')", i, "Finding Labels")
+    no_finding = dummies[NO_FINDING] if NO_FINDING in dummies else pd.Series(0, index=df.index)
+    positives = np.zeros((len(df), len(FINDINGS)), dtype=np.uint8)
+    for j, f in enumerate(FINDINGS):
+        if f in dummies:
+            positives[:, j] = dummies[f].to_numpy()
+    both = (no_finding.to_numpy() == 1) & (positives.sum(1) > 0)
+    if both.any():
+        i = int(np.flatnonzero(both)[0])
+        _fail(path, f"'No Finding' together with findings in {labels.iloc[i]!r}", i,
+              "Finding Labels")
+    for j, f in enumerate(FINDINGS):
+        out[f] = positives[:, j]
+    out[NO_FINDING] = (positives.sum(1) == 0).astype(np.uint8)
+
+    form = age_form or ("2017" if trailing else "v2020")
+    report = LabelFileReport(
+        path=str(path),
+        form=form,
+        sha256=file_sha256(path),
+        n_images=len(out),
+        n_patients=int(out["patient_id"].nunique()),
+        impossible_ages=out.loc[impossible, "image_id"].tolist(),
+        finding_counts={f: int(out[f].sum()) for f in (*FINDINGS, NO_FINDING)},
+    )
+    return out, report
+
+
+def read_bbox_list(path: str | Path) -> pd.DataFrame:
+    """Read ``BBox_List_2017.csv``: columns :data:`BOX_COLUMNS`, canonical finding names.
+
+    Coordinates stay in NIH's 1024x1024 space (float pixels, ``x, y`` the top-left
+    corner); use :func:`scale_boxes` to move them to another image size.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"box file not found: {path}")
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False, header=None, skiprows=1)
+    header = pd.read_csv(path, nrows=0).columns
+    if len(header) < 3 or header[0].strip() != "Image Index" or not header[1].startswith("Finding"):
+        raise NIHFormatError(
+            f"{path}: header {list(header)} is not NIH's "
+            "'Image Index,Finding Label,Bbox [x,y,w,h],,,'"
+        )
+    if raw.shape[1] < 6:
+        raise NIHFormatError(f"{path}: expected 6 fields per row (name, label, x, y, w, h), "
+                             f"found {raw.shape[1]}")
+    raw = raw.iloc[:, :6]
+    raw.columns = list(BOX_COLUMNS)
+    boxes = pd.DataFrame({"image_id": raw["image_id"].str.strip()})
+    findings = []
+    for i, name in enumerate(raw["finding"]):
+        try:
+            findings.append(canonical_finding(name, allow_no_finding=False))
+        except UnknownFindingError as e:
+            _fail(path, str(e), i, "Finding Label")
+    boxes["finding"] = findings
+    for col in ("x", "y", "w", "h"):
+        num = pd.to_numeric(raw[col], errors="coerce")
+        if num.isna().any():
+            i = int(np.flatnonzero(num.isna().to_numpy())[0])
+            _fail(path, f"{raw[col].iloc[i]!r} is not a number", i, col)
+        boxes[col] = num.astype(float).to_numpy()
+    bad = (boxes["w"] <= 0) | (boxes["h"] <= 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        _fail(path, "box width and height must be positive", i, "w/h")
+    return boxes
+
+
+def scale_boxes(boxes: pd.DataFrame, size: int | float, *, source_size: int = NIH_IMAGE_SIZE):
+    """Boxes moved from NIH's 1024 space to an image of side ``size`` (a copy)."""
+    out = boxes.copy()
+    s = float(size) / float(source_size)
+    out[["x", "y", "w", "h"]] = out[["x", "y", "w", "h"]] * s
+    return out
+
+
+def read_image_list(path: str | Path) -> list[str]:
+    """Read ``train_val_list.txt`` / ``test_list.txt``: one image name per line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"image list not found: {path}")
+    names = [ln.strip() for ln in path.read_text().splitlines()]
+    names = [n for n in names if n]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise NIHFormatError(f"{path}: image {n!r} listed twice (lines {seen[n] + 1}, {i + 1})")
+        seen[n] = i
+    return names
+
+
+def check_list_against_labels(names: list[str], labels: pd.DataFrame, path: str | Path) -> None:
+    """Raise if a list names images absent from the label file (names a few)."""
+    known = pd.Index(labels["image_id"])
+    unknown = [n for n in names if n not in known] if len(names) < 1000 else \
+        list(pd.Index(names).difference(known))
+    if unknown:
+        raise NIHFormatError(
+            f"{path}: {len(unknown)} listed image(s) not in the label file, e.g. {unknown[:5]}"
+        )
+
+
+def write_json_atomic(obj: dict, path: str | Path) -> None:
+    """Write JSON through a temporary file and ``os.replace`` so readers never see half."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,163 @@
+"""The NIH metadata readers, on the real release files and on broken copies of them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import META, NIH, _need
+from cxrkit.data.nih import (
+    META_COLUMNS,
+    NIHFormatError,
+    read_bbox_list,
+    read_data_entry,
+    read_image_list,
+    scale_boxes,
+)
+from cxrkit.labels import FINDINGS, NO_FINDING, PUBLISHED_COUNTS
+
+HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+          "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
+ROWS = [
+    "00000001_000.png,Cardiomegaly,0,1,58,M,PA,2682,2749,0.143,0.143",
+    "00000001_001.png,Cardiomegaly|Emphysema,1,1,58,M,PA,2894,2729,0.143,0.143",
+    "00000002_000.png,No Finding,0,2,81,M,AP,2500,2048,0.171,0.171",
+    "00000003_000.png,Hernia,0,3,414,F,PA,2582,2905,0.143,0.143",
+]
+
+
+def write_csv(tmp_path, header=HEADER, rows=ROWS, name="Data_Entry_2017.csv", eol="\r\n"):
+    p = tmp_path / name
+    p.write_bytes((eol.join([header, *rows]) + eol).encode())
+    return p
+
+
+def test_real_2017_form(real_labels):
+    table, report = real_labels
+    assert report.form == "2017"
+    assert len(table) == 112_120 and table["patient_id"].nunique() == 30_805
+    assert list(table.columns) == [*META_COLUMNS, *FINDINGS, NO_FINDING]
+    for name, count in PUBLISHED_COUNTS.items():
+        assert int(table[name].sum()) == count, name
+    assert len(report.impossible_ages) == 16
+    assert table["age"].max() <= 120 and table["age"].isna().sum() == 16
+    assert set(table["view"]) == {"PA", "AP"} and set(table["sex"]) == {"M", "F"}
+    row = table.iloc[1]
+    assert row["image_id"] == "00000001_001.png" and row["Emphysema"] == 1
+    assert row["orig_width"] == 2894 and row["spacing_x"] == pytest.approx(0.143)
+
+
+@pytest.mark.parametrize("name,form", [("Data_Entry_2017_early_form.csv.gz", "early"),
+                                       ("Data_Entry_2017_v2020.csv.gz", "v2020")])
+def test_other_published_forms(real_labels, name, form):
+    table, report = read_data_entry(_need(NIH / "meta_variants" / name))
+    ref, _ = real_labels
+    assert report.form == form and len(table) == 112_120
+    assert set(table["image_id"]) == set(ref["image_id"])
+    table = table.set_index("image_id").loc[ref["image_id"]].reset_index()
+    assert (table["patient_id"] == ref["patient_id"]).all()
+    differ = (table[list(FINDINGS)].to_numpy() != ref[list(FINDINGS)].to_numpy()).any(1)
+    if form == "early":
+        assert differ.sum() == 181  # the early form lacks findings added later
+        test_list = set(read_image_list(META / "test_list.txt"))
+        assert set(table.loc[differ, "image_id"]) <= test_list
+        # 011M is eleven months, not eleven years
+        age = table.set_index("image_id").loc["00013378_000.png", "age"]
+        assert age == pytest.approx(11 / 12)
+    else:
+        assert differ.sum() == 0
+        assert report.impossible_ages == [] and table["age"].max() <= 95
+
+
+def test_crlf_and_trailing_comma_are_accepted(tmp_path):
+    table, report = read_data_entry(write_csv(tmp_path))
+    assert report.form == "2017" and len(table) == 4
+    assert table.loc[2, NO_FINDING] == 1 and table.loc[2, list(FINDINGS)].sum() == 0
+    assert np.isnan(table.loc[3, "age"]) and report.impossible_ages == ["00000003_000.png"]
+    assert table.loc[1, ["Cardiomegaly", "Emphysema"]].tolist() == [1, 1]
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    p = write_csv(tmp_path, header=HEADER.replace("Patient Gender", "Sex"))
+    with pytest.raises(NIHFormatError, match=r"Data_Entry_2017\.csv.*Patient Gender"):
+        read_data_entry(p)
+
+
+def test_unknown_finding_names_line_and_field(tmp_path):
+    rows = [*ROWS[:2], ROWS[2].replace("No Finding", "Pneumonitis"), ROWS[3]]
+    with pytest.raises(NIHFormatError, match=r"line 4, field 'Finding Labels'.*Pneumonitis"):
+        read_data_entry(write_csv(tmp_path, rows=rows))
+
+
+def test_duplicate_image_ids(tmp_path):
+    with pytest.raises(NIHFormatError, match=r"duplicate image id '00000001_000.png' on lines \[2, 6\]"):
+        read_data_entry(write_csv(tmp_path, rows=[*ROWS, ROWS[0]]))
+
+
+@pytest.mark.parametrize("bad,field,line", [
+    (ROWS[1].replace(",M,PA,", ",X,PA,"), "Patient Gender", 3),
+    (ROWS[1].replace(",M,PA,", ",M,LL,"), "View Position", 3),
+    (ROWS[1].replace(",58,M", ",fifty,M"), "Patient Age", 3),
+    (ROWS[1].replace(",1,1,58", ",one,1,58"), "Follow-up #", 3),
+])
+def test_malformed_fields(tmp_path, bad, field, line):
+    rows = [ROWS[0], bad, *ROWS[2:]]
+    with pytest.raises(NIHFormatError, match=rf"line {line}, field '{field}'"):
+        read_data_entry(write_csv(tmp_path, rows=rows))
+
+
+def test_no_finding_mixed_with_finding(tmp_path):
+    rows = [ROWS[0], "00000001_001.png,No Finding|Mass,1,1,58,M,PA,1,1,0.1,0.1"]
+    with pytest.raises(NIHFormatError, match="line 3.*No Finding"):
+        read_data_entry(write_csv(tmp_path, rows=rows))
+
+
+def test_not_a_csv(tmp_path):
+    p = tmp_path / "Data_Entry_2017.csv"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00 binary junk")
+    with pytest.raises(NIHFormatError, match="Data_Entry_2017.csv"):
+        read_data_entry(p)
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        read_data_entry(tmp_path / "nope.csv")
+
+
+def test_real_boxes():
+    boxes = read_bbox_list(_need(META / "BBox_List_2017.csv"))
+    assert len(boxes) == 984 and boxes["image_id"].nunique() == 880
+    assert "Infiltrate" not in set(boxes["finding"])
+    assert (boxes["finding"] == "Infiltration").sum() == 123
+    assert set(boxes["finding"]) <= set(FINDINGS)
+    test_list = set(read_image_list(META / "test_list.txt"))
+    assert set(boxes["image_id"]) <= test_list
+    scaled = scale_boxes(boxes, 256)
+    assert np.allclose(scaled[["x", "y", "w", "h"]].to_numpy() * 4,
+                       boxes[["x", "y", "w", "h"]].to_numpy())
+
+
+def test_bad_boxes(tmp_path):
+    p = tmp_path / "BBox_List_2017.csv"
+    p.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                 "a.png,Infiltrate,1,2,3,4\nb.png,Covid,1,2,3,4\n")
+    with pytest.raises(NIHFormatError, match=r"line 3, field 'Finding Label'.*Covid"):
+        read_bbox_list(p)
+    p.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Mass,1,2,x,4\n")
+    with pytest.raises(NIHFormatError, match=r"line 2, field 'w'"):
+        read_bbox_list(p)
+    p.write_text("name,label,x,y,w,h\na.png,Mass,1,2,3,4\n")
+    with pytest.raises(NIHFormatError, match="header"):
+        read_bbox_list(p)
+
+
+def test_official_lists(real_labels):
+    tv = read_image_list(META / "train_val_list.txt")
+    te = read_image_list(META / "test_list.txt")
+    assert len(tv) == 86_524 and len(te) == 25_596
+    table, _ = real_labels
+    assert set(table["image_id"]) - set(tv) == set(te)
+
+
+def test_list_with_duplicate(tmp_path):
+    p = tmp_path / "test_list.txt"
+    p.write_text("a.png\nb.png\na.png\n")
+    with pytest.raises(NIHFormatError, match=r"'a.png' listed twice \(lines 1, 3\)"):
+        read_image_list(p)
