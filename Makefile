@@ -1,0 +1,35 @@
+# cxrkit: `make demo` sets everything up and runs the pipeline on built-in phantom X-rays;
+# `make test` sets everything up and runs the whole test suite. Both are idempotent.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.cxrkit-installed
+DEMO   := demo
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch is installed first, pinned through constraints.txt, so that nothing resolves a
+# newer (CUDA) torch; then cxrkit itself in editable mode with its dev extras.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/cxrkit phantoms $(DEMO)/nih --patients 300 --size 256 --seed 0
+	$(BIN)/cxrkit prepare $(DEMO)/nih --out $(DEMO)/prepared --size 128
+	$(BIN)/cxrkit stats $(DEMO)/prepared --out $(DEMO)/stats
+	@echo "demo: plots and tables in $(DEMO)/stats, cache in $(DEMO)/prepared"
+
+test: setup
+	$(BIN)/python -m pytest -q -n 2 --durations=10
+
+bench: setup
+	$(BIN)/python bench/bench_cache.py
+	$(BIN)/python bench/bench_loader.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,153 @@
+"""``cxrkit prepare``: release on disk -> one self-describing folder that training reads.
+
+Data flows one way. :func:`prepare` reads and validates the release, makes the split,
+decodes every image once into the cache, and writes next to the cache:
+
+``labels.csv``   the typed label table (one row per image on disk; see ``nih.py``)
+``split.csv``    ``image_id, patient_id, split`` (+ ``split.json``: how it was made)
+``boxes.csv``    NIH's boxes, still in the 1024 space (if the release has them)
+``dataset.json`` what was read: file paths and hashes, label-file form and report
+
+:func:`load_prepared` reopens the folder; later stages read nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cxrkit import __version__
+from cxrkit.data.cache import ImageCache, PreprocessSettings, build_cache
+from cxrkit.data.images import find_images
+from cxrkit.data.nih import NIH_IMAGE_SIZE, write_json_atomic
+from cxrkit.data.release import BOX_TEST_NOTE, load_release, match_images
+from cxrkit.data.splits import (
+    check_leakage,
+    load_split,
+    official_split,
+    random_split,
+    save_split,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A prepared folder: the cache plus the tables that describe its images."""
+
+    root: Path
+    cache: ImageCache
+    labels: pd.DataFrame   #: only images present and decoded in the cache
+    split: pd.DataFrame
+    boxes: pd.DataFrame | None
+    info: dict
+
+    def table(self, split: str | None = None) -> pd.DataFrame:
+        """Label rows (with a ``split`` column), optionally of one split."""
+        t = self.labels.merge(self.split[["image_id", "split"]], on="image_id", how="left")
+        if t["split"].isna().any():
+            missing = t.loc[t["split"].isna(), "image_id"].head(5).tolist()
+            raise ValueError(f"{int(t['split'].isna().sum())} cached image(s) have no split "
+                             f"in {self.root / 'split.csv'}, e.g. {missing}")
+        return t if split is None else t.loc[t["split"] == split].reset_index(drop=True)
+
+    def boxes_in_pixels(self) -> pd.DataFrame | None:
+        """Boxes scaled from NIH's 1024 space to the cache's pixel space."""
+        if self.boxes is None:
+            return None
+        from cxrkit.data.nih import scale_boxes
+        return scale_boxes(self.boxes, self.cache.size, source_size=NIH_IMAGE_SIZE)
+
+
+def make_split(release, *, protocol: str = "official", val_fraction: float = 0.1,
+               fractions=(0.7, 0.1, 0.2), seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """The split of every label-file image, and its provenance."""
+    if protocol == "official":
+        if not release.has_official_split:
+            raise FileNotFoundError(
+                f"the official split needs train_val_list.txt and test_list.txt under "
+                f"{release.root}; use --protocol random for a patient-grouped random split")
+        split = official_split(release.labels, release.train_val, release.test,
+                               val_fraction=val_fraction, seed=seed)
+        prov = {"protocol": "official", "val_fraction": val_fraction, "seed": seed}
+    elif protocol == "random":
+        split = random_split(release.labels, fractions=fractions, seed=seed)
+        prov = {"protocol": "random", "fractions": list(fractions), "seed": seed}
+    else:
+        raise ValueError(f"unknown split protocol {protocol!r}: use 'official' or 'random'")
+    prov["label_file"] = release.report.path
+    prov["label_sha256"] = release.report.sha256
+    return split, prov
+
+
+def prepare(root: str | Path, out: str | Path, *, settings: PreprocessSettings | None = None,
+            images_root: str | Path | None = None, label_file: str | Path | None = None,
+            on_missing: str = "error", protocol: str = "official", val_fraction: float = 0.1,
+            fractions=(0.7, 0.1, 0.2), seed: int = 0, workers: int | None = None,
+            progress: bool = True) -> Prepared:
+    """Read, validate, split and cache a release (see the module docstring)."""
+    settings = settings or PreprocessSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    release = load_release(root, label_file=label_file)
+    log.info(release.report.summary())
+    index = find_images(images_root or root)
+    table = match_images(release.labels, index, on_missing=on_missing,
+                         dropped_path=out / "dropped_images.csv")
+    split, prov = make_split(release, protocol=protocol, val_fraction=val_fraction,
+                             fractions=fractions, seed=seed)
+    if release.boxes is not None and protocol == "official":
+        log.info(BOX_TEST_NOTE)
+    fingerprint = {"labels_sha256": release.report.sha256, "files": release.files}
+    build_cache(list(zip(table["image_id"], table["path"], strict=True)), out, settings,
+                workers=workers, progress=progress, inputs_fingerprint=fingerprint)
+    tmp = out / "labels.csv.tmp"
+    table.drop(columns=["path"]).to_csv(tmp, index=False)
+    tmp.replace(out / "labels.csv")
+    save_split(split, out / "split.csv", **prov)
+    if release.boxes is not None:
+        tmp = out / "boxes.csv.tmp"
+        release.boxes.to_csv(tmp, index=False)
+        tmp.replace(out / "boxes.csv")
+    elif (out / "boxes.csv").exists():
+        (out / "boxes.csv").unlink()
+    write_json_atomic({
+        "cxrkit_version": __version__,
+        "release_root": str(Path(root).resolve()),
+        "files": release.files,
+        "label_report": release.report.to_dict(),
+        "images_on_disk": len(table),
+        "images_in_labels": len(release.labels),
+        "on_missing": on_missing,
+        "split": prov,
+    }, out / "dataset.json")
+    return load_prepared(out)
+
+
+def load_prepared(path: str | Path) -> Prepared:
+    """Reopen a folder written by :func:`prepare` (checks it is complete)."""
+    path = Path(path)
+    for name in ("dataset.json", "labels.csv", "split.csv"):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path} is not a prepared folder: {name} is missing "
+                                    "(run `cxrkit prepare` first)")
+    cache = ImageCache(path)
+    labels = pd.read_csv(path / "labels.csv", dtype={"image_id": str, "sex": str, "view": str})
+    ok = labels["image_id"].isin(pd.Index(cache.ids))
+    if not ok.all():
+        bad = labels.loc[~ok, "image_id"].tolist()
+        warnings.warn(f"{len(bad)} image(s) could not be decoded and are excluded: "
+                      f"{bad[:5]}{' ...' if len(bad) > 5 else ''} (see {path / 'index.csv'})",
+                      stacklevel=2)
+        labels = labels.loc[ok].reset_index(drop=True)
+    split = load_split(path / "split.csv")
+    check_leakage(split)
+    boxes = pd.read_csv(path / "boxes.csv") if (path / "boxes.csv").exists() else None
+    info = json.loads((path / "dataset.json").read_text())
+    return Prepared(root=path, cache=cache, labels=labels, split=split, boxes=boxes, info=info)

@@ -1,0 +1,163 @@
+"""Train and eval presets that work on whole batches, on whatever device the batch is on.
+
+Why batches and not per-image transforms: a per-sample torchvision pipeline runs Python
+for every image in loader workers on the CPU, which is what starves a GPU. Here the
+loader only slices uint8 arrays out of the cache; the random resized crop, small affine
+(rotation, translation) and brightness/contrast jitter are fused into one
+``affine_grid`` + ``grid_sample`` per batch, on the GPU when training there. No library
+does "one fused warp for a batch with per-sample random parameters" with a seeded
+generator on any device in a few lines, so it is written here.
+
+Inputs are ``uint8`` batches ``(B, 1, H, W)`` straight from the cache (0..255) or float
+batches already in [0, 1]. Outputs are float ``(B, C, size, size)`` normalised with the
+model's own mean/std, replicated to ``C`` channels if the model wants 3.
+
+Horizontal flips are off by default: the heart sits on the patient's left, so a flipped
+radiograph is not a plausible radiograph (``hflip=True`` restores the CheXNet recipe).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Random augmentation ranges (training only). Fractions are of the image side."""
+
+    scale: tuple[float, float] = (0.75, 1.0)   #: area fraction kept by the random crop
+    ratio: tuple[float, float] = (0.85, 1.18)  #: aspect ratio range of the crop
+    rotate_deg: float = 7.0                    #: max absolute rotation, degrees
+    translate: float = 0.04                    #: max shift, fraction of the side
+    brightness: float = 0.15                   #: additive, in [0, 1] intensity units
+    contrast: float = 0.15                     #: multiplicative, 1 +- contrast
+    hflip: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 0..1; float input is checked for the expected range."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    images = images.float()
+    if images.numel() and float(images.max()) > 1.5:
+        warnings.warn(f"float images with max {float(images.max()):.1f}: expected [0, 1] "
+                      "(uint8 images are scaled automatically)", stacklevel=3)
+    return images
+
+
+class _Normalise(nn.Module):
+    def __init__(self, mean: float, std: float, channels: int):
+        super().__init__()
+        self.mean, self.std, self.channels = float(mean), float(std), int(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return x.expand(-1, self.channels, -1, -1) if self.channels != x.shape[1] else x
+
+
+class TrainTransform(nn.Module):
+    """Random resized crop + small affine + brightness/contrast, one warp per batch."""
+
+    def __init__(self, size: int, *, mean: float = 0.5, std: float = 0.25, channels: int = 1,
+                 augment: AugmentSettings | None = None):
+        super().__init__()
+        self.size = int(size)
+        self.augment = augment or AugmentSettings()
+        self.normalise = _Normalise(mean, std, channels)
+
+    def sample_theta(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+        """Per-sample 2x3 affine matrices mapping output to input coordinates ([-1, 1])."""
+        a = self.augment
+
+        def u(lo, hi):
+            return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+        area = u(*a.scale)
+        log_r = u(math.log(a.ratio[0]), math.log(a.ratio[1]))
+        r = torch.exp(log_r)
+        sx = torch.sqrt(area * r).clamp(max=1.0)      # crop width / image width
+        sy = torch.sqrt(area / r).clamp(max=1.0)
+        # crop centre anywhere the crop fits, plus a small translation
+        cx = (1 - sx) * u(-1, 1) + a.translate * 2 * u(-1, 1)
+        cy = (1 - sy) * u(-1, 1) + a.translate * 2 * u(-1, 1)
+        ang = torch.deg2rad(u(-a.rotate_deg, a.rotate_deg))
+        cos, sin = torch.cos(ang), torch.sin(ang)
+        flip = torch.ones(n, device=device)
+        if a.hflip:
+            flip = torch.where(u(0, 1) < 0.5, -1.0, 1.0)
+        theta = torch.stack([
+            torch.stack([sx * cos * flip, -sy * sin, cx], 1),
+            torch.stack([sx * sin * flip, sy * cos, cy], 1),
+        ], 1)
+        return theta
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        x = to_unit_float(images)
+        n = x.shape[0]
+        theta = self.sample_theta(n, generator, x.device).to(x.dtype)
+        grid = F.affine_grid(theta, [n, x.shape[1], self.size, self.size], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        a = self.augment
+        shape = (n, 1, 1, 1)
+        contrast = 1 + a.contrast * (2 * torch.rand(shape, generator=generator, device=x.device) - 1)
+        bright = a.brightness * (2 * torch.rand(shape, generator=generator, device=x.device) - 1)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * contrast + mean + bright).clamp_(0, 1)
+        return self.normalise(x)
+
+
+class EvalTransform(nn.Module):
+    """Deterministic: resize to ``resize`` (default ``size``), centre-crop ``size``, normalise.
+
+    ``resize=256, size=224`` is the CheXNet evaluation geometry.
+    """
+
+    def __init__(self, size: int, *, resize: int | None = None, mean: float = 0.5,
+                 std: float = 0.25, channels: int = 1):
+        super().__init__()
+        self.size, self.resize = int(size), int(resize or size)
+        if self.resize < self.size:
+            raise ValueError(f"resize ({self.resize}) must be >= crop size ({self.size})")
+        self.normalise = _Normalise(mean, std, channels)
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        x = to_unit_float(images)
+        if x.shape[-1] != self.resize or x.shape[-2] != self.resize:
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear",
+                              antialias=True, align_corners=False)
+        if self.resize != self.size:
+            off = (self.resize - self.size) // 2
+            x = x[..., off:off + self.size, off:off + self.size]
+        return self.normalise(x)
+
+
+def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """TenCrop: four corners + centre, and their horizontal flips -> ``(B, 10, C, s, s)``.
+
+    Averaging a model's outputs over the 10 crops is CheXNet's test-time augmentation.
+    """
+    h, w = images.shape[-2:]
+    if size > min(h, w):
+        raise ValueError(f"crop {size} larger than image {h}x{w}")
+    tops = (0, 0, h - size, h - size, (h - size) // 2)
+    lefts = (0, w - size, 0, w - size, (w - size) // 2)
+    crops = [images[..., t:t + size, l:l + size] for t, l in zip(tops, lefts, strict=True)]
+    crops += [c.flip(-1) for c in crops]
+    return torch.stack(crops, 1)
+
+
+def presets(*, size: int, mean: float = 0.5, std: float = 0.25, channels: int = 1,
+            resize: int | None = None, augment: AugmentSettings | None = None):
+    """The one place train and eval geometry is defined: ``(train, eval)`` transforms."""
+    train = TrainTransform(size, mean=mean, std=std, channels=channels, augment=augment)
+    evaluate = EvalTransform(size, resize=resize, mean=mean, std=std, channels=channels)
+    return train, evaluate
