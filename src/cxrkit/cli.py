@@ -165,5 +165,29 @@ def stats(
         typer.echo(summary.read_text())
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Argument(help="A YAML recipe (see configs/)")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (overrides the recipe)")] = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore last.pt in the run folder (no resume)")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
+) -> None:
+    """Train a model. Extra arguments are overrides: train.lr=1e-4 model.name=densenet121.
+
+    Re-running the same command resumes from the run folder's last.pt.
+    """
+    from cxrkit.config import load_config
+    from cxrkit.engine.train import fit
+
+    overrides = list(ctx.args) + ([f"out={out}"] if out else [])
+    cfg = _run(load_config, config, overrides)
+    summary = _run(fit, cfg, resume=not fresh, show_progress=progress)
+    if summary:
+        typer.echo(f"{summary['status']}: best validation mean AUROC "
+                   f"{summary['best_val_mean_auroc']:.4f} after {summary['epochs_run']} epochs "
+                   f"({summary['seconds']:.0f} s) -> {cfg.out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -186,3 +186,33 @@ def split_provenance(path: str | Path) -> dict:
     """The JSON sidecar of a split file ({} if absent)."""
     side = Path(path).with_suffix(".json")
     return json.loads(side.read_text()) if side.exists() else {}
+
+
+def box_fold(split: pd.DataFrame, boxes: pd.DataFrame, *, fraction: float,
+             seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Move a patient-grouped share of the *test* box images' patients into train.
+
+    Under NIH's official split every box image is a test image, so a model that fits
+    anything to boxes (``gaussian_attention``'s priors, box supervision) would learn from
+    test images. A box fold moves ``fraction`` of the test patients who have boxes --
+    with all their test images, so no patient straddles train and test -- into train;
+    the other box images stay in test and are the only ones a localisation score may use.
+
+    Returns ``(new_split, moved)`` where ``moved`` lists every image that changed split.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"box fold fraction must be in (0, 1), got {fraction}")
+    test = split["split"] == "test"
+    boxed = split["image_id"].isin(pd.Index(boxes["image_id"]))
+    patients = np.sort(split.loc[test & boxed, "patient_id"].unique())
+    if len(patients) == 0:
+        raise ValueError("no box image is in the test split: nothing to fold")
+    rng = np.random.default_rng(seed)
+    n_move = max(1, int(round(fraction * len(patients))))
+    chosen = rng.choice(patients, size=n_move, replace=False)
+    move = test & split["patient_id"].isin(chosen)
+    out = split.copy()
+    out.loc[move, "split"] = "train"
+    check_leakage(out)
+    moved = split.loc[move, ["image_id", "patient_id"]].assign(old_split="test", new_split="train")
+    return out, moved.reset_index(drop=True)

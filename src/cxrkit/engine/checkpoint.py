@@ -1,0 +1,110 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads
+without unpickling arbitrary objects: a file that carries a pickled object that would run
+code is refused. It holds everything needed to rebuild the model and its preprocessing
+from the file alone (nanoGPT's habit):
+
+``format``           "cxrkit-checkpoint/1"
+``model``            the state dict (without DDP/compile prefixes)
+``model_config``     the model's registry config (``create_model(**model_config)``)
+``preprocess``       cache settings (size, CLAHE, crop), input size, eval resize, mean/std
+``config``           the resolved run config
+``split``            split file path and sha256; ``versions`` of python/torch/cxrkit
+``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``step``, ``rng``, ``best``,
+``history``          training state, for exact resume (absent from exported weights)
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "cxrkit-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable cxrkit checkpoint (names the file and why)."""
+
+
+def versions() -> dict:
+    from cxrkit import __version__
+    return {"cxrkit": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write ``state`` to ``path`` via a temporary file, fsync and ``os.replace``.
+
+    A kill at any moment leaves either the previous file or the new one, never half.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
+    """Load a checkpoint safely (``weights_only=True``); clear errors for bad files."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).exists():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f"{path}: a folder without best.pt or last.pt")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: it contains objects other than tensors and plain "
+            f"data, which could run code when unpickled ({str(e).splitlines()[0]})") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a cxrkit checkpoint (no format {FORMAT!r})")
+    return ckpt
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states as checkpoint-safe values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": repr(random.getstate()),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import ast
+
+    random.setstate(_tuples(ast.literal_eval(state["python"])))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(i) for i in x) if isinstance(x, (list, tuple)) else x
