@@ -68,3 +68,13 @@ def test_recipes_cover_every_model():
 
     used = {load_config(p).model.name for p in RECIPES}
     assert set(list_models()) <= used, set(list_models()) - used
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 1e-3\n  epochs: '4'\n")
+    cfg = load_config(p)
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.epochs == 4
+    p.write_text("train:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match="train.lr: 'fast' is not a number"):
+        load_config(p)

@@ -131,6 +131,8 @@ class RunConfig:
             if bad:
                 raise ConfigError(f"unknown key(s) {sorted(bad)} in section {name!r}; "
                                   f"known: {sorted(allowed)}")
+            types = {f.name: str(f.type) for f in fields(klass)}
+            sub = {k: _coerce(v, types[k], f"{name}.{k}") for k, v in sub.items()}
             try:
                 kwargs[name] = klass(**sub)
             except TypeError as e:
@@ -147,7 +149,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        value = _parse_value(raw)
         parts = key.strip().split(".")
         target = d
         for p in parts[:-1]:
@@ -156,6 +158,27 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
         target[parts[-1]] = value
     return d
+
+
+def _coerce(value, type_name: str, where: str):
+    """Numbers written as strings (``1e-3`` in YAML 1.1) become numbers; else unchanged."""
+    if isinstance(value, str) and type_name.split(" |")[0] in ("float", "int"):
+        try:
+            return float(value) if type_name.startswith("float") else int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not a number") from None
+    return value
+
+
+def _parse_value(raw: str):
+    """YAML scalar, except that ``1e-4`` is a float (YAML 1.1 wants ``1.0e-4``)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return value
+    return value
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -35,7 +35,7 @@ class CheckpointError(ValueError):
 
 def versions() -> dict:
     from cxrkit import __version__
-    return {"cxrkit": __version__, "torch": torch.__version__, "numpy": np.__version__,
+    return {"cxrkit": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
             "python": platform.python_version()}
 
 

@@ -1,0 +1,122 @@
+"""Training throughput: what the usual scripts do (fp32 eager) vs cxrkit's fast path.
+
+For each model, a full train step (forward, masked BCE, backward, Adam step) on a batch of
+one-channel images, timed in fresh subprocesses so that each variant gets the same
+allocator and thread state:
+
+* ``fp32 eager``            float32, NCHW: the usual script (the baseline, ratio 1.0)
+* ``bf16 + channels_last``  cxrkit's default (``train.amp=auto``, ``train.channels_last``)
+* each of them again with ``GLIBC_TUNABLES`` (huge pages, no mmap/trim churn) set before
+  Python starts, as ``cxrkit train`` does on Linux unless ``CXRKIT_NO_TUNABLES=1``
+
+Variants run interleaved, ``--repeats`` times, best rate kept (the machine is shared and
+noisy; ratios within one run are what to read).
+
+    python bench/bench_train.py [--models densenet121,mobilenet_v3_large,cnn4] [--batch 16]
+
+With a CUDA GPU: ``--device cuda`` measures the models at 224 with the real loader (cache
++ batch augmentation on the GPU) in the loop over a phantom cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+SIZES = {"densenet121": 224, "mobilenet_v3_large": 224, "cnn4": 128, "resnet50": 224,
+         "efficientnet_b0": 224, "mobilenet_v2": 224, "lenet": 128, "gaussian_attention": 128}
+TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:"
+            "glibc.malloc.trim_threshold=4294967296")
+
+
+def worker(model_name: str, mode: str, batch: int, steps: int, device: str) -> float:
+    import torch
+
+    from cxrkit.engine.losses import MaskedBCE
+    from cxrkit.models import create_model
+
+    torch.manual_seed(0)
+    size = SIZES.get(model_name, 224)
+    dev = torch.device(device)
+    model = create_model(model_name, in_chans=1).to(dev)
+    fast = mode == "fast"
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = MaskedBCE()
+    x = torch.randn(batch, 1, size, size, device=dev)
+    if fast:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, 14, device=dev) < 0.1).float()
+    model.train()
+
+    def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=fast):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def run_variant(model, mode, tunables, args) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env["CXRKIT_NO_TUNABLES"] = "1"
+    if tunables:
+        env["GLIBC_TUNABLES"] = TUNABLES
+    cmd = [sys.executable, __file__, "--worker", model, mode, "--batch", str(args.batch),
+           "--steps", str(args.steps), "--device", args.device]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="densenet121,mobilenet_v3_large,cnn4")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"))
+    args = ap.parse_args()
+    if args.worker:
+        rate = worker(args.worker[0], args.worker[1], args.batch, args.steps, args.device)
+        print(json.dumps({"images_per_s": rate}))
+        return
+    variants = [("fp32 eager", "fp32", False), ("bf16 + channels_last", "fast", False),
+                ("fp32 eager + tunables", "fp32", True),
+                ("bf16 + channels_last + tunables", "fast", True)]
+    import torch
+    print(f"\ntrain step throughput, batch {args.batch}, {args.steps} timed steps, best of "
+          f"{args.repeats}, device {args.device}, torch {torch.__version__}, "
+          f"{os.cpu_count()} cores\n")
+    print(f"{'model':20s} {'px':>4s} {'variant':34s} {'img/s':>8s} {'x fp32 eager':>13s}")
+    for model in args.models.split(","):
+        best = {name: 0.0 for name, _, _ in variants}
+        for _ in range(args.repeats):
+            for name, mode, tun in variants:
+                best[name] = max(best[name], run_variant(model, mode, tun, args))
+        base = best["fp32 eager"]
+        for name, _, _ in variants:
+            print(f"{model:20s} {SIZES.get(model, 224):4d} {name:34s} {best[name]:8.1f} "
+                  f"{best[name] / base:12.2f}x")
+    print("\ngoal: cxrkit's default >= 2x fp32 eager for densenet121 on the CPU")
+
+
+if __name__ == "__main__":
+    main()

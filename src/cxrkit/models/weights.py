@@ -1,0 +1,216 @@
+"""Initial weights: local files, ImageNet weights by name, and failing fast offline.
+
+Hospital and cluster machines often have no internet. timm would then retry the
+Hugging Face hub for most of a minute before failing with a message about the hub, not
+about what to do. cxrkit instead checks the local hub cache, then whether the hub's host
+answers at all (a 3 s TCP connect), and otherwise raises :class:`PretrainedWeightsError`
+saying how to bring the weights over and pass them as a file.
+
+Files are read without unpickling code (``weights_only=True``; ``.safetensors`` as such).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+#: Top-level module names of cxrkit models: a state dict whose keys all start with one
+#: of these is a whole cxrkit model, not a bare (timm/torchvision) backbone.
+CXRKIT_PREFIXES = ("backbone.", "classifier.", "attention.")
+#: Seconds to wait for the weights host before declaring the machine offline.
+PROBE_TIMEOUT_S = 3.0
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights that cannot be had (offline, missing or mismatched file)."""
+
+
+def refuse_pretrained(name: str, pretrained: bool, backbone_weights) -> None:
+    """For scratch models: there are no ImageNet weights to load."""
+    if pretrained or backbone_weights is not None:
+        what = "pretrained=True" if pretrained else f"weights={backbone_weights}"
+        raise PretrainedWeightsError(
+            f"{name} is trained from scratch and has no ImageNet weights ({what}); use "
+            "pretrained=False, or weights=PATH with the state dict of a cxrkit model of the "
+            f"same architecture (keys starting {', '.join(CXRKIT_PREFIXES)})")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file (``.pth``, ``.pt``, ``.bin``).
+
+    Unwraps ``{"model": ...}`` (cxrkit checkpoints), ``{"state_dict": ...}`` and EMA
+    wrappers; strips ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        obj = load_file(str(path), device="cpu")
+    else:
+        try:  # memory-mapped: a big file costs no RAM until its tensors are used
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # legacy (non-zip) files cannot be mapped; retry, explain errors
+            obj = _torch_load(path)
+    for key in ("model", "state_dict_ema", "model_ema", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise PretrainedWeightsError(f"{path}: not a state dict (a mapping of names to tensors)")
+    out = {}
+    for k, v in obj.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise PretrainedWeightsError(f"{path}: refused: it holds objects other than tensors "
+                                     f"and plain data ({e})") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise PretrainedWeightsError(f"{path}: not a readable weights file ({e})") from e
+
+
+def is_cxrkit_state_dict(state: dict) -> bool:
+    """True if every key belongs to a cxrkit model's top-level modules."""
+    return bool(state) and all(k.startswith(CXRKIT_PREFIXES) for k in state)
+
+
+def fold_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Adapt first-conv weights ``(O, I, k, k)`` to ``in_chans`` input channels.
+
+    3 -> 1 sums over R, G, B: a grey image fed as three equal channels gives the same
+    activations as that grey image fed to the summed kernel (timm's rule). 1 -> 3 repeats
+    and divides by 3 for the same reason.
+    """
+    have = weight.shape[1]
+    if have == in_chans:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    if have == 1:
+        return weight.repeat(1, in_chans, 1, 1) / in_chans
+    raise PretrainedWeightsError(f"cannot adapt a {have}-channel first conv to {in_chans}")
+
+
+def load_model_state(model: nn.Module, state: dict, *, first_conv: str, classifier: str,
+                     source: str) -> None:
+    """Load a whole-model state dict into ``model``.
+
+    The first conv is folded if its channel count differs (an RGB file into a grey
+    model); classifier tensors of another shape (other findings, other metadata) are
+    skipped with a warning, leaving the fresh head. Anything else must match exactly.
+    """
+    own = model.state_dict()
+    state = dict(state)
+    conv_key = f"{first_conv}.weight"
+    if conv_key in state and conv_key in own and state[conv_key].shape != own[conv_key].shape:
+        state[conv_key] = fold_input_conv(state[conv_key], own[conv_key].shape[1])
+    skipped = [k for k in state if k.startswith(classifier + ".") and k in own
+               and state[k].shape != own[k].shape]
+    for k in skipped:
+        del state[k]
+    bad = [k for k in state if k in own and state[k].shape != own[k].shape]
+    missing = sorted(set(own) - set(state) - set(skipped))
+    unexpected = sorted(set(state) - set(own))
+    if bad or missing or unexpected:
+        raise PretrainedWeightsError(
+            f"{source} does not fit this model: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(bad)} of another "
+            f"shape (e.g. {bad[:3]}). Was it saved from another architecture?")
+    if skipped:
+        warnings.warn(f"{source}: classifier shapes differ from this model's ({len(skipped)} "
+                      "tensors); the classifier keeps its fresh initialisation", stacklevel=3)
+    model.load_state_dict({**own, **state}, strict=True)
+
+
+# --- ImageNet weights by name -------------------------------------------------------
+
+def offline_message(model_name: str, timm_name: str, why: str) -> str:
+    return (
+        f"could not download ImageNet weights for {model_name} (timm '{timm_name}'): {why}. "
+        "Download them where you have internet, e.g.\n"
+        f"    python -c \"import timm, torch; torch.save(timm.create_model('{timm_name}', "
+        f"pretrained=True).state_dict(), '{timm_name}.pth')\"\n"
+        f"  or model.safetensors from https://huggingface.co/timm/{timm_name}, copy the file "
+        "here and pass weights=PATH (model.weights=PATH in a recipe or override), or use "
+        "pretrained=False (model.pretrained=false) to start from random weights.")
+
+
+def cached_hub_file(hf_hub_id: str | None) -> Path | None:
+    """The weights file of ``hf_hub_id`` if the Hugging Face cache already holds it."""
+    if not hf_hub_id:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hf_hub_id, filename)
+        if isinstance(found, str) and os.path.isfile(found):
+            return Path(found)
+    return None
+
+
+def hub_unreachable_reason() -> str | None:
+    """Why the Hugging Face hub cannot be reached now, or None if it answers.
+
+    Honours ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and an ``HTTPS_PROXY`` (then the proxy is
+    what must answer). A TCP connect with a :data:`PROBE_TIMEOUT_S` timeout, no request.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    target = urlparse(proxy if proxy else os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = target.hostname or "huggingface.co"
+    port = target.port or (443 if target.scheme in ("https", "") else 80)
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return None
+    except OSError as e:
+        return f"{host}:{port} unreachable ({e.__class__.__name__}: {e}; no network?)"
+
+
+@contextmanager
+def timm_load_report():
+    """Collect the keys timm reports missing while loading pretrained weights.
+
+    timm loads non-strictly when it drops the ImageNet classifier, and only *logs* the
+    keys it could not fill. A file of another architecture would load nothing, silently;
+    this captures the report so the caller can refuse such a file.
+    """
+    report: dict[str, list[str]] = {"missing": [], "unconverted": []}
+
+    class _Catch(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage()
+            if msg.startswith("Missing keys ("):
+                report["missing"] += msg[len("Missing keys ("):].split(")")[0].split(", ")
+            elif msg.startswith("Unable to convert pretrained"):
+                report["unconverted"].append(msg)
+
+    logger = logging.getLogger("timm.models._builder")
+    handler, level = _Catch(logging.INFO), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield report
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
