@@ -184,6 +184,8 @@ def train(
     from cxrkit.engine.train import fit
 
     overrides = list(ctx.args) + ([f"out={out}"] if out else [])
+    if config is not None and "=" in str(config) and not config.exists():
+        overrides, config = [str(config), *overrides], None  # no recipe: defaults + overrides
     cfg = _run(load_config, config, overrides)
     summary = _run(fit, cfg, resume=not fresh, show_progress=progress)
     if summary:
