@@ -103,7 +103,8 @@ def prepare(root: str | Path, out: str | Path, *, settings: PreprocessSettings |
     split, prov = make_split(release, protocol=protocol, val_fraction=val_fraction,
                              fractions=fractions, seed=seed)
     if release.boxes is not None and protocol == "official":
-        log.info(BOX_TEST_NOTE)
+        boxed = set(release.boxes["image_id"])
+        log.info(BOX_TEST_NOTE.format(n_boxed=len(boxed), n_test=len(boxed & set(release.test))))
     fingerprint = {"labels_sha256": release.report.sha256, "files": release.files}
     build_cache(list(zip(table["image_id"], table["path"], strict=True)), out, settings,
                 workers=workers, progress=progress, inputs_fingerprint=fingerprint)

@@ -30,9 +30,11 @@ BOX_FILE_NAME = "BBox_List_2017.csv"
 TRAIN_VAL_NAME = "train_val_list.txt"
 TEST_NAME = "test_list.txt"
 
-BOX_TEST_NOTE = ("NIH's 880 box images are all in the official test list: a model that "
-                 "learns from boxes cannot use them under the official split without "
-                 "training on test images (see `--box-fold`).")
+BOX_TEST_NOTE = ("{n_test} of the {n_boxed} images with boxes are in the official test list "
+                 "(in NIH's release: all 880). A model that learns from boxes cannot use "
+                 "them under the official split without training on test images: a box "
+                 "fold (data.box_fold in training) moves a patient-grouped part of them "
+                 "into training and records which.")
 
 
 class MissingImagesError(FileNotFoundError):
