@@ -1,0 +1,387 @@
+"""Image files on disk -> 8-bit greyscale arrays -> the square images the cache holds.
+
+Four jobs, each done in exactly one place:
+
+:func:`find_images`  index a release's image files by name, whatever the folder layout;
+:func:`read_xray`    decode one file to ``uint8`` ``(H, W)`` greyscale, or raise
+                     :class:`ImageReadError` naming the file;
+:func:`to_uint8`     the one rule that maps a higher bit depth (16-bit PNG now, 12/16-bit
+                     DICOM later) to 8 bits;
+:func:`preprocess`   optional chest crop, resize to a square, optional CLAHE. What it did
+                     is described by :class:`PreprocessSettings`, which the cache manifest
+                     and checkpoints store, so prediction repeats training's preprocessing.
+
+Coordinates are pixels, ``x`` to the right and ``y`` down, origin at the top-left corner
+of the top-left pixel. :class:`PixelMap` maps a point of the decoded file to the
+preprocessed image (and back), so NIH's boxes (1024 space) can follow a crop.
+
+Decoding uses Pillow. ``cv2.imread`` was measured on the 39 NIH originals (1024 px PNG,
+one core, ``bench/bench_cache.py``): 9.5-10.5 ms against Pillow's 10.8-11.5 ms CPU per
+image, about 10 % faster, but it returns ``None`` without a reason on bad files, prints
+libpng warnings for the RGBA files' ICC profiles and has no pixel-count guard; Pillow
+gives a reason for every failure.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+#: File name endings that :func:`find_images` indexes (compared case-insensitively).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+#: Largest image :func:`read_xray` decodes, in pixels (width x height). The largest
+#: radiographs are about 4300 x 3500 = 15 Mpx; 64 Mpx leaves room and still stops a
+#: decompression bomb (a small file that claims billions of pixels) before it allocates.
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+
+#: Version of the preprocessing algorithms below (crop rule, CLAHE parameters, resize).
+#: Stored with every :class:`PreprocessSettings`; bump it when their output changes, so
+#: old caches are rebuilt and settings from old checkpoints fail loudly, not silently.
+PREPROCESS_VERSION = 1
+
+#: CLAHE clip limit (contrast limit per tile, in multiples of the mean histogram bin) and
+#: tile grid. 8x8 is OpenCV's default grid; 2.0 is the clip limit CXR work usually uses
+#: (OpenCV's default of 40 hardly clips: close to plain adaptive equalisation, which
+#: amplifies noise in flat regions). CLAHE runs on the resized image, so a tile is always
+#: 1/8 of the side (32 px at 256) whatever the source resolution.
+CLAHE_CLIP_LIMIT = 2.0
+CLAHE_TILES = (8, 8)
+
+#: The crop never removes more than this fraction of the width or height from any one
+#: side, so at least half of each axis always survives a wrong border estimate.
+CROP_MAX_SIDE_FRACTION = 0.25
+
+
+class ImageReadError(ValueError):
+    """An image file could not be decoded. ``path`` is the file, ``reason`` why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path}: {reason}")
+
+
+class DuplicateImageError(ValueError):
+    """The same image file name occurs at two or more paths under one root."""
+
+
+def find_images(root: str | Path) -> dict[str, Path]:
+    """Map each image file name (e.g. ``00000001_000.png``) to its path under ``root``.
+
+    Works for every layout people unpack NIH into: flat ``images/``, the archive layout
+    ``images_001/images/ ... images_012/images/``, or any nesting. It walks with
+    ``os.scandir`` (no ``stat`` per file; 112,120 files take well under a second on a
+    local disk), follows symlinked folders once, and skips names starting with ``.``
+    (``.ipynb_checkpoints``, macOS ``._*`` resource forks). Extensions are in
+    :data:`IMAGE_EXTENSIONS`. The same name at two paths raises
+    :class:`DuplicateImageError` naming both, since either could be the wrong one.
+    The result is sorted by name.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"image root not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"image root is not a folder: {root}")
+    found: dict[str, str] = {}
+    duplicates: list[tuple[str, str, str]] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            continue  # a symlink loop or a folder linked twice
+        seen_dirs.add((st.st_dev, st.st_ino))
+        try:
+            entries = list(os.scandir(folder))
+        except PermissionError as e:
+            raise PermissionError(f"cannot list image folder {folder}: {e.strerror}") from e
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            if entry.is_dir():
+                stack.append(entry.path)
+            elif name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+                if name in found:
+                    duplicates.append((name, found[name], entry.path))
+                else:
+                    found[name] = entry.path
+    if duplicates:
+        duplicates.sort()
+        shown = "; ".join(f"{n} at {a} and {b}" for n, a, b in duplicates[:5])
+        more = f" (and {len(duplicates) - 5} more)" if len(duplicates) > 5 else ""
+        raise DuplicateImageError(
+            f"{len(duplicates)} image name(s) occur twice under {root}: {shown}{more}. "
+            "Remove the copies or point the image root at one of them.")
+    return {name: Path(found[name]) for name in sorted(found)}
+
+
+def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one image file to greyscale ``uint8`` ``(H, W)``.
+
+    Colour (RGB, RGBA, P) becomes luminance with Pillow's ITU-R 601 weights
+    (0.299 R + 0.587 G + 0.114 B); alpha is dropped (the NIH RGBA files are grey with
+    opaque alpha). LA drops alpha, mode 1 becomes 0/255, and 16-bit or 32-bit integer
+    and float images go through :func:`to_uint8`. Missing, empty, truncated, corrupt or
+    non-image files, and images over ``max_pixels`` pixels, raise
+    :class:`ImageReadError` naming the file. (Truncation is only detected while Pillow's
+    global ``ImageFile.LOAD_TRUNCATED_IMAGES`` is False, its default; cxrkit never sets it.)
+    """
+    path = Path(path)
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageReadError(path, f"{w}x{h} pixels is over the limit of "
+                                           f"{max_pixels:,} (max_pixels)")
+            if w == 0 or h == 0:
+                raise ImageReadError(path, f"image has no pixels ({w}x{h})")
+            im.load()  # decode here, so truncation and CRC errors surface inside the try
+            if im.mode == "L":
+                arr = np.asarray(im)
+            elif im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                arr = to_uint8(np.asarray(im))
+            else:  # 1, LA, La, P, PA, RGB, RGBA, RGBa, RGBX, CMYK, YCbCr, ...
+                arr = np.asarray(im.convert("L"))
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a folder, not a file") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(path, f"decompression bomb guard: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(path, "not a recognised image format (corrupt, or not an "
+                                   "image)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        raise ImageReadError(path, f"corrupt or truncated ({type(e).__name__}: {e})") from None
+    if arr.ndim != 2:
+        raise ImageReadError(path, f"decoded to shape {arr.shape}, expected (H, W)")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Map a greyscale array of any bit depth to ``uint8`` (the one place that does it).
+
+    Rule: ``uint8`` passes through unchanged; ``bool`` becomes 0/255; anything else is
+    scaled linearly from the image's own [min, max] to [0, 255] and rounded. A constant
+    image becomes all zeros (no division by zero).
+
+    Why min-max rather than robust percentiles: it is monotonic and loses no structure
+    at either end. Percentile clipping saturates the brightest 0.5-1 % of pixels, which
+    in a chest film are wires, lines, pacemakers and dense bone: findings, not noise.
+    A 12-bit image stored in 16 bits (values 0..4095) uses the full 8 bits this way,
+    where a fixed ``>> 8`` would leave it at 0..15. DICOM windowing and MONOCHROME1
+    inversion belong to the DICOM reader, before this function.
+    """
+    a = np.asarray(array)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * np.uint8(255)
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise TypeError(f"to_uint8 needs an integer, float or bool array, got {a.dtype}")
+    if a.size == 0:
+        return np.zeros(a.shape, np.uint8)
+    a = a.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("to_uint8: the array holds NaN or infinite values")
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """How a decoded X-ray becomes a cached image; stored in manifests and checkpoints."""
+
+    size: int = 256        #: side of the square output, pixels
+    clahe: bool = False    #: contrast-limited histogram equalisation after resizing
+    crop: bool = False     #: crop to the exposed chest region (see :func:`crop_box`)
+
+    def __post_init__(self):
+        if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)):
+            raise TypeError(f"PreprocessSettings.size must be an int, got {self.size!r}")
+        if not 8 <= int(self.size) <= 4096:
+            raise ValueError(f"PreprocessSettings.size must be 8..4096 pixels, got {self.size}")
+        object.__setattr__(self, "size", int(self.size))
+        for name in ("clahe", "crop"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"PreprocessSettings.{name} must be True or False, "
+                                f"got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict, with the algorithm version (:data:`PREPROCESS_VERSION`)."""
+        return {"size": self.size, "clahe": self.clahe, "crop": self.crop,
+                "version": PREPROCESS_VERSION}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessSettings:
+        """Inverse of :meth:`to_dict`; unknown keys or another algorithm version raise."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - {"version"})
+        if unknown:
+            raise ValueError(f"unknown preprocessing setting(s) {unknown}; known: "
+                             f"{sorted(known)}")
+        version = d.get("version", PREPROCESS_VERSION)
+        if version != PREPROCESS_VERSION:
+            raise ValueError(
+                f"these settings were written by preprocessing version {version}, this "
+                f"cxrkit has version {PREPROCESS_VERSION}: images would not match; "
+                "rebuild the cache (cxrkit prepare)")
+        return cls(**{k: d[k] for k in known if k in d})
+
+
+@dataclass(frozen=True)
+class PixelMap:
+    """Where a preprocessed image came from: source ``box`` resized to ``size`` x ``size``.
+
+    ``box = (x0, y0, x1, y1)`` is the region of the source that was cut (half-open,
+    source pixels; it can reach past the image where the crop was padded, and is the
+    whole frame without a crop). A source point maps to ``((x - x0) * sx, (y - y0) * sy)``
+    with ``sx = size / (x1 - x0)`` output pixels per source pixel. Box corners map like
+    points; widths and heights only scale.
+    """
+
+    box: tuple[float, float, float, float]
+    size: int
+
+    @property
+    def sx(self) -> float:
+        return self.size / float(self.box[2] - self.box[0])
+
+    @property
+    def sy(self) -> float:
+        return self.size / float(self.box[3] - self.box[1])
+
+    def to_output(self, x, y):
+        """Source-pixel coordinates (scalars or arrays) -> preprocessed-image pixels."""
+        return ((np.asarray(x, float) - self.box[0]) * self.sx,
+                (np.asarray(y, float) - self.box[1]) * self.sy)
+
+    def to_source(self, x, y):
+        """Preprocessed-image pixels -> source-pixel coordinates (the inverse map)."""
+        return (np.asarray(x, float) / self.sx + self.box[0],
+                np.asarray(y, float) / self.sy + self.box[1])
+
+
+def crop_box(img: np.ndarray) -> tuple[int, int, int, int]:
+    """The square chest region of ``img`` as ``(x0, y0, x1, y1)``, half-open, in pixels.
+
+    Rule: on a copy shrunk to at most 256 px and blurred (Gaussian, sigma 2 px), a row
+    (column) is border when under 10 % of its pixels are brighter than a tenth of the
+    image's 99th percentile (black borders, rotated-scan corners) or when it is flat,
+    standard deviation under 2 grey levels (black or white collimation bands). Border
+    rows and columns are trimmed from each edge inwards, at most
+    :data:`CROP_MAX_SIDE_FRACTION` of the axis per side. The region is then grown to a
+    square around its centre, kept inside the image where it fits; where it cannot
+    (a region wider than the image is tall), the box extends past the image and
+    :func:`preprocess` pads with black. An image with no border gives its full frame.
+    """
+    img = _check_image(img)
+    h, w = img.shape
+    scale = min(1.0, 256.0 / max(h, w))
+    small = img if scale == 1.0 else cv2.resize(
+        img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small.astype(np.float32), (0, 0), 2.0)
+    dark = 0.1 * float(np.percentile(small, 99))
+
+    def trim(axis: int) -> tuple[int, int]:
+        bright = (small > dark).mean(axis=axis)
+        flat = small.std(axis=axis) < 2.0
+        border = (bright < 0.10) | flat
+        n = border.size
+        limit = int(n * CROP_MAX_SIDE_FRACTION)
+        lo = 0
+        while lo < limit and border[lo]:
+            lo += 1
+        hi = n
+        while n - hi < limit and border[hi - 1]:
+            hi -= 1
+        return lo, hi
+
+    r0, r1 = trim(axis=1)
+    c0, c1 = trim(axis=0)
+    # back to full resolution, rounding outwards (never cut more than was measured)
+    y0, y1 = int(np.floor(r0 / scale)), min(h, int(np.ceil(r1 / scale)))
+    x0, x1 = int(np.floor(c0 / scale)), min(w, int(np.ceil(c1 / scale)))
+    side = max(x1 - x0, y1 - y0)
+    bx0, bx1 = _square_span(x0, x1, side, w)
+    by0, by1 = _square_span(y0, y1, side, h)
+    return bx0, by0, bx1, by1
+
+
+def _square_span(a0: int, a1: int, side: int, n: int) -> tuple[int, int]:
+    """Grow ``[a0, a1)`` to length ``side`` around its centre, inside ``[0, n)`` if it fits."""
+    start = (a0 + a1 - side) // 2
+    if side <= n:
+        start = min(max(start, 0), n - side)
+    return start, start + side
+
+
+def preprocess(img: np.ndarray, *, size: int = 256, clahe: bool = False, crop: bool = False,
+               return_map: bool = False):
+    """Greyscale ``uint8`` ``(H, W)`` -> ``uint8`` ``(size, size)``, the cached image.
+
+    Steps, in order: with ``crop``, cut :func:`crop_box` (padding with black where the
+    square box leaves the image); resize to ``size`` x ``size`` with ``cv2.INTER_AREA``
+    (area averaging: no aliasing when shrinking; a non-square image without ``crop`` is
+    stretched, as NIH itself did when it made the 1024 x 1024 release); with ``clahe``,
+    apply CLAHE (:data:`CLAHE_CLIP_LIMIT`, :data:`CLAHE_TILES`) to the resized image.
+    With ``return_map=True`` returns ``(image, PixelMap)``, the map from ``img``'s
+    pixels to the output's.
+    """
+    img = _check_image(img)
+    PreprocessSettings(size=size, clahe=clahe, crop=crop)  # validates the arguments
+    h, w = img.shape
+    box = crop_box(img) if crop else (0, 0, w, h)
+    region = _cut(img, box)
+    if region.shape == (size, size):
+        out = region.copy()
+    else:
+        out = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
+    if clahe:
+        out = _clahe().apply(out)
+    if return_map:
+        return out, PixelMap(box=tuple(box), size=size)
+    return out
+
+
+def _cut(img: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``img[y0:y1, x0:x1]``, with black where the box lies outside the image."""
+    x0, y0, x1, y1 = box
+    h, w = img.shape
+    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+        return img[y0:y1, x0:x1]
+    out = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    return out
+
+
+@lru_cache(maxsize=1)
+def _clahe():
+    return cv2.createCLAHE(clipLimit=CLAHE_CLIP_LIMIT, tileGridSize=CLAHE_TILES)
+
+
+def _check_image(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim != 2 or img.dtype != np.uint8:
+        raise ValueError(f"expected a greyscale uint8 (H, W) image, got {img.dtype} "
+                         f"{img.shape}; decode with read_xray or convert with to_uint8")
+    if img.size == 0:
+        raise ValueError(f"empty image {img.shape}")
+    return img

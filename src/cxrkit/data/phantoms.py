@@ -1,0 +1,403 @@
+"""Phantom chest radiographs written in NIH ChestX-ray14's exact layout.
+
+``make_phantoms(out_dir)`` (``cxrkit phantoms OUT_DIR``) writes a small synthetic release
+that every cxrkit command reads unchanged, so the whole pipeline can be demonstrated and
+tested without the 45 GB download:
+
+* ``images_001/images/00000001_000.png ...``: 8-bit greyscale PNGs, 10,000 per folder
+  (``images_002/`` and on for more), named ``<patient:08d>_<follow-up:03d>.png``;
+* ``Data_Entry_2017.csv`` in NIH's 2017 form: CRLF line ends, the header with its
+  trailing comma, ``|``-separated findings in alphabetical order or ``No Finding``;
+* ``BBox_List_2017.csv``: boxes in NIH's 1024x1024 pixel space whatever the PNG size,
+  Infiltration spelled ``Infiltrate``; as in NIH, only on test-list images with one of
+  the 8 :data:`~cxrkit.labels.BOXED_FINDINGS`, one box per finding, at most 3 per image;
+* ``train_val_list.txt`` / ``test_list.txt``: a patient-disjoint split (sorted names);
+* ``phantoms_manifest.json``: the settings and versions that made it (not an NIH file).
+
+The images (:func:`render_phantom`) show a chest with soft tissue, lungs, heart,
+mediastinum, ribs, clavicles and diaphragm, posed, exposed and noised differently each
+time; AP (bedside) views magnify the heart and are noisier. Each of the 14 findings is a
+plausible sign at a plausible place (see :mod:`cxrkit.data._phantom_findings`), varying
+in size, place and intensity, so a classifier must learn shapes, not pixel statistics.
+
+Labels (:func:`sample_cohort`) follow NIH's structure: ~half the images "No Finding",
+several images per patient with follow-up numbers, ages and sexes distributed as in NIH,
+PA views in the majority and sicker patients more often imaged AP. Findings co-occur as
+in NIH (Effusion with Atelectasis, Cardiomegaly and Edema; Pneumonia with Infiltration
+and Consolidation; Emphysema with Pneumothorax) and chronic ones (Cardiomegaly,
+Emphysema, Fibrosis, Pleural_Thickening, Hernia, Mass, Nodule) persist across a
+patient's follow-ups. **Rare findings are boosted**: NIH has Hernia on 0.2% of images and
+Pneumonia on 1.3%, which in a 300-patient demo release (~750 images) would leave one or
+two positives and an undefined test AUROC. :data:`TARGET_PREVALENCE` puts every finding
+on 3.5-14% of images (keeping NIH's order: Infiltration, Effusion and Atelectasis most
+common) so that a small CNN trained for minutes has something to learn from for each.
+
+Everything is deterministic for a seed: each part of a release draws from its own
+``numpy.random.SeedSequence(seed, spawn_key=...)`` stream (the split; each patient's
+labels, anatomy and images), so patient 7 is the same whatever ``n_patients`` and
+whatever the image size. The global RNG is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from cxrkit.data._phantom_anatomy import Anatomy, Frame, render_thorax, sample_anatomy, sample_pose
+from cxrkit.data._phantom_findings import OVERLAYS, SHAPE_CHANGES
+from cxrkit.data.nih import NIH_IMAGE_SIZE, write_json_atomic
+from cxrkit.data.splits import random_split
+from cxrkit.labels import BOXED_FINDINGS, FINDINGS, NO_FINDING, canonical_finding
+
+log = logging.getLogger(__name__)
+
+#: Share of images showing each finding (boosted from NIH's for rare ones, see above).
+TARGET_PREVALENCE: dict[str, float] = {
+    "Atelectasis": 0.09, "Cardiomegaly": 0.05, "Effusion": 0.10, "Infiltration": 0.14,
+    "Mass": 0.05, "Nodule": 0.055, "Pneumonia": 0.04, "Pneumothorax": 0.05,
+    "Consolidation": 0.045, "Edema": 0.04, "Emphysema": 0.04, "Fibrosis": 0.04,
+    "Pleural_Thickening": 0.04, "Hernia": 0.035,
+}
+#: Findings a patient has for good (then shown on each follow-up with ``CHRONIC_SHOWN``).
+CHRONIC = ("Cardiomegaly", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia", "Mass", "Nodule")
+CHRONIC_SHOWN = 0.85
+#: Findings of one image, sampled in this order so each can raise the later ones.
+ACUTE = ("Pneumonia", "Consolidation", "Effusion", "Edema", "Atelectasis", "Pneumothorax",
+         "Infiltration")
+#: Log-odds added to a finding when another is present (NIH's common pairs).
+CO_OCCURRENCE: dict[str, dict[str, float]] = {
+    "Cardiomegaly": {"Effusion": 1.0, "Edema": 1.5},
+    "Emphysema": {"Pneumothorax": 1.2},
+    "Fibrosis": {"Pleural_Thickening": 0.8},
+    "Mass": {"Nodule": 1.0, "Effusion": 0.6},
+    "Pneumonia": {"Consolidation": 1.0, "Infiltration": 1.2},
+    "Consolidation": {"Infiltration": 0.8, "Effusion": 0.6, "Atelectasis": 0.5},
+    "Effusion": {"Atelectasis": 1.3, "Edema": 0.9, "Infiltration": 0.5},
+    "Edema": {"Infiltration": 0.9},
+}
+#: Log-odds per 20 years of age above 47 for chronic findings.
+AGE_EFFECT = {"Cardiomegaly": 0.4, "Emphysema": 0.6, "Fibrosis": 0.5, "Hernia": 0.8,
+              "Mass": 0.3, "Nodule": 0.3, "Pleural_Thickening": 0.4}
+#: Baseline log-odds, calibrated by simulation so that the cohort meets TARGET_PREVALENCE
+#: (tests/test_phantoms.py checks it). Chronic ones are per patient, the rest per image.
+BASE_LOG_ODDS = {
+    "Cardiomegaly": -2.89, "Emphysema": -3.03, "Fibrosis": -3.08, "Pleural_Thickening": -3.25,
+    "Hernia": -3.31, "Mass": -2.96, "Nodule": -2.85, "Pneumonia": -3.79, "Consolidation": -3.69,
+    "Effusion": -2.79, "Edema": -4.03, "Atelectasis": -3.12, "Pneumothorax": -3.52,
+    "Infiltration": -2.58,
+}
+#: NIH's most common scanner sizes and pixel spacings (OriginalImage / PixelSpacing columns).
+SCANNERS = ((2500, 2048, "0.168", 30), (2992, 2991, "0.143", 22), (3056, 2544, "0.139", 15),
+            (2500, 2048, "0.171", 7), (2048, 2500, "0.168", 6), (2021, 2021, "0.194311", 4))
+#: Weakest sign drawn (0..1): below ~0.3 a small CNN at 128 px barely sees some signs
+#: (a thin pneumothorax, a small nodule) and a demo-sized release cannot teach them.
+MIN_SEVERITY = 0.3
+IMAGES_PER_FOLDER = 10_000
+DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,"
+                     "Patient Gender,View Position,OriginalImage[Width,Height],"
+                     "OriginalImagePixelSpacing[x,y],")
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+MANIFEST_NAME = "phantoms_manifest.json"
+
+
+def _stream(seed: int, *key: int) -> np.random.Generator:
+    """The generator of one part of a release: ``(0,)`` the split, ``(patient, 0)`` a
+    patient's labels, ``(patient, 1)`` their anatomy, ``(patient, 2, follow_up)`` an image."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def _sigmoid(z: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
+def sample_cohort(seed: int = 0, n_patients: int = 300, images_per_patient=(1, 4)) -> pd.DataFrame:
+    """The labels of a phantom release, one row per image, no pixels.
+
+    Columns: ``image_id, patient_id, follow_up, age, sex, view, findings`` (a tuple in
+    :data:`FINDINGS` order, empty for "No Finding"), ``orig_width, orig_height, spacing``.
+    Patients are numbered from 1; each has ``images_per_patient`` (inclusive range,
+    uniform) images. Per patient: sex (56% M as in NIH), age (NIH's mean 47, sd 17, 3%
+    children), a frailty that makes every finding and AP views likelier, and chronic
+    findings. Per image: the view and the acute findings.
+    """
+    lo, hi = images_per_patient
+    if not 1 <= lo <= hi:
+        raise ValueError(f"images_per_patient must be (low, high) with 1 <= low <= high, got {images_per_patient}")
+    rows = []
+    for pid in range(1, n_patients + 1):
+        rng = _stream(seed, pid, 0)
+        sex = "M" if rng.uniform() < 0.565 else "F"
+        age = rng.uniform(1, 16) if rng.uniform() < 0.03 else np.clip(rng.normal(47, 16.5), 16, 95)
+        frailty = rng.normal()
+        n_images = int(rng.integers(lo, hi + 1))
+        chronic: list[str] = []  # lists, not sets: set order changes with PYTHONHASHSEED
+        for f in CHRONIC:
+            z = BASE_LOG_ODDS[f] + 0.4 * frailty + AGE_EFFECT[f] * (age - 47) / 20
+            z += sum(CO_OCCURRENCE.get(g, {}).get(f, 0.0) for g in chronic)
+            if rng.uniform() < _sigmoid(z):
+                chronic.append(f)
+        for k in range(n_images):
+            age += rng.exponential(0.4)
+            ap = rng.uniform() < _sigmoid(-0.55 + 0.9 * frailty + 0.2 * min(k, 3))
+            found = [f for f in chronic if rng.uniform() < CHRONIC_SHOWN]
+            for f in ACUTE:
+                z = BASE_LOG_ODDS[f] + 0.7 * frailty + 0.5 * ap
+                z += sum(CO_OCCURRENCE.get(g, {}).get(f, 0.0) for g in found)
+                if rng.uniform() < _sigmoid(z):
+                    found.append(f)
+            width, height, spacing, _ = SCANNERS[rng.choice(len(SCANNERS), p=_SCANNER_P)]
+            rows.append((f"{pid:08d}_{k:03d}.png", pid, k, int(min(age, 95)), sex, "AP" if ap else "PA",
+                         tuple(f for f in FINDINGS if f in found), width, height, spacing))
+    return pd.DataFrame(rows, columns=["image_id", "patient_id", "follow_up", "age", "sex", "view",
+                                       "findings", "orig_width", "orig_height", "spacing"])
+
+
+_SCANNER_P = np.array([s[3] for s in SCANNERS], float) / sum(s[3] for s in SCANNERS)
+
+
+# -- images ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Exposure:
+    """How density becomes grey levels: ``black``/``white`` are the densities shown as 0
+    and 255, ``gamma`` bends the curve, ``noise`` is the quantum-noise std (fraction of
+    full scale), ``heel`` a brightness ramp across the image (anode heel effect)."""
+
+    black: float
+    white: float
+    gamma: float
+    noise: float
+    heel: float
+    heel_angle: float
+
+
+def sample_exposure(rng: np.random.Generator, view: str) -> Exposure:
+    """Exposure varies image to image; AP (portable) views are flatter and noisier.
+
+    The spread is deliberately wide: it hides a finding's effect on a region's mean grey
+    level, so that only its shape gives it away (see tests/test_phantoms.py).
+    """
+    ap = view == "AP"
+    n = rng.normal(size=5).tolist()
+    return Exposure(black=0.02 + (0.03 if ap else 0.0) + 0.06 * n[0],
+                    white=(1.35 if ap else 1.22) + 0.1 * n[1],
+                    gamma=float(np.exp(0.18 * n[2])),
+                    noise=(0.022 if ap else 0.015) * float(np.exp(0.3 * n[3])),
+                    heel=0.05 * n[4], heel_angle=rng.uniform(0, 2 * np.pi))
+
+
+def _finding_box(delta: np.ndarray, fraction: float = 0.1) -> tuple[float, float, float, float] | None:
+    """``(x, y, w, h)`` in pixels around where a finding changed the density by more than
+    ``fraction`` of its largest change; ``None`` if it changed nothing."""
+    mag = np.abs(delta)
+    peak = float(mag.max())
+    if peak <= 0:
+        return None
+    hit = mag > fraction * peak
+    rows, cols = np.flatnonzero(hit.any(1)), np.flatnonzero(hit.any(0))
+    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1 - cols[0]), float(rows[-1] + 1 - rows[0]))
+
+
+def render_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, sex: str = "M",
+                   age: float = 50.0, view: str = "PA", anatomy: Anatomy | None = None):
+    """Draw one frontal chest radiograph showing ``findings``.
+
+    Returns ``(image, boxes)``: ``image`` is a ``(size, size)`` uint8 array (bright =
+    dense), ``boxes`` maps each drawn finding to ``(x, y, w, h)`` in pixels of this image
+    around where it changed the picture. ``anatomy`` (from
+    :func:`~cxrkit.data._phantom_anatomy.sample_anatomy`) keeps a patient's chest across
+    follow-ups; without it one is drawn from ``rng`` for ``sex`` and ``age``.
+
+    ``rng`` is consumed the same way whatever ``findings`` are, so two calls with equal
+    generators differ only by the signs of the findings that differ.
+    """
+    if view not in ("PA", "AP"):
+        raise ValueError(f"view must be 'PA' or 'AP', got {view!r}")
+    if size < 16:
+        raise ValueError(f"image size must be at least 16 pixels, got {size}")
+    wanted = {canonical_finding(f, allow_no_finding=False) for f in findings}
+    if anatomy is None:
+        anatomy = sample_anatomy(rng, sex=sex, age=age)
+    frame = Frame.make(size, sample_pose(rng, view))
+    exposure = sample_exposure(rng, view)
+    severity = dict(zip(FINDINGS, rng.uniform(MIN_SEVERITY, 1.0, size=len(FINDINGS)).tolist()))
+    noise_rng = np.random.default_rng(rng.integers(2**63))
+
+    def sign_rng(f: str) -> np.random.Generator:  # the patient's own placement of a sign
+        return np.random.default_rng([anatomy.seed, FINDINGS.index(f)])
+
+    base = render_thorax(frame, anatomy, view)
+    deltas: dict[str, np.ndarray] = {}
+    shaped = anatomy
+    for f in (f for f in FINDINGS if f in wanted and f in SHAPE_CHANGES):
+        alone = render_thorax(frame, SHAPE_CHANGES[f](anatomy, sign_rng(f), severity[f]), view)
+        deltas[f] = alone.density - base.density
+        shaped = SHAPE_CHANGES[f](shaped, sign_rng(f), severity[f])
+    thorax = base if shaped == anatomy else (alone if len(deltas) == 1 else
+                                             render_thorax(frame, shaped, view))
+    density = thorax.density.copy()
+    for f in (f for f in FINDINGS if f in wanted and f in OVERLAYS):
+        delta = OVERLAYS[f](thorax, sign_rng(f), severity[f])
+        density += delta
+        deltas[f] = deltas[f] + delta if f in deltas else delta
+    boxes = {f: box for f, d in deltas.items() if (box := _finding_box(d)) is not None}
+    return _expose(density, exposure, noise_rng, frame), boxes
+
+
+def _expose(density: np.ndarray, e: Exposure, rng: np.random.Generator, frame: Frame) -> np.ndarray:
+    """Density -> 8-bit grey levels: detector blur, exposure curve, heel effect, noise."""
+    size = frame.size
+    density = cv2.GaussianBlur(density, (0, 0), max(0.5, 0.004 * size))
+    grey = np.clip((density - e.black) / (e.white - e.black), 0, 1) ** e.gamma
+    gx, gy = (np.arange(size, dtype=np.float32) / size - 0.5,) * 2
+    grey += e.heel * (np.cos(e.heel_angle) * gx[None, :] + np.sin(e.heel_angle) * gy[:, None])
+    coarse = rng.standard_normal((4, 4)).astype(np.float32)
+    grey += 0.03 * cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    grain = cv2.GaussianBlur(rng.standard_normal((size, size), dtype=np.float32), (0, 0), 0.7)
+    grey += (e.noise / 0.4) * grain
+    return np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)
+
+
+# -- the release ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PhantomRelease:
+    """What :func:`make_phantoms` wrote (paths are inside ``root``)."""
+
+    root: Path
+    label_file: Path
+    box_file: Path
+    train_val_list: Path
+    test_list: Path
+    manifest: Path
+    n_patients: int
+    n_images: int
+    n_test_images: int
+    n_boxes: int
+    image_size: int
+    seed: int
+
+    def __str__(self) -> str:
+        return (f"{self.n_images:,} phantom images of {self.n_patients:,} patients "
+                f"({self.image_size}px, seed {self.seed}; {self.n_test_images:,} in the test "
+                f"list, {self.n_boxes:,} boxes) in {self.root}")
+
+
+def _choose_boxes(cohort: pd.DataFrame, test: set[str], rng: np.random.Generator,
+                  fraction: float = 0.6, per_image: int = 3) -> dict[str, list[str]]:
+    """As NIH: boxes for a share of test images with a boxable finding, <= 3 per image."""
+    chosen = {}
+    for image_id, findings in zip(cohort["image_id"], cohort["findings"]):
+        boxable = [f for f in findings if f in BOXED_FINDINGS]
+        if image_id in test and boxable and rng.uniform() < fraction:
+            if len(boxable) > per_image:
+                boxable = sorted(rng.choice(boxable, per_image, replace=False), key=FINDINGS.index)
+            chosen[image_id] = boxable
+    return chosen
+
+
+def _clear_previous(root: Path) -> None:
+    """Refuse to write over anything but an earlier phantom release; remove its images."""
+    if (root / "Data_Entry_2017.csv").exists() and not (root / MANIFEST_NAME).exists():
+        raise FileExistsError(f"{root} holds a Data_Entry_2017.csv that is not a phantom release "
+                              f"(no {MANIFEST_NAME}); refusing to overwrite it")
+    if (root / MANIFEST_NAME).exists():
+        for png in root.glob("images_[0-9][0-9][0-9]/images/*.png"):
+            png.unlink()
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(text.encode("ascii"))
+    tmp.replace(path)
+
+
+def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4), image_size: int = 256,
+                  test_fraction: float = 0.25, seed: int = 0, progress: bool = True) -> PhantomRelease:
+    """Write a phantom release in NIH's exact layout to ``out_dir`` (see module docstring).
+
+    ``images_per_patient`` is an inclusive range (mean 2.5 for the default: 300 patients
+    give ~750 images). ``test_fraction`` of the images go to ``test_list.txt``, by patient
+    and stratified by finding (:func:`cxrkit.data.splits.random_split`). The same
+    arguments give the same bytes in every file; an earlier phantom release in
+    ``out_dir`` is replaced, anything else there is left alone.
+    """
+    if n_patients < 1:
+        raise ValueError(f"n_patients must be >= 1, got {n_patients}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    _clear_previous(root)
+    started = time.perf_counter()
+    cohort = sample_cohort(seed, n_patients, images_per_patient)
+
+    onehot = pd.DataFrame({f: [int(f in t) for t in cohort["findings"]] for f in FINDINGS})
+    table = pd.concat([cohort[["image_id", "patient_id"]], onehot], axis=1)
+    split_seed = int(_stream(seed, 0).integers(2**31))
+    split = random_split(table, fractions=(1 - test_fraction, 0.0, test_fraction), seed=split_seed)
+    test = set(split.loc[split["split"] == "test", "image_id"])
+    boxed = _choose_boxes(cohort, test, _stream(seed, 0, 1))
+
+    from tqdm.auto import tqdm
+
+    anatomy: dict[int, Anatomy] = {}
+    box_lines = []
+    scale = NIH_IMAGE_SIZE / image_size
+    for i, row in enumerate(tqdm(cohort.itertuples(index=False), total=len(cohort),
+                                 desc="phantoms", unit="img", disable=not progress)):
+        pid = row.patient_id
+        if pid not in anatomy:
+            anatomy = {pid: sample_anatomy(_stream(seed, pid, 1), sex=row.sex, age=row.age)}
+        image, boxes = render_phantom(_stream(seed, pid, 2, row.follow_up), row.findings,
+                                      size=image_size, sex=row.sex, age=row.age, view=row.view,
+                                      anatomy=anatomy[pid])
+        folder = root / f"images_{i // IMAGES_PER_FOLDER + 1:03d}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        ok, png = cv2.imencode(".png", image)
+        (folder / row.image_id).write_bytes(png.tobytes())
+        for f in boxed.get(row.image_id, ()):
+            x, y, w, h = (v * scale for v in boxes[f])
+            label = "Infiltrate" if f == "Infiltration" else f
+            box_lines.append(f"{row.image_id},{label},{x:.15g},{y:.15g},{w:.15g},{h:.15g}")
+
+    entry = [DATA_ENTRY_HEADER] + [
+        f"{r.image_id},{'|'.join(sorted(r.findings)) or NO_FINDING},{r.follow_up},{r.patient_id},"
+        f"{r.age},{r.sex},{r.view},{r.orig_width},{r.orig_height},{r.spacing},{r.spacing}"
+        for r in cohort.itertuples(index=False)]
+    names = sorted(cohort["image_id"])
+    files = {"labels": root / "Data_Entry_2017.csv", "boxes": root / "BBox_List_2017.csv",
+             "train_val": root / "train_val_list.txt", "test": root / "test_list.txt"}
+    _write_text(files["labels"], "\r\n".join(entry) + "\r\n")
+    _write_text(files["boxes"], "\n".join([BBOX_HEADER, *box_lines]) + "\n")
+    _write_text(files["train_val"], "\n".join(n for n in names if n not in test))
+    _write_text(files["test"], "\n".join(n for n in names if n in test))
+
+    seconds = time.perf_counter() - started
+    counts = {f: int(onehot[f].sum()) for f in FINDINGS}
+    counts[NO_FINDING] = int((onehot.sum(axis=1) == 0).sum())
+    settings = {"n_patients": n_patients, "images_per_patient": list(images_per_patient),
+                "image_size": image_size, "test_fraction": test_fraction, "seed": seed}
+    manifest = root / MANIFEST_NAME
+    write_json_atomic({"made_by": "cxrkit.data.phantoms.make_phantoms", "versions": _versions(),
+                       "settings": settings, "n_images": len(cohort), "n_test_images": len(test),
+                       "n_boxes": len(box_lines), "finding_counts": counts,
+                       "files": {k: p.name for k, p in files.items()}}, manifest)
+    log.info("phantoms: %d images in %.1f s (%.0f images/s)", len(cohort), seconds,
+             len(cohort) / max(seconds, 1e-9))
+    return PhantomRelease(root, files["labels"], files["boxes"], files["train_val"], files["test"],
+                          manifest, n_patients, len(cohort), len(test), len(box_lines), image_size,
+                          seed)
+
+
+def _versions() -> dict[str, str]:
+    from cxrkit import __version__
+
+    return {"cxrkit": __version__, "numpy": np.__version__, "opencv": cv2.__version__}
