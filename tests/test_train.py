@@ -176,3 +176,14 @@ def test_ddp_two_processes_match_one(phantom_prepared, tmp_path):
         metadata=False)
     assert val["mean_auroc"] == pytest.approx(h2["val_mean_auroc"].iloc[-1], abs=1e-6)
     assert val["loss"] == pytest.approx(h2["val_loss"].iloc[-1], rel=1e-5)
+
+
+def test_box_supervision_runs_on_folded_boxes(phantom_prepared, tmp_path):
+    cfg = config(phantom_prepared, tmp_path / "run", "model.name=gaussian_attention",
+                 "data.box_fold=0.5", "model.box_supervision=1.0", "data.augment=false",
+                 "train.epochs=1")
+    summary = engine.fit(cfg, show_progress=False)
+    assert summary["box_fold_moved"] > 0 and np.isfinite(summary["best_val_mean_auroc"])
+    with pytest.raises(ValueError, match="augment"):
+        engine.fit(config(phantom_prepared, tmp_path / "r2", "model.name=gaussian_attention",
+                          "data.box_fold=0.5", "model.box_supervision=1.0"), show_progress=False)

@@ -21,6 +21,10 @@ _KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, Runti
 
 
 def _setup_logging(verbose: bool) -> None:
+    import os
+
+    if not sys.stderr.isatty():  # logs and CI: a progress line every 10 s, not every batch
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     warnings.simplefilter("default")

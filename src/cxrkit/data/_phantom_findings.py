@@ -70,8 +70,8 @@ def _sphere(frame: Frame, cx, cy, radius, lobulation=0.0, rng=None) -> np.ndarra
 # -- shape changes ------------------------------------------------------------------------
 
 def _cardiomegaly(a: Anatomy, rng, severity: float) -> Anatomy:
-    """Cardiothoracic ratio above 0.5: from moderate (0.6) to gross (0.72)."""
-    ctr = max(a.heart_ctr + 0.12, _lerp(0.6, 0.72, severity) + rng.normal(0, 0.01))
+    """Cardiothoracic ratio above 0.5: from moderate (0.62) to gross (0.74)."""
+    ctr = max(a.heart_ctr + 0.13, _lerp(0.62, 0.74, severity) + rng.normal(0, 0.01))
     return replace(a, heart_ctr=ctr)
 
 
@@ -88,7 +88,7 @@ def _atelectasis_volume_loss(a: Anatomy, rng, severity: float) -> Anatomy:
     """Volume loss: the hemidiaphragm on the collapsed side rises."""
     side = _side(rng, 0.5)
     lift = list(a.dome_lift)
-    lift[0 if side == RIGHT else 1] += _lerp(0.05, 0.09, severity)
+    lift[0 if side == RIGHT else 1] += _lerp(0.06, 0.1, severity)
     return replace(a, dome_lift=(lift[0], lift[1]))
 
 
@@ -101,13 +101,13 @@ def _atelectasis(t: Thorax, rng, severity: float) -> np.ndarray:
     x, y = _lung_point(a, rng, side, (0.6, 0.85))
     mask = np.zeros((f.size, f.size), np.float32)
     if rng.uniform() < 0.5:  # plate-like (discoid) atelectasis
-        half, tilt = _lerp(0.12, 0.2, severity), rng.uniform(-0.3, 0.3)
+        half, tilt = _lerp(0.14, 0.22, severity), rng.uniform(-0.3, 0.3)
         d = np.array([np.cos(tilt), np.sin(tilt)]) * half
         mask = f.lines([np.array([[x, y] - d, [x, y] + d])], _lerp(0.035, 0.055, severity),
                        blur=0.008)
     else:  # wedge from the hilum towards the base
         base_y = a.dome(side, side * x) - 0.02
-        tri = np.array([[side * 0.2, 0.0], [x - side * 0.15, base_y], [x + side * 0.15, base_y]])
+        tri = np.array([[side * 0.2, 0.0], [x - side * 0.18, base_y], [x + side * 0.18, base_y]])
         pts = np.round(f.to_pixels(tri) * 16).astype(np.int32)
         cv2.fillPoly(mask, [pts], 1.0, cv2.LINE_AA, 4)
         mask = cv2.GaussianBlur(mask, (0, 0), 0.01 * f.size)
@@ -115,19 +115,21 @@ def _atelectasis(t: Thorax, rng, severity: float) -> np.ndarray:
 
 
 def _effusion(t: Thorax, rng, severity: float) -> np.ndarray:
-    """Fluid at the base: a meniscus rising laterally, blunting the costophrenic angle."""
+    """Fluid at the base: a meniscus (concave, climbing the lateral chest wall as a thin
+    stripe) that hides the diaphragm and blunts the costophrenic angle."""
     f, a = t.frame, t.anatomy
     sides = SIDES if rng.uniform() < 0.3 else (_side(rng),)
     out = np.zeros((f.size, f.size), np.float32)
     for side in sides:
-        u = side * f.X
-        w = a.chest_wall(f.Y)
-        height = _lerp(0.14, 0.4, severity) * rng.uniform(0.85, 1.1)
+        u = np.clip(side * f.X / a.thorax_half_width, 0, 1)
+        height = _lerp(0.18, 0.42, severity) * rng.uniform(0.85, 1.1)
         angle_y = a.dome(side, a.thorax_half_width)
-        level = angle_y - height * (0.4 + 0.6 * np.clip(u / a.thorax_half_width, 0, 1) ** 2)
-        fluid = f.ramp(f.Y - level, 0.025) * f.ramp(w + 0.01 - u, 0.01) * f.ramp(u - 0.04, 0.02)
-        fluid *= f.ramp(angle_y + 0.08 - f.Y, 0.04)
-        out += fluid * (0.6 + 0.4 * f.ramp(f.Y - level - 0.08, 0.15))
+        level = angle_y - height * (0.45 + 0.55 * u**2)
+        fluid = f.ramp(f.Y - level, 0.02) * f.ramp(angle_y + 0.08 - f.Y, 0.04)
+        fluid *= 0.65 + 0.35 * f.ramp(f.Y - level - 0.08, 0.15)
+        climb = np.clip((f.Y - (level - 0.25 * height)) / (0.25 * height), 0, 1)
+        stripe = f.ramp(0.05 * climb - t.wall_depth[side], 0.005) * (climb > 0)
+        out += np.maximum(fluid, stripe) * t.lung[side]
     return np.clip(out, 0, 1) * t.air
 
 
@@ -155,12 +157,15 @@ def _nodule(t: Thorax, rng, severity: float) -> np.ndarray:
     for _ in range(1 if rng.uniform() < 0.7 else int(rng.integers(2, 4))):
         x, y = _lung_point(t.anatomy, rng, _side(rng), (0.1, 0.85))
         dense = 1.5 if rng.uniform() < 0.2 else 1.0
-        out += dense * _lerp(0.5, 0.65, severity) * _sphere(t.frame, x, y, _lerp(0.05, 0.075, severity))
+        radius = _lerp(0.05, 0.075, severity)
+        out += dense * _lerp(0.5, 0.65, severity) * _sphere(t.frame, x, y, radius)
     return out
 
 
-def _lobar(t: Thorax, rng, severity: float, sharp: bool) -> tuple[np.ndarray, tuple[float, float], int]:
-    """A lobe-shaped region: an envelope cut by a fissure-like edge (sharp or soft)."""
+def _lobar(t: Thorax, rng, severity: float, sharp: bool):
+    """A lobe-shaped region: an envelope cut by a fissure-like edge (sharp or soft).
+
+    Returns ``(region, (x, y), side)``: the region (0..1), its centre and its side."""
     f, a = t.frame, t.anatomy
     side = _side(rng, 0.6)
     x, y = _lung_point(a, rng, side, (0.25, 0.85) if rng.uniform() < 0.75 else (0.1, 0.45))
@@ -224,7 +229,8 @@ def _emphysema_bullae(t: Thorax, rng, severity: float) -> np.ndarray:
     out = np.zeros((t.frame.size, t.frame.size), np.float32)
     for _ in range(int(rng.integers(0, 3))):
         x, y = _lung_point(t.anatomy, rng, _side(rng, 0.5), (0.05, 0.35))
-        out -= t.frame.blob(x, y, _lerp(0.05, 0.1, severity), _lerp(0.04, 0.08, severity), edge=0.01)
+        rx, ry = _lerp(0.05, 0.1, severity), _lerp(0.04, 0.08, severity)
+        out -= t.frame.blob(x, y, rx, ry, edge=0.01)
     return out * (0.1 + t.markings)
 
 

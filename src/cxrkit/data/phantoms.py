@@ -40,7 +40,6 @@ whatever the image size. The global RNG is never used.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -49,8 +48,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from cxrkit.data._phantom_anatomy import Anatomy, Frame, render_thorax, sample_anatomy, sample_pose
+from cxrkit.data._phantom_anatomy import (
+    Anatomy,
+    Frame,
+    render_thorax,
+    sample_anatomy,
+    sample_pose,
+)
 from cxrkit.data._phantom_findings import OVERLAYS, SHAPE_CHANGES
 from cxrkit.data.nih import NIH_IMAGE_SIZE, write_json_atomic
 from cxrkit.data.splits import random_split
@@ -66,7 +72,8 @@ TARGET_PREVALENCE: dict[str, float] = {
     "Pleural_Thickening": 0.04, "Hernia": 0.035,
 }
 #: Findings a patient has for good (then shown on each follow-up with ``CHRONIC_SHOWN``).
-CHRONIC = ("Cardiomegaly", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia", "Mass", "Nodule")
+CHRONIC = ("Cardiomegaly", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia", "Mass",
+           "Nodule")
 CHRONIC_SHOWN = 0.85
 #: Findings of one image, sampled in this order so each can raise the later ones.
 ACUTE = ("Pneumonia", "Consolidation", "Effusion", "Edema", "Atelectasis", "Pneumothorax",
@@ -129,7 +136,8 @@ def sample_cohort(seed: int = 0, n_patients: int = 300, images_per_patient=(1, 4
     """
     lo, hi = images_per_patient
     if not 1 <= lo <= hi:
-        raise ValueError(f"images_per_patient must be (low, high) with 1 <= low <= high, got {images_per_patient}")
+        raise ValueError("images_per_patient must be (low, high) with 1 <= low <= high, got "
+                         f"{images_per_patient}")
     rows = []
     for pid in range(1, n_patients + 1):
         rng = _stream(seed, pid, 0)
@@ -153,8 +161,9 @@ def sample_cohort(seed: int = 0, n_patients: int = 300, images_per_patient=(1, 4
                 if rng.uniform() < _sigmoid(z):
                     found.append(f)
             width, height, spacing, _ = SCANNERS[rng.choice(len(SCANNERS), p=_SCANNER_P)]
-            rows.append((f"{pid:08d}_{k:03d}.png", pid, k, int(min(age, 95)), sex, "AP" if ap else "PA",
-                         tuple(f for f in FINDINGS if f in found), width, height, spacing))
+            rows.append((f"{pid:08d}_{k:03d}.png", pid, k, int(min(age, 95)), sex,
+                         "AP" if ap else "PA", tuple(f for f in FINDINGS if f in found),
+                         width, height, spacing))
     return pd.DataFrame(rows, columns=["image_id", "patient_id", "follow_up", "age", "sex", "view",
                                        "findings", "orig_width", "orig_height", "spacing"])
 
@@ -193,7 +202,10 @@ def sample_exposure(rng: np.random.Generator, view: str) -> Exposure:
                     heel=0.05 * n[4], heel_angle=rng.uniform(0, 2 * np.pi))
 
 
-def _finding_box(delta: np.ndarray, fraction: float = 0.1) -> tuple[float, float, float, float] | None:
+Box = tuple[float, float, float, float]
+
+
+def _finding_box(delta: np.ndarray, fraction: float = 0.1) -> Box | None:
     """``(x, y, w, h)`` in pixels around where a finding changed the density by more than
     ``fraction`` of its largest change; ``None`` if it changed nothing."""
     mag = np.abs(delta)
@@ -202,7 +214,8 @@ def _finding_box(delta: np.ndarray, fraction: float = 0.1) -> tuple[float, float
         return None
     hit = mag > fraction * peak
     rows, cols = np.flatnonzero(hit.any(1)), np.flatnonzero(hit.any(0))
-    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1 - cols[0]), float(rows[-1] + 1 - rows[0]))
+    x, y = int(cols[0]), int(rows[0])
+    return float(x), float(y), float(cols[-1] + 1 - x), float(rows[-1] + 1 - y)
 
 
 def render_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, sex: str = "M",
@@ -319,8 +332,9 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4), image_size: int = 256,
-                  test_fraction: float = 0.25, seed: int = 0, progress: bool = True) -> PhantomRelease:
+def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
+                  image_size: int = 256, test_fraction: float = 0.25, seed: int = 0,
+                  progress: bool = True) -> PhantomRelease:
     """Write a phantom release in NIH's exact layout to ``out_dir`` (see module docstring).
 
     ``images_per_patient`` is an inclusive range (mean 2.5 for the default: 300 patients
@@ -333,11 +347,18 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4), 
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+    started = time.perf_counter()
+    cohort = sample_cohort(seed, n_patients, images_per_patient)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     _clear_previous(root)
-    started = time.perf_counter()
-    cohort = sample_cohort(seed, n_patients, images_per_patient)
+    settings = {"n_patients": n_patients, "images_per_patient": list(images_per_patient),
+                "image_size": image_size, "test_fraction": test_fraction, "seed": seed}
+    manifest = root / MANIFEST_NAME  # first, so that an interrupted run can be replaced
+    write_json_atomic({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": False,
+                       "settings": settings}, manifest)
 
     onehot = pd.DataFrame({f: [int(f in t) for t in cohort["findings"]] for f in FINDINGS})
     table = pd.concat([cohort[["image_id", "patient_id"]], onehot], axis=1)
@@ -346,24 +367,25 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4), 
     test = set(split.loc[split["split"] == "test", "image_id"])
     boxed = _choose_boxes(cohort, test, _stream(seed, 0, 1))
 
-    from tqdm.auto import tqdm
-
-    anatomy: dict[int, Anatomy] = {}
+    anatomy, anatomy_of = None, None  # the current patient's, kept over their follow-ups
     box_lines = []
     scale = NIH_IMAGE_SIZE / image_size
     for i, row in enumerate(tqdm(cohort.itertuples(index=False), total=len(cohort),
                                  desc="phantoms", unit="img", disable=not progress)):
         pid = row.patient_id
-        if pid not in anatomy:
-            anatomy = {pid: sample_anatomy(_stream(seed, pid, 1), sex=row.sex, age=row.age)}
+        if anatomy_of != pid:
+            anatomy = sample_anatomy(_stream(seed, pid, 1), sex=row.sex, age=row.age)
+            anatomy_of = pid
         image, boxes = render_phantom(_stream(seed, pid, 2, row.follow_up), row.findings,
                                       size=image_size, sex=row.sex, age=row.age, view=row.view,
-                                      anatomy=anatomy[pid])
+                                      anatomy=anatomy)
         folder = root / f"images_{i // IMAGES_PER_FOLDER + 1:03d}" / "images"
         folder.mkdir(parents=True, exist_ok=True)
         ok, png = cv2.imencode(".png", image)
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode {row.image_id} as PNG")
         (folder / row.image_id).write_bytes(png.tobytes())
-        for f in boxed.get(row.image_id, ()):
+        for f in (f for f in boxed.get(row.image_id, ()) if f in boxes):
             x, y, w, h = (v * scale for v in boxes[f])
             label = "Infiltrate" if f == "Infiltration" else f
             box_lines.append(f"{row.image_id},{label},{x:.15g},{y:.15g},{w:.15g},{h:.15g}")
@@ -383,11 +405,8 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4), 
     seconds = time.perf_counter() - started
     counts = {f: int(onehot[f].sum()) for f in FINDINGS}
     counts[NO_FINDING] = int((onehot.sum(axis=1) == 0).sum())
-    settings = {"n_patients": n_patients, "images_per_patient": list(images_per_patient),
-                "image_size": image_size, "test_fraction": test_fraction, "seed": seed}
-    manifest = root / MANIFEST_NAME
-    write_json_atomic({"made_by": "cxrkit.data.phantoms.make_phantoms", "versions": _versions(),
-                       "settings": settings, "n_images": len(cohort), "n_test_images": len(test),
+    write_json_atomic({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": True,
+                       "versions": _versions(), "settings": settings, "n_images": len(cohort), "n_test_images": len(test),
                        "n_boxes": len(box_lines), "finding_counts": counts,
                        "files": {k: p.name for k, p in files.items()}}, manifest)
     log.info("phantoms: %d images in %.1f s (%.0f images/s)", len(cohort), seconds,

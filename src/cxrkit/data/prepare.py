@@ -58,11 +58,11 @@ class Prepared:
         return t if split is None else t.loc[t["split"] == split].reset_index(drop=True)
 
     def boxes_in_pixels(self) -> pd.DataFrame | None:
-        """Boxes scaled from NIH's 1024 space to the cache's pixel space."""
+        """Boxes moved from NIH's 1024 space to the cache's pixel space (crop included)."""
         if self.boxes is None:
             return None
-        from cxrkit.data.nih import scale_boxes
-        return scale_boxes(self.boxes, self.cache.size, source_size=NIH_IMAGE_SIZE)
+        cached = self.boxes[self.boxes["image_id"].isin(pd.Index(self.cache.ids))]
+        return self.cache.map_boxes(cached, source_size=NIH_IMAGE_SIZE).reset_index(drop=True)
 
 
 def make_split(release, *, protocol: str = "official", val_fraction: float = 0.1,

@@ -215,9 +215,10 @@ def load_data(cfg: RunConfig, run_dir: Path | None = None) -> RunData:
     if len(train_t) == 0 or len(val_t) == 0:
         raise ValueError(f"split {split_path} has {len(train_t)} train and {len(val_t)} val "
                          "images in the cache; both must be non-empty")
-    train_boxes = None
+    train_boxes = None  # in cache pixels (crop and resize applied)
     if prepared.boxes is not None:
-        train_boxes = prepared.boxes[prepared.boxes["image_id"].isin(train_t["image_id"])]
+        boxes = prepared.boxes_in_pixels()
+        train_boxes = boxes[boxes["image_id"].isin(train_t["image_id"])].reset_index(drop=True)
     log.info("data: %d train / %d val images, %d findings, split %s (%s)", len(train_t),
              len(val_t), len(findings), split_path, prov.get("protocol", "custom"))
     return RunData(prepared=prepared, findings=findings,
@@ -243,7 +244,8 @@ def build_model(cfg: RunConfig, data: RunData):
                 "box images out of test into training (the run records which), or use a "
                 "random split.")
         if data.train_boxes is not None and len(data.train_boxes):
-            kwargs["box_priors"] = fit_box_priors(data.train_boxes, data.findings)
+            kwargs["box_priors"] = fit_box_priors(data.train_boxes, data.findings,
+                                                  image_size=data.prepared.cache.size)
     model = create_model(mc.name, findings=data.findings, in_chans=mc.in_chans,
                          pretrained=mc.pretrained, weights=mc.weights,
                          meta_features=len(META_FEATURES) if mc.metadata else 0, **kwargs)
@@ -505,7 +507,6 @@ def _write_history(history: list[dict], path: Path) -> None:
 
 def _box_supervision(cfg: RunConfig, data: RunData, size: int):
     """Box attention loss for gaussian_attention on training images that have boxes."""
-    from cxrkit.data.nih import NIH_IMAGE_SIZE
     from cxrkit.models import box_attention_loss
 
     if data.train_boxes is None or len(data.train_boxes) == 0:
@@ -527,7 +528,7 @@ def _box_supervision(cfg: RunConfig, data: RunData, size: int):
         for k, image_id in enumerate(batch["image_id"]):
             for r in by_image.get(image_id, ()):
                 if r.finding in findings:
-                    s = size / NIH_IMAGE_SIZE
+                    s = size / data.prepared.cache.size
                     x0, y0 = int(r.x * s), int(r.y * s)
                     x1, y1 = int(math.ceil((r.x + r.w) * s)), int(math.ceil((r.y + r.h) * s))
                     masks[k, findings.index(r.finding), y0:y1, x0:x1] = 1
