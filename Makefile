@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/cxrkit phantoms $(DEMO)/nih --patients 300 --size 256 --seed 0
-	$(BIN)/cxrkit prepare $(DEMO)/nih --out $(DEMO)/prepared --size 128
+	$(BIN)/cxrkit phantoms $(DEMO)/nih --patients 1000 --size 128 --seed 0
+	$(BIN)/cxrkit prepare $(DEMO)/nih --out $(DEMO)/prepared --size 128 --val-fraction 0.2
 	$(BIN)/cxrkit stats $(DEMO)/prepared --out $(DEMO)/stats
-	@echo "demo: plots and tables in $(DEMO)/stats, cache in $(DEMO)/prepared"
+	$(BIN)/cxrkit train configs/demo.yaml
+	@echo "demo: statistics in $(DEMO)/stats, the trained model in $(DEMO)/runs/cnn4"
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --durations=10

@@ -3,7 +3,10 @@ learnable (visible, in their box) without being given away by pixel statistics."
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -55,8 +58,8 @@ def test_layout_and_data_entry_in_nih_2017_form(small):
     rows = raw.decode().split("\r\n")[1:-1]
     assert len(rows) == small.n_images == len(_pngs(root))
     assert all(len(r.split(",")) == 11 for r in rows)  # no trailing empty field on data rows
-    assert re.fullmatch(r"\d{8}_\d{3}\.png,[A-Za-z_| ]+,\d+,\d+,\d+,[MF],(PA|AP),\d+,\d+,[\d.]+,[\d.]+",
-                        rows[0])
+    row = r"\d{8}_\d{3}\.png,[A-Za-z_| ]+,\d+,\d+,\d+,[MF],(PA|AP),\d+,\d+,[\d.]+,[\d.]+"
+    assert all(re.fullmatch(row, r) for r in rows)
     labels, report = read_data_entry(small.label_file)
     assert report.form == "2017"
     for r in rows:  # labels in alphabetical order, as NIH writes them
@@ -106,7 +109,8 @@ def test_boxes_in_nih_form_only_on_test_images(large):
 
 def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
     again = make_phantoms(tmp_path / "again", n_patients=40, image_size=64, seed=3, progress=False)
-    for name in ("Data_Entry_2017.csv", "BBox_List_2017.csv", "train_val_list.txt", "test_list.txt"):
+    for name in ("Data_Entry_2017.csv", "BBox_List_2017.csv", "train_val_list.txt",
+                 "test_list.txt"):
         assert (small.root / name).read_bytes() == (again.root / name).read_bytes(), name
     first, second = _pngs(small.root), _pngs(again.root)
     assert [p.name for p in first] == [p.name for p in second]
@@ -114,7 +118,20 @@ def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
         assert np.array_equal(cv2.imread(str(a), 0), cv2.imread(str(b), 0))
     other = make_phantoms(tmp_path / "other", n_patients=40, image_size=64, seed=4, progress=False)
     assert other.label_file.read_bytes() != small.label_file.read_bytes()
-    assert not np.array_equal(cv2.imread(str(_pngs(other.root)[0]), 0), cv2.imread(str(first[0]), 0))
+    assert not np.array_equal(cv2.imread(str(_pngs(other.root)[0]), 0),
+                              cv2.imread(str(first[0]), 0))
+
+
+def test_same_bytes_in_another_process(small, tmp_path):
+    """Nothing may hang on set or dict order that changes with ``PYTHONHASHSEED``."""
+    code = ("import sys; from cxrkit.data.phantoms import make_phantoms; "
+            "make_phantoms(sys.argv[1], n_patients=40, image_size=64, seed=3, progress=False)")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env=env, timeout=120)
+    for name in ("Data_Entry_2017.csv", "BBox_List_2017.csv", "test_list.txt"):
+        assert (tmp_path / name).read_bytes() == (small.root / name).read_bytes(), name
+    for png in _pngs(small.root)[:20]:
+        assert png.read_bytes() == (tmp_path / png.relative_to(small.root)).read_bytes()
 
 
 def test_every_finding_present_and_prevalences_as_documented(large):
@@ -165,10 +182,11 @@ def test_sign_is_visible_and_inside_its_box(finding):
     """The same patient and exposure with and without the finding differ, and (for the 8
     boxed findings) only inside the box it reports (2 px margin for detector blur)."""
     for seed in range(3):
-        rng_args = dict(size=128, sex="F" if seed == 1 else "M", age=60, view="AP" if seed == 2 else "PA")
-        anatomy = sample_anatomy(np.random.default_rng([seed, 1]), sex=rng_args["sex"], age=60)
-        without, none = render_phantom(np.random.default_rng(seed), [], anatomy=anatomy, **rng_args)
-        with_, boxes = render_phantom(np.random.default_rng(seed), [finding], anatomy=anatomy, **rng_args)
+        sex, view = ("F" if seed == 1 else "M"), ("AP" if seed == 2 else "PA")
+        anatomy = sample_anatomy(np.random.default_rng([seed, 1]), sex=sex, age=60)
+        common = dict(size=128, sex=sex, age=60, view=view, anatomy=anatomy)
+        without, none = render_phantom(np.random.default_rng(seed), [], **common)
+        with_, boxes = render_phantom(np.random.default_rng(seed), [finding], **common)
         assert none == {} and set(boxes) == {finding}
         diff = np.abs(with_.astype(np.float32) - without)
         x, y, w, h = boxes[finding]

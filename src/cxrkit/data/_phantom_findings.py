@@ -116,7 +116,8 @@ def _atelectasis(t: Thorax, rng, severity: float) -> np.ndarray:
 
 def _effusion(t: Thorax, rng, severity: float) -> np.ndarray:
     """Fluid at the base: a meniscus (concave, climbing the lateral chest wall as a thin
-    stripe) that hides the diaphragm and blunts the costophrenic angle."""
+    stripe) that hides the diaphragm and blunts the costophrenic angle, under a haze of
+    fluid layering behind the lower lung."""
     f, a = t.frame, t.anatomy
     sides = SIDES if rng.uniform() < 0.3 else (_side(rng),)
     out = np.zeros((f.size, f.size), np.float32)
@@ -129,7 +130,8 @@ def _effusion(t: Thorax, rng, severity: float) -> np.ndarray:
         fluid *= 0.65 + 0.35 * f.ramp(f.Y - level - 0.08, 0.15)
         climb = np.clip((f.Y - (level - 0.25 * height)) / (0.25 * height), 0, 1)
         stripe = f.ramp(0.05 * climb - t.wall_depth[side], 0.005) * (climb > 0)
-        out += np.maximum(fluid, stripe) * t.lung[side]
+        veil = 0.35 * np.clip((f.Y - (level - 0.3)) / 0.3, 0, 1)  # fluid layering behind
+        out += np.maximum(np.maximum(fluid, stripe), veil) * t.lung[side]
     return np.clip(out, 0, 1) * t.air
 
 

@@ -406,7 +406,8 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     counts = {f: int(onehot[f].sum()) for f in FINDINGS}
     counts[NO_FINDING] = int((onehot.sum(axis=1) == 0).sum())
     write_json_atomic({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": True,
-                       "versions": _versions(), "settings": settings, "n_images": len(cohort), "n_test_images": len(test),
+                       "versions": _versions(), "settings": settings,
+                       "n_images": len(cohort), "n_test_images": len(test),
                        "n_boxes": len(box_lines), "finding_counts": counts,
                        "files": {k: p.name for k, p in files.items()}}, manifest)
     log.info("phantoms: %d images in %.1f s (%.0f images/s)", len(cohort), seconds,

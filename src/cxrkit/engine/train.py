@@ -130,7 +130,7 @@ def train_one_epoch(model, loss_fn, optimizer, loader, transform, *, device, pre
         total += loss.item() * len(y)
         count += len(y)
         rate = count / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{rate:.0f}")
+        bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{rate:.0f}", refresh=False)
         bar.update(1)
     bar.close()
     return total / max(count, 1), count / max(time.perf_counter() - t0, 1e-9), step
