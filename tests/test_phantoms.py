@@ -15,13 +15,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxrkit.data import phantoms
-from cxrkit.data._phantom_anatomy import sample_anatomy
 from cxrkit.data._phantom_findings import OVERLAYS, SHAPE_CHANGES
 from cxrkit.data.nih import read_bbox_list, read_data_entry, read_image_list
 from cxrkit.data.phantoms import (
     TARGET_PREVALENCE,
     make_phantoms,
     render_phantom,
+    sample_anatomy,
     sample_cohort,
 )
 from cxrkit.labels import BOXED_FINDINGS, FINDINGS, UnknownFindingError
@@ -157,11 +157,13 @@ def test_every_finding_present_and_prevalences_as_documented(large):
 def test_pixel_statistics_do_not_give_findings_away(large):
     """No finding is revealed by global brightness/contrast or by one region's brightness.
 
-    AUROC of image mean, image std and the mean of each 8x8 grid cell (the best cell of
-    64, either direction). Bound 0.9: measured values are 0.5-0.8 (Emphysema highest, its
-    hyperinflation darkens the whole lung field); with 25-60 positives the best of 64
-    noisy cells sits ~0.1 above the true best, so 0.9 leaves room for seed-to-seed spread
-    while failing if a sign became a brightness flag (a CNN reaches ~0.9 mean AUROC).
+    AUROC of image mean, image std and the mean of each 8x8 grid cell (the best of 66,
+    either direction). Bound 0.9: over several seeds the worst statistic per finding
+    measured 0.55-0.86 (Cardiomegaly, Emphysema and Edema highest: they change large
+    areas); this seed's largest is 0.77. With 20-120 positives the best of 66 noisy
+    statistics sits up to ~0.1 above the true best, so 0.9 leaves room for that while
+    failing if a sign became a brightness flag. A small CNN reaches ~0.85 mean AUROC
+    here, so the signs are learnable, by their shape.
     """
     _, labels, images = large
     x = images.astype(np.float32)

@@ -187,3 +187,11 @@ def test_box_supervision_runs_on_folded_boxes(phantom_prepared, tmp_path):
     with pytest.raises(ValueError, match="augment"):
         engine.fit(config(phantom_prepared, tmp_path / "r2", "model.name=gaussian_attention",
                           "data.box_fold=0.5", "model.box_supervision=1.0"), show_progress=False)
+
+
+def test_rerun_of_an_early_stopped_run_does_not_train_on(phantom_prepared, tmp_path):
+    cfg = config(phantom_prepared, tmp_path / "run", "train.patience=0")
+    first = engine.fit(cfg, show_progress=False)
+    assert first["status"] == "early-stopped" and first["epochs_run"] == 1
+    again = engine.fit(cfg, show_progress=False)
+    assert again["status"] == "early-stopped" and again["epochs_run"] == 1

@@ -108,7 +108,7 @@ def sample_anatomy(rng: np.random.Generator, *, sex: str, age: float) -> Anatomy
         bone=1.0 - 0.25 * max(old, 0) + 0.08 * n[5],
         rib_spacing=0.10 + 0.012 * u[4],
         rib_phase=0.1 * u[5],
-        breast=(0.08 + 0.1 * u[6]) if female and age >= 14 else 0.0,
+        breast=(0.04 + 0.06 * u[6]) if female and age >= 14 else 0.0,
         stomach_gas=u[7],
         seed=int(rng.integers(0, 2**31)),
     )
@@ -298,7 +298,7 @@ def render_thorax(frame: Frame, anatomy: Anatomy, view: str) -> Thorax:
     density = body * (0.5 + 0.5 * np.sqrt(np.clip(1 - (X / body_w) ** 2, 0, 1)))
     if a.breast > 0:
         for side in SIDES:
-            density += a.breast * frame.blob(side * 0.45, 0.52, 0.3, 0.2, edge=0.06)
+            density += a.breast * frame.blob(side * 0.45, 0.48, 0.32, 0.22, edge=0.1)
 
     # heart (a tilted ellipse resting on the left dome) and mediastinum hide the lungs
     hw = a.heart_width(view)

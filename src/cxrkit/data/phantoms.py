@@ -16,9 +16,14 @@ tested without the 45 GB download:
 
 The images (:func:`render_phantom`) show a chest with soft tissue, lungs, heart,
 mediastinum, ribs, clavicles and diaphragm, posed, exposed and noised differently each
-time; AP (bedside) views magnify the heart and are noisier. Each of the 14 findings is a
-plausible sign at a plausible place (see :mod:`cxrkit.data._phantom_findings`), varying
-in size, place and intensity, so a classifier must learn shapes, not pixel statistics.
+time; AP (bedside) views magnify the heart and are noisier, women have breast shadows,
+older patients fainter bones and a larger heart. Each of the 14 findings is a plausible
+sign at a plausible place (see :mod:`cxrkit.data._phantom_findings`), varying in size,
+place and intensity, so a classifier must learn shapes, not pixel statistics. Sign
+strengths are tuned for the demo: a 4-block CNN trained from scratch for ~3 CPU-minutes
+on ~750 images reaches a mean test AUROC of about 0.85 (not 1.0), while image mean, std
+and the mean of any 8x8 grid cell stay below 0.9 AUROC for every finding (see
+tests/test_phantoms.py).
 
 Labels (:func:`sample_cohort`) follow NIH's structure: ~half the images "No Finding",
 several images per patient with follow-up numbers, ages and sexes distributed as in NIH,
@@ -41,6 +46,7 @@ whatever the image size. The global RNG is never used.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +69,9 @@ from cxrkit.data.splits import random_split
 from cxrkit.labels import BOXED_FINDINGS, FINDINGS, NO_FINDING, canonical_finding
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Anatomy", "PhantomRelease", "TARGET_PREVALENCE", "make_phantoms", "render_phantom",
+           "sample_anatomy", "sample_cohort"]
 
 #: Share of images showing each finding (boosted from NIH's for rare ones, see above).
 TARGET_PREVALENCE: dict[str, float] = {
@@ -124,7 +133,8 @@ def _sigmoid(z: float) -> float:
     return float(1.0 / (1.0 + np.exp(-z)))
 
 
-def sample_cohort(seed: int = 0, n_patients: int = 300, images_per_patient=(1, 4)) -> pd.DataFrame:
+def sample_cohort(*, n_patients: int = 300, images_per_patient=(1, 4),
+                  seed: int = 0) -> pd.DataFrame:
     """The labels of a phantom release, one row per image, no pixels.
 
     Columns: ``image_id, patient_id, follow_up, age, sex, view, findings`` (a tuple in
@@ -219,14 +229,15 @@ def _finding_box(delta: np.ndarray, fraction: float = 0.1) -> Box | None:
 
 
 def render_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, sex: str = "M",
-                   age: float = 50.0, view: str = "PA", anatomy: Anatomy | None = None):
+                   age: float = 50.0, view: str = "PA",
+                   anatomy: Anatomy | None = None) -> tuple[np.ndarray, dict[str, Box]]:
     """Draw one frontal chest radiograph showing ``findings``.
 
     Returns ``(image, boxes)``: ``image`` is a ``(size, size)`` uint8 array (bright =
     dense), ``boxes`` maps each drawn finding to ``(x, y, w, h)`` in pixels of this image
-    around where it changed the picture. ``anatomy`` (from
-    :func:`~cxrkit.data._phantom_anatomy.sample_anatomy`) keeps a patient's chest across
-    follow-ups; without it one is drawn from ``rng`` for ``sex`` and ``age``.
+    around where it changed the picture. ``anatomy`` (from :func:`sample_anatomy`) keeps
+    a patient's chest across follow-ups; without it one is drawn from ``rng`` for ``sex``
+    and ``age``. Each sign's strength is drawn in [``MIN_SEVERITY``, 1].
 
     ``rng`` is consumed the same way whatever ``findings`` are, so two calls with equal
     generators differ only by the signs of the findings that differ.
@@ -246,15 +257,18 @@ def render_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, se
     def sign_rng(f: str) -> np.random.Generator:  # the patient's own placement of a sign
         return np.random.default_rng([anatomy.seed, FINDINGS.index(f)])
 
-    base = render_thorax(frame, anatomy, view)
+    # findings that reshape the chest: each alone (for its box), then all together
+    base = thorax = render_thorax(frame, anatomy, view)
     deltas: dict[str, np.ndarray] = {}
+    reshaping = [f for f in FINDINGS if f in wanted and f in SHAPE_CHANGES]
     shaped = anatomy
-    for f in (f for f in FINDINGS if f in wanted and f in SHAPE_CHANGES):
-        alone = render_thorax(frame, SHAPE_CHANGES[f](anatomy, sign_rng(f), severity[f]), view)
-        deltas[f] = alone.density - base.density
+    for f in reshaping:
+        thorax = render_thorax(frame, SHAPE_CHANGES[f](anatomy, sign_rng(f), severity[f]), view)
+        deltas[f] = thorax.density - base.density
         shaped = SHAPE_CHANGES[f](shaped, sign_rng(f), severity[f])
-    thorax = base if shaped == anatomy else (alone if len(deltas) == 1 else
-                                             render_thorax(frame, shaped, view))
+    if len(reshaping) > 1:
+        thorax = render_thorax(frame, shaped, view)
+    # findings drawn on top
     density = thorax.density.copy()
     for f in (f for f in FINDINGS if f in wanted and f in OVERLAYS):
         delta = OVERLAYS[f](thorax, sign_rng(f), severity[f])
@@ -267,14 +281,16 @@ def render_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, se
 def _expose(density: np.ndarray, e: Exposure, rng: np.random.Generator, frame: Frame) -> np.ndarray:
     """Density -> 8-bit grey levels: detector blur, exposure curve, heel effect, noise."""
     size = frame.size
+    # unsharpness: 0.4% of the side (~4 px of a 1024 px NIH image), at least half a pixel
     density = cv2.GaussianBlur(density, (0, 0), max(0.5, 0.004 * size))
     grey = np.clip((density - e.black) / (e.white - e.black), 0, 1) ** e.gamma
-    gx, gy = (np.arange(size, dtype=np.float32) / size - 0.5,) * 2
-    grey += e.heel * (np.cos(e.heel_angle) * gx[None, :] + np.sin(e.heel_angle) * gy[:, None])
-    coarse = rng.standard_normal((4, 4)).astype(np.float32)
+    ramp = np.arange(size, dtype=np.float32) / size - 0.5
+    grey += e.heel * math.cos(e.heel_angle) * ramp[None, :]
+    grey += e.heel * math.sin(e.heel_angle) * ramp[:, None]
+    coarse = rng.standard_normal((4, 4)).astype(np.float32)  # uneven exposure
     grey += 0.03 * cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
     grain = cv2.GaussianBlur(rng.standard_normal((size, size), dtype=np.float32), (0, 0), 0.7)
-    grey += (e.noise / 0.4) * grain
+    grey += (e.noise / 0.403) * grain  # 0.403: std of unit noise blurred with sigma 0.7 px
     return np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)
 
 
@@ -350,7 +366,7 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
     started = time.perf_counter()
-    cohort = sample_cohort(seed, n_patients, images_per_patient)
+    cohort = sample_cohort(n_patients=n_patients, images_per_patient=images_per_patient, seed=seed)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     _clear_previous(root)

@@ -418,6 +418,8 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
     status, started = "completed", time.time()
     no_train = optimizer is None or cfg.model.freeze == "no-train"
     epochs = 1 if no_train else tc.epochs
+    if history and bad_epochs >= tc.patience:  # the resumed run had stopped early: done
+        status, epochs = "early-stopped", start_epoch
     try:
         for epoch in range(start_epoch, epochs):
             torch.manual_seed(tc.seed * 7919 + epoch)  # dropout etc.: a function of the epoch
