@@ -77,3 +77,11 @@ def test_ten_crop():
 def test_presets_share_geometry():
     train, evaluate = presets(size=32, resize=40, channels=3)
     assert train.size == evaluate.size == 32 and evaluate.resize == 40
+
+
+def test_affine_grid_matches_torch():
+    from cxrkit.data.transforms import affine_grid
+
+    theta = TrainTransform(16).sample_theta(5, torch.Generator().manual_seed(0), "cpu")
+    ref = torch.nn.functional.affine_grid(theta, [5, 1, 16, 16], align_corners=False)
+    assert torch.allclose(affine_grid(theta, 16), ref, atol=1e-6)

@@ -65,7 +65,7 @@ class CXRDataset(Dataset):
         self.table = table
         self.image_ids = table["image_id"].tolist()
         self.rows = np.asarray(cache.rows(self.image_ids), dtype=np.int64)
-        self.labels = torch.from_numpy(table[list(self.findings)].to_numpy(dtype=np.float32))
+        self.labels = torch.tensor(table[list(self.findings)].to_numpy(dtype=np.float32))
         self.meta = torch.from_numpy(metadata_vector(table))
 
     def __len__(self) -> int:
