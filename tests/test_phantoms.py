@@ -228,3 +228,15 @@ def test_folders_of_ten_thousand_and_safe_rewrites(tmp_path, monkeypatch):
     (real / "Data_Entry_2017.csv").write_text("x")
     with pytest.raises(FileExistsError):
         make_phantoms(real, n_patients=2, image_size=32, progress=False)
+
+
+def test_rerun_with_same_settings_is_a_no_op(tmp_path):
+    from cxrkit.data.phantoms import make_phantoms
+
+    first = make_phantoms(tmp_path / "rel", n_patients=4, image_size=32, seed=3, progress=False)
+    png = sorted((tmp_path / "rel").rglob("*.png"))[0]
+    before = png.stat().st_mtime_ns
+    again = make_phantoms(tmp_path / "rel", n_patients=4, image_size=32, seed=3, progress=False)
+    assert again == first and png.stat().st_mtime_ns == before
+    make_phantoms(tmp_path / "rel", n_patients=4, image_size=32, seed=4, progress=False)
+    assert not png.exists() or png.stat().st_mtime_ns != before

@@ -366,13 +366,17 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
     started = time.perf_counter()
-    cohort = sample_cohort(n_patients=n_patients, images_per_patient=images_per_patient, seed=seed)
     root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    _clear_previous(root)
     settings = {"n_patients": n_patients, "images_per_patient": list(images_per_patient),
                 "image_size": image_size, "test_fraction": test_fraction, "seed": seed}
     manifest = root / MANIFEST_NAME  # first, so that an interrupted run can be replaced
+    existing = _up_to_date(root, settings)
+    if existing is not None:
+        log.info("phantoms: %s is up to date (same settings and versions)", root)
+        return existing
+    cohort = sample_cohort(n_patients=n_patients, images_per_patient=images_per_patient, seed=seed)
+    root.mkdir(parents=True, exist_ok=True)
+    _clear_previous(root)
     write_json_atomic({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": False,
                        "settings": settings}, manifest)
 
@@ -431,6 +435,25 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     return PhantomRelease(root, files["labels"], files["boxes"], files["train_val"], files["test"],
                           manifest, n_patients, len(cohort), len(test), len(box_lines), image_size,
                           seed)
+
+
+def _up_to_date(root: Path, settings: dict) -> PhantomRelease | None:
+    """The release already in ``root`` if a complete run made it with these settings."""
+    import json
+
+    try:
+        m = json.loads((root / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    files = {k: root / name for k, name in m.get("files", {}).items()}
+    if (not m.get("complete") or m.get("settings") != settings or m.get("versions") != _versions()
+            or set(files) != {"labels", "boxes", "train_val", "test"}
+            or not all(p.exists() for p in files.values())):
+        return None
+    return PhantomRelease(root, files["labels"], files["boxes"], files["train_val"],
+                          files["test"], root / MANIFEST_NAME, settings["n_patients"],
+                          m["n_images"], m["n_test_images"], m["n_boxes"],
+                          settings["image_size"], settings["seed"])
 
 
 def _versions() -> dict[str, str]:
