@@ -121,6 +121,8 @@ DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient 
                      "OriginalImagePixelSpacing[x,y],")
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 MANIFEST_NAME = "phantoms_manifest.json"
+#: Bump when the images or labels a seed produces change, so old releases are remade.
+GENERATOR_VERSION = 1
 
 
 def _stream(seed: int, *key: int) -> np.random.Generator:
@@ -459,4 +461,5 @@ def _up_to_date(root: Path, settings: dict) -> PhantomRelease | None:
 def _versions() -> dict[str, str]:
     from cxrkit import __version__
 
-    return {"cxrkit": __version__, "numpy": np.__version__, "opencv": cv2.__version__}
+    return {"cxrkit": __version__, "generator": str(GENERATOR_VERSION), "numpy": np.__version__,
+            "opencv": cv2.__version__}
