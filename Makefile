@@ -31,6 +31,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/bench_cache.py
 	$(BIN)/python bench/bench_loader.py
+	$(BIN)/python bench/bench_train.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -7,7 +7,8 @@ allocator and thread state:
 * ``fp32 eager``            float32, NCHW: the usual script (the baseline, ratio 1.0)
 * ``bf16 + channels_last``  cxrkit's default (``train.amp=auto``, ``train.channels_last``)
 * each of them again with ``GLIBC_TUNABLES`` (huge pages, no mmap/trim churn) set before
-  Python starts, as ``cxrkit train`` does on Linux unless ``CXRKIT_NO_TUNABLES=1``
+  Python starts. On the quiet 2-core development machine they did not speed up the bf16
+  path (0.87-0.93x of it without), so cxrkit does not set them; this bench keeps measuring.
 
 Variants run interleaved, ``--repeats`` times, best rate kept (the machine is shared and
 noisy; ratios within one run are what to read).
@@ -76,7 +77,6 @@ def worker(model_name: str, mode: str, batch: int, steps: int, device: str) -> f
 
 def run_variant(model, mode, tunables, args) -> float:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    env["CXRKIT_NO_TUNABLES"] = "1"
     if tunables:
         env["GLIBC_TUNABLES"] = TUNABLES
     cmd = [sys.executable, __file__, "--worker", model, mode, "--batch", str(args.batch),

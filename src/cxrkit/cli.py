@@ -181,9 +181,6 @@ def train(
 
     Re-running the same command resumes from the run folder's last.pt.
     """
-    from cxrkit._runtime import reexec_with_tunables
-
-    reexec_with_tunables()  # allocator settings for fast CPU training (see _runtime.py)
     from cxrkit.config import load_config
     from cxrkit.engine.train import fit
 
