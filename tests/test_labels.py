@@ -39,3 +39,12 @@ def test_resolve_subsets_keep_canonical_order():
         resolve_findings(["No Finding"])
     with pytest.raises(UnknownFindingError, match="Covid"):
         resolve_findings("Covid")
+
+
+def test_boxed_findings_are_those_in_nih_box_file():
+    from conftest import META, _need
+    from cxrkit.data.nih import read_bbox_list
+    from cxrkit.labels import BOXED_FINDINGS
+
+    boxes = read_bbox_list(_need(META / "BBox_List_2017.csv"))
+    assert set(boxes["finding"]) == set(BOXED_FINDINGS)

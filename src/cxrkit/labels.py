@@ -42,17 +42,9 @@ ALIASES: dict[str, str] = {
     "NoFinding": NO_FINDING,
 }
 
-#: Findings that NIH drew bounding boxes for (8 of the 14).
-BOXED_FINDINGS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-)
+#: Findings that NIH drew bounding boxes for: 8 of the 14, which are the first 8 in
+#: the canonical order (Atelectasis ... Pneumothorax).
+BOXED_FINDINGS: tuple[str, ...] = FINDINGS[:8]
 
 #: Per-finding image counts in the full 2017 release (112,120 images), as published.
 PUBLISHED_COUNTS: dict[str, int] = {
