@@ -15,8 +15,8 @@ noisy; ratios within one run are what to read).
 
     python bench/bench_train.py [--models densenet121,mobilenet_v3_large,cnn4] [--batch 16]
 
-With a CUDA GPU: ``--device cuda`` measures the models at 224 with the real loader (cache
-+ batch augmentation on the GPU) in the loop over a phantom cache.
+With a CUDA GPU: ``--device cuda`` measures the same train step on the GPU (synthetic
+batches already on the device; the real loader in the loop is not measured yet).
 """
 
 from __future__ import annotations
