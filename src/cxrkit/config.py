@@ -8,7 +8,6 @@ saved in every run folder and inside every checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -195,8 +194,3 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping with data/model/train sections")
     return RunConfig.from_dict(apply_overrides(d, overrides or []))
-
-
-def replace(cfg, **changes):
-    """``dataclasses.replace`` re-exported for callers that tweak a section."""
-    return dataclasses.replace(cfg, **changes)

@@ -84,11 +84,6 @@ class CXRDataset(Dataset):
         return [{"image": images[k], "labels": self.labels[i], "meta": self.meta[i],
                  "image_id": self.image_ids[i], "index": int(i)} for k, i in enumerate(idx)]
 
-    def positive_fraction(self) -> np.ndarray:
-        """Prevalence per finding over known labels (used for positive weights)."""
-        labels = self.labels.numpy()
-        return np.nanmean(labels, axis=0) if len(labels) else np.zeros(len(self.findings))
-
 
 def collate(items: list[dict]) -> dict:
     """Stack a list of items into a batch dict (ids stay a list of str)."""

@@ -61,15 +61,6 @@ def gather_objects(d: Dist, obj):
     return out
 
 
-def broadcast_object(d: Dist, obj):
-    """Rank 0's ``obj`` on every rank."""
-    if not d.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()
