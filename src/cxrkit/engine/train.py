@@ -13,7 +13,6 @@ are seeded from ``(seed, epoch)``, so a resumed run ends where an uninterrupted 
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -40,6 +39,7 @@ from cxrkit.engine.checkpoint import (
     versions,
 )
 from cxrkit.engine.losses import make_loss, positive_weights
+from cxrkit.engine.runlog import plot_curves, write_history
 from cxrkit.labels import resolve_findings
 from cxrkit.metrics import auroc_per_finding, mean_defined
 
@@ -293,25 +293,6 @@ def _preprocess_record(cfg: RunConfig, data: RunData, model, size: int, resize: 
             "channels": int(cfg.model.in_chans)}
 
 
-def _plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
-    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    a.plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
-    a.set(xlabel="epoch", ylabel="loss", title="Loss")
-    a.legend()
-    b.plot(ep, [h["val_mean_auroc"] for h in history], "o-", color="C2")
-    b.set(xlabel="epoch", ylabel="mean AUROC", title="Validation mean AUROC", ylim=(0.4, 1.0))
-    b.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> dict:
     """Train (or, with ``model.freeze=no-train``, only evaluate) and write the run folder.
 
@@ -376,7 +357,9 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
 
     aux = None
     if cfg.model.box_supervision > 0:
-        aux = _box_supervision(cfg, data, size)
+        from cxrkit.engine.box_supervision import box_supervision_loss
+
+        aux = box_supervision_loss(cfg, data, size)
 
     start_epoch, step, best, history, bad_epochs = 0, 0, -math.inf, [], 0
     last = run_dir / "last.pt"
@@ -463,8 +446,8 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
                 if improved:
                     save_checkpoint(state(epoch, metrics), run_dir / "best.pt")
                 save_checkpoint(state(epoch, metrics), last)
-                _write_history(history, run_dir / "metrics.csv")
-                _plot_curves(history, run_dir / "curves.png")
+                write_history(history, run_dir / "metrics.csv")
+                plot_curves(history, run_dir / "curves.png")
             distributed.barrier(d)
             if bad_epochs >= tc.patience:
                 if d.is_main:
@@ -496,47 +479,3 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
             write_json_atomic(summary, run_dir / "run.json")
         distributed.teardown(d)
     return summary if d.is_main else {}
-
-
-def _write_history(history: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
-    tmp.replace(path)
-
-
-def _box_supervision(cfg: RunConfig, data: RunData, size: int):
-    """Box attention loss for gaussian_attention on training images that have boxes."""
-    from cxrkit.models import box_attention_loss
-
-    if data.train_boxes is None or len(data.train_boxes) == 0:
-        raise ValueError("model.box_supervision > 0 needs boxes on training images "
-                         "(set data.box_fold, or use a random split)")
-    if cfg.data.augment:
-        raise ValueError("model.box_supervision needs data.augment=false: random crops move "
-                         "the anatomy away from the box coordinates")
-    by_image: dict[str, list] = {}
-    for r in data.train_boxes.itertuples():
-        by_image.setdefault(r.image_id, []).append(r)
-    findings = data.findings
-    weight = cfg.model.box_supervision
-
-    def aux(model, x, batch):
-        core = getattr(model, "module", model)
-        masks = torch.zeros(x.shape[0], len(findings), size, size, device=x.device)
-        has = False
-        for k, image_id in enumerate(batch["image_id"]):
-            for r in by_image.get(image_id, ()):
-                if r.finding in findings:
-                    s = size / data.prepared.cache.size
-                    x0, y0 = int(r.x * s), int(r.y * s)
-                    x1, y1 = int(math.ceil((r.x + r.w) * s)), int(math.ceil((r.y + r.h) * s))
-                    masks[k, findings.index(r.finding), y0:y1, x0:x1] = 1
-                    has = True
-        if not has:
-            return torch.zeros((), device=x.device)
-        return weight * box_attention_loss(core.attention_maps(x), masks)
-
-    return aux

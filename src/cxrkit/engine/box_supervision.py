@@ -1,0 +1,53 @@
+"""Box supervision for ``gaussian_attention``: pull each finding's attention into its boxes.
+
+Only training images with boxes contribute (under the official split that needs a box
+fold). Boxes arrive in cache pixels (``RunData.train_boxes``) and are rescaled to the
+model's input; random crops would move the anatomy away from them, so this requires
+``data.augment=false``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from cxrkit.config import RunConfig
+    from cxrkit.engine.train import RunData
+
+
+def box_supervision_loss(cfg: RunConfig, data: RunData, size: int):
+    """Box attention loss for gaussian_attention on training images that have boxes."""
+    from cxrkit.models import box_attention_loss
+
+    if data.train_boxes is None or len(data.train_boxes) == 0:
+        raise ValueError("model.box_supervision > 0 needs boxes on training images "
+                         "(set data.box_fold, or use a random split)")
+    if cfg.data.augment:
+        raise ValueError("model.box_supervision needs data.augment=false: random crops move "
+                         "the anatomy away from the box coordinates")
+    by_image: dict[str, list] = {}
+    for r in data.train_boxes.itertuples():
+        by_image.setdefault(r.image_id, []).append(r)
+    findings = data.findings
+    weight = cfg.model.box_supervision
+
+    def aux(model, x, batch):
+        core = getattr(model, "module", model)
+        masks = torch.zeros(x.shape[0], len(findings), size, size, device=x.device)
+        has = False
+        for k, image_id in enumerate(batch["image_id"]):
+            for r in by_image.get(image_id, ()):
+                if r.finding in findings:
+                    s = size / data.prepared.cache.size
+                    x0, y0 = int(r.x * s), int(r.y * s)
+                    x1, y1 = int(math.ceil((r.x + r.w) * s)), int(math.ceil((r.y + r.h) * s))
+                    masks[k, findings.index(r.finding), y0:y1, x0:x1] = 1
+                    has = True
+        if not has:
+            return torch.zeros((), device=x.device)
+        return weight * box_attention_loss(core.attention_maps(x), masks)
+
+    return aux
