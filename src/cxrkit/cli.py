@@ -69,15 +69,14 @@ def validate(
     """Read and cross-check a release's metadata; report what was found."""
     from cxrkit.data.images import find_images
     from cxrkit.data.release import load_release, match_images
-    from cxrkit.data.splits import check_leakage, official_split
+    from cxrkit.data.splits import official_split
 
     rel = _run(load_release, root, label_file=labels)
     typer.echo(rel.report.summary())
     if rel.boxes is not None:
         typer.echo(f"boxes: {len(rel.boxes):,} on {rel.boxes['image_id'].nunique():,} images")
     if rel.has_official_split:
-        split = _run(official_split, rel.labels, rel.train_val, rel.test, val_fraction=0.0)
-        _run(check_leakage, split)
+        _run(official_split, rel.labels, rel.train_val, rel.test, val_fraction=0.0)  # checks leakage
         typer.echo(f"official split: {len(rel.train_val):,} train_val / {len(rel.test):,} test "
                    "images, no patient in both")
     if images:

@@ -321,9 +321,8 @@ def read_image_list(path: str | Path) -> list[str]:
 
 def check_list_against_labels(names: list[str], labels: pd.DataFrame, path: str | Path) -> None:
     """Raise if a list names images absent from the label file (names a few)."""
-    known = pd.Index(labels["image_id"])
-    unknown = [n for n in names if n not in known] if len(names) < 1000 else \
-        list(pd.Index(names).difference(known))
+    known = set(labels["image_id"])
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise NIHFormatError(
             f"{path}: {len(unknown)} listed image(s) not in the label file, e.g. {unknown[:5]}"
@@ -332,9 +331,15 @@ def check_list_against_labels(names: list[str], labels: pd.DataFrame, path: str 
 
 def write_json_atomic(obj: dict, path: str | Path) -> None:
     """Write JSON through a temporary file and ``os.replace`` so readers never see half."""
-    import os
-
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    tmp.replace(path)
+
+
+def write_csv_atomic(table: pd.DataFrame, path: str | Path) -> None:
+    """Write a table (no index) through a temporary file, like :func:`write_json_atomic`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(path)

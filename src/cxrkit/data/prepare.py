@@ -24,10 +24,9 @@ import pandas as pd
 from cxrkit import __version__
 from cxrkit.data.cache import ImageCache, PreprocessSettings, build_cache
 from cxrkit.data.images import find_images
-from cxrkit.data.nih import NIH_IMAGE_SIZE, write_json_atomic
+from cxrkit.data.nih import NIH_IMAGE_SIZE, write_csv_atomic, write_json_atomic
 from cxrkit.data.release import BOX_TEST_NOTE, load_release, match_images
 from cxrkit.data.splits import (
-    check_leakage,
     load_split,
     official_split,
     random_split,
@@ -108,14 +107,10 @@ def prepare(root: str | Path, out: str | Path, *, settings: PreprocessSettings |
     fingerprint = {"labels_sha256": release.report.sha256, "files": release.files}
     build_cache(list(zip(table["image_id"], table["path"], strict=True)), out, settings,
                 workers=workers, progress=progress, inputs_fingerprint=fingerprint)
-    tmp = out / "labels.csv.tmp"
-    table.drop(columns=["path"]).to_csv(tmp, index=False)
-    tmp.replace(out / "labels.csv")
+    write_csv_atomic(table.drop(columns=["path"]), out / "labels.csv")
     save_split(split, out / "split.csv", **prov)
     if release.boxes is not None:
-        tmp = out / "boxes.csv.tmp"
-        release.boxes.to_csv(tmp, index=False)
-        tmp.replace(out / "boxes.csv")
+        write_csv_atomic(release.boxes, out / "boxes.csv")
     elif (out / "boxes.csv").exists():
         (out / "boxes.csv").unlink()
     write_json_atomic({
@@ -147,8 +142,7 @@ def load_prepared(path: str | Path) -> Prepared:
                       f"{bad[:5]}{' ...' if len(bad) > 5 else ''} (see {path / 'index.csv'})",
                       stacklevel=2)
         labels = labels.loc[ok].reset_index(drop=True)
-    split = load_split(path / "split.csv")
-    check_leakage(split)
+    split = load_split(path / "split.csv")  # checks columns, values and leakage
     boxes = pd.read_csv(path / "boxes.csv") if (path / "boxes.csv").exists() else None
     info = json.loads((path / "dataset.json").read_text())
     return Prepared(root=path, cache=cache, labels=labels, split=split, boxes=boxes, info=info)

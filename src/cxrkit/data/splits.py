@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.data.nih import file_sha256, write_json_atomic
+from cxrkit.data.nih import file_sha256, write_csv_atomic, write_json_atomic
 from cxrkit.labels import FINDINGS
 
 SPLITS = ("train", "val", "test")
@@ -151,9 +151,7 @@ def save_split(split: pd.DataFrame, path: str | Path, **provenance) -> Path:
     check_leakage(split)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    split[["image_id", "patient_id", "split"]].to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_csv_atomic(split[["image_id", "patient_id", "split"]], path)
     meta = {
         **provenance,
         "sha256": file_sha256(path),

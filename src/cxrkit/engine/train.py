@@ -139,42 +139,39 @@ def train_one_epoch(model, loss_fn, optimizer, loader, transform, *, device, pre
 @torch.no_grad()
 def predict_loader(model, loader, transform, *, device, precision, metadata: bool,
                    dist=None, show_progress=False, desc="eval"):
-    """Probabilities and labels for every item of ``loader`` (gathered across ranks).
+    """Logits and labels for every item of ``loader`` (gathered across ranks).
 
-    Returns ``(indices, probabilities, labels)`` sorted by dataset index, de-duplicated
-    (a distributed sampler pads the last shard with repeats).
+    Returns ``(indices, logits, labels)`` as float32 numpy arrays sorted by dataset index,
+    de-duplicated (a distributed sampler pads the last shard with repeats).
     """
     model.eval()
-    idx, probs, labels = [], [], []
+    idx, logits, labels = [], [], []
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not show_progress, leave=False):
         x = transform(batch["image"].to(device))
         meta = batch["meta"].to(device) if metadata else None
         with precision.autocast(device):
-            logits = model(x, meta)
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+            out = model(x, meta)
+        logits.append(out.float().cpu().numpy())
         labels.append(batch["labels"].numpy())
         idx.append(batch["index"].numpy())
-    local = (np.concatenate(idx), np.concatenate(probs), np.concatenate(labels))
+    local = (np.concatenate(idx), np.concatenate(logits), np.concatenate(labels))
     parts = distributed.gather_objects(dist or distributed.Dist(), local)
-    i = np.concatenate([p[0] for p in parts])
-    p = np.concatenate([p[1] for p in parts])
-    y = np.concatenate([p[2] for p in parts])
+    i, z, y = (np.concatenate([part[k] for part in parts]) for k in range(3))
     _, first = np.unique(i, return_index=True)
     order = first[np.argsort(i[first])]
-    return i[order], p[order], y[order]
+    return i[order], z[order], y[order]
 
 
 def evaluate(model, loss_fn, loader, transform, *, device, precision, metadata, dist=None,
              show_progress=False) -> dict:
     """Validation loss, per-finding AUROC and mean AUROC (NaN findings skipped)."""
-    _, probs, labels = predict_loader(model, loader, transform, device=device,
-                                      precision=precision, metadata=metadata, dist=dist,
-                                      show_progress=show_progress)
-    eps = 1e-7
-    logits = torch.logit(torch.from_numpy(probs).clamp(eps, 1 - eps))
-    loss = float(loss_fn.to("cpu")(logits, torch.from_numpy(labels)))
-    loss_fn.to(device)
-    aurocs = auroc_per_finding(labels, probs)
+    _, logits, labels = predict_loader(model, loader, transform, device=device,
+                                       precision=precision, metadata=metadata, dist=dist,
+                                       show_progress=show_progress)
+    z, y = torch.from_numpy(logits), torch.from_numpy(labels)
+    with torch.no_grad():
+        loss = float(loss_fn(z.to(device), y.to(device)))
+    aurocs = auroc_per_finding(labels, torch.sigmoid(z).numpy())
     return {"loss": loss, "auroc": aurocs, "mean_auroc": mean_defined(aurocs)}
 
 
