@@ -318,8 +318,6 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
         size=size, resize=dc.eval_resize, mean=mcfg.mean, std=mcfg.std, channels=cfg.model.in_chans,
         augment=AugmentSettings(hflip=dc.hflip) if dc.augment else AugmentSettings(
             scale=(1, 1), ratio=(1, 1), rotate_deg=0, translate=0, brightness=0, contrast=0))
-    if dc.augment is False and size != data.prepared.cache.size:
-        train_tf = eval_tf
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     precision = Precision.choose(tc.amp, device)
