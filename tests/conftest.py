@@ -49,3 +49,22 @@ def phantom_prepared(phantom_release, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared")
     return prepare(phantom_release, out, settings=PreprocessSettings(size=64), workers=0,
                    progress=False)
+
+
+@pytest.fixture(scope="session")
+def phantom_run(phantom_prepared, tmp_path_factory) -> Path:
+    """A small cnn4 run trained on ``phantom_prepared`` (the run folder; best.pt inside).
+
+    Shared by the evaluation, explanation and prediction tests: treat it as read-only
+    (copy it to tmp_path before writing anything beside the checkpoint).
+    """
+    from cxrkit.config import load_config
+    from cxrkit.engine.train import fit
+
+    out = tmp_path_factory.mktemp("phantom_run") / "cnn4"
+    cfg = load_config(None, [f"data.prepared={phantom_prepared.root}", f"out={out}",
+                             "data.batch_size=16", "model.name=cnn4", "train.epochs=6",
+                             "train.lr=3e-3", "train.threads=1", "train.amp=none",
+                             "train.patience=10"])
+    fit(cfg, show_progress=False)
+    return out

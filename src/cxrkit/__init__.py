@@ -10,4 +10,11 @@ Stages, in the order data flows through them::
 from cxrkit.labels import FINDINGS, NO_FINDING
 
 __version__ = "0.1.0"
-__all__ = ["FINDINGS", "NO_FINDING", "__version__"]
+__all__ = ["FINDINGS", "NO_FINDING", "__version__", "load"]
+
+
+def load(checkpoint, **kwargs):
+    """``cxrkit.load(checkpoint).predict(images)``: see :func:`cxrkit.inference.load`."""
+    from cxrkit.inference import load as _load
+
+    return _load(checkpoint, **kwargs)

@@ -1,0 +1,271 @@
+"""A trained model, ready to use: ``cxrkit.load(checkpoint)`` (the one inference core).
+
+Evaluation, explanation, prediction, ONNX export and the web service all go through
+:class:`LoadedModel`, so they share one definition of how an image reaches the network:
+
+1. **cache stage** (what ``cxrkit prepare`` did to the training images): decode to grey
+   ``uint8`` (:func:`cxrkit.data.images.read_xray`, or the DICOM reader), then
+   :func:`cxrkit.data.images.preprocess` with the checkpoint's cache settings (size, CLAHE,
+   chest crop). Images already in a cache skip this stage.
+2. **tensor stage** (what training evaluated with): :class:`EvalTransform` with the
+   checkpoint's input size, eval resize and mean/std.
+
+Test-time augmentation (``tta``) averages **logits** over the views: ``flip`` (image and
+its mirror) and ``tencrop`` (resize to ``eval_resize`` -- by default 256/224 of the input
+size, CheXNet's geometry -- then the four corners, centre and their mirrors). Averaging
+logits rather than probabilities keeps temperature scaling and ONNX export exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrkit.data.dataset import META_FEATURES
+from cxrkit.data.images import PreprocessSettings, preprocess, read_xray
+from cxrkit.data.transforms import EvalTransform, ten_crop
+from cxrkit.engine.checkpoint import CheckpointError, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+TTA_MODES = ("none", "flip", "tencrop")
+#: The sidecar ``cxrkit evaluate`` writes beside the checkpoint it evaluated.
+THRESHOLDS_FILE = "thresholds.json"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder -> its ``best.pt`` (else ``last.pt``); a file -> itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).exists():
+                return path / name
+        raise CheckpointError(f"{path}: a folder without best.pt or last.pt")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Any supported file (PNG, JPEG, ..., or DICOM) -> grey ``uint8`` ``(H, W)``."""
+    path = Path(path)
+    if _is_dicom(path):
+        from cxrkit.data.dicom import read_dicom
+        return read_dicom(path)
+    return read_xray(path)
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its findings, preprocessing and decision thresholds."""
+
+    model: torch.nn.Module
+    findings: tuple[str, ...]
+    cache_settings: PreprocessSettings
+    input_size: int
+    eval_resize: int | None
+    mean: float
+    std: float
+    channels: int
+    metadata: bool
+    device: torch.device
+    checkpoint: Path
+    checkpoint_info: dict
+    thresholds: dict[str, float] | None = None
+    thresholds_source: str | None = None
+
+    # -- preprocessing ------------------------------------------------------------------
+    @property
+    def transform(self) -> EvalTransform:
+        return EvalTransform(self.input_size, resize=self.eval_resize, mean=self.mean,
+                             std=self.std, channels=self.channels)
+
+    def preprocess_record(self) -> dict:
+        """The full preprocessing contract (stored by ``export`` next to the ONNX file)."""
+        return {"cache": self.cache_settings.to_dict(), "input_size": self.input_size,
+                "eval_resize": self.eval_resize, "mean": self.mean, "std": self.std,
+                "channels": self.channels, "input": "grey uint8 image, cache stage applied, "
+                "then /255, resize to eval_resize (or input_size), centre crop input_size, "
+                "(x - mean) / std, repeated to `channels`"}
+
+    def cache_image(self, image: np.ndarray) -> np.ndarray:
+        """Grey ``uint8`` ``(H, W)`` of any size -> the cached ``(S, S)`` image."""
+        s = self.cache_settings
+        return preprocess(image, size=s.size, clahe=s.clahe, crop=s.crop)
+
+    def load_images(self, images: Sequence) -> torch.Tensor:
+        """Paths or grey arrays -> ``uint8`` batch ``(B, 1, S, S)`` at the cache stage."""
+        out = []
+        for im in images:
+            arr = read_image(im) if isinstance(im, (str, Path)) else np.asarray(im)
+            if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # RGB(A) array -> luminance
+                arr = (arr[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114])
+                arr = np.rint(arr).clip(0, 255).astype(np.uint8)
+            if arr.dtype != np.uint8:
+                from cxrkit.data.images import to_uint8
+                arr = to_uint8(arr)
+            out.append(self.cache_image(arr))
+        return torch.from_numpy(np.stack(out)[:, None])
+
+    def _meta(self, n: int, meta) -> torch.Tensor | None:
+        if not self.metadata:
+            return None
+        if meta is None:
+            warnings.warn(f"{self.checkpoint.name} was trained with patient metadata "
+                          f"({', '.join(META_FEATURES)}); none given, so age is marked "
+                          "missing and sex/view default to female/PA", stacklevel=3)
+            m = torch.zeros(n, len(META_FEATURES))
+            m[:, 1] = 1.0
+            return m.to(self.device)
+        return torch.as_tensor(np.asarray(meta, np.float32)).reshape(n, -1).to(self.device)
+
+    # -- inference ------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits_from_cached(self, images: torch.Tensor, meta=None, *, tta: str = "none"):
+        """``uint8`` ``(B, 1, S, S)`` cache-stage images -> logits ``(B, F)`` float32 numpy."""
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+        x = images.to(self.device)
+        m = self._meta(len(x), meta)
+        tf = self.transform
+        if tta == "none":
+            return self.model(tf(x), m).float().cpu().numpy()
+        if tta == "flip":
+            v = tf(x)
+            z = (self.model(v, m).float() + self.model(v.flip(-1), m).float()) / 2
+            return z.cpu().numpy()
+        resize = self.eval_resize or int(round(self.input_size * 256 / 224))
+        big = EvalTransform(resize, mean=self.mean, std=self.std, channels=self.channels)(x)
+        crops = ten_crop(big, self.input_size)  # (B, 10, C, s, s)
+        b = crops.shape[0]
+        flat = crops.reshape(b * 10, *crops.shape[2:])
+        mm = None if m is None else m.repeat_interleave(10, 0)
+        z = self.model(flat, mm).float().reshape(b, 10, -1).mean(1)
+        return z.cpu().numpy()
+
+    def predict_logits(self, images: Sequence, meta=None, *, tta: str = "none",
+                       batch_size: int = 16) -> np.ndarray:
+        """Paths or arrays -> logits ``(N, F)``."""
+        images = list(images)
+        parts = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            mm = None if meta is None else np.asarray(meta)[i:i + batch_size]
+            parts.append(self.logits_from_cached(self.load_images(chunk), mm, tta=tta))
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.findings)), np.float32)
+
+    def predict(self, images, meta=None, *, tta: str = "none", batch_size: int = 16):
+        """Probabilities, one row per image and one column per finding (a DataFrame).
+
+        ``images``: a path, an array, or a sequence of them (PNG/JPEG/DICOM paths, or
+        grey/RGB arrays). Uses the checkpoint's own preprocessing.
+        """
+        import pandas as pd
+
+        single = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray)
+                                                     and images.ndim == 2)
+        items = [images] if single else list(images)
+        z = self.predict_logits(items, meta, tta=tta, batch_size=batch_size)
+        probs = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+        index = [str(p) if isinstance(p, (str, Path)) else f"array_{i}"
+                 for i, p in enumerate(items)]
+        return pd.DataFrame(probs, columns=list(self.findings), index=pd.Index(index, name="image"))
+
+    def threshold_vector(self) -> np.ndarray:
+        """Per-finding decision thresholds (0.5 where none was chosen)."""
+        t = self.thresholds or {}
+        return np.array([float(t.get(f, 0.5)) for f in self.findings])
+
+
+def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
+         thresholds: str | Path | None = None) -> LoadedModel:
+    """Load a checkpoint (or run folder) for inference; see :class:`LoadedModel`.
+
+    Thresholds: ``thresholds`` (a JSON file from ``cxrkit evaluate``) if given, else the
+    ``thresholds.json`` beside the checkpoint when it was written for this very file
+    (same sha256), else none (callers fall back to 0.5 and say so).
+    """
+    from cxrkit.models import create_model
+
+    path = resolve_checkpoint(checkpoint)
+    ck = load_checkpoint(path)
+    for key in ("model", "model_config", "preprocess"):
+        if key not in ck:
+            raise CheckpointError(f"{path}: no {key!r} entry; not a trained cxrkit model")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = create_model(**ck["model_config"])
+    model.load_state_dict(ck["model"])
+    model.to(dev).eval()
+    pp = ck["preprocess"]
+    info = {k: ck.get(k) for k in ("config", "split", "versions", "epoch", "metrics")}
+    lm = LoadedModel(
+        model=model, findings=tuple(ck.get("findings") or model.cxr_config.findings),
+        cache_settings=PreprocessSettings.from_dict(pp["cache"]),
+        input_size=int(pp["input_size"]), eval_resize=pp.get("eval_resize"),
+        mean=float(pp["mean"]), std=float(pp["std"]), channels=int(pp.get("channels", 1)),
+        metadata=int(ck["model_config"].get("meta_features", 0)) > 0, device=dev,
+        checkpoint=path, checkpoint_info=info)
+    _attach_thresholds(lm, thresholds)
+    return lm
+
+
+def _attach_thresholds(lm: LoadedModel, explicit) -> None:
+    from cxrkit.data.nih import file_sha256
+
+    candidates = [Path(explicit)] if explicit else [lm.checkpoint.parent / THRESHOLDS_FILE]
+    for p in candidates:
+        if not p.exists():
+            if explicit:
+                raise FileNotFoundError(f"thresholds file not found: {p}")
+            continue
+        try:
+            rec = json.loads(p.read_text())
+            values = {str(k): float(v) for k, v in rec["thresholds"].items()}
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{p}: not a cxrkit thresholds file ({e})") from e
+        if not explicit and rec.get("checkpoint_sha256") != file_sha256(lm.checkpoint):
+            log.info("%s was written for another checkpoint; not used", p)
+            continue
+        unknown = sorted(set(values) - set(lm.findings))
+        if unknown:
+            raise ValueError(f"{p}: thresholds for findings the model lacks: {unknown}")
+        lm.thresholds, lm.thresholds_source = values, f"{p} ({rec.get('method', '?')})"
+        return
+
+
+def write_thresholds(lm: LoadedModel, thresholds: dict[str, float], *, method: str,
+                     chosen_on: str, path: str | Path | None = None) -> Path:
+    """Write a thresholds sidecar for ``lm.checkpoint`` (read back by :func:`load`)."""
+    from cxrkit.data.nih import file_sha256, write_json_atomic
+
+    path = Path(path) if path else lm.checkpoint.parent / THRESHOLDS_FILE
+    rec = {"checkpoint": lm.checkpoint.name, "checkpoint_sha256": file_sha256(lm.checkpoint),
+           "method": method, "chosen_on": chosen_on,
+           "meaning": "a finding is reported present when its probability is >= its threshold",
+           "thresholds": {f: float(thresholds[f]) for f in lm.findings if f in thresholds}}
+    write_json_atomic(rec, path)
+    return path
+
+
+__all__ = ["TTA_MODES", "LoadedModel", "load", "read_image", "resolve_checkpoint",
+           "write_thresholds"]
