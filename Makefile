@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cxrkit-installed
 DEMO   := demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-real browser clean
 
 setup: $(STAMP)
 
@@ -25,13 +25,28 @@ demo: setup
 	$(BIN)/cxrkit train configs/demo.yaml
 	@echo "demo: statistics in $(DEMO)/stats, the trained model in $(DEMO)/runs/cnn4"
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q -n 2 --durations=10
+
+# The web page's browser test drives Debian's headless Chromium; install it where missing
+# (needs root or passwordless sudo; otherwise that one test is skipped and says why).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium for the browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  ( $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	    { $$SUDO apt-get update -qq >/dev/null 2>&1 && \
+	      $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1; } ) || \
+	  echo "could not install chromium: the browser test will be skipped"; }
 
 bench: setup
 	$(BIN)/python bench/bench_cache.py
 	$(BIN)/python bench/bench_loader.py
 	$(BIN)/python bench/bench_train.py
+
+# ~20-25 min on 2 CPU cores: default vs naive recipe trained and evaluated on real images
+bench-real: setup
+	$(BIN)/python bench/bench_real_sample.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

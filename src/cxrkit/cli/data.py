@@ -1,52 +1,15 @@
-"""The ``cxrkit`` command: a thin Typer shell over the Python API.
-
-Each command parses options, calls one library function and prints its result. Logic
-lives in the library so that everything here is also scriptable from Python.
-"""
+"""Data commands: phantoms, validate, prepare, split, stats."""
 
 from __future__ import annotations
 
-import logging
-import sys
-import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Chest X-ray classification on NIH ChestX-ray14.")
-
-_KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError)
+from cxrkit.cli.common import run as _run
 
 
-def _setup_logging(verbose: bool) -> None:
-    import os
-
-    if not sys.stderr.isatty():  # logs and CI: a progress line every 10 s, not every batch
-        os.environ.setdefault("TQDM_MININTERVAL", "10")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
-    warnings.simplefilter("default")
-    logging.captureWarnings(True)
-
-
-def _run(fn, *args, **kwargs):
-    """Call library code; turn expected errors into one clear line and exit code 2."""
-    try:
-        return fn(*args, **kwargs)
-    except _KNOWN_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-
-
-@app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    _setup_logging(verbose)
-
-
-@app.command()
 def phantoms(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write an NIH-layout release into")],
     patients: Annotated[int, typer.Option(help="Number of patients")] = 300,
@@ -60,7 +23,6 @@ def phantoms(
     typer.echo(f"wrote {release}")
 
 
-@app.command()
 def validate(
     root: Annotated[Path, typer.Argument(help="Unpacked release (metadata and images)")],
     labels: Annotated[Path | None, typer.Option(help="Label file, if not found under ROOT")] = None,
@@ -84,7 +46,6 @@ def validate(
         typer.echo(f"images: all {len(table):,} on disk")
 
 
-@app.command()
 def prepare(
     root: Annotated[Path, typer.Argument(help="Unpacked release (metadata and images)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the cache")],
@@ -113,7 +74,6 @@ def prepare(
     typer.echo(f"cache: {len(prepared.cache):,} images at {size}x{size} in {out}")
 
 
-@app.command()
 def split(
     prepared: Annotated[Path, typer.Argument(help="Folder written by `cxrkit prepare`")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Split CSV to write")],
@@ -139,7 +99,6 @@ def split(
     typer.echo(f"wrote {out}")
 
 
-@app.command()
 def stats(
     root: Annotated[Path, typer.Argument(help="A release folder or a prepared folder")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for plots and tables")],
@@ -166,33 +125,3 @@ def stats(
     summary = out / "summary.md"
     if summary.exists():
         typer.echo(summary.read_text())
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(
-    ctx: typer.Context,
-    config: Annotated[Path | None, typer.Argument(help="A YAML recipe (see configs/)")] = None,
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (overrides the recipe)")] = None,
-    fresh: Annotated[bool, typer.Option(help="Ignore last.pt in the run folder (no resume)")] = False,
-    progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
-) -> None:
-    """Train a model. Extra arguments are overrides: train.lr=1e-4 model.name=densenet121.
-
-    Re-running the same command resumes from the run folder's last.pt.
-    """
-    from cxrkit.config import load_config
-    from cxrkit.engine.train import fit
-
-    overrides = list(ctx.args) + ([f"out={out}"] if out else [])
-    if config is not None and "=" in str(config) and not config.exists():
-        overrides, config = [str(config), *overrides], None  # no recipe: defaults + overrides
-    cfg = _run(load_config, config, overrides)
-    summary = _run(fit, cfg, resume=not fresh, show_progress=progress)
-    if summary:
-        typer.echo(f"{summary['status']}: best validation mean AUROC "
-                   f"{summary['best_val_mean_auroc']:.4f} after {summary['epochs_run']} epochs "
-                   f"({summary['seconds']:.0f} s) -> {cfg.out}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

@@ -1,0 +1,37 @@
+"""The ``cxrkit`` command: a thin Typer shell over the Python API.
+
+Each command parses options, calls one library function and prints its result. Logic
+lives in the library so that everything here is also scriptable from Python. The
+commands live in one module per pipeline stage and are registered here, explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cxrkit.cli import data, evaluate, train
+from cxrkit.cli.common import setup_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Chest X-ray classification on NIH ChestX-ray14.")
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    setup_logging(verbose)
+
+
+_EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+# -- registration, in pipeline order ------------------------------------------------------
+app.command()(data.phantoms)
+app.command()(data.validate)
+app.command()(data.prepare)
+app.command()(data.split)
+app.command()(data.stats)
+app.command(context_settings=_EXTRA_ARGS)(train.train)
+app.command()(evaluate.evaluate)
+
+__all__ = ["app"]

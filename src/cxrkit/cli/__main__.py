@@ -1,0 +1,5 @@
+"""``python -m cxrkit.cli`` (as torchrun runs it)."""
+
+from cxrkit.cli import app
+
+app()

@@ -1,0 +1,50 @@
+"""``cxrkit evaluate`` and ``cxrkit compare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxrkit.cli.common import run as _run
+
+
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A run folder (best.pt) or a checkpoint file")],
+    split: Annotated[str, typer.Option(help="Split to evaluate: test | val | train")] = "test",
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none | flip | tencrop")] = "none",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/eval/SPLIT[-TTA]")] = None,
+    prepared: Annotated[Path | None, typer.Option(help="Prepared folder, if moved since training")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Patient-bootstrap resamples for the CIs")] = 1000,
+    subgroup_bootstrap: Annotated[int, typer.Option(help="Resamples per subgroup")] = 200,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed")] = 0,
+    temperature: Annotated[bool, typer.Option(help="Fit a temperature on the threshold split")] = True,
+    threshold_method: Annotated[str, typer.Option(help="Thresholds for predict: youden | max_f1")] = "youden",
+    threshold_split: Annotated[str, typer.Option(help="Fit thresholds/temperature on: val | train")] = "val",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 64,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cpu)")] = None,
+    report: Annotated[bool, typer.Option(help="Also write report.html and summary.md")] = True,
+    progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
+) -> None:
+    """Evaluate a checkpoint: AUROC with patient-bootstrap CIs, thresholds, calibration, subgroups."""
+    from cxrkit.evaluate import evaluate_checkpoint
+    from cxrkit.evaluate.core import default_out
+    from cxrkit.inference import resolve_checkpoint
+
+    m = _run(evaluate_checkpoint, checkpoint, split=split, tta=tta, out=out, prepared=prepared,
+             bootstrap=bootstrap, subgroup_bootstrap=subgroup_bootstrap, seed=seed,
+             temperature=temperature, threshold_method=threshold_method,
+             threshold_split=threshold_split, batch_size=batch_size, device=device,
+             report=report, progress=progress)
+    mean = m["mean_auroc"]
+    if mean["value"] is None:
+        text = "undefined"
+    else:
+        ci = f" (95% CI {mean['lo']:.4f}-{mean['hi']:.4f})" if mean["lo"] is not None else ""
+        text = f"{mean['value']:.4f}{ci}"
+    folder = out or default_out(resolve_checkpoint(checkpoint), split, tta)
+    typer.echo(f"{split}: {m['n_images']:,} images of {m['n_patients']:,} patients, mean AUROC "
+               f"{text} over {mean['defined']} findings -> {folder}")
+    for note in m["notes"]:
+        typer.echo(f"note: {note}")
