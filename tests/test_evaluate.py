@@ -179,22 +179,6 @@ def test_tta_runs(run, evaluated):
     assert not np.allclose(plain["p_Atelectasis"], flipped["p_Atelectasis"])
 
 
-def test_report_hook_is_optional(monkeypatch, tmp_path):
-    import sys
-    import types
-
-    from cxrkit.evaluate.core import _write_report
-
-    monkeypatch.setitem(sys.modules, "cxrkit.evaluate.report", None)   # not installed
-    assert _write_report(tmp_path, tmp_path) is None
-    calls = []
-    fake = types.ModuleType("cxrkit.evaluate.report")
-    fake.write_report = lambda eval_dir, run_dir=None: calls.append((eval_dir, run_dir)) or eval_dir
-    monkeypatch.setitem(sys.modules, "cxrkit.evaluate.report", fake)
-    assert _write_report(tmp_path / "ev", tmp_path) == tmp_path / "ev"
-    assert calls == [(tmp_path / "ev", tmp_path)]
-
-
 def test_published_comparability():
     def rows(**kw):
         base = {"data": "nih", "protocol": "official", "split": "test",

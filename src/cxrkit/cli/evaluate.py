@@ -48,3 +48,22 @@ def evaluate(
                f"{text} over {mean['defined']} findings -> {folder}")
     for note in m["notes"]:
         typer.echo(f"note: {note}")
+
+
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (or checkpoints); the first is the baseline")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the comparison")] = Path("comparison"),
+    split: Annotated[str, typer.Option(help="Split whose evaluations are compared")] = "test",
+    tta: Annotated[str, typer.Option(help="Test-time augmentation of those evaluations")] = "none",
+    bootstrap: Annotated[int, typer.Option(help="Patient-bootstrap resamples (paired differences)")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed")] = 0,
+    evaluate_missing: Annotated[bool, typer.Option(help="Evaluate runs not yet evaluated")] = True,
+    progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
+) -> None:
+    """Runs side by side: mean and per-finding AUROC with CIs, paired differences, time, size."""
+    from cxrkit.evaluate.compare import compare_runs
+
+    folder = _run(compare_runs, runs, out=out, split=split, tta=tta, bootstrap=bootstrap,
+                  seed=seed, evaluate_missing=evaluate_missing, progress=progress)
+    typer.echo((folder / "comparison.md").read_text())
+    typer.echo(f"wrote {folder}/comparison.html")

@@ -46,6 +46,7 @@ from cxrkit.evaluate.published import (
     RunProtocol,
     published_rows,
 )
+from cxrkit.evaluate.report import write_report
 from cxrkit.inference import TTA_MODES, load, write_thresholds
 from cxrkit.metrics import (
     bootstrap_ci,
@@ -320,22 +321,6 @@ def write_outputs(out: Path, metrics: dict, preds: list[Predictions]) -> dict:
     return metrics
 
 
-def _write_report(out: Path, run_dir: Path) -> Path | None:
-    """Call ``cxrkit.evaluate.report.write_report`` when that module exists."""
-    try:
-        from cxrkit.evaluate.report import write_report
-    except ModuleNotFoundError as e:
-        if e.name != "cxrkit.evaluate.report":
-            raise
-        log.info("report not written: cxrkit.evaluate.report is not installed "
-                 "(metrics.json and the CSV tables are complete)")
-        return None
-    except ImportError:
-        log.info("report not written: cxrkit.evaluate.report has no write_report")
-        return None
-    return write_report(out, run_dir)
-
-
 # -- the whole evaluation -----------------------------------------------------------------
 def default_out(checkpoint: Path, split: str, tta: str) -> Path:
     """``<run_dir>/eval/<split>`` (``<split>-<tta>`` with test-time augmentation)."""
@@ -412,7 +397,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     log.info("evaluated %s on %d %s images: mean AUROC %s; wrote %s", lm.checkpoint.name,
              len(test.table), split, _fmt(mean), out)
     if report:
-        _write_report(out, lm.checkpoint.parent)
+        write_report(out, lm.checkpoint.parent)
     return metrics
 
 

@@ -1,0 +1,313 @@
+"""One self-contained HTML report per evaluation, plus ``summary.md``.
+
+:func:`write_report` reads what ``cxrkit evaluate`` wrote into its folder
+(``metrics.json``, ``predictions_<split>.csv``) and the run folder's records
+(``metrics.csv``, ``run.json``, ``config.yaml``), draws the figures
+(:mod:`cxrkit.evaluate.plots`) into ``figures/``, and writes ``report.html`` with every
+image embedded as base64, so the file opens offline and can be mailed on its own.
+
+Sections, in order: the headline numbers and the honesty notes; what a threshold means;
+per-finding AUROC/AUPRC beside published results (each marked comparable or not, and
+why); figures; threshold metrics; calibration; subgroups; training; explanations and
+the localisation benchmark when ``cxrkit explain`` / ``cxrkit localize`` have written
+them into the run folder; configuration and provenance.
+
+Hand-written HTML (no template engine) because the page is one static document with a
+dozen tables; every value from a file goes through :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from cxrkit.evaluate.plots import FIGURES, write_figures
+
+RESEARCH_USE = ("Research use only. cxrkit is not a medical device and its outputs are not "
+                "a diagnosis.")
+THRESHOLD_SENTENCE = ("A threshold turns a probability into a yes/no call: the finding is "
+                      "reported present when the model's probability is at or above it. "
+                      "The thresholds here were chosen on the {fit} split (Youden's J "
+                      "maximises sensitivity + specificity; max-F1 maximises the F1 score) "
+                      "and then applied unchanged to the {split} split, so the rates below "
+                      "are what to expect on new images, not a best case.")
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 60px;background:#fff}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:34px 0 8px;border-bottom:1px solid #dde1e7;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 6px}.sub{color:#5b6573;margin:0 0 14px}
+.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:8px 12px;margin:10px 0}
+.ruo{background:#fdecec;border-left:4px solid #d33;padding:8px 12px;margin:10px 0;font-weight:600}
+.kpi{display:flex;gap:14px;flex-wrap:wrap;margin:12px 0}.kpi div{background:#f0f3f7;border-radius:6px;padding:8px 14px}
+.kpi b{display:block;font-size:20px}table{border-collapse:collapse;font-size:12.5px;margin:6px 0 10px}
+th,td{border:1px solid #dde1e7;padding:3px 7px;text-align:right;white-space:nowrap}
+table{display:block;overflow-x:auto;max-width:100%}th{background:#f0f3f7}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;margin:6px 0}
+figure{margin:14px 0}figcaption{color:#5b6573;font-size:12.5px}.gallery{display:flex;flex-wrap:wrap;gap:10px}
+.gallery figure{width:270px;margin:0}pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px}
+"""
+
+
+# -- small helpers ------------------------------------------------------------------------
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _num(x, digits: int = 3) -> str:
+    return "—" if x is None or (isinstance(x, float) and x != x) else f"{x:.{digits}f}"
+
+
+def _ci(rec: dict | None, digits: int = 3) -> str:
+    if not rec or rec.get("value") is None:
+        return "undefined"
+    if rec.get("lo") is None:
+        return f"{rec['value']:.{digits}f} (no CI)"
+    return f"{rec['value']:.{digits}f} [{rec['lo']:.{digits}f}, {rec['hi']:.{digits}f}]"
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, escape=True, na_rep="—", border=0,
+                      float_format=lambda v: f"{v:.3f}")
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# -- tables -------------------------------------------------------------------------------
+def auroc_table(metrics: dict) -> pd.DataFrame:
+    """Per finding: AUROC and AUPRC with CIs, counts, and each published AUROC beside them."""
+    pub = pd.DataFrame(metrics.get("published") or [],
+                       columns=["finding", "source", "auroc", "comparable"])
+    rows = []
+    for f in metrics["findings"]:
+        a, p = metrics["auroc"][f], metrics["auprc"][f]
+        row = {"finding": f, "positives": a["positives"], "negatives": a["negatives"],
+               "AUROC [95% CI]": _ci(a), "AUPRC [95% CI]": _ci(p),
+               "prevalence": _num(p.get("prevalence"))}
+        for _, r in pub[pub["finding"] == f].iterrows():
+            mark = "" if r["comparable"] else " *"
+            row[f"{r['source']}{mark}"] = f"{r['auroc']:.3f}"
+        rows.append(row)
+    rows.append({"finding": "mean over defined findings", "AUROC [95% CI]":
+                 _ci(metrics["mean_auroc"]), "positives": None, "negatives": None})
+    table = pd.DataFrame(rows)
+    for col in ("positives", "negatives"):
+        table[col] = table[col].astype("Int64")
+    return table
+
+
+def published_notes(metrics: dict) -> list[str]:
+    seen, out = set(), []
+    for r in metrics.get("published") or []:
+        if r["source"] not in seen:
+            seen.add(r["source"])
+            mark = "" if r["comparable"] else " *"
+            out.append(f"{r['source']}{mark} — {r['split']}: {r['note']}")
+    return out
+
+
+def threshold_table(metrics: dict, method: str) -> pd.DataFrame:
+    rows = []
+    for f in metrics["findings"]:
+        m = metrics["threshold_metrics"][method][f]
+        rows.append({"finding": f, "threshold": m["threshold"],
+                     **{k: m[k] for k in ("sensitivity", "specificity", "ppv", "npv", "f1",
+                                          "accuracy")},
+                     "TP": m["tp"], "FP": m["fp"], "TN": m["tn"], "FN": m["fn"]})
+    table = pd.DataFrame(rows)
+    for col in ("TP", "FP", "TN", "FN"):
+        table[col] = table[col].astype("Int64")
+    return table
+
+
+def calibration_table(metrics: dict) -> pd.DataFrame:
+    cal = metrics["calibration"]
+    after = cal.get("after_temperature") or {"brier": {}, "ece": {}}
+    return pd.DataFrame([{"finding": f, "Brier": cal["brier"][f], "ECE": cal["ece"][f],
+                          "Brier after T": after["brier"].get(f),
+                          "ECE after T": after["ece"].get(f)} for f in metrics["findings"]])
+
+
+def subgroup_table(metrics: dict) -> pd.DataFrame:
+    """Findings as rows, one column per subgroup: ``AUROC [CI] (positives/n)``."""
+    rows = pd.DataFrame(metrics["subgroups"])
+    if rows.empty:
+        return rows
+    rows["cell"] = [f"{_ci({'value': r.auroc, 'lo': r.lo, 'hi': r.hi}, 2)} ({r.positives}/{r.n})"
+                    for r in rows.itertuples()]
+    rows["column"] = rows["attribute"].str.replace("_band", "") + " " + rows["group"].astype(str)
+    wide = rows.pivot(index="finding", columns="column", values="cell")
+    order = list(dict.fromkeys(rows["column"]))
+    return wide.reindex(index=metrics["findings"], columns=order).reset_index()
+
+
+# -- optional sections written by other stages --------------------------------------------
+def explanation_examples(run_dir: Path, limit: int = 8) -> list[tuple[Path, str]]:
+    """A handful of saliency overlays from ``cxrkit explain`` (``<run>/explain/``), if any."""
+    folder = run_dir / "explain"
+    if not folder.is_dir():
+        return []
+    index = folder / "index.csv"
+    if index.exists():
+        table = pd.read_csv(index)
+        col = next((c for c in ("overlay", "overlay_png", "png", "path") if c in table), None)
+        if col is not None:
+            out = []
+            for r in table.head(limit).to_dict("records"):
+                path = Path(r[col])
+                path = path if path.is_absolute() else folder / path
+                caption = " · ".join(str(r[k]) for k in ("image_id", "finding", "probability",
+                                                         "method") if k in r)
+                if path.exists():
+                    out.append((path, caption))
+            return out
+    return [(p, p.stem) for p in sorted(folder.rglob("*.png"))[:limit]]
+
+
+def localization_section(run_dir: Path) -> str:
+    """The localisation benchmark's tables from ``cxrkit localize`` (``<run>/localize/``)."""
+    folder = run_dir / "localize"
+    if not folder.is_dir():
+        return ""
+    parts = []
+    summary = folder / "summary.md"
+    if summary.exists():
+        parts.append(f"<pre>{_esc(summary.read_text())}</pre>")
+    for csv in sorted(folder.glob("*.csv")):
+        parts.append(f"<h3>{_esc(csv.stem.replace('_', ' '))}</h3>{_table(pd.read_csv(csv))}")
+    for png in sorted(folder.glob("*.png"))[:4]:
+        parts.append(f"<figure>{_img(png, png.stem)}<figcaption>{_esc(png.stem)}</figcaption>"
+                     "</figure>")
+    return "".join(parts)
+
+
+# -- the report ---------------------------------------------------------------------------
+def _kpis(metrics: dict, run: dict) -> str:
+    items = [("mean AUROC [95% CI]", _ci(metrics["mean_auroc"])),
+             ("images / patients", f"{metrics['n_images']:,} / {metrics['n_patients']:,}"),
+             ("split", f"{metrics['split']} ({metrics['split_protocol']})"),
+             ("model", f"{metrics['model']}, epoch {metrics['epoch']}"),
+             ("test-time augmentation", metrics["tta"])]
+    if run.get("images_per_s"):
+        items.append(("training speed", f"{run['images_per_s']:.0f} img/s"))
+    return '<div class="kpi">' + "".join(f"<div>{_esc(k)}<b>{_esc(v)}</b></div>"
+                                         for k, v in items) + "</div>"
+
+
+def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path]) -> str:
+    run = _read_json(run_dir / "run.json")
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    split, fit = metrics["split"], metrics["thresholds"]["chosen_on"]
+    s = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+         f"<title>cxrkit evaluation: {_esc(metrics['model'])} on {_esc(split)}</title>"
+         f"<style>{CSS}</style></head><body><main>",
+         f"<h1>{_esc(metrics['model'])} on the {_esc(split)} split</h1>",
+         f"<p class='sub'>cxrkit evaluation report · {_esc(metrics['checkpoint'])} · "
+         f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
+         f"<div class='ruo'>{_esc(RESEARCH_USE)}</div>", _kpis(metrics, run)]
+    s += [f"<div class='warn'>{_esc(n)}</div>" for n in metrics["notes"]]
+    s.append("<h2>Per-finding AUROC and AUPRC</h2>")
+    s.append(_table(auroc_table(metrics)))
+    s.append("<p>Published values (* = not comparable with this run):</p><ul>" + "".join(
+        f"<li>{_esc(n)}</li>" for n in published_notes(metrics)) + "</ul>")
+    s.append("<h2>Figures</h2>")
+    for name, path in figures.items():
+        s.append(f"<figure>{_img(path, FIGURES.get(name, name))}<figcaption>"
+                 f"{_esc(FIGURES.get(name, name))}</figcaption></figure>")
+    s.append("<h2>Decision thresholds</h2>")
+    s.append(f"<p>{_esc(THRESHOLD_SENTENCE.format(fit=fit, split=split))}</p>")
+    for method, title in (("youden", "Youden's J"), ("max_f1", "max-F1")):
+        s.append(f"<h3>{title} thresholds (chosen on {_esc(fit)}), applied to {_esc(split)}</h3>")
+        s.append(_table(threshold_table(metrics, method)))
+    cal = metrics["calibration"]
+    t = cal.get("temperature")
+    s.append("<h2>Calibration</h2><p>Brier score and expected calibration error "
+             f"({cal['bins']} bins) per finding; mean Brier {_num(cal['mean_brier'])}, mean ECE "
+             f"{_num(cal['mean_ece'])}. "
+             + (f"Temperature scaling: T = {t:.3f}, fitted on {_esc(fit)}." if t else
+                "No temperature fitted.") + "</p>")
+    s.append(_table(calibration_table(metrics)))
+    s.append("<h2>Subgroups</h2><p>AUROC [95% CI] (positives/images) per finding within each "
+             "sex, age band and view. A model that learned a shortcut (say, AP view means "
+             "sick) shows large gaps between groups.</p>")
+    s.append(_table(subgroup_table(metrics)))
+    if run:
+        keys = ("status", "epochs_run", "best_val_mean_auroc", "seconds", "images_per_s",
+                "train_images", "val_images", "parameters", "trainable_parameters",
+                "precision", "device", "world_size")
+        s.append("<h2>Training</h2>")
+        s.append(_table(pd.DataFrame([{k: run.get(k) for k in keys if k in run}])))
+    examples = explanation_examples(run_dir)
+    if examples:
+        s.append("<h2>Explanations</h2><p>Saliency overlays from <code>cxrkit explain</code>: "
+                 "where the model's evidence for a finding lies. A map is a check on what the "
+                 "model looks at, not a localisation claim; the benchmark below scores it.</p>")
+        s.append("<div class='gallery'>" + "".join(
+            f"<figure>{_img(p, c)}<figcaption>{_esc(c)}</figcaption></figure>"
+            for p, c in examples) + "</div>")
+    loc = localization_section(run_dir)
+    if loc:
+        s.append("<h2>Localisation against NIH's boxes</h2>" + loc)
+    s.append("<h2>Configuration and provenance</h2>")
+    prov = {k: metrics[k] for k in ("checkpoint", "checkpoint_sha256", "prepared", "split_file",
+                                    "split_protocol", "bootstrap")}
+    prov["versions"] = run.get("versions")
+    s.append(f"<pre>{_esc(json.dumps(prov, indent=2))}</pre>")
+    if config:
+        s.append(f"<h3>config.yaml</h3><pre>{_esc(config)}</pre>")
+    s.append("</main></body></html>")
+    return "\n".join(x for x in s if x)
+
+
+def render_summary(metrics: dict) -> str:
+    """The Markdown summary: headline, notes, and the per-finding AUROC table."""
+    lines = [f"# {metrics['model']} on the {metrics['split']} split", "",
+             f"Mean AUROC {_ci(metrics['mean_auroc'])} over {metrics['mean_auroc']['defined']} "
+             f"findings; {metrics['n_images']:,} images of {metrics['n_patients']:,} patients; "
+             f"TTA {metrics['tta']}.", "", f"_{RESEARCH_USE}_", ""]
+    lines += [f"- {n}" for n in metrics["notes"]]
+    lines += ["", "| finding | positives | AUROC [95% CI] | AUPRC [95% CI] |", "|---|---:|---|---|"]
+    for f in metrics["findings"]:
+        a = metrics["auroc"][f]
+        lines.append(f"| {f} | {a['positives']} | {_ci(a)} | {_ci(metrics['auprc'][f])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
+    """Figures, ``report.html`` and ``summary.md`` for the evaluation in ``out``.
+
+    ``run_dir``: the run folder (training records, explanations); default: the folder of
+    the evaluated checkpoint. Returns the path of ``report.html``.
+    """
+    out = Path(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    run_dir = Path(run_dir) if run_dir else Path(metrics["run_dir"])
+    pred_file = out / f"predictions_{metrics['split']}.csv"
+    pred = pd.read_csv(pred_file, dtype={"image_id": str, "patient_id": str})
+    history = pd.read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else None
+    figures = write_figures(out / "figures", metrics, pred, history)
+    _atomic_write(out / "report.html", render_html(metrics, run_dir, figures))
+    _atomic_write(out / "summary.md", render_summary(metrics))
+    return out / "report.html"
+
+
+__all__ = ["RESEARCH_USE", "auroc_table", "render_html", "render_summary", "subgroup_table",
+           "threshold_table", "write_report"]
