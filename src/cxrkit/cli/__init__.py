@@ -33,5 +33,6 @@ app.command()(data.split)
 app.command()(data.stats)
 app.command(context_settings=_EXTRA_ARGS)(train.train)
 app.command()(evaluate.evaluate)
+app.command()(evaluate.compare)
 
 __all__ = ["app"]
