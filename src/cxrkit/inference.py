@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from cxrkit.data.dataset import META_FEATURES
-from cxrkit.data.images import PreprocessSettings, preprocess, read_xray
+from cxrkit.data.dicom import grey_uint8, read_image
+from cxrkit.data.images import PreprocessSettings, preprocess
 from cxrkit.data.transforms import EvalTransform, ten_crop
 from cxrkit.engine.checkpoint import CheckpointError, load_checkpoint
 
@@ -51,26 +52,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return path
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Any supported file (PNG, JPEG, ..., or DICOM) -> grey ``uint8`` ``(H, W)``."""
-    path = Path(path)
-    if _is_dicom(path):
-        from cxrkit.data.dicom import read_dicom
-        return read_dicom(path)
-    return read_xray(path)
-
-
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 @dataclass
@@ -115,13 +96,7 @@ class LoadedModel:
         """Paths or grey arrays -> ``uint8`` batch ``(B, 1, S, S)`` at the cache stage."""
         out = []
         for im in images:
-            arr = read_image(im) if isinstance(im, (str, Path)) else np.asarray(im)
-            if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # RGB(A) array -> luminance
-                arr = (arr[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114])
-                arr = np.rint(arr).clip(0, 255).astype(np.uint8)
-            if arr.dtype != np.uint8:
-                from cxrkit.data.images import to_uint8
-                arr = to_uint8(arr)
+            arr = read_image(im) if isinstance(im, (str, Path)) else grey_uint8(im)
             out.append(self.cache_image(arr))
         return torch.from_numpy(np.stack(out)[:, None])
 
@@ -143,7 +118,7 @@ class LoadedModel:
         """``uint8`` ``(B, 1, S, S)`` cache-stage images -> logits ``(B, F)`` float32 numpy."""
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
-        x = images.to(self.device)
+        x = torch.as_tensor(images).to(self.device)
         m = self._meta(len(x), meta)
         tf = self.transform
         if tta == "none":
