@@ -23,7 +23,9 @@ demo: setup
 	$(BIN)/cxrkit prepare $(DEMO)/nih --out $(DEMO)/prepared --size 128 --val-fraction 0.2
 	$(BIN)/cxrkit stats $(DEMO)/prepared --out $(DEMO)/stats
 	$(BIN)/cxrkit train configs/demo.yaml
-	@echo "demo: statistics in $(DEMO)/stats, the trained model in $(DEMO)/runs/cnn4"
+	$(BIN)/cxrkit evaluate $(DEMO)/runs/cnn4 --split test
+	@echo "demo: statistics in $(DEMO)/stats, the trained model in $(DEMO)/runs/cnn4,"
+	@echo "      its evaluation report in $(DEMO)/runs/cnn4/eval/test/report.html"
 
 test: setup browser
 	$(BIN)/python -m pytest -q -n 2 --durations=10

@@ -84,7 +84,8 @@ def main(argv=None) -> int:
                        label_file=args.nih / "meta" / "Data_Entry_2017.csv", on_missing="drop",
                        settings=PreprocessSettings(size=256), protocol="official",
                        val_fraction=args.val_fraction, seed=0, progress=True)
-    counts = prep.split["split"].value_counts().to_dict()
+    cached = prep.split[prep.split["image_id"].isin(prep.labels["image_id"])]
+    counts = cached["split"].value_counts().to_dict()
     print(f"prepared {len(prep.labels)} real images in {time.perf_counter() - t0:.0f} s: "
           f"{counts.get('train', 0)} train / {counts.get('val', 0)} val / "
           f"{counts.get('test', 0)} test")

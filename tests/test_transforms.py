@@ -70,7 +70,9 @@ def test_ten_crop():
     crops = ten_crop(x, 6)
     assert crops.shape == (2, 10, 1, 6, 6)
     assert torch.equal(crops[:, 0], x[..., :6, :6])
-    assert torch.equal(crops[:, 5], x[..., :6, :6].flip(-1))
+    # the mirrored crops are the crops of the mirrored image (torchvision's TenCrop)
+    assert torch.equal(crops[:, 5], x[..., :6, 2:].flip(-1))
+    assert torch.equal(crops[:, 9], x.flip(-1)[..., 1:7, 1:7])
     assert torch.equal(crops[:, 4], x[..., 1:7, 1:7])
 
 

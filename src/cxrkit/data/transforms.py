@@ -190,18 +190,22 @@ class EvalTransform(nn.Module):
 
 
 def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """TenCrop: four corners + centre, and their horizontal flips -> ``(B, 10, C, s, s)``.
+    """TenCrop: four corners + centre, and those of the mirrored image -> ``(B, 10, C, s, s)``.
 
     Averaging a model's outputs over the 10 crops is CheXNet's test-time augmentation.
+    torchvision's ``ten_crop`` is used as is, so the crops are exactly the ones CheXNet
+    (and every torchvision pipeline) averages -- with an odd margin its mirrored centre
+    crop is taken from the mirrored image, one pixel off the mirror of the centre crop.
     """
+    from cxrkit._compat import ensure_torchvision
+
+    ensure_torchvision()
+    from torchvision.transforms.v2 import functional as tvf
+
     h, w = images.shape[-2:]
     if size > min(h, w):
         raise ValueError(f"crop {size} larger than image {h}x{w}")
-    tops = (0, 0, h - size, h - size, (h - size) // 2)
-    lefts = (0, w - size, 0, w - size, (w - size) // 2)
-    crops = [images[..., t:t + size, l:l + size] for t, l in zip(tops, lefts, strict=True)]
-    crops += [c.flip(-1) for c in crops]
-    return torch.stack(crops, 1)
+    return torch.stack(tvf.ten_crop(images, [size, size]), 1)
 
 
 def presets(*, size: int, mean: float = 0.5, std: float = 0.25, channels: int = 1,
