@@ -1,0 +1,49 @@
+"""``cxrkit serve``: the web page and JSON API over one checkpoint (research use only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxrkit.cli.common import run as _run
+
+
+def serve(
+    checkpoint: Annotated[Path, typer.Argument(help="A run folder (best.pt) or a checkpoint file")],
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted file, MiB")] = 32.0,
+    max_megapixels: Annotated[float, typer.Option(help="Largest accepted image, megapixels (2^20 px)")] = 64.0,
+    tta: Annotated[str, typer.Option(help="Test-time augmentation: none | flip | tencrop")] = "none",
+    thresholds: Annotated[Path | None, typer.Option(help="thresholds.json (default: the one beside the checkpoint)")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cpu)")] = None,
+) -> None:
+    """Serve a page (drop an X-ray: findings chart + Grad-CAM) and a JSON API on localhost.
+
+    API: POST /predict and POST /explain (multipart field 'file'), schema at /openapi.json.
+    Research use only: not a medical device.
+    """
+    from cxrkit.serve import create_app, run_server
+    from cxrkit.serve.runner import is_loopback
+
+    if max_upload_mb <= 0 or max_megapixels <= 0:
+        _run(_fail, "--max-upload-mb and --max-megapixels must be positive")
+    app = _run(create_app, checkpoint, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+               max_pixels=int(max_megapixels * 1024 * 1024), tta=tta, device=device,
+               thresholds=thresholds)
+    info = app.state.service.model_info
+    typer.echo(f"cxrkit serve: {info.model} from {checkpoint} on http://{host}:{port}/ "
+               "(research use only, not a medical device)")
+    if info.warning:
+        typer.echo(f"note: {info.warning}")
+    if not is_loopback(host):
+        typer.secho(f"warning: listening on {host}, not loopback: anyone who can reach this "
+                    "address can use the service (it has no authentication)",
+                    fg=typer.colors.YELLOW, err=True)
+    run_server(app, host=host, port=port)
+
+
+def _fail(message: str):
+    raise ValueError(message)
