@@ -42,7 +42,7 @@ def test_report_is_self_contained_and_complete(reported):
     for name in FIGURES:
         with Image.open(out / "figures" / name) as im:
             assert im.format == "PNG" and im.size[0] > 300
-    for heading in ("Per-finding AUROC and AUPRC", "Figures", "Decision thresholds",
+    for heading in ("Data", "Per-finding AUROC and AUPRC", "Figures", "Decision thresholds",
                     "Calibration", "Subgroups", "Training", "Configuration and provenance"):
         assert f">{heading}<" in page, heading
     assert RESEARCH_USE in page and "yes/no call" in page

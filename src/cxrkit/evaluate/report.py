@@ -72,6 +72,10 @@ def _ci(rec: dict | None, digits: int = 3) -> str:
 
 
 def _table(df: pd.DataFrame) -> str:
+    df = df.copy()
+    for col in df.columns:
+        if isinstance(df[col].dtype, pd.Int64Dtype):   # counts: blank where not applicable
+            df[col] = [("—" if pd.isna(v) else f"{int(v):,}") for v in df[col]]
     return df.to_html(index=False, escape=True, na_rep="—", border=0,
                       float_format=lambda v: f"{v:.3f}")
 
@@ -153,6 +157,36 @@ def subgroup_table(metrics: dict) -> pd.DataFrame:
     return wide.reindex(index=metrics["findings"], columns=order).reset_index()
 
 
+def data_summary(metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Per split: images, patients, images per patient, AP share, sex, age; and prevalence.
+
+    From the prepared folder's labels and the run's split file (cached images only; a box
+    fold's moves are not shown). ``None`` when either is no longer on disk.
+    """
+    from cxrkit.data.prepare import load_prepared
+    from cxrkit.data.splits import load_split
+
+    try:
+        prepared = load_prepared(metrics["prepared"])
+        split = load_split(metrics["split_file"])
+    except (OSError, ValueError, KeyError):
+        return None
+    t = prepared.labels.merge(split[["image_id", "split"]], on="image_id", how="inner")
+    groups = [(name, t[t["split"] == name]) for name in ("train", "val", "test")
+              if (t["split"] == name).any()]
+    overview = pd.DataFrame([{
+        "split": name, "images": len(g), "patients": g["patient_id"].nunique(),
+        "images per patient": len(g) / max(1, g["patient_id"].nunique()),
+        "AP view %": 100 * (g["view"] == "AP").mean(), "male %": 100 * (g["sex"] == "M").mean(),
+        "median age": g["age"].median(),
+        "no finding %": 100 * (g[metrics["findings"]].fillna(0).sum(axis=1) == 0).mean()}
+        for name, g in groups])
+    prevalence = pd.DataFrame([{"finding": f, **{f"{name} %": 100 * g[f].mean()
+                                                  for name, g in groups}}
+                               for f in metrics["findings"]])
+    return overview, prevalence
+
+
 # -- optional sections written by other stages --------------------------------------------
 def explanation_examples(run_dir: Path, limit: int = 8) -> list[tuple[Path, str]]:
     """A handful of saliency overlays from ``cxrkit explain`` (``<run>/explain/``), if any."""
@@ -218,6 +252,15 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path]) -> str:
          f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
          f"<div class='ruo'>{_esc(RESEARCH_USE)}</div>", _kpis(metrics, run)]
     s += [f"<div class='warn'>{_esc(n)}</div>" for n in metrics["notes"]]
+    data = data_summary(metrics)
+    if data is not None:
+        s.append("<h2>Data</h2><p>The run's split of the prepared images. Differences between "
+                 "the evaluated split and training (view mix, images per patient, prevalence) "
+                 "change what an AUROC means; NIH's official test list, for one, holds sicker, "
+                 "more often AP-imaged patients with more follow-up images.</p>")
+        s.append(_table(data[0]))
+        s.append("<details><summary>Prevalence per finding and split</summary>"
+                 f"{_table(data[1])}</details>")
     s.append("<h2>Per-finding AUROC and AUPRC</h2>")
     s.append(_table(auroc_table(metrics)))
     s.append("<p>Published values (* = not comparable with this run):</p><ul>" + "".join(
