@@ -1,0 +1,106 @@
+"""``cxrkit predict`` and ``cxrkit export``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxrkit.cli.common import run as _run
+
+#: The real NIH sample used for export parity checks when it is there (the project's
+#: checkout layout: ../shared/nih from the repository root).
+NIH_SAMPLE = Path(os.environ.get("CXRKIT_NIH_SAMPLE", "../shared/nih"))
+
+
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Run folder, checkpoint .pt, or exported .onnx")],
+    paths: Annotated[list[str], typer.Argument(help="Image files (PNG, JPEG, DICOM), folders, globs")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write FILE.csv or FILE.json")] = None,
+    backend: Annotated[str, typer.Option(help="auto | torch | onnx (auto: onnx for a .onnx file)")] = "auto",
+    tta: Annotated[str, typer.Option(help="Test-time augmentation (torch): none | flip | tencrop")] = "none",
+    thresholds: Annotated[Path | None, typer.Option(help="thresholds.json from cxrkit evaluate (default: beside the checkpoint)")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 16,
+    device: Annotated[str | None, typer.Option(help="torch backend: cpu, cuda, ... (default: cpu)")] = None,
+    top: Annotated[int, typer.Option(help="Most probable findings shown per image")] = 3,
+    show: Annotated[int, typer.Option(help="Images shown in the terminal table")] = 50,
+    progress: Annotated[bool, typer.Option(help="Progress bar")] = True,
+) -> None:
+    """Probabilities of the 14 findings for image files, flagged at the evaluation thresholds.
+
+    Exit code 1 when any input could not be predicted (each is listed with its reason).
+    """
+    from cxrkit.predict import collect_inputs, load_model, predict_files
+
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        typer.secho(f"error: --out {out}: write .csv or .json", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    model = _run(load_model, checkpoint, backend=backend, device=device, thresholds=thresholds)
+    inputs = collect_inputs(paths)
+    result = _run(predict_files, model, inputs, tta=tta, batch_size=batch_size,
+                  progress=progress)
+    typer.echo(result.summary(top=top, limit=show))
+    source = result.thresholds_source or "0.5 (none chosen at evaluation)"
+    typer.echo(f"{len(result.images) - result.n_failed} predicted, {result.n_failed} failed "
+               f"({result.backend} backend, {result.model}; thresholds: {source})")
+    if result.skipped:
+        shown = ", ".join(Path(p).name for p in result.skipped[:3])
+        typer.echo(f"note: {len(result.skipped)} file(s) in the folders are not PNG/JPEG/DICOM "
+                   f"and were not read ({shown}{', ...' if len(result.skipped) > 3 else ''})")
+    if out is not None:
+        _run(result.save, out)
+        typer.echo(f"-> {out}")
+    if result.n_failed:
+        typer.secho(f"error: {result.n_failed} input(s) could not be predicted (see above)",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Run folder or checkpoint .pt")],
+    format: Annotated[str, typer.Option("--format", help="Export format (onnx)")] = "onnx",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: beside the checkpoint, best.onnx")] = None,
+    parity_images: Annotated[list[str] | None, typer.Option("--parity-images", help="Real images for the parity check (files, folders, globs); default: 8 of the NIH sample's 256 px images and a 1024 px original, when present")] = None,
+    phantoms: Annotated[int, typer.Option(help="Phantom images in the parity check")] = 6,
+    thresholds: Annotated[Path | None, typer.Option(help="thresholds.json to record (default: beside the checkpoint)")] = None,
+) -> None:
+    """Export to ONNX with the preprocessing inside the graph; check parity with PyTorch."""
+    from cxrkit.export import export_onnx
+    from cxrkit.predict import collect_inputs
+
+    if format != "onnx":
+        typer.secho(f"error: --format {format}: only onnx is supported", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    if parity_images:
+        inputs = collect_inputs(parity_images)
+        if inputs.problems:
+            text, why = inputs.problems[0]
+            typer.secho(f"error: --parity-images {text}: {why}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        real = inputs.files
+    else:
+        real = _default_parity_images()
+    r = _run(export_onnx, checkpoint, out, parity_images=real, n_phantoms=phantoms,
+             thresholds=thresholds)
+    p = r["parity"]
+    typer.echo(f"{r['path']}: {r['model']['name']}, opset {r['opset']}, input uint8 "
+               f"(batch, 1, {r['preprocess']['cache']['size']}, {r['preprocess']['cache']['size']})")
+    for kind, k in p["by_kind"].items():
+        typer.echo(f"  parity on {k['n']} {kind} image(s): max |dp| {k['max_abs_diff_probability']:.2e}, "
+                   f"max |dlogit| {k['max_abs_diff_logit']:.2e}")
+    typer.echo(f"  overall: max |dp| {p['max_abs_diff_probability']:.2e} (tolerance "
+               f"{p['tolerances']['probability']:g}), max |dlogit| {p['max_abs_diff_logit']:.2e}"
+               f" -> passed; contract in {r['sidecar']}")
+    if not r["thresholds"]:
+        logging.getLogger(__name__).warning(
+            "no thresholds recorded (run `cxrkit evaluate` before exporting, or pass "
+            "--thresholds); predictions will flag findings at 0.5")
+
+
+def _default_parity_images() -> list[Path]:
+    small = sorted((NIH_SAMPLE / "images_256").glob("*.png"))[:8]
+    big = sorted((NIH_SAMPLE / "originals").rglob("*.png"))[:1]
+    return small + big

@@ -1,0 +1,406 @@
+"""ONNX export of a checkpoint, with its preprocessing inside the graph, and the ONNX backend.
+
+:func:`export_onnx` writes ``best.onnx`` (beside ``best.pt`` unless told otherwise) whose
+graph takes what the checkpoint's **cache stage** produces and does the **tensor stage**
+itself (see :mod:`cxrkit.inference`):
+
+* input ``image``: ``uint8`` ``(B, 1, S, S)``, ``S`` the cache size (grey 0..255), batch
+  axis dynamic; ``meta`` ``float32`` ``(B, 4)`` too when the model was trained with
+  patient metadata;
+* in the graph: ``/ 255``, the eval resize and centre crop, ``(x - mean) / std``, the
+  channel repeat, the network;
+* outputs ``logits`` and ``probabilities`` (sigmoid), ``float32`` ``(B, F)``.
+
+So an ONNX user needs numpy/OpenCV for the cache stage (:func:`cxrkit.data.dicom.read_image`,
+:func:`cxrkit.data.images.preprocess`: the same code as training) and onnxruntime for the
+rest; :class:`OnnxModel` is that, with no torch import.
+
+The resize is two matrix products, ``W @ x @ W.T``, not ONNX ``Resize``. Why: training
+resizes with torch's antialiased bilinear interpolation, and onnxruntime's ``Resize``
+with ``antialias=1`` computes slightly different weights (measured with onnxruntime 1.32:
+up to 2.4e-5 on the [0, 1] image for 224 <-> 256); ``W`` is built by running torch's own
+``F.interpolate`` on an identity basis, so it holds torch's exact weights (matmul vs
+``F.interpolate``: <= 2.4e-7) and the crop is just W's rows. Exporter: torch's dynamo
+exporter (``torch.onnx.export(dynamo=True)``, torch 2.13's default; onnxscript), opset
+:data:`OPSET`.
+
+Every export is checked: PyTorch and onnxruntime run the same images (phantoms, and real
+images when given) and the largest absolute differences of probabilities and logits are
+recorded and compared with :data:`PROBABILITY_TOLERANCE` / :data:`LOGIT_TOLERANCE`;
+over them, :class:`ParityError`. The preprocessing contract (the checkpoint's
+``preprocess_record``, findings, thresholds, model, checkpoint sha256, opset, versions)
+goes into the ONNX ``metadata_props`` (``cxrkit.*`` keys, JSON values) and, with the
+parity results, into a ``.onnx.json`` sidecar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import platform
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxrkit.data.dicom import grey_uint8, read_image
+from cxrkit.data.images import PreprocessSettings, preprocess
+
+log = logging.getLogger(__name__)
+
+#: ONNX opset of exported graphs: 18 runs on onnxruntime >= 1.14 and every current runtime.
+OPSET = 18
+
+#: Largest accepted |probability(torch) - probability(onnxruntime)|. Why 1e-4: float32
+#: through ~100 layers in a different summation order drifts by ~1e-7..1e-5 relative
+#: (measured on export: see the sidecar); 1e-4 is ten times the worst seen and still
+#: cannot move a probability across a threshold except within 1e-4 of it, while a real
+#: export error (wrong resize, crop, normalisation, weights) moves them by 1e-2 or more.
+PROBABILITY_TOLERANCE = 1e-4
+#: Largest accepted |logit difference|, relative to max(1, |logit|) (the same reasoning:
+#: logits of a confident model reach +-10, where float32 drift scales with the value).
+LOGIT_TOLERANCE = 1e-3
+
+_META_KEYS = ("preprocess", "findings", "thresholds", "thresholds_source", "model",
+              "checkpoint", "checkpoint_sha256", "opset", "versions", "inputs", "outputs",
+              "meta_default")
+
+
+class ParityError(RuntimeError):
+    """The exported graph's outputs differ from PyTorch's by more than the tolerances."""
+
+
+# -- the graph --------------------------------------------------------------------------------
+def resize_matrix(in_size: int, resize: int, crop: int):
+    """``(crop, in_size)`` float32: torch's antialiased bilinear resize ``in_size -> resize``
+    followed by the centre crop ``crop``, as a matrix (rows = output pixels).
+
+    Built by resizing an identity basis with ``F.interpolate`` itself, so the weights are
+    torch's. (The basis is 2 px wide: torch's antialias kernel mishandles a 1-px axis.)
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if resize == in_size:
+        w = torch.eye(in_size)
+    else:
+        eye = torch.eye(in_size).reshape(in_size, 1, in_size, 1).expand(in_size, 1, in_size, 2)
+        out = F.interpolate(eye, size=(resize, 2), mode="bilinear", antialias=True,
+                            align_corners=False)
+        w = out[:, 0, :, 0].T.contiguous()  # (resize, in_size)
+    off = (resize - crop) // 2
+    return w[off:off + crop].contiguous()
+
+
+def _graph(lm):
+    """An ``nn.Module``: cache-stage ``uint8`` image (and meta) -> (logits, probabilities)."""
+    import torch
+
+    class OnnxGraph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = lm.model
+            w = resize_matrix(lm.cache_settings.size, lm.eval_resize or lm.input_size,
+                              lm.input_size)
+            self.register_buffer("rows", w)
+            self.register_buffer("cols", w.T.contiguous())
+            self.mean, self.std, self.channels = lm.mean, lm.std, lm.channels
+
+        def forward(self, image, meta=None):
+            x = image.to(torch.float32) / 255.0
+            x = torch.matmul(torch.matmul(self.rows, x), self.cols)
+            x = (x - self.mean) / self.std
+            if self.channels != 1:
+                x = x.expand(-1, self.channels, -1, -1)
+            logits = self.model(x, meta).float()
+            return logits, torch.sigmoid(logits)
+
+    return OnnxGraph().eval()
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from cxrkit import __version__
+    out = {"cxrkit": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
+           "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+           "python": platform.python_version()}
+    with contextlib.suppress(ImportError):
+        import onnxscript
+        out["onnxscript"] = onnxscript.__version__
+    return out
+
+
+def default_onnx_path(checkpoint: Path) -> Path:
+    """``run/best.pt`` -> ``run/best.onnx``."""
+    return checkpoint.with_suffix(".onnx")
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
+                parity_images: Sequence[str | Path] = (), n_phantoms: int = 6,
+                opset: int = OPSET, thresholds: str | Path | None = None) -> dict:
+    """Export ``checkpoint`` (file or run folder) to ONNX, check parity, write the sidecar.
+
+    ``parity_images``: image files (any format :func:`read_image` reads) checked on top of
+    ``n_phantoms`` phantom radiographs. Returns the sidecar record (``path``, contract,
+    ``parity``). Raises :class:`ParityError` (after writing both files, so they can be
+    inspected) when the differences exceed the tolerances.
+    """
+    import onnx
+    import torch
+
+    from cxrkit.data.nih import file_sha256, write_json_atomic
+    from cxrkit.inference import load
+
+    lm = load(checkpoint, device="cpu", thresholds=thresholds)
+    out = Path(out) if out else default_onnx_path(lm.checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    graph = _graph(lm)
+    s = lm.cache_settings.size
+    example = (torch.zeros(2, 1, s, s, dtype=torch.uint8),)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    shapes: tuple = ({0: batch},)
+    inputs = {"image": f"uint8 (batch, 1, {s}, {s}): the cache-stage image"}
+    if lm.metadata:
+        example += (lm._meta(2, None),)
+        shapes += ({0: batch},)
+        inputs["meta"] = f"float32 (batch, {example[1].shape[1]}): patient metadata"
+    printed = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, example, str(out), dynamo=True, opset_version=opset,
+                              input_names=list(inputs), output_names=["logits", "probabilities"],
+                              dynamic_shapes=shapes, external_data=False, verbose=False)
+    except Exception as e:
+        log.debug("exporter output:\n%s", printed.getvalue())
+        raise RuntimeError(f"ONNX export of {lm.checkpoint} (model "
+                           f"{lm.model.cxr_config.name}) failed: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    meta_default = None
+    if lm.metadata:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta_default = lm._meta(1, None).cpu().numpy()[0].tolist()
+    record = {
+        "preprocess": lm.preprocess_record(), "findings": list(lm.findings),
+        "thresholds": lm.thresholds, "thresholds_source": lm.thresholds_source,
+        "model": lm.model.cxr_config.to_dict(), "checkpoint": str(lm.checkpoint),
+        "checkpoint_sha256": file_sha256(lm.checkpoint), "opset": opset,
+        "versions": _versions(), "inputs": inputs,
+        "outputs": {"logits": f"float32 (batch, {len(lm.findings)})",
+                    "probabilities": "float32, sigmoid of the logits"},
+        "meta_default": meta_default,
+    }
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    for key in _META_KEYS:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"cxrkit.{key}", json.dumps(record[key])
+    proto.producer_name = "cxrkit"
+    onnx.save(proto, str(out))
+
+    onnx_model = OnnxModel(out)
+    images = _parity_images(n_phantoms, parity_images)
+    parity = parity_check(lm, onnx_model, images)
+    sidecar = out.with_name(out.name + ".json")
+    write_json_atomic({"path": str(out), "exporter": "torch.onnx.export(dynamo=True)",
+                       **record, "parity": parity}, sidecar)
+    if not parity["passed"]:
+        raise ParityError(f"{out}: onnxruntime differs from PyTorch by up to "
+                          f"{parity['max_abs_diff_probability']:.3g} in probability and "
+                          f"{parity['max_abs_diff_logit']:.3g} in logit (tolerances "
+                          f"{PROBABILITY_TOLERANCE:g}, {LOGIT_TOLERANCE:g} relative); see "
+                          f"{sidecar}")
+    return {"path": str(out), "sidecar": str(sidecar), **record, "parity": parity}
+
+
+def _parity_images(n_phantoms: int, paths: Sequence[str | Path]) -> dict[str, tuple[str, np.ndarray]]:
+    """``name -> (kind, grey uint8 image)``: phantoms at 256 px, then the given files."""
+    from cxrkit.data.phantoms import render_phantom
+    from cxrkit.labels import FINDINGS
+
+    images = {}
+    for i in range(n_phantoms):
+        findings = () if i == 0 else (FINDINGS[(3 * i) % len(FINDINGS)],)
+        img, _ = render_phantom(np.random.default_rng(1000 + i), findings, size=256,
+                                view="PA" if i % 2 else "AP")
+        images[f"phantom_{i}"] = ("phantom", img)
+    for p in paths:
+        img = read_image(p)
+        images[str(p)] = (f"real {img.shape[1]}x{img.shape[0]}", img)
+    return images
+
+
+def parity_check(lm, onnx_model: OnnxModel, images: dict[str, tuple[str, np.ndarray]]) -> dict:
+    """Run ``images`` through PyTorch (``lm``) and onnxruntime, batched and one at a time.
+
+    Returns the largest absolute differences of probabilities and logits, overall and per
+    kind of image, and whether they are within the tolerances.
+    """
+    names = list(images)
+    cached = np.stack([lm.cache_image(grey_uint8(images[n][1])) for n in names])[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # metadata defaults, said once by the caller
+        z_torch = lm.logits_from_cached(cached).astype(np.float64)
+        z_onnx = onnx_model.logits_from_cached(cached).astype(np.float64)
+        z_single = onnx_model.logits_from_cached(cached[:1]).astype(np.float64)  # batch of 1
+
+    def sig(z):
+        return 1.0 / (1.0 + np.exp(-z))
+
+    dz = np.abs(z_torch - z_onnx)
+    dp = np.abs(sig(z_torch) - sig(z_onnx))
+    rel = dz / np.maximum(1.0, np.abs(z_torch))
+    by_kind: dict[str, dict] = {}
+    for i, n in enumerate(names):
+        k = by_kind.setdefault(images[n][0], {"n": 0, "max_abs_diff_probability": 0.0,
+                                              "max_abs_diff_logit": 0.0})
+        k["n"] += 1
+        k["max_abs_diff_probability"] = max(k["max_abs_diff_probability"], float(dp[i].max()))
+        k["max_abs_diff_logit"] = max(k["max_abs_diff_logit"], float(dz[i].max()))
+    batch1 = float(np.abs(z_single[0] - z_onnx[0]).max())
+    passed = bool(dp.max() <= PROBABILITY_TOLERANCE and rel.max() <= LOGIT_TOLERANCE)
+    return {"n_images": len(names), "max_abs_diff_probability": float(dp.max()),
+            "max_abs_diff_logit": float(dz.max()), "max_rel_diff_logit": float(rel.max()),
+            "max_abs_logit": float(np.abs(z_torch).max()),
+            "batch_of_one_vs_batch_logit": batch1, "by_kind": by_kind,
+            "tolerances": {"probability": PROBABILITY_TOLERANCE, "logit_relative": LOGIT_TOLERANCE},
+            "passed": passed, "images": names}
+
+
+# -- the ONNX backend (no torch) ----------------------------------------------------------------
+@dataclass
+class OnnxModel:
+    """An exported model run by onnxruntime: the same API as :class:`~cxrkit.inference.LoadedModel`
+    for prediction (``load_images``, ``logits_from_cached``, ``predict``, ``thresholds``),
+    without torch. The cache stage is :func:`cxrkit.data.images.preprocess` with the
+    settings recorded in the file."""
+
+    path: Path
+    providers: Sequence[str] | None = None
+    thresholds_file: str | Path | None = None
+    record: dict = field(init=False)
+
+    def __post_init__(self):
+        import onnxruntime as ort
+
+        self.path = Path(self.path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"ONNX model not found: {self.path}")
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), providers=list(self.providers or ["CPUExecutionProvider"]))
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ValueError(f"{self.path}: not a loadable ONNX model ({e})") from e
+        props = self.session.get_modelmeta().custom_metadata_map
+        missing = [k for k in _META_KEYS if f"cxrkit.{k}" not in props]
+        if missing:
+            raise ValueError(f"{self.path}: not exported by cxrkit (no cxrkit.{missing[0]} in "
+                             "its metadata); export with `cxrkit export`")
+        self.record = {k: json.loads(props[f"cxrkit.{k}"]) for k in _META_KEYS}
+        self.findings = tuple(self.record["findings"])
+        self.cache_settings = PreprocessSettings.from_dict(self.record["preprocess"]["cache"])
+        self.metadata = "meta" in self.record["inputs"]
+        self.checkpoint = Path(self.record["checkpoint"])
+        self.thresholds, self.thresholds_source = self._thresholds()
+
+    def _thresholds(self):
+        candidates = ([Path(self.thresholds_file)] if self.thresholds_file
+                      else [self.path.parent / "thresholds.json"])
+        for p in candidates:
+            if not p.exists():
+                if self.thresholds_file:
+                    raise FileNotFoundError(f"thresholds file not found: {p}")
+                continue
+            try:
+                rec = json.loads(p.read_text())
+                values = {str(k): float(v) for k, v in rec["thresholds"].items()}
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{p}: not a cxrkit thresholds file ({e})") from e
+            if self.thresholds_file or rec.get("checkpoint_sha256") == self.record["checkpoint_sha256"]:
+                unknown = sorted(set(values) - set(self.findings))
+                if unknown:
+                    raise ValueError(f"{p}: thresholds for findings the model lacks: {unknown}")
+                return values, f"{p} ({rec.get('method', '?')})"
+        if self.record["thresholds"]:
+            return ({str(k): float(v) for k, v in self.record["thresholds"].items()},
+                    f"recorded in {self.path.name} (from {self.record['thresholds_source']})")
+        return None, None
+
+    @property
+    def name(self) -> str:
+        return self.record["model"]["name"]
+
+    def cache_image(self, image: np.ndarray) -> np.ndarray:
+        s = self.cache_settings
+        return preprocess(image, size=s.size, clahe=s.clahe, crop=s.crop)
+
+    def load_images(self, images: Sequence) -> np.ndarray:
+        """Paths or arrays -> ``uint8`` ``(B, 1, S, S)`` cache-stage images (numpy)."""
+        out = [self.cache_image(read_image(im) if isinstance(im, (str, Path)) else grey_uint8(im))
+               for im in images]
+        s = self.cache_settings.size
+        return np.stack(out)[:, None] if out else np.zeros((0, 1, s, s), np.uint8)
+
+    def logits_from_cached(self, images, meta=None, *, tta: str = "none") -> np.ndarray:
+        """``uint8`` ``(B, 1, S, S)`` -> logits ``(B, F)`` float32 (``tta`` must be "none")."""
+        if tta != "none":
+            raise ValueError(f"the ONNX backend runs without test-time augmentation; got "
+                             f"tta={tta!r} (use the torch backend for flip/tencrop)")
+        x = np.ascontiguousarray(np.asarray(images), dtype=np.uint8)
+        feeds = {"image": x}
+        if self.metadata:
+            if meta is None:
+                warnings.warn(f"{self.path.name} was trained with patient metadata; none "
+                              "given, so the export's defaults are used "
+                              f"({self.record['meta_default']})", stacklevel=2)
+                meta = np.tile(np.asarray(self.record["meta_default"], np.float32), (len(x), 1))
+            feeds["meta"] = np.asarray(meta, np.float32).reshape(len(x), -1)
+        return self.session.run(["logits"], feeds)[0]
+
+    def predict(self, images, meta=None, *, tta: str = "none", batch_size: int = 16):
+        """Probabilities as a DataFrame, like :meth:`LoadedModel.predict`."""
+        import pandas as pd
+
+        single = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray)
+                                                     and images.ndim == 2)
+        items = [images] if single else list(images)
+        parts = []
+        for i in range(0, len(items), batch_size):
+            mm = None if meta is None else np.asarray(meta)[i:i + batch_size]
+            parts.append(self.logits_from_cached(self.load_images(items[i:i + batch_size]), mm,
+                                                 tta=tta))
+        z = np.concatenate(parts) if parts else np.zeros((0, len(self.findings)), np.float32)
+        probs = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+        index = [str(p) if isinstance(p, (str, Path)) else f"array_{i}"
+                 for i, p in enumerate(items)]
+        return pd.DataFrame(probs, columns=list(self.findings),
+                            index=pd.Index(index, name="image"))
+
+    def threshold_vector(self) -> np.ndarray:
+        t = self.thresholds or {}
+        return np.array([float(t.get(f, 0.5)) for f in self.findings])
+
+
+def load_onnx(path: str | Path, *, thresholds: str | Path | None = None,
+              providers: Sequence[str] | None = None) -> OnnxModel:
+    """An ``.onnx`` file from :func:`export_onnx` (or a run folder holding ``best.onnx``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.onnx" if (path / "best.onnx").exists() else path / "last.onnx"
+    elif path.suffix == ".pt":
+        path = default_onnx_path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"ONNX model not found: {path} (make it with `cxrkit export`)")
+    return OnnxModel(path, providers=providers, thresholds_file=thresholds)
+
+
+__all__ = ["LOGIT_TOLERANCE", "OPSET", "PROBABILITY_TOLERANCE", "OnnxModel", "ParityError",
+           "export_onnx", "load_onnx", "parity_check", "resize_matrix"]

@@ -1,0 +1,296 @@
+"""Prediction on image files: what ``cxrkit predict CHECKPOINT PATH...`` does, in Python.
+
+:func:`collect_inputs` turns files, folders (searched recursively) and glob patterns into a
+list of image files; :func:`predict_files` runs them through a model, a
+:class:`~cxrkit.inference.LoadedModel` (PyTorch, ``cxrkit.load``) or an
+:class:`~cxrkit.export.OnnxModel` (onnxruntime, ``--backend onnx``), always with the
+checkpoint's own preprocessing (a model trained at 224 px on CLAHE images sees 224 px
+CLAHE images); :class:`Predictions` holds the result and writes it as CSV or JSON.
+
+Probabilities are the same numbers ``cxrkit.load(checkpoint).predict(paths)`` returns (the
+same functions compute them). A finding is *flagged* when its probability is at least its
+decision threshold: the thresholds ``cxrkit evaluate`` chose on the validation split
+(``thresholds.json`` beside the checkpoint), else 0.5 with a warning saying so.
+
+Nothing is skipped silently: an input that names no file, a file that cannot be read (not
+an image, a DICOM whose compression has no decoder, ...) gets a row with its reason in the
+``error`` column, and the rest are still predicted; files in searched folders that are not
+images (``.txt``, ``.csv``...) are counted and listed in ``Predictions.skipped``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxrkit.data.dicom import DICOM_EXTENSIONS, is_dicom
+from cxrkit.data.images import IMAGE_EXTENSIONS, ImageReadError
+
+#: File name endings searched for in folders (case-insensitive); files named directly are
+#: always tried, and extension-less files in folders are taken when they start like DICOM.
+SUPPORTED_EXTENSIONS = IMAGE_EXTENSIONS + DICOM_EXTENSIONS
+#: Default threshold where none was chosen at evaluation.
+DEFAULT_THRESHOLD = 0.5
+
+
+class NoThresholdsWarning(UserWarning):
+    """Findings flagged at 0.5 because the checkpoint has no thresholds from evaluation."""
+
+
+@dataclass
+class Inputs:
+    """What the command line named: ``files`` to predict, ``problems`` (input, reason) for
+    inputs that named none, ``skipped`` files in folders that are not images."""
+
+    files: list[Path] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+
+
+def collect_inputs(items: Sequence[str | Path]) -> Inputs:
+    """Files, folders and globs (``**`` recurses) -> image files, in the order given.
+
+    A folder is searched recursively for :data:`SUPPORTED_EXTENSIONS` (hidden entries
+    skipped, names sorted); a pattern expands with :func:`glob.glob`. The same file named
+    twice is predicted once.
+    """
+    out, seen = Inputs(), set()
+
+    def add(p: Path):
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            out.files.append(p)
+
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            found = _search_folder(path, out.skipped)
+            if not found:
+                out.problems.append((text, "folder holds no PNG, JPEG or DICOM files"))
+            for p in found:
+                add(p)
+        elif path.exists():
+            add(path)
+        elif glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            files = []
+            for m in map(Path, matches):
+                files.extend(_search_folder(m, out.skipped) if m.is_dir() else [m])
+            if not files:
+                out.problems.append((text, "no file matches this pattern"))
+            for p in files:
+                add(p)
+        else:
+            out.problems.append((text, "no such file or folder"))
+    return out
+
+
+def _search_folder(root: Path, skipped: list[Path]) -> list[Path]:
+    found = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            p = Path(folder) / name
+            suffix = p.suffix.lower()
+            if suffix in SUPPORTED_EXTENSIONS or (not suffix and is_dicom(p)):
+                found.append(p)
+            else:
+                skipped.append(p)
+    return found
+
+
+@dataclass
+class Predictions:
+    """Probabilities per image and finding, flagged findings, and the images that failed."""
+
+    findings: tuple[str, ...]
+    images: list[str]                  #: every input, in order (predicted or failed)
+    probabilities: np.ndarray          #: (len(images), F) float64; NaN rows where failed
+    errors: dict[str, str]             #: image -> why it could not be predicted
+    thresholds: np.ndarray             #: (F,) decision thresholds used for ``flagged``
+    thresholds_source: str | None      #: where they came from; None: 0.5 by default
+    model: str = ""
+    backend: str = "torch"
+    checkpoint: str = ""
+    tta: str = "none"
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.errors)
+
+    def flagged(self, i: int) -> list[str]:
+        """Findings of image ``i`` at or over their threshold, most probable first."""
+        p = self.probabilities[i]
+        if np.isnan(p).any():
+            return []
+        idx = [j for j in np.argsort(-p, kind="stable") if p[j] >= self.thresholds[j]]
+        return [self.findings[j] for j in idx]
+
+    def frame(self):
+        """One row per image: ``image``, ``error``, ``flagged`` (";"-joined), then one
+        probability column per finding."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.probabilities, columns=list(self.findings))
+        df.insert(0, "image", self.images)
+        df.insert(1, "error", [self.errors.get(n, "") for n in self.images])
+        df.insert(2, "flagged", [";".join(self.flagged(i)) for i in range(len(self.images))])
+        return df
+
+    def to_dict(self) -> dict:
+        rows = []
+        for i, name in enumerate(self.images):
+            if name in self.errors:
+                rows.append({"image": name, "error": self.errors[name]})
+            else:
+                rows.append({"image": name, "flagged": self.flagged(i),
+                             "probabilities": dict(zip(self.findings,
+                                                       map(float, self.probabilities[i]),
+                                                       strict=True))})
+        return {"checkpoint": self.checkpoint, "model": self.model, "backend": self.backend,
+                "tta": self.tta, "findings": list(self.findings),
+                "thresholds": dict(zip(self.findings, map(float, self.thresholds), strict=True)),
+                "thresholds_source": self.thresholds_source or
+                f"none chosen at evaluation: {DEFAULT_THRESHOLD} for every finding",
+                "n_images": len(self.images), "n_failed": self.n_failed,
+                "skipped_not_images": self.skipped, "predictions": rows}
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``.csv`` (:meth:`frame`, full float precision) or ``.json`` (:meth:`to_dict`)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".json"):
+            raise ValueError(f"--out {path}: write .csv or .json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        if suffix == ".csv":
+            self.frame().to_csv(tmp, index=False)
+        else:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    def summary(self, *, top: int = 3, limit: int = 50) -> str:
+        """A terminal table: per image its flagged findings and its ``top`` probabilities."""
+        width = min(48, max([5] + [len(_short(n)) for n in self.images[:limit]]))
+        lines = [f"{'image':<{width}}  {'flagged (probability >= threshold)':<44}  most probable"]
+        for i, name in enumerate(self.images[:limit]):
+            short = _short(name)[-width:]
+            if name in self.errors:
+                lines.append(f"{short:<{width}}  ERROR: {self.errors[name]}")
+                continue
+            p = self.probabilities[i]
+            names = self.flagged(i)
+            flagged = ", ".join(f"{f} {p[self.findings.index(f)]:.2f}" for f in names[:top])
+            if len(names) > top:
+                flagged += f" +{len(names) - top} more"
+            best = ", ".join(f"{self.findings[j]} {p[j]:.2f}"
+                             for j in np.argsort(-p, kind="stable")[:top])
+            lines.append(f"{short:<{width}}  {flagged or '-':<44}  {best}")
+        if len(self.images) > limit:
+            lines.append(f"... and {len(self.images) - limit} more images (write them all "
+                         "with --out FILE.csv or .json)")
+        return "\n".join(lines)
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 48 else "..." + name[-45:]
+
+
+def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "none",
+                  batch_size: int = 16, progress: bool = True) -> Predictions:
+    """Predict every file of ``inputs`` with ``model`` (a ``LoadedModel`` or ``OnnxModel``).
+
+    Files are decoded and cache-preprocessed one at a time (so one bad file fails alone)
+    and run through the network ``batch_size`` at a time. Unreadable files and inputs that
+    named no file become rows with an ``error``.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(inputs, Inputs):
+        inputs = collect_inputs(inputs)
+    findings = tuple(model.findings)
+    names = [text for text, _ in inputs.problems]
+    errors = dict(inputs.problems)
+    probs = [np.full(len(findings), np.nan) for _ in names]
+    thresholds = _thresholds(model)
+    files = inputs.files
+    bar = tqdm(total=len(files), unit="image", desc="predict", leave=False,
+               disable=not progress or len(files) < 2)
+    with bar:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            cached, ok = [], []
+            for f in chunk:
+                names.append(str(f))
+                probs.append(np.full(len(findings), np.nan))
+                try:
+                    cached.append(np.asarray(model.load_images([f]))[0])
+                    ok.append(len(names) - 1)
+                except (ImageReadError, ValueError, OSError) as e:
+                    errors[str(f)] = e.reason if isinstance(e, ImageReadError) else str(e)
+            if cached:
+                z = np.asarray(model.logits_from_cached(np.stack(cached), tta=tta), np.float64)
+                for row, zi in zip(ok, z, strict=True):
+                    probs[row] = 1.0 / (1.0 + np.exp(-zi))
+            bar.update(len(chunk))
+    backend = "onnx" if type(model).__name__ == "OnnxModel" else "torch"
+    name = model.name if backend == "onnx" else model.model.cxr_config.name
+    return Predictions(findings=findings, images=names,
+                       probabilities=np.array(probs).reshape(len(names), len(findings)),
+                       errors=errors, thresholds=thresholds,
+                       thresholds_source=model.thresholds_source, model=name, backend=backend,
+                       checkpoint=str(getattr(model, "path", model.checkpoint)), tta=tta,
+                       skipped=[str(p) for p in inputs.skipped])
+
+
+def _thresholds(model) -> np.ndarray:
+    """The model's thresholds (0.5 where missing), warning when any finding has none."""
+    chosen = model.thresholds or {}
+    missing = [f for f in model.findings if f not in chosen]
+    source = getattr(model, "path", model.checkpoint)
+    if not chosen:
+        warnings.warn(f"{source.name}: no decision thresholds from evaluation (run "
+                      "`cxrkit evaluate` to choose them on the validation split); findings "
+                      f"are flagged at probability >= {DEFAULT_THRESHOLD}",
+                      NoThresholdsWarning, stacklevel=3)
+    elif missing:
+        warnings.warn(f"no threshold chosen for {', '.join(missing)} (undefined on the "
+                      f"validation split?); {DEFAULT_THRESHOLD} used for them",
+                      NoThresholdsWarning, stacklevel=3)
+    return np.array([float(chosen.get(f, DEFAULT_THRESHOLD)) for f in model.findings])
+
+
+def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | None = None,
+               thresholds: str | Path | None = None):
+    """A checkpoint for prediction: ``backend`` "torch" (``cxrkit.load``), "onnx" (the
+    ``.onnx`` export; a run folder or ``.pt`` finds the ``.onnx`` beside it) or "auto"
+    (onnx for a ``.onnx`` path, else torch)."""
+    path = Path(checkpoint)
+    if backend == "auto":
+        backend = "onnx" if path.suffix.lower() == ".onnx" else "torch"
+    if backend == "onnx":
+        from cxrkit.export import load_onnx
+        return load_onnx(path, thresholds=thresholds)
+    if backend != "torch":
+        raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
+    if path.suffix.lower() == ".onnx":
+        raise ValueError(f"{path} is an ONNX file: use --backend onnx (or auto)")
+    from cxrkit.inference import load
+    return load(path, device=device, thresholds=thresholds)
+
+
+__all__ = ["DEFAULT_THRESHOLD", "Inputs", "NoThresholdsWarning", "Predictions",
+           "SUPPORTED_EXTENSIONS", "collect_inputs", "load_model", "predict_files"]
