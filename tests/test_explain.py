@@ -127,3 +127,51 @@ def test_overlay_colours_the_map_and_writes_the_label():
     assert (labelled[:8, :40] != overlay(img, heat)[:8, :40]).any()
     with pytest.raises(ValueError, match="grey uint8"):
         overlay(img.astype(float), heat)
+
+
+# -- explain_images / explain_split / CLI ------------------------------------------------
+def test_explain_split_writes_overlays_maps_and_index(phantom_run, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from cxrkit.explain.images import INDEX_COLUMNS, explain_split
+
+    out = tmp_path / "explain"
+    index = explain_split(phantom_run, out, split="test", method="gradcam", top_k=2, limit=3,
+                          progress=False)
+    assert list(index.columns) == list(INDEX_COLUMNS) and len(index) == 6
+    assert index.groupby("image_id")["rank"].apply(list).map(sorted).eq([[1, 2]] * 3).all()
+    # rank 1 is the more probable finding of each image
+    top = index.pivot(index="image_id", columns="rank", values="probability")
+    assert (top[1] >= top[2]).all()
+    on_disk = pd.read_csv(out / "index.csv")
+    assert len(on_disk) == 6 and json.loads((out / "index.json").read_text())["rows"] == 6
+    for rel_png, rel_npy in zip(on_disk["overlay"], on_disk["map"], strict=True):
+        m = np.load(out / rel_npy)
+        assert m.dtype == np.float32 and m.shape == (64, 64) and 0 <= m.min() <= m.max() <= 1
+        assert (out / rel_png).stat().st_size > 0
+
+
+def test_cli_explain_files_and_localize(phantom_run, phantom_release, tmp_path):
+    import shutil
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from cxrkit.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(phantom_run, run)
+    pngs = sorted(phantom_release.glob("images_*/images/*.png"))[:2]
+    res = CliRunner().invoke(app, ["explain", str(run), *map(str, pngs), "--method",
+                                   "smoothgrad", "--finding", "Effusion", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    index = pd.read_csv(run / "explain-smoothgrad" / "index.csv")
+    assert list(index["finding"]) == ["Effusion", "Effusion"]
+    assert list(index["image"]) == [str(p) for p in pngs]
+    res = CliRunner().invoke(app, ["localize", str(run), "--limit", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "pointing" in res.output and (run / "localization-gradcam" / "accuracy.csv").exists()
+    bad = CliRunner().invoke(app, ["explain", str(run), "test", "--method", "lime"])
+    assert bad.exit_code == 2 and "method must be one of" in bad.output

@@ -1,0 +1,199 @@
+"""``cxrkit explain``: overlays and raw maps for images or a whole split, with an index.
+
+Output layout (``out``), read by people and by the evaluation HTML report:
+
+``index.csv``              one row per (image, finding) explained, in order: ``image``
+                           (the path, or the image id for a split), ``image_id``,
+                           ``finding``, ``rank`` (1 = the image's most probable finding
+                           when findings were chosen by probability), ``probability``,
+                           ``method``, ``overlay`` and ``map`` (paths relative to ``out``),
+                           and ``attention_overlay`` (models with their own attention
+                           maps, e.g. ``gaussian_attention``; else empty)
+``index.json``             what made it: checkpoint, model, method, findings rule, the
+                           column meanings above, and the map units
+``overlays/<stem>__<finding>.png``   heatmap over the cache-stage X-ray, "<finding> <p>"
+                                     written on it (RGB, the cache image's size)
+``maps/<stem>__<finding>.npy``       float32 ``(S, S)`` map in [0, 1], cache pixels
+``attention/<stem>__<finding>.png``  the model's own attention (gaussian_attention only)
+
+A report embeds a few examples by reading ``index.csv`` and showing the ``overlay``
+column of its first rows. ``<stem>`` is the file name without its suffix (for a split,
+the image id's); a name seen twice gets ``_2``, ``_3``, ... appended.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cxrkit.data.dataset import metadata_vector
+from cxrkit.data.nih import write_csv_atomic, write_json_atomic
+from cxrkit.explain.heldout import held_out
+from cxrkit.explain.overlay import overlay
+from cxrkit.explain.saliency import METHODS, attention_maps, finding_targets, saliency_maps
+from cxrkit.inference import LoadedModel, load
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = ("image", "image_id", "finding", "rank", "probability", "method", "overlay",
+                 "map", "attention_overlay")
+
+
+def _write_png(rgb: np.ndarray, path: Path) -> None:
+    import cv2
+
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
+
+
+def _chosen(lm: LoadedModel, probs: np.ndarray, findings, top_k: int) -> list[list[int]]:
+    """Per image, the finding indices to explain (given, or the ``top_k`` most probable)."""
+    if findings is not None:
+        names = [findings] if isinstance(findings, (str, int)) else list(findings)
+        idx = finding_targets(lm.findings, names, len(names))
+        return [idx for _ in range(len(probs))]
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    return [list(np.argsort(-p, kind="stable")[:top_k]) for p in probs]
+
+
+def explain_cached(lm: LoadedModel, images, names: Sequence[str],
+                   out: str | Path, *, sources: Sequence[str] | None = None,
+                   method: str = "gradcam", findings=None, top_k: int = 3, meta=None,
+                   batch_size: int = 8, progress: bool = True) -> pd.DataFrame:
+    """Explain cache-stage ``uint8`` images ``(N, 1, S, S)`` named ``names``; write ``out``.
+
+    ``images``: a tensor, or a function ``(start, stop) -> tensor`` so that a whole split
+    is read from the cache one batch at a time. ``findings``: a name (or names) to explain
+    on every image; None: each image's ``top_k`` most probable findings. Returns the index
+    table (also ``index.csv``).
+    """
+    get = images if callable(images) else (lambda a, b: images[a:b])
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not callable(images) and len(names) != len(images):
+        raise ValueError(f"{len(names)} names for {len(images)} images")
+    out = Path(out)
+    for sub in ("overlays", "maps"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    sources = list(sources) if sources is not None else list(names)
+    stems = _unique_stems(names)
+    rows, size = [], None
+    batches = range(0, len(names), batch_size)
+    for start in tqdm(batches, desc=f"explain {method}", unit="batch", disable=not progress,
+                      dynamic_ncols=True):
+        x = get(start, start + batch_size)
+        size = int(x.shape[-1])
+        m = None if meta is None else np.asarray(meta)[start:start + batch_size]
+        probs = 1 / (1 + np.exp(-lm.logits_from_cached(x, m).astype(np.float64)))
+        chosen = _chosen(lm, probs, findings, top_k)
+        # one map per (image, finding): repeat each image once per chosen finding
+        which = [(i, k) for i, ks in enumerate(chosen) for k in ks]
+        rep = torch.as_tensor([i for i, _ in which], dtype=torch.long)
+        mm = None if m is None else m[rep.numpy()]
+        maps = saliency_maps(lm, x[rep], [k for _, k in which], method=method, meta=mm,
+                             batch_size=batch_size)
+        attn = attention_maps(lm, x)
+        for (i, k), hm in zip(which, maps, strict=True):
+            g = start + i
+            f = lm.findings[k]
+            label = f"{f} {probs[i, k]:.2f}"
+            img = np.asarray(x[i, 0])
+            rel_png = Path("overlays") / f"{stems[g]}__{f}.png"
+            rel_npy = Path("maps") / f"{stems[g]}__{f}.npy"
+            _write_png(overlay(img, hm, label=label), out / rel_png)
+            np.save(out / rel_npy, hm.astype(np.float32))
+            rel_att = ""
+            if attn is not None:
+                (out / "attention").mkdir(exist_ok=True)
+                rel_att = str(Path("attention") / f"{stems[g]}__{f}.png")
+                _write_png(overlay(img, attn[i, k], label=f"{f} attention"), out / rel_att)
+            rows.append({"image": str(sources[g]), "image_id": names[g], "finding": f,
+                         "rank": chosen[i].index(k) + 1, "probability": float(probs[i, k]),
+                         "method": method, "overlay": str(rel_png), "map": str(rel_npy),
+                         "attention_overlay": rel_att})
+    index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    write_csv_atomic(index, out / "index.csv")
+    write_json_atomic({
+        "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name, "method": method,
+        "findings": "given: " + ", ".join(map(str, findings if isinstance(findings, (list, tuple))
+                                              else [findings])) if findings is not None
+        else f"each image's {top_k} most probable",
+        "images": len(names), "rows": len(index),
+        "columns": {"image": "the input path (or image id for a split)",
+                    "rank": "1 = most probable of the chosen findings on that image",
+                    "probability": "the model's sigmoid output for the finding",
+                    "overlay": "PNG path relative to this folder", "map": ".npy path, float32 "
+                    "(S, S) in [0, 1], cache-stage pixels", "attention_overlay":
+                    "the model's own attention map (gaussian_attention), else empty"},
+        "map_units": "per-map scaled to [0, 1]; cache-stage image pixels (see "
+                     "cxrkit.explain.saliency)",
+        "cache_size": size,
+    }, out / "index.json")
+    return index
+
+
+def _unique_stems(names: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for n in names:
+        s = Path(str(n)).stem or "image"
+        seen[s] = seen.get(s, 0) + 1
+        stems.append(s if seen[s] == 1 else f"{s}_{seen[s]}")
+    return stems
+
+
+def explain_images(checkpoint, images: Sequence, out: str | Path, *,
+                   method: str = "gradcam", findings=None, top_k: int = 3,
+                   batch_size: int = 8, device: str | None = None,
+                   progress: bool = True) -> pd.DataFrame:
+    """Image files (PNG, JPEG, DICOM) -> overlays, maps and ``index.csv`` in ``out``.
+
+    Each image goes through the checkpoint's own cache stage first, so overlays show
+    what the model saw (before its resize/crop).
+    """
+    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device)
+    paths = [Path(p) for p in images]
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"image not found: {p}")
+    x = lm.load_images(paths)
+    return explain_cached(lm, x, [p.name for p in paths], out, sources=[str(p) for p in paths],
+                          method=method, findings=findings, top_k=top_k,
+                          batch_size=batch_size, progress=progress)
+
+
+def explain_split(checkpoint, out: str | Path, *, split: str = "test",
+                  prepared: str | Path | None = None, method: str = "gradcam",
+                  findings=None, top_k: int = 3, limit: int | None = None,
+                  batch_size: int = 8, device: str | None = None,
+                  progress: bool = True) -> pd.DataFrame:
+    """Every cached image of the checkpoint's ``split`` (or the first ``limit``, by name)."""
+    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device)
+    data = held_out(lm, prepared)
+    ids = sorted(set(data.split.loc[data.split["split"] == split, "image_id"])
+                 & set(data.prepared.cache.ids))
+    if not ids:
+        raise ValueError(f"split {split!r} of {data.split_path} has no cached images")
+    if limit is not None:
+        ids = ids[:limit]
+    cache = data.prepared.cache
+    rows = cache.rows(ids)
+
+    def read(a: int, b: int) -> torch.Tensor:  # one batch at a time from the memmap
+        return torch.from_numpy(np.asarray(cache.images[rows[a:b]]))[:, None]
+
+    meta = None
+    if lm.metadata:
+        meta = metadata_vector(data.prepared.labels.set_index("image_id").loc[ids].reset_index())
+    return explain_cached(lm, read, ids, out, method=method, findings=findings, top_k=top_k,
+                          meta=meta, batch_size=batch_size, progress=progress)
+
+
+__all__ = ["INDEX_COLUMNS", "explain_cached", "explain_images", "explain_split"]

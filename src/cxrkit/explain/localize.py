@@ -1,0 +1,202 @@
+"""``cxrkit localize``: a checkpoint's saliency maps scored against the held-out boxes.
+
+Which images are scored (said in the output, not just here): the box images of the
+evaluated split, as the checkpoint's own split puts them (:mod:`cxrkit.explain.heldout`).
+Under NIH's official split every box image is a test image. Under a box fold the images
+the fold moved into training are excluded and counted; so are box images in train/val
+under a random split. Boxes of findings the model does not predict are counted, not scored.
+
+Output folder (``out``, default ``<run folder>/localization-<method>``):
+
+``localization.json``  everything below plus counts, notes, settings and Wang et al.'s
+                       table with the protocol differences
+``accuracy.csv``       finding, measure (iobb|iou), threshold, pairs, accuracy,
+                       full_image_accuracy (baseline), wang2017_accuracy
+``pointing.csv``       finding, pairs, hits, hit_rate, chance, p_value, empty_maps
+``pairs.csv``          one row per (image, finding): truth box count, probability, the
+                       map's box (cache pixels), IoU, IoBB, pointing hit, box fraction
+``examples/*.png``     a few overlays with the truth box (green) and the map's box (red)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cxrkit.data.dataset import metadata_vector
+from cxrkit.data.nih import write_csv_atomic, write_json_atomic
+from cxrkit.explain.heldout import held_out
+from cxrkit.explain.localization import (
+    IOBB_THRESHOLDS,
+    IOU_THRESHOLDS,
+    WANG_THRESHOLD,
+    comparison_table,
+    draw_boxes,
+    pointing_table,
+    score_pair,
+    summarise,
+)
+from cxrkit.explain.overlay import overlay
+from cxrkit.explain.published import (
+    PROTOCOL_DIFFERENCES,
+    SOURCE,
+    WANG_2017_IOBB,
+    WANG_2017_IOU,
+)
+from cxrkit.explain.saliency import METHODS, attention_maps, saliency_maps
+from cxrkit.inference import LoadedModel, load
+
+log = logging.getLogger(__name__)
+
+
+def boxed_pairs(lm: LoadedModel, data, split: str) -> tuple[pd.DataFrame, dict, list[str]]:
+    """Boxes (cache pixels) of the images to score, the counts, and notes on what was left out."""
+    p = data.prepared
+    if p.boxes is None:
+        raise ValueError(f"{p.root} has no boxes.csv: the release had no BBox_List_2017.csv, "
+                         "so there is nothing to localise against")
+    boxes = p.boxes_in_pixels()
+    where = data.split.set_index("image_id")["split"]
+    boxes["split"] = boxes["image_id"].map(where)
+    box_images = boxes["image_id"].unique()
+    in_split = boxes["split"] == split
+    moved = set() if data.moved is None else set(data.moved["image_id"])
+    known = boxes["finding"].isin(lm.findings)
+    counts = {
+        "box_images_in_cache": int(len(box_images)),
+        "box_images_scored": int(boxes.loc[in_split & known, "image_id"].nunique()),
+        "box_images_moved_to_train_by_box_fold": int(len(set(box_images) & moved)),
+        "box_images_in_other_splits": {s: int(n) for s, n in boxes.loc[~in_split].drop_duplicates(
+            "image_id")["split"].fillna("none").value_counts().items()},
+        "boxes_of_findings_not_in_model": int((in_split & ~known).sum()),
+        "boxes_scored": int((in_split & known).sum()),
+    }
+    notes = []
+    if data.protocol == "official" and data.box_fold == 0:
+        notes.append("official split: every NIH box image is a test image, so all box images "
+                     "in the cache are scored when split='test'")
+    if data.box_fold > 0:
+        notes.append(f"box fold {data.box_fold}: {counts['box_images_moved_to_train_by_box_fold']} "
+                     "box images were moved into training by the run and are excluded; only "
+                     "the box images left in test are scored")
+    other = {s: n for s, n in counts["box_images_in_other_splits"].items()}
+    if other:
+        notes.append(f"box images outside split {split!r} are not scored: {other}")
+    if counts["boxes_of_findings_not_in_model"]:
+        notes.append(f"{counts['boxes_of_findings_not_in_model']} boxes are of findings this "
+                     "model does not predict; not scored")
+    scored = boxes.loc[in_split & known].reset_index(drop=True)
+    if len(scored) == 0:
+        raise ValueError(f"no box of a finding this model predicts is on a {split!r} image of "
+                         f"{p.root} ({counts})")
+    return scored, counts, notes
+
+
+def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradcam",
+                        out: str | Path | None = None, prepared: str | Path | None = None,
+                        threshold: float = WANG_THRESHOLD, batch_size: int = 16,
+                        examples: int = 8, limit: int | None = None,
+                        device: str | None = None, progress: bool = True) -> dict:
+    """Score ``method``'s maps against the boxes of ``split``; write tables to ``out``.
+
+    ``method``: one of :data:`~cxrkit.explain.saliency.METHODS`, or ``"attention"`` for a
+    model's own attention maps (``gaussian_attention``).
+
+    Returns the summary written to ``localization.json`` (see the module docstring).
+    ``limit``: score only the first ``limit`` box images (sorted by name), for a quick look;
+    recorded in the output.
+    """
+    if method not in (*METHODS, "attention"):
+        raise ValueError(f"method must be one of {METHODS} or 'attention', got {method!r}")
+    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device)
+    if method == "attention" and not hasattr(lm.model, "attention_maps"):
+        raise ValueError(f"method 'attention' needs a model with its own attention maps "
+                         f"(gaussian_attention); {lm.model.cxr_config.name} has none")
+    data = held_out(lm, prepared)
+    boxes, counts, notes = boxed_pairs(lm, data, split)
+    if limit is not None:
+        keep = sorted(boxes["image_id"].unique())[:limit]
+        boxes = boxes[boxes["image_id"].isin(keep)].reset_index(drop=True)
+        notes.append(f"limit={limit}: only the first {len(keep)} box images (by name) scored")
+    out = Path(out) if out else lm.checkpoint.parent / f"localization-{method}"
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = (boxes.groupby(["image_id", "finding"], sort=True)
+             .apply(lambda t: [(r.x, r.y, r.x + r.w, r.y + r.h) for r in t.itertuples()],
+                    include_groups=False)
+             .rename("truth").reset_index())
+    cache = data.prepared.cache
+    labels = data.prepared.labels.set_index("image_id")
+    rows, shown = [], 0
+    (out / "examples").mkdir(exist_ok=True)
+    batches = range(0, len(pairs), batch_size)
+    for start in tqdm(batches, desc=f"localize {method}", unit="batch", disable=not progress,
+                      dynamic_ncols=True):
+        chunk = pairs.iloc[start:start + batch_size]
+        ids = chunk["image_id"].tolist()
+        images = torch.from_numpy(np.asarray(cache.images[cache.rows(ids)]))[:, None]
+        meta = metadata_vector(labels.loc[ids].reset_index()) if lm.metadata else None
+        wanted = [lm.findings.index(f) for f in chunk["finding"]]
+        if method == "attention":
+            maps = attention_maps(lm, images)[np.arange(len(ids)), wanted]
+        else:
+            maps = saliency_maps(lm, images, wanted, method=method, meta=meta,
+                                 batch_size=batch_size)
+        probs = 1 / (1 + np.exp(-lm.logits_from_cached(images, meta).astype(np.float64)))
+        for k, r in enumerate(chunk.itertuples()):
+            s = score_pair(maps[k], r.truth, threshold=threshold)
+            p = float(probs[k, wanted[k]])
+            rows.append({"image_id": r.image_id, "finding": r.finding,
+                         "truth_boxes": len(r.truth), "probability": p, **s})
+            if shown < examples:
+                pred = None if s["empty_map"] else (s["pred_x0"], s["pred_y0"], s["pred_x1"],
+                                                    s["pred_y1"])
+                img = np.asarray(images[k, 0])
+                rgb = draw_boxes(overlay(img, maps[k], label=f"{r.finding} {p:.2f}"),
+                                 r.truth, pred)
+                _write_png(rgb, out / "examples" / f"{Path(r.image_id).stem}__{r.finding}.png")
+                shown += 1
+    table = pd.DataFrame(rows)
+    summary = summarise(table)
+    published = {"iobb": WANG_2017_IOBB, "iou": WANG_2017_IOU}
+    write_csv_atomic(table, out / "pairs.csv")
+    write_csv_atomic(comparison_table(summary, published), out / "accuracy.csv")
+    write_csv_atomic(pointing_table(summary), out / "pointing.csv")
+    record = {
+        "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name,
+        "method": method, "split": split, "protocol": data.protocol,
+        "split_file": str(data.split_path), "box_fold": data.box_fold,
+        "prepared": str(data.prepared.root),
+        "space": f"cache pixels ({cache.size} x {cache.size}, the prepared folder's crop and "
+                 "resize; NIH's 1024-space boxes mapped with ImageCache.map_boxes)",
+        "box_from_map": {"threshold": threshold, "of": "the map's maximum",
+                         "region": "largest 8-connected component", "rule": "accuracy = "
+                         "share of (image, finding) pairs with value > T"},
+        "iobb_thresholds": list(IOBB_THRESHOLDS), "iou_thresholds": list(IOU_THRESHOLDS),
+        "counts": {**counts, "pairs_scored": int(len(table)),
+                   "images_scored": int(table["image_id"].nunique())},
+        "notes": notes, **summary,
+        "published": {"source": SOURCE, "iobb": {str(k): v for k, v in WANG_2017_IOBB.items()},
+                      "iou": {str(k): v for k, v in WANG_2017_IOU.items()},
+                      "protocol_differences": list(PROTOCOL_DIFFERENCES)},
+        "files": ["localization.json", "accuracy.csv", "pointing.csv", "pairs.csv",
+                  "examples/"],
+    }
+    write_json_atomic(record, out / "localization.json")
+    log.info("localization written to %s (%d pairs on %d images)", out, len(table),
+             record["counts"]["images_scored"])
+    return record
+
+
+def _write_png(rgb: np.ndarray, path: Path) -> None:
+    import cv2
+
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
+
+
+__all__ = ["boxed_pairs", "localize_checkpoint"]
