@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 
 from cxrkit.cli import data, evaluate, train
+from cxrkit.cli import predict
+from cxrkit.cli import explain
 from cxrkit.cli import serve
 from cxrkit.cli.common import setup_logging
 
@@ -35,6 +37,10 @@ app.command()(data.stats)
 app.command(context_settings=_EXTRA_ARGS)(train.train)
 app.command()(evaluate.evaluate)
 app.command()(evaluate.compare)
+app.command()(predict.predict)
+app.command()(predict.export)
+app.command()(explain.explain)
+app.command()(explain.localize)
 app.command()(serve.serve)
 
 __all__ = ["app"]
