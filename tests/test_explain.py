@@ -167,11 +167,11 @@ def test_cli_explain_files_and_localize(phantom_run, phantom_release, tmp_path):
     res = CliRunner().invoke(app, ["explain", str(run), *map(str, pngs), "--method",
                                    "smoothgrad", "--finding", "Effusion", "--no-progress"])
     assert res.exit_code == 0, res.output
-    index = pd.read_csv(run / "explain-smoothgrad" / "index.csv")
+    index = pd.read_csv(run / "explain" / "index.csv")
     assert list(index["finding"]) == ["Effusion", "Effusion"]
     assert list(index["image"]) == [str(p) for p in pngs]
     res = CliRunner().invoke(app, ["localize", str(run), "--limit", "2", "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "pointing" in res.output and (run / "localization-gradcam" / "accuracy.csv").exists()
+    assert "pointing" in res.output and (run / "localize" / "accuracy.csv").exists()
     bad = CliRunner().invoke(app, ["explain", str(run), "test", "--method", "lime"])
     assert bad.exit_code == 2 and "method must be one of" in bad.output

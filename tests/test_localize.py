@@ -99,7 +99,7 @@ def test_localize_official_split_scores_every_box_image(phantom_run, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = localize_checkpoint(run, method="gradcam", progress=False, examples=2)
-    out = run / "localization-gradcam"
+    out = run / "localize"
     prepared = pd.read_csv(json.loads((out / "localization.json").read_text())["prepared"]
                            + "/boxes.csv")
     assert r["protocol"] == "official" and r["box_fold"] == 0
@@ -112,7 +112,9 @@ def test_localize_official_split_scores_every_box_image(phantom_run, tmp_path):
     assert first["wang2017_accuracy"] == WANG_2017_IOBB[0.1][first["finding"]]
     assert acc[acc.finding == "all"]["wang2017_accuracy"].isna().all()  # no pooled figure
     assert len(list((out / "examples").glob("*.png"))) == 2
-    pairs = pd.read_csv(out / "pairs.csv")
+    pairs = pd.read_csv(out / "details" / "pairs.csv")
+    assert (out / "localization.png").stat().st_size > 0
+    assert "| all |" in (out / "summary.md").read_text()
     assert pairs["iou"].between(0, 1).all() and pairs["box_fraction"].between(0, 1).all()
 
 
@@ -152,7 +154,7 @@ def test_box_fold_images_are_not_scored(box_fold_run, tmp_path):
                                   theirs.split.reset_index(drop=True))
     moved = set(mine.moved["image_id"])
     r = localize_checkpoint(lm, method="attention", out=tmp_path / "loc", progress=False)
-    scored = set(pd.read_csv(tmp_path / "loc" / "pairs.csv")["image_id"])
+    scored = set(pd.read_csv(tmp_path / "loc" / "details" / "pairs.csv")["image_id"])
     boxed = set(mine.prepared.boxes["image_id"])
     assert scored and not scored & moved
     assert r["counts"]["box_images_moved_to_train_by_box_fold"] == len(boxed & moved) > 0

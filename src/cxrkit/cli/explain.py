@@ -18,7 +18,7 @@ def explain(
     method: Annotated[str, typer.Option(help="gradcam | gradcam++ | smoothgrad | integrated-gradients")] = "gradcam",
     finding: Annotated[list[str] | None, typer.Option(help="Finding(s) to explain (repeatable); default: each image's top findings")] = None,
     top_k: Annotated[int, typer.Option(help="Findings per image when --finding is not given")] = 3,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/explain-METHOD[-SPLIT]")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/explain (where the evaluation report looks)")] = None,
     prepared: Annotated[Path | None, typer.Option(help="Prepared folder, if moved since training (split mode)")] = None,
     limit: Annotated[int | None, typer.Option(help="Split mode: only the first N images (by name)")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch")] = 8,
@@ -33,12 +33,12 @@ def explain(
     findings = list(finding) if finding else None
     if len(images) == 1 and images[0] in _SPLITS and not Path(images[0]).exists():
         split = images[0]
-        folder = out or ckpt.parent / f"explain-{method}-{split}"
+        folder = out or ckpt.parent / "explain"
         index = _run(explain_split, ckpt, folder, split=split, prepared=prepared, method=method,
                      findings=findings, top_k=top_k, limit=limit, batch_size=batch_size,
                      device=device, progress=progress)
     else:
-        folder = out or ckpt.parent / f"explain-{method}"
+        folder = out or ckpt.parent / "explain"
         index = _run(explain_images, ckpt, images, folder, method=method, findings=findings,
                      top_k=top_k, batch_size=batch_size, device=device, progress=progress)
     typer.echo(f"{index['image'].nunique():,} images, {len(index):,} maps ({method}) -> "
@@ -49,7 +49,7 @@ def localize(
     checkpoint: Annotated[Path, typer.Argument(help="A run folder (best.pt) or a checkpoint file")],
     method: Annotated[str, typer.Option(help="gradcam | gradcam++ | smoothgrad | integrated-gradients")] = "gradcam",
     split: Annotated[str, typer.Option(help="Split whose box images are scored")] = "test",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/localization-METHOD")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/localize (where the evaluation report looks)")] = None,
     prepared: Annotated[Path | None, typer.Option(help="Prepared folder, if moved since training")] = None,
     threshold: Annotated[float, typer.Option(help="Map threshold, fraction of its maximum (Wang: 180/255)")] = 180 / 255,
     limit: Annotated[int | None, typer.Option(help="Only the first N box images (by name)")] = None,
@@ -76,5 +76,6 @@ def localize(
     typer.echo(f"pointing game p-value vs chance: {o['pointing_p_value']:.3g}")
     for note in r["notes"]:
         typer.echo(f"note: {note}")
-    typer.echo(f"Wang et al. 2017 beside ours in accuracy.csv (protocol differences in "
-               f"localization.json) -> {Path(r['checkpoint']).parent if out is None else out}")
+    folder = out or Path(r["checkpoint"]).parent / "localize"
+    typer.echo(f"Wang et al. 2017 beside ours in accuracy.csv and summary.md (protocol "
+               f"differences listed there) -> {folder}")

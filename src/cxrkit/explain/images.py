@@ -1,6 +1,7 @@
 """``cxrkit explain``: overlays and raw maps for images or a whole split, with an index.
 
-Output layout (``out``), read by people and by the evaluation HTML report:
+Output layout (``out``; the CLI's default is ``<run folder>/explain``, where the
+evaluation HTML report looks), read by people and by that report:
 
 ``index.csv``              one row per (image, finding) explained, in order: ``image``
                            (the path, or the image id for a split), ``image_id``,

@@ -6,14 +6,18 @@ Under NIH's official split every box image is a test image. Under a box fold the
 the fold moved into training are excluded and counted; so are box images in train/val
 under a random split. Boxes of findings the model does not predict are counted, not scored.
 
-Output folder (``out``, default ``<run folder>/localization-<method>``):
+Output folder (``out``, default ``<run folder>/localize``, where the evaluation report
+looks for it):
 
 ``localization.json``  everything below plus counts, notes, settings and Wang et al.'s
                        table with the protocol differences
 ``accuracy.csv``       finding, measure (iobb|iou), threshold, pairs, accuracy,
                        full_image_accuracy (baseline), wang2017_accuracy
 ``pointing.csv``       finding, pairs, hits, hit_rate, chance, p_value, empty_maps
-``pairs.csv``          one row per (image, finding): truth box count, probability, the
+``summary.md``         the per-finding table in words and numbers, with the notes
+``localization.png``   accuracy at T(IoBB)=0.1 and T(IoU)=0.1 per finding (ours, the
+                       whole-image baseline, Wang et al.) and pointing hit rate vs chance
+``details/pairs.csv``  one row per (image, finding): truth box count, probability, the
                        map's box (cache pixels), IoU, IoBB, pointing hit, box fraction
 ``examples/*.png``     a few overlays with the truth box (green) and the map's box (red)
 """
@@ -123,8 +127,8 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
         keep = sorted(boxes["image_id"].unique())[:limit]
         boxes = boxes[boxes["image_id"].isin(keep)].reset_index(drop=True)
         notes.append(f"limit={limit}: only the first {len(keep)} box images (by name) scored")
-    out = Path(out) if out else lm.checkpoint.parent / f"localization-{method}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out) if out else lm.checkpoint.parent / "localize"
+    (out / "details").mkdir(parents=True, exist_ok=True)
     pairs = (boxes.groupby(["image_id", "finding"], sort=True)
              .apply(lambda t: [(r.x, r.y, r.x + r.w, r.y + r.h) for r in t.itertuples()],
                     include_groups=False)
@@ -163,7 +167,7 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
     table = pd.DataFrame(rows)
     summary = summarise(table)
     published = {"iobb": WANG_2017_IOBB, "iou": WANG_2017_IOU}
-    write_csv_atomic(table, out / "pairs.csv")
+    write_csv_atomic(table, out / "details" / "pairs.csv")
     write_csv_atomic(comparison_table(summary, published), out / "accuracy.csv")
     write_csv_atomic(pointing_table(summary), out / "pointing.csv")
     record = {
@@ -183,13 +187,73 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
         "published": {"source": SOURCE, "iobb": {str(k): v for k, v in WANG_2017_IOBB.items()},
                       "iou": {str(k): v for k, v in WANG_2017_IOU.items()},
                       "protocol_differences": list(PROTOCOL_DIFFERENCES)},
-        "files": ["localization.json", "accuracy.csv", "pointing.csv", "pairs.csv",
-                  "examples/"],
+        "files": ["localization.json", "accuracy.csv", "pointing.csv", "summary.md",
+                  "localization.png", "details/pairs.csv", "examples/"],
     }
     write_json_atomic(record, out / "localization.json")
+    (out / "summary.md").write_text(summary_markdown(record))
+    plot_localization(record, out / "localization.png")
     log.info("localization written to %s (%d pairs on %d images)", out, len(table),
              record["counts"]["images_scored"])
     return record
+
+
+def summary_markdown(r: dict) -> str:
+    """A short markdown table: per finding, accuracies, pointing game and chance."""
+    c = r["counts"]
+    lines = [f"# Localisation: {r['model']}, {r['method']}, split {r['split']} "
+             f"({r['protocol']})", "",
+             f"{c['pairs_scored']} (image, finding) pairs on {c['images_scored']} box images; "
+             f"IoU/IoBB in {r['space']}; box = largest component above "
+             f"{r['box_from_map']['threshold']:.3f} of the map's maximum.", "",
+             "| finding | pairs | IoBB>0.1 | IoBB>0.5 | IoU>0.1 | IoU>0.5 | pointing | chance "
+             "| p | Wang IoBB>0.1 | Wang IoU>0.1 |", "|---|" + "---:|" * 10]
+    wang_b, wang_u = r["published"]["iobb"]["0.1"], r["published"]["iou"]["0.1"]
+    for f, s in [*r["per_finding"].items(), ("all", r["overall"])]:
+        a, u = s["iobb_accuracy"], s["iou_accuracy"]
+        wb, wu = wang_b.get(f), wang_u.get(f)
+        lines.append(f"| {f} | {s['pairs']} | {a['0.1']:.3f} | {a['0.5']:.3f} | {u['0.1']:.3f} "
+                     f"| {u['0.5']:.3f} | {s['pointing_rate']:.3f} | {s['pointing_chance']:.3f} "
+                     f"| {s['pointing_p_value']:.2g} | {'' if wb is None else f'{wb:.3f}'} "
+                     f"| {'' if wu is None else f'{wu:.3f}'} |")
+    lines += ["", *[f"- note: {n}" for n in r["notes"]],
+              f"- published: {r['published']['source']}",
+              *[f"- protocol difference: {d}" for d in r["published"]["protocol_differences"]]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_localization(r: dict, path: Path) -> None:
+    """Per finding: accuracy at T=0.1 (ours, whole image, Wang) and pointing vs chance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(r["per_finding"])
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    for ax, measure, title in ((axes[0], "iobb", "accuracy, IoBB > 0.1"),
+                               (axes[1], "iou", "accuracy, IoU > 0.1")):
+        ours = [r["per_finding"][f][f"{measure}_accuracy"]["0.1"] for f in names]
+        full = [r["per_finding"][f][f"full_image_{measure}_accuracy"]["0.1"] for f in names]
+        wang = [r["published"][measure]["0.1"].get(f, np.nan) for f in names]
+        ax.bar(x - 0.27, ours, 0.27, label=f"ours ({r['method']})")
+        ax.bar(x, full, 0.27, label="whole-image box")
+        ax.bar(x + 0.27, wang, 0.27, label="Wang et al. 2017")
+        ax.set_title(title)
+    ax = axes[2]
+    ax.bar(x - 0.2, [r["per_finding"][f]["pointing_rate"] for f in names], 0.4, label="hit rate")
+    ax.bar(x + 0.2, [r["per_finding"][f]["pointing_chance"] for f in names], 0.4,
+           label="chance (box share of image)")
+    ax.set_title("pointing game")
+    for ax in axes:
+        ax.set_xticks(x, names, rotation=45, ha="right")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{r['model']}, {r['method']}: {r['counts']['pairs_scored']} pairs, split "
+                 f"{r['split']} ({r['protocol']})")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _write_png(rgb: np.ndarray, path: Path) -> None:
