@@ -155,3 +155,24 @@ def test_cli_export_and_torch_free_onnx_predict(exported, phantom_release, tmp_p
     assert res.exit_code == 0, res.output
     assert "max |dp|" in res.output and "passed" in res.output
     assert (tmp_path / "m.onnx.json").exists()
+
+
+def test_thresholds_are_recorded_and_travel_with_the_onnx_file(tmp_path):
+    from cxrkit.inference import write_thresholds
+
+    ck = make_checkpoint(tmp_path, "cnn4", cache=32, input_size=32)
+    lm = cxrkit.load(ck)
+    chosen = {f: 0.1 + 0.05 * i for i, f in enumerate(lm.findings)}
+    write_thresholds(lm, chosen, method="youden", chosen_on="val")
+    r = export_onnx(ck, n_phantoms=1)
+    assert r["thresholds"] == pytest.approx(chosen)
+    moved = tmp_path / "elsewhere" / "model.onnx"
+    moved.parent.mkdir()
+    shutil.copy(r["path"], moved)  # without the run folder's thresholds.json
+    om = load_onnx(moved)
+    assert om.thresholds == pytest.approx(chosen) and "recorded in model.onnx" in om.thresholds_source
+    np.testing.assert_allclose(om.threshold_vector(), [chosen[f] for f in lm.findings])
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"not onnx")
+    with pytest.raises(ValueError, match="not a loadable ONNX model"):
+        load_onnx(bogus)
