@@ -76,6 +76,13 @@ def held_out(lm, prepared: str | Path | None = None) -> HeldOut:
             raise ValueError(f"the run used data.box_fold={fraction} but {folder} has no boxes")
         seed = int((config.get("train") or {}).get("seed", 0))
         split, moved = box_fold(split, p.boxes, fraction=fraction, seed=seed)
+        recorded_moved = lm.checkpoint.parent / "box_fold_moved.csv"
+        if recorded_moved.exists():
+            ids = set(pd.read_csv(recorded_moved, dtype={"image_id": str})["image_id"])
+            if ids != set(moved["image_id"]):
+                raise ValueError(f"{recorded_moved}: the run moved {len(ids)} box images into "
+                                 f"training, but reproducing its box fold moves {len(moved)} "
+                                 "others; the split or boxes changed since training")
     protocol = str(split_provenance(split_path).get("protocol", "custom"))
     return HeldOut(prepared=p, split=split, split_path=split_path, protocol=protocol,
                    box_fold=fraction, moved=moved)

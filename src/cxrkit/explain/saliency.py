@@ -175,6 +175,8 @@ def saliency_maps(lm, images: torch.Tensor, findings, *, method: str = "gradcam"
                else type(images).__name__)
         raise ValueError(f"images must be a uint8 tensor (B, 1, S, S) from "
                          f"LoadedModel.load_images, got {got}")
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"cache-stage images are square; got {tuple(images.shape[-2:])}")
     n, size = images.shape[0], images.shape[-1]
     targets = finding_targets(lm.findings, findings, n)
     m_all = lm._meta(n, meta)
