@@ -169,9 +169,9 @@ class Service:
         up = self.decode(data, filename)
         with self.lock:
             probs = self.lm.predict(up.image, tta=self.tta).iloc[0]
+        rows = [self._result(f, float(probs[f])) for f in self.lm.findings]
         return PredictResponse(**self.model_info.model_dump(),
-                               image=self._image_info(up, filename),
-                               findings=[self._result(f, float(probs[f])) for f in self.lm.findings])
+                               image=self._image_info(up, filename), findings=rows)
 
     def explain(self, data: bytes, filename: str, finding: str | None) -> ExplainResponse:
         from cxrkit.explain.overlay import overlay
@@ -182,12 +182,11 @@ class Service:
         up = self.decode(data, filename)
         cached = self.lm.load_images([up.image])  # (1, 1, S, S) uint8, the cache stage
         with self.lock:
-            z = self.lm.logits_from_cached(cached, tta=self.tta)[0]
-            probs = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))  # as LoadedModel.predict
+            probs = self.lm.predict(up.image, tta=self.tta).iloc[0]  # the same as /predict
             if finding is None:  # the most probable finding
-                finding = self.lm.findings[int(np.argmax(probs))]
+                finding = str(probs.idxmax())
             heat = saliency_maps(self.lm, cached, finding, method="gradcam")[0]
-        p = float(probs[self.lm.findings.index(finding)])
+        p = float(probs[finding])
         base = cached[0, 0].numpy()
         if base.shape[0] < OVERLAY_MIN_SIDE:
             base = cv2.resize(base, (OVERLAY_MIN_SIDE, OVERLAY_MIN_SIDE),
