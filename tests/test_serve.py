@@ -146,6 +146,15 @@ def test_dicom_upload(client, lm, images, tmp_path):
     assert r.status_code == 200, r.text
     assert r.json()["image"]["format"] == "DICOM"
     assert_matches(r.json(), expected(lm, path))
+    # the header's Rows x Columns are checked before the pixel data is read
+    ds.Rows, ds.Columns = 3000, 3000
+    ds.save_as(path, enforce_file_format=True)
+    r = post(client, "/predict", "huge.dcm", path.read_bytes())
+    assert r.status_code == 413 and "3000x3000 pixels" in r.json()["detail"]
+    del ds.Rows
+    ds.save_as(path, enforce_file_format=True)
+    r = post(client, "/predict", "norows.dcm", path.read_bytes())
+    assert r.status_code == 422 and "DICOM header" in r.json()["detail"]
 
 
 # -- refused uploads ---------------------------------------------------------------------------
@@ -168,7 +177,8 @@ def test_bad_uploads_get_a_clear_4xx_and_the_service_keeps_serving(client, lm, i
         ("notes.png", b"these are not pixels\n" * 20, 415, "not a recognised image"),
         ("anim.png", gif.getvalue(), 415, "GIF"),
         ("cut.png", good[: len(good) // 2], 422, "cannot decode"),
-        ("bomb.png", forged_png(100_000, 100_000), 413, "max_pixels"),
+        ("bomb.png", forged_png(100_000, 100_000), 413, "max_pixels"),  # Pillow's own guard
+        ("claims.png", forged_png(3000, 3000), 413, "3000x3000 pixels"),  # ours, header only
         ("wide.png", png_bytes(np.zeros((1100, 1000), np.uint8)), 413, "1000x1100 pixels"),
         ("big.png", good + b"\0" * MAX_UPLOAD, 413, "max_upload_bytes"),
     ]
