@@ -182,7 +182,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     shapes: tuple = ({0: batch},)
     inputs = {"image": f"uint8 (batch, 1, {s}, {s}): the cache-stage image"}
     if lm.metadata:
-        example += (lm._meta(2, None),)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the default metadata: only an example here
+            example += (lm._meta(2, None),)
         shapes += ({0: batch},)
         inputs["meta"] = f"float32 (batch, {example[1].shape[1]}): patient metadata"
     printed = io.StringIO()
