@@ -64,6 +64,7 @@ async function handleFile(file) {
   $("legend").hidden = true;
   $("overlay-fig").hidden = true;
   $("finding").disabled = true;
+  $("pick").hidden = true;
   if (state.info && file.size > state.info.max_upload_bytes) {
     setStatus(`${file.name}: ${mib(file.size)} is over the upload limit of ${mib(state.info.max_upload_bytes)}.`, "error");
     return;
@@ -177,6 +178,7 @@ function drawChart(res) {
     return o;
   }));
   select.disabled = false;
+  $("pick").hidden = false;
 }
 
 function highlight(finding) {
