@@ -60,7 +60,7 @@ OPSET = 18
 #: 256 px and 1024 px images) 1.3e-7 for cnn4 and densenet121 at 224 px, 9.2e-7 for
 #: mobilenet_v2 (logits: up to 3.7e-6). 1e-4 leaves 100x room and still cannot move a
 #: probability across a threshold except within 1e-4 of it, while a real export error
-#: (wrong resize, crop, normalisation, weights) moves probabilities by 1e-3 or more.
+#: moves them far more (the image upside down in the graph: 3e-2 on a weak phantom cnn4).
 PROBABILITY_TOLERANCE = 1e-4
 #: Largest accepted |logit difference|, relative to max(1, |logit|) (the same reasoning:
 #: logits of a confident model reach +-10, where float32 drift scales with the value).
