@@ -31,7 +31,6 @@ import threading
 from pathlib import Path
 
 import cv2
-import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
