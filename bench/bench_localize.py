@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     prepared = _prepare(args)
     print(f"prepared {len(prepared.labels)} images at {args.size} px, "
-          f"{prepared.boxes['image_id'].nunique()} with boxes, in {time.perf_counter() - t0:.0f} s")
+          f"{prepared.boxes_in_pixels()['image_id'].nunique()} of them with boxes, in "
+          f"{time.perf_counter() - t0:.0f} s")
     rows = []
     for model in models:
         run = _train(args, prepared, model)
