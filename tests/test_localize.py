@@ -194,3 +194,34 @@ def test_attention_method_needs_an_attention_model(phantom_run):
 
     with pytest.raises(ValueError, match="own attention maps"):
         localize_checkpoint(phantom_run, method="attention", out="unused", progress=False)
+
+
+# -- the real NIH sample: the benchmark runs on NIH's own boxes ----------------------------
+def test_real_sample_box_images_are_all_scored(nih_sample, tmp_path):
+    """569 real box images (official split: all test). A model trained for one epoch from
+    scratch localises at chance; bench/bench_localize.py prints the numbers."""
+    from cxrkit.config import load_config
+    from cxrkit.data.cache import PreprocessSettings
+    from cxrkit.data.prepare import prepare
+    from cxrkit.engine.train import fit
+    from cxrkit.explain.localize import localize_checkpoint
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 'dropped 110,331 label-file images not on disk'
+        p = prepare(nih_sample, tmp_path / "prepared", images_root=nih_sample / "images_256",
+                    label_file=nih_sample / "meta" / "Data_Entry_2017.csv", on_missing="drop",
+                    settings=PreprocessSettings(size=64), workers=2, progress=False)
+        cfg = load_config(None, [f"data.prepared={p.root}", f"out={tmp_path / 'run'}",
+                                 "model.name=cnn4", "train.epochs=1", "train.threads=1",
+                                 "train.amp=none", "data.batch_size=64"])
+        fit(cfg, show_progress=False)
+        r = localize_checkpoint(tmp_path / "run", method="gradcam", progress=False,
+                                examples=0)
+    boxes = p.boxes_in_pixels()
+    assert r["protocol"] == "official" and r["counts"]["box_images_in_other_splits"] == {}
+    assert r["counts"]["box_images_scored"] == boxes["image_id"].nunique() == 569
+    assert r["counts"]["pairs_scored"] == len(boxes.drop_duplicates(["image_id", "finding"]))
+    # NIH's 1024-space boxes land inside the 64 px cache images
+    assert boxes["x"].min() >= 0 and (boxes["x"] + boxes["w"]).max() <= 64
+    o = r["overall"]
+    assert 0 <= o["pointing_rate"] <= 1 and 0 < o["pointing_chance"] < 0.5
