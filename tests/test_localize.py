@@ -225,3 +225,12 @@ def test_real_sample_box_images_are_all_scored(nih_sample, tmp_path):
     assert boxes["x"].min() >= 0 and (boxes["x"] + boxes["w"]).max() <= 64
     o = r["overall"]
     assert 0 <= o["pointing_rate"] <= 1 and 0 < o["pointing_chance"] < 0.5
+
+
+def test_explain_shows_gaussian_attention_maps_too(box_fold_run, tmp_path):
+    from cxrkit.explain.images import explain_split
+
+    index = explain_split(box_fold_run, tmp_path / "ex", split="test", limit=2, top_k=1,
+                          progress=False)
+    assert len(index) == 2 and index["attention_overlay"].str.startswith("attention/").all()
+    assert all((tmp_path / "ex" / a).exists() for a in index["attention_overlay"])
