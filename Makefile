@@ -23,9 +23,17 @@ demo: setup
 	$(BIN)/cxrkit prepare $(DEMO)/nih --out $(DEMO)/prepared --size 128 --val-fraction 0.2
 	$(BIN)/cxrkit stats $(DEMO)/prepared --out $(DEMO)/stats
 	$(BIN)/cxrkit train configs/demo.yaml
+	$(BIN)/cxrkit explain $(DEMO)/runs/cnn4 test --limit 8
+	$(BIN)/cxrkit localize $(DEMO)/runs/cnn4
 	$(BIN)/cxrkit evaluate $(DEMO)/runs/cnn4 --split test
-	@echo "demo: statistics in $(DEMO)/stats, the trained model in $(DEMO)/runs/cnn4,"
-	@echo "      its evaluation report in $(DEMO)/runs/cnn4/eval/test/report.html"
+	$(BIN)/cxrkit export $(DEMO)/runs/cnn4 --format onnx
+	@echo ""
+	@echo "demo: statistics in $(DEMO)/stats, the model in $(DEMO)/runs/cnn4 (+ best.onnx),"
+	@echo "      its evaluation report (with explanations and localisation) in"
+	@echo "      $(DEMO)/runs/cnn4/eval/test/report.html"
+	@echo "predict:  $(BIN)/cxrkit predict $(DEMO)/runs/cnn4 $(DEMO)/nih/images_001/images --out predictions.csv"
+	@echo "serve:    $(BIN)/cxrkit serve $(DEMO)/runs/cnn4    # then open http://127.0.0.1:8000/"
+	@echo "Research use only; not a medical device."
 
 test: setup browser
 	$(BIN)/python -m pytest -q -n 2 --durations=10

@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     from cxrkit.data.prepare import prepare
     from cxrkit.engine.train import fit
     from cxrkit.evaluate import evaluate_checkpoint
+    from cxrkit.explain import localize_checkpoint
 
     images = args.nih / "images_256"
     if not images.is_dir():
@@ -108,8 +109,13 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         metrics = evaluate_checkpoint(Path(cfg.out), split="test", bootstrap=args.bootstrap,
                                       progress=sys.stderr.isatty())
+        eval_s = time.perf_counter() - t
+        t = time.perf_counter()
+        loc = localize_checkpoint(Path(cfg.out), split="test", method="gradcam",
+                                  progress=sys.stderr.isatty())
         results[recipe] = {"summary": summary, "metrics": metrics, "train_s": train_s,
-                           "eval_s": time.perf_counter() - t, "run": Path(cfg.out)}
+                           "eval_s": eval_s, "run": Path(cfg.out), "localize": loc,
+                           "localize_s": time.perf_counter() - t}
         print(f"{recipe}: trained {summary['epochs_run']} epochs in {train_s:.0f} s "
               f"({summary['images_per_s'] or 0:.1f} img/s last epoch), test mean AUROC "
               f"{_fmt(metrics['mean_auroc'])}")
@@ -137,6 +143,20 @@ def main(argv=None) -> int:
         ratio = rate / (base["summary"]["images_per_s"] or math.nan)
         print(f"| {n} | {r['train_s']:.0f} | {rate:.1f} ({ratio:.2f}x) | "
               f"{r['summary']['best_val_mean_auroc']:.3f} | {r['eval_s']:.0f} |")
+    print("\n## Grad-CAM against NIH's boxes (sample's box images, all in the test list; "
+          "accuracy = share of (image, finding) pairs over T)\n")
+    print("| recipe | pairs | pointing hit rate (chance, p) | IoBB>0.1 | IoBB>0.25 | IoU>0.1 | "
+          "whole-image box IoBB>0.1 | time (s) |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for n in names:
+        o = results[n]["localize"]["overall"]
+        if o is None:
+            print(f"| {n} | 0 | | | | | | |")
+            continue
+        print(f"| {n} | {o['pairs']} | {o['pointing_rate']:.3f} ({o['pointing_chance']:.3f}, "
+              f"{o['pointing_p_value']:.2g}) | {o['iobb_accuracy']['0.1']:.3f} | "
+              f"{o['iobb_accuracy']['0.25']:.3f} | {o['iou_accuracy']['0.1']:.3f} | "
+              f"{o['full_image_iobb_accuracy']['0.1']:.3f} | {results[n]['localize_s']:.0f} |")
     total = time.perf_counter() - t0
     print(f"\ntotal {total / 60:.1f} min")
     try:
@@ -147,7 +167,8 @@ def main(argv=None) -> int:
         pass
     (args.work / "results.json").write_text(json.dumps(
         {n: {"train_s": r["train_s"], "eval_s": r["eval_s"], "summary": r["summary"],
-             "mean_auroc": r["metrics"]["mean_auroc"]} for n, r in results.items()},
+             "mean_auroc": r["metrics"]["mean_auroc"],
+             "localization": r["localize"]["overall"]} for n, r in results.items()},
         indent=2, default=str))
     return 0
 
