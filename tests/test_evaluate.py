@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cxrkit.evaluate import SplitChangedError, evaluate_checkpoint
 from cxrkit.evaluate.core import age_band
-from cxrkit.evaluate.predictions import load_eval_data
+from cxrkit.heldout import load_held_out
 from cxrkit.evaluate.published import (
     OFFICIAL_TEST_IMAGES,
     RunProtocol,
@@ -141,7 +141,7 @@ def test_changed_split_file_is_refused(phantom_run, phantom_prepared, tmp_path):
 
     prep = shutil.copytree(phantom_prepared.root, tmp_path / "prep")
     lm = cxrkit.load(phantom_run)
-    assert load_eval_data(lm, prep).split_sha256 == lm.checkpoint_info["split"]["sha256"]
+    assert load_held_out(lm, prep).split_sha256 == lm.checkpoint_info["split"]["sha256"]
     split = pd.read_csv(prep / "split.csv")
     split.loc[split["split"] == "test", "split"] = "val"   # test patients moved, say
     split.to_csv(prep / "split.csv", index=False)
@@ -158,7 +158,7 @@ def test_box_fold_is_reproduced(phantom_run, phantom_prepared, tmp_path):
     lm = cxrkit.load(phantom_run)
     lm.checkpoint_info = json.loads(json.dumps(lm.checkpoint_info))
     lm.checkpoint_info["config"]["data"]["box_fold"] = 0.5
-    data = load_eval_data(lm)
+    data = load_held_out(lm)
     seed = lm.checkpoint_info["config"]["train"]["seed"]
     _, expected = box_fold(phantom_prepared.split, phantom_prepared.boxes, fraction=0.5, seed=seed)
     assert set(data.moved["image_id"]) == set(expected["image_id"]) and len(expected) > 0

@@ -4,7 +4,7 @@ Reads top to bottom: the metric sections
 (:func:`ranking_section`, :func:`threshold_section`, :func:`calibration_section`,
 :func:`subgroup_rows`), the honesty notes, :func:`write_outputs`, and
 :func:`evaluate_checkpoint`, which first loads the run's split and predicts
-(:mod:`cxrkit.evaluate.predictions`), then runs them.
+(:mod:`cxrkit.heldout`, :mod:`cxrkit.evaluate.predictions`), then runs them.
 
 Honesty rules the code keeps:
 
@@ -33,13 +33,7 @@ import pandas as pd
 
 from cxrkit.data.nih import file_sha256, write_csv_atomic, write_json_atomic
 from cxrkit.data.prepare import Prepared
-from cxrkit.evaluate.predictions import (
-    EvalData,
-    Predictions,
-    load_eval_data,
-    predict_split,
-    predictions_frame,
-)
+from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
 from cxrkit.evaluate.published import (
     NIH_LABEL_ROWS,
     OFFICIAL_TEST_IMAGES,
@@ -47,6 +41,7 @@ from cxrkit.evaluate.published import (
     published_rows,
 )
 from cxrkit.evaluate.report import write_report
+from cxrkit.heldout import HeldOut, load_held_out
 from cxrkit.inference import TTA_MODES, load, write_thresholds
 from cxrkit.metrics import (
     bootstrap_ci,
@@ -195,7 +190,7 @@ def data_source(prepared: Prepared) -> str:
     return "nih" if rows == NIH_LABEL_ROWS else "other"
 
 
-def _notes(*, source: str, split: str, fit_split: str, data: EvalData, mean: dict,
+def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict,
            auroc: dict, bootstrap: int, calibration: dict, test: Predictions,
            tta: str) -> list[str]:
     notes = []
@@ -356,7 +351,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap)
     lm = load(checkpoint, device=device)
     findings = list(lm.findings)
-    data = load_eval_data(lm, prepared)
+    data = load_held_out(lm, prepared)
     out = Path(out) if out else default_out(lm.checkpoint, split, tta)
     test = predict_split(lm, data, split, tta=tta, batch_size=batch_size, progress=progress)
     fit = test if threshold_split == split else predict_split(

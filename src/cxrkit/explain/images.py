@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 
 from cxrkit.data.dataset import metadata_vector
 from cxrkit.data.nih import write_csv_atomic, write_json_atomic
-from cxrkit.explain.heldout import held_out
 from cxrkit.explain.overlay import overlay
 from cxrkit.explain.saliency import METHODS, attention_maps, finding_targets, saliency_maps
+from cxrkit.heldout import load_held_out
 from cxrkit.inference import LoadedModel, load
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def explain_split(checkpoint, out: str | Path, *, split: str = "test",
                   progress: bool = True) -> pd.DataFrame:
     """Every cached image of the checkpoint's ``split`` (or the first ``limit``, by name)."""
     lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device)
-    data = held_out(lm, prepared)
+    data = load_held_out(lm, prepared)
     ids = sorted(set(data.split.loc[data.split["split"] == split, "image_id"])
                  & set(data.prepared.cache.ids))
     if not ids:

@@ -1,7 +1,7 @@
 """``cxrkit localize``: a checkpoint's saliency maps scored against the held-out boxes.
 
 Which images are scored (said in the output, not just here): the box images of the
-evaluated split, as the checkpoint's own split puts them (:mod:`cxrkit.explain.heldout`).
+evaluated split, as the checkpoint's own split puts them (:mod:`cxrkit.heldout`).
 Under NIH's official split every box image is a test image. Under a box fold the images
 the fold moved into training are excluded and counted; so are box images in train/val
 under a random split. Boxes of findings the model does not predict are counted, not scored.
@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 
 from cxrkit.data.dataset import metadata_vector
 from cxrkit.data.nih import write_csv_atomic, write_json_atomic
-from cxrkit.explain.heldout import held_out
 from cxrkit.explain.localization import (
     IOBB_THRESHOLDS,
     IOU_THRESHOLDS,
@@ -53,6 +52,7 @@ from cxrkit.explain.published import (
     WANG_2017_IOU,
 )
 from cxrkit.explain.saliency import METHODS, attention_maps, saliency_maps
+from cxrkit.heldout import load_held_out
 from cxrkit.inference import LoadedModel, load
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
     if method == "attention" and not hasattr(lm.model, "attention_maps"):
         raise ValueError(f"method 'attention' needs a model with its own attention maps "
                          f"(gaussian_attention); {lm.model.cxr_config.name} has none")
-    data = held_out(lm, prepared)
+    data = load_held_out(lm, prepared)
     boxes, counts, notes = boxed_pairs(lm, data, split)
     if limit is not None:
         keep = sorted(boxes["image_id"].unique())[:limit]
