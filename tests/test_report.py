@@ -133,3 +133,17 @@ def test_compare_runs_and_cli(reported, phantom_run, tmp_path):
     r = CliRunner().invoke(app, ["compare", str(run)])
     assert r.exit_code == 2 and "at least two runs" in r.output
     assert json.loads((run / "eval" / "test" / "metrics.json").read_text()) == metrics
+
+
+def test_report_with_real_explain_and_localize_outputs(reported, tmp_path):
+    from cxrkit.explain import explain_split, localize_checkpoint
+
+    run, _ = reported
+    run2 = shutil.copytree(run, tmp_path / "run")
+    explain_split(run2, run2 / "explain", split="test", limit=2, progress=False)
+    loc = localize_checkpoint(run2, progress=False)
+    page = write_report(run2 / "eval" / "test", run2).read_text()
+    assert page.count("<figure><img") >= len(FIGURES) + 2      # overlays embedded too
+    assert "Pointing game" in page and "Wang et al. 2017, as published" in page
+    assert f"{loc['overall']['pairs']} (image, finding) pairs" in page
+    assert "nan [" not in page                                  # undefined, never 'nan'

@@ -63,10 +63,14 @@ def _num(x, digits: int = 3) -> str:
     return "—" if x is None or (isinstance(x, float) and x != x) else f"{x:.{digits}f}"
 
 
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and x != x)
+
+
 def _ci(rec: dict | None, digits: int = 3) -> str:
-    if not rec or rec.get("value") is None:
+    if not rec or _missing(rec.get("value")):
         return "undefined"
-    if rec.get("lo") is None:
+    if _missing(rec.get("lo")) or _missing(rec.get("hi")):
         return f"{rec['value']:.{digits}f} (no CI)"
     return f"{rec['value']:.{digits}f} [{rec['lo']:.{digits}f}, {rec['hi']:.{digits}f}]"
 
@@ -154,7 +158,9 @@ def subgroup_table(metrics: dict) -> pd.DataFrame:
     rows["column"] = rows["attribute"].str.replace("_band", "") + " " + rows["group"].astype(str)
     wide = rows.pivot(index="finding", columns="column", values="cell")
     order = list(dict.fromkeys(rows["column"]))
-    return wide.reindex(index=metrics["findings"], columns=order).reset_index()
+    wide = wide.reindex(index=metrics["findings"], columns=order).reset_index()
+    wide.columns.name = None
+    return wide
 
 
 def data_summary(metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -202,8 +208,11 @@ def explanation_examples(run_dir: Path, limit: int = 8) -> list[tuple[Path, str]
             for r in table.head(limit).to_dict("records"):
                 path = Path(r[col])
                 path = path if path.is_absolute() else folder / path
-                caption = " · ".join(str(r[k]) for k in ("image_id", "finding", "probability",
-                                                         "method") if k in r)
+                parts = [str(r[k]) for k in ("image_id", "finding") if k in r]
+                if "probability" in r:
+                    parts.append(f"p = {float(r['probability']):.2f}")
+                parts += [str(r["method"])] if "method" in r else []
+                caption = " · ".join(parts)
                 if path.exists():
                     out.append((path, caption))
             return out
@@ -211,19 +220,57 @@ def explanation_examples(run_dir: Path, limit: int = 8) -> list[tuple[Path, str]
 
 
 def localization_section(run_dir: Path) -> str:
-    """The localisation benchmark's tables from ``cxrkit localize`` (``<run>/localize/``)."""
+    """The localisation benchmark from ``cxrkit localize`` (``<run>/localize/``), if any.
+
+    The figure, the pointing game, accuracy per finding at each T(IoBB) and T(IoU) with
+    Wang et al.'s values beside, the notes and protocol differences; the long tables stay
+    in the folder (and under a fold-out).
+    """
     folder = run_dir / "localize"
     if not folder.is_dir():
         return ""
+    record = _read_json(folder / "localization.json")
     parts = []
+    if record:
+        o = record.get("overall") or {}
+        parts.append(f"<p>{_esc(record.get('model'))}, {_esc(record.get('method'))} maps, "
+                     f"{_esc(record.get('split'))} split ({_esc(record.get('protocol'))}): "
+                     f"{o.get('pairs', 0)} (image, finding) pairs on {o.get('images', 0)} box "
+                     f"images; boxes in {_esc(record.get('space', 'cache pixels'))}.</p>")
+    for png in sorted(folder.glob("*.png"))[:2]:
+        parts.append(f"<figure>{_img(png, png.stem)}</figure>")
+    pointing = folder / "pointing.csv"
+    if pointing.exists():
+        parts.append("<h3>Pointing game (hit: the map's maximum inside a box; chance: the "
+                     "boxes' share of the image)</h3>" + _table(pd.read_csv(pointing)))
+    accuracy = folder / "accuracy.csv"
+    if accuracy.exists():
+        acc = pd.read_csv(accuracy)
+        if {"finding", "measure", "threshold", "accuracy"} <= set(acc.columns):
+            acc["column"] = acc["measure"].str.upper().str.replace("IOBB", "IoBB").str.replace(
+                "IOU", "IoU") + " > " + acc["threshold"].map("{:g}".format)
+            order = list(dict.fromkeys(acc["column"]))
+            findings = list(dict.fromkeys(acc["finding"]))
+            for value, title in (("accuracy", "This model: accuracy (share of pairs over T)"),
+                                 ("wang2017_accuracy", "Wang et al. 2017, as published"),
+                                 ("full_image_accuracy", "Baseline: a box covering the whole "
+                                                         "image")):
+                if value in acc:
+                    wide = acc.pivot(index="finding", columns="column", values=value)
+                    wide = wide.reindex(index=findings, columns=order).reset_index()
+                    wide.columns.name = None
+                    parts.append(f"<h3>{_esc(title)}</h3>{_table(wide)}")
+    notes = list(record.get("notes") or [])
+    notes += list((record.get("published") or {}).get("protocol_differences") or [])
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
     summary = folder / "summary.md"
     if summary.exists():
-        parts.append(f"<pre>{_esc(summary.read_text())}</pre>")
-    for csv in sorted(folder.glob("*.csv")):
-        parts.append(f"<h3>{_esc(csv.stem.replace('_', ' '))}</h3>{_table(pd.read_csv(csv))}")
-    for png in sorted(folder.glob("*.png"))[:4]:
-        parts.append(f"<figure>{_img(png, png.stem)}<figcaption>{_esc(png.stem)}</figcaption>"
-                     "</figure>")
+        parts.append(f"<details><summary>summary.md</summary><pre>{_esc(summary.read_text())}"
+                     "</pre></details>")
+    if not record:   # an older or foreign folder: show whatever tables it holds
+        for csv in sorted(folder.glob("*.csv")):
+            parts.append(f"<h3>{_esc(csv.stem)}</h3>{_table(pd.read_csv(csv))}")
     return "".join(parts)
 
 
