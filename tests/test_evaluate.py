@@ -134,6 +134,8 @@ def test_thresholds_sidecar_is_used_by_load(evaluated):
     lm = cxrkit.load(run)
     chosen = {f: t for f, t in m["thresholds"]["youden"].items() if t is not None}
     assert lm.thresholds == pytest.approx(chosen)
+    assert lm.thresholds_tta == "none" and lm.thresholds_mismatch("none") is None
+    assert "'none' but predictions use 'flip'" in lm.thresholds_mismatch("flip")
 
 
 def test_changed_split_file_is_refused(phantom_run, phantom_prepared, tmp_path):
@@ -167,7 +169,7 @@ def test_box_fold_is_reproduced(phantom_run, phantom_prepared, tmp_path):
     assert len(test_ids) == 39 - len(expected)
 
 
-def test_tta_runs(run, evaluated):
+def test_tta_runs(run, evaluated, phantom_release):
     m = evaluate_checkpoint(run, tta="flip", bootstrap=20, subgroup_bootstrap=5,
                             progress=False, report=False)
     out = run / "eval" / "test-flip"
@@ -177,6 +179,15 @@ def test_tta_runs(run, evaluated):
     flipped = pd.read_csv(out / "predictions_test.csv")
     assert list(plain["image_id"]) == list(flipped["image_id"])
     assert not np.allclose(plain["p_Atelectasis"], flipped["p_Atelectasis"])
+    # the sidecar now holds thresholds chosen on flipped logits, and says so
+    import cxrkit
+    from cxrkit.predict import NoThresholdsWarning, predict_files
+
+    lm = cxrkit.load(run)
+    assert lm.thresholds_tta == "flip"
+    image = next(phantom_release.rglob("*.png"))
+    with pytest.warns(NoThresholdsWarning, match="chosen with test-time augmentation 'flip'"):
+        predict_files(lm, [image], progress=False)
 
 
 def test_published_comparability():

@@ -72,6 +72,8 @@ class LoadedModel:
     checkpoint_info: dict
     thresholds: dict[str, float] | None = None
     thresholds_source: str | None = None
+    #: the test-time augmentation the thresholds were chosen with ("none" if unrecorded)
+    thresholds_tta: str | None = None
 
     # -- preprocessing ------------------------------------------------------------------
     @property
@@ -164,6 +166,14 @@ class LoadedModel:
                  for i, p in enumerate(items)]
         return pd.DataFrame(probs, columns=list(self.findings), index=pd.Index(index, name="image"))
 
+    def thresholds_mismatch(self, tta: str) -> str | None:
+        """Why the thresholds may not fit predictions made with ``tta`` (None: they fit)."""
+        if self.thresholds and (self.thresholds_tta or "none") != tta:
+            return (f"the decision thresholds were chosen with test-time augmentation "
+                    f"'{self.thresholds_tta}' but predictions use '{tta}'; flags may be off "
+                    f"(evaluate with --tta {tta} to choose matching thresholds)")
+        return None
+
     def threshold_vector(self) -> np.ndarray:
         """Per-finding decision thresholds (0.5 where none was chosen)."""
         t = self.thresholds or {}
@@ -225,17 +235,22 @@ def _attach_thresholds(lm: LoadedModel, explicit) -> None:
         if unknown:
             raise ValueError(f"{p}: thresholds for findings the model lacks: {unknown}")
         lm.thresholds, lm.thresholds_source = values, f"{p} ({rec.get('method', '?')})"
+        lm.thresholds_tta = str(rec.get("tta", "none"))
         return
 
 
 def write_thresholds(lm: LoadedModel, thresholds: dict[str, float], *, method: str,
-                     chosen_on: str, path: str | Path | None = None) -> Path:
-    """Write a thresholds sidecar for ``lm.checkpoint`` (read back by :func:`load`)."""
+                     chosen_on: str, tta: str = "none", path: str | Path | None = None) -> Path:
+    """Write a thresholds sidecar for ``lm.checkpoint`` (read back by :func:`load`).
+
+    ``tta``: the test-time augmentation the thresholds were chosen with; a threshold only
+    means the same thing on logits averaged the same way, so users of other TTA are warned.
+    """
     from cxrkit.data.nih import file_sha256, write_json_atomic
 
     path = Path(path) if path else lm.checkpoint.parent / THRESHOLDS_FILE
     rec = {"checkpoint": lm.checkpoint.name, "checkpoint_sha256": file_sha256(lm.checkpoint),
-           "method": method, "chosen_on": chosen_on,
+           "method": method, "chosen_on": chosen_on, "tta": tta,
            "meaning": "a finding is reported present when its probability is >= its threshold",
            "thresholds": {f: float(thresholds[f]) for f in lm.findings if f in thresholds}}
     write_json_atomic(rec, path)

@@ -226,6 +226,9 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
     errors = dict(inputs.problems)
     probs = [np.full(len(findings), np.nan) for _ in names]
     thresholds = _thresholds(model)
+    mismatch = getattr(model, "thresholds_mismatch", None)
+    if mismatch is not None and mismatch(tta):
+        warnings.warn(mismatch(tta), NoThresholdsWarning, stacklevel=2)
     files = inputs.files
     bar = tqdm(total=len(files), unit="image", desc="predict", leave=False,
                disable=not progress or len(files) < 2)

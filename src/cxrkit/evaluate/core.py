@@ -385,7 +385,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     }
     metrics = write_outputs(out, metrics, [test] if fit is test else [test, fit])
     chosen = {f: t for f, t in thresholds[threshold_method].items() if t is not None}
-    sidecar = write_thresholds(lm, chosen, method=threshold_method,
+    sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "
                                          f"(tta={tta})")
     shutil.copyfile(sidecar, out / sidecar.name)

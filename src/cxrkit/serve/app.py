@@ -142,6 +142,8 @@ class Service:
         if not lm.thresholds:
             notes.append("no thresholds were chosen for this checkpoint (run cxrkit "
                          "evaluate); 'positive' uses 0.5 for every finding")
+        if lm.thresholds_mismatch(tta):
+            notes.append(lm.thresholds_mismatch(tta))
         if lm.metadata:
             notes.append("this model was trained with patient metadata, which the service "
                          "does not take: age is marked missing and sex/view default to "
