@@ -21,7 +21,7 @@ from cxrkit.evaluate.published import (
 from cxrkit.labels import FINDINGS
 
 FAST = {"bootstrap": 50, "subgroup_bootstrap": 10, "progress": False, "report": False}
-TOP_KEYS = {"format", "checkpoint", "checkpoint_sha256", "run_dir", "prepared", "split",
+TOP_KEYS = {"format", "created", "versions", "checkpoint", "checkpoint_sha256", "run_dir", "prepared", "split",
             "split_file", "split_protocol", "tta", "n_images", "n_patients", "findings",
             "model", "epoch", "bootstrap", "auroc", "auprc", "mean_auroc", "thresholds",
             "threshold_metrics", "calibration", "subgroups", "published", "notes"}

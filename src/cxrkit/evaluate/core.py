@@ -26,13 +26,16 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import sklearn
 
 from cxrkit.data.nih import file_sha256, write_csv_atomic, write_json_atomic
 from cxrkit.data.prepare import Prepared
+from cxrkit.engine.checkpoint import versions
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
 from cxrkit.evaluate.published import (
     NIH_LABEL_ROWS,
@@ -367,7 +370,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     config = lm.checkpoint_info.get("config") or {}
     epoch = lm.checkpoint_info.get("epoch")
     metrics = {
-        "format": FORMAT, "checkpoint": str(lm.checkpoint),
+        "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {**versions(), "scikit-learn": sklearn.__version__},
+        "checkpoint": str(lm.checkpoint),
         "checkpoint_sha256": file_sha256(lm.checkpoint), "run_dir": str(lm.checkpoint.parent),
         "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
         "split_protocol": data.protocol, "tta": tta, "n_images": len(test.table),

@@ -353,7 +353,9 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path]) -> str:
     s.append("<h2>Configuration and provenance</h2>")
     prov = {k: metrics[k] for k in ("checkpoint", "checkpoint_sha256", "prepared", "split_file",
                                     "split_protocol", "bootstrap")}
-    prov["versions"] = run.get("versions")
+    prov["training versions"] = run.get("versions")
+    prov["evaluation versions"] = metrics.get("versions")
+    prov["evaluated"] = metrics.get("created")
     s.append(f"<pre>{_esc(json.dumps(prov, indent=2))}</pre>")
     if config:
         s.append(f"<h3>config.yaml</h3><pre>{_esc(config)}</pre>")
