@@ -170,7 +170,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     import onnx
     import torch
 
-    from cxrkit.data.nih import file_sha256, write_json_atomic
+    from cxrkit.data.nih import write_json_atomic
     from cxrkit.inference import load
 
     lm = load(checkpoint, device="cpu", thresholds=thresholds)
@@ -209,7 +209,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         "preprocess": lm.preprocess_record(), "findings": list(lm.findings),
         "thresholds": lm.thresholds, "thresholds_source": lm.thresholds_source,
         "model": lm.model.cxr_config.to_dict(), "checkpoint": str(lm.checkpoint),
-        "checkpoint_sha256": file_sha256(lm.checkpoint), "opset": opset,
+        "checkpoint_sha256": lm.checkpoint_sha256, "opset": opset,
         "versions": _versions(), "inputs": inputs,
         "outputs": {"logits": f"float32 (batch, {len(lm.findings)})",
                     "probabilities": "float32, sigmoid of the logits"},
@@ -329,23 +329,12 @@ class OnnxModel:
         self.thresholds, self.thresholds_source = self._thresholds()
 
     def _thresholds(self):
-        candidates = ([Path(self.thresholds_file)] if self.thresholds_file
-                      else [self.path.parent / "thresholds.json"])
-        for p in candidates:
-            if not p.exists():
-                if self.thresholds_file:
-                    raise FileNotFoundError(f"thresholds file not found: {p}")
-                continue
-            try:
-                rec = json.loads(p.read_text())
-                values = {str(k): float(v) for k, v in rec["thresholds"].items()}
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{p}: not a cxrkit thresholds file ({e})") from e
-            if self.thresholds_file or rec.get("checkpoint_sha256") == self.record["checkpoint_sha256"]:
-                unknown = sorted(set(values) - set(self.findings))
-                if unknown:
-                    raise ValueError(f"{p}: thresholds for findings the model lacks: {unknown}")
-                return values, f"{p} ({rec.get('method', '?')})"
+        from cxrkit.thresholds import find_thresholds
+
+        found = find_thresholds(self.path.parent, self.findings,
+                                lambda: self.record["checkpoint_sha256"], self.thresholds_file)
+        if found is not None:
+            return found.values, found.source
         if self.record["thresholds"]:
             return ({str(k): float(v) for k, v in self.record["thresholds"].items()},
                     f"recorded in {self.path.name} (from {self.record['thresholds_source']})")

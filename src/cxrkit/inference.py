@@ -18,11 +18,10 @@ logits rather than probabilities keeps temperature scaling and ONNX export exact
 
 from __future__ import annotations
 
-import json
-import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +32,9 @@ from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.data.images import PreprocessSettings, preprocess
 from cxrkit.data.transforms import EvalTransform, ten_crop
 from cxrkit.engine.checkpoint import CheckpointError, load_checkpoint
-
-log = logging.getLogger(__name__)
+from cxrkit.thresholds import THRESHOLDS_FILE, find_thresholds, write_thresholds_file
 
 TTA_MODES = ("none", "flip", "tencrop")
-#: The sidecar ``cxrkit evaluate`` writes beside the checkpoint it evaluated.
-THRESHOLDS_FILE = "thresholds.json"
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -74,6 +70,12 @@ class LoadedModel:
     thresholds_source: str | None = None
     #: the test-time augmentation the thresholds were chosen with ("none" if unrecorded)
     thresholds_tta: str | None = None
+
+    @cached_property
+    def checkpoint_sha256(self) -> str:
+        """sha256 of the checkpoint file, computed once (thresholds, reports, exports)."""
+        from cxrkit.data.nih import file_sha256
+        return file_sha256(self.checkpoint)
 
     # -- preprocessing ------------------------------------------------------------------
     @property
@@ -215,28 +217,11 @@ def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
 
 
 def _attach_thresholds(lm: LoadedModel, explicit) -> None:
-    from cxrkit.data.nih import file_sha256
-
-    candidates = [Path(explicit)] if explicit else [lm.checkpoint.parent / THRESHOLDS_FILE]
-    for p in candidates:
-        if not p.exists():
-            if explicit:
-                raise FileNotFoundError(f"thresholds file not found: {p}")
-            continue
-        try:
-            rec = json.loads(p.read_text())
-            values = {str(k): float(v) for k, v in rec["thresholds"].items()}
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{p}: not a cxrkit thresholds file ({e})") from e
-        if not explicit and rec.get("checkpoint_sha256") != file_sha256(lm.checkpoint):
-            log.info("%s was written for another checkpoint; not used", p)
-            continue
-        unknown = sorted(set(values) - set(lm.findings))
-        if unknown:
-            raise ValueError(f"{p}: thresholds for findings the model lacks: {unknown}")
-        lm.thresholds, lm.thresholds_source = values, f"{p} ({rec.get('method', '?')})"
-        lm.thresholds_tta = str(rec.get("tta", "none"))
-        return
+    found = find_thresholds(lm.checkpoint.parent, lm.findings,
+                            lambda: lm.checkpoint_sha256, explicit)
+    if found is not None:
+        lm.thresholds, lm.thresholds_source = found.values, found.source
+        lm.thresholds_tta = found.tta
 
 
 def write_thresholds(lm: LoadedModel, thresholds: dict[str, float], *, method: str,
@@ -246,15 +231,11 @@ def write_thresholds(lm: LoadedModel, thresholds: dict[str, float], *, method: s
     ``tta``: the test-time augmentation the thresholds were chosen with; a threshold only
     means the same thing on logits averaged the same way, so users of other TTA are warned.
     """
-    from cxrkit.data.nih import file_sha256, write_json_atomic
-
-    path = Path(path) if path else lm.checkpoint.parent / THRESHOLDS_FILE
-    rec = {"checkpoint": lm.checkpoint.name, "checkpoint_sha256": file_sha256(lm.checkpoint),
-           "method": method, "chosen_on": chosen_on, "tta": tta,
-           "meaning": "a finding is reported present when its probability is >= its threshold",
-           "thresholds": {f: float(thresholds[f]) for f in lm.findings if f in thresholds}}
-    write_json_atomic(rec, path)
-    return path
+    return write_thresholds_file(
+        Path(path) if path else lm.checkpoint.parent / THRESHOLDS_FILE, thresholds,
+        findings=lm.findings, checkpoint=lm.checkpoint,
+        checkpoint_sha256=lm.checkpoint_sha256, method=method, chosen_on=chosen_on,
+        tta=tta)
 
 
 __all__ = ["TTA_MODES", "LoadedModel", "load", "read_image", "resolve_checkpoint",

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from cxrkit.data.nih import file_sha256, write_csv_atomic, write_json_atomic
+from cxrkit.data.nih import write_csv_atomic, write_json_atomic
 from cxrkit.data.prepare import Prepared
 from cxrkit.engine.checkpoint import versions
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
@@ -373,7 +373,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {**versions(), "scikit-learn": sklearn.__version__},
         "checkpoint": str(lm.checkpoint),
-        "checkpoint_sha256": file_sha256(lm.checkpoint), "run_dir": str(lm.checkpoint.parent),
+        "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(lm.checkpoint.parent),
         "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
         "split_protocol": data.protocol, "tta": tta, "n_images": len(test.table),
         "n_patients": int(test.table["patient_id"].nunique()), "findings": findings,

@@ -130,8 +130,6 @@ class Service:
     """One loaded model, its thresholds and a lock; what every endpoint calls."""
 
     def __init__(self, lm: LoadedModel, *, tta: str, max_upload_bytes: int, max_pixels: int):
-        from cxrkit.data.nih import file_sha256
-
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
         self.lm, self.tta = lm, tta
@@ -150,7 +148,7 @@ class Service:
                          "female/PA")
         self.model_info = ModelInfo(
             model=str(getattr(lm.model.cxr_config, "name", type(lm.model).__name__)),
-            checkpoint=lm.checkpoint.name, checkpoint_sha256=file_sha256(lm.checkpoint),
+            checkpoint=lm.checkpoint.name, checkpoint_sha256=lm.checkpoint_sha256,
             input_size=lm.input_size, cache_size=lm.cache_settings.size, tta=tta,
             thresholds_source=lm.thresholds_source, warning="; ".join(notes) or None)
 
