@@ -45,6 +45,11 @@ _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
+def has_dicom_preamble(data: bytes) -> bool:
+    """DICOM Part 10 bytes: a 128-byte preamble, then ``DICM``."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
 def is_dicom(path: str | Path) -> bool:
     """True for a ``.dcm``/``.dicom`` name or a file whose bytes 128..131 are ``DICM``."""
     path = Path(path)
@@ -55,7 +60,7 @@ def is_dicom(path: str | Path) -> bool:
             head = f.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return has_dicom_preamble(head)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -162,5 +167,5 @@ def _wide_voi_lut(ds):
     return ds
 
 
-__all__ = ["DICOM_EXTENSIONS", "LUMINANCE", "grey_uint8", "is_dicom", "read_dicom",
-           "read_image"]
+__all__ = ["DICOM_EXTENSIONS", "LUMINANCE", "grey_uint8", "has_dicom_preamble", "is_dicom",
+           "read_dicom", "read_image"]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from cxrkit.data.dicom import read_dicom
+from cxrkit.data.dicom import has_dicom_preamble, read_dicom
 from cxrkit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_xray
 
 #: Default cap on one uploaded file, bytes. A 16-bit 4300 x 3500 PNG radiograph is about
@@ -62,11 +62,6 @@ class DecodedUpload:
     width: int          #: pixels
     height: int         #: pixels
     bytes: int          #: size of the uploaded file
-
-
-def has_dicom_preamble(data: bytes) -> bool:
-    """DICOM Part 10 bytes: a 128-byte preamble, then ``DICM``."""
-    return len(data) >= 132 and data[128:132] == b"DICM"
 
 
 def decode_upload(data: bytes, filename: str = "upload", *,
@@ -147,4 +142,4 @@ def _decode(data: bytes, name: str, fmt: str, max_pixels: int) -> np.ndarray:
 
 
 __all__ = ["ACCEPTED_FORMATS", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_UPLOAD_PIXELS",
-           "DecodedUpload", "UploadError", "decode_upload", "has_dicom_preamble"]
+           "DecodedUpload", "UploadError", "decode_upload"]
