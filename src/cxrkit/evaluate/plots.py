@@ -59,26 +59,44 @@ def _ci_text(rec: dict) -> str:
     return f"{rec['value']:.3f} [{rec['lo']:.2f}, {rec['hi']:.2f}]"
 
 
-def roc_grid(metrics: dict, pred: pd.DataFrame) -> Figure:
-    """One ROC panel per finding, AUROC with its 95 % CI in the title."""
+def _finding_grid(metrics: dict, pred: pd.DataFrame, draw, title, *, metric: str,
+                  xlabel: str, ylabel: str, ylim: tuple[float, float]) -> Figure:
+    """One panel per finding: ``draw(ax, y, p)`` where both classes are present, else a
+    note that ``metric`` is undefined; ``title(f)`` under the finding's name."""
     findings = metrics["findings"]
     fig, axes = _grid(len(findings))
     for ax, f in zip(axes, findings, strict=True):
         y, p = labels_and_scores(pred, f)
-        ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls="--")
         if _defined(y):
-            fpr, tpr, _ = roc_curve(y, p)
-            ax.plot(fpr, tpr, color="C0", lw=1.4)
+            draw(ax, y, p)
         else:
-            ax.text(0.5, 0.5, "one class only:\nAUROC undefined", ha="center", va="center",
-                    fontsize=8, color="C3")
-        rec = metrics["auroc"][f]
-        ax.set_title(f"{f}\n{_ci_text(rec)} (n+={rec['positives']})", fontsize=8)
-        ax.set(xlim=(0, 1), ylim=(0, 1))
+            ax.text(0.5, 0.5, f"one class only:\n{metric} undefined", ha="center",
+                    va="center", fontsize=8, color="C3")
+        ax.set_title(f"{f}\n{title(f)}", fontsize=8)
+        ax.set(xlim=(0, 1), ylim=ylim)
         ax.tick_params(labelsize=7)
-    fig.supxlabel("1 - specificity (false-positive rate)", fontsize=9)
-    fig.supylabel("sensitivity (true-positive rate)", fontsize=9)
+    fig.supxlabel(xlabel, fontsize=9)
+    fig.supylabel(ylabel, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def roc_grid(metrics: dict, pred: pd.DataFrame) -> Figure:
+    """One ROC panel per finding, AUROC with its 95 % CI in the title."""
+    def draw(ax, y, p):
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, color="C0", lw=1.4)
+
+    def title(f):
+        rec = metrics["auroc"][f]
+        return f"{_ci_text(rec)} (n+={rec['positives']})"
+
+    fig = _finding_grid(metrics, pred, draw, title, metric="AUROC",
+                        xlabel="1 - specificity (false-positive rate)",
+                        ylabel="sensitivity (true-positive rate)", ylim=(0, 1))
+    for ax in fig.axes:   # the chance diagonal, under the curve, in every panel
+        if ax.get_visible():
+            ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls="--", zorder=0)
     return fig
 
 
@@ -105,24 +123,15 @@ def roc_overlay(metrics: dict, pred: pd.DataFrame) -> Figure:
 
 def pr_grid(metrics: dict, pred: pd.DataFrame) -> Figure:
     """One precision-recall panel per finding; the dashed line is the prevalence (chance)."""
-    findings = metrics["findings"]
-    fig, axes = _grid(len(findings))
-    for ax, f in zip(axes, findings, strict=True):
-        y, p = labels_and_scores(pred, f)
-        if _defined(y):
-            prec, rec, _ = precision_recall_curve(y, p)
-            ax.plot(rec, prec, color="C1", lw=1.4)
-            ax.axhline(y.mean(), color="0.6", lw=0.8, ls="--")
-        else:
-            ax.text(0.5, 0.5, "one class only:\nAUPRC undefined", ha="center", va="center",
-                    fontsize=8, color="C3")
-        ax.set_title(f"{f}\nAUPRC {_ci_text(metrics['auprc'][f])}", fontsize=8)
-        ax.set(xlim=(0, 1), ylim=(0, 1.02))
-        ax.tick_params(labelsize=7)
-    fig.supxlabel("recall (sensitivity)", fontsize=9)
-    fig.supylabel("precision (PPV)", fontsize=9)
-    fig.tight_layout()
-    return fig
+    def draw(ax, y, p):
+        prec, rec, _ = precision_recall_curve(y, p)
+        ax.plot(rec, prec, color="C1", lw=1.4)
+        ax.axhline(y.mean(), color="0.6", lw=0.8, ls="--")
+
+    return _finding_grid(metrics, pred, draw,
+                         lambda f: f"AUPRC {_ci_text(metrics['auprc'][f])}", metric="AUPRC",
+                         xlabel="recall (sensitivity)", ylabel="precision (PPV)",
+                         ylim=(0, 1.02))
 
 
 def auroc_forest(metrics: dict) -> Figure:
