@@ -34,8 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 NIH = Path(os.environ.get("CXRKIT_NIH_SAMPLE", REPO.parent / "shared" / "nih"))
 
 
-def make_checkpoint(work: Path, model: str) -> Path:
-    """An untrained ``model`` checkpoint on the real sample (cache 256 px, official split)."""
+def make_checkpoint(work: Path, model: str, *, epochs: int = 0) -> Path:
+    """A ``model`` checkpoint on the real sample (cache 256 px, official split).
+
+    ``epochs=0``: untrained (random init, ``model.freeze=no-train``; speed does not depend
+    on the weights). ``epochs>0``: trained that long from random init on the sample's
+    train_val images (ImageNet weights need a download), so that AUROC means something.
+    """
     from cxrkit.config import load_config
     from cxrkit.data.images import PreprocessSettings
     from cxrkit.data.prepare import prepare
@@ -48,7 +53,8 @@ def make_checkpoint(work: Path, model: str) -> Path:
                        settings=PreprocessSettings(size=256), val_fraction=0.1, progress=False)
     cfg = load_config(REPO / "configs" / "chexnet_densenet121.yaml",
                       [f"data.prepared={prep.root}", f"out={work / 'run'}", f"model.name={model}",
-                       "model.pretrained=false", "model.freeze=no-train", "train.epochs=1"])
+                       "model.pretrained=false", f"train.epochs={max(epochs, 1)}",
+                       *(["model.freeze=no-train"] if epochs == 0 else [])])
     fit(cfg, show_progress=False)
     return work / "run" / "best.pt"
 
