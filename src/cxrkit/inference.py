@@ -126,26 +126,25 @@ class LoadedModel(Predictor):
         return None if m is None else torch.from_numpy(np.ascontiguousarray(m)).to(self.device)
 
     # -- inference ------------------------------------------------------------------------
-    @torch.no_grad()
     def logits_from_cached(self, images, meta=None, *, tta: str = "none") -> np.ndarray:
         """``uint8`` ``(B, 1, S, S)`` cache-stage images -> logits ``(B, F)`` float32 numpy."""
         self.check_tta(tta)
-        x = torch.as_tensor(images).to(self.device)
-        m = self._meta(len(x), meta)
-        p = self.preprocessing
-        if tta == "none":
-            return self.model(self.transform(x), m).float().cpu().numpy()
-        if tta == "flip":
-            v = self.transform(x)
-            z = (self.model(v, m).float() + self.model(v.flip(-1), m).float()) / 2
-            return z.cpu().numpy()
-        big = EvalTransform(p.tencrop_resize, mean=p.mean, std=p.std, channels=p.channels)(x)
-        crops = ten_crop(big, p.input_size)  # (B, 10, C, s, s)
-        b = crops.shape[0]
-        flat = crops.reshape(b * 10, *crops.shape[2:])
-        mm = None if m is None else m.repeat_interleave(10, 0)
-        z = self.model(flat, mm).float().reshape(b, 10, -1).mean(1)
-        return z.cpu().numpy()
+        with torch.no_grad():
+            x = torch.as_tensor(images).to(self.device)
+            m = self._meta(len(x), meta)
+            if tta == "none":
+                return self.model(self.transform(x), m).float().cpu().numpy()
+            if tta == "flip":
+                v = self.transform(x)
+                z = (self.model(v, m).float() + self.model(v.flip(-1), m).float()) / 2
+                return z.cpu().numpy()
+            p = self.preprocessing
+            big = EvalTransform(p.tencrop_resize, mean=p.mean, std=p.std, channels=p.channels)(x)
+            crops = ten_crop(big, p.input_size)  # (B, 10, C, s, s)
+            b = crops.shape[0]
+            flat = crops.reshape(b * 10, *crops.shape[2:])
+            mm = None if m is None else m.repeat_interleave(10, 0)
+            return self.model(flat, mm).float().reshape(b, 10, -1).mean(1).cpu().numpy()
 
 
 def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
