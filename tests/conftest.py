@@ -11,6 +11,12 @@ REPO = Path(__file__).resolve().parents[1]
 NIH = Path(os.environ.get("CXRKIT_NIH_SAMPLE", REPO.parent / "shared" / "nih"))
 META = NIH / "meta"
 
+# The suite makes hundreds of throw-away checkpoints; the default fast path (onnxruntime)
+# would export each one's network once (seconds to a minute each here). Tests run the fp32
+# reference unless they ask for a precision; tests/test_runtime.py covers the others, auto
+# included.
+os.environ.setdefault("CXRKIT_PRECISION", "fp32")
+
 
 def _need(path: Path) -> Path:
     if not path.exists():

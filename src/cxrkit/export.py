@@ -120,20 +120,6 @@ def _graph(lm):
     return OnnxGraph().eval()
 
 
-@contextlib.contextmanager
-def _quiet_loggers(names=("onnx_ir", "onnxscript", "torch.onnx", "torch.export")):
-    """The exporter's passes log progress at INFO; keep it out of cxrkit's INFO output."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 def _versions() -> dict:
     import onnx
     import onnxruntime
@@ -164,8 +150,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
 
     from cxrkit.data.nih import write_json_atomic
     from cxrkit.inference import load
+    from cxrkit.runtime import quiet_exporter_logs
 
-    lm = load(checkpoint, device="cpu", thresholds=thresholds)
+    # parity is checked against torch fp32 eager, the reference
+    lm = load(checkpoint, device="cpu", thresholds=thresholds, precision="fp32")
     out = Path(out) if out else default_onnx_path(lm.checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     graph = _graph(lm)
@@ -184,7 +172,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         inputs["meta"] = f"float32 (batch, {example[1].shape[1]}): patient metadata"
     printed = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(printed), _quiet_loggers():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(printed), quiet_exporter_logs():
             warnings.simplefilter("ignore")
             torch.onnx.export(graph, example, str(out), dynamo=True, opset_version=opset,
                               input_names=list(inputs), output_names=["logits", "probabilities"],

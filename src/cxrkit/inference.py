@@ -36,6 +36,7 @@ from cxrkit.data.transforms import EvalTransform, eval_transform, ten_crop
 from cxrkit.engine.checkpoint import CheckpointError, load_checkpoint
 from cxrkit.predictor import TTA_MODES, Predictor
 from cxrkit.preprocessing import Preprocessing
+from cxrkit.runtime import EagerForward, Forward, choose_forward
 from cxrkit.thresholds import THRESHOLDS_FILE, find_thresholds, write_thresholds_file
 
 
@@ -68,6 +69,14 @@ class LoadedModel(Predictor):
         self.device = torch.device(device)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else Path("<in memory>")
         self.checkpoint_info = checkpoint_info or {}
+        #: the network call of forward-only inference (:mod:`cxrkit.runtime`); fp32 eager
+        #: here, the measured fast path when made by :func:`load` (``precision="auto"``)
+        self.forward: Forward = EagerForward("fp32", "fp32", model=model, device=self.device)
+
+    @property
+    def precision(self) -> dict:
+        """How forward-only inference runs: requested and used precision, details."""
+        return self.forward.describe()
 
     @property
     def name(self) -> str:
@@ -132,24 +141,29 @@ class LoadedModel(Predictor):
         with torch.no_grad():
             x = torch.as_tensor(images).to(self.device)
             m = self._meta(len(x), meta)
+            net = self.forward
             if tta == "none":
-                return self.model(self.transform(x), m).float().cpu().numpy()
+                return net(self.transform(x), m).cpu().numpy()
             if tta == "flip":
                 v = self.transform(x)
-                z = (self.model(v, m).float() + self.model(v.flip(-1), m).float()) / 2
-                return z.cpu().numpy()
+                return ((net(v, m) + net(v.flip(-1), m)) / 2).cpu().numpy()
             p = self.preprocessing
             big = EvalTransform(p.tencrop_resize, mean=p.mean, std=p.std, channels=p.channels)(x)
             crops = ten_crop(big, p.input_size)  # (B, 10, C, s, s)
             b = crops.shape[0]
             flat = crops.reshape(b * 10, *crops.shape[2:])
             mm = None if m is None else m.repeat_interleave(10, 0)
-            return self.model(flat, mm).float().reshape(b, 10, -1).mean(1).cpu().numpy()
+            return net(flat, mm).reshape(b, 10, -1).mean(1).cpu().numpy()
 
 
 def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
-         thresholds: str | Path | None = None) -> LoadedModel:
+         thresholds: str | Path | None = None, precision: str | None = None) -> LoadedModel:
     """Load a checkpoint (or run folder) for inference; see :class:`LoadedModel`.
+
+    ``precision``: how forward-only inference runs (:mod:`cxrkit.runtime`): "auto" (the
+    default, or ``$CXRKIT_PRECISION``: onnxruntime on the CPU, within 1e-4 of fp32),
+    "fp32" (torch fp32 eager, the reference), "bf16" (autocast + channels_last) or
+    "onnxruntime". Gradients (saliency maps) always use the torch module in fp32.
 
     Thresholds: ``thresholds`` (a JSON file from ``cxrkit evaluate``) if given, else the
     ``thresholds.json`` beside the checkpoint when it was written for this very file
@@ -177,6 +191,7 @@ def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
         model, tuple(ck.get("findings") or model.cxr_config.findings), preprocessing,
         metadata=int(ck["model_config"].get("meta_features", 0)) > 0, device=dev,
         checkpoint=path, checkpoint_info=info)
+    lm.forward = choose_forward(lm, precision)
     _attach_thresholds(lm, thresholds)
     return lm
 

@@ -312,22 +312,26 @@ def _thresholds(model) -> np.ndarray:
 
 
 def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | None = None,
-               thresholds: str | Path | None = None):
+               thresholds: str | Path | None = None, precision: str | None = None):
     """A checkpoint for prediction: ``backend`` "torch" (``cxrkit.load``), "onnx" (the
     ``.onnx`` export; a run folder or ``.pt`` finds the ``.onnx`` beside it) or "auto"
-    (onnx for a ``.onnx`` path, else torch)."""
+    (onnx for a ``.onnx`` path, else torch). ``precision``: the torch backend's
+    (:mod:`cxrkit.runtime`); the ONNX backend always runs fp32 (auto, fp32 or onnxruntime)."""
     path = Path(checkpoint)
     if backend == "auto":
         backend = "onnx" if path.suffix.lower() == ".onnx" else "torch"
     if backend == "onnx":
         from cxrkit.onnx_backend import load_onnx
+        if precision not in (None, "auto", "fp32", "onnxruntime"):
+            raise ValueError(f"precision {precision!r}: the ONNX backend runs fp32 "
+                             "(use --backend torch for bf16)")
         return load_onnx(path, thresholds=thresholds)
     if backend != "torch":
         raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
     if path.suffix.lower() == ".onnx":
         raise ValueError(f"{path} is an ONNX file: use --backend onnx (or auto)")
     from cxrkit.inference import load
-    return load(path, device=device, thresholds=thresholds)
+    return load(path, device=device, thresholds=thresholds, precision=precision)
 
 
 __all__ = ["DEFAULT_THRESHOLD", "Inputs", "MetadataMissingWarning", "NoThresholdsWarning",

@@ -9,6 +9,11 @@ import warnings
 
 import typer
 
+#: ``--precision`` of every command that runs a torch checkpoint forward (cxrkit.runtime).
+PRECISION_HELP = ("Forward pass: auto (onnxruntime on the CPU, within 1e-4 of fp32) | fp32 "
+                  "(torch fp32 eager, the reference) | bf16 (autocast + channels_last) | "
+                  "onnxruntime; default $CXRKIT_PRECISION or auto")
+
 #: Errors the library raises for bad input; the CLI prints them as one line, exit code 2.
 KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError)
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cxrkit.cli.common import PRECISION_HELP
 from cxrkit.cli.common import run as _run
 
 
@@ -24,6 +25,7 @@ def evaluate(
     threshold_split: Annotated[str, typer.Option(help="Fit thresholds/temperature on: val | train")] = "val",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cpu)")] = None,
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     report: Annotated[bool, typer.Option(help="Also write report.html and summary.md")] = True,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
@@ -36,6 +38,7 @@ def evaluate(
              bootstrap=bootstrap, subgroup_bootstrap=subgroup_bootstrap, seed=seed,
              temperature=temperature, threshold_method=threshold_method,
              threshold_split=threshold_split, batch_size=batch_size, device=device,
+             precision=precision,
              report=report, progress=progress)
     mean = m["mean_auroc"]
     if mean["value"] is None:

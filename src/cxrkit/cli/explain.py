@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cxrkit.cli.common import PRECISION_HELP
 from cxrkit.cli.common import run as _run
 
 _SPLITS = ("train", "val", "test")
@@ -23,6 +24,7 @@ def explain(
     limit: Annotated[int | None, typer.Option(help="Split mode: only the first N images (by name)")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch")] = 8,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cpu)")] = None,
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
     """Saliency overlays (PNG) and raw maps (.npy) for images or a whole split, with index.csv."""
@@ -36,11 +38,11 @@ def explain(
         folder = out or ckpt.parent / "explain"
         index = _run(explain_split, ckpt, folder, split=split, prepared=prepared, method=method,
                      findings=findings, top_k=top_k, limit=limit, batch_size=batch_size,
-                     device=device, progress=progress)
+                     device=device, precision=precision, progress=progress)
     else:
         folder = out or ckpt.parent / "explain"
         index = _run(explain_images, ckpt, images, folder, method=method, findings=findings,
-                     top_k=top_k, batch_size=batch_size, device=device, progress=progress)
+                     top_k=top_k, batch_size=batch_size, device=device, precision=precision, progress=progress)
     typer.echo(f"{index['image'].nunique():,} images, {len(index):,} maps ({method}) -> "
                f"{folder}/index.csv")
 
@@ -55,6 +57,7 @@ def localize(
     limit: Annotated[int | None, typer.Option(help="Only the first N box images (by name)")] = None,
     batch_size: Annotated[int, typer.Option(help="Maps per batch")] = 16,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cpu)")] = None,
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
     """Localisation benchmark: maps -> boxes, IoU/IoBB accuracy, pointing game, vs Wang et al."""
@@ -62,7 +65,7 @@ def localize(
 
     r = _run(localize_checkpoint, checkpoint, split=split, method=method, out=out,
              prepared=prepared, threshold=threshold, limit=limit, batch_size=batch_size,
-             device=device, progress=progress)
+             device=device, precision=precision, progress=progress)
     o, c = r["overall"], r["counts"]
     typer.echo(f"{split}: {c['pairs_scored']:,} (image, finding) pairs on {c['images_scored']:,} "
                f"box images, {method}, in {r['space']}")

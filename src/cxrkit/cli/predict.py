@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from cxrkit.cli.common import PRECISION_HELP
 from cxrkit.cli.common import run as _run
 
 #: The real NIH sample used for export parity checks when it is there (the project's
@@ -26,6 +27,7 @@ def predict(
     metadata: Annotated[Path | None, typer.Option(help="CSV of patient metadata for models trained with it: columns image (file name or path), age (years or 058Y), sex (M/F), view (PA/AP); NIH's Data_Entry_2017.csv works. Default: metadata.csv beside the images, then DICOM tags")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 16,
     device: Annotated[str | None, typer.Option(help="torch backend: cpu, cuda, ... (default: cpu)")] = None,
+    precision: Annotated[str | None, typer.Option(help="torch backend: " + PRECISION_HELP)] = None,
     top: Annotated[int, typer.Option(help="Most probable findings shown per image")] = 3,
     show: Annotated[int, typer.Option(help="Images shown in the terminal table")] = 50,
     progress: Annotated[bool, typer.Option(help="Progress bar")] = True,
@@ -39,7 +41,8 @@ def predict(
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         typer.secho(f"error: --out {out}: write .csv or .json", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
-    model = _run(load_model, checkpoint, backend=backend, device=device, thresholds=thresholds)
+    model = _run(load_model, checkpoint, backend=backend, device=device, thresholds=thresholds,
+                 precision=precision)
     inputs = collect_inputs(paths)
     result = _run(predict_files, model, inputs, tta=tta, batch_size=batch_size,
                   progress=progress, metadata=metadata)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cxrkit.cli.common import PRECISION_HELP
 from cxrkit.cli.common import run as _run
 
 
@@ -19,6 +20,7 @@ def serve(
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none | flip | tencrop")] = "none",
     thresholds: Annotated[Path | None, typer.Option(help="thresholds.json (default: the one beside the checkpoint)")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cpu)")] = None,
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
 ) -> None:
     """Serve a page (drop an X-ray: findings chart + Grad-CAM) and a JSON API on localhost.
 
@@ -32,7 +34,7 @@ def serve(
         _run(_fail, "--max-upload-mb and --max-megapixels must be positive")
     app = _run(create_app, checkpoint, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                max_pixels=int(max_megapixels * 1024 * 1024), tta=tta, device=device,
-               thresholds=thresholds)
+               thresholds=thresholds, precision=precision)
     info = app.state.service.model_info
     typer.echo(f"cxrkit serve: {info.model} from {checkpoint} on http://{host}:{port}/ "
                "(research use only, not a medical device)")

@@ -39,6 +39,7 @@ from cxrkit.engine.checkpoint import (
     versions,
 )
 from cxrkit.engine.losses import make_loss, positive_weights
+from cxrkit.engine.precision import Precision
 from cxrkit.engine.runlog import plot_curves, write_history
 from cxrkit.labels import resolve_findings
 from cxrkit.metrics import auroc_per_finding, mean_defined
@@ -49,31 +50,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class Precision:
-    """How the forward pass runs: autocast dtype (or None) and whether a scaler is needed."""
-
-    dtype: torch.dtype | None
-    scaler: bool
-
-    @classmethod
-    def choose(cls, mode: str, device: torch.device) -> Precision:
-        if mode == "none":
-            return cls(None, False)
-        if device.type == "cuda":
-            if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()):
-                return cls(torch.float16, True)
-            return cls(torch.bfloat16, False)
-        if mode == "fp16":
-            raise ValueError("fp16 autocast needs CUDA; use amp=bf16 or amp=none on the CPU")
-        return cls(torch.bfloat16, False)
-
-    def autocast(self, device: torch.device):
-        if self.dtype is None:
-            return torch.autocast(device.type, enabled=False)
-        return torch.autocast(device.type, dtype=self.dtype)
 
 
 def _epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:

@@ -343,16 +343,19 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                         bootstrap: int = 1000, seed: int = 0, temperature: bool = True,
                         threshold_method: str = "youden", threshold_split: str = "val",
                         batch_size: int = 64, subgroup_bootstrap: int = 200,
-                        device: str | None = None, progress: bool = True,
+                        device: str | None = None, precision: str | None = None,
+                        progress: bool = True,
                         report: bool = True) -> dict:
     """Evaluate a checkpoint (or run folder) on one split; returns the ``metrics.json`` dict.
 
     Writes to ``out`` (default :func:`default_out`): metrics.json, auroc/thresholds/
     calibration/subgroups/published CSVs, predictions of the evaluated and threshold
     splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
+    ``precision``: how the forward passes run (:mod:`cxrkit.runtime`; default auto),
+    recorded in metrics.json as ``precision`` (requested, used, parity of the fast path).
     """
     _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap)
-    lm = load(checkpoint, device=device)
+    lm = load(checkpoint, device=device, precision=precision)
     findings = list(lm.findings)
     data = load_held_out(lm, prepared)
     out = Path(out) if out else default_out(lm.checkpoint, split, tta)
@@ -375,7 +378,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "checkpoint": str(lm.checkpoint),
         "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(lm.checkpoint.parent),
         "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
-        "split_protocol": data.protocol, "tta": tta, "tta_mirror": _tta_mirror(lm, tta),
+        "split_protocol": data.protocol, "tta": tta,
+        "precision": lm.precision, "tta_mirror": _tta_mirror(lm, tta),
         "n_images": len(test.table),
         "n_patients": int(test.table["patient_id"].nunique()), "findings": findings,
         "model": (config.get("model") or {}).get("name", type(lm.model).__name__),

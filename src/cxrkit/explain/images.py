@@ -154,13 +154,14 @@ def _unique_stems(names: Sequence[str]) -> list[str]:
 def explain_images(checkpoint, images: Sequence, out: str | Path, *,
                    method: str = "gradcam", findings=None, top_k: int = 3,
                    batch_size: int = 8, device: str | None = None,
-                   progress: bool = True) -> pd.DataFrame:
+                   precision: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Image files (PNG, JPEG, DICOM) -> overlays, maps and ``index.csv`` in ``out``.
 
     Each image goes through the checkpoint's own cache stage first, so overlays show
     what the model saw (before its resize/crop).
     """
-    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device)
+    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device,
+                                                                       precision=precision)
     paths = [Path(p) for p in images]
     for p in paths:
         if not p.exists():
@@ -175,9 +176,10 @@ def explain_split(checkpoint, out: str | Path, *, split: str = "test",
                   prepared: str | Path | None = None, method: str = "gradcam",
                   findings=None, top_k: int = 3, limit: int | None = None,
                   batch_size: int = 8, device: str | None = None,
-                  progress: bool = True) -> pd.DataFrame:
+                  precision: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Every cached image of the checkpoint's ``split`` (or the first ``limit``, by name)."""
-    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device)
+    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device,
+                                                                       precision=precision)
     data = load_held_out(lm, prepared)
     ids = sorted(set(data.split.loc[data.split["split"] == split, "image_id"])
                  & set(data.prepared.cache.ids))

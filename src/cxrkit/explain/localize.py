@@ -106,7 +106,8 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
                         out: str | Path | None = None, prepared: str | Path | None = None,
                         threshold: float = WANG_THRESHOLD, batch_size: int = 16,
                         examples: int = 8, limit: int | None = None,
-                        device: str | None = None, progress: bool = True) -> dict:
+                        device: str | None = None, precision: str | None = None,
+                        progress: bool = True) -> dict:
     """Score ``method``'s maps against the boxes of ``split``; write tables to ``out``.
 
     ``method``: one of :data:`~cxrkit.explain.saliency.METHODS`, or ``"attention"`` for a
@@ -118,7 +119,8 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
     """
     if method not in (*METHODS, "attention"):
         raise ValueError(f"method must be one of {METHODS} or 'attention', got {method!r}")
-    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device)
+    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device,
+                                                                       precision=precision)
     if method == "attention" and not hasattr(lm.model, "attention_maps"):
         raise ValueError(f"method 'attention' needs a model with its own attention maps "
                          f"(gaussian_attention); {lm.model.cxr_config.name} has none")

@@ -225,19 +225,21 @@ class Service:
 def create_app(checkpoint: str | Path | LoadedModel, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, tta: str = "none",
-               device: str | None = None, thresholds: str | Path | None = None) -> FastAPI:
+               device: str | None = None, thresholds: str | Path | None = None,
+               precision: str | None = None) -> FastAPI:
     """The service for one checkpoint (a file, a run folder, or an already loaded model).
 
     ``max_upload_bytes``: largest accepted file; the whole request body is capped at that
     plus :data:`FORM_OVERHEAD_BYTES` while it streams in (:class:`BodyLimit`). ``max_pixels``:
     largest image (width x height), checked from the header before decoding. ``tta``:
     test-time augmentation for every request (see :mod:`cxrkit.inference`).
-    ``device``/``thresholds``: passed to :func:`cxrkit.inference.load` for a path.
+    ``device``/``thresholds``/``precision``: passed to :func:`cxrkit.inference.load` for a
+    path (``precision``: see :mod:`cxrkit.runtime`).
     """
     if max_upload_bytes < 1 or max_pixels < 1:
         raise ValueError("max_upload_bytes and max_pixels must be positive")
     lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(
-        checkpoint, device=device, thresholds=thresholds)
+        checkpoint, device=device, thresholds=thresholds, precision=precision)
     service = Service(lm, tta=tta, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
     body_limit = max_upload_bytes + FORM_OVERHEAD_BYTES
     # no /docs or /redoc: FastAPI's docs pages load Swagger/ReDoc from a CDN, and the
