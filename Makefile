@@ -53,7 +53,7 @@ bench: setup
 	$(BIN)/python bench/bench_cache.py
 	$(BIN)/python bench/bench_loader.py
 	$(BIN)/python bench/bench_train.py
-	$(BIN)/python bench/bench_predict.py
+	$(BIN)/python bench/bench_predict.py --startup
 
 # ~20-25 min on 2 CPU cores: default vs naive recipe trained and evaluated on real images
 bench-real: setup

@@ -1,19 +1,25 @@
-"""Prediction throughput on real NIH files: one image at a time vs batched torch vs ONNX.
+"""Inference speed on real NIH files: fp32 eager vs cxrkit's fast paths, and predict start-up.
 
-All three decode the same real PNGs from ``../shared/nih/images_256`` with the
-checkpoint's own preprocessing and return the same probabilities (checked here):
+**Throughput** (one process, same images, ratios against fp32 eager run in the same run):
+for each precision of :mod:`cxrkit.runtime` -- ``fp32`` (torch fp32 eager, the baseline),
+``bf16`` (autocast + channels_last, where the CPU has bf16) and ``onnxruntime`` (what
+``auto`` picks on the CPU) --
 
-* ``per-image torch``  what a notebook does: ``cxrkit.load(ck).predict(path)`` per file
-  (batch of one) -- the baseline;
-* ``predict torch``    ``cxrkit predict`` (``predict_files``): batches of ``--batch``;
-* ``predict onnx``     the same through the ONNX export and onnxruntime (no torch).
+* ``evaluate``: :func:`cxrkit.evaluate.predictions.predict_split`, i.e. what
+  ``cxrkit evaluate`` runs over the sample's official test list (785 images; the cache,
+  loader, tensor stage and forward pass), with the mean AUROC to three decimals;
+* ``predict``: :func:`cxrkit.predict.predict_files` on ``--images`` real 256 px PNGs
+  (decode, cache stage, batches of ``--batch``), what ``cxrkit predict`` runs,
 
-The model is an untrained DenseNet121 (``model.freeze=no-train``, random init; speed does
-not depend on the weights) made from the real sample, so the bench needs no download.
+each with its max |dp| against fp32. The model is DenseNet121 at 224 px (CheXNet recipe),
+trained ``--train-epochs`` from random init on the sample's train_val images (ImageNet
+weights need a download) so that AUROC means something, or ``--checkpoint RUN``.
 
-    python bench/bench_predict.py [--images 256] [--batch 16] [--model densenet121]
+**Start-up** (``--startup``): one image through ``cxrkit predict`` in a fresh process,
+process start to CSV, ``--startup-runs`` times, median and min: the ONNX backend (the
+``cxrkit export`` file) and the torch backend (fp32, and auto with its cached export).
 
-Prints images/s and the ratio to the per-image baseline, run in the same process.
+    python bench/bench_predict.py [--checkpoint RUN] [--images 128] [--startup]
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,64 +67,145 @@ def make_checkpoint(work: Path, model: str, *, epochs: int = 0) -> Path:
     return work / "run" / "best.pt"
 
 
-def timed(fn, repeats: int = 2):
-    """Best wall time of ``repeats`` calls (the first also warms caches) and the result."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def throughput(ck: Path, files: list[Path], args) -> list[dict]:
+    from cxrkit.evaluate.predictions import predict_split
+    from cxrkit.heldout import load_held_out
+    from cxrkit.inference import load
+    from cxrkit.metrics import auroc_per_finding, mean_defined, sigmoid
+    from cxrkit.predict import predict_files
+    from cxrkit.runtime import cpu_has_bf16
+
+    names = ["fp32", *(["bf16"] if cpu_has_bf16() else []), "onnxruntime"]
+    models, load_s = {}, {}
+    for name in names:
+        load_s[name], models[name] = timed(lambda n=name: load(ck, precision=n))
+    data = load_held_out(models["fp32"])
+    best: dict[tuple, float] = {}
+    outs: dict[tuple, np.ndarray] = {}
+    labels = None
+    for _ in range(args.repeats):          # interleaved: the machine is shared and noisy
+        for name in names:
+            lm = models[name]
+            s, pred = timed(lambda: predict_split(lm, data, "test", batch_size=64,
+                                                  progress=False))
+            labels = pred.labels
+            best[name, "evaluate"] = min(best.get((name, "evaluate"), 1e9), s)
+            outs[name, "evaluate"] = sigmoid(pred.logits)
+            s, res = timed(lambda: predict_files(lm, files, batch_size=args.batch,
+                                                 progress=False).probabilities)
+            best[name, "predict"] = min(best.get((name, "predict"), 1e9), s)
+            outs[name, "predict"] = res
+    rows = []
+    for stage, n in (("evaluate", len(labels)), ("predict", len(files))):
+        for name in names:
+            p = outs[name, stage]
+            row = {"stage": stage, "precision": name, "n": n, "s": best[name, stage],
+                   "rate": n / best[name, stage],
+                   "ratio": best["fp32", stage] / best[name, stage],
+                   "max_dp": float(np.max(np.abs(p - outs["fp32", stage]))),
+                   "load_s": load_s[name], "record": models[name].precision}
+            if stage == "evaluate":
+                row["mean_auroc"] = mean_defined(auroc_per_finding(labels, p))
+            rows.append(row)
+    return rows
+
+
+def startup(ck: Path, image: Path, work: Path, args) -> list[dict]:
+    """Median wall time of ``cxrkit predict`` on one image in fresh processes."""
+    from cxrkit.export import export_onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_path = Path(export_onnx(ck, work / "best.onnx", n_phantoms=1)["path"])
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONWARNINGS": "ignore"}
+    env.pop(PRECISION_ENV_NAME, None)
+    cases = [("onnx backend", [str(onnx_path)]),
+             ("torch backend, --precision fp32", [str(ck), "--precision", "fp32"]),
+             ("torch backend, auto (cached export)", [str(ck)])]
+    rows = []
+    for label, argv in cases:
+        times = []
+        for i in range(args.startup_runs + 1):  # the first run warms the page cache
+            out = work / f"startup-{i}.csv"
+            cmd = [sys.executable, "-m", "cxrkit.cli", "predict", *argv, str(image),
+                   "--out", str(out), "--no-progress"]
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
+            if i:
+                times.append(time.perf_counter() - t)
+        rows.append({"case": label, "median": statistics.median(times), "min": min(times),
+                     "runs": len(times)})
+    code = ("import sys, runpy; sys.argv = ['cxrkit'] + sys.argv[1:]\n"
+            "try:\n    runpy.run_module('cxrkit.cli', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code, "predict", str(onnx_path), str(image),
+                        "--out", str(work / "x.csv"), "--no-progress"],
+                       capture_output=True, text=True, env=env)
+    rows.append({"case": "onnx backend imports torch?", "median": None, "min": None,
+                 "runs": 1, "note": "yes" if "\nTORCH" in "\n" + r.stderr else "no"})
+    return rows
+
+
+PRECISION_ENV_NAME = "CXRKIT_PRECISION"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--checkpoint", type=Path, help="a trained DenseNet121 run (else trains one)")
+    ap.add_argument("--train-epochs", type=int, default=1)
+    ap.add_argument("--images", type=int, default=128, help="PNG files for the predict stage")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--model", default="densenet121")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--startup", action="store_true", help="also measure predict start-up")
+    ap.add_argument("--startup-only", action="store_true")
+    ap.add_argument("--startup-runs", type=int, default=5)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not (NIH / "images_256").is_dir():
         print(f"real NIH sample not found at {NIH} (set CXRKIT_NIH_SAMPLE)", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    from cxrkit.export import export_onnx
-    from cxrkit.onnx_backend import load_onnx
-    from cxrkit.inference import load
-    from cxrkit.predict import predict_files
-
     files = sorted((NIH / "images_256").glob("*.png"))[:args.images]
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no thresholds: flagged at 0.5 (irrelevant here)
-        ck = make_checkpoint(Path(tmp), args.model)
-        rec = export_onnx(ck, parity_images=files[:4])
-        lm, onnx_model = load(ck), load_onnx(rec["path"])
-
-        def per_image():
-            return np.concatenate([lm.predict(str(f)).to_numpy() for f in files])
-
-        variants = {
-            "per-image torch (baseline)": per_image,
-            f"predict torch, batch {args.batch}": lambda: predict_files(
-                lm, files, batch_size=args.batch, progress=False).probabilities,
-            f"predict onnx, batch {args.batch}": lambda: predict_files(
-                onnx_model, files, batch_size=args.batch, progress=False).probabilities,
-        }
-        results = {name: timed(fn) for name, fn in variants.items()}
-
-    base_name = next(iter(results))
-    base_s, base_p = results[base_name]
-    print(f"\n## Prediction on {len(files)} real NIH PNGs (256 px files), {args.model} at "
-          f"{lm.input_size} px, {torch.get_num_threads()} torch threads; ONNX parity "
-          f"max |dp| {rec['parity']['max_abs_diff_probability']:.1e}\n")
-    print("| variant | seconds | images/s | ratio | max abs prob. diff vs baseline |")
-    print("|---|---:|---:|---:|---:|")
-    for name, (s, p) in results.items():
-        diff = float(np.max(np.abs(np.asarray(p) - base_p)))
-        print(f"| {name} | {s:.2f} | {len(files) / s:.1f} | {base_s / s:.2f}x | {diff:.1e} |")
+        os.environ.setdefault("CXRKIT_CACHE", str(Path(tmp) / "cache"))
+        ck = args.checkpoint or make_checkpoint(Path(tmp), "densenet121",
+                                                epochs=args.train_epochs)
+        if ck.is_dir():
+            ck = ck / "best.pt"
+        load_avg = os.getloadavg()[0]
+        if not args.startup_only:
+            rows = throughput(ck, files, args)
+            print(f"\n## DenseNet121 (224 px) inference on the CPU: {torch.get_num_threads()} "
+                  f"torch threads, load average {load_avg:.1f}, best of {args.repeats}\n")
+            print("| stage | precision | images | seconds | images/s | x fp32 eager | "
+                  "max abs dp vs fp32 | mean AUROC | load s |")
+            print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+            for r in rows:
+                auc = f"{r['mean_auroc']:.3f}" if "mean_auroc" in r else ""
+                print(f"| {r['stage']} | {r['precision']} | {r['n']} | {r['s']:.1f} | "
+                      f"{r['rate']:.1f} | {r['ratio']:.2f}x | {r['max_dp']:.1e} | {auc} | "
+                      f"{r['load_s']:.1f} |")
+            ort = next(r["record"] for r in rows if r["precision"] == "onnxruntime")
+            print(f"\nonnxruntime: {ort.get('onnx')}, load-time parity max |dp| "
+                  f"{ort.get('parity_max_abs_diff_probability', float('nan')):.1e}")
+        if args.startup or args.startup_only:
+            rows = startup(ck, files[0], Path(tmp), args)
+            print(f"\n## One image through `cxrkit predict`, process start to CSV (median "
+                  f"of {args.startup_runs} fresh processes, load average {os.getloadavg()[0]:.1f})\n")
+            print("| case | median s | min s |")
+            print("|---|---:|---:|")
+            for r in rows:
+                if r["median"] is None:
+                    print(f"| {r['case']} | {r['note']} | |")
+                else:
+                    print(f"| {r['case']} | {r['median']:.2f} | {r['min']:.2f} |")
     return 0
 
 

@@ -151,3 +151,25 @@ def test_cli_help_imports_no_torch():
                           timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
+
+
+def test_onnx_predict_path_imports_neither_torch_nor_pandas(tmp_path):
+    """What ``cxrkit predict MODEL.onnx ... --out x.csv`` imports (start-up time)."""
+    code = ("import sys, numpy as np\n"
+            "import cxrkit.cli, cxrkit.predict, cxrkit.onnx_backend, cxrkit.thresholds\n"
+            "from cxrkit.predict import Predictions\n"
+            "p = Predictions(findings=('A', 'B'), images=['x.png', 'bad.png'],\n"
+            "    probabilities=np.array([[0.25, 1/3], [np.nan, np.nan]]), errors={'bad.png': 'no'},\n"
+            "    thresholds=np.array([0.5, 0.3]), thresholds_source=None)\n"
+            f"p.save({str(tmp_path / 'x.csv')!r})\n"
+            "print('HEAVY', [m for m in ('torch', 'pandas', 'matplotlib', 'sklearn')"
+            " if m in sys.modules])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
+    import pandas as pd
+    df = pd.read_csv(tmp_path / "x.csv", keep_default_na=False)
+    assert list(df.columns) == ["image", "error", "flagged", "A", "B"]
+    assert df.loc[0, "flagged"] == "B" and float(df.loc[0, "B"]) == 1 / 3  # full precision
+    assert df.loc[1, "error"] == "no" and df.loc[1, "A"] == ""

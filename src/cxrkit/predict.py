@@ -161,6 +161,19 @@ class Predictions:
         df.insert(2, "flagged", [";".join(self.flagged(i)) for i in range(len(self.images))])
         return df
 
+    def _write_csv(self, path: Path) -> None:
+        """:meth:`frame` as CSV (floats at full precision, NaN as empty), written with the
+        csv module: ``cxrkit predict --out x.csv`` must not import pandas (start-up time)."""
+        import csv
+
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(["image", "error", "flagged", *self.findings])
+            for i, name in enumerate(self.images):
+                w.writerow([name, self.errors.get(name, ""), ";".join(self.flagged(i)),
+                            *("" if np.isnan(v) else repr(float(v))
+                              for v in self.probabilities[i])])
+
     def to_dict(self) -> dict:
         rows = []
         for i, name in enumerate(self.images):
@@ -189,7 +202,7 @@ class Predictions:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         if suffix == ".csv":
-            self.frame().to_csv(tmp, index=False)
+            self._write_csv(tmp)
         else:
             tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
         os.replace(tmp, path)

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrkit.data.nih import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,8 @@ def write_thresholds_file(path: str | Path, thresholds: dict[str, float], *, fin
     rec = {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": checkpoint_sha256,
            "method": method, "chosen_on": chosen_on, "tta": tta, "meaning": MEANING,
            "thresholds": {f: float(thresholds[f]) for f in findings if f in thresholds}}
+    from cxrkit.data.nih import write_json_atomic  # late: it imports pandas
+
     write_json_atomic(rec, path)
     return path
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 #: Names of the ``meta`` vector's entries, in order.
 META_FEATURES = ("age_years_div100", "age_missing", "sex_male", "view_ap")
@@ -98,6 +97,8 @@ def as_meta_matrix(meta, n: int) -> np.ndarray:
     ``sex``, ``view`` columns (any of :data:`COLUMNS`' names; missing columns or cells are
     missing values); a sequence of ``n`` dicts with those keys.
     """
+    import pandas as pd  # late: the ONNX predict path never needs pandas
+
     if isinstance(meta, Sequence) and not isinstance(meta, str) and meta \
             and isinstance(meta[0], dict):
         meta = pd.DataFrame(list(meta))
@@ -119,6 +120,8 @@ def as_meta_matrix(meta, n: int) -> np.ndarray:
 
 def _standard_columns(table: pd.DataFrame, where) -> pd.DataFrame:
     """Rename accepted column names to ``image``/``age``/``sex``/``view`` (missing -> empty)."""
+    import pandas as pd  # late: the ONNX predict path never needs pandas
+
     out = pd.DataFrame(index=table.index)
     for name, aliases in COLUMNS.items():
         found = [c for c in aliases if c in table.columns]
@@ -131,6 +134,8 @@ def _standard_columns(table: pd.DataFrame, where) -> pd.DataFrame:
 
 def read_metadata_csv(path: str | Path) -> pd.DataFrame:
     """A metadata CSV (columns in the module docstring) -> table ``image, age, sex, view``."""
+    import pandas as pd  # late: the ONNX predict path never needs pandas
+
     path = Path(path)
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -181,6 +186,8 @@ def resolve_metadata(files: Sequence[str | Path], table: pd.DataFrame | None = N
     """Age, sex and view for each of ``files``, from (first found wins, per field):
     ``table`` (rows matched by the path as given, else by file name), ``metadata.csv``
     beside the image (when ``beside``), and the file's DICOM tags (when ``dicom``)."""
+    import pandas as pd  # late: the ONNX predict path never needs pandas
+
     from cxrkit.data.dicom import is_dicom
 
     by_key = _index(table) if table is not None else {}
