@@ -86,6 +86,11 @@ def throughput(ck: Path, files: list[Path], args) -> list[dict]:
     for name in names:
         load_s[name], models[name] = timed(lambda n=name: load(ck, precision=n))
     data = load_held_out(models["fp32"])
+    if args.test_images:  # a quick look: the first N test images by name
+        test = data.split.loc[data.split["split"] == "test", "image_id"]
+        keep = set(sorted(set(test) & set(data.prepared.cache.ids))[:args.test_images])
+        data.split = data.split.loc[(data.split["split"] != "test")
+                                    | data.split["image_id"].isin(keep)]
     best: dict[tuple, float] = {}
     outs: dict[tuple, np.ndarray] = {}
     labels = None
@@ -116,6 +121,15 @@ def throughput(ck: Path, files: list[Path], args) -> list[dict]:
     return rows
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of finished child processes: on a loaded machine the
+    honest proxy for what a start-up costs on an idle one (wall time includes waiting)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def startup(ck: Path, image: Path, work: Path, args) -> list[dict]:
     """Median wall time of ``cxrkit predict`` on one image in fresh processes."""
     from cxrkit.export import export_onnx
@@ -130,17 +144,18 @@ def startup(ck: Path, image: Path, work: Path, args) -> list[dict]:
              ("torch backend, auto (cached export)", [str(ck)])]
     rows = []
     for label, argv in cases:
-        times = []
+        times, cpu = [], []
         for i in range(args.startup_runs + 1):  # the first run warms the page cache
             out = work / f"startup-{i}.csv"
             cmd = [sys.executable, "-m", "cxrkit.cli", "predict", *argv, str(image),
                    "--out", str(out), "--no-progress"]
-            t = time.perf_counter()
+            t, c = time.perf_counter(), _children_cpu()
             subprocess.run(cmd, check=True, capture_output=True, env=env)
             if i:
                 times.append(time.perf_counter() - t)
+                cpu.append(_children_cpu() - c)
         rows.append({"case": label, "median": statistics.median(times), "min": min(times),
-                     "runs": len(times)})
+                     "cpu": statistics.median(cpu), "runs": len(times)})
     code = ("import sys, runpy; sys.argv = ['cxrkit'] + sys.argv[1:]\n"
             "try:\n    runpy.run_module('cxrkit.cli', run_name='__main__')\n"
             "except SystemExit:\n    pass\n"
@@ -156,11 +171,27 @@ def startup(ck: Path, image: Path, work: Path, args) -> list[dict]:
 PRECISION_ENV_NAME = "CXRKIT_PRECISION"
 
 
+def load_checkpoint_info(ck: Path) -> str:
+    """How the benchmarked model was made (trained or not), for the table's title."""
+    from cxrkit.engine.checkpoint import load_checkpoint
+
+    c = load_checkpoint(ck)
+    train = ((c.get("config") or {}).get("model") or {}).get("freeze")
+    epoch = c.get("epoch")
+    if train == "no-train":
+        return "untrained (random init): AUROC is chance level, only the equality counts"
+    return f"trained {0 if epoch is None else int(epoch) + 1} epoch(s) from random init"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, help="a trained DenseNet121 run (else trains one)")
     ap.add_argument("--train-epochs", type=int, default=1)
     ap.add_argument("--images", type=int, default=128, help="PNG files for the predict stage")
+    ap.add_argument("--test-images", type=int, default=0,
+                    help="evaluate only the first N test-list images (0: all 785)")
+    ap.add_argument("--work", type=Path, help="keep the prepared sample and run here "
+                    "(default: a temporary folder)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--startup", action="store_true", help="also measure predict start-up")
@@ -174,16 +205,22 @@ def main(argv=None) -> int:
     files = sorted((NIH / "images_256").glob("*.png"))[:args.images]
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no thresholds: flagged at 0.5 (irrelevant here)
-        os.environ.setdefault("CXRKIT_CACHE", str(Path(tmp) / "cache"))
-        ck = args.checkpoint or make_checkpoint(Path(tmp), "densenet121",
-                                                epochs=args.train_epochs)
+        work = args.work or Path(tmp)
+        os.environ.setdefault("CXRKIT_CACHE", str(work / "cache"))
+        ck = args.checkpoint
+        if ck is None:
+            ck = work / "run" / "best.pt"
+            if not ck.exists():
+                ck = make_checkpoint(work, "densenet121", epochs=args.train_epochs)
         if ck.is_dir():
             ck = ck / "best.pt"
         load_avg = os.getloadavg()[0]
         if not args.startup_only:
             rows = throughput(ck, files, args)
+            trained = (load_checkpoint_info(ck))
             print(f"\n## DenseNet121 (224 px) inference on the CPU: {torch.get_num_threads()} "
-                  f"torch threads, load average {load_avg:.1f}, best of {args.repeats}\n")
+                  f"torch threads, load average {load_avg:.1f}, best of {args.repeats}; "
+                  f"{trained}\n")
             print("| stage | precision | images | seconds | images/s | x fp32 eager | "
                   "max abs dp vs fp32 | mean AUROC | load s |")
             print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -199,13 +236,14 @@ def main(argv=None) -> int:
             rows = startup(ck, files[0], Path(tmp), args)
             print(f"\n## One image through `cxrkit predict`, process start to CSV (median "
                   f"of {args.startup_runs} fresh processes, load average {os.getloadavg()[0]:.1f})\n")
-            print("| case | median s | min s |")
-            print("|---|---:|---:|")
+            print("| case | wall s, median | wall s, min | CPU s (user+sys), median |")
+            print("|---|---:|---:|---:|")
             for r in rows:
                 if r["median"] is None:
-                    print(f"| {r['case']} | {r['note']} | |")
+                    print(f"| {r['case']} | {r['note']} | | |")
                 else:
-                    print(f"| {r['case']} | {r['median']:.2f} | {r['min']:.2f} |")
+                    print(f"| {r['case']} | {r['median']:.2f} | {r['min']:.2f} | "
+                          f"{r['cpu']:.2f} |")
     return 0
 
 
