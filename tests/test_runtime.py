@@ -70,6 +70,8 @@ def test_onnxruntime_matches_fp32_for_every_tta_and_is_cached(meta_checkpoint, o
     assert auto.precision["used"] == "onnxruntime" and auto.precision["exported_now"] is False
     assert auto.precision["onnx"] == rec["onnx"]
     assert list(onnx_cache.rglob("*.onnx")) and not list(onnx_cache.rglob("*.tmp"))
+    manifest = json.loads(open(rec["onnx"] + ".json").read())
+    assert manifest["checkpoint_sha256"] == fast.checkpoint_sha256
 
 
 def test_a_changed_checkpoint_gets_its_own_export(meta_checkpoint, onnx_cache, tmp_path):
