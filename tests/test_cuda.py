@@ -15,7 +15,7 @@ Tolerances, and why they are not zero:
   relative: probabilities within ``PROB_ATOL``, AUROC within ``AUROC_ATOL``;
 * SmoothGrad adds Gaussian noise drawn from the *device's* RNG, which differs between CPU
   and CUDA, so the maps agree in distribution, not pixel by pixel: Pearson r >= ``SG_R``
-  (two CPU runs with different seeds give r ~ 0.99 on the phantom model: see the twin).
+  (two CPU runs with different seeds give r ~ 0.95 with 32 samples: see the CPU twin).
 """
 
 from __future__ import annotations
@@ -38,9 +38,15 @@ from cxrkit.engine.checkpoint import load_checkpoint
 from cxrkit.models import create_model, list_models
 
 HAS_CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (bench/gpu/check.sh)")
+#: ``CXRKIT_CUDA_TESTS_ON=cpu`` rehearses the CUDA tests' own code on the CPU (the
+#: comparisons are then CPU against CPU, so it proves the tests run, not the GPU); used
+#: once by hand before the first GPU run, never in make test.
+DEV = os.environ.get("CXRKIT_CUDA_TESTS_ON", "cuda")
+REHEARSAL = DEV == "cpu"
+needs_cuda = pytest.mark.skipif(not (HAS_CUDA or REHEARSAL),
+                                reason="needs a CUDA GPU (bench/gpu/check.sh)")
 
-AUG_ATOL = 3 / 255       # intensity units (0..1), after crop/affine/jitter, before normalising
+AUG_ATOL = 1.5 / 255     # intensity units (0..1), after crop/affine/jitter, before normalising
 AUG_MEAN_ATOL = 0.5 / 255
 PROB_ATOL = 5e-3
 AUROC_ATOL = 0.02
@@ -92,21 +98,30 @@ def test_device_augmentation_path_equals_opencv_path_on_cpu():
 
 @cuda
 def test_gpu_augmentation_equals_cpu_for_the_same_seed():
-    _check_augmentation_agrees(_aug_batch().cuda())
+    _check_augmentation_agrees(_aug_batch().float().div(255).to(DEV))
+    _check_augmentation_agrees(_aug_batch().to(DEV) if not REHEARSAL
+                               else _aug_batch().float().div(255))  # uint8 on the GPU too
     # the engine's own per-epoch CPU generator drives a CUDA batch (it used to raise)
     tf = TrainTransform(64)
-    out = tf(_aug_batch().cuda(), engine._epoch_generator(0, 1))
-    assert out.is_cuda and torch.isfinite(out).all()
+    out = tf(_aug_batch().to(DEV), engine._epoch_generator(0, 1))
+    assert out.device.type == DEV and torch.isfinite(out).all()
 
 
 # -- every registered model trains on CUDA ---------------------------------------------------
+class _Batches(list):
+    """Three ready batches standing in for a DataLoader (the engine reads ``.sampler``)."""
+
+    sampler = None
+
+
 @cuda
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("amp", ["bf16"] if REHEARSAL else ["bf16", "fp16"])
+@pytest.mark.parametrize("name", os.environ.get("CXRKIT_CUDA_TEST_MODELS", "").split(",")
+                         if os.environ.get("CXRKIT_CUDA_TEST_MODELS") else list_models())
 def test_every_model_trains_three_steps(name, amp, tmp_path):
     """Three optimiser steps through the engine's own loop: autocast (+ GradScaler for
     fp16), channels_last, the CPU generator driving CUDA augmentation, finite loss."""
-    dev = torch.device("cuda")
+    dev = torch.device(DEV)
     size = 128
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -118,12 +133,12 @@ def test_every_model_trains_three_steps(name, amp, tmp_path):
     precision = engine.Precision.choose(amp, dev)
     assert precision.dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)
     assert precision.scaler == (amp == "fp16")
-    scaler = torch.amp.GradScaler("cuda") if precision.scaler else None
+    scaler = torch.amp.GradScaler(DEV) if precision.scaler else None
     g = torch.Generator().manual_seed(0)
     n = 8
-    batches = [{"image": torch.randint(0, 256, (n, 1, 144, 144), dtype=torch.uint8, generator=g),
+    batches = _Batches([{"image": torch.randint(0, 256, (n, 1, 144, 144), dtype=torch.uint8, generator=g),
                 "labels": (torch.rand(n, 14, generator=g) < 0.3).float(),
-                "meta": torch.zeros(n, 4), "index": torch.arange(n)} for _ in range(3)]
+                "meta": torch.zeros(n, 4), "index": torch.arange(n)} for _ in range(3)])
     before = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     loss_fn = engine.make_loss("bce").to(dev)
@@ -154,7 +169,7 @@ def test_evaluate_on_cuda_equals_cpu(run_copy, tmp_path):
 
     kw = dict(split="test", bootstrap=50, subgroup_bootstrap=20, progress=False, report=False)
     cpu = evaluate_checkpoint(run_copy, out=tmp_path / "cpu", device="cpu", **kw)
-    gpu = evaluate_checkpoint(run_copy, out=tmp_path / "cuda", device="cuda", **kw)
+    gpu = evaluate_checkpoint(run_copy, out=tmp_path / "cuda", device=DEV, **kw)
     for f in cpu["findings"]:
         a, b = cpu["auroc"][f]["value"], gpu["auroc"][f]["value"]
         if a is None:
@@ -174,7 +189,8 @@ def test_evaluate_on_cuda_equals_cpu(run_copy, tmp_path):
 def loaded_pair(run_copy):
     from cxrkit.inference import load
 
-    return load(run_copy, device="cpu"), (load(run_copy, device="cuda") if HAS_CUDA else None)
+    return load(run_copy, device="cpu"), (load(run_copy, device=DEV)
+                                          if HAS_CUDA or REHEARSAL else None)
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +203,7 @@ def test_predict_on_cuda_equals_cpu(loaded_pair, pngs):
     from cxrkit.predict import predict_files
 
     cpu, gpu = loaded_pair
-    assert next(gpu.model.parameters()).is_cuda
+    assert next(gpu.model.parameters()).device.type == DEV
     a = predict_files(cpu, pngs, progress=False)
     b = predict_files(gpu, pngs, progress=False)
     assert a.n_failed == b.n_failed == 0
@@ -253,6 +269,8 @@ def test_serve_on_cuda_equals_cpu(loaded_pair, pngs):
 @cuda
 def test_kill_and_resume_on_cuda_equals_uninterrupted(phantom_prepared, tmp_path, monkeypatch):
     """As tests/test_train.py's CPU test, on CUDA in bf16, deterministic kernels on."""
+    if REHEARSAL:  # the CPU twin of this test is tests/test_train.py's
+        pytest.skip("rehearsal: covered on the CPU by test_train.py")
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -278,7 +296,7 @@ def test_kill_and_resume_on_cuda_equals_uninterrupted(phantom_prepared, tmp_path
         torch.use_deterministic_algorithms(False)
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "part" / "last.pt")
-    assert json.loads((tmp_path / "full" / "run.json").read_text())["device"].startswith("cuda")
+    assert json.loads((tmp_path / "full" / "run.json").read_text())["device"].startswith(DEV)
     assert a["epoch"] == b["epoch"] == 2
     worst = max(float((a["model"][k].float() - b["model"][k].float()).abs().max())
                 for k in a["model"] if a["model"][k].is_floating_point())
@@ -291,7 +309,7 @@ def test_torch_compile_of_a_train_step(phantom_prepared, tmp_path):
     cfg = run_config(phantom_prepared, tmp_path / "run", "train.compile=true", "train.epochs=1",
                      "train.max_steps_per_epoch=3", "train.amp=bf16")
     summary = engine.fit(cfg, show_progress=False)
-    assert summary["status"] == "completed" and summary["device"].startswith("cuda")
+    assert summary["status"] == "completed" and summary["device"].startswith(DEV)
     row = json.loads((tmp_path / "run" / "run.json").read_text())
     assert np.isfinite(row["best_val_mean_auroc"])
     # the checkpoint holds plain (un-prefixed) weights that load into a fresh model
@@ -313,7 +331,7 @@ def _torchrun_one_process(prepared, out, port: int):
 
 def test_torchrun_one_process_uses_a_gloo_group_on_cpu(phantom_prepared, tmp_path):
     """CPU twin of the NCCL test: one torchrun process still gets a group and DDP."""
-    if HAS_CUDA:
+    if HAS_CUDA or REHEARSAL:
         pytest.skip("with CUDA, torchrun picks nccl: see the cuda test")
     run = _torchrun_one_process(phantom_prepared, tmp_path / "run", 29531)
     assert run["status"] == "completed"
@@ -324,5 +342,5 @@ def test_torchrun_one_process_uses_a_gloo_group_on_cpu(phantom_prepared, tmp_pat
 def test_ddp_through_torchrun_one_process_on_nccl(phantom_prepared, tmp_path):
     run = _torchrun_one_process(phantom_prepared, tmp_path / "run", 29532)
     assert run["status"] == "completed"
-    assert run["backend"] == "nccl" and run["world_size"] == 1
-    assert run["device"] == "cuda:0"
+    assert run["backend"] == ("gloo" if REHEARSAL else "nccl") and run["world_size"] == 1
+    assert run["device"] == ("cpu" if REHEARSAL else "cuda:0")

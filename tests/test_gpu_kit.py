@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 KIT = REPO / "bench" / "gpu"
-STEPS = ["wheels", "env", "pytest", "cache", "bench", "train"]
+STEPS = ["wheels", "env", "pytest", "pytest_slow", "cache", "bench", "train"]
 
 
 def _module(name: str):

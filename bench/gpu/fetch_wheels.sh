@@ -73,7 +73,7 @@ import os; os.remove(tmp); os.remove(src)
 PY
   fi
 done
-got=$(ls "$DEST"/*.whl "$DEST"/*.whl.xz 2>/dev/null | wc -l)
+got=$(find "$DEST" -maxdepth 1 \( -name '*.whl' -o -name '*.whl.xz' \) | wc -l)
 if [[ "$got" -ne "$n" ]]; then
   echo "fetch_wheels: $n packages listed but $got wheels in $DEST (one version of each expected)" >&2
   ls "$DEST" >&2

@@ -53,6 +53,15 @@ def _pytest(path: Path) -> dict | None:
     return {"counts": counts, "cases": cases}
 
 
+def _merge(parts: list[dict | None]) -> dict | None:
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    cases = [c for p in parts for c in p["cases"]]
+    return {"counts": {k: sum(p["counts"][k] for p in parts) for k in parts[0]["counts"]},
+            "cases": cases}
+
+
 def _steps(path: Path) -> list[dict]:
     rows = []
     if path.exists():
@@ -104,7 +113,7 @@ def main() -> int:
     steps = _steps(o / "steps.tsv")
     env = _load(o / "env.json")
     wheels = _load(o / "wheels.json")
-    tests = _pytest(o / "pytest.xml")
+    tests = _merge([_pytest(o / "pytest.xml"), _pytest(o / "pytest_slow.xml")])
     cache = _load(o / "cache.json")
     bench = (_load(o / "bench_train.json") or []) + (_load(o / "bench_train_cudnn_benchmark.json") or [])
     train = None
