@@ -15,7 +15,7 @@ Tolerances, and why they are not zero:
   relative: probabilities within ``PROB_ATOL``, AUROC within ``AUROC_ATOL``;
 * SmoothGrad adds Gaussian noise drawn from the *device's* RNG, which differs between CPU
   and CUDA, so the maps agree in distribution, not pixel by pixel: Pearson r >= ``SG_R``
-  (two CPU runs with different seeds give r ~ 0.95 with 32 samples: see the CPU twin).
+  (two CPU runs with different seeds gave r 0.88-0.95 with 32 samples: see the CPU twin).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ AUG_MEAN_ATOL = 0.5 / 255
 PROB_ATOL = 5e-3
 AUROC_ATOL = 0.02
 CAM_ATOL = 0.05          # Grad-CAM maps are normalised to [0, 1]
-SG_R = 0.9
+SG_R = 0.8               # two CPU seeds gave r 0.88-0.95 (32 samples) on two phantom models
 
 
 def cuda(fn):
