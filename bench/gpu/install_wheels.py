@@ -5,8 +5,9 @@ is importable. For each line of ``bench/gpu/wheels.txt`` it decides (``WHEN``): 
 installs; ``if-missing`` installs only where the image cannot already import the module
 (its own numpy-/protobuf-bound binaries stay). ``NAME.whl.xz`` files (see fetch_wheels.sh)
 are unpacked with :mod:`lzma` first. Then one ``pip install --no-index --no-deps
---target``. A wheel built for another CPython than this one fails loudly, saying what to
-do, before pip is asked; so does a missing wheel.
+--target`` (where the image has no pip, the wheels are unzipped into the folder, which is
+all these pure or self-contained wheels need). A wheel built for another CPython than this
+one fails loudly, saying what to do, before anything is installed; so does a missing wheel.
 
     python bench/gpu/install_wheels.py --target DIR [--plan-only] [--json plan.json]
 
@@ -25,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,7 +144,14 @@ def main() -> int:
                     src = dst
                 files.append(str(src))
             args.target.mkdir(parents=True, exist_ok=True)
-            if files:
+            if files and not importable("pip"):
+                # no pip in the image: a wheel is a zip laid out for site-packages
+                print("no pip here: unpacking the wheels into the target folder")
+                for f in files:
+                    with zipfile.ZipFile(f) as z:
+                        z.extractall(args.target)
+                result["installed"] = [p["spec"] for p in todo]
+            elif files:
                 cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                        "--no-compile", "--disable-pip-version-check", "-q", "--upgrade",
                        "--target", str(args.target), *files]
