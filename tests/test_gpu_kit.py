@@ -26,14 +26,16 @@ def _module(name: str):
 def test_check_sh_dry_run_runs_every_step_and_reports(tmp_path):
     """``check.sh --dry-run`` on the CPU: every step ok, both report files complete.
 
-    The script's own budget is 3 minutes; here it gets 6 because make test runs another
-    pytest worker beside it on the same cores (the report records the seconds it took).
+    The script's own budget is 3 minutes (measured: 2m46 alone on the loaded 2-core
+    development machine); here its limits are tripled because make test runs another
+    pytest worker beside it on the same cores (5.5 minutes under -n 2 there). The report
+    records the seconds it took.
     """
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "BUDGET_S": "360",
-           "CXRKIT_GPU_WORK": str(tmp_path / "work")}
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "BUDGET_S": "600",
+           "STEP_SCALE": "3", "CXRKIT_GPU_WORK": str(tmp_path / "work")}
     done = subprocess.run(["bash", str(KIT / "check.sh"), "--dry-run"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=480)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     rep = json.loads((out / "gpu_report.json").read_text())
     assert [s["step"] for s in rep["steps"]] == STEPS

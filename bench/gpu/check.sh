@@ -21,7 +21,7 @@
 # Everything goes to $OUT/gpu_report.md and $OUT/gpu_report.json (+ each step's log in
 # $OUT/logs/); each step's tail is printed. $OUT defaults to ./gpu-report (git-ignored).
 # Environment: PYTHON (default python3), OUT, BUDGET_S (default 540; dry run 180), WHEELS
-# (default ./.whl),
+# (default ./.whl), STEP_SCALE (multiplies each step's limit: a busy CPU for the dry run),
 # CXRKIT_GPU_WORK (scratch folder; default a new one under /tmp, removed at the end
 # unless KEEP_WORK=1).
 set -uo pipefail
@@ -52,7 +52,7 @@ echo "cxrkit GPU proof kit, mode $MODE, budget ${BUDGET}s, python $PY, out $OUT,
 
 # step NAME LIMIT_S FUNCTION: run FUNCTION under `timeout`, log it, record the outcome
 step() {
-  local name=$1 limit=$2 fn=$3
+  local name=$1 limit=$(( $2 * ${STEP_SCALE:-1} )) fn=$3
   local left=$(( BUDGET - ($(date +%s) - T0) - RESERVE ))
   (( limit > left )) && limit=$left
   echo ""
