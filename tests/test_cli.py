@@ -43,3 +43,25 @@ def test_errors_are_one_clear_line(tmp_path):
     (tmp_path / "rel").mkdir()
     r = run("prepare", tmp_path / "rel", "--out", tmp_path / "out")
     assert r.exit_code == 2 and "no label file" in r.output
+
+
+def test_link_loops_and_broken_links_are_bad_files_not_crashes(tmp_path):
+    rel = tmp_path / "nih"
+    assert run("phantoms", rel, "--patients", 8, "--size", 32, "--seed", 3).exit_code == 0
+    folder = next(rel.rglob("*.png")).parent
+    loop = folder / "loop.png"
+    loop.symlink_to(loop)
+    victim = sorted(folder.glob("*.png"))[2]   # a labelled image becomes a broken link
+    victim.unlink()
+    victim.symlink_to(tmp_path / "elsewhere.png")
+    r = run("validate", rel)
+    assert r.exit_code == 0, r.output
+    assert "2 bad file(s)" in r.output and str(loop) in r.output and str(victim) in r.output
+    assert "symbolic link loop" in r.output and "broken symbolic link" in r.output
+    r = run("prepare", rel, "--out", tmp_path / "prep", "--size", 32, "--workers", 0)
+    assert r.exit_code == 0, r.output
+    import pandas as pd
+    index = pd.read_csv(tmp_path / "prep" / "index.csv")
+    row = index.loc[index["image_id"] == victim.name].iloc[0]
+    assert row["status"] == "error" and "broken symbolic link" in row["error"]
+    assert (index["status"] == "ok").sum() == len(index) - 1

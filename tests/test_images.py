@@ -182,6 +182,56 @@ def test_find_images_on_the_real_sample(nih_sample):
         find_images(nih_sample)  # the 256 px copies and the originals share names
 
 
+def test_find_images_reports_link_loops_and_broken_links_and_goes_on(tmp_path, caplog):
+    good = _touch(tmp_path / "images" / "00000001_000.png")
+    loop = tmp_path / "images" / "00000002_000.png"
+    loop.symlink_to(loop)                                   # points at itself: ELOOP
+    loop_dir = tmp_path / "images" / "sub"
+    loop_dir.symlink_to(loop_dir)                           # a self-pointing "folder"
+    broken = tmp_path / "images" / "00000003_000.png"
+    broken.symlink_to(tmp_path / "gone.png")
+    with caplog.at_level("WARNING", logger="cxrkit.data.images"):
+        found = find_images(tmp_path)
+    assert found["00000001_000.png"] == good
+    assert set(found.bad) == {str(loop), str(loop_dir), str(broken)}
+    assert "symbolic link loop" in found.bad[str(loop)]
+    assert "broken symbolic link" in found.bad[str(broken)]
+    assert str(tmp_path / "gone.png") in found.bad[str(broken)]
+    # image-named bad files stay in the index, so the cache records each one's reason
+    assert found["00000002_000.png"] == loop and found["00000003_000.png"] == broken
+    assert "3 bad file(s)" in caplog.text and str(loop) in caplog.text
+    with pytest.raises(ImageReadError, match="symbolic link loop"):
+        read_xray(loop)
+    with pytest.raises(ImageReadError, match="broken symbolic link"):
+        read_xray(broken)
+
+
+def test_find_images_reports_unreadable_files(tmp_path, monkeypatch):
+    """An unreadable file is a bad file (simulated: the suite may run as root)."""
+    import os
+
+    good = _touch(tmp_path / "00000001_000.png")
+    locked = _touch(tmp_path / "00000002_000.png")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(locked)
+                        else real_access(p, mode, **kw))
+    found = find_images(tmp_path)
+    assert found["00000001_000.png"] == good
+    assert found.bad == {str(locked): "permission denied (not readable)"}
+
+
+def test_read_xray_names_an_unreadable_file(tmp_path, monkeypatch):
+    locked = tmp_path / "x.png"
+    Image.fromarray(_texture(8, 8)).save(locked)
+
+    def deny(*a, **k):
+        raise PermissionError(13, "Permission denied", str(locked))
+
+    monkeypatch.setattr(Image, "open", deny)
+    with pytest.raises(ImageReadError, match="permission denied"):
+        read_xray(locked)
+
+
 def test_find_images_missing_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         find_images(tmp_path / "nowhere")

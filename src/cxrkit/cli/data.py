@@ -42,8 +42,18 @@ def validate(
         typer.echo(f"official split: {len(rel.train_val):,} train_val / {len(rel.test):,} test "
                    "images, no patient in both")
     if images:
-        table = _run(match_images, rel.labels, find_images(root), on_missing="error")
-        typer.echo(f"images: all {len(table):,} on disk")
+        index = _run(find_images, root, warn=False)
+        if index.bad:
+            typer.echo(f"warning: {len(index.bad):,} bad file(s) under {root} (not readable "
+                       "image files; prepare records labelled ones as errors):")
+            for path, reason in list(index.bad.items())[:20]:
+                typer.echo(f"  {path}: {reason}")
+            if len(index.bad) > 20:
+                typer.echo(f"  ... and {len(index.bad) - 20:,} more")
+        table = _run(match_images, rel.labels, index, on_missing="error")
+        n_bad = int(table["path"].isin(index.bad).sum())
+        typer.echo(f"images: all {len(table):,} on disk"
+                   + (f", {n_bad:,} of them bad files (listed above)" if n_bad else ""))
 
 
 def prepare(
