@@ -65,3 +65,51 @@ def test_link_loops_and_broken_links_are_bad_files_not_crashes(tmp_path):
     row = index.loc[index["image_id"] == victim.name].iloc[0]
     assert row["status"] == "error" and "broken symbolic link" in row["error"]
     assert (index["status"] == "ok").sum() == len(index) - 1
+
+
+def test_validate_warns_and_counts_suspicious_boxes(tmp_path):
+    import json
+
+    import pandas as pd
+    rel = tmp_path / "nih"
+    assert run("phantoms", rel, "--patients", 8, "--size", 32, "--seed", 3).exit_code == 0
+    labels = pd.read_csv(rel / "Data_Entry_2017.csv")
+    normal = labels.loc[labels["Finding Labels"] == "No Finding", "Image Index"].iloc[0]
+    sick = labels.loc[labels["Finding Labels"] != "No Finding"].iloc[0]
+    boxed, finding = sick["Image Index"], sick["Finding Labels"].split("|")[0]
+    box = rel / "BBox_List_2017.csv"
+    head = box.read_text().splitlines()[0]
+    box.write_text("\n".join([head, f"{boxed},{finding},-10,5,50,60",
+                              f"{boxed},{finding},1000,5,50,60",
+                              f"{normal},Nodule,10,10,20,20"]) + "\n")
+    r = run("validate", rel)
+    assert r.exit_code == 0, r.output
+    assert "2 box(es) reach outside NIH's 1024x1024 pixel space, lines 2, 3" in r.output
+    assert "box(es) name a finding their image's labels lack" in r.output
+    assert "4" in r.output.split("labels lack, lines ")[1].splitlines()[0]
+    r = run("prepare", rel, "--out", tmp_path / "prep", "--size", 32, "--workers", 0)
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "prep" / "dataset.json").read_text())
+    assert info["box_report"]["n_outside"] == 2 and 4 in info["box_report"]["unlabelled_lines"]
+
+
+def test_a_huge_field_is_cut_in_the_one_line_error(tmp_path):
+    rel = tmp_path / "nih"
+    assert run("phantoms", rel, "--patients", 4, "--size", 32).exit_code == 0
+    csv = rel / "Data_Entry_2017.csv"
+    lines = csv.read_bytes().split(b"\r\n")
+    fields = lines[1].split(b",")
+    fields[1] = b"Mass|" + b"Z" * 5_000_000
+    csv.write_bytes(b"\r\n".join([lines[0], b",".join(fields), *lines[2:]]))
+    r = run("validate", rel)
+    assert r.exit_code == 2 and "line 2, field 'Finding Labels'" in r.output
+    assert len(r.output) < 1000
+
+
+def test_empty_label_file_names_the_file(tmp_path):
+    rel = tmp_path / "nih"
+    rel.mkdir()
+    (rel / "Data_Entry_2017.csv").write_text("")
+    r = run("validate", rel)
+    assert r.exit_code == 2 and str(rel / "Data_Entry_2017.csv") in r.output
+    assert "empty" in r.output

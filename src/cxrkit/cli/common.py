@@ -9,6 +9,8 @@ import warnings
 
 import typer
 
+from cxrkit.messages import shorten
+
 #: Errors the library raises for bad input; the CLI prints them as one line, exit code 2.
 KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError)
 
@@ -28,5 +30,5 @@ def run(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except KNOWN_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {shorten(msg)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None

@@ -35,8 +35,8 @@ def validate(
 
     rel = _run(load_release, root, label_file=labels)
     typer.echo(rel.report.summary())
-    if rel.boxes is not None:
-        typer.echo(f"boxes: {len(rel.boxes):,} on {rel.boxes['image_id'].nunique():,} images")
+    if rel.box_report is not None:
+        typer.echo(rel.box_report.summary())
     if rel.has_official_split:
         _run(official_split, rel.labels, rel.train_val, rel.test, val_fraction=0.0)  # checks leakage
         typer.echo(f"official split: {len(rel.train_val):,} train_val / {len(rel.test):,} test "

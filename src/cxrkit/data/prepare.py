@@ -118,6 +118,7 @@ def prepare(root: str | Path, out: str | Path, *, settings: PreprocessSettings |
         "release_root": str(Path(root).resolve()),
         "files": release.files,
         "label_report": release.report.to_dict(),
+        "box_report": release.box_report.to_dict() if release.box_report else None,
         "images_on_disk": len(table),
         "images_in_labels": len(release.labels),
         "on_missing": on_missing,
