@@ -352,3 +352,9 @@ def test_cli_serve(phantom_run, images, tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert "research use only" in out
+
+
+def test_a_huge_finding_field_is_cut_in_the_422(client, images):
+    r = post(client, "/explain", "x.png", images[4].read_bytes(), finding="Q" * 500_000)
+    assert r.status_code == 422 and "500,000 characters" in r.json()["detail"]
+    assert len(r.text) < 2000

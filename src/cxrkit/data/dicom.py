@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_xray, to_uint8
+from cxrkit.messages import quote
 
 #: File name endings taken as DICOM (files without one are recognised by their preamble).
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -117,7 +118,7 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
                                    "DICOM is not supported)")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric not in _MONOCHROME + _COLOUR:
-        raise ImageReadError(path, f"photometric interpretation {photometric!r} is not "
+        raise ImageReadError(path, f"photometric interpretation {quote(photometric)} is not "
                                    "supported (only MONOCHROME1/2, RGB and YBR)")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:

@@ -32,6 +32,7 @@ from cxrkit.data.splits import (
     random_split,
     save_split,
 )
+from cxrkit.messages import quote
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def make_split(release, *, protocol: str = "official", val_fraction: float = 0.1
         split = random_split(release.labels, fractions=fractions, seed=seed)
         prov = {"protocol": "random", "fractions": list(fractions), "seed": seed}
     else:
-        raise ValueError(f"unknown split protocol {protocol!r}: use 'official' or 'random'")
+        raise ValueError(f"unknown split protocol {quote(protocol)}: use 'official' or 'random'")
     prov["label_file"] = release.report.path
     prov["label_sha256"] = release.report.sha256
     return split, prov

@@ -25,7 +25,7 @@ from cxrkit.data.nih import (
     read_data_entry,
     read_image_list,
 )
-from cxrkit.messages import quote_list
+from cxrkit.messages import quote, quote_list
 
 LABEL_FILE_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv",
                     "Data_Entry_2017.csv.gz", "Data_Entry_2017_v2020.csv.gz")
@@ -134,7 +134,7 @@ def match_images(labels: pd.DataFrame, index: dict[str, Path], *, on_missing: st
     says how many. Image files that no label row names are ignored (counted in a warning).
     """
     if on_missing not in ("error", "drop"):
-        raise ValueError(f"on_missing must be 'error' or 'drop', got {on_missing!r}")
+        raise ValueError(f"on_missing must be 'error' or 'drop', got {quote(on_missing)}")
     paths = labels["image_id"].map(lambda i: index.get(i))
     missing = paths.isna()
     n_missing = int(missing.sum())
