@@ -23,7 +23,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cxrkit.data.images import ImageReadError, PreprocessSettings, preprocess, read_xray
+from cxrkit.data.images import (
+    ImageReadError,
+    PreprocessSettings,
+    check_min_size,
+    preprocess,
+    read_xray,
+)
 from cxrkit.data.nih import write_json_atomic
 
 log = logging.getLogger("cxrkit.data.cache")  # messages belong to the public module
@@ -229,7 +235,7 @@ def _cache_chunk(chunk: list[tuple[int, str]]) -> list[tuple]:
     results = []
     for row, path in chunk:
         try:
-            img = read_xray(path)
+            img = check_min_size(read_xray(path), path)
             out, pmap = preprocess(img, size=s.size, clahe=s.clahe, crop=s.crop,
                                    return_map=True)
             images[row] = out

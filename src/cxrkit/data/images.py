@@ -45,6 +45,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 #: decompression bomb (a small file that claims billions of pixels) before it allocates.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
+#: Shortest side, in pixels, of an image the cache accepts; smaller ones are recorded as
+#: bad images (``status`` error, with the reason) instead of being stretched into the
+#: cache. Why 32: a chest radiograph at 32 px still shows the lungs, heart and diaphragm
+#: (the phantom tests train at 32 px), while a 1 x 1 or 8 x 8 "image" is a thumbnail, an
+#: icon or a broken export, whose stretched pixels would be trained on as an X-ray.
+#: Real files are far larger (NIH's are 1024 px; detector images 2000-4300 px).
+MIN_IMAGE_SIDE = 32
+
 #: Version of the preprocessing algorithms below (crop rule, CLAHE parameters, resize).
 #: Stored with every :class:`PreprocessSettings`; bump it when their output changes, so
 #: old caches are rebuilt and settings from old checkpoints fail loudly, not silently.
@@ -249,6 +257,16 @@ def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
     if arr.ndim != 2:
         raise ImageReadError(path, f"decoded to shape {arr.shape}, expected (H, W)")
     return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def check_min_size(img: np.ndarray, path: str | Path) -> np.ndarray:
+    """``img`` unchanged, or :class:`ImageReadError` when a side is under
+    :data:`MIN_IMAGE_SIDE` pixels (the cache build's guard; see the constant for why)."""
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ImageReadError(path, f"{w}x{h} pixels is below the minimum of {MIN_IMAGE_SIDE} "
+                                   "px a side (too small to be a radiograph)")
+    return img
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
