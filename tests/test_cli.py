@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from cxrkit.cli import app
@@ -113,3 +114,41 @@ def test_empty_label_file_names_the_file(tmp_path):
     r = run("validate", rel)
     assert r.exit_code == 2 and str(rel / "Data_Entry_2017.csv") in r.output
     assert "empty" in r.output
+
+
+
+@pytest.mark.parametrize("args,option", [
+    (("predict", "RUN", "x.png", "--batch-size", 0), "--batch-size"),
+    (("predict", "RUN", "x.png", "--batch-size", -4), "--batch-size"),
+    (("predict", "RUN", "x.png", "--top", -1), "--top"),
+    (("predict", "RUN", "x.png", "--show", -1), "--show"),
+    (("export", "RUN", "--phantoms", -1), "--phantoms"),
+    (("evaluate", "RUN", "--batch-size", 0), "--batch-size"),
+    (("evaluate", "RUN", "--bootstrap", -1), "--bootstrap"),
+    (("evaluate", "RUN", "--subgroup-bootstrap", -1), "--subgroup-bootstrap"),
+    (("compare", "RUN", "--bootstrap", -1), "--bootstrap"),
+    (("explain", "RUN", "x.png", "--batch-size", 0), "--batch-size"),
+    (("explain", "RUN", "x.png", "--top-k", 0), "--top-k"),
+    (("explain", "RUN", "test", "--limit", 0), "--limit"),
+    (("localize", "RUN", "--batch-size", 0), "--batch-size"),
+    (("localize", "RUN", "--limit", 0), "--limit"),
+    (("localize", "RUN", "--threshold", 1.5), "--threshold"),
+    (("localize", "RUN", "--threshold", 0), "--threshold"),
+    (("phantoms", "OUT", "--patients", 0), "--patients"),
+    (("phantoms", "OUT", "--size", 0), "--size"),
+    (("prepare", "REL", "--out", "OUT", "--size", 1), "--size"),
+    (("prepare", "REL", "--out", "OUT", "--workers", -1), "--workers"),
+    (("prepare", "REL", "--out", "OUT", "--val-fraction", 1.0), "--val-fraction"),
+    (("prepare", "REL", "--out", "OUT", "--val-fraction", -0.1), "--val-fraction"),
+    (("split", "PREP", "--out", "x.csv", "--val-fraction", 2), "--val-fraction"),
+    (("stats", "REL", "--out", "OUT", "--val-fraction", -1), "--val-fraction"),
+    (("serve", "RUN", "--port", 70000), "--port"),
+    (("serve", "RUN", "--port", -1), "--port"),
+])
+def test_numeric_options_out_of_range_say_what_is_wrong(tmp_path, args, option):
+    """Checked before anything is read: one line naming the option and its range."""
+    args = [tmp_path / a if a in ("RUN", "OUT", "REL", "PREP") else a for a in args]
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert f"Invalid value for '{option}'" in r.output, r.output
+    assert "Traceback" not in r.output

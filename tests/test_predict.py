@@ -130,3 +130,16 @@ def test_unsupported_tta_and_out_format(run, pngs, tmp_path):
     res = CliRunner().invoke(app, ["predict", str(run), str(pngs[0]), "--out",
                                    str(tmp_path / "x.xlsx")])
     assert res.exit_code == 2 and ".csv or .json" in res.output
+
+
+@pytest.mark.parametrize("batch_size", [0, -4, 2.5])
+def test_batch_size_must_be_a_positive_count(phantom_run, pngs, batch_size):
+    """0 crashed inside range(); a negative one silently predicted nothing."""
+    from cxrkit.predict import load_model, predict_files
+
+    lm = load_model(phantom_run)
+    with pytest.raises(ValueError, match=f"batch_size must be a whole number of images >= 1, "
+                                         f"got {batch_size}"):
+        predict_files(lm, pngs[:3], batch_size=batch_size, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be"):
+        lm.predict(pngs[:3], batch_size=batch_size)

@@ -32,6 +32,7 @@ from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.data.images import PreprocessSettings, preprocess
 from cxrkit.data.transforms import EvalTransform, ten_crop
 from cxrkit.engine.checkpoint import CheckpointError, load_checkpoint
+from cxrkit.messages import require_count
 from cxrkit.thresholds import THRESHOLDS_FILE, find_thresholds, write_thresholds_file
 
 TTA_MODES = ("none", "flip", "tencrop")
@@ -143,6 +144,7 @@ class LoadedModel:
     def predict_logits(self, images: Sequence, meta=None, *, tta: str = "none",
                        batch_size: int = 16) -> np.ndarray:
         """Paths or arrays -> logits ``(N, F)``."""
+        batch_size = require_count(batch_size, "batch_size")
         images = list(images)
         parts = []
         for i in range(0, len(images), batch_size):

@@ -37,6 +37,16 @@ def quote_list(values, n: int = 5, limit: int = QUOTE_LIMIT) -> str:
     return "[" + ", ".join(quote(v, limit) for v in values[:n]) + more + "]"
 
 
+def require_count(value, name: str, minimum: int = 1, unit: str = "images") -> int:
+    """``value`` as an ``int`` if it is a whole number >= ``minimum``; else a ValueError
+    that says so (``batch_size=0`` crashed deep in ``range()``, a negative one silently
+    did nothing)."""
+    if isinstance(value, bool) or not float(value).is_integer() or value < minimum:
+        raise ValueError(f"{name} must be a whole number of {unit} >= {minimum}, "
+                         f"got {quote(value)}")
+    return int(value)
+
+
 def shorten(text: str, limit: int = MESSAGE_LIMIT) -> str:
     """``text`` with its middle cut when longer than ``limit`` (start and end kept)."""
     text = str(text)
@@ -46,4 +56,4 @@ def shorten(text: str, limit: int = MESSAGE_LIMIT) -> str:
     return f"{text[:head]} ... [{len(text) - head - tail:,} characters cut] ... {text[-tail:]}"
 
 
-__all__ = ["MESSAGE_LIMIT", "QUOTE_LIMIT", "quote", "quote_list", "shorten"]
+__all__ = ["MESSAGE_LIMIT", "QUOTE_LIMIT", "quote", "quote_list", "require_count", "shorten"]

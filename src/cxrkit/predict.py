@@ -32,6 +32,7 @@ import numpy as np
 
 from cxrkit.data.dicom import DICOM_EXTENSIONS, is_dicom
 from cxrkit.data.images import IMAGE_EXTENSIONS, ImageReadError
+from cxrkit.messages import require_count
 
 #: File name endings searched for in folders (case-insensitive); files named directly are
 #: always tried, and extension-less files in folders are taken when they start like DICOM.
@@ -219,6 +220,7 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
     """
     from tqdm.auto import tqdm
 
+    batch_size = require_count(batch_size, "batch_size")
     if not isinstance(inputs, Inputs):
         inputs = collect_inputs(inputs)
     findings = tuple(model.findings)

@@ -7,13 +7,18 @@ from typing import Annotated
 
 import typer
 
+from cxrkit.cli.common import FRACTION
 from cxrkit.cli.common import run as _run
+
+#: cxrkit.data.images.MIN_IMAGE_SIDE (not imported here: that module loads OpenCV); the
+#: cache refuses smaller images, so phantoms are made at least this large.
+MIN_SIDE = 32
 
 
 def phantoms(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write an NIH-layout release into")],
-    patients: Annotated[int, typer.Option(help="Number of patients")] = 300,
-    size: Annotated[int, typer.Option(help="Image side in pixels")] = 256,
+    patients: Annotated[int, typer.Option(min=1, help="Number of patients")] = 300,
+    size: Annotated[int, typer.Option(min=MIN_SIDE, help="Image side in pixels")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
 ) -> None:
     """Write synthetic chest radiographs in NIH's exact layout (for demos and tests)."""
@@ -59,16 +64,16 @@ def validate(
 def prepare(
     root: Annotated[Path, typer.Argument(help="Unpacked release (metadata and images)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the cache")],
-    size: Annotated[int, typer.Option(help="Square side of cached images, pixels")] = 256,
+    size: Annotated[int, typer.Option(min=8, max=4096, help="Square side of cached images, pixels")] = 256,
     clahe: Annotated[bool, typer.Option(help="Contrast-limited histogram equalisation")] = False,
     crop: Annotated[bool, typer.Option(help="Crop to the exposed chest region")] = False,
     images_root: Annotated[Path | None, typer.Option(help="Images, if not under ROOT")] = None,
     labels: Annotated[Path | None, typer.Option(help="Label file, if not found under ROOT")] = None,
     on_missing: Annotated[str, typer.Option(help="error | drop (drop writes what it dropped)")] = "error",
     protocol: Annotated[str, typer.Option(help="official | random")] = "official",
-    val_fraction: Annotated[float, typer.Option(help="Validation share of train_val (official)")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(callback=FRACTION, help="Validation share of train_val (official)")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the validation/random split")] = 0,
-    workers: Annotated[int | None, typer.Option(help="Decode processes (default: all cores)")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decode processes (default: all cores; 0: in this process)")] = None,
 ) -> None:
     """Validate, split and decode a release once into a fast image cache."""
     from cxrkit.data.cache import PreprocessSettings
@@ -88,7 +93,7 @@ def split(
     prepared: Annotated[Path, typer.Argument(help="Folder written by `cxrkit prepare`")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Split CSV to write")],
     protocol: Annotated[str, typer.Option(help="official | random")] = "official",
-    val_fraction: Annotated[float, typer.Option(help="Validation share of train_val")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(callback=FRACTION, help="Validation share of train_val")] = 0.1,
     fractions: Annotated[str, typer.Option(help="train,val,test shares (random)")] = "0.7,0.1,0.2",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -112,7 +117,7 @@ def split(
 def stats(
     root: Annotated[Path, typer.Argument(help="A release folder or a prepared folder")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for plots and tables")],
-    val_fraction: Annotated[float, typer.Option(help="Validation share (official split)")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(callback=FRACTION, help="Validation share (official split)")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Prevalence, co-occurrence and demographics per split, as PNG plots and tables."""
