@@ -180,10 +180,14 @@ def _finish(build: PartialBuild, out: Path, ids, paths, settings, fingerprint, i
     })
     index.loc[~ok, list(_GEOMETRY)] = pd.NA  # unknown for files that did not decode
     tmp = out / (INDEX + ".tmp")
-    index.to_csv(tmp, index=False)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out / INDEX)
+    try:
+        index.to_csv(tmp, index=False)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out / INDEX)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the partial build stays resumable
+        raise
     os.replace(build.images_path, out / IMAGES)
     fsync_dir(out)
     seconds = build_info["seconds"]

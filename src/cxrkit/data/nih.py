@@ -429,17 +429,39 @@ def check_list_against_labels(names: list[str], labels: pd.DataFrame, path: str 
         )
 
 
-def write_json_atomic(obj: dict, path: str | Path) -> None:
-    """Write JSON through a temporary file and ``os.replace`` so readers never see half."""
-    path = Path(path)
+class OutputError(RuntimeError):
+    """An output that cannot be written: an unwritable folder or a full disk. The message
+    is one line naming the path and what was needed (write access, or bytes)."""
+
+
+def human_bytes(n: int) -> str:
+    """``491,520 bytes (480 KiB)``: exact, then readable (binary units)."""
+    size, unit = float(n), "bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{int(n):,} bytes" + ("" if unit == "bytes" else f" ({size:.1f} {unit})")
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` then ``os.replace``; on any failure the temporary is removed."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(obj: dict, path: str | Path) -> None:
+    """Write JSON through a temporary file and ``os.replace`` so readers never see half
+    (a failed write, e.g. on a full disk, removes its temporary)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    _write_atomic(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def write_csv_atomic(table: pd.DataFrame, path: str | Path) -> None:
     """Write a table (no index) through a temporary file, like :func:`write_json_atomic`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(path)
+    _write_atomic(Path(path), lambda tmp: table.to_csv(tmp, index=False))
