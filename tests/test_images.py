@@ -314,3 +314,66 @@ def test_preprocess_settings_round_trip_and_validation():
         PreprocessSettings(clahe="yes")
     with pytest.raises(ValueError, match="size"):
         PreprocessSettings(size=0)
+
+
+# ---------------------------------------------------------------- libpng iCCP warnings
+
+_DECODE_SCRIPT = """
+import sys, cv2
+from cxrkit.data.libpng import quiet_iccp_warnings
+from cxrkit.data.images import read_xray
+quiet, rgba, broken = sys.argv[1] == "1", sys.argv[2], sys.argv[3]
+def decode():
+    assert cv2.imread(rgba, cv2.IMREAD_UNCHANGED).shape == (1024, 1024, 4)
+    assert cv2.imread(broken, cv2.IMREAD_UNCHANGED) is None
+    read_xray(rgba)
+    print("python stderr still works", file=sys.stderr)
+if quiet:
+    with quiet_iccp_warnings():
+        decode()
+else:
+    decode()
+"""
+
+
+def test_iccp_warnings_are_silenced_on_fd2_but_real_errors_are_not(nih_sample, tmp_path):
+    """Captured as the process's fd 2 (libpng writes there from C, not via sys.stderr)."""
+    import subprocess
+    import sys
+
+    rgba = nih_sample / "originals/images_001/images/00000004_000.png"   # RGBA + ICC profile
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDRgarbagegarbage")
+
+    def stderr_of(quiet: bool) -> str:
+        r = subprocess.run([sys.executable, "-c", _DECODE_SCRIPT, str(int(quiet)), str(rgba),
+                            str(broken)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    loud = stderr_of(False)
+    assert "libpng warning: iCCP: profile 'ICC Profile'" in loud  # the defect, unfiltered
+    quiet = stderr_of(True)
+    assert "iCCP" not in quiet
+    assert "IHDR" in quiet and "readHeader" in quiet   # OpenCV's error for the broken file
+    assert "python stderr still works" in quiet
+
+
+def test_prepare_on_real_nih_originals_prints_no_libpng_warnings(nih_sample, tmp_path):
+    """The whole `cxrkit prepare` process's fd 2 on the 39 originals (7 with the profile),
+    with a corrupt PNG among them: no iCCP line, the corrupt file still named."""
+    import shutil
+    import subprocess
+    import sys
+
+    images = tmp_path / "rel" / "images_001" / "images"
+    shutil.copytree(nih_sample / "originals" / "images_001" / "images", images)
+    (images / "00000001_001.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    r = subprocess.run([sys.executable, "-m", "cxrkit.cli", "prepare", str(tmp_path / "rel"),
+                        "--labels", str(nih_sample / "meta" / "Data_Entry_2017.csv"),
+                        "--on-missing", "drop", "--protocol", "random", "--size", "64",
+                        "--workers", "1", "--out", str(tmp_path / "prep")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "libpng" not in r.stderr and "iCCP" not in r.stderr
+    assert "00000001_001.png" in r.stderr and "cannot be cached" in r.stderr
