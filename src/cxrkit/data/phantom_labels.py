@@ -48,8 +48,8 @@ from cxrkit.labels import FINDINGS, NO_FINDING
 #: (miss = P(NIH no | radiologists yes), false alarm = P(NIH yes | radiologists no),
 #: radiologist-positive images).
 MEASURED_NOISE: dict[str, tuple[float, float, int]] = {
-    "Atelectasis": (0.782, 0.067, 303), "Cardiomegaly": (0.728, 0.018, 81),
-    "Effusion": (0.615, 0.082, 226), "Infiltration": (0.787, 0.121, 61),
+    "Atelectasis": (0.776, 0.067, 303), "Cardiomegaly": (0.728, 0.018, 81),
+    "Effusion": (0.624, 0.082, 226), "Infiltration": (0.787, 0.121, 61),
     "Mass": (0.667, 0.035, 99), "Nodule": (0.708, 0.046, 130),
     "Pneumonia": (1.000, 0.015, 2), "Pneumothorax": (0.441, 0.056, 136),
     "Consolidation": (0.855, 0.034, 83), "Edema": (1.000, 0.010, 23),

@@ -41,6 +41,7 @@ from cxrkit.explain.localization import draw_boxes
 log = logging.getLogger(__name__)
 
 THUMB = 192
+BATCH = 16      #: images per Grad-CAM pass
 FOLDER = "gallery"
 FILE = "gallery.csv"
 COLUMNS = ["finding", "kind", "rank", "image_id", "patient_id", "probability", "threshold",
@@ -109,20 +110,22 @@ def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_k
     cache = data.prepared.cache
     boxes = data.prepared.boxes_in_pixels()
     meta_all = metadata_vector(test.table) if lm.metadata else None
-    rows = []
-    for j, f in enumerate(tqdm(findings, desc="error gallery", unit="finding",
-                               disable=not progress, leave=False)):
+    picked = []        # (finding index, kind, rank, row): every error image, then one pass
+    for j, f in enumerate(findings):
         chosen = choose_errors(labels[:, j], probs[:, j], thresholds.get(f), per_kind)
-        order = [(kind, rank, i) for kind, idx in chosen.items()
-                 for rank, i in enumerate(idx, 1)]
-        if not order:
-            continue
-        ids = [test.table["image_id"].iloc[i] for _, _, i in order]
+        picked += [(j, kind, rank, i) for kind, idx in chosen.items()
+                   for rank, i in enumerate(idx, 1)]
+    rows = []
+    for a in tqdm(range(0, len(picked), BATCH), desc="error gallery", unit="batch",
+                  disable=not progress or not picked, leave=False):
+        batch = picked[a:a + BATCH]
+        ids = [test.table["image_id"].iloc[i] for _, _, _, i in batch]
         x = torch.from_numpy(np.asarray(cache.images[cache.rows(ids)]))[:, None]
-        meta = None if meta_all is None else meta_all[[i for _, _, i in order]]
-        maps = saliency_maps(lm, x, f, method="gradcam", meta=meta)
-        for (kind, rank, i), image_id, img, hm in zip(order, ids, x[:, 0].numpy(), maps,
-                                                      strict=True):
+        meta = None if meta_all is None else meta_all[[i for _, _, _, i in batch]]
+        maps = saliency_maps(lm, x, [j for j, _, _, _ in batch], method="gradcam", meta=meta)
+        for (j, kind, rank, i), image_id, img, hm in zip(batch, ids, x[:, 0].numpy(), maps,
+                                                         strict=True):
+            f = findings[j]
             p = float(probs[i, j])
             rgb = overlay(img, hm, label=f"{f} {p:.2f}")
             own = [] if boxes is None else [
