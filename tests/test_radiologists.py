@@ -185,6 +185,12 @@ def test_compare_shows_radiologists_per_run(evaluated, tmp_path):
 
 
 # -- the gap: against the truth the model scores higher than against noisy labels --------
+#: Two findings a small CNN learns at 32 px within seconds (measured on this set-up: AUROC
+#: against the truth ~0.9 for both); all 14 at a size where every sign shows would take
+#: minutes to train, and the claim is about the labels, not about these findings.
+GAP_FINDINGS = ["Cardiomegaly", "Emphysema"]
+
+
 @pytest.fixture(scope="module")
 def gap_run(tmp_path_factory):
     """A release where every test image has (true) expert labels, and a model on it."""
@@ -195,57 +201,62 @@ def gap_run(tmp_path_factory):
     from cxrkit.engine.train import fit
 
     root = tmp_path_factory.mktemp("gap")
-    make_phantoms(root / "rel", n_patients=360, image_size=48, seed=5, test_fraction=0.4,
+    make_phantoms(root / "rel", n_patients=700, image_size=32, seed=5, test_fraction=0.5,
                   expert_fraction=(1.0, 0.05), progress=False)
-    prepared = prepare(root / "rel", root / "prep", settings=PreprocessSettings(size=48),
+    prepared = prepare(root / "rel", root / "prep", settings=PreprocessSettings(size=32),
                        workers=0, progress=False, val_fraction=0.2)
     cfg = load_config(None, [f"data.prepared={prepared.root}", f"out={root / 'run'}",
-                             "data.batch_size=32", "model.name=cnn4", "train.epochs=8",
-                             "train.lr=3e-3", "train.threads=2", "train.amp=none",
-                             "train.patience=8", "model.kwargs.drop_rate=0.2"])
+                             f"data.findings=[{','.join(GAP_FINDINGS)}]", "data.batch_size=32",
+                             "model.name=cnn4", "model.kwargs.drop_rate=0.2", "train.epochs=5",
+                             "train.optimizer=adamw", "train.lr=3e-3", "train.scheduler=cosine",
+                             "train.warmup_epochs=0.5", "train.threads=1", "train.amp=none",
+                             "train.patience=5"])
     fit(cfg, show_progress=False)
     evaluate_checkpoint(root / "run", reference="radiologists", gallery=0, report=False,
                         bootstrap=200, subgroup_bootstrap=5, progress=False)
     return root / "run" / "eval" / "test"
 
 
+@pytest.mark.slow
 def test_against_truth_the_model_scores_higher_than_against_noisy_labels(gap_run):
-    """The all-findings files of a phantom hold the truth for the 14 findings.
+    """The all-findings files of a phantom hold the truth (here on every PA test image).
 
     NIH's phantom labels flip the truth independently of the image, so for a score with
     AUROC A against the truth, with a = share of noisy positives that are true positives
     and b = share of noisy negatives that are true negatives (measured here), the
     expected AUROC against the noisy labels is
     ``ab A + (a(1-b) + (1-a)b) / 2 + (1-a)(1-b)(1-A)``, below A whenever A > 1/2. The
-    test checks (1) the observed mean gap over findings is positive with a 95% paired
+    test checks (1) the mean gap over the model's findings is positive with a 95% paired
     patient-bootstrap interval above 0, and (2) it matches that prediction within three
-    bootstrap standard errors: the gap is the label noise, not chance.
+    bootstrap standard errors: the gap is what the label noise predicts, not chance.
     """
     images = pd.read_csv(gap_run / "radiologists_images.csv", dtype={"image_id": str})
-    part = images[(images["set"] == ALL) & images["finding"].isin(
-        [f.replace("_", " ") for f in FINDINGS])]
-    wide = {k: part.pivot(index="image_id", columns="finding", values=k)
+    part = images[(images["set"] == ALL) & images["finding"].isin(GAP_FINDINGS)]
+    wide = {k: part.pivot(index="image_id", columns="finding", values=k)[GAP_FINDINGS]
             for k in ("radiologists", "nih", "score")}
     patients = part.drop_duplicates("image_id").set_index("image_id").loc[
         wide["score"].index, "patient_id"].to_numpy()
-    keep = [f for f in wide["radiologists"].columns
-            if 5 <= wide["radiologists"][f].sum() and 5 <= wide["nih"][f].sum()
-            and wide["radiologists"][f].sum() <= len(patients) - 5]
-    assert len(keep) >= 8, keep
-    truth, noisy = wide["radiologists"][keep].to_numpy(float), wide["nih"][keep].to_numpy(float)
-    score = wide["score"][keep].to_numpy(float)
-    k = len(keep)
+    truth, noisy = wide["radiologists"].to_numpy(float), wide["nih"].to_numpy(float)
+    score = wide["score"].to_numpy(float)
+    assert (truth.sum(0) >= 10).all() and (noisy.sum(0) >= 10).all(), truth.sum(0)
+    k = len(GAP_FINDINGS)
     roc, _ = bootstrap_ranking(np.hstack([truth, noisy]), np.hstack([score, score]), patients,
                                n=300, seed=0)
     a_truth, a_noisy = roc.value[:k], roc.value[k:]
     gap = a_truth.mean() - a_noisy.mean()
     reps = roc.samples[:, :k].mean(1) - roc.samples[:, k:].mean(1)
     reps = reps[np.isfinite(reps)]
-    lo = np.quantile(reps, 0.025)
-    assert a_truth.mean() > 0.6, a_truth      # the model learned something
-    assert gap > 0 and lo > 0, (gap, lo)
-    a = np.array([(truth[noisy[:, j] == 1, j]).mean() for j in range(k)])
-    b = np.array([(1 - truth[noisy[:, j] == 0, j]).mean() for j in range(k)])
+    assert a_truth.mean() > 0.75, a_truth      # the model learned the two signs
+    assert gap > 0 and np.quantile(reps, 0.025) > 0, (gap, np.quantile(reps, 0.025))
+    a = np.array([truth[noisy[:, j] == 1, j].mean() for j in range(k)])
+    b = np.array([1 - truth[noisy[:, j] == 0, j].mean() for j in range(k)])
     expected = a * b * a_truth + (a * (1 - b) + (1 - a) * b) / 2 + (1 - a) * (1 - b) * (1 - a_truth)
     predicted_gap = a_truth.mean() - expected.mean()
     assert abs(gap - predicted_gap) < 3 * reps.std(), (gap, predicted_gap, reps.std())
+    # the section's own numbers are these (same images, same labels, same scores)
+    section = json.loads((gap_run / "radiologists.json").read_text())
+    rec = {f["finding"]: f for f in section["sets"][ALL]["findings"]}
+    for j, f in enumerate(GAP_FINDINGS):
+        assert rec[f]["auroc_radiologists"]["value"] == pytest.approx(a_truth[j])
+        assert rec[f]["auroc_nih"]["value"] == pytest.approx(a_noisy[j])
+    assert not rec["Atelectasis"]["predicted"] and rec["Abnormal"]["predicted"] is False

@@ -12,6 +12,10 @@ tested without the 45 GB download:
   Infiltration spelled ``Infiltrate``; as in NIH, only on test-list images with one of
   the 8 :data:`~cxrkit.labels.BOXED_FINDINGS`, one box per finding, at most 3 per image;
 * ``train_val_list.txt`` / ``test_list.txt``: a patient-disjoint split (sorted names);
+* ``four_findings_expert_labels/``, ``all_findings_expert_labels/``: radiologists' labels
+  in Google's format for a share of the images, holding the *truth* (what was drawn),
+  while ``Data_Entry_2017.csv`` holds NIH-style *noisy* labels (misses and false alarms
+  per finding; :mod:`cxrkit.data.phantom_labels`);
 * ``phantoms_manifest.json``: the settings and versions that made it (not an NIH file).
 
 The images (:func:`render_phantom`) show a chest with soft tissue, lungs, heart,

@@ -48,6 +48,7 @@ from cxrkit.data.expert import (
     model_score,
     nih_label,
 )
+from cxrkit.labels import FINDINGS
 from cxrkit.data.nih import read_data_entry, read_image_list, write_csv_atomic, write_json_atomic
 from cxrkit.metrics import auroc_reference_difference, threshold_metrics, youden_threshold
 
@@ -194,10 +195,13 @@ def _ci(c) -> dict:
     return {"value": _nan(c.value[0]), "lo": _nan(c.lo[0]), "hi": _nan(c.hi[0])}
 
 
-def _frame(pred, findings) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _frame(pred, findings, nih: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """NIH's labels of all 14 findings (from the release's label file when given: a model
+    may predict only some, and Abnormal needs all) and the model's probabilities."""
     ids = pred.table["image_id"].to_numpy()
-    return (pd.DataFrame(pred.labels, columns=findings, index=ids),
-            pd.DataFrame(pred.probs, columns=findings, index=ids))
+    labels = (pd.DataFrame(pred.labels, columns=findings, index=ids) if nih is None else
+              nih.set_index("image_id").loc[ids, list(FINDINGS)].astype(np.float64))
+    return labels, pd.DataFrame(pred.probs, columns=findings, index=ids)
 
 
 def _finding_record(m, s: ExpertSet, images: pd.DataFrame, labels, probs, fit_labels,
@@ -265,8 +269,8 @@ def radiologists_section(expert: ExpertLabels, test, fit, findings, *, split: st
     ``test``/``fit``: :class:`cxrkit.evaluate.predictions.Predictions` of the evaluated
     split and of the split thresholds are chosen on.
     """
-    labels, probs = _frame(test, list(findings))
-    fit_labels, fit_probs = _frame(fit, list(findings))
+    labels, probs = _frame(test, list(findings), expert.nih)
+    fit_labels, fit_probs = _frame(fit, list(findings), expert.nih)
     evaluated = set(test.table["image_id"])
     sets, tables, notes = {}, [], []
     for name, s in expert.sets.items():
