@@ -201,16 +201,16 @@ def gap_run(tmp_path_factory):
     from cxrkit.engine.train import fit
 
     root = tmp_path_factory.mktemp("gap")
-    make_phantoms(root / "rel", n_patients=700, image_size=32, seed=5, test_fraction=0.5,
+    make_phantoms(root / "rel", n_patients=1000, image_size=32, seed=5, test_fraction=0.5,
                   expert_fraction=(1.0, 0.05), progress=False)
     prepared = prepare(root / "rel", root / "prep", settings=PreprocessSettings(size=32),
                        workers=0, progress=False, val_fraction=0.2)
     cfg = load_config(None, [f"data.prepared={prepared.root}", f"out={root / 'run'}",
                              f"data.findings=[{','.join(GAP_FINDINGS)}]", "data.batch_size=32",
-                             "model.name=cnn4", "model.kwargs.drop_rate=0.2", "train.epochs=5",
+                             "model.name=cnn4", "model.kwargs.drop_rate=0.2", "train.epochs=6",
                              "train.optimizer=adamw", "train.lr=3e-3", "train.scheduler=cosine",
                              "train.warmup_epochs=0.5", "train.threads=1", "train.amp=none",
-                             "train.patience=5"])
+                             "train.patience=6"])
     fit(cfg, show_progress=False)
     evaluate_checkpoint(root / "run", reference="radiologists", gallery=0, report=False,
                         bootstrap=200, subgroup_bootstrap=5, progress=False)
