@@ -157,7 +157,7 @@ def test_report_section_and_gallery_are_present_and_self_contained(evaluated):
     assert all((out / p).exists() for p in gallery["overlay"])
     assert (out / "figures" / "roc_radiologists_four_findings.png").exists()
     md = (out / "summary.md").read_text()
-    assert "## Against radiologists" in md and "Nodule or mass" in md
+    assert "## Against radiologists" in md and "| four_findings | Nodule or mass |" in md
 
 
 def test_reference_nih_skips_and_radiologists_requires_the_files(phantom_run, tmp_path):

@@ -238,7 +238,8 @@ def radiologists_markdown(out: str | Path) -> str:
                       f"in the {section['split']} split", "", f"Reference: {rec['reference']}.", ""]
         lines += [f"- {n}" for n in rec.get("notes") or []]
         table = summary_table(rec)
-        if len(table):
+        if len(table):   # the set first: finding names repeat the main table's
+            table.insert(0, "set", name)
             cols = list(table.columns)
             lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
             lines += ["| " + " | ".join(str(v) for v in row) + " |"
