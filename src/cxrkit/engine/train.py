@@ -304,7 +304,8 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
                                          shuffle=False)
     eval_bs = dc.eval_batch_size or 2 * world_batch
     val_loader = make_loader(data.val, batch_size=max(1, eval_bs // d.world_size), shuffle=False,
-                             workers=dc.workers, sampler=val_sampler)
+                             workers=dc.workers, sampler=val_sampler,
+                             pin_memory=device.type == "cuda")
 
     optimizer = _make_optimizer(cfg, model)
     steps = math.ceil(len(data.train) / world_batch / tc.grad_accum)
@@ -376,7 +377,8 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
                     sampler.set_epoch(epoch)
                 loader = make_loader(data.train, batch_size=per_rank, shuffle=True,
                                      seed=tc.seed * 1000 + epoch, workers=dc.workers,
-                                     sampler=sampler, drop_last=len(data.train) > per_rank)
+                                     sampler=sampler, drop_last=len(data.train) > per_rank,
+                                     pin_memory=device.type == "cuda")  # non_blocking copies
                 train_loss, rate, step = train_one_epoch(
                     net, loss_fn, optimizer, loader, train_tf, device=device,
                     precision=precision, scaler=scaler, epoch=epoch, cfg=cfg,
@@ -434,7 +436,7 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
                 "val_images": len(data.val), "parameters": sum(p.numel() for p in model.parameters()),
                 "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "images_per_s": history[-1]["images_per_s"] if history else None,
-                "device": str(device), "world_size": d.world_size,
+                "device": str(device), "world_size": d.world_size, "backend": d.backend or None,
                 "precision": str(precision.dtype), "split": {"path": str(data.split_path),
                                                              "sha256": data.split_sha256},
                 "versions": versions(), "box_fold_moved": 0 if data.moved is None else len(data.moved),

@@ -37,6 +37,8 @@ from cxrkit.data.nih import write_csv_atomic, write_json_atomic
 from cxrkit.data.prepare import Prepared
 from cxrkit.engine.checkpoint import versions
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
+from cxrkit.evaluate.gallery import write_error_gallery
+from cxrkit.evaluate.radiologists import evaluate_against_radiologists
 from cxrkit.evaluate.published import (
     NIH_LABEL_ROWS,
     OFFICIAL_TEST_IMAGES,
@@ -345,7 +347,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                         batch_size: int = 64, subgroup_bootstrap: int = 200,
                         device: str | None = None, precision: str | None = None,
                         progress: bool = True,
-                        report: bool = True) -> dict:
+                        report: bool = True, reference: str = "auto",
+                        expert_labels: str | Path | None = None,
+                        gallery: int = 2) -> dict:
     """Evaluate a checkpoint (or run folder) on one split; returns the ``metrics.json`` dict.
 
     Writes to ``out`` (default :func:`default_out`): metrics.json, auroc/thresholds/
@@ -353,6 +357,12 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
     ``precision``: how the forward passes run (:mod:`cxrkit.runtime`; default auto),
     recorded in metrics.json as ``precision`` (requested, used, parity of the fast path).
+
+    ``reference`` / ``expert_labels``: the section against Google's radiologists
+    (:mod:`cxrkit.evaluate.radiologists`): ``"auto"`` when their files are found under the
+    release root (or in ``expert_labels``), ``"radiologists"`` to require them, ``"nih"``
+    to skip. ``gallery``: the most confident false positives and false negatives shown per
+    finding (:mod:`cxrkit.evaluate.gallery`; 0: none).
     """
     _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap)
     lm = load(checkpoint, device=device, precision=precision)
@@ -394,7 +404,18 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                         calibration=calibration, test=test, tta=tta)
         + ([f"Warning: {lm.tta_note(tta)}"] if lm.tta_note(tta) else []),
     }
+    against = evaluate_against_radiologists(
+        data.prepared, test, fit, findings, out, split=split, fit_split=threshold_split,
+        reference=reference, expert_dir=expert_labels, n=bootstrap, seed=seed,
+        phantom=source == "phantom")
+    if against is not None:
+        metrics["notes"].append("Against radiologists: see radiologists.json and the report's "
+                                "section of that name (Google's expert labels on "
+                                + ", ".join(f"{r['images_in_split']:,} {k} images"
+                                            for k, r in against["sets"].items()) + ").")
     metrics = write_outputs(out, metrics, [test] if fit is test else [test, fit])
+    if gallery:
+        write_error_gallery(lm, data, test, metrics, out, per_kind=gallery, progress=progress)
     chosen = {f: t for f, t in thresholds[threshold_method].items() if t is not None}
     sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "
