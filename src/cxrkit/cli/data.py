@@ -15,8 +15,20 @@ def phantoms(
     patients: Annotated[int, typer.Option(help="Number of patients")] = 300,
     size: Annotated[int, typer.Option(help="Image side in pixels")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
+    like: Annotated[Path | None, typer.Option(
+        help="NIH metadata folder: draw its twin (one phantom per real row, real boxes, lists "
+             "and archive layout; --patients is then ignored)")] = None,
+    fraction: Annotated[float, typer.Option(help="With --like: share of patients kept")] = 1.0,
+    workers: Annotated[int | None, typer.Option(help="With --like: processes (default: all cores)")] = None,
 ) -> None:
     """Write synthetic chest radiographs in NIH's exact layout (for demos and tests)."""
+    if like is not None:
+        from cxrkit.data.twin import make_twin
+
+        release = _run(make_twin, out_dir, like, fraction=fraction, image_size=size, seed=seed,
+                       workers=workers)
+        typer.echo(f"wrote {release}")
+        return
     from cxrkit.data.phantoms import make_phantoms
 
     release = _run(make_phantoms, out_dir, n_patients=patients, image_size=size, seed=seed)
