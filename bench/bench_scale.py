@@ -66,6 +66,7 @@ GOALS = {"growth": 1.25, "peak_anon_gib": 3.0, "validate_s": 10, "stats_s": 15,
          "evaluate_non_forward_s": 90, "report_s": 30, "report_mb": 15, "localize_s": 300}
 PREDICT_FILES = 2000
 EXPLAIN_IMAGES = 64
+BATCH = 128  # data.batch_size in configs/bench_scale.yaml
 
 
 def _tree_sample(proc: psutil.Process, cpu: dict) -> tuple[int, int]:
@@ -143,6 +144,7 @@ class Scale:
         self.env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_MININTERVAL": "10",
                     "PYTHONUNBUFFERED": "1"}
         self.work = work
+        self.train_steps: int | None = None
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -216,18 +218,25 @@ class Scale:
         self.cli("stats", ["stats", str(self.prep), "--out", str(self.dir / "stats")])
 
     def stage_train(self):
-        self.cli("train", ["train", "configs/bench_scale.yaml", "--out", str(self.run_a),
-                           f"data.prepared={self.prep}", "--fresh", "--no-progress"])
+        cap = [f"train.max_steps_per_epoch={self.train_steps}"] if self.train_steps else []
+        r = self.cli("train", ["train", "configs/bench_scale.yaml", "--out", str(self.run_a),
+                               f"data.prepared={self.prep}", *cap, "--fresh", "--no-progress"])
+        r["max_steps"] = self.train_steps  # None: one whole epoch
+        self.save()
 
     def stage_evaluate(self):
         r = self.cli("evaluate", ["evaluate", str(self.run_a), "--split", "test",
                                   "--bootstrap", "1000", "--no-progress"])
         text = (self.dir / "logs" / "evaluate.log").read_text()
-        fwd = re.search(r"forward passes: (\d+) images in ([\d.]+) s", text)
-        rep = re.search(r"report: \S+ \(([\d.]+) MB\) in ([\d.]+) s", text)
+        fwd = re.search(r"forward passes: (\d+) images in ([\d.]+) s(?: \(([\d.]+) s CPU)?", text)
+        rep = re.search(r"report: \S+ \(([\d.]+) MB\) in ([\d.]+) s(?: \(([\d.]+) s CPU)?", text)
         r["forward_s"] = float(fwd.group(2)) if fwd else None
         r["non_forward_s"] = round(r["wall_s"] - r["forward_s"], 2) if fwd else None
+        if fwd and fwd.group(3):  # CPU: the stage's CPU less the forward passes' CPU
+            r["forward_cpu_s"] = float(fwd.group(3))
+            r["non_forward_cpu_s"] = round(r["cpu_s"] - r["forward_cpu_s"], 2)
         r["report_mb"], r["report_s"] = (float(rep.group(1)), float(rep.group(2))) if rep else (None, None)
+        r["report_cpu_s"] = float(rep.group(3)) if rep and rep.group(3) else None
         self.save()
 
     def stage_compare(self):
@@ -264,9 +273,10 @@ class Scale:
         self.cli("export", ["export", str(self.run_a), "--format", "onnx"])
 
 
-def per_image_n(stage: str, c: dict) -> int:
+def per_image_n(stage: str, c: dict, r: dict) -> int:
+    trained = c["train"] if not r.get("max_steps") else min(c["train"], r["max_steps"] * BATCH)
     return {"validate": c["images"], "prepare": c["images"], "stats": c["images"],
-            "train": c["train"] + c["val"], "evaluate": c["test"] + c["val"],
+            "train": trained + c["val"], "evaluate": c["test"] + c["val"],
             "compare": c["test"], "explain": EXPLAIN_IMAGES, "localize": c["box_images"],
             "predict": PREDICT_FILES, "export": 1}[stage]
 
@@ -281,16 +291,17 @@ def summarise(scales: list[Scale]) -> dict:
             r = s.results["stages"].get(stage)
             if r is None:
                 continue
-            n = per_image_n(stage, s.results["counts"])
+            n = per_image_n(stage, s.results["counts"], r)
             row["scales"][str(s.percent)] = {**r, "n": n,
                                              "wall_s_per_1000": round(1000 * r["wall_s"] / n, 3),
                                              "cpu_s_per_1000": round(1000 * r["cpu_s"] / n, 3)}
         have = sorted(row["scales"], key=int)
-        if len(have) >= 2:
-            lo, hi = row["scales"][have[0]], row["scales"][have[-1]]
+        base = "10" if "10" in have and have[-1] != "10" else have[0] if have else None
+        if len(have) >= 2:  # from the 10 % scale (the goal's) where measured, else the smallest
+            lo, hi = row["scales"][base], row["scales"][have[-1]]
             row["growth_wall"] = round(hi["wall_s_per_1000"] / lo["wall_s_per_1000"], 3)
             row["growth_cpu"] = round(hi["cpu_s_per_1000"] / max(lo["cpu_s_per_1000"], 1e-9), 3)
-            row["growth_between"] = f"{have[0]}% -> {have[-1]}%"
+            row["growth_between"] = f"{base}% -> {have[-1]}%"
         rows.append(row)
     return {"rows": rows, "goals": check_goals(rows), "counts": {
         str(s.percent): s.results["counts"] for s in done}, "twin_seconds": {
@@ -312,46 +323,58 @@ def check_goals(rows: list[dict]) -> list[dict]:
             g = min(row["growth_cpu"], row["growth_wall"])
             out.append({"stage": st, "goal": f"per-image cost growth <= {GOALS['growth']}x "
                         "(CPU, or wall if lower)", "value": g, "ok": g <= GOALS["growth"]})
-        for key, field in (("validate_s", "wall_s"), ("stats_s", "wall_s"),
-                           ("localize_s", "wall_s")):
-            if key.startswith(st):
-                out.append({"stage": st, "goal": f"wall <= {GOALS[key]} s",
-                            "value": full[field], "ok": full[field] <= GOALS[key]})
+        # time goals: wall (contended here) and CPU seconds (what an idle machine's wall
+        # would be for a single-threaded stage; a lower bound of nothing, an upper bound
+        # for a stage that uses both cores)
+        for key, wall, cpu in (("validate_s", "wall_s", "cpu_s"), ("stats_s", "wall_s", "cpu_s"),
+                               ("localize_s", "wall_s", "cpu_s"),
+                               ("evaluate_non_forward_s", "non_forward_s", "non_forward_cpu_s"),
+                               ("report_s", "report_s", "report_cpu_s")):
+            if key.split("_")[0] == st or (st == "evaluate" and key == "report_s"):
+                w, c = full.get(wall), full.get(cpu)
+                out.append({"stage": st, "goal": f"{wall} <= {GOALS[key]} s", "value": w,
+                            "ok": w is not None and w <= GOALS[key], "cpu_value": c,
+                            "cpu_ok": c is not None and c <= GOALS[key]})
         if st == "evaluate":
-            for key, field, unit in (("evaluate_non_forward_s", "non_forward_s", "s"),
-                                     ("report_s", "report_s", "s"), ("report_mb", "report_mb", "MB")):
-                v = full.get(field)
-                out.append({"stage": st, "goal": f"{field} <= {GOALS[key]} {unit}",
-                            "value": v, "ok": v is not None and v <= GOALS[key]})
+            v = full.get("report_mb")
+            out.append({"stage": st, "goal": f"report size <= {GOALS['report_mb']} MB",
+                        "value": v, "ok": v is not None and v <= GOALS["report_mb"]})
     return out
 
 
 def table(summary: dict) -> str:
     pct = sorted({p for r in summary["rows"] for p in r["scales"]}, key=int)
-    head = ["stage"] + [f"{p}%: wall s | CPU s | s/1k img (wall) | peak MiB rss/anon"
-                        for p in pct] + ["growth wall", "growth CPU"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = ["stage"] + [f"{p}% {k}" for p in pct for k in (
+        "wall s", "CPU s", "CPU s/1k img", "peak MiB")] + ["growth wall", "growth CPU"]
+    lines = ["peak MiB: resident memory of the process tree without file-backed pages (the "
+             "memory-mapped cache); growth: per-image cost at the largest scale / at 10 %",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
-        cells = [r["stage"]]
+        capped = [f"{p}%: {x['max_steps']} steps" for p, x in r["scales"].items()
+                  if x.get("max_steps")]
+        cells = [r["stage"] + (f" (capped: {', '.join(capped)})" if capped else "")]
         for p in pct:
             x = r["scales"].get(p)
-            cells.append("" if x is None else
-                         f"{x['wall_s']:.1f} | {x['cpu_s']:.1f} | {x['wall_s_per_1000']:.3g} | "
-                         f"{x['peak_rss_mib']}/{x['peak_anon_mib']}")
+            cells += ["", "", "", ""] if x is None else [
+                f"{x['wall_s']:.1f}", f"{x['cpu_s']:.1f}", f"{x['cpu_s_per_1000']:.3g}",
+                f"{x['peak_anon_mib']}"]
         cells += [str(r.get("growth_wall", "")), str(r.get("growth_cpu", ""))]
         lines.append("| " + " | ".join(cells) + " |")
     ev = next((r for r in summary["rows"] if r["stage"] == "evaluate"), None)
     if ev and ev["scales"]:
         lines += ["", "| evaluate | " + " | ".join(f"{p}%" for p in pct) + " |",
                   "|---|" + "---|" * len(pct)]
-        for key in ("n", "forward_s", "non_forward_s", "report_s", "report_mb"):
+        for key in ("n", "forward_s", "forward_cpu_s", "non_forward_s", "non_forward_cpu_s",
+                    "report_s", "report_cpu_s", "report_mb"):
             lines.append(f"| {key} | " + " | ".join(
                 str(ev["scales"].get(p, {}).get(key, "")) for p in pct) + " |")
     if summary["goals"]:
-        lines += ["", "| goal at 100 % | stage | value | met |", "|---|---|---|---|"]
+        lines += ["", "| goal at 100 % | stage | value (wall) | met | CPU s | met on CPU s |",
+                  "|---|---|---|---|---|---|"]
+        yes = {True: "yes", False: "**no**", None: ""}
         for g in summary["goals"]:
-            lines.append(f"| {g['goal']} | {g['stage']} | {g['value']} | "
-                         f"{'yes' if g['ok'] else '**no**'} |")
+            lines.append(f"| {g['goal']} | {g['stage']} | {g['value']} | {yes[g['ok']]} | "
+                         f"{g.get('cpu_value', '')} | {yes[g.get('cpu_ok')]} |")
     counts = summary["counts"]
     lines += ["", "images per scale: " + "; ".join(
         f"{p}%: {c['images']:,} ({c['train']:,} train / {c['val']:,} val / {c['test']:,} test, "
@@ -371,6 +394,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--report-only", action="store_true", help="only summarise what is cached")
+    ap.add_argument("--train-steps", default="",
+                    help="PERCENT:STEPS,... cap the train stage's epoch at a scale (when one "
+                         "epoch does not fit the time there); recorded in the results")
     args = ap.parse_args()
     wanted = STAGES if args.stages is None else tuple(args.stages.split(","))
     unknown = set(wanted) - set(STAGES)
@@ -384,6 +410,9 @@ def main() -> None:
         if p not in percents:
             scales.append(Scale(p, args.work, args.like, args.size, args.seed))
     scales.sort(key=lambda s: s.percent)
+    caps = dict(x.split(":") for x in args.train_steps.split(",") if x)
+    for s in scales:
+        s.train_steps = int(caps[str(s.percent)]) if str(s.percent) in caps else None
     for s in scales:
         if args.report_only or s.percent not in percents:
             continue

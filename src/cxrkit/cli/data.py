@@ -22,6 +22,8 @@ def phantoms(
     workers: Annotated[int | None, typer.Option(help="With --like: processes (default: all cores)")] = None,
 ) -> None:
     """Write synthetic chest radiographs in NIH's exact layout (for demos and tests)."""
+    if like is None and (fraction != 1.0 or workers is not None):
+        raise typer.BadParameter("--fraction and --workers apply to a twin: add --like META_DIR")
     if like is not None:
         from cxrkit.data.twin import make_twin
 
