@@ -418,13 +418,18 @@ def main() -> None:
             continue
         m = s.ensure_twin()
         s.results["twin_seconds"] = m.get("seconds")
-        for stage in STAGES:
-            needed = stage == "prepare" and not (s.prep / "dataset.json").exists() or \
-                stage == "train" and not (s.run_a / "best.pt").exists()
-            if stage in wanted and (args.stages is not None or stage not in s.results["stages"]) \
-                    or needed:
-                s.run_stage(stage)
-            if stage == "prepare":
+        # all stages in order by default; with --stages, those named, in the order named
+        # (the prepared cache and the trained run first where they are missing)
+        order = [st for st in STAGES if st not in s.results["stages"]] if args.stages is None \
+            else list(wanted)
+        if not (s.prep / "dataset.json").exists() and "prepare" not in order:
+            order.insert(0, "prepare")
+        if not (s.run_a / "best.pt").exists() and "train" not in order and any(
+                st in order for st in STAGES[4:]):
+            order.insert(order.index("prepare") + 1 if "prepare" in order else 0, "train")
+        for stage in order:
+            s.run_stage(stage)
+            if stage == "prepare" or "counts" not in s.results:
                 s.results["counts"] = s.counts()
                 s.save()
     summary = summarise(scales)
