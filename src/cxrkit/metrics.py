@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def _per_finding(fn, y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
@@ -34,11 +33,15 @@ def _per_finding(fn, y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
 
 def auroc_per_finding(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     """AUROC per column of ``(N, F)`` arrays; NaN where a column has one class only."""
+    from sklearn.metrics import roc_auc_score  # late: importing scikit-learn costs ~2 s
+
     return _per_finding(roc_auc_score, y_true, y_score)
 
 
 def auprc_per_finding(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     """Average precision (area under the PR curve) per column; NaN where undefined."""
+    from sklearn.metrics import average_precision_score
+
     return _per_finding(average_precision_score, y_true, y_score)
 
 
@@ -284,6 +287,33 @@ def paired_auroc_difference(y_true, score_a, score_b, groups, *, n: int = 1000, 
         m_lo, m_hi, _ = _percentile_ci(means[:, None], np.array([m_value]), level, min_valid)
         mean = {"value": m_value, "lo": float(m_lo[0]), "hi": float(m_hi[0])}
     return {"value": value, "lo": lo, "hi": hi, "mean": mean}
+
+
+def auroc_reference_difference(y_a, y_b, y_score, groups, *, n: int = 1000, seed: int = 0,
+                               level: float = 0.95, min_valid: float = 0.5) -> dict:
+    """One score's AUROC against reference ``y_a`` minus its AUROC against ``y_b``.
+
+    The counterpart of :func:`paired_auroc_difference` for one model and two label sets
+    on the same images (e.g. radiologists vs NIH's text-mined labels): both AUROCs come
+    from one :func:`bootstrap_ranking` call on the two label columns, so they share every
+    patient resample and the interval is that of the paired difference. Returns ``a`` and
+    ``b`` (:class:`BootstrapCI` with one column each) and ``value``, ``lo``, ``hi`` of
+    the difference (NaN where undefined).
+    """
+    y = np.column_stack([np.asarray(y_a, np.float64), np.asarray(y_b, np.float64)])
+    s = np.asarray(y_score, np.float64)
+    roc, _ = bootstrap_ranking(y, np.column_stack([s, s]), groups, n=n, seed=seed, level=level,
+                               min_valid=min_valid)
+    value = roc.value[:1] - roc.value[1:]
+    lo, hi, _ = _percentile_ci(roc.samples[:, :1] - roc.samples[:, 1:], value, level, min_valid)
+
+    def one(j: int) -> BootstrapCI:
+        return BootstrapCI(value=roc.value[j:j + 1], lo=roc.lo[j:j + 1], hi=roc.hi[j:j + 1],
+                           valid=roc.valid[j:j + 1], samples=roc.samples[:, j:j + 1],
+                           n=roc.n, level=level, min_valid=min_valid)
+
+    return {"a": one(0), "b": one(1), "value": float(value[0]), "lo": float(lo[0]),
+            "hi": float(hi[0])}
 
 
 def _known(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:

@@ -16,15 +16,18 @@ def evaluate(
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none | flip | tencrop")] = "none",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/eval/SPLIT[-TTA]")] = None,
     prepared: Annotated[Path | None, typer.Option(help="Prepared folder, if moved since training")] = None,
-    bootstrap: Annotated[int, typer.Option(help="Patient-bootstrap resamples for the CIs")] = 1000,
-    subgroup_bootstrap: Annotated[int, typer.Option(help="Resamples per subgroup")] = 200,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Patient-bootstrap resamples for the CIs")] = 1000,
+    subgroup_bootstrap: Annotated[int, typer.Option(min=0, help="Resamples per subgroup")] = 200,
     seed: Annotated[int, typer.Option(help="Bootstrap seed")] = 0,
     temperature: Annotated[bool, typer.Option(help="Fit a temperature on the threshold split")] = True,
     threshold_method: Annotated[str, typer.Option(help="Thresholds for predict: youden | max_f1")] = "youden",
     threshold_split: Annotated[str, typer.Option(help="Fit thresholds/temperature on: val | train")] = "val",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cpu)")] = None,
     report: Annotated[bool, typer.Option(help="Also write report.html and summary.md")] = True,
+    reference: Annotated[str, typer.Option(help="auto (radiologists' labels when found) | radiologists | nih")] = "auto",
+    expert_labels: Annotated[Path | None, typer.Option(help="Folder of Google's expert labels (default: under the release root)")] = None,
+    gallery: Annotated[int, typer.Option(help="Error gallery: most confident FPs and FNs per finding (0: none)")] = 2,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
     """Evaluate a checkpoint: AUROC with patient-bootstrap CIs, thresholds, calibration, subgroups."""
@@ -36,7 +39,8 @@ def evaluate(
              bootstrap=bootstrap, subgroup_bootstrap=subgroup_bootstrap, seed=seed,
              temperature=temperature, threshold_method=threshold_method,
              threshold_split=threshold_split, batch_size=batch_size, device=device,
-             report=report, progress=progress)
+             report=report, progress=progress, reference=reference,
+             expert_labels=expert_labels, gallery=gallery)
     mean = m["mean_auroc"]
     if mean["value"] is None:
         text = "undefined"
@@ -55,7 +59,7 @@ def compare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the comparison")] = Path("comparison"),
     split: Annotated[str, typer.Option(help="Split whose evaluations are compared")] = "test",
     tta: Annotated[str, typer.Option(help="Test-time augmentation of those evaluations")] = "none",
-    bootstrap: Annotated[int, typer.Option(help="Patient-bootstrap resamples (paired differences)")] = 1000,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Patient-bootstrap resamples (paired differences)")] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed")] = 0,
     evaluate_missing: Annotated[bool, typer.Option(help="Evaluate runs not yet evaluated")] = True,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrkit.preprocessing import Preprocessing
+
 
 @dataclass(frozen=True)
 class AugmentSettings:
@@ -146,18 +148,27 @@ class TrainTransform(nn.Module):
         return theta
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
-        n = images.shape[0]
-        theta = self.sample_theta(n, generator, images.device)
-        if images.device.type == "cpu" and images.dtype == torch.uint8:
+        """Augment a batch; random parameters come from ``generator`` on *its* device.
+
+        Drawing them where the generator lives (then moving the few numbers to the batch's
+        device) is what lets training pass its per-epoch CPU generator with a CUDA batch --
+        ``torch.rand(generator=cpu_gen, device="cuda")`` raises -- and makes a CUDA batch
+        get exactly the crops and jitter the CPU path gives for the same seed.
+        """
+        n, dev = images.shape[0], images.device
+        rdev = generator.device if generator is not None else dev
+        theta = self.sample_theta(n, generator, rdev).to(dev)
+        a = self.augment
+        shape = (n, 1, 1, 1)
+        contrast = 1 + a.contrast * (2 * torch.rand(shape, generator=generator, device=rdev) - 1)
+        bright = a.brightness * (2 * torch.rand(shape, generator=generator, device=rdev) - 1)
+        contrast, bright = contrast.to(dev), bright.to(dev)
+        if dev.type == "cpu" and images.dtype == torch.uint8:
             x = warp_uint8_cpu(images, theta, self.size).float().div_(255.0)
         else:
             x = to_unit_float(images)
             grid = affine_grid(theta.to(x.dtype), self.size)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        a = self.augment
-        shape = (n, 1, 1, 1)
-        contrast = 1 + a.contrast * (2 * torch.rand(shape, generator=generator, device=x.device) - 1)
-        bright = a.brightness * (2 * torch.rand(shape, generator=generator, device=x.device) - 1)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         # (x - mean) * contrast + mean + bright, as one fused multiply-add, in place
         x = torch.addcmul(mean * (1 - contrast) + bright, x, contrast).clamp_(0, 1)
@@ -208,9 +219,21 @@ def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack(tvf.ten_crop(images, [size, size]), 1)
 
 
-def presets(*, size: int, mean: float = 0.5, std: float = 0.25, channels: int = 1,
-            resize: int | None = None, augment: AugmentSettings | None = None):
-    """The one place train and eval geometry is defined: ``(train, eval)`` transforms."""
-    train = TrainTransform(size, mean=mean, std=std, channels=channels, augment=augment)
-    evaluate = EvalTransform(size, resize=resize, mean=mean, std=std, channels=channels)
-    return train, evaluate
+def eval_transform(p: Preprocessing) -> EvalTransform:
+    """The evaluation transform of a preprocessing contract (resize, centre crop, normalise)."""
+    return EvalTransform(p.input_size, resize=p.eval_resize, mean=p.mean, std=p.std,
+                         channels=p.channels)
+
+
+#: Augmentation ranges that leave the image as it is (``data.augment=false``): the whole
+#: cache image resized to the input size.
+NO_AUGMENT = AugmentSettings(scale=(1, 1), ratio=(1, 1), rotate_deg=0, translate=0,
+                             brightness=0, contrast=0, hflip=False)
+
+
+def presets(p: Preprocessing, *, augment: AugmentSettings | None = None):
+    """The one place train and eval geometry is built: ``(train, eval)`` transforms of the
+    preprocessing contract ``p`` (its ``input_size``, ``eval_resize``, mean/std, channels)."""
+    train = TrainTransform(p.input_size, mean=p.mean, std=p.std, channels=p.channels,
+                           augment=augment)
+    return train, eval_transform(p)

@@ -29,7 +29,7 @@ from cxrkit.config import RunConfig
 from cxrkit.data.dataset import META_FEATURES, CXRDataset, make_loader
 from cxrkit.data.prepare import load_prepared
 from cxrkit.data.splits import box_fold, load_split, split_provenance
-from cxrkit.data.transforms import AugmentSettings, presets
+from cxrkit.data.transforms import NO_AUGMENT, AugmentSettings, presets
 from cxrkit.engine import distributed
 from cxrkit.engine.checkpoint import (
     load_checkpoint,
@@ -42,6 +42,7 @@ from cxrkit.engine.losses import make_loss, positive_weights
 from cxrkit.engine.runlog import plot_curves, write_history
 from cxrkit.labels import resolve_findings
 from cxrkit.metrics import auroc_per_finding, mean_defined
+from cxrkit.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -283,13 +284,6 @@ def _make_scheduler(cfg: RunConfig, optimizer, steps_per_epoch: int):
     return sched, sched.step
 
 
-def _preprocess_record(cfg: RunConfig, data: RunData, model, size: int, resize: int | None):
-    mc = model.cxr_config
-    return {"cache": data.prepared.cache.settings.to_dict(), "input_size": size,
-            "eval_resize": resize, "mean": float(mc.mean), "std": float(mc.std),
-            "channels": int(cfg.model.in_chans)}
-
-
 def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> dict:
     """Train (or, with ``model.freeze=no-train``, only evaluate) and write the run folder.
 
@@ -313,11 +307,9 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
     data = load_data(cfg, run_dir if d.is_main else None)
     model = build_model(cfg, data).to(device)
     mcfg = model.cxr_config
-    size = dc.image_size or data.prepared.cache.size
+    preprocessing = Preprocessing.for_run(cfg, data.prepared.cache.settings, model)
     train_tf, eval_tf = presets(
-        size=size, resize=dc.eval_resize, mean=mcfg.mean, std=mcfg.std, channels=cfg.model.in_chans,
-        augment=AugmentSettings(hflip=dc.hflip) if dc.augment else AugmentSettings(
-            scale=(1, 1), ratio=(1, 1), rotate_deg=0, translate=0, brightness=0, contrast=0))
+        preprocessing, augment=AugmentSettings(hflip=dc.hflip) if dc.augment else NO_AUGMENT)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     precision = Precision.choose(tc.amp, device)
@@ -336,7 +328,8 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
                                          shuffle=False)
     eval_bs = dc.eval_batch_size or 2 * world_batch
     val_loader = make_loader(data.val, batch_size=max(1, eval_bs // d.world_size), shuffle=False,
-                             workers=dc.workers, sampler=val_sampler)
+                             workers=dc.workers, sampler=val_sampler,
+                             pin_memory=device.type == "cuda")
 
     optimizer = _make_optimizer(cfg, model)
     steps = math.ceil(len(data.train) / world_batch / tc.grad_accum)
@@ -354,7 +347,7 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
     if cfg.model.box_supervision > 0:
         from cxrkit.engine.box_supervision import box_supervision_loss
 
-        aux = box_supervision_loss(cfg, data, size)
+        aux = box_supervision_loss(cfg, data, preprocessing)
 
     start_epoch, step, best, history, bad_epochs = 0, 0, -math.inf, [], 0
     last = run_dir / "last.pt"
@@ -382,7 +375,7 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
         return {
             "model": model.state_dict(), "model_config": mcfg.to_dict(),
             "findings": list(data.findings),
-            "preprocess": _preprocess_record(cfg, data, model, size, dc.eval_resize),
+            "preprocess": preprocessing.to_dict(),
             "config": cfg.to_dict(),
             "split": {"path": str(data.split_path), "sha256": data.split_sha256},
             "versions": versions(),
@@ -408,7 +401,8 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
                     sampler.set_epoch(epoch)
                 loader = make_loader(data.train, batch_size=per_rank, shuffle=True,
                                      seed=tc.seed * 1000 + epoch, workers=dc.workers,
-                                     sampler=sampler, drop_last=len(data.train) > per_rank)
+                                     sampler=sampler, drop_last=len(data.train) > per_rank,
+                                     pin_memory=device.type == "cuda")  # non_blocking copies
                 train_loss, rate, step = train_one_epoch(
                     net, loss_fn, optimizer, loader, train_tf, device=device,
                     precision=precision, scaler=scaler, epoch=epoch, cfg=cfg,
@@ -466,7 +460,7 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
                 "val_images": len(data.val), "parameters": sum(p.numel() for p in model.parameters()),
                 "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "images_per_s": history[-1]["images_per_s"] if history else None,
-                "device": str(device), "world_size": d.world_size,
+                "device": str(device), "world_size": d.world_size, "backend": d.backend or None,
                 "precision": str(precision.dtype), "split": {"path": str(data.split_path),
                                                              "sha256": data.split_sha256},
                 "versions": versions(), "box_fold_moved": 0 if data.moved is None else len(data.moved),

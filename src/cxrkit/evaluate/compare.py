@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkit.data.nih import write_csv_atomic
+from cxrkit.evaluate.compare_radiologists import radiologists_comparison
 from cxrkit.evaluate.core import default_out, evaluate_checkpoint
 from cxrkit.evaluate.plots import _figure
 from cxrkit.evaluate.report import CSS, RESEARCH_USE, _ci, _img, _table
@@ -219,10 +220,17 @@ def compare_runs(paths, *, out: str | Path, split: str = "test", tta: str = "non
     out.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(summary, out / "comparison.csv")
     write_csv_atomic(per_finding, out / "per_finding.csv")
+    experts, expert_notes = radiologists_comparison(
+        [(r.name, default_out(r.checkpoint, split, tta)) for r in runs], bootstrap=bootstrap,
+        seed=seed)
+    if len(experts):
+        write_csv_atomic(experts, out / "radiologists.csv")
     fig = comparison_figure(runs)
     fig.savefig(out / "comparison.png")
     md = "\n\n".join([f"# Comparison on the {split} split", _markdown(summary),
-                      _markdown(per_finding), "\n".join(f"- {n}" for n in notes)])
+                      _markdown(per_finding), "\n".join(f"- {n}" for n in notes)]
+                     + (["## Against radiologists", _markdown(experts),
+                         "\n".join(f"- {n}" for n in expert_notes)] if len(experts) else []))
     (out / "comparison.md").write_text(md + "\n")
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cxrkit "
             f"comparison</title><style>{CSS}</style></head><body><main><h1>Comparison on the "
@@ -230,7 +238,11 @@ def compare_runs(paths, *, out: str | Path, split: str = "test", tta: str = "non
             + "".join(f"<div class='warn'>{html.escape(n)}</div>" for n in notes)
             + "<h2>Runs</h2>" + _table(summary) + "<h2>Per finding</h2>" + _table(per_finding)
             + "<figure>" + _img(out / "comparison.png", "per-finding AUROC by run")
-            + "</figure></main></body></html>")
+            + "</figure>"
+            + ("<h2>Against radiologists</h2>" + "".join(
+                f"<p>{html.escape(n)}</p>" for n in expert_notes) + _table(experts)
+               if len(experts) else "")
+            + "</main></body></html>")
     (out / "comparison.html").write_text(page)
     return out
 

@@ -38,6 +38,8 @@ from cxrkit.data.nih import write_csv_atomic, write_json_atomic
 from cxrkit.data.prepare import Prepared
 from cxrkit.engine.checkpoint import versions
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
+from cxrkit.evaluate.gallery import write_error_gallery
+from cxrkit.evaluate.radiologists import evaluate_against_radiologists
 from cxrkit.evaluate.published import (
     NIH_LABEL_ROWS,
     OFFICIAL_TEST_IMAGES,
@@ -345,12 +347,20 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                         threshold_method: str = "youden", threshold_split: str = "val",
                         batch_size: int = 64, subgroup_bootstrap: int = 200,
                         device: str | None = None, progress: bool = True,
-                        report: bool = True) -> dict:
+                        report: bool = True, reference: str = "auto",
+                        expert_labels: str | Path | None = None,
+                        gallery: int = 2) -> dict:
     """Evaluate a checkpoint (or run folder) on one split; returns the ``metrics.json`` dict.
 
     Writes to ``out`` (default :func:`default_out`): metrics.json, auroc/thresholds/
     calibration/subgroups/published CSVs, predictions of the evaluated and threshold
     splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
+
+    ``reference`` / ``expert_labels``: the section against Google's radiologists
+    (:mod:`cxrkit.evaluate.radiologists`): ``"auto"`` when their files are found under the
+    release root (or in ``expert_labels``), ``"radiologists"`` to require them, ``"nih"``
+    to skip. ``gallery``: the most confident false positives and false negatives shown per
+    finding (:mod:`cxrkit.evaluate.gallery`; 0: none).
     """
     _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap)
     lm = load(checkpoint, device=device)
@@ -380,7 +390,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "checkpoint": str(lm.checkpoint),
         "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(lm.checkpoint.parent),
         "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
-        "split_protocol": data.protocol, "tta": tta, "n_images": len(test.table),
+        "split_protocol": data.protocol, "tta": tta, "tta_mirror": _tta_mirror(lm, tta),
+        "n_images": len(test.table),
         "n_patients": int(test.table["patient_id"].nunique()), "findings": findings,
         "model": (config.get("model") or {}).get("name", type(lm.model).__name__),
         "epoch": None if epoch is None else int(epoch) + 1,
@@ -391,9 +402,21 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "published": published_rows(findings, run),
         "notes": _notes(source=source, split=split, fit_split=threshold_split, data=data,
                         mean=mean, auroc=auroc, bootstrap=bootstrap,
-                        calibration=calibration, test=test, tta=tta),
+                        calibration=calibration, test=test, tta=tta)
+        + ([f"Warning: {lm.tta_note(tta)}"] if lm.tta_note(tta) else []),
     }
+    against = evaluate_against_radiologists(
+        data.prepared, test, fit, findings, out, split=split, fit_split=threshold_split,
+        reference=reference, expert_dir=expert_labels, n=bootstrap, seed=seed,
+        phantom=source == "phantom")
+    if against is not None:
+        metrics["notes"].append("Against radiologists: see radiologists.json and the report's "
+                                "section of that name (Google's expert labels on "
+                                + ", ".join(f"{r['images_in_split']:,} {k} images"
+                                            for k, r in against["sets"].items()) + ").")
     metrics = write_outputs(out, metrics, [test] if fit is test else [test, fit])
+    if gallery:
+        write_error_gallery(lm, data, test, metrics, out, per_kind=gallery, progress=progress)
     chosen = {f: t for f, t in thresholds[threshold_method].items() if t is not None}
     sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "
@@ -410,6 +433,18 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                  Path(html).stat().st_size / 1e6, time.perf_counter() - started,
                  time.process_time() - cpu)
     return metrics
+
+
+def _tta_mirror(lm, tta: str) -> dict:
+    """What ``metrics.json`` records about mirrored test-time views (see
+    :func:`cxrkit.preprocessing.mirrored_tta_note`: cxrkit warns, it does not refuse)."""
+    mirrored = tta in ("flip", "tencrop")
+    note = lm.tta_note(tta)
+    return {"mirrored_views": mirrored, "trained_with_hflip": lm.preprocessing.hflip,
+            "decision": "warned: model trained without flips" if note
+            else ("consistent: model trained with flips" if mirrored and lm.preprocessing.hflip
+                  else "no mirrored views" if not mirrored else "unknown training flips"),
+            "note": note}
 
 
 def _fmt(m: dict) -> str:

@@ -287,7 +287,8 @@ def _kpis(metrics: dict, run: dict) -> str:
                                          for k, v in items) + "</div>"
 
 
-def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path]) -> str:
+def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
+                extra_sections: tuple[str, ...] = ()) -> str:
     run = _read_json(run_dir / "run.json")
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
     split, fit = metrics["split"], metrics["thresholds"]["chosen_on"]
@@ -350,6 +351,7 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path]) -> str:
     loc = localization_section(run_dir)
     if loc:
         s.append("<h2>Localisation against NIH's boxes</h2>" + loc)
+    s += [x for x in extra_sections if x]   # e.g. against radiologists, error gallery
     s.append("<h2>Configuration and provenance</h2>")
     prov = {k: metrics[k] for k in ("checkpoint", "checkpoint_sha256", "prepared", "split_file",
                                     "split_protocol", "bootstrap")}
@@ -396,8 +398,15 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     pred = pd.read_csv(pred_file, dtype={"image_id": str, "patient_id": str})
     history = pd.read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else None
     figures = write_figures(out / "figures", metrics, pred, history)
-    _atomic_write(out / "report.html", render_html(metrics, run_dir, figures))
-    _atomic_write(out / "summary.md", render_summary(metrics))
+    from cxrkit.evaluate.radiologists_report import (
+        gallery_html,
+        radiologists_html,
+        radiologists_markdown,
+    )
+
+    extra = (radiologists_html(out), gallery_html(out))
+    _atomic_write(out / "report.html", render_html(metrics, run_dir, figures, extra))
+    _atomic_write(out / "summary.md", render_summary(metrics) + radiologists_markdown(out))
     return out / "report.html"
 
 
