@@ -21,8 +21,22 @@ def phantoms(
     size: Annotated[int, typer.Option(min=MIN_SIDE, help="Image side in pixels")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
     label_noise: Annotated[str, typer.Option(help="NIH-style label errors: moderate | measured | none")] = "moderate",
+    like: Annotated[Path | None, typer.Option(
+        help="NIH metadata folder: draw its twin (one phantom per real row, real boxes, lists "
+             "and archive layout; its real labels: --patients and --label-noise are ignored)")] = None,
+    fraction: Annotated[float, typer.Option(help="With --like: share of patients kept")] = 1.0,
+    workers: Annotated[int | None, typer.Option(help="With --like: processes (default: all cores)")] = None,
 ) -> None:
     """Write synthetic chest radiographs in NIH's exact layout (for demos and tests)."""
+    if like is None and (fraction != 1.0 or workers is not None):
+        raise typer.BadParameter("--fraction and --workers apply to a twin: add --like META_DIR")
+    if like is not None:
+        from cxrkit.data.twin import make_twin
+
+        release = _run(make_twin, out_dir, like, fraction=fraction, image_size=size, seed=seed,
+                       workers=workers)
+        typer.echo(f"wrote {release}")
+        return
     from cxrkit.data.phantoms import make_phantoms
 
     release = _run(make_phantoms, out_dir, n_patients=patients, image_size=size, seed=seed,

@@ -80,7 +80,8 @@ from cxrkit.labels import BOXED_FINDINGS, FINDINGS, NO_FINDING, canonical_findin
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Anatomy", "PhantomRelease", "TARGET_PREVALENCE", "make_phantoms", "render_phantom",
+__all__ = ["Anatomy", "Drawing", "PhantomRelease", "TARGET_PREVALENCE", "draw_phantom", "finding_box",
+           "make_phantoms", "render_phantom",
            "sample_anatomy", "sample_cohort"]
 
 #: Share of images showing each finding (boosted from NIH's for rare ones, see above).
@@ -227,7 +228,7 @@ def sample_exposure(rng: np.random.Generator, view: str) -> Exposure:
 Box = tuple[float, float, float, float]
 
 
-def _finding_box(delta: np.ndarray, fraction: float = 0.1) -> Box | None:
+def finding_box(delta: np.ndarray, fraction: float = 0.1) -> Box | None:
     """``(x, y, w, h)`` in pixels around where a finding changed the density by more than
     ``fraction`` of its largest change; ``None`` if it changed nothing."""
     mag = np.abs(delta)
@@ -254,6 +255,34 @@ def render_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, se
     ``rng`` is consumed the same way whatever ``findings`` are, so two calls with equal
     generators differ only by the signs of the findings that differ.
     """
+    d = draw_phantom(rng, findings, size=size, sex=sex, age=age, view=view, anatomy=anatomy)
+    boxes = {f: box for f, delta in d.deltas.items() if (box := finding_box(delta)) is not None}
+    return d.expose(), boxes
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """A phantom before exposure (:func:`draw_phantom`): ``density`` the summed density
+    map, ``deltas`` each drawn finding's own change of density (pixels of this image);
+    ``expose()`` turns it into the 8-bit radiograph :func:`render_phantom` returns."""
+
+    density: np.ndarray
+    deltas: dict[str, np.ndarray]
+    frame: Frame
+    exposure: Exposure
+    noise_rng: np.random.Generator
+
+    def expose(self, density: np.ndarray | None = None) -> np.ndarray:
+        """The radiograph of ``density`` (default: this drawing's) under this exposure."""
+        return _expose(self.density if density is None else density, self.exposure,
+                       self.noise_rng, self.frame)
+
+
+def draw_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, sex: str = "M",
+                 age: float = 50.0, view: str = "PA", anatomy: Anatomy | None = None) -> Drawing:
+    """:func:`render_phantom` before exposure: the density and each finding's own change
+    of it, so that a caller can move a sign (``cxrkit.data.twin`` draws signs inside
+    NIH's real boxes). Same arguments and ``rng`` consumption as :func:`render_phantom`."""
     if view not in ("PA", "AP"):
         raise ValueError(f"view must be 'PA' or 'AP', got {view!r}")
     if size < 16:
@@ -286,8 +315,7 @@ def render_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, se
         delta = OVERLAYS[f](thorax, sign_rng(f), severity[f])
         density += delta
         deltas[f] = deltas[f] + delta if f in deltas else delta
-    boxes = {f: box for f, d in deltas.items() if (box := _finding_box(d)) is not None}
-    return _expose(density, exposure, noise_rng, frame), boxes
+    return Drawing(density, deltas, frame, exposure, noise_rng)
 
 
 def _expose(density: np.ndarray, e: Exposure, rng: np.random.Generator, frame: Frame) -> np.ndarray:

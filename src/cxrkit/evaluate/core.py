@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -369,9 +370,13 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     findings = list(lm.findings)
     data = load_held_out(lm, prepared)
     out = Path(out) if out else default_out(lm.checkpoint, split, tta)
+    started, cpu = time.perf_counter(), time.process_time()
     test = predict_split(lm, data, split, tta=tta, batch_size=batch_size, progress=progress)
     fit = test if threshold_split == split else predict_split(
         lm, data, threshold_split, tta=tta, batch_size=batch_size, progress=progress)
+    forward_s, forward_cpu = time.perf_counter() - started, time.process_time() - cpu
+    log.info("forward passes: %d images in %.1f s (%.1f s CPU)", len(test.table) + (
+        0 if fit is test else len(fit.table)), forward_s, forward_cpu)
 
     auroc, auprc, mean = ranking_section(test, findings, n=bootstrap, seed=seed)
     thresholds, applied = threshold_section(fit, test, findings)
@@ -423,8 +428,14 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     shutil.copyfile(sidecar, out / sidecar.name)
     log.info("evaluated %s on %d %s images: mean AUROC %s; wrote %s", lm.checkpoint.name,
              len(test.table), split, _fmt(mean), out)
+    log.info("metrics: %.1f s after the forward passes (%.1f s CPU)",
+             time.perf_counter() - started - forward_s, time.process_time() - cpu - forward_cpu)
     if report:
-        write_report(out, lm.checkpoint.parent)
+        started, cpu = time.perf_counter(), time.process_time()
+        html = write_report(out, lm.checkpoint.parent)
+        log.info("report: %s (%.1f MB) in %.1f s (%.1f s CPU)", html,
+                 Path(html).stat().st_size / 1e6, time.perf_counter() - started,
+                 time.process_time() - cpu)
     return metrics
 
 
