@@ -495,7 +495,10 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
 
 
 def _up_to_date(root: Path, settings: dict) -> PhantomRelease | None:
-    """The release already in ``root`` if a complete run made it with these settings."""
+    """The release already in ``root`` if a complete run made it with these settings.
+
+    Shared by the default phantoms and the twin (``cxrkit.data.twin``), whose manifest
+    records its patient count (the twin's settings hold a fraction, not a count)."""
     import json
 
     try:
@@ -508,7 +511,8 @@ def _up_to_date(root: Path, settings: dict) -> PhantomRelease | None:
             or not all(p.exists() for p in files.values())):
         return None
     return PhantomRelease(root, files["labels"], files["boxes"], files["train_val"],
-                          files["test"], root / MANIFEST_NAME, settings["n_patients"],
+                          files["test"], root / MANIFEST_NAME,
+                          m.get("n_patients", settings.get("n_patients")),
                           m["n_images"], m["n_test_images"], m["n_boxes"],
                           settings["image_size"], settings["seed"])
 

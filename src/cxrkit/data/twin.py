@@ -48,6 +48,7 @@ from cxrkit.data.phantoms import (
     MANIFEST_NAME,
     PhantomRelease,
     _stream,
+    _up_to_date,
     _versions,
     _write_text,
     draw_phantom,
@@ -235,7 +236,7 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     image_settings = {"like_sha256": {k: file_sha256(p) for k, p in sorted(sources.items())},
                       "image_size": image_size, "seed": seed}
     settings = {"like": str(like.resolve()), "fraction": fraction, **image_settings}
-    done = _complete(root, settings)
+    done = _up_to_date(root, settings)
     if done is not None:
         log.info("phantoms: %s is up to date (same settings and versions)", root)
         return done
@@ -326,20 +327,3 @@ def _draw_all(root: Path, rows: list[tuple], seed: int, size: int, workers: int 
         raise
     finally:
         bar.close()
-
-
-def _complete(root: Path, settings: dict) -> PhantomRelease | None:
-    """The twin in ``root`` if a complete run made it with these settings and versions."""
-    try:
-        m = json.loads((root / MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    files = {k: root / name for k, name in m.get("files", {}).items()}
-    if (not m.get("complete") or m.get("settings") != settings or m.get("versions") != _versions()
-            or set(files) != {"labels", "boxes", "train_val", "test"}
-            or not all(p.exists() for p in files.values())):
-        return None
-    return PhantomRelease(root, files["labels"], files["boxes"], files["train_val"],
-                          files["test"], root / MANIFEST_NAME, m["n_patients"], m["n_images"],
-                          m["n_test_images"], m["n_boxes"], settings["image_size"],
-                          settings["seed"])
