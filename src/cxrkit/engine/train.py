@@ -29,7 +29,7 @@ from cxrkit.config import RunConfig
 from cxrkit.data.dataset import META_FEATURES, CXRDataset, make_loader
 from cxrkit.data.prepare import load_prepared
 from cxrkit.data.splits import box_fold, load_split, split_provenance
-from cxrkit.data.transforms import AugmentSettings, presets
+from cxrkit.data.transforms import NO_AUGMENT, AugmentSettings, presets
 from cxrkit.engine import distributed
 from cxrkit.engine.checkpoint import (
     load_checkpoint,
@@ -42,6 +42,7 @@ from cxrkit.engine.losses import make_loss, positive_weights
 from cxrkit.engine.runlog import plot_curves, write_history
 from cxrkit.labels import resolve_findings
 from cxrkit.metrics import auroc_per_finding, mean_defined
+from cxrkit.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -283,13 +284,6 @@ def _make_scheduler(cfg: RunConfig, optimizer, steps_per_epoch: int):
     return sched, sched.step
 
 
-def _preprocess_record(cfg: RunConfig, data: RunData, model, size: int, resize: int | None):
-    mc = model.cxr_config
-    return {"cache": data.prepared.cache.settings.to_dict(), "input_size": size,
-            "eval_resize": resize, "mean": float(mc.mean), "std": float(mc.std),
-            "channels": int(cfg.model.in_chans)}
-
-
 def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> dict:
     """Train (or, with ``model.freeze=no-train``, only evaluate) and write the run folder.
 
@@ -313,11 +307,9 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
     data = load_data(cfg, run_dir if d.is_main else None)
     model = build_model(cfg, data).to(device)
     mcfg = model.cxr_config
-    size = dc.image_size or data.prepared.cache.size
+    preprocessing = Preprocessing.for_run(cfg, data.prepared.cache.settings, model)
     train_tf, eval_tf = presets(
-        size=size, resize=dc.eval_resize, mean=mcfg.mean, std=mcfg.std, channels=cfg.model.in_chans,
-        augment=AugmentSettings(hflip=dc.hflip) if dc.augment else AugmentSettings(
-            scale=(1, 1), ratio=(1, 1), rotate_deg=0, translate=0, brightness=0, contrast=0))
+        preprocessing, augment=AugmentSettings(hflip=dc.hflip) if dc.augment else NO_AUGMENT)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     precision = Precision.choose(tc.amp, device)
@@ -354,7 +346,7 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
     if cfg.model.box_supervision > 0:
         from cxrkit.engine.box_supervision import box_supervision_loss
 
-        aux = box_supervision_loss(cfg, data, size)
+        aux = box_supervision_loss(cfg, data, preprocessing)
 
     start_epoch, step, best, history, bad_epochs = 0, 0, -math.inf, [], 0
     last = run_dir / "last.pt"
@@ -382,7 +374,7 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
         return {
             "model": model.state_dict(), "model_config": mcfg.to_dict(),
             "findings": list(data.findings),
-            "preprocess": _preprocess_record(cfg, data, model, size, dc.eval_resize),
+            "preprocess": preprocessing.to_dict(),
             "config": cfg.to_dict(),
             "split": {"path": str(data.split_path), "sha256": data.split_sha256},
             "versions": versions(),
