@@ -67,8 +67,13 @@ def test_cli_numbers_equal_python_api(run, pngs, tmp_path):
     good = [*map(str, pngs), str(dcm)]
     lm = cxrkit.load(run)
     want = lm.predict(good)
-    np.testing.assert_allclose(table.loc[good, list(lm.findings)].to_numpy(), want.to_numpy(),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(table.loc[good, list(lm.findings)].to_numpy(),
+                               want[list(lm.findings)].to_numpy(), rtol=0, atol=1e-6)
+    # the OOD score and flag: the same numbers in the CSV and the Python API
+    np.testing.assert_allclose(table.loc[good, "ood_score"].to_numpy(float),
+                               want["ood_score"].to_numpy(float), rtol=1e-6)
+    assert (table.loc[good, "ood_flag"].astype(bool).to_numpy()
+            == want["ood_flag"].astype(bool).to_numpy()).all()
     assert table.loc[good, "error"].isna().all()
     assert "truncated" in table.loc[str(bad), "error"]
     assert table.loc[str(tmp_path / "missing.png"), "error"] == "no such file or folder"

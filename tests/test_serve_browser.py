@@ -35,7 +35,7 @@ def test_page_shows_findings_and_overlay(request, phantom_run, phantom_release):
                                    reason="playwright is not installed (pip install -e '.[dev]')")
     image = upload_image(request, phantom_release)
     lm = load(phantom_run)
-    ranked = lm.predict(image).iloc[0].sort_values(ascending=False)
+    ranked = lm.predict(image)[list(lm.findings)].iloc[0].sort_values(ascending=False)
     app = create_app(lm)
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "serve_page.png"

@@ -127,25 +127,37 @@ class LoadedModel(Predictor):
 
     # -- inference ------------------------------------------------------------------------
     @torch.no_grad()
-    def logits_from_cached(self, images, meta=None, *, tta: str = "none") -> np.ndarray:
-        """``uint8`` ``(B, 1, S, S)`` cache-stage images -> logits ``(B, F)`` float32 numpy."""
+    def forward_cached(self, images, meta=None, *, tta: str = "none"):
+        """``uint8`` ``(B, 1, S, S)`` cache-stage images -> ``(logits (B, F), pooled features
+        (B, D))`` float32 numpy. The features are read by a hook during the forward pass of
+        the plain view (:func:`cxrkit.ood.features.tap_features`); TenCrop has no plain view
+        among its crops, so it costs one extra forward (1/10 of its ten)."""
+        from cxrkit.ood.features import tap_features
+
         self.check_tta(tta)
         x = torch.as_tensor(images).to(self.device)
         m = self._meta(len(x), meta)
         p = self.preprocessing
-        if tta == "none":
-            return self.model(self.transform(x), m).float().cpu().numpy()
-        if tta == "flip":
-            v = self.transform(x)
-            z = (self.model(v, m).float() + self.model(v.flip(-1), m).float()) / 2
-            return z.cpu().numpy()
-        big = EvalTransform(p.tencrop_resize, mean=p.mean, std=p.std, channels=p.channels)(x)
-        crops = ten_crop(big, p.input_size)  # (B, 10, C, s, s)
-        b = crops.shape[0]
-        flat = crops.reshape(b * 10, *crops.shape[2:])
-        mm = None if m is None else m.repeat_interleave(10, 0)
-        z = self.model(flat, mm).float().reshape(b, 10, -1).mean(1)
-        return z.cpu().numpy()
+        with tap_features(self.model) as tap:
+            if tta == "none":
+                z = self.model(self.transform(x), m).float()
+                return z.cpu().numpy(), tap.take().cpu().numpy()
+            if tta == "flip":
+                v = self.transform(x)
+                z = self.model(v, m).float()
+                features = tap.take()
+                z = (z + self.model(v.flip(-1), m).float()) / 2
+                return z.cpu().numpy(), features.cpu().numpy()
+            self.model(self.transform(x), m)
+            features = tap.take()
+            big = EvalTransform(p.tencrop_resize, mean=p.mean, std=p.std, channels=p.channels)(x)
+            crops = ten_crop(big, p.input_size)  # (B, 10, C, s, s)
+            b = crops.shape[0]
+            flat = crops.reshape(b * 10, *crops.shape[2:])
+            mm = None if m is None else m.repeat_interleave(10, 0)
+            z = self.model(flat, mm).float().reshape(b, 10, -1).mean(1)
+            tap.take()
+            return z.cpu().numpy(), features.cpu().numpy()
 
 
 def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
@@ -179,7 +191,50 @@ def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
         metadata=int(ck["model_config"].get("meta_features", 0)) > 0, device=dev,
         checkpoint=path, checkpoint_info=info)
     _attach_thresholds(lm, thresholds)
+    _attach_ood(lm, ck.get("ood"))
     return lm
+
+
+def ood_sidecar_path(checkpoint: Path) -> Path:
+    """``run/best.pt`` -> ``run/best.ood.json``: the OOD record of a checkpoint made before
+    checkpoints carried one (``cxrkit ood``); used only for the checkpoint of that sha256."""
+    return Path(checkpoint).with_suffix(".ood.json")
+
+
+def _attach_ood(lm: LoadedModel, recorded: dict | None) -> None:
+    import json
+
+    from cxrkit.ood import check_record
+
+    if recorded is not None:
+        check_record(recorded)
+        lm.ood_record, lm.ood_source = recorded, f"recorded in {lm.checkpoint.name}"
+        return
+    side = ood_sidecar_path(lm.checkpoint)
+    if not side.exists():
+        return
+    try:
+        doc = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{side}: unreadable OOD record ({e}); delete it and run "
+                              "`cxrkit ood` again") from e
+    if doc.get("checkpoint_sha256") != lm.checkpoint_sha256:
+        warnings.warn(f"{side} was computed for another checkpoint (sha256 differs from "
+                      f"{lm.checkpoint.name}); ignored: run `cxrkit ood` again", stacklevel=3)
+        return
+    check_record(doc["record"])
+    lm.ood_record, lm.ood_source = doc["record"], str(side)
+
+
+def write_ood_sidecar(lm: LoadedModel, record: dict) -> Path:
+    """Write ``record`` as :func:`ood_sidecar_path` of ``lm.checkpoint`` (atomically)."""
+    from cxrkit.data.nih import write_json_atomic
+
+    path = ood_sidecar_path(lm.checkpoint)
+    write_json_atomic({"format": "cxrkit-ood-sidecar/1", "checkpoint": str(lm.checkpoint),
+                       "checkpoint_sha256": lm.checkpoint_sha256, "record": record}, path)
+    lm.ood_record, lm.ood_source = record, str(path)
+    return path
 
 
 def _attach_thresholds(lm: LoadedModel, explicit) -> None:
@@ -204,5 +259,5 @@ def write_thresholds(lm: LoadedModel, thresholds: dict[str, float], *, method: s
         tta=tta)
 
 
-__all__ = ["TTA_MODES", "LoadedModel", "load", "read_image", "resolve_checkpoint",
-           "write_thresholds"]
+__all__ = ["TTA_MODES", "LoadedModel", "load", "ood_sidecar_path", "read_image",
+           "resolve_checkpoint", "write_ood_sidecar", "write_thresholds"]

@@ -68,9 +68,12 @@ def fit_record(train_features: np.ndarray, train_images, val_features: np.ndarra
     cache-stage images (or their :func:`image_stats`, an ``(N, len(STAT_NAMES))`` float
     array). ``provenance``: what they came from (stored as given).
     """
+    import platform
+
+    import sklearn
     from sklearn.model_selection import KFold
 
-    from cxrkit.engine.checkpoint import versions
+    from cxrkit import __version__
 
     train_stats, val_stats = _stats(train_images), _stats(val_images)
     if len(val_features) < 2:
@@ -104,7 +107,8 @@ def fit_record(train_features: np.ndarray, train_images, val_features: np.ndarra
         "train": {"n": int(len(train_features))},
         "provenance": dict(provenance or {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
+        "versions": {"cxrkit": __version__, "numpy": np.__version__,
+                     "scikit-learn": sklearn.__version__, "python": platform.python_version()},
     }
 
 

@@ -65,6 +65,7 @@ async function handleFile(file) {
   $("overlay-fig").hidden = true;
   $("finding").disabled = true;
   $("pick").hidden = true;
+  $("ood-alert").hidden = true;
   if (state.info && file.size > state.info.max_upload_bytes) {
     setStatus(`${file.name}: ${mib(file.size)} is over the upload limit of ${mib(state.info.max_upload_bytes)}.`, "error");
     return;
@@ -75,6 +76,7 @@ async function handleFile(file) {
     const res = await post("/predict", file);
     if (req !== state.request) return;  // a newer upload replaced this one
     state.results = res;
+    showOod(res);
     drawChart(res);
     if (res.warning) showWarning(res.warning);
     const positives = res.findings.filter((f) => f.positive).length;
@@ -85,6 +87,12 @@ async function handleFile(file) {
   } catch (e) {
     if (req === state.request) setStatus(e.message, "error");
   }
+}
+
+function showOod(res) {
+  const box = $("ood-alert");
+  box.textContent = res.ood_flag ? res.ood_warning : "";
+  box.hidden = !res.ood_flag;
 }
 
 function showPreview(file) {
