@@ -82,7 +82,10 @@ def test_cli_numbers_equal_python_api(run, pngs, tmp_path):
     assert res.exit_code == 0, res.output
     rec = json.loads(out_json.read_text())
     got = np.array([[r["probabilities"][f] for f in lm.findings] for r in rec["predictions"]])
-    np.testing.assert_allclose(got, want.to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, want[list(lm.findings)].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose([r["ood_score"] for r in rec["predictions"]],
+                               want["ood_score"].to_numpy(float), rtol=1e-6)
+    assert [r["ood_flag"] for r in rec["predictions"]] == want["ood_flag"].tolist()
     assert rec["thresholds_source"].startswith("none chosen") and rec["n_failed"] == 0
 
 

@@ -72,7 +72,15 @@ def fit_gaussian(x: np.ndarray, *, rank: int = RANK, standardize: bool = False,
     if n < 3:
         raise ValueError(f"need at least 3 training vectors to describe a distribution, got {n}")
     k = int(max(1, min(rank, n - 1, dim, MAX_DIRECTION_FLOATS // max(dim, 1))))
-    pca = PCA(n_components=k, svd_solver="full", random_state=seed).fit(x)
+    # covariance_eigh: one D x D eigendecomposition, cheaper than an SVD of the N x D data
+    # when N > D (measured: 0.05 s vs 0.16 s for 1,000 x 256, one thread)
+    # single-threaded BLAS: on a small matrix OpenBLAS's threads cost more than they give,
+    # and on a busy machine they thrash (measured: 1.1 s vs 0.05 s for 1,000 x 256 on 2 cores)
+    from threadpoolctl import threadpool_limits
+
+    solver = "covariance_eigh" if n > dim else "full"
+    with threadpool_limits(1):
+        pca = PCA(n_components=k, svd_solver=solver, random_state=seed).fit(x)
     mu = pca.mean_
     p = pca.components_
     lam = np.maximum(pca.explained_variance_, 1e-12)
