@@ -10,7 +10,8 @@ torch one does. The squared distance of ``x`` is
 ``z = P (x - mu)`` the coordinates in the top ``k`` principal directions (variances
 ``lambda``), ``r`` what those directions leave (``psi_j`` its per-dimension variance on
 the training vectors, floored at 1e-3 of its mean so a dimension that never varied in
-training -- a dead ReLU unit -- does not divide by zero). It is the Mahalanobis distance
+training -- a dead ReLU unit -- does not divide by zero, and at 1e-6 of the mean total
+variance so that the float32 rounding of the stored directions cannot dominate). It is the Mahalanobis distance
 under the covariance ``P' diag(lambda) P + diag(psi)`` restricted to each part, the form
 used for deep-feature OOD detection (Lee et al., NeurIPS 2018), kept low-rank so that the
 record stays small (``k * D`` floats) and well conditioned when there are fewer training
@@ -86,7 +87,10 @@ def fit_gaussian(x: np.ndarray, *, rank: int = RANK, standardize: bool = False,
     lam = np.maximum(pca.explained_variance_, 1e-12)
     r = (x - mu) - ((x - mu) @ p.T) @ p
     psi = r.var(0)
-    psi = np.maximum(psi, PSI_FLOOR * max(float(psi.mean()), 1e-12))
+    # floors: 1e-3 of psi's mean (dead units), and 1e-6 of the mean total variance (so the
+    # float32 rounding of the stored directions, ~1e-7 relative, never dominates a distance)
+    psi = np.maximum(psi, max(PSI_FLOOR * float(psi.mean()), 1e-6 * float(x.var(0).mean()),
+                              1e-12))
     return {"unit": encode(unit), "mean": encode(mu), "directions": encode(p), "variances": encode(lam),
             "residual_variances": encode(psi), "rank": k, "dim": int(dim), "n_fit": int(n),
             "explained_variance_ratio": float(pca.explained_variance_ratio_.sum())}
