@@ -297,12 +297,17 @@ def record_ood(checkpoint: Path, model, data: RunData, transform, *, device, cfg
         return
     model.load_state_dict(ck["model"])
     t0 = time.perf_counter()
-    ck["ood"] = fit_from_datasets(
-        model, data.train, data.val, transform, device=device, metadata=cfg.model.metadata,
-        seed=cfg.train.seed, progress=show_progress,
-        provenance={"made_by": "training", "epoch": int(ck["epoch"]) + 1,
-                    "split": str(data.split_path), "split_sha256": data.split_sha256,
-                    "prepared": str(data.prepared.root)})
+    try:
+        record = fit_from_datasets(
+            model, data.train, data.val, transform, device=device,
+            metadata=cfg.model.metadata, seed=cfg.train.seed, progress=show_progress,
+            provenance={"made_by": "training", "epoch": int(ck["epoch"]) + 1,
+                        "split": str(data.split_path), "split_sha256": data.split_sha256,
+                        "prepared": str(data.prepared.root)})
+    except ValueError as e:   # e.g. a validation split of one image: say so, keep the run
+        log.warning("no out-of-distribution record written into %s: %s", checkpoint.name, e)
+        return
+    ck["ood"] = record
     save_checkpoint({k: v for k, v in ck.items() if k != "format"}, checkpoint)
     log.info("ood record: %d train / %d val images, %.1f s, written into %s",
              ck["ood"]["train"]["n"], ck["ood"]["val"]["n"], time.perf_counter() - t0,
