@@ -53,17 +53,18 @@ def test_a_fixed_size_model_refuses_other_sizes_naming_the_field():
 
 def test_a_vit_run_with_image_size_100_fails_at_build_time(phantom_prepared, tmp_path):
     """Before the contract this failed inside timm at the first training step."""
-    from cxrkit.engine.train import build_model, load_data
+    from cxrkit.engine.train import fit
 
     cfg = load_config(None, [f"data.prepared={phantom_prepared.root}", f"out={tmp_path / 'r'}",
-                             "model.name=vit_small_patch16_224", "data.image_size=100"])
-    data = load_data(cfg)
+                             "model.name=vit_small_patch16_224", "data.image_size=100",
+                             "train.epochs=1", "train.max_steps_per_epoch=1",
+                             "train.threads=1", "data.batch_size=4"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = build_model(cfg, data)
-    assert model.fixed_input_size
-    with pytest.raises(ConfigError, match=r"data.image_size=100.*allowed: 224"):
-        Preprocessing.for_run(cfg, data.prepared.cache.settings, model)
+        with pytest.raises(ConfigError, match=r"data.image_size=100: vit_small_patch16_224 "
+                           r"takes only 224 px inputs \(allowed: 224"):
+            fit(cfg, show_progress=False)
+    assert not (tmp_path / "r" / "last.pt").exists()
 
 
 def test_round_trip_and_refusals():
@@ -120,3 +121,16 @@ def test_training_warns_when_the_input_is_larger_than_the_cache(phantom_prepared
 def test_box_supervision_uses_the_contracts_scale():
     p = build(cache=PreprocessSettings(size=64), image_size=32)
     assert p.cache_box_to_train_input(10, 20, 8, 4) == (5.0, 10.0, 9.0, 12.0)
+
+
+def test_mirrored_tta_is_flagged_only_for_models_trained_without_flips():
+    assert mirrored_tta_note(build(hflip=True), "flip") is None
+    assert "five of its ten crops are mirrored" in mirrored_tta_note(build(), "tencrop")
+    assert "data.hflip=false" in mirrored_tta_note(build(), "flip")
+    assert mirrored_tta_note(build(), "none") is None
+    old = {"cache": PreprocessSettings(size=64).to_dict(), "input_size": 64,
+           "eval_resize": None, "mean": 0.5, "std": 0.25, "channels": 1}
+    flips = {"data": {"hflip": True, "augment": True}}
+    assert Preprocessing.from_checkpoint({"preprocess": old, "config": flips}).hflip is True
+    flips["data"]["augment"] = False        # no augmentation: no flips either
+    assert Preprocessing.from_checkpoint({"preprocess": old, "config": flips}).hflip is False

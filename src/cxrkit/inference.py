@@ -126,19 +126,17 @@ class LoadedModel(Predictor):
         return None if m is None else torch.from_numpy(np.ascontiguousarray(m)).to(self.device)
 
     # -- inference ------------------------------------------------------------------------
-    @torch.no_grad()
     def forward_cached(self, images, meta=None, *, tta: str = "none"):
         """``uint8`` ``(B, 1, S, S)`` cache-stage images -> ``(logits (B, F), pooled features
         (B, D))`` float32 numpy. The features are read by a hook during the forward pass of
         the plain view (:func:`cxrkit.ood.features.tap_features`); TenCrop has no plain view
-        among its crops, so it costs one extra forward (1/10 of its ten)."""
+        among its crops, so it costs one extra forward (1/10 of its ten). ``tta`` is checked
+        by the callers (:meth:`logits_from_cached`, :meth:`score_cached`)."""
         from cxrkit.ood.features import tap_features
 
-        self.check_tta(tta)
-        x = torch.as_tensor(images).to(self.device)
-        m = self._meta(len(x), meta)
-        p = self.preprocessing
-        with tap_features(self.model) as tap:
+        with torch.no_grad(), tap_features(self.model) as tap:
+            x = torch.as_tensor(images).to(self.device)
+            m = self._meta(len(x), meta)
             if tta == "none":
                 z = self.model(self.transform(x), m).float()
                 return z.cpu().numpy(), tap.take().cpu().numpy()
@@ -148,6 +146,7 @@ class LoadedModel(Predictor):
                 features = tap.take()
                 z = (z + self.model(v.flip(-1), m).float()) / 2
                 return z.cpu().numpy(), features.cpu().numpy()
+            p = self.preprocessing
             self.model(self.transform(x), m)
             features = tap.take()
             big = EvalTransform(p.tencrop_resize, mean=p.mean, std=p.std, channels=p.channels)(x)

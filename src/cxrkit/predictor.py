@@ -122,11 +122,13 @@ class Predictor(ABC):
 
     def logits_from_cached(self, images, meta=None, *, tta: str = "none") -> np.ndarray:
         """``uint8`` ``(B, 1, S, S)`` cache-stage images -> logits ``(B, F)`` float32 numpy."""
+        self.check_tta(tta, stacklevel=4)
         return self.forward_cached(images, meta, tta=tta)[0]
 
     def score_cached(self, images, meta=None, *, tta: str = "none"):
         """Logits and the OOD result (:class:`cxrkit.ood.OodResult`, None without a record)
         of cache-stage images, from one forward pass."""
+        self.check_tta(tta, stacklevel=4)
         logits, features = self.forward_cached(images, meta, tta=tta)
         return logits, self.ood_from_cached(images, features)
 
@@ -163,14 +165,14 @@ class Predictor(ABC):
             self._ood_warned = True
             warnings.warn(note, OodMissingWarning, stacklevel=3)
 
-    def check_tta(self, tta: str) -> None:
+    def check_tta(self, tta: str, *, stacklevel: int = 3) -> None:
         """Refuse an unknown TTA; warn (:class:`MirroredTTAWarning`) when it mirrors images
         for a model trained without flips (see :func:`cxrkit.preprocessing.mirrored_tta_note`)."""
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
         note = self.tta_note(tta)
         if note:
-            warnings.warn(f"{self.source.name}: {note}", MirroredTTAWarning, stacklevel=3)
+            warnings.warn(f"{self.source.name}: {note}", MirroredTTAWarning, stacklevel=stacklevel)
 
     def tta_note(self, tta: str) -> str | None:
         """Why ``tta`` does not fit this model (None: it fits)."""

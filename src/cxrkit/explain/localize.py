@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cxrkit.data.dataset import metadata_vector
+from cxrkit.data.metadata import metadata_vector
 from cxrkit.data.nih import write_csv_atomic, write_json_atomic
 from cxrkit.explain.localization import (
     IOBB_THRESHOLDS,
@@ -54,6 +54,7 @@ from cxrkit.explain.published import (
 from cxrkit.explain.saliency import METHODS, attention_maps, saliency_maps
 from cxrkit.heldout import load_held_out
 from cxrkit.inference import LoadedModel, load
+from cxrkit.metrics import sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
         else:
             maps = saliency_maps(lm, images, wanted, method=method, meta=meta,
                                  batch_size=batch_size)
-        probs = 1 / (1 + np.exp(-lm.logits_from_cached(images, meta).astype(np.float64)))
+        probs = sigmoid(lm.logits_from_cached(images, meta))
         for k, r in enumerate(chunk.itertuples()):
             s = score_pair(maps[k], r.truth, threshold=threshold)
             p = float(probs[k, wanted[k]])
