@@ -382,7 +382,11 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     if lm.ood_record is None:
         log.info("%s has no out-of-distribution record: computing it from %s",
                  lm.checkpoint.name, data.prepared.root)
-    ood_record = ensure_ood_record(lm, prepared, progress=progress)
+    try:
+        ood_record = ensure_ood_record(lm, prepared, progress=progress)
+    except ValueError as e:   # e.g. a validation split too small to calibrate on: said, kept
+        log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
+        ood_record = None
     out = Path(out) if out else default_out(lm.checkpoint, split, tta)
     test = predict_split(lm, data, split, tta=tta, batch_size=batch_size, progress=progress)
     fit = test if threshold_split == split else predict_split(
@@ -412,7 +416,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "auroc": auroc, "auprc": auprc, "mean_auroc": mean,
         "thresholds": {"chosen_on": threshold_split, **thresholds, "meaning": THRESHOLD_MEANING},
         "threshold_metrics": applied, "calibration": calibration, "subgroups": subgroups,
-        "ood": ood_section(test, findings, ood_record),
+        "ood": (ood_section(test, findings, ood_record)
+                if ood_record is not None and test.ood_score is not None else None),
         "published": published_rows(findings, run),
         "notes": _notes(source=source, split=split, fit_split=threshold_split, data=data,
                         mean=mean, auroc=auroc, bootstrap=bootstrap,
@@ -425,9 +430,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                                chosen_on=f"{threshold_split} split of {data.split_path} "
                                          f"(tta={tta})")
     shutil.copyfile(sidecar, out / sidecar.name)
-    log.info("evaluated %s on %d %s images: mean AUROC %s, %d flagged out-of-distribution; "
+    log.info("evaluated %s on %d %s images: mean AUROC %s, %s flagged out-of-distribution; "
              "wrote %s", lm.checkpoint.name, len(test.table), split, _fmt(mean),
-             metrics["ood"]["n_flagged"], out)
+             metrics["ood"]["n_flagged"] if metrics["ood"] else "none", out)
     if report:
         write_report(out, lm.checkpoint.parent)
     return metrics
