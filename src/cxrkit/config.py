@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from cxrkit.messages import quote, quote_list
+
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("plateau", "cosine", "none")
@@ -93,7 +95,7 @@ class TrainConfig:
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train.{name} must be one of {list(allowed)}, "
-                                  f"got {getattr(self, name)!r}")
+                                  f"got {quote(getattr(self, name))}")
         if self.epochs < 0 or self.grad_accum < 1 or self.lr <= 0:
             raise ConfigError("train.epochs must be >= 0, train.grad_accum >= 1, train.lr > 0")
 
@@ -120,17 +122,17 @@ class RunConfig:
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
         unknown = set(d) - set(sections) - {"out"}
         if unknown:
-            raise ConfigError(f"unknown section(s) {sorted(unknown)}; expected data, model, "
-                              "train, out")
+            raise ConfigError(f"unknown section(s) {quote_list(sorted(unknown))}; expected "
+                              "data, model, train, out")
         kwargs = {}
         for name, klass in sections.items():
             sub = d.get(name) or {}
             if not isinstance(sub, dict):
-                raise ConfigError(f"section {name!r} must be a mapping, got {sub!r}")
+                raise ConfigError(f"section {quote(name)} must be a mapping, got {quote(sub)}")
             allowed = {f.name for f in fields(klass)}
             bad = set(sub) - allowed
             if bad:
-                raise ConfigError(f"unknown key(s) {sorted(bad)} in section {name!r}; "
+                raise ConfigError(f"unknown key(s) {quote_list(sorted(bad))} in section {name!r}; "
                                   f"known: {sorted(allowed)}")
             types = {f.name: str(f.type) for f in fields(klass)}
             sub = {k: _coerce(v, types[k], f"{name}.{k}") for k, v in sub.items()}
@@ -148,7 +150,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
     d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (d or {}).items()}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
+            raise ConfigError(f"override {quote(item)} is not key=value (e.g. train.lr=1e-4)")
         key, raw = item.split("=", 1)
         value = _parse_value(raw)
         parts = key.strip().split(".")
@@ -156,7 +158,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
         for p in parts[:-1]:
             target = target.setdefault(p, {})
             if not isinstance(target, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+                raise ConfigError(f"override {quote(item)}: {quote(p)} is not a section")
         target[parts[-1]] = value
     return d
 
@@ -167,7 +169,7 @@ def _coerce(value, type_name: str, where: str):
         try:
             return float(value) if type_name.startswith("float") else int(value)
         except ValueError:
-            raise ConfigError(f"{where}: {value!r} is not a number") from None
+            raise ConfigError(f"{where}: {quote(value)} is not a number") from None
     return value
 
 

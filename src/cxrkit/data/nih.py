@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkit.labels import FINDINGS, NO_FINDING, UnknownFindingError, canonical_finding
+from cxrkit.messages import quote
 
 #: Upper bound for a plausible age in years; larger values become missing (NaN).
 MAX_AGE_YEARS = 120.0
@@ -130,6 +132,22 @@ def _fail(path: Path, msg: str, row: int | None = None, field_name: str | None =
     raise NIHFormatError(f"{where}: {msg}")
 
 
+def _short(error: Exception) -> str:
+    """An exception's text for a message, its quoted input already cut (pandas quotes lines)."""
+    from cxrkit.messages import shorten
+    return shorten(" ".join(str(error).split()), 300)
+
+
+def _read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` whose failures name the file: empty, unreadable or not a CSV."""
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise NIHFormatError(f"{path}: the {what} is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
+        raise NIHFormatError(f"{path}: not a readable CSV ({_short(e)})") from None
+
+
 def _parse_ages(raw: pd.Series, path: Path) -> tuple[np.ndarray, str]:
     """Ages in years as float. Handles ``58`` and the early form's ``058Y``/``011M``/``003D``."""
     text = raw.astype(str).str.strip()
@@ -137,7 +155,7 @@ def _parse_ages(raw: pd.Series, path: Path) -> tuple[np.ndarray, str]:
     bad = parts[0].isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        _fail(path, f"age {text.iloc[i]!r} is not a number of years (or 058Y/011M/003D)",
+        _fail(path, f"age {quote(text.iloc[i])} is not a number of years (or 058Y/011M/003D)",
               i, "Patient Age")
     value = parts[0].astype(float).to_numpy()
     unit = parts[1].to_numpy()
@@ -157,15 +175,15 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"label file not found: {path}")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
-        raise NIHFormatError(f"{path}: not a readable CSV ({e})") from e
+    raw = _read_csv(path, "label file", dtype=str, keep_default_na=False,
+                    skipinitialspace=True)
     raw.columns = [c.strip() for c in raw.columns]
     missing = [c for c in _REQUIRED if c not in raw.columns]
     if missing:
+        found = ", ".join(quote(c) for c in raw.columns[:20])
         raise NIHFormatError(
-            f"{path}: missing column(s) {missing}; found {list(raw.columns)}. "
+            f"{path}: missing column(s) {missing}; found [{found}"
+            f"{', ...' if len(raw.columns) > 20 else ''}]. "
             "Expected NIH's Data_Entry_2017.csv header: " + ", ".join(_REQUIRED)
         )
     trailing = [c for c in raw.columns if c.startswith("Unnamed:")]
@@ -173,7 +191,7 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
         nonempty = raw[c].str.strip() != ""
         if nonempty.any():
             i = int(np.flatnonzero(nonempty.to_numpy())[0])
-            _fail(path, f"unexpected value {raw[c].iloc[i]!r} in the trailing empty column", i)
+            _fail(path, f"unexpected value {quote(raw[c].iloc[i])} in the trailing empty column", i)
     df = raw.rename(columns={**_REQUIRED, **_OPTIONAL})
     if len(df) == 0:
         raise NIHFormatError(f"{path}: no data rows")
@@ -188,7 +206,7 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
         first = df.loc[dup, "image_id"].iloc[0]
         rows = np.flatnonzero((df["image_id"] == first).to_numpy())
         raise NIHFormatError(
-            f"{path}: duplicate image id {first!r} on lines {[_line(r) for r in rows]} "
+            f"{path}: duplicate image id {quote(first)} on lines {[_line(r) for r in rows]} "
             f"({int(dup.sum())} rows share an id with another row)"
         )
     out = pd.DataFrame({"image_id": df["image_id"].to_numpy()})
@@ -196,7 +214,7 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
         num = pd.to_numeric(df[_REQUIRED[src]], errors="coerce")
         if num.isna().any():
             i = int(np.flatnonzero(num.isna().to_numpy())[0])
-            _fail(path, f"{df[_REQUIRED[src]].iloc[i]!r} is not an integer", i, src)
+            _fail(path, f"{quote(df[_REQUIRED[src]].iloc[i])} is not an integer", i, src)
         out[col] = num.astype(np.int64).to_numpy()
 
     ages, age_form = _parse_ages(df["age"], path)
@@ -208,7 +226,7 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
         bad = ~values.isin(allowed)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            _fail(path, f"{df[_REQUIRED[src]].iloc[i]!r} is not one of {list(allowed)}", i, src)
+            _fail(path, f"{quote(df[_REQUIRED[src]].iloc[i])} is not one of {list(allowed)}", i, src)
         out[col] = values.to_numpy()
     for col in ("orig_width", "orig_height", "spacing_x", "spacing_y"):
         out[col] = pd.to_numeric(df[col], errors="coerce").to_numpy() if col in df else np.nan
@@ -235,7 +253,7 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
     both = (no_finding.to_numpy() == 1) & (positives.sum(1) > 0)
     if both.any():
         i = int(np.flatnonzero(both)[0])
-        _fail(path, f"'No Finding' together with findings in {labels.iloc[i]!r}", i,
+        _fail(path, f"'No Finding' together with findings in {quote(labels.iloc[i])}", i,
               "Finding Labels")
     for j, f in enumerate(FINDINGS):
         out[f] = positives[:, j]
@@ -263,13 +281,19 @@ def read_bbox_list(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"box file not found: {path}")
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, header=None, skiprows=1)
-    header = pd.read_csv(path, nrows=0).columns
+    header = _read_csv(path, "box file", nrows=0).columns
     if len(header) < 3 or header[0].strip() != "Image Index" or not header[1].startswith("Finding"):
+        shown = ", ".join(quote(c) for c in header[:8])
         raise NIHFormatError(
-            f"{path}: header {list(header)} is not NIH's "
+            f"{path}: header [{shown}{', ...' if len(header) > 8 else ''}] is not NIH's "
             "'Image Index,Finding Label,Bbox [x,y,w,h],,,'"
         )
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, header=None, skiprows=1)
+    except pd.errors.EmptyDataError:
+        raise NIHFormatError(f"{path}: no data rows (only a header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
+        raise NIHFormatError(f"{path}: not a readable CSV ({_short(e)})") from None
     if raw.shape[1] < 6:
         raise NIHFormatError(f"{path}: expected 6 fields per row (name, label, x, y, w, h), "
                              f"found {raw.shape[1]}")
@@ -287,13 +311,84 @@ def read_bbox_list(path: str | Path) -> pd.DataFrame:
         num = pd.to_numeric(raw[col], errors="coerce")
         if num.isna().any():
             i = int(np.flatnonzero(num.isna().to_numpy())[0])
-            _fail(path, f"{raw[col].iloc[i]!r} is not a number", i, col)
+            _fail(path, f"{quote(raw[col].iloc[i])} is not a number", i, col)
         boxes[col] = num.astype(float).to_numpy()
     bad = (boxes["w"] <= 0) | (boxes["h"] <= 0)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         _fail(path, "box width and height must be positive", i, "w/h")
     return boxes
+
+
+@dataclass
+class BoxReport:
+    """What :func:`check_boxes` found in a box file; kept in ``dataset.json``, printed by
+    ``cxrkit validate``. Lines are 1-based file lines (the header is line 1)."""
+
+    path: str
+    n_boxes: int
+    n_images: int
+    outside_lines: list[int] = field(default_factory=list)
+    unlabelled_lines: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "n_outside": len(self.outside_lines),
+                "n_unlabelled": len(self.unlabelled_lines)}
+
+    def summary(self) -> str:
+        lines = [f"boxes: {self.n_boxes:,} on {self.n_images:,} images"]
+        if self.outside_lines:
+            lines.append(f"  warning: {len(self.outside_lines)} box(es) reach outside NIH's "
+                         f"{NIH_IMAGE_SIZE}x{NIH_IMAGE_SIZE} pixel space, lines "
+                         f"{_lines(self.outside_lines)}")
+        if self.unlabelled_lines:
+            lines.append(f"  warning: {len(self.unlabelled_lines)} box(es) name a finding "
+                         f"their image's labels lack, lines {_lines(self.unlabelled_lines)}")
+        return "\n".join(lines)
+
+
+def _lines(lines: list[int], n: int = 10) -> str:
+    return ", ".join(map(str, lines[:n])) + (", ..." if len(lines) > n else "")
+
+
+def check_boxes(boxes: pd.DataFrame, labels: pd.DataFrame, path: str | Path) -> BoxReport:
+    """Check boxes (from :func:`read_bbox_list`, in file order) against the 1024 space and
+    the labels; warn naming each suspicious row, and count them.
+
+    Two checks, both warnings (the boxes are kept: nothing is dropped silently):
+    a box with a negative ``x``/``y`` or with ``x + w`` / ``y + h`` beyond
+    :data:`NIH_IMAGE_SIZE` lies (partly) outside the pixel space NIH's boxes live in;
+    a box whose finding the image's ``Finding Labels`` lack contradicts the label file
+    (or belongs to another image). NIH's own 984 boxes pass both.
+    """
+    x, y = boxes["x"].to_numpy(float), boxes["y"].to_numpy(float)
+    w, h = boxes["w"].to_numpy(float), boxes["h"].to_numpy(float)
+    outside = (x < 0) | (y < 0) | (x + w > NIH_IMAGE_SIZE) | (y + h > NIH_IMAGE_SIZE)
+    pos = pd.Index(labels["image_id"]).get_indexer(boxes["image_id"])
+    cols = np.array([FINDINGS.index(f) for f in boxes["finding"]], dtype=np.int64)
+    positives = labels[list(FINDINGS)].to_numpy()
+    has = np.zeros(len(boxes), bool)
+    known = pos >= 0
+    has[known] = positives[pos[known], cols[known]] == 1
+    report = BoxReport(path=str(path), n_boxes=len(boxes),
+                       n_images=int(boxes["image_id"].nunique()),
+                       outside_lines=[_line(i) for i in np.flatnonzero(outside)],
+                       unlabelled_lines=[_line(i) for i in np.flatnonzero(~has)])
+
+    def rows(mask) -> str:
+        shown = [f"line {_line(i)} ({quote(boxes['image_id'].iloc[i])}, "
+                 f"{boxes['finding'].iloc[i]}, x={x[i]:g} y={y[i]:g} w={w[i]:g} h={h[i]:g})"
+                 for i in np.flatnonzero(mask)[:5]]
+        return "; ".join(shown) + ("; ..." if mask.sum() > 5 else "")
+
+    if outside.any():
+        warnings.warn(f"{path}: {int(outside.sum())} box(es) reach outside NIH's "
+                      f"{NIH_IMAGE_SIZE}x{NIH_IMAGE_SIZE} pixel space (negative x/y, or "
+                      f"x+w / y+h over {NIH_IMAGE_SIZE}): {rows(outside)}", stacklevel=2)
+    if (~has).any():
+        warnings.warn(f"{path}: {int((~has).sum())} box(es) name a finding that their "
+                      f"image's Finding Labels lack: {rows(~has)}", stacklevel=2)
+    return report
 
 
 def scale_boxes(boxes: pd.DataFrame, size: int | float, *, source_size: int = NIH_IMAGE_SIZE):
@@ -309,14 +404,18 @@ def read_image_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image list not found: {path}")
-    names = [ln.strip() for ln in path.read_text().splitlines()]
-    names = [n for n in names if n]
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
     seen: dict[str, int] = {}
-    for i, n in enumerate(names):
+    for i, n in enumerate(lines):
+        if not n:
+            continue
         if n in seen:
-            raise NIHFormatError(f"{path}: image {n!r} listed twice (lines {seen[n] + 1}, {i + 1})")
+            raise NIHFormatError(f"{path}: image {quote(n)} listed twice "
+                                 f"(lines {seen[n] + 1}, {i + 1})")
         seen[n] = i
-    return names
+    if not seen:
+        raise NIHFormatError(f"{path}: no image names (the list is empty)")
+    return list(seen)
 
 
 def check_list_against_labels(names: list[str], labels: pd.DataFrame, path: str | Path) -> None:
@@ -325,21 +424,44 @@ def check_list_against_labels(names: list[str], labels: pd.DataFrame, path: str 
     unknown = [n for n in names if n not in known]
     if unknown:
         raise NIHFormatError(
-            f"{path}: {len(unknown)} listed image(s) not in the label file, e.g. {unknown[:5]}"
+            f"{path}: {len(unknown)} listed image(s) not in the label file, e.g. "
+            f"[{', '.join(quote(n) for n in unknown[:5])}]"
         )
 
 
-def write_json_atomic(obj: dict, path: str | Path) -> None:
-    """Write JSON through a temporary file and ``os.replace`` so readers never see half."""
-    path = Path(path)
+class OutputError(RuntimeError):
+    """An output that cannot be written: an unwritable folder or a full disk. The message
+    is one line naming the path and what was needed (write access, or bytes)."""
+
+
+def human_bytes(n: int) -> str:
+    """``491,520 bytes (480 KiB)``: exact, then readable (binary units)."""
+    size, unit = float(n), "bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{int(n):,} bytes" + ("" if unit == "bytes" else f" ({size:.1f} {unit})")
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` then ``os.replace``; on any failure the temporary is removed."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(obj: dict, path: str | Path) -> None:
+    """Write JSON through a temporary file and ``os.replace`` so readers never see half
+    (a failed write, e.g. on a full disk, removes its temporary)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    _write_atomic(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def write_csv_atomic(table: pd.DataFrame, path: str | Path) -> None:
     """Write a table (no index) through a temporary file, like :func:`write_json_atomic`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(path)
+    _write_atomic(Path(path), lambda tmp: table.to_csv(tmp, index=False))
