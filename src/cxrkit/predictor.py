@@ -207,8 +207,7 @@ class Predictor(ABC):
         single = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray)
                                                      and images.ndim == 2)
         items = [images] if single else list(images)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = require_count(batch_size, "batch_size")
         self.warn_if_no_ood()
         mm = self.meta_matrix(len(items), meta)
         logits, scores, flags = [], [], []
