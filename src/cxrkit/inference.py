@@ -206,9 +206,14 @@ def _attach_ood(lm: LoadedModel, recorded: dict | None) -> None:
     from cxrkit.ood import check_record
 
     if recorded is not None:
-        check_record(recorded)
-        lm.ood_record, lm.ood_source = recorded, f"recorded in {lm.checkpoint.name}"
-        return
+        try:
+            check_record(recorded)
+        except ValueError as e:   # made by another version: said, and treated as missing
+            warnings.warn(f"{lm.checkpoint.name}: its OOD record is not usable ({e})",
+                          stacklevel=3)
+        else:
+            lm.ood_record, lm.ood_source = recorded, f"recorded in {lm.checkpoint.name}"
+            return
     side = ood_sidecar_path(lm.checkpoint)
     if not side.exists():
         return
