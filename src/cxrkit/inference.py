@@ -226,7 +226,11 @@ def _attach_ood(lm: LoadedModel, recorded: dict | None) -> None:
         warnings.warn(f"{side} was computed for another checkpoint (sha256 differs from "
                       f"{lm.checkpoint.name}); ignored: run `cxrkit ood` again", stacklevel=3)
         return
-    check_record(doc["record"])
+    try:
+        check_record(doc["record"])
+    except ValueError as e:
+        warnings.warn(f"{side}: not usable ({e})", stacklevel=3)
+        return
     lm.ood_record, lm.ood_source = doc["record"], str(side)
 
 
