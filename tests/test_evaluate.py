@@ -25,7 +25,7 @@ FAST = {"bootstrap": 50, "subgroup_bootstrap": 10, "progress": False, "report": 
 TOP_KEYS = {"format", "created", "versions", "checkpoint", "checkpoint_sha256", "run_dir", "prepared", "split",
             "split_file", "split_protocol", "tta", "tta_mirror", "precision", "n_images", "n_patients", "findings",
             "model", "epoch", "bootstrap", "auroc", "auprc", "mean_auroc", "thresholds",
-            "threshold_metrics", "calibration", "subgroups", "published", "notes"}
+            "threshold_metrics", "calibration", "subgroups", "published", "notes", "ood"}
 RATE_KEYS = {"threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy",
              "tp", "fp", "tn", "fn"}
 
@@ -102,7 +102,8 @@ def test_predictions_and_tables_agree_with_metrics(evaluated):
     out = run / "eval" / "test"
     pred = pd.read_csv(out / "predictions_test.csv")
     assert list(pred.columns[:5]) == ["image_id", "patient_id", "age", "sex", "view"]
-    assert list(pred.columns[5:]) == list(FINDINGS) + [f"p_{f}" for f in FINDINGS]
+    assert list(pred.columns[5:]) == (list(FINDINGS) + [f"p_{f}" for f in FINDINGS]
+                                      + ["ood_score", "ood_flag"])
     assert pred[[f"p_{f}" for f in FINDINGS]].stack().between(0, 1).all()
     for f in FINDINGS:
         assert m["auroc"][f]["positives"] == int((pred[f] == 1).sum())

@@ -10,7 +10,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "cxrkit"
 #: lower number = lower layer; a module may import only its own layer or lower ones
 LAYER = {"_compat": 0, "labels": 0, "messages": 0, "metrics": 0, "config": 1, "data": 2, "thresholds": 2,
-         "preprocessing": 2, "predictor": 2, "eda": 3, "onnx_backend": 5,
+         "preprocessing": 2, "predictor": 2, "ood": 2, "eda": 3, "onnx_backend": 5,
          "models": 3, "engine": 4, "inference": 5, "runtime": 5, "heldout": 5, "explain": 6, "evaluate": 7,
          "predict": 7, "export": 7, "serve": 8, "cli": 9}
 

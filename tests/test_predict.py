@@ -67,8 +67,13 @@ def test_cli_numbers_equal_python_api(run, pngs, tmp_path):
     good = [*map(str, pngs), str(dcm)]
     lm = cxrkit.load(run)
     want = lm.predict(good)
-    np.testing.assert_allclose(table.loc[good, list(lm.findings)].to_numpy(), want.to_numpy(),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(table.loc[good, list(lm.findings)].to_numpy(),
+                               want[list(lm.findings)].to_numpy(), rtol=0, atol=1e-6)
+    # the OOD score and flag: the same numbers in the CSV and the Python API
+    np.testing.assert_allclose(table.loc[good, "ood_score"].to_numpy(float),
+                               want["ood_score"].to_numpy(float), rtol=1e-6)
+    assert (table.loc[good, "ood_flag"].astype(bool).to_numpy()
+            == want["ood_flag"].astype(bool).to_numpy()).all()
     assert table.loc[good, "error"].isna().all()
     assert "truncated" in table.loc[str(bad), "error"]
     assert table.loc[str(tmp_path / "missing.png"), "error"] == "no such file or folder"
@@ -77,7 +82,10 @@ def test_cli_numbers_equal_python_api(run, pngs, tmp_path):
     assert res.exit_code == 0, res.output
     rec = json.loads(out_json.read_text())
     got = np.array([[r["probabilities"][f] for f in lm.findings] for r in rec["predictions"]])
-    np.testing.assert_allclose(got, want.to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, want[list(lm.findings)].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose([r["ood_score"] for r in rec["predictions"]],
+                               want["ood_score"].to_numpy(float), rtol=1e-6)
+    assert [r["ood_flag"] for r in rec["predictions"]] == want["ood_flag"].tolist()
     assert rec["thresholds_source"].startswith("none chosen") and rec["n_failed"] == 0
 
 
@@ -153,6 +161,8 @@ def test_png_and_dicom_of_the_same_real_pixels_predict_the_same(run, nih_sample,
     bare = write_dicom(tmp_path / "bare.dcm", pixels)
     tagged = write_dicom(tmp_path / "tagged.dcm", pixels, RescaleSlope=1, RescaleIntercept=0)
     lm = cxrkit.load(run)
-    p = lm.predict([png, bare, tagged]).to_numpy()
+    df = lm.predict([png, bare, tagged])
+    p = df[list(lm.findings)].to_numpy()
+    np.testing.assert_allclose(df["ood_score"].iloc[1:], df["ood_score"].iloc[0], rtol=1e-6)
     np.testing.assert_allclose(p[1], p[0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(p[2], p[0], rtol=0, atol=1e-6)

@@ -172,6 +172,7 @@ def test_onnx_predict_path_imports_neither_torch_nor_pandas(tmp_path):
     assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
     import pandas as pd
     df = pd.read_csv(tmp_path / "x.csv", keep_default_na=False)
-    assert list(df.columns) == ["image", "error", "flagged", "A", "B"]
+    assert list(df.columns) == ["image", "error", "flagged", "ood_score", "ood_flag", "A", "B"]
+    assert df.loc[0, "ood_score"] == "" and df.loc[0, "ood_flag"] == ""  # no OOD record given
     assert df.loc[0, "flagged"] == "B" and float(df.loc[0, "B"]) == 1 / 3  # full precision
     assert df.loc[1, "error"] == "no" and df.loc[1, "A"] == ""

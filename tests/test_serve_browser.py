@@ -9,7 +9,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from cxrkit.inference import load
 from cxrkit.serve import background_server, create_app
@@ -35,7 +37,9 @@ def test_page_shows_findings_and_overlay(request, phantom_run, phantom_release):
                                    reason="playwright is not installed (pip install -e '.[dev]')")
     image = upload_image(request, phantom_release)
     lm = load(phantom_run)
-    ranked = lm.predict(image).iloc[0].sort_values(ascending=False)
+    answer = lm.predict(image)
+    ranked = answer[list(lm.findings)].iloc[0].sort_values(ascending=False)
+    flagged = bool(answer["ood_flag"].iloc[0])
     app = create_app(lm)
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "serve_page.png"
@@ -77,6 +81,23 @@ def test_page_shows_findings_and_overlay(request, phantom_run, phantom_release):
                 ".startsWith('Grad-CAM: ' + f)", arg=other, timeout=30_000)
             assert page.input_value("#finding") == other
             page.screenshot(path=str(shot), full_page=True)
+            # the out-of-distribution warning shows exactly when the image is flagged
+            assert page.is_visible("#ood-alert") == flagged
+
+            # noise is no radiograph: a warning above the findings chart
+            noise = ARTIFACTS / "noise.png"
+            rng = np.random.default_rng(0)
+            Image.fromarray(rng.integers(0, 256, (256, 256), dtype=np.uint8)).save(noise)
+            page.set_input_files("#file", str(noise))
+            page.wait_for_selector("#ood-alert:not([hidden])", timeout=30_000)
+            page.wait_for_selector("#chart g.bar", timeout=30_000)
+            assert "does not look like the images this model was trained on" in \
+                page.inner_text("#ood-alert")
+            alert_box, chart_box = page.query_selector("#ood-alert").bounding_box(), \
+                page.query_selector("#chart").bounding_box()
+            assert alert_box["y"] + alert_box["height"] <= chart_box["y"]
+            page.screenshot(path=str(ARTIFACTS / "serve_page_ood.png"), full_page=True)
+            noise.unlink()
 
             # a non-image gets the service's message on the page, and the page still works
             bad = ARTIFACTS / "not-an-xray.png"

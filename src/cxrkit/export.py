@@ -66,6 +66,11 @@ PROBABILITY_TOLERANCE = 1e-4
 #: Largest accepted |logit difference|, relative to max(1, |logit|) (the same reasoning:
 #: logits of a confident model reach +-10, where float32 drift scales with the value).
 LOGIT_TOLERANCE = 1e-3
+#: Largest accepted |OOD score difference|, relative to max(1, score): the score is a
+#: squared distance of the features, so float32 feature drift (~1e-6) enters it roughly
+#: doubled and divided by the smallest fitted variance; 1e-3 is far above that and far
+#: below what moves a flag (the threshold is 1).
+OOD_TOLERANCE = 1e-3
 
 
 class ParityError(RuntimeError):
@@ -95,7 +100,9 @@ def resize_matrix(in_size: int, resize: int, crop: int):
 
 
 def _graph(lm):
-    """An ``nn.Module``: cache-stage ``uint8`` image (and meta) -> (logits, probabilities)."""
+    """An ``nn.Module``: cache-stage ``uint8`` image (and meta) -> (logits, probabilities,
+    features): ``features`` are the pooled penultimate features the OOD score reads, taken
+    by the same classifier-input hook as the torch backend (:mod:`cxrkit.ood.features`)."""
     import torch
 
     class OnnxGraph(torch.nn.Module):
@@ -109,13 +116,17 @@ def _graph(lm):
             self.mean, self.std, self.channels = p.mean, p.std, p.channels
 
         def forward(self, image, meta=None):
+            from cxrkit.ood.features import tap_features
+
             x = image.to(torch.float32) / 255.0
             x = torch.matmul(torch.matmul(self.rows, x), self.cols)
             x = (x - self.mean) / self.std
             if self.channels != 1:
                 x = x.expand(-1, self.channels, -1, -1)
-            logits = self.model(x, meta).float()
-            return logits, torch.sigmoid(logits)
+            with tap_features(self.model) as tap:
+                logits = self.model(x, meta).float()
+                features = tap.take()
+            return logits, torch.sigmoid(logits), features
 
     return OnnxGraph().eval()
 
@@ -175,7 +186,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         with warnings.catch_warnings(), contextlib.redirect_stdout(printed), quiet_exporter_logs():
             warnings.simplefilter("ignore")
             torch.onnx.export(graph, example, str(out), dynamo=True, opset_version=opset,
-                              input_names=list(inputs), output_names=["logits", "probabilities"],
+                              input_names=list(inputs), output_names=["logits", "probabilities", "features"],
                               dynamic_shapes=shapes, external_data=False, verbose=False)
     except Exception as e:
         log.debug("exporter output:\n%s", printed.getvalue())
@@ -189,14 +200,18 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         "checkpoint_sha256": lm.checkpoint_sha256, "opset": opset,
         "versions": _versions(), "inputs": inputs,
         "outputs": {"logits": f"float32 (batch, {len(lm.findings)})",
-                    "probabilities": "float32, sigmoid of the logits"},
+                    "probabilities": "float32, sigmoid of the logits",
+                    "features": "float32 (batch, D): pooled penultimate features, scored "
+                                "against the cxrkit.ood record for the OOD score"},
         "meta_default": meta_default,
     }
+    if lm.ood_record is None:
+        log.warning("%s", lm.ood_note())
     proto = onnx.load(str(out))
     del proto.metadata_props[:]
-    for key in META_KEYS:
+    for key, value in [*((k, record[k]) for k in META_KEYS), ("ood", lm.ood_record)]:
         entry = proto.metadata_props.add()
-        entry.key, entry.value = f"cxrkit.{key}", json.dumps(record[key])
+        entry.key, entry.value = f"cxrkit.{key}", json.dumps(value)
     proto.producer_name = "cxrkit"
     onnx.save(proto, str(out))
 
@@ -204,13 +219,17 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     images = _parity_images(n_phantoms, parity_images)
     parity = parity_check(lm, onnx_model, images)
     sidecar = out.with_name(out.name + ".json")
+    from cxrkit.ood import record_summary
+
+    record["ood"] = None if lm.ood_record is None else record_summary(lm.ood_record)
     write_json_atomic({"path": str(out), "exporter": "torch.onnx.export(dynamo=True)",
                        **record, "parity": parity}, sidecar)
     if not parity["passed"]:
         raise ParityError(f"{out}: onnxruntime differs from PyTorch by up to "
                           f"{parity['max_abs_diff_probability']:.3g} in probability and "
                           f"{parity['max_abs_diff_logit']:.3g} in logit (tolerances "
-                          f"{PROBABILITY_TOLERANCE:g}, {LOGIT_TOLERANCE:g} relative); see "
+                          f"{PROBABILITY_TOLERANCE:g}, {LOGIT_TOLERANCE:g} relative), OOD score "
+                          f"{parity['ood_score']}; see "
                           f"{sidecar}")
     return {"path": str(out), "sidecar": str(sidecar), **record, "parity": parity}
 
@@ -242,8 +261,9 @@ def parity_check(lm, onnx_model: OnnxModel, images: dict[str, tuple[str, np.ndar
     cached = np.stack([lm.cache_image(grey_uint8(images[n][1])) for n in names])[:, None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # metadata defaults, said once by the caller
-        z_torch = lm.logits_from_cached(cached).astype(np.float64)
-        z_onnx = onnx_model.logits_from_cached(cached).astype(np.float64)
+        z_torch, ood_torch = lm.score_cached(cached)
+        z_onnx, ood_onnx = onnx_model.score_cached(cached)
+        z_torch, z_onnx = z_torch.astype(np.float64), z_onnx.astype(np.float64)
         z_single = onnx_model.logits_from_cached(cached[:1]).astype(np.float64)  # batch of 1
 
     dz = np.abs(z_torch - z_onnx)
@@ -258,10 +278,16 @@ def parity_check(lm, onnx_model: OnnxModel, images: dict[str, tuple[str, np.ndar
         k["max_abs_diff_logit"] = max(k["max_abs_diff_logit"], float(dz[i].max()))
     batch1 = float(np.abs(z_single[0] - z_onnx[0]).max())
     passed = bool(dp.max() <= PROBABILITY_TOLERANCE and rel.max() <= LOGIT_TOLERANCE)
+    ood = None
+    if ood_torch is not None and ood_onnx is not None:
+        d = np.abs(ood_torch.score - ood_onnx.score) / np.maximum(1.0, np.abs(ood_torch.score))
+        ood = {"max_rel_diff_score": float(d.max()), "tolerance_relative": OOD_TOLERANCE,
+               "flags_agree": bool((ood_torch.flag == ood_onnx.flag).all())}
+        passed = passed and bool(d.max() <= OOD_TOLERANCE)
     return {"n_images": len(names), "max_abs_diff_probability": float(dp.max()),
             "max_abs_diff_logit": float(dz.max()), "max_rel_diff_logit": float(rel.max()),
             "max_abs_logit": float(np.abs(z_torch).max()),
-            "batch_of_one_vs_batch_logit": batch1, "by_kind": by_kind,
+            "batch_of_one_vs_batch_logit": batch1, "by_kind": by_kind, "ood_score": ood,
             "tolerances": {"probability": PROBABILITY_TOLERANCE, "logit_relative": LOGIT_TOLERANCE},
             "passed": passed, "images": names}
 

@@ -121,4 +121,41 @@ def _check_moved(moved: pd.DataFrame, recorded: Path) -> None:
                          "or boxes changed since training")
 
 
-__all__ = ["HeldOut", "SplitChangedError", "load_held_out"]
+def ensure_ood_record(lm: LoadedModel, prepared: str | Path | None = None, *,
+                      force: bool = False, progress: bool = False) -> dict:
+    """The checkpoint's out-of-distribution record; computed when it has none.
+
+    A checkpoint made before records existed (or ``force``) gets one computed from the
+    run's own prepared cache and split (verified by :func:`load_held_out`), exactly as the
+    end of training computes it (:func:`cxrkit.ood.features.fit_from_datasets`), written
+    atomically to ``<checkpoint>.ood.json`` (the checkpoint itself is not rewritten, so
+    its sha256, which thresholds and exports refer to, stays).
+    """
+    import logging
+    import time
+
+    from cxrkit.data.dataset import CXRDataset
+    from cxrkit.inference import write_ood_sidecar
+    from cxrkit.ood.features import fit_from_datasets
+
+    if lm.ood_record is not None and not force:
+        return lm.ood_record
+    data = load_held_out(lm, prepared)
+    t0 = time.perf_counter()
+    train = CXRDataset(data.prepared.cache, data.table("train"), lm.findings)
+    val = CXRDataset(data.prepared.cache, data.table("val"), lm.findings)
+    seed = int(((lm.checkpoint_info.get("config") or {}).get("train") or {}).get("seed", 0))
+    record = fit_from_datasets(
+        lm.model, train, val, lm.transform, device=lm.device, metadata=lm.metadata, seed=seed,
+        progress=progress,
+        provenance={"made_by": "cxrkit ood (on demand)", "split": str(data.split_path),
+                    "split_sha256": data.split_sha256, "prepared": str(data.prepared.root)})
+    path = write_ood_sidecar(lm, record)
+    logging.getLogger(__name__).info(
+        "ood record for %s computed from %d train / %d val images in %.1f s -> %s",
+        lm.checkpoint.name, record["train"]["n"], record["val"]["n"],
+        time.perf_counter() - t0, path)
+    return record
+
+
+__all__ = ["HeldOut", "SplitChangedError", "ensure_ood_record", "load_held_out"]

@@ -135,25 +135,34 @@ class LoadedModel(Predictor):
         return None if m is None else torch.from_numpy(np.ascontiguousarray(m)).to(self.device)
 
     # -- inference ------------------------------------------------------------------------
-    def logits_from_cached(self, images, meta=None, *, tta: str = "none") -> np.ndarray:
-        """``uint8`` ``(B, 1, S, S)`` cache-stage images -> logits ``(B, F)`` float32 numpy."""
-        self.check_tta(tta)
+    def forward_cached(self, images, meta=None, *, tta: str = "none"):
+        """``uint8`` ``(B, 1, S, S)`` cache-stage images -> ``(logits (B, F), pooled features
+        (B, D))`` float32 numpy. The features are read by a hook during the forward pass of
+        the plain view (:func:`cxrkit.ood.features.tap_features`); TenCrop has no plain view
+        among its crops, so it costs one extra forward (1/10 of its ten). The pass runs at
+        the chosen precision (:mod:`cxrkit.runtime`), which returns both. ``tta`` is checked
+        by the callers (:meth:`logits_from_cached`, :meth:`score_cached`)."""
         with torch.no_grad():
             x = torch.as_tensor(images).to(self.device)
             m = self._meta(len(x), meta)
             net = self.forward
             if tta == "none":
-                return net(self.transform(x), m).cpu().numpy()
+                z, features = net(self.transform(x), m)
+                return z.cpu().numpy(), features.cpu().numpy()
             if tta == "flip":
                 v = self.transform(x)
-                return ((net(v, m) + net(v.flip(-1), m)) / 2).cpu().numpy()
+                z, features = net(v, m)
+                z = (z + net(v.flip(-1), m)[0]) / 2
+                return z.cpu().numpy(), features.cpu().numpy()
             p = self.preprocessing
+            features = net(self.transform(x), m)[1]  # the plain view's (TenCrop has none)
             big = EvalTransform(p.tencrop_resize, mean=p.mean, std=p.std, channels=p.channels)(x)
             crops = ten_crop(big, p.input_size)  # (B, 10, C, s, s)
             b = crops.shape[0]
             flat = crops.reshape(b * 10, *crops.shape[2:])
             mm = None if m is None else m.repeat_interleave(10, 0)
-            return net(flat, mm).reshape(b, 10, -1).mean(1).cpu().numpy()
+            z = net(flat, mm)[0].reshape(b, 10, -1).mean(1)
+            return z.cpu().numpy(), features.cpu().numpy()
 
 
 def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
@@ -193,7 +202,59 @@ def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
         checkpoint=path, checkpoint_info=info)
     lm.forward = choose_forward(lm, precision)
     _attach_thresholds(lm, thresholds)
+    _attach_ood(lm, ck.get("ood"))
     return lm
+
+
+def ood_sidecar_path(checkpoint: Path) -> Path:
+    """``run/best.pt`` -> ``run/best.ood.json``: the OOD record of a checkpoint made before
+    checkpoints carried one (``cxrkit ood``); used only for the checkpoint of that sha256."""
+    return Path(checkpoint).with_suffix(".ood.json")
+
+
+def _attach_ood(lm: LoadedModel, recorded: dict | None) -> None:
+    import json
+
+    from cxrkit.ood import check_record
+
+    if recorded is not None:
+        try:
+            check_record(recorded)
+        except ValueError as e:   # made by another version: said, and treated as missing
+            warnings.warn(f"{lm.checkpoint.name}: its OOD record is not usable ({e})",
+                          stacklevel=3)
+        else:
+            lm.ood_record, lm.ood_source = recorded, f"recorded in {lm.checkpoint.name}"
+            return
+    side = ood_sidecar_path(lm.checkpoint)
+    if not side.exists():
+        return
+    try:
+        doc = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{side}: unreadable OOD record ({e}); delete it and run "
+                              "`cxrkit ood` again") from e
+    if doc.get("checkpoint_sha256") != lm.checkpoint_sha256:
+        warnings.warn(f"{side} was computed for another checkpoint (sha256 differs from "
+                      f"{lm.checkpoint.name}); ignored: run `cxrkit ood` again", stacklevel=3)
+        return
+    try:
+        check_record(doc["record"])
+    except ValueError as e:
+        warnings.warn(f"{side}: not usable ({e})", stacklevel=3)
+        return
+    lm.ood_record, lm.ood_source = doc["record"], str(side)
+
+
+def write_ood_sidecar(lm: LoadedModel, record: dict) -> Path:
+    """Write ``record`` as :func:`ood_sidecar_path` of ``lm.checkpoint`` (atomically)."""
+    from cxrkit.data.nih import write_json_atomic
+
+    path = ood_sidecar_path(lm.checkpoint)
+    write_json_atomic({"format": "cxrkit-ood-sidecar/1", "checkpoint": str(lm.checkpoint),
+                       "checkpoint_sha256": lm.checkpoint_sha256, "record": record}, path)
+    lm.ood_record, lm.ood_source = record, str(path)
+    return path
 
 
 def _attach_thresholds(lm: LoadedModel, explicit) -> None:
@@ -218,5 +279,5 @@ def write_thresholds(lm: LoadedModel, thresholds: dict[str, float], *, method: s
         tta=tta)
 
 
-__all__ = ["TTA_MODES", "LoadedModel", "load", "read_image", "resolve_checkpoint",
-           "write_thresholds"]
+__all__ = ["TTA_MODES", "LoadedModel", "load", "ood_sidecar_path", "read_image",
+           "resolve_checkpoint", "write_ood_sidecar", "write_thresholds"]

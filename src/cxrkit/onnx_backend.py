@@ -64,6 +64,14 @@ class OnnxModel(Predictor):
         self.checkpoint = Path(self.record["checkpoint"])
         self.thresholds_file = thresholds_file
         self.thresholds, self.thresholds_source, self.thresholds_tta = self._thresholds()
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        if "cxrkit.ood" in props and "features" in self.outputs:
+            from cxrkit.ood import check_record
+
+            record = json.loads(props["cxrkit.ood"])
+            if record is not None:
+                check_record(record)
+                self.ood_record, self.ood_source = record, f"recorded in {self.path.name}"
 
     def _thresholds(self):
         found = find_thresholds(self.path.parent, self.findings,
@@ -84,8 +92,10 @@ class OnnxModel(Predictor):
     def source(self) -> Path:
         return self.path
 
-    def logits_from_cached(self, images, meta=None, *, tta: str = "none") -> np.ndarray:
-        """``uint8`` ``(B, 1, S, S)`` -> logits ``(B, F)`` float32 (``tta`` must be "none")."""
+    def forward_cached(self, images, meta=None, *, tta: str = "none"):
+        """``uint8`` ``(B, 1, S, S)`` -> ``(logits (B, F), pooled features (B, D) or None)``
+        float32 (``tta`` must be "none"). Graphs exported before the OOD score have no
+        ``features`` output: None."""
         if tta != "none":
             raise ValueError(f"the ONNX backend runs without test-time augmentation; got "
                              f"tta={tta!r} (use the torch backend for flip/tencrop)")
@@ -94,7 +104,10 @@ class OnnxModel(Predictor):
         m = self.meta_matrix(len(x), meta)
         if m is not None:
             feeds["meta"] = np.ascontiguousarray(m, np.float32)
-        return self.session.run(["logits"], feeds)[0]
+        if "features" in self.outputs:
+            logits, features = self.session.run(["logits", "features"], feeds)
+            return logits, features
+        return self.session.run(["logits"], feeds)[0], None
 
 
 def load_onnx(path: str | Path, *, thresholds: str | Path | None = None,

@@ -138,6 +138,20 @@ class Predictions:
     skipped: list[str] = field(default_factory=list)
     #: image -> patient-metadata fields it lacked (models trained with metadata only)
     metadata_missing: dict[str, list[str]] = field(default_factory=dict)
+    #: (len(images),) out-of-distribution score (> 1: flagged); NaN where failed or no record
+    ood_score: np.ndarray | None = None
+    #: why there is no OOD score (None: there is one)
+    ood_note: str | None = None
+
+    def ood_flag(self, i: int) -> bool | None:
+        """Image ``i`` is unlike the training images (None: no score)."""
+        if self.ood_score is None or np.isnan(self.ood_score[i]):
+            return None
+        return bool(self.ood_score[i] > 1.0)
+
+    @property
+    def n_ood(self) -> int:
+        return sum(bool(self.ood_flag(i)) for i in range(len(self.images)))
 
     @property
     def n_failed(self) -> int:
@@ -152,14 +166,17 @@ class Predictions:
         return [self.findings[j] for j in idx]
 
     def frame(self):
-        """One row per image: ``image``, ``error``, ``flagged`` (";"-joined), then one
-        probability column per finding."""
+        """One row per image: ``image``, ``error``, ``flagged`` (";"-joined), ``ood_score``,
+        ``ood_flag`` (empty without a score), then one probability column per finding."""
         import pandas as pd
 
         df = pd.DataFrame(self.probabilities, columns=list(self.findings))
         df.insert(0, "image", self.images)
         df.insert(1, "error", [self.errors.get(n, "") for n in self.images])
         df.insert(2, "flagged", [";".join(self.flagged(i)) for i in range(len(self.images))])
+        n = len(self.images)
+        df.insert(3, "ood_score", self.ood_score if self.ood_score is not None else np.full(n, np.nan))
+        df.insert(4, "ood_flag", pd.array([self.ood_flag(i) for i in range(n)], dtype="boolean"))
         return df
 
     def _write_csv(self, path: Path) -> None:
@@ -169,9 +186,12 @@ class Predictions:
 
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh, lineterminator="\n")
-            w.writerow(["image", "error", "flagged", *self.findings])
+            w.writerow(["image", "error", "flagged", "ood_score", "ood_flag", *self.findings])
             for i, name in enumerate(self.images):
-                w.writerow([name, self.errors.get(name, ""), ";".join(self.flagged(i)),
+                flag = self.ood_flag(i)
+                score = "" if flag is None else repr(float(self.ood_score[i]))
+                w.writerow([name, self.errors.get(name, ""), ";".join(self.flagged(i)), score,
+                            "" if flag is None else str(flag),
                             *("" if np.isnan(v) else repr(float(v))
                               for v in self.probabilities[i])])
 
@@ -181,7 +201,9 @@ class Predictions:
             if name in self.errors:
                 rows.append({"image": name, "error": self.errors[name]})
             else:
-                rows.append({"image": name, "flagged": self.flagged(i),
+                score = None if self.ood_flag(i) is None else float(self.ood_score[i])
+                rows.append({"image": name, "flagged": self.flagged(i), "ood_score": score,
+                             "ood_flag": self.ood_flag(i),
                              "probabilities": dict(zip(self.findings,
                                                        map(float, self.probabilities[i]),
                                                        strict=True))})
@@ -192,6 +214,9 @@ class Predictions:
                 f"none chosen at evaluation: {DEFAULT_THRESHOLD} for every finding",
                 "n_images": len(self.images), "n_failed": self.n_failed,
                 "skipped_not_images": self.skipped, "metadata_missing": self.metadata_missing,
+                "ood": {"meaning": "ood_score > 1: the image is unlike the training images "
+                                   "(ood_flag); the findings of such an image mean little",
+                        "n_flagged": self.n_ood, "note": self.ood_note},
                 "predictions": rows}
 
     def save(self, path: str | Path) -> Path:
@@ -212,7 +237,8 @@ class Predictions:
     def summary(self, *, top: int = 3, limit: int = 50) -> str:
         """A terminal table: per image its flagged findings and its ``top`` probabilities."""
         width = min(48, max([5] + [len(_short(n)) for n in self.images[:limit]]))
-        lines = [f"{'image':<{width}}  {'flagged (probability >= threshold)':<44}  most probable"]
+        lines = [f"{'image':<{width}}  {'OOD':<9}  {'flagged (probability >= threshold)':<44}  "
+                 "most probable"]
         for i, name in enumerate(self.images[:limit]):
             short = _short(name)[-width:]
             if name in self.errors:
@@ -225,10 +251,17 @@ class Predictions:
                 flagged += f" +{len(names) - top} more"
             best = ", ".join(f"{self.findings[j]} {p[j]:.2f}"
                              for j in np.argsort(-p, kind="stable")[:top])
-            lines.append(f"{short:<{width}}  {flagged or '-':<44}  {best}")
+            ood = self.ood_flag(i)
+            ood = "-" if ood is None else (f"YES {self.ood_score[i]:.1f}" if ood else "no")
+            lines.append(f"{short:<{width}}  {ood:<9}  {flagged or '-':<44}  {best}")
         if len(self.images) > limit:
             lines.append(f"... and {len(self.images) - limit} more images (write them all "
                          "with --out FILE.csv or .json)")
+        if self.n_ood:
+            lines.append(f"WARNING: {self.n_ood} image(s) flagged OOD (score > 1): unlike the "
+                         "images the model was trained on; their findings mean little")
+        if self.ood_note:
+            lines.append(f"note: {self.ood_note}")
         return "\n".join(lines)
 
 
@@ -256,6 +289,10 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
     names = [text for text, _ in inputs.problems]
     errors = dict(inputs.problems)
     probs = [np.full(len(findings), np.nan) for _ in names]
+    ood = [np.nan for _ in names]
+    ood_note = model.ood_note()
+    if ood_note:
+        model.warn_if_no_ood()
     thresholds = _thresholds(model)
     mismatch = model.thresholds_mismatch(tta)
     if mismatch:
@@ -271,6 +308,7 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
             for k, f in enumerate(chunk):
                 names.append(str(f))
                 probs.append(np.full(len(findings), np.nan))
+                ood.append(np.nan)
                 try:
                     cached.append(model.cached_batch([f])[0])
                     ok.append(len(names) - 1)
@@ -279,9 +317,12 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
                     errors[str(f)] = e.reason if isinstance(e, ImageReadError) else str(e)
             if cached:
                 mm = None if meta is None else meta[rows]
-                z = model.logits_from_cached(np.stack(cached), mm, tta=tta)
-                for row, p in zip(ok, sigmoid(z), strict=True):
+                batch = np.stack(cached)
+                z, result = model.score_cached(batch, mm, tta=tta)
+                for k, (row, p) in enumerate(zip(ok, sigmoid(z), strict=True)):
                     probs[row] = p
+                    if result is not None:
+                        ood[row] = float(result.score[k])
             bar.update(len(chunk))
     missing = {k: v for k, v in missing.items() if k not in errors}
     return Predictions(findings=findings, images=names,
@@ -289,7 +330,8 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
                        errors=errors, thresholds=thresholds,
                        thresholds_source=model.thresholds_source, model=model.name,
                        backend=model.backend, checkpoint=str(model.source), tta=tta,
-                       skipped=[str(p) for p in inputs.skipped], metadata_missing=missing)
+                       skipped=[str(p) for p in inputs.skipped], metadata_missing=missing,
+                       ood_score=np.asarray(ood, np.float64), ood_note=ood_note)
 
 
 def _file_metadata(model, files: list[Path], metadata):

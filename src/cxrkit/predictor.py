@@ -12,8 +12,12 @@ network call is written once, here:
 ``name``, ``backend``, ``source``    model name, "torch"/"onnx", the file it came from
 ``cache_image``, ``load_images``     the cache stage (decode + :func:`preprocess`)
 ``meta_matrix``                      ``meta`` as given -> ``(B, 4)`` (or the defaults)
-``logits_from_cached``               the one backend-specific step (abstract)
-``predict_logits``, ``predict``      batching, the one sigmoid, the DataFrame
+``forward_cached``                   the one backend-specific step (abstract): logits and
+                                     the pooled features the OOD score reads
+``logits_from_cached``, ``score_cached``   logits; logits + OOD score/flag
+``ood_record``, ``ood``, ``ood_note``      the out-of-distribution record (:mod:`cxrkit.ood`)
+``predict_logits``, ``predict``      batching, the one sigmoid, the DataFrame (findings,
+                                     then ``ood_score`` and ``ood_flag``)
 ``threshold_vector``, ``thresholds_mismatch``, ``tta_note``
 
 Probabilities are :func:`cxrkit.metrics.sigmoid` of the logits (the one sigmoid; the ONNX
@@ -34,6 +38,7 @@ from cxrkit.data.images import preprocess
 from cxrkit.data.metadata import DEFAULT_META, META_FEATURES, as_meta_matrix
 from cxrkit.messages import require_count
 from cxrkit.metrics import sigmoid
+from cxrkit.ood.record import OodResult, OodScorer
 from cxrkit.preprocessing import Preprocessing, mirrored_tta_note
 
 #: Test-time augmentations: none, the image and its mirror, CheXNet's ten crops.
@@ -44,6 +49,10 @@ DEFAULT_THRESHOLD = 0.5
 
 class MirroredTTAWarning(UserWarning):
     """Mirrored test-time views used on a model trained without flips."""
+
+
+class OodMissingWarning(UserWarning):
+    """The model has no out-of-distribution record: its OOD score and flag are missing."""
 
 
 class Predictor(ABC):
@@ -58,6 +67,10 @@ class Predictor(ABC):
     #: the test-time augmentation the thresholds were chosen with ("none" if unrecorded)
     thresholds_tta: str | None = None
     backend: str = ""
+    #: the out-of-distribution record (:mod:`cxrkit.ood.record`), None when there is none
+    ood_record: dict | None = None
+    #: where it came from (the checkpoint, a sidecar, the ONNX metadata)
+    ood_source: str | None = None
 
     # -- identity ----------------------------------------------------------------------------
     @property
@@ -104,17 +117,63 @@ class Predictor(ABC):
 
     # -- inference -----------------------------------------------------------------------------
     @abstractmethod
+    def forward_cached(self, images, meta=None, *, tta: str = "none"):
+        """``uint8`` ``(B, 1, S, S)`` cache-stage images -> ``(logits (B, F) float32 numpy,
+        pooled features (B, D) of the plain view, or None where the backend has none)``."""
+
     def logits_from_cached(self, images, meta=None, *, tta: str = "none") -> np.ndarray:
         """``uint8`` ``(B, 1, S, S)`` cache-stage images -> logits ``(B, F)`` float32 numpy."""
+        self.check_tta(tta, stacklevel=4)
+        return self.forward_cached(images, meta, tta=tta)[0]
 
-    def check_tta(self, tta: str) -> None:
+    def score_cached(self, images, meta=None, *, tta: str = "none"):
+        """Logits and the OOD result (:class:`cxrkit.ood.OodResult`, None without a record)
+        of cache-stage images, from one forward pass."""
+        self.check_tta(tta, stacklevel=4)
+        logits, features = self.forward_cached(images, meta, tta=tta)
+        return logits, self.ood_from_cached(images, features)
+
+    # -- out-of-distribution -------------------------------------------------------------------
+    @property
+    def ood(self) -> OodScorer | None:
+        """The decoded OOD record (None without one)."""
+        rec = self.ood_record
+        if rec is None:
+            return None
+        cached = getattr(self, "_ood_scorer", None)
+        if cached is None or cached.record is not rec:
+            cached = self._ood_scorer = OodScorer(rec)
+        return cached
+
+    def ood_note(self) -> str | None:
+        """Why this model gives no OOD score (None: it does)."""
+        if self.ood_record is None:
+            return (f"{self.source.name} has no out-of-distribution record (made before "
+                    "cxrkit recorded one, or exported without it): ood_score and ood_flag "
+                    "are empty; compute it with `cxrkit ood RUN` (and export again for ONNX)")
+        return None
+
+    def ood_from_cached(self, images, features) -> OodResult | None:
+        """The OOD result of cache-stage ``images`` whose pooled features are ``features``."""
+        if self.ood is None or features is None:
+            return None
+        return self.ood.score(np.asarray(features), np.asarray(images))
+
+    def warn_if_no_ood(self) -> None:
+        """Say once per model that it has no OOD record (never skipped silently)."""
+        note = self.ood_note()
+        if note and not getattr(self, "_ood_warned", False):
+            self._ood_warned = True
+            warnings.warn(note, OodMissingWarning, stacklevel=3)
+
+    def check_tta(self, tta: str, *, stacklevel: int = 3) -> None:
         """Refuse an unknown TTA; warn (:class:`MirroredTTAWarning`) when it mirrors images
         for a model trained without flips (see :func:`cxrkit.preprocessing.mirrored_tta_note`)."""
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
         note = self.tta_note(tta)
         if note:
-            warnings.warn(f"{self.source.name}: {note}", MirroredTTAWarning, stacklevel=3)
+            warnings.warn(f"{self.source.name}: {note}", MirroredTTAWarning, stacklevel=stacklevel)
 
     def tta_note(self, tta: str) -> str | None:
         """Why ``tta`` does not fit this model (None: it fits)."""
@@ -133,7 +192,9 @@ class Predictor(ABC):
                 else np.zeros((0, len(self.findings)), np.float32))
 
     def predict(self, images, meta=None, *, tta: str = "none", batch_size: int = 16):
-        """Probabilities, one row per image and one column per finding (a DataFrame).
+        """Probabilities, one row per image and one column per finding (a DataFrame), then
+        ``ood_score`` (float; > 1 is out of distribution, NaN without a record) and
+        ``ood_flag`` (bool; missing without a record).
 
         ``images``: a path, an array, or a sequence of them (PNG/JPEG/DICOM paths, or
         grey/RGB arrays). ``meta``: patient metadata for a model trained with it: an
@@ -146,10 +207,25 @@ class Predictor(ABC):
         single = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray)
                                                      and images.ndim == 2)
         items = [images] if single else list(images)
-        probs = sigmoid(self.predict_logits(items, meta, tta=tta, batch_size=batch_size))
+        batch_size = require_count(batch_size, "batch_size")
+        self.warn_if_no_ood()
+        mm = self.meta_matrix(len(items), meta)
+        logits, scores, flags = [], [], []
+        for i in range(0, len(items), batch_size):
+            cached = self.load_images(items[i:i + batch_size])
+            z, ood = self.score_cached(cached, None if mm is None else mm[i:i + batch_size],
+                                       tta=tta)
+            logits.append(np.asarray(z))
+            scores.append(np.full(len(z), np.nan) if ood is None else ood.score)
+            flags.append([pd.NA] * len(z) if ood is None else ood.flag.tolist())
+        z = (np.concatenate(logits) if logits else np.zeros((0, len(self.findings)), np.float32))
         index = [str(p) if isinstance(p, (str, Path)) else f"array_{i}"
                  for i, p in enumerate(items)]
-        return pd.DataFrame(probs, columns=list(self.findings), index=pd.Index(index, name="image"))
+        df = pd.DataFrame(sigmoid(z), columns=list(self.findings),
+                          index=pd.Index(index, name="image"))
+        df["ood_score"] = np.concatenate(scores) if scores else np.zeros(0)
+        df["ood_flag"] = pd.array([f for part in flags for f in part], dtype="boolean")
+        return df
 
     # -- thresholds ----------------------------------------------------------------------------
     def threshold_vector(self) -> np.ndarray:
@@ -166,4 +242,5 @@ class Predictor(ABC):
         return None
 
 
-__all__ = ["DEFAULT_THRESHOLD", "MirroredTTAWarning", "Predictor", "TTA_MODES"]
+__all__ = ["DEFAULT_THRESHOLD", "MirroredTTAWarning", "OodMissingWarning", "Predictor",
+           "TTA_MODES"]

@@ -49,6 +49,7 @@ import torch
 
 from cxrkit.data.metadata import DEFAULT_META
 from cxrkit.engine.precision import Precision
+from cxrkit.ood.features import tap_features
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ PARITY_TOLERANCE = 1e-4
 #: ONNX opset of the cached network graphs.
 OPSET = 18
 
+
+#: what the cached graph returns (part of its cache key, so older graphs are remade)
+GRAPH_OUTPUTS = ("logits", "features")
 
 def default_precision(precision: str | None = None) -> str:
     """``precision`` if given, else ``$CXRKIT_PRECISION``, else "auto"; validated."""
@@ -114,13 +118,17 @@ def quiet_exporter_logs(names=("onnx_ir", "onnxscript", "torch.onnx", "torch.exp
 # -- the forward passes ---------------------------------------------------------------------
 @dataclass
 class Forward:
-    """``forward(x, meta) -> float32 logits`` for tensor-stage inputs, and what it is."""
+    """``forward(x, meta) -> (float32 logits (B, F), pooled features (B, D))`` for
+    tensor-stage inputs, and what it is. The features are the classifier's input, read by
+    :func:`cxrkit.ood.features.tap_features` (the out-of-distribution score needs them), so
+    every precision returns them from the same single pass."""
 
     precision: str                                  #: "fp32", "bf16" or "onnxruntime"
     requested: str                                  #: what the caller asked for
     record: dict = field(default_factory=dict)      #: details for manifests (metrics.json)
 
-    def __call__(self, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, meta: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -142,8 +150,9 @@ class EagerForward(Forward):
     def __call__(self, x, meta):
         if self.precision == "bf16":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), self._amp.autocast(self.device):
-            return self.model(x, meta).float()
+        with torch.no_grad(), self._amp.autocast(self.device), tap_features(self.model) as tap:
+            logits = self.model(x, meta).float()
+            return logits, tap.take().float()
 
 
 @dataclass
@@ -157,24 +166,27 @@ class OrtForward(Forward):
         feeds = {"x": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
         if self.metadata:
             feeds["meta"] = np.ascontiguousarray(meta.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(["logits"], feeds)[0])
+        logits, features = self.session.run(["logits", "features"], feeds)
+        return torch.from_numpy(logits), torch.from_numpy(features)
 
 
 class _Network(torch.nn.Module):
-    """The bare network, ``(x[, meta]) -> logits``: what the cached graph holds."""
+    """The bare network, ``(x[, meta]) -> (logits, features)``: what the cached graph holds."""
 
     def __init__(self, model: torch.nn.Module, metadata: bool):
         super().__init__()
         self.model, self.metadata = model, metadata
 
     def forward(self, x, meta=None):
-        return self.model(x, meta if self.metadata else None).float()
+        with tap_features(self.model) as tap:
+            logits = self.model(x, meta if self.metadata else None).float()
+            return logits, tap.take()
 
 
 def _key(sha256: str, shape: tuple, metadata: bool) -> str:
     import onnxruntime
 
-    text = json.dumps([sha256, list(shape), metadata, OPSET, str(torch.__version__),
+    text = json.dumps([sha256, list(shape), metadata, OPSET, GRAPH_OUTPUTS, str(torch.__version__),
                        onnxruntime.__version__])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -189,7 +201,7 @@ def _export(net: _Network, example: tuple, path: Path, metadata: bool) -> None:
         with warnings.catch_warnings(), contextlib.redirect_stdout(printed), quiet_exporter_logs():
             warnings.simplefilter("ignore")
             torch.onnx.export(net, example, str(tmp), dynamo=True, opset_version=OPSET,
-                              input_names=names, output_names=["logits"],
+                              input_names=names, output_names=list(GRAPH_OUTPUTS),
                               dynamic_shapes=tuple({0: batch} for _ in names),
                               external_data=False, verbose=False)
         os.replace(tmp, path)
@@ -240,8 +252,8 @@ def onnxruntime_forward(lm, *, requested: str = "onnxruntime") -> OrtForward:
             manifest = json.loads(sidecar.read_text())
     if manifest is None:  # checked once, when the graph is made (or its manifest is lost)
         with torch.no_grad():
-            ref = torch.sigmoid(net(x, meta))
-        diff = float((torch.sigmoid(fwd(x, meta)) - ref).abs().max())
+            ref = torch.sigmoid(net(x, meta)[0])
+        diff = float((torch.sigmoid(fwd(x, meta)[0]) - ref).abs().max())
         if not diff <= PARITY_TOLERANCE:
             path.unlink(missing_ok=True)
             raise RuntimeError(f"{lm.checkpoint}: onnxruntime differs from torch fp32 by "

@@ -15,6 +15,7 @@ from cxrkit.cli import data, evaluate, train
 from cxrkit.cli import predict
 from cxrkit.cli import explain
 from cxrkit.cli import serve
+from cxrkit.cli import ood
 from cxrkit.cli.common import setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,6 +38,7 @@ app.command()(data.stats)
 app.command(context_settings=_EXTRA_ARGS)(train.train)
 app.command()(evaluate.evaluate)
 app.command()(evaluate.compare)
+app.command()(ood.ood)
 app.command()(predict.predict)
 app.command()(predict.export)
 app.command()(explain.explain)

@@ -53,6 +53,15 @@ def evaluate(
     folder = out or default_out(resolve_checkpoint(checkpoint), split, tta)
     typer.echo(f"{split}: {m['n_images']:,} images of {m['n_patients']:,} patients, mean AUROC "
                f"{text} over {mean['defined']} findings -> {folder}")
+    ood = m.get("ood")
+    if ood:
+        def auc(x):
+            return "undefined" if x is None else f"{x:.4f}"
+        typer.echo(f"out of distribution: {ood['n_flagged']:,} of {ood['n_images']:,} images "
+                   f"flagged; mean AUROC {auc(ood['mean_auroc_all'])} with them, "
+                   f"{auc(ood['mean_auroc_without_flagged'])} without")
+    else:
+        typer.echo("out of distribution: no record (see the warning above); not scored")
     for note in m["notes"]:
         typer.echo(f"note: {note}")
 

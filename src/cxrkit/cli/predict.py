@@ -102,6 +102,13 @@ def export(
     typer.echo(f"  overall: max |dp| {p['max_abs_diff_probability']:.2e} (tolerance "
                f"{p['tolerances']['probability']:g}), max |dlogit| {p['max_abs_diff_logit']:.2e}"
                f" -> passed; contract in {r['sidecar']}")
+    if p.get("ood_score"):
+        o = p["ood_score"]
+        typer.echo(f"  OOD score: max relative difference {o['max_rel_diff_score']:.2e} (tolerance "
+                   f"{o['tolerance_relative']:g}), flags agree: {o['flags_agree']}")
+    else:
+        typer.secho("  no OOD record: the export reports no out-of-distribution score "
+                    "(run `cxrkit ood RUN`, then export again)", fg=typer.colors.YELLOW)
     if not r["thresholds"]:
         logging.getLogger(__name__).warning(
             "no thresholds recorded (run `cxrkit evaluate` before exporting, or pass "

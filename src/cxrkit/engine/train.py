@@ -260,6 +260,36 @@ def _make_scheduler(cfg: RunConfig, optimizer, steps_per_epoch: int):
     return sched, sched.step
 
 
+def record_ood(checkpoint: Path, model, data: RunData, transform, *, device, cfg: RunConfig,
+               show_progress: bool = False) -> None:
+    """The end of training: fit the checkpoint's out-of-distribution record
+    (:func:`cxrkit.ood.features.fit_from_datasets`, with the checkpoint's own weights) and
+    write it into the checkpoint (key ``ood``), atomically. A checkpoint that already has
+    one (a finished run re-run) is left as it is."""
+    from cxrkit.ood.features import fit_from_datasets
+
+    ck = load_checkpoint(checkpoint)
+    if ck.get("ood") is not None:
+        return
+    model.load_state_dict(ck["model"])
+    t0 = time.perf_counter()
+    try:
+        record = fit_from_datasets(
+            model, data.train, data.val, transform, device=device,
+            metadata=cfg.model.metadata, seed=cfg.train.seed, progress=show_progress,
+            provenance={"made_by": "training", "epoch": int(ck["epoch"]) + 1,
+                        "split": str(data.split_path), "split_sha256": data.split_sha256,
+                        "prepared": str(data.prepared.root)})
+    except ValueError as e:   # e.g. a validation split of one image: say so, keep the run
+        log.warning("no out-of-distribution record written into %s: %s", checkpoint.name, e)
+        return
+    ck["ood"] = record
+    save_checkpoint({k: v for k, v in ck.items() if k != "format"}, checkpoint)
+    log.info("ood record: %d train / %d val images, %.1f s, written into %s",
+             ck["ood"]["train"]["n"], ck["ood"]["val"]["n"], time.perf_counter() - t0,
+             checkpoint.name)
+
+
 def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> dict:
     """Train (or, with ``model.freeze=no-train``, only evaluate) and write the run folder.
 
@@ -419,6 +449,9 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
                     log.info("early stopping: no better validation AUROC for %d epochs", bad_epochs)
                 status = "early-stopped"
                 break
+        if d.is_main and history:
+            record_ood(run_dir / "best.pt", model, data, eval_tf, device=device, cfg=cfg,
+                       show_progress=show_progress)
     except TrainingDiverged as e:
         status = f"diverged: {e}"
         raise

@@ -47,7 +47,7 @@ from cxrkit.evaluate.published import (
     published_rows,
 )
 from cxrkit.evaluate.report import write_report
-from cxrkit.heldout import HeldOut, load_held_out
+from cxrkit.heldout import HeldOut, ensure_ood_record, load_held_out
 from cxrkit.inference import TTA_MODES, load, write_thresholds
 from cxrkit.metrics import (
     bootstrap_ci,
@@ -181,6 +181,30 @@ def subgroup_rows(pred: Predictions, findings, *, n: int, seed: int) -> list[dic
                              "n": int(pos[j] + neg[j]), "positives": int(pos[j]),
                              "auroc": _f(ci.value[j]), "lo": _f(ci.lo[j]), "hi": _f(ci.hi[j])})
     return rows
+
+
+def ood_section(pred: Predictions, findings, record: dict) -> dict:
+    """How many evaluated images the OOD score flags, and the mean AUROC with and without
+    them (per finding too): a model should not be judged on images it calls foreign, and a
+    flag that removes mostly hard cases would show here as a jump."""
+    from cxrkit.metrics import auroc_per_finding
+    from cxrkit.ood import record_summary
+
+    flag = pred.ood_flag
+    keep = ~flag
+    all_auc = auroc_per_finding(pred.labels, pred.probs)
+    kept_auc = (auroc_per_finding(pred.labels[keep], pred.probs[keep]) if keep.sum() >= 2
+                else np.full(len(findings), np.nan))
+    return {"n_images": int(len(flag)), "n_flagged": int(flag.sum()),
+            "fraction_flagged": _f(flag.mean()) if len(flag) else None,
+            "flagged_images": pred.table.loc[flag, "image_id"].tolist()[:200],
+            "score_quantiles": {q: _f(np.percentile(pred.ood_score, float(q)))
+                                for q in ("50", "90", "99")},
+            "mean_auroc_all": _f(mean_defined(all_auc)),
+            "mean_auroc_without_flagged": _f(mean_defined(kept_auc)),
+            "auroc_all": dict(zip(findings, map(_f, all_auc), strict=True)),
+            "auroc_without_flagged": dict(zip(findings, map(_f, kept_auc), strict=True)),
+            "record": record_summary(record)}
 
 
 # -- provenance and notes -----------------------------------------------------------------
@@ -369,6 +393,14 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     lm = load(checkpoint, device=device, precision=precision)
     findings = list(lm.findings)
     data = load_held_out(lm, prepared)
+    if lm.ood_record is None:
+        log.info("%s has no out-of-distribution record: computing it from %s",
+                 lm.checkpoint.name, data.prepared.root)
+    try:
+        ood_record = ensure_ood_record(lm, prepared, progress=progress)
+    except ValueError as e:   # e.g. a validation split too small to calibrate on: said, kept
+        log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
+        ood_record = None
     out = Path(out) if out else default_out(lm.checkpoint, split, tta)
     started, cpu = time.perf_counter(), time.process_time()
     test = predict_split(lm, data, split, tta=tta, batch_size=batch_size, progress=progress)
@@ -403,6 +435,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "auroc": auroc, "auprc": auprc, "mean_auroc": mean,
         "thresholds": {"chosen_on": threshold_split, **thresholds, "meaning": THRESHOLD_MEANING},
         "threshold_metrics": applied, "calibration": calibration, "subgroups": subgroups,
+        "ood": (ood_section(test, findings, ood_record)
+                if ood_record is not None and test.ood_score is not None else None),
         "published": published_rows(findings, run),
         "notes": _notes(source=source, split=split, fit_split=threshold_split, data=data,
                         mean=mean, auroc=auroc, bootstrap=bootstrap,
@@ -426,8 +460,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                                chosen_on=f"{threshold_split} split of {data.split_path} "
                                          f"(tta={tta})")
     shutil.copyfile(sidecar, out / sidecar.name)
-    log.info("evaluated %s on %d %s images: mean AUROC %s; wrote %s", lm.checkpoint.name,
-             len(test.table), split, _fmt(mean), out)
+    log.info("evaluated %s on %d %s images: mean AUROC %s, %s flagged out-of-distribution; "
+             "wrote %s", lm.checkpoint.name, len(test.table), split, _fmt(mean),
+             metrics["ood"]["n_flagged"] if metrics["ood"] else "none", out)
     log.info("metrics: %.1f s after the forward passes (%.1f s CPU)",
              time.perf_counter() - started - forward_s, time.process_time() - cpu - forward_cpu)
     if report:
@@ -458,6 +493,6 @@ def _fmt(m: dict) -> str:
     return f"{m['value']:.4f}{ci}"
 
 
-__all__ = ["FORMAT", "THRESHOLD_METHODS", "age_band", "calibration_section", "data_source",
+__all__ = ["FORMAT", "THRESHOLD_METHODS", "age_band", "ood_section", "calibration_section", "data_source",
            "default_out", "evaluate_checkpoint", "ranking_section", "subgroup_rows",
            "threshold_section", "write_outputs"]

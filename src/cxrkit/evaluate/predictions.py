@@ -27,6 +27,11 @@ class Predictions:
     table: pd.DataFrame      #: image_id, patient_id, age, sex, view
     labels: np.ndarray       #: (N, F)
     logits: np.ndarray       #: (N, F)
+    ood_score: np.ndarray | None = None   #: (N,) out-of-distribution score (> 1: flagged)
+
+    @property
+    def ood_flag(self) -> np.ndarray | None:
+        return None if self.ood_score is None else self.ood_score > 1.0
 
     @property
     def probs(self) -> np.ndarray:
@@ -45,15 +50,18 @@ def predict_split(lm: LoadedModel, data: HeldOut, split: str, *, tta: str = "non
         raise ValueError(f"split {split!r} of {data.split_path} has no cached images")
     ds = CXRDataset(data.prepared.cache, table, lm.findings)
     loader = make_loader(ds, batch_size=batch_size, shuffle=False)
-    parts = []
+    parts, ood = [], []
     for batch in tqdm(loader, desc=f"predict {split}", unit="batch", disable=not progress,
                       leave=False, dynamic_ncols=True):
         meta = batch["meta"] if lm.metadata else None
-        parts.append(lm.logits_from_cached(batch["image"], meta, tta=tta))
+        z, result = lm.score_cached(batch["image"], meta, tta=tta)
+        parts.append(z)
+        ood.append(None if result is None else result.score)
     return Predictions(split=split, table=ds.table[["image_id", "patient_id", "age", "sex",
                                                    "view"]].reset_index(drop=True),
                        labels=ds.labels.numpy().astype(np.float64),
-                       logits=np.concatenate(parts).astype(np.float64))
+                       logits=np.concatenate(parts).astype(np.float64),
+                       ood_score=None if any(o is None for o in ood) else np.concatenate(ood))
 
 
 
@@ -66,6 +74,9 @@ def predictions_frame(pred: Predictions, findings) -> pd.DataFrame:
                                   pred.labels[:, j]), dtype="Int64")
     for j, f in enumerate(findings):
         df[f"p_{f}"] = probs[:, j]
+    if pred.ood_score is not None:
+        df["ood_score"] = pred.ood_score
+        df["ood_flag"] = pred.ood_flag
     return df
 
 

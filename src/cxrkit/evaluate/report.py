@@ -274,6 +274,30 @@ def localization_section(run_dir: Path) -> str:
     return "".join(parts)
 
 
+def ood_html(metrics: dict) -> str:
+    """The out-of-distribution section: images flagged, AUROC with and without them."""
+    ood = metrics.get("ood")
+    if not ood:
+        return ""
+    rec = ood["record"]
+    n, k = ood["n_images"], ood["n_flagged"]
+    head = (f"<h2>Out-of-distribution images</h2><p>{k:,} of {n:,} evaluated images "
+            f"({_num(ood['fraction_flagged'] * 100 if n else None, 1)} %) are flagged as "
+            "unlike the training images (OOD score &gt; 1; the record's method: "
+            f"{_esc(rec['method'])}; {_num(rec['val']['flag_rate'] * 100, 1)} % of "
+            f"validation images flagged). Mean AUROC with them "
+            f"<b>{_num(ood['mean_auroc_all'])}</b>, without them "
+            f"<b>{_num(ood['mean_auroc_without_flagged'])}</b>.</p>")
+    table = pd.DataFrame({"finding": list(ood["auroc_all"]),
+                          "AUROC, all images": [_num(v) for v in ood["auroc_all"].values()],
+                          "AUROC, without flagged": [_num(v) for v in
+                                                     ood["auroc_without_flagged"].values()]})
+    shown = ", ".join(ood["flagged_images"][:20])
+    more = f" (+{k - 20} more)" if k > 20 else ""
+    return (head + f"<details><summary>Per finding; flagged images</summary>{_table(table)}"
+            f"<p>{_esc(shown)}{_esc(more)}</p></details>")
+
+
 # -- the report ---------------------------------------------------------------------------
 def _kpis(metrics: dict, run: dict) -> str:
     items = [("mean AUROC [95% CI]", _ci(metrics["mean_auroc"])),
@@ -309,6 +333,7 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
         s.append(_table(data[0]))
         s.append("<details><summary>Prevalence per finding and split</summary>"
                  f"{_table(data[1])}</details>")
+    s.append(ood_html(metrics))
     s.append("<h2>Per-finding AUROC and AUPRC</h2>")
     s.append(_table(auroc_table(metrics)))
     s.append("<p>Published values (* = not comparable with this run):</p><ul>" + "".join(
@@ -372,6 +397,11 @@ def render_summary(metrics: dict) -> str:
              f"findings; {metrics['n_images']:,} images of {metrics['n_patients']:,} patients; "
              f"TTA {metrics['tta']}.", "", f"_{RESEARCH_USE}_", ""]
     lines += [f"- {n}" for n in metrics["notes"]]
+    ood = metrics.get("ood")
+    if ood:
+        lines += [f"- Out of distribution: {ood['n_flagged']:,} of {ood['n_images']:,} images "
+                  f"flagged; mean AUROC {_num(ood['mean_auroc_all'])} with them, "
+                  f"{_num(ood['mean_auroc_without_flagged'])} without."]
     lines += ["", "| finding | positives | AUROC [95% CI] | AUPRC [95% CI] |", "|---|---:|---|---|"]
     for f in metrics["findings"]:
         a = metrics["auroc"][f]

@@ -28,7 +28,10 @@ import base64
 import io
 import logging
 import threading
+import warnings
 from pathlib import Path
+
+import pandas as pd
 
 import cv2
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -42,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrkit.inference import TTA_MODES, LoadedModel, load
 from cxrkit.messages import quote
+from cxrkit.predictor import OodMissingWarning
 from cxrkit.serve.uploads import (DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS,
                                   DecodedUpload, UploadError, decode_upload)
 
@@ -56,6 +60,10 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 #: images are enlarged (bilinear) to this side in pixels so the overlay's label is legible.
 OVERLAY_MIN_SIDE = 512
 STATIC = Path(__file__).with_name("static")
+OOD_WARNING = ("This image does not look like the images this model was trained on "
+               "(out-of-distribution score {score:.1f}; above 1 is flagged). The findings "
+               "below are unreliable: check that it is a frontal chest radiograph, upright, "
+               "not inverted, of the kind the model was trained on.")
 
 
 # -- response schemas (they become the OpenAPI schema) ---------------------------------------
@@ -88,6 +96,11 @@ class ModelInfo(BaseModel):
 
 class PredictResponse(ModelInfo):
     image: ImageInfo
+    ood_score: float | None = Field(
+        None, description="out-of-distribution score: > 1 means unlike the training images "
+                          "(null when the checkpoint has no OOD record)")
+    ood_flag: bool | None = Field(None, description="ood_score > 1")
+    ood_warning: str | None = Field(None, description="what the flag means, when flagged")
     findings: list[FindingResult] = Field(description="one per finding, in the model's order")
 
 
@@ -145,6 +158,8 @@ class Service:
             notes.append(lm.thresholds_mismatch(tta))
         if lm.tta_note(tta):
             notes.append(lm.tta_note(tta))
+        if lm.ood_note():
+            notes.append(lm.ood_note())
         if lm.metadata:
             notes.append("this model was trained with patient metadata, which the service "
                          "does not take: age is marked missing and sex/view default to "
@@ -169,11 +184,16 @@ class Service:
 
     def predict(self, data: bytes, filename: str) -> PredictResponse:
         up = self.decode(data, filename)
-        with self.lock:
+        with self.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", OodMissingWarning)  # said once, in `warning`
             probs = self.lm.predict(up.image, tta=self.tta).iloc[0]
         rows = [self._result(f, float(probs[f])) for f in self.lm.findings]
+        flag = None if pd.isna(probs["ood_flag"]) else bool(probs["ood_flag"])
+        score = None if flag is None else float(probs["ood_score"])
         return PredictResponse(**self.model_info.model_dump(),
-                               image=self._image_info(up, filename), findings=rows)
+                               image=self._image_info(up, filename), findings=rows,
+                               ood_score=score, ood_flag=flag,
+                               ood_warning=OOD_WARNING.format(score=score) if flag else None)
 
     def explain(self, data: bytes, filename: str, finding: str | None) -> ExplainResponse:
         from cxrkit.explain.overlay import overlay
@@ -184,9 +204,11 @@ class Service:
         up = self.decode(data, filename)
         cached = self.lm.load_images([up.image])  # (1, 1, S, S) uint8, the cache stage
         with self.lock:
-            probs = self.lm.predict(up.image, tta=self.tta).iloc[0]  # the same as /predict
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OodMissingWarning)
+                probs = self.lm.predict(up.image, tta=self.tta).iloc[0]  # as /predict
             if finding is None:  # the most probable finding
-                finding = str(probs.idxmax())
+                finding = str(probs[list(self.lm.findings)].astype(float).idxmax())
             heat = saliency_maps(self.lm, cached, finding, method="gradcam")[0]
         p = float(probs[finding])
         base = cached[0, 0].numpy()

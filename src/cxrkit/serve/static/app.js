@@ -65,6 +65,7 @@ async function handleFile(file) {
   $("overlay-fig").hidden = true;
   $("finding").disabled = true;
   $("pick").hidden = true;
+  $("ood-alert").hidden = true;
   hidePreview();  // no stale or broken preview while this file is checked
   if (state.info && file.size > state.info.max_upload_bytes) {
     setStatus(`${file.name}: ${mib(file.size)} is over the upload limit of ${mib(state.info.max_upload_bytes)}.`, "error");
@@ -76,6 +77,7 @@ async function handleFile(file) {
     const res = await post("/predict", file);
     if (req !== state.request) return;  // a newer upload replaced this one
     state.results = res;
+    showOod(res);
     drawChart(res);
     if (res.warning) showWarning(res.warning);
     const positives = res.findings.filter((f) => f.positive).length;
@@ -89,6 +91,12 @@ async function handleFile(file) {
       setStatus(e.message, "error");
     }
   }
+}
+
+function showOod(res) {
+  const box = $("ood-alert");
+  box.textContent = res.ood_flag ? res.ood_warning : "";
+  box.hidden = !res.ood_flag;
 }
 
 function showPreview(file) {

@@ -1,0 +1,31 @@
+"""``cxrkit ood``: a checkpoint's out-of-distribution record, computed when it has none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxrkit.cli.common import run as _run
+
+
+def ood(
+    checkpoint: Annotated[Path, typer.Argument(help="A run folder (best.pt) or a checkpoint file")],
+    prepared: Annotated[Path | None, typer.Option(help="Prepared folder, if moved since training")] = None,
+    force: Annotated[bool, typer.Option(help="Recompute even when the checkpoint has a record")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cpu)")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
+) -> None:
+    """Out-of-distribution record: show it, or compute it from the run's prepared cache."""
+    from cxrkit.heldout import ensure_ood_record
+    from cxrkit.inference import load
+
+    lm = _run(load, checkpoint, device=device)
+    had = lm.ood_record is not None and not force
+    rec = _run(ensure_ood_record, lm, prepared, force=force, progress=progress)
+    how = f"recorded ({lm.ood_source})" if had else f"computed -> {lm.ood_source}"
+    typer.echo(f"{lm.checkpoint}: out-of-distribution record {how}")
+    typer.echo(f"  fitted on {rec['train']['n']:,} train images, calibrated on "
+               f"{rec['val']['n']:,} val images; {rec['val']['flag_rate']:.1%} of val flagged")
+    typer.echo(f"  method: {rec['method']}")
