@@ -39,7 +39,6 @@ import contextlib
 import io
 import json
 import logging
-import platform
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrkit.artefacts import (
+    RunFolder,
+    atomic_path,
+    check_writable,
+    onnx_path,
+    versions,
+    write_json,
+)
 from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.data.images import PreprocessSettings, preprocess
 
@@ -138,23 +145,7 @@ def _quiet_loggers(names=("onnx_ir", "onnxscript", "torch.onnx", "torch.export")
 
 
 def _versions() -> dict:
-    import onnx
-    import onnxruntime
-    import torch
-
-    from cxrkit import __version__
-    out = {"cxrkit": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
-           "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-           "python": platform.python_version()}
-    with contextlib.suppress(ImportError):
-        import onnxscript
-        out["onnxscript"] = onnxscript.__version__
-    return out
-
-
-def default_onnx_path(checkpoint: Path) -> Path:
-    """``run/best.pt`` -> ``run/best.onnx``."""
-    return checkpoint.with_suffix(".onnx")
+    return versions("onnx", "onnxruntime", "onnxscript")
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
@@ -170,12 +161,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     import onnx
     import torch
 
-    from cxrkit.data.nih import write_json_atomic
     from cxrkit.inference import load
 
     lm = load(checkpoint, device="cpu", thresholds=thresholds)
-    out = Path(out) if out else default_onnx_path(lm.checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(out) if out else onnx_path(lm.checkpoint)
+    check_writable(out)
     graph = _graph(lm)
     s = lm.cache_settings.size
     example = (torch.zeros(2, 1, s, s, dtype=torch.uint8),)
@@ -221,13 +211,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         entry = proto.metadata_props.add()
         entry.key, entry.value = f"cxrkit.{key}", json.dumps(record[key])
     proto.producer_name = "cxrkit"
-    onnx.save(proto, str(out))
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
 
     onnx_model = OnnxModel(out)
     images = _parity_images(n_phantoms, parity_images)
     parity = parity_check(lm, onnx_model, images)
     sidecar = out.with_name(out.name + ".json")
-    write_json_atomic({"path": str(out), "exporter": "torch.onnx.export(dynamo=True)",
+    write_json({"path": str(out), "exporter": "torch.onnx.export(dynamo=True)",
                        **record, "parity": parity}, sidecar)
     if not parity["passed"]:
         raise ParityError(f"{out}: onnxruntime differs from PyTorch by up to "
@@ -400,9 +391,10 @@ def load_onnx(path: str | Path, *, thresholds: str | Path | None = None,
     """An ``.onnx`` file from :func:`export_onnx` (or a run folder holding ``best.onnx``)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "best.onnx" if (path / "best.onnx").exists() else path / "last.onnx"
+        run = RunFolder(path)
+        path = onnx_path(run.best if onnx_path(run.best).exists() else run.last)
     elif path.suffix == ".pt":
-        path = default_onnx_path(path)
+        path = onnx_path(path)
     if not path.exists():
         raise FileNotFoundError(f"ONNX model not found: {path} (make it with `cxrkit export`)")
     return OnnxModel(path, providers=providers, thresholds_file=thresholds)

@@ -27,27 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrkit.artefacts import RunFolder, resolve_checkpoint
 from cxrkit.data.dataset import META_FEATURES
 from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.data.images import PreprocessSettings, preprocess
 from cxrkit.data.transforms import EvalTransform, ten_crop
 from cxrkit.engine.checkpoint import CheckpointError, load_checkpoint
-from cxrkit.thresholds import THRESHOLDS_FILE, find_thresholds, write_thresholds_file
+from cxrkit.thresholds import find_thresholds, write_thresholds_file
 
 TTA_MODES = ("none", "flip", "tencrop")
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder -> its ``best.pt`` (else ``last.pt``); a file -> itself."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).exists():
-                return path / name
-        raise CheckpointError(f"{path}: a folder without best.pt or last.pt")
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return path
 
 
 @dataclass
@@ -74,7 +62,7 @@ class LoadedModel:
     @cached_property
     def checkpoint_sha256(self) -> str:
         """sha256 of the checkpoint file, computed once (thresholds, reports, exports)."""
-        from cxrkit.data.nih import file_sha256
+        from cxrkit.artefacts import file_sha256
         return file_sha256(self.checkpoint)
 
     # -- preprocessing ------------------------------------------------------------------
@@ -232,11 +220,10 @@ def write_thresholds(lm: LoadedModel, thresholds: dict[str, float], *, method: s
     means the same thing on logits averaged the same way, so users of other TTA are warned.
     """
     return write_thresholds_file(
-        Path(path) if path else lm.checkpoint.parent / THRESHOLDS_FILE, thresholds,
+        Path(path) if path else RunFolder.of(lm.checkpoint).thresholds, thresholds,
         findings=lm.findings, checkpoint=lm.checkpoint,
         checkpoint_sha256=lm.checkpoint_sha256, method=method, chosen_on=chosen_on,
         tta=tta)
 
 
-__all__ = ["TTA_MODES", "LoadedModel", "load", "read_image", "resolve_checkpoint",
-           "write_thresholds"]
+__all__ = ["TTA_MODES", "LoadedModel", "load", "read_image", "write_thresholds"]

@@ -29,8 +29,6 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint: AUROC with patient-bootstrap CIs, thresholds, calibration, subgroups."""
     from cxrkit.evaluate import evaluate_checkpoint
-    from cxrkit.evaluate.core import default_out
-    from cxrkit.inference import resolve_checkpoint
 
     m = _run(evaluate_checkpoint, checkpoint, split=split, tta=tta, out=out, prepared=prepared,
              bootstrap=bootstrap, subgroup_bootstrap=subgroup_bootstrap, seed=seed,
@@ -43,7 +41,7 @@ def evaluate(
     else:
         ci = f" (95% CI {mean['lo']:.4f}-{mean['hi']:.4f})" if mean["lo"] is not None else ""
         text = f"{mean['value']:.4f}{ci}"
-    folder = out or default_out(resolve_checkpoint(checkpoint), split, tta)
+    folder = m["out"]
     typer.echo(f"{split}: {m['n_images']:,} images of {m['n_patients']:,} patients, mean AUROC "
                f"{text} over {mean['defined']} findings -> {folder}")
     for note in m["notes"]:

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from cxrkit.artefacts import write_json
 from cxrkit.data.images import ImageReadError, PreprocessSettings, preprocess, read_xray
-from cxrkit.data.nih import write_json_atomic
 
 log = logging.getLogger("cxrkit.data.cache")  # messages belong to the public module
 
@@ -112,7 +112,7 @@ class PartialBuild:
             self._preallocate(offset + int(np.prod(self.shape)))
             np.save(self.status_path, self.status)
             self.errors_path.write_text("")
-            write_json_atomic(self.identity, self.identity_path)
+            write_json(self.identity, self.identity_path)
         self._status_file = np.load(self.status_path, mmap_mode="r+")
         self._images_fd = os.open(self.images_path, os.O_RDWR)
         return self.n_done()

@@ -37,14 +37,13 @@ and the field. Nothing is filtered silently: every view, follow-up and patient i
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxrkit.artefacts import file_sha256
 from cxrkit.labels import FINDINGS, NO_FINDING, UnknownFindingError, canonical_finding
 
 #: Upper bound for a plausible age in years; larger values become missing (NaN).
@@ -106,14 +105,6 @@ class LabelFileReport:
                 f"set to missing: {shown}{more}"
             )
         return "\n".join(lines)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _line(row_index: int) -> int:
@@ -327,19 +318,3 @@ def check_list_against_labels(names: list[str], labels: pd.DataFrame, path: str 
         raise NIHFormatError(
             f"{path}: {len(unknown)} listed image(s) not in the label file, e.g. {unknown[:5]}"
         )
-
-
-def write_json_atomic(obj: dict, path: str | Path) -> None:
-    """Write JSON through a temporary file and ``os.replace`` so readers never see half."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
-
-
-def write_csv_atomic(table: pd.DataFrame, path: str | Path) -> None:
-    """Write a table (no index) through a temporary file, like :func:`write_json_atomic`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(path)

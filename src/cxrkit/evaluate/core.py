@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from cxrkit.data.nih import write_csv_atomic, write_json_atomic
+from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json
 from cxrkit.data.prepare import Prepared
 from cxrkit.engine.checkpoint import versions
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
@@ -309,22 +309,17 @@ def write_outputs(out: Path, metrics: dict, preds: list[Predictions]) -> dict:
     Returns ``metrics`` as written (plain JSON types, ``None`` for undefined values).
     """
     metrics = _jsonable(metrics)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     for pred in preds:
-        write_csv_atomic(predictions_frame(pred, metrics["findings"]),
+        write_csv(predictions_frame(pred, metrics["findings"]),
                          out / f"predictions_{pred.split}.csv")
     for name, table in _tables(metrics).items():
-        write_csv_atomic(table, out / name)
-    write_json_atomic(metrics, out / "metrics.json")
+        write_csv(table, out / name)
+    write_json(metrics, out / "metrics.json")
     return metrics
 
 
 # -- the whole evaluation -----------------------------------------------------------------
-def default_out(checkpoint: Path, split: str, tta: str) -> Path:
-    """``<run_dir>/eval/<split>`` (``<split>-<tta>`` with test-time augmentation)."""
-    return checkpoint.parent / "eval" / (split if tta == "none" else f"{split}-{tta}")
-
-
 def _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap):
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
@@ -345,17 +340,19 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                         batch_size: int = 64, subgroup_bootstrap: int = 200,
                         device: str | None = None, progress: bool = True,
                         report: bool = True) -> dict:
-    """Evaluate a checkpoint (or run folder) on one split; returns the ``metrics.json`` dict.
+    """Evaluate a checkpoint (or run folder) on one split.
 
-    Writes to ``out`` (default :func:`default_out`): metrics.json, auroc/thresholds/
-    calibration/subgroups/published CSVs, predictions of the evaluated and threshold
-    splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
+    Returns the ``metrics.json`` dict plus ``out``, the folder written.
+
+    Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`):
+    metrics.json, auroc/thresholds/calibration/subgroups/published CSVs, predictions of the
+    evaluated and threshold splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
     """
     _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap)
     lm = load(checkpoint, device=device)
     findings = list(lm.findings)
     data = load_held_out(lm, prepared)
-    out = Path(out) if out else default_out(lm.checkpoint, split, tta)
+    out = Path(out) if out else RunFolder.of(lm.checkpoint).eval(split, tta)
     test = predict_split(lm, data, split, tta=tta, batch_size=batch_size, progress=progress)
     fit = test if threshold_split == split else predict_split(
         lm, data, threshold_split, tta=tta, batch_size=batch_size, progress=progress)
@@ -398,7 +395,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
              len(test.table), split, _fmt(mean), out)
     if report:
         write_report(out, lm.checkpoint.parent)
-    return metrics
+    return {**metrics, "out": str(out)}
 
 
 def _fmt(m: dict) -> str:
@@ -409,5 +406,5 @@ def _fmt(m: dict) -> str:
 
 
 __all__ = ["FORMAT", "THRESHOLD_METHODS", "age_band", "calibration_section", "data_source",
-           "default_out", "evaluate_checkpoint", "ranking_section", "subgroup_rows",
+           "evaluate_checkpoint", "ranking_section", "subgroup_rows",
            "threshold_section", "write_outputs"]

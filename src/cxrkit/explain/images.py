@@ -33,8 +33,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json
 from cxrkit.data.dataset import metadata_vector
-from cxrkit.data.nih import write_csv_atomic, write_json_atomic
 from cxrkit.explain.overlay import overlay
 from cxrkit.explain.saliency import METHODS, attention_maps, finding_targets, saliency_maps
 from cxrkit.heldout import load_held_out
@@ -65,24 +65,25 @@ def _chosen(lm: LoadedModel, probs: np.ndarray, findings, top_k: int) -> list[li
 
 
 def explain_cached(lm: LoadedModel, images, names: Sequence[str],
-                   out: str | Path, *, sources: Sequence[str] | None = None,
+                   out: str | Path | None = None, *, sources: Sequence[str] | None = None,
                    method: str = "gradcam", findings=None, top_k: int = 3, meta=None,
                    batch_size: int = 8, progress: bool = True) -> pd.DataFrame:
     """Explain cache-stage ``uint8`` images ``(N, 1, S, S)`` named ``names``; write ``out``.
 
     ``images``: a tensor, or a function ``(start, stop) -> tensor`` so that a whole split
     is read from the cache one batch at a time. ``findings``: a name (or names) to explain
-    on every image; None: each image's ``top_k`` most probable findings. Returns the index
-    table (also ``index.csv``).
+    on every image; None: each image's ``top_k`` most probable findings. ``out``: default
+    the run folder's ``explain`` (where the evaluation report looks). Returns the index
+    table (also ``index.csv``), with the folder written in ``index.attrs["out"]``.
     """
     get = images if callable(images) else (lambda a, b: images[a:b])
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not callable(images) and len(names) != len(images):
         raise ValueError(f"{len(names)} names for {len(images)} images")
-    out = Path(out)
+    out = Path(out) if out else RunFolder.of(lm.checkpoint).explain
     for sub in ("overlays", "maps"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+        make_folder(out / sub)
     sources = list(sources) if sources is not None else list(names)
     stems = _unique_stems(names)
     rows, size = [], None
@@ -120,8 +121,8 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
                          "method": method, "overlay": str(rel_png), "map": str(rel_npy),
                          "attention_overlay": rel_att})
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
-    write_csv_atomic(index, out / "index.csv")
-    write_json_atomic({
+    write_csv(index, out / "index.csv")
+    write_json({
         "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name, "method": method,
         "findings": "given: " + ", ".join(map(str, findings if isinstance(findings, (list, tuple))
                                               else [findings])) if findings is not None
@@ -137,6 +138,7 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
                      "cxrkit.explain.saliency)",
         "cache_size": size,
     }, out / "index.json")
+    index.attrs["out"] = str(out)
     return index
 
 
@@ -150,7 +152,7 @@ def _unique_stems(names: Sequence[str]) -> list[str]:
     return stems
 
 
-def explain_images(checkpoint, images: Sequence, out: str | Path, *,
+def explain_images(checkpoint, images: Sequence, out: str | Path | None = None, *,
                    method: str = "gradcam", findings=None, top_k: int = 3,
                    batch_size: int = 8, device: str | None = None,
                    progress: bool = True) -> pd.DataFrame:
@@ -170,7 +172,7 @@ def explain_images(checkpoint, images: Sequence, out: str | Path, *,
                           batch_size=batch_size, progress=progress)
 
 
-def explain_split(checkpoint, out: str | Path, *, split: str = "test",
+def explain_split(checkpoint, out: str | Path | None = None, *, split: str = "test",
                   prepared: str | Path | None = None, method: str = "gradcam",
                   findings=None, top_k: int = 3, limit: int | None = None,
                   batch_size: int = 8, device: str | None = None,
