@@ -77,8 +77,9 @@ def _explain(path: Path, e: OSError, needed: int | None) -> WriteError:
         why = f"permission denied (needs write access to {Path(e.filename or folder)})"
     elif e.errno == errno.EROFS:
         why = f"read-only file system (needs a writable folder instead of {folder})"
-    elif e.errno in (errno.ENOTDIR, errno.EEXIST) and e.filename:
-        why = f"{e.filename} is a file, not a folder (needs a folder there)"
+    elif e.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in path.parents if p.is_file()), folder)
+        why = f"{blocker} is a file, not a folder (needs a folder there)"
     else:
         why = e.strerror or str(e)
     err = WriteError(e.errno, f"cannot write {path}: {why}")
@@ -91,8 +92,6 @@ def make_folder(folder: str | Path) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as e:
-        raise _explain(folder / ".", OSError(errno.ENOTDIR, "not a folder", str(folder))) from e
     except OSError as e:
         raise _explain(folder / ".", e, None) from None
     return folder

@@ -135,7 +135,7 @@ class TrainConfig(_Checked):
     pos_weight: bool = True              #: weight positives by negatives/positives per finding
     focal_gamma: float = 2.0             #: focal loss only: the focusing exponent
     amp: str = "auto"                    #: auto: bf16 on CPU and CUDA (fp16 + scaler if no bf16)
-    channels_last: bool = True
+    channels_last: bool = True           #: NHWC memory layout (faster convolutions on CPU and GPU)
     compile: bool = False                #: torch.compile the model
     grad_accum: int = 1                  #: batches per optimiser step
     grad_clip: float | None = None       #: clip the gradient norm to this (None: no clipping)
@@ -294,3 +294,51 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping with data/model/train sections")
     return RunConfig.from_dict(apply_overrides(d, overrides or []))
+
+
+def field_docs(klass) -> dict[str, str]:
+    """Each field's ``#:`` comment in the source of ``klass`` (the field's documentation).
+
+    The comments are the documentation readers of this file see; reading them back
+    keeps ``--show-config`` and the code from drifting apart (a test checks every field
+    has one).
+    """
+    import inspect
+    import io
+    import tokenize
+
+    docs, names = {}, {f.name for f in fields(klass)}
+    source = inspect.getsource(klass)
+    pending = None
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names:
+            pending = tok.string
+        elif tok.type == tokenize.COMMENT and pending and tok.string.startswith("#:"):
+            docs[pending] = tok.string[2:].strip()
+            pending = None
+        elif tok.type == tokenize.NEWLINE:
+            pending = None
+    return docs
+
+
+def describe_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML, each value followed by its field's meaning.
+
+    What ``cxrkit train CONFIG --show-config`` prints; the YAML part reads back as the
+    same config.
+    """
+    def scalar(value) -> str:
+        text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+        return text.removesuffix("...").strip()
+
+    top = field_docs(RunConfig)
+    lines = ["# the resolved config; change any key with section.key=value "
+             "(e.g. data.image_size=224)"]
+    for name, klass in {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}.items():
+        lines.append(f"{name}:  # {top[name]}")
+        docs = field_docs(klass)
+        for f in fields(klass):
+            entry = f"{f.name}: {scalar(getattr(getattr(cfg, name), f.name))}"
+            lines.append(f"  {entry:<38} # {docs.get(f.name, '')}")
+    lines.append(f"{'out: ' + scalar(cfg.out):<40} # {top['out']}")
+    return "\n".join(lines) + "\n"

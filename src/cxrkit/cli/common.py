@@ -9,8 +9,12 @@ import warnings
 
 import typer
 
-#: Errors the library raises for bad input; the CLI prints them as one line, exit code 2.
-KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError)
+from cxrkit.artefacts import WriteError
+
+#: Errors the library raises for bad input or an unwritable output; the CLI prints them as
+#: one line, exit code 2.
+KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError,
+                WriteError)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -28,6 +28,7 @@ def evaluate(
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
     """Evaluate a checkpoint: AUROC with patient-bootstrap CIs, thresholds, calibration, subgroups."""
+    from cxrkit.artefacts import RunFolder
     from cxrkit.evaluate import evaluate_checkpoint
 
     m = _run(evaluate_checkpoint, checkpoint, split=split, tta=tta, out=out, prepared=prepared,
@@ -41,7 +42,7 @@ def evaluate(
     else:
         ci = f" (95% CI {mean['lo']:.4f}-{mean['hi']:.4f})" if mean["lo"] is not None else ""
         text = f"{mean['value']:.4f}{ci}"
-    folder = m["out"]
+    folder = out or RunFolder(m["run_dir"]).eval(split, tta)
     typer.echo(f"{split}: {m['n_images']:,} images of {m['n_patients']:,} patients, mean AUROC "
                f"{text} over {mean['defined']} findings -> {folder}")
     for note in m["notes"]:

@@ -342,7 +342,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                         report: bool = True) -> dict:
     """Evaluate a checkpoint (or run folder) on one split.
 
-    Returns the ``metrics.json`` dict plus ``out``, the folder written.
+    Returns the ``metrics.json`` dict.
 
     Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`):
     metrics.json, auroc/thresholds/calibration/subgroups/published CSVs, predictions of the
@@ -395,7 +395,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
              len(test.table), split, _fmt(mean), out)
     if report:
         write_report(out, lm.checkpoint.parent)
-    return {**metrics, "out": str(out)}
+    return metrics
 
 
 def _fmt(m: dict) -> str:
