@@ -205,7 +205,7 @@ def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
 
 
 def _attach_thresholds(lm: LoadedModel, explicit) -> None:
-    found = find_thresholds(lm.checkpoint.parent, lm.findings,
+    found = find_thresholds(RunFolder.of(lm.checkpoint).root, lm.findings,
                             lambda: lm.checkpoint_sha256, explicit)
     if found is not None:
         lm.thresholds, lm.thresholds_source = found.values, found.source

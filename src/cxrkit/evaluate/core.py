@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json
+from cxrkit.artefacts import RunFolder, make_folder, write_bytes, write_csv, write_json
 from cxrkit.data.prepare import Prepared
 from cxrkit.engine.checkpoint import versions
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
@@ -352,7 +351,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     lm = load(checkpoint, device=device)
     findings = list(lm.findings)
     data = load_held_out(lm, prepared)
-    out = Path(out) if out else RunFolder.of(lm.checkpoint).eval(split, tta)
+    run_folder = RunFolder.of(lm.checkpoint)
+    out = Path(out) if out else run_folder.eval(split, tta)
     test = predict_split(lm, data, split, tta=tta, batch_size=batch_size, progress=progress)
     fit = test if threshold_split == split else predict_split(
         lm, data, threshold_split, tta=tta, batch_size=batch_size, progress=progress)
@@ -370,7 +370,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {**versions(), "scikit-learn": sklearn.__version__},
         "checkpoint": str(lm.checkpoint),
-        "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(lm.checkpoint.parent),
+        "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(run_folder.root),
         "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
         "split_protocol": data.protocol, "tta": tta, "n_images": len(test.table),
         "n_patients": int(test.table["patient_id"].nunique()), "findings": findings,
@@ -390,11 +390,11 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "
                                          f"(tta={tta})")
-    shutil.copyfile(sidecar, out / sidecar.name)
+    write_bytes(sidecar.read_bytes(), out / sidecar.name)
     log.info("evaluated %s on %d %s images: mean AUROC %s; wrote %s", lm.checkpoint.name,
              len(test.table), split, _fmt(mean), out)
     if report:
-        write_report(out, lm.checkpoint.parent)
+        write_report(out, run_folder.root)
     return metrics
 
 
