@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,24 +31,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrkit.artefacts import (
-    PreparedFolder,
-    RunFolder,
-    WriteError,
-    file_sha256,
-    make_folder,
-    versions,
-    write_csv,
-    write_json,
-)
-from cxrkit.config import RESUMABLE, RunConfig, config_differences
+from cxrkit.artefacts import PreparedFolder, RunFolder, WriteError, file_sha256, versions, write_json
+from cxrkit.config import RunConfig
 from cxrkit.data.dataset import META_FEATURES, CXRDataset, make_loader
 from cxrkit.data.prepare import load_prepared
 from cxrkit.data.splits import box_fold, load_split, split_provenance
 from cxrkit.data.transforms import AugmentSettings, presets
 from cxrkit.engine import distributed
-from cxrkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cxrkit.engine.checkpoint import rng_state, save_checkpoint
 from cxrkit.engine.losses import make_loss, positive_weights
+from cxrkit.engine.optim import make_optimizer, make_scheduler
+from cxrkit.engine.resume import TrainState, check_resume, resume_state, start_run_folder
 from cxrkit.engine.runlog import plot_curves, write_history
 from cxrkit.labels import resolve_findings
 from cxrkit.metrics import auroc_per_finding, mean_defined
@@ -258,39 +250,6 @@ def build_model(cfg: RunConfig, data: RunData) -> tuple[nn.Module, dict]:
     return model, apply_freeze(model, mc.freeze)
 
 
-def _make_optimizer(cfg: RunConfig, model):
-    tc = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        return None
-    if tc.optimizer == "adam":
-        return torch.optim.Adam(params, lr=tc.lr, betas=(0.9, 0.999), weight_decay=tc.weight_decay)
-    if tc.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-
-
-def _make_scheduler(cfg: RunConfig, optimizer, steps_per_epoch: int):
-    """(scheduler, per-step hook or None). Plateau steps per epoch on val loss."""
-    tc = cfg.train
-    if optimizer is None or tc.scheduler == "none":
-        return None, None
-    if tc.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience), None
-    total = max(1, tc.epochs * steps_per_epoch)
-    warm = int(round(tc.warmup_epochs * steps_per_epoch))
-
-    def factor(step):
-        if step < warm:
-            return (step + 1) / max(1, warm)
-        progress = (step - warm) / max(1, total - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return sched, sched.step
-
-
 def _preprocess_record(cfg: RunConfig, data: RunData, model, size: int, resize: int | None):
     mc = model.cxr_config
     return {"cache": data.prepared.cache.settings.to_dict(), "input_size": size,
@@ -372,11 +331,11 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
     val_loader = make_loader(data.val, batch_size=max(1, eval_bs // d.world_size), shuffle=False,
                              workers=dc.workers, sampler=val_sampler)
 
-    optimizer = _make_optimizer(cfg, model)
+    optimizer = make_optimizer(cfg, model)
     steps = math.ceil(len(data.train) / world_batch / tc.grad_accum)
     if tc.max_steps_per_epoch:
         steps = min(steps, tc.max_steps_per_epoch)
-    scheduler, sched_step = _make_scheduler(cfg, optimizer, steps)
+    scheduler, sched_step = make_scheduler(cfg, optimizer, steps)
     net = model
     if d.enabled:
         net = nn.parallel.DistributedDataParallel(
@@ -399,89 +358,7 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
         aux=aux)
 
 
-# -- resume: refuse other settings, then restore the training state ---------------------
-class RunConflictError(ValueError):
-    """The run folder holds a run made with other settings (nothing was written)."""
-
-
-@dataclass
-class TrainState:
-    """What changes from epoch to epoch; saved in every checkpoint for exact resume."""
-
-    start_epoch: int = 0
-    step: int = 0
-    best: float = -math.inf
-    history: list = field(default_factory=list)
-    bad_epochs: int = 0
-
-
-def check_resume(cfg: RunConfig, *, resume: bool = True) -> dict | None:
-    """``last.pt`` of ``cfg.out`` if this run continues it, else None.
-
-    Refuses (:class:`RunConflictError`, before anything is written) when the checkpoint
-    was made with settings other than ``cfg`` in any key outside
-    :data:`cxrkit.config.RESUMABLE`.
-    """
-    run = RunFolder(cfg.out)
-    if not resume or not run.last.exists():
-        return None
-    ck = load_checkpoint(run.last)
-    differ = config_differences(ck.get("config") or {}, cfg.to_dict())
-    if differ:
-        shown = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in differ[:8])
-        more = f" (and {len(differ) - 8} more)" if len(differ) > 8 else ""
-        raise RunConflictError(
-            f"{run.root} holds a run made with other settings ({shown}{more}); nothing was "
-            f"written. Train into another folder (out=... or --out), or pass --fresh to "
-            f"start this one again (its checkpoints are deleted). Only "
-            f"{', '.join(RESUMABLE)} may change on resume.")
-    return ck
-
-
-def resume_state(t: Training, ck: dict | None) -> TrainState:
-    """Load model, optimiser, scheduler, scaler and RNG states from ``ck`` (None: fresh)."""
-    if ck is None:
-        return TrainState()
-    t.model.load_state_dict(ck["model"])
-    if t.optimizer is not None and ck.get("optimizer"):
-        t.optimizer.load_state_dict(ck["optimizer"])
-    if t.scheduler is not None and ck.get("scheduler"):
-        t.scheduler.load_state_dict(ck["scheduler"])
-    if t.scaler is not None and ck.get("scaler"):
-        t.scaler.load_state_dict(ck["scaler"])
-    set_rng_state(ck["rng"])
-    s = TrainState(start_epoch=ck["epoch"] + 1, step=ck["step"], best=ck["best"],
-                   history=list(ck["history"]), bad_epochs=ck["bad_epochs"])
-    if t.dist.is_main:
-        log.info("resumed from %s at epoch %d", t.run.last, s.start_epoch + 1)
-    return s
-
-
-def start_run_folder(t: Training, *, fresh: bool) -> None:
-    """Create the run folder and write ``config.yaml`` (main rank, after :func:`build`).
-
-    ``fresh``: first delete what an earlier run of this folder trained (checkpoints,
-    records, TensorBoard events), so nothing of it is mistaken for the new run's.
-    """
-    run = t.run
-    if fresh:
-        old = [p for p in (run.best, run.last, run.history, run.curves, run.run_json,
-                           run.box_fold_moved) if p.exists()]
-        for p in old:
-            p.unlink()
-        if run.tensorboard.exists():
-            shutil.rmtree(run.tensorboard)
-            old.append(run.tensorboard)
-        if old:
-            log.info("--fresh: removed %s from %s", ", ".join(p.name for p in old), run.root)
-    make_folder(run.root)
-    t.cfg.to_yaml(run.config)
-    if t.data.moved is not None:
-        write_csv(t.data.moved, run.box_fold_moved)
-    f = t.freeze
-    log.info("parameters: %s trainable, %s frozen (model.freeze=%s: %d of %d layers frozen)",
-             f"{f['trainable_params']:,}", f"{f['frozen_params']:,}", f["policy"],
-             f["frozen_layers"], f["layers"])
+# -- resume: cxrkit.engine.resume (check_resume, resume_state, start_run_folder) ----------
 
 
 # -- the epochs ------------------------------------------------------------------------
