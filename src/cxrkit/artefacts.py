@@ -55,6 +55,9 @@ _NO_ACCESS = {errno.EACCES, errno.EPERM}
 
 
 def _mib(n: float) -> str:
+    """A size for people: bytes, MiB or GiB."""
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{int(n):,} bytes"
 
 
@@ -65,12 +68,17 @@ def _free(folder: Path) -> int | None:
         return None
 
 
-def _explain(path: Path, e: OSError, needed: int | None) -> WriteError:
-    """The one-line :class:`WriteError` for an ``OSError`` met while writing ``path``."""
+def _explain(path: Path, e: OSError, needed: int | None, written: int = 0) -> WriteError:
+    """The one-line :class:`WriteError` for an ``OSError`` met while writing ``path``.
+
+    ``needed``: the full size when known; else ``written``, the bytes that fitted before
+    the disk was full (so at least that much more is needed).
+    """
     folder = path.parent
     if e.errno in _NO_SPACE:
         free = _free(folder)
-        need = f"needs {_mib(needed)}" if needed else "needs more space"
+        need = (f"needs {_mib(needed)}" if needed else
+                f"needs more than the {_mib(written)} written" if written else "needs more space")
         have = f", {_mib(free)} free" if free is not None else ""
         why = f"no space left on the device ({need}{have} in {folder})"
     elif e.errno in _NO_ACCESS:
@@ -82,8 +90,8 @@ def _explain(path: Path, e: OSError, needed: int | None) -> WriteError:
         why = f"{blocker} is a file, not a folder (needs a folder there)"
     else:
         why = e.strerror or str(e)
-    err = WriteError(e.errno, f"cannot write {path}: {why}")
-    err.filename = str(path)
+    err = WriteError(f"cannot write {path}: {why}")  # str(err) is this one line
+    err.errno = e.errno
     return err
 
 
@@ -141,7 +149,7 @@ def atomic_path(path: str | Path, *, needed: int | None = None,
         _remove(tmp)
         if isinstance(e, WriteError):
             raise
-        raise _explain(path, e, needed or (written or None)) from None
+        raise _explain(path, e, needed, written) from None
     except BaseException:
         _remove(tmp)
         raise

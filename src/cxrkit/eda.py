@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from cxrkit import __version__
-from cxrkit.artefacts import atomic_path, make_folder, write_json, write_text
+from cxrkit.artefacts import atomic_path, make_folder, versions, write_json, write_text
 from cxrkit.data.nih import MAX_AGE_YEARS, NIH_IMAGE_SIZE
 from cxrkit.data.splits import SPLITS
 from cxrkit.labels import FINDINGS, NO_FINDING, canonical_finding
@@ -390,7 +390,7 @@ def describe(labels: pd.DataFrame, split: pd.DataFrame | None, out_dir: str | Pa
     files.append(out / "summary.md")
     manifest = {"made_by": "cxrkit.eda.describe", "cxrkit": __version__, "title": title,
                 "created": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
-                "versions": {m.__name__: m.__version__ for m in (np, pd, matplotlib)},
+                "versions": versions("pandas", "matplotlib"),
                 "images": len(t), "splits": groups, "boxes": 0 if b is None else len(b),
                 "files": [f.name for f in files]}
     write_json(manifest, out / "manifest.json")

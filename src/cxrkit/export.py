@@ -144,10 +144,6 @@ def _quiet_loggers(names=("onnx_ir", "onnxscript", "torch.onnx", "torch.export")
             lg.setLevel(level)
 
 
-def _versions() -> dict:
-    return versions("onnx", "onnxruntime", "onnxscript")
-
-
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
                 parity_images: Sequence[str | Path] = (), n_phantoms: int = 6,
                 opset: int = OPSET, thresholds: str | Path | None = None) -> dict:
@@ -200,7 +196,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         "thresholds": lm.thresholds, "thresholds_source": lm.thresholds_source,
         "model": lm.model.cxr_config.to_dict(), "checkpoint": str(lm.checkpoint),
         "checkpoint_sha256": lm.checkpoint_sha256, "opset": opset,
-        "versions": _versions(), "inputs": inputs,
+        "versions": versions("onnx", "onnxruntime", "onnxscript"), "inputs": inputs,
         "outputs": {"logits": f"float32 (batch, {len(lm.findings)})",
                     "probabilities": "float32, sigmoid of the logits"},
         "meta_default": meta_default,

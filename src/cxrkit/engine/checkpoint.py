@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrkit.artefacts import CheckpointError, atomic_file, resolve_checkpoint, versions
+from cxrkit.artefacts import CheckpointError, atomic_file, resolve_checkpoint
 
 FORMAT = "cxrkit-checkpoint/1"
 
@@ -58,7 +58,7 @@ def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
 
 
 __all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "rng_state", "save_checkpoint",
-           "set_rng_state", "versions"]
+           "set_rng_state"]
 
 
 def rng_state() -> dict:

@@ -30,11 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import sklearn
 
-from cxrkit.artefacts import RunFolder, make_folder, write_bytes, write_csv, write_json
+from cxrkit.artefacts import RunFolder, make_folder, versions, write_bytes, write_csv, write_json
 from cxrkit.data.prepare import Prepared
-from cxrkit.engine.checkpoint import versions
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
 from cxrkit.evaluate.published import (
     NIH_LABEL_ROWS,
@@ -368,7 +366,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     epoch = lm.checkpoint_info.get("epoch")
     metrics = {
         "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {**versions(), "scikit-learn": sklearn.__version__},
+        "versions": versions("scikit-learn"),
         "checkpoint": str(lm.checkpoint),
         "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(run_folder.root),
         "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
