@@ -117,15 +117,17 @@ def check_writable(path: str | Path) -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | Path, *, needed: int | None = None,
-                commit: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, needed: int | None = None, commit: bool = True,
+                durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
     For writers that want a file name (``savefig``, ``onnx.save``, ``DataFrame.to_csv``).
     ``needed``: the size in bytes when known (checked against the free space first, and
     named in the error). On any exception the temporary is removed; an ``OSError`` about
     permission or space is re-raised as :class:`WriteError`. ``commit=False`` only tests
-    that the file could be written (:func:`check_writable`).
+    that the file could be written (:func:`check_writable`). ``durable=False`` skips the
+    fsync (the rename stays atomic): for thousands of small, re-creatable files such as
+    saliency overlays, where a power cut may cost a file but a fsync each costs minutes.
     """
     path = Path(path)
     make_folder(path.parent)
@@ -138,11 +140,12 @@ def atomic_path(path: str | Path, *, needed: int | None = None,
     try:
         yield tmp
         if commit:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if durable:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             os.replace(tmp, path)
     except OSError as e:
         written = tmp.stat().st_size if tmp.exists() else 0

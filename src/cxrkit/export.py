@@ -48,6 +48,7 @@ import numpy as np
 
 from cxrkit.artefacts import (
     RunFolder,
+    WriteError,
     atomic_path,
     check_writable,
     onnx_path,
@@ -176,11 +177,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         inputs["meta"] = f"float32 (batch, {example[1].shape[1]}): patient metadata"
     printed = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(printed), _quiet_loggers():
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(printed), _quiet_loggers(),
+              atomic_path(out) as tmp):
             warnings.simplefilter("ignore")
-            torch.onnx.export(graph, example, str(out), dynamo=True, opset_version=opset,
+            torch.onnx.export(graph, example, str(tmp), dynamo=True, opset_version=opset,
                               input_names=list(inputs), output_names=["logits", "probabilities"],
                               dynamic_shapes=shapes, external_data=False, verbose=False)
+    except WriteError:
+        raise
     except Exception as e:
         log.debug("exporter output:\n%s", printed.getvalue())
         raise RuntimeError(f"ONNX export of {lm.checkpoint} (model "

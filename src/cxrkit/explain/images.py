@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json
 from cxrkit.data.dataset import metadata_vector
-from cxrkit.explain.overlay import overlay
+from cxrkit.explain.overlay import overlay, write_map, write_png
 from cxrkit.explain.saliency import METHODS, attention_maps, finding_targets, saliency_maps
 from cxrkit.heldout import load_held_out
 from cxrkit.inference import LoadedModel, load
@@ -44,13 +44,6 @@ log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ("image", "image_id", "finding", "rank", "probability", "method", "overlay",
                  "map", "attention_overlay")
-
-
-def _write_png(rgb: np.ndarray, path: Path) -> None:
-    import cv2
-
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
 
 
 def _chosen(lm: LoadedModel, probs: np.ndarray, findings, top_k: int) -> list[list[int]]:
@@ -109,13 +102,13 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
             img = np.asarray(x[i, 0])
             rel_png = Path("overlays") / f"{stems[g]}__{f}.png"
             rel_npy = Path("maps") / f"{stems[g]}__{f}.npy"
-            _write_png(overlay(img, hm, label=label), out / rel_png)
-            np.save(out / rel_npy, hm.astype(np.float32))
+            write_png(overlay(img, hm, label=label), out / rel_png)
+            write_map(hm, out / rel_npy)
             rel_att = ""
             if attn is not None:
                 (out / "attention").mkdir(exist_ok=True)
                 rel_att = str(Path("attention") / f"{stems[g]}__{f}.png")
-                _write_png(overlay(img, attn[i, k], label=f"{f} attention"), out / rel_att)
+                write_png(overlay(img, attn[i, k], label=f"{f} attention"), out / rel_att)
             rows.append({"image": str(sources[g]), "image_id": names[g], "finding": f,
                          "rank": chosen[i].index(k) + 1, "probability": float(probs[i, k]),
                          "method": method, "overlay": str(rel_png), "map": str(rel_npy),

@@ -51,7 +51,7 @@ from cxrkit.explain.localization import (
     score_pair,
     summarise,
 )
-from cxrkit.explain.overlay import overlay
+from cxrkit.explain.overlay import overlay, write_png
 from cxrkit.explain.published import (
     PROTOCOL_DIFFERENCES,
     SOURCE,
@@ -170,7 +170,7 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
                 img = np.asarray(images[k, 0])
                 rgb = draw_boxes(overlay(img, maps[k], label=f"{r.finding} {p:.2f}"),
                                  r.truth, pred)
-                _write_png(rgb, out / "examples" / f"{Path(r.image_id).stem}__{r.finding}.png")
+                write_png(rgb, out / "examples" / f"{Path(r.image_id).stem}__{r.finding}.png")
                 shown += 1
     table = pd.DataFrame(rows)
     summary = summarise(table)
@@ -263,13 +263,6 @@ def plot_localization(r: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
-
-
-def _write_png(rgb: np.ndarray, path: Path) -> None:
-    import cv2
-
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
 
 
 __all__ = ["boxed_pairs", "localize_checkpoint"]
