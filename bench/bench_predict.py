@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from cxrkit.export import export_onnx, load_onnx
+    from cxrkit.export import export_onnx
+    from cxrkit.onnx_backend import load_onnx
     from cxrkit.inference import load
     from cxrkit.predict import predict_files
 

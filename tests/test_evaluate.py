@@ -22,7 +22,7 @@ from cxrkit.labels import FINDINGS
 
 FAST = {"bootstrap": 50, "subgroup_bootstrap": 10, "progress": False, "report": False}
 TOP_KEYS = {"format", "created", "versions", "checkpoint", "checkpoint_sha256", "run_dir", "prepared", "split",
-            "split_file", "split_protocol", "tta", "n_images", "n_patients", "findings",
+            "split_file", "split_protocol", "tta", "tta_mirror", "n_images", "n_patients", "findings",
             "model", "epoch", "bootstrap", "auroc", "auprc", "mean_auroc", "thresholds",
             "threshold_metrics", "calibration", "subgroups", "published", "notes"}
 RATE_KEYS = {"threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy",
@@ -170,11 +170,20 @@ def test_box_fold_is_reproduced(phantom_run, phantom_prepared, tmp_path):
 
 
 def test_tta_runs(run, evaluated, phantom_release):
-    m = evaluate_checkpoint(run, tta="flip", bootstrap=20, subgroup_bootstrap=5,
-                            progress=False, report=False)
+    from cxrkit.predictor import MirroredTTAWarning
+
+    # the shared run trained with data.hflip=false: mirrored views warn and are on record
+    with pytest.warns(MirroredTTAWarning, match="trained without flips"):
+        m = evaluate_checkpoint(run, tta="flip", bootstrap=20, subgroup_bootstrap=5,
+                                progress=False, report=False)
     out = run / "eval" / "test-flip"
     assert m["tta"] == "flip" and (out / "metrics.json").exists()
     assert any("'flip'" in n for n in m["notes"])
+    assert m["tta_mirror"]["decision"] == "warned: model trained without flips"
+    assert m["tta_mirror"]["trained_with_hflip"] is False
+    assert any(n.startswith("Warning: test-time augmentation 'flip' shows the model mirrored")
+               for n in m["notes"])
+    assert evaluated[1]["tta_mirror"]["mirrored_views"] is False
     plain = pd.read_csv(evaluated[0] / "eval" / "test" / "predictions_test.csv")
     flipped = pd.read_csv(out / "predictions_test.csv")
     assert list(plain["image_id"]) == list(flipped["image_id"])

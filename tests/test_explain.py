@@ -14,6 +14,7 @@ from cxrkit.explain.overlay import overlay
 from cxrkit.explain.saliency import METHODS, attention_maps, saliency_maps, to_cache_space
 from cxrkit.inference import LoadedModel
 from cxrkit.models import create_model, list_models
+from cxrkit.preprocessing import Preprocessing
 
 CACHE = 64
 
@@ -22,12 +23,11 @@ def loaded(model: nn.Module, *, input_size: int, eval_resize: int | None = None,
            mean: float = 0.5, std: float = 0.25, findings=None) -> LoadedModel:
     """A LoadedModel around an in-memory model (no checkpoint file needed)."""
     cfg = getattr(model, "cxr_config", None)
-    return LoadedModel(
-        model=model.eval(), findings=tuple(findings or cfg.findings),
-        cache_settings=PreprocessSettings(size=CACHE), input_size=input_size,
-        eval_resize=eval_resize, mean=cfg.mean if cfg else mean, std=cfg.std if cfg else std,
-        channels=cfg.in_chans if cfg else 1, metadata=False, device=torch.device("cpu"),
-        checkpoint=None, checkpoint_info={})
+    pre = Preprocessing.from_dict({
+        "cache": PreprocessSettings(size=CACHE).to_dict(), "input_size": input_size,
+        "eval_resize": eval_resize, "mean": cfg.mean if cfg else mean,
+        "std": cfg.std if cfg else std, "channels": cfg.in_chans if cfg else 1})
+    return LoadedModel(model.eval(), tuple(findings or cfg.findings), pre)
 
 
 def images(n=2, seed=0) -> torch.Tensor:

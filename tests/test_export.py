@@ -20,7 +20,8 @@ import cxrkit
 from cxrkit.cli import app
 from cxrkit.data.images import PreprocessSettings
 from cxrkit.engine.checkpoint import save_checkpoint
-from cxrkit.export import ParityError, export_onnx, load_onnx, resize_matrix
+from cxrkit.export import ParityError, export_onnx, resize_matrix
+from cxrkit.onnx_backend import load_onnx
 
 
 def make_checkpoint(folder: Path, name: str, *, cache: int, input_size: int,

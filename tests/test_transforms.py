@@ -77,7 +77,12 @@ def test_ten_crop():
 
 
 def test_presets_share_geometry():
-    train, evaluate = presets(size=32, resize=40, channels=3)
+    from cxrkit.data.images import PreprocessSettings
+    from cxrkit.preprocessing import Preprocessing
+
+    p = Preprocessing(cache=PreprocessSettings(size=48), input_size=32, eval_resize=40,
+                      tencrop_resize=40, mean=0.5, std=0.25, channels=3)
+    train, evaluate = presets(p)
     assert train.size == evaluate.size == 32 and evaluate.resize == 40
 
 

@@ -42,7 +42,8 @@ def test_tencrop_is_the_mean_over_chexnet_geometry(model, images):
     from torchvision.transforms.v2 import functional as tvf
 
     size = model.input_size
-    resize = model.eval_resize or int(round(size * 256 / 224))
+    resize = model.preprocessing.tencrop_resize
+    assert resize == int(round(size * 256 / 224))  # no eval_resize: CheXNet's ratio
     big = EvalTransform(resize, mean=model.mean, std=model.std, channels=model.channels)(images)
     with torch.no_grad():
         views = [model.model(v, None) for v in tvf.ten_crop(big, [size, size])]

@@ -79,7 +79,9 @@ class DataConfig(_Checked):
     batch_size: int = 32                 #: training images per optimiser step (all ranks)
     eval_batch_size: int | None = None   #: default: 2 x batch_size
     workers: int = 0                     #: DataLoader processes (the cache is fast; 0 is fine)
-    image_size: int | None = None        #: model input side; default: the cache's side
+    #: model input side; default: the model's registry size (cxr_config.input_size), at most
+    #: the cache's side (see cxrkit.preprocessing)
+    image_size: int | None = None
     eval_resize: int | None = None       #: eval resize before centre crop (CheXNet: 256 -> 224)
     augment: bool = True                 #: random crop/affine/intensity jitter in training
     hflip: bool = False                  #: horizontal flips (off: the heart is on the left)
@@ -299,9 +301,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def field_docs(klass) -> dict[str, str]:
     """Each field's ``#:`` comment in the source of ``klass`` (the field's documentation).
 
-    The comments are the documentation readers of this file see; reading them back
-    keeps ``--show-config`` and the code from drifting apart (a test checks every field
-    has one).
+    Sphinx's two forms: ``#:`` after the field on its line, or ``#:`` lines just above it.
+    The comments are the documentation readers of this file see; reading them back keeps
+    ``--show-config`` and the code from drifting apart (a test checks every field has one).
     """
     import inspect
     import io
@@ -309,15 +311,20 @@ def field_docs(klass) -> dict[str, str]:
 
     docs, names = {}, {f.name for f in fields(klass)}
     source = inspect.getsource(klass)
-    pending = None
+    field_name, above = None, []
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names:
-            pending = tok.string
-        elif tok.type == tokenize.COMMENT and pending and tok.string.startswith("#:"):
-            docs[pending] = tok.string[2:].strip()
-            pending = None
-        elif tok.type == tokenize.NEWLINE:
-            pending = None
+            field_name = tok.string
+            if above:
+                docs[field_name] = " ".join(above)
+        elif tok.type == tokenize.COMMENT and tok.string.startswith("#:"):
+            text = tok.string[2:].strip()
+            if field_name:            # on the field's own line
+                docs[field_name] = text
+            else:                     # a line above the next field
+                above.append(text)
+        elif tok.type == tokenize.NEWLINE:  # the end of a statement: nothing carries over
+            field_name, above = None, []
     return docs
 
 

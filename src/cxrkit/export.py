@@ -1,4 +1,4 @@
-"""ONNX export of a checkpoint, with its preprocessing inside the graph, and the ONNX backend.
+"""ONNX export of a checkpoint, with its preprocessing inside the graph.
 
 :func:`export_onnx` writes ``best.onnx`` (beside ``best.pt`` unless told otherwise) whose
 graph takes what the checkpoint's **cache stage** produces and does the **tensor stage**
@@ -13,7 +13,8 @@ itself (see :mod:`cxrkit.inference`):
 
 So an ONNX user needs numpy/OpenCV for the cache stage (:func:`cxrkit.data.dicom.read_image`,
 :func:`cxrkit.data.images.preprocess`: the same code as training) and onnxruntime for the
-rest; :class:`OnnxModel` is that, with no torch import.
+rest; :class:`cxrkit.onnx_backend.OnnxModel` is that, with no torch import. This module
+only exports (and checks the export).
 
 The resize is two matrix products, ``W @ x @ W.T``, not ONNX ``Resize``. Why: training
 resizes with torch's antialiased bilinear interpolation, and onnxruntime's ``Resize``
@@ -28,7 +29,7 @@ Every export is checked: PyTorch and onnxruntime run the same images (phantoms, 
 images when given) and the largest absolute differences of probabilities and logits are
 recorded and compared with :data:`PROBABILITY_TOLERANCE` / :data:`LOGIT_TOLERANCE`;
 over them, :class:`ParityError`. The preprocessing contract (the checkpoint's
-``preprocess_record``, findings, thresholds, model, checkpoint sha256, opset, versions)
+:class:`~cxrkit.preprocessing.Preprocessing`, findings, thresholds, model, checkpoint sha256, opset, versions)
 goes into the ONNX ``metadata_props`` (``cxrkit.*`` keys, JSON values) and, with the
 parity results, into a ``.onnx.json`` sidecar.
 """
@@ -41,22 +42,14 @@ import json
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cxrkit.artefacts import (
-    RunFolder,
-    WriteError,
-    atomic_path,
-    check_writable,
-    onnx_path,
-    versions,
-    write_json,
-)
+from cxrkit.artefacts import WriteError, atomic_path, check_writable, onnx_path, versions, write_json
 from cxrkit.data.dicom import grey_uint8, read_image
-from cxrkit.data.images import PreprocessSettings, preprocess
+from cxrkit.metrics import sigmoid
+from cxrkit.onnx_backend import META_KEYS, OnnxModel
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +66,6 @@ PROBABILITY_TOLERANCE = 1e-4
 #: Largest accepted |logit difference|, relative to max(1, |logit|) (the same reasoning:
 #: logits of a confident model reach +-10, where float32 drift scales with the value).
 LOGIT_TOLERANCE = 1e-3
-
-_META_KEYS = ("preprocess", "findings", "thresholds", "thresholds_source", "model",
-              "checkpoint", "checkpoint_sha256", "opset", "versions", "inputs", "outputs",
-              "meta_default")
 
 
 class ParityError(RuntimeError):
@@ -113,11 +102,11 @@ def _graph(lm):
         def __init__(self):
             super().__init__()
             self.model = lm.model
-            w = resize_matrix(lm.cache_settings.size, lm.eval_resize or lm.input_size,
-                              lm.input_size)
+            p = lm.preprocessing
+            w = resize_matrix(p.cache.size, p.eval_resize, p.input_size)
             self.register_buffer("rows", w)
             self.register_buffer("cols", w.T.contiguous())
-            self.mean, self.std, self.channels = lm.mean, lm.std, lm.channels
+            self.mean, self.std, self.channels = p.mean, p.std, p.channels
 
         def forward(self, image, meta=None):
             x = image.to(torch.float32) / 255.0
@@ -164,15 +153,17 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     out = Path(out) if out else onnx_path(lm.checkpoint)
     check_writable(out)
     graph = _graph(lm)
-    s = lm.cache_settings.size
+    s = lm.preprocessing.cache.size
     example = (torch.zeros(2, 1, s, s, dtype=torch.uint8),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     shapes: tuple = ({0: batch},)
     inputs = {"image": f"uint8 (batch, 1, {s}, {s}): the cache-stage image"}
+    meta_default = None
     if lm.metadata:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the default metadata: only an example here
-            example += (lm._meta(2, None),)
+        from cxrkit.data.metadata import DEFAULT_META
+
+        meta_default = list(DEFAULT_META)
+        example += (torch.tensor([meta_default] * 2),)
         shapes += ({0: batch},)
         inputs["meta"] = f"float32 (batch, {example[1].shape[1]}): patient metadata"
     printed = io.StringIO()
@@ -190,11 +181,6 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         raise RuntimeError(f"ONNX export of {lm.checkpoint} (model "
                            f"{lm.model.cxr_config.name}) failed: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from e
-    meta_default = None
-    if lm.metadata:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            meta_default = lm._meta(1, None).cpu().numpy()[0].tolist()
     record = {
         "preprocess": lm.preprocess_record(), "findings": list(lm.findings),
         "thresholds": lm.thresholds, "thresholds_source": lm.thresholds_source,
@@ -207,7 +193,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     }
     proto = onnx.load(str(out))
     del proto.metadata_props[:]
-    for key in _META_KEYS:
+    for key in META_KEYS:
         entry = proto.metadata_props.add()
         entry.key, entry.value = f"cxrkit.{key}", json.dumps(record[key])
     proto.producer_name = "cxrkit"
@@ -260,11 +246,8 @@ def parity_check(lm, onnx_model: OnnxModel, images: dict[str, tuple[str, np.ndar
         z_onnx = onnx_model.logits_from_cached(cached).astype(np.float64)
         z_single = onnx_model.logits_from_cached(cached[:1]).astype(np.float64)  # batch of 1
 
-    def sig(z):
-        return 1.0 / (1.0 + np.exp(-z))
-
     dz = np.abs(z_torch - z_onnx)
-    dp = np.abs(sig(z_torch) - sig(z_onnx))
+    dp = np.abs(sigmoid(z_torch) - sigmoid(z_onnx))
     rel = dz / np.maximum(1.0, np.abs(z_torch))
     by_kind: dict[str, dict] = {}
     for i, n in enumerate(names):
@@ -283,122 +266,5 @@ def parity_check(lm, onnx_model: OnnxModel, images: dict[str, tuple[str, np.ndar
             "passed": passed, "images": names}
 
 
-# -- the ONNX backend (no torch) ----------------------------------------------------------------
-@dataclass
-class OnnxModel:
-    """An exported model run by onnxruntime: the same API as :class:`~cxrkit.inference.LoadedModel`
-    for prediction (``load_images``, ``logits_from_cached``, ``predict``, ``thresholds``),
-    without torch. The cache stage is :func:`cxrkit.data.images.preprocess` with the
-    settings recorded in the file."""
-
-    path: Path
-    providers: Sequence[str] | None = None
-    thresholds_file: str | Path | None = None
-    record: dict = field(init=False)
-
-    def __post_init__(self):
-        import onnxruntime as ort
-
-        self.path = Path(self.path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"ONNX model not found: {self.path}")
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), providers=list(self.providers or ["CPUExecutionProvider"]))
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ValueError(f"{self.path}: not a loadable ONNX model ({e})") from e
-        props = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in _META_KEYS if f"cxrkit.{k}" not in props]
-        if missing:
-            raise ValueError(f"{self.path}: not exported by cxrkit (no cxrkit.{missing[0]} in "
-                             "its metadata); export with `cxrkit export`")
-        self.record = {k: json.loads(props[f"cxrkit.{k}"]) for k in _META_KEYS}
-        self.findings = tuple(self.record["findings"])
-        self.cache_settings = PreprocessSettings.from_dict(self.record["preprocess"]["cache"])
-        self.metadata = "meta" in self.record["inputs"]
-        self.checkpoint = Path(self.record["checkpoint"])
-        self.thresholds, self.thresholds_source = self._thresholds()
-
-    def _thresholds(self):
-        from cxrkit.thresholds import find_thresholds
-
-        found = find_thresholds(self.path.parent, self.findings,
-                                lambda: self.record["checkpoint_sha256"], self.thresholds_file)
-        if found is not None:
-            return found.values, found.source
-        if self.record["thresholds"]:
-            return ({str(k): float(v) for k, v in self.record["thresholds"].items()},
-                    f"recorded in {self.path.name} (from {self.record['thresholds_source']})")
-        return None, None
-
-    @property
-    def name(self) -> str:
-        return self.record["model"]["name"]
-
-    def cache_image(self, image: np.ndarray) -> np.ndarray:
-        s = self.cache_settings
-        return preprocess(image, size=s.size, clahe=s.clahe, crop=s.crop)
-
-    def load_images(self, images: Sequence) -> np.ndarray:
-        """Paths or arrays -> ``uint8`` ``(B, 1, S, S)`` cache-stage images (numpy)."""
-        out = [self.cache_image(read_image(im) if isinstance(im, (str, Path)) else grey_uint8(im))
-               for im in images]
-        s = self.cache_settings.size
-        return np.stack(out)[:, None] if out else np.zeros((0, 1, s, s), np.uint8)
-
-    def logits_from_cached(self, images, meta=None, *, tta: str = "none") -> np.ndarray:
-        """``uint8`` ``(B, 1, S, S)`` -> logits ``(B, F)`` float32 (``tta`` must be "none")."""
-        if tta != "none":
-            raise ValueError(f"the ONNX backend runs without test-time augmentation; got "
-                             f"tta={tta!r} (use the torch backend for flip/tencrop)")
-        x = np.ascontiguousarray(np.asarray(images), dtype=np.uint8)
-        feeds = {"image": x}
-        if self.metadata:
-            if meta is None:
-                warnings.warn(f"{self.path.name} was trained with patient metadata; none "
-                              "given, so the export's defaults are used "
-                              f"({self.record['meta_default']})", stacklevel=2)
-                meta = np.tile(np.asarray(self.record["meta_default"], np.float32), (len(x), 1))
-            feeds["meta"] = np.asarray(meta, np.float32).reshape(len(x), -1)
-        return self.session.run(["logits"], feeds)[0]
-
-    def predict(self, images, meta=None, *, tta: str = "none", batch_size: int = 16):
-        """Probabilities as a DataFrame, like :meth:`LoadedModel.predict`."""
-        import pandas as pd
-
-        single = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray)
-                                                     and images.ndim == 2)
-        items = [images] if single else list(images)
-        parts = []
-        for i in range(0, len(items), batch_size):
-            mm = None if meta is None else np.asarray(meta)[i:i + batch_size]
-            parts.append(self.logits_from_cached(self.load_images(items[i:i + batch_size]), mm,
-                                                 tta=tta))
-        z = np.concatenate(parts) if parts else np.zeros((0, len(self.findings)), np.float32)
-        probs = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
-        index = [str(p) if isinstance(p, (str, Path)) else f"array_{i}"
-                 for i, p in enumerate(items)]
-        return pd.DataFrame(probs, columns=list(self.findings),
-                            index=pd.Index(index, name="image"))
-
-    def threshold_vector(self) -> np.ndarray:
-        t = self.thresholds or {}
-        return np.array([float(t.get(f, 0.5)) for f in self.findings])
-
-
-def load_onnx(path: str | Path, *, thresholds: str | Path | None = None,
-              providers: Sequence[str] | None = None) -> OnnxModel:
-    """An ``.onnx`` file from :func:`export_onnx` (or a run folder holding ``best.onnx``)."""
-    path = Path(path)
-    if path.is_dir():
-        run = RunFolder(path)
-        path = onnx_path(run.best if onnx_path(run.best).exists() else run.last)
-    elif path.suffix == ".pt":
-        path = onnx_path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"ONNX model not found: {path} (make it with `cxrkit export`)")
-    return OnnxModel(path, providers=providers, thresholds_file=thresholds)
-
-
-__all__ = ["LOGIT_TOLERANCE", "OPSET", "PROBABILITY_TOLERANCE", "OnnxModel", "ParityError",
-           "export_onnx", "load_onnx", "parity_check", "resize_matrix"]
+__all__ = ["LOGIT_TOLERANCE", "OPSET", "PROBABILITY_TOLERANCE", "ParityError", "export_onnx",
+           "parity_check", "resize_matrix"]

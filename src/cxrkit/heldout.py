@@ -84,9 +84,9 @@ def load_held_out(lm: LoadedModel, prepared: str | Path | None = None) -> HeldOu
     """Prepared folder + the checkpoint's split, sha256-verified, box fold reproduced."""
     folder = _prepared_folder(lm, prepared)
     p = load_prepared(folder)
-    if p.cache.settings.to_dict() != lm.cache_settings.to_dict():
+    if p.cache.settings.to_dict() != lm.preprocessing.cache.to_dict():
         raise ValueError(f"{folder}: cache settings {p.cache.settings.to_dict()} differ from "
-                         f"the checkpoint's {lm.cache_settings.to_dict()}; evaluate on the "
+                         f"the checkpoint's {lm.preprocessing.cache.to_dict()}; evaluate on the "
                          "prepared folder the model was trained with")
     split_path, want = _split_file(lm, folder, prepared is not None)
     got = file_sha256(split_path)

@@ -1,173 +1,137 @@
-"""A trained model, ready to use: ``cxrkit.load(checkpoint)`` (the one inference core).
+"""A trained model, ready to use: ``cxrkit.load(checkpoint)`` (the torch backend).
 
 Evaluation, explanation, prediction, ONNX export and the web service all go through
-:class:`LoadedModel`, so they share one definition of how an image reaches the network:
+:class:`LoadedModel`, a :class:`cxrkit.predictor.Predictor` (the interface it shares with
+the ONNX backend, :class:`cxrkit.onnx_backend.OnnxModel`). How an image reaches the network
+is the checkpoint's preprocessing contract, ``lm.preprocessing``
+(:class:`cxrkit.preprocessing.Preprocessing`), and nothing else:
 
 1. **cache stage** (what ``cxrkit prepare`` did to the training images): decode to grey
    ``uint8`` (:func:`cxrkit.data.images.read_xray`, or the DICOM reader), then
-   :func:`cxrkit.data.images.preprocess` with the checkpoint's cache settings (size, CLAHE,
+   :func:`cxrkit.data.images.preprocess` with the contract's cache settings (size, CLAHE,
    chest crop). Images already in a cache skip this stage.
-2. **tensor stage** (what training evaluated with): :class:`EvalTransform` with the
-   checkpoint's input size, eval resize and mean/std.
+2. **tensor stage** (what training evaluated with): :func:`cxrkit.data.transforms.eval_transform`
+   of the contract (resize to ``eval_resize``, centre crop ``input_size``, mean/std).
 
 Test-time augmentation (``tta``) averages **logits** over the views: ``flip`` (image and
-its mirror) and ``tencrop`` (resize to ``eval_resize`` -- by default 256/224 of the input
-size, CheXNet's geometry -- then the four corners, centre and their mirrors). Averaging
-logits rather than probabilities keeps temperature scaling and ONNX export exact.
+its mirror) and ``tencrop`` (resize to the contract's ``tencrop_resize``, then the four
+corners, centre and their mirrors). Averaging logits rather than probabilities keeps
+temperature scaling and ONNX export exact. Mirrored views on a model trained without flips
+warn (:class:`cxrkit.predictor.MirroredTTAWarning`).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cxrkit.artefacts import RunFolder, resolve_checkpoint
-from cxrkit.data.dataset import META_FEATURES
-from cxrkit.data.dicom import grey_uint8, read_image
-from cxrkit.data.images import PreprocessSettings, preprocess
-from cxrkit.data.transforms import EvalTransform, ten_crop
+from cxrkit.artefacts import RunFolder, file_sha256, resolve_checkpoint
+from cxrkit.data.dicom import read_image
+from cxrkit.data.images import PreprocessSettings
+from cxrkit.data.transforms import EvalTransform, eval_transform, ten_crop
 from cxrkit.engine.checkpoint import CheckpointError, load_checkpoint
+from cxrkit.predictor import TTA_MODES, Predictor
+from cxrkit.preprocessing import Preprocessing
 from cxrkit.thresholds import find_thresholds, write_thresholds_file
 
-TTA_MODES = ("none", "flip", "tencrop")
 
+class LoadedModel(Predictor):
+    """A torch model in eval mode with its findings, preprocessing contract and thresholds."""
 
-@dataclass
-class LoadedModel:
-    """A model in eval mode with its findings, preprocessing and decision thresholds."""
+    backend = "torch"
 
-    model: torch.nn.Module
-    findings: tuple[str, ...]
-    cache_settings: PreprocessSettings
-    input_size: int
-    eval_resize: int | None
-    mean: float
-    std: float
-    channels: int
-    metadata: bool
-    device: torch.device
-    checkpoint: Path
-    checkpoint_info: dict
-    thresholds: dict[str, float] | None = None
-    thresholds_source: str | None = None
-    #: the test-time augmentation the thresholds were chosen with ("none" if unrecorded)
-    thresholds_tta: str | None = None
+    def __init__(self, model: torch.nn.Module, findings: Sequence[str],
+                 preprocessing: Preprocessing, *, metadata: bool = False,
+                 device: torch.device | str = "cpu", checkpoint: Path | None = None,
+                 checkpoint_info: dict | None = None):
+        self.model = model
+        self.findings = tuple(findings)
+        self.preprocessing = preprocessing
+        self.metadata = bool(metadata)
+        self.device = torch.device(device)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else Path("<in memory>")
+        self.checkpoint_info = checkpoint_info or {}
+
+    @property
+    def name(self) -> str:
+        cfg = getattr(self.model, "cxr_config", None)
+        return cfg.name if cfg is not None else type(self.model).__name__
+
+    @property
+    def source(self) -> Path:
+        return self.checkpoint
 
     @cached_property
     def checkpoint_sha256(self) -> str:
         """sha256 of the checkpoint file, computed once (thresholds, reports, exports)."""
-        from cxrkit.artefacts import file_sha256
         return file_sha256(self.checkpoint)
 
-    # -- preprocessing ------------------------------------------------------------------
+    # -- the contract, read-only shortcuts -------------------------------------------------
+    @property
+    def cache_settings(self) -> PreprocessSettings:
+        return self.preprocessing.cache
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
+
+    @property
+    def eval_resize(self) -> int:
+        return self.preprocessing.eval_resize
+
+    @property
+    def channels(self) -> int:
+        return self.preprocessing.channels
+
+    @property
+    def mean(self) -> float:
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> float:
+        return self.preprocessing.std
+
     @property
     def transform(self) -> EvalTransform:
-        return EvalTransform(self.input_size, resize=self.eval_resize, mean=self.mean,
-                             std=self.std, channels=self.channels)
+        return eval_transform(self.preprocessing)
 
     def preprocess_record(self) -> dict:
         """The full preprocessing contract (stored by ``export`` next to the ONNX file)."""
-        return {"cache": self.cache_settings.to_dict(), "input_size": self.input_size,
-                "eval_resize": self.eval_resize, "mean": self.mean, "std": self.std,
-                "channels": self.channels, "input": "grey uint8 image, cache stage applied, "
-                "then /255, resize to eval_resize (or input_size), centre crop input_size, "
-                "(x - mean) / std, repeated to `channels`"}
-
-    def cache_image(self, image: np.ndarray) -> np.ndarray:
-        """Grey ``uint8`` ``(H, W)`` of any size -> the cached ``(S, S)`` image."""
-        s = self.cache_settings
-        return preprocess(image, size=s.size, clahe=s.clahe, crop=s.crop)
+        return self.preprocessing.record()
 
     def load_images(self, images: Sequence) -> torch.Tensor:
         """Paths or grey arrays -> ``uint8`` batch ``(B, 1, S, S)`` at the cache stage."""
-        out = []
-        for im in images:
-            arr = read_image(im) if isinstance(im, (str, Path)) else grey_uint8(im)
-            out.append(self.cache_image(arr))
-        return torch.from_numpy(np.stack(out)[:, None])
+        return torch.from_numpy(self.cached_batch(images))
 
     def _meta(self, n: int, meta) -> torch.Tensor | None:
-        if not self.metadata:
-            return None
-        if meta is None:
-            warnings.warn(f"{self.checkpoint.name} was trained with patient metadata "
-                          f"({', '.join(META_FEATURES)}); none given, so age is marked "
-                          "missing and sex/view default to female/PA", stacklevel=3)
-            m = torch.zeros(n, len(META_FEATURES))
-            m[:, 1] = 1.0
-            return m.to(self.device)
-        return torch.as_tensor(np.asarray(meta, np.float32)).reshape(n, -1).to(self.device)
+        m = self.meta_matrix(n, meta)
+        return None if m is None else torch.from_numpy(np.ascontiguousarray(m)).to(self.device)
 
     # -- inference ------------------------------------------------------------------------
-    @torch.no_grad()
-    def logits_from_cached(self, images: torch.Tensor, meta=None, *, tta: str = "none"):
+    def logits_from_cached(self, images, meta=None, *, tta: str = "none") -> np.ndarray:
         """``uint8`` ``(B, 1, S, S)`` cache-stage images -> logits ``(B, F)`` float32 numpy."""
-        if tta not in TTA_MODES:
-            raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
-        x = torch.as_tensor(images).to(self.device)
-        m = self._meta(len(x), meta)
-        tf = self.transform
-        if tta == "none":
-            return self.model(tf(x), m).float().cpu().numpy()
-        if tta == "flip":
-            v = tf(x)
-            z = (self.model(v, m).float() + self.model(v.flip(-1), m).float()) / 2
-            return z.cpu().numpy()
-        resize = self.eval_resize or int(round(self.input_size * 256 / 224))
-        big = EvalTransform(resize, mean=self.mean, std=self.std, channels=self.channels)(x)
-        crops = ten_crop(big, self.input_size)  # (B, 10, C, s, s)
-        b = crops.shape[0]
-        flat = crops.reshape(b * 10, *crops.shape[2:])
-        mm = None if m is None else m.repeat_interleave(10, 0)
-        z = self.model(flat, mm).float().reshape(b, 10, -1).mean(1)
-        return z.cpu().numpy()
-
-    def predict_logits(self, images: Sequence, meta=None, *, tta: str = "none",
-                       batch_size: int = 16) -> np.ndarray:
-        """Paths or arrays -> logits ``(N, F)``."""
-        images = list(images)
-        parts = []
-        for i in range(0, len(images), batch_size):
-            chunk = images[i:i + batch_size]
-            mm = None if meta is None else np.asarray(meta)[i:i + batch_size]
-            parts.append(self.logits_from_cached(self.load_images(chunk), mm, tta=tta))
-        return np.concatenate(parts) if parts else np.zeros((0, len(self.findings)), np.float32)
-
-    def predict(self, images, meta=None, *, tta: str = "none", batch_size: int = 16):
-        """Probabilities, one row per image and one column per finding (a DataFrame).
-
-        ``images``: a path, an array, or a sequence of them (PNG/JPEG/DICOM paths, or
-        grey/RGB arrays). Uses the checkpoint's own preprocessing.
-        """
-        import pandas as pd
-
-        single = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray)
-                                                     and images.ndim == 2)
-        items = [images] if single else list(images)
-        z = self.predict_logits(items, meta, tta=tta, batch_size=batch_size)
-        probs = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
-        index = [str(p) if isinstance(p, (str, Path)) else f"array_{i}"
-                 for i, p in enumerate(items)]
-        return pd.DataFrame(probs, columns=list(self.findings), index=pd.Index(index, name="image"))
-
-    def thresholds_mismatch(self, tta: str) -> str | None:
-        """Why the thresholds may not fit predictions made with ``tta`` (None: they fit)."""
-        if self.thresholds and (self.thresholds_tta or "none") != tta:
-            return (f"the decision thresholds were chosen with test-time augmentation "
-                    f"'{self.thresholds_tta}' but predictions use '{tta}'; flags may be off "
-                    f"(evaluate with --tta {tta} to choose matching thresholds)")
-        return None
-
-    def threshold_vector(self) -> np.ndarray:
-        """Per-finding decision thresholds (0.5 where none was chosen)."""
-        t = self.thresholds or {}
-        return np.array([float(t.get(f, 0.5)) for f in self.findings])
+        self.check_tta(tta)
+        with torch.no_grad():
+            x = torch.as_tensor(images).to(self.device)
+            m = self._meta(len(x), meta)
+            if tta == "none":
+                return self.model(self.transform(x), m).float().cpu().numpy()
+            if tta == "flip":
+                v = self.transform(x)
+                z = (self.model(v, m).float() + self.model(v.flip(-1), m).float()) / 2
+                return z.cpu().numpy()
+            p = self.preprocessing
+            big = EvalTransform(p.tencrop_resize, mean=p.mean, std=p.std, channels=p.channels)(x)
+            crops = ten_crop(big, p.input_size)  # (B, 10, C, s, s)
+            b = crops.shape[0]
+            flat = crops.reshape(b * 10, *crops.shape[2:])
+            mm = None if m is None else m.repeat_interleave(10, 0)
+            return self.model(flat, mm).float().reshape(b, 10, -1).mean(1).cpu().numpy()
 
 
 def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
@@ -185,19 +149,19 @@ def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
     for key in ("model", "model_config", "preprocess"):
         if key not in ck:
             raise CheckpointError(f"{path}: no {key!r} entry; not a trained cxrkit model")
+    try:
+        preprocessing = Preprocessing.from_checkpoint(ck, path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
     dev = torch.device(device) if device is not None else torch.device("cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = create_model(**ck["model_config"])
     model.load_state_dict(ck["model"])
     model.to(dev).eval()
-    pp = ck["preprocess"]
     info = {k: ck.get(k) for k in ("config", "split", "versions", "epoch", "metrics")}
     lm = LoadedModel(
-        model=model, findings=tuple(ck.get("findings") or model.cxr_config.findings),
-        cache_settings=PreprocessSettings.from_dict(pp["cache"]),
-        input_size=int(pp["input_size"]), eval_resize=pp.get("eval_resize"),
-        mean=float(pp["mean"]), std=float(pp["std"]), channels=int(pp.get("channels", 1)),
+        model, tuple(ck.get("findings") or model.cxr_config.findings), preprocessing,
         metadata=int(ck["model_config"].get("meta_features", 0)) > 0, device=dev,
         checkpoint=path, checkpoint_info=info)
     _attach_thresholds(lm, thresholds)

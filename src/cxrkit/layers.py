@@ -29,6 +29,8 @@ LAYERS: dict[str, int] = {
     # 2: data
     "data": 2,         # NIH files, splits, cache, dataset, transforms, phantoms, DICOM
     "thresholds": 2,   # the thresholds sidecar (torch-free, for the ONNX backend too)
+    "preprocessing": 2,  # the preprocessing contract: one frozen geometry per checkpoint
+    "predictor": 2,    # the predictor interface shared by the torch and ONNX backends
     # 3: models and dataset statistics
     "models": 3,       # the registry and one file per family
     "eda": 3,          # dataset statistics and plots
@@ -37,6 +39,7 @@ LAYERS: dict[str, int] = {
     # 5: a trained model in use
     "inference": 5,    # cxrkit.load: the one inference core
     "heldout": 5,      # the held-out data a checkpoint was trained against
+    "onnx_backend": 5,  # the ONNX Runtime predictor
     # 6-7: what is done with a model
     "explain": 6,      # saliency maps, overlays, localisation
     "evaluate": 7,     # metrics with CIs, report, compare

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def _per_finding(fn, y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
@@ -34,11 +33,15 @@ def _per_finding(fn, y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
 
 def auroc_per_finding(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     """AUROC per column of ``(N, F)`` arrays; NaN where a column has one class only."""
+    from sklearn.metrics import roc_auc_score  # late: importing scikit-learn costs ~2 s
+
     return _per_finding(roc_auc_score, y_true, y_score)
 
 
 def auprc_per_finding(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     """Average precision (area under the PR curve) per column; NaN where undefined."""
+    from sklearn.metrics import average_precision_score
+
     return _per_finding(average_precision_score, y_true, y_score)
 
 

@@ -1,9 +1,10 @@
 """Prediction on image files: what ``cxrkit predict CHECKPOINT PATH...`` does, in Python.
 
 :func:`collect_inputs` turns files, folders (searched recursively) and glob patterns into a
-list of image files; :func:`predict_files` runs them through a model, a
-:class:`~cxrkit.inference.LoadedModel` (PyTorch, ``cxrkit.load``) or an
-:class:`~cxrkit.export.OnnxModel` (onnxruntime, ``--backend onnx``), always with the
+list of image files; :func:`predict_files` runs them through a
+:class:`~cxrkit.predictor.Predictor`: :class:`~cxrkit.inference.LoadedModel` (PyTorch,
+``cxrkit.load``) or :class:`~cxrkit.onnx_backend.OnnxModel` (onnxruntime,
+``--backend onnx``), always with the
 checkpoint's own preprocessing (a model trained at 224 px on CLAHE images sees 224 px
 CLAHE images); :class:`Predictions` holds the result and writes it as CSV or JSON.
 
@@ -16,6 +17,11 @@ Nothing is skipped silently: an input that names no file, a file that cannot be 
 an image, a DICOM whose compression has no decoder, ...) gets a row with its reason in the
 ``error`` column, and the rest are still predicted; files in searched folders that are not
 images (``.txt``, ``.csv``...) are counted and listed in ``Predictions.skipped``.
+
+Patient metadata (models trained with ``model.metadata=true``): age, sex and view come from
+``metadata=`` (``--metadata CSV``), else ``metadata.csv`` beside each image, else the
+file's DICOM tags (columns and tags: :mod:`cxrkit.data.metadata`); images that lacked a
+field are listed in ``Predictions.metadata_missing`` and in a warning.
 """
 
 from __future__ import annotations
@@ -33,12 +39,16 @@ import numpy as np
 from cxrkit.artefacts import write_csv, write_text
 from cxrkit.data.dicom import DICOM_EXTENSIONS, is_dicom
 from cxrkit.data.images import IMAGE_EXTENSIONS, ImageReadError
+from cxrkit.metrics import sigmoid
+from cxrkit.predictor import DEFAULT_THRESHOLD
 
 #: File name endings searched for in folders (case-insensitive); files named directly are
 #: always tried, and extension-less files in folders are taken when they start like DICOM.
 SUPPORTED_EXTENSIONS = IMAGE_EXTENSIONS + DICOM_EXTENSIONS
-#: Default threshold where none was chosen at evaluation.
-DEFAULT_THRESHOLD = 0.5
+
+
+class MetadataMissingWarning(UserWarning):
+    """Images predicted by a metadata model without their age, sex or view."""
 
 
 class NoThresholdsWarning(UserWarning):
@@ -126,6 +136,8 @@ class Predictions:
     checkpoint: str = ""
     tta: str = "none"
     skipped: list[str] = field(default_factory=list)
+    #: image -> patient-metadata fields it lacked (models trained with metadata only)
+    metadata_missing: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def n_failed(self) -> int:
@@ -166,7 +178,8 @@ class Predictions:
                 "thresholds_source": self.thresholds_source or
                 f"none chosen at evaluation: {DEFAULT_THRESHOLD} for every finding",
                 "n_images": len(self.images), "n_failed": self.n_failed,
-                "skipped_not_images": self.skipped, "predictions": rows}
+                "skipped_not_images": self.skipped, "metadata_missing": self.metadata_missing,
+                "predictions": rows}
 
     def save(self, path: str | Path) -> Path:
         """Write ``.csv`` (:meth:`frame`, full float precision) or ``.json`` (:meth:`to_dict`)."""
@@ -206,12 +219,15 @@ def _short(name: str) -> str:
 
 
 def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "none",
-                  batch_size: int = 16, progress: bool = True) -> Predictions:
-    """Predict every file of ``inputs`` with ``model`` (a ``LoadedModel`` or ``OnnxModel``).
+                  batch_size: int = 16, progress: bool = True,
+                  metadata=None) -> Predictions:
+    """Predict every file of ``inputs`` with ``model`` (a :class:`~cxrkit.predictor.Predictor`).
 
     Files are decoded and cache-preprocessed one at a time (so one bad file fails alone)
     and run through the network ``batch_size`` at a time. Unreadable files and inputs that
-    named no file become rows with an ``error``.
+    named no file become rows with an ``error``. ``metadata``: a CSV path or a table
+    (:func:`cxrkit.data.metadata.read_metadata_csv`'s columns) of age/sex/view, used only by
+    models trained with metadata (see the module docstring).
     """
     from tqdm.auto import tqdm
 
@@ -222,44 +238,63 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
     errors = dict(inputs.problems)
     probs = [np.full(len(findings), np.nan) for _ in names]
     thresholds = _thresholds(model)
-    mismatch = getattr(model, "thresholds_mismatch", None)
-    if mismatch is not None and mismatch(tta):
-        warnings.warn(mismatch(tta), NoThresholdsWarning, stacklevel=2)
+    mismatch = model.thresholds_mismatch(tta)
+    if mismatch:
+        warnings.warn(mismatch, NoThresholdsWarning, stacklevel=2)
     files = inputs.files
+    meta, missing = _file_metadata(model, files, metadata)
     bar = tqdm(total=len(files), unit="image", desc="predict", leave=False,
                disable=not progress or len(files) < 2)
     with bar:
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
-            cached, ok = [], []
-            for f in chunk:
+            cached, ok, rows = [], [], []
+            for k, f in enumerate(chunk):
                 names.append(str(f))
                 probs.append(np.full(len(findings), np.nan))
                 try:
-                    cached.append(np.asarray(model.load_images([f]))[0])
+                    cached.append(model.cached_batch([f])[0])
                     ok.append(len(names) - 1)
+                    rows.append(start + k)
                 except (ImageReadError, ValueError, OSError) as e:
                     errors[str(f)] = e.reason if isinstance(e, ImageReadError) else str(e)
             if cached:
-                z = np.asarray(model.logits_from_cached(np.stack(cached), tta=tta), np.float64)
-                for row, zi in zip(ok, z, strict=True):
-                    probs[row] = 1.0 / (1.0 + np.exp(-zi))
+                mm = None if meta is None else meta[rows]
+                z = model.logits_from_cached(np.stack(cached), mm, tta=tta)
+                for row, p in zip(ok, sigmoid(z), strict=True):
+                    probs[row] = p
             bar.update(len(chunk))
-    backend = "onnx" if type(model).__name__ == "OnnxModel" else "torch"
-    name = model.name if backend == "onnx" else model.model.cxr_config.name
+    missing = {k: v for k, v in missing.items() if k not in errors}
     return Predictions(findings=findings, images=names,
                        probabilities=np.array(probs).reshape(len(names), len(findings)),
                        errors=errors, thresholds=thresholds,
-                       thresholds_source=model.thresholds_source, model=name, backend=backend,
-                       checkpoint=str(getattr(model, "path", model.checkpoint)), tta=tta,
-                       skipped=[str(p) for p in inputs.skipped])
+                       thresholds_source=model.thresholds_source, model=model.name,
+                       backend=model.backend, checkpoint=str(model.source), tta=tta,
+                       skipped=[str(p) for p in inputs.skipped], metadata_missing=missing)
+
+
+def _file_metadata(model, files: list[Path], metadata):
+    """``(meta (N, 4) or None, missing)`` for a model with metadata; warns which images lacked it."""
+    if not model.metadata:
+        if metadata is not None:
+            warnings.warn(f"{model.source.name} was trained without patient metadata; "
+                          "the metadata given is not used", MetadataMissingWarning, stacklevel=3)
+        return None, {}
+    from cxrkit.data.metadata import read_metadata_csv, resolve_metadata
+
+    table = read_metadata_csv(metadata) if isinstance(metadata, (str, Path)) else metadata
+    resolved = resolve_metadata(files, table)
+    note = resolved.summary()
+    if note:
+        warnings.warn(note, MetadataMissingWarning, stacklevel=3)
+    return resolved.vectors, resolved.missing
 
 
 def _thresholds(model) -> np.ndarray:
     """The model's thresholds (0.5 where missing), warning when any finding has none."""
     chosen = model.thresholds or {}
     missing = [f for f in model.findings if f not in chosen]
-    source = getattr(model, "path", model.checkpoint)
+    source = model.source
     if not chosen:
         warnings.warn(f"{source.name}: no decision thresholds from evaluation (run "
                       "`cxrkit evaluate` to choose them on the validation split); findings "
@@ -269,7 +304,7 @@ def _thresholds(model) -> np.ndarray:
         warnings.warn(f"no threshold chosen for {', '.join(missing)} (undefined on the "
                       f"validation split?); {DEFAULT_THRESHOLD} used for them",
                       NoThresholdsWarning, stacklevel=3)
-    return np.array([float(chosen.get(f, DEFAULT_THRESHOLD)) for f in model.findings])
+    return model.threshold_vector()
 
 
 def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | None = None,
@@ -281,7 +316,7 @@ def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | N
     if backend == "auto":
         backend = "onnx" if path.suffix.lower() == ".onnx" else "torch"
     if backend == "onnx":
-        from cxrkit.export import load_onnx
+        from cxrkit.onnx_backend import load_onnx
         return load_onnx(path, thresholds=thresholds)
     if backend != "torch":
         raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
@@ -291,5 +326,6 @@ def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | N
     return load(path, device=device, thresholds=thresholds)
 
 
-__all__ = ["DEFAULT_THRESHOLD", "Inputs", "NoThresholdsWarning", "Predictions",
+__all__ = ["DEFAULT_THRESHOLD", "Inputs", "MetadataMissingWarning", "NoThresholdsWarning",
+           "Predictions",
            "SUPPORTED_EXTENSIONS", "collect_inputs", "load_model", "predict_files"]

@@ -23,6 +23,7 @@ def predict(
     backend: Annotated[str, typer.Option(help="auto | torch | onnx (auto: onnx for a .onnx file)")] = "auto",
     tta: Annotated[str, typer.Option(help="Test-time augmentation (torch): none | flip | tencrop")] = "none",
     thresholds: Annotated[Path | None, typer.Option(help="thresholds.json from cxrkit evaluate (default: beside the checkpoint)")] = None,
+    metadata: Annotated[Path | None, typer.Option(help="CSV of patient metadata for models trained with it: columns image (file name or path), age (years or 058Y), sex (M/F), view (PA/AP); NIH's Data_Entry_2017.csv works. Default: metadata.csv beside the images, then DICOM tags")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 16,
     device: Annotated[str | None, typer.Option(help="torch backend: cpu, cuda, ... (default: cpu)")] = None,
     top: Annotated[int, typer.Option(help="Most probable findings shown per image")] = 3,
@@ -44,7 +45,7 @@ def predict(
     model = _run(load_model, checkpoint, backend=backend, device=device, thresholds=thresholds)
     inputs = collect_inputs(paths)
     result = _run(predict_files, model, inputs, tta=tta, batch_size=batch_size,
-                  progress=progress)
+                  progress=progress, metadata=metadata)
     typer.echo(result.summary(top=top, limit=show))
     source = result.thresholds_source or "0.5 (none chosen at evaluation)"
     typer.echo(f"{len(result.images) - result.n_failed} predicted, {result.n_failed} failed "
@@ -53,6 +54,10 @@ def predict(
         shown = ", ".join(Path(p).name for p in result.skipped[:3])
         typer.echo(f"note: {len(result.skipped)} file(s) in the folders are not PNG/JPEG/DICOM "
                    f"and were not read ({shown}{', ...' if len(result.skipped) > 3 else ''})")
+    if result.metadata_missing:
+        typer.echo(f"note: {len(result.metadata_missing)} image(s) lacked patient metadata "
+                   "(defaults used: age missing, sex F, view PA); listed in the "
+                   "warning above and in --out JSON")
     if out is not None:
         _run(result.save, out)
         typer.echo(f"-> {out}")

@@ -20,23 +20,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cxrkit.data.metadata import META_FEATURES, metadata_vector
 from cxrkit.labels import FINDINGS
-
-#: Names of the ``meta`` vector's entries, in order.
-META_FEATURES = ("age_years_div100", "age_missing", "sex_male", "view_ap")
-
-
-def metadata_vector(table: pd.DataFrame) -> np.ndarray:
-    """``(N, 4)`` float32 patient metadata from a label table (see :data:`META_FEATURES`)."""
-    age = pd.to_numeric(table["age"], errors="coerce").to_numpy(dtype=np.float64)
-    missing = np.isnan(age)
-    return np.stack([
-        np.where(missing, 0.0, age / 100.0),
-        missing.astype(np.float64),
-        (table["sex"].to_numpy() == "M").astype(np.float64),
-        (table["view"].to_numpy() == "AP").astype(np.float64),
-    ], 1).astype(np.float32)
-
 
 class CXRDataset(Dataset):
     """Images of ``table`` (rows of the label table, optionally one split) from ``cache``.

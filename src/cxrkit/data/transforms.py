@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrkit.preprocessing import Preprocessing
+
 
 @dataclass(frozen=True)
 class AugmentSettings:
@@ -208,9 +210,21 @@ def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack(tvf.ten_crop(images, [size, size]), 1)
 
 
-def presets(*, size: int, mean: float = 0.5, std: float = 0.25, channels: int = 1,
-            resize: int | None = None, augment: AugmentSettings | None = None):
-    """The one place train and eval geometry is defined: ``(train, eval)`` transforms."""
-    train = TrainTransform(size, mean=mean, std=std, channels=channels, augment=augment)
-    evaluate = EvalTransform(size, resize=resize, mean=mean, std=std, channels=channels)
-    return train, evaluate
+def eval_transform(p: Preprocessing) -> EvalTransform:
+    """The evaluation transform of a preprocessing contract (resize, centre crop, normalise)."""
+    return EvalTransform(p.input_size, resize=p.eval_resize, mean=p.mean, std=p.std,
+                         channels=p.channels)
+
+
+#: Augmentation ranges that leave the image as it is (``data.augment=false``): the whole
+#: cache image resized to the input size.
+NO_AUGMENT = AugmentSettings(scale=(1, 1), ratio=(1, 1), rotate_deg=0, translate=0,
+                             brightness=0, contrast=0, hflip=False)
+
+
+def presets(p: Preprocessing, *, augment: AugmentSettings | None = None):
+    """The one place train and eval geometry is built: ``(train, eval)`` transforms of the
+    preprocessing contract ``p`` (its ``input_size``, ``eval_resize``, mean/std, channels)."""
+    train = TrainTransform(p.input_size, mean=p.mean, std=p.std, channels=p.channels,
+                           augment=augment)
+    return train, eval_transform(p)

@@ -1,8 +1,9 @@
 """Box supervision for ``gaussian_attention``: pull each finding's attention into its boxes.
 
 Only training images with boxes contribute (under the official split that needs a box
-fold). Boxes arrive in cache pixels (``RunData.train_boxes``) and are rescaled to the
-model's input; random crops would move the anatomy away from them, so this requires
+fold). Boxes arrive in cache pixels (``RunData.train_boxes``) and are moved to the model's
+training input by the run's preprocessing contract
+(:meth:`cxrkit.preprocessing.Preprocessing.cache_box_to_train_input`); random crops would move the anatomy away from them, so this requires
 ``data.augment=false``.
 """
 
@@ -16,9 +17,10 @@ import torch
 if TYPE_CHECKING:
     from cxrkit.config import RunConfig
     from cxrkit.engine.train import RunData
+    from cxrkit.preprocessing import Preprocessing
 
 
-def box_supervision_loss(cfg: RunConfig, data: RunData, size: int):
+def box_supervision_loss(cfg: RunConfig, data: RunData, preprocessing: Preprocessing):
     """Box attention loss for gaussian_attention on training images that have boxes."""
     from cxrkit.models import box_attention_loss
 
@@ -33,6 +35,7 @@ def box_supervision_loss(cfg: RunConfig, data: RunData, size: int):
         by_image.setdefault(r.image_id, []).append(r)
     findings = data.findings
     weight = cfg.model.box_supervision
+    size = preprocessing.input_size
 
     def aux(model, x, batch):
         core = getattr(model, "module", model)
@@ -41,9 +44,8 @@ def box_supervision_loss(cfg: RunConfig, data: RunData, size: int):
         for k, image_id in enumerate(batch["image_id"]):
             for r in by_image.get(image_id, ()):
                 if r.finding in findings:
-                    s = size / data.prepared.cache.size
-                    x0, y0 = int(r.x * s), int(r.y * s)
-                    x1, y1 = int(math.ceil((r.x + r.w) * s)), int(math.ceil((r.y + r.h) * s))
+                    bx0, by0, bx1, by1 = preprocessing.cache_box_to_train_input(r.x, r.y, r.w, r.h)
+                    x0, y0, x1, y1 = int(bx0), int(by0), math.ceil(bx1), math.ceil(by1)
                     masks[k, findings.index(r.finding), y0:y1, x0:x1] = 1
                     has = True
         if not has:

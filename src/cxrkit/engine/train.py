@@ -36,7 +36,7 @@ from cxrkit.config import RunConfig
 from cxrkit.data.dataset import META_FEATURES, CXRDataset, make_loader
 from cxrkit.data.prepare import load_prepared
 from cxrkit.data.splits import box_fold, load_split, split_provenance
-from cxrkit.data.transforms import AugmentSettings, presets
+from cxrkit.data.transforms import NO_AUGMENT, AugmentSettings, presets
 from cxrkit.engine import distributed
 from cxrkit.engine.checkpoint import rng_state, save_checkpoint
 from cxrkit.engine.losses import make_loss, positive_weights
@@ -45,6 +45,7 @@ from cxrkit.engine.resume import TrainState, check_resume, resume_state, start_r
 from cxrkit.engine.runlog import plot_curves, write_history
 from cxrkit.labels import resolve_findings
 from cxrkit.metrics import auroc_per_finding, mean_defined
+from cxrkit.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -250,13 +251,6 @@ def build_model(cfg: RunConfig, data: RunData) -> tuple[nn.Module, dict]:
     return model, apply_freeze(model, mc.freeze)
 
 
-def _preprocess_record(cfg: RunConfig, data: RunData, model, size: int, resize: int | None):
-    mc = model.cxr_config
-    return {"cache": data.prepared.cache.settings.to_dict(), "input_size": size,
-            "eval_resize": resize, "mean": float(mc.mean), "std": float(mc.std),
-            "channels": int(cfg.model.in_chans)}
-
-
 # -- build: everything a run is made of (no file written) -------------------------------
 @dataclass
 class Training:
@@ -270,8 +264,7 @@ class Training:
     model: nn.Module          #: the bare model (saved, resumed)
     net: nn.Module            #: what is trained: the model, maybe DDP-wrapped and compiled
     freeze: dict              #: apply_freeze's counts (trainable / frozen parameters)
-    size: int                 #: model input side, pixels
-    preprocess: dict          #: stored in every checkpoint (see _preprocess_record)
+    preprocessing: Preprocessing  #: the geometry contract, stored in every checkpoint
     train_tf: object
     eval_tf: object
     precision: Precision
@@ -306,12 +299,9 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
     data = load_data(cfg)
     model, freeze = build_model(cfg, data)
     model = model.to(device)
-    mcfg = model.cxr_config
-    size = dc.image_size or data.prepared.cache.size
+    preprocessing = Preprocessing.for_run(cfg, data.prepared.cache.settings, model)
     train_tf, eval_tf = presets(
-        size=size, resize=dc.eval_resize, mean=mcfg.mean, std=mcfg.std, channels=cfg.model.in_chans,
-        augment=AugmentSettings(hflip=dc.hflip) if dc.augment else AugmentSettings(
-            scale=(1, 1), ratio=(1, 1), rotate_deg=0, translate=0, brightness=0, contrast=0))
+        preprocessing, augment=AugmentSettings(hflip=dc.hflip) if dc.augment else NO_AUGMENT)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     precision = Precision.choose(tc.amp, device)
@@ -347,11 +337,10 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
     if cfg.model.box_supervision > 0:
         from cxrkit.engine.box_supervision import box_supervision_loss
 
-        aux = box_supervision_loss(cfg, data, size)
+        aux = box_supervision_loss(cfg, data, preprocessing)
     return Training(
         cfg=cfg, dist=d, device=device, run=RunFolder(cfg.out), data=data, model=model,
-        net=net, freeze=freeze, size=size,
-        preprocess=_preprocess_record(cfg, data, model, size, dc.eval_resize),
+        net=net, freeze=freeze, preprocessing=preprocessing,
         train_tf=train_tf, eval_tf=eval_tf, precision=precision, scaler=scaler,
         loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, sched_step=sched_step,
         sampler=sampler, val_loader=val_loader, per_rank=max(1, world_batch // d.world_size),
@@ -365,7 +354,7 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
 def _checkpoint(t: Training, s: TrainState, epoch: int, metrics: dict) -> dict:
     return {
         "model": t.model.state_dict(), "model_config": t.model.cxr_config.to_dict(),
-        "findings": list(t.data.findings), "preprocess": t.preprocess,
+        "findings": list(t.data.findings), "preprocess": t.preprocessing.to_dict(),
         "config": t.cfg.to_dict(),
         "split": {"path": str(t.data.split_path), "sha256": t.data.split_sha256},
         "versions": versions(),

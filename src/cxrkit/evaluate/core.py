@@ -370,7 +370,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "checkpoint": str(lm.checkpoint),
         "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(run_folder.root),
         "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
-        "split_protocol": data.protocol, "tta": tta, "n_images": len(test.table),
+        "split_protocol": data.protocol, "tta": tta, "tta_mirror": _tta_mirror(lm, tta),
+        "n_images": len(test.table),
         "n_patients": int(test.table["patient_id"].nunique()), "findings": findings,
         "model": (config.get("model") or {}).get("name", type(lm.model).__name__),
         "epoch": None if epoch is None else int(epoch) + 1,
@@ -381,7 +382,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "published": published_rows(findings, run),
         "notes": _notes(source=source, split=split, fit_split=threshold_split, data=data,
                         mean=mean, auroc=auroc, bootstrap=bootstrap,
-                        calibration=calibration, test=test, tta=tta),
+                        calibration=calibration, test=test, tta=tta)
+        + ([f"Warning: {lm.tta_note(tta)}"] if lm.tta_note(tta) else []),
     }
     metrics = write_outputs(out, metrics, [test] if fit is test else [test, fit])
     chosen = {f: t for f, t in thresholds[threshold_method].items() if t is not None}
@@ -394,6 +396,18 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     if report:
         write_report(out, run_folder.root)
     return metrics
+
+
+def _tta_mirror(lm, tta: str) -> dict:
+    """What ``metrics.json`` records about mirrored test-time views (see
+    :func:`cxrkit.preprocessing.mirrored_tta_note`: cxrkit warns, it does not refuse)."""
+    mirrored = tta in ("flip", "tencrop")
+    note = lm.tta_note(tta)
+    return {"mirrored_views": mirrored, "trained_with_hflip": lm.preprocessing.hflip,
+            "decision": "warned: model trained without flips" if note
+            else ("consistent: model trained with flips" if mirrored and lm.preprocessing.hflip
+                  else "no mirrored views" if not mirrored else "unknown training flips"),
+            "note": note}
 
 
 def _fmt(m: dict) -> str:

@@ -34,11 +34,12 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json
-from cxrkit.data.dataset import metadata_vector
+from cxrkit.data.metadata import metadata_vector
 from cxrkit.explain.overlay import overlay, write_map, write_png
 from cxrkit.explain.saliency import METHODS, attention_maps, finding_targets, saliency_maps
 from cxrkit.heldout import load_held_out
 from cxrkit.inference import LoadedModel, load
+from cxrkit.metrics import sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
         x = get(start, start + batch_size)
         size = int(x.shape[-1])
         m = None if meta is None else np.asarray(meta)[start:start + batch_size]
-        probs = 1 / (1 + np.exp(-lm.logits_from_cached(x, m).astype(np.float64)))
+        probs = sigmoid(lm.logits_from_cached(x, m))
         chosen = _chosen(lm, probs, findings, top_k)
         # one map per (image, finding): repeat each image once per chosen finding
         which = [(i, k) for i, ks in enumerate(chosen) for k in ks]

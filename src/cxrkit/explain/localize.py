@@ -40,7 +40,7 @@ from cxrkit.artefacts import (
     write_json,
     write_text,
 )
-from cxrkit.data.dataset import metadata_vector
+from cxrkit.data.metadata import metadata_vector
 from cxrkit.explain.localization import (
     IOBB_THRESHOLDS,
     IOU_THRESHOLDS,
@@ -61,6 +61,7 @@ from cxrkit.explain.published import (
 from cxrkit.explain.saliency import METHODS, attention_maps, saliency_maps
 from cxrkit.heldout import load_held_out
 from cxrkit.inference import LoadedModel, load
+from cxrkit.metrics import sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
         else:
             maps = saliency_maps(lm, images, wanted, method=method, meta=meta,
                                  batch_size=batch_size)
-        probs = 1 / (1 + np.exp(-lm.logits_from_cached(images, meta).astype(np.float64)))
+        probs = sigmoid(lm.logits_from_cached(images, meta))
         for k, r in enumerate(chunk.itertuples()):
             s = score_pair(maps[k], r.truth, threshold=threshold)
             p = float(probs[k, wanted[k]])

@@ -13,8 +13,8 @@ The CAM methods hook the module named by the model's own registry config
 ViT tokens are reshaped to their patch grid after dropping ``saliency_prefix_tokens``.
 
 Geometry. Maps are computed on the model's tensor-stage input (``lm.transform``: resize
-the ``S`` px cache image to ``R = eval_resize or input_size``, centre-crop ``input_size``,
-normalise) and moved back to the cache image: the ``input_size`` map is pasted at the crop's
+the ``S`` px cache image to ``R = eval_resize``, centre-crop ``input_size``, normalise; all
+three from the checkpoint's preprocessing contract, ``lm.preprocessing``) and moved back to the cache image: the ``input_size`` map is pasted at the crop's
 offset into an ``R x R`` canvas, then resized to ``S x S``. Cache pixels the centre crop
 cut away were never seen by the model and get 0. So a map pixel ``(y, x)`` and a box in
 cache pixels (``ImageCache.map_boxes``) refer to the same place.
@@ -133,17 +133,21 @@ def _gradient(lm, x: torch.Tensor, meta, targets: list[int], method: str, *, sam
     return (a / peak[:, None, None]).cpu().numpy()
 
 
-def to_cache_space(maps: np.ndarray | torch.Tensor, lm, cache_size: int) -> np.ndarray:
+def to_cache_space(maps: np.ndarray | torch.Tensor, lm, cache_size: int | None = None
+                   ) -> np.ndarray:
     """``(B, s, s)`` maps over the model's input -> ``(B, S, S)`` over the cache image.
 
-    Undoes ``lm.transform``'s geometry (centre crop, then resize); see the module docstring.
+    Undoes ``lm.transform``'s geometry (centre crop, then resize) as recorded in
+    ``lm.preprocessing``; see the module docstring. ``cache_size``: the side of the images
+    the maps are for (default: the contract's cache side).
     """
+    p = lm.preprocessing
+    cache_size = int(cache_size or p.cache.size)
     m = torch.as_tensor(np.asarray(maps, np.float32))[:, None]
-    s, r = lm.input_size, int(lm.eval_resize or lm.input_size)
+    s, r, off = p.input_size, p.eval_resize, p.crop_offset
     if m.shape[-1] != s:
         m = F.interpolate(m, size=(s, s), mode="bilinear", align_corners=False)
     if r != s:
-        off = (r - s) // 2
         canvas = torch.zeros(m.shape[0], 1, r, r)
         canvas[..., off:off + s, off:off + s] = m
         m = canvas

@@ -123,6 +123,9 @@ def timm_facts(net: nn.Module, model_name: str, prefix: str = "backbone.") -> di
     blocks = getattr(net, "blocks", ())
     return dict(
         input_size=int(size[0]),
+        # a ViT built for one patch grid refuses other sizes unless built dynamic
+        fixed_input_size=patch_embed is not None and bool(getattr(patch_embed, "strict_img_size", True))
+        and not bool(getattr(patch_embed, "dynamic_img_size", False)),
         mean=float(sum(cfg["mean"]) / len(cfg["mean"])),
         std=float(sum(cfg["std"]) / len(cfg["std"])),
         saliency_layer=prefix + arch.saliency.format(last=len(blocks) - 1),

@@ -28,6 +28,8 @@ class CXRModel(nn.Module):
     """
 
     input_size: int = 224
+    #: True when the network takes ``input_size`` only (a ViT's position embeddings)
+    fixed_input_size: bool = False
     mean: float = 0.5
     std: float = 0.25
     saliency_layer: str = ""

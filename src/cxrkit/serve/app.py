@@ -142,6 +142,8 @@ class Service:
                          "evaluate); 'positive' uses 0.5 for every finding")
         if lm.thresholds_mismatch(tta):
             notes.append(lm.thresholds_mismatch(tta))
+        if lm.tta_note(tta):
+            notes.append(lm.tta_note(tta))
         if lm.metadata:
             notes.append("this model was trained with patient metadata, which the service "
                          "does not take: age is marked missing and sex/view default to "
@@ -149,7 +151,7 @@ class Service:
         self.model_info = ModelInfo(
             model=str(getattr(lm.model.cxr_config, "name", type(lm.model).__name__)),
             checkpoint=lm.checkpoint.name, checkpoint_sha256=lm.checkpoint_sha256,
-            input_size=lm.input_size, cache_size=lm.cache_settings.size, tta=tta,
+            input_size=lm.preprocessing.input_size, cache_size=lm.preprocessing.cache.size, tta=tta,
             thresholds_source=lm.thresholds_source, warning="; ".join(notes) or None)
 
     def decode(self, data: bytes, filename: str) -> DecodedUpload:
