@@ -48,7 +48,7 @@ def test_full_disk_mid_write_keeps_old_file_and_names_the_need(tmp_path):
         no_space()
     msg = str(e.value)
     assert "\n" not in msg and str(target) in msg and "no space left" in msg
-    assert "needs more than the 5,000 bytes written" in msg and "free in" in msg
+    assert "needs more than the 5,000 bytes (4.9 KiB) written" in msg and "free in" in msg
     assert target.read_text() == "old" and strays(tmp_path) == []
 
 

@@ -268,3 +268,28 @@ def test_cache_pickles_without_pixels_and_reopens_lazily(tmp_path, items, expect
     assert clone._images is None and clone.ids == cache.ids
     np.testing.assert_array_equal(clone.image(items[3][0]), expected[items[3][0]])
     assert isinstance(clone.images, np.memmap)
+
+
+def test_images_below_the_minimum_size_are_bad_images_with_the_reason(tmp_path, items):
+    from PIL import Image
+
+    from cxrkit.data.images import MIN_IMAGE_SIDE
+
+    rng = np.random.default_rng(0)
+    tiny = {"00090001_000.png": (1, 1), "00090002_000.png": (MIN_IMAGE_SIDE - 1, 400),
+            "00090003_000.png": (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE)}
+    extra = []
+    for name, (h, w) in tiny.items():
+        Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(tmp_path / name)
+        extra.append((name, str(tmp_path / name)))
+    with pytest.warns(UserWarning, match="00090001_000.png"):
+        cache = build_cache(items[:3] + extra, tmp_path / "c", SETTINGS, workers=0,
+                            progress=False)
+    index = pd.read_csv(tmp_path / "c" / "index.csv", keep_default_na=False).set_index("image_id")
+    assert index.loc["00090001_000.png", "status"] == "error"
+    assert f"1x1 pixels is below the minimum of {MIN_IMAGE_SIDE} px a side" in \
+        index.loc["00090001_000.png", "error"]
+    assert index.loc["00090002_000.png", "status"] == "error"
+    assert f"400x{MIN_IMAGE_SIDE - 1} pixels" in index.loc["00090002_000.png", "error"]
+    assert index.loc["00090003_000.png", "status"] == "ok"   # exactly the minimum is fine
+    assert len(cache) == 4

@@ -78,3 +78,13 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
     p.write_text("train:\n  lr: fast\n")
     with pytest.raises(ConfigError, match="train.lr: 'fast' is not a number"):
         load_config(p)
+
+
+def test_config_errors_cut_huge_values():
+    from cxrkit.config import ConfigError, load_config
+
+    huge = "q" * 1_000_000
+    for override in (f"train.lr={huge}", huge, f"train.{huge}=1", f"train.optimizer={huge}"):
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [override])
+        assert len(str(info.value)) < 1500, str(info.value)[:200]

@@ -150,3 +150,37 @@ def test_no_pixel_data_and_multiframe(tmp_path, ramp12):
     ds.save_as(multi)
     with pytest.raises(ImageReadError, match="2 frames"):
         read_dicom(multi)
+
+
+#: A real NIH original whose grey levels span 4..238, not 0..255: a min-max stretch of it
+#: (what identity rescale tags used to trigger) changes every pixel.
+NIH_NARROW = "originals/images_001/images/00000032_037.png"
+
+
+@pytest.mark.parametrize("bits_allocated", [8, 16])
+def test_identity_rescale_tags_change_nothing_on_a_real_nih_image(tmp_path, nih_sample,
+                                                                  bits_allocated):
+    """One rule: the same stored pixels decode the same with or without identity
+    RescaleSlope=1 / RescaleIntercept=0 (pydicom returns floats for those), and an 8-bit
+    DICOM decodes exactly like the 8-bit PNG it was made from."""
+    from cxrkit.data.images import read_xray
+
+    png = read_xray(nih_sample / NIH_NARROW)
+    assert png.min() > 0 and png.max() < 255  # the case that showed the bug
+    pixels = png.astype(np.uint8 if bits_allocated == 8 else np.uint16)
+    bare = read_dicom(write_dicom(tmp_path / "bare.dcm", pixels, bits_stored=8))
+    tagged = read_dicom(write_dicom(tmp_path / "tagged.dcm", pixels, bits_stored=8,
+                                    RescaleSlope=1, RescaleIntercept=0,
+                                    RescaleType="US"))
+    np.testing.assert_array_equal(tagged, bare)
+    np.testing.assert_array_equal(bare, png)
+
+
+def test_identity_rescale_on_12_bit_data_keeps_the_stretch(tmp_path, ramp12):
+    """Higher depths still go through to_uint8's min-max, tags or not."""
+    bare = read_dicom(write_dicom(tmp_path / "a.dcm", ramp12 // 2 + 100, bits_stored=12))
+    tagged = read_dicom(write_dicom(tmp_path / "b.dcm", ramp12 // 2 + 100, bits_stored=12,
+                                    RescaleSlope=1, RescaleIntercept=0))
+    np.testing.assert_array_equal(bare, tagged)
+    np.testing.assert_array_equal(bare, to_uint8(ramp12 // 2 + 100))
+    assert bare.min() == 0 and bare.max() == 255

@@ -182,6 +182,56 @@ def test_find_images_on_the_real_sample(nih_sample):
         find_images(nih_sample)  # the 256 px copies and the originals share names
 
 
+def test_find_images_reports_link_loops_and_broken_links_and_goes_on(tmp_path, caplog):
+    good = _touch(tmp_path / "images" / "00000001_000.png")
+    loop = tmp_path / "images" / "00000002_000.png"
+    loop.symlink_to(loop)                                   # points at itself: ELOOP
+    loop_dir = tmp_path / "images" / "sub"
+    loop_dir.symlink_to(loop_dir)                           # a self-pointing "folder"
+    broken = tmp_path / "images" / "00000003_000.png"
+    broken.symlink_to(tmp_path / "gone.png")
+    with caplog.at_level("WARNING", logger="cxrkit.data.images"):
+        found = find_images(tmp_path)
+    assert found["00000001_000.png"] == good
+    assert set(found.bad) == {str(loop), str(loop_dir), str(broken)}
+    assert "symbolic link loop" in found.bad[str(loop)]
+    assert "broken symbolic link" in found.bad[str(broken)]
+    assert str(tmp_path / "gone.png") in found.bad[str(broken)]
+    # image-named bad files stay in the index, so the cache records each one's reason
+    assert found["00000002_000.png"] == loop and found["00000003_000.png"] == broken
+    assert "3 bad file(s)" in caplog.text and str(loop) in caplog.text
+    with pytest.raises(ImageReadError, match="symbolic link loop"):
+        read_xray(loop)
+    with pytest.raises(ImageReadError, match="broken symbolic link"):
+        read_xray(broken)
+
+
+def test_find_images_reports_unreadable_files(tmp_path, monkeypatch):
+    """An unreadable file is a bad file (simulated: the suite may run as root)."""
+    import os
+
+    good = _touch(tmp_path / "00000001_000.png")
+    locked = _touch(tmp_path / "00000002_000.png")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(locked)
+                        else real_access(p, mode, **kw))
+    found = find_images(tmp_path)
+    assert found["00000001_000.png"] == good
+    assert found.bad == {str(locked): "permission denied (not readable)"}
+
+
+def test_read_xray_names_an_unreadable_file(tmp_path, monkeypatch):
+    locked = tmp_path / "x.png"
+    Image.fromarray(_texture(8, 8)).save(locked)
+
+    def deny(*a, **k):
+        raise PermissionError(13, "Permission denied", str(locked))
+
+    monkeypatch.setattr(Image, "open", deny)
+    with pytest.raises(ImageReadError, match="permission denied"):
+        read_xray(locked)
+
+
 def test_find_images_missing_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         find_images(tmp_path / "nowhere")
@@ -264,3 +314,66 @@ def test_preprocess_settings_round_trip_and_validation():
         PreprocessSettings(clahe="yes")
     with pytest.raises(ValueError, match="size"):
         PreprocessSettings(size=0)
+
+
+# ---------------------------------------------------------------- libpng iCCP warnings
+
+_DECODE_SCRIPT = """
+import sys, cv2
+from cxrkit.data.libpng import quiet_iccp_warnings
+from cxrkit.data.images import read_xray
+quiet, rgba, broken = sys.argv[1] == "1", sys.argv[2], sys.argv[3]
+def decode():
+    assert cv2.imread(rgba, cv2.IMREAD_UNCHANGED).shape == (1024, 1024, 4)
+    assert cv2.imread(broken, cv2.IMREAD_UNCHANGED) is None
+    read_xray(rgba)
+    print("python stderr still works", file=sys.stderr)
+if quiet:
+    with quiet_iccp_warnings():
+        decode()
+else:
+    decode()
+"""
+
+
+def test_iccp_warnings_are_silenced_on_fd2_but_real_errors_are_not(nih_sample, tmp_path):
+    """Captured as the process's fd 2 (libpng writes there from C, not via sys.stderr)."""
+    import subprocess
+    import sys
+
+    rgba = nih_sample / "originals/images_001/images/00000004_000.png"   # RGBA + ICC profile
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDRgarbagegarbage")
+
+    def stderr_of(quiet: bool) -> str:
+        r = subprocess.run([sys.executable, "-c", _DECODE_SCRIPT, str(int(quiet)), str(rgba),
+                            str(broken)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    loud = stderr_of(False)
+    assert "libpng warning: iCCP: profile 'ICC Profile'" in loud  # the defect, unfiltered
+    quiet = stderr_of(True)
+    assert "iCCP" not in quiet
+    assert "IHDR" in quiet and "readHeader" in quiet   # OpenCV's error for the broken file
+    assert "python stderr still works" in quiet
+
+
+def test_prepare_on_real_nih_originals_prints_no_libpng_warnings(nih_sample, tmp_path):
+    """The whole `cxrkit prepare` process's fd 2 on the 39 originals (7 with the profile),
+    with a corrupt PNG among them: no iCCP line, the corrupt file still named."""
+    import shutil
+    import subprocess
+    import sys
+
+    images = tmp_path / "rel" / "images_001" / "images"
+    shutil.copytree(nih_sample / "originals" / "images_001" / "images", images)
+    (images / "00000001_001.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    r = subprocess.run([sys.executable, "-m", "cxrkit.cli", "prepare", str(tmp_path / "rel"),
+                        "--labels", str(nih_sample / "meta" / "Data_Entry_2017.csv"),
+                        "--on-missing", "drop", "--protocol", "random", "--size", "64",
+                        "--workers", "1", "--out", str(tmp_path / "prep")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "libpng" not in r.stderr and "iCCP" not in r.stderr
+    assert "00000001_001.png" in r.stderr and "cannot be cached" in r.stderr

@@ -161,3 +161,113 @@ def test_list_with_duplicate(tmp_path):
     p.write_text("a.png\nb.png\na.png\n")
     with pytest.raises(NIHFormatError, match=r"'a.png' listed twice \(lines 1, 3\)"):
         read_image_list(p)
+
+
+# ---------------------------------------------------------------- hostile input
+
+HUGE = "A" * 5_000_000   # a 5 MB field (the report found a 50 MB one quoted whole)
+
+
+@pytest.mark.parametrize("row,field", [
+    (ROWS[1].replace("Cardiomegaly|Emphysema", "Mass|" + HUGE), "Finding Labels"),
+    (ROWS[1].replace(",58,M", f",{HUGE},M"), "Patient Age"),
+    (ROWS[1].replace(",M,PA,", f",{HUGE},PA,"), "Patient Gender"),
+    (ROWS[1].replace(",1,1,58", f",1,{HUGE},58"), "Patient ID"),
+])
+def test_errors_cut_a_huge_quoted_field(tmp_path, row, field):
+    with pytest.raises(NIHFormatError) as info:
+        read_data_entry(write_csv(tmp_path, rows=[ROWS[0], row]))
+    msg = str(info.value)
+    assert f"line 3, field '{field}'" in msg and len(msg) < 1000, msg[:300]
+    assert "5,000,0" in msg  # says how long the cut value was
+
+
+def test_box_and_list_errors_cut_huge_values(tmp_path):
+    p = tmp_path / "BBox_List_2017.csv"
+    p.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                 f"a.png,{HUGE},1,2,3,4\n")
+    with pytest.raises(NIHFormatError) as info:
+        read_bbox_list(p)
+    assert len(str(info.value)) < 1000 and "line 2" in str(info.value)
+    p.write_text(f"Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Mass,{HUGE},2,3,4\n")
+    with pytest.raises(NIHFormatError) as info:
+        read_bbox_list(p)
+    assert len(str(info.value)) < 1000 and "field 'x'" in str(info.value)
+    lst = tmp_path / "test_list.txt"
+    lst.write_text(f"{HUGE}\nb.png\n{HUGE}\n")
+    with pytest.raises(NIHFormatError) as info:
+        read_image_list(lst)
+    assert len(str(info.value)) < 1000 and "lines 1, 3" in str(info.value)
+
+
+def test_quote_helper():
+    from cxrkit.messages import QUOTE_LIMIT, quote, shorten
+
+    assert quote("Mass") == "'Mass'"
+    assert quote(12) == "12"
+    cut = quote("x" * 10_000)
+    assert len(cut) < QUOTE_LIMIT + 40 and "10,000 characters" in cut
+    long = "start " + "y" * 100_000 + " end"
+    s = shorten(long, 500)
+    assert len(s) < 600 and s.startswith("start ") and s.endswith(" end")
+
+
+@pytest.mark.parametrize("content", ["", "\r\n", "   \n\n"])
+def test_empty_files_name_the_file(tmp_path, content):
+    label = tmp_path / "Data_Entry_2017.csv"
+    label.write_text(content)
+    with pytest.raises(NIHFormatError, match=f"{label}.*empty"):
+        read_data_entry(label)
+    box = tmp_path / "BBox_List_2017.csv"
+    box.write_text(content)
+    with pytest.raises(NIHFormatError, match=f"{box}.*empty"):
+        read_bbox_list(box)
+    lst = tmp_path / "test_list.txt"
+    lst.write_text(content)
+    with pytest.raises(NIHFormatError, match=f"{lst}.*no image names"):
+        read_image_list(lst)
+
+
+def test_header_only_files_name_the_file(tmp_path):
+    with pytest.raises(NIHFormatError, match="Data_Entry_2017.csv: no data rows"):
+        read_data_entry(write_csv(tmp_path, rows=[]))
+    box = tmp_path / "BBox_List_2017.csv"
+    box.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
+    with pytest.raises(NIHFormatError, match=f"{box}: no data rows"):
+        read_bbox_list(box)
+
+
+def test_box_checks_count_outside_and_unlabelled_boxes(tmp_path):
+    from cxrkit.data.nih import check_boxes
+
+    labels, _ = read_data_entry(write_csv(tmp_path))
+    p = tmp_path / "BBox_List_2017.csv"
+    p.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                 "00000001_000.png,Cardiomegaly,10,20,300,400\n"     # fine
+                 "00000001_000.png,Cardiomegaly,-5,20,300,400\n"     # negative x
+                 "00000001_001.png,Emphysema,900,20,200,100\n"       # x + w > 1024
+                 "00000001_001.png,Emphysema,10,1000,20,30\n"        # y + h > 1024
+                 "00000002_000.png,Mass,10,20,30,40\n"               # 'No Finding' image
+                 "00000003_000.png,Nodule,10,20,30,40\n")            # labelled Hernia
+    boxes = read_bbox_list(p)
+    with pytest.warns(UserWarning) as record:
+        report = check_boxes(boxes, labels, p)
+    text = "\n".join(str(w.message) for w in record)
+    assert report.n_boxes == 6
+    assert report.outside_lines == [3, 4, 5]
+    assert report.unlabelled_lines == [6, 7]
+    assert "line 3" in text and "line 6" in text and "Nodule" in text and "1024" in text
+    assert report.to_dict()["n_outside"] == 3 and report.to_dict()["n_unlabelled"] == 2
+    assert "3 box(es) reach outside" in report.summary()
+    assert "2 box(es) name a finding" in report.summary()
+
+
+def test_real_boxes_pass_the_checks(real_labels):
+    from cxrkit.data.nih import check_boxes
+
+    import warnings
+    boxes = read_bbox_list(_need(META / "BBox_List_2017.csv"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = check_boxes(boxes, real_labels[0], META / "BBox_List_2017.csv")
+    assert report.outside_lines == [] and report.unlabelled_lines == []

@@ -130,3 +130,29 @@ def test_unsupported_tta_and_out_format(run, pngs, tmp_path):
     res = CliRunner().invoke(app, ["predict", str(run), str(pngs[0]), "--out",
                                    str(tmp_path / "x.xlsx")])
     assert res.exit_code == 2 and ".csv or .json" in res.output
+
+
+@pytest.mark.parametrize("batch_size", [0, -4, 2.5])
+def test_batch_size_must_be_a_positive_count(phantom_run, pngs, batch_size):
+    """0 crashed inside range(); a negative one silently predicted nothing."""
+    from cxrkit.predict import load_model, predict_files
+
+    lm = load_model(phantom_run)
+    with pytest.raises(ValueError, match=f"batch_size must be a whole number of images >= 1, "
+                                         f"got {batch_size}"):
+        predict_files(lm, pngs[:3], batch_size=batch_size, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be"):
+        lm.predict(pngs[:3], batch_size=batch_size)
+
+
+def test_png_and_dicom_of_the_same_real_pixels_predict_the_same(run, nih_sample, tmp_path):
+    """The 0.011 shift: an NIH image as DICOM with identity rescale tags predicted
+    differently from the PNG and from the DICOM without them."""
+    png = nih_sample / "originals/images_001/images/00000032_037.png"
+    pixels = read_xray(png)
+    bare = write_dicom(tmp_path / "bare.dcm", pixels)
+    tagged = write_dicom(tmp_path / "tagged.dcm", pixels, RescaleSlope=1, RescaleIntercept=0)
+    lm = cxrkit.load(run)
+    p = lm.predict([png, bare, tagged]).to_numpy()
+    np.testing.assert_allclose(p[1], p[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(p[2], p[0], rtol=0, atol=1e-6)

@@ -160,3 +160,102 @@ def test_unknown_labels_stay_nan(phantom_prepared):
 def test_metadata_vector():
     t = pd.DataFrame({"age": [50.0, np.nan], "sex": ["M", "F"], "view": ["AP", "PA"]})
     assert metadata_vector(t).tolist() == [[0.5, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]]
+
+
+# ---------------------------------------------------------------- full disk, unwritable out
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name
+                  or ".partial" in p.name)
+
+
+def test_not_enough_space_is_refused_before_the_memmap(phantom_release, tmp_path,
+                                                       monkeypatch):
+    import shutil as sh
+
+    import cxrkit.data._cache_build as build_mod
+    from cxrkit.artefacts import WriteError as OutputError
+
+    real = sh.disk_usage
+    monkeypatch.setattr(build_mod.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=5000))
+    out = tmp_path / "out"
+    with pytest.raises(OutputError) as info:
+        prepare(phantom_release, out, settings=PreprocessSettings(size=32), workers=0,
+                progress=False)
+    msg = str(info.value)
+    n = len(pd.read_csv(phantom_release / "Data_Entry_2017.csv"))
+    assert str(out) in msg and f"{n:,} images of 32x32 px" in msg, msg
+    assert "5,000 bytes (4.9 KiB) are free" in msg and "\n" not in msg
+    assert not (out / "images.npy.partial").exists() and _leftovers(out) == []
+
+
+def test_full_disk_while_writing_tables_leaves_no_temporaries(phantom_release, tmp_path,
+                                                              monkeypatch):
+    import errno
+
+    from cxrkit.artefacts import WriteError as OutputError
+
+    from cxrkit import artefacts
+
+    out = tmp_path / "out"
+    real = artefacts.os.replace
+
+    def full(src, dst):  # the temporary is written; the disk fills before it is renamed
+        if str(dst).endswith("labels.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(artefacts.os, "replace", full)
+    with pytest.raises(OutputError, match=r"labels\.csv: no space left on the device .*; the "
+                                          "image cache is complete and kept"):
+        prepare(phantom_release, out, settings=PreprocessSettings(size=32), workers=0,
+                progress=False)
+    assert _leftovers(out) == []
+    monkeypatch.setattr(artefacts.os, "replace", real)
+    # the finished cache is kept: a re-run only writes the tables
+    p = prepare(phantom_release, out, settings=PreprocessSettings(size=32), workers=0,
+                progress=False)
+    assert len(p.cache) == len(p.labels)
+
+
+def test_unwritable_output_is_one_line(phantom_release, tmp_path):
+    from cxrkit.artefacts import WriteError as OutputError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError, match=f"cannot write the prepared folder {blocker}/out"):
+        prepare(phantom_release, blocker / "out", settings=PreprocessSettings(size=32),
+                workers=0, progress=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 1 MiB file system (tmpfs), where mounting is allowed (root in a container)."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tiny tmpfs here ({r.stderr.strip() or r.returncode})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_prepare_on_a_real_full_disk_cli(phantom_release, tmp_path, tiny_disk):
+    from typer.testing import CliRunner
+
+    from cxrkit.cli import app
+
+    out = tiny_disk / "prep"
+    r = CliRunner().invoke(app, ["prepare", str(phantom_release), "--out", str(out),
+                                 "--size", "256", "--workers", "0"])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and isinstance(r.exception, SystemExit)
+    line = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and str(out) in line[0] and "bytes" in line[0], r.output
+    assert _leftovers(tiny_disk) == []

@@ -352,3 +352,76 @@ def test_cli_serve(phantom_run, images, tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert "research use only" in out
+
+
+def test_a_huge_finding_field_is_cut_in_the_422(client, images):
+    r = post(client, "/explain", "x.png", images[4].read_bytes(), finding="Q" * 500_000)
+    assert r.status_code == 422 and "500,000 characters" in r.json()["detail"]
+    assert len(r.text) < 2000
+
+
+# -- slow connections ---------------------------------------------------------------------------
+def _closed_within(sock, seconds: float) -> tuple[bool, bytes, float]:
+    """Read until the server closes the socket or ``seconds`` pass: (closed, data, elapsed)."""
+    sock.settimeout(0.2)
+    data, t0 = b"", time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return True, data, time.monotonic() - t0
+        if not chunk:
+            return True, data, time.monotonic() - t0
+        data += chunk
+    return False, data, time.monotonic() - t0
+
+
+def test_slow_connections_are_closed_after_the_header_and_read_timeouts(lm, images):
+    app = create_app(lm, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS)
+    with background_server(app, header_timeout=1.0, read_timeout=1.0) as url:
+        host, port = url.removeprefix("http://").split(":")
+        # 1. headers that never finish (slowloris)
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multi")
+            closed, data, took = _closed_within(s, 6.0)
+        assert closed and took < 4.0, (closed, took)
+        assert data.startswith(b"HTTP/1.1 408")
+        # 2. a body that stops arriving
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                      b"Content-Type: application/octet-stream\r\n\r\n" + b"x" * 100)
+            closed, _, took = _closed_within(s, 6.0)
+        assert closed and took < 4.0, (closed, took)
+        # 3. headers that trickle in, each byte inside the read timeout, still time out
+        with socket.create_connection((host, int(port))) as s:
+            s.settimeout(0.2)
+            t0, dead = time.monotonic(), False
+            for byte in b"GET /info HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 100:
+                try:
+                    s.sendall(bytes([byte]))
+                    if s.recv(4096) == b"":
+                        dead = True
+                        break
+                except TimeoutError:
+                    pass
+                except (BrokenPipeError, ConnectionResetError):
+                    dead = True
+                    break
+            assert dead and time.monotonic() - t0 < 4.0
+        # the service still answers a normal request (and a keep-alive one after it)
+        with httpx.Client(base_url=url) as c:
+            assert c.get("/info").status_code == 200
+            r = c.post("/predict", files={"file": ("x.png", images[0].read_bytes())})
+            assert r.status_code == 200, r.text
+
+
+def test_the_foreground_server_has_timeouts_too():
+    from cxrkit.serve.runner import HEADER_TIMEOUT_S, READ_TIMEOUT_S, server_config
+
+    config = server_config(object(), host="127.0.0.1", port=8000)
+    assert config.timeout_keep_alive > 0
+    proto = config.http
+    assert proto.header_timeout == HEADER_TIMEOUT_S and proto.read_timeout == READ_TIMEOUT_S
+    assert 0 < HEADER_TIMEOUT_S <= 30 and 0 < READ_TIMEOUT_S <= 120

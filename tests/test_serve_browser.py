@@ -54,6 +54,8 @@ def test_page_shows_findings_and_overlay(request, phantom_run, phantom_release):
 
             page.set_input_files("#file", str(image))
             page.wait_for_selector("#chart g.bar", timeout=30_000)
+            page.wait_for_selector("#preview-fig:not([hidden])", timeout=30_000)
+            assert page.evaluate("document.getElementById('preview').naturalWidth") > 0
             bars = page.eval_on_selector_all("#chart g.bar", "gs => gs.map(g => g.dataset.finding)")
             assert bars == list(ranked.index)  # every finding, sorted by probability
             chart_text = page.text_content("#chart")
@@ -83,6 +85,16 @@ def test_page_shows_findings_and_overlay(request, phantom_run, phantom_release):
             page.wait_for_selector("#status.error", timeout=30_000)
             assert "415" in page.inner_text("#status")
             assert "not a recognised image" in page.inner_text("#status")
+            # ... and no preview box: neither the refused file (a broken image) nor the
+            # previous X-ray under the new file's name
+            # (evaluate, not wait_for_function: polling a string trips the page's CSP)
+            assert page.evaluate("document.getElementById('preview-fig').hidden")
+            assert not page.is_visible("#preview")
+            assert page.get_attribute("#preview", "src") is None
+            broken = page.evaluate("""[...document.images].filter(i => i.offsetParent !== null
+                && i.complete && i.naturalWidth === 0).map(i => i.id)""")
+            assert broken == [], broken
+            page.screenshot(path=str(ARTIFACTS / "serve_page_rejected.png"), full_page=True)
             bad.unlink()
             assert not errors, errors
         finally:

@@ -54,11 +54,14 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _NO_ACCESS = {errno.EACCES, errno.EPERM}
 
 
-def _mib(n: float) -> str:
-    """A size for people: bytes, MiB or GiB."""
-    if n >= 2**30:
-        return f"{n / 2**30:.1f} GiB"
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{int(n):,} bytes"
+def human_bytes(n: int) -> str:
+    """``491,520 bytes (480.0 KiB)``: exact, then readable (binary units)."""
+    size, unit = float(n), "bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{int(n):,} bytes" + ("" if unit == "bytes" else f" ({size:.1f} {unit})")
 
 
 def _free(folder: Path) -> int | None:
@@ -77,9 +80,9 @@ def _explain(path: Path, e: OSError, needed: int | None, written: int = 0) -> Wr
     folder = path.parent
     if e.errno in _NO_SPACE:
         free = _free(folder)
-        need = (f"needs {_mib(needed)}" if needed else
-                f"needs more than the {_mib(written)} written" if written else "needs more space")
-        have = f", {_mib(free)} free" if free is not None else ""
+        need = (f"needs {human_bytes(needed)}" if needed else
+                f"needs more than the {human_bytes(written)} written" if written else "needs more space")
+        have = f", {human_bytes(free)} free" if free is not None else ""
         why = f"no space left on the device ({need}{have} in {folder})"
     elif e.errno in _NO_ACCESS:
         why = f"permission denied (needs write access to {Path(e.filename or folder)})"
@@ -307,6 +310,6 @@ def onnx_path(checkpoint: str | Path) -> Path:
 
 
 __all__ = ["THRESHOLDS_FILE", "CheckpointError", "PreparedFolder", "RunFolder", "WriteError",
-           "atomic_file", "atomic_path", "check_writable", "file_sha256", "make_folder",
+           "atomic_file", "atomic_path", "check_writable", "file_sha256", "human_bytes", "make_folder",
            "onnx_path", "resolve_checkpoint", "versions", "write_bytes", "write_csv",
            "write_json", "write_text"]

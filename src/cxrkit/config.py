@@ -15,6 +15,7 @@ import yaml
 
 from cxrkit.artefacts import write_text
 from cxrkit.labels import UnknownFindingError, resolve_findings
+from cxrkit.messages import quote, quote_list
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -42,13 +43,13 @@ class _Checked:
             allowed = [t.strip() for t in str(f.type).split("|")]
             if not any(_is_a(value, t) for t in allowed):
                 raise ConfigError(f"{self.SECTION}.{f.name} must be {' or '.join(allowed)}, "
-                                  f"got {value!r} ({type(value).__name__})")
+                                  f"got {quote(value)} ({type(value).__name__})")
 
     def _at_least(self, name: str, low, *, above: bool = False) -> None:
         value = getattr(self, name)
         if value is not None and (value <= low if above else value < low):
             raise ConfigError(f"{self.SECTION}.{name} must be {'>' if above else '>='} {low}, "
-                              f"got {value!r}")
+                              f"got {quote(value)}")
 
 
 def _is_a(value, type_name: str) -> bool:
@@ -154,7 +155,7 @@ class TrainConfig(_Checked):
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"train.{name} must be one of {list(allowed)}, "
-                                  f"got {getattr(self, name)!r}")
+                                  f"got {quote(getattr(self, name))}")
         for name in ("epochs", "grad_accum", "max_steps_per_epoch", "threads", "log_every"):
             self._at_least(name, 1)
         for name in ("weight_decay", "warmup_epochs", "focal_gamma", "patience",
@@ -186,17 +187,17 @@ class RunConfig:
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
         unknown = set(d) - set(sections) - {"out"}
         if unknown:
-            raise ConfigError(f"unknown section(s) {sorted(unknown)}; expected data, model, "
-                              "train, out")
+            raise ConfigError(f"unknown section(s) {quote_list(sorted(unknown))}; expected "
+                              "data, model, train, out")
         kwargs = {}
         for name, klass in sections.items():
             sub = d.get(name) or {}
             if not isinstance(sub, dict):
-                raise ConfigError(f"section {name!r} must be a mapping, got {sub!r}")
+                raise ConfigError(f"section {quote(name)} must be a mapping, got {quote(sub)}")
             allowed = {f.name for f in fields(klass)}
             bad = set(sub) - allowed
             if bad:
-                raise ConfigError(f"unknown key(s) {sorted(bad)} in section {name!r}; "
+                raise ConfigError(f"unknown key(s) {quote_list(sorted(bad))} in section {name!r}; "
                                   f"known: {sorted(allowed)}")
             types = {f.name: str(f.type) for f in fields(klass)}
             sub = {k: _coerce(v, types[k], f"{name}.{k}") for k, v in sub.items()}
@@ -248,7 +249,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
     d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (d or {}).items()}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
+            raise ConfigError(f"override {quote(item)} is not key=value (e.g. train.lr=1e-4)")
         key, raw = item.split("=", 1)
         value = _parse_value(raw)
         parts = key.strip().split(".")
@@ -256,7 +257,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
         for p in parts[:-1]:
             target = target.setdefault(p, {})
             if not isinstance(target, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+                raise ConfigError(f"override {quote(item)}: {quote(p)} is not a section")
         target[parts[-1]] = value
     return d
 
@@ -267,7 +268,7 @@ def _coerce(value, type_name: str, where: str):
         try:
             return float(value) if type_name.startswith("float") else int(value)
         except ValueError:
-            raise ConfigError(f"{where}: {value!r} is not a number") from None
+            raise ConfigError(f"{where}: {quote(value)} is not a number") from None
     return value
 
 

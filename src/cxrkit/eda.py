@@ -37,6 +37,7 @@ from cxrkit.artefacts import atomic_path, make_folder, versions, write_json, wri
 from cxrkit.data.nih import MAX_AGE_YEARS, NIH_IMAGE_SIZE
 from cxrkit.data.splits import SPLITS
 from cxrkit.labels import FINDINGS, NO_FINDING, canonical_finding
+from cxrkit.messages import quote
 
 ALL = "all"
 DPI = 120
@@ -72,7 +73,8 @@ def _with_split(labels: pd.DataFrame, split: pd.DataFrame | None) -> tuple[pd.Da
         return t, [ALL]
     twice = split["image_id"][split["image_id"].duplicated()]
     if len(twice):
-        raise ValueError(f"split table lists {len(twice)} image(s) twice, e.g. {twice.iloc[0]!r}")
+        raise ValueError(f"split table lists {len(twice)} image(s) twice, e.g. "
+                         f"{quote(twice.iloc[0])}")
     t["split"] = t["image_id"].map(split.set_index("image_id")["split"])
     if t["split"].isna().any():
         lost = t.loc[t["split"].isna(), "image_id"]

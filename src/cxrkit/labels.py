@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from cxrkit.messages import quote
+
 FINDINGS: tuple[str, ...] = (
     "Atelectasis",
     "Cardiomegaly",
@@ -87,7 +89,7 @@ def canonical_finding(name: str, *, allow_no_finding: bool = True) -> str:
             f"Choose targets from: {', '.join(FINDINGS)} (or 'all')")
     if found is None:
         accepted = ", ".join(FINDINGS) + (f", {NO_FINDING}" if allow_no_finding else "")
-        raise UnknownFindingError(f"unknown finding {name!r}; expected one of: {accepted}")
+        raise UnknownFindingError(f"unknown finding {quote(name)}; expected one of: {accepted}")
     return found
 
 
@@ -104,7 +106,7 @@ def parse_finding_labels(cell: str) -> list[str]:
     names = [canonical_finding(p) for p in parts]
     if NO_FINDING in names:
         if len(names) > 1:
-            raise UnknownFindingError(f"'No Finding' together with findings in {cell!r}")
+            raise UnknownFindingError(f"'No Finding' together with findings in {quote(cell)}")
         return []
     return sorted(set(names), key=FINDINGS.index)
 

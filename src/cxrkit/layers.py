@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "_compat": 0,      # torchvision/timm next to a CPU-only torch
     "artefacts": 0,    # atomic writes, hashes, versions, prepared/run folder layouts
     "labels": 0,       # the 14 findings: the single source of truth
+    "messages": 0,     # how errors quote input (cut, never whole)
     "layers": 0,       # this table
     "metrics": 0,      # AUROC/AUPRC, bootstrap, thresholds, calibration (numpy)
     # 1: settings

@@ -39,6 +39,7 @@ import numpy as np
 from cxrkit.artefacts import write_csv, write_text
 from cxrkit.data.dicom import DICOM_EXTENSIONS, is_dicom
 from cxrkit.data.images import IMAGE_EXTENSIONS, ImageReadError
+from cxrkit.messages import require_count
 from cxrkit.metrics import sigmoid
 from cxrkit.predictor import DEFAULT_THRESHOLD
 
@@ -231,6 +232,7 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
     """
     from tqdm.auto import tqdm
 
+    batch_size = require_count(batch_size, "batch_size")
     if not isinstance(inputs, Inputs):
         inputs = collect_inputs(inputs)
     findings = tuple(model.findings)

@@ -32,6 +32,7 @@ import numpy as np
 from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.data.images import preprocess
 from cxrkit.data.metadata import DEFAULT_META, META_FEATURES, as_meta_matrix
+from cxrkit.messages import require_count
 from cxrkit.metrics import sigmoid
 from cxrkit.preprocessing import Preprocessing, mirrored_tta_note
 
@@ -122,8 +123,7 @@ class Predictor(ABC):
     def predict_logits(self, images: Sequence, meta=None, *, tta: str = "none",
                        batch_size: int = 16) -> np.ndarray:
         """Paths or arrays -> logits ``(N, F)``, ``batch_size`` images per forward pass."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = require_count(batch_size, "batch_size")
         images = list(images)
         mm = self.meta_matrix(len(images), meta)
         parts = [self.logits_from_cached(self.load_images(images[i:i + batch_size]),

@@ -10,6 +10,7 @@ import warnings
 import typer
 
 from cxrkit.artefacts import WriteError
+from cxrkit.messages import shorten
 
 #: Errors the library raises for bad input or an unwritable output; the CLI prints them as
 #: one line, exit code 2.
@@ -26,11 +27,32 @@ def setup_logging(verbose: bool) -> None:
     logging.captureWarnings(True)
 
 
+def in_range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
+    """A Typer option callback refusing values outside ``lo..hi`` (an open end excluded).
+
+    For the bounds Typer's ``min``/``max`` cannot say (an open end, as in a fraction
+    ``0 <= x < 1``); the message has Typer's own form (``Invalid value for '--x': ...``).
+    """
+    def check(value):
+        if value is None:
+            return value
+        if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+            raise typer.BadParameter(f"{value:g} is not in the range "
+                                     f"{lo:g}{'<' if lo_open else '<='}x"
+                                     f"{'<' if hi_open else '<='}{hi:g}")
+        return value
+    return check
+
+
+#: ``--val-fraction`` and other shares of a split: 0 <= x < 1.
+FRACTION = in_range(0.0, 1.0, hi_open=True)
+
+
 def run(fn, *args, **kwargs):
     """Call library code; turn expected errors into one clear line and exit code 2."""
     try:
         return fn(*args, **kwargs)
     except KNOWN_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {shorten(msg)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None

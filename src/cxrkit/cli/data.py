@@ -7,13 +7,18 @@ from typing import Annotated
 
 import typer
 
+from cxrkit.cli.common import FRACTION
 from cxrkit.cli.common import run as _run
+
+#: cxrkit.data.images.MIN_IMAGE_SIDE (not imported here: that module loads OpenCV); the
+#: cache refuses smaller images, so phantoms are made at least this large.
+MIN_SIDE = 32
 
 
 def phantoms(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write an NIH-layout release into")],
-    patients: Annotated[int, typer.Option(help="Number of patients")] = 300,
-    size: Annotated[int, typer.Option(help="Image side in pixels")] = 256,
+    patients: Annotated[int, typer.Option(min=1, help="Number of patients")] = 300,
+    size: Annotated[int, typer.Option(min=MIN_SIDE, help="Image side in pixels")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
 ) -> None:
     """Write synthetic chest radiographs in NIH's exact layout (for demos and tests)."""
@@ -35,30 +40,40 @@ def validate(
 
     rel = _run(load_release, root, label_file=labels)
     typer.echo(rel.report.summary())
-    if rel.boxes is not None:
-        typer.echo(f"boxes: {len(rel.boxes):,} on {rel.boxes['image_id'].nunique():,} images")
+    if rel.box_report is not None:
+        typer.echo(rel.box_report.summary())
     if rel.has_official_split:
         _run(official_split, rel.labels, rel.train_val, rel.test, val_fraction=0.0)  # checks leakage
         typer.echo(f"official split: {len(rel.train_val):,} train_val / {len(rel.test):,} test "
                    "images, no patient in both")
     if images:
-        table = _run(match_images, rel.labels, find_images(root), on_missing="error")
-        typer.echo(f"images: all {len(table):,} on disk")
+        index = _run(find_images, root, warn=False)
+        if index.bad:
+            typer.echo(f"warning: {len(index.bad):,} bad file(s) under {root} (not readable "
+                       "image files; prepare records labelled ones as errors):")
+            for path, reason in list(index.bad.items())[:20]:
+                typer.echo(f"  {path}: {reason}")
+            if len(index.bad) > 20:
+                typer.echo(f"  ... and {len(index.bad) - 20:,} more")
+        table = _run(match_images, rel.labels, index, on_missing="error")
+        n_bad = int(table["path"].isin(index.bad).sum())
+        typer.echo(f"images: all {len(table):,} on disk"
+                   + (f", {n_bad:,} of them bad files (listed above)" if n_bad else ""))
 
 
 def prepare(
     root: Annotated[Path, typer.Argument(help="Unpacked release (metadata and images)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the cache")],
-    size: Annotated[int, typer.Option(help="Square side of cached images, pixels")] = 256,
+    size: Annotated[int, typer.Option(min=8, max=4096, help="Square side of cached images, pixels")] = 256,
     clahe: Annotated[bool, typer.Option(help="Contrast-limited histogram equalisation")] = False,
     crop: Annotated[bool, typer.Option(help="Crop to the exposed chest region")] = False,
     images_root: Annotated[Path | None, typer.Option(help="Images, if not under ROOT")] = None,
     labels: Annotated[Path | None, typer.Option(help="Label file, if not found under ROOT")] = None,
     on_missing: Annotated[str, typer.Option(help="error | drop (drop writes what it dropped)")] = "error",
     protocol: Annotated[str, typer.Option(help="official | random")] = "official",
-    val_fraction: Annotated[float, typer.Option(help="Validation share of train_val (official)")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(callback=FRACTION, help="Validation share of train_val (official)")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the validation/random split")] = 0,
-    workers: Annotated[int | None, typer.Option(help="Decode processes (default: all cores)")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decode processes (default: all cores; 0: in this process)")] = None,
 ) -> None:
     """Validate, split and decode a release once into a fast image cache."""
     from cxrkit.data.cache import PreprocessSettings
@@ -78,7 +93,7 @@ def split(
     prepared: Annotated[Path, typer.Argument(help="Folder written by `cxrkit prepare`")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Split CSV to write")],
     protocol: Annotated[str, typer.Option(help="official | random")] = "official",
-    val_fraction: Annotated[float, typer.Option(help="Validation share of train_val")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(callback=FRACTION, help="Validation share of train_val")] = 0.1,
     fractions: Annotated[str, typer.Option(help="train,val,test shares (random)")] = "0.7,0.1,0.2",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -100,7 +115,7 @@ def split(
 def stats(
     root: Annotated[Path, typer.Argument(help="A release folder or a prepared folder")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for plots and tables")],
-    val_fraction: Annotated[float, typer.Option(help="Validation share (official split)")] = 0.1,
+    val_fraction: Annotated[float, typer.Option(callback=FRACTION, help="Validation share (official split)")] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Prevalence, co-occurrence and demographics per split, as PNG plots and tables."""

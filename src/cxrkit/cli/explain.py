@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cxrkit.cli.common import in_range
 from cxrkit.cli.common import run as _run
 
 _SPLITS = ("train", "val", "test")
@@ -17,11 +18,11 @@ def explain(
     images: Annotated[list[str], typer.Argument(help="Image files (PNG/JPEG/DICOM), or one split name: test | val | train")],
     method: Annotated[str, typer.Option(help="gradcam | gradcam++ | smoothgrad | integrated-gradients")] = "gradcam",
     finding: Annotated[list[str] | None, typer.Option(help="Finding(s) to explain (repeatable); default: each image's top findings")] = None,
-    top_k: Annotated[int, typer.Option(help="Findings per image when --finding is not given")] = 3,
+    top_k: Annotated[int, typer.Option(min=1, help="Findings per image when --finding is not given")] = 3,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/explain (where the evaluation report looks)")] = None,
     prepared: Annotated[Path | None, typer.Option(help="Prepared folder, if moved since training (split mode)")] = None,
-    limit: Annotated[int | None, typer.Option(help="Split mode: only the first N images (by name)")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch")] = 8,
+    limit: Annotated[int | None, typer.Option(min=1, help="Split mode: only the first N images (by name)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch")] = 8,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cpu)")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
@@ -46,9 +47,9 @@ def localize(
     split: Annotated[str, typer.Option(help="Split whose box images are scored")] = "test",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/localize (where the evaluation report looks)")] = None,
     prepared: Annotated[Path | None, typer.Option(help="Prepared folder, if moved since training")] = None,
-    threshold: Annotated[float, typer.Option(help="Map threshold, fraction of its maximum (Wang: 180/255)")] = 180 / 255,
-    limit: Annotated[int | None, typer.Option(help="Only the first N box images (by name)")] = None,
-    batch_size: Annotated[int, typer.Option(help="Maps per batch")] = 16,
+    threshold: Annotated[float, typer.Option(callback=in_range(0.0, 1.0, lo_open=True), help="Map threshold, fraction of its maximum (Wang: 180/255)")] = 180 / 255,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N box images (by name)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Maps per batch")] = 16,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cpu)")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:

@@ -24,10 +24,10 @@ def predict(
     tta: Annotated[str, typer.Option(help="Test-time augmentation (torch): none | flip | tencrop")] = "none",
     thresholds: Annotated[Path | None, typer.Option(help="thresholds.json from cxrkit evaluate (default: beside the checkpoint)")] = None,
     metadata: Annotated[Path | None, typer.Option(help="CSV of patient metadata for models trained with it: columns image (file name or path), age (years or 058Y), sex (M/F), view (PA/AP); NIH's Data_Entry_2017.csv works. Default: metadata.csv beside the images, then DICOM tags")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass")] = 16,
     device: Annotated[str | None, typer.Option(help="torch backend: cpu, cuda, ... (default: cpu)")] = None,
-    top: Annotated[int, typer.Option(help="Most probable findings shown per image")] = 3,
-    show: Annotated[int, typer.Option(help="Images shown in the terminal table")] = 50,
+    top: Annotated[int, typer.Option(min=0, help="Most probable findings shown per image")] = 3,
+    show: Annotated[int, typer.Option(min=0, help="Images shown in the terminal table")] = 50,
     progress: Annotated[bool, typer.Option(help="Progress bar")] = True,
 ) -> None:
     """Probabilities of the 14 findings for image files, flagged at the evaluation thresholds.
@@ -72,7 +72,7 @@ def export(
     format: Annotated[str, typer.Option("--format", help="Export format (onnx)")] = "onnx",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: beside the checkpoint, best.onnx")] = None,
     parity_images: Annotated[list[str] | None, typer.Option("--parity-images", help="Real images for the parity check (files, folders, globs); default: 8 of the NIH sample's 256 px images and a 1024 px original, when present")] = None,
-    phantoms: Annotated[int, typer.Option(help="Phantom images in the parity check")] = 6,
+    phantoms: Annotated[int, typer.Option(min=0, help="Phantom images in the parity check")] = 6,
     thresholds: Annotated[Path | None, typer.Option(help="thresholds.json to record (default: beside the checkpoint)")] = None,
 ) -> None:
     """Export to ONNX with the preprocessing inside the graph; check parity with PyTorch."""

@@ -13,7 +13,7 @@ from cxrkit.cli.common import run as _run
 def serve(
     checkpoint: Annotated[Path, typer.Argument(help="A run folder (best.pt) or a checkpoint file")],
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted file, MiB")] = 32.0,
     max_megapixels: Annotated[float, typer.Option(help="Largest accepted image, megapixels (2^20 px)")] = 64.0,
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none | flip | tencrop")] = "none",

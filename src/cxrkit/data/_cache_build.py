@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import select
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -23,8 +24,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cxrkit.artefacts import write_json
-from cxrkit.data.images import ImageReadError, PreprocessSettings, preprocess, read_xray
+from cxrkit.artefacts import WriteError, human_bytes, write_json
+from cxrkit.data.images import (
+    ImageReadError,
+    PreprocessSettings,
+    check_min_size,
+    preprocess,
+    read_xray,
+)
 
 log = logging.getLogger("cxrkit.data.cache")  # messages belong to the public module
 
@@ -106,6 +113,7 @@ class PartialBuild:
             self.status[lost] = 0
         else:
             self.remove(self.out)
+            self._check_space()
             images = np.lib.format.open_memmap(self.images_path, "w+", np.uint8, self.shape)
             offset = images.offset
             del images
@@ -117,6 +125,25 @@ class PartialBuild:
         self._images_fd = os.open(self.images_path, os.O_RDWR)
         return self.n_done()
 
+    def needed_bytes(self) -> int:
+        """Disk space a fresh build takes: the image array (+ its 128-byte ``.npy`` header),
+        the status array, and 64 KiB for the index, manifest and error log."""
+        return int(np.prod(self.shape)) + 128 + self.status.nbytes + 128 + 65536
+
+    def _space_error(self, free: int) -> WriteError:
+        n, s = self.shape[0], self.shape[1]
+        return WriteError(
+            f"not enough disk space in {self.out} for the image cache: it needs "
+            f"{human_bytes(self.needed_bytes())} for {n:,} images of {s}x{s} px, "
+            f"{human_bytes(free)} are free (free some space, choose another --out, or a "
+            "smaller --size); no image data was written")
+
+    def _check_space(self) -> None:
+        """Refuse before allocating: a memmap on a disk that fills up dies by SIGBUS."""
+        free = shutil.disk_usage(self.out).free
+        if free < self.needed_bytes():
+            raise self._space_error(free)
+
     def _preallocate(self, nbytes: int) -> None:
         """Reserve the disk space now: a full disk under a memmap is a SIGBUS later."""
         if not hasattr(os, "posix_fallocate"):
@@ -125,12 +152,11 @@ class PartialBuild:
         try:
             os.posix_fallocate(fd, 0, nbytes)
         except OSError as e:
-            if e.errno == errno.ENOSPC:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 os.close(fd)
                 fd = None
                 self.remove(self.out)
-                raise OSError(errno.ENOSPC, f"not enough disk space in {self.out} for the "
-                                            f"image cache ({nbytes / 1e9:.2f} GB)") from None
+                raise self._space_error(shutil.disk_usage(self.out).free) from None
             # EOPNOTSUPP/EINVAL: this file system cannot preallocate; writes allocate
         finally:
             if fd is not None:
@@ -229,7 +255,7 @@ def _cache_chunk(chunk: list[tuple[int, str]]) -> list[tuple]:
     results = []
     for row, path in chunk:
         try:
-            img = read_xray(path)
+            img = check_min_size(read_xray(path), path)
             out, pmap = preprocess(img, size=s.size, clahe=s.clahe, crop=s.crop,
                                    return_map=True)
             images[row] = out

@@ -46,6 +46,7 @@ from cxrkit import __version__
 from cxrkit.artefacts import write_csv, write_json
 from cxrkit.data._cache_build import PartialBuild, decode_rows, fsync_dir
 from cxrkit.data.images import PixelMap, PreprocessSettings
+from cxrkit.messages import quote
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,9 @@ def _check_items(items) -> tuple[list[str], list[str]]:
         try:
             image_id, path = item
         except (TypeError, ValueError):
-            raise ValueError(f"items[{k}] is {item!r}, expected (image_id, path)") from None
+            raise ValueError(f"items[{k}] is {quote(item)}, expected (image_id, path)") from None
         if not isinstance(image_id, str) or not image_id:
-            raise ValueError(f"items[{k}]: image_id must be a non-empty str, got {image_id!r}")
+            raise ValueError(f"items[{k}]: image_id must be a non-empty str, got {quote(image_id)}")
         ids.append(image_id)
         paths.append(os.fspath(path))
     if not ids:
@@ -320,7 +321,7 @@ class ImageCache:
         if (pos < 0).any():
             missing = [i for i, p in zip(image_ids, pos, strict=True) if p < 0]
             failed = dict(zip(self.errors["image_id"], self.errors["error"], strict=True))
-            shown = ", ".join(f"{m!r} (failed to decode: {failed[m]})" if m in failed
+            shown = ", ".join(f"{quote(m)} (failed to decode: {failed[m]})" if m in failed
                               else repr(m) for m in missing[:5])
             raise KeyError(f"{len(missing)} image id(s) not in the cache at {self.root}: "
                            f"{shown}{' ...' if len(missing) > 5 else ''}")

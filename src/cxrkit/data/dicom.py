@@ -12,10 +12,15 @@ pydicom's own functions:
    :func:`pydicom.pixels.apply_modality_lut`;
 3. the VOI LUT (a VOI LUT Sequence, else ``WindowCenter``/``WindowWidth``, first view):
    :func:`pydicom.pixels.apply_voi_lut`;
-4. to 8 bits with :func:`cxrkit.data.images.to_uint8`, the rule the training images went
-   through (linear from the image's own min..max to 0..255; a windowed image, whose
-   values are clipped to the window's output range, so has its window mapped to 0..255
-   whenever it reaches both ends of the window, as a chest film does);
+4. to 8 bits by the rule PNGs follow (:func:`cxrkit.data.images.to_uint8`): 8-bit
+   pixels pass through unchanged, anything deeper is mapped linearly from the image's
+   own min..max to 0..255 (a windowed image, clipped to the window's output range, so
+   has its window mapped to 0..255 whenever it reaches both ends of it, as a chest film
+   does). Where the LUTs of steps 2-3 are identities (``RescaleSlope=1`` /
+   ``RescaleIntercept=0``, for which pydicom returns floats), the stored pixels are
+   used as stored, so such tags change nothing; 8-bit means ``BitsStored <= 8``
+   whatever the container. So an 8-bit PNG and a DICOM of the same pixels give the
+   model the same input (:func:`_to_grey`);
 5. ``MONOCHROME1`` (bright = low value) is inverted, ``255 - x``, so bone is bright like
    in NIH's PNGs. Colour (``RGB``, ``YBR_*``, which pydicom converts to RGB) becomes
    luminance with the ITU-R 601 weights Pillow uses for PNGs; LUTs do not apply to colour.
@@ -34,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_xray, to_uint8
+from cxrkit.messages import quote
 
 #: File name endings taken as DICOM (files without one are recognised by their preamble).
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -117,7 +123,7 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
                                    "DICOM is not supported)")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric not in _MONOCHROME + _COLOUR:
-        raise ImageReadError(path, f"photometric interpretation {photometric!r} is not "
+        raise ImageReadError(path, f"photometric interpretation {quote(photometric)} is not "
                                    "supported (only MONOCHROME1/2, RGB and YBR)")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
@@ -141,13 +147,31 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     try:
         values = apply_modality_lut(pixels, ds)
         values = apply_voi_lut(values, _wide_voi_lut(ds))
-        grey = to_uint8(values)
+        grey = _to_grey(values, pixels, ds)
     except (ValueError, NotImplementedError, AttributeError, IndexError, TypeError) as e:
         raise ImageReadError(path, f"cannot apply its modality/VOI LUT "
                                    f"({type(e).__name__}: {e})") from None
     if photometric == "MONOCHROME1":
         grey = 255 - grey
     return np.ascontiguousarray(grey, dtype=np.uint8)
+
+
+def _to_grey(values: np.ndarray, pixels: np.ndarray, ds) -> np.ndarray:
+    """Step 4 of the module docstring: the LUT output ``values`` of stored ``pixels`` to
+    ``uint8``, by the PNG rule, with identity LUTs taken as no LUTs at all.
+
+    Why: pydicom's ``apply_modality_lut`` returns ``float64`` whenever rescale tags are
+    present, even identity ones, and :func:`to_uint8` stretches any non-``uint8`` array
+    min..max; an 8-bit NIH image spanning 4..238 was stretched to 0..255 with the tags
+    and not without them (probabilities moved by up to 0.011).
+    """
+    identity = values.shape == pixels.shape and np.array_equal(values, pixels)
+    if not identity:
+        return to_uint8(values)
+    bits = int(ds.get("BitsStored", pixels.dtype.itemsize * 8) or 0)
+    if 0 < bits <= 8 and pixels.size and pixels.min() >= 0 and pixels.max() <= 255:
+        return pixels.astype(np.uint8)  # 8-bit, like an 8-bit PNG: as stored
+    return to_uint8(pixels)
 
 
 def _wide_voi_lut(ds):

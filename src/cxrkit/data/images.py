@@ -24,6 +24,8 @@ gives a reason for every failure.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -33,6 +35,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+log = logging.getLogger(__name__)
+
 #: File name endings that :func:`find_images` indexes (compared case-insensitively).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -40,6 +44,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 #: radiographs are about 4300 x 3500 = 15 Mpx; 64 Mpx leaves room and still stops a
 #: decompression bomb (a small file that claims billions of pixels) before it allocates.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+
+#: Shortest side, in pixels, of an image the cache accepts; smaller ones are recorded as
+#: bad images (``status`` error, with the reason) instead of being stretched into the
+#: cache. Why 32: a chest radiograph at 32 px still shows the lungs, heart and diaphragm
+#: (the phantom tests train at 32 px), while a 1 x 1 or 8 x 8 "image" is a thumbnail, an
+#: icon or a broken export, whose stretched pixels would be trained on as an X-ray.
+#: Real files are far larger (NIH's are 1024 px; detector images 2000-4300 px).
+MIN_IMAGE_SIDE = 32
 
 #: Version of the preprocessing algorithms below (crop rule, CLAHE parameters, resize).
 #: Stored with every :class:`PreprocessSettings`; bump it when their output changes, so
@@ -72,7 +84,54 @@ class DuplicateImageError(ValueError):
     """The same image file name occurs at two or more paths under one root."""
 
 
-def find_images(root: str | Path) -> dict[str, Path]:
+class ImageIndex(dict):
+    """What :func:`find_images` returns: image name -> path, plus ``bad`` files.
+
+    ``bad`` maps the path of each entry that could not be indexed as a readable file
+    (a symbolic link loop, a broken link, an unreadable file or folder, a FIFO ...) to
+    the reason, one line. Bad entries with an image name are also in the mapping itself
+    (unless a good file has that name), so the cache build records each as an error
+    image with that reason instead of the row looking "not on disk".
+    """
+
+    def __init__(self, *args, bad: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bad: dict[str, str] = dict(bad or {})
+
+
+def os_reason(error: OSError, path: str | Path) -> str:
+    """One-line reason for an ``OSError`` on ``path``, in a user's words (no traceback).
+
+    ``ELOOP`` is a symbolic link loop; ``ENOENT`` on a path that is a link is a broken
+    link (its target is named); ``EACCES``/``EPERM`` is permission denied.
+    """
+    path = os.fspath(path)
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop (the link points at itself or a link to it)"
+    if error.errno == errno.ENOENT and os.path.islink(path):
+        return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (not readable)"
+    return f"{error.strerror or type(error).__name__} (errno {error.errno})"
+
+
+def _classify(entry: os.DirEntry) -> tuple[str, str]:
+    """``("dir" | "file" | "other", reason)`` for one folder entry; never raises."""
+    try:
+        if entry.is_dir():
+            return "dir", ""
+        if entry.is_file():
+            if not os.access(entry.path, os.R_OK):
+                return "bad", "permission denied (not readable)"
+            return "file", ""
+        if entry.is_symlink():  # is_dir/is_file follow links: False for a broken one
+            os.stat(entry.path)  # raises the reason (ENOENT, ELOOP, EACCES)
+        return "bad", "not a regular file (a FIFO, socket or device)"
+    except OSError as e:
+        return "bad", os_reason(e, entry.path)
+
+
+def find_images(root: str | Path, *, warn: bool = True) -> ImageIndex:
     """Map each image file name (e.g. ``00000001_000.png``) to its path under ``root``.
 
     Works for every layout people unpack NIH into: flat ``images/``, the archive layout
@@ -82,7 +141,10 @@ def find_images(root: str | Path) -> dict[str, Path]:
     (``.ipynb_checkpoints``, macOS ``._*`` resource forks). Extensions are in
     :data:`IMAGE_EXTENSIONS`. The same name at two paths raises
     :class:`DuplicateImageError` naming both, since either could be the wrong one.
-    The result is sorted by name.
+    The result is an :class:`ImageIndex` sorted by name; entries that are not readable
+    files (link loops, broken links, unreadable files or folders) are listed in its
+    ``bad`` with the reason, logged as one warning (``warn=False``: the caller reports
+    them), and the walk goes on.
     """
     root = Path(root)
     if not root.exists():
@@ -90,26 +152,37 @@ def find_images(root: str | Path) -> dict[str, Path]:
     if not root.is_dir():
         raise NotADirectoryError(f"image root is not a folder: {root}")
     found: dict[str, str] = {}
+    bad: dict[str, str] = {}
+    bad_images: dict[str, str] = {}   # image name -> path of a bad entry with that name
     duplicates: list[tuple[str, str, str]] = []
     seen_dirs: set[tuple[int, int]] = set()
     stack = [str(root)]
     while stack:
         folder = stack.pop()
-        st = os.stat(folder)
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            continue  # a symlink loop or a folder linked twice
-        seen_dirs.add((st.st_dev, st.st_ino))
         try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                continue  # a symlink loop or a folder linked twice
+            seen_dirs.add((st.st_dev, st.st_ino))
             entries = list(os.scandir(folder))
-        except PermissionError as e:
-            raise PermissionError(f"cannot list image folder {folder}: {e.strerror}") from e
+        except OSError as e:
+            if folder == str(root):
+                raise PermissionError(f"cannot list image folder {folder}: "
+                                      f"{os_reason(e, folder)}") from None
+            bad[folder] = f"cannot list this folder: {os_reason(e, folder)}"
+            continue
         for entry in entries:
             name = entry.name
             if name.startswith("."):
                 continue
-            if entry.is_dir():
+            kind, reason = _classify(entry)
+            if kind == "dir":
                 stack.append(entry.path)
-            elif name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+            elif kind == "bad":
+                bad[entry.path] = reason
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    bad_images.setdefault(name, entry.path)
+            elif name.lower().endswith(IMAGE_EXTENSIONS):
                 if name in found:
                     duplicates.append((name, found[name], entry.path))
                 else:
@@ -121,7 +194,15 @@ def find_images(root: str | Path) -> dict[str, Path]:
         raise DuplicateImageError(
             f"{len(duplicates)} image name(s) occur twice under {root}: {shown}{more}. "
             "Remove the copies or point the image root at one of them.")
-    return {name: Path(found[name]) for name in sorted(found)}
+    for name, path in bad_images.items():
+        found.setdefault(name, path)
+    if bad and warn:
+        shown = "; ".join(f"{p}: {r}" for p, r in sorted(bad.items())[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        log.warning("%d bad file(s) under %s, skipped or recorded as unreadable: %s%s",
+                    len(bad), root, shown, more)
+    return ImageIndex({name: Path(found[name]) for name in sorted(found)},
+                      bad=dict(sorted(bad.items())))
 
 
 def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -155,20 +236,37 @@ def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
                 arr = np.asarray(im.convert("L"))
     except ImageReadError:
         raise
-    except FileNotFoundError:
-        raise ImageReadError(path, "no such file") from None
+    except FileNotFoundError as e:
+        reason = os_reason(e, path) if os.path.islink(path) else "no such file"
+        raise ImageReadError(path, reason) from None
     except IsADirectoryError:
         raise ImageReadError(path, "is a folder, not a file") from None
+    except PermissionError as e:
+        raise ImageReadError(path, os_reason(e, path)) from None
     except Image.DecompressionBombError as e:
         raise ImageReadError(path, f"decompression bomb guard: {e}") from None
     except Image.UnidentifiedImageError:
         raise ImageReadError(path, "not a recognised image format (corrupt, or not an "
                                    "image)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageReadError(path, os_reason(e, path)) from None
+        raise ImageReadError(path, f"corrupt or truncated ({type(e).__name__}: {e})") from None
+    except (SyntaxError, ValueError, EOFError, MemoryError) as e:
         raise ImageReadError(path, f"corrupt or truncated ({type(e).__name__}: {e})") from None
     if arr.ndim != 2:
         raise ImageReadError(path, f"decoded to shape {arr.shape}, expected (H, W)")
     return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def check_min_size(img: np.ndarray, path: str | Path) -> np.ndarray:
+    """``img`` unchanged, or :class:`ImageReadError` when a side is under
+    :data:`MIN_IMAGE_SIDE` pixels (the cache build's guard; see the constant for why)."""
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ImageReadError(path, f"{w}x{h} pixels is below the minimum of {MIN_IMAGE_SIDE} "
+                                   "px a side (too small to be a radiograph)")
+    return img
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:

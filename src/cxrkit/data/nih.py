@@ -37,6 +37,7 @@ and the field. Nothing is filtered silently: every view, follow-up and patient i
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ import pandas as pd
 
 from cxrkit.artefacts import file_sha256
 from cxrkit.labels import FINDINGS, NO_FINDING, UnknownFindingError, canonical_finding
+from cxrkit.messages import quote
 
 #: Upper bound for a plausible age in years; larger values become missing (NaN).
 MAX_AGE_YEARS = 120.0
@@ -121,6 +123,22 @@ def _fail(path: Path, msg: str, row: int | None = None, field_name: str | None =
     raise NIHFormatError(f"{where}: {msg}")
 
 
+def _short(error: Exception) -> str:
+    """An exception's text for a message, its quoted input already cut (pandas quotes lines)."""
+    from cxrkit.messages import shorten
+    return shorten(" ".join(str(error).split()), 300)
+
+
+def _read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` whose failures name the file: empty, unreadable or not a CSV."""
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise NIHFormatError(f"{path}: the {what} is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
+        raise NIHFormatError(f"{path}: not a readable CSV ({_short(e)})") from None
+
+
 def _parse_ages(raw: pd.Series, path: Path) -> tuple[np.ndarray, str]:
     """Ages in years as float. Handles ``58`` and the early form's ``058Y``/``011M``/``003D``."""
     text = raw.astype(str).str.strip()
@@ -128,7 +146,7 @@ def _parse_ages(raw: pd.Series, path: Path) -> tuple[np.ndarray, str]:
     bad = parts[0].isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        _fail(path, f"age {text.iloc[i]!r} is not a number of years (or 058Y/011M/003D)",
+        _fail(path, f"age {quote(text.iloc[i])} is not a number of years (or 058Y/011M/003D)",
               i, "Patient Age")
     value = parts[0].astype(float).to_numpy()
     unit = parts[1].to_numpy()
@@ -148,15 +166,15 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"label file not found: {path}")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
-        raise NIHFormatError(f"{path}: not a readable CSV ({e})") from e
+    raw = _read_csv(path, "label file", dtype=str, keep_default_na=False,
+                    skipinitialspace=True)
     raw.columns = [c.strip() for c in raw.columns]
     missing = [c for c in _REQUIRED if c not in raw.columns]
     if missing:
+        found = ", ".join(quote(c) for c in raw.columns[:20])
         raise NIHFormatError(
-            f"{path}: missing column(s) {missing}; found {list(raw.columns)}. "
+            f"{path}: missing column(s) {missing}; found [{found}"
+            f"{', ...' if len(raw.columns) > 20 else ''}]. "
             "Expected NIH's Data_Entry_2017.csv header: " + ", ".join(_REQUIRED)
         )
     trailing = [c for c in raw.columns if c.startswith("Unnamed:")]
@@ -164,7 +182,7 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
         nonempty = raw[c].str.strip() != ""
         if nonempty.any():
             i = int(np.flatnonzero(nonempty.to_numpy())[0])
-            _fail(path, f"unexpected value {raw[c].iloc[i]!r} in the trailing empty column", i)
+            _fail(path, f"unexpected value {quote(raw[c].iloc[i])} in the trailing empty column", i)
     df = raw.rename(columns={**_REQUIRED, **_OPTIONAL})
     if len(df) == 0:
         raise NIHFormatError(f"{path}: no data rows")
@@ -179,7 +197,7 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
         first = df.loc[dup, "image_id"].iloc[0]
         rows = np.flatnonzero((df["image_id"] == first).to_numpy())
         raise NIHFormatError(
-            f"{path}: duplicate image id {first!r} on lines {[_line(r) for r in rows]} "
+            f"{path}: duplicate image id {quote(first)} on lines {[_line(r) for r in rows]} "
             f"({int(dup.sum())} rows share an id with another row)"
         )
     out = pd.DataFrame({"image_id": df["image_id"].to_numpy()})
@@ -187,7 +205,7 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
         num = pd.to_numeric(df[_REQUIRED[src]], errors="coerce")
         if num.isna().any():
             i = int(np.flatnonzero(num.isna().to_numpy())[0])
-            _fail(path, f"{df[_REQUIRED[src]].iloc[i]!r} is not an integer", i, src)
+            _fail(path, f"{quote(df[_REQUIRED[src]].iloc[i])} is not an integer", i, src)
         out[col] = num.astype(np.int64).to_numpy()
 
     ages, age_form = _parse_ages(df["age"], path)
@@ -199,7 +217,7 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
         bad = ~values.isin(allowed)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            _fail(path, f"{df[_REQUIRED[src]].iloc[i]!r} is not one of {list(allowed)}", i, src)
+            _fail(path, f"{quote(df[_REQUIRED[src]].iloc[i])} is not one of {list(allowed)}", i, src)
         out[col] = values.to_numpy()
     for col in ("orig_width", "orig_height", "spacing_x", "spacing_y"):
         out[col] = pd.to_numeric(df[col], errors="coerce").to_numpy() if col in df else np.nan
@@ -226,7 +244,7 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
     both = (no_finding.to_numpy() == 1) & (positives.sum(1) > 0)
     if both.any():
         i = int(np.flatnonzero(both)[0])
-        _fail(path, f"'No Finding' together with findings in {labels.iloc[i]!r}", i,
+        _fail(path, f"'No Finding' together with findings in {quote(labels.iloc[i])}", i,
               "Finding Labels")
     for j, f in enumerate(FINDINGS):
         out[f] = positives[:, j]
@@ -254,13 +272,19 @@ def read_bbox_list(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"box file not found: {path}")
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, header=None, skiprows=1)
-    header = pd.read_csv(path, nrows=0).columns
+    header = _read_csv(path, "box file", nrows=0).columns
     if len(header) < 3 or header[0].strip() != "Image Index" or not header[1].startswith("Finding"):
+        shown = ", ".join(quote(c) for c in header[:8])
         raise NIHFormatError(
-            f"{path}: header {list(header)} is not NIH's "
+            f"{path}: header [{shown}{', ...' if len(header) > 8 else ''}] is not NIH's "
             "'Image Index,Finding Label,Bbox [x,y,w,h],,,'"
         )
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, header=None, skiprows=1)
+    except pd.errors.EmptyDataError:
+        raise NIHFormatError(f"{path}: no data rows (only a header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
+        raise NIHFormatError(f"{path}: not a readable CSV ({_short(e)})") from None
     if raw.shape[1] < 6:
         raise NIHFormatError(f"{path}: expected 6 fields per row (name, label, x, y, w, h), "
                              f"found {raw.shape[1]}")
@@ -278,13 +302,84 @@ def read_bbox_list(path: str | Path) -> pd.DataFrame:
         num = pd.to_numeric(raw[col], errors="coerce")
         if num.isna().any():
             i = int(np.flatnonzero(num.isna().to_numpy())[0])
-            _fail(path, f"{raw[col].iloc[i]!r} is not a number", i, col)
+            _fail(path, f"{quote(raw[col].iloc[i])} is not a number", i, col)
         boxes[col] = num.astype(float).to_numpy()
     bad = (boxes["w"] <= 0) | (boxes["h"] <= 0)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         _fail(path, "box width and height must be positive", i, "w/h")
     return boxes
+
+
+@dataclass
+class BoxReport:
+    """What :func:`check_boxes` found in a box file; kept in ``dataset.json``, printed by
+    ``cxrkit validate``. Lines are 1-based file lines (the header is line 1)."""
+
+    path: str
+    n_boxes: int
+    n_images: int
+    outside_lines: list[int] = field(default_factory=list)
+    unlabelled_lines: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "n_outside": len(self.outside_lines),
+                "n_unlabelled": len(self.unlabelled_lines)}
+
+    def summary(self) -> str:
+        lines = [f"boxes: {self.n_boxes:,} on {self.n_images:,} images"]
+        if self.outside_lines:
+            lines.append(f"  warning: {len(self.outside_lines)} box(es) reach outside NIH's "
+                         f"{NIH_IMAGE_SIZE}x{NIH_IMAGE_SIZE} pixel space, lines "
+                         f"{_lines(self.outside_lines)}")
+        if self.unlabelled_lines:
+            lines.append(f"  warning: {len(self.unlabelled_lines)} box(es) name a finding "
+                         f"their image's labels lack, lines {_lines(self.unlabelled_lines)}")
+        return "\n".join(lines)
+
+
+def _lines(lines: list[int], n: int = 10) -> str:
+    return ", ".join(map(str, lines[:n])) + (", ..." if len(lines) > n else "")
+
+
+def check_boxes(boxes: pd.DataFrame, labels: pd.DataFrame, path: str | Path) -> BoxReport:
+    """Check boxes (from :func:`read_bbox_list`, in file order) against the 1024 space and
+    the labels; warn naming each suspicious row, and count them.
+
+    Two checks, both warnings (the boxes are kept: nothing is dropped silently):
+    a box with a negative ``x``/``y`` or with ``x + w`` / ``y + h`` beyond
+    :data:`NIH_IMAGE_SIZE` lies (partly) outside the pixel space NIH's boxes live in;
+    a box whose finding the image's ``Finding Labels`` lack contradicts the label file
+    (or belongs to another image). NIH's own 984 boxes pass both.
+    """
+    x, y = boxes["x"].to_numpy(float), boxes["y"].to_numpy(float)
+    w, h = boxes["w"].to_numpy(float), boxes["h"].to_numpy(float)
+    outside = (x < 0) | (y < 0) | (x + w > NIH_IMAGE_SIZE) | (y + h > NIH_IMAGE_SIZE)
+    pos = pd.Index(labels["image_id"]).get_indexer(boxes["image_id"])
+    cols = np.array([FINDINGS.index(f) for f in boxes["finding"]], dtype=np.int64)
+    positives = labels[list(FINDINGS)].to_numpy()
+    has = np.zeros(len(boxes), bool)
+    known = pos >= 0
+    has[known] = positives[pos[known], cols[known]] == 1
+    report = BoxReport(path=str(path), n_boxes=len(boxes),
+                       n_images=int(boxes["image_id"].nunique()),
+                       outside_lines=[_line(i) for i in np.flatnonzero(outside)],
+                       unlabelled_lines=[_line(i) for i in np.flatnonzero(~has)])
+
+    def rows(mask) -> str:
+        shown = [f"line {_line(i)} ({quote(boxes['image_id'].iloc[i])}, "
+                 f"{boxes['finding'].iloc[i]}, x={x[i]:g} y={y[i]:g} w={w[i]:g} h={h[i]:g})"
+                 for i in np.flatnonzero(mask)[:5]]
+        return "; ".join(shown) + ("; ..." if mask.sum() > 5 else "")
+
+    if outside.any():
+        warnings.warn(f"{path}: {int(outside.sum())} box(es) reach outside NIH's "
+                      f"{NIH_IMAGE_SIZE}x{NIH_IMAGE_SIZE} pixel space (negative x/y, or "
+                      f"x+w / y+h over {NIH_IMAGE_SIZE}): {rows(outside)}", stacklevel=2)
+    if (~has).any():
+        warnings.warn(f"{path}: {int((~has).sum())} box(es) name a finding that their "
+                      f"image's Finding Labels lack: {rows(~has)}", stacklevel=2)
+    return report
 
 
 def scale_boxes(boxes: pd.DataFrame, size: int | float, *, source_size: int = NIH_IMAGE_SIZE):
@@ -300,14 +395,18 @@ def read_image_list(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image list not found: {path}")
-    names = [ln.strip() for ln in path.read_text().splitlines()]
-    names = [n for n in names if n]
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
     seen: dict[str, int] = {}
-    for i, n in enumerate(names):
+    for i, n in enumerate(lines):
+        if not n:
+            continue
         if n in seen:
-            raise NIHFormatError(f"{path}: image {n!r} listed twice (lines {seen[n] + 1}, {i + 1})")
+            raise NIHFormatError(f"{path}: image {quote(n)} listed twice "
+                                 f"(lines {seen[n] + 1}, {i + 1})")
         seen[n] = i
-    return names
+    if not seen:
+        raise NIHFormatError(f"{path}: no image names (the list is empty)")
+    return list(seen)
 
 
 def check_list_against_labels(names: list[str], labels: pd.DataFrame, path: str | Path) -> None:
@@ -316,5 +415,6 @@ def check_list_against_labels(names: list[str], labels: pd.DataFrame, path: str 
     unknown = [n for n in names if n not in known]
     if unknown:
         raise NIHFormatError(
-            f"{path}: {len(unknown)} listed image(s) not in the label file, e.g. {unknown[:5]}"
+            f"{path}: {len(unknown)} listed image(s) not in the label file, e.g. "
+            f"[{', '.join(quote(n) for n in unknown[:5])}]"
         )

@@ -13,16 +13,19 @@ decodes every image once into the cache, and writes next to the cache:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from cxrkit import __version__
-from cxrkit.artefacts import PreparedFolder, make_folder, write_csv, write_json
+from cxrkit.artefacts import PreparedFolder, WriteError, write_csv, write_json
 from cxrkit.data.cache import ImageCache, PreprocessSettings, build_cache
 from cxrkit.data.images import find_images
 from cxrkit.data.nih import NIH_IMAGE_SIZE
@@ -33,6 +36,7 @@ from cxrkit.data.splits import (
     random_split,
     save_split,
 )
+from cxrkit.messages import quote
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,7 @@ def make_split(release, *, protocol: str = "official", val_fraction: float = 0.1
         split = random_split(release.labels, fractions=fractions, seed=seed)
         prov = {"protocol": "random", "fractions": list(fractions), "seed": seed}
     else:
-        raise ValueError(f"unknown split protocol {protocol!r}: use 'official' or 'random'")
+        raise ValueError(f"unknown split protocol {quote(protocol)}: use 'official' or 'random'")
     prov["label_file"] = release.report.path
     prov["label_sha256"] = release.report.sha256
     return split, prov
@@ -93,11 +97,22 @@ def prepare(root: str | Path, out: str | Path, *, settings: PreprocessSettings |
             progress: bool = True) -> Prepared:
     """Read, validate, split and cache a release (see the module docstring)."""
     settings = settings or PreprocessSettings()
-    out = make_folder(out)
-    layout = PreparedFolder(out)
+    out = Path(out)
+    _check_writable(out)
     release = load_release(root, label_file=label_file)
     log.info(release.report.summary())
     index = find_images(images_root or root)
+    with _output_errors(out):
+        return _write_prepared(release, index, out, settings, root=root,
+                               on_missing=on_missing, protocol=protocol,
+                               val_fraction=val_fraction, fractions=fractions, seed=seed,
+                               workers=workers, progress=progress)
+
+
+def _write_prepared(release, index, out: Path, settings, *, root, on_missing, protocol,
+                    val_fraction, fractions, seed, workers, progress) -> Prepared:
+    """The writing half of :func:`prepare`: match, split, cache, tables, dataset.json."""
+    layout = PreparedFolder(out)
     table = match_images(release.labels, index, on_missing=on_missing,
                          dropped_path=layout.dropped)
     split, prov = make_split(release, protocol=protocol, val_fraction=val_fraction,
@@ -119,12 +134,53 @@ def prepare(root: str | Path, out: str | Path, *, settings: PreprocessSettings |
         "release_root": str(Path(root).resolve()),
         "files": release.files,
         "label_report": release.report.to_dict(),
+        "box_report": release.box_report.to_dict() if release.box_report else None,
         "images_on_disk": len(table),
         "images_in_labels": len(release.labels),
         "on_missing": on_missing,
         "split": prov,
     }, layout.dataset)
     return load_prepared(out)
+
+
+#: errno -> the words an output failure is reported in
+_OUTPUT_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                  errno.EROFS: "read-only file system", errno.ENOTDIR: "not a folder"}
+
+
+def _check_writable(out: Path) -> None:
+    """Create ``out`` and write (and remove) a probe file there, before anything is read."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".cxrkit-write-test-"):
+            pass
+    except OSError as e:
+        why = _OUTPUT_ERRNOS.get(e.errno, e.strerror or type(e).__name__)
+        raise WriteError(f"cannot write the prepared folder {out}: {why} (prepare needs a "
+                         "folder it may create and write; choose another --out)") from None
+
+
+@contextmanager
+def _output_errors(out: Path):
+    """A full disk or a lost write permission while writing ``out``: one line naming the
+    file and saying what is left. The image cache is never half-valid: a finished cache
+    is kept (a re-run only rewrites the tables), an unfinished build keeps its partial
+    files and resumes on a re-run; every temporary file is removed by its writer."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _OUTPUT_ERRNOS:
+            raise
+        if (out / "manifest.json").exists():
+            state = "the image cache is complete and kept"
+        elif any(out.glob("*.partial*")):
+            state = "the unfinished image cache is kept and resumes on a re-run"
+        else:
+            state = "no image cache was written"
+        what = str(e) if isinstance(e, WriteError) else (  # WriteError names its file already
+            f"cannot write {e.filename or out}: {_OUTPUT_ERRNOS[e.errno]}")
+        raise WriteError(f"{what}; {state} (free space or fix permissions, then re-run)") from None
 
 
 def load_prepared(path: str | Path) -> Prepared:

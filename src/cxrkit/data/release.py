@@ -17,13 +17,16 @@ import pandas as pd
 
 from cxrkit.artefacts import write_csv
 from cxrkit.data.nih import (
+    BoxReport,
     LabelFileReport,
     NIHFormatError,
+    check_boxes,
     check_list_against_labels,
     read_bbox_list,
     read_data_entry,
     read_image_list,
 )
+from cxrkit.messages import quote, quote_list
 
 LABEL_FILE_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv",
                     "Data_Entry_2017.csv.gz", "Data_Entry_2017_v2020.csv.gz")
@@ -53,6 +56,7 @@ class NIHRelease:
     train_val: list[str] | None
     test: list[str] | None
     files: dict[str, str]
+    box_report: BoxReport | None = None  #: what :func:`~cxrkit.data.nih.check_boxes` found
 
     @property
     def has_official_split(self) -> bool:
@@ -91,14 +95,15 @@ def load_release(root: str | Path, *, label_file: str | Path | None = None,
     files = {"labels": str(label_path)}
 
     box_path = Path(box_file) if box_file else _find(root, (BOX_FILE_NAME,))
-    boxes = None
+    boxes = box_report = None
     if box_path is not None:
         boxes = read_bbox_list(box_path)
         files["boxes"] = str(box_path)
         unknown = set(boxes["image_id"]) - set(labels["image_id"])
         if unknown:
             raise NIHFormatError(f"{box_path}: {len(unknown)} boxed image(s) not in the label "
-                                 f"file {label_path}, e.g. {sorted(unknown)[:5]}")
+                                 f"file {label_path}, e.g. {quote_list(sorted(unknown))}")
+        box_report = check_boxes(boxes, labels, box_path)
 
     lists = {}
     for key, explicit, name in (("train_val", train_val_list, TRAIN_VAL_NAME),
@@ -116,7 +121,8 @@ def load_release(root: str | Path, *, label_file: str | Path | None = None,
         warnings.warn(f"{missing} not found under {root}: the official split is unavailable",
                       stacklevel=2)
     return NIHRelease(root=root, labels=labels, report=report, boxes=boxes,
-                      train_val=lists["train_val"], test=lists["test"], files=files)
+                      train_val=lists["train_val"], test=lists["test"], files=files,
+                      box_report=box_report)
 
 
 def match_images(labels: pd.DataFrame, index: dict[str, Path], *, on_missing: str = "error",
@@ -129,7 +135,7 @@ def match_images(labels: pd.DataFrame, index: dict[str, Path], *, on_missing: st
     says how many. Image files that no label row names are ignored (counted in a warning).
     """
     if on_missing not in ("error", "drop"):
-        raise ValueError(f"on_missing must be 'error' or 'drop', got {on_missing!r}")
+        raise ValueError(f"on_missing must be 'error' or 'drop', got {quote(on_missing)}")
     paths = labels["image_id"].map(lambda i: index.get(i))
     missing = paths.isna()
     n_missing = int(missing.sum())
@@ -137,7 +143,7 @@ def match_images(labels: pd.DataFrame, index: dict[str, Path], *, on_missing: st
         examples = labels.loc[missing, "image_id"].head(10).tolist()
         raise MissingImagesError(
             f"{n_missing:,} of {len(labels):,} label-file images are not on disk, e.g. "
-            f"{examples}. Fix the image root, or pass --on-missing drop to continue without "
+            f"{quote_list(examples, 10)}. Fix the image root, or pass --on-missing drop to continue without "
             "them (the dropped rows are written to a file).")
     out = labels.assign(path=paths.map(lambda p: str(p) if p is not None else None))
     if n_missing:

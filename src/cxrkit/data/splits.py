@@ -33,6 +33,7 @@ import pandas as pd
 
 from cxrkit.artefacts import file_sha256, write_csv, write_json
 from cxrkit.labels import FINDINGS
+from cxrkit.messages import quote
 
 SPLITS = ("train", "val", "test")
 
@@ -174,7 +175,7 @@ def load_split(path: str | Path) -> pd.DataFrame:
     bad = ~split["split"].isin(SPLITS)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{path}, line {i + 2}, field 'split': {split['split'].iloc[i]!r} "
+        raise ValueError(f"{path}, line {i + 2}, field 'split': {quote(split['split'].iloc[i])} "
                          f"is not one of {list(SPLITS)}")
     check_leakage(split)
     return split

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrkit.messages import quote
+
 
 def positive_weights(labels: np.ndarray, *, max_weight: float = 100.0) -> torch.Tensor:
     """``negatives / positives`` per finding over known labels, clipped to ``max_weight``.
@@ -74,4 +76,4 @@ def make_loss(name: str, *, pos_weight: torch.Tensor | None = None, gamma: float
         return MaskedBCE(pos_weight)
     if name == "focal":
         return MaskedFocal(gamma, pos_weight)
-    raise ValueError(f"unknown loss {name!r}: use 'bce' or 'focal'")
+    raise ValueError(f"unknown loss {quote(name)}: use 'bce' or 'focal'")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from cxrkit.artefacts import RunFolder, make_folder, write_csv
 from cxrkit.config import RESUMABLE, RunConfig, config_differences
 from cxrkit.engine.checkpoint import load_checkpoint, set_rng_state
+from cxrkit.messages import quote
 
 if TYPE_CHECKING:
     from cxrkit.engine.train import Training
@@ -55,7 +56,8 @@ def check_resume(cfg: RunConfig, *, resume: bool = True) -> dict | None:
     ck = load_checkpoint(run.last)
     differ = config_differences(ck.get("config") or {}, cfg.to_dict())
     if differ:
-        shown = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in differ[:8])
+        shown = "; ".join(f"{k}: {quote(old)} in the run, {quote(new)} now"
+                          for k, old, new in differ[:8])
         more = f" (and {len(differ) - 8} more)" if len(differ) > 8 else ""
         raise RunConflictError(
             f"{run.root} holds a run made with other settings ({shown}{more}); nothing was "

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrkit.labels import canonical_finding
+from cxrkit.messages import quote
 
 METHODS = ("gradcam", "gradcam++", "smoothgrad", "integrated-gradients")
 
@@ -57,7 +58,7 @@ def finding_targets(findings: Sequence[str], which, n: int) -> list[int]:
             continue
         name = canonical_finding(str(w), allow_no_finding=False)
         if name not in findings:
-            raise ValueError(f"finding {w!r} is not one of the model's findings: "
+            raise ValueError(f"finding {quote(w)} is not one of the model's findings: "
                              f"{', '.join(findings)}")
         out.append(findings.index(name))
     return out

@@ -20,6 +20,8 @@ import re
 
 from torch import nn
 
+from cxrkit.messages import quote
+
 FREEZE_POLICIES = ("none", "classifier-only", "first-N", "no-train")
 
 
@@ -54,11 +56,11 @@ def apply_freeze(model: nn.Module, policy: str) -> dict:
     elif match:
         n = int(match.group(1))
         if n > len(layers):
-            raise ValueError(f"freeze policy {policy!r}: the model has only {len(layers)} "
+            raise ValueError(f"freeze policy {quote(policy)}: the model has only {len(layers)} "
                              "layers with parameters")
         frozen = layers[:n]
     else:
-        raise ValueError(f"unknown freeze policy {policy!r}; expected one of "
+        raise ValueError(f"unknown freeze policy {quote(policy)}; expected one of "
                          f"{list(FREEZE_POLICIES)} (first-N with N an integer, e.g. first-50)")
 
     frozen_names = {n for n, _ in frozen}

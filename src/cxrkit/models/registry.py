@@ -26,6 +26,7 @@ from torch import nn
 
 from cxrkit.labels import FINDINGS, canonical_finding
 from cxrkit.models.weights import is_cxrkit_state_dict, load_model_state, read_state_dict
+from cxrkit.messages import quote
 
 #: How a one-channel (grey) input meets a network: ``fold`` gives the first convolution
 #: one input channel (pretrained RGB weights summed over R, G, B, as timm does);
@@ -113,7 +114,8 @@ def create_model(name: str, *, findings: Sequence[str] = FINDINGS, in_chans: int
     fresh initialisation with a warning). With ``weights`` given, ``pretrained`` is moot.
     """
     if name not in _REGISTRY:
-        raise UnknownModelError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+        raise UnknownModelError(f"unknown model {quote(name)}; registered: "
+                                f"{', '.join(list_models())}")
     stored = {k: kw.pop(k) for k in DERIVED_FIELDS if k in kw}
     findings = _check_findings(findings)
     if in_chans not in (1, 3):

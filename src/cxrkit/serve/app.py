@@ -41,6 +41,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrkit.inference import TTA_MODES, LoadedModel, load
+from cxrkit.messages import quote
 from cxrkit.serve.uploads import (DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS,
                                   DecodedUpload, UploadError, decode_upload)
 
@@ -211,7 +212,7 @@ class Service:
         except ValueError:
             canonical = None
         if canonical not in self.lm.findings:
-            raise UploadError(422, f"finding {name!r} is not one of the model's findings: "
+            raise UploadError(422, f"finding {quote(name)} is not one of the model's findings: "
                                    f"{', '.join(self.lm.findings)}")
         return canonical
 

@@ -65,6 +65,7 @@ async function handleFile(file) {
   $("overlay-fig").hidden = true;
   $("finding").disabled = true;
   $("pick").hidden = true;
+  hidePreview();  // no stale or broken preview while this file is checked
   if (state.info && file.size > state.info.max_upload_bytes) {
     setStatus(`${file.name}: ${mib(file.size)} is over the upload limit of ${mib(state.info.max_upload_bytes)}.`, "error");
     return;
@@ -83,20 +84,34 @@ async function handleFile(file) {
     const top = [...res.findings].sort((a, b) => b.probability - a.probability)[0];
     await explain(top.finding);
   } catch (e) {
-    if (req === state.request) setStatus(e.message, "error");
+    if (req === state.request) {
+      hidePreview();  // a rejected upload leaves no preview of what was refused
+      setStatus(e.message, "error");
+    }
   }
 }
 
 function showPreview(file) {
-  const img = $("preview");
-  if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
+  hidePreview();
   const isDicom = /\.dcm$/i.test(file.name) || file.type === "application/dicom";
-  if (isDicom) { $("preview-fig").hidden = true; return; }  // browsers cannot draw DICOM
+  if (isDicom) return;  // browsers cannot draw DICOM
+  const img = $("preview");
   const url = URL.createObjectURL(file);
   img.dataset.url = url;
+  // shown once the browser has drawn it: a file it cannot draw never shows a broken box
+  img.onload = () => { if (img.dataset.url === url) $("preview-fig").hidden = false; };
+  img.onerror = () => { if (img.dataset.url === url) hidePreview(); };
   img.src = url;
   $("preview-caption").textContent = file.name;
-  $("preview-fig").hidden = false;
+}
+
+function hidePreview() {
+  const img = $("preview");
+  $("preview-fig").hidden = true;
+  if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
+  delete img.dataset.url;
+  img.onload = img.onerror = null;
+  img.removeAttribute("src");
 }
 
 async function explain(finding) {
