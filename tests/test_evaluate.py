@@ -20,7 +20,8 @@ from cxrkit.evaluate.published import (
 )
 from cxrkit.labels import FINDINGS
 
-FAST = {"bootstrap": 50, "subgroup_bootstrap": 10, "progress": False, "report": False}
+FAST = {"bootstrap": 50, "subgroup_bootstrap": 10, "progress": False, "report": False,
+        "gallery": 0}   # the gallery is tested in test_radiologists.py
 TOP_KEYS = {"format", "created", "versions", "checkpoint", "checkpoint_sha256", "run_dir", "prepared", "split",
             "split_file", "split_protocol", "tta", "tta_mirror", "n_images", "n_patients", "findings",
             "model", "epoch", "bootstrap", "auroc", "auprc", "mean_auroc", "thresholds",

@@ -289,6 +289,33 @@ def paired_auroc_difference(y_true, score_a, score_b, groups, *, n: int = 1000, 
     return {"value": value, "lo": lo, "hi": hi, "mean": mean}
 
 
+def auroc_reference_difference(y_a, y_b, y_score, groups, *, n: int = 1000, seed: int = 0,
+                               level: float = 0.95, min_valid: float = 0.5) -> dict:
+    """One score's AUROC against reference ``y_a`` minus its AUROC against ``y_b``.
+
+    The counterpart of :func:`paired_auroc_difference` for one model and two label sets
+    on the same images (e.g. radiologists vs NIH's text-mined labels): both AUROCs come
+    from one :func:`bootstrap_ranking` call on the two label columns, so they share every
+    patient resample and the interval is that of the paired difference. Returns ``a`` and
+    ``b`` (:class:`BootstrapCI` with one column each) and ``value``, ``lo``, ``hi`` of
+    the difference (NaN where undefined).
+    """
+    y = np.column_stack([np.asarray(y_a, np.float64), np.asarray(y_b, np.float64)])
+    s = np.asarray(y_score, np.float64)
+    roc, _ = bootstrap_ranking(y, np.column_stack([s, s]), groups, n=n, seed=seed, level=level,
+                               min_valid=min_valid)
+    value = roc.value[:1] - roc.value[1:]
+    lo, hi, _ = _percentile_ci(roc.samples[:, :1] - roc.samples[:, 1:], value, level, min_valid)
+
+    def one(j: int) -> BootstrapCI:
+        return BootstrapCI(value=roc.value[j:j + 1], lo=roc.lo[j:j + 1], hi=roc.hi[j:j + 1],
+                           valid=roc.valid[j:j + 1], samples=roc.samples[:, j:j + 1],
+                           n=roc.n, level=level, min_valid=min_valid)
+
+    return {"a": one(0), "b": one(1), "value": float(value[0]), "lo": float(lo[0]),
+            "hi": float(hi[0])}
+
+
 def _known(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
     """1-D labels and scores with unknown (NaN) labels dropped."""
     y = np.asarray(y_true, dtype=np.float64).ravel()

@@ -20,11 +20,13 @@ def phantoms(
     patients: Annotated[int, typer.Option(min=1, help="Number of patients")] = 300,
     size: Annotated[int, typer.Option(min=MIN_SIDE, help="Image side in pixels")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
+    label_noise: Annotated[str, typer.Option(help="NIH-style label errors: moderate | measured | none")] = "moderate",
 ) -> None:
     """Write synthetic chest radiographs in NIH's exact layout (for demos and tests)."""
     from cxrkit.data.phantoms import make_phantoms
 
-    release = _run(make_phantoms, out_dir, n_patients=patients, image_size=size, seed=seed)
+    release = _run(make_phantoms, out_dir, n_patients=patients, image_size=size, seed=seed,
+                   label_noise=label_noise)
     typer.echo(f"wrote {release}")
 
 

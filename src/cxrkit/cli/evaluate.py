@@ -25,6 +25,9 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cpu)")] = None,
     report: Annotated[bool, typer.Option(help="Also write report.html and summary.md")] = True,
+    reference: Annotated[str, typer.Option(help="auto (radiologists' labels when found) | radiologists | nih")] = "auto",
+    expert_labels: Annotated[Path | None, typer.Option(help="Folder of Google's expert labels (default: under the release root)")] = None,
+    gallery: Annotated[int, typer.Option(help="Error gallery: most confident FPs and FNs per finding (0: none)")] = 2,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
     """Evaluate a checkpoint: AUROC with patient-bootstrap CIs, thresholds, calibration, subgroups."""
@@ -35,7 +38,8 @@ def evaluate(
              bootstrap=bootstrap, subgroup_bootstrap=subgroup_bootstrap, seed=seed,
              temperature=temperature, threshold_method=threshold_method,
              threshold_split=threshold_split, batch_size=batch_size, device=device,
-             report=report, progress=progress)
+             report=report, progress=progress, reference=reference,
+             expert_labels=expert_labels, gallery=gallery)
     mean = m["mean_auroc"]
     if mean["value"] is None:
         text = "undefined"

@@ -12,6 +12,10 @@ tested without the 45 GB download:
   Infiltration spelled ``Infiltrate``; as in NIH, only on test-list images with one of
   the 8 :data:`~cxrkit.labels.BOXED_FINDINGS`, one box per finding, at most 3 per image;
 * ``train_val_list.txt`` / ``test_list.txt``: a patient-disjoint split (sorted names);
+* ``four_findings_expert_labels/``, ``all_findings_expert_labels/``: radiologists' labels
+  in Google's format for a share of the images, holding the *truth* (what was drawn),
+  while ``Data_Entry_2017.csv`` holds NIH-style *noisy* labels (misses and false alarms
+  per finding; :mod:`cxrkit.data.phantom_labels`);
 * ``phantoms_manifest.json``: the settings and versions that made it (not an NIH file).
 
 The images (:func:`render_phantom`) show a chest with soft tissue, lungs, heart,
@@ -65,6 +69,12 @@ from cxrkit.data._phantom_anatomy import (
     sample_pose,
 )
 from cxrkit.data._phantom_findings import OVERLAYS, SHAPE_CHANGES
+from cxrkit.data.phantom_labels import (
+    EXPERT_FRACTION,
+    describe_noise,
+    noisy_findings,
+    write_expert_files,
+)
 from cxrkit.data.nih import NIH_IMAGE_SIZE
 from cxrkit.data.splits import random_split
 from cxrkit.labels import BOXED_FINDINGS, FINDINGS, NO_FINDING, canonical_finding
@@ -123,7 +133,7 @@ DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient 
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 MANIFEST_NAME = "phantoms_manifest.json"
 #: Bump when the images or labels a seed produces change, so old releases are remade.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2   # 2: NIH-style label noise and expert files (phantom_labels)
 
 
 def _stream(seed: int, *key: int) -> np.random.Generator:
@@ -352,6 +362,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
                   image_size: int = 256, test_fraction: float = 0.25, seed: int = 0,
+                  label_noise="moderate", expert_fraction=EXPERT_FRACTION,
                   progress: bool = True) -> PhantomRelease:
     """Write a phantom release in NIH's exact layout to ``out_dir`` (see module docstring).
 
@@ -360,6 +371,12 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     and stratified by finding (:func:`cxrkit.data.splits.random_split`). The same
     arguments give the same bytes in every file; an earlier phantom release in
     ``out_dir`` is replaced, anything else there is left alone.
+
+    ``label_noise`` (:mod:`cxrkit.data.phantom_labels`): ``Data_Entry_2017.csv`` holds
+    NIH-style noisy labels (``"moderate"``, ``"measured"``, ``"none"`` or
+    ``{"miss": .., "false_alarm": ..}``); the images show the truth, which goes to
+    Google-format expert files for ``expert_fraction`` = (test, train_val) shares of the
+    images (``(0, 0)``: none). NIH boxes are drawn only where truth and label agree.
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
@@ -370,7 +387,9 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     started = time.perf_counter()
     root = Path(out_dir)
     settings = {"n_patients": n_patients, "images_per_patient": list(images_per_patient),
-                "image_size": image_size, "test_fraction": test_fraction, "seed": seed}
+                "image_size": image_size, "test_fraction": test_fraction, "seed": seed,
+                "label_noise": describe_noise(label_noise),
+                "expert_fraction": [float(x) for x in expert_fraction]}
     manifest = root / MANIFEST_NAME  # first, so that an interrupted run can be replaced
     existing = _up_to_date(root, settings)
     if existing is not None:
@@ -382,12 +401,16 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     write_json({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": False,
                        "settings": settings}, manifest)
 
-    onehot = pd.DataFrame({f: [int(f in t) for t in cohort["findings"]] for f in FINDINGS})
+    noisy = noisy_findings(cohort, label_noise, seed)    # what "NIH" publishes
+    published = cohort.assign(findings=noisy)
+    onehot = pd.DataFrame({f: [int(f in t) for t in noisy] for f in FINDINGS})
     table = pd.concat([cohort[["image_id", "patient_id"]], onehot], axis=1)
     split_seed = int(_stream(seed, 0).integers(2**31))
     split = random_split(table, fractions=(1 - test_fraction, 0.0, test_fraction), seed=split_seed)
     test = set(split.loc[split["split"] == "test", "image_id"])
-    boxed = _choose_boxes(cohort, test, _stream(seed, 0, 1))
+    agreed = cohort.assign(findings=[tuple(f for f in t if f in n)
+                                     for t, n in zip(cohort["findings"], noisy, strict=True)])
+    boxed = _choose_boxes(agreed, test, _stream(seed, 0, 1))
 
     anatomy, anatomy_of = None, None  # the current patient's, kept over their follow-ups
     box_lines = []
@@ -415,7 +438,7 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     entry = [DATA_ENTRY_HEADER] + [
         f"{r.image_id},{'|'.join(sorted(r.findings)) or NO_FINDING},{r.follow_up},{r.patient_id},"
         f"{r.age},{r.sex},{r.view},{r.orig_width},{r.orig_height},{r.spacing},{r.spacing}"
-        for r in cohort.itertuples(index=False)]
+        for r in published.itertuples(index=False)]
     names = sorted(cohort["image_id"])
     files = {"labels": root / "Data_Entry_2017.csv", "boxes": root / "BBox_List_2017.csv",
              "train_val": root / "train_val_list.txt", "test": root / "test_list.txt"}
@@ -423,6 +446,7 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     _write_text(files["boxes"], "\n".join([BBOX_HEADER, *box_lines]) + "\n")
     _write_text(files["train_val"], "\n".join(n for n in names if n not in test))
     _write_text(files["test"], "\n".join(n for n in names if n in test))
+    experts = write_expert_files(root, cohort, noisy, test, seed=seed, fraction=expert_fraction)
 
     seconds = time.perf_counter() - started
     counts = {f: int(onehot[f].sum()) for f in FINDINGS}
@@ -431,6 +455,9 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
                        "versions": _versions(), "settings": settings,
                        "n_images": len(cohort), "n_test_images": len(test),
                        "n_boxes": len(box_lines), "finding_counts": counts,
+                       "true_finding_counts": {f: int(sum(f in t for t in cohort["findings"]))
+                                               for f in FINDINGS},
+                       "expert_images": experts,
                        "files": {k: p.name for k, p in files.items()}}, manifest)
     log.info("phantoms: %d images in %.1f s (%.0f images/s)", len(cohort), seconds,
              len(cohort) / max(seconds, 1e-9))

@@ -148,18 +148,27 @@ class TrainTransform(nn.Module):
         return theta
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
-        n = images.shape[0]
-        theta = self.sample_theta(n, generator, images.device)
-        if images.device.type == "cpu" and images.dtype == torch.uint8:
+        """Augment a batch; random parameters come from ``generator`` on *its* device.
+
+        Drawing them where the generator lives (then moving the few numbers to the batch's
+        device) is what lets training pass its per-epoch CPU generator with a CUDA batch --
+        ``torch.rand(generator=cpu_gen, device="cuda")`` raises -- and makes a CUDA batch
+        get exactly the crops and jitter the CPU path gives for the same seed.
+        """
+        n, dev = images.shape[0], images.device
+        rdev = generator.device if generator is not None else dev
+        theta = self.sample_theta(n, generator, rdev).to(dev)
+        a = self.augment
+        shape = (n, 1, 1, 1)
+        contrast = 1 + a.contrast * (2 * torch.rand(shape, generator=generator, device=rdev) - 1)
+        bright = a.brightness * (2 * torch.rand(shape, generator=generator, device=rdev) - 1)
+        contrast, bright = contrast.to(dev), bright.to(dev)
+        if dev.type == "cpu" and images.dtype == torch.uint8:
             x = warp_uint8_cpu(images, theta, self.size).float().div_(255.0)
         else:
             x = to_unit_float(images)
             grid = affine_grid(theta.to(x.dtype), self.size)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        a = self.augment
-        shape = (n, 1, 1, 1)
-        contrast = 1 + a.contrast * (2 * torch.rand(shape, generator=generator, device=x.device) - 1)
-        bright = a.brightness * (2 * torch.rand(shape, generator=generator, device=x.device) - 1)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         # (x - mean) * contrast + mean + bright, as one fused multiply-add, in place
         x = torch.addcmul(mean * (1 - contrast) + bright, x, contrast).clamp_(0, 1)

@@ -22,10 +22,12 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    backend: str = ""  #: "nccl"/"gloo" when a process group is up, "" for a plain process
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """A process group is up (torchrun, even with one process): wrap in DDP, shard."""
+        return bool(self.backend)
 
     @property
     def is_main(self) -> bool:
@@ -33,9 +35,13 @@ class Dist:
 
 
 def setup() -> Dist:
-    """Initialise the process group if launched by torchrun; else a single process."""
+    """Initialise the process group if launched by torchrun; else a single process.
+
+    ``torchrun --nproc_per_node 1`` also gets a group (and DDP): that is how one GPU
+    proves the NCCL path (bench/gpu/check.sh).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return Dist()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
@@ -43,7 +49,7 @@ def setup() -> Dist:
         if backend == "nccl":
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
-    return Dist(rank=rank, world_size=world, local_rank=local)
+    return Dist(rank=rank, world_size=world, local_rank=local, backend=dist.get_backend())
 
 
 def teardown(d: Dist) -> None:

@@ -319,7 +319,8 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
                                          shuffle=False)
     eval_bs = dc.eval_batch_size or 2 * world_batch
     val_loader = make_loader(data.val, batch_size=max(1, eval_bs // d.world_size), shuffle=False,
-                             workers=dc.workers, sampler=val_sampler)
+                             workers=dc.workers, sampler=val_sampler,
+                             pin_memory=device.type == "cuda")
 
     optimizer = make_optimizer(cfg, model)
     steps = math.ceil(len(data.train) / world_batch / tc.grad_accum)
@@ -387,7 +388,8 @@ def run_epochs(t: Training, s: TrainState, *, writer=None, show_progress: bool =
                 t.sampler.set_epoch(epoch)
             loader = make_loader(t.data.train, batch_size=t.per_rank, shuffle=True,
                                  seed=tc.seed * 1000 + epoch, workers=dc.workers,
-                                 sampler=t.sampler, drop_last=len(t.data.train) > t.per_rank)
+                                 sampler=t.sampler, drop_last=len(t.data.train) > t.per_rank,
+                                 pin_memory=t.device.type == "cuda")  # non_blocking copies
             train_loss, rate, s.step = train_one_epoch(
                 t.net, t.loss_fn, t.optimizer, loader, t.train_tf, device=t.device,
                 precision=t.precision, scaler=t.scaler, epoch=epoch, cfg=t.cfg,
@@ -452,6 +454,7 @@ def summarise(t: Training, s: TrainState, status: str, started: float) -> dict:
                    "layers": f["layers"]},
         "images_per_s": s.history[-1]["images_per_s"] if s.history else None,
         "device": str(t.device), "world_size": t.dist.world_size,
+        "backend": t.dist.backend or None,
         "precision": str(t.precision.dtype),
         "split": {"path": str(t.data.split_path), "sha256": t.data.split_sha256},
         "versions": versions(),

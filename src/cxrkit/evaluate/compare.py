@@ -33,6 +33,7 @@ from cxrkit.artefacts import (
     write_csv,
     write_text,
 )
+from cxrkit.evaluate.compare_radiologists import radiologists_comparison
 from cxrkit.evaluate.core import evaluate_checkpoint
 from cxrkit.evaluate.plots import _figure
 from cxrkit.evaluate.report import CSS, RESEARCH_USE, _ci, _img, _table
@@ -224,11 +225,18 @@ def compare_runs(paths, *, out: str | Path, split: str = "test", tta: str = "non
     out = make_folder(out)
     write_csv(summary, out / "comparison.csv")
     write_csv(per_finding, out / "per_finding.csv")
+    experts, expert_notes = radiologists_comparison(
+        [(r.name, RunFolder.of(r.checkpoint).eval(split, tta)) for r in runs],
+        bootstrap=bootstrap, seed=seed)
+    if len(experts):
+        write_csv(experts, out / "radiologists.csv")
     fig = comparison_figure(runs)
     with atomic_path(out / "comparison.png") as tmp:
         fig.savefig(tmp)
     md = "\n\n".join([f"# Comparison on the {split} split", _markdown(summary),
-                      _markdown(per_finding), "\n".join(f"- {n}" for n in notes)])
+                      _markdown(per_finding), "\n".join(f"- {n}" for n in notes)]
+                     + (["## Against radiologists", _markdown(experts),
+                         "\n".join(f"- {n}" for n in expert_notes)] if len(experts) else []))
     write_text(md + "\n", out / "comparison.md")
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cxrkit "
             f"comparison</title><style>{CSS}</style></head><body><main><h1>Comparison on the "
@@ -236,7 +244,11 @@ def compare_runs(paths, *, out: str | Path, split: str = "test", tta: str = "non
             + "".join(f"<div class='warn'>{html.escape(n)}</div>" for n in notes)
             + "<h2>Runs</h2>" + _table(summary) + "<h2>Per finding</h2>" + _table(per_finding)
             + "<figure>" + _img(out / "comparison.png", "per-finding AUROC by run")
-            + "</figure></main></body></html>")
+            + "</figure>"
+            + ("<h2>Against radiologists</h2>" + "".join(
+                f"<p>{html.escape(n)}</p>" for n in expert_notes) + _table(experts)
+               if len(experts) else "")
+            + "</main></body></html>")
     write_text(page, out / "comparison.html")
     return out
 

@@ -34,6 +34,8 @@ import pandas as pd
 from cxrkit.artefacts import RunFolder, make_folder, versions, write_bytes, write_csv, write_json
 from cxrkit.data.prepare import Prepared
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
+from cxrkit.evaluate.gallery import write_error_gallery
+from cxrkit.evaluate.radiologists import evaluate_against_radiologists
 from cxrkit.evaluate.published import (
     NIH_LABEL_ROWS,
     OFFICIAL_TEST_IMAGES,
@@ -336,14 +338,20 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                         threshold_method: str = "youden", threshold_split: str = "val",
                         batch_size: int = 64, subgroup_bootstrap: int = 200,
                         device: str | None = None, progress: bool = True,
-                        report: bool = True) -> dict:
-    """Evaluate a checkpoint (or run folder) on one split.
+                        report: bool = True, reference: str = "auto",
+                        expert_labels: str | Path | None = None,
+                        gallery: int = 2) -> dict:
+    """Evaluate a checkpoint (or run folder) on one split; returns the ``metrics.json`` dict.
 
-    Returns the ``metrics.json`` dict.
+    Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`): metrics.json, auroc/thresholds/
+    calibration/subgroups/published CSVs, predictions of the evaluated and threshold
+    splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
 
-    Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`):
-    metrics.json, auroc/thresholds/calibration/subgroups/published CSVs, predictions of the
-    evaluated and threshold splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
+    ``reference`` / ``expert_labels``: the section against Google's radiologists
+    (:mod:`cxrkit.evaluate.radiologists`): ``"auto"`` when their files are found under the
+    release root (or in ``expert_labels``), ``"radiologists"`` to require them, ``"nih"``
+    to skip. ``gallery``: the most confident false positives and false negatives shown per
+    finding (:mod:`cxrkit.evaluate.gallery`; 0: none).
     """
     _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap)
     lm = load(checkpoint, device=device)
@@ -385,7 +393,18 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                         calibration=calibration, test=test, tta=tta)
         + ([f"Warning: {lm.tta_note(tta)}"] if lm.tta_note(tta) else []),
     }
+    against = evaluate_against_radiologists(
+        data.prepared, test, fit, findings, out, split=split, fit_split=threshold_split,
+        reference=reference, expert_dir=expert_labels, n=bootstrap, seed=seed,
+        phantom=source == "phantom")
+    if against is not None:
+        metrics["notes"].append("Against radiologists: see radiologists.json and the report's "
+                                "section of that name (Google's expert labels on "
+                                + ", ".join(f"{r['images_in_split']:,} {k} images"
+                                            for k, r in against["sets"].items()) + ").")
     metrics = write_outputs(out, metrics, [test] if fit is test else [test, fit])
+    if gallery:
+        write_error_gallery(lm, data, test, metrics, out, per_kind=gallery, progress=progress)
     chosen = {f: t for f, t in thresholds[threshold_method].items() if t is not None}
     sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "

@@ -288,7 +288,8 @@ def _kpis(metrics: dict, run: dict) -> str:
                                          for k, v in items) + "</div>"
 
 
-def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path]) -> str:
+def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
+                extra_sections: tuple[str, ...] = ()) -> str:
     layout = RunFolder(run_dir)
     run = _read_json(layout.run_json)
     config = layout.config.read_text() if layout.config.exists() else ""
@@ -352,6 +353,7 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path]) -> str:
     loc = localization_section(run_dir)
     if loc:
         s.append("<h2>Localisation against NIH's boxes</h2>" + loc)
+    s += [x for x in extra_sections if x]   # e.g. against radiologists, error gallery
     s.append("<h2>Configuration and provenance</h2>")
     prov = {k: metrics[k] for k in ("checkpoint", "checkpoint_sha256", "prepared", "split_file",
                                     "split_protocol", "bootstrap")}
@@ -393,8 +395,15 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     layout = RunFolder(run_dir)
     history = pd.read_csv(layout.history) if layout.history.exists() else None
     figures = write_figures(out / "figures", metrics, pred, history)
-    write_text(render_html(metrics, run_dir, figures), out / "report.html")
-    write_text(render_summary(metrics), out / "summary.md")
+    from cxrkit.evaluate.radiologists_report import (
+        gallery_html,
+        radiologists_html,
+        radiologists_markdown,
+    )
+
+    extra = (radiologists_html(out), gallery_html(out))
+    write_text(render_html(metrics, run_dir, figures, extra), out / "report.html")
+    write_text(render_summary(metrics) + radiologists_markdown(out), out / "summary.md")
     return out / "report.html"
 
 
