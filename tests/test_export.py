@@ -79,7 +79,7 @@ def test_export_writes_contract_and_passes_parity(exported):
     assert props["cxrkit.findings"] == list(lm.findings)
     assert props["cxrkit.model"]["name"] == "cnn4" and props["cxrkit.opset"] == 18
     assert {"torch", "onnxruntime", "cxrkit"} <= set(props["cxrkit.versions"])
-    from cxrkit.data.nih import file_sha256
+    from cxrkit.artefacts import file_sha256
     assert props["cxrkit.checkpoint_sha256"] == file_sha256(lm.checkpoint)
     parity = json.loads(sidecar.read_text())["parity"]
     assert parity["passed"] and parity["max_abs_diff_probability"] <= 1e-4

@@ -165,7 +165,7 @@ def test_metadata_vector():
 # ---------------------------------------------------------------- full disk, unwritable out
 
 def _leftovers(folder):
-    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".tmp")
+    return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name
                   or ".partial" in p.name)
 
 
@@ -174,7 +174,7 @@ def test_not_enough_space_is_refused_before_the_memmap(phantom_release, tmp_path
     import shutil as sh
 
     import cxrkit.data._cache_build as build_mod
-    from cxrkit.data.nih import OutputError
+    from cxrkit.artefacts import WriteError as OutputError
 
     real = sh.disk_usage
     monkeypatch.setattr(build_mod.shutil, "disk_usage",
@@ -194,24 +194,25 @@ def test_full_disk_while_writing_tables_leaves_no_temporaries(phantom_release, t
                                                               monkeypatch):
     import errno
 
-    from cxrkit.data.nih import OutputError
+    from cxrkit.artefacts import WriteError as OutputError
+
+    from cxrkit import artefacts
 
     out = tmp_path / "out"
-    real = pd.DataFrame.to_csv
+    real = artefacts.os.replace
 
-    def full(self, path=None, *a, **k):
-        if path is not None and str(path).endswith("labels.csv.tmp"):
-            open(path, "w").write("image_id,pa")        # a half-written temporary
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(self, path, *a, **k)
+    def full(src, dst):  # the temporary is written; the disk fills before it is renamed
+        if str(dst).endswith("labels.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        return real(src, dst)
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
-    with pytest.raises(OutputError, match=r"labels\.csv: no space left on device; the image "
-                                          "cache is complete and kept"):
+    monkeypatch.setattr(artefacts.os, "replace", full)
+    with pytest.raises(OutputError, match=r"labels\.csv: no space left on the device .*; the "
+                                          "image cache is complete and kept"):
         prepare(phantom_release, out, settings=PreprocessSettings(size=32), workers=0,
                 progress=False)
     assert _leftovers(out) == []
-    monkeypatch.setattr(pd.DataFrame, "to_csv", real)
+    monkeypatch.setattr(artefacts.os, "replace", real)
     # the finished cache is kept: a re-run only writes the tables
     p = prepare(phantom_release, out, settings=PreprocessSettings(size=32), workers=0,
                 progress=False)
@@ -219,7 +220,7 @@ def test_full_disk_while_writing_tables_leaves_no_temporaries(phantom_release, t
 
 
 def test_unwritable_output_is_one_line(phantom_release, tmp_path):
-    from cxrkit.data.nih import OutputError
+    from cxrkit.artefacts import WriteError as OutputError
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

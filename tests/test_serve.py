@@ -22,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cxrkit.data.nih import file_sha256
+from cxrkit.artefacts import file_sha256
 from cxrkit.inference import load, write_thresholds
 from cxrkit.serve import background_server, create_app
 from cxrkit.serve.app import STATIC

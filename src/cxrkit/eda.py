@@ -21,7 +21,6 @@ server thread), and figures are freed as soon as they are saved.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from cxrkit import __version__
+from cxrkit.artefacts import atomic_path, make_folder, versions, write_json, write_text
 from cxrkit.data.nih import MAX_AGE_YEARS, NIH_IMAGE_SIZE
 from cxrkit.data.splits import SPLITS
 from cxrkit.labels import FINDINGS, NO_FINDING, canonical_finding
@@ -173,7 +173,8 @@ def boxes_table(b: pd.DataFrame) -> pd.DataFrame:
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI)
     fig.clear()
     return path
 
@@ -356,8 +357,7 @@ def describe(labels: pd.DataFrame, split: pd.DataFrame | None, out_dir: str | Pa
     are :func:`cxrkit.data.nih.read_bbox_list` rows in the 1024-px space; boxes on images
     absent from ``labels`` are left out.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir)
     t, groups = _with_split(labels, split)
     prev = prevalence_table(t, groups)
     counts, cond = cooccurrence_table(t)
@@ -365,7 +365,7 @@ def describe(labels: pd.DataFrame, split: pd.DataFrame | None, out_dir: str | Pa
     files = []
 
     def csv(df: pd.DataFrame, name: str, **kw) -> None:
-        df.round(4).to_csv(out / name, float_format="%.10g", **kw)  # counts stay exact
+        write_text(df.round(4).to_csv(float_format="%.10g", **kw), out / name)  # counts exact
         files.append(out / name)
 
     table = prev.drop(columns=["split_images", "split_patients"])
@@ -388,14 +388,14 @@ def describe(labels: pd.DataFrame, split: pd.DataFrame | None, out_dir: str | Pa
     if box_table is None:  # no stale box plot from an earlier run in the same folder
         for name in ("boxes.csv", "boxes.png"):
             (out / name).unlink(missing_ok=True)
-    (out / "summary.md").write_text(summary := summary_markdown(t, groups, prev, n_boxed, title))
+    write_text(summary := summary_markdown(t, groups, prev, n_boxed, title), out / "summary.md")
     files.append(out / "summary.md")
     manifest = {"made_by": "cxrkit.eda.describe", "cxrkit": __version__, "title": title,
                 "created": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
-                "versions": {m.__name__: m.__version__ for m in (np, pd, matplotlib)},
+                "versions": versions("pandas", "matplotlib"),
                 "images": len(t), "splits": groups, "boxes": 0 if b is None else len(b),
                 "files": [f.name for f in files]}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_json(manifest, out / "manifest.json")
     files.append(out / "manifest.json")
     return EdaResult(prevalence=table, cooccurrence=counts, conditional=cond,
                      demographics=demo, boxes=box_table, summary=summary, files=files)

@@ -40,16 +40,16 @@ import contextlib
 import io
 import json
 import logging
-import platform
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from cxrkit.artefacts import WriteError, atomic_path, check_writable, onnx_path, versions, write_json
 from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.metrics import sigmoid
-from cxrkit.onnx_backend import META_KEYS, OnnxModel, default_onnx_path
+from cxrkit.onnx_backend import META_KEYS, OnnxModel
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +131,6 @@ def _graph(lm):
     return OnnxGraph().eval()
 
 
-def _versions() -> dict:
-    import onnx
-    import onnxruntime
-    import torch
-
-    from cxrkit import __version__
-    out = {"cxrkit": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
-           "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-           "python": platform.python_version()}
-    with contextlib.suppress(ImportError):
-        import onnxscript
-        out["onnxscript"] = onnxscript.__version__
-    return out
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
@@ -159,14 +146,13 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     import onnx
     import torch
 
-    from cxrkit.data.nih import write_json_atomic
     from cxrkit.inference import load
     from cxrkit.runtime import quiet_exporter_logs
 
     # parity is checked against torch fp32 eager, the reference
     lm = load(checkpoint, device="cpu", thresholds=thresholds, precision="fp32")
-    out = Path(out) if out else default_onnx_path(lm.checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(out) if out else onnx_path(lm.checkpoint)
+    check_writable(out)
     graph = _graph(lm)
     s = lm.preprocessing.cache.size
     example = (torch.zeros(2, 1, s, s, dtype=torch.uint8),)
@@ -183,11 +169,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         inputs["meta"] = f"float32 (batch, {example[1].shape[1]}): patient metadata"
     printed = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(printed), quiet_exporter_logs():
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(printed), quiet_exporter_logs(),
+              atomic_path(out) as tmp):
             warnings.simplefilter("ignore")
-            torch.onnx.export(graph, example, str(out), dynamo=True, opset_version=opset,
+            torch.onnx.export(graph, example, str(tmp), dynamo=True, opset_version=opset,
                               input_names=list(inputs), output_names=["logits", "probabilities", "features"],
                               dynamic_shapes=shapes, external_data=False, verbose=False)
+    except WriteError:
+        raise
     except Exception as e:
         log.debug("exporter output:\n%s", printed.getvalue())
         raise RuntimeError(f"ONNX export of {lm.checkpoint} (model "
@@ -198,7 +187,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         "thresholds": lm.thresholds, "thresholds_source": lm.thresholds_source,
         "model": lm.model.cxr_config.to_dict(), "checkpoint": str(lm.checkpoint),
         "checkpoint_sha256": lm.checkpoint_sha256, "opset": opset,
-        "versions": _versions(), "inputs": inputs,
+        "versions": versions("onnx", "onnxruntime", "onnxscript"), "inputs": inputs,
         "outputs": {"logits": f"float32 (batch, {len(lm.findings)})",
                     "probabilities": "float32, sigmoid of the logits",
                     "features": "float32 (batch, D): pooled penultimate features, scored "
@@ -213,7 +202,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         entry = proto.metadata_props.add()
         entry.key, entry.value = f"cxrkit.{key}", json.dumps(value)
     proto.producer_name = "cxrkit"
-    onnx.save(proto, str(out))
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
 
     onnx_model = OnnxModel(out)
     images = _parity_images(n_phantoms, parity_images)
@@ -222,7 +212,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     from cxrkit.ood import record_summary
 
     record["ood"] = None if lm.ood_record is None else record_summary(lm.ood_record)
-    write_json_atomic({"path": str(out), "exporter": "torch.onnx.export(dynamo=True)",
+    write_json({"path": str(out), "exporter": "torch.onnx.export(dynamo=True)",
                        **record, "parity": parity}, sidecar)
     if not parity["passed"]:
         raise ParityError(f"{out}: onnxruntime differs from PyTorch by up to "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrkit.data.nih import file_sha256
+from cxrkit.artefacts import PreparedFolder, RunFolder, file_sha256
 from cxrkit.data.prepare import Prepared, load_prepared
 from cxrkit.data.splits import box_fold, load_split, split_provenance
 from cxrkit.inference import LoadedModel
@@ -72,7 +72,7 @@ def _split_file(lm: LoadedModel, prepared: Path, overridden: bool) -> tuple[Path
     if custom:
         path = Path(custom)
     elif overridden or recorded is None or not recorded.exists():
-        path = prepared / "split.csv"   # the run used the prepared folder's own split
+        path = PreparedFolder(prepared).split   # the run used the prepared folder's own split
     else:
         path = recorded
     if not path.exists():
@@ -105,7 +105,7 @@ def load_held_out(lm: LoadedModel, prepared: str | Path | None = None) -> HeldOu
             raise ValueError(f"the run used data.box_fold={fraction} but {folder} has no boxes")
         seed = int((config.get("train") or {}).get("seed", 0))
         split, moved = box_fold(split, p.boxes, fraction=fraction, seed=seed)  # as training did
-        _check_moved(moved, lm.checkpoint.parent / "box_fold_moved.csv")
+        _check_moved(moved, RunFolder.of(lm.checkpoint).box_fold_moved)
     return HeldOut(prepared=p, split=split, split_path=split_path, split_sha256=got,
                     protocol=protocol, moved=moved, box_fold=fraction)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrkit.artefacts import RunFolder, file_sha256, resolve_checkpoint
 from cxrkit.data.dicom import read_image
 from cxrkit.data.images import PreprocessSettings
 from cxrkit.data.transforms import EvalTransform, eval_transform, ten_crop
@@ -37,20 +38,7 @@ from cxrkit.engine.checkpoint import CheckpointError, load_checkpoint
 from cxrkit.predictor import TTA_MODES, Predictor
 from cxrkit.preprocessing import Preprocessing
 from cxrkit.runtime import EagerForward, Forward, choose_forward
-from cxrkit.thresholds import THRESHOLDS_FILE, find_thresholds, write_thresholds_file
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder -> its ``best.pt`` (else ``last.pt``); a file -> itself."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).exists():
-                return path / name
-        raise CheckpointError(f"{path}: a folder without best.pt or last.pt")
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return path
+from cxrkit.thresholds import find_thresholds, write_thresholds_file
 
 
 class LoadedModel(Predictor):
@@ -90,7 +78,6 @@ class LoadedModel(Predictor):
     @cached_property
     def checkpoint_sha256(self) -> str:
         """sha256 of the checkpoint file, computed once (thresholds, reports, exports)."""
-        from cxrkit.data.nih import file_sha256
         return file_sha256(self.checkpoint)
 
     # -- the contract, read-only shortcuts -------------------------------------------------
@@ -258,7 +245,7 @@ def write_ood_sidecar(lm: LoadedModel, record: dict) -> Path:
 
 
 def _attach_thresholds(lm: LoadedModel, explicit) -> None:
-    found = find_thresholds(lm.checkpoint.parent, lm.findings,
+    found = find_thresholds(RunFolder.of(lm.checkpoint).root, lm.findings,
                             lambda: lm.checkpoint_sha256, explicit)
     if found is not None:
         lm.thresholds, lm.thresholds_source = found.values, found.source
@@ -273,11 +260,11 @@ def write_thresholds(lm: LoadedModel, thresholds: dict[str, float], *, method: s
     means the same thing on logits averaged the same way, so users of other TTA are warned.
     """
     return write_thresholds_file(
-        Path(path) if path else lm.checkpoint.parent / THRESHOLDS_FILE, thresholds,
+        Path(path) if path else RunFolder.of(lm.checkpoint).thresholds, thresholds,
         findings=lm.findings, checkpoint=lm.checkpoint,
         checkpoint_sha256=lm.checkpoint_sha256, method=method, chosen_on=chosen_on,
         tta=tta)
 
 
 __all__ = ["TTA_MODES", "LoadedModel", "load", "ood_sidecar_path", "read_image",
-           "resolve_checkpoint", "write_ood_sidecar", "write_thresholds"]
+           "write_ood_sidecar", "write_thresholds"]

@@ -82,7 +82,12 @@ def canonical_finding(name: str, *, allow_no_finding: bool = True) -> str:
     lowered = {f.lower(): f for f in (*FINDINGS, NO_FINDING)}
     lowered.update({a.lower(): c for a, c in ALIASES.items()})
     found = lowered.get(key.lower())
-    if found is None or (found == NO_FINDING and not allow_no_finding):
+    if found == NO_FINDING and not allow_no_finding:
+        raise UnknownFindingError(
+            f"{name!r} is a column, not a target: NIH writes it when none of the 14 findings "
+            "is present, so it is what a model says when all 14 probabilities are low. "
+            f"Choose targets from: {', '.join(FINDINGS)} (or 'all')")
+    if found is None:
         accepted = ", ".join(FINDINGS) + (f", {NO_FINDING}" if allow_no_finding else "")
         raise UnknownFindingError(f"unknown finding {quote(name)}; expected one of: {accepted}")
     return found

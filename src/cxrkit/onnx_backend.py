@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrkit.artefacts import RunFolder, onnx_path
 from cxrkit.predictor import Predictor
 from cxrkit.preprocessing import Preprocessing
 from cxrkit.thresholds import find_thresholds
@@ -28,11 +29,6 @@ from cxrkit.thresholds import find_thresholds
 META_KEYS = ("preprocess", "findings", "thresholds", "thresholds_source", "model",
              "checkpoint", "checkpoint_sha256", "opset", "versions", "inputs", "outputs",
              "meta_default")
-
-
-def default_onnx_path(checkpoint: Path) -> Path:
-    """``run/best.pt`` -> ``run/best.onnx``."""
-    return Path(checkpoint).with_suffix(".onnx")
 
 
 class OnnxModel(Predictor):
@@ -115,12 +111,13 @@ def load_onnx(path: str | Path, *, thresholds: str | Path | None = None,
     """An ``.onnx`` file from ``cxrkit export`` (or a run folder / ``.pt`` with one beside)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "best.onnx" if (path / "best.onnx").exists() else path / "last.onnx"
+        run = RunFolder(path)
+        path = onnx_path(run.best if onnx_path(run.best).exists() else run.last)
     elif path.suffix == ".pt":
-        path = default_onnx_path(path)
+        path = onnx_path(path)
     if not path.exists():
         raise FileNotFoundError(f"ONNX model not found: {path} (make it with `cxrkit export`)")
     return OnnxModel(path, providers=providers, thresholds_file=thresholds)
 
 
-__all__ = ["META_KEYS", "OnnxModel", "default_onnx_path", "load_onnx"]
+__all__ = ["META_KEYS", "OnnxModel", "load_onnx"]

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrkit.artefacts import atomic_path, write_text
 from cxrkit.data.dicom import DICOM_EXTENSIONS, is_dicom
 from cxrkit.data.images import IMAGE_EXTENSIONS, ImageReadError
 from cxrkit.messages import require_count
@@ -225,14 +226,11 @@ class Predictions:
         suffix = path.suffix.lower()
         if suffix not in (".csv", ".json"):
             raise ValueError(f"--out {path}: write .csv or .json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         if suffix == ".csv":
-            self._write_csv(tmp)
-        else:
-            tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-        return path
+            with atomic_path(path) as tmp:
+                self._write_csv(tmp)
+            return path
+        return write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n", path)
 
     def summary(self, *, top: int = 3, limit: int = 50) -> str:
         """A terminal table: per image its flagged findings and its ``top`` probabilities."""

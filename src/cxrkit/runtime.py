@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrkit.artefacts import atomic_path, write_json
 from cxrkit.data.metadata import DEFAULT_META
 from cxrkit.engine.precision import Precision
 from cxrkit.ood.features import tap_features
@@ -195,18 +196,14 @@ def _export(net: _Network, example: tuple, path: Path, metadata: bool) -> None:
     """``torch.onnx.export(dynamo=True)`` to ``path``, atomically (tmp file + rename)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     names = ["x", "meta"] if metadata else ["x"]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     printed = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(printed), quiet_exporter_logs():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net, example, str(tmp), dynamo=True, opset_version=OPSET,
-                              input_names=names, output_names=list(GRAPH_OUTPUTS),
-                              dynamic_shapes=tuple({0: batch} for _ in names),
-                              external_data=False, verbose=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with (atomic_path(path) as tmp, warnings.catch_warnings(),
+          contextlib.redirect_stdout(printed), quiet_exporter_logs()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, example, str(tmp), dynamo=True, opset_version=OPSET,
+                          input_names=names, output_names=list(GRAPH_OUTPUTS),
+                          dynamic_shapes=tuple({0: batch} for _ in names),
+                          external_data=False, verbose=False)
 
 
 def onnxruntime_forward(lm, *, requested: str = "onnxruntime") -> OrtForward:
@@ -264,9 +261,7 @@ def onnxruntime_forward(lm, *, requested: str = "onnxruntime") -> OrtForward:
                     "versions": {"torch": str(torch.__version__), "onnxruntime": ort.__version__},
                     "parity_max_abs_diff_probability": diff,
                     "parity_inputs": "2 standard-normal tensors at the input size, seed 0"}
-        tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-        os.replace(tmp, sidecar)
+        write_json(manifest, sidecar)
     fwd.record = {"onnx": str(path), "exported_now": exported,
                   "parity_max_abs_diff_probability": manifest["parity_max_abs_diff_probability"],
                   "onnxruntime": ort.__version__, "cpu": platform.processor() or platform.machine()}

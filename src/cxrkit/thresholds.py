@@ -17,11 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxrkit.artefacts import THRESHOLDS_FILE, write_json
 
 log = logging.getLogger(__name__)
 
-#: The sidecar ``cxrkit evaluate`` writes beside the checkpoint it evaluated.
-THRESHOLDS_FILE = "thresholds.json"
 MEANING = "a finding is reported present when its probability is >= its threshold"
 
 
@@ -67,9 +66,7 @@ def write_thresholds_file(path: str | Path, thresholds: dict[str, float], *, fin
     rec = {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": checkpoint_sha256,
            "method": method, "chosen_on": chosen_on, "tta": tta, "meaning": MEANING,
            "thresholds": {f: float(thresholds[f]) for f in findings if f in thresholds}}
-    from cxrkit.data.nih import write_json_atomic  # late: it imports pandas
-
-    write_json_atomic(rec, path)
+    write_json(rec, path)
     return path
 
 

@@ -9,6 +9,7 @@ import warnings
 
 import typer
 
+from cxrkit.artefacts import WriteError
 from cxrkit.messages import shorten
 
 #: ``--precision`` of every command that runs a torch checkpoint forward (cxrkit.runtime).
@@ -16,8 +17,10 @@ PRECISION_HELP = ("Forward pass: auto (onnxruntime on the CPU, within 1e-4 of fp
                   "(torch fp32 eager, the reference) | bf16 (autocast + channels_last) | "
                   "onnxruntime; default $CXRKIT_PRECISION or auto")
 
-#: Errors the library raises for bad input; the CLI prints them as one line, exit code 2.
-KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError)
+#: Errors the library raises for bad input or an unwritable output; the CLI prints them as
+#: one line, exit code 2.
+KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError,
+                WriteError)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -114,18 +114,16 @@ def split(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Make another patient-disjoint split of a prepared release (leakage checked)."""
-    import json
-
-    from cxrkit.data.prepare import make_split
+    from cxrkit.data.prepare import load_prepared, make_split
     from cxrkit.data.release import load_release
     from cxrkit.data.splits import save_split, split_summary
 
-    info = json.loads((prepared / "dataset.json").read_text())
+    info = _run(load_prepared, prepared).info
     rel = _run(load_release, info["release_root"], label_file=info["files"]["labels"])
     parts = tuple(float(x) for x in fractions.split(","))
     table, prov = _run(make_split, rel, protocol=protocol, val_fraction=val_fraction,
                        fractions=parts, seed=seed)
-    save_split(table, out, **prov)
+    _run(save_split, table, out, **prov)
     typer.echo(split_summary(table, rel.labels).to_string())
     typer.echo(f"wrote {out}")
 
@@ -137,9 +135,10 @@ def stats(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Prevalence, co-occurrence and demographics per split, as PNG plots and tables."""
+    from cxrkit.artefacts import PreparedFolder
     from cxrkit.eda import describe
 
-    if (root / "dataset.json").exists():
+    if PreparedFolder(root).dataset.exists():
         from cxrkit.data.prepare import load_prepared
         p = _run(load_prepared, root)
         labels, split_table, boxes = p.labels, p.split, p.boxes
@@ -153,6 +152,4 @@ def stats(
             split_table, _ = _run(make_split, rel, val_fraction=val_fraction, seed=seed)
     result = _run(describe, labels, split_table, out, boxes=boxes, title=str(root))
     typer.echo(f"wrote {len(result.files)} files to {out}")
-    summary = out / "summary.md"
-    if summary.exists():
-        typer.echo(summary.read_text())
+    typer.echo(result.summary)

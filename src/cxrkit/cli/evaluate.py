@@ -33,9 +33,8 @@ def evaluate(
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
     """Evaluate a checkpoint: AUROC with patient-bootstrap CIs, thresholds, calibration, subgroups."""
+    from cxrkit.artefacts import RunFolder
     from cxrkit.evaluate import evaluate_checkpoint
-    from cxrkit.evaluate.core import default_out
-    from cxrkit.inference import resolve_checkpoint
 
     m = _run(evaluate_checkpoint, checkpoint, split=split, tta=tta, out=out, prepared=prepared,
              bootstrap=bootstrap, subgroup_bootstrap=subgroup_bootstrap, seed=seed,
@@ -50,7 +49,7 @@ def evaluate(
     else:
         ci = f" (95% CI {mean['lo']:.4f}-{mean['hi']:.4f})" if mean["lo"] is not None else ""
         text = f"{mean['value']:.4f}{ci}"
-    folder = out or default_out(resolve_checkpoint(checkpoint), split, tta)
+    folder = out or RunFolder(m["run_dir"]).eval(split, tta)
     typer.echo(f"{split}: {m['n_images']:,} images of {m['n_patients']:,} patients, mean AUROC "
                f"{text} over {mean['defined']} findings -> {folder}")
     ood = m.get("ood")

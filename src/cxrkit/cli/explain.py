@@ -30,22 +30,18 @@ def explain(
 ) -> None:
     """Saliency overlays (PNG) and raw maps (.npy) for images or a whole split, with index.csv."""
     from cxrkit.explain.images import explain_images, explain_split
-    from cxrkit.inference import resolve_checkpoint
 
-    ckpt = _run(resolve_checkpoint, checkpoint)
     findings = list(finding) if finding else None
     if len(images) == 1 and images[0] in _SPLITS and not Path(images[0]).exists():
-        split = images[0]
-        folder = out or ckpt.parent / "explain"
-        index = _run(explain_split, ckpt, folder, split=split, prepared=prepared, method=method,
-                     findings=findings, top_k=top_k, limit=limit, batch_size=batch_size,
-                     device=device, precision=precision, progress=progress)
+        index = _run(explain_split, checkpoint, out, split=images[0], prepared=prepared,
+                     method=method, findings=findings, top_k=top_k, limit=limit,
+                     batch_size=batch_size, device=device, precision=precision, progress=progress)
     else:
-        folder = out or ckpt.parent / "explain"
-        index = _run(explain_images, ckpt, images, folder, method=method, findings=findings,
-                     top_k=top_k, batch_size=batch_size, device=device, precision=precision, progress=progress)
+        index = _run(explain_images, checkpoint, images, out, method=method, findings=findings,
+                     top_k=top_k, batch_size=batch_size, device=device, precision=precision,
+                     progress=progress)
     typer.echo(f"{index['image'].nunique():,} images, {len(index):,} maps ({method}) -> "
-               f"{folder}/index.csv")
+               f"{index.attrs['out']}/index.csv")
 
 
 def localize(
@@ -80,6 +76,6 @@ def localize(
     typer.echo(f"pointing game p-value vs chance: {o['pointing_p_value']:.3g}")
     for note in r["notes"]:
         typer.echo(f"note: {note}")
-    folder = out or Path(r["checkpoint"]).parent / "localize"
+    folder = r["out"]
     typer.echo(f"Wang et al. 2017 beside ours in accuracy.csv and summary.md (protocol "
                f"differences listed there) -> {folder}")

@@ -36,11 +36,14 @@ def predict(
 
     Exit code 1 when any input could not be predicted (each is listed with its reason).
     """
+    from cxrkit.artefacts import check_writable
     from cxrkit.predict import collect_inputs, load_model, predict_files
 
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         typer.secho(f"error: --out {out}: write .csv or .json", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+    if out is not None:
+        _run(check_writable, out)  # before the work, not after it
     model = _run(load_model, checkpoint, backend=backend, device=device, thresholds=thresholds,
                  precision=precision)
     inputs = collect_inputs(paths)

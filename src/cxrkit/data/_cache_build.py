@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from cxrkit.artefacts import WriteError, human_bytes, write_json
 from cxrkit.data.images import (
     ImageReadError,
     PreprocessSettings,
@@ -31,7 +32,6 @@ from cxrkit.data.images import (
     preprocess,
     read_xray,
 )
-from cxrkit.data.nih import OutputError, human_bytes, write_json_atomic
 
 log = logging.getLogger("cxrkit.data.cache")  # messages belong to the public module
 
@@ -120,7 +120,7 @@ class PartialBuild:
             self._preallocate(offset + int(np.prod(self.shape)))
             np.save(self.status_path, self.status)
             self.errors_path.write_text("")
-            write_json_atomic(self.identity, self.identity_path)
+            write_json(self.identity, self.identity_path)
         self._status_file = np.load(self.status_path, mmap_mode="r+")
         self._images_fd = os.open(self.images_path, os.O_RDWR)
         return self.n_done()
@@ -130,9 +130,9 @@ class PartialBuild:
         the status array, and 64 KiB for the index, manifest and error log."""
         return int(np.prod(self.shape)) + 128 + self.status.nbytes + 128 + 65536
 
-    def _space_error(self, free: int) -> OutputError:
+    def _space_error(self, free: int) -> WriteError:
         n, s = self.shape[0], self.shape[1]
-        return OutputError(
+        return WriteError(
             f"not enough disk space in {self.out} for the image cache: it needs "
             f"{human_bytes(self.needed_bytes())} for {n:,} images of {s}x{s} px, "
             f"{human_bytes(free)} are free (free some space, choose another --out, or a "

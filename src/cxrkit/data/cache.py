@@ -43,9 +43,9 @@ import pandas as pd
 import PIL
 
 from cxrkit import __version__
+from cxrkit.artefacts import write_csv, write_json
 from cxrkit.data._cache_build import PartialBuild, decode_rows, fsync_dir
 from cxrkit.data.images import PixelMap, PreprocessSettings
-from cxrkit.data.nih import write_json_atomic
 from cxrkit.messages import quote
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def build_cache(items, out_dir: str | Path, settings: PreprocessSettings, *,
             PartialBuild.remove(out)  # leftovers of a build killed after its manifest
             if manifest.get("inputs") != inputs:
                 manifest["inputs"] = inputs
-                write_json_atomic(manifest, out / MANIFEST)
+                write_json(manifest, out / MANIFEST)
                 log.info("image cache %s: images and settings unchanged, manifest inputs "
                          "updated", out)
             else:
@@ -179,21 +179,13 @@ def _finish(build: PartialBuild, out: Path, ids, paths, settings, fingerprint, i
         "path": paths,
     })
     index.loc[~ok, list(_GEOMETRY)] = pd.NA  # unknown for files that did not decode
-    tmp = out / (INDEX + ".tmp")
-    try:
-        index.to_csv(tmp, index=False)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out / INDEX)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # the partial build stays resumable
-        raise
+    write_csv(index, out / INDEX)
     os.replace(build.images_path, out / IMAGES)
     fsync_dir(out)
     seconds = build_info["seconds"]
     build_info["images_per_s"] = round((len(ids) - build_info["resumed_with"]) / seconds, 2) \
         if seconds > 0 else None
-    write_json_atomic({
+    write_json({
         "format": "cxrkit-image-cache", "format_version": CACHE_FORMAT,
         "cxrkit_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

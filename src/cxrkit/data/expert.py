@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.data.nih import NIHFormatError, file_sha256
+from cxrkit.artefacts import file_sha256
+from cxrkit.data.nih import NIHFormatError
 from cxrkit.labels import FINDINGS
 
 

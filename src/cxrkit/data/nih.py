@@ -37,8 +37,6 @@ and the field. Nothing is filtered silently: every view, follow-up and patient i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrkit.artefacts import file_sha256
 from cxrkit.labels import FINDINGS, NO_FINDING, UnknownFindingError, canonical_finding
 from cxrkit.messages import quote
 
@@ -108,14 +107,6 @@ class LabelFileReport:
                 f"set to missing: {shown}{more}"
             )
         return "\n".join(lines)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _line(row_index: int) -> int:
@@ -427,41 +418,3 @@ def check_list_against_labels(names: list[str], labels: pd.DataFrame, path: str 
             f"{path}: {len(unknown)} listed image(s) not in the label file, e.g. "
             f"[{', '.join(quote(n) for n in unknown[:5])}]"
         )
-
-
-class OutputError(RuntimeError):
-    """An output that cannot be written: an unwritable folder or a full disk. The message
-    is one line naming the path and what was needed (write access, or bytes)."""
-
-
-def human_bytes(n: int) -> str:
-    """``491,520 bytes (480 KiB)``: exact, then readable (binary units)."""
-    size, unit = float(n), "bytes"
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            break
-        size /= 1024
-    return f"{int(n):,} bytes" + ("" if unit == "bytes" else f" ({size:.1f} {unit})")
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp)`` then ``os.replace``; on any failure the temporary is removed."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(obj: dict, path: str | Path) -> None:
-    """Write JSON through a temporary file and ``os.replace`` so readers never see half
-    (a failed write, e.g. on a full disk, removes its temporary)."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
-    _write_atomic(Path(path), lambda tmp: tmp.write_text(text))
-
-
-def write_csv_atomic(table: pd.DataFrame, path: str | Path) -> None:
-    """Write a table (no index) through a temporary file, like :func:`write_json_atomic`."""
-    _write_atomic(Path(path), lambda tmp: table.to_csv(tmp, index=False))

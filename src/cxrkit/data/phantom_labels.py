@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrkit.artefacts import atomic_path
 from cxrkit.data.expert import ALL_FINDINGS, FILES, FOLDER_NAMES, FOUR_FINDINGS, MAPPINGS
 from cxrkit.labels import FINDINGS, NO_FINDING
 
@@ -157,12 +158,10 @@ def _reader_rates(rng: np.random.Generator, findings) -> dict[str, tuple[float, 
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="ascii") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="ascii") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(header)
         w.writerows(rows)
-    tmp.replace(path)
 
 
 FOUR_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",

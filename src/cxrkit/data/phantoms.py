@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cxrkit.artefacts import write_bytes, write_json
 from cxrkit.data._phantom_anatomy import (
     Anatomy,
     Frame,
@@ -74,7 +75,7 @@ from cxrkit.data.phantom_labels import (
     noisy_findings,
     write_expert_files,
 )
-from cxrkit.data.nih import NIH_IMAGE_SIZE, write_json_atomic
+from cxrkit.data.nih import NIH_IMAGE_SIZE
 from cxrkit.data.splits import random_split
 from cxrkit.labels import BOXED_FINDINGS, FINDINGS, NO_FINDING, canonical_finding
 
@@ -383,9 +384,8 @@ def _clear_previous(root: Path) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(text.encode("ascii"))
-    tmp.replace(path)
+    """NIH's files are ASCII; a non-ASCII character here is a bug, so it is not encoded."""
+    write_bytes(text.encode("ascii"), path)
 
 
 def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
@@ -426,7 +426,7 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     cohort = sample_cohort(n_patients=n_patients, images_per_patient=images_per_patient, seed=seed)
     root.mkdir(parents=True, exist_ok=True)
     _clear_previous(root)
-    write_json_atomic({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": False,
+    write_json({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": False,
                        "settings": settings}, manifest)
 
     noisy = noisy_findings(cohort, label_noise, seed)    # what "NIH" publishes
@@ -479,7 +479,7 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     seconds = time.perf_counter() - started
     counts = {f: int(onehot[f].sum()) for f in FINDINGS}
     counts[NO_FINDING] = int((onehot.sum(axis=1) == 0).sum())
-    write_json_atomic({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": True,
+    write_json({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": True,
                        "versions": _versions(), "settings": settings,
                        "n_images": len(cohort), "n_test_images": len(test),
                        "n_boxes": len(box_lines), "finding_counts": counts,

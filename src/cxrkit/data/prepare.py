@@ -25,9 +25,10 @@ from pathlib import Path
 import pandas as pd
 
 from cxrkit import __version__
+from cxrkit.artefacts import PreparedFolder, WriteError, write_csv, write_json
 from cxrkit.data.cache import ImageCache, PreprocessSettings, build_cache
 from cxrkit.data.images import find_images
-from cxrkit.data.nih import NIH_IMAGE_SIZE, OutputError, write_csv_atomic, write_json_atomic
+from cxrkit.data.nih import NIH_IMAGE_SIZE
 from cxrkit.data.release import BOX_TEST_NOTE, load_release, match_images
 from cxrkit.data.splits import (
     load_split,
@@ -57,7 +58,7 @@ class Prepared:
         if t["split"].isna().any():
             missing = t.loc[t["split"].isna(), "image_id"].head(5).tolist()
             raise ValueError(f"{int(t['split'].isna().sum())} cached image(s) have no split "
-                             f"in {self.root / 'split.csv'}, e.g. {missing}")
+                             f"in {PreparedFolder(self.root).split}, e.g. {missing}")
         return t if split is None else t.loc[t["split"] == split].reset_index(drop=True)
 
     def boxes_in_pixels(self) -> pd.DataFrame | None:
@@ -111,8 +112,9 @@ def prepare(root: str | Path, out: str | Path, *, settings: PreprocessSettings |
 def _write_prepared(release, index, out: Path, settings, *, root, on_missing, protocol,
                     val_fraction, fractions, seed, workers, progress) -> Prepared:
     """The writing half of :func:`prepare`: match, split, cache, tables, dataset.json."""
+    layout = PreparedFolder(out)
     table = match_images(release.labels, index, on_missing=on_missing,
-                         dropped_path=out / "dropped_images.csv")
+                         dropped_path=layout.dropped)
     split, prov = make_split(release, protocol=protocol, val_fraction=val_fraction,
                              fractions=fractions, seed=seed)
     if release.boxes is not None and protocol == "official":
@@ -121,13 +123,13 @@ def _write_prepared(release, index, out: Path, settings, *, root, on_missing, pr
     fingerprint = {"labels_sha256": release.report.sha256, "files": release.files}
     build_cache(list(zip(table["image_id"], table["path"], strict=True)), out, settings,
                 workers=workers, progress=progress, inputs_fingerprint=fingerprint)
-    write_csv_atomic(table.drop(columns=["path"]), out / "labels.csv")
-    save_split(split, out / "split.csv", **prov)
+    write_csv(table.drop(columns=["path"]), layout.labels)
+    save_split(split, layout.split, **prov)
     if release.boxes is not None:
-        write_csv_atomic(release.boxes, out / "boxes.csv")
-    elif (out / "boxes.csv").exists():
-        (out / "boxes.csv").unlink()
-    write_json_atomic({
+        write_csv(release.boxes, layout.boxes)
+    else:
+        layout.boxes.unlink(missing_ok=True)
+    write_json({
         "cxrkit_version": __version__,
         "release_root": str(Path(root).resolve()),
         "files": release.files,
@@ -137,7 +139,7 @@ def _write_prepared(release, index, out: Path, settings, *, root, on_missing, pr
         "images_in_labels": len(release.labels),
         "on_missing": on_missing,
         "split": prov,
-    }, out / "dataset.json")
+    }, layout.dataset)
     return load_prepared(out)
 
 
@@ -155,8 +157,8 @@ def _check_writable(out: Path) -> None:
             pass
     except OSError as e:
         why = _OUTPUT_ERRNOS.get(e.errno, e.strerror or type(e).__name__)
-        raise OutputError(f"cannot write the prepared folder {out}: {why} (prepare needs a "
-                          "folder it may create and write; choose another --out)") from None
+        raise WriteError(f"cannot write the prepared folder {out}: {why} (prepare needs a "
+                         "folder it may create and write; choose another --out)") from None
 
 
 @contextmanager
@@ -170,26 +172,27 @@ def _output_errors(out: Path):
     except OSError as e:
         if e.errno not in _OUTPUT_ERRNOS:
             raise
-        target = str(e.filename or out).removesuffix(".tmp")
         if (out / "manifest.json").exists():
             state = "the image cache is complete and kept"
         elif any(out.glob("*.partial*")):
             state = "the unfinished image cache is kept and resumes on a re-run"
         else:
             state = "no image cache was written"
-        raise OutputError(f"cannot write {target}: {_OUTPUT_ERRNOS[e.errno]}; {state} "
-                          "(free space or fix permissions, then re-run)") from None
+        what = str(e) if isinstance(e, WriteError) else (  # WriteError names its file already
+            f"cannot write {e.filename or out}: {_OUTPUT_ERRNOS[e.errno]}")
+        raise WriteError(f"{what}; {state} (free space or fix permissions, then re-run)") from None
 
 
 def load_prepared(path: str | Path) -> Prepared:
     """Reopen a folder written by :func:`prepare` (checks it is complete)."""
     path = Path(path)
-    for name in ("dataset.json", "labels.csv", "split.csv"):
+    layout = PreparedFolder(path)
+    for name in PreparedFolder.REQUIRED:
         if not (path / name).exists():
             raise FileNotFoundError(f"{path} is not a prepared folder: {name} is missing "
                                     "(run `cxrkit prepare` first)")
     cache = ImageCache(path)
-    labels = pd.read_csv(path / "labels.csv", dtype={"image_id": str, "sex": str, "view": str})
+    labels = pd.read_csv(layout.labels, dtype={"image_id": str, "sex": str, "view": str})
     ok = labels["image_id"].isin(pd.Index(cache.ids))
     if not ok.all():
         bad = labels.loc[~ok, "image_id"].tolist()
@@ -197,7 +200,7 @@ def load_prepared(path: str | Path) -> Prepared:
                       f"{bad[:5]}{' ...' if len(bad) > 5 else ''} (see {path / 'index.csv'})",
                       stacklevel=2)
         labels = labels.loc[ok].reset_index(drop=True)
-    split = load_split(path / "split.csv")  # checks columns, values and leakage
-    boxes = pd.read_csv(path / "boxes.csv") if (path / "boxes.csv").exists() else None
-    info = json.loads((path / "dataset.json").read_text())
+    split = load_split(layout.split)  # checks columns, values and leakage
+    boxes = pd.read_csv(layout.boxes) if layout.boxes.exists() else None
+    info = json.loads(layout.dataset.read_text())
     return Prepared(root=path, cache=cache, labels=labels, split=split, boxes=boxes, info=info)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrkit.artefacts import write_csv
 from cxrkit.data.nih import (
     BoxReport,
     LabelFileReport,
@@ -148,8 +149,7 @@ def match_images(labels: pd.DataFrame, index: dict[str, Path], *, on_missing: st
     if n_missing:
         dropped = out.loc[missing, ["image_id", "patient_id"]]
         if dropped_path is not None:
-            Path(dropped_path).parent.mkdir(parents=True, exist_ok=True)
-            dropped.to_csv(dropped_path, index=False)
+            write_csv(dropped, dropped_path)
         where = f" (listed in {dropped_path})" if dropped_path else ""
         warnings.warn(f"dropped {n_missing:,} label-file images not on disk{where}",
                       stacklevel=2)

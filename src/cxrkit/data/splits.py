@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.data.nih import file_sha256, write_csv_atomic, write_json_atomic
+from cxrkit.artefacts import file_sha256, write_csv, write_json
 from cxrkit.labels import FINDINGS
 from cxrkit.messages import quote
 
@@ -152,14 +152,14 @@ def save_split(split: pd.DataFrame, path: str | Path, **provenance) -> Path:
     check_leakage(split)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(split[["image_id", "patient_id", "split"]], path)
+    write_csv(split[["image_id", "patient_id", "split"]], path)
     meta = {
         **provenance,
         "sha256": file_sha256(path),
         "counts": {k: int(v) for k, v in split["split"].value_counts().items()},
         "patients": {k: int(v) for k, v in split.groupby("split")["patient_id"].nunique().items()},
     }
-    write_json_atomic(meta, path.with_suffix(".json"))
+    write_json(meta, path.with_suffix(".json"))
     return path
 
 

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cxrkit.artefacts import atomic_path, write_bytes
 from cxrkit.data._cache_build import _pool_context
 from cxrkit.data.nih import file_sha256, write_json_atomic
 from cxrkit.data.phantoms import (
@@ -150,9 +151,8 @@ def _draw_chunk(root: str, seed: int, size: int, rows: list[tuple]) -> int:
         ok, png = cv2.imencode(".png", image)
         if not ok:
             raise RuntimeError(f"OpenCV could not encode {image_id} as PNG")
-        tmp = path.with_name(f".{image_id}.{os.getpid()}.tmp")
-        tmp.write_bytes(png.tobytes())
-        tmp.replace(path)
+        with atomic_path(path, durable=False) as tmp:  # re-creatable: no fsync each
+            tmp.write_bytes(png.tobytes())
         written += 1
     return written
 
@@ -207,7 +207,7 @@ def _prepare_root(root: Path, image_settings: dict) -> None:
     if manifest.exists() and old != image_settings:
         for png in root.glob("images_[0-9][0-9][0-9]/images/*.png"):
             png.unlink()
-    for tmp in root.glob("images_[0-9][0-9][0-9]/images/.*.tmp"):
+    for tmp in root.glob("images_[0-9][0-9][0-9]/images/.*.tmp*"):  # a killed run's
         tmp.unlink()
 
 
@@ -270,9 +270,7 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
                              "(blank or multi-line records?); cannot copy it line by line")
         kept = [ln for ln, n in zip(lines, ids) if n in names]
         counts[key] = len(kept)
-        tmp = files[key].with_name(files[key].name + ".tmp")
-        tmp.write_bytes(header + b"".join(kept))
-        tmp.replace(files[key])
+        write_bytes(header + b"".join(kept), files[key])
     for key in ("train_val", "test"):
         listed = [n for n in getattr(real, key) if n in names]
         counts[key] = len(listed)

@@ -18,56 +18,33 @@ from the file alone (nanoGPT's habit):
 
 from __future__ import annotations
 
-import os
 import pickle
-import platform
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cxrkit.artefacts import CheckpointError, atomic_file, resolve_checkpoint
+
 FORMAT = "cxrkit-checkpoint/1"
 
 
-class CheckpointError(ValueError):
-    """A file that is not a usable cxrkit checkpoint (names the file and why)."""
-
-
-def versions() -> dict:
-    from cxrkit import __version__
-    return {"cxrkit": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
-            "python": platform.python_version()}
-
-
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write ``state`` to ``path`` via a temporary file, fsync and ``os.replace``.
+    """Write ``state`` to ``path`` atomically (:func:`cxrkit.artefacts.atomic_file`).
 
-    A kill at any moment leaves either the previous file or the new one, never half.
+    A kill at any moment leaves either the previous file or the new one, never half; a
+    full disk or an unwritable folder raises :class:`cxrkit.artefacts.WriteError`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 
 def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
-    """Load a checkpoint safely (``weights_only=True``); clear errors for bad files."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).exists():
-                path = path / name
-                break
-        else:
-            raise CheckpointError(f"{path}: a folder without best.pt or last.pt")
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    """Load a checkpoint (or a run folder's) safely (``weights_only=True``); clear errors."""
+    path = resolve_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -79,6 +56,10 @@ def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cxrkit checkpoint (no format {FORMAT!r})")
     return ckpt
+
+
+__all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "rng_state", "save_checkpoint",
+           "set_rng_state"]
 
 
 def rng_state() -> dict:

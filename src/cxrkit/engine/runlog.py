@@ -1,6 +1,6 @@
 """The run folder's human-readable records: the per-epoch CSV and the curves plot.
 
-Both are rewritten after every epoch (through a temporary file for the CSV), so a run
+Both are rewritten after every epoch (each atomically), so a run
 that is killed leaves records that match its ``last.pt``.
 """
 
@@ -9,15 +9,15 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from cxrkit.artefacts import atomic_path
+
 
 def write_history(history: list[dict], path: Path) -> None:
     """Write one row per epoch to ``path`` atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)
-    tmp.replace(path)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -37,4 +37,5 @@ def plot_curves(history: list[dict], path: Path) -> None:
     b.set(xlabel="epoch", ylabel="mean AUROC", title="Validation mean AUROC", ylim=(0.4, 1.0))
     b.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)

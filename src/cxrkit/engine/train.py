@@ -1,14 +1,20 @@
 """``cxrkit train``: fit a model on a prepared release, resumably, on one CPU or many GPUs.
 
 Reads top to bottom like torchvision's reference recipe: :func:`train_one_epoch`,
-:func:`evaluate`, :func:`load_data`, :func:`build_model`, :func:`fit`.
+:func:`evaluate`, :func:`load_data`, :func:`build_model`; then :func:`fit` in four steps,
+each readable on its own: **build** (:func:`build`: everything the run is made of, no
+file written), **resume** (:func:`check_resume`, :func:`resume_state`), **run the
+epochs** (:func:`run_epochs`) and **summarise** (:func:`summarise`: ``run.json``).
 
-A run folder holds ``config.yaml`` (resolved), ``run.json`` (manifest and status),
-``metrics.csv`` (one row per epoch), ``curves.png``, TensorBoard events in ``tb/``, and
-``last.pt`` / ``best.pt`` (best validation mean AUROC). Re-running the same command on a
-folder with ``last.pt`` resumes exactly where it stopped: model, optimiser, scheduler,
-scaler, epoch and RNG states are restored, and every epoch's shuffling and augmentation
-are seeded from ``(seed, epoch)``, so a resumed run ends where an uninterrupted one does.
+A run folder (:class:`cxrkit.artefacts.RunFolder`) holds ``config.yaml`` (resolved),
+``run.json`` (manifest and status), ``metrics.csv`` (one row per epoch), ``curves.png``,
+TensorBoard events in ``tb/``, and ``last.pt`` / ``best.pt`` (best validation mean AUROC).
+Re-running the same command on a folder with ``last.pt`` resumes exactly where it
+stopped: model, optimiser, scheduler, scaler, epoch and RNG states are restored, and every
+epoch's shuffling and augmentation are seeded from ``(seed, epoch)``, so a resumed run
+ends where an uninterrupted one does. Only the keys in :data:`cxrkit.config.RESUMABLE`
+(``train.epochs`` to extend a run, workers, threads, ...) may differ on resume; other
+differences are refused before anything is written (``--fresh`` starts again).
 """
 
 from __future__ import annotations
@@ -25,21 +31,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cxrkit.artefacts import PreparedFolder, RunFolder, WriteError, file_sha256, versions, write_json
 from cxrkit.config import RunConfig
 from cxrkit.data.dataset import META_FEATURES, CXRDataset, make_loader
 from cxrkit.data.prepare import load_prepared
 from cxrkit.data.splits import box_fold, load_split, split_provenance
 from cxrkit.data.transforms import NO_AUGMENT, AugmentSettings, presets
 from cxrkit.engine import distributed
-from cxrkit.engine.checkpoint import (
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    versions,
-)
+from cxrkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from cxrkit.engine.losses import make_loss, positive_weights
+from cxrkit.engine.optim import make_optimizer, make_scheduler
 from cxrkit.engine.precision import Precision
+from cxrkit.engine.resume import TrainState, check_resume, resume_state, start_run_folder
 from cxrkit.engine.runlog import plot_curves, write_history
 from cxrkit.labels import resolve_findings
 from cxrkit.metrics import auroc_per_finding, mean_defined
@@ -164,22 +167,19 @@ class RunData:
     train_boxes: pd.DataFrame | None
 
 
-def load_data(cfg: RunConfig, run_dir: Path | None = None) -> RunData:
-    """Prepared folder + split (+ box fold) -> train and validation datasets."""
+def load_data(cfg: RunConfig) -> RunData:
+    """Prepared folder + split (+ box fold) -> train and validation datasets (writes nothing)."""
     dc = cfg.data
     prepared = load_prepared(dc.prepared)
-    split_path = Path(dc.split_file) if dc.split_file else prepared.root / "split.csv"
+    split_path = Path(dc.split_file) if dc.split_file else PreparedFolder(prepared.root).split
     split = load_split(split_path) if dc.split_file else prepared.split
     prov = split_provenance(split_path)
-    from cxrkit.data.nih import file_sha256
     split_sha = file_sha256(split_path)
     moved = None
     if dc.box_fold > 0:
         if prepared.boxes is None:
             raise ValueError(f"data.box_fold={dc.box_fold} but {prepared.root} has no boxes")
         split, moved = box_fold(split, prepared.boxes, fraction=dc.box_fold, seed=cfg.train.seed)
-        if run_dir is not None:
-            moved.to_csv(run_dir / "box_fold_moved.csv", index=False)
         log.info("box fold: moved %d test images of %d patients into train (listed in "
                  "box_fold_moved.csv)", len(moved), moved["patient_id"].nunique())
     findings = resolve_findings(dc.findings)
@@ -202,8 +202,9 @@ def load_data(cfg: RunConfig, run_dir: Path | None = None) -> RunData:
                    train_boxes=train_boxes)
 
 
-def build_model(cfg: RunConfig, data: RunData):
-    """The registry model for this run (box priors only from training images)."""
+def build_model(cfg: RunConfig, data: RunData) -> tuple[nn.Module, dict]:
+    """The registry model for this run (box priors only from training images), frozen as
+    ``model.freeze`` says, and :func:`~cxrkit.models.apply_freeze`'s parameter counts."""
     from cxrkit.models import apply_freeze, create_model, fit_box_priors
 
     mc = cfg.model
@@ -223,41 +224,194 @@ def build_model(cfg: RunConfig, data: RunData):
     model = create_model(mc.name, findings=data.findings, in_chans=mc.in_chans,
                          pretrained=mc.pretrained, weights=mc.weights,
                          meta_features=len(META_FEATURES) if mc.metadata else 0, **kwargs)
-    apply_freeze(model, mc.freeze)
-    return model
+    return model, apply_freeze(model, mc.freeze)
 
 
-def _make_optimizer(cfg: RunConfig, model):
-    tc = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        return None
-    if tc.optimizer == "adam":
-        return torch.optim.Adam(params, lr=tc.lr, betas=(0.9, 0.999), weight_decay=tc.weight_decay)
-    if tc.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+# -- build: everything a run is made of (no file written) -------------------------------
+@dataclass
+class Training:
+    """One run's parts, built once by :func:`build`; the epochs only read them."""
+
+    cfg: RunConfig
+    dist: distributed.Dist
+    device: torch.device
+    run: RunFolder
+    data: RunData
+    model: nn.Module          #: the bare model (saved, resumed)
+    net: nn.Module            #: what is trained: the model, maybe DDP-wrapped and compiled
+    freeze: dict              #: apply_freeze's counts (trainable / frozen parameters)
+    preprocessing: Preprocessing  #: the geometry contract, stored in every checkpoint
+    train_tf: object
+    eval_tf: object
+    precision: Precision
+    scaler: object
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    scheduler: object
+    sched_step: object        #: per-step scheduler hook, or None (plateau steps per epoch)
+    sampler: object           #: DistributedSampler of the training set, or None
+    val_loader: object
+    per_rank: int             #: training batch per rank
+    aux: object               #: box-supervision loss, or None
+
+    @property
+    def no_train(self) -> bool:
+        return self.optimizer is None or self.cfg.model.freeze == "no-train"
 
 
-def _make_scheduler(cfg: RunConfig, optimizer, steps_per_epoch: int):
-    """(scheduler, per-step hook or None). Plateau steps per epoch on val loss."""
-    tc = cfg.train
-    if optimizer is None or tc.scheduler == "none":
-        return None, None
-    if tc.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience), None
-    total = max(1, tc.epochs * steps_per_epoch)
-    warm = int(round(tc.warmup_epochs * steps_per_epoch))
+def build(cfg: RunConfig, d: distributed.Dist) -> Training:
+    """Data, model, transforms, loss, loaders, optimiser and scheduler for ``cfg``.
 
-    def factor(step):
-        if step < warm:
-            return (step + 1) / max(1, warm)
-        progress = (step - warm) / max(1, total - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    Seeds first; the order below fixes how the global RNGs are consumed, which exact
+    resume relies on. Raises for a config that cannot run, before any file is written.
+    """
+    tc, dc = cfg.train, cfg.data
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(tc.seed)
+    np.random.seed(tc.seed % 2**32)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return sched, sched.step
+    data = load_data(cfg)
+    model, freeze = build_model(cfg, data)
+    model = model.to(device)
+    preprocessing = Preprocessing.for_run(cfg, data.prepared.cache.settings, model)
+    train_tf, eval_tf = presets(
+        preprocessing, augment=AugmentSettings(hflip=dc.hflip) if dc.augment else NO_AUGMENT)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    precision = Precision.choose(tc.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if precision.scaler else None
+    pos_w = positive_weights(data.train.labels.numpy()) if tc.pos_weight else None
+    loss_fn = make_loss(tc.loss, pos_weight=pos_w, gamma=tc.focal_gamma).to(device)
+
+    world_batch = dc.batch_size
+    sampler = val_sampler = None
+    if d.enabled:
+        from torch.utils.data.distributed import DistributedSampler
+        sampler = DistributedSampler(data.train, num_replicas=d.world_size, rank=d.rank,
+                                     shuffle=True, seed=tc.seed)
+        val_sampler = DistributedSampler(data.val, num_replicas=d.world_size, rank=d.rank,
+                                         shuffle=False)
+    eval_bs = dc.eval_batch_size or 2 * world_batch
+    val_loader = make_loader(data.val, batch_size=max(1, eval_bs // d.world_size), shuffle=False,
+                             workers=dc.workers, sampler=val_sampler,
+                             pin_memory=device.type == "cuda")
+
+    optimizer = make_optimizer(cfg, model)
+    steps = math.ceil(len(data.train) / world_batch / tc.grad_accum)
+    if tc.max_steps_per_epoch:
+        steps = min(steps, tc.max_steps_per_epoch)
+    scheduler, sched_step = make_scheduler(cfg, optimizer, steps)
+    net = model
+    if d.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net)
+
+    aux = None
+    if cfg.model.box_supervision > 0:
+        from cxrkit.engine.box_supervision import box_supervision_loss
+
+        aux = box_supervision_loss(cfg, data, preprocessing)
+    return Training(
+        cfg=cfg, dist=d, device=device, run=RunFolder(cfg.out), data=data, model=model,
+        net=net, freeze=freeze, preprocessing=preprocessing,
+        train_tf=train_tf, eval_tf=eval_tf, precision=precision, scaler=scaler,
+        loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, sched_step=sched_step,
+        sampler=sampler, val_loader=val_loader, per_rank=max(1, world_batch // d.world_size),
+        aux=aux)
+
+
+# -- resume: cxrkit.engine.resume (check_resume, resume_state, start_run_folder) ----------
+
+
+# -- the epochs ------------------------------------------------------------------------
+def _checkpoint(t: Training, s: TrainState, epoch: int, metrics: dict) -> dict:
+    return {
+        "model": t.model.state_dict(), "model_config": t.model.cxr_config.to_dict(),
+        "findings": list(t.data.findings), "preprocess": t.preprocessing.to_dict(),
+        "config": t.cfg.to_dict(),
+        "split": {"path": str(t.data.split_path), "sha256": t.data.split_sha256},
+        "versions": versions(),
+        "optimizer": t.optimizer.state_dict() if t.optimizer is not None else {},
+        "scheduler": t.scheduler.state_dict() if t.scheduler is not None else {},
+        "scaler": t.scaler.state_dict() if t.scaler is not None else {},
+        "epoch": epoch, "step": s.step, "rng": rng_state(), "best": s.best,
+        "bad_epochs": s.bad_epochs, "history": s.history, "metrics": metrics,
+    }
+
+
+def run_epochs(t: Training, s: TrainState, *, writer=None, show_progress: bool = True,
+               started: float | None = None) -> str:
+    """Train and validate epoch after epoch, checkpointing each; returns the status.
+
+    "completed", or "early-stopped" (no better validation AUROC for ``train.patience``
+    epochs; a rerun of such a run trains no further).
+    """
+    tc, dc, d = t.cfg.train, t.cfg.data, t.dist
+    started = time.time() if started is None else started
+    epochs = 1 if t.no_train else tc.epochs
+    if s.history and s.bad_epochs >= tc.patience:  # the resumed run had stopped early: done
+        return "early-stopped"
+    for epoch in range(s.start_epoch, epochs):
+        torch.manual_seed(tc.seed * 7919 + epoch)  # dropout etc.: a function of the epoch
+        if t.no_train:
+            train_loss, rate = float("nan"), 0.0
+        else:
+            if t.sampler is not None:
+                t.sampler.set_epoch(epoch)
+            loader = make_loader(t.data.train, batch_size=t.per_rank, shuffle=True,
+                                 seed=tc.seed * 1000 + epoch, workers=dc.workers,
+                                 sampler=t.sampler, drop_last=len(t.data.train) > t.per_rank,
+                                 pin_memory=t.device.type == "cuda")  # non_blocking copies
+            train_loss, rate, s.step = train_one_epoch(
+                t.net, t.loss_fn, t.optimizer, loader, t.train_tf, device=t.device,
+                precision=t.precision, scaler=t.scaler, epoch=epoch, cfg=t.cfg,
+                scheduler_step=t.sched_step, writer=writer, step=s.step,
+                show_progress=show_progress and d.is_main, aux_loss=t.aux)
+            if d.enabled:  # images/s over all ranks
+                rate = float(sum(distributed.gather_objects(d, rate)))
+        val = evaluate(t.net, t.loss_fn, t.val_loader, t.eval_tf, device=t.device,
+                       precision=t.precision, metadata=t.cfg.model.metadata, dist=d)
+        if t.scheduler is not None and t.sched_step is None:
+            t.scheduler.step(val["loss"])
+        improved = val["mean_auroc"] > s.best + 1e-6 or not s.history
+        if improved:
+            s.best, s.bad_epochs = val["mean_auroc"], 0
+        else:
+            s.bad_epochs += 1
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+               "val_mean_auroc": val["mean_auroc"], "images_per_s": rate,
+               "lr": t.optimizer.param_groups[0]["lr"] if t.optimizer else 0.0,
+               "seconds": time.time() - started,
+               **{f"auroc_{f}": float(a) for f, a in zip(t.data.findings, val["auroc"], strict=True)}}
+        s.history.append(row)
+        if d.is_main:
+            _record_epoch(t, s, epoch, row, val, improved, writer)
+        distributed.barrier(d)
+        if s.bad_epochs >= tc.patience:
+            if d.is_main:
+                log.info("early stopping: no better validation AUROC for %d epochs", s.bad_epochs)
+            return "early-stopped"
+    return "completed"
+
+
+def _record_epoch(t: Training, s: TrainState, epoch: int, row: dict, val: dict,
+                  improved: bool, writer) -> None:
+    """Log the epoch, write TensorBoard scalars, best.pt/last.pt, metrics.csv, curves.png."""
+    log.info("epoch %d: train loss %.4f, val loss %.4f, val mean AUROC %.4f, %.1f img/s",
+             epoch + 1, row["train_loss"], val["loss"], val["mean_auroc"], row["images_per_s"])
+    for k in ("train_loss", "val_loss", "val_mean_auroc", "images_per_s", "lr"):
+        writer.add_scalar(k.replace("_", "/", 1), row[k], epoch + 1)
+    metrics = {"val_mean_auroc": val["mean_auroc"],
+               "val_auroc": dict(zip(t.data.findings, map(float, val["auroc"]), strict=True))}
+    if improved:
+        save_checkpoint(_checkpoint(t, s, epoch, metrics), t.run.best)
+    save_checkpoint(_checkpoint(t, s, epoch, metrics), t.run.last)
+    write_history(s.history, t.run.history)
+    plot_curves(s.history, t.run.curves)
 
 
 def record_ood(checkpoint: Path, model, data: RunData, transform, *, device, cfg: RunConfig,
@@ -290,190 +444,86 @@ def record_ood(checkpoint: Path, model, data: RunData, transform, *, device, cfg
              checkpoint.name)
 
 
+# -- summarise ---------------------------------------------------------------------------
+def summarise(t: Training, s: TrainState, status: str, started: float) -> dict:
+    """The run's manifest, written to ``run.json`` (also when the run failed)."""
+    f = t.freeze
+    summary = {
+        "status": status, "model": t.cfg.model.name, "findings": list(t.data.findings),
+        "epochs_run": len(s.history), "best_val_mean_auroc": s.best if s.history else None,
+        "seconds": time.time() - started, "train_images": len(t.data.train),
+        "val_images": len(t.data.val),
+        "parameters": f["trainable_params"] + f["frozen_params"],
+        "trainable_parameters": sum(p.numel() for p in t.model.parameters() if p.requires_grad),
+        "frozen_parameters": sum(p.numel() for p in t.model.parameters() if not p.requires_grad),
+        "freeze": {"policy": f["policy"], "frozen_layers": f["frozen_layers"],
+                   "layers": f["layers"]},
+        "images_per_s": s.history[-1]["images_per_s"] if s.history else None,
+        "device": str(t.device), "world_size": t.dist.world_size,
+        "backend": t.dist.backend or None,
+        "precision": str(t.precision.dtype),
+        "split": {"path": str(t.data.split_path), "sha256": t.data.split_sha256},
+        "versions": versions(),
+        "box_fold_moved": 0 if t.data.moved is None else len(t.data.moved),
+    }
+    write_json(summary, t.run.run_json)
+    return summary
+
+
 def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> dict:
     """Train (or, with ``model.freeze=no-train``, only evaluate) and write the run folder.
 
-    Returns the summary dict also written to ``run.json``.
+    Four steps, each a function: :func:`check_resume` (refuse a folder whose run has other
+    settings), :func:`build`, :func:`resume_state`, :func:`run_epochs`; then
+    :func:`summarise` writes ``run.json``. Nothing is written until the config is accepted
+    and the run is built. ``resume=False`` (``--fresh``) starts the folder again.
+    Returns the summary dict written to ``run.json`` (``{}`` on other ranks).
     """
-    from cxrkit.data.nih import write_json_atomic
-
     d = distributed.setup()
-    tc, dc = cfg.train, cfg.data
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
-    run_dir = Path(cfg.out)
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(run_dir / "config.yaml")
-    distributed.barrier(d)
-    torch.manual_seed(tc.seed)
-    np.random.seed(tc.seed % 2**32)
-
-    data = load_data(cfg, run_dir if d.is_main else None)
-    model = build_model(cfg, data).to(device)
-    mcfg = model.cxr_config
-    preprocessing = Preprocessing.for_run(cfg, data.prepared.cache.settings, model)
-    train_tf, eval_tf = presets(
-        preprocessing, augment=AugmentSettings(hflip=dc.hflip) if dc.augment else NO_AUGMENT)
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    precision = Precision.choose(tc.amp, device)
-    scaler = torch.amp.GradScaler("cuda") if precision.scaler else None
-    pos_w = positive_weights(data.train.labels.numpy()) if tc.pos_weight else None
-    loss_fn = make_loss(tc.loss, pos_weight=pos_w, gamma=tc.focal_gamma).to(device)
-
-    world_batch = dc.batch_size
-    per_rank = max(1, world_batch // d.world_size)
-    sampler = val_sampler = None
-    if d.enabled:
-        from torch.utils.data.distributed import DistributedSampler
-        sampler = DistributedSampler(data.train, num_replicas=d.world_size, rank=d.rank,
-                                     shuffle=True, seed=tc.seed)
-        val_sampler = DistributedSampler(data.val, num_replicas=d.world_size, rank=d.rank,
-                                         shuffle=False)
-    eval_bs = dc.eval_batch_size or 2 * world_batch
-    val_loader = make_loader(data.val, batch_size=max(1, eval_bs // d.world_size), shuffle=False,
-                             workers=dc.workers, sampler=val_sampler,
-                             pin_memory=device.type == "cuda")
-
-    optimizer = _make_optimizer(cfg, model)
-    steps = math.ceil(len(data.train) / world_batch / tc.grad_accum)
-    if tc.max_steps_per_epoch:
-        steps = min(steps, tc.max_steps_per_epoch)
-    scheduler, sched_step = _make_scheduler(cfg, optimizer, steps)
-    net = model
-    if d.enabled:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if device.type == "cuda" else None)
-    if tc.compile:
-        net = torch.compile(net)
-
-    aux = None
-    if cfg.model.box_supervision > 0:
-        from cxrkit.engine.box_supervision import box_supervision_loss
-
-        aux = box_supervision_loss(cfg, data, preprocessing)
-
-    start_epoch, step, best, history, bad_epochs = 0, 0, -math.inf, [], 0
-    last = run_dir / "last.pt"
-    if resume and last.exists():
-        ck = load_checkpoint(last)
-        model.load_state_dict(ck["model"])
-        if optimizer is not None and ck.get("optimizer"):
-            optimizer.load_state_dict(ck["optimizer"])
-        if scheduler is not None and ck.get("scheduler"):
-            scheduler.load_state_dict(ck["scheduler"])
-        if scaler is not None and ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        start_epoch, step = ck["epoch"] + 1, ck["step"]
-        best, history, bad_epochs = ck["best"], list(ck["history"]), ck["bad_epochs"]
-        set_rng_state(ck["rng"])
-        if d.is_main:
-            log.info("resumed from %s at epoch %d", last, start_epoch + 1)
-
-    writer = None
-    if d.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir / "tb"))
-
-    def state(epoch, metrics):
-        return {
-            "model": model.state_dict(), "model_config": mcfg.to_dict(),
-            "findings": list(data.findings),
-            "preprocess": preprocessing.to_dict(),
-            "config": cfg.to_dict(),
-            "split": {"path": str(data.split_path), "sha256": data.split_sha256},
-            "versions": versions(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else {},
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "scaler": scaler.state_dict() if scaler is not None else {},
-            "epoch": epoch, "step": step, "rng": rng_state(), "best": best,
-            "bad_epochs": bad_epochs, "history": history, "metrics": metrics,
-        }
-
-    status, started = "completed", time.time()
-    no_train = optimizer is None or cfg.model.freeze == "no-train"
-    epochs = 1 if no_train else tc.epochs
-    if history and bad_epochs >= tc.patience:  # the resumed run had stopped early: done
-        status, epochs = "early-stopped", start_epoch
     try:
-        for epoch in range(start_epoch, epochs):
-            torch.manual_seed(tc.seed * 7919 + epoch)  # dropout etc.: a function of the epoch
-            if no_train:
-                train_loss, rate = float("nan"), 0.0
-            else:
-                if sampler is not None:
-                    sampler.set_epoch(epoch)
-                loader = make_loader(data.train, batch_size=per_rank, shuffle=True,
-                                     seed=tc.seed * 1000 + epoch, workers=dc.workers,
-                                     sampler=sampler, drop_last=len(data.train) > per_rank,
-                                     pin_memory=device.type == "cuda")  # non_blocking copies
-                train_loss, rate, step = train_one_epoch(
-                    net, loss_fn, optimizer, loader, train_tf, device=device,
-                    precision=precision, scaler=scaler, epoch=epoch, cfg=cfg,
-                    scheduler_step=sched_step, writer=writer, step=step,
-                    show_progress=show_progress and d.is_main, aux_loss=aux)
-                if d.enabled:  # images/s over all ranks
-                    rate = float(sum(distributed.gather_objects(d, rate)))
-            val = evaluate(net, loss_fn, val_loader, eval_tf, device=device, precision=precision,
-                           metadata=cfg.model.metadata, dist=d)
-            if scheduler is not None and sched_step is None:
-                scheduler.step(val["loss"])
-            improved = val["mean_auroc"] > best + 1e-6 or not history
-            if improved:
-                best, bad_epochs = val["mean_auroc"], 0
-            else:
-                bad_epochs += 1
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
-                   "val_mean_auroc": val["mean_auroc"], "images_per_s": rate,
-                   "lr": optimizer.param_groups[0]["lr"] if optimizer else 0.0,
-                   "seconds": time.time() - started,
-                   **{f"auroc_{f}": float(a) for f, a in zip(data.findings, val["auroc"], strict=True)}}
-            history.append(row)
-            if d.is_main:
-                log.info("epoch %d: train loss %.4f, val loss %.4f, val mean AUROC %.4f, "
-                         "%.1f img/s", epoch + 1, train_loss, val["loss"], val["mean_auroc"], rate)
-                for k in ("train_loss", "val_loss", "val_mean_auroc", "images_per_s", "lr"):
-                    writer.add_scalar(k.replace("_", "/", 1), row[k], epoch + 1)
-                metrics = {"val_mean_auroc": val["mean_auroc"],
-                           "val_auroc": dict(zip(data.findings, map(float, val["auroc"]), strict=True))}
-                if improved:
-                    save_checkpoint(state(epoch, metrics), run_dir / "best.pt")
-                save_checkpoint(state(epoch, metrics), last)
-                write_history(history, run_dir / "metrics.csv")
-                plot_curves(history, run_dir / "curves.png")
-            distributed.barrier(d)
-            if bad_epochs >= tc.patience:
-                if d.is_main:
-                    log.info("early stopping: no better validation AUROC for %d epochs", bad_epochs)
-                status = "early-stopped"
-                break
-        if d.is_main and history:
-            record_ood(run_dir / "best.pt", model, data, eval_tf, device=device, cfg=cfg,
-                       show_progress=show_progress)
-    except TrainingDiverged as e:
-        status = f"diverged: {e}"
-        raise
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
+        ck = check_resume(cfg, resume=resume)
+        t = build(cfg, d)
         if d.is_main:
+            start_run_folder(t, fresh=not resume)
+        distributed.barrier(d)
+        s = resume_state(t, ck)
+        writer = None
+        if d.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(t.run.tensorboard))
+        status, started = "failed", time.time()
+        try:
+            status = run_epochs(t, s, writer=writer, show_progress=show_progress,
+                                started=started)
+            if d.is_main and s.history:
+                record_ood(t.run.best, t.model, t.data, t.eval_tf, device=t.device, cfg=cfg,
+                           show_progress=show_progress)
+        except TrainingDiverged as e:
+            status = f"diverged: {e}"
+            raise
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except Exception as e:
+            status = f"failed: {type(e).__name__}: {e}"
+            raise
+        finally:
             if writer is not None:
                 writer.close()
-            summary = {
-                "status": status, "model": cfg.model.name, "findings": list(data.findings),
-                "epochs_run": len(history), "best_val_mean_auroc": best if history else None,
-                "seconds": time.time() - started, "train_images": len(data.train),
-                "val_images": len(data.val), "parameters": sum(p.numel() for p in model.parameters()),
-                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                "images_per_s": history[-1]["images_per_s"] if history else None,
-                "device": str(device), "world_size": d.world_size, "backend": d.backend or None,
-                "precision": str(precision.dtype), "split": {"path": str(data.split_path),
-                                                             "sha256": data.split_sha256},
-                "versions": versions(), "box_fold_moved": 0 if data.moved is None else len(data.moved),
-            }
-            write_json_atomic(summary, run_dir / "run.json")
+            if d.is_main:
+                summary = _summarise_safely(t, s, status, started)
+        return summary if d.is_main else {}
+    finally:
         distributed.teardown(d)
-    return summary if d.is_main else {}
+
+
+def _summarise_safely(t: Training, s: TrainState, status: str, started: float) -> dict:
+    """:func:`summarise`; when the run already failed, a failure to write run.json is only
+    logged, so that the first error (often the same full disk) is the one reported."""
+    if status in ("completed", "early-stopped"):
+        return summarise(t, s, status, started)
+    try:
+        return summarise(t, s, status, started)
+    except WriteError as e:
+        log.error("%s", e)
+        return {}

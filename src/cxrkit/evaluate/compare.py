@@ -25,12 +25,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.data.nih import write_csv_atomic
+from cxrkit.artefacts import (
+    RunFolder,
+    atomic_path,
+    make_folder,
+    resolve_checkpoint,
+    write_csv,
+    write_text,
+)
 from cxrkit.evaluate.compare_radiologists import radiologists_comparison
-from cxrkit.evaluate.core import default_out, evaluate_checkpoint
+from cxrkit.evaluate.core import evaluate_checkpoint
 from cxrkit.evaluate.plots import _figure
 from cxrkit.evaluate.report import CSS, RESEARCH_USE, _ci, _img, _table
-from cxrkit.inference import resolve_checkpoint
 from cxrkit.metrics import paired_auroc_difference
 
 log = logging.getLogger(__name__)
@@ -60,7 +66,7 @@ def load_evaluation(path: str | Path, *, split: str = "test", tta: str = "none",
                     progress: bool = True) -> tuple[Path, dict, pd.DataFrame]:
     """``(checkpoint, metrics, predictions)`` of a run's evaluation, evaluating if needed."""
     checkpoint = resolve_checkpoint(path)
-    folder = default_out(checkpoint, split, tta)
+    folder = RunFolder.of(checkpoint).eval(split, tta)
     metrics_file = folder / "metrics.json"
     if metrics_file.exists():
         metrics = json.loads(metrics_file.read_text())
@@ -209,29 +215,29 @@ def compare_runs(paths, *, out: str | Path, split: str = "test", tta: str = "non
     names = _unique_names([ck for ck, _, _ in loaded])
     runs = []
     for name, (ck, metrics, pred) in zip(names, loaded, strict=True):
-        run_json = ck.parent / "run.json"
+        run_json = RunFolder.of(ck).run_json
         runs.append(EvaluatedRun(name=name, checkpoint=ck, metrics=metrics, predictions=pred,
                                  run=json.loads(run_json.read_text()) if run_json.exists() else {}))
     if len({tuple(r.metrics["findings"]) for r in runs}) > 1:
         raise ValueError("the runs predict different findings: "
                          + "; ".join(f"{r.name}: {len(r.metrics['findings'])}" for r in runs))
     summary, per_finding, notes = comparison_tables(runs, bootstrap=bootstrap, seed=seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(summary, out / "comparison.csv")
-    write_csv_atomic(per_finding, out / "per_finding.csv")
+    out = make_folder(out)
+    write_csv(summary, out / "comparison.csv")
+    write_csv(per_finding, out / "per_finding.csv")
     experts, expert_notes = radiologists_comparison(
-        [(r.name, default_out(r.checkpoint, split, tta)) for r in runs], bootstrap=bootstrap,
-        seed=seed)
+        [(r.name, RunFolder.of(r.checkpoint).eval(split, tta)) for r in runs],
+        bootstrap=bootstrap, seed=seed)
     if len(experts):
-        write_csv_atomic(experts, out / "radiologists.csv")
+        write_csv(experts, out / "radiologists.csv")
     fig = comparison_figure(runs)
-    fig.savefig(out / "comparison.png")
+    with atomic_path(out / "comparison.png") as tmp:
+        fig.savefig(tmp)
     md = "\n\n".join([f"# Comparison on the {split} split", _markdown(summary),
                       _markdown(per_finding), "\n".join(f"- {n}" for n in notes)]
                      + (["## Against radiologists", _markdown(experts),
                          "\n".join(f"- {n}" for n in expert_notes)] if len(experts) else []))
-    (out / "comparison.md").write_text(md + "\n")
+    write_text(md + "\n", out / "comparison.md")
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cxrkit "
             f"comparison</title><style>{CSS}</style></head><body><main><h1>Comparison on the "
             f"{html.escape(split)} split</h1><div class='ruo'>{html.escape(RESEARCH_USE)}</div>"
@@ -243,7 +249,7 @@ def compare_runs(paths, *, out: str | Path, split: str = "test", tta: str = "non
                 f"<p>{html.escape(n)}</p>" for n in expert_notes) + _table(experts)
                if len(experts) else "")
             + "</main></body></html>")
-    (out / "comparison.html").write_text(page)
+    write_text(page, out / "comparison.html")
     return out
 
 

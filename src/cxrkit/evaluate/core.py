@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import sklearn
 
-from cxrkit.data.nih import write_csv_atomic, write_json_atomic
+from cxrkit.artefacts import RunFolder, make_folder, versions, write_bytes, write_csv, write_json
 from cxrkit.data.prepare import Prepared
-from cxrkit.engine.checkpoint import versions
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
 from cxrkit.evaluate.gallery import write_error_gallery
 from cxrkit.evaluate.radiologists import evaluate_against_radiologists
@@ -336,22 +333,17 @@ def write_outputs(out: Path, metrics: dict, preds: list[Predictions]) -> dict:
     Returns ``metrics`` as written (plain JSON types, ``None`` for undefined values).
     """
     metrics = _jsonable(metrics)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     for pred in preds:
-        write_csv_atomic(predictions_frame(pred, metrics["findings"]),
+        write_csv(predictions_frame(pred, metrics["findings"]),
                          out / f"predictions_{pred.split}.csv")
     for name, table in _tables(metrics).items():
-        write_csv_atomic(table, out / name)
-    write_json_atomic(metrics, out / "metrics.json")
+        write_csv(table, out / name)
+    write_json(metrics, out / "metrics.json")
     return metrics
 
 
 # -- the whole evaluation -----------------------------------------------------------------
-def default_out(checkpoint: Path, split: str, tta: str) -> Path:
-    """``<run_dir>/eval/<split>`` (``<split>-<tta>`` with test-time augmentation)."""
-    return checkpoint.parent / "eval" / (split if tta == "none" else f"{split}-{tta}")
-
-
 def _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap):
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
@@ -377,7 +369,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                         gallery: int = 2) -> dict:
     """Evaluate a checkpoint (or run folder) on one split; returns the ``metrics.json`` dict.
 
-    Writes to ``out`` (default :func:`default_out`): metrics.json, auroc/thresholds/
+    Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`): metrics.json, auroc/thresholds/
     calibration/subgroups/published CSVs, predictions of the evaluated and threshold
     splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
     ``precision``: how the forward passes run (:mod:`cxrkit.runtime`; default auto),
@@ -401,7 +393,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     except ValueError as e:   # e.g. a validation split too small to calibrate on: said, kept
         log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
         ood_record = None
-    out = Path(out) if out else default_out(lm.checkpoint, split, tta)
+    run_folder = RunFolder.of(lm.checkpoint)
+    out = Path(out) if out else run_folder.eval(split, tta)
     started, cpu = time.perf_counter(), time.process_time()
     test = predict_split(lm, data, split, tta=tta, batch_size=batch_size, progress=progress)
     fit = test if threshold_split == split else predict_split(
@@ -421,9 +414,9 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     epoch = lm.checkpoint_info.get("epoch")
     metrics = {
         "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {**versions(), "scikit-learn": sklearn.__version__},
+        "versions": versions("scikit-learn"),
         "checkpoint": str(lm.checkpoint),
-        "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(lm.checkpoint.parent),
+        "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(run_folder.root),
         "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
         "split_protocol": data.protocol, "tta": tta,
         "precision": lm.precision, "tta_mirror": _tta_mirror(lm, tta),
@@ -459,7 +452,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "
                                          f"(tta={tta})")
-    shutil.copyfile(sidecar, out / sidecar.name)
+    write_bytes(sidecar.read_bytes(), out / sidecar.name)
     log.info("evaluated %s on %d %s images: mean AUROC %s, %s flagged out-of-distribution; "
              "wrote %s", lm.checkpoint.name, len(test.table), split, _fmt(mean),
              metrics["ood"]["n_flagged"] if metrics["ood"] else "none", out)
@@ -467,7 +460,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
              time.perf_counter() - started - forward_s, time.process_time() - cpu - forward_cpu)
     if report:
         started, cpu = time.perf_counter(), time.process_time()
-        html = write_report(out, lm.checkpoint.parent)
+        html = write_report(out, run_folder.root)
         log.info("report: %s (%.1f MB) in %.1f s (%.1f s CPU)", html,
                  Path(html).stat().st_size / 1e6, time.perf_counter() - started,
                  time.process_time() - cpu)
@@ -494,5 +487,5 @@ def _fmt(m: dict) -> str:
 
 
 __all__ = ["FORMAT", "THRESHOLD_METHODS", "age_band", "ood_section", "calibration_section", "data_source",
-           "default_out", "evaluate_checkpoint", "ranking_section", "subgroup_rows",
+           "evaluate_checkpoint", "ranking_section", "subgroup_rows",
            "threshold_section", "write_outputs"]

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrkit.data.dataset import metadata_vector
-from cxrkit.data.nih import write_csv_atomic
+from cxrkit.artefacts import write_csv
 from cxrkit.evaluate.radiologists import IMAGES_FILE
 from cxrkit.explain import overlay, saliency_maps
 from cxrkit.explain.localization import draw_boxes
@@ -148,7 +148,7 @@ def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_k
                          "overlay": f"{FOLDER}/{name}"})
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["nih_label"] = table["nih_label"].astype("Int64")
-    write_csv_atomic(table, out / FILE)
+    write_csv(table, out / FILE)
     log.info("error gallery: %d images for %d findings in %s", len(table),
              table["finding"].nunique(), folder)
     return table

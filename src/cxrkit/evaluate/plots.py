@@ -21,6 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from cxrkit.artefacts import atomic_path
+
 DPI = 100
 
 
@@ -289,9 +291,8 @@ def write_figures(folder: Path, metrics: dict, pred: pd.DataFrame,
     out = {}
     for name, make in makers.items():
         fig = make()
-        tmp = folder / f".{name}.tmp.png"
-        fig.savefig(tmp)
-        tmp.replace(folder / name)
+        with atomic_path(folder / name) as tmp:
+            fig.savefig(tmp)
         out[name] = folder / name
     return out
 

@@ -49,7 +49,8 @@ from cxrkit.data.expert import (
     nih_label,
 )
 from cxrkit.labels import FINDINGS
-from cxrkit.data.nih import read_data_entry, read_image_list, write_csv_atomic, write_json_atomic
+from cxrkit.artefacts import write_csv, write_json
+from cxrkit.data.nih import read_data_entry, read_image_list
 from cxrkit.metrics import auroc_reference_difference, threshold_metrics, youden_threshold
 
 log = logging.getLogger(__name__)
@@ -366,9 +367,9 @@ def evaluate_against_radiologists(prepared, test, fit, findings, out: Path, *, s
                                               fit_split=fit_split, n=n, seed=seed,
                                               phantom=phantom)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(per_image, out / IMAGES_FILE)
-    write_csv_atomic(table_rows(section), out / "radiologists.csv")
-    write_json_atomic(_plain(section), out / FILE)
+    write_csv(per_image, out / IMAGES_FILE)
+    write_csv(table_rows(section), out / "radiologists.csv")
+    write_json(_plain(section), out / FILE)
     return section
 
 

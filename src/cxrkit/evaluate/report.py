@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrkit.artefacts import RunFolder, write_text
 from cxrkit.evaluate.plots import FIGURES, write_figures
 
 RESEARCH_USE = ("Research use only. cxrkit is not a medical device and its outputs are not "
@@ -196,7 +197,7 @@ def data_summary(metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
 # -- optional sections written by other stages --------------------------------------------
 def explanation_examples(run_dir: Path, limit: int = 8) -> list[tuple[Path, str]]:
     """A handful of saliency overlays from ``cxrkit explain`` (``<run>/explain/``), if any."""
-    folder = run_dir / "explain"
+    folder = RunFolder(run_dir).explain
     if not folder.is_dir():
         return []
     index = folder / "index.csv"
@@ -226,7 +227,7 @@ def localization_section(run_dir: Path) -> str:
     Wang et al.'s values beside, the notes and protocol differences; the long tables stay
     in the folder (and under a fold-out).
     """
-    folder = run_dir / "localize"
+    folder = RunFolder(run_dir).localize
     if not folder.is_dir():
         return ""
     record = _read_json(folder / "localization.json")
@@ -313,8 +314,9 @@ def _kpis(metrics: dict, run: dict) -> str:
 
 def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
                 extra_sections: tuple[str, ...] = ()) -> str:
-    run = _read_json(run_dir / "run.json")
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    layout = RunFolder(run_dir)
+    run = _read_json(layout.run_json)
+    config = layout.config.read_text() if layout.config.exists() else ""
     split, fit = metrics["split"], metrics["thresholds"]["chosen_on"]
     s = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
          f"<title>cxrkit evaluation: {_esc(metrics['model'])} on {_esc(split)}</title>"
@@ -409,12 +411,6 @@ def render_summary(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     """Figures, ``report.html`` and ``summary.md`` for the evaluation in ``out``.
 
@@ -426,7 +422,8 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     run_dir = Path(run_dir) if run_dir else Path(metrics["run_dir"])
     pred_file = out / f"predictions_{metrics['split']}.csv"
     pred = pd.read_csv(pred_file, dtype={"image_id": str, "patient_id": str})
-    history = pd.read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else None
+    layout = RunFolder(run_dir)
+    history = pd.read_csv(layout.history) if layout.history.exists() else None
     figures = write_figures(out / "figures", metrics, pred, history)
     from cxrkit.evaluate.radiologists_report import (
         gallery_html,
@@ -435,8 +432,8 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     )
 
     extra = (radiologists_html(out), gallery_html(out))
-    _atomic_write(out / "report.html", render_html(metrics, run_dir, figures, extra))
-    _atomic_write(out / "summary.md", render_summary(metrics) + radiologists_markdown(out))
+    write_text(render_html(metrics, run_dir, figures, extra), out / "report.html")
+    write_text(render_summary(metrics) + radiologists_markdown(out), out / "summary.md")
     return out / "report.html"
 
 

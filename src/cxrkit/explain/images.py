@@ -33,9 +33,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json
 from cxrkit.data.metadata import metadata_vector
-from cxrkit.data.nih import write_csv_atomic, write_json_atomic
-from cxrkit.explain.overlay import overlay
+from cxrkit.explain.overlay import overlay, write_map, write_png
 from cxrkit.explain.saliency import METHODS, attention_maps, finding_targets, saliency_maps
 from cxrkit.heldout import load_held_out
 from cxrkit.inference import LoadedModel, load
@@ -45,13 +45,6 @@ log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ("image", "image_id", "finding", "rank", "probability", "method", "overlay",
                  "map", "attention_overlay")
-
-
-def _write_png(rgb: np.ndarray, path: Path) -> None:
-    import cv2
-
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
 
 
 def _chosen(lm: LoadedModel, probs: np.ndarray, findings, top_k: int) -> list[list[int]]:
@@ -66,24 +59,25 @@ def _chosen(lm: LoadedModel, probs: np.ndarray, findings, top_k: int) -> list[li
 
 
 def explain_cached(lm: LoadedModel, images, names: Sequence[str],
-                   out: str | Path, *, sources: Sequence[str] | None = None,
+                   out: str | Path | None = None, *, sources: Sequence[str] | None = None,
                    method: str = "gradcam", findings=None, top_k: int = 3, meta=None,
                    batch_size: int = 8, progress: bool = True) -> pd.DataFrame:
     """Explain cache-stage ``uint8`` images ``(N, 1, S, S)`` named ``names``; write ``out``.
 
     ``images``: a tensor, or a function ``(start, stop) -> tensor`` so that a whole split
     is read from the cache one batch at a time. ``findings``: a name (or names) to explain
-    on every image; None: each image's ``top_k`` most probable findings. Returns the index
-    table (also ``index.csv``).
+    on every image; None: each image's ``top_k`` most probable findings. ``out``: default
+    the run folder's ``explain`` (where the evaluation report looks). Returns the index
+    table (also ``index.csv``), with the folder written in ``index.attrs["out"]``.
     """
     get = images if callable(images) else (lambda a, b: images[a:b])
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not callable(images) and len(names) != len(images):
         raise ValueError(f"{len(names)} names for {len(images)} images")
-    out = Path(out)
+    out = Path(out) if out else RunFolder.of(lm.checkpoint).explain
     for sub in ("overlays", "maps"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+        make_folder(out / sub)
     sources = list(sources) if sources is not None else list(names)
     stems = _unique_stems(names)
     rows, size = [], None
@@ -109,20 +103,20 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
             img = np.asarray(x[i, 0])
             rel_png = Path("overlays") / f"{stems[g]}__{f}.png"
             rel_npy = Path("maps") / f"{stems[g]}__{f}.npy"
-            _write_png(overlay(img, hm, label=label), out / rel_png)
-            np.save(out / rel_npy, hm.astype(np.float32))
+            write_png(overlay(img, hm, label=label), out / rel_png)
+            write_map(hm, out / rel_npy)
             rel_att = ""
             if attn is not None:
                 (out / "attention").mkdir(exist_ok=True)
                 rel_att = str(Path("attention") / f"{stems[g]}__{f}.png")
-                _write_png(overlay(img, attn[i, k], label=f"{f} attention"), out / rel_att)
+                write_png(overlay(img, attn[i, k], label=f"{f} attention"), out / rel_att)
             rows.append({"image": str(sources[g]), "image_id": names[g], "finding": f,
                          "rank": chosen[i].index(k) + 1, "probability": float(probs[i, k]),
                          "method": method, "overlay": str(rel_png), "map": str(rel_npy),
                          "attention_overlay": rel_att})
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
-    write_csv_atomic(index, out / "index.csv")
-    write_json_atomic({
+    write_csv(index, out / "index.csv")
+    write_json({
         "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name, "method": method,
         "findings": "given: " + ", ".join(map(str, findings if isinstance(findings, (list, tuple))
                                               else [findings])) if findings is not None
@@ -138,6 +132,7 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
                      "cxrkit.explain.saliency)",
         "cache_size": size,
     }, out / "index.json")
+    index.attrs["out"] = str(out)
     return index
 
 
@@ -151,7 +146,7 @@ def _unique_stems(names: Sequence[str]) -> list[str]:
     return stems
 
 
-def explain_images(checkpoint, images: Sequence, out: str | Path, *,
+def explain_images(checkpoint, images: Sequence, out: str | Path | None = None, *,
                    method: str = "gradcam", findings=None, top_k: int = 3,
                    batch_size: int = 8, device: str | None = None,
                    precision: str | None = None, progress: bool = True) -> pd.DataFrame:
@@ -172,7 +167,7 @@ def explain_images(checkpoint, images: Sequence, out: str | Path, *,
                           batch_size=batch_size, progress=progress)
 
 
-def explain_split(checkpoint, out: str | Path, *, split: str = "test",
+def explain_split(checkpoint, out: str | Path | None = None, *, split: str = "test",
                   prepared: str | Path | None = None, method: str = "gradcam",
                   findings=None, top_k: int = 3, limit: int | None = None,
                   batch_size: int = 8, device: str | None = None,

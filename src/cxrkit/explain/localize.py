@@ -32,8 +32,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from cxrkit.artefacts import (
+    RunFolder,
+    atomic_path,
+    make_folder,
+    write_csv,
+    write_json,
+    write_text,
+)
 from cxrkit.data.metadata import metadata_vector
-from cxrkit.data.nih import write_csv_atomic, write_json_atomic
 from cxrkit.explain.localization import (
     IOBB_THRESHOLDS,
     IOU_THRESHOLDS,
@@ -44,7 +51,7 @@ from cxrkit.explain.localization import (
     score_pair,
     summarise,
 )
-from cxrkit.explain.overlay import overlay
+from cxrkit.explain.overlay import overlay, write_png
 from cxrkit.explain.published import (
     PROTOCOL_DIFFERENCES,
     SOURCE,
@@ -113,7 +120,8 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
     ``method``: one of :data:`~cxrkit.explain.saliency.METHODS`, or ``"attention"`` for a
     model's own attention maps (``gaussian_attention``).
 
-    Returns the summary written to ``localization.json`` (see the module docstring).
+    Returns the summary written to ``localization.json`` (see the module docstring) plus
+    ``out``, the folder written.
     ``limit``: score only the first ``limit`` box images (sorted by name), for a quick look;
     recorded in the output.
     """
@@ -130,8 +138,8 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
         keep = sorted(boxes["image_id"].unique())[:limit]
         boxes = boxes[boxes["image_id"].isin(keep)].reset_index(drop=True)
         notes.append(f"limit={limit}: only the first {len(keep)} box images (by name) scored")
-    out = Path(out) if out else lm.checkpoint.parent / "localize"
-    (out / "details").mkdir(parents=True, exist_ok=True)
+    out = Path(out) if out else RunFolder.of(lm.checkpoint).localize
+    make_folder(out / "details")
     pairs = (boxes.groupby(["image_id", "finding"], sort=True)
              .apply(lambda t: [(r.x, r.y, r.x + r.w, r.y + r.h) for r in t.itertuples()],
                     include_groups=False)
@@ -165,14 +173,14 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
                 img = np.asarray(images[k, 0])
                 rgb = draw_boxes(overlay(img, maps[k], label=f"{r.finding} {p:.2f}"),
                                  r.truth, pred)
-                _write_png(rgb, out / "examples" / f"{Path(r.image_id).stem}__{r.finding}.png")
+                write_png(rgb, out / "examples" / f"{Path(r.image_id).stem}__{r.finding}.png")
                 shown += 1
     table = pd.DataFrame(rows)
     summary = summarise(table)
     published = {"iobb": WANG_2017_IOBB, "iou": WANG_2017_IOU}
-    write_csv_atomic(table, out / "details" / "pairs.csv")
-    write_csv_atomic(comparison_table(summary, published), out / "accuracy.csv")
-    write_csv_atomic(pointing_table(summary), out / "pointing.csv")
+    write_csv(table, out / "details" / "pairs.csv")
+    write_csv(comparison_table(summary, published), out / "accuracy.csv")
+    write_csv(pointing_table(summary), out / "pointing.csv")
     record = {
         "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name,
         "method": method, "split": split, "protocol": data.protocol,
@@ -193,12 +201,12 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
         "files": ["localization.json", "accuracy.csv", "pointing.csv", "summary.md",
                   "localization.png", "details/pairs.csv", "examples/"],
     }
-    write_json_atomic(record, out / "localization.json")
-    (out / "summary.md").write_text(summary_markdown(record))
+    write_json(record, out / "localization.json")
+    write_text(summary_markdown(record), out / "summary.md")
     plot_localization(record, out / "localization.png")
     log.info("localization written to %s (%d pairs on %d images)", out, len(table),
              record["counts"]["images_scored"])
-    return record
+    return {**record, "out": str(out)}
 
 
 def summary_markdown(r: dict) -> str:
@@ -255,15 +263,9 @@ def plot_localization(r: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"{r['model']}, {r['method']}: {r['counts']['pairs_scored']} pairs, split "
                  f"{r['split']} ({r['protocol']})")
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-
-
-def _write_png(rgb: np.ndarray, path: Path) -> None:
-    import cv2
-
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
 
 
 __all__ = ["boxed_pairs", "localize_checkpoint"]

@@ -6,7 +6,11 @@ text; the blend is a fixed-alpha mix, so the grey image stays readable under the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from cxrkit.artefacts import atomic_path
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, *, label: str | None = None,
@@ -54,4 +58,20 @@ def _write_label(rgb: np.ndarray, text: str) -> None:
     cv2.putText(rgb, text, (pad, th + pad), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
 
 
-__all__ = ["overlay"]
+
+def write_png(rgb: np.ndarray, path: Path) -> None:
+    """Write an RGB ``uint8`` image as PNG, atomically (no fsync: one of many small files)."""
+    import cv2
+
+    with atomic_path(path, durable=False) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"OpenCV could not write {path}")
+
+
+def write_map(heatmap: np.ndarray, path: Path) -> None:
+    """Write a saliency map as float32 ``.npy``, atomically (no fsync, like :func:`write_png`)."""
+    with atomic_path(path, durable=False) as tmp:
+        np.save(tmp, np.asarray(heatmap, np.float32))
+
+
+__all__ = ["overlay", "write_map", "write_png"]

@@ -1,0 +1,315 @@
+"""Artefacts on disk: how every stage writes, hashes and versions its files, and where.
+
+One low-level module (standard library only, the bottom layer) so that each of these is
+decided once:
+
+* **Writing.** A file a stage writes appears whole or not at all: :func:`atomic_path`
+  hands the writer a temporary name in the same folder, then fsyncs and ``os.replace``\\ s
+  it over the target; on any failure the temporary is removed, so a killed run or a full
+  disk never leaves half a file or a stray ``*.tmp``. A missing permission, a read-only
+  or full file system becomes :class:`WriteError`: one line that names the path and what
+  was needed (the CLI prints it; no traceback). :func:`write_bytes`, :func:`write_text`,
+  :func:`write_json`, :func:`write_csv` and :func:`atomic_file` (a binary file object,
+  for ``torch.save``) are thin helpers over it.
+* **Hashes** (:func:`file_sha256`) and **versions** (:func:`versions`, read from the
+  installed distributions' metadata, so recording them imports nothing heavy).
+* **Layouts.** :class:`PreparedFolder` (what ``cxrkit prepare`` writes, what training
+  reads) and :class:`RunFolder` (what ``cxrkit train`` writes and ``evaluate``,
+  ``explain``, ``localize``, ``predict``, ``export`` and ``serve`` read or add to);
+  :func:`resolve_checkpoint` is the one rule for "a run folder or a checkpoint file".
+  The CLI never spells a file name of its own.
+
+Why by hand: ``atomicwrites`` is unmaintained and covers neither streaming writers nor
+the error translation; the rest is a dozen lines of the standard library each.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import platform
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+
+class WriteError(OSError):
+    """An output could not be written (permission, read-only or full file system).
+
+    The message is one line: the path, why, and what was needed.
+    """
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable cxrkit checkpoint (names the file and why)."""
+
+
+# -- writing -------------------------------------------------------------------------------
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_NO_ACCESS = {errno.EACCES, errno.EPERM}
+
+
+def human_bytes(n: int) -> str:
+    """``491,520 bytes (480.0 KiB)``: exact, then readable (binary units)."""
+    size, unit = float(n), "bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{int(n):,} bytes" + ("" if unit == "bytes" else f" ({size:.1f} {unit})")
+
+
+def _free(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _explain(path: Path, e: OSError, needed: int | None, written: int = 0) -> WriteError:
+    """The one-line :class:`WriteError` for an ``OSError`` met while writing ``path``.
+
+    ``needed``: the full size when known; else ``written``, the bytes that fitted before
+    the disk was full (so at least that much more is needed).
+    """
+    folder = path.parent
+    if e.errno in _NO_SPACE:
+        free = _free(folder)
+        need = (f"needs {human_bytes(needed)}" if needed else
+                f"needs more than the {human_bytes(written)} written" if written else "needs more space")
+        have = f", {human_bytes(free)} free" if free is not None else ""
+        why = f"no space left on the device ({need}{have} in {folder})"
+    elif e.errno in _NO_ACCESS:
+        why = f"permission denied (needs write access to {Path(e.filename or folder)})"
+    elif e.errno == errno.EROFS:
+        why = f"read-only file system (needs a writable folder instead of {folder})"
+    elif e.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in path.parents if p.is_file()), folder)
+        why = f"{blocker} is a file, not a folder (needs a folder there)"
+    else:
+        why = e.strerror or str(e)
+    err = WriteError(f"cannot write {path}: {why}")  # str(err) is this one line
+    err.errno = e.errno
+    return err
+
+
+def make_folder(folder: str | Path) -> Path:
+    """``mkdir -p folder``; a refusal becomes a one-line :class:`WriteError`."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _explain(folder / ".", e, None) from None
+    return folder
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail now, before any work, if ``path`` (a file to write) cannot be created.
+
+    Creates the parent folder and a temporary file there, then removes the file.
+    """
+    path = Path(path)
+    with atomic_path(path, commit=False) as tmp:
+        tmp.write_bytes(b"")
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, needed: int | None = None, commit: bool = True,
+                durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    For writers that want a file name (``savefig``, ``onnx.save``, ``DataFrame.to_csv``).
+    ``needed``: the size in bytes when known (checked against the free space first, and
+    named in the error). On any exception the temporary is removed; an ``OSError`` about
+    permission or space is re-raised as :class:`WriteError`. ``commit=False`` only tests
+    that the file could be written (:func:`check_writable`). ``durable=False`` skips the
+    fsync (the rename stays atomic): for thousands of small, re-creatable files such as
+    saliency overlays, where a power cut may cost a file but a fsync each costs minutes.
+    """
+    path = Path(path)
+    make_folder(path.parent)
+    if needed is not None:
+        free = _free(path.parent)
+        if free is not None and free < needed:
+            raise _explain(path, OSError(errno.ENOSPC, "no space"), needed)
+    # the suffix stays last: savefig, cv2.imwrite and np.save choose the format by it
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if commit:
+            if durable:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(tmp, path)
+    except OSError as e:
+        written = tmp.stat().st_size if tmp.exists() else 0
+        _remove(tmp)
+        if isinstance(e, WriteError):
+            raise
+        raise _explain(path, e, needed, written) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+    finally:
+        if not commit:
+            _remove(tmp)
+
+
+def _remove(tmp: Path) -> None:
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:  # nothing more can be done; the error being raised says why
+        pass
+
+
+@contextmanager
+def atomic_file(path: str | Path, *, needed: int | None = None):
+    """A binary file object whose contents replace ``path`` only when the block succeeds."""
+    with atomic_path(path, needed=needed) as tmp, open(tmp, "wb") as f:
+        yield f
+
+
+def write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` atomically (free space checked first)."""
+    with atomic_path(path, needed=len(data)) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return write_bytes(text.encode("utf-8"), path)
+
+
+def write_json(obj, path: str | Path) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON atomically (unknown types via ``str``)."""
+    return write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), path)
+
+
+def write_csv(table, path: str | Path) -> Path:
+    """Write a pandas table without its index atomically."""
+    return write_text(table.to_csv(index=False), path)
+
+
+# -- hashes and versions ------------------------------------------------------------------
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions(*extra: str) -> dict[str, str]:
+    """Versions of python, cxrkit, numpy, torch and the ``extra`` distributions installed.
+
+    Read from package metadata (nothing is imported); a distribution that is not installed
+    is left out.
+    """
+    from cxrkit import __version__
+
+    out = {"python": platform.python_version(), "cxrkit": __version__}
+    for name in ("numpy", "torch", *extra):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+# -- layouts -------------------------------------------------------------------------------
+#: The decision-thresholds sidecar ``cxrkit evaluate`` writes beside the checkpoint.
+THRESHOLDS_FILE = "thresholds.json"
+
+
+@dataclass(frozen=True)
+class PreparedFolder:
+    """A folder written by ``cxrkit prepare``: the image cache plus the tables describing it."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    labels = property(lambda self: self.root / "labels.csv")         #: typed label table
+    split = property(lambda self: self.root / "split.csv")           #: image_id, patient_id, split
+    boxes = property(lambda self: self.root / "boxes.csv")           #: NIH boxes (1024 space)
+    dataset = property(lambda self: self.root / "dataset.json")      #: what was read
+    dropped = property(lambda self: self.root / "dropped_images.csv")  #: on_missing=drop
+    images = property(lambda self: self.root / "images.npy")         #: the cache's pixels
+    index = property(lambda self: self.root / "index.csv")           #: the cache's rows
+    manifest = property(lambda self: self.root / "manifest.json")    #: the cache's manifest
+    #: files without which the folder is not a prepared folder
+    REQUIRED = ("dataset.json", "labels.csv", "split.csv")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder: written by ``cxrkit train``, read and extended by every later stage."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def of(cls, checkpoint: str | Path) -> RunFolder:
+        """The run folder a checkpoint file (or a run folder) belongs to."""
+        p = Path(checkpoint)
+        return cls(p if p.is_dir() else p.parent)
+
+    best = property(lambda self: self.root / "best.pt")        #: best validation mean AUROC
+    last = property(lambda self: self.root / "last.pt")        #: the latest epoch (resume)
+    config = property(lambda self: self.root / "config.yaml")  #: the resolved config
+    run_json = property(lambda self: self.root / "run.json")   #: manifest and status
+    history = property(lambda self: self.root / "metrics.csv")  #: one row per epoch
+    curves = property(lambda self: self.root / "curves.png")
+    tensorboard = property(lambda self: self.root / "tb")
+    box_fold_moved = property(lambda self: self.root / "box_fold_moved.csv")
+    thresholds = property(lambda self: self.root / THRESHOLDS_FILE)
+    explain = property(lambda self: self.root / "explain")     #: saliency maps
+    localize = property(lambda self: self.root / "localize")   #: localisation benchmark
+
+    def eval(self, split: str, tta: str = "none") -> Path:
+        """``eval/<split>`` (``eval/<split>-<tta>`` with test-time augmentation)."""
+        return self.root / "eval" / (split if tta == "none" else f"{split}-{tta}")
+
+    def checkpoint(self) -> Path:
+        """``best.pt``, else ``last.pt``."""
+        for p in (self.best, self.last):
+            if p.exists():
+                return p
+        raise CheckpointError(f"{self.root}: a folder without best.pt or last.pt")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder -> its ``best.pt`` (else ``last.pt``); a file -> itself (it must exist)."""
+    path = Path(path)
+    if path.is_dir():
+        return RunFolder(path).checkpoint()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def onnx_path(checkpoint: str | Path) -> Path:
+    """Where ``cxrkit export`` puts a checkpoint's ONNX file: ``run/best.pt`` -> ``run/best.onnx``."""
+    return Path(checkpoint).with_suffix(".onnx")
+
+
+__all__ = ["THRESHOLDS_FILE", "CheckpointError", "PreparedFolder", "RunFolder", "WriteError",
+           "atomic_file", "atomic_path", "check_writable", "file_sha256", "human_bytes", "make_folder",
+           "onnx_path", "resolve_checkpoint", "versions", "write_bytes", "write_csv",
+           "write_json", "write_text"]
