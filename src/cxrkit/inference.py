@@ -235,10 +235,10 @@ def _attach_ood(lm: LoadedModel, recorded: dict | None) -> None:
 
 def write_ood_sidecar(lm: LoadedModel, record: dict) -> Path:
     """Write ``record`` as :func:`ood_sidecar_path` of ``lm.checkpoint`` (atomically)."""
-    from cxrkit.data.nih import write_json_atomic
+    from cxrkit.artefacts import write_json
 
     path = ood_sidecar_path(lm.checkpoint)
-    write_json_atomic({"format": "cxrkit-ood-sidecar/1", "checkpoint": str(lm.checkpoint),
+    write_json({"format": "cxrkit-ood-sidecar/1", "checkpoint": str(lm.checkpoint),
                        "checkpoint_sha256": lm.checkpoint_sha256, "record": record}, path)
     lm.ood_record, lm.ood_source = record, str(path)
     return path

@@ -42,9 +42,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cxrkit.artefacts import atomic_path, write_bytes
+from cxrkit.artefacts import atomic_path, file_sha256, write_bytes, write_json
 from cxrkit.data._cache_build import _pool_context
-from cxrkit.data.nih import file_sha256, write_json_atomic
 from cxrkit.data.phantoms import (
     MANIFEST_NAME,
     PhantomRelease,
@@ -247,7 +246,7 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     names = {r[0] for r in rows}
     root.mkdir(parents=True, exist_ok=True)
     _prepare_root(root, image_settings)
-    write_json_atomic({"made_by": "cxrkit.data.twin.make_twin", "complete": False,
+    write_json({"made_by": "cxrkit.data.twin.make_twin", "complete": False,
                        "versions": _versions(), "settings": settings,
                        "image_settings": image_settings}, root / MANIFEST_NAME)
     for png in root.glob("images_[0-9][0-9][0-9]/images/*.png"):
@@ -278,7 +277,7 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     n_box_images = int(real.boxes.loc[real.boxes["image_id"].isin(names), "image_id"].nunique())
     archives = pd.Series([r[1].split("/")[0] for r in rows]).value_counts().sort_index()
     seconds = time.perf_counter() - started
-    write_json_atomic({"made_by": "cxrkit.data.twin.make_twin", "complete": True,
+    write_json({"made_by": "cxrkit.data.twin.make_twin", "complete": True,
                        "versions": _versions(), "settings": settings,
                        "image_settings": image_settings, "sources": {
                            k: str(p) for k, p in sources.items()},
