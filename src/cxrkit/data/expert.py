@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkit.artefacts import file_sha256
-from cxrkit.data.nih import NIHFormatError
+from cxrkit.data.nih import NIHFormatError, location
 from cxrkit.labels import FINDINGS
 
 
@@ -218,12 +218,7 @@ def find_expert_folders(base: str | Path, max_depth: int = 2) -> dict[str, Path]
 
 # -- reading ------------------------------------------------------------------------------
 def _fail(path: Path, msg: str, row: int | None = None, column: str | None = None):
-    where = str(path)
-    if row is not None:
-        where += f", line {int(row) + 2}"
-    if column is not None:
-        where += f", field {column!r}"
-    raise ExpertFormatError(f"{where}: {msg}")
+    raise ExpertFormatError(f"{location(path, row, column)}: {msg}")
 
 
 def _read(path: Path, required: list[str]) -> pd.DataFrame:

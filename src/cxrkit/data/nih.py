@@ -114,13 +114,19 @@ def _line(row_index: int) -> int:
     return int(row_index) + 2
 
 
-def _fail(path: Path, msg: str, row: int | None = None, field_name: str | None = None):
+def location(path: Path, row: int | None = None, field_name: str | None = None) -> str:
+    """``"FILE, line N, field 'F'"`` for an error about data row ``row`` (0-based) of a CSV
+    with one header line: how every reader of NIH-style tables names where input is bad."""
     where = str(path)
     if row is not None:
         where += f", line {_line(row)}"
     if field_name is not None:
         where += f", field {field_name!r}"
-    raise NIHFormatError(f"{where}: {msg}")
+    return where
+
+
+def _fail(path: Path, msg: str, row: int | None = None, field_name: str | None = None):
+    raise NIHFormatError(f"{location(path, row, field_name)}: {msg}")
 
 
 def _short(error: Exception) -> str:
