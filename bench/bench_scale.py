@@ -441,7 +441,8 @@ def main() -> None:
             order.insert(order.index("prepare") + 1 if "prepare" in order else 0, "train")
         for stage in order:
             s.run_stage(stage)
-            if stage == "prepare" or "counts" not in s.results:
+            if (s.prep / "split.csv").exists() and (stage == "prepare"
+                                                     or "counts" not in s.results):
                 s.results["counts"] = s.counts()
                 s.save()
     summary = summarise(scales)

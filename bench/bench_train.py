@@ -131,22 +131,27 @@ def loader_worker(model_name: str, prepared: str, batch: int, steps: int, device
                 if done >= n:
                     return
 
+    def images_per_s(step) -> float:
+        """Images/s of ``step(batch) -> input`` over ``steps`` batches after two warm-up ones."""
+        n, t0 = 0, None
+        for i, b in enumerate(batches(steps + 2)):
+            x = step(b)
+            if i == 1:  # warm-up over
+                sync()
+                t0 = time.perf_counter()
+            elif i > 1:
+                n += x.shape[0]
+        sync()
+        return n / (time.perf_counter() - t0)
+
     # the input pipeline alone: loader + copy + augmentation
-    t0, n_in = None, 0
-    for i, b in enumerate(batches(steps + 2)):
-        x = tf(b["image"].to(dev, non_blocking=True), g)
-        if i == 1:
-            sync()
-            t0 = time.perf_counter()
-        elif i > 1:
-            n_in += x.shape[0]
-    sync()
-    loader_rate = n_in / (time.perf_counter() - t0)
+    loader_rate = images_per_s(lambda b: tf(b["image"].to(dev, non_blocking=True), g))
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    n, t0 = 0, None
-    for i, b in enumerate(batches(steps + 2)):
+    last = {}
+
+    def train_step(b):
         x = tf(b["image"].to(dev, non_blocking=True), g).contiguous(
             memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
@@ -155,13 +160,11 @@ def loader_worker(model_name: str, prepared: str, batch: int, steps: int, device
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i == 1:  # warm-up over
-            sync()
-            t0 = time.perf_counter()
-        elif i > 1:
-            n += x.shape[0]
-    sync()
-    rate = n / (time.perf_counter() - t0)
+        last["loss"] = loss
+        return x
+
+    rate = images_per_s(train_step)
+    loss = last["loss"]
     if not torch.isfinite(loss):
         raise SystemExit(f"{model_name}: loss became {loss.item()}")
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None

@@ -36,6 +36,7 @@ from cxrkit.data.transforms import AugmentSettings, TrainTransform
 from cxrkit.engine import train as engine
 from cxrkit.engine.checkpoint import load_checkpoint
 from cxrkit.models import create_model, list_models
+from test_train import kill_and_resume
 
 HAS_CUDA = torch.cuda.is_available()
 #: ``CXRKIT_CUDA_TESTS_ON=cpu`` rehearses the CUDA tests' own code on the CPU (the
@@ -275,23 +276,9 @@ def test_kill_and_resume_on_cuda_equals_uninterrupted(phantom_prepared, tmp_path
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        full = run_config(phantom_prepared, tmp_path / "full", "train.amp=bf16")
-        engine.fit(full, show_progress=False)
-        real = engine.train_one_epoch
-        calls = {"n": 0}
-
-        def killed_in_epoch_three(*a, **k):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-            return real(*a, **k)
-
-        monkeypatch.setattr(engine, "train_one_epoch", killed_in_epoch_three)
-        part = run_config(phantom_prepared, tmp_path / "part", "train.amp=bf16")
-        with pytest.raises(KeyboardInterrupt):
-            engine.fit(part, show_progress=False)
-        monkeypatch.setattr(engine, "train_one_epoch", real)
-        engine.fit(part, show_progress=False)
+        kill_and_resume(run_config(phantom_prepared, tmp_path / "full", "train.amp=bf16"),
+                        run_config(phantom_prepared, tmp_path / "part", "train.amp=bf16"),
+                        monkeypatch)
     finally:
         torch.use_deterministic_algorithms(False)
     a = load_checkpoint(tmp_path / "full" / "last.pt")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -26,6 +27,7 @@ from cxrkit.artefacts import file_sha256
 from cxrkit.inference import load, write_thresholds
 from cxrkit.serve import background_server, create_app
 from cxrkit.serve.app import STATIC
+from test_dicom import write_dicom
 
 MAX_UPLOAD = 1_000_000        # bytes: the NIH originals (0.3-0.7 MB) fit
 MAX_PIXELS = 1024 * 1024      # the NIH originals (1024 x 1024) just fit
@@ -125,23 +127,9 @@ def test_real_rgba_nih_original(client, lm, nih_sample):
 
 
 def test_dicom_upload(client, lm, images, tmp_path):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
     pixels = np.asarray(Image.open(images[3])).astype(np.uint16) * 16  # 12-bit values
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "DX", "MONOCHROME2", 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
-    path = tmp_path / "scan.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path = write_dicom(tmp_path / "scan.dcm", pixels, bits_stored=12)
+    ds = pydicom.dcmread(path)
     r = post(client, "/predict", "no-extension", path.read_bytes())
     assert r.status_code == 200, r.text
     assert r.json()["image"]["format"] == "DICOM"
@@ -417,11 +405,44 @@ def test_slow_connections_are_closed_after_the_header_and_read_timeouts(lm, imag
             assert r.status_code == 200, r.text
 
 
+def test_a_body_trickled_inside_the_pause_limit_still_has_a_deadline(lm, images):
+    """Each chunk arrives well inside the 1 s pause limit, but the whole body is due in 2 s."""
+    app = create_app(lm, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS)
+    with background_server(app, header_timeout=5.0, read_timeout=1.0, body_timeout=2.0) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                      b"Content-Type: application/octet-stream\r\n\r\n")
+            t0, dead = time.monotonic(), False
+            while time.monotonic() - t0 < 8.0:
+                try:
+                    s.sendall(b"x" * 10)
+                except (BrokenPipeError, ConnectionResetError):
+                    dead = True
+                    break
+                s.settimeout(0.3)
+                try:
+                    if s.recv(4096) == b"":
+                        dead = True
+                        break
+                except TimeoutError:
+                    pass
+            took = time.monotonic() - t0
+        assert dead and 1.5 < took < 4.0, (dead, took)
+        with httpx.Client(base_url=url) as c:
+            assert c.get("/info").status_code == 200
+            r = c.post("/predict", files={"file": ("x.png", images[0].read_bytes())})
+            assert r.status_code == 200, r.text
+
+
 def test_the_foreground_server_has_timeouts_too():
-    from cxrkit.serve.runner import HEADER_TIMEOUT_S, READ_TIMEOUT_S, server_config
+    from cxrkit.serve.runner import (BODY_TIMEOUT_S, HEADER_TIMEOUT_S, READ_TIMEOUT_S,
+                                     server_config)
 
     config = server_config(object(), host="127.0.0.1", port=8000)
     assert config.timeout_keep_alive > 0
     proto = config.http
     assert proto.header_timeout == HEADER_TIMEOUT_S and proto.read_timeout == READ_TIMEOUT_S
+    assert proto.body_timeout == BODY_TIMEOUT_S
     assert 0 < HEADER_TIMEOUT_S <= 30 and 0 < READ_TIMEOUT_S <= 120
+    assert READ_TIMEOUT_S < BODY_TIMEOUT_S <= 600

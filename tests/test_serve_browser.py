@@ -55,6 +55,7 @@ def test_page_shows_findings_and_overlay(request, phantom_run, phantom_release):
             assert "Research use only" in page.inner_text("#disclaimer")
             assert "not a medical device" in page.inner_text("#disclaimer")
             page.wait_for_function("document.getElementById('model').textContent.includes('cnn4')")
+            assert not page.is_visible("#patient")  # this model takes no patient metadata
 
             page.set_input_files("#file", str(image))
             page.wait_for_selector("#chart g.bar", timeout=30_000)
@@ -121,3 +122,45 @@ def test_page_shows_findings_and_overlay(request, phantom_run, phantom_release):
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000
+
+
+def test_page_sends_patient_metadata(tmp_path):
+    """A model trained with age/sex/view: the page shows the fields and sends them."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (make browser installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install -e '.[dev]')")
+    from test_export import make_checkpoint
+
+    lm = load(make_checkpoint(tmp_path, "cnn4", cache=32, input_size=32,
+                              model_kw={"meta_features": 4}))
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)).save(image)
+    with pytest.warns(UserWarning):  # no OOD record in a bare checkpoint
+        want = lm.predict(image, meta=[{"age": 71, "sex": "M", "view": "AP"}])
+    top = want[list(lm.findings)].iloc[0].sort_values(ascending=False)
+    with background_server(create_app(lm)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/", wait_until="networkidle")
+            page.wait_for_selector("#patient:not([hidden])", timeout=30_000)
+            page.fill("#age", "71")
+            page.select_option("#sex", "M")
+            page.select_option("#view", "AP")
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("#chart g.bar", timeout=30_000)
+            page.wait_for_selector("#status.ok", timeout=30_000)
+            assert "Patient metadata: all given" in page.inner_text("#status")
+            assert f"{top.iloc[0] * 100:.1f}%" in page.text_content("#chart")
+            # clearing a field re-runs the image and names what is now missing
+            page.select_option("#sex", "")
+            page.wait_for_function("t => document.getElementById('status').textContent"
+                                   ".includes(t)", arg="missing (training defaults used): sex",
+                                   timeout=30_000)
+            assert not errors, errors
+        finally:
+            browser.close()

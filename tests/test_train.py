@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -48,10 +49,11 @@ def test_checkpoint_rebuilds_model_alone(phantom_prepared, tmp_path):
     assert model(x).shape == (2, len(ck["findings"]))
 
 
-def test_kill_and_resume_equals_uninterrupted(phantom_prepared, tmp_path, monkeypatch):
-    full = config(phantom_prepared, tmp_path / "full")
+def kill_and_resume(full, part, monkeypatch) -> None:
+    """Train ``full`` through; train ``part`` (same config, another folder) until it is
+    killed in its third epoch (KeyboardInterrupt, as if the process were killed), check
+    that its last.pt holds the second epoch (epoch 1), then resume it to the end."""
     engine.fit(full, show_progress=False)
-
     real = engine.train_one_epoch
     calls = {"n": 0}
 
@@ -62,13 +64,16 @@ def test_kill_and_resume_equals_uninterrupted(phantom_prepared, tmp_path, monkey
         return real(*a, **k)
 
     monkeypatch.setattr(engine, "train_one_epoch", killed_in_epoch_three)
-    part = config(phantom_prepared, tmp_path / "part")
     with pytest.raises(KeyboardInterrupt):
         engine.fit(part, show_progress=False)
-    assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
+    assert load_checkpoint(Path(part.out) / "last.pt")["epoch"] == 1
     monkeypatch.setattr(engine, "train_one_epoch", real)
     engine.fit(part, show_progress=False)  # resumes from last.pt
 
+
+def test_kill_and_resume_equals_uninterrupted(phantom_prepared, tmp_path, monkeypatch):
+    kill_and_resume(config(phantom_prepared, tmp_path / "full"),
+                    config(phantom_prepared, tmp_path / "part"), monkeypatch)
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "part" / "last.pt")
     assert a["epoch"] == b["epoch"] == 2

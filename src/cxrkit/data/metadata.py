@@ -158,6 +158,12 @@ def dicom_metadata(path: str | Path) -> dict:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception:  # noqa: BLE001 (not DICOM, or unreadable: the image reader says why)
         return {"age": None, "sex": None, "view": None}
+    return dicom_tags(ds)
+
+
+def dicom_tags(ds) -> dict:
+    """``{"age", "sex", "view"}``: a pydicom dataset's ``PatientAge``, ``PatientSex`` and
+    ``ViewPosition`` as stored (None where absent)."""
     return {"age": ds.get("PatientAge"), "sex": ds.get("PatientSex"),
             "view": ds.get("ViewPosition")}
 

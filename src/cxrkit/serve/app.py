@@ -7,6 +7,9 @@ Endpoints (the OpenAPI schema is at ``/openapi.json``):
 ``POST /predict``   multipart ``file`` -> per-finding probability, threshold, positive flag
 ``POST /explain``   multipart ``file`` (+ optional ``finding``) -> Grad-CAM overlay as a
                     base64 PNG, with that finding's probability
+                    (both take optional ``age``, ``sex`` and ``view`` form fields for a
+                    model trained with patient metadata; a DICOM's own tags fill the
+                    fields not sent, and the rest get the training defaults)
 ``GET  /info``      the model, its findings and thresholds, the upload limits
 ``GET  /healthz``   liveness
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import math
 import threading
 import warnings
 from pathlib import Path
@@ -43,6 +47,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cxrkit.data.metadata import FIELDS, parse_age, parse_sex, parse_view
 from cxrkit.inference import TTA_MODES, LoadedModel, load
 from cxrkit.messages import quote
 from cxrkit.predictor import OodMissingWarning
@@ -64,6 +69,11 @@ OOD_WARNING = ("This image does not look like the images this model was trained 
                "(out-of-distribution score {score:.1f}; above 1 is flagged). The findings "
                "below are unreliable: check that it is a frontal chest radiograph, upright, "
                "not inverted, of the kind the model was trained on.")
+#: How each patient-metadata form field is read, and what a refused value is told.
+META_PARSERS = {"age": (parse_age, "not an age: years from 0 to 120, or DICOM's 058Y / 011M "
+                                   "/ 006W / 003D"),
+                "sex": (parse_sex, "not a sex: M or F (male/female accepted)"),
+                "view": (parse_view, "not a view: PA or AP")}
 
 
 # -- response schemas (they become the OpenAPI schema) ---------------------------------------
@@ -89,13 +99,30 @@ class ModelInfo(BaseModel):
     input_size: int = Field(description="side of the network input, pixels")
     cache_size: int = Field(description="side of the cache-stage image, pixels")
     tta: str
+    takes_metadata: bool = Field(description="whether the model was trained with patient "
+                                             "metadata (send age, sex and view with each image)")
     thresholds_source: str | None = None
     warning: str | None = Field(None, description="why the results need extra care, if any")
     disclaimer: str = DISCLAIMER
 
 
+class PatientMetadata(BaseModel):
+    age: float | None = Field(None, description="years; null: missing (the model's "
+                                                "'age missing' input is set)")
+    sex: str | None = Field(None, description="M or F; null: missing (the training default, "
+                                              "F, was used)")
+    view: str | None = Field(None, description="PA or AP; null: missing (the training "
+                                               "default, PA, was used)")
+    source: dict[str, str] = Field(description="per field: 'form', 'dicom' (the upload's "
+                                               "own tag) or 'missing'")
+    missing: list[str] = Field(description="the fields no source gave")
+
+
 class PredictResponse(ModelInfo):
     image: ImageInfo
+    metadata: PatientMetadata | None = Field(
+        None, description="the patient metadata the model was given; null when the model "
+                          "takes none (age, sex and view sent to it are ignored)")
     ood_score: float | None = Field(
         None, description="out-of-distribution score: > 1 means unlike the training images "
                           "(null when the checkpoint has no OOD record)")
@@ -106,6 +133,8 @@ class PredictResponse(ModelInfo):
 
 class ExplainResponse(ModelInfo):
     image: ImageInfo
+    metadata: PatientMetadata | None = Field(
+        None, description="as in /predict")
     finding: str
     probability: float
     threshold: float
@@ -135,8 +164,9 @@ class ErrorResponse(BaseModel):
 
 ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
     (400, "empty upload"), (413, "file over max_upload_bytes or image over max_pixels"),
-    (415, "not a PNG, JPEG or DICOM image"), (422, "corrupt image, unknown finding or "
-                                                  "missing file field"))}
+    (415, "not a PNG, JPEG or DICOM image"), (422, "corrupt image, unknown finding, "
+                                                  "unreadable age/sex/view or missing file "
+                                                  "field"))}
 
 
 # -- the model behind the service ------------------------------------------------------------
@@ -160,19 +190,53 @@ class Service:
             notes.append(lm.tta_note(tta))
         if lm.ood_note():
             notes.append(lm.ood_note())
-        if lm.metadata:
-            notes.append("this model was trained with patient metadata, which the service "
-                         "does not take: age is marked missing and sex/view default to "
-                         "female/PA")
         self.model_info = ModelInfo(
             model=str(getattr(lm.model.cxr_config, "name", type(lm.model).__name__)),
             checkpoint=lm.checkpoint.name, checkpoint_sha256=lm.checkpoint_sha256,
             input_size=lm.preprocessing.input_size, cache_size=lm.preprocessing.cache.size, tta=tta,
-            thresholds_source=lm.thresholds_source, warning="; ".join(notes) or None)
+            takes_metadata=bool(lm.metadata), thresholds_source=lm.thresholds_source,
+            warning="; ".join(notes) or None)
 
     def decode(self, data: bytes, filename: str) -> DecodedUpload:
         return decode_upload(data, filename, max_upload_bytes=self.max_upload_bytes,
                              max_pixels=self.max_pixels)
+
+    def check_metadata(self, form: dict[str, str | None]) -> dict:
+        """The age/sex/view form fields sent, parsed (422 naming a field it cannot read).
+        Checked before the upload is decoded; empty fields count as not sent."""
+        given = {}
+        for name in FIELDS:
+            raw = form.get(name)
+            if raw is None or not str(raw).strip():
+                continue
+            parse, what = META_PARSERS[name]
+            value = parse(str(raw))
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                raise UploadError(422, f"{name} {quote(raw)}: {what}")
+            given[name] = value
+        return given
+
+    def metadata(self, given: dict, up: DecodedUpload) -> tuple[list[dict] | None,
+                                                                PatientMetadata | None]:
+        """``meta`` for the model (None when it takes none) and what the response reports:
+        per field the form value, else the upload's DICOM tag, else missing."""
+        if not self.lm.metadata:
+            return None, None
+        values, source = {}, {}
+        for name in FIELDS:
+            parse = META_PARSERS[name][0]
+            tag = parse(up.tags.get(name)) if up.tags.get(name) is not None else None
+            if isinstance(tag, float) and math.isnan(tag):
+                tag = None  # an unreadable tag is a missing value, as in cxrkit predict
+            if name in given:
+                values[name], source[name] = given[name], "form"
+            elif tag is not None:
+                values[name], source[name] = tag, "dicom"
+            else:
+                values[name], source[name] = None, "missing"
+        report = PatientMetadata(**values, source=source,
+                                 missing=[n for n in FIELDS if source[n] == "missing"])
+        return [values], report
 
     def _image_info(self, up: DecodedUpload, filename: str) -> ImageInfo:
         return ImageInfo(filename=filename, format=up.format, width=up.width,
@@ -182,34 +246,39 @@ class Service:
         t = self.thresholds[finding]
         return FindingResult(finding=finding, probability=p, threshold=t, positive=p >= t)
 
-    def predict(self, data: bytes, filename: str) -> PredictResponse:
+    def predict(self, data: bytes, filename: str, form: dict | None = None) -> PredictResponse:
+        given = self.check_metadata(form or {})
         up = self.decode(data, filename)
+        meta, meta_report = self.metadata(given, up)
         with self.lock, warnings.catch_warnings():
             warnings.simplefilter("ignore", OodMissingWarning)  # said once, in `warning`
-            probs = self.lm.predict(up.image, tta=self.tta).iloc[0]
+            probs = self.lm.predict(up.image, meta=meta, tta=self.tta).iloc[0]
         rows = [self._result(f, float(probs[f])) for f in self.lm.findings]
         flag = None if pd.isna(probs["ood_flag"]) else bool(probs["ood_flag"])
         score = None if flag is None else float(probs["ood_score"])
         return PredictResponse(**self.model_info.model_dump(),
                                image=self._image_info(up, filename), findings=rows,
-                               ood_score=score, ood_flag=flag,
+                               metadata=meta_report, ood_score=score, ood_flag=flag,
                                ood_warning=OOD_WARNING.format(score=score) if flag else None)
 
-    def explain(self, data: bytes, filename: str, finding: str | None) -> ExplainResponse:
+    def explain(self, data: bytes, filename: str, finding: str | None,
+                form: dict | None = None) -> ExplainResponse:
         from cxrkit.explain.overlay import overlay
         from cxrkit.explain.saliency import saliency_maps
 
         if finding is not None:
             finding = self._finding(finding)
+        given = self.check_metadata(form or {})
         up = self.decode(data, filename)
+        meta, meta_report = self.metadata(given, up)
         cached = self.lm.load_images([up.image])  # (1, 1, S, S) uint8, the cache stage
         with self.lock:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OodMissingWarning)
-                probs = self.lm.predict(up.image, tta=self.tta).iloc[0]  # as /predict
+                probs = self.lm.predict(up.image, meta=meta, tta=self.tta).iloc[0]  # as /predict
             if finding is None:  # the most probable finding
                 finding = str(probs[list(self.lm.findings)].astype(float).idxmax())
-            heat = saliency_maps(self.lm, cached, finding, method="gradcam")[0]
+            heat = saliency_maps(self.lm, cached, finding, method="gradcam", meta=meta)[0]
         p = float(probs[finding])
         base = cached[0, 0].numpy()
         if base.shape[0] < OVERLAY_MIN_SIDE:
@@ -220,7 +289,7 @@ class Service:
         Image.fromarray(rgb).save(buf, format="PNG")
         r = self._result(finding, p)
         return ExplainResponse(**self.model_info.model_dump(), image=self._image_info(up, filename),
-                               finding=finding, probability=p, threshold=r.threshold,
+                               metadata=meta_report, finding=finding, probability=p, threshold=r.threshold,
                                positive=r.positive,
                                overlay_png_base64=base64.b64encode(buf.getvalue()).decode(),
                                overlay_width=int(rgb.shape[1]), overlay_height=int(rgb.shape[0]))
@@ -284,20 +353,29 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
         return await file.read(max_upload_bytes + 1), file.filename or "upload"
 
     upload = File(description="a chest X-ray: PNG, JPEG or DICOM (checked by content)")
+    age_field = Form(None, description="patient age: years, or DICOM's 058Y (models trained "
+                                       "with metadata; default: the DICOM tag, else missing)")
+    sex_field = Form(None, description="M or F (default: the DICOM tag, else missing)")
+    view_field = Form(None, description="PA or AP (default: the DICOM tag, else missing)")
 
     @app.post("/predict", response_model=PredictResponse, responses=ERRORS)
-    async def predict(file: UploadFile = upload) -> PredictResponse:
+    async def predict(file: UploadFile = upload, age: str | None = age_field,
+                      sex: str | None = sex_field, view: str | None = view_field
+                      ) -> PredictResponse:
         """Probability, threshold and positive flag for every finding of one X-ray."""
         data, name = await read(file)
-        return await run_in_threadpool(service.predict, data, name)
+        form = {"age": age, "sex": sex, "view": view}
+        return await run_in_threadpool(service.predict, data, name, form)
 
     @app.post("/explain", response_model=ExplainResponse, responses=ERRORS)
     async def explain(file: UploadFile = upload,
-                      finding: str | None = Form(None, description="default: the most probable")
-                      ) -> ExplainResponse:
+                      finding: str | None = Form(None, description="default: the most probable"),
+                      age: str | None = age_field, sex: str | None = sex_field,
+                      view: str | None = view_field) -> ExplainResponse:
         """Grad-CAM overlay (base64 PNG) for one finding, with its probability."""
         data, name = await read(file)
-        return await run_in_threadpool(service.explain, data, name, finding or None)
+        form = {"age": age, "sex": sex, "view": view}
+        return await run_in_threadpool(service.explain, data, name, finding or None, form)
 
     @app.get("/info", response_model=InfoResponse)
     async def info() -> InfoResponse:

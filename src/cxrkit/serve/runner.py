@@ -7,11 +7,12 @@ can take the port in between.
 Both close slow connections. uvicorn times out only an idle keep-alive connection
 (``timeout_keep_alive``); a client that sends half a request line or half its headers,
 or stops in the middle of an upload, held its connection (and a file descriptor) for
-ever. :class:`TimeoutH11Protocol` adds the two missing deadlines: the headers of each
+ever. :class:`TimeoutH11Protocol` adds the missing deadlines: the headers of each
 request must arrive within :data:`HEADER_TIMEOUT_S` (whatever the pace: trickling one
-byte at a time does not extend it; answered ``408 Request Timeout``), and a request body
-must not pause for more than :data:`READ_TIMEOUT_S` between chunks (the connection is
-closed). Written by hand because uvicorn has no such option and a middleware only sees a
+byte at a time does not extend it; answered ``408 Request Timeout``), a request body
+must not pause for more than :data:`READ_TIMEOUT_S` between chunks, and the whole body
+must arrive within :data:`BODY_TIMEOUT_S` of the headers (a body trickled in just
+inside the pause limit does not hold the connection for ever; the connection is closed). Written by hand because uvicorn has no such option and a middleware only sees a
 request once its headers are complete.
 """
 
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 HEADER_TIMEOUT_S = 10.0
 #: Seconds a request body may pause between two chunks before the connection is closed.
 READ_TIMEOUT_S = 30.0
+#: Seconds the whole request body has, from the end of its headers (32 MiB, the default
+#: upload limit, at about 2 Mbit/s).
+BODY_TIMEOUT_S = 120.0
 #: Seconds an idle kept-alive connection stays open (uvicorn's own option, its default).
 KEEP_ALIVE_S = 5.0
 
@@ -56,9 +60,11 @@ class TimeoutH11Protocol(H11Protocol):
 
     header_timeout: float = HEADER_TIMEOUT_S
     read_timeout: float = READ_TIMEOUT_S
+    body_timeout: float = BODY_TIMEOUT_S
 
     def connection_made(self, transport) -> None:
         self._deadline = None
+        self._body_due = None   # loop time by which the current body must be complete
         super().connection_made(transport)
         self._arm(self.header_timeout)
 
@@ -75,8 +81,12 @@ class TimeoutH11Protocol(H11Protocol):
         super().data_received(data)
         state = self.conn.their_state
         if state is h11.SEND_BODY:
-            self._arm(self.read_timeout)       # restarted by every chunk of the body
+            if self._body_due is None:
+                self._body_due = self.loop.time() + self.body_timeout
+            # restarted by every chunk of the body, never past the whole body's deadline
+            self._arm(max(0.0, min(self.read_timeout, self._body_due - self.loop.time())))
         elif state is not h11.IDLE:
+            self._body_due = None
             self._disarm()                     # request complete: the app's turn
         # IDLE: still in the headers; their deadline keeps running
 
@@ -94,7 +104,8 @@ class TimeoutH11Protocol(H11Protocol):
         if self.transport.is_closing():
             return
         state = self.conn.their_state
-        if state is h11.SEND_BODY and self.flow.read_paused:
+        late = self._body_due is not None and self.loop.time() >= self._body_due
+        if state is h11.SEND_BODY and self.flow.read_paused and not late:
             self._arm(self.read_timeout)       # we stopped reading, not the client
             return
         if state is h11.IDLE and (self.cycle is None or self.cycle.response_complete):
@@ -102,6 +113,9 @@ class TimeoutH11Protocol(H11Protocol):
                      "%g s", self.client, self.header_timeout)
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                                  b"Content-Length: 0\r\n\r\n")
+        elif state is h11.SEND_BODY and late:
+            log.info("closing a connection from %s: the request body took over %g s",
+                     self.client, self.body_timeout)
         elif state is h11.SEND_BODY:
             log.info("closing a connection from %s: the request body paused for over %g s",
                      self.client, self.read_timeout)
@@ -111,38 +125,44 @@ class TimeoutH11Protocol(H11Protocol):
 
 
 def timeout_protocol(header_timeout: float = HEADER_TIMEOUT_S,
-                     read_timeout: float = READ_TIMEOUT_S) -> type[TimeoutH11Protocol]:
+                     read_timeout: float = READ_TIMEOUT_S,
+                     body_timeout: float = BODY_TIMEOUT_S) -> type[TimeoutH11Protocol]:
     """A :class:`TimeoutH11Protocol` subclass with these deadlines (seconds, > 0)."""
-    if not (header_timeout > 0 and read_timeout > 0):
+    if not (header_timeout > 0 and read_timeout > 0 and body_timeout > 0):
         raise ValueError(f"timeouts must be positive seconds, got header_timeout="
-                         f"{header_timeout}, read_timeout={read_timeout}")
+                         f"{header_timeout}, read_timeout={read_timeout}, "
+                         f"body_timeout={body_timeout}")
     return type("TimeoutH11Protocol", (TimeoutH11Protocol,),
-                {"header_timeout": float(header_timeout), "read_timeout": float(read_timeout)})
+                {"header_timeout": float(header_timeout), "read_timeout": float(read_timeout),
+                 "body_timeout": float(body_timeout)})
 
 
 def server_config(app, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
                   header_timeout: float = HEADER_TIMEOUT_S,
-                  read_timeout: float = READ_TIMEOUT_S, **kwargs) -> uvicorn.Config:
+                  read_timeout: float = READ_TIMEOUT_S,
+                  body_timeout: float = BODY_TIMEOUT_S, **kwargs) -> uvicorn.Config:
     """The uvicorn configuration both servers use: h11 with the timeouts above."""
     return uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                          http=timeout_protocol(header_timeout, read_timeout),
+                          http=timeout_protocol(header_timeout, read_timeout, body_timeout),
                           timeout_keep_alive=KEEP_ALIVE_S, **kwargs)
 
 
 def run_server(app, *, host: str = "127.0.0.1", port: int = 8000,
                log_level: str = "info", header_timeout: float = HEADER_TIMEOUT_S,
-               read_timeout: float = READ_TIMEOUT_S) -> None:
+               read_timeout: float = READ_TIMEOUT_S,
+               body_timeout: float = BODY_TIMEOUT_S) -> None:
     """Serve ``app`` until interrupted (Ctrl-C)."""
     uvicorn.Server(server_config(app, host=host, port=port, log_level=log_level,
-                                 header_timeout=header_timeout,
-                                 read_timeout=read_timeout)).run()
+                                 header_timeout=header_timeout, read_timeout=read_timeout,
+                                 body_timeout=body_timeout)).run()
 
 
 @contextmanager
 def background_server(app, *, host: str = "127.0.0.1", port: int = 0,
                       log_level: str = "warning", timeout: float = 30.0,
                       header_timeout: float = HEADER_TIMEOUT_S,
-                      read_timeout: float = READ_TIMEOUT_S) -> Iterator[str]:
+                      read_timeout: float = READ_TIMEOUT_S,
+                      body_timeout: float = BODY_TIMEOUT_S) -> Iterator[str]:
     """Serve ``app`` on a daemon thread; yields its base URL, stops it on exit."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -151,7 +171,8 @@ def background_server(app, *, host: str = "127.0.0.1", port: int = 0,
     port = sock.getsockname()[1]
     server = uvicorn.Server(server_config(app, host=host, port=port, log_level=log_level,
                                           lifespan="off", header_timeout=header_timeout,
-                                          read_timeout=read_timeout))
+                                          read_timeout=read_timeout,
+                                          body_timeout=body_timeout))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
                               name=f"cxrkit-serve-{port}")
     thread.start()
@@ -170,5 +191,5 @@ def background_server(app, *, host: str = "127.0.0.1", port: int = 0,
         sock.close()
 
 
-__all__ = ["HEADER_TIMEOUT_S", "READ_TIMEOUT_S", "TimeoutH11Protocol", "background_server",
+__all__ = ["BODY_TIMEOUT_S", "HEADER_TIMEOUT_S", "READ_TIMEOUT_S", "TimeoutH11Protocol", "background_server",
            "is_loopback", "run_server", "server_config", "timeout_protocol"]

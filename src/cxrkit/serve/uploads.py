@@ -27,13 +27,14 @@ import io
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
 from cxrkit.data.dicom import has_dicom_preamble, read_dicom
 from cxrkit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_xray
+from cxrkit.data.metadata import dicom_tags
 
 #: Default cap on one uploaded file, bytes. A 16-bit 4300 x 3500 PNG radiograph is about
 #: 20-30 MB; DICOM originals are similar.
@@ -62,6 +63,10 @@ class DecodedUpload:
     width: int          #: pixels
     height: int         #: pixels
     bytes: int          #: size of the uploaded file
+    #: patient metadata from a DICOM's header (``age``/``sex``/``view``: the raw
+    #: ``PatientAge``/``PatientSex``/``ViewPosition`` values, None where absent); empty for
+    #: PNG and JPEG
+    tags: dict = field(default_factory=dict)
 
 
 def decode_upload(data: bytes, filename: str = "upload", *,
@@ -75,8 +80,9 @@ def decode_upload(data: bytes, filename: str = "upload", *,
     if len(data) > max_upload_bytes:
         raise UploadError(413, f"{name}: {len(data):,} bytes is over the upload limit of "
                                f"{max_upload_bytes:,} bytes (max_upload_bytes)")
+    tags: dict = {}
     if has_dicom_preamble(data):
-        fmt, (w, h, frames) = "DICOM", _dicom_size(data, name)
+        fmt, (w, h, frames, tags) = "DICOM", _dicom_header(data, name)
     else:
         fmt, (w, h) = _probe(data, name, max_pixels)
         frames = 1
@@ -88,7 +94,7 @@ def decode_upload(data: bytes, filename: str = "upload", *,
         raise UploadError(422, f"{name}: the image has no pixels ({w}x{h})")
     image = _decode(data, name, fmt, max_pixels)
     return DecodedUpload(image=image, format=fmt, width=int(image.shape[1]),
-                         height=int(image.shape[0]), bytes=len(data))
+                         height=int(image.shape[0]), bytes=len(data), tags=tags)
 
 
 def _probe(data: bytes, name: str, max_pixels: int) -> tuple[str, tuple[int, int]]:
@@ -113,18 +119,20 @@ def _probe(data: bytes, name: str, max_pixels: int) -> tuple[str, tuple[int, int
     return fmt, size
 
 
-def _dicom_size(data: bytes, name: str) -> tuple[int, int, int]:
-    """Columns, Rows and NumberOfFrames from the DICOM header (pixel data not read)."""
+def _dicom_header(data: bytes, name: str) -> tuple[int, int, int, dict]:
+    """Columns, Rows, NumberOfFrames and the patient-metadata tags from the DICOM header
+    (pixel data not read)."""
     import pydicom
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        tags = dicom_tags(ds)
     except Exception as e:  # pydicom raises many types for bad headers
         raise UploadError(422, f"{name}: unreadable DICOM header ({type(e).__name__}: "
                                f"{e})") from None
-    return cols, rows, frames
+    return cols, rows, frames, tags
 
 
 def _decode(data: bytes, name: str, fmt: str, max_pixels: int) -> np.ndarray:

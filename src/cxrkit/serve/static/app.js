@@ -28,6 +28,7 @@ async function loadInfo() {
     const mpx = (info.max_pixels / (1024 * 1024)).toFixed(0);  // 2^20 pixels, as the CLI
     $("limits").textContent = `PNG, JPEG or DICOM · up to ${mib(info.max_upload_bytes)} and ${mpx} megapixels`;
     if (info.warning) showWarning(info.warning);
+    $("patient").hidden = !info.takes_metadata;
   } catch (e) {
     $("model").textContent = "model information unavailable";
     setStatus(`Could not reach the service: ${e.message}`, "error");
@@ -40,10 +41,28 @@ function showWarning(text) {
   el.hidden = false;
 }
 
+function patientFields() {
+  // age, sex and view for a model trained with them; empty ones are not sent
+  if (!state.info || !state.info.takes_metadata) return {};
+  const out = {};
+  for (const k of ["age", "sex", "view"]) {
+    const v = $(k).value.trim();
+    if (v) out[k] = v;
+  }
+  return out;
+}
+
+function metadataText(res) {
+  const m = res.metadata;
+  if (!m) return "";
+  if (!m.missing.length) return " Patient metadata: all given.";
+  return ` Patient metadata missing (training defaults used): ${m.missing.join(", ")}.`;
+}
+
 async function post(path, file, extra) {
   const form = new FormData();
   form.append("file", file, file.name || "upload");
-  for (const [k, v] of Object.entries(extra || {})) form.append(k, v);
+  for (const [k, v] of Object.entries({ ...patientFields(), ...(extra || {}) })) form.append(k, v);
   const r = await fetch(path, { method: "POST", body: form });
   let body = null;
   try { body = await r.json(); } catch (_) { /* not JSON */ }
@@ -82,7 +101,7 @@ async function handleFile(file) {
     if (res.warning) showWarning(res.warning);
     const positives = res.findings.filter((f) => f.positive).length;
     setStatus(`${res.image.filename}: ${res.image.width}×${res.image.height} ${res.image.format}, ` +
-      `${positives} of ${res.findings.length} findings at or above threshold.`, "ok");
+      `${positives} of ${res.findings.length} findings at or above threshold.` + metadataText(res), "ok");
     const top = [...res.findings].sort((a, b) => b.probability - a.probability)[0];
     await explain(top.finding);
   } catch (e) {
@@ -221,6 +240,9 @@ function setup() {
     drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
   }
   drop.addEventListener("drop", (e) => handleFile(e.dataTransfer.files[0]));
+  for (const k of ["age", "sex", "view"]) {
+    $(k).addEventListener("change", () => { if (state.file) handleFile(state.file); });
+  }
   loadInfo();
 }
 
