@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -36,6 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+import numpy as np
 
 
 class WriteError(OSError):
@@ -195,6 +198,29 @@ def write_text(text: str, path: str | Path) -> Path:
 def write_json(obj, path: str | Path) -> Path:
     """Write ``obj`` as indented, key-sorted JSON atomically (unknown types via ``str``)."""
     return write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), path)
+
+
+def finite_or_none(x) -> float | None:
+    """A finite float, or None (JSON null) for NaN, inf and None."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def jsonable(obj):
+    """Plain JSON types throughout: numpy scalars -> Python, NaN/inf -> None, keys -> str."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return finite_or_none(obj)
+    return obj
 
 
 def write_csv(table, path: str | Path) -> Path:

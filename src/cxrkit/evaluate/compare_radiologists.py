@@ -10,13 +10,12 @@ against the radiologists with a paired patient-bootstrap interval
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxrkit.evaluate.radiologists import FILE, IMAGES_FILE
+from cxrkit.evaluate.radiologists import read_section
 from cxrkit.metrics import paired_auroc_difference
 
 
@@ -28,19 +27,11 @@ def _ci(rec: dict | None) -> str:
     return f"{rec['value']:.3f} [{rec['lo']:.3f}, {rec['hi']:.3f}]"
 
 
-def _load(folder: Path) -> tuple[dict, pd.DataFrame] | None:
-    if not (folder / FILE).exists():
-        return None
-    images = pd.read_csv(folder / IMAGES_FILE, dtype={"image_id": str}) \
-        if (folder / IMAGES_FILE).exists() else pd.DataFrame()
-    return json.loads((folder / FILE).read_text()), images
-
-
 def radiologists_comparison(runs: list[tuple[str, Path]], *, bootstrap: int = 1000,
                             seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
     """``runs``: (name, evaluation folder), the first is the baseline. Empty table when no
     run was evaluated against radiologists."""
-    loaded = [(name, _load(Path(folder))) for name, folder in runs]
+    loaded = [(name, read_section(folder)) for name, folder in runs]
     if not any(x is not None for _, x in loaded):
         return pd.DataFrame(), []
     rows: dict[tuple[str, str], dict] = {}

@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.artefacts import RunFolder, make_folder, versions, write_bytes, write_csv, write_json
+from cxrkit.artefacts import (RunFolder, jsonable, make_folder, versions, write_bytes, write_csv,
+                              write_json)
+from cxrkit.artefacts import finite_or_none as _f
 from cxrkit.data.prepare import Prepared
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
 from cxrkit.evaluate.gallery import write_error_gallery
@@ -76,14 +78,6 @@ THRESHOLD_MEANING = ("a finding is called present when its probability (sigmoid 
 
 
 # -- metric sections ----------------------------------------------------------------------
-def _f(x) -> float | None:
-    """A finite float, or None (JSON null) for NaN/inf/None."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (labels == 1).sum(0).astype(int), (labels == 0).sum(0).astype(int)
 
@@ -312,27 +306,12 @@ def _tables(metrics: dict) -> dict[str, pd.DataFrame]:
             "subgroups.csv": subgroups, "published.csv": published}
 
 
-def _jsonable(obj):
-    """Plain JSON types throughout: numpy scalars -> Python, NaN/inf -> None."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _f(obj)
-    return obj
-
-
 def write_outputs(out: Path, metrics: dict, preds: list[Predictions]) -> dict:
     """metrics.json, the CSV tables and predictions_<split>.csv, each written atomically.
 
     Returns ``metrics`` as written (plain JSON types, ``None`` for undefined values).
     """
-    metrics = _jsonable(metrics)
+    metrics = jsonable(metrics)
     make_folder(out)
     for pred in preds:
         write_csv(predictions_frame(pred, metrics["findings"]),

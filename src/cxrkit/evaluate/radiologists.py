@@ -28,6 +28,7 @@ radiologists' label, NIH's, the model's score), which the report draws from.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -49,7 +50,8 @@ from cxrkit.data.expert import (
     nih_label,
 )
 from cxrkit.labels import FINDINGS
-from cxrkit.artefacts import write_csv, write_json
+from cxrkit.artefacts import finite_or_none as _f
+from cxrkit.artefacts import jsonable, write_csv, write_json
 from cxrkit.data.nih import read_data_entry, read_image_list
 from cxrkit.metrics import auroc_reference_difference, threshold_metrics, youden_threshold
 
@@ -62,10 +64,6 @@ IMAGES_FILE = "radiologists_images.csv"
 
 
 # -- agreement between two label sets -----------------------------------------------------
-def _nan(x: float) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
-
-
 def binary_agreement(reference, other) -> dict:
     """``other``'s labels against ``reference`` (0/1; pairs with a NaN are dropped).
 
@@ -85,11 +83,11 @@ def binary_agreement(reference, other) -> dict:
         # here (every reader x finding), and the inputs are already clean 0/1 arrays
         with np.errstate(invalid="ignore", divide="ignore"), \
                 sklearn.config_context(skip_parameter_validation=True):
-            kappa = _nan(cohen_kappa_score(r, o, labels=[0, 1]))
+            kappa = _f(cohen_kappa_score(r, o, labels=[0, 1]))
     return {"n": int(r.size), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
             "disagreements": fp + fn,
-            "sensitivity": _nan(tp / (tp + fn)) if tp + fn else None,
-            "specificity": _nan(tn / (tn + fp)) if tn + fp else None, "kappa": kappa}
+            "sensitivity": _f(tp / (tp + fn)) if tp + fn else None,
+            "specificity": _f(tn / (tn + fp)) if tn + fp else None, "kappa": kappa}
 
 
 def nih_agreement(expert: ExpertSet, nih: pd.DataFrame, images=None) -> list[dict]:
@@ -140,7 +138,7 @@ def reader_agreement(readers: pd.DataFrame, finding: str) -> tuple[pd.DataFrame,
                                              "kappa"])
     pooled = binary_agreement(majority, own)
     used = per_reader[per_reader["n"] > 0]
-    mean = {k: _nan(pd.to_numeric(used[k], errors="coerce").mean()) if len(used) else None
+    mean = {k: _f(pd.to_numeric(used[k], errors="coerce").mean()) if len(used) else None
             for k in ("sensitivity", "specificity", "kappa")}
     return per_reader, {"pooled": pooled, "mean_over_readers": mean, "readers": len(used),
                         "ties": ties, "hedged": int(hedged.sum())}
@@ -193,7 +191,7 @@ def find_expert_labels(prepared, expert_dir=None) -> ExpertLabels | None:
 
 # -- the evaluation section ---------------------------------------------------------------
 def _ci(c) -> dict:
-    return {"value": _nan(c.value[0]), "lo": _nan(c.lo[0]), "hi": _nan(c.hi[0])}
+    return {"value": _f(c.value[0]), "lo": _f(c.lo[0]), "hi": _f(c.hi[0])}
 
 
 def _frame(pred, findings, nih: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -225,14 +223,14 @@ def _finding_record(m, s: ExpertSet, images: pd.DataFrame, labels, probs, fit_la
                                        n=n, seed=seed)
         rec["auroc_radiologists"] = _ci(d["a"])
         rec["auroc_nih"] = _ci(d["b"])
-        rec["difference"] = {"value": _nan(d["value"]), "lo": _nan(d["lo"]), "hi": _nan(d["hi"])}
+        rec["difference"] = {"value": _f(d["value"]), "lo": _f(d["lo"]), "hi": _f(d["hi"])}
         t = youden_threshold(nih_label(m, fit_labels), model_score(m, fit_probs))
         op = {}
         for name, y in (("radiologists", y_rad), ("nih", y_nih)):
             tm = threshold_metrics(y, score, t)
-            op[name] = {k: (v if isinstance(v, int) else _nan(v)) for k, v in tm.items()
+            op[name] = {k: (v if isinstance(v, int) else _f(v)) for k, v in tm.items()
                         if k in ("sensitivity", "specificity", "ppv", "tp", "fp", "tn", "fn")}
-        rec["operating_point"] = {"threshold": _nan(t), **op}
+        rec["operating_point"] = {"threshold": _f(t), **op}
     elif score is None and m.nih:
         rec["not_predicted_because"] = "the model does not predict " + ", ".join(
             f for f in m.nih if f not in probs.columns)
@@ -369,24 +367,23 @@ def evaluate_against_radiologists(prepared, test, fit, findings, out: Path, *, s
     out.mkdir(parents=True, exist_ok=True)
     write_csv(per_image, out / IMAGES_FILE)
     write_csv(table_rows(section), out / "radiologists.csv")
-    write_json(_plain(section), out / FILE)
+    write_json(jsonable(section), out / FILE)
     return section
 
 
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _nan(obj)
-    return obj
+def read_section(folder: str | Path) -> tuple[dict, pd.DataFrame] | None:
+    """What :func:`evaluate_against_radiologists` wrote in ``folder``: the section (from
+    :data:`FILE`) and the per-image table (:data:`IMAGES_FILE`, empty when absent); None
+    when the folder has no section."""
+    folder = Path(folder)
+    if not (folder / FILE).exists():
+        return None
+    images = pd.read_csv(folder / IMAGES_FILE, dtype={"image_id": str}) \
+        if (folder / IMAGES_FILE).exists() else pd.DataFrame()
+    return json.loads((folder / FILE).read_text()), images
 
 
 __all__ = ["FILE", "FORMAT", "IMAGES_FILE", "REFERENCES", "binary_agreement",
            "evaluate_against_radiologists", "find_expert_labels", "nih_agreement",
-           "radiologists_section", "reader_agreement", "reader_points", "table_rows"]
+           "radiologists_section", "read_section", "reader_agreement", "reader_points",
+           "table_rows"]

@@ -19,7 +19,7 @@ from sklearn.metrics import roc_curve
 
 from cxrkit.evaluate.gallery import FILE as GALLERY_FILE
 from cxrkit.evaluate.plots import _figure, _grid
-from cxrkit.evaluate.radiologists import FILE, IMAGES_FILE
+from cxrkit.evaluate.radiologists import read_section
 
 ROC_FIGURE = "roc_radiologists_{set}.png"
 SET_TITLES = {"four_findings": "Four findings (Majkowska et al., Radiology 2019)",
@@ -48,15 +48,6 @@ def _ci(rec: dict | None, signed: bool = False) -> str:
     if rec.get("lo") is None:
         return f"{rec['value']:{f}} (no CI)"
     return f"{rec['value']:{f}} [{rec['lo']:{f}}, {rec['hi']:{f}}]"
-
-
-def _read(out: Path) -> tuple[dict, pd.DataFrame] | None:
-    if not (out / FILE).exists():
-        return None
-    section = json.loads((out / FILE).read_text())
-    images = pd.read_csv(out / IMAGES_FILE, dtype={"image_id": str}) \
-        if (out / IMAGES_FILE).exists() else pd.DataFrame()
-    return section, images
 
 
 def summary_table(rec: dict) -> pd.DataFrame:
@@ -154,7 +145,7 @@ def _embed(path: Path, alt: str, mime: str = "png") -> str:
 def radiologists_html(out: str | Path) -> str:
     """The "Against radiologists" section, or '' without ``radiologists.json``."""
     out = Path(out)
-    read = _read(out)
+    read = read_section(out)
     if read is None:
         return ""
     section, images = read
@@ -227,7 +218,7 @@ def gallery_html(out: str | Path) -> str:
 
 def radiologists_markdown(out: str | Path) -> str:
     """The section for ``summary.md`` ('' without ``radiologists.json``)."""
-    read = _read(Path(out))
+    read = read_section(out)
     if read is None:
         return ""
     section, _ = read
