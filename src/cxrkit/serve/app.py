@@ -201,33 +201,38 @@ class Service:
         return decode_upload(data, filename, max_upload_bytes=self.max_upload_bytes,
                              max_pixels=self.max_pixels)
 
+    @staticmethod
+    def _parse_field(name: str, raw) -> float | str | None:
+        """One age/sex/view value read as :mod:`cxrkit.data.metadata` reads it; None when
+        it is absent, empty or unreadable."""
+        if raw is None or not str(raw).strip():
+            return None
+        value = META_PARSERS[name][0](str(raw))
+        return None if isinstance(value, float) and math.isnan(value) else value
+
     def check_metadata(self, form: dict[str, str | None]) -> dict:
         """The age/sex/view form fields sent, parsed (422 naming a field it cannot read).
         Checked before the upload is decoded; empty fields count as not sent."""
         given = {}
         for name in FIELDS:
             raw = form.get(name)
-            if raw is None or not str(raw).strip():
-                continue
-            parse, what = META_PARSERS[name]
-            value = parse(str(raw))
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                raise UploadError(422, f"{name} {quote(raw)}: {what}")
-            given[name] = value
+            value = self._parse_field(name, raw)
+            if value is None and raw is not None and str(raw).strip():
+                raise UploadError(422, f"{name} {quote(raw)}: {META_PARSERS[name][1]}")
+            if value is not None:
+                given[name] = value
         return given
 
     def metadata(self, given: dict, up: DecodedUpload) -> tuple[list[dict] | None,
                                                                 PatientMetadata | None]:
         """``meta`` for the model (None when it takes none) and what the response reports:
-        per field the form value, else the upload's DICOM tag, else missing."""
+        per field the form value, else the upload's DICOM tag (an unreadable tag is a
+        missing value, as in cxrkit predict), else missing."""
         if not self.lm.metadata:
             return None, None
         values, source = {}, {}
         for name in FIELDS:
-            parse = META_PARSERS[name][0]
-            tag = parse(up.tags.get(name)) if up.tags.get(name) is not None else None
-            if isinstance(tag, float) and math.isnan(tag):
-                tag = None  # an unreadable tag is a missing value, as in cxrkit predict
+            tag = self._parse_field(name, up.tags.get(name))
             if name in given:
                 values[name], source[name] = given[name], "form"
             elif tag is not None:
@@ -238,6 +243,12 @@ class Service:
                                  missing=[n for n in FIELDS if source[n] == "missing"])
         return [values], report
 
+    def _decode_with_metadata(self, data: bytes, filename: str, form: dict | None):
+        """The form's metadata checked, then the upload decoded: ``(upload, meta, report)``."""
+        given = self.check_metadata(form or {})
+        up = self.decode(data, filename)
+        return (up, *self.metadata(given, up))
+
     def _image_info(self, up: DecodedUpload, filename: str) -> ImageInfo:
         return ImageInfo(filename=filename, format=up.format, width=up.width,
                          height=up.height, bytes=up.bytes)
@@ -247,9 +258,7 @@ class Service:
         return FindingResult(finding=finding, probability=p, threshold=t, positive=p >= t)
 
     def predict(self, data: bytes, filename: str, form: dict | None = None) -> PredictResponse:
-        given = self.check_metadata(form or {})
-        up = self.decode(data, filename)
-        meta, meta_report = self.metadata(given, up)
+        up, meta, meta_report = self._decode_with_metadata(data, filename, form)
         with self.lock, warnings.catch_warnings():
             warnings.simplefilter("ignore", OodMissingWarning)  # said once, in `warning`
             probs = self.lm.predict(up.image, meta=meta, tta=self.tta).iloc[0]
@@ -268,9 +277,7 @@ class Service:
 
         if finding is not None:
             finding = self._finding(finding)
-        given = self.check_metadata(form or {})
-        up = self.decode(data, filename)
-        meta, meta_report = self.metadata(given, up)
+        up, meta, meta_report = self._decode_with_metadata(data, filename, form)
         cached = self.lm.load_images([up.image])  # (1, 1, S, S) uint8, the cache stage
         with self.lock:
             with warnings.catch_warnings():
