@@ -57,6 +57,8 @@ from pathlib import Path
 
 import psutil
 
+from cxrkit.artefacts import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("validate", "prepare", "stats", "train", "evaluate", "compare", "explain",
           "localize", "predict", "export")
@@ -148,9 +150,7 @@ class Scale:
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1))
-        tmp.replace(self.results_path)
+        write_json(self.results, self.results_path)
 
     def cli(self, name: str, args: list[str], setup: bool = False) -> dict:
         print(f"[{self.percent}%] {name}: cxrkit {' '.join(args)}", flush=True)
@@ -165,10 +165,10 @@ class Scale:
     # -- setup ------------------------------------------------------------------------
     def ensure_twin(self) -> dict:
         manifest = self.twin / "phantoms_manifest.json"
-        if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
-            m = json.loads(manifest.read_text())
-            if m["settings"]["fraction"] == self.percent / 100 and m["settings"]["image_size"] == self.size:
-                return m
+        m = json.loads(manifest.read_text()) if manifest.exists() else {}
+        if m.get("complete") and m["settings"]["fraction"] == self.percent / 100 \
+                and m["settings"]["image_size"] == self.size:
+            return m
         full = self.work / "s100" / "twin"
         if self.percent < 100 and (full / "phantoms_manifest.json").exists():
             fm = json.loads((full / "phantoms_manifest.json").read_text())
