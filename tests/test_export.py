@@ -20,8 +20,8 @@ import cxrkit
 from cxrkit.cli import app
 from cxrkit.data.images import PreprocessSettings
 from cxrkit.engine.checkpoint import save_checkpoint
-from cxrkit.export import ParityError, export_onnx, resize_matrix
-from cxrkit.onnx_backend import load_onnx
+from cxrkit.inference.export import ParityError, export_onnx, resize_matrix
+from cxrkit.inference.onnx_backend import load_onnx
 
 
 def make_checkpoint(folder: Path, name: str, *, cache: int, input_size: int,
@@ -99,7 +99,7 @@ def test_onnx_backend_matches_torch_on_any_batch(exported, phantom_release):
 
 
 def test_a_wrong_graph_fails_parity(phantom_run, tmp_path, monkeypatch):
-    import cxrkit.export as ex
+    import cxrkit.inference.export as ex
 
     run = shutil.copytree(phantom_run, tmp_path / "run")
     monkeypatch.setattr(ex, "resize_matrix", lambda n, r, c: torch.eye(n).flip(0)[:c])

@@ -384,7 +384,7 @@ def test_models_import_only_downward():
     """models/ may import labels and _compat, never data/, engine/ or anything above."""
     root = Path(__file__).resolve().parents[1] / "src" / "cxrkit" / "models"
     above = ("cxrkit.data", "cxrkit.engine", "cxrkit.evaluate", "cxrkit.explain",
-             "cxrkit.cli", "cxrkit.predict", "cxrkit.serve", "cxrkit.config")
+             "cxrkit.cli", "cxrkit.inference", "cxrkit.serve", "cxrkit.config")
     for path in root.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)

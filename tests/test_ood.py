@@ -70,7 +70,7 @@ def ood_real_run(nih_sample, tmp_path_factory):
 
 
 def _split_images(lm, split):
-    from cxrkit.heldout import load_held_out
+    from cxrkit.inference.heldout import load_held_out
 
     data = load_held_out(lm)
     cache = data.prepared.cache
@@ -162,7 +162,7 @@ def test_old_checkpoint_says_so_then_cxrkit_ood_computes_it(old_run, tmp_path):
     from typer.testing import CliRunner
 
     from cxrkit.cli import app
-    from cxrkit.predictor import OodMissingWarning
+    from cxrkit.inference.predictor import OodMissingWarning
 
     lm = cxrkit.load(old_run)
     assert lm.ood_record is None
@@ -205,8 +205,8 @@ def test_evaluate_reports_flagged_and_auroc_without_them(old_run, tmp_path):
 
 
 def test_onnx_export_carries_the_score(ood_phantom_run, tmp_path, nih_sample):
-    from cxrkit.export import export_onnx
-    from cxrkit.onnx_backend import load_onnx
+    from cxrkit.inference.export import export_onnx
+    from cxrkit.inference.onnx_backend import load_onnx
 
     run = tmp_path / "run"
     shutil.copytree(ood_phantom_run, run)

@@ -31,7 +31,7 @@ def phantoms(
     if like is None and (fraction != 1.0 or workers is not None):
         raise typer.BadParameter("--fraction and --workers apply to a twin: add --like META_DIR")
     if like is not None:
-        from cxrkit.data.twin import make_twin
+        from cxrkit.data.phantoms.twin import make_twin
 
         release = _run(make_twin, out_dir, like, fraction=fraction, image_size=size, seed=seed,
                        workers=workers)
@@ -136,7 +136,7 @@ def stats(
 ) -> None:
     """Prevalence, co-occurrence and demographics per split, as PNG plots and tables."""
     from cxrkit.artefacts import PreparedFolder
-    from cxrkit.eda import describe
+    from cxrkit.data.eda import describe
 
     if PreparedFolder(root).dataset.exists():
         from cxrkit.data.prepare import load_prepared

@@ -37,7 +37,7 @@ def predict(
     Exit code 1 when any input could not be predicted (each is listed with its reason).
     """
     from cxrkit.artefacts import check_writable
-    from cxrkit.predict import collect_inputs, load_model, predict_files
+    from cxrkit.inference.predict import collect_inputs, load_model, predict_files
 
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         typer.secho(f"error: --out {out}: write .csv or .json", fg=typer.colors.RED, err=True)
@@ -79,8 +79,8 @@ def export(
     thresholds: Annotated[Path | None, typer.Option(help="thresholds.json to record (default: beside the checkpoint)")] = None,
 ) -> None:
     """Export to ONNX with the preprocessing inside the graph; check parity with PyTorch."""
-    from cxrkit.export import export_onnx
-    from cxrkit.predict import collect_inputs
+    from cxrkit.inference.export import export_onnx
+    from cxrkit.inference.predict import collect_inputs
 
     if format != "onnx":
         typer.secho(f"error: --format {format}: only onnx is supported", fg=typer.colors.RED, err=True)

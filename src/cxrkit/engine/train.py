@@ -46,7 +46,7 @@ from cxrkit.engine.resume import TrainState, check_resume, resume_state, start_r
 from cxrkit.engine.runlog import plot_curves, write_history
 from cxrkit.labels import resolve_findings
 from cxrkit.metrics import auroc_per_finding, mean_defined
-from cxrkit.preprocessing import Preprocessing
+from cxrkit.data.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 

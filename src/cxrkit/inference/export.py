@@ -13,7 +13,7 @@ itself (see :mod:`cxrkit.inference`):
 
 So an ONNX user needs numpy/OpenCV for the cache stage (:func:`cxrkit.data.dicom.read_image`,
 :func:`cxrkit.data.images.preprocess`: the same code as training) and onnxruntime for the
-rest; :class:`cxrkit.onnx_backend.OnnxModel` is that, with no torch import. This module
+rest; :class:`cxrkit.inference.onnx_backend.OnnxModel` is that, with no torch import. This module
 only exports (and checks the export).
 
 The resize is two matrix products, ``W @ x @ W.T``, not ONNX ``Resize``. Why: training
@@ -29,7 +29,7 @@ Every export is checked: PyTorch and onnxruntime run the same images (phantoms, 
 images when given) and the largest absolute differences of probabilities and logits are
 recorded and compared with :data:`PROBABILITY_TOLERANCE` / :data:`LOGIT_TOLERANCE`;
 over them, :class:`ParityError`. The preprocessing contract (the checkpoint's
-:class:`~cxrkit.preprocessing.Preprocessing`, findings, thresholds, model, checkpoint sha256, opset, versions)
+:class:`~cxrkit.data.preprocessing.Preprocessing`, findings, thresholds, model, checkpoint sha256, opset, versions)
 goes into the ONNX ``metadata_props`` (``cxrkit.*`` keys, JSON values) and, with the
 parity results, into a ``.onnx.json`` sidecar.
 """
@@ -49,7 +49,7 @@ import numpy as np
 from cxrkit.artefacts import WriteError, atomic_path, check_writable, onnx_path, versions, write_json
 from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.metrics import sigmoid
-from cxrkit.onnx_backend import META_KEYS, OnnxModel
+from cxrkit.inference.onnx_backend import META_KEYS, OnnxModel
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     import onnx
     import torch
 
-    from cxrkit.inference import load
-    from cxrkit.runtime import quiet_exporter_logs
+    from cxrkit.inference.core import load
+    from cxrkit.inference.runtime import quiet_exporter_logs
 
     # parity is checked against torch fp32 eager, the reference
     lm = load(checkpoint, device="cpu", thresholds=thresholds, precision="fp32")
