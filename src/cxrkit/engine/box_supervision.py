@@ -16,8 +16,8 @@ import torch
 
 if TYPE_CHECKING:
     from cxrkit.config import RunConfig
-    from cxrkit.engine.train import RunData
     from cxrkit.data.preprocessing import Preprocessing
+    from cxrkit.engine.state import RunData
 
 
 def box_supervision_loss(cfg: RunConfig, data: RunData, preprocessing: Preprocessing):
