@@ -177,3 +177,21 @@ def test_thresholds_are_recorded_and_travel_with_the_onnx_file(tmp_path):
     bogus.write_bytes(b"not onnx")
     with pytest.raises(ValueError, match="not a loadable ONNX model"):
         load_onnx(bogus)
+
+
+def test_default_parity_images_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    from cxrkit.inference.export import NIH_SAMPLE_ENV, default_parity_images, nih_sample_folder
+
+    sample = tmp_path / "sample"
+    (sample / "images_256").mkdir(parents=True)
+    (sample / "originals" / "a").mkdir(parents=True)
+    for i in range(10):
+        (sample / "images_256" / f"{i:02d}.png").write_bytes(b"")
+    (sample / "originals" / "a" / "big.png").write_bytes(b"")
+    monkeypatch.setenv(NIH_SAMPLE_ENV, str(sample))
+    got = default_parity_images()
+    assert [p.name for p in got] == [f"{i:02d}.png" for i in range(8)] + ["big.png"]
+    monkeypatch.delenv(NIH_SAMPLE_ENV)
+    here = nih_sample_folder()
+    monkeypatch.chdir(tmp_path)  # the old default, ../shared/nih, moved with the directory
+    assert nih_sample_folder() == here
