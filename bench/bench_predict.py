@@ -75,11 +75,11 @@ def timed(fn):
 
 def throughput(ck: Path, files: list[Path], args) -> list[dict]:
     from cxrkit.evaluate.predictions import predict_split
-    from cxrkit.inference.heldout import load_held_out
     from cxrkit.inference import load
-    from cxrkit.metrics import auroc_per_finding, mean_defined, sigmoid
+    from cxrkit.inference.heldout import load_held_out
     from cxrkit.inference.predict import predict_files
     from cxrkit.inference.runtime import cpu_has_bf16
+    from cxrkit.metrics import auroc_per_finding, mean_defined, sigmoid
 
     names = ["fp32", *(["bf16"] if cpu_has_bf16() else []), "onnxruntime"]
     models, load_s = {}, {}

@@ -14,16 +14,16 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrkit.data.phantoms import generator
-from cxrkit.data.phantoms.findings import OVERLAYS, SHAPE_CHANGES
 from cxrkit.data.nih import read_bbox_list, read_data_entry, read_image_list
 from cxrkit.data.phantoms import (
     TARGET_PREVALENCE,
+    generator,
     make_phantoms,
     render_phantom,
     sample_anatomy,
     sample_cohort,
 )
+from cxrkit.data.phantoms.findings import OVERLAYS, SHAPE_CHANGES
 from cxrkit.labels import BOXED_FINDINGS, FINDINGS, UnknownFindingError
 
 

@@ -14,8 +14,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrkit.data.dataset import CXRDataset, make_loader
-from cxrkit.inference.heldout import HeldOut
 from cxrkit.inference.core import LoadedModel
+from cxrkit.inference.heldout import HeldOut
 from cxrkit.metrics import sigmoid
 
 

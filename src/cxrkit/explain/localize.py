@@ -59,8 +59,8 @@ from cxrkit.explain.published import (
     WANG_2017_IOU,
 )
 from cxrkit.explain.saliency import METHODS, attention_maps, saliency_maps
-from cxrkit.inference.heldout import load_held_out
 from cxrkit.inference.core import LoadedModel, load
+from cxrkit.inference.heldout import load_held_out
 from cxrkit.metrics import sigmoid
 
 log = logging.getLogger(__name__)

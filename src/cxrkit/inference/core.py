@@ -33,10 +33,10 @@ import torch
 from cxrkit.artefacts import RunFolder, file_sha256, resolve_checkpoint
 from cxrkit.data.dicom import read_image
 from cxrkit.data.images import PreprocessSettings
+from cxrkit.data.preprocessing import Preprocessing
 from cxrkit.data.transforms import EvalTransform, eval_transform, ten_crop
 from cxrkit.engine.checkpoint import CheckpointError, load_checkpoint
 from cxrkit.inference.predictor import TTA_MODES, Predictor
-from cxrkit.data.preprocessing import Preprocessing
 from cxrkit.inference.runtime import EagerForward, Forward, choose_forward
 from cxrkit.inference.thresholds import find_thresholds, write_thresholds_file
 

@@ -47,7 +47,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrkit.artefacts import WriteError, atomic_path, check_writable, onnx_path, versions, write_json
+from cxrkit.artefacts import (
+    WriteError,
+    atomic_path,
+    check_writable,
+    onnx_path,
+    versions,
+    write_json,
+)
 from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.inference.onnx_backend import META_KEYS, OnnxModel
 from cxrkit.metrics import sigmoid

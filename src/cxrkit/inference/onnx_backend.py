@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.artefacts import RunFolder, onnx_path
-from cxrkit.inference.predictor import Predictor
 from cxrkit.data.preprocessing import Preprocessing
+from cxrkit.inference.predictor import Predictor
 from cxrkit.inference.thresholds import find_thresholds
 
 #: ``cxrkit.<key>`` entries every exported graph carries in its ``metadata_props``.

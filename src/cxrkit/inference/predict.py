@@ -39,9 +39,9 @@ import numpy as np
 from cxrkit.artefacts import atomic_path, write_text
 from cxrkit.data.dicom import DICOM_EXTENSIONS, is_dicom
 from cxrkit.data.images import IMAGE_EXTENSIONS, ImageReadError
+from cxrkit.inference.predictor import DEFAULT_THRESHOLD
 from cxrkit.messages import require_count
 from cxrkit.metrics import sigmoid
-from cxrkit.inference.predictor import DEFAULT_THRESHOLD
 
 #: File name endings searched for in folders (case-insensitive); files named directly are
 #: always tried, and extension-less files in folders are taken when they start like DICOM.

@@ -36,10 +36,10 @@ import numpy as np
 from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.data.images import preprocess
 from cxrkit.data.metadata import DEFAULT_META, META_FEATURES, as_meta_matrix
+from cxrkit.data.preprocessing import Preprocessing, mirrored_tta_note
 from cxrkit.messages import require_count
 from cxrkit.metrics import sigmoid
 from cxrkit.ood.record import OodResult, OodScorer
-from cxrkit.data.preprocessing import Preprocessing, mirrored_tta_note
 
 #: Test-time augmentations: none, the image and its mirror, CheXNet's ten crops.
 TTA_MODES = ("none", "flip", "tencrop")
