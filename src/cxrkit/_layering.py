@@ -1,31 +1,25 @@
-"""The layering rule, stated once: imports only go downward.
+"""The layering rule, stated once: imports only go downward (this table was ``layers.py``).
 
-Every module of cxrkit sits on one layer of :data:`LAYERS`; a module may import from its
-own layer or lower ones, never from a higher one, so data flows one way (``NIH files ->
-data -> models -> engine -> checkpoint -> inference -> explain / evaluate / predict /
-export -> serve -> cli``) and a lower layer can be read, tested and reused without the
-ones above it. ``tests/test_layers.py`` checks every import in the package against this
-table, and fails on a module the table does not place: a new module needs a line here,
-which is where its place is decided. The README's layout section is this table, in words.
-
-A line places a top-level module or package (``"data"``: everything under
-``cxrkit/data/``) or, where one package spans layers, each of its modules
-(``"inference.thresholds"``: 2, ``"inference.core"``: 5). A package split that way has a
-line for each of its modules, and a module of it without one is an error, not the
-package's layer. Old module paths (:mod:`cxrkit._moved`) are placed where they now live.
+Every top-level module or package of cxrkit sits on one layer of :data:`LAYERS` (or, for
+a package that spans layers, each of its modules: ``"inference.core"``); a module
+may import from its own layer or lower ones, never from a higher one, so data flows one
+way (``NIH files -> data -> models -> engine -> checkpoint -> inference -> explain /
+evaluate / predict / export -> serve -> cli``) and a lower layer can be read, tested and
+reused without the ones above it. ``tests/test_layers.py`` checks every import in the
+package against this table, and fails on a module the table does not place: a new module
+needs a line here, which is where its place is decided. The README's layout section is
+this table, in words. Old module paths (:mod:`cxrkit._moved`) have the layer of their new place.
 
 The package root ``cxrkit`` (``__init__``) is the public façade: it may reach any layer
 (``cxrkit.load`` imports inference lazily), while other modules may take from it only
 :data:`ROOT_NAMES`, the names it re-exports from the bottom layer.
-
-(This table was ``cxrkit/layers.py``: a name that read like network layers.)
 """
 
 from __future__ import annotations
 
 from cxrkit._moved import new_name
 
-#: module or package under ``cxrkit`` (dotted, without ``cxrkit.``) -> layer (lower = more basic).
+#: module or package under ``cxrkit`` -> layer (lower = more basic).
 LAYERS: dict[str, int] = {
     # 0: no cxrkit imports above the standard library, numpy and torch
     "_compat": 0,      # torchvision/timm next to a CPU-only torch
@@ -41,15 +35,15 @@ LAYERS: dict[str, int] = {
     "data": 2,         # NIH files, splits, cache, dataset, transforms, phantoms, DICOM,
                        # the preprocessing contract, dataset statistics (eda)
     "inference.thresholds": 2,  # the thresholds sidecar (torch-free, for the ONNX backend too)
-    "inference.predictor": 2,   # the predictor interface shared by the torch and ONNX backends
+    "inference.predictor": 2,  # the predictor interface shared by the torch and ONNX backends
     "ood": 2,          # out-of-distribution record and score (features + image statistics)
     # 3: models
     "models": 3,       # the registry and one file per family
     # 4: training
     "engine": 4,       # losses, checkpoint, distributed, train
-    # 5: a trained model in use (the package cxrkit.inference spans layers 2, 5 and 7)
-    "inference": 5,    # the package's façade: cxrkit.inference.load etc. (lazily, from core)
-    "inference.core": 5,     # cxrkit.load: the one inference core
+    # 5: a trained model in use
+    "inference": 5,    # the package's façade: cxrkit.inference.load (lazily, from core)
+    "inference.core": 5,  # cxrkit.load: the one inference core
     "inference.heldout": 5,  # the held-out data a checkpoint was trained against
     "inference.runtime": 5,  # how the forward pass runs: fp32, bf16, onnxruntime (--precision)
     "inference.onnx_backend": 5,  # the ONNX Runtime predictor
@@ -57,7 +51,7 @@ LAYERS: dict[str, int] = {
     "explain": 6,      # saliency maps, overlays, localisation
     "evaluate": 7,     # metrics with CIs, report, compare
     "inference.predict": 7,  # files -> probabilities
-    "inference.export": 7,   # ONNX export and its parity check
+    "inference.export": 7,  # ONNX export and backend
     # 8-9: front ends
     "serve": 8,        # the web service
     "cli": 9,          # the Typer shell
@@ -68,30 +62,10 @@ LAYERS: dict[str, int] = {
 ROOT_NAMES = frozenset({"__version__", "FINDINGS", "NO_FINDING"})
 
 
-def place(module: str) -> str:
-    """The line of :data:`LAYERS` that places a module given relative to ``cxrkit``
-    (``"data.cache"`` -> ``"data"``, ``"inference.core"`` -> ``"inference.core"``,
-    ``"__init__"`` -> ``"__init__"``).
-
-    Raises ``KeyError`` for a module no line places, including a module of a split package
-    (one with lines for its modules) that has no line of its own.
-    """
-    parts = module.split(".")
-    for i in range(len(parts), 0, -1):
-        key = ".".join(parts[:i])
-        if key in LAYERS:
-            if i < len(parts) and any(k.startswith(key + ".") for k in LAYERS):
-                raise KeyError(f"cxrkit.{module}: cxrkit.{key} is placed module by module in "
-                               "LAYERS, and this module has no line")
-            return key
-    raise KeyError(f"cxrkit.{module} has no line in LAYERS")
-
-
 def layer_of(module: str) -> int | None:
     """The layer of a dotted module name; None when it is not part of cxrkit.
 
-    ``cxrkit`` alone is the façade; an old path (:data:`cxrkit._moved.MOVED`) has the
-    layer of the module it names now. Raises ``KeyError`` for a cxrkit module the table
+    ``cxrkit`` alone is the façade. Raises ``KeyError`` for a cxrkit module the table
     does not place.
     """
     parts = new_name(module).split(".")
@@ -102,17 +76,17 @@ def layer_of(module: str) -> int | None:
     return LAYERS[place(".".join(parts[1:]))]
 
 
-def imported_layer(module: str, name: str) -> int | None:
-    """The layer ``from module import name`` reaches: that of submodule ``module.name``
-    when the table has a line for it (``from cxrkit.inference import core``, or an old
-    path: ``from cxrkit import predict``), else that of ``module`` (a name defined there).
-    The root's :data:`ROOT_NAMES` are layer 0."""
-    if module == "cxrkit" and name in ROOT_NAMES:
-        return 0
-    sub = new_name(f"{module}.{name}")
-    if sub.startswith("cxrkit.") and sub.removeprefix("cxrkit.") in LAYERS:
-        return LAYERS[sub.removeprefix("cxrkit.")]
-    return layer_of(module)
+def place(module: str) -> str:
+    """The line that places ``module`` (relative to ``cxrkit``): the longest one naming it
+    or a package above it; a module of a package placed module by module needs its own."""
+    parts = module.split(".")
+    for i in range(len(parts), 0, -1):
+        key = ".".join(parts[:i])
+        if key in LAYERS:
+            if i < len(parts) and any(k.startswith(key + ".") for k in LAYERS):
+                raise KeyError(f"cxrkit.{module}: cxrkit.{key} is placed module by module")
+            return key
+    raise KeyError(f"cxrkit.{module} has no line in LAYERS")
 
 
-__all__ = ["LAYERS", "ROOT_NAMES", "imported_layer", "layer_of", "place"]
+__all__ = ["LAYERS", "ROOT_NAMES", "layer_of", "place"]
