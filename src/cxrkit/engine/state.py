@@ -41,7 +41,7 @@ class RunData:
 
 @dataclass
 class Training:
-    """One run's parts, built once by :func:`build`; the epochs only read them."""
+    """One run's parts, built once by :func:`~cxrkit.engine.train.build`; the epochs only read them."""
 
     cfg: RunConfig
     dist: distributed.Dist
