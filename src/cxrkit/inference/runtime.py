@@ -96,7 +96,7 @@ def cpu_has_bf16() -> bool:
 def cache_dir() -> Path:
     """Where exported network graphs are kept: ``$CXRKIT_CACHE``, else
     ``$XDG_CACHE_HOME/cxrkit`` (``~/.cache/cxrkit``), subfolder ``onnx``."""
-    root = os.environ.get("CXRKIT_CACHE")
+    root: str | Path | None = os.environ.get("CXRKIT_CACHE")
     if not root:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxrkit"
     return Path(root) / "onnx"
@@ -140,7 +140,7 @@ class Forward:
 class EagerForward(Forward):
     """torch eager, fp32 or bf16 autocast + channels_last."""
 
-    model: torch.nn.Module = None
+    model: torch.nn.Module = None  # type: ignore[assignment]  # set by __init__
     device: torch.device = torch.device("cpu")
 
     def __post_init__(self):

@@ -162,7 +162,7 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
-ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
+ERRORS: dict[int | str, dict] = {s: {"model": ErrorResponse, "description": d} for s, d in (
     (400, "empty upload"), (413, "file over max_upload_bytes or image over max_pixels"),
     (415, "not a PNG, JPEG or DICOM image"), (422, "corrupt image, unknown finding, "
                                                   "unreadable age/sex/view or missing file "

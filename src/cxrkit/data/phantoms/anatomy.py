@@ -221,7 +221,7 @@ class Frame:
         ``thickness`` and ``blur`` are in body units, so a line looks the same at any image
         size; lines thinner than a pixel are drawn one pixel wide but fainter.
         """
-        canvas = np.zeros((self.size, self.size), np.float32)
+        canvas: np.ndarray = np.zeros((self.size, self.size), np.float32)
         self.draw_lines(canvas, polylines, thickness, weight)
         sigma = blur * self.size * self.pose.scale / 2
         if sigma > 0.3:

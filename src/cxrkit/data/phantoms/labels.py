@@ -95,7 +95,7 @@ def resolve_noise(noise) -> dict[str, tuple[float, float]]:
         return dict(NOISE_PRESETS[noise])
     if not isinstance(noise, dict) or set(noise) != {"miss", "false_alarm"}:
         raise ValueError(f"label noise dict needs exactly 'miss' and 'false_alarm', got {noise!r}")
-    out = {}
+    out: dict = {}
     for f in FINDINGS:
         pair = tuple(float(v[f] if isinstance(v, dict) else v)
                      for v in (noise["miss"], noise["false_alarm"]))

@@ -183,7 +183,8 @@ def _jobs(labels: pd.DataFrame, boxes: pd.DataFrame | None, folder_of: dict[str,
 
 def _chunks(rows: list[tuple]) -> list[list[tuple]]:
     """~CHUNK rows per chunk, never splitting a patient (their anatomy is drawn once)."""
-    out, cur = [], []
+    out: list[list[tuple]] = []
+    cur: list[tuple] = []
     for row in rows:
         if len(cur) >= CHUNK and row[2] != cur[-1][2]:
             out.append(cur)
