@@ -26,6 +26,10 @@ from cxrkit.ood.probes import noise_images, phantom_images, photographs, probe_t
 #: same kind is Beta-distributed with sd ~ 1.1 %; and NIH's test list is not drawn like
 #: train_val (sicker, more AP and follow-up films). 3 points = about 2.5 sd.
 REAL_TEST_TOLERANCE = 0.03
+#: The same for the phantom model's ~94 test images: a 5 % rate counted on 94 images has a
+#: binomial sd of 2.2 points on its own (5 of 94 = 5.3 % is no failure), before the
+#: threshold's own estimation noise; 5 points = about 2 sd of the two together.
+PHANTOM_TEST_TOLERANCE = 0.05
 
 
 def _train(prepared, out, epochs):
@@ -122,7 +126,7 @@ def test_training_writes_the_record_and_phantom_model_flags_real_films(ood_phant
     by = {r["set"]: r for r in rows}
     print(rows)
     assert by["real"]["flagged"] >= 0.95
-    assert by["phantom test"]["flagged"] <= 0.05
+    assert by["phantom test"]["flagged"] <= 0.05 + PHANTOM_TEST_TOLERANCE
     assert by["real"]["auroc"] >= 0.95
 
 
