@@ -288,7 +288,7 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
 # -- the epochs ------------------------------------------------------------------------
 def _checkpoint(t: Training, s: TrainState, epoch: int, metrics: dict) -> dict:
     return {
-        "model": t.model.state_dict(), "model_config": t.model.cxr_config.to_dict(),
+        "model": t.model.state_dict(), "model_config": t.model.cxr_config.to_dict(),  # type: ignore[union-attr, operator]
         "findings": list(t.data.findings), "preprocess": t.preprocessing.to_dict(),
         "config": t.cfg.to_dict(),
         "split": {"path": str(t.data.split_path), "sha256": t.data.split_sha256},

@@ -247,7 +247,7 @@ def _finding_record(m, s: ExpertSet, images: pd.DataFrame, labels, probs, fit_la
     rows = pd.DataFrame({"set": s.name, "image_id": ids, "patient_id": img["patient_id"].to_numpy(),
                          "part": img["part"].to_numpy(), "finding": m.expert,
                          "radiologists": y_rad.astype(int),
-                         "nih": pd.array(np.where(np.isnan(y_nih), None, y_nih), dtype="Int64"),
+                         "nih": pd.array(np.where(np.isnan(y_nih), None, y_nih), dtype="Int64"),  # type: ignore[call-overload]
                          "score": np.nan if score is None else score})
     return rec, rows
 

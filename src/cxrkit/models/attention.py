@@ -125,7 +125,7 @@ class GaussianAttentionNet(CXRModel):
         self.classifier = PerFindingHead(channels, self.num_findings,
                                          meta_features=meta_features, drop_rate=drop_rate)
         self._timm = backbone != "conv"
-        self._map_sizes: dict[tuple[int, int], tuple[int, int]] = {}
+        self._map_sizes: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's feature map ``(B, C, H', W')`` (input already prepared)."""

@@ -232,10 +232,10 @@ def write_expert_files(root: str | Path, cohort: pd.DataFrame, noisy: list[tuple
         truth = _all_truth(r["findings"])
         rows.append([r["image_id"], r["patient_id"], *(_yes(truth[f]) for f in ALL_FINDINGS)])
         for j in range(READERS[3]):
-            calls = {f: _read(truth[f], *rates[j][f], rng) for f in ALL_FINDINGS[1:-1]}
-            abnormal = any(calls.values())
+            read = {f: _read(truth[f], *rates[j][f], rng) for f in ALL_FINDINGS[1:-1]}
+            abnormal = any(read.values())
             reader_rows.append([r["image_id"], r["patient_id"], 9_300_000_001 + j,
-                                int(abnormal), *(_yes(calls[f]) for f in ALL_FINDINGS[1:-1]),
+                                int(abnormal), *(_yes(read[f]) for f in ALL_FINDINGS[1:-1]),
                                 "NO"])
     _write_csv(every / FILES["all_findings"]["test"][0], ["Image ID", "Patient ID", *ALL_FINDINGS],
                rows)
