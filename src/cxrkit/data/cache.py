@@ -226,7 +226,7 @@ class _BuildLock:
 
     def __init__(self, out: Path):
         self.path = out / "cache.lock"
-        self.fd = None
+        self.fd: int | None = None
 
     def __enter__(self):
         try:

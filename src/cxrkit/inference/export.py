@@ -117,6 +117,9 @@ def _graph(lm):
     import torch
 
     class OnnxGraph(torch.nn.Module):
+        rows: torch.Tensor  # buffers (register_buffer)
+        cols: torch.Tensor
+
         def __init__(self):
             super().__init__()
             self.model = lm.model
