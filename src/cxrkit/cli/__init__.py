@@ -16,6 +16,7 @@ from cxrkit.cli import predict
 from cxrkit.cli import explain
 from cxrkit.cli import serve
 from cxrkit.cli import ood
+from cxrkit.cli import importer
 from cxrkit.cli.common import setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -44,5 +45,6 @@ app.command()(predict.export)
 app.command()(explain.explain)
 app.command()(explain.localize)
 app.command()(serve.serve)
+app.command("import")(importer.import_)
 
 __all__ = ["app"]
