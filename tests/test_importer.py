@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+import torch.nn.functional as F
 from torch import nn
 
 from cxrkit._compat import ensure_torchvision
@@ -35,6 +36,11 @@ import torchvision  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+#: arnoweng/CheXNet's test transform, its centre crop (one of its TenCrop's ten), and
+#: torchvision's ImageNet evaluation transform: the same geometry
+RESIZE256 = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(*IMAGENET)])
+#: jrzech/reproduce-chexnet's val transform (Scale(224) is today's Resize(224))
+RESIZE224 = T.Compose([T.Resize(224), T.CenterCrop(224), T.ToTensor(), T.Normalize(*IMAGENET)])
 TOL = 1e-5
 
 
@@ -75,8 +81,12 @@ def cxrkit_probs(run, images) -> np.ndarray:
     return torch.sigmoid(torch.from_numpy(z).double()).numpy()
 
 
+def authors_x(tf, images, *, rgb: bool = True) -> torch.Tensor:
+    return torch.stack([tf(Image.fromarray(a).convert("RGB" if rgb else "L")) for a in images])
+
+
 def authors_probs(net: nn.Module, tf, images, *, rgb: bool = True, sigmoid: bool = False):
-    x = torch.stack([tf(Image.fromarray(a).convert("RGB" if rgb else "L")) for a in images])
+    x = authors_x(tf, images, rgb=rgb)
     with torch.no_grad():
         out = net.eval()(x)
     return (torch.sigmoid(out) if sigmoid else out).double().numpy()
@@ -94,9 +104,33 @@ def perturb_batchnorm(net: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.05)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 0.4 + 0.8)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) * 0.4 + 0.8)
+
+
+def densenet_features(net, x):
+    return F.adaptive_avg_pool2d(F.relu(net.features(x)), 1).flatten(1)
+
+
+def calibrate_head(linear: nn.Linear, features: torch.Tensor, seed: int = 0) -> None:
+    """Random weights give logits far from 0 (saturated probabilities, where any two
+    pipelines agree): choose the head so each logit has spread 1 around a small offset
+    over ``features``, the images the test compares on."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = torch.randn(linear.weight.shape, generator=g, dtype=torch.float64)
+        f = features.double()
+        w /= (f @ w.T).std(0)[:, None]
+        b = -(f @ w.T).mean(0) + 0.5 * torch.randn(w.shape[0], generator=g, dtype=torch.float64)
+        linear.weight.copy_(w.float())
+        linear.bias.copy_(b.float())
+
+
+def assert_informative(p: np.ndarray) -> None:
+    """Probabilities away from 0 and 1 that vary over the images: a parity that means something."""
+    assert 0.02 < np.median(p) < 0.98, p
+    assert (p.std(0) > 1e-3).mean() > 0.5, p.std(0)
 
 
 # -- chexnet-state-dict: arnoweng/CheXNet's model.pth.tar ------------------------------------
@@ -120,10 +154,14 @@ def new_names(key: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def arnoweng_file(tmp_path_factory):
+def arnoweng_file(tmp_path_factory, real_files):
     torch.manual_seed(1)
     model = nn.DataParallel(ArnowengDenseNet121())   # trained under DataParallel
     perturb_batchnorm(model)
+    net = model.module.densenet121.eval()
+    with torch.no_grad():
+        feats = densenet_features(net, authors_x(RESIZE256, at_side(real_files, 256)))
+    calibrate_head(net.classifier[0], feats, 1)
     state = {old_names(k): v for k, v in model.state_dict().items()}  # pre-0.4 names
     assert any(".norm.1." in k for k in state) and all(k.startswith("module.densenet121.")
                                                        for k in state)
@@ -144,8 +182,8 @@ def test_chexnet_state_dict(arnoweng_file, real_files, tmp_path):
     theirs = ArnowengDenseNet121()
     theirs.load_state_dict({new_names(k.split("module.", 1)[-1]): v
                             for k, v in ck["state_dict"].items()})
-    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(*IMAGENET)])
-    want = authors_probs(theirs, tf, images)   # their Sigmoid: already probabilities
+    want = authors_probs(theirs, RESIZE256, images)   # their Sigmoid: already probabilities
+    assert_informative(want)
     got = cxrkit_probs(tmp_path / "run", images)
     assert np.abs(got - want).max() <= TOL
     # the whole public path too: files -> cache stage -> contract -> probabilities
@@ -157,10 +195,13 @@ def test_chexnet_state_dict(arnoweng_file, real_files, tmp_path):
 
 # -- chexnet-pickled: jrzech/reproduce-chexnet's results/checkpoint --------------------------
 @pytest.fixture(scope="module")
-def jrzech_file(tmp_path_factory):
+def jrzech_file(tmp_path_factory, real_files):
     torch.manual_seed(2)
     model = chexnet_densenet()
     perturb_batchnorm(model, 2)
+    with torch.no_grad():
+        feats = densenet_features(model.eval(), authors_x(RESIZE224, at_side(real_files, 224)))
+    calibrate_head(model.classifier[0], feats, 2)
     path = tmp_path_factory.mktemp("jrzech") / "checkpoint"
     torch.save({"model": model, "best_loss": 0.148, "epoch": 6,
                 "rng_state": torch.get_rng_state(), "LR": 0.001}, path)
@@ -174,12 +215,9 @@ def test_chexnet_pickled(jrzech_file, real_files, tmp_path):
     assert m["source"]["wrapper"] == {"best_loss": 0.148, "epoch": 6, "LR": 0.001}
     theirs = torch.load(jrzech_file, weights_only=False)["model"]   # how their code loads it
     theirs.train(False)
-    tf = T.Compose([T.Resize(224), T.CenterCrop(224), T.ToTensor(), T.Normalize(*IMAGENET)])
-    want = authors_probs(theirs, tf, images)
+    want = authors_probs(theirs, RESIZE224, images)
+    assert_informative(want)
     assert np.abs(cxrkit_probs(tmp_path / "run", images) - want).max() <= TOL
-
-
-MARKER = {"path": None}
 
 
 def _payload_ran(path: str) -> str:
@@ -221,11 +259,16 @@ def test_torchxrayvision(real_files, tmp_path):
     torch.manual_seed(3)
     ref = xrv.models.DenseNet(weights=None, op_threshs=thresholds)
     perturb_batchnorm(ref, 3)
+    images = at_side(real_files, 224)
+    crop, resize = xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)
+    x = torch.stack([torch.from_numpy(resize(crop(xrv.datasets.normalize(a, 255)[None])))
+                     for a in images])   # the library's own preprocessing
+    with torch.no_grad():
+        calibrate_head(ref.classifier, ref.eval().features2(x), 3)
     path = tmp_path / "xrv.pth"
     torch.save(ref.state_dict(), path)
     assert "op_threshs" in torch.load(path, weights_only=True)
 
-    images = at_side(real_files, 224)
     m = import_model(path, "torchxrayvision", tmp_path / "run", images=checks(images))
     assert m["parity"]["passed"]
     dropped = {r["index"]: r["dropped"] for r in m["outputs"] if r["dropped"]}
@@ -235,12 +278,10 @@ def test_torchxrayvision(real_files, tmp_path):
     theirs = xrv.models.DenseNet(weights=None, op_threshs=thresholds)
     theirs.load_state_dict(torch.load(path, weights_only=True))
     theirs.eval()
-    crop, resize = xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)
-    x = torch.stack([torch.from_numpy(resize(crop(xrv.datasets.normalize(a, 255)[None])))
-                     for a in images])
     with torch.no_grad():
         out = theirs(x).double().numpy()   # sigmoid + op_norm inside
     cols = [xrv.datasets.default_pathologies.index(f) for f in FINDINGS]
+    assert_informative(out[:, cols])
     assert np.abs(cxrkit_probs(tmp_path / "run", images) - out[:, cols]).max() <= TOL
 
 
@@ -249,16 +290,18 @@ def test_torchvision_densenet121(real_files, tmp_path):
     torch.manual_seed(4)
     net = torchvision.models.densenet121(weights=None, num_classes=14)
     perturb_batchnorm(net, 4)
+    images = at_side(real_files, 256)
+    with torch.no_grad():
+        calibrate_head(net.classifier, densenet_features(net.eval(), authors_x(RESIZE256, images)))
     path = tmp_path / "tv.pth"
     torch.save(net.state_dict(), path)
-    images = at_side(real_files, 256)
     m = import_model(path, "torchvision", tmp_path / "run", arch="densenet121",
                      images=checks(images))
     assert m["parity"]["passed"]
     theirs = torchvision.models.densenet121(weights=None, num_classes=14)
     theirs.load_state_dict(torch.load(path, weights_only=True))
-    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(*IMAGENET)])
-    want = authors_probs(theirs, tf, images, sigmoid=True)
+    want = authors_probs(theirs, RESIZE256, images, sigmoid=True)
+    assert_informative(want)
     assert np.abs(cxrkit_probs(tmp_path / "run", images) - want).max() <= TOL
 
 
@@ -269,15 +312,20 @@ def test_timm_mobilenet_v2(real_files, tmp_path):
     torch.manual_seed(5)
     net = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=14)
     perturb_batchnorm(net, 5)
-    path = tmp_path / "timm.pth"
-    torch.save(net.state_dict(), path)
     tf = create_transform(**resolve_data_config({}, model=net))   # timm's eval transform
     side = next(t.size for t in tf.transforms if isinstance(t, T.Resize))
     images = at_side(real_files, side if isinstance(side, int) else side[0])
+    with torch.no_grad():
+        x = authors_x(tf, images)
+        calibrate_head(net.classifier, net.eval().forward_head(net.forward_features(x),
+                                                               pre_logits=True), 5)
+    path = tmp_path / "timm.pth"
+    torch.save(net.state_dict(), path)
     m = import_model(path, "timm", tmp_path / "run", arch="mobilenetv2_100",
                      images=checks(images))
     assert m["parity"]["passed"]
     want = authors_probs(net, tf, images, sigmoid=True)
+    assert_informative(want)
     assert np.abs(cxrkit_probs(tmp_path / "run", images) - want).max() <= TOL
 
 
