@@ -104,7 +104,7 @@ class Published:
             row = {"index": i, "name": name, "finding": None, "dropped": None}
             t = None if self.op_thresholds is None else self.op_thresholds[i]
             if not name:
-                row["dropped"] = "blank (the library trained no finding here)"
+                row["dropped"] = "blank: no finding trained on this output"
             elif t is not None and t != t:  # NaN: no operating point, a constant 0.5
                 row["dropped"] = "no operating point (the library outputs a constant 0.5)"
             else:

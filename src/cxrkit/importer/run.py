@@ -145,12 +145,19 @@ def import_model(path: str | Path, fmt: str, out: str | Path, *, arch: str | Non
         split = {"path": str(split_file), "sha256": file_sha256(split_file)}
         notes.append("the model was trained elsewhere: cxrkit cannot verify that the "
                      "prepared folder's test images were not in its training set")
+        if cache.size < max(pub.resize, pub.input_size):
+            notes.append(f"the prepared cache is {cache.size} px: the model sees images "
+                         f"upsampled to {max(pub.resize, pub.input_size)} px")
+        notes.append("for out-of-distribution scores run `cxrkit ood RUN` once")
         if cache.clahe or cache.crop:
             notes.append(f"the prepared cache applies clahe={cache.clahe}, crop={cache.crop}; "
                          "the authors' model saw neither")
     else:
         notes.append("imported without --prepared: evaluate, explain and localize need a "
                       "run imported with one (predict, serve, export and compare do not)")
+    if pub.format == "chexnet-state-dict":
+        notes.append("CheXNet averaged the probabilities of ten crops; cxrkit's --tta "
+                     "tencrop averages their logits (same crops)")
     resize = max(pub.resize, pub.input_size)
     pre = Preprocessing(cache=cache, input_size=pub.input_size, eval_resize=resize,
                         tencrop_resize=resize if resize > pub.input_size
@@ -239,12 +246,14 @@ def parity_check(run: Path, pub: Published, findings: list[str], index: dict[str
 
 
 def _reference_name(pub: Published) -> str:
+    if pub.format == "torchxrayvision":
+        return ("torchvision densenet121 with 1 input channel, sigmoid + op_norm; their "
+                "preprocessing: 8 bit -> [-1024, 1024], centre crop, resize 224 (skimage)")
     net = {"chexnet-pickled": "the unpickled torchvision DenseNet (their Sigmoid)",
            "chexnet-state-dict": "torchvision densenet121 + Sequential(Linear, Sigmoid)",
-           "torchxrayvision": "torchvision densenet121, 1 channel, sigmoid + op_norm",
            "torchvision": f"torchvision {pub.arch} + sigmoid", "timm": f"timm {pub.arch} + sigmoid"}
-    return f"{net[pub.format]}; PIL/torchvision transforms: resize {pub.resize}, centre crop " \
-           f"{pub.input_size}, normalise {list(pub.channel_mean)} / {list(pub.channel_std)}"
+    return (f"{net[pub.format]}; PIL/torchvision transforms: resize {pub.resize}, centre crop "
+            f"{pub.input_size}, normalise {list(pub.channel_mean)} / {list(pub.channel_std)}")
 
 
 def untrained_check(probs: np.ndarray, labels: np.ndarray | None, findings: list[str]) -> dict:
