@@ -9,15 +9,13 @@ here, independently of cxrkit.importer), within 1e-5.
 from __future__ import annotations
 
 import re
-import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from cxrkit._compat import ensure_torchvision
@@ -32,8 +30,8 @@ from cxrkit.importer import (
 from cxrkit.labels import FINDINGS
 
 ensure_torchvision()
-import torchvision  # noqa: E402
-from torchvision import transforms as T  # noqa: E402
+import torchvision
+from torchvision import transforms as T
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 #: arnoweng/CheXNet's test transform, its centre crop (one of its TenCrop's ten), and

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cxrkit.cli.common import run as _run
-from cxrkit.cli.predict import NIH_SAMPLE
+from cxrkit.cli.predict import NIH_SAMPLE, image_files
 
 
 def import_(
@@ -26,16 +26,8 @@ def import_(
     """Import a model trained elsewhere as a cxrkit run folder, checked against its authors' code."""
     from cxrkit.importer import check_images as _images
     from cxrkit.importer import import_model
-    from cxrkit.predict import collect_inputs
 
-    paths = []
-    if check_images:
-        inputs = collect_inputs(check_images)
-        if inputs.problems:
-            text, why = inputs.problems[0]
-            typer.secho(f"error: --check-images {text}: {why}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
-        paths = inputs.files
+    paths = image_files("--check-images", check_images) if check_images else []
     images = _run(_images, paths, n=check_count, nih=NIH_SAMPLE if NIH_SAMPLE.exists() else None)
     names = [s.strip() for s in outputs.split(",")] if outputs else None
     with warnings.catch_warnings(record=True) as caught:

@@ -26,6 +26,7 @@ Every error names the file and what was expected (:func:`mismatch_message`).
 from __future__ import annotations
 
 import difflib
+import math
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -33,8 +34,7 @@ from pathlib import Path
 
 import torch
 
-from cxrkit.labels import FINDINGS, canonical_finding
-from cxrkit.labels import UnknownFindingError
+from cxrkit.labels import FINDINGS, UnknownFindingError, canonical_finding
 from cxrkit.models.backbones import ARCHS
 from cxrkit.models.weights import PretrainedWeightsError, read_state_dict
 
@@ -105,7 +105,7 @@ class Published:
             t = None if self.op_thresholds is None else self.op_thresholds[i]
             if not name:
                 row["dropped"] = "blank: no finding trained on this output"
-            elif t is not None and t != t:  # NaN: no operating point, a constant 0.5
+            elif t is not None and math.isnan(t):  # no operating point: a constant 0.5
                 row["dropped"] = "no operating point (the library outputs a constant 0.5)"
             else:
                 try:
@@ -211,8 +211,7 @@ def densenet_keys(state: dict[str, torch.Tensor], path: Path, fmt: str) -> dict[
     prefix = hits[0][: -len(anchor)]
     out = {}
     for k, v in state.items():
-        if k.startswith("module."):
-            k = k[len("module."):]
+        k = k.removeprefix("module.")
         if prefix and k.startswith(prefix.removeprefix("module.")):
             k = k[len(prefix.removeprefix("module.")):]
         out[_OLD_DENSENET.sub(lambda m: f".{m.group(1)}{m.group(2)}.", k)] = v
@@ -279,7 +278,7 @@ def load_pickled_model(path: Path) -> dict:
     fmt = "chexnet-pickled"
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as e:  # noqa: BLE001 (not a zip checkpoint, corrupt ...)
+    except Exception as e:
         raise _fail(path, fmt, f"not a readable torch file ({type(e).__name__}: {e})") from e
     refused = sorted(set(found) - set(PICKLE_ALLOWED))
     if refused:
@@ -344,7 +343,7 @@ def _torchxrayvision(path: Path, fmt: str, arch=None) -> Published:
         if op.shape != (n,):
             raise _fail(path, fmt, f"op_threshs has shape {tuple(op.shape)}, expected ({n},)")
         thresholds = [float(v) for v in op]
-    outputs = [o if (thresholds is None or thresholds[i] == thresholds[i]) else ""
+    outputs = [o if (thresholds is None or not math.isnan(thresholds[i])) else ""
                for i, o in enumerate(XRV_OUTPUTS)]
     # [0, 1] image -> torchxrayvision's [-1024, 1024]: (x - 0.5) / (1 / 2048)
     return Published(format=fmt, path=path, arch="densenet121", authors_state=state,
@@ -390,8 +389,6 @@ def _registry_arch(arch: str | None, allowed, path: Path, fmt: str) -> str:
 def library_cfg(arch: str) -> dict:
     """timm's facts for ``arch``: classifier and first-conv names, mean/std, input size and
     the eval resize its data config gives (``floor(size / crop_pct)``)."""
-    import math
-
     from cxrkit._compat import ensure_torchvision
 
     ensure_torchvision()
@@ -401,10 +398,24 @@ def library_cfg(arch: str) -> dict:
     size = int(cfg.input_size[-1])
     return {"classifier": cfg.classifier, "first_conv": cfg.first_conv, "mean": tuple(cfg.mean),
             "std": tuple(cfg.std), "input_size": size,
-            "resize": int(math.floor(size / (cfg.crop_pct or 0.875)))}
+            "resize": math.floor(size / (cfg.crop_pct or 0.875))}
 
 
-__all__ = ["AUTO_ORDER", "CHEXNET_OUTPUTS", "FORMATS", "IMAGENET_MEAN", "IMAGENET_STD",
-           "ImportFormatError", "PICKLE_ALLOWED", "Published", "TORCHVISION_ARCHS",
-           "XRV_OUTPUTS", "densenet_keys", "library_cfg", "load_pickled_model",
-           "mismatch_message", "module_state", "read_published"]
+__all__ = [
+    "AUTO_ORDER",
+    "CHEXNET_OUTPUTS",
+    "FORMATS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PICKLE_ALLOWED",
+    "TORCHVISION_ARCHS",
+    "XRV_OUTPUTS",
+    "ImportFormatError",
+    "Published",
+    "densenet_keys",
+    "library_cfg",
+    "load_pickled_model",
+    "mismatch_message",
+    "module_state",
+    "read_published",
+]

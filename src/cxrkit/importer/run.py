@@ -28,10 +28,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrkit.artefacts import PreparedFolder, RunFolder, file_sha256, versions, write_json
+from cxrkit.artefacts import (
+    PreparedFolder,
+    RunFolder,
+    file_sha256,
+    versions,
+    write_json,
+)
 from cxrkit.data.images import PreprocessSettings, preprocess
 from cxrkit.engine.checkpoint import save_checkpoint
-from cxrkit.importer.formats import ImportFormatError, Published, mismatch_message, read_published
+from cxrkit.importer.formats import (
+    ImportFormatError,
+    Published,
+    mismatch_message,
+    read_published,
+)
 from cxrkit.labels import FINDINGS
 from cxrkit.metrics import auroc_per_finding
 from cxrkit.preprocessing import Preprocessing, chexnet_resize
@@ -261,7 +272,7 @@ def untrained_check(probs: np.ndarray, labels: np.ndarray | None, findings: list
     constant outputs. ``probs`` ``(N, F)`` in ``findings`` order; ``labels`` ``(N, 14)``."""
     spread = probs.std(axis=0)
     constant = bool(len(probs) > 1 and (spread < CONSTANT_STD).all())
-    out = {"n_images": int(len(probs)), "constant_outputs": constant, "mean_auroc": None,
+    out = {"n_images": len(probs), "constant_outputs": constant, "mean_auroc": None,
            "findings_scored": 0, "warning": None}
     if labels is not None:
         y = labels[:, [FINDINGS.index(f) for f in findings]]
@@ -280,6 +291,15 @@ def untrained_check(probs: np.ndarray, labels: np.ndarray | None, findings: list
     return out
 
 
-__all__ = ["CheckImages", "DEFAULT_CACHE", "PARITY_TOLERANCE", "UNTRAINED_MARGIN",
-           "UntrainedModelWarning", "check_images", "cxrkit_state", "import_model",
-           "parity_check", "untrained_check"]
+__all__ = [
+    "DEFAULT_CACHE",
+    "PARITY_TOLERANCE",
+    "UNTRAINED_MARGIN",
+    "CheckImages",
+    "UntrainedModelWarning",
+    "check_images",
+    "cxrkit_state",
+    "import_model",
+    "parity_check",
+    "untrained_check",
+]
