@@ -9,6 +9,7 @@ here, independently of cxrkit.importer), within 1e-5.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -397,8 +398,8 @@ def test_a_constant_model_warns_on_import(arnoweng_file, real_files, tmp_path):
 
 
 # -- the imported run in the rest of cxrkit --------------------------------------------------
-def test_imported_run_evaluates_explains_serves_and_exports(phantom_prepared, real_files,
-                                                            tmp_path):
+def test_imported_run_evaluates_compares_explains_serves_and_exports(
+        phantom_prepared, phantom_run, real_files, tmp_path):
     """A timm file imported against the phantom prepared folder, then the usual commands."""
     import timm
     from fastapi.testclient import TestClient
@@ -426,6 +427,12 @@ def test_imported_run_evaluates_explains_serves_and_exports(phantom_prepared, re
                          "--precision", "fp32"])
     assert r.exit_code == 0, r.output
     assert (run / "eval" / "test" / "metrics.json").exists() and (run / "thresholds.json").exists()
+
+    baseline = shutil.copytree(phantom_run, tmp_path / "cnn4")   # trained on the same folder
+    r = cli.invoke(app, ["compare", str(baseline), str(run), "--out", str(tmp_path / "cmp"),
+                         "--bootstrap", "20", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "cmp" / "comparison.csv").exists() and "run" in r.output
 
     r = cli.invoke(app, ["explain", str(run), "test", "--limit", "2", "--top-k", "1",
                          "--no-progress"])
