@@ -244,9 +244,35 @@ def test_pickled_file_with_an_unlisted_class_is_refused_and_nothing_runs(tmp_pat
     msg = str(e.value)
     assert str(path) in msg and "_payload_ran" in msg and "allow-list" in msg
     assert not marker.exists() and not (tmp_path / "run").exists()
+    # a legacy (pre-1.6, not zip) whole-model pickle is not unpickled at all
+    legacy = tmp_path / "legacy"
+    torch.save({"model": model, "epoch": 1, "extra": Payload(marker)}, legacy,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(ImportFormatError, match=r"legacy pickle .* re-save it once"):
+        read_published(legacy, "chexnet-pickled")
+    assert not marker.exists()
     # the same file unpickled without the allow-list does run it: the test can fail
     torch.load(path, weights_only=False)
     assert marker.read_text() == "the pickled payload ran"
+
+
+def test_a_resaved_legacy_file_with_old_layer_names_reads_like_the_new_one(jrzech_file,
+                                                                          tmp_path):
+    """A DenseNet object from torchvision < 0.4 holds its layers as ``norm.1``, ``conv.2``:
+    read (renamed) and its reference rebuilt fresh, since today's class cannot run it."""
+    ck = torch.load(jrzech_file, weights_only=False)
+    for layer in ck["model"].modules():
+        if type(layer).__name__ == "_DenseLayer":
+            mods = vars(layer)["_modules"]
+            for new, old in (("norm1", "norm.1"), ("conv1", "conv.1"), ("norm2", "norm.2"),
+                             ("conv2", "conv.2")):
+                mods[old] = mods.pop(new)
+    old = tmp_path / "checkpoint"
+    torch.save(ck, old)
+    a, b = read_published(jrzech_file, "chexnet-pickled"), read_published(old, "auto")
+    assert b.format == "chexnet-pickled" and b.sigmoid_in_model and b.module is None
+    assert sorted(a.authors_state) == sorted(b.authors_state)
+    assert all(torch.equal(a.authors_state[k], b.authors_state[k]) for k in a.authors_state)
 
 
 # -- torchxrayvision ------------------------------------------------------------------------

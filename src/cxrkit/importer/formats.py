@@ -260,10 +260,15 @@ def _chexnet_pickled(path: Path, fmt: str, arch=None) -> Published:
         raise _fail(path, fmt, f"expected {{'model': <a DenseNet object>, ...}}, its 'model' is "
                                f"{type(module).__name__}")
     extra = {k: v for k, v in obj.items() if isinstance(v, (int, float, str))}
-    pub = _chexnet(path, fmt, module_state(module), resize=224, module=module, extra=extra)
-    if not (isinstance(module.classifier, torch.nn.Sequential)
-            and isinstance(module.classifier[-1], torch.nn.Sigmoid)):
-        pub.sigmoid_in_model = False
+    state = module_state(module)
+    old = any(_OLD_DENSENET.search(k) for k in state)
+    pub = _chexnet(path, fmt, state, resize=224, module=None if old else module, extra=extra)
+    classifier = vars(module).get("_modules", {}).get("classifier")
+    pub.sigmoid_in_model = (isinstance(classifier, torch.nn.Sequential)
+                            and isinstance(classifier[-1], torch.nn.Sigmoid))
+    if old:  # today's torchvision classes cannot run a pre-0.4 object: rebuild theirs fresh
+        pub.notes.append("the pickled DenseNet has pre-0.4 layer names; the parity reference "
+                         "is a fresh torchvision densenet121 with its weights")
     return pub
 
 
@@ -274,29 +279,46 @@ def load_pickled_model(path: Path) -> dict:
     (``get_unsafe_globals_in_checkpoint``); any outside the allow-list refuses the file,
     naming them. Then ``torch.load(weights_only=True)`` with exactly those classes as safe
     globals builds the objects (their own ``__setstate__``; nothing from the file runs).
+    A legacy file (``torch.save`` before torch 1.6, not a zip) stores each module class with
+    a record that torch's restricted unpickler does not read, so it is refused with the
+    one-line re-save (in the user's trusted environment) that makes it a zip file.
     """
+    import zipfile
+
     fmt = "chexnet-pickled"
+    if not zipfile.is_zipfile(path):
+        raise _fail(path, fmt, (
+            "a legacy pickle (saved before torch 1.6): its whole-model records cannot go "
+            "through torch's restricted unpickler, so cxrkit does not unpickle it. Where you "
+            "trust the file, re-save it once: python -c \"import torch; torch.save(torch.load("
+            f"'{path}', weights_only=False), '{path}.zip.pt')\" and import that file"))
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as e:
         raise _fail(path, fmt, f"not a readable torch file ({type(e).__name__}: {e})") from e
-    refused = sorted(set(found) - set(PICKLE_ALLOWED))
-    if refused:
-        raise ImportFormatError(
-            f"{path}: refused: it pickles {len(refused)} object type(s) outside the allow-list "
-            f"of a torchvision DenseNet: {', '.join(refused[:6])}; nothing from the file was "
-            "run. If you trust it, load it in its own code and save model.state_dict() "
-            "(format chexnet-state-dict)")
+    if set(found) - set(PICKLE_ALLOWED):
+        raise _refused(path, sorted(set(found) - set(PICKLE_ALLOWED)))
     classes = [_resolve(name) for name in found]
     try:
         with torch.serialization.safe_globals(classes):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise _fail(path, fmt, f"unpickling refused or failed ({str(e).splitlines()[0]})") from e
+    except pickle.UnpicklingError as e:
+        named = re.search(r"GLOBAL (\S+)", str(e))
+        raise _refused(path, [named.group(1) if named else str(e).splitlines()[0]]) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise _fail(path, fmt, f"not a readable torch file ({str(e).splitlines()[0]})") from e
     if not isinstance(obj, dict) or "model" not in obj:
         got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise _fail(path, fmt, f"expected a dict with a 'model' entry, found {got}")
     return obj
+
+
+def _refused(path: Path, names: list[str]) -> ImportFormatError:
+    return ImportFormatError(
+        f"{path}: refused: it pickles {len(names)} object type(s) outside the allow-list of a "
+        f"torchvision DenseNet: {', '.join(names[:6])}; nothing from the file was run. If you "
+        "trust it, load it in its own code and save model.state_dict() (format "
+        "chexnet-state-dict)")
 
 
 def _resolve(dotted: str):
