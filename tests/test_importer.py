@@ -395,6 +395,13 @@ def test_errors_name_file_and_expectation(arnoweng_file, tmp_path):
         read_published(other, "keras")
     with pytest.raises(ImportFormatError, match="needs --arch"):
         read_published(other, "timm")
+    from typer.testing import CliRunner
+
+    from cxrkit.cli import app
+
+    r = CliRunner().invoke(app, ["import", str(other), "--out", str(tmp_path / "r4")])
+    assert r.exit_code == 2 and "unknown format; tried chexnet-pickled" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "r4").exists()
 
 
 # -- the untrained check ----------------------------------------------------------------------

@@ -28,19 +28,20 @@ def import_(
     from cxrkit.importer import import_model
 
     paths = image_files("--check-images", check_images) if check_images else []
-    images = _run(_images, paths, n=check_count, nih=NIH_SAMPLE if NIH_SAMPLE.exists() else None)
+    nih = NIH_SAMPLE if NIH_SAMPLE.exists() else None
     names = [s.strip() for s in outputs.split(",")] if outputs else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         m = _run(import_model, file, format, out, arch=arch, outputs=names, prepared=prepared,
-                 images=images, parity_count=parity_count)
+                 images=lambda: _images(paths, n=check_count, nih=nih),
+                 parity_count=parity_count)
     s = m["source"]
     typer.echo(f"{out}: {s['format']} ({s['arch']}) from {file}, sha256 {s['sha256'][:12]}...")
     mapped = [r for r in m["outputs"] if r["finding"]]
     typer.echo(f"  outputs: {len(mapped)} of {len(m['outputs'])} mapped to cxrkit findings")
     for r in m["outputs"]:
         if r["dropped"]:
-            typer.echo(f"    unmapped: #{r['index']} {r['name'] or '(blank)'}: {r['dropped']}")
+            typer.echo(f"    unmapped: output {r['index']} {r['name']!r}: {r['dropped']}")
     typer.echo(f"  output: {m['output']}")
     p = m["parity"]
     if "max_abs_diff_probability" in p:

@@ -21,7 +21,7 @@ Two checks run on import, and both go into ``run.json``:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,9 +114,11 @@ def check_images(paths: Sequence[str | Path] = (), *, labels=None, n: int = 32,
 
 def import_model(path: str | Path, fmt: str, out: str | Path, *, arch: str | None = None,
                  outputs: list[str] | None = None, prepared: str | Path | None = None,
-                 images: CheckImages | None = None, parity_count: int = 4) -> dict:
+                 images: CheckImages | Callable[[], CheckImages] | None = None,
+                 parity_count: int = 4) -> dict:
     """Import ``path`` (format ``fmt``) as the run folder ``out``; returns the manifest
-    (also in ``out/run.json``). Raises :class:`~cxrkit.importer.formats.ImportFormatError`
+    (also in ``out/run.json``). ``images``: the check images, or a function giving them
+    (called once the file has loaded; default: 8 phantoms). Raises :class:`~cxrkit.importer.formats.ImportFormatError`
     for a file that does not fit its format; a failed parity check is recorded and
     reported (``manifest["parity"]["passed"]``), not raised."""
     from cxrkit.config import RunConfig
@@ -191,6 +193,8 @@ def import_model(path: str | Path, fmt: str, out: str | Path, *, arch: str | Non
     save_checkpoint(ck, run.best)
     cfg.to_yaml(run.config)
 
+    if callable(images):   # read only once the file has proved importable
+        images = images()
     images = images if images is not None else check_images(n=8)
     parity, probs = parity_check(run.root, pub, findings, index, images,
                                  count=parity_count)
