@@ -29,6 +29,7 @@ import difflib
 import math
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,6 +216,17 @@ def densenet_keys(state: dict[str, torch.Tensor], path: Path, fmt: str) -> dict[
         if prefix and k.startswith(prefix.removeprefix("module.")):
             k = k[len(prefix.removeprefix("module.")):]
         out[_OLD_DENSENET.sub(lambda m: f".{m.group(1)}{m.group(2)}.", k)] = v
+    return with_batch_counts(out)
+
+
+def with_batch_counts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Files saved before torch 0.4 have no BatchNorm ``num_batches_tracked`` (a training
+    counter that evaluation never reads): add it as 0 where a layer lacks it."""
+    out = dict(state)
+    for k in state:
+        if k.endswith(".running_mean"):
+            out.setdefault(k[: -len("running_mean")] + "num_batches_tracked",
+                           torch.tensor(0, dtype=torch.long))
     return out
 
 
@@ -287,11 +299,7 @@ def load_pickled_model(path: Path) -> dict:
 
     fmt = "chexnet-pickled"
     if not zipfile.is_zipfile(path):
-        raise _fail(path, fmt, (
-            "a legacy pickle (saved before torch 1.6): its whole-model records cannot go "
-            "through torch's restricted unpickler, so cxrkit does not unpickle it. Where you "
-            "trust the file, re-save it once: python -c \"import torch; torch.save(torch.load("
-            f"'{path}', weights_only=False), '{path}.zip.pt')\" and import that file"))
+        return _load_legacy_pickle(path)
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as e:
@@ -310,6 +318,55 @@ def load_pickled_model(path: Path) -> dict:
     if not isinstance(obj, dict) or "model" not in obj:
         got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise _fail(path, fmt, f"expected a dict with a 'model' entry, found {got}")
+    return obj
+
+
+#: What a legacy (pre-1.6) pickle of such a model needs besides :data:`PICKLE_ALLOWED`:
+#: the tensor rebuild functions torch itself allows in ``weights_only`` loads.
+LEGACY_ALLOWED = ("collections.OrderedDict", "builtins.set", "torch.Size",
+                  "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
+                  "torch._utils._rebuild_parameter")
+
+
+def _load_legacy_pickle(path: Path) -> dict:
+    """A legacy file: torch's own legacy reader (its storage records), with a pickle module
+    whose ``find_class`` resolves only :data:`PICKLE_ALLOWED` and :data:`LEGACY_ALLOWED`
+    (the standard way to restrict unpickling; any other global stops the load before it
+    is looked up, so nothing else can be called). torch's restricted unpickler cannot be
+    used: it refuses the class records this format writes for each module."""
+    import _compat_pickle
+    import types
+
+    allowed = set(PICKLE_ALLOWED) | set(LEGACY_ALLOWED)
+
+    class RestrictedUnpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _compat_pickle.NAME_MAPPING:   # protocol 2: Python 2 names
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+            dotted = f"{module}.{name}"
+            if dotted not in allowed:
+                raise pickle.UnpicklingError(f"GLOBAL {dotted} is not allowed")
+            return _resolve(dotted)
+
+    restricted = types.ModuleType("cxrkit_restricted_pickle")
+    restricted.Unpickler = RestrictedUnpickler
+    restricted.load = lambda f, **kw: RestrictedUnpickler(f, **kw).load()
+    restricted.__version__ = pickle.format_version
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # source-change warnings of old module classes
+            obj = torch.load(path, map_location="cpu", weights_only=False,
+                             pickle_module=restricted)
+    except pickle.UnpicklingError as e:
+        named = re.search(r"GLOBAL (\S+)", str(e))
+        raise _refused(path, [named.group(1) if named else str(e).splitlines()[0]]) from e
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        raise _fail(path, "chexnet-pickled",
+                    f"not a readable torch file ({str(e).splitlines()[0]})") from e
+    if not isinstance(obj, dict) or "model" not in obj:
+        got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise _fail(path, "chexnet-pickled", f"expected a dict with a 'model' entry, found {got}")
     return obj
 
 
@@ -377,7 +434,7 @@ def _torchxrayvision(path: Path, fmt: str, arch=None) -> Published:
 def _library_state_dict(path: Path, fmt: str, arch: str | None = None) -> Published:
     allowed = TORCHVISION_ARCHS if fmt == "torchvision" else tuple(ARCHS)
     arch = _registry_arch(arch, allowed, path, fmt)
-    state = _weights_only_state(path, fmt)
+    state = with_batch_counts(_weights_only_state(path, fmt))
     cfg = library_cfg(arch)
     head = cfg["classifier"]
     w = state.get(f"{head}.weight")

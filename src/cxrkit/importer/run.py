@@ -264,7 +264,9 @@ def _reference_name(pub: Published) -> str:
     if pub.format == "torchxrayvision":
         return ("torchvision densenet121 with 1 input channel, sigmoid + op_norm; their "
                 "preprocessing: 8 bit -> [-1024, 1024], centre crop, resize 224 (skimage)")
-    net = {"chexnet-pickled": "the unpickled torchvision DenseNet (their Sigmoid)",
+    net = {"chexnet-pickled": "the unpickled torchvision DenseNet (their Sigmoid)" if pub.module
+           is not None else "a fresh torchvision densenet121 + Sequential(Linear, Sigmoid) "
+           "with the unpickled weights",
            "chexnet-state-dict": "torchvision densenet121 + Sequential(Linear, Sigmoid)",
            "torchvision": f"torchvision {pub.arch} + sigmoid", "timm": f"timm {pub.arch} + sigmoid"}
     return (f"{net[pub.format]}; PIL/torchvision transforms: resize {pub.resize}, centre crop "
