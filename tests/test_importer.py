@@ -433,6 +433,8 @@ def test_a_constant_model_warns_on_import(arnoweng_file, real_files, tmp_path):
     with pytest.warns(UntrainedModelWarning, match="do not vary"):
         m = import_model(path, "chexnet-state-dict", tmp_path / "run", images=checks(images))
     assert m["untrained_check"]["constant_outputs"] and m["parity"]["passed"]
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        import_model(path, "chexnet-state-dict", tmp_path / "run")
 
 
 # -- the imported run in the rest of cxrkit --------------------------------------------------

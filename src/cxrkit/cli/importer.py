@@ -22,6 +22,7 @@ def import_(
     check_images: Annotated[list[str] | None, typer.Option("--check-images", help="Images for the parity and untrained checks (files, folders, globs); default: the NIH sample's images_256, else phantoms")] = None,
     check_count: Annotated[int, typer.Option(min=2, help="Images for the untrained check (default sample)")] = 32,
     parity_count: Annotated[int, typer.Option(min=1, help="Of those, images for the parity check")] = 4,
+    force: Annotated[bool, typer.Option(help="Replace a run already in --out")] = False,
 ) -> None:
     """Import a model trained elsewhere as a cxrkit run folder, checked against its authors' code."""
     from cxrkit.importer import check_images as _images
@@ -34,7 +35,7 @@ def import_(
         warnings.simplefilter("always")
         m = _run(import_model, file, format, out, arch=arch, outputs=names, prepared=prepared,
                  images=lambda: _images(paths, n=check_count, nih=nih),
-                 parity_count=parity_count)
+                 parity_count=parity_count, force=force)
     s = m["source"]
     typer.echo(f"{out}: {s['format']} ({s['arch']}) from {file}, sha256 {s['sha256'][:12]}...")
     mapped = [r for r in m["outputs"] if r["finding"]]

@@ -115,16 +115,21 @@ def check_images(paths: Sequence[str | Path] = (), *, labels=None, n: int = 32,
 def import_model(path: str | Path, fmt: str, out: str | Path, *, arch: str | None = None,
                  outputs: list[str] | None = None, prepared: str | Path | None = None,
                  images: CheckImages | Callable[[], CheckImages] | None = None,
-                 parity_count: int = 4) -> dict:
+                 parity_count: int = 4, force: bool = False) -> dict:
     """Import ``path`` (format ``fmt``) as the run folder ``out``; returns the manifest
     (also in ``out/run.json``). ``images``: the check images, or a function giving them
-    (called once the file has loaded; default: 8 phantoms). Raises :class:`~cxrkit.importer.formats.ImportFormatError`
+    (called once the file has loaded; default: 8 phantoms). A folder that already holds a
+    checkpoint is refused unless ``force``. Raises :class:`~cxrkit.importer.formats.ImportFormatError`
     for a file that does not fit its format; a failed parity check is recorded and
     reported (``manifest["parity"]["passed"]``), not raised."""
     from cxrkit.config import RunConfig
     from cxrkit.models import create_model
 
     path = Path(path)
+    run = RunFolder(Path(out))
+    if not force and (run.best.exists() or run.last.exists()):
+        raise FileExistsError(f"{run.root} already holds a run (best.pt/last.pt); choose "
+                              "another --out, or --force to replace it")
     pub = read_published(path, fmt, arch=arch, outputs=outputs)
     findings = pub.findings()
     mapping = pub.mapping()
@@ -145,7 +150,6 @@ def import_model(path: str | Path, fmt: str, out: str | Path, *, arch: str | Non
         raise ImportFormatError(bad)
     model.load_state_dict(state, strict=True)
 
-    run = RunFolder(Path(out))
     cache = DEFAULT_CACHE
     split = None
     notes = list(pub.notes)
