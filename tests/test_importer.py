@@ -31,8 +31,8 @@ from cxrkit.importer import (
 from cxrkit.labels import FINDINGS
 
 ensure_torchvision()
-import torchvision
-from torchvision import transforms as T
+import torchvision  # noqa: E402  (after ensure_torchvision)
+from torchvision import transforms as T  # noqa: E402
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 #: arnoweng/CheXNet's test transform, its centre crop (one of its TenCrop's ten), and

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cxrkit.cli.common import run as _run
-from cxrkit.cli.predict import NIH_SAMPLE, image_files
+from cxrkit.cli.predict import image_files
 
 
 def import_(
@@ -27,9 +27,10 @@ def import_(
     """Import a model trained elsewhere as a cxrkit run folder, checked against its authors' code."""
     from cxrkit.importer import check_images as _images
     from cxrkit.importer import import_model
+    from cxrkit.inference.export import nih_sample_folder
 
     paths = image_files("--check-images", check_images) if check_images else []
-    nih = NIH_SAMPLE if NIH_SAMPLE.exists() else None
+    nih = nih_sample_folder()
     names = [s.strip() for s in outputs.split(",")] if outputs else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

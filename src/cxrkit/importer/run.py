@@ -35,7 +35,8 @@ from cxrkit.artefacts import (
     versions,
     write_json,
 )
-from cxrkit.data.images import PreprocessSettings, preprocess
+from cxrkit.data.images import preprocess
+from cxrkit.data.preprocessing import Preprocessing, PreprocessSettings, chexnet_resize
 from cxrkit.engine.checkpoint import save_checkpoint
 from cxrkit.importer.formats import (
     ImportFormatError,
@@ -45,7 +46,6 @@ from cxrkit.importer.formats import (
 )
 from cxrkit.labels import FINDINGS
 from cxrkit.metrics import auroc_per_finding
-from cxrkit.preprocessing import Preprocessing, chexnet_resize
 
 #: Largest |probability difference| allowed between cxrkit and the authors' code.
 PARITY_TOLERANCE = 1e-5
