@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     # 6-7: what is done with a model
     "explain": 6,      # saliency maps, overlays, localisation
     "evaluate": 7,     # metrics with CIs, report, compare
+    "audit": 7,        # shortcut audit: occlusion, saliency share, probes, per view, size
     "predict": 7,      # files -> probabilities
     "export": 7,       # ONNX export and backend
     # 8-9: front ends

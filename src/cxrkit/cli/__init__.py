@@ -16,6 +16,7 @@ from cxrkit.cli import predict
 from cxrkit.cli import explain
 from cxrkit.cli import serve
 from cxrkit.cli import ood
+from cxrkit.cli import audit
 from cxrkit.cli.common import setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -43,6 +44,7 @@ app.command()(predict.predict)
 app.command()(predict.export)
 app.command()(explain.explain)
 app.command()(explain.localize)
+app.command()(audit.audit)
 app.command()(serve.serve)
 
 __all__ = ["app"]
