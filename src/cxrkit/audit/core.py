@@ -62,12 +62,6 @@ THRESHOLDS = {
                               "interval excludes 0: hiding what lies outside the chest improves "
                               "the ranking, so something outside moves the score without "
                               "carrying the finding on this split (a shortcut that broke)"),
-    "score_follows_outside": (0.0, "the Spearman correlation of the scores as is with the "
-                                   "outside-only scores, minus that with the chest-only scores, "
-                                   "has an interval wholly above this: the model ranks images "
-                                   "by what lies outside the chest more than by the chest; "
-                                   "label-free, so it sees a shortcut that carries nothing on "
-                                   "this split (a marker put on random images)"),
     "saliency_excess": (0.0, "the Grad-CAM energy share inside the chest region, minus the "
                              "region's area share, has an interval wholly below this: the map "
                              "puts less of its weight in the chest than a uniform map would"),
@@ -110,7 +104,7 @@ def _thresholds(lm, data, *, batch_size: int, progress: bool) -> tuple[dict, str
     ``cxrkit evaluate``), else Youden's J on the validation split computed here."""
     if lm.thresholds:
         return dict(lm.thresholds), f"{lm.thresholds_source}"
-    table, labels, images, meta = _split_arrays(lm, data, "val")
+    _, labels, images, meta = _split_arrays(lm, data, "val")
     probs = sigmoid(_forward(lm, images, meta, batch_size=batch_size, desc="audit: val",
                              progress=progress)[0])
     return ({f: youden_threshold(labels[:, j], probs[:, j]) for j, f in enumerate(lm.findings)},
@@ -168,18 +162,6 @@ def flags_for(record: dict) -> list[dict]:
                                   "outside the chest is hidden; something outside the chest "
                                   f"drives the {f} score without carrying {f} here: find it "
                                   "(saliency examples) and retrain without it (mask or crop)."})
-        follows = (r.get("rank_agreement") or {}).get("outside_minus_chest") or {}
-        if region_ok and follows.get("lo") is not None \
-                and follows["lo"] > t["score_follows_outside"]:
-            ra = r["rank_agreement"]
-            out.append({"finding": f, "measure": "score_follows_outside",
-                        "numbers": ra,
-                        "action": f"{f}: the scores rank the images like the outside-only "
-                                  f"scores (Spearman {ra['with_outside_only']['value']:.2f}) "
-                                  "more than like the chest-only scores "
-                                  f"({ra['with_chest_only']['value']:.2f}); the {f} score is "
-                                  "driven by something outside the chest: find it (saliency "
-                                  "examples) and retrain without it."})
     for f, s in record["saliency"].items():
         pos = record["region_reliance"].get(f, {}).get("positives", 0)
         e = s.get("excess") or {}

@@ -31,13 +31,12 @@ def summary_markdown(record: dict) -> str:
              f"average. Hidden parts are filled with the training mean (grey "
              f"{c['blank_value']}).", "", "## Flags", "", *_flag_lines(record), "",
              "## Region reliance (AUROC by occlusion)", "",
-             "| finding | pos | as is | chest only | outside only | chest only - as is | "
-             "rank agreement: outside - chest |", "|---|---:|---|---|---|---|---|"]
+             "| finding | pos | as is | chest only | outside only | chest only - as is |",
+             "|---|---:|---|---|---|---|"]
     for f, r in record["region_reliance"].items():
         lines.append(f"| {f} | {r['positives']} | {_ci(r['auroc'])} | "
                      f"{_ci(r['auroc_chest_only'])} | {_ci(r['auroc_outside_only'])} | "
-                     f"{_ci(r['chest_only_gain'])} | "
-                     f"{_ci(r['rank_agreement']['outside_minus_chest'])} |")
+                     f"{_ci(r['chest_only_gain'])} |")
     lines += ["", f"## Where the saliency falls ({record['saliency_method']['method']}, "
               "positives)", "", "| finding | images | energy in chest | area of chest | "
               "energy - area |", "|---|---:|---|---|---|"]
