@@ -100,15 +100,15 @@ def _ci(v, lo, hi):
 
 
 def _record(outside=(0.5, 0.4, 0.6), gain=(0.0, -0.02, 0.02),
-            excess=(0.2, 0.1, 0.3), area=0.4, positives=30, ap=(0.8, 0.7, 0.9)):
+            energy=(0.5, 0.4, 0.6), area=0.4, positives=30, ap=(0.8, 0.7, 0.9)):
     return {
         "chest_region": {"area_share": area}, "min_positives": 10,
         "region_reliance": {"Mass": {
             "positives": positives, "negatives": 200, "auroc": _ci(0.8, 0.7, 0.9),
             "auroc_chest_only": _ci(0.8 + gain[0], 0.7, 0.9), "auroc_outside_only": _ci(*outside),
             "chest_only_gain": _ci(*gain)}},
-        "saliency": {"Mass": {"energy_inside": _ci(0.5, 0.4, 0.6), "area_inside": _ci(area, area, area),
-                              "excess": _ci(*excess)}},
+        "saliency": {"Mass": {"energy_inside": _ci(*energy), "area_inside": _ci(area, area, area),
+                              "excess": _ci(energy[0] - area, None, None)}},
         "view_strata": {"Mass": {"pooled": {**_ci(0.8, 0.7, 0.9), "positives": 30, "images": 230},
                                  "AP": {**_ci(*ap), "positives": 15, "images": 100},
                                  "PA": {**_ci(0.8, 0.7, 0.9), "positives": 15, "images": 130}}},
@@ -127,12 +127,13 @@ def test_flags_follow_the_stated_thresholds():
     assert measures(outside=(0.62, 0.52, 0.72)) == []          # keeps < half the margin
     assert measures(gain=(0.05, 0.01, 0.09)) == ["chest_only_gain"]
     assert measures(gain=(0.05, -0.01, 0.09)) == []             # interval includes 0
-    assert measures(excess=(-0.2, -0.3, -0.1)) == ["saliency_energy_inside"]
+    assert measures(energy=(0.1, 0.05, 0.19)) == ["saliency_energy_inside"]   # < 0.5 x 0.4
+    assert measures(energy=(0.3, 0.15, 0.21)) == []             # below the area, not half
     assert measures(ap=(0.6, 0.5, 0.7)) == ["auroc_AP_only"]
     assert measures(ap=(0.6, 0.5, 0.85)) == []                  # interval reaches the pooled
     # too few positives, or a region that is the whole image: no region or saliency flags
     assert measures(outside=(0.75, 0.65, 0.85), positives=5) == []
-    assert measures(excess=(-0.2, -0.3, -0.1), area=0.95) == []
+    assert measures(energy=(0.1, 0.05, 0.19), area=0.95) == []
     flag = flags_for(_record(outside=(0.75, 0.65, 0.85)))[0]
     assert flag["finding"] == "Mass" and "0.75" in flag["action"] and flag["numbers"]
 
@@ -252,3 +253,59 @@ def test_cli_audit(audited, tmp_path):
     assert "audit of cnn4 on val" in r.output and (tmp_path / "a" / "audit.json").exists()
     bad = CliRunner().invoke(app, ["audit", str(tmp_path / "missing")])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+# -- the proof: a planted shortcut is flagged, the same recipe on a clean release is not ------
+#: The recipe (the smallest measured to separate; NOTES-h24.md has the numbers per seed):
+#: 300 phantom patients at 64 px, noise-free labels, 30% test and 30% of train_val as val
+#: (enough positives), a binary cnn4 for Infiltration (the commonest finding) for 5 epochs;
+#: the token on 90% of the training positives and of random test images.
+PLANTED = "Infiltration"
+
+
+@pytest.fixture(scope="module")
+def planted_pair(tmp_path_factory):
+    from cxrkit.audit import audit_run
+    from cxrkit.config import load_config
+    from cxrkit.data.cache import PreprocessSettings
+    from cxrkit.data.phantoms import make_phantoms
+    from cxrkit.data.prepare import prepare
+    from cxrkit.engine.train import fit
+
+    records = {}
+    for kind in ("clean", "planted"):
+        root = tmp_path_factory.mktemp(kind)
+        make_phantoms(root / "release", n_patients=300, image_size=64, seed=1,
+                      test_fraction=0.3, label_noise="none", progress=False,
+                      shortcut=f"{PLANTED}:0.9" if kind == "planted" else None)
+        p = prepare(root / "release", root / "prepared", settings=PreprocessSettings(size=64),
+                    val_fraction=0.3, workers=0, progress=False)
+        cfg = load_config(None, [f"data.prepared={p.root}", f"out={root / 'run'}",
+                                 "data.batch_size=32", "model.name=cnn4", "train.epochs=5",
+                                 "train.lr=3e-3", "train.threads=1", "train.amp=none",
+                                 "train.patience=100", f"data.findings={PLANTED}",
+                                 "train.seed=1"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit(cfg, show_progress=False)
+            records[kind] = audit_run(root / "run", bootstrap=100, progress=False)
+    return records
+
+
+def _ratio(record) -> float:
+    s = record["saliency"][PLANTED]
+    return s["energy_inside"]["value"] / s["area_inside"]["value"]
+
+
+@pytest.mark.slow
+def test_planted_shortcut_is_flagged_by_saliency_and_the_clean_model_is_not(planted_pair):
+    clean, planted = planted_pair["clean"], planted_pair["planted"]
+    flagged = {kind: {f["measure"] for f in r["flags"] if f["finding"] == PLANTED}
+               for kind, r in planted_pair.items()}
+    assert "saliency_energy_inside" in flagged["planted"]
+    assert "saliency_energy_inside" not in flagged["clean"]
+    # the measured quantities, with margins seen over seeds 1-3 (planted 0.20-0.29 of the
+    # area share, clean 0.83-0.88)
+    assert _ratio(planted) < 0.4 < 0.6 < _ratio(clean)
+    assert planted["chest_region"]["source"] == clean["chest_region"]["source"]
+    assert planted["region_reliance"][PLANTED]["positives"] >= 20

@@ -62,9 +62,14 @@ THRESHOLDS = {
                               "interval excludes 0: hiding what lies outside the chest improves "
                               "the ranking, so something outside moves the score without "
                               "carrying the finding on this split (a shortcut that broke)"),
-    "saliency_excess": (0.0, "the Grad-CAM energy share inside the chest region, minus the "
-                             "region's area share, has an interval wholly below this: the map "
-                             "puts less of its weight in the chest than a uniform map would"),
+    "saliency_ratio": (0.5, "the upper end of the interval of the Grad-CAM energy share inside "
+                            "the chest region is below this fraction of the region's area "
+                            "share: the chest gets less than half the weight a uniform map "
+                            "would give it, so the evidence sits mostly outside. Not 1: "
+                            "Grad-CAM maps are coarse (a 4x4 grid for cnn4 at 64 px) and "
+                            "spill over the region's edge; clean phantom models measured "
+                            "0.54-0.88 of the area share, models with a planted token "
+                            "0.20-0.34 (NOTES-h24.md)"),
     "view_gap": (0.05, "the AUROC within AP only or PA only is at least this far below the "
                        "pooled AUROC and its interval lies below the pooled value: part of the "
                        "pooled figure is the view, not the finding"),
@@ -164,16 +169,16 @@ def flags_for(record: dict) -> list[dict]:
                                   "(saliency examples) and retrain without it (mask or crop)."})
     for f, s in record["saliency"].items():
         pos = record["region_reliance"].get(f, {}).get("positives", 0)
-        e = s.get("excess") or {}
-        if region_ok and pos >= MIN_POSITIVES and e.get("hi") is not None \
-                and e["hi"] < t["saliency_excess"]:
+        e, area = s.get("energy_inside") or {}, (s.get("area_inside") or {}).get("value")
+        if region_ok and pos >= MIN_POSITIVES and None not in (e.get("hi"), area) \
+                and e["hi"] < t["saliency_ratio"] * area:
             out.append({"finding": f, "measure": "saliency_energy_inside",
                         "numbers": {"energy_inside": s["energy_inside"],
-                                    "area_inside": s["area_inside"], "excess": e},
-                        "action": f"{f}: only {s['energy_inside']['value']:.0%} of the Grad-CAM "
-                                  f"energy on {f} positives lies in the chest region, which "
-                                  f"covers {s['area_inside']['value']:.0%} of the image; the "
-                                  "model's evidence is outside the chest: inspect where."})
+                                    "area_inside": s["area_inside"], "excess": s["excess"]},
+                        "action": f"{f}: only {e['value']:.0%} of the Grad-CAM energy on {f} "
+                                  "positives lies in the chest region, which covers "
+                                  f"{area:.0%} of the image; the model's evidence is outside "
+                                  "the chest: look at where its maps peak (cxrkit explain)."})
     for f, v in record["view_strata"].items():
         pooled = v["pooled"]
         for view in ("AP", "PA"):
