@@ -1,7 +1,7 @@
 """Shortcut audit benchmark: a planted shortcut on phantoms, and the real NIH sample.
 
 * ``phantoms``  for each seed, two phantom releases that differ only by a planted token
-  (``--shortcut FINDING:STRENGTH``, :mod:`cxrkit.data.phantom_shortcut`): the same
+  (``--shortcut FINDING:STRENGTH``, :mod:`cxrkit.data.phantoms.shortcut`): the same
   recipe trains a model on each, and ``cxrkit audit`` runs on each test split. Prints,
   per seed, model and split (test: the token is on random images; val: carved out of
   train_val, it carries the token as training does), the planted finding's AUROC as is /

@@ -141,7 +141,7 @@ def test_flags_follow_the_stated_thresholds():
 # -- phantoms: chest regions and the planted token -----------------------------------------
 def test_shortcut_token_is_outside_the_chest_and_planted_as_stated(tmp_path):
     from cxrkit.data.images import read_xray
-    from cxrkit.data.phantom_shortcut import Shortcut, read_chest_regions
+    from cxrkit.data.phantoms.shortcut import Shortcut, read_chest_regions
     from cxrkit.data.phantoms import make_phantoms
 
     kw = {"n_patients": 40, "image_size": 32, "seed": 5, "progress": False}
@@ -189,9 +189,9 @@ def audited(phantom_run, tmp_path_factory):
 def test_occlusion_auroc_by_hand(audited):
     """Blank by hand (the release's own masks, the training images' mean), run the bare
     network, score with scikit-learn: the audit's three AUROCs, to float precision."""
-    from cxrkit.data.phantom_shortcut import read_chest_regions
-    from cxrkit.heldout import load_held_out
-    from cxrkit.inference import load
+    from cxrkit.data.phantoms.shortcut import read_chest_regions
+    from cxrkit.inference.heldout import load_held_out
+    from cxrkit.inference.core import load
 
     run, record = audited
     lm = load(run)

@@ -1,7 +1,7 @@
 """``cxrkit audit RUN``: is the model reading the chest? Measured on a whole split.
 
 :func:`audit_run` loads the run's checkpoint and its verified held-out data
-(:mod:`cxrkit.heldout`), runs the split's cached images through the model three times
+(:mod:`cxrkit.inference.heldout`), runs the split's cached images through the model three times
 (as they are; everything outside the chest region blanked; the chest region blanked;
 :mod:`cxrkit.audit.regions`), reads the pooled features from the first pass (the hook the
 OOD record uses, :meth:`cxrkit.inference.LoadedModel.forward_cached`), computes Grad-CAM
@@ -40,8 +40,8 @@ from cxrkit.audit.measures import (
 from cxrkit.audit.regions import blank, chest_regions, training_mean
 from cxrkit.data.dataset import CXRDataset
 from cxrkit.data.metadata import metadata_vector
-from cxrkit.heldout import load_held_out
-from cxrkit.inference import load
+from cxrkit.inference.heldout import load_held_out
+from cxrkit.inference.core import load
 from cxrkit.metrics import sigmoid, youden_threshold
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Which region (said in every audit, ``chest_region.source``):
 
 * **phantom releases**: the true lung fields and the mediastinum between them, as drawn
-  (``chest_regions.npz`` beside the release, :mod:`cxrkit.data.phantom_shortcut`), moved
+  (``chest_regions.npz`` beside the release, :mod:`cxrkit.data.phantoms.shortcut`), moved
   into cache pixels through each image's recorded crop box;
 * **real films** (or a release without that file): cxrkit's exposed-chest crop
   (:func:`cxrkit.data.images.crop_box`) of the cached image, a square box. On NIH's
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkit.data.images import crop_box
-from cxrkit.data.phantom_shortcut import read_chest_regions
+from cxrkit.data.phantoms.shortcut import read_chest_regions
 
 PHANTOM_SOURCE = ("true lung fields and the mediastinum between them (the phantom release's "
                   "chest_regions.npz)")
