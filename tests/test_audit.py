@@ -297,15 +297,22 @@ def _ratio(record) -> float:
     return s["energy_inside"]["value"] / s["area_inside"]["value"]
 
 
+REGION_OR_SALIENCY = {"auroc_outside_only", "chest_only_gain", "saliency_energy_inside"}
+
+
 @pytest.mark.slow
-def test_planted_shortcut_is_flagged_by_saliency_and_the_clean_model_is_not(planted_pair):
+def test_planted_shortcut_is_flagged_and_the_clean_model_is_not(planted_pair):
+    """Seeds 1-3 of this recipe measured (NOTES-h24.md): the planted model flagged by
+    saliency (seeds 1, 2: energy in the chest 0.29 and 0.38 of the area share) or by
+    region reliance (seed 3: chest_only_gain 0.097 [0.012, 0.213]); the clean model by
+    neither (0.86, 0.77, 0.65 of the area share). The test runs seed 1."""
     clean, planted = planted_pair["clean"], planted_pair["planted"]
     flagged = {kind: {f["measure"] for f in r["flags"] if f["finding"] == PLANTED}
                for kind, r in planted_pair.items()}
-    assert "saliency_energy_inside" in flagged["planted"]
-    assert "saliency_energy_inside" not in flagged["clean"]
-    # the measured quantities, with margins seen over seeds 1-3 (planted 0.20-0.29 of the
-    # area share, clean 0.83-0.88)
-    assert _ratio(planted) < 0.4 < 0.6 < _ratio(clean)
+    assert flagged["planted"] & REGION_OR_SALIENCY
+    assert not flagged["clean"] & REGION_OR_SALIENCY
+    assert _ratio(planted) < _ratio(clean)                      # held on every seed
+    assert _ratio(planted) < 0.5 < 0.6 < _ratio(clean)          # seed 1: 0.29 and 0.86
+    assert "saliency_energy_inside" in flagged["planted"]       # seed 1 (and 2)
     assert planted["chest_region"]["source"] == clean["chest_region"]["source"]
     assert planted["region_reliance"][PLANTED]["positives"] >= 20
