@@ -67,9 +67,9 @@ THRESHOLDS = {
                             "share: the chest gets less than half the weight a uniform map "
                             "would give it, so the evidence sits mostly outside. Not 1: "
                             "Grad-CAM maps are coarse (a 4x4 grid for cnn4 at 64 px) and "
-                            "spill over the region's edge; clean phantom models measured "
-                            "0.54-0.88 of the area share, models with a planted token "
-                            "0.20-0.34 (NOTES-h24.md)"),
+                            "spill over the region's edge: every clean phantom model measured "
+                            "put 0.54-0.86 of the area share inside, planted-token models "
+                            "0.29-0.62 (NOTES-h24.md)"),
     "view_gap": (0.05, "the AUROC within AP only or PA only is at least this far below the "
                        "pooled AUROC and its interval lies below the pooled value: part of the "
                        "pooled figure is the view, not the finding"),
