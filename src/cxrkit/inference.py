@@ -67,6 +67,10 @@ class LoadedModel(Predictor):
         return self.forward.describe()
 
     @property
+    def ran_by(self) -> str:
+        return self.forward.ran_by()
+
+    @property
     def name(self) -> str:
         cfg = getattr(self.model, "cxr_config", None)
         return cfg.name if cfg is not None else type(self.model).__name__

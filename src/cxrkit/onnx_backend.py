@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.artefacts import RunFolder, onnx_path
-from cxrkit.predictor import Predictor
+from cxrkit.predictor import Predictor, session_ran_by
 from cxrkit.preprocessing import Preprocessing
 from cxrkit.thresholds import find_thresholds
 
@@ -87,6 +87,10 @@ class OnnxModel(Predictor):
     @property
     def source(self) -> Path:
         return self.path
+
+    @property
+    def ran_by(self) -> str:
+        return session_ran_by(self.session)
 
     def forward_cached(self, images, meta=None, *, tta: str = "none"):
         """``uint8`` ``(B, 1, S, S)`` -> ``(logits (B, F), pooled features (B, D) or None)``

@@ -134,6 +134,7 @@ class Predictions:
     thresholds_source: str | None      #: where they came from; None: 0.5 by default
     model: str = ""
     backend: str = "torch"
+    ran_by: str = ""                   #: the runtime that ran the forward pass (its own name)
     checkpoint: str = ""
     tta: str = "none"
     skipped: list[str] = field(default_factory=list)
@@ -209,6 +210,7 @@ class Predictions:
                                                        map(float, self.probabilities[i]),
                                                        strict=True))})
         return {"checkpoint": self.checkpoint, "model": self.model, "backend": self.backend,
+                "ran_by": self.ran_by,
                 "tta": self.tta, "findings": list(self.findings),
                 "thresholds": dict(zip(self.findings, map(float, self.thresholds), strict=True)),
                 "thresholds_source": self.thresholds_source or
@@ -327,7 +329,8 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
                        probabilities=np.array(probs).reshape(len(names), len(findings)),
                        errors=errors, thresholds=thresholds,
                        thresholds_source=model.thresholds_source, model=model.name,
-                       backend=model.backend, checkpoint=str(model.source), tta=tta,
+                       backend=model.backend, ran_by=model.ran_by,
+                       checkpoint=str(model.source), tta=tta,
                        skipped=[str(p) for p in inputs.skipped], metadata_missing=missing,
                        ood_score=np.asarray(ood, np.float64), ood_note=ood_note)
 

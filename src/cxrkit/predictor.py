@@ -55,6 +55,14 @@ class OodMissingWarning(UserWarning):
     """The model has no out-of-distribution record: its OOD score and flag are missing."""
 
 
+def session_ran_by(session) -> str:
+    """An onnxruntime session in onnxruntime's own words: version and the execution
+    provider that runs it (the first of ``session.get_providers()``)."""
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__} ({session.get_providers()[0]})"
+
+
 class Predictor(ABC):
     """What every backend provides; subclasses set the attributes and implement
     :meth:`logits_from_cached`."""
@@ -82,6 +90,13 @@ class Predictor(ABC):
     @abstractmethod
     def source(self) -> Path:
         """The file the model was loaded from (checkpoint or ``.onnx``)."""
+
+    @property
+    def ran_by(self) -> str:
+        """What runs the forward pass, in the runtime's own words (e.g. ``onnxruntime 1.22
+        (CPUExecutionProvider)``, ``torch 2.13 fp32 eager on cpu``): a backend that hands
+        the network to another runtime says so here, not just its own name."""
+        return self.backend
 
     # -- the cache stage -----------------------------------------------------------------------
     def cache_image(self, image: np.ndarray) -> np.ndarray:

@@ -51,6 +51,7 @@ from cxrkit.artefacts import atomic_path, write_json
 from cxrkit.data.metadata import DEFAULT_META
 from cxrkit.engine.precision import Precision
 from cxrkit.ood.features import tap_features
+from cxrkit.predictor import session_ran_by
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,11 @@ class Forward:
     def describe(self) -> dict:
         return {"requested": self.requested, "used": self.precision, **self.record}
 
+    def ran_by(self) -> str:
+        """The runtime that runs this forward pass, in its own words (what ``cxrkit
+        predict`` prints)."""
+        return f"torch {torch.__version__} {self.precision}"
+
 
 @dataclass
 class EagerForward(Forward):
@@ -147,6 +153,10 @@ class EagerForward(Forward):
         self._amp = Precision.choose("bf16" if self.precision == "bf16" else "none", self.device)
         if self.precision == "bf16":
             self.model.to(memory_format=torch.channels_last)
+
+    def ran_by(self) -> str:
+        how = "bf16 autocast + channels_last" if self.precision == "bf16" else "fp32 eager"
+        return f"torch {torch.__version__} {how} on {self.device}"
 
     def __call__(self, x, meta):
         if self.precision == "bf16":
@@ -162,6 +172,9 @@ class OrtForward(Forward):
 
     session: object = None
     metadata: bool = False
+
+    def ran_by(self) -> str:
+        return session_ran_by(self.session)
 
     def __call__(self, x, meta):
         feeds = {"x": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}

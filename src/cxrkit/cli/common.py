@@ -23,13 +23,34 @@ KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, Runtim
                 WriteError)
 
 
+class OneLineFormatter(logging.Formatter):
+    """Log records as the user reads them: the message, with ``warning: `` / ``error: ``
+    before warnings and errors, on one line (a multi-line message is joined)."""
+
+    PREFIX = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        prefix = self.PREFIX.get(record.levelno, "")
+        if prefix and not text.lower().startswith(prefix):
+            text = prefix + text
+        return text if record.levelno < logging.WARNING else " ".join(text.split("\n"))
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the CLI: ``warning: <message>``, one line, instead of
+    Python's ``file:line: Category: message`` and the source line under it."""
+    logging.getLogger("py.warnings").warning("%s", str(message))
+
+
 def setup_logging(verbose: bool) -> None:
     if not sys.stderr.isatty():  # logs and CI: a progress line every 10 s, not every batch
         os.environ.setdefault("TQDM_MININTERVAL", "10")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     warnings.simplefilter("default")
-    logging.captureWarnings(True)
+    warnings.showwarning = show_warning
 
 
 def in_range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):

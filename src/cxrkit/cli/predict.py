@@ -52,7 +52,8 @@ def predict(
     typer.echo(result.summary(top=top, limit=show))
     source = result.thresholds_source or "0.5 (none chosen at evaluation)"
     typer.echo(f"{len(result.images) - result.n_failed} predicted, {result.n_failed} failed "
-               f"({result.backend} backend, {result.model}; thresholds: {source})")
+               f"(forward pass: {result.ran_by or result.backend}, {result.backend} backend; "
+               f"{result.model}; thresholds: {source})")
     if result.skipped:
         shown = ", ".join(Path(p).name for p in result.skipped[:3])
         typer.echo(f"note: {len(result.skipped)} file(s) in the folders are not PNG/JPEG/DICOM "

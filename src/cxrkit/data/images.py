@@ -193,7 +193,7 @@ def find_images(root: str | Path, *, warn: bool = True) -> ImageIndex:
         more = f" (and {len(duplicates) - 5} more)" if len(duplicates) > 5 else ""
         raise DuplicateImageError(
             f"{len(duplicates)} image name(s) occur twice under {root}: {shown}{more}. "
-            "Remove the copies or point the image root at one of them.")
+            + duplicate_advice([os.path.dirname(p) for d in duplicates for p in d[1:]]))
     for name, path in bad_images.items():
         found.setdefault(name, path)
     if bad and warn:
@@ -203,6 +203,38 @@ def find_images(root: str | Path, *, warn: bool = True) -> ImageIndex:
                     len(bad), root, shown, more)
     return ImageIndex({name: Path(found[name]) for name in sorted(found)},
                       bad=dict(sorted(bad.items())))
+
+
+def duplicate_advice(folders) -> str:
+    """What to do about image names found twice: the ``--images-root`` option to pass,
+    naming the folders that hold the copies (the most crowded first)."""
+    counts: dict[str, int] = {}
+    for f in folders:
+        counts[f] = counts.get(f, 0) + 1
+    ranked = sorted(counts, key=lambda f: (-counts[f], f))
+    return (f"Pass --images-root with the folder to use (the copies are in "
+            f"{', '.join(ranked[:4])}{' ...' if len(ranked) > 4 else ''}), e.g. "
+            f"--images-root {ranked[0]}, or remove the copies.")
+
+
+def find_images_in(roots, *, warn: bool = True) -> ImageIndex:
+    """:func:`find_images` over several folders as one index (``--images-root`` given more
+    than once); a name found under two of them raises :class:`DuplicateImageError`."""
+    roots = [Path(r) for r in roots]
+    merged = ImageIndex()
+    for root in roots:
+        index = find_images(root, warn=warn)
+        twice = sorted(set(index) & set(merged))
+        if twice:
+            shown = "; ".join(f"{n} at {merged[n]} and {index[n]}" for n in twice[:5])
+            more = f" (and {len(twice) - 5} more)" if len(twice) > 5 else ""
+            raise DuplicateImageError(
+                f"{len(twice)} image name(s) occur in two image roots: {shown}{more}. "
+                + duplicate_advice([str(merged[n].parent) for n in twice]
+                                   + [str(index[n].parent) for n in twice]))
+        merged.update(index)
+        merged.bad.update(index.bad)
+    return ImageIndex(dict(sorted(merged.items())), bad=merged.bad)
 
 
 def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -41,8 +41,63 @@ BOX_TEST_NOTE = ("{n_test} of the {n_boxed} images with boxes are in the officia
                  "into training and records which.")
 
 
+#: What ``on_missing`` may be: stop on label-file images absent on disk, or drop them.
+ON_MISSING = ("error", "drop")
+
+
 class MissingImagesError(FileNotFoundError):
     """Label-file images that are not on disk (``on_missing='error'``)."""
+
+
+def check_on_missing(on_missing: str) -> str:
+    """``on_missing`` if it is one of :data:`ON_MISSING`; a one-line ValueError otherwise.
+
+    Called before anything is read, so a typo costs no pass over 112,120 rows."""
+    if on_missing not in ON_MISSING:
+        raise ValueError(f"--on-missing must be 'error' or 'drop', got {quote(on_missing)}")
+    return on_missing
+
+
+@dataclass(frozen=True)
+class ReleaseSources:
+    """Where a release's files are: the one set of finding options of ``validate`` and
+    ``prepare`` (the CLI builds it from the same flags for both).
+
+    ``root`` is searched for whatever is not given explicitly (up to two folders deep for
+    the metadata, any depth for images). ``images_roots``: the folders holding the images
+    (default: ``root``); several are indexed together, and an image name in two of them is
+    an error. ``on_missing`` is checked here, before any file is read.
+    """
+
+    root: Path
+    images_roots: tuple[Path, ...] = ()
+    label_file: Path | None = None
+    box_file: Path | None = None
+    train_val_list: Path | None = None
+    test_list: Path | None = None
+    on_missing: str = "error"
+
+    def __post_init__(self):
+        check_on_missing(self.on_missing)
+        object.__setattr__(self, "root", Path(self.root))
+        roots = self.images_roots
+        if isinstance(roots, (str, Path)):
+            roots = (roots,)
+        object.__setattr__(self, "images_roots", tuple(Path(r) for r in roots or ()))
+
+    @property
+    def image_folders(self) -> tuple[Path, ...]:
+        return self.images_roots or (self.root,)
+
+    def load(self) -> NIHRelease:
+        """The release's metadata (:func:`load_release` with the explicit paths)."""
+        return load_release(self.root, label_file=self.label_file, box_file=self.box_file,
+                            train_val_list=self.train_val_list, test_list=self.test_list)
+
+    def find_images(self, *, warn: bool = True):
+        """One :class:`~cxrkit.data.images.ImageIndex` over every image folder."""
+        from cxrkit.data.images import find_images_in
+        return find_images_in(self.image_folders, warn=warn)
 
 
 @dataclass
@@ -134,8 +189,7 @@ def match_images(labels: pd.DataFrame, index: dict[str, Path], *, on_missing: st
     ``'drop'`` their rows are removed, written to ``dropped_path`` (CSV) and a warning
     says how many. Image files that no label row names are ignored (counted in a warning).
     """
-    if on_missing not in ("error", "drop"):
-        raise ValueError(f"on_missing must be 'error' or 'drop', got {quote(on_missing)}")
+    check_on_missing(on_missing)
     paths = labels["image_id"].map(lambda i: index.get(i))
     missing = paths.isna()
     n_missing = int(missing.sum())
@@ -143,8 +197,9 @@ def match_images(labels: pd.DataFrame, index: dict[str, Path], *, on_missing: st
         examples = labels.loc[missing, "image_id"].head(10).tolist()
         raise MissingImagesError(
             f"{n_missing:,} of {len(labels):,} label-file images are not on disk, e.g. "
-            f"{quote_list(examples, 10)}. Fix the image root, or pass --on-missing drop to continue without "
-            "them (the dropped rows are written to a file).")
+            f"{quote_list(examples, 10)}. Point --images-root at the folder that holds them, "
+            "or pass --on-missing drop to continue without them (the dropped rows are "
+            "written to a file).")
     out = labels.assign(path=paths.map(lambda p: str(p) if p is not None else None))
     if n_missing:
         dropped = out.loc[missing, ["image_id", "patient_id"]]
@@ -159,3 +214,57 @@ def match_images(labels: pd.DataFrame, index: dict[str, Path], *, on_missing: st
         warnings.warn(f"{extra:,} image files under the root are not in the label file "
                       "(ignored)", stacklevel=2)
     return out
+
+
+@dataclass
+class ReleaseCheck:
+    """What :func:`validate_release` found: the release, the matched image table (None when
+    images were not checked) and the report, one line each."""
+
+    release: NIHRelease
+    table: pd.DataFrame | None
+    lines: list[str]
+
+
+def validate_release(sources: ReleaseSources, *, check_images: bool = True) -> ReleaseCheck:
+    """Read and cross-check a release the way ``prepare`` will, without writing anything.
+
+    Says what it found and what it did not (boxes, official lists, images), each absent
+    part with the option that points at it; with ``on_missing='drop'`` images absent on
+    disk are counted instead of stopping.
+    """
+    from cxrkit.data.splits import official_split
+
+    rel = sources.load()
+    lines = [rel.report.summary()]
+    if rel.box_report is not None:
+        lines.append(rel.box_report.summary())
+    else:
+        lines.append(f"boxes: no {BOX_FILE_NAME} under {sources.root} (localisation needs "
+                     "it: pass --boxes FILE)")
+    if rel.has_official_split:
+        official_split(rel.labels, rel.train_val, rel.test, val_fraction=0.0)  # checks leakage
+        lines.append(f"official split: {len(rel.train_val):,} train_val / {len(rel.test):,} "
+                     "test images, no patient in both")
+    else:
+        lines.append(f"official split: {TRAIN_VAL_NAME} and {TEST_NAME} not both found under "
+                     f"{sources.root} (pass --train-val-list FILE --test-list FILE)")
+    if not check_images:
+        lines.append("images: not checked (--no-images)")
+        return ReleaseCheck(rel, None, lines)
+    index = sources.find_images(warn=False)
+    if index.bad:
+        lines.append(f"warning: {len(index.bad):,} bad file(s) under "
+                     f"{', '.join(map(str, sources.image_folders))} (not readable image "
+                     "files; prepare records labelled ones as errors):")
+        lines += [f"  {path}: {reason}" for path, reason in list(index.bad.items())[:20]]
+        if len(index.bad) > 20:
+            lines.append(f"  ... and {len(index.bad) - 20:,} more")
+    table = match_images(rel.labels, index, on_missing=sources.on_missing)
+    n_bad = int(table["path"].isin(index.bad).sum())
+    n_dropped = len(rel.labels) - len(table)
+    lines.append((f"images: {len(table):,} of {len(rel.labels):,} on disk ({n_dropped:,} not "
+                  "on disk: prepare --on-missing drop leaves them out)" if n_dropped
+                  else f"images: all {len(table):,} on disk")
+                 + (f", {n_bad:,} of them bad files (listed above)" if n_bad else ""))
+    return ReleaseCheck(rel, table, lines)
