@@ -19,7 +19,12 @@ evaluation HTML report looks), read by people and by that report:
 
 A report embeds a few examples by reading ``index.csv`` and showing the ``overlay``
 column of its first rows. ``<stem>`` is the file name without its suffix (for a split,
-the image id's); a name seen twice gets ``_2``, ``_3``, ... appended.
+the image id's); a name seen twice gets ``_2``, ``_3``, ... appended. Methods other than
+Grad-CAM add ``__<method>`` to the file names.
+
+Explaining again into the same folder keeps what is there: ``index.csv`` is merged, rows
+of the same (image, finding, method) are replaced by the new ones and the rest kept (an
+image keeps its stem from one run to the next).
 """
 
 from __future__ import annotations
@@ -79,7 +84,9 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
     for sub in ("overlays", "maps"):
         make_folder(out / sub)
     sources = list(sources) if sources is not None else list(names)
-    stems = _unique_stems(names)
+    previous = _previous_index(out)
+    stems = _unique_stems(names, taken=_stems_of(previous), sources=sources)
+    tag = "" if method == "gradcam" else f"__{method}"
     rows, size = [], None
     batches = range(0, len(names), batch_size)
     for start in tqdm(batches, desc=f"explain {method}", unit="batch", disable=not progress,
@@ -101,27 +108,28 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
             f = lm.findings[k]
             label = f"{f} {probs[i, k]:.2f}"
             img = np.asarray(x[i, 0])
-            rel_png = Path("overlays") / f"{stems[g]}__{f}.png"
-            rel_npy = Path("maps") / f"{stems[g]}__{f}.npy"
+            rel_png = Path("overlays") / f"{stems[g]}__{f}{tag}.png"
+            rel_npy = Path("maps") / f"{stems[g]}__{f}{tag}.npy"
             write_png(overlay(img, hm, label=label), out / rel_png)
             write_map(hm, out / rel_npy)
             rel_att = ""
             if attn is not None:
                 (out / "attention").mkdir(exist_ok=True)
-                rel_att = str(Path("attention") / f"{stems[g]}__{f}.png")
+                rel_att = str(Path("attention") / f"{stems[g]}__{f}{tag}.png")
                 write_png(overlay(img, attn[i, k], label=f"{f} attention"), out / rel_att)
             rows.append({"image": str(sources[g]), "image_id": names[g], "finding": f,
                          "rank": chosen[i].index(k) + 1, "probability": float(probs[i, k]),
                          "method": method, "overlay": str(rel_png), "map": str(rel_npy),
                          "attention_overlay": rel_att})
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
-    write_csv(index, out / "index.csv")
+    merged = merge_index(previous, index)
+    write_csv(merged, out / "index.csv")
     write_json({
         "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name, "method": method,
         "findings": "given: " + ", ".join(map(str, findings if isinstance(findings, (list, tuple))
                                               else [findings])) if findings is not None
         else f"each image's {top_k} most probable",
-        "images": len(names), "rows": len(index),
+        "images": len(names), "rows": len(index), "rows_in_index": len(merged),
         "columns": {"image": "the input path (or image id for a split)",
                     "rank": "1 = most probable of the chosen findings on that image",
                     "probability": "the model's sigmoid output for the finding",
@@ -136,13 +144,65 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
     return index
 
 
-def _unique_stems(names: Sequence[str]) -> list[str]:
+def _previous_index(out: Path) -> pd.DataFrame | None:
+    """The ``index.csv`` an earlier explain wrote into ``out`` (None if none or unreadable:
+    then it is replaced, and a warning says so)."""
+    path = out / "index.csv"
+    if not path.exists():
+        return None
+    try:
+        old = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, OSError) as e:
+        log.warning("%s could not be read (%s): it is replaced, not merged", path, e)
+        return None
+    if not {"image", "finding", "method", "overlay"} <= set(old.columns):
+        log.warning("%s is not an explain index (columns %s): it is replaced, not merged",
+                    path, ", ".join(old.columns[:6]))
+        return None
+    return old
+
+
+def merge_index(old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
+    """Earlier rows, less those the new run redid (same image, finding and method), then
+    the new rows."""
+    if old is None or old.empty:
+        return new
+    key = ["image", "finding", "method"]
+    redone = pd.MultiIndex.from_frame(new[key].astype(str))
+    keep = ~pd.MultiIndex.from_frame(old[key].astype(str)).isin(redone)
+    kept = old.loc[keep].reindex(columns=list(INDEX_COLUMNS))
+    return pd.concat([kept, new], ignore_index=True) if len(kept) else new
+
+
+def _stems_of(index: pd.DataFrame | None) -> dict[str, str]:
+    """image -> the file stem an earlier run gave it (from its overlay's name)."""
+    if index is None:
+        return {}
+    return {str(img): Path(str(ov)).name.split("__")[0]
+            for img, ov in zip(index["image"], index["overlay"], strict=True)}
+
+
+def _unique_stems(names: Sequence[str], *, taken: dict[str, str] | None = None,
+                  sources: Sequence[str] | None = None) -> list[str]:
+    """One file stem per name: its own (``scan`` for ``a/scan.png``), ``_2``, ``_3``...
+    for the next ones; an image an earlier run named (``taken``: source -> stem) keeps
+    its stem, and no other image gets one of those."""
+    taken = taken or {}
+    used = set(taken.values())
     seen: dict[str, int] = {}
     stems = []
-    for n in names:
+    for n, src in zip(names, sources if sources is not None else names, strict=True):
+        if str(src) in taken:
+            stems.append(taken[str(src)])
+            continue
         s = Path(str(n)).stem or "image"
-        seen[s] = seen.get(s, 0) + 1
-        stems.append(s if seen[s] == 1 else f"{s}_{seen[s]}")
+        while True:
+            seen[s] = seen.get(s, 0) + 1
+            stem = s if seen[s] == 1 else f"{s}_{seen[s]}"
+            if stem not in used:
+                break
+        used.add(stem)
+        stems.append(stem)
     return stems
 
 
