@@ -9,6 +9,7 @@ import typer
 
 from cxrkit.cli.common import PRECISION_HELP
 from cxrkit.cli.common import run as _run
+from cxrkit.messages import count
 
 
 def evaluate(
@@ -50,7 +51,7 @@ def evaluate(
         ci = f" (95% CI {mean['lo']:.4f}-{mean['hi']:.4f})" if mean["lo"] is not None else ""
         text = f"{mean['value']:.4f}{ci}"
     folder = out or RunFolder(m["run_dir"]).eval(split, tta)
-    typer.echo(f"{split}: {m['n_images']:,} images of {m['n_patients']:,} patients, mean AUROC "
+    typer.echo(f"{split}: {count(m['n_images'], 'image')} of {count(m['n_patients'], 'patient')}, mean AUROC "
                f"{text} over {mean['defined']} findings -> {folder}")
     ood = m.get("ood")
     if ood:

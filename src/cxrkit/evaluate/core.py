@@ -48,6 +48,7 @@ from cxrkit.evaluate.published import (
 from cxrkit.evaluate.report import write_report
 from cxrkit.heldout import HeldOut, ensure_ood_record, load_held_out
 from cxrkit.inference import TTA_MODES, load, write_thresholds
+from cxrkit.messages import count
 from cxrkit.metrics import (
     bootstrap_ci,
     bootstrap_mean,
@@ -263,8 +264,9 @@ def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict
                      "after temperature scaling is unreliable.")
     no_band = int(age_band(test.table["age"]).isna().sum())
     if no_band:
-        notes.append(f"{no_band} images have a missing or impossible age (over 120) and are "
-                     "in no age-band subgroup.")
+        notes.append(f"{count(no_band, 'image')} {'has' if no_band == 1 else 'have'} a "
+                     "missing or impossible age (over 120) and "
+                     f"{'is' if no_band == 1 else 'are'} in no age-band subgroup.")
     unknown = int(np.isnan(test.labels).sum())
     if unknown:
         notes.append(f"{unknown} unknown labels (NaN) were left out per finding.")
@@ -420,10 +422,12 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         reference=reference, expert_dir=expert_labels, n=bootstrap, seed=seed,
         phantom=source == "phantom")
     if against is not None:
-        metrics["notes"].append("Against radiologists: see radiologists.json and the report's "
-                                "section of that name (Google's expert labels on "
-                                + ", ".join(f"{r['images_in_split']:,} {k} images"
-                                            for k, r in against["sets"].items()) + ").")
+        metrics["notes"].append(
+            "Against radiologists: see radiologists.json and the report's section of that "
+            f"name. Scored: the evaluated images that have Google's expert labels, "
+            + "; ".join(f"{r['images_in_split']:,} {k} (of its {r['images_in_set']:,} images)"
+                        for k, r in against["sets"].items())
+            + f", among {count(len(test.table), 'evaluated image')}.")
     metrics = write_outputs(out, metrics, [test] if fit is test else [test, fit])
     if gallery:
         write_error_gallery(lm, data, test, metrics, out, per_kind=gallery, progress=progress)
@@ -432,8 +436,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                                chosen_on=f"{threshold_split} split of {data.split_path} "
                                          f"(tta={tta})")
     write_bytes(sidecar.read_bytes(), out / sidecar.name)
-    log.info("evaluated %s on %d %s images: mean AUROC %s, %s flagged out-of-distribution; "
-             "wrote %s", lm.checkpoint.name, len(test.table), split, _fmt(mean),
+    log.info("evaluated %s on %s: mean AUROC %s, %s flagged out-of-distribution; "
+             "wrote %s", lm.checkpoint.name, count(len(test.table), f"{split} image"), _fmt(mean),
              metrics["ood"]["n_flagged"] if metrics["ood"] else "none", out)
     log.info("metrics: %.1f s after the forward passes (%.1f s CPU)",
              time.perf_counter() - started - forward_s, time.process_time() - cpu - forward_cpu)
