@@ -229,9 +229,9 @@ def find_images_in(roots, *, warn: bool = True) -> ImageIndex:
             shown = "; ".join(f"{n} at {merged[n]} and {index[n]}" for n in twice[:5])
             more = f" (and {len(twice) - 5} more)" if len(twice) > 5 else ""
             raise DuplicateImageError(
-                f"{len(twice)} image name(s) occur in two image roots: {shown}{more}. "
-                + duplicate_advice([str(merged[n].parent) for n in twice]
-                                   + [str(index[n].parent) for n in twice]))
+                f"{len(twice)} image name(s) occur in two image roots: {shown}{more}. Each "
+                "image must be under one root only: remove the copies from one of them, or "
+                "leave that root out.")
         merged.update(index)
         merged.bad.update(index.bad)
     return ImageIndex(dict(sorted(merged.items())), bad=merged.bad)
