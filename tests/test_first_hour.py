@@ -302,3 +302,30 @@ def test_a_chexnet_style_file_gets_a_summary_not_a_dump(phantom_prepared, tmp_pa
     assert err.startswith(f"error: {path} does not fit mobilenet_v3_large")
     assert "closest prefix: the file's keys start with 'mobilenet.'" in err
     assert re.search(r"\d+ of the model's \d+ keys missing from the file \(e\.g\. ", err)
+
+
+# -- 2: the evaluation resize follows the input size ----------------------------------------
+def test_eval_resize_follows_the_input_size(phantom_prepared, tmp_path):
+    import torch
+
+    from cxrkit.config import load_config
+    from cxrkit.data.images import PreprocessSettings
+    from cxrkit.preprocessing import Preprocessing
+
+    cfg = load_config(REPO / "configs" / "mobilenet_v3_large.yaml", ["data.image_size=128"])
+    p = Preprocessing.build(cache=PreprocessSettings(size=256), model_name="mobilenet_v3_large",
+                            model_input_size=224, mean=0.5, std=0.25, channels=1,
+                            image_size=cfg.data.image_size, eval_resize=cfg.data.eval_resize,
+                            eval_crop_pct=cfg.data.eval_crop_pct)
+    assert (p.input_size, p.eval_resize) == (128, 146)      # not 256: a 25 % centre crop
+    train = ["train", f"data.prepared={phantom_prepared.root}", "train.epochs=1",
+             "data.batch_size=16", "train.threads=1", "--no-progress", "data.image_size=32"]
+    r = run(*train, "data.eval_crop_pct=0.875", f"out={tmp_path / 'a'}")
+    assert r.exit_code == 0, r.output
+    ck = torch.load(tmp_path / "a" / "best.pt", weights_only=True, map_location="cpu")
+    assert (ck["preprocess"]["input_size"], ck["preprocess"]["eval_resize"]) == (32, 37)
+    r = run(*train, "data.eval_resize=64", f"out={tmp_path / 'b'}")
+    assert r.exit_code == 2, r.output
+    assert "data.eval_resize=64 with a 32 px input" in r.output
+    assert "central 25%" in r.output and "set data.eval_resize=37 or less" in r.output
+    assert not (tmp_path / "b" / "best.pt").exists()
