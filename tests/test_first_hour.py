@@ -329,3 +329,39 @@ def test_eval_resize_follows_the_input_size(phantom_prepared, tmp_path):
     assert "data.eval_resize=64 with a 32 px input" in r.output
     assert "central 25%" in r.output and "set data.eval_resize=37 or less" in r.output
     assert not (tmp_path / "b" / "best.pt").exists()
+
+
+# -- 4: thresholds: where they came from, warned when thin, the modes people use ------------
+def test_thresholds_record_their_positives_and_take_targets_and_overrides(phantom_run,
+                                                                          tmp_path):
+    import json
+
+    from cxrkit.evaluate.threshold_choice import MIN_POSITIVES
+    from cxrkit.labels import FINDINGS
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(phantom_run, run_dir)
+    bad = run("evaluate", run_dir, "--threshold-method", "sensitivity=1.5")
+    assert bad.exit_code == 2 and "sensitivity=T or specificity=T" in bad.output
+    bad = run("evaluate", run_dir, "--threshold", "Pneumonitis=0.3")
+    assert bad.exit_code == 2 and "'Pneumonitis' is not one of" in bad.output
+    r = run("evaluate", run_dir, "--threshold-method", "sensitivity=0.9", "--threshold",
+            "Effusion=0.3", "--bootstrap", 20, "--subgroup-bootstrap", 10, "--gallery", 0,
+            "--no-report", "--no-progress")
+    assert r.exit_code == 0, r.output
+    sidecar = json.loads((run_dir / "thresholds.json").read_text())
+    assert sidecar["method"] == "sensitivity=0.9"
+    prov = sidecar["provenance"]
+    val = pd.read_csv(run_dir / "eval" / "test" / "predictions_val.csv")
+    assert prov["positives"] == {f: int((val[f] == 1).sum()) for f in FINDINGS}
+    assert prov["positive_patients"]["Effusion"] == val.loc[val["Effusion"] == 1,
+                                                            "patient_id"].nunique()
+    assert sidecar["thresholds"]["Effusion"] == 0.3 and prov["overrides"] == {"Effusion": 0.3}
+    for f, t in sidecar["thresholds"].items():
+        if f != "Effusion" and (val[f] == 1).any():
+            called = val.loc[val[f] == 1, f"p_{f}"] >= t
+            assert called.mean() >= 0.9, f
+    few = [f for f in FINDINGS if f != "Effusion" and prov["positives"][f] < MIN_POSITIVES]
+    assert few and prov["few_positives"] == few
+    warned = [ln for ln in r.output.splitlines() if "fewer than" in ln and "positive val" in ln]
+    assert warned and all(f in warned[0] for f in few)

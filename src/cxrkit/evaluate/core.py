@@ -46,6 +46,13 @@ from cxrkit.evaluate.published import (
     published_rows,
 )
 from cxrkit.evaluate.report import write_report
+from cxrkit.evaluate.threshold_choice import (
+    THRESHOLD_METHODS,
+    ThresholdChoice,
+    choose_thresholds,
+    fit_threshold,
+    parse_method,
+)
 from cxrkit.heldout import HeldOut, ensure_ood_record, load_held_out
 from cxrkit.inference import TTA_MODES, load, write_thresholds
 from cxrkit.messages import count
@@ -56,18 +63,15 @@ from cxrkit.metrics import (
     brier_score,
     expected_calibration_error,
     fit_temperature,
-    max_f1_threshold,
     mean_defined,
     reliability_curve,
     sigmoid,
     threshold_metrics,
-    youden_threshold,
 )
 
 log = logging.getLogger(__name__)
 
 FORMAT = "cxrkit-eval/1"
-THRESHOLD_METHODS = ("youden", "max_f1")
 CALIBRATION_BINS = 10
 #: (lower bound inclusive, upper bound exclusive, label) in years.
 AGE_BANDS = ((0, 20, "<20"), (20, 40, "20-39"), (40, 60, "40-59"), (60, 80, "60-79"),
@@ -101,13 +105,18 @@ def ranking_section(pred: Predictions, findings, *, n: int, seed: int, level: fl
     return auroc, auprc, mean
 
 
-def threshold_section(fit: Predictions, test: Predictions, findings) -> tuple[dict, dict]:
-    """Thresholds chosen on ``fit`` (validation) per method, and their metrics on ``test``."""
-    choose = {"youden": youden_threshold, "max_f1": max_f1_threshold}
+def threshold_section(fit: Predictions, test: Predictions, findings,
+                      used: ThresholdChoice | None = None) -> tuple[dict, dict]:
+    """Thresholds chosen on ``fit`` (validation) per method, and their metrics on ``test``;
+    ``used``: the thresholds written for predict (:mod:`cxrkit.evaluate.threshold_choice`),
+    applied too, as ``"used"``."""
     thresholds, applied = {}, {}
-    for method, fn in choose.items():
-        thresholds[method] = {f: _f(fn(fit.labels[:, j], fit.probs[:, j]))
+    for method in THRESHOLD_METHODS:
+        thresholds[method] = {f: _f(fit_threshold(fit.labels[:, j], fit.probs[:, j], method))
                               for j, f in enumerate(findings)}
+    if used is not None:
+        thresholds["used"] = used.values
+    for method in thresholds:
         applied[method] = {}
         for j, f in enumerate(findings):
             t = thresholds[method][f]
@@ -288,7 +297,7 @@ def _tables(metrics: dict) -> dict[str, pd.DataFrame]:
         "positives": metrics["auroc"][f]["positives"],
         "negatives": metrics["auroc"][f]["negatives"]} for f in findings])
     thresholds = pd.DataFrame([{"method": m, "finding": f, **metrics["threshold_metrics"][m][f]}
-                               for m in THRESHOLD_METHODS for f in findings])
+                               for m in metrics["threshold_metrics"] for f in findings])
     for col in ("tp", "fp", "tn", "fn"):
         thresholds[col] = thresholds[col].astype("Int64")   # counts; empty when undefined
     cal = metrics["calibration"]
@@ -330,8 +339,7 @@ def _check_options(split, tta, threshold_method, threshold_split, bootstrap, sub
         raise ValueError(f"split must be train, val or test, got {split!r}")
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    if threshold_method not in THRESHOLD_METHODS:
-        raise ValueError(f"threshold method must be youden or max_f1, got {threshold_method!r}")
+    parse_method(threshold_method)
     if threshold_split not in ("train", "val"):
         raise ValueError(f"thresholds are fitted on train or val, never on {threshold_split!r}")
     if bootstrap < 1 or subgroup_bootstrap < 1:
@@ -347,7 +355,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                         progress: bool = True,
                         report: bool = True, reference: str = "auto",
                         expert_labels: str | Path | None = None,
-                        gallery: int = 2) -> dict:
+                        gallery: int = 2,
+                        threshold_overrides: dict[str, float] | None = None) -> dict:
     """Evaluate a checkpoint (or run folder) on one split; returns the ``metrics.json`` dict.
 
     Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`): metrics.json, auroc/thresholds/
@@ -361,6 +370,11 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     release root (or in ``expert_labels``), ``"radiologists"`` to require them, ``"nih"``
     to skip. ``gallery``: the most confident false positives and false negatives shown per
     finding (:mod:`cxrkit.evaluate.gallery`; 0: none).
+
+    ``threshold_method`` (``youden``, ``max_f1``, ``sensitivity=T``, ``specificity=T``) and
+    ``threshold_overrides`` (finding -> fixed threshold) decide ``thresholds.json``
+    (:mod:`cxrkit.evaluate.threshold_choice`); each threshold records the positives it was
+    fitted on, and too few are warned about.
     """
     _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap)
     lm = load(checkpoint, device=device, precision=precision)
@@ -385,7 +399,12 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         0 if fit is test else len(fit.table)), forward_s, forward_cpu)
 
     auroc, auprc, mean = ranking_section(test, findings, n=bootstrap, seed=seed)
-    thresholds, applied = threshold_section(fit, test, findings)
+    used = choose_thresholds(fit.labels, fit.probs, fit.patients, findings,
+                             method=threshold_method, overrides=threshold_overrides)
+    thresholds, applied = threshold_section(fit, test, findings, used)
+    few_note = used.warning(threshold_split)
+    if few_note:
+        log.warning(few_note)
     calibration = calibration_section(fit, test, findings, temperature=temperature)
     subgroups = subgroup_rows(test, findings, n=subgroup_bootstrap, seed=seed)
     source = data_source(data.prepared)
@@ -407,7 +426,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "epoch": None if epoch is None else int(epoch) + 1,
         "bootstrap": {"replicates": bootstrap, "unit": "patient", "seed": seed, "level": 0.95},
         "auroc": auroc, "auprc": auprc, "mean_auroc": mean,
-        "thresholds": {"chosen_on": threshold_split, **thresholds, "meaning": THRESHOLD_MEANING},
+        "thresholds": {"chosen_on": threshold_split, **thresholds, "meaning": THRESHOLD_MEANING,
+                       "written": used.record()},
         "threshold_metrics": applied, "calibration": calibration, "subgroups": subgroups,
         "ood": (ood_section(test, findings, ood_record)
                 if ood_record is not None and test.ood_score is not None else None),
@@ -415,7 +435,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "notes": _notes(source=source, split=split, fit_split=threshold_split, data=data,
                         mean=mean, auroc=auroc, bootstrap=bootstrap,
                         calibration=calibration, test=test, tta=tta)
-        + ([f"Warning: {lm.tta_note(tta)}"] if lm.tta_note(tta) else []),
+        + ([f"Warning: {lm.tta_note(tta)}"] if lm.tta_note(tta) else [])
+        + ([f"Warning: {few_note}."] if few_note else []),
     }
     against = evaluate_against_radiologists(
         data.prepared, test, fit, findings, out, split=split, fit_split=threshold_split,
@@ -431,10 +452,10 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     metrics = write_outputs(out, metrics, [test] if fit is test else [test, fit])
     if gallery:
         write_error_gallery(lm, data, test, metrics, out, per_kind=gallery, progress=progress)
-    chosen = {f: t for f, t in thresholds[threshold_method].items() if t is not None}
+    chosen = {f: t for f, t in used.values.items() if t is not None}
     sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "
-                                         f"(tta={tta})")
+                                         f"(tta={tta})", provenance=used.record())
     write_bytes(sidecar.read_bytes(), out / sidecar.name)
     log.info("evaluated %s on %s: mean AUROC %s, %s flagged out-of-distribution; "
              "wrote %s", lm.checkpoint.name, count(len(test.table), f"{split} image"), _fmt(mean),

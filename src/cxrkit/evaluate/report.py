@@ -346,9 +346,21 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
                  f"{_esc(FIGURES.get(name, name))}</figcaption></figure>")
     s.append("<h2>Decision thresholds</h2>")
     s.append(f"<p>{_esc(THRESHOLD_SENTENCE.format(fit=fit, split=split))}</p>")
-    for method, title in (("youden", "Youden's J"), ("max_f1", "max-F1")):
-        s.append(f"<h3>{title} thresholds (chosen on {_esc(fit)}), applied to {_esc(split)}</h3>")
+    written = metrics["thresholds"].get("written")
+    titles = [("youden", "Youden's J"), ("max_f1", "max-F1")]
+    if written:
+        titles.append(("used", f"Written to thresholds.json ({written['method']}"
+                               + (f"; set by hand: {', '.join(written['overrides'])}"
+                                  if written["overrides"] else "") + ")"))
+    for method, title in titles:
+        s.append(f"<h3>{_esc(title)} thresholds (chosen on {_esc(fit)}), applied to "
+                 f"{_esc(split)}</h3>")
         s.append(_table(threshold_table(metrics, method)))
+    if written:
+        s.append(f"<p>Positive {_esc(fit)} images each threshold was fitted on: "
+                 + ", ".join(f"{_esc(f)} {n}" for f, n in written["positives"].items())
+                 + f". Fewer than {written['min_positives']} (warned): "
+                 + (_esc(", ".join(written["few_positives"])) or "none") + ".</p>")
     cal = metrics["calibration"]
     t = cal.get("temperature")
     s.append("<h2>Calibration</h2><p>Brier score and expected calibration error "
