@@ -123,7 +123,7 @@ def test_on_missing_is_checked_before_anything_is_read(phantom_release, tmp_path
     for command in (["validate", phantom_release], ["prepare", phantom_release, "--out",
                                                     tmp_path / "p"]):
         r = run(*command, "--on-missing", "skip")
-        assert r.exit_code == 2 and "--on-missing must be 'error' or 'drop'" in r.output
+        assert r.exit_code == 2 and "(--on-missing) must be 'error' or 'drop'" in r.output
     assert not (tmp_path / "p").exists()
 
 

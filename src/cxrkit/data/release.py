@@ -54,7 +54,8 @@ def check_on_missing(on_missing: str) -> str:
 
     Called before anything is read, so a typo costs no pass over 112,120 rows."""
     if on_missing not in ON_MISSING:
-        raise ValueError(f"--on-missing must be 'error' or 'drop', got {quote(on_missing)}")
+        raise ValueError(f"on_missing (--on-missing) must be 'error' or 'drop', got "
+                         f"{quote(on_missing)}")
     return on_missing
 
 
