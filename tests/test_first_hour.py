@@ -365,3 +365,29 @@ def test_thresholds_record_their_positives_and_take_targets_and_overrides(phanto
     assert few and prov["few_positives"] == few
     warned = [ln for ln in r.output.splitlines() if "fewer than" in ln and "positive val" in ln]
     assert warned and all(f in warned[0] for f in few)
+
+
+# -- 3: subgroup intervals from a handful of positive patients -----------------------------
+def test_subgroups_count_positive_patients_and_drop_hollow_intervals(phantom_run, tmp_path):
+    from cxrkit.evaluate.core import FEW_POSITIVES, MIN_INTERVAL_PATIENTS
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(phantom_run, run_dir)
+    r = run("evaluate", run_dir, "--bootstrap", 20, "--subgroup-bootstrap", 20, "--gallery", 0,
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    out = run_dir / "eval" / "test"
+    sub = pd.read_csv(out / "subgroups.csv")
+    test = pd.read_csv(out / "predictions_test.csv")
+    checked = 0
+    for row in sub[sub["attribute"] == "sex"].itertuples():
+        group = test[(test["sex"] == row.group) & (test[row.finding] == 1)]
+        assert row.positives == len(group)
+        assert row.positive_patients == group["patient_id"].nunique()
+        assert bool(row.caution) == (row.positive_patients < FEW_POSITIVES)
+        if row.positive_patients < MIN_INTERVAL_PATIENTS:
+            assert pd.isna(row.lo) and pd.isna(row.hi)
+            checked += 1
+    assert checked, "the phantom test split should have thin subgroups"
+    assert any(ln.startswith("note: Subgroups:") for ln in r.output.splitlines())
+    assert "fewer than 10 positive patients" in (out / "report.html").read_text()

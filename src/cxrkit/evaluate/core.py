@@ -76,8 +76,13 @@ CALIBRATION_BINS = 10
 #: (lower bound inclusive, upper bound exclusive, label) in years.
 AGE_BANDS = ((0, 20, "<20"), (20, 40, "20-39"), (40, 60, "40-59"), (60, 80, "60-79"),
              (80, 121, "80+"))
-#: Fewer positives than this in the evaluated split earns a small-sample note.
+#: Fewer positives than this in the evaluated split earns a small-sample note; a subgroup
+#: AUROC resting on fewer positive *patients* than this is marked "caution" (greyed).
 FEW_POSITIVES = 10
+#: A subgroup AUROC with fewer positive patients than this gets no interval: a patient
+#: bootstrap of one to four positive patients only reshuffles the same few images, and
+#: its interval looks tight (Hernia, sex M: [0.843, 0.913] from one positive image).
+MIN_INTERVAL_PATIENTS = 5
 THRESHOLD_MEANING = ("a finding is called present when its probability (sigmoid of the "
                      "model's logit, before temperature scaling) is >= its threshold")
 
@@ -163,7 +168,12 @@ def age_band(age) -> pd.Series:
 
 
 def subgroup_rows(pred: Predictions, findings, *, n: int, seed: int) -> list[dict]:
-    """Per-finding AUROC with patient-bootstrap CI in each sex, age band and view."""
+    """Per-finding AUROC with patient-bootstrap CI in each sex, age band and view.
+
+    Each row counts its positive images and the patients they belong to; with fewer than
+    :data:`MIN_INTERVAL_PATIENTS` positive patients the interval is left out (None), and
+    with fewer than :data:`FEW_POSITIVES` the row is marked ``caution``, as the main
+    table's notes do for findings."""
     attributes = {"sex": (pred.table["sex"], ("M", "F")),
                   "age_band": (age_band(pred.table["age"]), [b[2] for b in AGE_BANDS]),
                   "view": (pred.table["view"], ("PA", "AP"))}
@@ -177,10 +187,17 @@ def subgroup_rows(pred: Predictions, findings, *, n: int, seed: int) -> list[dic
             y, p = pred.labels[rows_in], pred.probs[rows_in]
             ci = bootstrap_ci(y, p, pred.patients[rows_in], "auroc", n=n, seed=seed)
             pos, neg = _counts(y)
+            patients = pred.patients[rows_in]
             for j, f in enumerate(findings):
+                pos_patients = int(len(np.unique(patients[y[:, j] == 1])))
+                interval = pos_patients >= MIN_INTERVAL_PATIENTS
                 rows.append({"attribute": attribute, "group": group, "finding": f,
                              "n": int(pos[j] + neg[j]), "positives": int(pos[j]),
-                             "auroc": _f(ci.value[j]), "lo": _f(ci.lo[j]), "hi": _f(ci.hi[j])})
+                             "positive_patients": pos_patients,
+                             "auroc": _f(ci.value[j]),
+                             "lo": _f(ci.lo[j]) if interval else None,
+                             "hi": _f(ci.hi[j]) if interval else None,
+                             "caution": pos_patients < FEW_POSITIVES})
     return rows
 
 
@@ -223,7 +240,7 @@ def data_source(prepared: Prepared) -> str:
 
 def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict,
            auroc: dict, bootstrap: int, calibration: dict, test: Predictions,
-           tta: str) -> list[str]:
+           tta: str, subgroups: list[dict] = ()) -> list[str]:
     notes = []
     if source == "phantom":
         notes.append("Phantom (synthetic) images: these numbers test the pipeline and say "
@@ -284,6 +301,11 @@ def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict
                      f"in thresholds.json were chosen with the same TTA.")
     notes.append("Intervals: percentile bootstrap over patients (all images of a drawn "
                  f"patient together), {bootstrap} resamples, 95%.")
+    thin_groups = [r for r in subgroups if r["auroc"] is not None and r["caution"]]
+    if thin_groups:
+        notes.append(f"Subgroups: {len(thin_groups)} AUROC(s) rest on fewer than {FEW_POSITIVES} "
+                     "positive patients (marked and greyed; no interval below "
+                     f"{MIN_INTERVAL_PATIENTS}).")
     return notes
 
 
@@ -307,8 +329,9 @@ def _tables(metrics: dict) -> dict[str, pd.DataFrame]:
         "brier_after_temperature": after["brier"].get(f),
         "ece_after_temperature": after["ece"].get(f),
         "temperature": cal["temperature"]} for f in findings])
-    subgroups = pd.DataFrame(metrics["subgroups"], columns=["attribute", "group", "finding", "n",
-                                                            "positives", "auroc", "lo", "hi"])
+    subgroups = pd.DataFrame(metrics["subgroups"], columns=[
+        "attribute", "group", "finding", "n", "positives", "positive_patients", "auroc", "lo",
+        "hi", "caution"])
     published = pd.DataFrame(metrics["published"], columns=["finding", "source", "auroc", "split",
                                                             "protocol", "comparable", "note"])
     published.insert(3, "this_run_auroc", [metrics["auroc"].get(f, {}).get("value")
@@ -434,7 +457,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "published": published_rows(findings, run),
         "notes": _notes(source=source, split=split, fit_split=threshold_split, data=data,
                         mean=mean, auroc=auroc, bootstrap=bootstrap,
-                        calibration=calibration, test=test, tta=tta)
+                        calibration=calibration, test=test, tta=tta, subgroups=subgroups)
         + ([f"Warning: {lm.tta_note(tta)}"] if lm.tta_note(tta) else [])
         + ([f"Warning: {few_note}."] if few_note else []),
     }
