@@ -391,3 +391,34 @@ def test_subgroups_count_positive_patients_and_drop_hollow_intervals(phantom_run
     assert checked, "the phantom test split should have thin subgroups"
     assert any(ln.startswith("note: Subgroups:") for ln in r.output.splitlines())
     assert "fewer than 10 positive patients" in (out / "report.html").read_text()
+
+
+# -- 6: export says what its parity check covered ------------------------------------------
+def test_export_says_what_parity_checked_and_what_it_could_not(phantom_run, phantom_release,
+                                                               tmp_path, monkeypatch):
+    import json
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(phantom_run, run_dir)
+    elsewhere = tmp_path / "a" / "b"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)             # outside the repository: no ../shared/nih here
+    monkeypatch.delenv("CXRKIT_NIH_SAMPLE", raising=False)
+    import cxrkit.cli.predict as cli_predict
+    monkeypatch.setattr(cli_predict, "NIH_SAMPLE", Path("../shared/nih"))
+    r = run("export", run_dir, "--phantoms", 2)
+    assert r.exit_code == 0, r.output
+    assert "not checked: real radiographs: the NIH sample was not found at" in r.output
+    assert "pass --parity-images DIR" in r.output
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for p in sorted(phantom_release.rglob("*.png"))[:3]:
+        shutil.copy(p, folder / p.name)
+    r = run("export", run_dir, "--phantoms", 2, "--parity-images", folder)
+    assert r.exit_code == 0, r.output
+    assert "checked: 2 phantom image(s); 3 real 64x64 image(s); real images from " \
+           f"--parity-images {folder}" in r.output
+    assert "not checked: real radiographs" not in r.output
+    sidecar = json.loads((run_dir / "best.onnx.json").read_text())
+    assert sidecar["parity"]["checked"][1] == "3 real 64x64 image(s)"
+    assert any("test-time augmentation" in x for x in sidecar["parity"]["not_checked"])

@@ -75,7 +75,7 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Run folder or checkpoint .pt")],
     format: Annotated[str, typer.Option("--format", help="Export format (onnx)")] = "onnx",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: beside the checkpoint, best.onnx")] = None,
-    parity_images: Annotated[list[str] | None, typer.Option("--parity-images", help="Real images for the parity check (files, folders, globs); default: 8 of the NIH sample's 256 px images and a 1024 px original, when present")] = None,
+    parity_images: Annotated[list[str] | None, typer.Option("--parity-images", help="Real images for the parity check (files, folders, globs; repeatable), e.g. --parity-images DIR; default: 8 of the NIH sample's 256 px images and a 1024 px original, when $CXRKIT_NIH_SAMPLE or ../shared/nih holds it")] = None,
     phantoms: Annotated[int, typer.Option(min=0, help="Phantom images in the parity check")] = 6,
     thresholds: Annotated[Path | None, typer.Option(help="thresholds.json to record (default: beside the checkpoint)")] = None,
 ) -> None:
@@ -93,10 +93,14 @@ def export(
             typer.secho(f"error: --parity-images {text}: {why}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2)
         real = inputs.files
+        source = f"--parity-images {' '.join(parity_images)}"
     else:
         real = _default_parity_images()
+        where = NIH_SAMPLE.resolve()
+        source = (f"the NIH sample at {where}" if real else
+                  f"the NIH sample was not found at {where} (set CXRKIT_NIH_SAMPLE)")
     r = _run(export_onnx, checkpoint, out, parity_images=real, n_phantoms=phantoms,
-             thresholds=thresholds)
+             thresholds=thresholds, parity_source=source)
     p = r["parity"]
     typer.echo(f"{r['path']}: {r['model']['name']}, opset {r['opset']}, input uint8 "
                f"(batch, 1, {r['preprocess']['cache']['size']}, {r['preprocess']['cache']['size']})")
@@ -106,6 +110,9 @@ def export(
     typer.echo(f"  overall: max |dp| {p['max_abs_diff_probability']:.2e} (tolerance "
                f"{p['tolerances']['probability']:g}), max |dlogit| {p['max_abs_diff_logit']:.2e}"
                f" -> passed; contract in {r['sidecar']}")
+    typer.echo(f"  checked: {'; '.join(p['checked'])}")
+    for line in p["not_checked"]:
+        typer.secho(f"  not checked: {line}", fg=typer.colors.YELLOW)
     if p.get("ood_score"):
         o = p["ood_score"]
         typer.echo(f"  OOD score: max relative difference {o['max_rel_diff_score']:.2e} (tolerance "
