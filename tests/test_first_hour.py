@@ -422,3 +422,27 @@ def test_export_says_what_parity_checked_and_what_it_could_not(phantom_run, phan
     sidecar = json.loads((run_dir / "best.onnx.json").read_text())
     assert sidecar["parity"]["checked"][1] == "3 real 64x64 image(s)"
     assert any("test-time augmentation" in x for x in sidecar["parity"]["not_checked"])
+
+
+# -- 7: the OOD record can be switched off, says what it does, runs at training precision ---
+def test_ood_record_can_be_switched_off_and_says_what_it_does(phantom_prepared, tmp_path):
+    import torch
+
+    train = ["train", f"data.prepared={phantom_prepared.root}", "train.epochs=1",
+             "data.batch_size=16", "train.threads=1", "--no-progress", "data.image_size=32"]
+    r = run(*train, "train.ood_record=false", f"out={tmp_path / 'off'}")
+    assert r.exit_code == 0, r.output
+    ck = torch.load(tmp_path / "off" / "best.pt", weights_only=True, map_location="cpu")
+    assert ck.get("ood") is None
+    r = run("evaluate", tmp_path / "off", "--bootstrap", 10, "--subgroup-bootstrap", 10,
+            "--gallery", 0, "--no-report", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "out of distribution: no record" in r.output
+    assert not (tmp_path / "off" / "best.ood.json").exists()   # the choice is kept
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = cli_process(*train[:-1], "train.amp=bf16", f"out={tmp_path / 'on'}", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"ood record: features of \d+ train \+ \d+ val images "
+                     r"\(train.ood_record=false skips this\)", done.stderr), done.stderr
+    ck = torch.load(tmp_path / "on" / "best.pt", weights_only=True, map_location="cpu")
+    assert ck["ood"]["provenance"]["features_precision"] == "bfloat16"

@@ -155,6 +155,9 @@ class TrainConfig(_Checked):
     max_steps_per_epoch: int | None = None  #: cap (for smoke tests and quick looks)
     threads: int | None = None           #: torch CPU threads; default: all cores
     log_every: int = 20                  #: steps between TensorBoard/CSV step logs
+    #: fit the out-of-distribution record into best.pt at the end (cxrkit.ood); false skips
+    #: it (predict and serve then give no OOD score; `cxrkit ood RUN` adds it later)
+    ood_record: bool = True
 
     def __post_init__(self):
         self._check_types()
@@ -224,7 +227,7 @@ class RunConfig:
 #: ``train.patience`` changes when it stops; ``out`` may differ when the folder was moved.
 #: Any other difference is refused (``cxrkit train`` names the keys; ``--fresh`` restarts).
 RESUMABLE: tuple[str, ...] = ("train.epochs", "train.patience", "data.workers",
-                              "train.threads", "train.log_every", "out")
+                              "train.threads", "train.log_every", "train.ood_record", "out")
 
 
 def config_differences(old: dict, new: dict, *, allowed=RESUMABLE) -> list[tuple]:

@@ -403,14 +403,18 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     lm = load(checkpoint, device=device, precision=precision)
     findings = list(lm.findings)
     data = load_held_out(lm, prepared)
-    if lm.ood_record is None:
-        log.info("%s has no out-of-distribution record: computing it from %s",
-                 lm.checkpoint.name, data.prepared.root)
-    try:
-        ood_record = ensure_ood_record(lm, prepared, progress=progress)
-    except ValueError as e:   # e.g. a validation split too small to calibrate on: said, kept
-        log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
-        ood_record = None
+    ood_record = None
+    if lm.ood_record is None and not ood_record_wanted(lm):
+        log.warning("no out-of-distribution record: the run was trained with "
+                    "train.ood_record=false (`cxrkit ood RUN` adds one)")
+    else:
+        if lm.ood_record is None:
+            log.info("%s has no out-of-distribution record: computing it from %s",
+                     lm.checkpoint.name, data.prepared.root)
+        try:
+            ood_record = ensure_ood_record(lm, prepared, progress=progress)
+        except ValueError as e:  # e.g. a validation split too small to calibrate on: said
+            log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
     run_folder = RunFolder.of(lm.checkpoint)
     out = Path(out) if out else run_folder.eval(split, tta)
     started, cpu = time.perf_counter(), time.process_time()
@@ -492,6 +496,13 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                  Path(html).stat().st_size / 1e6, time.perf_counter() - started,
                  time.process_time() - cpu)
     return metrics
+
+
+def ood_record_wanted(lm) -> bool:
+    """False when the run was trained with ``train.ood_record=false`` (the user's choice
+    to go without one is kept: evaluate does not compute it behind their back)."""
+    train = ((lm.checkpoint_info.get("config") or {}).get("train") or {})
+    return bool(train.get("ood_record", True))
 
 
 def _tta_mirror(lm, tta: str) -> dict:
