@@ -109,11 +109,8 @@ def prepare(
 
     sources = _sources(root, images_root, labels, boxes, train_val_list, test_list, on_missing)
     settings = PreprocessSettings(size=size, clahe=clahe, crop=crop)
-    prepared = _run(run_prepare, sources.root, out, settings=settings,
-                    images_root=sources.images_roots, label_file=sources.label_file,
-                    box_file=sources.box_file, train_val_list=sources.train_val_list,
-                    test_list=sources.test_list, on_missing=sources.on_missing,
-                    protocol=protocol, val_fraction=val_fraction, seed=seed, workers=workers)
+    prepared = _run(run_prepare, sources, out, settings=settings, protocol=protocol,
+                    val_fraction=val_fraction, seed=seed, workers=workers)
     summary = split_summary(prepared.split[prepared.split["image_id"].isin(prepared.labels["image_id"])])
     typer.echo(summary.to_string())
     typer.echo(f"cache: {len(prepared.cache):,} images at {size}x{size} in {out}")

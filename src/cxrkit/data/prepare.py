@@ -91,7 +91,7 @@ def make_split(release, *, protocol: str = "official", val_fraction: float = 0.1
     return split, prov
 
 
-def prepare(root: str | Path, out: str | Path, *, settings: PreprocessSettings | None = None,
+def prepare(root: str | Path | ReleaseSources, out: str | Path, *, settings: PreprocessSettings | None = None,
             images_root: str | Path | list | tuple | None = None,
             label_file: str | Path | None = None, box_file: str | Path | None = None,
             train_val_list: str | Path | None = None, test_list: str | Path | None = None,
@@ -102,12 +102,14 @@ def prepare(root: str | Path, out: str | Path, *, settings: PreprocessSettings |
 
     The finding options (``images_root``, one folder or several, ``label_file``,
     ``box_file``, the two lists, ``on_missing``) are :class:`ReleaseSources`', shared with
-    ``cxrkit validate``. A run that fails before writing anything leaves no ``out`` folder
-    behind it (one it did not create is left as it was).
+    ``cxrkit validate``; ``root`` may be one (then those keywords are not used). A run that
+    fails before writing anything leaves no ``out`` folder behind it (one it did not
+    create is left as it was).
     """
-    sources = ReleaseSources(root, images_roots=images_root or (), label_file=label_file,
-                             box_file=box_file, train_val_list=train_val_list,
-                             test_list=test_list, on_missing=on_missing)
+    sources = root if isinstance(root, ReleaseSources) else ReleaseSources(
+        root, images_roots=images_root or (), label_file=label_file, box_file=box_file,
+        train_val_list=train_val_list, test_list=test_list, on_missing=on_missing)
+    root, on_missing = sources.root, sources.on_missing
     settings = settings or PreprocessSettings()
     out = Path(out)
     created = not out.exists()
