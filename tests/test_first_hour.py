@@ -439,6 +439,8 @@ def test_ood_record_can_be_switched_off_and_says_what_it_does(phantom_prepared, 
     assert r.exit_code == 0, r.output
     assert "out of distribution: no record" in r.output
     assert not (tmp_path / "off" / "best.ood.json").exists()   # the choice is kept
+    r = run("ood", tmp_path / "off")                 # what the skip message suggests
+    assert r.exit_code == 0 and (tmp_path / "off" / "best.ood.json").exists(), r.output
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     done = cli_process(*train[:-1], "train.amp=bf16", f"out={tmp_path / 'on'}", env=env)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -102,8 +102,8 @@ class ThresholdChoice:
                           "patient(s))" for f in self.few)
         return (f"thresholds fitted on fewer than {self.min_positives} positive {fit_split} "
                 f"images: {shown}; expect their test sensitivity and specificity to be far "
-                "from the chosen rule (use a larger validation split, or fix them with "
-                "--threshold FINDING=VALUE)")
+                "from the chosen rule (prepare with a larger --val-fraction, or fix them "
+                "with --threshold FINDING=VALUE)")
 
     def record(self) -> dict:
         """What ``metrics.json`` (``thresholds.used``) and ``thresholds.json`` keep."""
