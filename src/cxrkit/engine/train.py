@@ -415,12 +415,12 @@ def _record_epoch(t: Training, s: TrainState, epoch: int, row: dict, val: dict,
 
 
 def record_ood(checkpoint: Path, model, data: RunData, transform, *, device, cfg: RunConfig,
-               show_progress: bool = False, precision: Precision | None = None) -> None:
+               show_progress: bool = False) -> None:
     """The end of training: fit the checkpoint's out-of-distribution record
     (:func:`cxrkit.ood.features.fit_from_datasets`, with the checkpoint's own weights, in
-    the training's own ``precision``, as its validation passes ran) and write it into the
-    checkpoint (key ``ood``), atomically. A checkpoint that already has one (a finished
-    run re-run) is left as it is; ``train.ood_record=false`` skips it."""
+    fp32: the numerics ``predict`` scores with) and write it into the checkpoint (key
+    ``ood``), atomically. A checkpoint that already has one (a finished run re-run) is
+    left as it is; ``train.ood_record=false`` skips it."""
     from cxrkit.ood.features import fit_from_datasets
     from cxrkit.ood.record import MAX_IMAGES
 
@@ -439,7 +439,6 @@ def record_ood(checkpoint: Path, model, data: RunData, transform, *, device, cfg
         record = fit_from_datasets(
             model, data.train, data.val, transform, device=device,
             metadata=cfg.model.metadata, seed=cfg.train.seed, progress=show_progress,
-            precision=precision,
             provenance={"made_by": "training", "epoch": int(ck["epoch"]) + 1,
                         "split": str(data.split_path), "split_sha256": data.split_sha256,
                         "prepared": str(data.prepared.root)})
@@ -506,7 +505,7 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
                                 started=started)
             if d.is_main and s.history:
                 record_ood(t.run.best, t.model, t.data, t.eval_tf, device=t.device, cfg=cfg,
-                           show_progress=show_progress, precision=t.precision)
+                           show_progress=show_progress)
         except TrainingDiverged as e:
             status = f"diverged: {e}"
             raise

@@ -62,9 +62,10 @@ def dataset_features(model, dataset, transform, *, device, metadata: bool, batch
     """``(features (N, D), cache-stage images (N, 1, S, S) uint8, indices)`` of ``dataset``
     (a seeded sample of ``limit`` images when it is larger), in eval mode, float32.
 
-    ``precision``: a :class:`cxrkit.engine.precision.Precision` to run the passes in (the
-    end of training passes its own: the same numerics its validation passes used, and
-    bf16 + channels_last is 1.7-2.4x faster than fp32 for DenseNet121 on a CPU); None: fp32.
+    ``precision``: a :class:`cxrkit.engine.precision.Precision` to run the passes in;
+    None: fp32, what the end of training uses, because ``predict`` scores fp32 features
+    and a record should be calibrated on the numbers it will be compared with
+    (``bench/bench_ood_record.py`` measures bf16 against fp32: speed and flag agreement).
     """
     from torch.utils.data import Subset
 
