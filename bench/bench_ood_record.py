@@ -44,7 +44,7 @@ def main() -> None:
     from cxrkit.labels import FINDINGS
     from cxrkit.ood.features import dataset_features, fit_from_datasets
     from cxrkit.ood.record import OodScorer
-    from cxrkit.preprocessing import Preprocessing
+    from cxrkit.data.preprocessing import Preprocessing
 
     p = load_prepared(args.prepared)
     if args.checkpoint:

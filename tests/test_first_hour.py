@@ -15,12 +15,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 from typer.testing import CliRunner
 
 from cxrkit.cli import app
-from conftest import NIH, REPO
+from conftest import REPO
 
 runner = CliRunner()
 
@@ -310,7 +309,7 @@ def test_eval_resize_follows_the_input_size(phantom_prepared, tmp_path):
 
     from cxrkit.config import load_config
     from cxrkit.data.images import PreprocessSettings
-    from cxrkit.preprocessing import Preprocessing
+    from cxrkit.data.preprocessing import Preprocessing
 
     cfg = load_config(REPO / "configs" / "mobilenet_v3_large.yaml", ["data.image_size=128"])
     p = Preprocessing.build(cache=PreprocessSettings(size=256), model_name="mobilenet_v3_large",
@@ -400,16 +399,12 @@ def test_export_says_what_parity_checked_and_what_it_could_not(phantom_run, phan
 
     run_dir = tmp_path / "run"
     shutil.copytree(phantom_run, run_dir)
-    elsewhere = tmp_path / "a" / "b"
-    elsewhere.mkdir(parents=True)
-    monkeypatch.chdir(elsewhere)             # outside the repository: no ../shared/nih here
-    monkeypatch.delenv("CXRKIT_NIH_SAMPLE", raising=False)
-    import cxrkit.cli.predict as cli_predict
-    monkeypatch.setattr(cli_predict, "NIH_SAMPLE", Path("../shared/nih"))
+    nowhere = tmp_path / "no-sample"
+    monkeypatch.setenv("CXRKIT_NIH_SAMPLE", str(nowhere))     # the sample is not there
     r = run("export", run_dir, "--phantoms", 2)
     assert r.exit_code == 0, r.output
-    assert "not checked: real radiographs: the NIH sample was not found at" in r.output
-    assert "pass --parity-images DIR" in r.output
+    assert (f"not checked: real radiographs: the NIH sample was not found at {nowhere}; "
+            "set CXRKIT_NIH_SAMPLE (pass --parity-images DIR)") in r.output
     folder = tmp_path / "real"
     folder.mkdir()
     for p in sorted(phantom_release.rglob("*.png"))[:3]:

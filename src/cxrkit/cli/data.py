@@ -10,15 +10,22 @@ import typer
 from cxrkit.cli.common import FRACTION
 from cxrkit.cli.common import run as _run
 
-#: cxrkit.data.images.MIN_IMAGE_SIDE (not imported here: that module loads OpenCV); the
-#: cache refuses smaller images, so phantoms are made at least this large.
-MIN_SIDE = 32
+
+def _cacheable_size(size: int) -> int:
+    """Phantoms at least as large as the cache accepts (:data:`cxrkit.data.images.MIN_IMAGE_SIDE`,
+    imported when the option is read: that module loads OpenCV)."""
+    from cxrkit.data.images import MIN_IMAGE_SIDE
+
+    if size < MIN_IMAGE_SIDE:
+        raise typer.BadParameter(f"{size} is smaller than {MIN_IMAGE_SIDE}, the smallest image "
+                                 "side the cache accepts")
+    return size
 
 
 def phantoms(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write an NIH-layout release into")],
     patients: Annotated[int, typer.Option(min=1, help="Number of patients")] = 300,
-    size: Annotated[int, typer.Option(min=MIN_SIDE, help="Image side in pixels")] = 256,
+    size: Annotated[int, typer.Option(callback=_cacheable_size, help="Image side in pixels (at least the cache's minimum)")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
     label_noise: Annotated[str, typer.Option(help="NIH-style label errors: moderate | measured | none")] = "moderate",
     like: Annotated[Path | None, typer.Option(
@@ -31,7 +38,7 @@ def phantoms(
     if like is None and (fraction != 1.0 or workers is not None):
         raise typer.BadParameter("--fraction and --workers apply to a twin: add --like META_DIR")
     if like is not None:
-        from cxrkit.data.twin import make_twin
+        from cxrkit.data.phantoms.twin import make_twin
 
         release = _run(make_twin, out_dir, like, fraction=fraction, image_size=size, seed=seed,
                        workers=workers)
@@ -77,11 +84,14 @@ def validate(
     images: Annotated[bool, typer.Option(help="Also check every image is on disk")] = True,
 ) -> None:
     """Read and cross-check a release's metadata and images; report what was found."""
-    from cxrkit.data.release import validate_release
+    from cxrkit.data.validate import validate_release
 
     sources = _sources(root, images_root, labels, boxes, train_val_list, test_list, on_missing)
-    check = _run(validate_release, sources, check_images=images)
-    for line in check.lines:
+    _run(_echo_lines, validate_release(sources, images=images))
+
+
+def _echo_lines(lines) -> None:
+    for line in lines:  # each as it comes: an error follows what was already found
         typer.echo(line)
 
 
@@ -125,17 +135,13 @@ def split(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Make another patient-disjoint split of a prepared release (leakage checked)."""
-    from cxrkit.data.prepare import load_prepared, make_split
-    from cxrkit.data.release import load_release
-    from cxrkit.data.splits import save_split, split_summary
+    from cxrkit.data.prepare import resplit
+    from cxrkit.data.splits import split_summary
 
-    info = _run(load_prepared, prepared).info
-    rel = _run(load_release, info["release_root"], label_file=info["files"]["labels"])
     parts = tuple(float(x) for x in fractions.split(","))
-    table, prov = _run(make_split, rel, protocol=protocol, val_fraction=val_fraction,
-                       fractions=parts, seed=seed)
-    _run(save_split, table, out, **prov)
-    typer.echo(split_summary(table, rel.labels).to_string())
+    table, labels = _run(resplit, prepared, out, protocol=protocol, val_fraction=val_fraction,
+                         fractions=parts, seed=seed)
+    typer.echo(split_summary(table, labels).to_string())
     typer.echo(f"wrote {out}")
 
 
@@ -146,21 +152,8 @@ def stats(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Prevalence, co-occurrence and demographics per split, as PNG plots and tables."""
-    from cxrkit.artefacts import PreparedFolder
-    from cxrkit.eda import describe
+    from cxrkit.data.eda import describe_folder
 
-    if PreparedFolder(root).dataset.exists():
-        from cxrkit.data.prepare import load_prepared
-        p = _run(load_prepared, root)
-        labels, split_table, boxes = p.labels, p.split, p.boxes
-    else:
-        from cxrkit.data.prepare import make_split
-        from cxrkit.data.release import load_release
-        rel = _run(load_release, root)
-        labels, boxes = rel.labels, rel.boxes
-        split_table = None
-        if rel.has_official_split:
-            split_table, _ = _run(make_split, rel, val_fraction=val_fraction, seed=seed)
-    result = _run(describe, labels, split_table, out, boxes=boxes, title=str(root))
+    result = _run(describe_folder, root, out, val_fraction=val_fraction, seed=seed)
     typer.echo(f"wrote {len(result.files)} files to {out}")
     typer.echo(result.summary)

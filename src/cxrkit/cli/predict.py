@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,10 +10,6 @@ import typer
 
 from cxrkit.cli.common import PRECISION_HELP
 from cxrkit.cli.common import run as _run
-
-#: The real NIH sample used for export parity checks when it is there (the project's
-#: checkout layout: ../shared/nih from the repository root).
-NIH_SAMPLE = Path(os.environ.get("CXRKIT_NIH_SAMPLE", "../shared/nih"))
 
 
 def predict(
@@ -37,7 +32,7 @@ def predict(
     Exit code 1 when any input could not be predicted (each is listed with its reason).
     """
     from cxrkit.artefacts import check_writable
-    from cxrkit.predict import collect_inputs, load_model, predict_files
+    from cxrkit.inference.predict import collect_inputs, load_model, predict_files
 
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         typer.secho(f"error: --out {out}: write .csv or .json", fg=typer.colors.RED, err=True)
@@ -75,13 +70,13 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Run folder or checkpoint .pt")],
     format: Annotated[str, typer.Option("--format", help="Export format (onnx)")] = "onnx",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: beside the checkpoint, best.onnx")] = None,
-    parity_images: Annotated[list[str] | None, typer.Option("--parity-images", help="Real images for the parity check (files, folders, globs; repeatable), e.g. --parity-images DIR; default: 8 of the NIH sample's 256 px images and a 1024 px original, when $CXRKIT_NIH_SAMPLE or ../shared/nih holds it")] = None,
+    parity_images: Annotated[list[str] | None, typer.Option("--parity-images", help="Real images for the parity check (files, folders, globs; repeatable), e.g. --parity-images DIR; default: 8 of the NIH sample's 256 px images and a 1024 px original, when $CXRKIT_NIH_SAMPLE or shared/nih beside the source checkout holds it")] = None,
     phantoms: Annotated[int, typer.Option(min=0, help="Phantom images in the parity check")] = 6,
     thresholds: Annotated[Path | None, typer.Option(help="thresholds.json to record (default: beside the checkpoint)")] = None,
 ) -> None:
     """Export to ONNX with the preprocessing inside the graph; check parity with PyTorch."""
-    from cxrkit.export import export_onnx
-    from cxrkit.predict import collect_inputs
+    from cxrkit.inference.export import default_parity_images, default_parity_source, export_onnx
+    from cxrkit.inference.predict import collect_inputs
 
     if format != "onnx":
         typer.secho(f"error: --format {format}: only onnx is supported", fg=typer.colors.RED, err=True)
@@ -95,10 +90,8 @@ def export(
         real = inputs.files
         source = f"--parity-images {' '.join(parity_images)}"
     else:
-        real = _default_parity_images()
-        where = NIH_SAMPLE.resolve()
-        source = (f"the NIH sample at {where}" if real else
-                  f"the NIH sample was not found at {where} (set CXRKIT_NIH_SAMPLE)")
+        real = default_parity_images()
+        source = default_parity_source(real)
     r = _run(export_onnx, checkpoint, out, parity_images=real, n_phantoms=phantoms,
              thresholds=thresholds, parity_source=source)
     p = r["parity"]
@@ -124,9 +117,3 @@ def export(
         logging.getLogger(__name__).warning(
             "no thresholds recorded (run `cxrkit evaluate` before exporting, or pass "
             "--thresholds); predictions will flag findings at 0.5")
-
-
-def _default_parity_images() -> list[Path]:
-    small = sorted((NIH_SAMPLE / "images_256").glob("*.png"))[:8]
-    big = sorted((NIH_SAMPLE / "originals").rglob("*.png"))[:1]
-    return small + big

@@ -27,9 +27,8 @@ import pandas as pd
 from cxrkit import __version__
 from cxrkit.artefacts import PreparedFolder, WriteError, write_csv, write_json
 from cxrkit.data.cache import ImageCache, PreprocessSettings, build_cache
-from cxrkit.data.images import find_images
 from cxrkit.data.nih import NIH_IMAGE_SIZE
-from cxrkit.data.release import BOX_TEST_NOTE, ReleaseSources, match_images
+from cxrkit.data.release import BOX_TEST_NOTE, ReleaseSources, load_release, match_images
 from cxrkit.data.splits import (
     load_split,
     official_split,
@@ -89,6 +88,19 @@ def make_split(release, *, protocol: str = "official", val_fraction: float = 0.1
     prov["label_file"] = release.report.path
     prov["label_sha256"] = release.report.sha256
     return split, prov
+
+
+def resplit(prepared: str | Path, out: str | Path, *, protocol: str = "official",
+            val_fraction: float = 0.1, fractions=(0.7, 0.1, 0.2),
+            seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Another patient-disjoint split of a prepared release's label file, written to ``out``
+    with its provenance (``cxrkit split``). Returns ``(split table, labels)``."""
+    info = load_prepared(prepared).info
+    release = load_release(info["release_root"], label_file=info["files"]["labels"])
+    table, prov = make_split(release, protocol=protocol, val_fraction=val_fraction,
+                             fractions=tuple(fractions), seed=seed)
+    save_split(table, out, **prov)
+    return table, release.labels
 
 
 def prepare(root: str | Path | ReleaseSources, out: str | Path, *, settings: PreprocessSettings | None = None,

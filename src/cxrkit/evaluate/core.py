@@ -4,7 +4,7 @@ Reads top to bottom: the metric sections
 (:func:`ranking_section`, :func:`threshold_section`, :func:`calibration_section`,
 :func:`subgroup_rows`), the honesty notes, :func:`write_outputs`, and
 :func:`evaluate_checkpoint`, which first loads the run's split and predicts
-(:mod:`cxrkit.heldout`, :mod:`cxrkit.evaluate.predictions`), then runs them.
+(:mod:`cxrkit.inference.heldout`, :mod:`cxrkit.evaluate.predictions`), then runs them.
 
 Honesty rules the code keeps:
 
@@ -53,8 +53,8 @@ from cxrkit.evaluate.threshold_choice import (
     fit_threshold,
     parse_method,
 )
-from cxrkit.heldout import HeldOut, ensure_ood_record, load_held_out
-from cxrkit.inference import TTA_MODES, load, write_thresholds
+from cxrkit.inference.core import TTA_MODES, load, write_thresholds
+from cxrkit.inference.heldout import HeldOut, ensure_ood_record, load_held_out
 from cxrkit.messages import count
 from cxrkit.metrics import (
     bootstrap_ci,
@@ -385,7 +385,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`): metrics.json, auroc/thresholds/
     calibration/subgroups/published CSVs, predictions of the evaluated and threshold
     splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
-    ``precision``: how the forward passes run (:mod:`cxrkit.runtime`; default auto),
+    ``precision``: how the forward passes run (:mod:`cxrkit.inference.runtime`; default auto),
     recorded in metrics.json as ``precision`` (requested, used, parity of the fast path).
 
     ``reference`` / ``expert_labels``: the section against Google's radiologists
@@ -472,7 +472,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     if against is not None:
         metrics["notes"].append(
             "Against radiologists: see radiologists.json and the report's section of that "
-            f"name. Scored: the evaluated images that have Google's expert labels, "
+            "name. Scored: the evaluated images that have Google's expert labels, "
             + "; ".join(f"{r['images_in_split']:,} {k} (of its {r['images_in_set']:,} images)"
                         for k, r in against["sets"].items())
             + f", among {count(len(test.table), 'evaluated image')}.")
@@ -507,7 +507,7 @@ def ood_record_wanted(lm) -> bool:
 
 def _tta_mirror(lm, tta: str) -> dict:
     """What ``metrics.json`` records about mirrored test-time views (see
-    :func:`cxrkit.preprocessing.mirrored_tta_note`: cxrkit warns, it does not refuse)."""
+    :func:`cxrkit.data.preprocessing.mirrored_tta_note`: cxrkit warns, it does not refuse)."""
     mirrored = tta in ("flip", "tencrop")
     note = lm.tta_note(tta)
     return {"mirrored_views": mirrored, "trained_with_hflip": lm.preprocessing.hflip,
