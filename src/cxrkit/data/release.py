@@ -10,6 +10,7 @@ reporting (never silently dropping) images that are absent on disk.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,12 +71,12 @@ class ReleaseSources:
     an error. ``on_missing`` is checked here, before any file is read.
     """
 
-    root: Path
-    images_roots: tuple[Path, ...] = ()
-    label_file: Path | None = None
-    box_file: Path | None = None
-    train_val_list: Path | None = None
-    test_list: Path | None = None
+    root: str | Path
+    images_roots: Sequence[str | Path] | str | Path = ()
+    label_file: str | Path | None = None
+    box_file: str | Path | None = None
+    train_val_list: str | Path | None = None
+    test_list: str | Path | None = None
     on_missing: str = "error"
 
     def __post_init__(self):
@@ -88,7 +89,10 @@ class ReleaseSources:
 
     @property
     def image_folders(self) -> tuple[Path, ...]:
-        return self.images_roots or (self.root,)
+        """The folders images are looked for in (``images_roots``, else ``root``)."""
+        roots = self.images_roots
+        return (tuple(Path(r) for r in roots) if roots and not isinstance(roots, (str, Path))
+                else (Path(self.root),))
 
     def load(self) -> NIHRelease:
         """The release's metadata (:func:`load_release` with the explicit paths)."""
@@ -161,7 +165,7 @@ def load_release(root: str | Path, *, label_file: str | Path | None = None,
                                  f"file {label_path}, e.g. {quote_list(sorted(unknown))}")
         box_report = check_boxes(boxes, labels, box_path)
 
-    lists = {}
+    lists: dict[str, list[str] | None] = {}
     for key, explicit, name in (("train_val", train_val_list, TRAIN_VAL_NAME),
                                 ("test", test_list, TEST_NAME)):
         p = Path(explicit) if explicit else _find(root, (name,))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -115,7 +116,8 @@ def threshold_section(fit: Predictions, test: Predictions, findings,
     """Thresholds chosen on ``fit`` (validation) per method, and their metrics on ``test``;
     ``used``: the thresholds written for predict (:mod:`cxrkit.evaluate.threshold_choice`),
     applied too, as ``"used"``."""
-    thresholds, applied = {}, {}
+    thresholds: dict = {}
+    applied: dict = {}
     for method in THRESHOLD_METHODS:
         thresholds[method] = {f: _f(fit_threshold(fit.labels[:, j], fit.probs[:, j], method))
                               for j, f in enumerate(findings)}
@@ -208,7 +210,7 @@ def ood_section(pred: Predictions, findings, record: dict) -> dict:
     from cxrkit.metrics import auroc_per_finding
     from cxrkit.ood import record_summary
 
-    flag = pred.ood_flag
+    flag: np.ndarray = pred.ood_flag  # type: ignore[assignment]  # the caller checks ood_score is not None
     keep = ~flag
     all_auc = auroc_per_finding(pred.labels, pred.probs)
     kept_auc = (auroc_per_finding(pred.labels[keep], pred.probs[keep]) if keep.sum() >= 2
@@ -216,7 +218,7 @@ def ood_section(pred: Predictions, findings, record: dict) -> dict:
     return {"n_images": int(len(flag)), "n_flagged": int(flag.sum()),
             "fraction_flagged": _f(flag.mean()) if len(flag) else None,
             "flagged_images": pred.table.loc[flag, "image_id"].tolist()[:200],
-            "score_quantiles": {q: _f(np.percentile(pred.ood_score, float(q)))
+            "score_quantiles": {q: _f(np.percentile(pred.ood_score, float(q)))  # type: ignore[arg-type]
                                 for q in ("50", "90", "99")},
             "mean_auroc_all": _f(mean_defined(all_auc)),
             "mean_auroc_without_flagged": _f(mean_defined(kept_auc)),
@@ -240,7 +242,7 @@ def data_source(prepared: Prepared) -> str:
 
 def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict,
            auroc: dict, bootstrap: int, calibration: dict, test: Predictions,
-           tta: str, subgroups: list[dict] = ()) -> list[str]:
+           tta: str, subgroups: Sequence[dict] = ()) -> list[str]:
     notes = []
     if source == "phantom":
         notes.append("Phantom (synthetic) images: these numbers test the pipeline and say "
