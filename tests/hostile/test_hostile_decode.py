@@ -1,0 +1,213 @@
+"""Hostile image files against ``cxrkit predict``/``explain`` (issue 19, items 1, 2, 10-13).
+
+Every CLI run is a subprocess under a hard timeout (:func:`conftest.run_cli`), so a
+regression that hangs fails the test instead of the suite.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hostile_files import (deflate_bomb_dicom, dicom_bytes, dicom_dataset, exif_rotated_jpeg,
+                      good_dicom, j2k_zero_box_dicom, run_cli)
+
+
+def _read_csv(path: Path) -> dict[str, dict]:
+    with open(path, newline="") as f:
+        return {Path(r["image"]).name: r for r in csv.DictReader(f)}
+
+
+def _good_png(folder: Path, name: str = "good.png") -> Path:
+    ramp = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 2
+    path = folder / name
+    Image.fromarray(ramp).save(path)
+    return path
+
+
+def _predict(run: Path, *inputs, out: Path, extra=(), timeout: float = 120):
+    return run_cli("predict", run, *inputs, "--out", out, "--no-progress", *extra,
+                   timeout=timeout)
+
+
+def _assert_good_predicted(rows: dict, names):
+    for n in names:
+        assert rows[n]["error"] == "", rows[n]
+        assert rows[n]["Effusion"] != "", rows[n]  # a probability was written
+
+
+def _assert_one_line_errors(res, rows: dict, names):
+    for n in names:
+        err = rows[n]["error"]
+        assert err and "\n" not in err, (n, err)
+    assert "Traceback" not in res.stderr + res.stdout, res.stderr[-3000:]
+
+
+# -- 1: a JPEG 2000 DICOM that loops pydicom's parser for ever ---------------------------------
+def test_j2k_zero_length_box_fails_alone_within_the_deadline(run_copy, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "hostile.dcm").write_bytes(j2k_zero_box_dicom())
+    _good_png(folder)
+    out = tmp_path / "p.csv"
+    res = _predict(run_copy, folder, out=out, extra=("--decode-timeout", "3"), timeout=90)
+    assert res.returncode == 1, res.stderr[-3000:]
+    rows = _read_csv(out)
+    _assert_good_predicted(rows, ["good.png"])
+    assert "longer than 3 s" in rows["hostile.dcm"]["error"]
+
+
+# -- 2: Deflate bomb ----------------------------------------------------------------------------
+def test_deflate_bomb_is_refused_before_it_inflates(run_copy, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bomb.dcm").write_bytes(deflate_bomb_dicom(64))  # 64x64 px, 64 MB inflated
+    (folder / "big.dcm").write_bytes(deflate_bomb_dicom(64, rows=4096, cols=8192, bits=16))
+    _good_png(folder)
+    out = tmp_path / "p.csv"
+    # a small memory bound: the 64 Mpx image (allowed by max_pixels) needs more than 48 MiB
+    res = _predict(run_copy, folder, out=out, extra=("--decode-memory", "48"))
+    assert res.returncode == 1, res.stderr[-3000:]
+    rows = _read_csv(out)
+    _assert_good_predicted(rows, ["good.png"])
+    assert "inflates past" in rows["bomb.dcm"]["error"], rows["bomb.dcm"]
+    assert "decompression bomb" in rows["bomb.dcm"]["error"]
+    assert "memory" in rows["big.dcm"]["error"] and "48 MiB" in rows["big.dcm"]["error"]
+
+
+def test_deflated_dicom_still_reads(tmp_path):
+    """The bound refuses bombs, not deflated files: a real deflated DICOM decodes as before."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from cxrkit.data.dicom import read_dicom, read_image
+
+    ramp = np.add.outer(np.arange(48), np.arange(64)).astype(np.uint8)
+    plain = tmp_path / "plain.dcm"
+    plain.write_bytes(dicom_bytes(dicom_dataset(ramp)))
+    deflated = tmp_path / "deflated.dcm"
+    deflated.write_bytes(dicom_bytes(dicom_dataset(ramp, DeflatedExplicitVRLittleEndian)))
+    assert np.array_equal(read_dicom(deflated), read_image(plain))
+    assert np.array_equal(read_dicom(deflated), ramp)
+
+
+# -- 10: EXIF orientation -------------------------------------------------------------------------
+def test_exif_rotated_jpeg_reaches_the_model_upright(run_copy, tmp_path):
+    data, upright = exif_rotated_jpeg(6)
+    jpg = tmp_path / "film.jpg"
+    jpg.write_bytes(data)
+    png = tmp_path / "upright.png"
+    Image.fromarray(upright).save(png)
+    from cxrkit.data.images import read_xray
+
+    img = read_xray(jpg)
+    assert img.shape == upright.shape  # 96 high, 64 wide: turned upright
+    assert np.abs(img.astype(int) - upright).mean() < 3  # JPEG noise only (sideways: ~75)
+    out = tmp_path / "p.json"
+    res = run_cli("predict", run_copy, jpg, png, "--out", out, "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    pred = {Path(r["image"]).name: r["probabilities"] for r in json.loads(out.read_text())["predictions"]}
+    a, b = (np.array(list(pred[n].values())) for n in ("film.jpg", "upright.png"))
+    assert np.abs(a - b).max() < 0.02, (a, b)
+
+
+# -- 11: broken DICOMs: one-line errors, and every good result kept ------------------------------
+def _broken_dicoms(folder: Path) -> list[str]:
+    good = good_dicom()
+    ds = dicom_dataset(np.zeros((32, 32), np.uint8))
+    ds.Rows = None  # an empty Rows tag (TypeError before)
+    files = {"empty_rows.dcm": dicom_bytes(ds)}
+    for cut in (140, 200, 330, len(good) // 2, len(good) - 7):
+        files[f"truncated_{cut}.dcm"] = good[:cut]
+    rng = np.random.default_rng(0)
+    for k in range(6):  # byte-flipped headers (struct.error, BytesLengthException, ...)
+        b = bytearray(good)
+        for pos in rng.integers(132, 420, size=3):
+            b[pos] ^= 0xFF
+        files[f"flipped_{k}.dcm"] = bytes(b)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return list(files)
+
+
+def test_broken_dicoms_give_error_rows_and_keep_good_results(run_copy, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = _broken_dicoms(folder)
+    (folder / "good.dcm").write_bytes(good_dicom())
+    _good_png(folder, "a_good.png")
+    _good_png(folder, "z_good.png")
+    out = tmp_path / "p.csv"
+    res = _predict(run_copy, folder, out=out)
+    assert res.returncode == 1, res.stderr[-3000:]
+    rows = _read_csv(out)
+    _assert_good_predicted(rows, ["a_good.png", "z_good.png", "good.dcm"])
+    must_fail = ["empty_rows.dcm"] + [n for n in names if n.startswith("truncated")]
+    _assert_one_line_errors(res, rows, must_fail)
+    assert "Rows" in rows["empty_rows.dcm"]["error"]
+    for n in names:  # a flip may land in a harmless byte; then the row is a prediction
+        assert rows[n]["error"] or rows[n]["Effusion"], rows[n]
+    assert "Traceback" not in res.stderr
+
+
+def test_explain_keeps_good_images_when_one_is_broken(run_copy, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = _good_png(folder)
+    bad = folder / "truncated.dcm"
+    bad.write_bytes(good_dicom()[:200])
+    out = tmp_path / "explain"
+    res = run_cli("explain", run_copy, good, bad, folder / "missing.png", "--out", out,
+                  "--finding", "Effusion", "--no-progress")
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    import pandas as pd
+
+    index = pd.read_csv(out / "index.csv")
+    assert list(index["image"]) == [str(good)] and (out / index["overlay"][0]).exists()
+    errors = pd.read_csv(out / "errors.csv")
+    assert set(errors["image"]) == {str(bad), str(folder / "missing.png")}
+    assert f"{bad}" in res.stderr
+
+
+# -- 12: unknown transfer syntax ----------------------------------------------------------------
+def test_unknown_transfer_syntax_is_an_error_row(run_copy, tmp_path):
+    ds = dicom_dataset(np.zeros((32, 32), np.uint8))
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6.7"
+    path = tmp_path / "odd.dcm"
+    path.write_bytes(dicom_bytes(ds))
+    good = _good_png(tmp_path)
+    out = tmp_path / "p.csv"
+    res = _predict(run_copy, path, good, out=out)
+    assert res.returncode == 1, res.stderr[-3000:]
+    rows = _read_csv(out)
+    _assert_good_predicted(rows, ["good.png"])
+    assert "1.2.3.4.5.6.7" in rows["odd.dcm"]["error"]
+
+
+# -- 13: symbolic link loops and ** globs -------------------------------------------------------
+def test_symlink_loops_and_globs_are_bounded(run_copy, tmp_path):
+    folder = tmp_path / "in"
+    sub = folder / "sub"
+    sub.mkdir(parents=True)
+    _good_png(folder)
+    _good_png(sub, "deep.png")
+    os.symlink(".", folder / "loop1")    # two links to the folder itself
+    os.symlink("..", sub / "loop2")      # and one to its parent
+    os.symlink("self.png", folder / "self.png")  # a file link to itself
+    for inputs in ([folder], [f"{folder}/**/*.png"], [f"{folder}/**"]):
+        out = tmp_path / "p.csv"
+        res = _predict(run_copy, *inputs, out=out, timeout=90)
+        assert res.returncode == 1, (inputs, res.stderr[-3000:])
+        with open(out, newline="") as f:
+            rows = list(csv.DictReader(f))
+        names = sorted(Path(r["image"]).name for r in rows)
+        assert names == ["deep.png", "good.png", "self.png"], (inputs, names)
+        by = {Path(r["image"]).name: r for r in rows}
+        _assert_good_predicted(by, ["deep.png", "good.png"])
+        assert "symbolic link loop" in by["self.png"]["error"], by["self.png"]
