@@ -10,6 +10,7 @@ import csv
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,8 +33,25 @@ def _good_png(folder: Path, name: str = "good.png") -> Path:
 
 
 def _predict(run: Path, *inputs, out: Path, extra=(), timeout: float = 120):
+    """``cxrkit predict`` in a subprocess under a hard timeout (the DoS cases)."""
     return run_cli("predict", run, *inputs, "--out", out, "--no-progress", *extra,
                    timeout=timeout)
+
+
+def _invoke(*args):
+    """The CLI in this process (cases that cannot hang): ``(exit code, stdout, stderr)``."""
+    from typer.testing import CliRunner
+
+    from cxrkit.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=res.stderr)
+
+
+def _predict_here(run: Path, *inputs, out: Path):
+    return _invoke("predict", run, *inputs, "--out", out, "--no-progress")
 
 
 def _assert_good_predicted(rows: dict, names):
@@ -109,7 +127,7 @@ def test_exif_rotated_jpeg_reaches_the_model_upright(run_copy, tmp_path):
     assert img.shape == upright.shape  # 96 high, 64 wide: turned upright
     assert np.abs(img.astype(int) - upright).mean() < 3  # JPEG noise only (sideways: ~75)
     out = tmp_path / "p.json"
-    res = run_cli("predict", run_copy, jpg, png, "--out", out, "--no-progress")
+    res = _invoke("predict", run_copy, jpg, png, "--out", out, "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
     pred = {Path(r["image"]).name: r["probabilities"] for r in json.loads(out.read_text())["predictions"]}
     a, b = (np.array(list(pred[n].values())) for n in ("film.jpg", "upright.png"))
@@ -143,7 +161,7 @@ def test_broken_dicoms_give_error_rows_and_keep_good_results(run_copy, tmp_path)
     _good_png(folder, "a_good.png")
     _good_png(folder, "z_good.png")
     out = tmp_path / "p.csv"
-    res = _predict(run_copy, folder, out=out)
+    res = _predict_here(run_copy, folder, out=out)
     assert res.returncode == 1, res.stderr[-3000:]
     rows = _read_csv(out)
     _assert_good_predicted(rows, ["a_good.png", "z_good.png", "good.dcm"])
@@ -162,7 +180,7 @@ def test_explain_keeps_good_images_when_one_is_broken(run_copy, tmp_path):
     bad = folder / "truncated.dcm"
     bad.write_bytes(good_dicom()[:200])
     out = tmp_path / "explain"
-    res = run_cli("explain", run_copy, good, bad, folder / "missing.png", "--out", out,
+    res = _invoke("explain", run_copy, good, bad, folder / "missing.png", "--out", out,
                   "--finding", "Effusion", "--no-progress")
     assert res.returncode == 1, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
@@ -183,7 +201,7 @@ def test_unknown_transfer_syntax_is_an_error_row(run_copy, tmp_path):
     path.write_bytes(dicom_bytes(ds))
     good = _good_png(tmp_path)
     out = tmp_path / "p.csv"
-    res = _predict(run_copy, path, good, out=out)
+    res = _predict_here(run_copy, path, good, out=out)
     assert res.returncode == 1, res.stderr[-3000:]
     rows = _read_csv(out)
     _assert_good_predicted(rows, ["good.png"])
@@ -191,7 +209,24 @@ def test_unknown_transfer_syntax_is_an_error_row(run_copy, tmp_path):
 
 
 # -- 13: symbolic link loops and ** globs -------------------------------------------------------
+_COLLECT = """
+import json, sys
+from cxrkit.predict import collect_inputs
+out = {}
+for form in sys.argv[1:]:
+    got = collect_inputs([form])
+    out[form] = {"files": sorted(p.name for p in got.files),
+                 "problems": {p.rsplit("/", 1)[-1]: why for p, why in got.problems}}
+print(json.dumps(out))
+"""
+
+
 def test_symlink_loops_and_globs_are_bounded(run_copy, tmp_path):
+    import subprocess
+    import sys
+
+    from hostile_files import REPO
+
     folder = tmp_path / "in"
     sub = folder / "sub"
     sub.mkdir(parents=True)
@@ -200,14 +235,102 @@ def test_symlink_loops_and_globs_are_bounded(run_copy, tmp_path):
     os.symlink(".", folder / "loop1")    # two links to the folder itself
     os.symlink("..", sub / "loop2")      # and one to its parent
     os.symlink("self.png", folder / "self.png")  # a file link to itself
-    for inputs in ([folder], [f"{folder}/**/*.png"], [f"{folder}/**"]):
-        out = tmp_path / "p.csv"
-        res = _predict(run_copy, *inputs, out=out, timeout=90)
-        assert res.returncode == 1, (inputs, res.stderr[-3000:])
-        with open(out, newline="") as f:
-            rows = list(csv.DictReader(f))
-        names = sorted(Path(r["image"]).name for r in rows)
-        assert names == ["deep.png", "good.png", "self.png"], (inputs, names)
-        by = {Path(r["image"]).name: r for r in rows}
-        _assert_good_predicted(by, ["deep.png", "good.png"])
-        assert "symbolic link loop" in by["self.png"]["error"], by["self.png"]
+    forms = [str(folder), f"{folder}/**/*.png", f"{folder}/**"]
+    try:  # file discovery alone, bounded (it looped exponentially before)
+        r = subprocess.run([sys.executable, "-c", _COLLECT, *forms], capture_output=True,
+                           text=True, timeout=30, env={**os.environ,
+                                                       "PYTHONPATH": str(REPO / "src")})
+    except subprocess.TimeoutExpired:
+        pytest.fail("collecting the inputs did not finish within 30 s (symlink loop)")
+    assert r.returncode == 0, r.stderr[-3000:]
+    found = json.loads(r.stdout)
+    for form in forms:
+        assert found[form]["files"] == ["deep.png", "good.png"], (form, found[form])
+        assert "symbolic link loop" in found[form]["problems"]["self.png"], found[form]
+    out = tmp_path / "p.csv"  # and the whole command, end to end
+    res = _predict(run_copy, folder, out=out, timeout=90)
+    assert res.returncode == 1, res.stderr[-3000:]
+    rows = _read_csv(out)
+    assert sorted(rows) == ["deep.png", "good.png", "self.png"], rows
+    _assert_good_predicted(rows, ["deep.png", "good.png"])
+    assert "symbolic link loop" in rows["self.png"]["error"], rows["self.png"]
+
+
+# -- the service: items 1, 2, 10, 11, 12 through /predict --------------------------------------
+_SERVE = """
+import json, sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from cxrkit.data.decoder import DecodeLimits
+from cxrkit.serve import create_app
+run, folder = sys.argv[1], Path(sys.argv[2])
+app = create_app(run, decode_limits=DecodeLimits(timeout_s=3, memory_mb=48))
+client = TestClient(app)
+out = {}
+for path in sorted(folder.iterdir()):
+    r = client.post("/predict", files={"file": (path.name, path.read_bytes())})
+    body = r.json()
+    out[path.name] = {"status": r.status_code, "detail": body.get("detail"),
+                      "image": body.get("image")}
+out["healthz"] = client.get("/healthz").status_code
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def served(phantom_run, tmp_path_factory) -> dict:
+    """Every hostile upload posted to /predict of one app, in a subprocess under a hard
+    timeout (a hang fails the tests, never the suite); then a good upload and /healthz."""
+    import subprocess
+    import sys
+
+    from hostile_files import REPO
+
+    folder = tmp_path_factory.mktemp("uploads")
+    (folder / "j2k.dcm").write_bytes(j2k_zero_box_dicom())
+    (folder / "bomb.dcm").write_bytes(deflate_bomb_dicom(64))
+    (folder / "big.dcm").write_bytes(deflate_bomb_dicom(64, rows=4096, cols=8192, bits=16))
+    ds = dicom_dataset(np.zeros((32, 32), np.uint8))
+    ds.Rows = None
+    (folder / "empty_rows.dcm").write_bytes(dicom_bytes(ds))
+    (folder / "truncated.dcm").write_bytes(good_dicom()[:300])
+    ds = dicom_dataset(np.zeros((32, 32), np.uint8))
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6.7"
+    (folder / "unknown_ts.dcm").write_bytes(dicom_bytes(ds))
+    data, _ = exif_rotated_jpeg(6)
+    (folder / "rotated.jpg").write_bytes(data)
+    (folder / "zz_good.dcm").write_bytes(good_dicom())  # after the hostile ones
+    try:
+        r = subprocess.run([sys.executable, "-c", _SERVE, str(phantom_run), str(folder)],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(REPO / "src"),
+                                "PYTHONWARNINGS": "ignore"})
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the service did not answer every upload within 120 s (hung): "
+                    f"{(e.stderr or b'')[-2000:]!r}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_serve_j2k_upload_is_a_422_within_the_deadline(served):
+    assert served["j2k.dcm"]["status"] == 422
+    assert "j2k.dcm" in served["j2k.dcm"]["detail"] and "longer than 3 s" in served["j2k.dcm"]["detail"]
+    assert served["zz_good.dcm"]["status"] == 200 and served["healthz"] == 200
+
+
+def test_serve_deflate_bombs_are_refused(served):
+    assert served["bomb.dcm"]["status"] == 422 and "inflates past" in served["bomb.dcm"]["detail"]
+    assert served["big.dcm"]["status"] == 413 and "48 MiB" in served["big.dcm"]["detail"]
+
+
+def test_serve_broken_dicoms_and_unknown_transfer_syntax_are_422(served):
+    for name in ("empty_rows.dcm", "truncated.dcm", "unknown_ts.dcm"):
+        assert served[name]["status"] == 422, (name, served[name])
+        assert served[name]["detail"].startswith(name) and "\n" not in served[name]["detail"]
+    assert "1.2.3.4.5.6.7" in served["unknown_ts.dcm"]["detail"]
+
+
+def test_serve_exif_rotated_jpeg_is_upright(served):
+    image = served["rotated.jpg"]["image"]
+    assert served["rotated.jpg"]["status"] == 200
+    assert (image["width"], image["height"]) == (64, 96)  # stored 96 wide, shown upright

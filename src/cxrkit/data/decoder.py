@@ -139,7 +139,8 @@ def decode_file(source: str | Path | bytes, name: str | None = None, *,
                 max_pixels: int = DEFAULT_MAX_PIXELS,
                 cache: PreprocessSettings | None = None) -> Decoded:
     """Decode one file (a path, or its bytes with ``name``) in this process: what a worker
-    runs. Never raises for a bad file: the reason is in ``error``. ``cache``: also apply the
+    runs. Never raises for a bad file (the reason is in ``error``), but ``MemoryError``
+    (the worker's memory bound, reported by :class:`Decoder`). ``cache``: also apply the
     checkpoint's cache stage (:func:`cxrkit.data.images.preprocess`)."""
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else None
     label = name or ("upload" if data is not None else str(source))
@@ -161,9 +162,8 @@ def decode_file(source: str | Path | bytes, name: str | None = None, *,
         return Decoded(label, img, None, fmt, int(w), int(h), tags)
     except ImageReadError as e:
         return Decoded(label, error=e.reason)
-    except MemoryError:
-        return Decoded(label, error="out of memory while decoding (over the decode memory "
-                                    "bound?)")
+    except MemoryError:  # the worker reports it as over its memory bound
+        raise
     except Exception as e:  # noqa: BLE001 - any decoder failure is this file's error
         return Decoded(label, error=f"cannot decode ({type(e).__name__}: "
                                     f"{' '.join(str(e).split())[:200]})")
@@ -189,11 +189,15 @@ def _address_space() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _worker_main(conn, memory_mb: int | None) -> None:
-    """Loop: receive ``(fn, args, kwargs, timeout)``, send ``("ok", value)`` or
-    ``("raise", exception)``; exit on None or when the parent's end closes."""
+def _worker_main(conn, memory_mb: int | None, preload: tuple[str, ...] = ()) -> None:
+    """Import ``preload``, cap the address space, then loop: receive ``(fn, args, kwargs,
+    timeout)``, send ``("ok", value)`` or ``("raise", exception)``; exit on None or when the
+    parent's end closes."""
+    import importlib
     import resource
 
+    for module in preload:  # before the cap: imports are not the file's to pay for
+        importlib.import_module(module)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
         import cv2
@@ -216,7 +220,7 @@ def _worker_main(conn, memory_mb: int | None) -> None:
     while True:
         try:
             msg = conn.recv()
-        except (EOFError, OSError, KeyboardInterrupt):
+        except BaseException:  # noqa: BLE001 - the parent is gone, or the input unreadable
             return
         if msg is None:
             return
@@ -238,12 +242,17 @@ def _worker_main(conn, memory_mb: int | None) -> None:
             conn.send(reply)
         except MemoryError:
             conn.send(("memory", None))
+        except (OSError, ValueError):
+            return  # the parent is gone
         except Exception as e:  # noqa: BLE001 - an unpicklable result or exception
             conn.send(("raise", RuntimeError(f"{type(e).__name__}: {e}")))
+        if reply[0] == "memory":
+            return  # its heap may be fragmented at the cap: the pool starts a fresh one
 
 
 #: Imported once in the forkserver (so a replacement worker starts in milliseconds).
 _PRELOAD = ("pydicom", "pydicom.pixels")
+_light = threading.local()
 
 
 def _context():
@@ -251,20 +260,50 @@ def _context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    # once per server, then a no-op (the cache build asks for the same): the main module
-    # is imported there once, not by every worker (multiprocessing imports it into each
-    # child otherwise: a script must keep its work under `if __name__ == "__main__":`)
-    ctx.set_forkserver_preload(["__main__", __name__, *_PRELOAD])
+    ctx.set_forkserver_preload([__name__, *_PRELOAD])  # once per server; then a no-op
+    _skip_main_in_workers()
     return ctx
 
 
+def _skip_main_in_workers() -> None:
+    """Start decoding workers without importing the caller's main module.
+
+    multiprocessing makes every forkserver/spawn child import the parent's ``__main__``
+    script (its ``"__main__"`` preload does not work on Python 3.11), so a worker started
+    by a script that imports torch would import torch too: seconds per worker, each
+    replacement included. A worker needs only this module, so while :class:`_Worker`
+    starts one (and only then, in that thread), the preparation data multiprocessing
+    sends to the child leaves the main module out. Other users of multiprocessing see
+    no change.
+    """
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+    if getattr(original, "cxrkit_light", False):
+        return
+
+    def get_preparation_data(name):
+        data = original(name)
+        if getattr(_light, "on", False):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data.cxrkit_light = True
+    spawn.get_preparation_data = get_preparation_data
+
+
 class _Worker:
-    def __init__(self, memory_mb: int | None):
+    def __init__(self, memory_mb: int | None, preload: tuple[str, ...] = ()):
         ctx = _context()
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, memory_mb), daemon=True,
-                                name="cxrkit-decode")
-        self.proc.start()
+        self.proc = ctx.Process(target=_worker_main, args=(child, memory_mb, preload),
+                                daemon=True, name="cxrkit-decode")
+        _light.on = True
+        try:
+            self.proc.start()
+        finally:
+            _light.on = False
         child.close()
         self.ready = False
 
@@ -316,15 +355,19 @@ def _death(proc) -> str:
 class Decoder:
     """A pool of ``workers`` decoding processes under ``limits``; thread-safe.
 
-    The workers start in the background at once. Use as a context manager, or
-    :meth:`close` it. See the module docstring.
+    The workers start in the background at once. ``preload``: modules each worker imports
+    before its memory cap (those of the functions given to :meth:`call`; keep them light:
+    every worker imports them). Use as a context manager, or :meth:`close` it. See the
+    module docstring.
     """
 
-    def __init__(self, workers: int = 1, *, limits: DecodeLimits | None = None):
+    def __init__(self, workers: int = 1, *, limits: DecodeLimits | None = None,
+                 preload: tuple[str, ...] = ()):
         if int(workers) < 1:
             raise ValueError(f"decode workers must be >= 1, got {workers}")
         self.workers = int(workers)
         self.limits = limits or DecodeLimits()
+        self.preload = tuple(preload)
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._cond = threading.Condition()
@@ -340,7 +383,7 @@ class Decoder:
     def _start_all(self) -> None:
         for _ in range(self.workers):
             try:
-                w = _Worker(self.limits.memory_mb)
+                w = _Worker(self.limits.memory_mb, self.preload)
             except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
                 with self._cond:
                     self._start_error = e
@@ -370,7 +413,7 @@ class Decoder:
             if self._idle:
                 return self._idle.pop()
         try:
-            w = _Worker(self.limits.memory_mb)
+            w = _Worker(self.limits.memory_mb, self.preload)
         except BaseException:
             with self._cond:
                 self._count -= 1
@@ -424,7 +467,7 @@ class Decoder:
                                               f"({_death(w.proc)}): a corrupt file, or one "
                                               f"needing more than the decode memory bound of "
                                               f"{lim.memory_mb} MiB", "crash") from None
-            done = True
+            done = status != "memory"  # a worker that hit its cap is replaced
         finally:
             if done:
                 self._release(w)
@@ -449,9 +492,6 @@ class Decoder:
                                cache=cache, label=label)
         except ImageReadError as e:
             return Decoded(label, error=e.reason)
-        if result.error is not None and "memory" in result.error:
-            return Decoded(label, error=f"needs more memory than the decode bound of "
-                                        f"{self.limits.memory_mb} MiB ({result.error})")
         return result
 
     def imap(self, sources: Iterable, *, cache: PreprocessSettings | None = None,

@@ -107,7 +107,8 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     ``max_pixels`` pixels, an unknown photometric interpretation or transfer syntax, or
     pixel data that cannot be decoded (for a compressed transfer syntax without a plugin:
     which one, and what to install). Deflated files are inflated under a bound
-    (:func:`read_dataset`). No other exception escapes for a bad file.
+    (:func:`read_dataset`). No other exception escapes for a bad file, but
+    ``MemoryError`` (the caller's memory bound: :mod:`cxrkit.data.decoder` reports it).
 
     Not bounded in time: a hostile JPEG 2000 stream can make pydicom's parser loop for
     ever. Untrusted files go through :class:`cxrkit.data.decoder.Decoder`, which runs this
@@ -122,10 +123,8 @@ def grey_from_dataset(ds, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIX
     """:func:`read_dicom`'s steps on a dataset already read (:func:`read_dataset`)."""
     try:
         return _pixels_to_grey(ds, Path(path), max_pixels)
-    except ImageReadError:
+    except (ImageReadError, MemoryError):  # MemoryError: the caller's bound (the decoder's)
         raise
-    except MemoryError:
-        raise ImageReadError(path, "out of memory while decoding the pixel data") from None
     except Exception as e:  # noqa: BLE001 - pydicom and its plugins raise anything on bad data
         raise ImageReadError(path, f"corrupt DICOM pixel data ({_why(e)})") from None
 
@@ -272,12 +271,10 @@ def read_dataset(path: str | Path, *, data: bytes | None = None, stop_before_pix
                 return inflated
             fp.seek(0)
             return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
-    except ImageReadError:
+    except (ImageReadError, MemoryError):  # MemoryError: the caller's bound (the decoder's)
         raise
     except InvalidDicomError as e:
         raise ImageReadError(path, f"not a DICOM file ({e})") from None
-    except MemoryError:
-        raise ImageReadError(path, "out of memory while reading the DICOM file") from None
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on corrupt files
         raise ImageReadError(path, f"corrupt or truncated DICOM file ({_why(e)})") from None
 

@@ -284,7 +284,7 @@ def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         if e.errno == errno.ELOOP:
             raise ImageReadError(path, os_reason(e, path)) from None
         raise ImageReadError(path, f"corrupt or truncated ({type(e).__name__}: {e})") from None
-    except (SyntaxError, ValueError, EOFError, MemoryError) as e:
+    except (SyntaxError, ValueError, EOFError) as e:
         raise ImageReadError(path, f"corrupt or truncated ({type(e).__name__}: {e})") from None
     if arr.ndim != 2:
         raise ImageReadError(path, f"decoded to shape {arr.shape}, expected (H, W)")

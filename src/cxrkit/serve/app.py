@@ -188,7 +188,7 @@ class Service:
         self.decode_limits = replace(limits, max_pixels=self.max_pixels)
         # uploads are decoded in worker processes: a hostile file costs one worker
         self.decoder = Decoder(decode_workers or default_workers(64),
-                               limits=self.decode_limits)
+                               limits=self.decode_limits, preload=("cxrkit.serve.uploads",))
         self.lock = threading.Lock()
         self.thresholds = {f: float(t) for f, t in zip(lm.findings, lm.threshold_vector())}
         notes = []
