@@ -67,18 +67,33 @@ def _assert_one_line_errors(res, rows: dict, names):
     assert "Traceback" not in res.stderr + res.stdout, res.stderr[-3000:]
 
 
-# -- 1: a JPEG 2000 DICOM that loops pydicom's parser for ever ---------------------------------
-def test_j2k_zero_length_box_fails_alone_within_the_deadline(run_copy, tmp_path):
+# -- 1: a JPEG 2000 DICOM that loops pydicom's parser for ever; a file that never ends -----------
+def test_j2k_zero_length_box_fails_alone(run_copy, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "hostile.dcm").write_bytes(j2k_zero_box_dicom())
     _good_png(folder)
     out = tmp_path / "p.csv"
-    res = _predict(run_copy, folder, out=out, extra=("--decode-timeout", "3"), timeout=90)
+    res = _predict(run_copy, folder, out=out, extra=("--decode-timeout", "5"), timeout=90)
     assert res.returncode == 1, res.stderr[-3000:]
     rows = _read_csv(out)
     _assert_good_predicted(rows, ["good.png"])
-    assert "longer than 3 s" in rows["hostile.dcm"]["error"]
+    err = rows["hostile.dcm"]["error"]
+    assert "JPEG 2000" in err or "longer than 5 s" in err, err
+
+
+def test_decode_deadline_stops_a_file_that_never_ends(run_copy, tmp_path):
+    """The deadline itself: a FIFO named as an image blocks its reader for ever (no data,
+    no end); the worker is killed at the deadline and the next file still decodes."""
+    fifo = tmp_path / "stuck.png"
+    os.mkfifo(fifo)
+    good = _good_png(tmp_path)
+    out = tmp_path / "p.csv"
+    res = _predict(run_copy, fifo, good, out=out, extra=("--decode-timeout", "2"), timeout=90)
+    assert res.returncode == 1, res.stderr[-3000:]
+    rows = _read_csv(out)
+    _assert_good_predicted(rows, ["good.png"])
+    assert "longer than 2 s" in rows["stuck.png"]["error"], rows["stuck.png"]
 
 
 # -- 2: Deflate bomb ----------------------------------------------------------------------------
@@ -273,6 +288,12 @@ for path in sorted(folder.iterdir()):
     out[path.name] = {"status": r.status_code, "detail": body.get("detail"),
                       "image": body.get("image")}
 out["healthz"] = client.get("/healthz").status_code
+# the deadline itself: a bound no decode can meet, then the same service still answers
+strict = TestClient(create_app(app.state.service.lm, decode_limits=DecodeLimits(timeout_s=0.001)))
+good = (folder / "zz_good.dcm").read_bytes()
+r = strict.post("/predict", files={"file": ("slow.dcm", good)})
+out["deadline"] = {"status": r.status_code, "detail": r.json().get("detail"),
+                   "healthz": strict.get("/healthz").status_code}
 print(json.dumps(out))
 """
 
@@ -312,10 +333,17 @@ def served(phantom_run, tmp_path_factory) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_serve_j2k_upload_is_a_422_within_the_deadline(served):
-    assert served["j2k.dcm"]["status"] == 422
-    assert "j2k.dcm" in served["j2k.dcm"]["detail"] and "longer than 3 s" in served["j2k.dcm"]["detail"]
+def test_serve_j2k_upload_is_a_422_and_the_service_keeps_serving(served):
+    detail = served["j2k.dcm"]["detail"]
+    assert served["j2k.dcm"]["status"] == 422 and detail.startswith("j2k.dcm")
+    assert "JPEG 2000" in detail or "longer than 3 s" in detail, detail
     assert served["zz_good.dcm"]["status"] == 200 and served["healthz"] == 200
+
+
+def test_serve_decode_deadline_is_a_422(served):
+    d = served["deadline"]
+    assert d["status"] == 422 and "slow.dcm" in d["detail"] and "longer than" in d["detail"]
+    assert d["healthz"] == 200
 
 
 def test_serve_deflate_bombs_are_refused(served):

@@ -185,6 +185,7 @@ def _pixels_to_grey(ds, path, max_pixels: int) -> np.ndarray:
         raise ImageReadError(path, f"photometric interpretation {quote(photometric)} is not "
                                    "supported (only MONOCHROME1/2, RGB and YBR)")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    _check_jp2_boxes(ds, ts, path)
     try:
         pixels = ds.pixel_array
     except MemoryError:
@@ -207,6 +208,45 @@ def _pixels_to_grey(ds, path, max_pixels: int) -> np.ndarray:
     if photometric == "MONOCHROME1":
         grey = 255 - grey
     return np.ascontiguousarray(grey, dtype=np.uint8)
+
+
+#: JPEG 2000 transfer syntaxes (their first fragment may be a JP2 file with boxes).
+_J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92",
+                 "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201",
+                 "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+def _check_jp2_boxes(ds, ts, path) -> None:
+    """Refuse a JP2-wrapped JPEG 2000 frame whose box lengths would loop pydicom's
+    parameter parser (``get_j2k_parameters`` steps by each box's length: a zero-length box
+    before the codestream never advances). The decoder's deadline bounds any other loop;
+    this check keeps the in-process readers (``cxrkit.load(run).predict(paths)``) safe from
+    the known one."""
+    if ts is None or str(ts) not in _J2K_SYNTAXES:
+        return
+    from pydicom.encaps import generate_frames
+
+    try:
+        first = next(generate_frames(ds.PixelData, number_of_frames=1), b"")
+    except Exception:  # noqa: BLE001 - malformed encapsulation: pydicom says why later
+        return
+    if not first.startswith(_JP2_SIGNATURE):
+        return
+    offset = len(_JP2_SIGNATURE)
+    while offset + 8 <= len(first):
+        length = int.from_bytes(first[offset:offset + 4], "big")
+        if first[offset + 4:offset + 8] == b"jp2c":
+            return
+        if length < 8 and length != 1:  # 1: an extended length follows
+            raise ImageReadError(path, f"malformed JPEG 2000 data: a box of length {length} "
+                                       f"at byte {offset} of the first frame")
+        if length == 1:
+            length = int.from_bytes(first[offset + 8:offset + 16], "big")
+            if length < 16:
+                raise ImageReadError(path, "malformed JPEG 2000 data: a box of extended "
+                                           f"length {length} at byte {offset}")
+        offset += length
 
 
 def _pixel_error(ts, e: BaseException) -> str:
