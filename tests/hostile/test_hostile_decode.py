@@ -290,8 +290,8 @@ for path in sorted(folder.iterdir()):
 out["healthz"] = client.get("/healthz").status_code
 # the deadline itself: a bound no decode can meet, then the same service still answers
 strict = TestClient(create_app(app.state.service.lm, decode_limits=DecodeLimits(timeout_s=0.001)))
-good = (folder / "zz_good.dcm").read_bytes()
-r = strict.post("/predict", files={"file": ("slow.dcm", good)})
+big = (folder.parent / "big_good.dcm").read_bytes()  # 2048 px: far over 1 ms to decode
+r = strict.post("/predict", files={"file": ("slow.dcm", big)})
 out["deadline"] = {"status": r.status_code, "detail": r.json().get("detail"),
                    "healthz": strict.get("/healthz").status_code}
 print(json.dumps(out))
@@ -321,6 +321,7 @@ def served(phantom_run, tmp_path_factory) -> dict:
     data, _ = exif_rotated_jpeg(6)
     (folder / "rotated.jpg").write_bytes(data)
     (folder / "zz_good.dcm").write_bytes(good_dicom())  # after the hostile ones
+    (folder.parent / "big_good.dcm").write_bytes(good_dicom(2048))
     try:
         r = subprocess.run([sys.executable, "-c", _SERVE, str(phantom_run), str(folder)],
                            capture_output=True, text=True, timeout=120,

@@ -26,12 +26,15 @@ forward pass). :meth:`Decoder.call` runs any module-level function under the sam
 (the service runs its whole upload check there) and re-raises its exception; a bound
 that is hit raises :class:`DecodeLimitError`, an :class:`ImageReadError`.
 
-Workers start from a ``forkserver`` (never by forking the caller: see
-:func:`cxrkit.data._cache_build._pool_context`) that preloads only this module's light
-imports (numpy, Pillow, OpenCV; pydicom on the first DICOM); workers are started in a
-background thread when the decoder is made, so their start-up overlaps the caller's
-model loading. The first worker costs one interpreter start (~0.3-0.6 s CPU, in parallel);
-later ones and replacements fork in milliseconds.
+Start-up is kept off the caller's critical path. A decoder made while the caller runs a
+single thread and has not imported torch or onnxruntime (``cxrkit predict`` makes it
+before loading the model) forks its workers from the caller directly: milliseconds, and
+the decoding modules are already imported. Otherwise, and for every replacement, workers
+come from a ``forkserver`` (never by forking a caller whose thread pools may hold locks:
+see :func:`cxrkit.data._cache_build._pool_context`) that imports only this module and
+pydicom; they are started in a background thread, so the first one's interpreter start
+(~0.3-0.6 s CPU) overlaps the caller's work; later ones fork in milliseconds. A worker
+never imports the caller's main script (:func:`_skip_main_in_workers`).
 
 In-process callers: :func:`decode_file` is the function the workers run; the Python API
 (``cxrkit.load(run).predict(paths)``) decodes paths in its own process with the same
@@ -47,6 +50,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
@@ -293,9 +297,20 @@ def _skip_main_in_workers() -> None:
     spawn.get_preparation_data = get_preparation_data
 
 
+def _fork_is_safe() -> bool:
+    """Whether this process can start workers by a plain ``fork`` (milliseconds, no
+    interpreter start): only while it runs one thread and has no torch/onnxruntime thread
+    pools whose locks a child could inherit mid-state. ``cxrkit predict`` makes its decoder
+    before loading the model, when this holds."""
+    return ("fork" in multiprocessing.get_all_start_methods()
+            and threading.current_thread() is threading.main_thread()
+            and threading.active_count() == 1
+            and not any(m in sys.modules for m in ("torch", "onnxruntime", "openvino")))
+
+
 class _Worker:
-    def __init__(self, memory_mb: int | None, preload: tuple[str, ...] = ()):
-        ctx = _context()
+    def __init__(self, memory_mb: int | None, preload: tuple[str, ...] = (), ctx=None):
+        ctx = ctx or _context()
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, memory_mb, preload),
                                 daemon=True, name="cxrkit-decode")
@@ -376,8 +391,15 @@ class Decoder:
         self._count = self.workers  # live workers plus those being started
         # workers stop when the decoder is collected without close() (an app in a test)
         weakref.finalize(self, _reap, self._all)
-        threading.Thread(target=self._start_all, name="cxrkit-decode-start",
-                         daemon=True).start()
+        if _fork_is_safe():  # fork them here and now (milliseconds each)
+            fork = multiprocessing.get_context("fork")
+            for _ in range(self.workers):
+                w = _Worker(self.limits.memory_mb, self.preload, fork)
+                self._all.add(w)
+                self._idle.append(w)
+        else:  # from the forkserver, in the background (the first one boots it)
+            threading.Thread(target=self._start_all, name="cxrkit-decode-start",
+                             daemon=True).start()
 
     # -- the pool ------------------------------------------------------------------------
     def _start_all(self) -> None:
@@ -454,8 +476,11 @@ class Decoder:
             except (OSError, ValueError):  # the idle worker had died: one fresh try
                 self._discard(w)
                 w = self._acquire()
-                w.wait_ready(START_TIMEOUT_S)
-                w.conn.send((fn, args, kwargs, lim.timeout_s))
+                try:
+                    w.wait_ready(START_TIMEOUT_S)
+                    w.conn.send((fn, args, kwargs, lim.timeout_s))
+                except (OSError, ValueError) as e:
+                    raise RuntimeError(f"cannot start a decoding worker process: {e}") from e
             if not w.conn.poll(lim.timeout_s):
                 raise DecodeLimitError(label, f"took longer than {lim.timeout_s:g} s to "
                                               "decode (stopped: a hostile or broken file?)",
