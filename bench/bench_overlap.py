@@ -10,7 +10,7 @@ the same files, side by side:
   ``--batch``, no decoding;
 * ``predict, serial``: decode in this process, then infer, in turn (what ``predict`` did
   before the overlap);
-* ``predict, overlapped``: :func:`cxrkit.predict.predict_files` (what ``cxrkit predict``
+* ``predict, overlapped``: :func:`cxrkit.inference.predict.predict_files` (what ``cxrkit predict``
   runs), with the goal >= 0.85 x min(decode only, infer only) images/s.
 
 ``--startup`` also times one image through ``python -m cxrkit.cli predict`` (ONNX backend,
@@ -57,7 +57,7 @@ def _rates(variants: list[tuple[str, object]], n: int, repeats: int) -> list[tup
 def throughput(onnx: Path, files: list[Path], args) -> list[tuple[str, float]]:
     from cxrkit.data.decoder import Decoder, default_workers
     from cxrkit.data.dicom import read_image
-    from cxrkit.predict import load_model, predict_files
+    from cxrkit.inference.predict import load_model, predict_files
 
     model = load_model(onnx, backend="onnx")
     cache = model.preprocessing.cache

@@ -226,7 +226,7 @@ def test_unknown_transfer_syntax_is_an_error_row(run_copy, tmp_path):
 # -- 13: symbolic link loops and ** globs -------------------------------------------------------
 _COLLECT = """
 import json, sys
-from cxrkit.predict import collect_inputs
+from cxrkit.inference.predict import collect_inputs
 out = {}
 for form in sys.argv[1:]:
     got = collect_inputs([form])

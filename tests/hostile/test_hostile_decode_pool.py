@@ -46,7 +46,7 @@ def _png(value: int, size=(40, 30)) -> bytes:
 
 def test_imap_keeps_order_and_each_bad_file_fails_alone(tmp_path):
     from cxrkit.data.decoder import DecodeLimits, Decoder
-    from cxrkit.data.images import PreprocessSettings
+    from cxrkit.data.preprocessing import PreprocessSettings
 
     paths = []
     for i in range(9):

@@ -61,8 +61,8 @@ import numpy as np
 
 from cxrkit.data.dicom import (dicom_tags, grey_from_dataset, has_dicom_preamble, is_dicom,
                                read_dataset)
-from cxrkit.data.images import (DEFAULT_MAX_PIXELS, ImageReadError, PreprocessSettings,
-                                preprocess, read_xray)
+from cxrkit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, preprocess, read_xray
+from cxrkit.data.preprocessing import PreprocessSettings
 
 log = logging.getLogger(__name__)
 

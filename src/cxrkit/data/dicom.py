@@ -28,7 +28,7 @@ pydicom's own functions:
 :func:`read_image` dispatches any file (PNG/JPEG via :func:`cxrkit.data.images.read_xray`,
 DICOM by extension or by its ``DICM`` preamble) and :func:`grey_uint8` turns any array into
 grey ``uint8``. They live here, with no torch import, so that the ONNX backend
-(:mod:`cxrkit.export`) repeats the checkpoint's cache stage without torch.
+(:mod:`cxrkit.inference.export`) repeats the checkpoint's cache stage without torch.
 """
 
 from __future__ import annotations
@@ -110,9 +110,10 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     (:func:`read_dataset`). No other exception escapes for a bad file, but
     ``MemoryError`` (the caller's memory bound: :mod:`cxrkit.data.decoder` reports it).
 
-    Not bounded in time: a hostile JPEG 2000 stream can make pydicom's parser loop for
-    ever. Untrusted files go through :class:`cxrkit.data.decoder.Decoder`, which runs this
-    in a worker process with a deadline and a memory bound.
+    Not bounded in time (the JPEG 2000 box that loops pydicom's parser is refused here,
+    but a decoder may have other loops): untrusted files go through
+    :class:`cxrkit.data.decoder.Decoder`, which runs this in a worker process with a
+    deadline and a memory bound.
     """
     return grey_from_dataset(read_dataset(path, data=data, max_pixels=max_pixels), path,
                              max_pixels=max_pixels)

@@ -53,9 +53,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrkit.data.decoder import DecodeLimitError, DecodeLimits, Decoder, default_workers
 from cxrkit.data.metadata import FIELDS, parse_age, parse_sex, parse_view
-from cxrkit.inference import TTA_MODES, LoadedModel, load
+from cxrkit.inference.core import TTA_MODES, LoadedModel, load
 from cxrkit.messages import quote
-from cxrkit.predictor import OodMissingWarning
+from cxrkit.inference.predictor import OodMissingWarning
 from cxrkit.serve.uploads import (DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS,
                                   DecodedUpload, UploadError, decode_upload)
 
@@ -353,10 +353,10 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
     largest image (width x height), checked from the header before decoding. ``tta``:
     test-time augmentation for every request (see :mod:`cxrkit.inference`).
     ``device``/``thresholds``/``precision``: passed to :func:`cxrkit.inference.load` for a
-    path (``precision``: see :mod:`cxrkit.runtime`). ``decode_limits``: the deadline and
-    memory bound of one upload's decoding (:class:`cxrkit.data.decoder.DecodeLimits`; its
-    ``max_pixels`` is this ``max_pixels``); ``decode_workers``: decoding processes
-    (default: half the cores).
+    path (``precision``: see :mod:`cxrkit.inference.runtime`). ``decode_limits``: the
+    deadline and memory bound of one upload's decoding
+    (:class:`cxrkit.data.decoder.DecodeLimits`; its ``max_pixels`` is this ``max_pixels``);
+    ``decode_workers``: decoding processes (default: half the cores).
     """
     if max_upload_bytes < 1 or max_pixels < 1:
         raise ValueError("max_upload_bytes and max_pixels must be positive")
