@@ -42,16 +42,18 @@ REPO = Path(__file__).resolve().parents[1]
 NIH = Path(os.environ.get("CXRKIT_NIH_SAMPLE", REPO.parent / "shared" / "nih"))
 
 
-def _rates(variants: list[tuple[str, object]], n: int, repeats: int) -> list[tuple[str, float]]:
-    """Best images/s of each variant (a function handling ``n`` images) over ``repeats``
-    rounds, the variants interleaved round by round (a load change hits them all alike)."""
-    best = {name: float("inf") for name, _ in variants}
+def _rates(variants: list[tuple[str, object]], n: int, repeats: int) -> list[tuple]:
+    """``(name, best images/s, median images/s)`` of each variant (a function handling
+    ``n`` images) over ``repeats`` rounds, the variants interleaved round by round (a load
+    change hits them all alike)."""
+    times: dict[str, list[float]] = {name: [] for name, _ in variants}
     for _ in range(repeats):
         for name, fn in variants:
             t = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t)
-    return [(name, n / best[name]) for name, _ in variants]
+            times[name].append(time.perf_counter() - t)
+    return [(name, n / min(times[name]), n / statistics.median(times[name]))
+            for name, _ in variants]
 
 
 def throughput(onnx: Path, files: list[Path], args) -> list[tuple[str, float]]:
@@ -145,13 +147,15 @@ def main(argv=None) -> int:
     rows = throughput(args.onnx, files, args)
     load1 = os.getloadavg()[0]
     print(f"\n## Folder predict, {len(files)} 1024 px PNGs (NIH originals), DenseNet121 "
-          f"ONNX, {os.cpu_count()} cores, best of {args.repeats} interleaved rounds, load average "
+          f"ONNX, {os.cpu_count()} cores, {args.repeats} interleaved rounds, load average "
           f"{load0:.1f} -> {load1:.1f}\n")
-    print("| stage | images/s | x min(decode only, infer only) |")
-    print("|---|---:|---:|")
+    print("| stage | images/s, best | x min(decode, infer), best | images/s, median | "
+          "x min(decode, infer), median |")
+    print("|---|---:|---:|---:|---:|")
     floor = min(rows[0][1], rows[1][1])
-    for name, rate in rows:
-        print(f"| {name} | {rate:.1f} | {rate / floor:.2f} |")
+    floor_med = min(rows[0][2], rows[1][2])
+    for name, rate, med in rows:
+        print(f"| {name} | {rate:.1f} | {rate / floor:.2f} | {med:.1f} | {med / floor_med:.2f} |")
     if args.startup:
         with tempfile.TemporaryDirectory() as tmp:
             res = startup(args.onnx, originals[0], Path(tmp), args)
