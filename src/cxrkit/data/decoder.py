@@ -148,10 +148,11 @@ def decode_file(source: str | Path | bytes, name: str | None = None, *,
     checkpoint's cache stage (:func:`cxrkit.data.images.preprocess`)."""
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else None
     label = name or ("upload" if data is not None else str(source))
-    path = Path(label) if data is not None else Path(source)
+    path = Path(label) if data is not None else Path(str(source))
     try:
         head = data[:132] if data is not None else _head(path)
         tags: dict = {}
+        fmt: str | None
         if has_dicom_preamble(head) or (data is None and is_dicom(path)):
             fmt = "DICOM"
             ds = read_dataset(path, data=data, max_pixels=max_pixels)
@@ -293,7 +294,7 @@ def _skip_main_in_workers() -> None:
             data.pop("init_main_from_name", None)
         return data
 
-    get_preparation_data.cxrkit_light = True
+    get_preparation_data.cxrkit_light = True  # type: ignore[attr-defined]
     spawn.get_preparation_data = get_preparation_data
 
 

@@ -173,8 +173,9 @@ def explain_images(checkpoint, images: Sequence, out: str | Path | None = None, 
     paths = [Path(p) for p in images]
     with Decoder(default_workers(len(paths)), limits=limits) as decoder:
         decoded = list(decoder.imap(paths, cache=lm.preprocessing.cache))
-    good = [(p, d.image) for p, d in zip(paths, decoded, strict=True) if d.ok]
-    errors = {str(p): d.error for p, d in zip(paths, decoded, strict=True) if not d.ok}
+    good = [(p, d.image) for p, d in zip(paths, decoded, strict=True) if d.image is not None]
+    errors = {str(p): d.error or "" for p, d in zip(paths, decoded, strict=True)
+              if d.image is None}
     for p, why in errors.items():
         log.warning("explain: %s: %s", p, why)
     s = lm.preprocessing.cache.size

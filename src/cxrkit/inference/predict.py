@@ -379,27 +379,27 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
                 ood[row] = float(result.score[j])
         pending.clear()
 
-    own = decoder is None and bool(files)
+    own = decoder is None and bool(files)  # no files: no worker started
     if own:
         decoder = Decoder(workers or default_workers(len(files)), limits=limits)
     try:
         with bar:
-            decoded = decoder.imap(files, cache=model.preprocessing.cache,
-                                   ahead=2 * batch_size) if files else iter(())
+            decoded = (decoder.imap(files, cache=model.preprocessing.cache,
+                                    ahead=2 * batch_size) if decoder is not None else iter(()))
             for k, (f, d) in enumerate(zip(files, decoded, strict=True)):
                 names.append(str(f))
                 probs.append(np.full(len(findings), np.nan))
                 ood.append(np.nan)
-                if d.ok:
+                if d.image is not None:
                     pending.append((len(names) - 1, k, d.image))
                 else:
-                    errors[str(f)] = d.error
+                    errors[str(f)] = d.error or "not decoded"
                 if len(pending) == batch_size:
                     flush()
                 bar.update(1)
             flush()
     finally:
-        if own:
+        if own and decoder is not None:
             decoder.close()
     missing = {k: v for k, v in missing.items() if k not in errors}
     return Predictions(findings=findings, images=names,
