@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "preprocessing": 2,  # the preprocessing contract: one frozen geometry per checkpoint
     "predictor": 2,    # the predictor interface shared by the torch and ONNX backends
     "ood": 2,          # out-of-distribution record and score (features + image statistics)
+    "openvino_engine": 2,  # OpenVINO compiling an ONNX graph (torch-free, optional extra)
     # 3: models and dataset statistics
     "models": 3,       # the registry and one file per family
     "eda": 3,          # dataset statistics and plots
