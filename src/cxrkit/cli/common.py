@@ -11,16 +11,19 @@ import typer
 
 from cxrkit.artefacts import WriteError
 from cxrkit.messages import shorten
+from cxrkit.openvino_engine import OpenVinoUnavailable
 
 #: ``--precision`` of every command that runs a torch checkpoint forward (cxrkit.runtime).
-PRECISION_HELP = ("Forward pass: auto (onnxruntime on the CPU, within 1e-4 of fp32) | fp32 "
-                  "(torch fp32 eager, the reference) | bf16 (autocast + channels_last) | "
-                  "onnxruntime; default $CXRKIT_PRECISION or auto")
+PRECISION_HELP = ("Forward pass: auto (CPU: OpenVINO bf16 where the CPU has bf16 and OpenVINO "
+                  "is installed, within 5e-3 of fp32; else onnxruntime, within 1e-4) | fp32 "
+                  "(torch fp32 eager, the reference) | bf16 (torch autocast + channels_last) | "
+                  "onnxruntime | openvino (fp32) | openvino-bf16; default $CXRKIT_PRECISION "
+                  "or auto")
 
 #: Errors the library raises for bad input or an unwritable output; the CLI prints them as
 #: one line, exit code 2.
 KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError,
-                WriteError)
+                WriteError, OpenVinoUnavailable)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -1,0 +1,143 @@
+"""The OpenVINO precisions (cxrkit.openvino_engine, cxrkit.runtime): parity with torch fp32
+on phantoms and real images, what ``auto`` picks and says, OpenVINO missing, no bf16.
+
+The suite runs with ``CXRKIT_PRECISION=fp32`` (conftest); these tests ask for each path
+explicitly, with the graph cache in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import cxrkit
+from cxrkit.cli import app
+from cxrkit.runtime import BF16_PARITY_TOLERANCE
+
+from test_export import make_checkpoint, real_images
+
+openvino = pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+
+
+def _ov_bf16() -> bool:
+    from cxrkit.openvino_engine import cpu_has_bf16
+    return cpu_has_bf16()
+
+
+needs_bf16 = pytest.mark.skipif(not _ov_bf16(), reason="this CPU has no native bf16")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def graph_cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ov_cache")
+    old = os.environ.get("CXRKIT_CACHE")
+    os.environ["CXRKIT_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("CXRKIT_CACHE")
+    else:
+        os.environ["CXRKIT_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def meta_checkpoint(tmp_path_factory):
+    """A random cnn4 that takes patient metadata (the graph has two inputs)."""
+    return make_checkpoint(tmp_path_factory.mktemp("ov"), "cnn4", cache=48, input_size=40,
+                           model_kw={"meta_features": 4})
+
+
+def _images(n=5, size=48):
+    return np.random.default_rng(0).integers(0, 256, (n, 1, size, size), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("precision", ["openvino", pytest.param("openvino-bf16", marks=needs_bf16)])
+def test_openvino_matches_fp32_with_features_for_every_tta(meta_checkpoint, precision):
+    x, meta = _images(), np.array([[0.6, 1, 0, 1]] * 5, np.float32)
+    ref = cxrkit.load(meta_checkpoint, precision="fp32")
+    fast = cxrkit.load(meta_checkpoint, precision=precision)
+    rec = fast.precision
+    assert rec["used"] == precision and rec["openvino_precision"] == precision[9:] or "fp32"
+    bound = BF16_PARITY_TOLERANCE if precision.endswith("bf16") else 1e-4
+    assert rec["parity_max_abs_diff_probability"] <= bound
+    for tta in ("none", "flip", "tencrop"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # mirrored TTA on a model trained without flips
+            za, fa = ref.forward_cached(x, meta, tta=tta)
+            zb, fb = fast.forward_cached(x, meta, tta=tta)
+        pa, pb = 1 / (1 + np.exp(-za)), 1 / (1 + np.exp(-zb))
+        assert np.abs(pb - pa).max() <= bound
+        assert not np.allclose(za[0], za[1])  # the images differ, so the check means something
+        np.testing.assert_allclose(fb, fa, atol=0.05 if precision.endswith("bf16") else 1e-4)
+    if precision.endswith("bf16"):
+        assert not np.array_equal(ref.logits_from_cached(x, meta), fast.logits_from_cached(x, meta))
+
+
+@needs_bf16
+def test_openvino_bf16_parity_on_real_images(phantom_run, nih_sample):
+    """A trained phantom cnn4 on real NIH images (256 px and a 1024 px original)."""
+    files = real_images(nih_sample, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = cxrkit.load(phantom_run, precision="fp32").predict(files)
+        fast = cxrkit.load(phantom_run, precision="openvino-bf16").predict(files)
+        exact = cxrkit.load(phantom_run, precision="openvino").predict(files)
+    findings = list(ref.columns[:-2])
+    assert np.abs(fast[findings].to_numpy() - ref[findings].to_numpy()).max() <= 5e-3
+    assert np.abs(exact[findings].to_numpy() - ref[findings].to_numpy()).max() <= 1e-4
+    # the OOD score comes from the same pass (features output), close to fp32's
+    np.testing.assert_allclose(exact["ood_score"], ref["ood_score"], rtol=1e-3)
+    assert (fast["ood_flag"] == ref["ood_flag"]).all()
+
+
+@needs_bf16
+def test_auto_picks_openvino_bf16_and_says_so(meta_checkpoint, caplog):
+    from cxrkit import runtime
+
+    runtime._SAID.clear()
+    with caplog.at_level(logging.INFO, logger="cxrkit.runtime"):
+        lm = cxrkit.load(meta_checkpoint, precision="auto")
+    assert lm.precision["used"] == "openvino-bf16" and lm.precision["requested"] == "auto"
+    assert "OpenVINO bf16" in lm.precision["why"]
+    assert "precision auto: OpenVINO bf16" in caplog.text and "0.005" in caplog.text
+
+
+def _no_openvino(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)   # `import openvino` raises ImportError
+
+
+def test_openvino_missing_is_a_clear_message_and_auto_falls_back(meta_checkpoint, monkeypatch,
+                                                                 caplog):
+    from cxrkit import runtime
+    from cxrkit.openvino_engine import OpenVinoUnavailable
+
+    _no_openvino(monkeypatch)
+    with pytest.raises(OpenVinoUnavailable, match=r"not installed.*cxrkit\[openvino\]"):
+        cxrkit.load(meta_checkpoint, precision="openvino")
+    runtime._SAID.clear()
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    with caplog.at_level(logging.INFO, logger="cxrkit.runtime"):
+        lm = cxrkit.load(meta_checkpoint, precision="auto")
+    assert lm.precision["used"] == "onnxruntime"
+    assert "OpenVINO is not installed" in lm.precision["why"]
+    assert "pip install 'cxrkit[openvino]'" in caplog.text   # the slower choice is said
+    res = CliRunner().invoke(app, ["predict", str(meta_checkpoint), "x.png",
+                                   "--precision", "openvino-bf16"])
+    assert res.exit_code == 2 and "OpenVINO is not installed" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_cpu_without_bf16_is_refused_clearly_and_auto_stays_exact(meta_checkpoint, monkeypatch):
+    from cxrkit import openvino_engine
+
+    monkeypatch.setattr(openvino_engine, "cpuinfo_has_bf16", lambda: False)
+    with pytest.raises(ValueError, match="no native bf16"):
+        cxrkit.load(meta_checkpoint, precision="openvino-bf16")
+    lm = cxrkit.load(meta_checkpoint, precision="auto")
+    assert lm.precision["used"] == "onnxruntime"
+    assert lm.precision["parity_max_abs_diff_probability"] <= 1e-4
