@@ -154,7 +154,8 @@ class BatchingInfo(BaseModel):
     max_batch: int = Field(description="most images in one forward pass")
     max_wait_ms: float = Field(description="longest wait for more requests after the first "
                                            "(only while others are still decoding)")
-    batches: int = Field(description="batched forward passes run so far")
+    batches: int = Field(description="forward passes run so far for /predict (a lone "
+                                     "request's own pass counts as a batch of 1)")
     images: int = Field(description="images in them")
     largest_batch: int
     mean_batch: float | None = None

@@ -8,9 +8,10 @@ from the same pass), then hands each request its own row.
 
 How long it gathers: at most ``max_batch`` images and at most ``max_wait_ms`` after the
 first, and it waits **only while other requests are still decoding** (they announce
-themselves on arrival, :meth:`Batcher.incoming`). A lone client therefore never waits: its
-image runs at once, as without batching. Under load the wait fills the batch with the
-requests already on their way.
+themselves on arrival, :meth:`Batcher.incoming`). A lone request (the model idle, no other
+request queued or decoding) runs at once in its own thread, as without batching: no wait,
+no hand-over to the batcher thread. Under load the wait fills the batch with the requests
+already on their way.
 
 Each answer is what the image alone would get: rows are computed independently by the
 network (no batch statistics at inference) and returned by position; the batched and the
@@ -105,9 +106,25 @@ class Batcher:
         if not self.enabled:
             with self.lock:
                 return self._rows(*self._run(image[None], meta))[0]
+        if self.lock.acquire(blocking=False):
+            try:
+                with self._count_lock:
+                    alone = self._incoming == 0 and self._queue.empty()
+                if alone:   # nobody to batch with: run here, no hand-over to the thread
+                    row = self._rows(*self._run(image[None], meta))[0]
+                    self._count([row])
+                    return row
+            finally:
+                self.lock.release()
         item = _Item(image, meta, Future())
         self._queue.put(item)
         return item.future.result()
+
+    def _count(self, rows: list) -> None:
+        with self._count_lock:
+            self.batches += 1
+            self.images += len(rows)
+            self.largest = max(self.largest, len(rows))
 
     # -- the batcher thread ---------------------------------------------------------------
     def _run(self, images: np.ndarray, meta: np.ndarray | None):
@@ -163,9 +180,7 @@ class Batcher:
                     else:
                         it.future.set_result(row)
                 continue
-            self.batches += 1
-            self.images += len(batch)
-            self.largest = max(self.largest, len(batch))
+            self._count(rows)
             for it, row in zip(batch, rows, strict=True):
                 it.future.set_result(row)
 
