@@ -141,3 +141,53 @@ def test_cpu_without_bf16_is_refused_clearly_and_auto_stays_exact(meta_checkpoin
     lm = cxrkit.load(meta_checkpoint, precision="auto")
     assert lm.precision["used"] == "onnxruntime"
     assert lm.precision["parity_max_abs_diff_probability"] <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported(phantom_run, tmp_path_factory):
+    """The shared phantom cnn4 run, exported once (``cxrkit export``)."""
+    import shutil
+
+    from cxrkit.export import export_onnx
+
+    run = shutil.copytree(phantom_run, tmp_path_factory.mktemp("ov_export") / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return export_onnx(run, n_phantoms=1)["path"]
+
+
+@pytest.mark.parametrize("engine", ["openvino", pytest.param("openvino-bf16", marks=needs_bf16)])
+def test_onnx_backend_on_openvino_matches_onnxruntime_with_ood(exported, nih_sample, engine):
+    """``cxrkit predict MODEL.onnx --precision openvino[-bf16]``: the exported file (its
+    preprocessing, thresholds, OOD record) run by OpenVINO, within its bound."""
+    from cxrkit.predict import load_model
+
+    path = exported
+    files = real_images(nih_sample, 3)
+    ort_model = load_model(path)
+    ov_model = load_model(path, precision=engine)
+    assert ov_model.engine == engine and ov_model.engine_record["openvino_precision"] == \
+        ("bf16" if engine.endswith("bf16") else "fp32")
+    assert ov_model.ood_record is not None and ov_model.findings == ort_model.findings
+    a, b = ort_model.predict(files), ov_model.predict(files)
+    f = list(ort_model.findings)
+    bound = BF16_PARITY_TOLERANCE if engine.endswith("bf16") else 1e-4
+    assert np.abs(a[f].to_numpy() - b[f].to_numpy()).max() <= bound
+    assert (a["ood_flag"] == b["ood_flag"]).all()
+    assert np.isfinite(b["ood_score"]).all()
+
+
+def test_onnx_backend_on_openvino_imports_no_torch(exported, tmp_path):
+    import subprocess
+
+    path = exported
+    code = ("import sys, numpy as np\n"
+            "from cxrkit.predict import load_model\n"
+            f"m = load_model({path!r}, precision='openvino')\n"
+            "z = m.logits_from_cached(np.zeros((2, 1) + (m.preprocessing.cache.size,) * 2, np.uint8))\n"
+            "print('SHAPE', z.shape, 'HEAVY', [k for k in ('torch', 'onnxruntime') if k in sys.modules])\n")
+    env = {**os.environ, "CXRKIT_CACHE": str(tmp_path / "cache"), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "HEAVY []" in proc.stdout, proc.stdout

@@ -53,6 +53,18 @@ class CacheRebuiltWarning(UserWarning):
     """A cached graph or compiled model was unusable (corrupt, truncated) and was rebuilt."""
 
 
+def cache_root() -> Path:
+    """cxrkit's cache folder: ``$CXRKIT_CACHE``, else ``$XDG_CACHE_HOME/cxrkit``
+    (``~/.cache/cxrkit``); graphs go to ``onnx/``, OpenVINO's compiled models to
+    ``openvino/``."""
+    import os
+
+    root = os.environ.get("CXRKIT_CACHE")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxrkit"
+    return Path(root)
+
+
 def import_openvino():
     """The ``openvino`` module, or :class:`OpenVinoUnavailable` with the install hint."""
     try:
@@ -107,8 +119,21 @@ class CompiledGraph:
             return [np.array(by_name[name], dtype=np.float32) for name in outputs]
 
 
-def compile_graph(path: str | Path, *, precision: str, cache: Path | None) -> CompiledGraph:
-    """Compile the ONNX file ``path`` for the CPU at ``precision`` ("fp32" or "bf16").
+def read_graph(path: str | Path):
+    """``(model, metadata)``: the ONNX file read by OpenVINO, and its ``metadata_props``
+    (key -> string; what ``cxrkit export`` records), without onnx or onnxruntime."""
+    ov = import_openvino()
+    model = ov.Core().read_model(str(path))
+    props = {}
+    if model.has_rt_info(["framework"]):
+        for key in model.get_rt_info()["framework"]:
+            props[key] = model.get_rt_info(["framework", key]).astype(str)
+    return model, props
+
+
+def compile_graph(path, *, precision: str, cache: Path | None) -> CompiledGraph:
+    """Compile the ONNX file ``path`` (or a model from :func:`read_graph`) for the CPU at
+    ``precision`` ("fp32" or "bf16").
 
     ``cache``: the folder OpenVINO keeps the compiled model in (one per graph and precision;
     None: no cache). Raises :class:`OpenVinoUnavailable` without OpenVINO and ``ValueError``
@@ -118,6 +143,7 @@ def compile_graph(path: str | Path, *, precision: str, cache: Path | None) -> Co
         raise ValueError(f"OpenVINO precision must be one of {OV_PRECISIONS}, got {precision!r}")
     ov = import_openvino()
     core = ov.Core()
+    model = str(path) if isinstance(path, (str, Path)) else path   # else read_graph's
     if precision == "bf16" and not cpu_has_bf16(core):
         raise ValueError("OpenVINO bf16: this CPU has no native bf16 (AVX512-BF16 or "
                          "AMX-BF16); use --precision openvino (fp32) or onnxruntime")
@@ -129,7 +155,7 @@ def compile_graph(path: str | Path, *, precision: str, cache: Path | None) -> Co
         had_blob = any(cache.glob("*.blob"))
         config["CACHE_DIR"] = str(cache)
     t = time.perf_counter()
-    compiled = core.compile_model(str(path), "CPU", config)
+    compiled = core.compile_model(model, "CPU", config)
     seconds = time.perf_counter() - t
     from_cache = False
     with contextlib.suppress(RuntimeError):
@@ -147,5 +173,5 @@ def compile_graph(path: str | Path, *, precision: str, cache: Path | None) -> Co
 
 
 __all__ = ["INSTALL_HINT", "OV_PRECISIONS", "CacheRebuiltWarning", "CompiledGraph",
-           "OpenVinoUnavailable", "compile_graph", "cpu_has_bf16", "cpuinfo_has_bf16",
-           "import_openvino"]
+           "OpenVinoUnavailable", "cache_root", "compile_graph", "cpu_has_bf16", "cpuinfo_has_bf16",
+           "import_openvino", "read_graph"]

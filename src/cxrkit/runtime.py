@@ -65,7 +65,7 @@ from cxrkit.artefacts import atomic_path, file_sha256, write_json
 from cxrkit.data.metadata import DEFAULT_META
 from cxrkit.engine.precision import Precision
 from cxrkit.ood.features import tap_features
-from cxrkit.openvino_engine import CacheRebuiltWarning, cpuinfo_has_bf16
+from cxrkit.openvino_engine import CacheRebuiltWarning, cache_root, cpuinfo_has_bf16
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,9 @@ def cpu_has_bf16() -> bool:
 
 
 def cache_dir() -> Path:
-    """Where exported network graphs are kept: ``$CXRKIT_CACHE``, else
-    ``$XDG_CACHE_HOME/cxrkit`` (``~/.cache/cxrkit``), subfolder ``onnx``."""
-    root = os.environ.get("CXRKIT_CACHE")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxrkit"
-    return Path(root) / "onnx"
+    """Where exported network graphs are kept: ``onnx/`` under
+    :func:`cxrkit.openvino_engine.cache_root` (``$CXRKIT_CACHE``, else ``~/.cache/cxrkit``)."""
+    return cache_root() / "onnx"
 
 
 @contextlib.contextmanager
@@ -343,7 +340,7 @@ def _open(g: _Graph, engine: str, requested: str) -> Forward:
     from cxrkit.openvino_engine import compile_graph
 
     ov_precision = "bf16" if engine == "openvino-bf16" else "fp32"
-    cache = cache_dir().parent / "openvino" / f"{g.path.stem}-{ov_precision}"
+    cache = cache_root() / "openvino" / f"{g.path.stem}-{ov_precision}"
     compiled = compile_graph(g.path, precision=ov_precision, cache=cache)
     return OpenVinoForward(engine, requested, dict(compiled.record), graph=compiled,
                            metadata=g.lm.metadata)
