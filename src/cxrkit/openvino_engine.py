@@ -154,6 +154,9 @@ def compile_graph(path, *, precision: str, cache: Path | None) -> CompiledGraph:
         cache.mkdir(parents=True, exist_ok=True)
         had_blob = any(cache.glob("*.blob"))
         config["CACHE_DIR"] = str(cache)
+    if not had_blob:
+        log.info("compiling the graph for OpenVINO %s once (a few seconds for DenseNet121)%s",
+                 precision, "" if cache is None else f"; later runs load it from {cache}")
     t = time.perf_counter()
     compiled = core.compile_model(model, "CPU", config)
     seconds = time.perf_counter() - t
