@@ -20,7 +20,8 @@ import cxrkit
 from cxrkit.cli import app
 from cxrkit.runtime import BF16_PARITY_TOLERANCE
 
-from test_export import make_checkpoint, real_images
+from test_export import real_images
+from test_runtime import _images, meta_checkpoint, onnx_cache  # noqa: F401 (fixtures)
 
 openvino = pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
 
@@ -33,27 +34,7 @@ def _ov_bf16() -> bool:
 needs_bf16 = pytest.mark.skipif(not _ov_bf16(), reason="this CPU has no native bf16")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def graph_cache(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ov_cache")
-    old = os.environ.get("CXRKIT_CACHE")
-    os.environ["CXRKIT_CACHE"] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop("CXRKIT_CACHE")
-    else:
-        os.environ["CXRKIT_CACHE"] = old
-
-
-@pytest.fixture(scope="module")
-def meta_checkpoint(tmp_path_factory):
-    """A random cnn4 that takes patient metadata (the graph has two inputs)."""
-    return make_checkpoint(tmp_path_factory.mktemp("ov"), "cnn4", cache=48, input_size=40,
-                           model_kw={"meta_features": 4})
-
-
-def _images(n=5, size=48):
-    return np.random.default_rng(0).integers(0, 256, (n, 1, size, size), dtype=np.uint8)
+pytestmark = pytest.mark.usefixtures("onnx_cache")   # graphs in a temporary folder
 
 
 @pytest.mark.parametrize("precision", ["openvino", pytest.param("openvino-bf16", marks=needs_bf16)])
@@ -62,7 +43,8 @@ def test_openvino_matches_fp32_with_features_for_every_tta(meta_checkpoint, prec
     ref = cxrkit.load(meta_checkpoint, precision="fp32")
     fast = cxrkit.load(meta_checkpoint, precision=precision)
     rec = fast.precision
-    assert rec["used"] == precision and rec["openvino_precision"] == precision[9:] or "fp32"
+    assert rec["used"] == precision
+    assert rec["openvino_precision"] == ("bf16" if precision.endswith("bf16") else "fp32")
     bound = BF16_PARITY_TOLERANCE if precision.endswith("bf16") else 1e-4
     assert rec["parity_max_abs_diff_probability"] <= bound
     for tta in ("none", "flip", "tencrop"):

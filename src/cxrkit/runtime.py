@@ -177,11 +177,17 @@ class OrtForward(Forward):
     metadata: bool = False
 
     def __call__(self, x, meta):
-        feeds = {"x": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
-        if self.metadata:
-            feeds["meta"] = np.ascontiguousarray(meta.detach().cpu().numpy(), dtype=np.float32)
-        logits, features = self.session.run(["logits", "features"], feeds)
+        logits, features = self.session.run(["logits", "features"],
+                                            _feeds(x, meta, self.metadata))
         return torch.from_numpy(logits), torch.from_numpy(features)
+
+
+def _feeds(x: torch.Tensor, meta: torch.Tensor | None, metadata: bool) -> dict:
+    """The cached graph's inputs as contiguous float32 numpy arrays."""
+    feeds = {"x": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+    if metadata:
+        feeds["meta"] = np.ascontiguousarray(meta.detach().cpu().numpy(), dtype=np.float32)
+    return feeds
 
 
 class _Network(torch.nn.Module):
@@ -468,10 +474,7 @@ class OpenVinoForward(Forward):
     metadata: bool = False
 
     def __call__(self, x, meta):
-        feeds = {"x": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
-        if self.metadata:
-            feeds["meta"] = np.ascontiguousarray(meta.detach().cpu().numpy(), dtype=np.float32)
-        logits, features = self.graph.run(feeds, ["logits", "features"])
+        logits, features = self.graph.run(_feeds(x, meta, self.metadata), ["logits", "features"])
         return torch.from_numpy(logits), torch.from_numpy(features)
 
 
