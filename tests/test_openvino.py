@@ -79,10 +79,10 @@ def test_openvino_bf16_parity_on_real_images(phantom_run, nih_sample):
 
 @needs_bf16
 def test_auto_picks_openvino_bf16_and_says_so(meta_checkpoint, caplog):
-    from cxrkit import runtime
+    from cxrkit import openvino_engine
 
-    runtime._SAID.clear()
-    with caplog.at_level(logging.INFO, logger="cxrkit.runtime"):
+    openvino_engine._SAID.clear()
+    with caplog.at_level(logging.INFO, logger="cxrkit.openvino_engine"):
         lm = cxrkit.load(meta_checkpoint, precision="auto")
     assert lm.precision["used"] == "openvino-bf16" and lm.precision["requested"] == "auto"
     assert "OpenVINO bf16" in lm.precision["why"]
@@ -95,15 +95,15 @@ def _no_openvino(monkeypatch):
 
 def test_openvino_missing_is_a_clear_message_and_auto_falls_back(meta_checkpoint, monkeypatch,
                                                                  caplog):
-    from cxrkit import runtime
+    from cxrkit import openvino_engine
     from cxrkit.openvino_engine import OpenVinoUnavailable
 
     _no_openvino(monkeypatch)
     with pytest.raises(OpenVinoUnavailable, match=r"not installed.*cxrkit\[openvino\]"):
         cxrkit.load(meta_checkpoint, precision="openvino")
-    runtime._SAID.clear()
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
-    with caplog.at_level(logging.INFO, logger="cxrkit.runtime"):
+    openvino_engine._SAID.clear()
+    monkeypatch.setattr(openvino_engine, "cpuinfo_has_bf16", lambda: True)
+    with caplog.at_level(logging.INFO, logger="cxrkit.openvino_engine"):
         lm = cxrkit.load(meta_checkpoint, precision="auto")
     assert lm.precision["used"] == "onnxruntime"
     assert "OpenVINO is not installed" in lm.precision["why"]
@@ -173,3 +173,51 @@ def test_onnx_backend_on_openvino_imports_no_torch(exported, tmp_path):
                           timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HEAVY []" in proc.stdout, proc.stdout
+
+
+def test_predict_on_a_checkpoint_runs_torch_free_after_its_first_run(phantom_run, nih_sample,
+                                                                     tmp_path, monkeypatch,
+                                                                     caplog):
+    """The defaults (auto, CPU, no TTA): the first run builds the cached export and says so;
+    later runs load it in auto's engine without torch, within auto's bound of fp32."""
+    import shutil
+    import subprocess
+
+    from cxrkit.fast_predict import graph_path, load_fast
+    from cxrkit.predict import load_model
+
+    monkeypatch.setenv("CXRKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CXRKIT_PRECISION")
+    run = shutil.copytree(phantom_run, tmp_path / "run")
+    with caplog.at_level(logging.INFO):
+        fast = load_model(run)
+    assert "first run of" in caplog.text and "without torch" in caplog.text
+    assert fast.source == run / "best.pt" and "torch-free" in fast.backend
+    assert graph_path(fast.record["checkpoint_sha256"]).exists()
+    files = real_images(nih_sample, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = cxrkit.load(run, precision="fp32").predict(files)
+        got = fast.predict(files)
+    f = list(fast.findings)
+    assert np.abs(got[f].to_numpy() - ref[f].to_numpy()).max() <= BF16_PARITY_TOLERANCE
+    assert (got["ood_flag"] == ref["ood_flag"]).all()
+    assert load_model(run, tta="flip").backend == "torch"            # TTA: the torch path
+    assert load_model(run, precision="onnxruntime").backend == "torch"
+    code = ("import sys\nfrom cxrkit.predict import load_model\n"
+            f"m = load_model({str(run)!r})\n"
+            f"m.predict([{str(files[0])!r}])\n"
+            "print('BACKEND', m.backend, 'HEAVY', [k for k in ('torch', 'timm') if k in sys.modules])\n")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "HEAVY []" in proc.stdout and "torch-free" in proc.stdout, proc.stdout
+    # a damaged cached export is built again, and said (issue 19, item 14)
+    from cxrkit.openvino_engine import CacheRebuiltWarning
+
+    path = graph_path(fast.record["checkpoint_sha256"])
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.warns(CacheRebuiltWarning, match="cached export .* is unusable"):
+        again = load_fast(run)
+    assert np.abs(again.predict(files)[f].to_numpy() - got[f].to_numpy()).max() <= 1e-6

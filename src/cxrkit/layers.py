@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "evaluate": 7,     # metrics with CIs, report, compare
     "predict": 7,      # files -> probabilities
     "export": 7,       # ONNX export and backend
+    "fast_predict": 7,  # predict from a checkpoint's cached export, torch-free
     # 8-9: front ends
     "serve": 8,        # the web service
     "cli": 9,          # the Typer shell

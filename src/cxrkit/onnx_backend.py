@@ -47,7 +47,11 @@ class OnnxModel(Predictor):
     backend = "onnx"
 
     def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None,
-                 thresholds_file: str | Path | None = None, engine: str = "onnxruntime"):
+                 thresholds_file: str | Path | None = None, engine: str = "onnxruntime",
+                 thresholds_beside: str | Path | None = None, source: str | Path | None = None):
+        """``thresholds_beside``: the folder whose ``thresholds.json`` is looked for (default:
+        the file's); ``source``: the file reported as the model's source (default: this
+        one; :mod:`cxrkit.fast_predict` gives the checkpoint its cached export came from)."""
         if engine not in ENGINES:
             raise ValueError(f"the ONNX backend's engine must be one of {', '.join(ENGINES)}, "
                              f"got {engine!r}")
@@ -55,6 +59,8 @@ class OnnxModel(Predictor):
         if not self.path.exists():
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
         self.engine = engine
+        self._beside = Path(thresholds_beside) if thresholds_beside else self.path.parent
+        self._source = Path(source) if source else self.path
         props = self._open(providers)
         missing = [k for k in META_KEYS if f"cxrkit.{k}" not in props]
         if missing:
@@ -109,7 +115,7 @@ class OnnxModel(Predictor):
         return props
 
     def _thresholds(self):
-        found = find_thresholds(self.path.parent, self.findings,
+        found = find_thresholds(self._beside, self.findings,
                                 lambda: self.record["checkpoint_sha256"], self.thresholds_file)
         if found is not None:
             return found.values, found.source, found.tta
@@ -125,7 +131,7 @@ class OnnxModel(Predictor):
 
     @property
     def source(self) -> Path:
-        return self.path
+        return self._source
 
     def forward_cached(self, images, meta=None, *, tta: str = "none"):
         """``uint8`` ``(B, 1, S, S)`` -> ``(logits (B, F), pooled features (B, D) or None)``

@@ -367,14 +367,20 @@ def _thresholds(model) -> np.ndarray:
 
 
 def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | None = None,
-               thresholds: str | Path | None = None, precision: str | None = None):
+               thresholds: str | Path | None = None, precision: str | None = None,
+               tta: str = "none"):
     """A checkpoint for prediction: ``backend`` "torch" (``cxrkit.load``), "onnx" (the
     ``.onnx`` export; a run folder or ``.pt`` finds the ``.onnx`` beside it) or "auto"
     (onnx for a ``.onnx`` path, else torch). ``precision``: the torch backend's
     (:mod:`cxrkit.runtime`); the ONNX backend runs onnxruntime fp32 (auto, fp32 or
     onnxruntime: start-up matters most there), ``openvino`` or ``openvino-bf16``, all
-    without torch."""
+    without torch. A checkpoint with the defaults (backend and precision auto, the CPU,
+    ``tta`` "none") runs torch-free from its cached export (:mod:`cxrkit.fast_predict`)."""
     path = Path(checkpoint)
+    from cxrkit.fast_predict import load_fast, wants_fast_path
+
+    if wants_fast_path(path, backend=backend, precision=precision, device=device, tta=tta):
+        return load_fast(path, thresholds=thresholds)
     if backend == "auto":
         backend = "onnx" if path.suffix.lower() == ".onnx" else "torch"
     if backend == "onnx":

@@ -65,7 +65,8 @@ from cxrkit.artefacts import atomic_path, file_sha256, write_json
 from cxrkit.data.metadata import DEFAULT_META
 from cxrkit.engine.precision import Precision
 from cxrkit.ood.features import tap_features
-from cxrkit.openvino_engine import CacheRebuiltWarning, cache_root, cpuinfo_has_bf16
+from cxrkit.openvino_engine import (BF16_TOLERANCE, CacheRebuiltWarning, auto_choice, cache_root,
+                                     cpuinfo_has_bf16, say_once)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ PARITY_TOLERANCE = 1e-4
 #: Largest accepted |probability(OpenVINO bf16) - probability(torch fp32)| on the load-time
 #: check: the issue's bound for the default precision. Measured for DenseNet121 at 224 px:
 #: 1.7e-3 to 2.8e-3 on random inputs, see the README "Fast inference" for real images.
-BF16_PARITY_TOLERANCE = 5e-3
+BF16_PARITY_TOLERANCE = BF16_TOLERANCE
 #: ONNX opset of the cached network graphs.
 OPSET = 18
 
@@ -392,16 +393,6 @@ def onnxruntime_forward(lm, *, requested: str = "onnxruntime") -> Forward:
     return graph_forward(lm, "onnxruntime", requested=requested)
 
 
-def _openvino_state() -> tuple[bool, bool, str]:
-    """(OpenVINO importable, it runs bf16 natively here, why not) without raising."""
-    from cxrkit.openvino_engine import OpenVinoUnavailable, cpu_has_bf16 as ov_bf16
-
-    try:
-        return True, ov_bf16(), "this CPU has no native bf16 (AVX512-BF16 or AMX-BF16)"
-    except OpenVinoUnavailable as e:
-        return False, False, str(e)
-
-
 def choose_forward(lm, precision: str | None = None) -> Forward:
     """The :class:`Forward` for ``lm`` and ``precision`` (see the module docstring)."""
     requested = default_precision(precision)
@@ -417,9 +408,9 @@ def choose_forward(lm, precision: str | None = None) -> Forward:
         why = ("not measured on this device" if dev.type != "cpu"
                else "no checkpoint file to key the ONNX cache")
         return EagerForward("fp32", "auto", {"why": why}, model=lm.model, device=dev)
-    has_ov, ov_bf16, why_not = _openvino_state()
-    engines = ["openvino-bf16"] if ov_bf16 else []
-    engines.append("onnxruntime")
+    choice = auto_choice()
+    engines = ["openvino-bf16", "onnxruntime"] if choice.engine == "openvino-bf16" else [
+        "onnxruntime"]
     for engine in engines:
         try:
             fwd = graph_forward(lm, engine, requested="auto")
@@ -428,41 +419,12 @@ def choose_forward(lm, precision: str | None = None) -> Forward:
                           f"trying {'onnxruntime' if engine != 'onnxruntime' else 'torch fp32'}",
                           RuntimeWarning, stacklevel=3)
             continue
-        if engine == "openvino-bf16":
-            fwd.record["why"] = (f"auto on a CPU with native bf16: OpenVINO bf16, checked "
-                                 f"within {BF16_PARITY_TOLERANCE:g} of fp32 in probability "
-                                 "(--precision onnxruntime: within 1e-4)")
-        elif ov_bf16 or has_ov:
-            fwd.record["why"] = ("auto without native bf16: onnxruntime fp32 (OpenVINO fp32 "
-                                 "measured no faster)" if not ov_bf16 else
-                                 "auto: OpenVINO bf16 failed for this model")
-        else:
-            fwd.record["why"] = f"auto: onnxruntime fp32; OpenVINO: {why_not}"
-        _say_choice(fwd, cpu_bf16=cpu_has_bf16(), has_ov=has_ov)
+        same = engine == choice.engine
+        fwd.record["why"] = choice.why if same else "auto: OpenVINO bf16 failed for this model"
+        say_once(choice.say if same else None)
         return fwd
     return EagerForward("fp32", "auto", {"why": "onnxruntime and OpenVINO failed"},
                         model=lm.model, device=dev)
-
-
-_SAID: set[str] = set()
-
-
-def _say_choice(fwd: Forward, *, cpu_bf16: bool, has_ov: bool) -> None:
-    """Say once per process what ``auto`` chose when it is not the exact-and-fastest
-    choice: bf16 (less exact) or onnxruntime where OpenVINO bf16 would be faster."""
-    if fwd.precision == "openvino-bf16":
-        msg = (f"precision auto: OpenVINO bf16 (probabilities within "
-               f"{BF16_PARITY_TOLERANCE:g} of fp32; --precision onnxruntime for fp32, "
-               "about 2x slower here)")
-    elif cpu_bf16 and not has_ov:
-        msg = ("precision auto: onnxruntime fp32; OpenVINO is not installed, and this CPU "
-               "runs DenseNet121 about 2x faster with it in bf16: pip install "
-               "'cxrkit[openvino]'")
-    else:
-        return
-    if msg not in _SAID:
-        _SAID.add(msg)
-        log.info("%s", msg)
 
 
 @dataclass

@@ -45,7 +45,7 @@ def predict(
     if out is not None:
         _run(check_writable, out)  # before the work, not after it
     model = _run(load_model, checkpoint, backend=backend, device=device, thresholds=thresholds,
-                 precision=precision)
+                 precision=precision, tta=tta)
     inputs = collect_inputs(paths)
     result = _run(predict_files, model, inputs, tta=tta, batch_size=batch_size,
                   progress=progress, metadata=metadata)
