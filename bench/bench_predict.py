@@ -94,7 +94,7 @@ def throughput(ck: Path, files: list[Path], args) -> list[dict]:
     for name in names:
         load_s[name], models[name] = timed(lambda n=name: load(ck, precision=n))
     auto = load(ck, precision="auto").precision["used"]
-    data = load_held_out(models["fp32"])
+    data = load_held_out(models["fp32"], args.prepared)
     if args.test_images:  # a quick look: the first N test images by name
         test = data.split.loc[data.split["split"] == "test", "image_id"]
         keep = set(sorted(set(test) & set(data.prepared.cache.ids))[:args.test_images])
@@ -288,6 +288,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, help="a trained DenseNet121 run (else trains one)")
     ap.add_argument("--train-epochs", type=int, default=1)
+    ap.add_argument("--prepared", type=Path, help="the checkpoint's prepared folder, where it "
+                    "has moved (default: the one its config names)")
     ap.add_argument("--images", type=int, default=128, help="PNG files for the predict stage")
     ap.add_argument("--test-images", type=int, default=0,
                     help="evaluate only the first N test-list images (0: all 785)")
