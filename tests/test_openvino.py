@@ -1,4 +1,4 @@
-"""The OpenVINO precisions (cxrkit.openvino_engine, cxrkit.runtime): parity with torch fp32
+"""The OpenVINO precisions (cxrkit.inference.openvino_engine, cxrkit.runtime): parity with torch fp32
 on phantoms and real images, what ``auto`` picks and says, OpenVINO missing, no bf16.
 
 The suite runs with ``CXRKIT_PRECISION=fp32`` (conftest); these tests ask for each path
@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import cxrkit
 from cxrkit.cli import app
-from cxrkit.runtime import BF16_PARITY_TOLERANCE
+from cxrkit.inference.runtime import BF16_PARITY_TOLERANCE
 
 from test_export import real_images
 from test_runtime import _images, meta_checkpoint, onnx_cache  # noqa: F401 (fixtures)
@@ -27,7 +27,7 @@ openvino = pytest.importorskip("openvino", reason="OpenVINO is an optional extra
 
 
 def _ov_bf16() -> bool:
-    from cxrkit.openvino_engine import cpu_has_bf16
+    from cxrkit.inference.openvino_engine import cpu_has_bf16
     return cpu_has_bf16()
 
 
@@ -79,10 +79,10 @@ def test_openvino_bf16_parity_on_real_images(phantom_run, nih_sample):
 
 @needs_bf16
 def test_auto_picks_openvino_bf16_and_says_so(meta_checkpoint, caplog):
-    from cxrkit import openvino_engine
+    from cxrkit.inference import openvino_engine
 
     openvino_engine._SAID.clear()
-    with caplog.at_level(logging.INFO, logger="cxrkit.openvino_engine"):
+    with caplog.at_level(logging.INFO, logger="cxrkit.inference.openvino_engine"):
         lm = cxrkit.load(meta_checkpoint, precision="auto")
     assert lm.precision["used"] == "openvino-bf16" and lm.precision["requested"] == "auto"
     assert "OpenVINO bf16" in lm.precision["why"]
@@ -95,15 +95,15 @@ def _no_openvino(monkeypatch):
 
 def test_openvino_missing_is_a_clear_message_and_auto_falls_back(meta_checkpoint, monkeypatch,
                                                                  caplog):
-    from cxrkit import openvino_engine
-    from cxrkit.openvino_engine import OpenVinoUnavailable
+    from cxrkit.inference import openvino_engine
+    from cxrkit.inference.openvino_engine import OpenVinoUnavailable
 
     _no_openvino(monkeypatch)
     with pytest.raises(OpenVinoUnavailable, match=r"not installed.*cxrkit\[openvino\]"):
         cxrkit.load(meta_checkpoint, precision="openvino")
     openvino_engine._SAID.clear()
     monkeypatch.setattr(openvino_engine, "cpuinfo_has_bf16", lambda: True)
-    with caplog.at_level(logging.INFO, logger="cxrkit.openvino_engine"):
+    with caplog.at_level(logging.INFO, logger="cxrkit.inference.openvino_engine"):
         lm = cxrkit.load(meta_checkpoint, precision="auto")
     assert lm.precision["used"] == "onnxruntime"
     assert "OpenVINO is not installed" in lm.precision["why"]
@@ -115,7 +115,7 @@ def test_openvino_missing_is_a_clear_message_and_auto_falls_back(meta_checkpoint
 
 
 def test_cpu_without_bf16_is_refused_clearly_and_auto_stays_exact(meta_checkpoint, monkeypatch):
-    from cxrkit import openvino_engine
+    from cxrkit.inference import openvino_engine
 
     monkeypatch.setattr(openvino_engine, "cpuinfo_has_bf16", lambda: False)
     with pytest.raises(ValueError, match="no native bf16"):
@@ -130,7 +130,7 @@ def exported(phantom_run, tmp_path_factory):
     """The shared phantom cnn4 run, exported once (``cxrkit export``)."""
     import shutil
 
-    from cxrkit.export import export_onnx
+    from cxrkit.inference.export import export_onnx
 
     run = shutil.copytree(phantom_run, tmp_path_factory.mktemp("ov_export") / "run")
     with warnings.catch_warnings():
@@ -142,7 +142,7 @@ def exported(phantom_run, tmp_path_factory):
 def test_onnx_backend_on_openvino_matches_onnxruntime_with_ood(exported, nih_sample, engine):
     """``cxrkit predict MODEL.onnx --precision openvino[-bf16]``: the exported file (its
     preprocessing, thresholds, OOD record) run by OpenVINO, within its bound."""
-    from cxrkit.predict import load_model
+    from cxrkit.inference.predict import load_model
 
     path = exported
     files = real_images(nih_sample, 3)
@@ -164,7 +164,7 @@ def test_onnx_backend_on_openvino_imports_no_torch(exported, tmp_path):
 
     path = exported
     code = ("import sys, numpy as np\n"
-            "from cxrkit.predict import load_model\n"
+            "from cxrkit.inference.predict import load_model\n"
             f"m = load_model({path!r}, precision='openvino')\n"
             "z = m.logits_from_cached(np.zeros((2, 1) + (m.preprocessing.cache.size,) * 2, np.uint8))\n"
             "print('SHAPE', z.shape, 'HEAVY', [k for k in ('torch', 'onnxruntime') if k in sys.modules])\n")
@@ -183,8 +183,8 @@ def test_predict_on_a_checkpoint_runs_torch_free_after_its_first_run(phantom_run
     import shutil
     import subprocess
 
-    from cxrkit.fast_predict import graph_path, load_fast
-    from cxrkit.predict import load_model
+    from cxrkit.inference.fast_predict import graph_path, load_fast
+    from cxrkit.inference.predict import load_model
 
     monkeypatch.setenv("CXRKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("CXRKIT_PRECISION")
@@ -204,7 +204,7 @@ def test_predict_on_a_checkpoint_runs_torch_free_after_its_first_run(phantom_run
     assert (got["ood_flag"] == ref["ood_flag"]).all()
     assert load_model(run, tta="flip").backend == "torch"            # TTA: the torch path
     assert load_model(run, precision="onnxruntime").backend == "torch"
-    code = ("import sys\nfrom cxrkit.predict import load_model\n"
+    code = ("import sys\nfrom cxrkit.inference.predict import load_model\n"
             f"m = load_model({str(run)!r})\n"
             f"m.predict([{str(files[0])!r}])\n"
             "print('BACKEND', m.backend, 'HEAVY', [k for k in ('torch', 'timm') if k in sys.modules])\n")
@@ -214,7 +214,7 @@ def test_predict_on_a_checkpoint_runs_torch_free_after_its_first_run(phantom_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HEAVY []" in proc.stdout and "torch-free" in proc.stdout, proc.stdout
     # a damaged cached export is built again, and said (issue 19, item 14)
-    from cxrkit.openvino_engine import CacheRebuiltWarning
+    from cxrkit.inference.openvino_engine import CacheRebuiltWarning
 
     path = graph_path(fast.record["checkpoint_sha256"])
     path.write_bytes(path.read_bytes()[:1000])

@@ -1,6 +1,6 @@
 """Issue 19, item 14: a corrupted cached graph is detected, rebuilt, and the user told.
 
-The fast CPU path caches each checkpoint's network as an ONNX graph (cxrkit.runtime) and
+The fast CPU path caches each checkpoint's network as an ONNX graph (cxrkit.inference.runtime) and
 OpenVINO's compiled model beside it. A truncated graph used to break every later
 ``predict``/``evaluate`` with onnxruntime's ``InvalidProtobuf``; a graph with flipped bytes
 would have loaded and silently given other probabilities.
@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import cxrkit
 from cxrkit.cli import app
-from cxrkit.openvino_engine import CacheRebuiltWarning
+from cxrkit.inference.openvino_engine import CacheRebuiltWarning
 
 from test_export import make_checkpoint
 

@@ -11,9 +11,9 @@ import typer
 
 from cxrkit.artefacts import WriteError
 from cxrkit.messages import shorten
-from cxrkit.openvino_engine import OpenVinoUnavailable
+from cxrkit.inference.openvino_engine import OpenVinoUnavailable
 
-#: ``--precision`` of every command that runs a torch checkpoint forward (cxrkit.runtime).
+#: ``--precision`` of every command that runs a torch checkpoint forward (cxrkit.inference.runtime).
 PRECISION_HELP = ("Forward pass: auto (CPU: OpenVINO bf16 where the CPU has bf16 and OpenVINO "
                   "is installed, within 5e-3 of fp32; else onnxruntime, within 1e-4) | fp32 "
                   "(torch fp32 eager, the reference) | bf16 (torch autocast + channels_last) | "

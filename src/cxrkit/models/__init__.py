@@ -4,7 +4,7 @@ Registration happens in the family files imported below (explicitly: importing t
 package is what registers every model, and nothing else does).
 """
 
-from cxrkit.models import attention, backbones, cnn  # noqa: F401  (registers the models)
+from cxrkit.models import attention, backbones, cnn, published  # noqa: F401  (registers the models)
 from cxrkit.models.attention import GaussianAttentionNet, box_attention_loss
 from cxrkit.models.base import ClassifierHead, CXRModel
 from cxrkit.models.freeze import FREEZE_POLICIES, apply_freeze, parameter_layers
@@ -16,6 +16,7 @@ from cxrkit.models.registry import (
     create_model,
     list_models,
     register_model,
+    uses_box_priors,
 )
 from cxrkit.models.weights import PretrainedWeightsError
 
@@ -23,5 +24,5 @@ __all__ = [
     "CHANS_POLICIES", "FREEZE_POLICIES", "ClassifierHead", "CXRModel", "CXRModelConfig",
     "GaussianAttentionNet", "PretrainedWeightsError", "UnknownModelError", "apply_freeze",
     "box_attention_loss", "create_model", "fit_box_priors", "list_models", "parameter_layers",
-    "register_model",
+    "register_model", "uses_box_priors",
 ]

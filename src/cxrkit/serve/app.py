@@ -50,10 +50,10 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrkit.data.metadata import FIELDS, parse_age, parse_sex, parse_view
-from cxrkit.inference import TTA_MODES, LoadedModel, load
+from cxrkit.inference.core import TTA_MODES, LoadedModel, load
 from cxrkit.messages import quote
 from cxrkit.metrics import sigmoid
-from cxrkit.predictor import OodMissingWarning
+from cxrkit.inference.predictor import OodMissingWarning
 from cxrkit.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Batcher
 from cxrkit.serve.uploads import (DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS,
                                   DecodedUpload, UploadError, decode_upload)
@@ -358,7 +358,7 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
     largest image (width x height), checked from the header before decoding. ``tta``:
     test-time augmentation for every request (see :mod:`cxrkit.inference`).
     ``device``/``thresholds``/``precision``: passed to :func:`cxrkit.inference.load` for a
-    path (``precision``: see :mod:`cxrkit.runtime`). ``max_batch``/``max_wait_ms``:
+    path (``precision``: see :mod:`cxrkit.inference.runtime`). ``max_batch``/``max_wait_ms``:
     concurrent ``/predict`` requests gathered into one forward pass
     (:mod:`cxrkit.serve.batching`; ``max_batch=1``: one pass per request).
     """

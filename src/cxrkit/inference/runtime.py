@@ -10,7 +10,7 @@ whose network call is a :class:`Forward` chosen here from ``precision``:
                    with AVX512-BF16 / AMX-BF16.
 ``onnxruntime``    the network exported once to ONNX (fp32) and run by onnxruntime on the
                    CPU, within :data:`PARITY_TOLERANCE` (1e-4) of fp32 in probability.
-``openvino``       the same graph compiled by OpenVINO (:mod:`cxrkit.openvino_engine`,
+``openvino``       the same graph compiled by OpenVINO (:mod:`cxrkit.inference.openvino_engine`,
                    optional extra ``cxrkit[openvino]``), fp32: within 1e-4 too.
 ``openvino-bf16``  OpenVINO with bf16 inference precision, on a CPU with native bf16:
                    within :data:`BF16_PARITY_TOLERANCE` (5e-3) of fp32 in probability.
@@ -65,7 +65,7 @@ from cxrkit.artefacts import atomic_path, file_sha256, write_json
 from cxrkit.data.metadata import DEFAULT_META
 from cxrkit.engine.precision import Precision
 from cxrkit.ood.features import tap_features
-from cxrkit.openvino_engine import (BF16_TOLERANCE, CacheRebuiltWarning, auto_choice, cache_root,
+from cxrkit.inference.openvino_engine import (BF16_TOLERANCE, CacheRebuiltWarning, auto_choice, cache_root,
                                      cpuinfo_has_bf16, say_once)
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "onnxruntime", "openvino", "openvino-bf16"
 PRECISION_ENV = "CXRKIT_PRECISION"
 #: Largest accepted |probability(onnxruntime) - probability(torch fp32)| on the load-time
 #: check (random inputs at the model's input size). The same 1e-4 as ``cxrkit export``
-#: (:data:`cxrkit.export.PROBABILITY_TOLERANCE`; measured 1.2e-7 for DenseNet121).
+#: (:data:`cxrkit.inference.export.PROBABILITY_TOLERANCE`; measured 1.2e-7 for DenseNet121).
 PARITY_TOLERANCE = 1e-4
 #: Largest accepted |probability(OpenVINO bf16) - probability(torch fp32)| on the load-time
 #: check: the issue's bound for the default precision. Measured for DenseNet121 at 224 px:
@@ -112,7 +112,7 @@ def cpu_has_bf16() -> bool:
 
 def cache_dir() -> Path:
     """Where exported network graphs are kept: ``onnx/`` under
-    :func:`cxrkit.openvino_engine.cache_root` (``$CXRKIT_CACHE``, else ``~/.cache/cxrkit``)."""
+    :func:`cxrkit.inference.openvino_engine.cache_root` (``$CXRKIT_CACHE``, else ``~/.cache/cxrkit``)."""
     return cache_root() / "onnx"
 
 
@@ -344,7 +344,7 @@ def _open(g: _Graph, engine: str, requested: str) -> Forward:
         session = ort.InferenceSession(str(g.path), providers=["CPUExecutionProvider"])
         return OrtForward("onnxruntime", requested, {"onnxruntime": ort.__version__},
                           session=session, metadata=g.lm.metadata)
-    from cxrkit.openvino_engine import compile_graph
+    from cxrkit.inference.openvino_engine import compile_graph
 
     ov_precision = "bf16" if engine == "openvino-bf16" else "fp32"
     cache = cache_root() / "openvino" / f"{g.path.stem}-{ov_precision}"
@@ -361,7 +361,7 @@ def graph_forward(lm, engine: str, *, requested: str | None = None) -> Forward:
     that the engine cannot read is exported again (:class:`CacheRebuiltWarning`). Raises
     ``RuntimeError`` when the export fails or the outputs differ from torch fp32 by more
     than the tolerance, ``ValueError`` for a model not on the CPU or without a checkpoint
-    file (and for bf16 on a CPU without it), :class:`cxrkit.openvino_engine.OpenVinoUnavailable`
+    file (and for bf16 on a CPU without it), :class:`cxrkit.inference.openvino_engine.OpenVinoUnavailable`
     without OpenVINO.
     """
     if lm.device.type != "cpu":
@@ -430,7 +430,7 @@ def choose_forward(lm, precision: str | None = None) -> Forward:
 @dataclass
 class OpenVinoForward(Forward):
     """The network as an ONNX graph compiled by OpenVINO (CPU), fp32 or bf16
-    (:mod:`cxrkit.openvino_engine`)."""
+    (:mod:`cxrkit.inference.openvino_engine`)."""
 
     graph: object = None
     metadata: bool = False

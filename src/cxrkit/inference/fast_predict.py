@@ -6,16 +6,16 @@ auto``, the CPU, no test-time augmentation, ``--backend auto`` on a ``.pt`` or r
 :func:`load_fast` runs the checkpoint as ``cxrkit export`` would export it (the graph takes
 the cache-stage image and holds the tensor stage, the network, the features and the OOD
 record; :mod:`cxrkit.export`), from a cache keyed by the checkpoint's sha256, in the
-engine ``auto`` picks on this CPU (:func:`cxrkit.openvino_engine.auto_choice`: OpenVINO bf16
+engine ``auto`` picks on this CPU (:func:`cxrkit.inference.openvino_engine.auto_choice`: OpenVINO bf16
 or onnxruntime). Later runs import neither torch nor timm.
 
 The first run of a checkpoint builds that graph (torch is imported then) and says so: what
 it builds, why it waits, where it is kept. The export is checked against torch fp32 by
 :func:`cxrkit.export.export_onnx` (onnxruntime within 1e-4); the OpenVINO bf16 engine is then
-checked against it on the same phantoms (within :data:`~cxrkit.openvino_engine.BF16_TOLERANCE`),
+checked against it on the same phantoms (within :data:`~cxrkit.inference.openvino_engine.BF16_TOLERANCE`),
 once per engine version, recorded in ``<graph>.check.json`` with the graph's sha256. A
 cached graph whose bytes no longer match, or that the engine cannot read, is built again
-with a :class:`~cxrkit.openvino_engine.CacheRebuiltWarning`.
+with a :class:`~cxrkit.inference.openvino_engine.CacheRebuiltWarning`.
 
 Thresholds come from the run folder as for the torch backend (``thresholds.json`` written
 for this checkpoint's sha256, or ``--thresholds``).
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.artefacts import RunFolder, file_sha256, resolve_checkpoint, write_json
-from cxrkit.onnx_backend import OnnxModel
-from cxrkit.openvino_engine import (BF16_TOLERANCE, CacheRebuiltWarning, auto_choice,
+from cxrkit.inference.onnx_backend import OnnxModel
+from cxrkit.inference.openvino_engine import (BF16_TOLERANCE, CacheRebuiltWarning, auto_choice,
                                     cache_root, say_once)
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def graph_path(checkpoint_sha256: str) -> Path:
     """Where the checkpoint's export is cached (keyed by its sha256 and the exporter's
     versions, so a new torch or cxrkit builds a new graph)."""
     from cxrkit import __version__
-    from cxrkit.export import OPSET
+    from cxrkit.inference.export import OPSET
 
     key = json.dumps([checkpoint_sha256, OPSET, _version("torch"), _version("onnxscript"),
                       __version__])
@@ -122,7 +122,7 @@ def _open(path: Path, ck: Path, engine: str, thresholds) -> OnnxModel:
 
 
 def _build(ck: Path, path: Path) -> None:
-    from cxrkit.export import export_onnx
+    from cxrkit.inference.export import export_onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
     log.info("first run of %s: exporting it once with its preprocessing to an ONNX graph, so "

@@ -1,8 +1,8 @@
 """The ONNX backend: an exported model run by onnxruntime, without torch.
 
-:class:`OnnxModel` is a :class:`cxrkit.predictor.Predictor` like
+:class:`OnnxModel` is a :class:`cxrkit.inference.predictor.Predictor` like
 :class:`cxrkit.inference.LoadedModel`, so ``cxrkit predict --backend onnx`` and the Python
-API treat both alike. The graph written by :func:`cxrkit.export.export_onnx` takes the
+API treat both alike. The graph written by :func:`cxrkit.inference.export.export_onnx` takes the
 **cache-stage** image (``uint8`` ``(B, 1, S, S)``) and does the tensor stage itself; the
 cache stage (decode, :func:`cxrkit.data.images.preprocess`) runs here in numpy/OpenCV with
 the preprocessing contract recorded in the file's ``metadata_props`` (``cxrkit.*`` keys,
@@ -13,7 +13,7 @@ only (the torch backend does flip/TenCrop).
 
 Engines (``engine=``, ``cxrkit predict MODEL.onnx --precision ...``): ``onnxruntime`` (the
 default, fp32), or OpenVINO (``openvino`` fp32, ``openvino-bf16``; the optional extra,
-:mod:`cxrkit.openvino_engine`), which reads the same ``metadata_props``. Neither imports
+:mod:`cxrkit.inference.openvino_engine`), which reads the same ``metadata_props``. Neither imports
 torch. OpenVINO's compiled model is cached under ``$CXRKIT_CACHE/openvino`` (one folder
 per file, size and modification time, and precision).
 """
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.artefacts import RunFolder, onnx_path
-from cxrkit.predictor import Predictor
-from cxrkit.preprocessing import Preprocessing
-from cxrkit.thresholds import find_thresholds
+from cxrkit.data.preprocessing import Preprocessing
+from cxrkit.inference.predictor import Predictor
+from cxrkit.inference.thresholds import find_thresholds
 
 #: ``cxrkit.<key>`` entries every exported graph carries in its ``metadata_props``.
 META_KEYS = ("preprocess", "findings", "thresholds", "thresholds_source", "model",
@@ -51,7 +51,7 @@ class OnnxModel(Predictor):
                  thresholds_beside: str | Path | None = None, source: str | Path | None = None):
         """``thresholds_beside``: the folder whose ``thresholds.json`` is looked for (default:
         the file's); ``source``: the file reported as the model's source (default: this
-        one; :mod:`cxrkit.fast_predict` gives the checkpoint its cached export came from)."""
+        one; :mod:`cxrkit.inference.fast_predict` gives the checkpoint its cached export came from)."""
         if engine not in ENGINES:
             raise ValueError(f"the ONNX backend's engine must be one of {', '.join(ENGINES)}, "
                              f"got {engine!r}")
@@ -97,7 +97,7 @@ class OnnxModel(Predictor):
             return self.session.get_modelmeta().custom_metadata_map
         import hashlib
 
-        from cxrkit.openvino_engine import cache_root, compile_graph, read_graph
+        from cxrkit.inference.openvino_engine import cache_root, compile_graph, read_graph
 
         try:
             model, props = read_graph(self.path)
