@@ -68,11 +68,12 @@ def test_predict_cli_on_a_damaged_cache_tells_the_user_and_succeeds(checkpoint, 
     graph = _graph(cxrkit.load(checkpoint, precision="onnxruntime"))
     graph.write_bytes(graph.read_bytes()[:500])
     image = next(phantom_release.rglob("*.png"))
-    res = CliRunner().invoke(app, ["predict", str(checkpoint), str(image), "--precision",
-                                   "onnxruntime", "--out", str(tmp_path / "p.csv"),
-                                   "--no-progress"])
+    with warnings.catch_warnings(record=True) as caught:   # the CLI logs warnings to stderr
+        res = CliRunner().invoke(app, ["predict", str(checkpoint), str(image), "--precision",
+                                       "onnxruntime", "--out", str(tmp_path / "p.csv"),
+                                       "--no-progress"])
     assert res.exit_code == 0, res.output
-    said = res.output + caplog.text    # the CLI logs warnings (stderr)
+    said = res.output + caplog.text + " ".join(str(w.message) for w in caught)
     assert "unusable" in said and "exporting it again" in said
     assert (tmp_path / "p.csv").exists()
 
