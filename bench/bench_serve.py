@@ -118,6 +118,10 @@ def run_level(url: str, images: list[bytes], clients: int, requests: int,
             "mean_ms": statistics.fmean(lat) * 1000 if lat else float("nan")}
 
 
+def _ratio(v: float | None) -> str:
+    return "" if v is None else f"{v:.2f}x"
+
+
 def read_images(n: int) -> list[bytes]:
     files = sorted((NIH / "images_256").glob("*.png"))[:n]
     if files:
@@ -194,11 +198,10 @@ def main(argv=None) -> int:
         b = i["batching"]
         batching = (f"max {b['max_batch']}, {b['max_wait_ms']:g} ms (mean "
                     f"{b['mean_batch']})" if b["enabled"] else "off")
-        fmt = (lambda v: f"{v:.2f}x" if v is not None else "")
         print(f"| {r['config']} | {i['precision']['used']} | {batching} | {r['clients']} | "
               f"{r['requests']}{' (' + str(r['failed']) + ' failed)' if r['failed'] else ''} | "
-              f"{r['rps']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {fmt(r['x_fp32'])} | "
-              f"{fmt(r['x_unbatched'])} |")
+              f"{r['rps']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {_ratio(r['x_fp32'])} | "
+              f"{_ratio(r['x_unbatched'])} |")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "info": info, "load_before": load0,
                                          "load_after": os.getloadavg()[0]}, indent=1))
