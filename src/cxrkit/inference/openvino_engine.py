@@ -34,6 +34,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,9 +65,9 @@ def cache_root() -> Path:
     import os
 
     root = os.environ.get("CXRKIT_CACHE")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxrkit"
-    return Path(root)
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxrkit"
 
 
 def import_openvino():
@@ -145,7 +146,7 @@ def say_once(message: str | None) -> None:
 class CompiledGraph:
     """An ONNX graph compiled by OpenVINO for the CPU: ``run(feeds, outputs)``."""
 
-    compiled: object
+    compiled: Any                                    #: openvino.CompiledModel
     precision: str                                   #: "fp32" or "bf16"
     record: dict = field(default_factory=dict)       #: for manifests (metrics.json, /info)
 

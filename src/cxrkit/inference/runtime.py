@@ -187,7 +187,7 @@ class OrtForward(Forward):
 def _feeds(x: torch.Tensor, meta: torch.Tensor | None, metadata: bool) -> dict:
     """The cached graph's inputs as contiguous float32 numpy arrays."""
     feeds = {"x": np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
-    if metadata:
+    if metadata and meta is not None:
         feeds["meta"] = np.ascontiguousarray(meta.detach().cpu().numpy(), dtype=np.float32)
     return feeds
 
@@ -231,7 +231,7 @@ def _export(net: _Network, example: tuple, path: Path, metadata: bool) -> None:
 class _Graph:
     """A checkpoint's cached network graph: where it is, its manifest, its check inputs."""
 
-    lm: object
+    lm: Any                                     #: a LoadedModel (cxrkit.inference.core)
     path: Path
     net: _Network
     x: torch.Tensor
@@ -433,7 +433,7 @@ class OpenVinoForward(Forward):
     """The network as an ONNX graph compiled by OpenVINO (CPU), fp32 or bf16
     (:mod:`cxrkit.inference.openvino_engine`)."""
 
-    graph: object = None
+    graph: Any = None                           #: a CompiledGraph (openvino_engine)
     metadata: bool = False
 
     def __call__(self, x, meta):

@@ -160,8 +160,8 @@ class Batcher:
         while True:
             batch = self._gather(self._queue.get())
             images = np.stack([it.image for it in batch])
-            metas = [it.meta for it in batch]
-            meta = None if metas[0] is None else np.concatenate(metas)
+            metas = [it.meta for it in batch if it.meta is not None]
+            meta = np.concatenate(metas) if metas else None
             try:
                 with self.lock:
                     rows = self._rows(*self._run(images, meta))
