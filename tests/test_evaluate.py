@@ -73,7 +73,9 @@ def test_writes_every_file_with_the_schema(evaluated, phantom_prepared):
             assert set(m["threshold_metrics"][method][f]) == RATE_KEYS
     assert set(m["mean_auroc"]) == {"value", "lo", "hi", "defined", "undefined"}
     assert m["mean_auroc"]["defined"] + len(m["mean_auroc"]["undefined"]) == len(FINDINGS)
-    assert set(m["thresholds"]) == {"chosen_on", "youden", "max_f1", "meaning"}
+    assert set(m["thresholds"]) == {"chosen_on", "youden", "max_f1", "used", "written",
+                                    "meaning"}
+    assert m["thresholds"]["used"] == m["thresholds"]["youden"]   # the default rule
     assert m["thresholds"]["chosen_on"] == "val"
     cal = m["calibration"]
     assert {"bins", "brier", "ece", "mean_brier", "mean_ece", "temperature",

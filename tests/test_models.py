@@ -165,7 +165,8 @@ def test_offline_pretrained_fails_fast_with_instructions(monkeypatch):
         create_model("densenet121", pretrained=True)
     msg = str(err.value)
     for part in ("could not download ImageNet weights for densenet121", "densenet121.tv_in1k",
-                 "no network", "weights=PATH", "pretrained=False"):
+                 "no network", "model.weights=densenet121.tv_in1k.pth",
+                 "model.pretrained=false"):
         assert part in msg
     with pytest.raises(PretrainedWeightsError, match="from scratch"):
         create_model("cnn4", pretrained=True)

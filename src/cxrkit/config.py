@@ -83,7 +83,13 @@ class DataConfig(_Checked):
     #: model input side; default: the model's registry size (cxr_config.input_size), at most
     #: the cache's side (see cxrkit.data.preprocessing)
     image_size: int | None = None
-    eval_resize: int | None = None       #: eval resize before centre crop (CheXNet: 256 -> 224)
+    #: eval resize before the centre crop; default: follows the input size through
+    #: eval_crop_pct (no crop when that is unset too). Refused when it would crop more
+    #: than the recipe's ratio (see cxrkit.preprocessing)
+    eval_resize: int | None = None
+    #: share of the eval resize the centre crop keeps (timm's crop_pct; CheXNet's 224 of
+    #: 256 is 0.875): eval_resize = input size / eval_crop_pct
+    eval_crop_pct: float | None = None
     augment: bool = True                 #: random crop/affine/intensity jitter in training
     hflip: bool = False                  #: horizontal flips (off: the heart is on the left)
     box_fold: float = 0.0                #: share of box patients moved test -> train (see splits)
@@ -93,6 +99,8 @@ class DataConfig(_Checked):
         for name in ("batch_size", "eval_batch_size", "image_size", "eval_resize"):
             self._at_least(name, 1)
         self._at_least("workers", 0)
+        if self.eval_crop_pct is not None and not 0.0 < self.eval_crop_pct <= 1.0:
+            raise ConfigError(f"data.eval_crop_pct must be in (0, 1], got {self.eval_crop_pct}")
         if not 0.0 <= self.box_fold < 1.0:
             raise ConfigError(f"data.box_fold must be in [0, 1), got {self.box_fold}")
         try:
@@ -147,6 +155,9 @@ class TrainConfig(_Checked):
     max_steps_per_epoch: int | None = None  #: cap (for smoke tests and quick looks)
     threads: int | None = None           #: torch CPU threads; default: all cores
     log_every: int = 20                  #: steps between TensorBoard/CSV step logs
+    #: fit the out-of-distribution record into best.pt at the end (cxrkit.ood); false skips
+    #: it (predict and serve then give no OOD score; `cxrkit ood RUN` adds it later)
+    ood_record: bool = True
 
     def __post_init__(self):
         self._check_types()
@@ -216,7 +227,7 @@ class RunConfig:
 #: ``train.patience`` changes when it stops; ``out`` may differ when the folder was moved.
 #: Any other difference is refused (``cxrkit train`` names the keys; ``--fresh`` restarts).
 RESUMABLE: tuple[str, ...] = ("train.epochs", "train.patience", "data.workers",
-                              "train.threads", "train.log_every", "out")
+                              "train.threads", "train.log_every", "train.ood_record", "out")
 
 
 def config_differences(old: dict, new: dict, *, allowed=RESUMABLE) -> list[tuple]:

@@ -47,6 +47,11 @@ def require_count(value, name: str, minimum: int = 1, unit: str = "images") -> i
     return int(value)
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 image``, ``2 images``, ``1,789 images``: a number and its noun, agreeing."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def shorten(text: str, limit: int = MESSAGE_LIMIT) -> str:
     """``text`` with its middle cut when longer than ``limit`` (start and end kept)."""
     text = str(text)

@@ -362,6 +362,28 @@ def max_f1_threshold(y_true, y_score) -> float:
     return float(thr[best[-1]])
 
 
+def target_threshold(y_true, y_score, *, sensitivity: float | None = None,
+                     specificity: float | None = None) -> float:
+    """The threshold reaching a target ``sensitivity`` (the highest such threshold: fewest
+    false positives) or ``specificity`` (the lowest such: most true positives) on these
+    labels, from scikit-learn's ROC curve (positive when score >= threshold). NaN if the
+    labels have one class."""
+    from sklearn.metrics import roc_curve
+
+    if (sensitivity is None) == (specificity is None):
+        raise ValueError("give one of sensitivity= or specificity=")
+    y, s = _known(y_true, y_score)
+    if y.size == 0 or y.min() == y.max():
+        return float("nan")
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)   # thresholds descending
+    if sensitivity is not None:
+        return float(thr[int(np.argmax(tpr >= sensitivity))])   # first reaching it
+    ok = np.flatnonzero(1.0 - fpr >= specificity)              # a prefix of the curve
+    i = int(ok[-1])
+    # only "call nothing" reaches it: just above the highest score
+    return float(thr[i]) if np.isfinite(thr[i]) else float(np.nextafter(s.max(), np.inf))
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else float("nan")
 

@@ -24,8 +24,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Chest X-ray classification on NIH ChestX-ray14.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from cxrkit import __version__
+        typer.echo(f"cxrkit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+         version: Annotated[bool, typer.Option("--version", callback=_print_version,
+                                               is_eager=True,
+                                               help="Print cxrkit's version and exit")] = False,
+         ) -> None:
     setup_logging(verbose)
 
 

@@ -11,25 +11,54 @@ import typer
 
 from cxrkit.artefacts import WriteError
 from cxrkit.messages import shorten
+from cxrkit.inference.openvino_engine import OpenVinoUnavailable
 
 #: ``--precision`` of every command that runs a torch checkpoint forward (cxrkit.inference.runtime).
-PRECISION_HELP = ("Forward pass: auto (onnxruntime on the CPU, within 1e-4 of fp32) | fp32 "
-                  "(torch fp32 eager, the reference) | bf16 (autocast + channels_last) | "
-                  "onnxruntime; default $CXRKIT_PRECISION or auto")
+PRECISION_HELP = ("Forward pass: auto (CPU: OpenVINO bf16 where the CPU has bf16 and OpenVINO "
+                  "is installed, within 5e-3 of fp32; else onnxruntime, within 1e-4) | fp32 "
+                  "(torch fp32 eager, the reference) | bf16 (torch autocast + channels_last) | "
+                  "onnxruntime | openvino (fp32) | openvino-bf16; default $CXRKIT_PRECISION "
+                  "or auto")
+
+DECODE_TIMEOUT_HELP = ("Seconds one file may take to decode (in a worker process, stopped "
+                       "and reported as that file's error when over; default 30)")
+DECODE_MEMORY_HELP = ("MiB of memory one file's decoding may take (an address-space cap on "
+                      "the worker; over it is that file's error; default 3072)")
 
 #: Errors the library raises for bad input or an unwritable output; the CLI prints them as
 #: one line, exit code 2.
 KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError,
-                WriteError)
+                WriteError, OpenVinoUnavailable)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log records as the user reads them: the message, with ``warning: `` / ``error: ``
+    before warnings and errors, on one line (a multi-line message is joined)."""
+
+    PREFIX = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        prefix = self.PREFIX.get(record.levelno, "")
+        if prefix and not text.lower().startswith(prefix):
+            text = prefix + text
+        return text if record.levelno < logging.WARNING else " ".join(text.split("\n"))
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the CLI: ``warning: <message>``, one line, instead of
+    Python's ``file:line: Category: message`` and the source line under it."""
+    logging.getLogger("py.warnings").warning("%s", str(message))
 
 
 def setup_logging(verbose: bool) -> None:
     if not sys.stderr.isatty():  # logs and CI: a progress line every 10 s, not every batch
         os.environ.setdefault("TQDM_MININTERVAL", "10")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     warnings.simplefilter("default")
-    logging.captureWarnings(True)
+    warnings.showwarning = show_warning
 
 
 def in_range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):

@@ -56,15 +56,43 @@ def phantoms(
     typer.echo(f"wrote {release}")
 
 
+# -- where a release's files are: one option set, shared by validate and prepare --------
+ROOT = Annotated[Path, typer.Argument(help="Unpacked release (metadata and images)")]
+IMAGES_ROOT = Annotated[list[Path] | None, typer.Option(
+    "--images-root", help="Folder holding the images, if not ROOT (repeat for several)")]
+LABELS = Annotated[Path | None, typer.Option(help="Label file, if not found under ROOT")]
+BOXES = Annotated[Path | None, typer.Option(help="BBox_List_2017.csv, if not found under ROOT")]
+TRAIN_VAL_LIST = Annotated[Path | None, typer.Option(
+    help="train_val_list.txt, if not found under ROOT")]
+TEST_LIST = Annotated[Path | None, typer.Option(help="test_list.txt, if not found under ROOT")]
+ON_MISSING = Annotated[str, typer.Option(
+    help="Label-file images not on disk: error | drop (prepare writes what it dropped)")]
+
+
+def _sources(root, images_root, labels, boxes, train_val_list, test_list, on_missing):
+    """The :class:`~cxrkit.data.release.ReleaseSources` the shared options describe."""
+    from cxrkit.data.release import ReleaseSources
+
+    return _run(ReleaseSources, root, images_roots=tuple(images_root or ()), label_file=labels,
+                box_file=boxes, train_val_list=train_val_list, test_list=test_list,
+                on_missing=on_missing)
+
+
 def validate(
-    root: Annotated[Path, typer.Argument(help="Unpacked release (metadata and images)")],
-    labels: Annotated[Path | None, typer.Option(help="Label file, if not found under ROOT")] = None,
+    root: ROOT,
+    images_root: IMAGES_ROOT = None,
+    labels: LABELS = None,
+    boxes: BOXES = None,
+    train_val_list: TRAIN_VAL_LIST = None,
+    test_list: TEST_LIST = None,
+    on_missing: ON_MISSING = "error",
     images: Annotated[bool, typer.Option(help="Also check every image is on disk")] = True,
 ) -> None:
-    """Read and cross-check a release's metadata; report what was found."""
+    """Read and cross-check a release's metadata and images; report what was found."""
     from cxrkit.data.validate import validate_release
 
-    _run(_echo_lines, validate_release(root, label_file=labels, images=images))
+    sources = _sources(root, images_root, labels, boxes, train_val_list, test_list, on_missing)
+    _run(_echo_lines, validate_release(sources, images=images))
 
 
 def _echo_lines(lines) -> None:
@@ -73,14 +101,17 @@ def _echo_lines(lines) -> None:
 
 
 def prepare(
-    root: Annotated[Path, typer.Argument(help="Unpacked release (metadata and images)")],
+    root: ROOT,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the cache")],
     size: Annotated[int, typer.Option(min=8, max=4096, help="Square side of cached images, pixels")] = 256,
     clahe: Annotated[bool, typer.Option(help="Contrast-limited histogram equalisation")] = False,
     crop: Annotated[bool, typer.Option(help="Crop to the exposed chest region")] = False,
-    images_root: Annotated[Path | None, typer.Option(help="Images, if not under ROOT")] = None,
-    labels: Annotated[Path | None, typer.Option(help="Label file, if not found under ROOT")] = None,
-    on_missing: Annotated[str, typer.Option(help="error | drop (drop writes what it dropped)")] = "error",
+    images_root: IMAGES_ROOT = None,
+    labels: LABELS = None,
+    boxes: BOXES = None,
+    train_val_list: TRAIN_VAL_LIST = None,
+    test_list: TEST_LIST = None,
+    on_missing: ON_MISSING = "error",
     protocol: Annotated[str, typer.Option(help="official | random")] = "official",
     val_fraction: Annotated[float, typer.Option(callback=FRACTION, help="Validation share of train_val (official)")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the validation/random split")] = 0,
@@ -91,9 +122,9 @@ def prepare(
     from cxrkit.data.prepare import prepare as run_prepare
     from cxrkit.data.splits import split_summary
 
+    sources = _sources(root, images_root, labels, boxes, train_val_list, test_list, on_missing)
     settings = PreprocessSettings(size=size, clahe=clahe, crop=crop)
-    prepared = _run(run_prepare, root, out, settings=settings, images_root=images_root,
-                    label_file=labels, on_missing=on_missing, protocol=protocol,
+    prepared = _run(run_prepare, sources, out, settings=settings, protocol=protocol,
                     val_fraction=val_fraction, seed=seed, workers=workers)
     summary = split_summary(prepared.split[prepared.split["image_id"].isin(prepared.labels["image_id"])])
     typer.echo(summary.to_string())

@@ -9,6 +9,7 @@ import typer
 
 from cxrkit.cli.common import PRECISION_HELP
 from cxrkit.cli.common import run as _run
+from cxrkit.messages import count
 
 
 def evaluate(
@@ -21,7 +22,8 @@ def evaluate(
     subgroup_bootstrap: Annotated[int, typer.Option(min=0, help="Resamples per subgroup")] = 200,
     seed: Annotated[int, typer.Option(help="Bootstrap seed")] = 0,
     temperature: Annotated[bool, typer.Option(help="Fit a temperature on the threshold split")] = True,
-    threshold_method: Annotated[str, typer.Option(help="Thresholds for predict: youden | max_f1")] = "youden",
+    threshold_method: Annotated[str, typer.Option(help="Thresholds for predict, chosen on the threshold split: youden | max_f1 | sensitivity=T (highest threshold reaching sensitivity T) | specificity=T (lowest reaching specificity T)")] = "youden",
+    threshold: Annotated[list[str] | None, typer.Option("--threshold", help="Fix one finding's threshold by hand, FINDING=VALUE (repeatable); the rest follow --threshold-method")] = None,
     threshold_split: Annotated[str, typer.Option(help="Fit thresholds/temperature on: val | train")] = "val",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cpu)")] = None,
@@ -42,7 +44,8 @@ def evaluate(
              threshold_split=threshold_split, batch_size=batch_size, device=device,
              precision=precision,
              report=report, progress=progress, reference=reference,
-             expert_labels=expert_labels, gallery=gallery)
+             expert_labels=expert_labels, gallery=gallery,
+             threshold_overrides=_threshold_overrides(threshold))
     mean = m["mean_auroc"]
     if mean["value"] is None:
         text = "undefined"
@@ -50,7 +53,7 @@ def evaluate(
         ci = f" (95% CI {mean['lo']:.4f}-{mean['hi']:.4f})" if mean["lo"] is not None else ""
         text = f"{mean['value']:.4f}{ci}"
     folder = out or RunFolder(m["run_dir"]).eval(split, tta)
-    typer.echo(f"{split}: {m['n_images']:,} images of {m['n_patients']:,} patients, mean AUROC "
+    typer.echo(f"{split}: {count(m['n_images'], 'image')} of {count(m['n_patients'], 'patient')}, mean AUROC "
                f"{text} over {mean['defined']} findings -> {folder}")
     ood = m.get("ood")
     if ood:
@@ -63,6 +66,15 @@ def evaluate(
         typer.echo("out of distribution: no record (see the warning above); not scored")
     for note in m["notes"]:
         typer.echo(f"note: {note}")
+
+
+def _threshold_overrides(items: list[str] | None) -> dict[str, float]:
+    """``--threshold FINDING=VALUE`` options as a mapping (findings checked against the
+    canonical 14 here; the library checks them against the model's)."""
+    from cxrkit.evaluate.threshold_choice import parse_overrides
+    from cxrkit.labels import FINDINGS
+
+    return _run(parse_overrides, items, FINDINGS)
 
 
 def compare(

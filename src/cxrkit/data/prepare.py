@@ -27,9 +27,8 @@ import pandas as pd
 from cxrkit import __version__
 from cxrkit.artefacts import PreparedFolder, WriteError, write_csv, write_json
 from cxrkit.data.cache import ImageCache, PreprocessSettings, build_cache
-from cxrkit.data.images import find_images
 from cxrkit.data.nih import NIH_IMAGE_SIZE
-from cxrkit.data.release import BOX_TEST_NOTE, load_release, match_images
+from cxrkit.data.release import BOX_TEST_NOTE, ReleaseSources, load_release, match_images
 from cxrkit.data.splits import (
     load_split,
     official_split,
@@ -76,7 +75,8 @@ def make_split(release, *, protocol: str = "official", val_fraction: float = 0.1
         if not release.has_official_split:
             raise FileNotFoundError(
                 f"the official split needs train_val_list.txt and test_list.txt under "
-                f"{release.root}; use --protocol random for a patient-grouped random split")
+                f"{release.root}: pass --train-val-list FILE --test-list FILE, or use "
+                "--protocol random for a patient-grouped random split")
         split = official_split(release.labels, release.train_val, release.test,
                                val_fraction=val_fraction, seed=seed)
         prov = {"protocol": "official", "val_fraction": val_fraction, "seed": seed}
@@ -103,23 +103,42 @@ def resplit(prepared: str | Path, out: str | Path, *, protocol: str = "official"
     return table, release.labels
 
 
-def prepare(root: str | Path, out: str | Path, *, settings: PreprocessSettings | None = None,
-            images_root: str | Path | None = None, label_file: str | Path | None = None,
+def prepare(root: str | Path | ReleaseSources, out: str | Path, *, settings: PreprocessSettings | None = None,
+            images_root: str | Path | list | tuple | None = None,
+            label_file: str | Path | None = None, box_file: str | Path | None = None,
+            train_val_list: str | Path | None = None, test_list: str | Path | None = None,
             on_missing: str = "error", protocol: str = "official", val_fraction: float = 0.1,
             fractions=(0.7, 0.1, 0.2), seed: int = 0, workers: int | None = None,
             progress: bool = True) -> Prepared:
-    """Read, validate, split and cache a release (see the module docstring)."""
+    """Read, validate, split and cache a release (see the module docstring).
+
+    The finding options (``images_root``, one folder or several, ``label_file``,
+    ``box_file``, the two lists, ``on_missing``) are :class:`ReleaseSources`', shared with
+    ``cxrkit validate``; ``root`` may be one (then those keywords are not used). A run that
+    fails before writing anything leaves no ``out`` folder behind it (one it did not
+    create is left as it was).
+    """
+    sources = root if isinstance(root, ReleaseSources) else ReleaseSources(
+        root, images_roots=images_root or (), label_file=label_file, box_file=box_file,
+        train_val_list=train_val_list, test_list=test_list, on_missing=on_missing)
+    root, on_missing = sources.root, sources.on_missing
     settings = settings or PreprocessSettings()
     out = Path(out)
+    created = not out.exists()
     _check_writable(out)
-    release = load_release(root, label_file=label_file)
-    log.info(release.report.summary())
-    index = find_images(images_root or root)
-    with _output_errors(out):
-        return _write_prepared(release, index, out, settings, root=root,
-                               on_missing=on_missing, protocol=protocol,
-                               val_fraction=val_fraction, fractions=fractions, seed=seed,
-                               workers=workers, progress=progress)
+    try:
+        release = sources.load()
+        log.info(release.report.summary())
+        index = sources.find_images()
+        with _output_errors(out):
+            return _write_prepared(release, index, out, settings, root=root,
+                                   on_missing=on_missing, protocol=protocol,
+                                   val_fraction=val_fraction, fractions=fractions, seed=seed,
+                                   workers=workers, progress=progress)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()   # nothing written: leave no empty --out folder behind
+        raise
 
 
 def _write_prepared(release, index, out: Path, settings, *, root, on_missing, protocol,

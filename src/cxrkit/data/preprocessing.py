@@ -34,10 +34,15 @@ The rules, applied once in :meth:`Preprocessing.build`:
   the field and the allowed size, raised before the first step.
 * An input larger than the cache trains on upsampled images: :class:`UpsampledInputWarning`
   says so and gives the two ways out.
-* ``eval_resize`` is ``data.eval_resize`` if set (>= ``input_size``), else ``input_size``
-  (no crop). ``tencrop_resize`` is ``eval_resize`` when that leaves a margin to crop from,
-  else CheXNet's ratio ``input_size * 256 / 224`` (ten crops of the whole image would be
-  one view).
+* ``eval_resize`` is ``data.eval_resize`` if set (>= ``input_size``), else it follows the
+  input size: ``input_size / data.eval_crop_pct`` (the recipes' 0.875 is CheXNet's 256 ->
+  224), or ``input_size`` (no crop) when that is unset too. So ``data.image_size=128`` on a
+  224 px recipe evaluates at 146 -> 128, not at 256 -> 128 (the central 25 % of the
+  image). A ``data.eval_resize`` set by hand that crops more than the recipe's ratio
+  (``1 / eval_crop_pct``, else 256/224) is a :class:`~cxrkit.config.ConfigError` naming
+  both keys and the largest value allowed. ``tencrop_resize`` is ``eval_resize`` when that
+  leaves a margin to crop from, else CheXNet's ratio ``input_size * 256 / 224`` (ten crops
+  of the whole image would be one view).
 * ``hflip``: whether training showed mirrored images (``data.augment and data.hflip``);
   mirrored test-time views are only consistent with such a model (see
   :func:`mirrored_tta_note`).
@@ -231,13 +236,13 @@ class Preprocessing:
                          mean=mc.mean, std=mc.std, channels=cfg.model.in_chans,
                          fixed_input_size=bool(getattr(model, "fixed_input_size", False)),
                          image_size=dc.image_size, eval_resize=dc.eval_resize,
-                         hflip=bool(dc.augment and dc.hflip))
+                         eval_crop_pct=dc.eval_crop_pct, hflip=bool(dc.augment and dc.hflip))
 
     @classmethod
     def build(cls, *, cache: PreprocessSettings, model_name: str, model_input_size: int,
               mean: float, std: float, channels: int, fixed_input_size: bool = False,
               image_size: int | None = None, eval_resize: int | None = None,
-              hflip: bool = False) -> Preprocessing:
+              eval_crop_pct: float | None = None, hflip: bool = False) -> Preprocessing:
         """The contract of a new run (the rules in the module docstring).
 
         ``image_size`` / ``eval_resize``: ``data.image_size`` / ``data.eval_resize`` (None:
@@ -276,10 +281,30 @@ class Preprocessing:
                 f"(cxrkit prepare ... --size {size})"
                 + ("" if fixed_input_size else f" or set data.image_size={cache.size}") + ".",
                 UpsampledInputWarning, stacklevel=2)
-        resize = eval_resize if eval_resize is not None else size
+        resize = eval_resize_for(size, eval_resize, eval_crop_pct)
         return cls(cache=cache, input_size=size, eval_resize=resize,
                    tencrop_resize=resize if resize > size else chexnet_resize(size),
                    mean=float(mean), std=float(std), channels=int(channels), hflip=bool(hflip))
+
+
+def eval_resize_for(size: int, eval_resize: int | None, crop_pct: float | None) -> int:
+    """The evaluation resize of an input of ``size`` px (the rule in the module docstring):
+    derived from ``crop_pct`` unless ``eval_resize`` is set, which may crop at most the
+    recipe's ratio."""
+    derived = int(round(size / crop_pct)) if crop_pct else size
+    if eval_resize is None:
+        return derived
+    largest = int(round(size / crop_pct)) if crop_pct else chexnet_resize(size)
+    if eval_resize > largest:
+        kept = (size / eval_resize) ** 2
+        raise ConfigError(
+            f"data.eval_resize={eval_resize} with a {size} px input: evaluation would see "
+            f"the central {kept:.0%} of each image while training saw all of it (the "
+            f"recipe's ratio allows at most {largest} px"
+            + (f" with data.eval_crop_pct={crop_pct:g}" if crop_pct else ", CheXNet's 256/224")
+            + f"). Leave data.eval_resize unset (it follows the input size: {derived} px) or "
+            f"set data.eval_resize={largest} or less.")
+    return eval_resize
 
 
 def chexnet_resize(size: int) -> int:

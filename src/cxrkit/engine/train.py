@@ -375,16 +375,24 @@ def _record_epoch(t: Training, s: TrainState, epoch: int, row: dict, val: dict,
 def record_ood(checkpoint: Path, model, data: RunData, transform, *, device, cfg: RunConfig,
                show_progress: bool = False) -> None:
     """The end of training: fit the checkpoint's out-of-distribution record
-    (:func:`cxrkit.ood.features.fit_from_datasets`, with the checkpoint's own weights) and
-    write it into the checkpoint (key ``ood``), atomically. A checkpoint that already has
-    one (a finished run re-run) is left as it is."""
+    (:func:`cxrkit.ood.features.fit_from_datasets`, with the checkpoint's own weights, in
+    fp32: the numerics ``predict`` scores with) and write it into the checkpoint (key
+    ``ood``), atomically. A checkpoint that already has one (a finished run re-run) is
+    left as it is; ``train.ood_record=false`` skips it."""
     from cxrkit.ood.features import fit_from_datasets
+    from cxrkit.ood.record import MAX_IMAGES
 
+    if not cfg.train.ood_record:
+        log.info("ood record: skipped (train.ood_record=false); predict and serve give no "
+                 "out-of-distribution score until `cxrkit ood RUN` adds one")
+        return
     ck = load_checkpoint(checkpoint)
     if ck.get("ood") is not None:
         return
     model.load_state_dict(ck["model"])
     t0 = time.perf_counter()
+    log.info("ood record: features of %d train + %d val images (train.ood_record=false "
+             "skips this)", min(len(data.train), MAX_IMAGES), min(len(data.val), MAX_IMAGES))
     try:
         record = fit_from_datasets(
             model, data.train, data.val, transform, device=device,

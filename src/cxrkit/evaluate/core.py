@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,8 +47,16 @@ from cxrkit.evaluate.published import (
     published_rows,
 )
 from cxrkit.evaluate.report import write_report
-from cxrkit.inference.heldout import HeldOut, ensure_ood_record, load_held_out
+from cxrkit.evaluate.threshold_choice import (
+    THRESHOLD_METHODS,
+    ThresholdChoice,
+    choose_thresholds,
+    fit_threshold,
+    parse_method,
+)
 from cxrkit.inference.core import TTA_MODES, load, write_thresholds
+from cxrkit.inference.heldout import HeldOut, ensure_ood_record, load_held_out
+from cxrkit.messages import count
 from cxrkit.metrics import (
     bootstrap_ci,
     bootstrap_mean,
@@ -55,24 +64,26 @@ from cxrkit.metrics import (
     brier_score,
     expected_calibration_error,
     fit_temperature,
-    max_f1_threshold,
     mean_defined,
     reliability_curve,
     sigmoid,
     threshold_metrics,
-    youden_threshold,
 )
 
 log = logging.getLogger(__name__)
 
 FORMAT = "cxrkit-eval/1"
-THRESHOLD_METHODS = ("youden", "max_f1")
 CALIBRATION_BINS = 10
 #: (lower bound inclusive, upper bound exclusive, label) in years.
 AGE_BANDS = ((0, 20, "<20"), (20, 40, "20-39"), (40, 60, "40-59"), (60, 80, "60-79"),
              (80, 121, "80+"))
-#: Fewer positives than this in the evaluated split earns a small-sample note.
+#: Fewer positives than this in the evaluated split earns a small-sample note; a subgroup
+#: AUROC resting on fewer positive *patients* than this is marked "caution" (greyed).
 FEW_POSITIVES = 10
+#: A subgroup AUROC with fewer positive patients than this gets no interval: a patient
+#: bootstrap of one to four positive patients only reshuffles the same few images, and
+#: its interval looks tight (Hernia, sex M: [0.843, 0.913] from one positive image).
+MIN_INTERVAL_PATIENTS = 5
 THRESHOLD_MEANING = ("a finding is called present when its probability (sigmoid of the "
                      "model's logit, before temperature scaling) is >= its threshold")
 
@@ -100,14 +111,19 @@ def ranking_section(pred: Predictions, findings, *, n: int, seed: int, level: fl
     return auroc, auprc, mean
 
 
-def threshold_section(fit: Predictions, test: Predictions, findings) -> tuple[dict, dict]:
-    """Thresholds chosen on ``fit`` (validation) per method, and their metrics on ``test``."""
-    choose = {"youden": youden_threshold, "max_f1": max_f1_threshold}
+def threshold_section(fit: Predictions, test: Predictions, findings,
+                      used: ThresholdChoice | None = None) -> tuple[dict, dict]:
+    """Thresholds chosen on ``fit`` (validation) per method, and their metrics on ``test``;
+    ``used``: the thresholds written for predict (:mod:`cxrkit.evaluate.threshold_choice`),
+    applied too, as ``"used"``."""
     thresholds: dict = {}
     applied: dict = {}
-    for method, fn in choose.items():
-        thresholds[method] = {f: _f(fn(fit.labels[:, j], fit.probs[:, j]))
+    for method in THRESHOLD_METHODS:
+        thresholds[method] = {f: _f(fit_threshold(fit.labels[:, j], fit.probs[:, j], method))
                               for j, f in enumerate(findings)}
+    if used is not None:
+        thresholds["used"] = used.values
+    for method in thresholds:
         applied[method] = {}
         for j, f in enumerate(findings):
             t = thresholds[method][f]
@@ -154,7 +170,12 @@ def age_band(age) -> pd.Series:
 
 
 def subgroup_rows(pred: Predictions, findings, *, n: int, seed: int) -> list[dict]:
-    """Per-finding AUROC with patient-bootstrap CI in each sex, age band and view."""
+    """Per-finding AUROC with patient-bootstrap CI in each sex, age band and view.
+
+    Each row counts its positive images and the patients they belong to; with fewer than
+    :data:`MIN_INTERVAL_PATIENTS` positive patients the interval is left out (None), and
+    with fewer than :data:`FEW_POSITIVES` the row is marked ``caution``, as the main
+    table's notes do for findings."""
     attributes = {"sex": (pred.table["sex"], ("M", "F")),
                   "age_band": (age_band(pred.table["age"]), [b[2] for b in AGE_BANDS]),
                   "view": (pred.table["view"], ("PA", "AP"))}
@@ -168,10 +189,17 @@ def subgroup_rows(pred: Predictions, findings, *, n: int, seed: int) -> list[dic
             y, p = pred.labels[rows_in], pred.probs[rows_in]
             ci = bootstrap_ci(y, p, pred.patients[rows_in], "auroc", n=n, seed=seed)
             pos, neg = _counts(y)
+            patients = pred.patients[rows_in]
             for j, f in enumerate(findings):
+                pos_patients = int(len(np.unique(patients[y[:, j] == 1])))
+                interval = pos_patients >= MIN_INTERVAL_PATIENTS
                 rows.append({"attribute": attribute, "group": group, "finding": f,
                              "n": int(pos[j] + neg[j]), "positives": int(pos[j]),
-                             "auroc": _f(ci.value[j]), "lo": _f(ci.lo[j]), "hi": _f(ci.hi[j])})
+                             "positive_patients": pos_patients,
+                             "auroc": _f(ci.value[j]),
+                             "lo": _f(ci.lo[j]) if interval else None,
+                             "hi": _f(ci.hi[j]) if interval else None,
+                             "caution": pos_patients < FEW_POSITIVES})
     return rows
 
 
@@ -214,7 +242,7 @@ def data_source(prepared: Prepared) -> str:
 
 def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict,
            auroc: dict, bootstrap: int, calibration: dict, test: Predictions,
-           tta: str) -> list[str]:
+           tta: str, subgroups: Sequence[dict] = ()) -> list[str]:
     notes = []
     if source == "phantom":
         notes.append("Phantom (synthetic) images: these numbers test the pipeline and say "
@@ -264,8 +292,9 @@ def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict
                      "after temperature scaling is unreliable.")
     no_band = int(age_band(test.table["age"]).isna().sum())
     if no_band:
-        notes.append(f"{no_band} images have a missing or impossible age (over 120) and are "
-                     "in no age-band subgroup.")
+        notes.append(f"{count(no_band, 'image')} {'has' if no_band == 1 else 'have'} a "
+                     "missing or impossible age (over 120) and "
+                     f"{'is' if no_band == 1 else 'are'} in no age-band subgroup.")
     unknown = int(np.isnan(test.labels).sum())
     if unknown:
         notes.append(f"{unknown} unknown labels (NaN) were left out per finding.")
@@ -274,6 +303,11 @@ def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict
                      f"in thresholds.json were chosen with the same TTA.")
     notes.append("Intervals: percentile bootstrap over patients (all images of a drawn "
                  f"patient together), {bootstrap} resamples, 95%.")
+    thin_groups = [r for r in subgroups if r["auroc"] is not None and r["caution"]]
+    if thin_groups:
+        notes.append(f"Subgroups: {len(thin_groups)} AUROC(s) rest on fewer than {FEW_POSITIVES} "
+                     "positive patients (marked and greyed; no interval below "
+                     f"{MIN_INTERVAL_PATIENTS}).")
     return notes
 
 
@@ -287,7 +321,7 @@ def _tables(metrics: dict) -> dict[str, pd.DataFrame]:
         "positives": metrics["auroc"][f]["positives"],
         "negatives": metrics["auroc"][f]["negatives"]} for f in findings])
     thresholds = pd.DataFrame([{"method": m, "finding": f, **metrics["threshold_metrics"][m][f]}
-                               for m in THRESHOLD_METHODS for f in findings])
+                               for m in metrics["threshold_metrics"] for f in findings])
     for col in ("tp", "fp", "tn", "fn"):
         thresholds[col] = thresholds[col].astype("Int64")   # counts; empty when undefined
     cal = metrics["calibration"]
@@ -297,8 +331,9 @@ def _tables(metrics: dict) -> dict[str, pd.DataFrame]:
         "brier_after_temperature": after["brier"].get(f),
         "ece_after_temperature": after["ece"].get(f),
         "temperature": cal["temperature"]} for f in findings])
-    subgroups = pd.DataFrame(metrics["subgroups"], columns=["attribute", "group", "finding", "n",
-                                                            "positives", "auroc", "lo", "hi"])
+    subgroups = pd.DataFrame(metrics["subgroups"], columns=[
+        "attribute", "group", "finding", "n", "positives", "positive_patients", "auroc", "lo",
+        "hi", "caution"])
     published = pd.DataFrame(metrics["published"], columns=["finding", "source", "auroc", "split",
                                                             "protocol", "comparable", "note"])
     published.insert(3, "this_run_auroc", [metrics["auroc"].get(f, {}).get("value")
@@ -329,8 +364,7 @@ def _check_options(split, tta, threshold_method, threshold_split, bootstrap, sub
         raise ValueError(f"split must be train, val or test, got {split!r}")
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    if threshold_method not in THRESHOLD_METHODS:
-        raise ValueError(f"threshold method must be youden or max_f1, got {threshold_method!r}")
+    parse_method(threshold_method)
     if threshold_split not in ("train", "val"):
         raise ValueError(f"thresholds are fitted on train or val, never on {threshold_split!r}")
     if bootstrap < 1 or subgroup_bootstrap < 1:
@@ -346,7 +380,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                         progress: bool = True,
                         report: bool = True, reference: str = "auto",
                         expert_labels: str | Path | None = None,
-                        gallery: int = 2) -> dict:
+                        gallery: int = 2,
+                        threshold_overrides: dict[str, float] | None = None) -> dict:
     """Evaluate a checkpoint (or run folder) on one split; returns the ``metrics.json`` dict.
 
     Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`): metrics.json, auroc/thresholds/
@@ -360,19 +395,28 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     release root (or in ``expert_labels``), ``"radiologists"`` to require them, ``"nih"``
     to skip. ``gallery``: the most confident false positives and false negatives shown per
     finding (:mod:`cxrkit.evaluate.gallery`; 0: none).
+
+    ``threshold_method`` (``youden``, ``max_f1``, ``sensitivity=T``, ``specificity=T``) and
+    ``threshold_overrides`` (finding -> fixed threshold) decide ``thresholds.json``
+    (:mod:`cxrkit.evaluate.threshold_choice`); each threshold records the positives it was
+    fitted on, and too few are warned about.
     """
     _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap)
     lm = load(checkpoint, device=device, precision=precision)
     findings = list(lm.findings)
     data = load_held_out(lm, prepared)
-    if lm.ood_record is None:
-        log.info("%s has no out-of-distribution record: computing it from %s",
-                 lm.checkpoint.name, data.prepared.root)
-    try:
-        ood_record = ensure_ood_record(lm, prepared, progress=progress)
-    except ValueError as e:   # e.g. a validation split too small to calibrate on: said, kept
-        log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
-        ood_record = None
+    ood_record = None
+    if lm.ood_record is None and not ood_record_wanted(lm):
+        log.warning("no out-of-distribution record: the run was trained with "
+                    "train.ood_record=false (`cxrkit ood RUN` adds one)")
+    else:
+        if lm.ood_record is None:
+            log.info("%s has no out-of-distribution record: computing it from %s",
+                     lm.checkpoint.name, data.prepared.root)
+        try:
+            ood_record = ensure_ood_record(lm, prepared, progress=progress)
+        except ValueError as e:  # e.g. a validation split too small to calibrate on: said
+            log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
     run_folder = RunFolder.of(lm.checkpoint)
     out = Path(out) if out else run_folder.eval(split, tta)
     started, cpu = time.perf_counter(), time.process_time()
@@ -384,7 +428,12 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         0 if fit is test else len(fit.table)), forward_s, forward_cpu)
 
     auroc, auprc, mean = ranking_section(test, findings, n=bootstrap, seed=seed)
-    thresholds, applied = threshold_section(fit, test, findings)
+    used = choose_thresholds(fit.labels, fit.probs, fit.patients, findings,
+                             method=threshold_method, overrides=threshold_overrides)
+    thresholds, applied = threshold_section(fit, test, findings, used)
+    few_note = used.warning(threshold_split)
+    if few_note:
+        log.warning(few_note)
     calibration = calibration_section(fit, test, findings, temperature=temperature)
     subgroups = subgroup_rows(test, findings, n=subgroup_bootstrap, seed=seed)
     source = data_source(data.prepared)
@@ -406,35 +455,39 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         "epoch": None if epoch is None else int(epoch) + 1,
         "bootstrap": {"replicates": bootstrap, "unit": "patient", "seed": seed, "level": 0.95},
         "auroc": auroc, "auprc": auprc, "mean_auroc": mean,
-        "thresholds": {"chosen_on": threshold_split, **thresholds, "meaning": THRESHOLD_MEANING},
+        "thresholds": {"chosen_on": threshold_split, **thresholds, "meaning": THRESHOLD_MEANING,
+                       "written": used.record()},
         "threshold_metrics": applied, "calibration": calibration, "subgroups": subgroups,
         "ood": (ood_section(test, findings, ood_record)
                 if ood_record is not None and test.ood_score is not None else None),
         "published": published_rows(findings, run),
         "notes": _notes(source=source, split=split, fit_split=threshold_split, data=data,
                         mean=mean, auroc=auroc, bootstrap=bootstrap,
-                        calibration=calibration, test=test, tta=tta)
-        + ([f"Warning: {lm.tta_note(tta)}"] if lm.tta_note(tta) else []),
+                        calibration=calibration, test=test, tta=tta, subgroups=subgroups)
+        + ([f"Warning: {lm.tta_note(tta)}"] if lm.tta_note(tta) else [])
+        + ([f"Warning: {few_note}."] if few_note else []),
     }
     against = evaluate_against_radiologists(
         data.prepared, test, fit, findings, out, split=split, fit_split=threshold_split,
         reference=reference, expert_dir=expert_labels, n=bootstrap, seed=seed,
         phantom=source == "phantom")
     if against is not None:
-        metrics["notes"].append("Against radiologists: see radiologists.json and the report's "
-                                "section of that name (Google's expert labels on "
-                                + ", ".join(f"{r['images_in_split']:,} {k} images"
-                                            for k, r in against["sets"].items()) + ").")
+        metrics["notes"].append(
+            "Against radiologists: see radiologists.json and the report's section of that "
+            "name. Scored: the evaluated images that have Google's expert labels, "
+            + "; ".join(f"{r['images_in_split']:,} {k} (of its {r['images_in_set']:,} images)"
+                        for k, r in against["sets"].items())
+            + f", among {count(len(test.table), 'evaluated image')}.")
     metrics = write_outputs(out, metrics, [test] if fit is test else [test, fit])
     if gallery:
         write_error_gallery(lm, data, test, metrics, out, per_kind=gallery, progress=progress)
-    chosen = {f: t for f, t in thresholds[threshold_method].items() if t is not None}
+    chosen = {f: t for f, t in used.values.items() if t is not None}
     sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "
-                                         f"(tta={tta})")
+                                         f"(tta={tta})", provenance=used.record())
     write_bytes(sidecar.read_bytes(), out / sidecar.name)
-    log.info("evaluated %s on %d %s images: mean AUROC %s, %s flagged out-of-distribution; "
-             "wrote %s", lm.checkpoint.name, len(test.table), split, _fmt(mean),
+    log.info("evaluated %s on %s: mean AUROC %s, %s flagged out-of-distribution; "
+             "wrote %s", lm.checkpoint.name, count(len(test.table), f"{split} image"), _fmt(mean),
              metrics["ood"]["n_flagged"] if metrics["ood"] else "none", out)
     log.info("metrics: %.1f s after the forward passes (%.1f s CPU)",
              time.perf_counter() - started - forward_s, time.process_time() - cpu - forward_cpu)
@@ -445,6 +498,13 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                  Path(html).stat().st_size / 1e6, time.perf_counter() - started,
                  time.process_time() - cpu)
     return metrics
+
+
+def ood_record_wanted(lm) -> bool:
+    """False when the run was trained with ``train.ood_record=false`` (the user's choice
+    to go without one is kept: evaluate does not compute it behind their back)."""
+    train = ((lm.checkpoint_info.get("config") or {}).get("train") or {})
+    return bool(train.get("ood_record", True))
 
 
 def _tta_mirror(lm, tta: str) -> dict:

@@ -106,7 +106,7 @@ def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_k
     findings = list(metrics["findings"])
     labels, names = best_reference(test, findings, out)
     probs = test.probs
-    thresholds = metrics["thresholds"]["youden"]
+    thresholds = metrics["thresholds"].get("used") or metrics["thresholds"]["youden"]
     cache = data.prepared.cache
     boxes = data.prepared.boxes_in_pixels()
     meta_all = metadata_vector(test.table) if lm.metadata else None

@@ -226,8 +226,12 @@ def subgroup_chart(metrics: dict) -> Figure:
             n = int(part["n"].max()) if part["n"].notna().any() else 0
             # a percentile interval need not contain the point estimate (few patients): clip at 0
             err = [np.clip(np.nan_to_num(val - lo), 0, None), np.clip(np.nan_to_num(hi - val), 0, None)]
-            ax.errorbar(x, val, yerr=err,
+            thin = (part["caution"].fillna(False).astype(bool).to_numpy() if "caution" in part
+                    else np.zeros(len(x), bool))
+            ax.errorbar(x[~thin], val[~thin], yerr=[e[~thin] for e in err],
                         fmt="o", ms=4, capsize=2, lw=1, color=f"C{k}", label=f"{g} (n={n})")
+            # fewer than 10 positive patients: a hollow grey marker, no interval
+            ax.plot(x[thin], val[thin], "o", ms=4, mfc="none", color="0.6")
         ax.axhline(0.5, color="0.7", lw=0.8, ls="--")
         ax.set_xticks(np.arange(len(findings)), findings, rotation=30, ha="right", fontsize=7)
         ax.set(ylim=(0, 1.02), ylabel="AUROC", title=f"AUROC by {attribute.replace('_', ' ')}")

@@ -154,8 +154,10 @@ def subgroup_table(metrics: dict) -> pd.DataFrame:
     rows = pd.DataFrame(metrics["subgroups"])
     if rows.empty:
         return rows
+    caution = rows["caution"] if "caution" in rows else pd.Series(False, index=rows.index)
     rows["cell"] = [f"{_ci({'value': r.auroc, 'lo': r.lo, 'hi': r.hi}, 2)} ({r.positives}/{r.n})"
-                    for r in rows.itertuples()]
+                    + (f" † {r.positive_patients} pt" if c else "")
+                    for r, c in zip(rows.itertuples(), caution, strict=True)]
     rows["column"] = rows["attribute"].str.replace("_band", "") + " " + rows["group"].astype(str)
     wide = rows.pivot(index="finding", columns="column", values="cell")
     order = list(dict.fromkeys(rows["column"]))
@@ -346,9 +348,21 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
                  f"{_esc(FIGURES.get(name, name))}</figcaption></figure>")
     s.append("<h2>Decision thresholds</h2>")
     s.append(f"<p>{_esc(THRESHOLD_SENTENCE.format(fit=fit, split=split))}</p>")
-    for method, title in (("youden", "Youden's J"), ("max_f1", "max-F1")):
-        s.append(f"<h3>{title} thresholds (chosen on {_esc(fit)}), applied to {_esc(split)}</h3>")
+    written = metrics["thresholds"].get("written")
+    titles = [("youden", "Youden's J"), ("max_f1", "max-F1")]
+    if written:
+        titles.append(("used", f"Written to thresholds.json ({written['method']}"
+                               + (f"; set by hand: {', '.join(written['overrides'])}"
+                                  if written["overrides"] else "") + ")"))
+    for method, title in titles:
+        s.append(f"<h3>{_esc(title)} thresholds (chosen on {_esc(fit)}), applied to "
+                 f"{_esc(split)}</h3>")
         s.append(_table(threshold_table(metrics, method)))
+    if written:
+        s.append(f"<p>Positive {_esc(fit)} images each threshold was fitted on: "
+                 + ", ".join(f"{_esc(f)} {n}" for f, n in written["positives"].items())
+                 + f". Fewer than {written['min_positives']} (warned): "
+                 + (_esc(", ".join(written["few_positives"])) or "none") + ".</p>")
     cal = metrics["calibration"]
     t = cal.get("temperature")
     s.append("<h2>Calibration</h2><p>Brier score and expected calibration error "
@@ -357,7 +371,9 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
              + (f"Temperature scaling: T = {t:.3f}, fitted on {_esc(fit)}." if t else
                 "No temperature fitted.") + "</p>")
     s.append(_table(calibration_table(metrics)))
-    s.append("<h2>Subgroups</h2><p>AUROC [95% CI] (positives/images) per finding within each "
+    s.append("<h2>Subgroups</h2><p>† fewer than 10 positive patients (N pt): an anecdote, not "
+             "an estimate; below 5 no interval is given. AUROC [95% CI] (positives/images) per "
+             "finding within each "
              "sex, age band and view. A model that learned a shortcut (say, AP view means "
              "sick) shows large gaps between groups.</p>")
     s.append(_table(subgroup_table(metrics)))

@@ -19,7 +19,10 @@ looks for it):
                        whole-image baseline, Wang et al.) and pointing hit rate vs chance
 ``details/pairs.csv``  one row per (image, finding): truth box count, probability, the
                        map's box (cache pixels), IoU, IoBB, pointing hit, box fraction
-``examples/*.png``     a few overlays with the truth box (green) and the map's box (red)
+``examples/*.png``     per finding, the pair whose map's box overlaps its truth box best and
+                       the one it overlaps worst (IoBB; ties: the more probable), as overlays
+                       with the truth box (green) and the map's box (red), named
+                       ``<finding>__best__<image>.png`` / ``__worst__``
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ def boxed_pairs(lm: LoadedModel, data, split: str) -> tuple[pd.DataFrame, dict, 
 def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradcam",
                         out: str | Path | None = None, prepared: str | Path | None = None,
                         threshold: float = WANG_THRESHOLD, batch_size: int = 16,
-                        examples: int = 8, limit: int | None = None,
+                        examples: int = 28, limit: int | None = None,
                         device: str | None = None, precision: str | None = None,
                         progress: bool = True) -> dict:
     """Score ``method``'s maps against the boxes of ``split``; write tables to ``out``.
@@ -123,7 +126,8 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
     Returns the summary written to ``localization.json`` (see the module docstring) plus
     ``out``, the folder written.
     ``limit``: score only the first ``limit`` box images (sorted by name), for a quick look;
-    recorded in the output.
+    recorded in the output. ``examples``: overlays written to ``examples/`` at most (best
+    and worst IoBB of each finding, :class:`ExamplePicks`; 28 covers the 14 findings).
     """
     if method not in (*METHODS, "attention"):
         raise ValueError(f"method must be one of {METHODS} or 'attention', got {method!r}")
@@ -146,7 +150,7 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
              .rename("truth").reset_index())
     cache = data.prepared.cache
     labels = data.prepared.labels.set_index("image_id")
-    rows, shown = [], 0
+    rows, picks = [], ExamplePicks()
     (out / "examples").mkdir(exist_ok=True)
     batches = range(0, len(pairs), batch_size)
     for start in tqdm(batches, desc=f"localize {method}", unit="batch", disable=not progress,
@@ -167,14 +171,9 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
             p = float(probs[k, wanted[k]])
             rows.append({"image_id": r.image_id, "finding": r.finding,
                          "truth_boxes": len(r.truth), "probability": p, **s})
-            if shown < examples:
-                pred = None if s["empty_map"] else (s["pred_x0"], s["pred_y0"], s["pred_x1"],
-                                                    s["pred_y1"])
-                img = np.asarray(images[k, 0])
-                rgb = draw_boxes(overlay(img, maps[k], label=f"{r.finding} {p:.2f}"),
-                                 r.truth, pred)
-                write_png(rgb, out / "examples" / f"{Path(r.image_id).stem}__{r.finding}.png")
-                shown += 1
+            if examples:
+                picks.offer(r, s, p, np.asarray(images[k, 0]), maps[k])
+    picks.write(out / "examples", limit=examples)
     table = pd.DataFrame(rows)
     summary = summarise(table)
     published = {"iobb": WANG_2017_IOBB, "iou": WANG_2017_IOU}
@@ -207,6 +206,41 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
     log.info("localization written to %s (%d pairs on %d images)", out, len(table),
              record["counts"]["images_scored"])
     return {**record, "out": str(out)}
+
+
+class ExamplePicks:
+    """The telling examples, kept while the pairs are scored: per finding the pair with the
+    highest IoBB and the one with the lowest (ties: the more probable). Holds two maps per
+    finding, not all of them."""
+
+    def __init__(self):
+        self.best: dict[str, tuple] = {}
+        self.worst: dict[str, tuple] = {}
+
+    def offer(self, pair, score: dict, probability: float, image: np.ndarray,
+              saliency: np.ndarray) -> None:
+        item = (score["iobb"], probability, pair, score, image, saliency)
+        b = self.best.get(pair.finding)
+        if b is None or (item[0], item[1]) > (b[0], b[1]):
+            self.best[pair.finding] = item
+        w = self.worst.get(pair.finding)
+        if w is None or (item[0], -item[1]) < (w[0], -w[1]):
+            self.worst[pair.finding] = item
+
+    def write(self, folder: Path, *, limit: int) -> None:
+        """Overlays of the picks, best then worst of each finding, at most ``limit``."""
+        chosen = [(kind, item) for f in sorted(self.best)
+                  for kind, item in (("best", self.best[f]), ("worst", self.worst[f]))]
+        seen = set()
+        for kind, (iobb, p, pair, s, img, saliency) in chosen[:limit]:
+            if kind == "worst" and id(pair) in seen:
+                continue   # one pair only: it is both
+            seen.add(id(pair))
+            pred = None if s["empty_map"] else (s["pred_x0"], s["pred_y0"], s["pred_x1"],
+                                                s["pred_y1"])
+            rgb = draw_boxes(overlay(img, saliency, label=f"{pair.finding} {p:.2f} IoBB "
+                                     f"{iobb:.2f}"), pair.truth, pred)
+            write_png(rgb, folder / f"{pair.finding}__{kind}__{Path(pair.image_id).stem}.png")
 
 
 def summary_markdown(r: dict) -> str:

@@ -67,6 +67,10 @@ class LoadedModel(Predictor):
         return self.forward.describe()
 
     @property
+    def ran_by(self) -> str:
+        return self.forward.ran_by()
+
+    @property
     def name(self) -> str:
         cfg = getattr(self.model, "cxr_config", None)
         return cfg.name if cfg is not None else type(self.model).__name__
@@ -253,7 +257,8 @@ def _attach_thresholds(lm: LoadedModel, explicit) -> None:
 
 
 def write_thresholds(lm: LoadedModel, thresholds: dict[str, float], *, method: str,
-                     chosen_on: str, tta: str = "none", path: str | Path | None = None) -> Path:
+                     chosen_on: str, tta: str = "none", path: str | Path | None = None,
+                     provenance: dict | None = None) -> Path:
     """Write a thresholds sidecar for ``lm.checkpoint`` (read back by :func:`load`).
 
     ``tta``: the test-time augmentation the thresholds were chosen with; a threshold only
@@ -263,7 +268,7 @@ def write_thresholds(lm: LoadedModel, thresholds: dict[str, float], *, method: s
         Path(path) if path else RunFolder.of(lm.checkpoint).thresholds, thresholds,
         findings=lm.findings, checkpoint=lm.checkpoint,
         checkpoint_sha256=lm.checkpoint_sha256, method=method, chosen_on=chosen_on,
-        tta=tta)
+        tta=tta, provenance=provenance)
 
 
 __all__ = ["TTA_MODES", "LoadedModel", "load", "ood_sidecar_path", "read_image",

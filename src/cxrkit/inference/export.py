@@ -149,11 +149,14 @@ def _graph(lm):
 
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
                 parity_images: Sequence[str | Path] = (), n_phantoms: int = 6,
-                opset: int = OPSET, thresholds: str | Path | None = None) -> dict:
+                opset: int = OPSET, thresholds: str | Path | None = None,
+                parity_source: str | None = None) -> dict:
     """Export ``checkpoint`` (file or run folder) to ONNX, check parity, write the sidecar.
 
     ``parity_images``: image files (any format :func:`read_image` reads) checked on top of
-    ``n_phantoms`` phantom radiographs. Returns the sidecar record (``path``, contract,
+    ``n_phantoms`` phantom radiographs; ``parity_source`` says where they came from, or
+    why there are none (recorded with the parity as ``checked`` / ``not_checked``, so a
+    check on phantoms alone says so). Returns the sidecar record (``path``, contract,
     ``parity``). Raises :class:`ParityError` (after writing both files, so they can be
     inspected) when the differences exceed the tolerances.
     """
@@ -222,6 +225,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     onnx_model = OnnxModel(out)
     images = _parity_images(n_phantoms, parity_images)
     parity = parity_check(lm, onnx_model, images)
+    parity.update(parity_coverage(parity, n_real=len(parity_images), source=parity_source))
     sidecar = out.with_name(out.name + ".json")
     from cxrkit.ood import record_summary
 
@@ -236,6 +240,23 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
                           f"{parity['ood_score']}; see "
                           f"{sidecar}")
     return {"path": str(out), "sidecar": str(sidecar), **record, "parity": parity}
+
+
+def parity_coverage(parity: dict, *, n_real: int, source: str | None) -> dict:
+    """What the parity check covered and what it could not, in words (``checked`` and
+    ``not_checked`` lists): the kinds of image and how many, the batch sizes, and the
+    paths the graph does not hold."""
+    checked = [f"{k['n']} {kind} image(s)" for kind, k in parity["by_kind"].items()]
+    if n_real and source:
+        checked.append(f"real images from {source}")
+    checked.append(f"as one batch of {parity['n_images']} and as a batch of 1")
+    not_checked = []
+    if not n_real:
+        not_checked.append("real radiographs: " + (source or "none given")
+                           + " (pass --parity-images DIR)")
+    not_checked.append("test-time augmentation (flip, tencrop): not in the graph; the ONNX "
+                       "backend predicts with tta none")
+    return {"checked": checked, "not_checked": not_checked}
 
 
 def _parity_images(n_phantoms: int, paths: Sequence[str | Path]) -> dict[str, tuple[str, np.ndarray]]:
@@ -318,6 +339,17 @@ def default_parity_images() -> list[Path]:
     return small + big
 
 
+def default_parity_source(found: list[Path]) -> str:
+    """Where :func:`default_parity_images` took ``found`` from, or why it found none (the
+    folder it looked in and the variable that points elsewhere), for the parity record."""
+    sample = nih_sample_folder()
+    if found:
+        return f"the NIH sample at {sample}"
+    where = (f"not found at {sample}" if sample is not None else
+             "not found (no shared/nih beside a source checkout of cxrkit)")
+    return f"the NIH sample was {where}; set {NIH_SAMPLE_ENV}"
+
+
 __all__ = ["LOGIT_TOLERANCE", "NIH_SAMPLE_ENV", "OPSET", "PROBABILITY_TOLERANCE", "ParityError",
-           "default_parity_images", "export_onnx", "nih_sample_folder", "parity_check",
-           "resize_matrix"]
+           "default_parity_images", "default_parity_source", "export_onnx", "nih_sample_folder", "parity_check",
+           "parity_coverage", "resize_matrix"]

@@ -55,6 +55,14 @@ class OodMissingWarning(UserWarning):
     """The model has no out-of-distribution record: its OOD score and flag are missing."""
 
 
+def session_ran_by(session) -> str:
+    """An onnxruntime session in onnxruntime's own words: version and the execution
+    provider that runs it (the first of ``session.get_providers()``)."""
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__} ({session.get_providers()[0]})"
+
+
 class Predictor(ABC):
     """What every backend provides; subclasses set the attributes and implement
     :meth:`logits_from_cached`."""
@@ -82,6 +90,13 @@ class Predictor(ABC):
     @abstractmethod
     def source(self) -> Path:
         """The file the model was loaded from (checkpoint or ``.onnx``)."""
+
+    @property
+    def ran_by(self) -> str:
+        """What runs the forward pass, in the runtime's own words (e.g. ``onnxruntime 1.22
+        (CPUExecutionProvider)``, ``torch 2.13 fp32 eager on cpu``): a backend that hands
+        the network to another runtime says so here, not just its own name."""
+        return self.backend
 
     # -- the cache stage -----------------------------------------------------------------------
     def cache_image(self, image: np.ndarray) -> np.ndarray:
@@ -200,7 +215,10 @@ class Predictor(ABC):
         grey/RGB arrays). ``meta``: patient metadata for a model trained with it: an
         ``(N, 4)`` array, a DataFrame with ``age``/``sex``/``view`` columns, or one dict
         per image (:func:`cxrkit.data.metadata.as_meta_matrix`). Uses the model's own
-        preprocessing.
+        preprocessing. Paths are decoded in this process, with the same readers and their
+        bounds (pixel count, Deflate size, one-line errors) but no deadline: for files from
+        outside use :func:`cxrkit.inference.predict.predict_files` (``cxrkit predict``), which decodes
+        in worker processes under :class:`cxrkit.data.decoder.DecodeLimits`.
         """
         import pandas as pd
 

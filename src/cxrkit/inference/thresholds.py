@@ -60,12 +60,18 @@ def find_thresholds(beside: Path, findings, checkpoint_sha256: Callable[[], str]
 
 def write_thresholds_file(path: str | Path, thresholds: dict[str, float], *, findings,
                           checkpoint: Path, checkpoint_sha256: str, method: str,
-                          chosen_on: str, tta: str = "none") -> Path:
-    """Write a sidecar (atomically) that :func:`find_thresholds` reads back."""
+                          chosen_on: str, tta: str = "none", provenance: dict | None = None
+                          ) -> Path:
+    """Write a sidecar (atomically) that :func:`find_thresholds` reads back.
+
+    ``provenance``: where each threshold came from (positives it was fitted on, hand-set
+    overrides, the findings with too few positives), kept under ``"provenance"``."""
     path = Path(path)
     rec = {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": checkpoint_sha256,
            "method": method, "chosen_on": chosen_on, "tta": tta, "meaning": MEANING,
            "thresholds": {f: float(thresholds[f]) for f in findings if f in thresholds}}
+    if provenance is not None:
+        rec["provenance"] = provenance
     write_json(rec, path)
     return path
 

@@ -33,6 +33,8 @@ from cxrkit.models.weights import (
     cached_hub_file,
     hub_unreachable_reason,
     offline_message,
+    read_state_dict,
+    summarise_key_mismatch,
     timm_load_report,
 )
 
@@ -107,10 +109,14 @@ def create_timm_backbone(model_name: str, *, in_chans: int, pretrained: bool,
                                          f"weights ({why})") from e
     unfilled = report["missing"] + report["unconverted"]
     if unfilled:
+        expected = net.state_dict().keys()
+        found = (set(read_state_dict(file)) if file is not None
+                 else (set(expected) - set(report["missing"])) | set(report["unexpected"]))
         raise PretrainedWeightsError(
-            f"{file or timm_name} does not fit {model_name}: {len(unfilled)} backbone "
-            f"weights were not in it (e.g. {unfilled[:3]}). Is it a file of another "
-            "architecture?")
+            f"{file or timm_name} does not fit {model_name}: "
+            f"{summarise_key_mismatch(expected, found)}"
+            + (f"; {report['unconverted'][0]}" if report["unconverted"] else "")
+            + ". Is it a file of another architecture?")
     return net, (timm_name if backbone_weights is None else "")
 
 

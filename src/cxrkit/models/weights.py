@@ -126,30 +126,81 @@ def load_model_state(model: nn.Module, state: dict, *, first_conv: str, classifi
     for k in skipped:
         del state[k]
     bad = [k for k in state if k in own and state[k].shape != own[k].shape]
-    missing = sorted(set(own) - set(state) - set(skipped))
-    unexpected = sorted(set(state) - set(own))
+    missing = set(own) - set(state) - set(skipped)
+    unexpected = set(state) - set(own)
     if bad or missing or unexpected:
+        shape = f"; {len(bad)} of another shape (e.g. {sorted(bad)[:3]})" if bad else ""
         raise PretrainedWeightsError(
-            f"{source} does not fit this model: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(bad)} of another "
-            f"shape (e.g. {bad[:3]}). Was it saved from another architecture?")
+            f"{source} does not fit this model: "
+            f"{summarise_key_mismatch(set(own) - set(skipped), state)}{shape}. Was it saved "
+            "from another architecture?")
     if skipped:
         warnings.warn(f"{source}: classifier shapes differ from this model's ({len(skipped)} "
                       "tensors); the classifier keeps its fresh initialisation", stacklevel=3)
     model.load_state_dict({**own, **state}, strict=True)
 
 
+def summarise_key_mismatch(expected, found, *, shown: int = 3) -> str:
+    """How a weights file's keys (``found``) differ from a model's (``expected``), in one
+    line: the counts, the first few of each kind, and the key prefix that would line most
+    of them up (e.g. a CheXNet file whose keys start ``densenet121.``). Never the lists
+    themselves: a DenseNet has 600-odd keys, and a dump of both sides is 75 KB.
+
+    ``expected``/``found``: key collections (a state dict works). Reusable by any loader
+    of foreign checkpoints.
+    """
+    expected, found = set(expected), set(found)
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    parts = [f"{len(missing)} of the model's {len(expected)} keys missing from the file"
+             + (f" (e.g. {', '.join(missing[:shown])})" if missing else ""),
+             f"{len(unexpected)} of the file's {len(found)} keys not in the model"
+             + (f" (e.g. {', '.join(unexpected[:shown])})" if unexpected else "")]
+    hint = closest_prefix(missing, unexpected)
+    if hint:
+        parts.append(hint)
+    return "; ".join(parts)
+
+
+def closest_prefix(missing, unexpected) -> str | None:
+    """The prefix whose removal from (or addition to) the file's keys lines up the most
+    of them with the missing ones, said in words; None when no prefix lines up any."""
+    missing_set = set(missing)
+    votes: dict[tuple[str, str], int] = {}
+    for keys, other, action in ((unexpected, missing_set, "strip"),
+                                (missing, set(unexpected), "add")):
+        for key in keys:
+            for i, ch in enumerate(key):
+                if ch == "." and key[i + 1:] in other:
+                    votes[(action, key[:i + 1])] = votes.get((action, key[:i + 1]), 0) + 1
+                    break
+    if not votes:
+        return None
+    (action, prefix), n = max(votes.items(), key=lambda kv: (kv[1], kv[0]))
+    verb = ("the file's keys start with" if action == "strip"
+            else "the model's keys start with")
+    return (f"closest prefix: {verb} {prefix!r} where the other side's do not ({action} it "
+            f"and {n} of {len(missing)} missing keys line up)")
+
+
 # --- ImageNet weights by name -------------------------------------------------------
+
+#: The command that saves timm's ImageNet weights of ``{timm_name}`` to a file. cxrkit's
+#: torchvision compatibility import runs first: on a CPU torch with the CUDA-only
+#: torchvision wheel, ``import timm`` alone fails (``torchvision::nms does not exist``).
+DOWNLOAD_COMMAND = (
+    "python -c \"from cxrkit._compat import ensure_torchvision; ensure_torchvision(); "
+    "import timm, torch; torch.save(timm.create_model('{timm_name}', pretrained=True)"
+    ".state_dict(), '{timm_name}.pth')\"")
+
 
 def offline_message(model_name: str, timm_name: str, why: str) -> str:
     return (
         f"could not download ImageNet weights for {model_name} (timm '{timm_name}'): {why}. "
-        "Download them where you have internet, e.g.\n"
-        f"    python -c \"import timm, torch; torch.save(timm.create_model('{timm_name}', "
-        f"pretrained=True).state_dict(), '{timm_name}.pth')\"\n"
-        f"  or model.safetensors from https://huggingface.co/timm/{timm_name}, copy the file "
-        "here and pass weights=PATH (model.weights=PATH in a recipe or override), or use "
-        "pretrained=False (model.pretrained=false) to start from random weights.")
+        "Where you have internet and cxrkit installed, run\n"
+        f"    {DOWNLOAD_COMMAND.format(timm_name=timm_name)}\n"
+        f"  (or download model.safetensors from https://huggingface.co/timm/{timm_name}), "
+        f"copy the file here and pass it as model.weights={timm_name}.pth (a recipe key or "
+        "override), or use model.pretrained=false to start from random weights.")
 
 
 def cached_hub_file(hf_hub_id: str | None) -> Path | None:
@@ -194,23 +245,26 @@ def timm_load_report():
     keys it could not fill. A file of another architecture would load nothing, silently;
     this captures the report so the caller can refuse such a file.
     """
-    report: dict[str, list[str]] = {"missing": [], "unconverted": []}
+    report: dict[str, list[str]] = {"missing": [], "unexpected": [], "unconverted": []}
 
-    class _Catch(logging.Handler):
-        def emit(self, record):
-            msg = record.getMessage()
-            if msg.startswith("Missing keys ("):
-                report["missing"] += msg[len("Missing keys ("):].split(")")[0].split(", ")
-            elif msg.startswith("Unable to convert pretrained"):
-                report["unconverted"].append(msg)
+    def _catch(record: logging.LogRecord) -> bool:
+        """Keep timm's key lists (not printed: the caller summarises them)."""
+        msg = record.getMessage()
+        for kind, start in (("missing", "Missing keys ("), ("unexpected", "Unexpected keys (")):
+            if msg.startswith(start):
+                report[kind] += msg[len(start):].split(")")[0].split(", ")
+                return False
+        if msg.startswith("Unable to convert pretrained"):
+            report["unconverted"].append(msg)
+        return True
 
     logger = logging.getLogger("timm.models._builder")
-    handler, level = _Catch(logging.INFO), logger.level
-    logger.addHandler(handler)
+    level = logger.level
+    logger.addFilter(_catch)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     try:
         yield report
     finally:
-        logger.removeHandler(handler)
+        logger.removeFilter(_catch)
         logger.setLevel(level)

@@ -57,9 +57,16 @@ def tap_features(model: torch.nn.Module) -> Iterator[FeatureTap]:
 @torch.no_grad()
 def dataset_features(model, dataset, transform, *, device, metadata: bool, batch_size: int = 64,
                      limit: int = MAX_IMAGES, seed: int = 0, desc: str = "ood features",
-                     progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     progress: bool = False, precision=None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(features (N, D), cache-stage images (N, 1, S, S) uint8, indices)`` of ``dataset``
-    (a seeded sample of ``limit`` images when it is larger), in eval mode, float32."""
+    (a seeded sample of ``limit`` images when it is larger), in eval mode, float32.
+
+    ``precision``: a :class:`cxrkit.engine.precision.Precision` to run the passes in;
+    None: fp32, what the end of training uses, because ``predict`` scores fp32 features
+    and a record should be calibrated on the numbers it will be compared with
+    (``bench/bench_ood_record.py`` measures bf16 against fp32: speed and flag agreement).
+    """
     from torch.utils.data import Subset
 
     from cxrkit.data.dataset import make_loader
@@ -73,10 +80,14 @@ def dataset_features(model, dataset, transform, *, device, metadata: bool, batch
     was_training = model.training
     model.eval()
     feats, images = [], []
+    low = precision is not None and precision.dtype is not None
+    autocast = precision.autocast(torch.device(device)) if low else contextlib.nullcontext()
     try:
-        with tap_features(model) as tap:
+        with tap_features(model) as tap, autocast:
             for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
                 x = transform(batch["image"].to(device))
+                if low:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 meta = batch["meta"].to(device) if metadata else None
                 model(x, meta)
                 feats.append(tap.take().cpu().numpy())  # type: ignore[union-attr]  # a forward just ran
@@ -88,14 +99,20 @@ def dataset_features(model, dataset, transform, *, device, metadata: bool, batch
 
 def fit_from_datasets(model, train, val, transform, *, device="cpu", metadata: bool = False,
                       provenance: dict | None = None, seed: int = 0,
-                      progress: bool = False) -> dict:
-    """Fit the OOD record of ``model`` from its training and validation datasets."""
+                      progress: bool = False, precision=None) -> dict:
+    """Fit the OOD record of ``model`` from its training and validation datasets
+    (``precision``: see :func:`dataset_features`; recorded in the provenance)."""
     tf, ti, _ = dataset_features(model, train, transform, device=device, metadata=metadata,
-                                 seed=seed, desc="ood: train features", progress=progress)
+                                 seed=seed, desc="ood: train features", progress=progress,
+                                 precision=precision)
     vf, vi, _ = dataset_features(model, val, transform, device=device, metadata=metadata,
-                                 seed=seed, desc="ood: val features", progress=progress)
+                                 seed=seed, desc="ood: val features", progress=progress,
+                                 precision=precision)
+    dtype = getattr(precision, "dtype", None)
     prov = {"train_images_available": len(train), "val_images_available": len(val),
-            "sample_seed": seed, **(provenance or {})}
+            "sample_seed": seed,
+            "features_precision": "fp32" if dtype is None else str(dtype).replace("torch.", ""),
+            **(provenance or {})}
     return fit_record(tf, ti, vf, vi, provenance=prov)
 
 
