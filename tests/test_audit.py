@@ -256,7 +256,7 @@ def test_cli_audit(audited, tmp_path):
 
 
 # -- the proof: a planted shortcut is flagged, the same recipe on a clean release is not ------
-#: The recipe (NOTES-h24.md, "Measured by the bench", has the numbers per seed): 300 phantom
+#: The recipe (NOTES-h24b.md, has the numbers per seed): 300 phantom
 #: patients at 64 px, noise-free labels, 30% test and 30% of train_val as val (enough
 #: positives), a binary cnn4 for Infiltration (the commonest finding), 6 epochs at batch 16,
 #: lr 1e-3, no scheduler (the defaults' lr 3e-3 with the plateau scheduler left both models
