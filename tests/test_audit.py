@@ -256,7 +256,7 @@ def test_cli_audit(audited, tmp_path):
 
 
 # -- the proof: a planted shortcut is flagged, the same recipe on a clean release is not ------
-#: The recipe (NOTES-h24b.md has the numbers per seed): 300 phantom
+#: The recipe (the README's "Shortcut audit" has the numbers per seed): 300 phantom
 #: patients at 64 px, noise-free labels, 30% test and 30% of train_val as val (enough
 #: positives), a binary cnn4 for Infiltration (the commonest finding), 6 epochs at batch 16,
 #: lr 1e-3, no scheduler (the defaults' lr 3e-3 with the plateau scheduler left both models
@@ -302,7 +302,7 @@ REGION_OR_SALIENCY = {"auroc_outside_only", "chest_only_gain", "saliency_energy_
 
 @pytest.mark.slow
 def test_planted_shortcut_is_flagged_and_the_clean_model_is_not(planted_pair):
-    """Seeds 1-3 of this recipe measured by the bench (NOTES-h24b.md), on val: the planted
+    """Seeds 1-3 of this recipe measured by the bench (README, "Shortcut audit"), on val: the planted
     model's AUROC with the chest hidden 0.90 / 0.88 / 0.98 (interval's lower end 0.75 / 0.78 /
     0.94; flagged each time), the clean one's 0.58 / 0.55 / 0.52 (never flagged); the planted
     model's AUROC falls to 0.48 / 0.57 / 0.52 with only the chest left. The test runs seed 1."""
