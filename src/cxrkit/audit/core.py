@@ -70,7 +70,7 @@ THRESHOLDS = {
                             "Grad-CAM maps are coarse (a 4x4 grid for cnn4 at 64 px) and "
                             "spill over the region's edge: every clean phantom model measured "
                             "put 0.54-0.86 of the area share inside, planted-token models "
-                            "0.29-0.62 (README, "Shortcut audit": those models had learnt nothing)"),
+                            "0.29-0.62 (README, 'Shortcut audit': those models had learnt nothing)"),
     "view_gap": (0.05, "the AUROC within AP only or PA only is at least this far below the "
                        "pooled AUROC and its interval lies below the pooled value: part of the "
                        "pooled figure is the view, not the finding"),
