@@ -28,3 +28,14 @@ def test_ruff_check_passes():
     proc = subprocess.run([*ruff, "check", "--no-cache", "src", "tests"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-1000:]
+
+
+def test_one_conftest_module():
+    """Test files import constants with ``from conftest import ...``; a second
+    ``conftest.py`` below tests/ (in a folder without ``__init__``) is imported under the same
+    module name and, depending on collection order, shadows the first (it did: tests/hostile)."""
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    found = sorted(str(p.relative_to(tests)) for p in tests.rglob("conftest.py"))
+    assert found == ["conftest.py"], found

@@ -1,6 +1,6 @@
 """Builders of hostile input files for the hostile suite (issue 19), and a bounded runner.
 
-(Imported by the tests as ``hostile_files``; ``conftest.py`` holds the fixtures.)
+(Imported by the tests as ``hostile_files``; tests/conftest.py holds the shared fixtures.)
 
 Each builder writes a small file that once broke cxrkit (hang, memory blow-up, traceback);
 the tests run cxrkit on them through the CLI (in a subprocess with a hard timeout, so the

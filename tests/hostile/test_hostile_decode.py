@@ -1,6 +1,6 @@
 """Hostile image files against ``cxrkit predict``/``explain`` (issue 19, items 1, 2, 10-13).
 
-Every CLI run is a subprocess under a hard timeout (:func:`conftest.run_cli`), so a
+Every CLI run is a subprocess under a hard timeout (:func:`hostile_files.run_cli`), so a
 regression that hangs fails the test instead of the suite.
 """
 
@@ -18,6 +18,19 @@ from PIL import Image
 
 from hostile_files import (deflate_bomb_dicom, dicom_bytes, dicom_dataset, exif_rotated_jpeg,
                       good_dicom, j2k_zero_box_dicom, run_cli)
+
+
+@pytest.fixture
+def run_copy(phantom_run, tmp_path) -> Path:
+    """A private copy of the shared phantom run (tests may write beside its checkpoint).
+
+    Here, not in a ``tests/hostile/conftest.py``: a second module named ``conftest`` shadows
+    ``tests/conftest.py`` for the test files that import its constants."""
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(phantom_run, dst)
+    return dst
 
 
 def _read_csv(path: Path) -> dict[str, dict]:
