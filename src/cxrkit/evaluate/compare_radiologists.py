@@ -16,15 +16,12 @@ import numpy as np
 import pandas as pd
 
 from cxrkit.evaluate.radiologists import read_section
+from cxrkit.evaluate.text import format_ci
 from cxrkit.metrics import paired_auroc_difference
 
 
 def _ci(rec: dict | None) -> str:
-    if not rec or rec.get("value") is None:
-        return "—"
-    if rec.get("lo") is None:
-        return f"{rec['value']:.3f}"
-    return f"{rec['value']:.3f} [{rec['lo']:.3f}, {rec['hi']:.3f}]"
+    return format_ci(rec, missing="—")
 
 
 def radiologists_comparison(runs: list[tuple[str, Path]], *, bootstrap: int = 1000,
@@ -73,12 +70,8 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame, set_name: str, finding: str, n: in
                                 ta["score"].to_numpy(float)[:, None],
                                 tb["score"].to_numpy(float)[:, None],
                                 tb["patient_id"].to_numpy(), n=n, seed=seed)
-    v, lo, hi = d["value"][0], d["lo"][0], d["hi"][0]
-    if not np.isfinite(v):
-        return "undefined"
-    if not np.isfinite(lo):
-        return f"{v:+.3f} (no CI)"
-    return f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" *" if lo > 0 or hi < 0 else "")
+    return format_ci({"value": d["value"][0], "lo": d["lo"][0], "hi": d["hi"][0]},
+                     signed=True, star=True)
 
 
 __all__ = ["radiologists_comparison"]

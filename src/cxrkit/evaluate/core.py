@@ -32,10 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.artefacts import (RunFolder, jsonable, make_folder, versions, write_bytes, write_csv,
-                              write_json)
+from cxrkit.artefacts import (EvaluationFolder, RunFolder, jsonable, make_folder, versions,
+                              write_bytes, write_csv, write_json)
 from cxrkit.artefacts import finite_or_none as _f
-from cxrkit.data.prepare import Prepared
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
 from cxrkit.evaluate.gallery import write_error_gallery
 from cxrkit.evaluate.radiologists import evaluate_against_radiologists
@@ -46,6 +45,8 @@ from cxrkit.evaluate.published import (
     published_rows,
 )
 from cxrkit.evaluate.report import write_report
+from cxrkit.evaluate.text import format_ci
+from cxrkit.data.nih import read_image_list
 from cxrkit.heldout import HeldOut, ensure_ood_record, load_held_out
 from cxrkit.inference import TTA_MODES, load, write_thresholds
 from cxrkit.metrics import (
@@ -199,9 +200,11 @@ def ood_section(pred: Predictions, findings, record: dict) -> dict:
 
 
 # -- provenance and notes -----------------------------------------------------------------
-def data_source(prepared: Prepared) -> str:
-    """"phantom" (synthetic release), "nih" (the full NIH label file) or "other"."""
-    info = prepared.info
+def data_source(info: dict) -> str:
+    """"phantom" (synthetic release), "nih" (the full NIH label file) or "other".
+
+    ``info``: what was read (a prepared folder's ``dataset.json``, or the same keys for a
+    release read directly: ``phantom``, ``release_root``, ``label_report``)."""
     if info.get("phantom"):
         return "phantom"
     root = info.get("release_root")
@@ -211,9 +214,9 @@ def data_source(prepared: Prepared) -> str:
     return "nih" if rows == NIH_LABEL_ROWS else "other"
 
 
-def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict,
-           auroc: dict, bootstrap: int, calibration: dict, test: Predictions,
-           tta: str) -> list[str]:
+def scoring_notes(*, source: str, split: str, fit_split: str | None, mean: dict, auroc: dict,
+                  bootstrap: int, calibration: dict, test: Predictions) -> list[str]:
+    """The honesty notes of any scored table (a run's split or a predictions file)."""
     notes = []
     if source == "phantom":
         notes.append("Phantom (synthetic) images: these numbers test the pipeline and say "
@@ -221,12 +224,6 @@ def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict
     elif source == "other":
         notes.append("The labels are not the full NIH label file (112,120 rows), so the test "
                      "set is not NIH's; published numbers are not comparable.")
-    n = len(test.table)
-    if (source == "nih" and data.protocol == "official" and split == "test"
-            and data.moved is None and n != OFFICIAL_TEST_IMAGES):
-        notes.append(f"Only {n:,} of the {OFFICIAL_TEST_IMAGES:,} official test images are in "
-                     "the cache, so this is not the official test set: published numbers "
-                     "are not comparable.")
     if mean["undefined"]:
         notes.append(f"AUROC undefined (one class among the evaluated labels) for: "
                      f"{', '.join(mean['undefined'])}; they are null and left out of the mean "
@@ -243,11 +240,12 @@ def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict
     if mean["value"] is not None and mean["lo"] is None:
         notes.append("No confidence interval for the mean AUROC: fewer than half of the "
                      "patient resamples had both classes for every finding in the mean.")
-    if data.moved is not None:
-        notes.append(f"The run used a box fold ({data.box_fold:g}): {len(data.moved)} test "
-                     f"images of {data.moved['patient_id'].nunique()} patients were moved into "
-                     "training and are not evaluated here.")
-    if split == fit_split:
+    if fit_split is None:
+        notes.append("Thresholds and temperature were not fitted: no predictions for other "
+                     "images were given (--fit-on VAL.csv), and fitting them on the scored "
+                     "images would flatter them. Calibration (ECE, reliability) is of the "
+                     "probabilities as given.")
+    elif split == fit_split:
         notes.append(f"Thresholds and temperature were fitted on the evaluated split "
                      f"({split}) itself: threshold metrics and calibration after temperature "
                      "are optimistic.")
@@ -268,12 +266,35 @@ def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict
     unknown = int(np.isnan(test.labels).sum())
     if unknown:
         notes.append(f"{unknown} unknown labels (NaN) were left out per finding.")
-    if tta != "none":
-        notes.append(f"Test-time augmentation '{tta}': logits averaged over views; thresholds "
-                     f"in thresholds.json were chosen with the same TTA.")
-    notes.append("Intervals: percentile bootstrap over patients (all images of a drawn "
-                 f"patient together), {bootstrap} resamples, 95%.")
     return notes
+
+
+def _run_notes(*, source: str, split: str, data: HeldOut, test: Predictions) -> list[str]:
+    """Notes only a run's evaluation has: cache coverage of the official list, box fold."""
+    notes = []
+    n = len(test.table)
+    if (source == "nih" and data.protocol == "official" and split == "test"
+            and data.moved is None and n != OFFICIAL_TEST_IMAGES):
+        notes.append(f"Only {n:,} of the {OFFICIAL_TEST_IMAGES:,} official test images are in "
+                     "the cache, so this is not the official test set: published numbers "
+                     "are not comparable.")
+    if data.moved is not None:
+        notes.append(f"The run used a box fold ({data.box_fold:g}): {len(data.moved)} test "
+                     f"images of {data.moved['patient_id'].nunique()} patients were moved into "
+                     "training and are not evaluated here.")
+    return notes
+
+
+def coverage(image_ids, test_list, train_val_list=None) -> dict:
+    """How many of NIH's official test images a scored table holds (and train_val ones)."""
+    ids = set(image_ids)
+    out = {"official_test_images": OFFICIAL_TEST_IMAGES, "scored": len(ids),
+           "scored_official_test": None, "scored_train_val": None}
+    if test_list is not None:
+        out["scored_official_test"] = len(ids & set(test_list))
+    if train_val_list is not None:
+        out["scored_train_val"] = len(ids & set(train_val_list))
+    return out
 
 
 # -- outputs ------------------------------------------------------------------------------
@@ -285,8 +306,11 @@ def _tables(metrics: dict) -> dict[str, pd.DataFrame]:
         "auprc_lo": metrics["auprc"][f]["lo"], "auprc_hi": metrics["auprc"][f]["hi"],
         "positives": metrics["auroc"][f]["positives"],
         "negatives": metrics["auroc"][f]["negatives"]} for f in findings])
-    thresholds = pd.DataFrame([{"method": m, "finding": f, **metrics["threshold_metrics"][m][f]}
-                               for m in THRESHOLD_METHODS for f in findings])
+    applied = metrics["threshold_metrics"]   # {} when no thresholds were fitted
+    thresholds = pd.DataFrame([{"method": m, "finding": f, **applied[m][f]}
+                               for m in THRESHOLD_METHODS if m in applied for f in findings],
+                              columns=["method", "finding", "threshold", "tp", "fp", "tn", "fn"]
+                              if not applied else None)
     for col in ("tp", "fp", "tn", "fn"):
         thresholds[col] = thresholds[col].astype("Int64")   # counts; empty when undefined
     cal = metrics["calibration"]
@@ -312,14 +336,101 @@ def write_outputs(out: Path, metrics: dict, preds: list[Predictions]) -> dict:
     Returns ``metrics`` as written (plain JSON types, ``None`` for undefined values).
     """
     metrics = jsonable(metrics)
-    make_folder(out)
+    folder = EvaluationFolder(make_folder(out))
     for pred in preds:
-        write_csv(predictions_frame(pred, metrics["findings"]),
-                         out / f"predictions_{pred.split}.csv")
+        write_csv(predictions_frame(pred, metrics["findings"]), folder.predictions(pred.split))
     for name, table in _tables(metrics).items():
-        write_csv(table, out / name)
-    write_json(metrics, out / "metrics.json")
+        write_csv(table, folder.root / name)
+    write_json(metrics, folder.metrics)
     return metrics
+
+
+def protocol_line(rows: str, cov: dict, *, n_rows: int | None = None,
+                  split_text: str | None = None) -> str:
+    """The one sentence every output states: which rows were scored and how many of NIH's
+    25,596 official test images they are (a figure on a subset, or one that includes
+    train_val images, is not comparable to papers that score the whole list)."""
+    k, t, total = cov["scored_official_test"], cov["scored_train_val"], cov["official_test_images"]
+    n = cov["scored"]
+    if rows == "official-test":
+        text = (f"Protocol: NIH's official test list (test_list.txt): {k:,} of its {total:,} "
+                f"images scored ({100 * k / total:.1f} %).")
+        if n_rows is not None and n_rows > n:
+            text += f" {n_rows - n:,} rows of the file are not on the list and were not scored."
+    elif rows == "all":
+        text = f"Protocol: all {n:,} rows as given (the model's own split)"
+        text += (f": {k:,} of the {total:,} official test images" if k is not None else "")
+        text += (f" and {t:,} train_val images." if t else ".")
+    else:
+        text = f"Protocol: {split_text or rows}: {n:,} images"
+        text += (f", {k:,} of the {total:,} official test images." if k is not None else ".")
+    if k is not None and k < total:
+        text += (f" Not comparable to papers that score the whole official test list: "
+                 f"{'a subset of it' if k else 'none of it'}"
+                 + (f", with {t:,} train_val images, which models trained on NIH's official "
+                    "split have seen" if t else "") + ".")
+    return text
+
+
+def score(test: Predictions, fit: Predictions | None, findings, out: str | Path, *,
+          header: dict, run: RunProtocol, fit_split: str | None, bootstrap: int = 1000,
+          subgroup_bootstrap: int = 200, seed: int = 0, temperature: bool = True,
+          notes: tuple[list[str], list[str]] = ([], []), expert_source: dict | None = None,
+          reference: str = "auto", expert_labels: str | Path | None = None,
+          ood_record: dict | None = None) -> dict:
+    """Score a table of predictions: the one evaluation path of runs and predictions files.
+
+    ``test``: the scored images (labels, probabilities, patients, age/sex/view); ``fit``:
+    predictions for *other* images that thresholds and the temperature are fitted on
+    (None: not fitted). ``header``: what made the predictions (provenance fields of
+    ``metrics.json``, the protocol included). ``notes``: source-specific notes before and
+    after the common ones. ``expert_source``: ``{"release_root", "files"}`` where
+    Google's radiologists' labels are looked for (:mod:`cxrkit.evaluate.radiologists`).
+    Writes ``metrics.json``, the tables and the predictions into ``out``; returns the
+    metrics as written.
+    """
+    findings = list(findings)
+    out = Path(out)
+    auroc, auprc, mean = ranking_section(test, findings, n=bootstrap, seed=seed)
+    if fit is not None:
+        thresholds, applied = threshold_section(fit, test, findings)
+    else:
+        thresholds, applied = {m: {f: None for f in findings} for m in THRESHOLD_METHODS}, {}
+    calibration = calibration_section(fit if fit is not None else test, test, findings,
+                                      temperature=temperature and fit is not None)
+    subgroups = subgroup_rows(test, findings, n=subgroup_bootstrap, seed=seed)
+    metrics = {
+        "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions("scikit-learn"), **header,
+        "n_images": len(test.table), "n_patients": int(test.table["patient_id"].nunique()),
+        "findings": findings,
+        "bootstrap": {"replicates": bootstrap, "unit": "patient", "seed": seed, "level": 0.95},
+        "auroc": auroc, "auprc": auprc, "mean_auroc": mean,
+        "thresholds": {"chosen_on": fit_split, **thresholds, "meaning": THRESHOLD_MEANING},
+        "threshold_metrics": applied, "calibration": calibration, "subgroups": subgroups,
+        "ood": (ood_section(test, findings, ood_record)
+                if ood_record is not None and test.ood_score is not None else None),
+        "published": published_rows(findings, run),
+        "notes": ([header["protocol"]["line"]] if header.get("protocol") else []) + notes[0]
+        + scoring_notes(source=run.data, split=run.split, fit_split=fit_split, mean=mean,
+                        auroc=auroc, bootstrap=bootstrap, calibration=calibration, test=test)
+        + notes[1]
+        + ["Intervals: percentile bootstrap over patients (all images of a drawn patient "
+           f"together), {bootstrap} resamples, 95%."],
+    }
+    against = None
+    if expert_source is not None:
+        against = evaluate_against_radiologists(
+            expert_source, test, fit, findings, out, split=run.split, fit_split=fit_split,
+            reference=reference, expert_dir=expert_labels, n=bootstrap, seed=seed,
+            phantom=run.data == "phantom")
+    if against is not None:
+        metrics["notes"].append("Against radiologists: see radiologists.json and the report's "
+                                "section of that name (Google's expert labels on "
+                                + ", ".join(f"{r['images_in_split']:,} {k} images"
+                                            for k, r in against["sets"].items()) + ").")
+    preds = [test] if fit is None or fit is test else [test, fit]
+    return write_outputs(out, metrics, preds)
 
 
 # -- the whole evaluation -----------------------------------------------------------------
@@ -362,7 +473,6 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     """
     _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap)
     lm = load(checkpoint, device=device, precision=precision)
-    findings = list(lm.findings)
     data = load_held_out(lm, prepared)
     if lm.ood_record is None:
         log.info("%s has no out-of-distribution record: computing it from %s",
@@ -373,77 +483,76 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
         ood_record = None
     run_folder = RunFolder.of(lm.checkpoint)
-    out = Path(out) if out else run_folder.eval(split, tta)
+    out = EvaluationFolder(out if out else run_folder.eval(split, tta))
     started, cpu = time.perf_counter(), time.process_time()
+    # 1. make predictions ...
     test = predict_split(lm, data, split, tta=tta, batch_size=batch_size, progress=progress)
     fit = test if threshold_split == split else predict_split(
         lm, data, threshold_split, tta=tta, batch_size=batch_size, progress=progress)
-    forward_s, forward_cpu = time.perf_counter() - started, time.process_time() - cpu
+    forward_s = time.perf_counter() - started
     log.info("forward passes: %d images in %.1f s (%.1f s CPU)", len(test.table) + (
-        0 if fit is test else len(fit.table)), forward_s, forward_cpu)
-
-    auroc, auprc, mean = ranking_section(test, findings, n=bootstrap, seed=seed)
-    thresholds, applied = threshold_section(fit, test, findings)
-    calibration = calibration_section(fit, test, findings, temperature=temperature)
-    subgroups = subgroup_rows(test, findings, n=subgroup_bootstrap, seed=seed)
-    source = data_source(data.prepared)
-    run = RunProtocol(data=source, protocol=data.protocol, split=split, n_images=len(test.table),
-                      box_fold=data.box_fold)
+        0 if fit is test else len(fit.table)), forward_s, time.process_time() - cpu)
+    # 2. ... then score the table, as for any model's predictions file
+    source = data_source(data.prepared.info)
+    files = data.prepared.info.get("files") or {}
+    cov = coverage(test.table["image_id"], *(_read_list(files.get(k))
+                                             for k in ("test", "train_val")))
     config = lm.checkpoint_info.get("config") or {}
     epoch = lm.checkpoint_info.get("epoch")
-    metrics = {
-        "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions("scikit-learn"),
-        "checkpoint": str(lm.checkpoint),
+    header = {
+        "source": {"kind": "run"}, "checkpoint": str(lm.checkpoint),
         "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(run_folder.root),
         "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
         "split_protocol": data.protocol, "tta": tta,
         "precision": lm.precision, "tta_mirror": _tta_mirror(lm, tta),
-        "n_images": len(test.table),
-        "n_patients": int(test.table["patient_id"].nunique()), "findings": findings,
         "model": (config.get("model") or {}).get("name", type(lm.model).__name__),
         "epoch": None if epoch is None else int(epoch) + 1,
-        "bootstrap": {"replicates": bootstrap, "unit": "patient", "seed": seed, "level": 0.95},
-        "auroc": auroc, "auprc": auprc, "mean_auroc": mean,
-        "thresholds": {"chosen_on": threshold_split, **thresholds, "meaning": THRESHOLD_MEANING},
-        "threshold_metrics": applied, "calibration": calibration, "subgroups": subgroups,
-        "ood": (ood_section(test, findings, ood_record)
-                if ood_record is not None and test.ood_score is not None else None),
-        "published": published_rows(findings, run),
-        "notes": _notes(source=source, split=split, fit_split=threshold_split, data=data,
-                        mean=mean, auroc=auroc, bootstrap=bootstrap,
-                        calibration=calibration, test=test, tta=tta)
-        + ([f"Warning: {lm.tta_note(tta)}"] if lm.tta_note(tta) else []),
+        "protocol": {"rows": "split", "coverage": cov, "line": protocol_line(
+            "split", cov, split_text=f"the {split} split of {data.split_path.name} "
+                                     f"({data.protocol})")},
     }
-    against = evaluate_against_radiologists(
-        data.prepared, test, fit, findings, out, split=split, fit_split=threshold_split,
-        reference=reference, expert_dir=expert_labels, n=bootstrap, seed=seed,
-        phantom=source == "phantom")
-    if against is not None:
-        metrics["notes"].append("Against radiologists: see radiologists.json and the report's "
-                                "section of that name (Google's expert labels on "
-                                + ", ".join(f"{r['images_in_split']:,} {k} images"
-                                            for k, r in against["sets"].items()) + ").")
-    metrics = write_outputs(out, metrics, [test] if fit is test else [test, fit])
+    after = []
+    if tta != "none":
+        after.append(f"Test-time augmentation '{tta}': logits averaged over views; thresholds "
+                     f"in thresholds.json were chosen with the same TTA.")
+    if lm.tta_note(tta):
+        after.append(f"Warning: {lm.tta_note(tta)}")
+    metrics = score(test, fit, lm.findings, out.root, header=header,
+                    run=RunProtocol(data=source, protocol=data.protocol, split=split,
+                                    n_images=len(test.table), box_fold=data.box_fold),
+                    fit_split=threshold_split, bootstrap=bootstrap,
+                    subgroup_bootstrap=subgroup_bootstrap, seed=seed, temperature=temperature,
+                    notes=(_run_notes(source=source, split=split, data=data, test=test), after),
+                    expert_source=data.prepared.info, reference=reference,
+                    expert_labels=expert_labels, ood_record=ood_record)
     if gallery:
-        write_error_gallery(lm, data, test, metrics, out, per_kind=gallery, progress=progress)
-    chosen = {f: t for f, t in thresholds[threshold_method].items() if t is not None}
+        write_error_gallery(lm, data, test, metrics, out.root, per_kind=gallery,
+                            progress=progress)
+    chosen = {f: t for f, t in metrics["thresholds"][threshold_method].items() if t is not None}
     sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "
                                          f"(tta={tta})")
-    write_bytes(sidecar.read_bytes(), out / sidecar.name)
+    write_bytes(sidecar.read_bytes(), out.thresholds)
     log.info("evaluated %s on %d %s images: mean AUROC %s, %s flagged out-of-distribution; "
-             "wrote %s", lm.checkpoint.name, len(test.table), split, _fmt(mean),
-             metrics["ood"]["n_flagged"] if metrics["ood"] else "none", out)
-    log.info("metrics: %.1f s after the forward passes (%.1f s CPU)",
-             time.perf_counter() - started - forward_s, time.process_time() - cpu - forward_cpu)
+             "wrote %s", lm.checkpoint.name, len(test.table), split,
+             format_ci(metrics["mean_auroc"], 4), metrics["ood"]["n_flagged"]
+             if metrics["ood"] else "none", out.root)
     if report:
-        started, cpu = time.perf_counter(), time.process_time()
-        html = write_report(out, run_folder.root)
-        log.info("report: %s (%.1f MB) in %.1f s (%.1f s CPU)", html,
-                 Path(html).stat().st_size / 1e6, time.perf_counter() - started,
-                 time.process_time() - cpu)
+        _report(out, run_folder.root)
     return metrics
+
+
+def _read_list(path) -> list[str] | None:
+    return read_image_list(path) if path and Path(path).exists() else None
+
+
+def _report(out: EvaluationFolder, run_dir: Path | None) -> Path:
+    started, cpu = time.perf_counter(), time.process_time()
+    html = write_report(out.root, run_dir)
+    log.info("report: %s (%.1f MB) in %.1f s (%.1f s CPU)", html,
+             Path(html).stat().st_size / 1e6, time.perf_counter() - started,
+             time.process_time() - cpu)
+    return html
 
 
 def _tta_mirror(lm, tta: str) -> dict:
@@ -458,13 +567,7 @@ def _tta_mirror(lm, tta: str) -> dict:
             "note": note}
 
 
-def _fmt(m: dict) -> str:
-    if m["value"] is None:
-        return "undefined"
-    ci = f" [{m['lo']:.3f}, {m['hi']:.3f}]" if m["lo"] is not None else ""
-    return f"{m['value']:.4f}{ci}"
-
-
-__all__ = ["FORMAT", "THRESHOLD_METHODS", "age_band", "ood_section", "calibration_section", "data_source",
-           "evaluate_checkpoint", "ranking_section", "subgroup_rows",
-           "threshold_section", "write_outputs"]
+__all__ = ["FORMAT", "THRESHOLD_METHODS", "age_band", "calibration_section", "coverage",
+           "data_source", "evaluate_checkpoint", "ood_section", "protocol_line",
+           "ranking_section", "score", "scoring_notes", "subgroup_rows", "threshold_section",
+           "write_outputs"]

@@ -33,8 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrkit.data.dataset import metadata_vector
-from cxrkit.artefacts import write_csv
-from cxrkit.evaluate.radiologists import IMAGES_FILE
+from cxrkit.artefacts import EvaluationFolder, write_csv
 from cxrkit.explain import overlay, saliency_maps
 from cxrkit.explain.localization import draw_boxes
 
@@ -42,8 +41,6 @@ log = logging.getLogger(__name__)
 
 THUMB = 192
 BATCH = 16      #: images per Grad-CAM pass
-FOLDER = "gallery"
-FILE = "gallery.csv"
 COLUMNS = ["finding", "kind", "rank", "image_id", "patient_id", "probability", "threshold",
            "reference", "reference_label", "nih_label", "boxes", "overlay"]
 #: reference names, best first
@@ -57,7 +54,7 @@ def best_reference(test, findings, out: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = np.array(test.labels, dtype=np.float64, copy=True)
     names = np.full(labels.shape, NIH, dtype=object)
     names[np.isnan(labels)] = ""
-    path = out / IMAGES_FILE
+    path = EvaluationFolder(out).radiologists_images
     if not path.exists():
         return labels, names
     expert = pd.read_csv(path, dtype={"image_id": str})
@@ -97,8 +94,8 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
 def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_kind: int = 2,
                         progress: bool = True) -> pd.DataFrame:
     """Overlays of each finding's most confident errors (see the module); ``gallery.csv``."""
-    out = Path(out)
-    folder = out / FOLDER
+    layout = EvaluationFolder(out)
+    out, folder = layout.root, layout.gallery
     if folder.exists():
         for old in folder.glob("*.jpg"):
             old.unlink()
@@ -145,10 +142,10 @@ def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_k
                          "threshold": thresholds.get(f), "reference": names[i, j],
                          "reference_label": int(labels[i, j]),
                          "nih_label": None if np.isnan(nih) else int(nih), "boxes": len(own),
-                         "overlay": f"{FOLDER}/{name}"})
+                         "overlay": f"{folder.name}/{name}"})
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["nih_label"] = table["nih_label"].astype("Int64")
-    write_csv(table, out / FILE)
+    write_csv(table, layout.gallery_table)
     log.info("error gallery: %d images for %d findings in %s", len(table),
              table["finding"].nunique(), folder)
     return table

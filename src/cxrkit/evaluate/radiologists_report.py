@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from cxrkit.evaluate.gallery import FILE as GALLERY_FILE
-from cxrkit.evaluate.plots import _figure, _grid
+from cxrkit.artefacts import EvaluationFolder
+from cxrkit.evaluate.plots import _figure, _grid, save_figure
+from cxrkit.evaluate.text import format_ci
 from cxrkit.evaluate.radiologists import read_section
 
 ROC_FIGURE = "roc_radiologists_{set}.png"
@@ -42,12 +43,7 @@ def _v(x, d: int = 3) -> str:
 
 
 def _ci(rec: dict | None, signed: bool = False) -> str:
-    if not rec or rec.get("value") is None:
-        return "—"
-    f = "+.3f" if signed else ".3f"
-    if rec.get("lo") is None:
-        return f"{rec['value']:{f}} (no CI)"
-    return f"{rec['value']:{f}} [{rec['lo']:{f}}, {rec['hi']:{f}}]"
+    return format_ci(rec, signed=signed, missing="—")
 
 
 def summary_table(rec: dict) -> pd.DataFrame:
@@ -160,9 +156,8 @@ def radiologists_html(out: str | Path) -> str:
             s.append(_html_table(summary_table(rec)))
             fig = roc_figure(rec, images, name)
             if fig is not None:
-                path = out / "figures" / ROC_FIGURE.format(set=name)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fig.savefig(path)
+                path = save_figure(fig, EvaluationFolder(out).figures
+                                   / ROC_FIGURE.format(set=name))
                 s.append(f"<figure>{_embed(path, 'ROC against radiologists')}<figcaption>ROC "
                          "against the radiologists: the model's curve, its operating point "
                          "chosen on validation (star), NIH's label (square) and each "
@@ -188,7 +183,7 @@ def _html_table(df: pd.DataFrame) -> str:
 def gallery_html(out: str | Path) -> str:
     """The "Error gallery" section, or '' without ``gallery.csv`` rows."""
     out = Path(out)
-    path = out / GALLERY_FILE
+    path = EvaluationFolder(out).gallery_table
     if not path.exists():
         return ""
     table = pd.read_csv(path, dtype={"image_id": str})
