@@ -220,7 +220,7 @@ def evaluate_predictions(predictions, *, release, rows: str = "official-test",
                     subgroup_bootstrap=subgroup_bootstrap, seed=seed, temperature=temperature,
                     notes=(before, []), expert_source=info, reference=reference,
                     expert_labels=expert_labels)
-    log.info("scored %s: %s", table.source, header["protocol"]["line"])
+    log.debug("scored %s: %s", table.source, header["protocol"]["line"])
     if report:
         write_report(out, None)
     return metrics
