@@ -162,7 +162,8 @@ def _columns(frame: pd.DataFrame, src: _Source) -> tuple[str, dict[str, str], li
 
 def _values(frame: pd.DataFrame, column: str, src: _Source, logits: bool) -> np.ndarray:
     raw = frame[column]
-    text = raw.astype(str).str.strip() if raw.dtype == object else None
+    textual = raw.dtype == object or pd.api.types.is_string_dtype(raw)
+    text = raw.astype(str).str.strip() if textual else None
     if text is not None:
         empty = raw.isna().to_numpy() | (text == "").to_numpy()
         if empty.any():
@@ -186,13 +187,13 @@ def _values(frame: pd.DataFrame, column: str, src: _Source, logits: bool) -> np.
     if logits:
         inf = ~np.isfinite(values)
         if inf.any():
-            src.fail(f"{values[inf][0]} is not a finite logit", int(np.flatnonzero(inf)[0]),
+            src.fail(f"{float(values[inf][0])!r} is not a finite logit", int(np.flatnonzero(inf)[0]),
                      column)
     else:
         out = (values < 0) | (values > 1)
         if out.any():
             i = int(np.flatnonzero(out)[0])
-            src.fail(f"{values[i]!r} is not a probability in [0, 1] (raw scores? pass "
+            src.fail(f"{float(values[i])!r} is not a probability in [0, 1] (raw scores? pass "
                      "--logits)", i, column)
     return values
 
@@ -204,9 +205,8 @@ def _file_name(image_id: str) -> str:
 def _match_ids(raw: pd.Series, column: str, src: _Source, known) -> tuple[np.ndarray, list[str]]:
     """Ids as the release spells them; by file name (any case) where the exact id is not
     one; unknown and repeated images are errors."""
-    ids = raw.astype(str).str.strip().to_numpy(dtype=object) if raw.dtype == object \
-        else raw.astype(str).to_numpy(dtype=object)
-    empty = (ids == "") | pd.isna(raw).to_numpy()
+    empty = pd.isna(raw).to_numpy() | (raw.astype(str).str.strip() == "").to_numpy()
+    ids = raw.astype(str).str.strip().to_numpy(dtype=object)
     if empty.any():
         src.fail("empty image id", int(np.flatnonzero(empty)[0]), column)
     notes = []
