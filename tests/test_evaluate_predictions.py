@@ -80,6 +80,9 @@ def test_rows_all_auroc_equals_scikit_learn(all_rows, nih_labels):
     assert metrics["thresholds"]["chosen_on"] is None and metrics["threshold_metrics"] == {}
     assert "not fitted" in (out / "report.html").read_text()
     assert metrics["calibration"]["ece"]["Effusion"] is not None      # ECE without fitting
+    gallery = pd.read_csv(out / "gallery.csv")     # threshold-free: no threshold was fitted
+    assert len(gallery) == 14 * 2 * 2 and gallery["threshold"].isna().all()
+    assert "scored highest" in (out / "report.html").read_text()
 
 
 def _expert(path, id_col: str, finding: str) -> pd.Series:
@@ -137,11 +140,12 @@ def test_official_test_rows_state_their_coverage(release, tmp_path):
 # -- the protocol's refusals --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small(release):
-    """200 official-test and 300 train_val rows of the CheXNet file, as DataFrames."""
+    """The CheXNet file's official-test rows whose image is in the sample's images_256/
+    (208), and 300 of its train_val rows, as DataFrames."""
     preds = pd.read_csv(CHEXNET)
-    test = set(release.test)
-    on_list = preds["Image Index"].isin(test)
-    return preds[on_list].head(200).reset_index(drop=True), \
+    on_list = preds["Image Index"].isin(set(release.test))
+    on_disk = preds["Image Index"].isin(set((NIH / "images_256.txt").read_text().split()))
+    return preds[on_list & on_disk].reset_index(drop=True), \
         preds[~on_list].head(300).reset_index(drop=True)
 
 
@@ -166,7 +170,7 @@ def test_trained_on_refuses_a_scored_patient(release, small, tmp_path):
                                                                                     index=False)
     m = evaluate_predictions(scored, release=release, out=tmp_path / "ok", trained_on=split,
                              report=False, reference="nih", **FAST)
-    assert m["trained_on"]["images"] == 50 and m["n_images"] == 200
+    assert m["trained_on"]["images"] == 50 and m["n_images"] == len(scored)
     bad = tmp_path / "bad.txt"
     bad.write_text(f"{other[0]}\nnot_an_image.png\n")
     with pytest.raises(ValueError, match="bad.txt, line 2: image id 'not_an_image.png'"):
@@ -179,7 +183,7 @@ def test_thresholds_are_fitted_only_on_other_images(release, small, tmp_path):
 
     scored, val = small
     m = evaluate_predictions(scored, release=release, out=tmp_path / "fit", fit_on=val,
-                             report=False, reference="nih", **FAST)
+                             report=True, reference="nih", images=NIH / "images_256", **FAST)
     assert m["thresholds"]["chosen_on"] == "val" and m["fit_on"]["images"] == 300
     from cxrkit.metrics import youden_threshold
     y = release.labels.set_index("image_id").loc[val["Image Index"], "Effusion"].to_numpy()
@@ -187,6 +191,14 @@ def test_thresholds_are_fitted_only_on_other_images(release, small, tmp_path):
         youden_threshold(y, val["prob_Effusion"].to_numpy()))
     assert m["calibration"]["temperature"] is not None
     assert (tmp_path / "fit" / "predictions_val.csv").exists()
+    # the error gallery without a model: the images themselves, at the fitted thresholds
+    gallery = pd.read_csv(tmp_path / "fit" / "gallery.csv")
+    assert len(gallery) and gallery["threshold"].notna().all()
+    assert all((tmp_path / "fit" / o).exists() for o in gallery["overlay"])
+    fp = gallery[gallery["kind"] == "false positive"]
+    assert (fp["probability"] >= fp["threshold"]).all() and (fp["reference_label"] == 0).all()
+    html = (tmp_path / "fit" / "report.html").read_text()
+    assert "Error gallery" in html and "image/jpeg;base64" in html
     with pytest.raises(ValueError, match="also scored.*never on the scored ones"):
         evaluate_predictions(scored, release=release, out=tmp_path / "x",
                              fit_on=pd.concat([val, scored.head(3)]), report=False,

@@ -37,6 +37,7 @@ def evaluate(
     fit_on: Annotated[Path | None, typer.Option(help="Predictions file: the model's predictions for other images (its validation split) to fit thresholds and temperature on")] = None,
     logits: Annotated[bool, typer.Option(help="Predictions file: values are raw scores (logits), not probabilities")] = False,
     name: Annotated[str | None, typer.Option(help="Predictions file: the model's name in reports (default: the file's stem)")] = None,
+    images: Annotated[Path | None, typer.Option(help="Predictions file: a folder of the release's images, to show the error gallery's images")] = None,
 ) -> None:
     """Evaluate a checkpoint, or any model's predictions file: AUROC with patient-bootstrap CIs,
     thresholds, calibration, subgroups, radiologists, report."""
@@ -49,7 +50,8 @@ def evaluate(
                               logits=logits, trained_on=trained_on, fit_on=fit_on,
                               bootstrap=bootstrap, subgroup_bootstrap=subgroup_bootstrap,
                               seed=seed, temperature=temperature, reference=reference,
-                              expert_labels=expert_labels, report=report)
+                              expert_labels=expert_labels, report=report, images=images,
+                              gallery=gallery)
     m = _run(evaluate_checkpoint, checkpoint, split=split, tta=tta, out=out, prepared=prepared,
              bootstrap=bootstrap, subgroup_bootstrap=subgroup_bootstrap, seed=seed,
              temperature=temperature, threshold_method=threshold_method,

@@ -34,6 +34,7 @@ import pandas as pd
 from cxrkit.data.release import NIHRelease, load_release
 from cxrkit.data.splits import LeakageError
 from cxrkit.evaluate.core import coverage, data_source, protocol_line, score
+from cxrkit.evaluate.gallery import write_error_table
 from cxrkit.evaluate.predictions import Predictions
 from cxrkit.evaluate.predictions_file import PredictionTable, read_predictions
 from cxrkit.evaluate.published import RunProtocol
@@ -133,7 +134,8 @@ def evaluate_predictions(predictions, *, release, rows: str = "official-test",
                          logits: bool = False, trained_on: str | Path | None = None,
                          fit_on=None, bootstrap: int = 1000, subgroup_bootstrap: int = 200,
                          seed: int = 0, temperature: bool = True, reference: str = "auto",
-                         expert_labels: str | Path | None = None, report: bool = True) -> dict:
+                         expert_labels: str | Path | None = None, images: str | Path | None = None,
+                         gallery: int = 2, report: bool = True) -> dict:
     """Score a model's predictions (a CSV path or a DataFrame) on NIH's labels.
 
     ``release``: a release root (or the folder of ``Data_Entry_2017*.csv``), or a
@@ -141,7 +143,9 @@ def evaluate_predictions(predictions, *, release, rows: str = "official-test",
     (module docstring). ``out``: the evaluation folder (default beside a file:
     ``<stem>_eval_<rows>``; required for a DataFrame). ``fit_on``: predictions for other
     images (path or DataFrame) that thresholds and the temperature are fitted on.
-    ``trained_on``: see :func:`read_trained_on`. Returns the ``metrics.json`` dict; writes
+    ``trained_on``: see :func:`read_trained_on`. ``gallery``: the most confident errors
+    listed per finding and kind (0: none), shown where ``images`` (a folder) has the
+    image (:func:`cxrkit.evaluate.gallery.write_error_table`). Returns the ``metrics.json`` dict; writes
     the same folder as evaluating a run (:class:`~cxrkit.artefacts.EvaluationFolder`).
     """
     if rows not in ROWS:
@@ -221,6 +225,8 @@ def evaluate_predictions(predictions, *, release, rows: str = "official-test",
                     notes=(before, []), expert_source=info, reference=reference,
                     expert_labels=expert_labels)
     log.debug("scored %s: %s", table.source, header["protocol"]["line"])
+    if gallery:
+        write_error_table(test, metrics, out, images=images, per_kind=gallery)
     if report:
         write_report(out, None)
     return metrics

@@ -151,5 +151,63 @@ def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_k
     return table
 
 
+def write_error_table(test, metrics: dict, out: str | Path, *, images=None,
+                      per_kind: int = 2) -> pd.DataFrame:
+    """The error gallery of a model cxrkit cannot run (a predictions file): the same
+    choice of images, against the same references, with the image itself (no saliency
+    map) where ``images`` (a folder, searched by :func:`cxrkit.data.images.find_images`)
+    has it. Without fitted thresholds the choice is threshold-free: the negatives with the
+    highest probability and the positives with the lowest (``threshold`` empty)."""
+    from cxrkit.data.images import find_images, read_xray, to_uint8
+
+    layout = EvaluationFolder(out)
+    folder = layout.gallery
+    if folder.exists():
+        for old in folder.glob("*.jpg"):
+            old.unlink()
+    findings = list(metrics["findings"])
+    labels, names = best_reference(test, findings, layout.root)
+    probs = test.probs
+    index = find_images(images, warn=False) if images else {}
+    thresholds = metrics["thresholds"]["youden"]
+    rows = []
+    for j, f in enumerate(findings):
+        t = thresholds.get(f)
+        if t is None:
+            chosen = {"false positive": choose_errors(labels[:, j], probs[:, j], -np.inf,
+                                                      per_kind)["false positive"],
+                      "false negative": choose_errors(labels[:, j], probs[:, j], np.inf,
+                                                      per_kind)["false negative"]}
+        else:
+            chosen = choose_errors(labels[:, j], probs[:, j], t, per_kind)
+        for kind, idx in chosen.items():
+            for rank, i in enumerate(idx, 1):
+                image_id = test.table["image_id"].iloc[i]
+                overlay = ""
+                if image_id in index and image_id not in index.bad:
+                    gray = to_uint8(read_xray(index[image_id]))
+                    name = f"{kind.split()[1][:3]}_{f}_{Path(image_id).stem}.jpg"
+                    ok, jpg = cv2.imencode(".jpg", _thumb(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+                                                          if gray.ndim == 2 else gray),
+                                           [cv2.IMWRITE_JPEG_QUALITY, 85])
+                    if ok:
+                        folder.mkdir(parents=True, exist_ok=True)
+                        (folder / name).write_bytes(jpg.tobytes())
+                        overlay = f"{folder.name}/{name}"
+                nih = test.labels[i, j]
+                rows.append({"finding": f, "kind": kind, "rank": rank, "image_id": image_id,
+                             "patient_id": test.table["patient_id"].iloc[i],
+                             "probability": float(probs[i, j]), "threshold": t,
+                             "reference": names[i, j], "reference_label": int(labels[i, j]),
+                             "nih_label": None if np.isnan(nih) else int(nih), "boxes": 0,
+                             "overlay": overlay})
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table["nih_label"] = table["nih_label"].astype("Int64")
+    write_csv(table, layout.gallery_table)
+    log.info("error table: %d images for %d findings (%d shown from %s)", len(table),
+             table["finding"].nunique(), int((table["overlay"] != "").sum()), images)
+    return table
+
+
 __all__ = ["ADJUDICATED", "MAJORITY", "NIH", "best_reference", "choose_errors",
-           "write_error_gallery"]
+           "write_error_gallery", "write_error_table"]

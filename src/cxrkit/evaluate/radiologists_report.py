@@ -189,25 +189,36 @@ def gallery_html(out: str | Path) -> str:
     table = pd.read_csv(path, dtype={"image_id": str})
     if table.empty:
         return ""
+    model_free = bool(table["overlay"].fillna("").eq("").any() or table["threshold"].isna().any())
     s = ["<h2>Error gallery</h2>",
          "<p>Per finding, the model's most confident false positives and false negatives at "
          "the threshold chosen on validation, judged against the best reference available "
          "for each image (named under it), with the Grad-CAM map for that finding and NIH's "
-         "boxes for it in green where the image has them.</p>"]
+         "boxes for it in green where the image has them.</p>" if not model_free else
+         "<p>Per finding, the model's most confident false positives and false negatives, "
+         "judged against the best reference available for each image: at the threshold "
+         "fitted on other images where there is one, else the negatives it scored highest "
+         "and the positives it scored lowest. The images are shown where --images found "
+         "them (no saliency map: cxrkit does not have this model's weights).</p>"]
     for finding, g in table.groupby("finding", sort=False):
-        figs = []
+        figs, missing = [], []
         for r in g.itertuples():
-            img = out / r.overlay
-            if not img.exists():
-                continue
             nih = "—" if pd.isna(r.nih_label) else int(r.nih_label)
-            cap = (f"{r.kind}: {r.image_id}, p = {r.probability:.2f} (threshold "
-                   f"{r.threshold:.2f}); {r.reference} says {'yes' if r.reference_label else 'no'}"
-                   f"; NIH label {nih}" + (f"; {r.boxes} NIH box(es)" if r.boxes else ""))
+            at = "" if pd.isna(r.threshold) else f" (threshold {r.threshold:.2f})"
+            cap = (f"{r.kind}: {r.image_id}, p = {r.probability:.2f}{at}; {r.reference} says "
+                   f"{'yes' if r.reference_label else 'no'}; NIH label {nih}"
+                   + (f"; {r.boxes} NIH box(es)" if r.boxes else ""))
+            img = out / r.overlay if isinstance(r.overlay, str) and r.overlay else None
+            if img is None or not img.exists():
+                missing.append(cap)
+                continue
             figs.append(f"<figure>{_embed(img, cap, 'jpeg')}<figcaption>{_esc(cap)}"
                         "</figcaption></figure>")
-        if figs:
-            s.append(f"<h3>{_esc(finding)}</h3><div class='gallery'>{''.join(figs)}</div>")
+        if figs or missing:
+            s.append(f"<h3>{_esc(finding)}</h3>"
+                     + (f"<div class='gallery'>{''.join(figs)}</div>" if figs else "")
+                     + ("<ul>" + "".join(f"<li>{_esc(c)}</li>" for c in missing) + "</ul>"
+                        if missing and model_free else ""))
     return "\n".join(s)
 
 
