@@ -494,23 +494,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         0 if fit is test else len(fit.table)), forward_s, time.process_time() - cpu)
     # 2. ... then score the table, as for any model's predictions file
     source = data_source(data.prepared.info)
-    files = data.prepared.info.get("files") or {}
-    cov = coverage(test.table["image_id"], *(_read_list(files.get(k))
-                                             for k in ("test", "train_val")))
-    config = lm.checkpoint_info.get("config") or {}
-    epoch = lm.checkpoint_info.get("epoch")
-    header = {
-        "source": {"kind": "run"}, "checkpoint": str(lm.checkpoint),
-        "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(run_folder.root),
-        "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
-        "split_protocol": data.protocol, "tta": tta,
-        "precision": lm.precision, "tta_mirror": _tta_mirror(lm, tta),
-        "model": (config.get("model") or {}).get("name", type(lm.model).__name__),
-        "epoch": None if epoch is None else int(epoch) + 1,
-        "protocol": {"rows": "split", "coverage": cov, "line": protocol_line(
-            "split", cov, split_text=f"the {split} split of {data.split_path.name} "
-                                     f"({data.protocol})")},
-    }
+    header = _run_header(lm, data, split, tta, run_folder, test)
     after = []
     if tta != "none":
         after.append(f"Test-time augmentation '{tta}': logits averaged over views; thresholds "
@@ -540,6 +524,28 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     if report:
         _report(out, run_folder.root)
     return metrics
+
+
+def _run_header(lm, data: HeldOut, split: str, tta: str, run_folder: RunFolder,
+                test: Predictions) -> dict:
+    """What made a run's predictions: checkpoint, data, split, protocol (``metrics.json``)."""
+    files = data.prepared.info.get("files") or {}
+    cov = coverage(test.table["image_id"], *(_read_list(files.get(k))
+                                             for k in ("test", "train_val")))
+    config = lm.checkpoint_info.get("config") or {}
+    epoch = lm.checkpoint_info.get("epoch")
+    return {
+        "source": {"kind": "run"}, "checkpoint": str(lm.checkpoint),
+        "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(run_folder.root),
+        "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
+        "split_protocol": data.protocol, "tta": tta,
+        "precision": lm.precision, "tta_mirror": _tta_mirror(lm, tta),
+        "model": (config.get("model") or {}).get("name", type(lm.model).__name__),
+        "epoch": None if epoch is None else int(epoch) + 1,
+        "protocol": {"rows": "split", "coverage": cov, "line": protocol_line(
+            "split", cov, split_text=f"the {split} split of {data.split_path.name} "
+                                     f"({data.protocol})")},
+    }
 
 
 def _read_list(path) -> list[str] | None:
