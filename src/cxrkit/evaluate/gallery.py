@@ -73,13 +73,17 @@ def best_reference(test, findings, out: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def choose_errors(labels: np.ndarray, probs: np.ndarray, threshold: float | None,
-                  per_kind: int) -> dict[str, np.ndarray]:
+                  per_kind: int, *, threshold_free: bool = False) -> dict[str, np.ndarray]:
     """Row indices of the most confident false positives and false negatives of one
-    finding (``labels`` 0/1/NaN, ``probs``), most confident first."""
-    if threshold is None or not np.isfinite(threshold):
+    finding (``labels`` 0/1/NaN, ``probs``), most confident first. ``threshold_free``:
+    no threshold, the highest-scored negatives and the lowest-scored positives."""
+    if threshold_free:
+        fp, fn = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    elif threshold is None or not np.isfinite(threshold):
         return {"false positive": np.array([], int), "false negative": np.array([], int)}
-    fp = np.flatnonzero((labels == 0) & (probs >= threshold))
-    fn = np.flatnonzero((labels == 1) & (probs < threshold))
+    else:
+        fp = np.flatnonzero((labels == 0) & (probs >= threshold))
+        fn = np.flatnonzero((labels == 1) & (probs < threshold))
     return {"false positive": fp[np.argsort(-probs[fp], kind="stable")][:per_kind],
             "false negative": fn[np.argsort(probs[fn], kind="stable")][:per_kind]}
 
@@ -173,13 +177,7 @@ def write_error_table(test, metrics: dict, out: str | Path, *, images=None,
     rows = []
     for j, f in enumerate(findings):
         t = thresholds.get(f)
-        if t is None:
-            chosen = {"false positive": choose_errors(labels[:, j], probs[:, j], -np.inf,
-                                                      per_kind)["false positive"],
-                      "false negative": choose_errors(labels[:, j], probs[:, j], np.inf,
-                                                      per_kind)["false negative"]}
-        else:
-            chosen = choose_errors(labels[:, j], probs[:, j], t, per_kind)
+        chosen = choose_errors(labels[:, j], probs[:, j], t, per_kind, threshold_free=t is None)
         for kind, idx in chosen.items():
             for rank, i in enumerate(idx, 1):
                 image_id = test.table["image_id"].iloc[i]
@@ -204,8 +202,9 @@ def write_error_table(test, metrics: dict, out: str | Path, *, images=None,
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["nih_label"] = table["nih_label"].astype("Int64")
     write_csv(table, layout.gallery_table)
-    log.info("error table: %d images for %d findings (%d shown from %s)", len(table),
-             table["finding"].nunique(), int((table["overlay"] != "").sum()), images)
+    log.info("error table: %d images for %d findings, %d of them shown (from %s)", len(table),
+             table["finding"].nunique(), int((table["overlay"] != "").sum()),
+             images or "no --images folder")
     return table
 
 
