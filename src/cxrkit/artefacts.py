@@ -350,9 +350,6 @@ class EvaluationFolder:
     report = property(lambda self: self.root / "report.html")
     summary = property(lambda self: self.root / "summary.md")
 
-    #: the table names written from ``metrics.json`` (:func:`cxrkit.evaluate.core.write_outputs`)
-    TABLES = ("auroc.csv", "thresholds.csv", "calibration.csv", "subgroups.csv", "published.csv")
-
     def predictions(self, split: str) -> Path:
         """``predictions_<split>.csv``: labels and probabilities of every scored image."""
         return self.root / f"predictions_{split}.csv"

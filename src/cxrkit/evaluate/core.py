@@ -326,8 +326,8 @@ def _tables(metrics: dict) -> dict[str, pd.DataFrame]:
                                                             "protocol", "comparable", "note"])
     published.insert(3, "this_run_auroc", [metrics["auroc"].get(f, {}).get("value")
                                            for f in published["finding"]])
-    return {"auroc.csv": auroc, "thresholds.csv": thresholds, "calibration.csv": calibration,
-            "subgroups.csv": subgroups, "published.csv": published}
+    return {"auroc": auroc, "threshold_table": thresholds, "calibration": calibration,
+            "subgroups": subgroups, "published": published}   # EvaluationFolder's names
 
 
 def write_outputs(out: Path, metrics: dict, preds: list[Predictions]) -> dict:
@@ -340,7 +340,7 @@ def write_outputs(out: Path, metrics: dict, preds: list[Predictions]) -> dict:
     for pred in preds:
         write_csv(predictions_frame(pred, metrics["findings"]), folder.predictions(pred.split))
     for name, table in _tables(metrics).items():
-        write_csv(table, folder.root / name)
+        write_csv(table, getattr(folder, name))
     write_json(metrics, folder.metrics)
     return metrics
 
