@@ -135,6 +135,8 @@ def test_official_test_rows_state_their_coverage(release, tmp_path):
     assert coverage in (out / "summary.md").read_text()
     assert coverage in (out / "report.html").read_text()
     assert "11,360 rows of the file are not on the list" in metrics["protocol"]["line"]
+    r = CliRunner().invoke(app, ["evaluate", str(CHEXNET), "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "--release" in r.output
 
 
 # -- the protocol's refusals --------------------------------------------------------------
@@ -222,6 +224,9 @@ def _read(tmp_path, text: str, **kw):
      "line 3, column 'Image Index'", "'00000009_000.png' is not an image of the release"),
     ("Image Index,prob_Mass\n00000001_000.png,0.2\n00000001_000.png,0.3\n",
      "line 3, column 'Image Index'", "appears twice (first at line 2)"),
+    ("Image Index,prob_Mass\nimages/00000001_000.PNG,0.2\n00000002_000.png,0.1\n"
+     "00000001_000.png,0.3\n", "line 4, column 'Image Index'",
+     "image '00000001_000.png' appears twice (first at line 2)"),
     ("image_id,Mass\n00000001_000.png,0.2\n00000002_000.png,1.5\n",
      "line 3, column 'Mass'", "1.5 is not a probability in [0, 1]"),
     ("image_id,Mass\n00000001_000.png,-0.01\n", "line 2, column 'Mass'",
