@@ -330,3 +330,5 @@ def test_compare_a_run_with_the_chexnet_file_on_shared_images(real_run, all_rows
     summary = pd.read_csv(out / "comparison.csv")
     assert list(summary["kind"]) == ["run", "predictions"]
     assert summary.loc[1, "Δ mean vs cnn4 (shared images)"].startswith("+")
+    experts = pd.read_csv(out / "radiologists.csv")   # paired on the expert images both scored
+    assert experts["Δ all - cnn4 (vs radiologists)"].str.contains(r"on \d+ shared images").any()

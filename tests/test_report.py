@@ -120,7 +120,7 @@ def test_compare_runs_and_cli(reported, phantom_run, tmp_path):
     assert summary.loc[1, "Δ mean vs run (shared images)"].startswith("+0.000")
     assert (other / "eval" / "test" / "metrics.json").exists()   # evaluated on demand
     per = pd.read_csv(out / "per_finding.csv")
-    assert len(per) == len(metrics["findings"]) and "Δ other - run" in per
+    assert len(per) == len(metrics["findings"]) and "Δ other - run (shared images)" in per
     for name in ("comparison.png", "comparison.md", "comparison.html"):
         assert (out / name).exists()
     board = pd.read_csv(out / "leaderboard.csv")

@@ -200,7 +200,7 @@ def comparison_tables(runs: list[EvaluatedRun], *, bootstrap: int = 1000,
                 d = paired_difference(base, r, images, fs, bootstrap=bootstrap, seed=seed)
                 row[key] = format_ci(d["mean"], signed=True, star=True)
                 for j, f in enumerate(fs):
-                    per_finding[f][f"Δ {r.name} - {base.name}"] = format_ci(
+                    per_finding[f][f"Δ {r.name} - {base.name} (shared images)"] = format_ci(
                         {"value": d["value"][j], "lo": d["lo"][j], "hi": d["hi"][j]},
                         signed=True, star=True)
             else:

@@ -63,6 +63,7 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame, set_name: str, finding: str, n: in
     pick = lambda t: t[(t["set"] == set_name) & (t["finding"] == finding)]  # noqa: E731
     ta, tb = pick(a), pick(b)
     shared = sorted(set(ta["image_id"]) & set(tb["image_id"]))
+    every = len(shared) == len(set(ta["image_id"]) | set(tb["image_id"]))
     if not shared:
         return "n/a (no shared images)"
     ta = ta.set_index("image_id").loc[shared].reset_index()
@@ -75,8 +76,7 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame, set_name: str, finding: str, n: in
                                 tb["patient_id"].astype(str).to_numpy(), n=n, seed=seed)
     text = format_ci({"value": d["value"][0], "lo": d["lo"][0], "hi": d["hi"][0]},
                      signed=True, star=True)
-    return text if len(shared) == len(set(ta["image_id"]) | set(tb["image_id"])) \
-        else f"{text} (on {len(shared):,} shared images)"
+    return text if every else f"{text} (on {len(shared):,} shared images)"
 
 
 __all__ = ["radiologists_comparison"]
