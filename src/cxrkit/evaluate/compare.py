@@ -222,7 +222,10 @@ def comparison_tables(runs: list[EvaluatedRun], *, bootstrap: int = 1000,
     for r in runs:
         notes += [f"{r.name}: {n}" for n in r.metrics["notes"]
                   if n.startswith(("Phantom", "The labels are not", "Only ", "Protocol"))]
-    return pd.DataFrame(summary), pd.DataFrame(list(per_finding.values())), board, notes
+    summary = pd.DataFrame(summary)
+    for col in ("epoch", "parameters", "trainable"):   # counts: blank for a predictions file
+        summary[col] = summary[col].astype("Int64")
+    return summary, pd.DataFrame(list(per_finding.values())), board, notes
 
 
 def comparison_figure(runs: list[EvaluatedRun]):
