@@ -137,6 +137,9 @@ def test_official_test_rows_state_their_coverage(release, tmp_path):
     assert "11,360 rows of the file are not on the list" in metrics["protocol"]["line"]
     r = CliRunner().invoke(app, ["evaluate", str(CHEXNET), "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "--release" in r.output
+    r = CliRunner().invoke(app, ["evaluate", str(CHEXNET), "--release", str(NIH), "--tta",
+                                 "flip"])
+    assert r.exit_code == 2 and "--tta apply to a checkpoint, not a predictions file" in r.output
 
 
 # -- the protocol's refusals --------------------------------------------------------------

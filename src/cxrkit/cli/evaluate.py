@@ -45,7 +45,19 @@ def evaluate(
     from cxrkit.evaluate import evaluate_checkpoint
     from cxrkit.evaluate.text import format_ci
 
-    if checkpoint.is_file() and checkpoint.suffix.lower() in (".csv", ".gz"):
+    is_file = checkpoint.is_file() and checkpoint.suffix.lower() in (".csv", ".gz")
+    wrong = ({"--split": split != "test", "--tta": tta != "none", "--prepared": prepared,
+              "--threshold-split": threshold_split != "val", "--device": device,
+              "--precision": precision} if is_file else
+             {"--release": release, "--rows": rows != "official-test", "--trained-on": trained_on,
+              "--fit-on": fit_on, "--logits": logits, "--name": name, "--images": images})
+    given = [k for k, v in wrong.items() if v]
+    if given:
+        what = "a checkpoint, not a predictions file" if is_file else \
+            "a predictions file (a .csv), not a checkpoint"
+        typer.secho(f"error: {', '.join(given)} apply to {what}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    if is_file:
         return _evaluate_file(checkpoint, release=release, rows=rows, out=out, name=name,
                               logits=logits, trained_on=trained_on, fit_on=fit_on,
                               bootstrap=bootstrap, subgroup_bootstrap=subgroup_bootstrap,
