@@ -217,6 +217,7 @@ def evaluate_predictions(predictions, *, release, rows: str = "official-test",
         "fit_on": fit_record, "trained_on": trained,
     }
     source = data_source(info)
+    info["labels"] = rel.labels     # for the radiologists' ids, without reading it again
     metrics = score(test, fit, findings, out, header=header,
                     run=RunProtocol(data=source, protocol=header["split_protocol"], split="test",
                                     n_images=len(test.table)),

@@ -164,7 +164,8 @@ def find_expert_labels(info: dict, expert_dir=None) -> ExpertLabels | None:
     """The expert labels for a release: under ``expert_dir`` if given, else under its
     root; validated against that release's label file and official lists. None when
     there are none. ``info``: ``{"release_root", "files": {"labels", "test", "train_val"}}``
-    (a prepared folder's ``dataset.json``, or a release read for a predictions file)."""
+    (a prepared folder's ``dataset.json``, or a release read for a predictions file, which
+    also gives the label table already read as ``"labels"``)."""
     base = Path(expert_dir) if expert_dir else Path(info.get("release_root", ""))
     folders = find_expert_folders(base) if str(base) else {}
     if expert_dir and not folders:
@@ -180,7 +181,9 @@ def find_expert_labels(info: dict, expert_dir=None) -> ExpertLabels | None:
         raise FileNotFoundError(f"the release's label file {label_file} (recorded for "
                                 f"{info.get('release_root')}) is needed to check the "
                                 "radiologists' image ids and is not there")
-    nih, _ = read_data_entry(label_file)
+    # the label table itself when the caller has read it already (a predictions file's
+    # release), else read from the recorded file
+    nih = info["labels"] if info.get("labels") is not None else read_data_entry(label_file)[0]
     lists = {k: read_image_list(files[k]) if files.get(k) and Path(files[k]).exists() else None
              for k in ("train_val", "test")}
     return load_expert_labels(base, nih=nih, label_file=str(label_file),
