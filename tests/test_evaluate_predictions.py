@@ -335,3 +335,27 @@ def test_compare_a_run_with_the_chexnet_file_on_shared_images(real_run, all_rows
     assert summary.loc[1, "Δ mean vs cnn4 (shared images)"].startswith("+")
     experts = pd.read_csv(out / "radiologists.csv")   # paired on the expert images both scored
     assert experts["Δ all - cnn4 (vs radiologists)"].str.contains(r"on \d+ shared images").any()
+
+
+# -- one evaluation path: a run's own predictions file scores as the run did ---------------
+def test_a_runs_predictions_file_scores_as_the_run(phantom_run, phantom_release, tmp_path):
+    """Evaluating a run is "make predictions, then score the table": its own
+    predictions_test.csv, scored as a file, gives the run's numbers, intervals included."""
+    import shutil
+
+    from cxrkit.evaluate import evaluate_checkpoint
+    from cxrkit.evaluate.external import evaluate_predictions
+
+    run = shutil.copytree(phantom_run, tmp_path / "run")
+    kw = {"bootstrap": 30, "subgroup_bootstrap": 5, "seed": 3}
+    ran = evaluate_checkpoint(run, gallery=0, report=False, progress=False, reference="nih",
+                              **kw)
+    scored = evaluate_predictions(run / "eval" / "test" / "predictions_test.csv",
+                                  release=phantom_release, rows="all", out=tmp_path / "file",
+                                  reference="nih", report=False, **kw)
+    assert scored["n_images"] == ran["n_images"] and scored["findings"] == ran["findings"]
+    assert scored["auroc"] == ran["auroc"] and scored["mean_auroc"] == ran["mean_auroc"]
+    assert scored["subgroups"] == ran["subgroups"]
+    line = scored["protocol"]["line"]
+    assert line.startswith("Protocol: all ") and "25,596" not in line   # phantoms: own list
+    assert any(n.startswith("Phantom") for n in scored["notes"])

@@ -221,7 +221,7 @@ def comparison_tables(runs: list[EvaluatedRun], *, bootstrap: int = 1000,
         board = pd.DataFrame()
     for r in runs:
         notes += [f"{r.name}: {n}" for n in r.metrics["notes"]
-                  if n.startswith(("Phantom", "The labels are not", "Only ", "Protocol"))]
+                  if n.startswith(("Phantom", "The labels are not", "Protocol"))]
     summary = pd.DataFrame(summary)
     for col in ("epoch", "parameters", "trainable"):   # counts: blank for a predictions file
         summary[col] = summary[col].astype("Int64")

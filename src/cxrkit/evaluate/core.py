@@ -269,15 +269,10 @@ def scoring_notes(*, source: str, split: str, fit_split: str | None, mean: dict,
     return notes
 
 
-def _run_notes(*, source: str, split: str, data: HeldOut, test: Predictions) -> list[str]:
-    """Notes only a run's evaluation has: cache coverage of the official list, box fold."""
+def _run_notes(*, data: HeldOut) -> list[str]:
+    """Notes only a run's evaluation has: the box fold (coverage of the official list is
+    the protocol line's, :func:`protocol_line`)."""
     notes = []
-    n = len(test.table)
-    if (source == "nih" and data.protocol == "official" and split == "test"
-            and data.moved is None and n != OFFICIAL_TEST_IMAGES):
-        notes.append(f"Only {n:,} of the {OFFICIAL_TEST_IMAGES:,} official test images are in "
-                     "the cache, so this is not the official test set: published numbers "
-                     "are not comparable.")
     if data.moved is not None:
         notes.append(f"The run used a box fold ({data.box_fold:g}): {len(data.moved)} test "
                      f"images of {data.moved['patient_id'].nunique()} patients were moved into "
@@ -285,10 +280,14 @@ def _run_notes(*, source: str, split: str, data: HeldOut, test: Predictions) -> 
     return notes
 
 
-def coverage(image_ids, test_list, train_val_list=None) -> dict:
-    """How many of NIH's official test images a scored table holds (and train_val ones)."""
+def coverage(image_ids, test_list, train_val_list=None, *, nih: bool = True) -> dict:
+    """How many of the official test images a scored table holds (and train_val ones).
+
+    ``nih``: the lists are NIH's (the full label file): the total is the 25,596 of the
+    papers; otherwise (a phantom or partial release) the length of its own test list."""
     ids = set(image_ids)
-    out = {"official_test_images": OFFICIAL_TEST_IMAGES, "scored": len(ids),
+    total = OFFICIAL_TEST_IMAGES if nih or test_list is None else len(test_list)
+    out = {"nih": nih, "official_test_images": total, "scored": len(ids),
            "scored_official_test": None, "scored_train_val": None}
     if test_list is not None:
         out["scored_official_test"] = len(ids & set(test_list))
@@ -349,22 +348,26 @@ def protocol_line(rows: str, cov: dict, *, n_rows: int | None = None,
                   split_text: str | None = None) -> str:
     """The one sentence every output states: which rows were scored and how many of NIH's
     25,596 official test images they are (a figure on a subset, or one that includes
-    train_val images, is not comparable to papers that score the whole list)."""
+    train_val images, is not comparable to papers that score the whole list). For a
+    release that is not NIH's (phantoms), its own test list is counted instead."""
     k, t, total = cov["scored_official_test"], cov["scored_train_val"], cov["official_test_images"]
-    n = cov["scored"]
+    n, nih = cov["scored"], cov.get("nih", True)
+    official = "official test" if nih else "test-list"
     if rows == "official-test":
-        text = (f"Protocol: NIH's official test list (test_list.txt): {k:,} of its {total:,} "
-                f"images scored ({100 * k / total:.1f} %).")
+        where = ("NIH's official test list" if nih else "the release's test list (not NIH's "
+                 "release: not comparable to published numbers)")
+        text = (f"Protocol: {where} (test_list.txt): {k:,} of its {total:,} images scored "
+                f"({100 * k / total:.1f} %).")
         if n_rows is not None and n_rows > n:
             text += f" {n_rows - n:,} rows of the file are not on the list and were not scored."
     elif rows == "all":
         text = f"Protocol: all {n:,} rows as given (the model's own split)"
-        text += (f": {k:,} of the {total:,} official test images" if k is not None else "")
+        text += (f": {k:,} of the {total:,} {official} images" if k is not None else "")
         text += (f" and {t:,} train_val images." if t else ".")
     else:
         text = f"Protocol: {split_text or rows}: {n:,} images"
-        text += (f", {k:,} of the {total:,} official test images." if k is not None else ".")
-    if k is not None and k < total:
+        text += (f", {k:,} of the {total:,} {official} images." if k is not None else ".")
+    if nih and k is not None and k < total:
         text += (f" Not comparable to papers that score the whole official test list: "
                  f"{'a subset of it' if k else 'none of it'}"
                  + (f", with {t:,} train_val images, which models trained on NIH's official "
@@ -494,7 +497,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         0 if fit is test else len(fit.table)), forward_s, time.process_time() - cpu)
     # 2. ... then score the table, as for any model's predictions file
     source = data_source(data.prepared.info)
-    header = _run_header(lm, data, split, tta, run_folder, test)
+    header = _run_header(lm, data, split, tta, run_folder, test, nih=source == "nih")
     after = []
     if tta != "none":
         after.append(f"Test-time augmentation '{tta}': logits averaged over views; thresholds "
@@ -506,7 +509,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                                     n_images=len(test.table), box_fold=data.box_fold),
                     fit_split=threshold_split, bootstrap=bootstrap,
                     subgroup_bootstrap=subgroup_bootstrap, seed=seed, temperature=temperature,
-                    notes=(_run_notes(source=source, split=split, data=data, test=test), after),
+                    notes=(_run_notes(data=data), after),
                     expert_source=data.prepared.info, reference=reference,
                     expert_labels=expert_labels, ood_record=ood_record)
     if gallery:
@@ -527,11 +530,11 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
 
 
 def _run_header(lm, data: HeldOut, split: str, tta: str, run_folder: RunFolder,
-                test: Predictions) -> dict:
+                test: Predictions, *, nih: bool) -> dict:
     """What made a run's predictions: checkpoint, data, split, protocol (``metrics.json``)."""
     files = data.prepared.info.get("files") or {}
     cov = coverage(test.table["image_id"], *(_read_list(files.get(k))
-                                             for k in ("test", "train_val")))
+                                             for k in ("test", "train_val")), nih=nih)
     config = lm.checkpoint_info.get("config") or {}
     epoch = lm.checkpoint_info.get("epoch")
     return {

@@ -172,7 +172,10 @@ def evaluate_predictions(predictions, *, release, rows: str = "official-test",
         keep = np.ones(n_rows, bool)
     findings = list(table.findings)
     test = _predictions(table, keep, labels, findings, "test")
-    cov = coverage(test.table["image_id"], rel.test, rel.train_val)
+    info = {"release_root": str(rel.root), "files": rel.files,
+            "label_report": rel.report.to_dict()}
+    source = data_source(info)     # "nih", "phantom" or "other"
+    cov = coverage(test.table["image_id"], rel.test, rel.train_val, nih=source == "nih")
     before = list(table.notes)
     trained = None
     if trained_on is not None:
@@ -201,8 +204,6 @@ def evaluate_predictions(predictions, *, release, rows: str = "official-test",
         if both:
             before.append(f"{len(both):,} patients of {fit_table.source} also have scored "
                           "images: thresholds fitted on them may be slightly optimistic.")
-    info = {"release_root": str(rel.root), "files": rel.files,
-            "label_report": rel.report.to_dict()}
     header = {
         "source": {"kind": "predictions", "file": table.source, "sha256": table.sha256,
                    "rows_in_file": n_rows, "values": "logits" if logits else "probabilities",
@@ -216,7 +217,6 @@ def evaluate_predictions(predictions, *, release, rows: str = "official-test",
                      "line": protocol_line(rows, cov, n_rows=n_rows)},
         "fit_on": fit_record, "trained_on": trained,
     }
-    source = data_source(info)
     info["labels"] = rel.labels     # for the radiologists' ids, without reading it again
     metrics = score(test, fit, findings, out, header=header,
                     run=RunProtocol(data=source, protocol=header["split_protocol"], split="test",
