@@ -13,13 +13,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import NIH
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from cxrkit.data.splits import LeakageError
 from cxrkit.evaluate.predictions_file import PredictionsFormatError, read_predictions
 from cxrkit.labels import FINDINGS
-from conftest import NIH
 
 CHEXNET = NIH.parent / "chexnet" / "predictions.csv"
 FAST = {"bootstrap": 20, "subgroup_bootstrap": 5}
@@ -227,8 +227,8 @@ def _read(tmp_path, text: str, **kw):
      "line 3, column 'Image Index'", "'00000009_000.png' is not an image of the release"),
     ("Image Index,prob_Mass\n00000001_000.png,0.2\n00000001_000.png,0.3\n",
      "line 3, column 'Image Index'", "appears twice (first at line 2)"),
-    ("Image Index,prob_Mass\nimages/00000001_000.PNG,0.2\n00000002_000.png,0.1\n"
-     "00000001_000.png,0.3\n", "line 4, column 'Image Index'",
+    ("Image Index,prob_Mass\nimages/00000001_000.PNG,0.2\n00000002_000.png,0.1\n00000001_000.png,0.3\n",
+     "line 4, column 'Image Index'",
      "image '00000001_000.png' appears twice (first at line 2)"),
     ("image_id,Mass\n00000001_000.png,0.2\n00000002_000.png,1.5\n",
      "line 3, column 'Mass'", "1.5 is not a probability in [0, 1]"),

@@ -1,22 +1,34 @@
-"""``cxrkit evaluate``: a checkpoint's honest test numbers, written as ``metrics.json`` + tables.
+"""``cxrkit evaluate``: honest test numbers, written as ``metrics.json`` + tables.
+
+One evaluation path: :func:`score` scores a table of predictions (labels, probabilities,
+patients, age/sex/view) and writes the evaluation folder
+(:class:`cxrkit.artefacts.EvaluationFolder`). Evaluating a run is "make predictions, then
+score the table": :func:`evaluate_checkpoint` loads the run's split and predicts
+(:mod:`cxrkit.heldout`, :mod:`cxrkit.evaluate.predictions`), then calls :func:`score`; a
+model cxrkit did not train comes in through its predictions file
+(:mod:`cxrkit.evaluate.external`) and is scored by the same :func:`score`, so the two
+cannot drift apart.
 
 Reads top to bottom: the metric sections
 (:func:`ranking_section`, :func:`threshold_section`, :func:`calibration_section`,
-:func:`subgroup_rows`), the honesty notes, :func:`write_outputs`, and
-:func:`evaluate_checkpoint`, which first loads the run's split and predicts
-(:mod:`cxrkit.heldout`, :mod:`cxrkit.evaluate.predictions`), then runs them.
+:func:`subgroup_rows`), the honesty notes and the protocol line, :func:`write_outputs`,
+:func:`score`, and :func:`evaluate_checkpoint`.
 
 Honesty rules the code keeps:
 
-* decision thresholds and the temperature are fitted on the **validation** split and only
-  applied to the evaluated split (never fitted on test);
+* decision thresholds and the temperature are fitted on the **validation** split (a
+  predictions file: on ``--fit-on`` predictions for other images, else not at all) and
+  only applied to the evaluated split (never fitted on test);
+* every output states its protocol (:func:`protocol_line`): which rows were scored and
+  how many of NIH's 25,596 official test images they are;
 * confidence intervals resample **patients** (all images of a drawn patient together);
 * a finding whose evaluated labels have one class has no AUROC: ``null``, never 0.5;
 * the split file must be byte-identical (sha256) to the one the model was trained with,
   otherwise "test" could contain training images and the evaluation is refused;
 * published numbers are shown with whether this run's test set can be set beside them.
 
-``metrics.json`` (format ``cxrkit-eval/1``) holds everything the report needs; undefined
+``metrics.json`` (format ``cxrkit-eval/1``; ``source.kind`` "run" or "predictions", and
+``protocol``) holds everything the report needs; undefined
 values are ``null``. Reliability curves list the non-empty bins only (as scikit-learn's
 ``calibration_curve`` returns them). ``epoch`` is 1-based, as in the run's metrics.csv.
 """

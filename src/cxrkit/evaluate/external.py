@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
 from cxrkit.data.release import NIHRelease, load_release
 from cxrkit.data.splits import LeakageError
 from cxrkit.evaluate.core import coverage, data_source, protocol_line, score

@@ -18,9 +18,9 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from cxrkit.artefacts import EvaluationFolder
-from cxrkit.evaluate.plots import _figure, _grid, save_figure
-from cxrkit.evaluate.text import format_ci
+from cxrkit.evaluate.plots import _grid, save_figure
 from cxrkit.evaluate.radiologists import read_section
+from cxrkit.evaluate.text import format_ci
 
 ROC_FIGURE = "roc_radiologists_{set}.png"
 SET_TITLES = {"four_findings": "Four findings (Majkowska et al., Radiology 2019)",
