@@ -204,6 +204,7 @@ def test_thresholds_are_fitted_only_on_other_images(release, small, tmp_path):
     assert (fp["probability"] >= fp["threshold"]).all() and (fp["reference_label"] == 0).all()
     html = (tmp_path / "fit" / "report.html").read_text()
     assert "Error gallery" in html and "image/jpeg;base64" in html
+    assert "<h2>Data</h2><p>The scored images (test) and those thresholds" in html
     with pytest.raises(ValueError, match="also scored.*never on the scored ones"):
         evaluate_predictions(scored, release=release, out=tmp_path / "x",
                              fit_on=pd.concat([val, scored.head(3)]), report=False,

@@ -159,23 +159,31 @@ def subgroup_table(metrics: dict) -> pd.DataFrame:
     return wide
 
 
-def data_summary(metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+def data_summary(metrics: dict, scored: dict[str, pd.DataFrame] | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Per split: images, patients, images per patient, AP share, sex, age; and prevalence.
 
     From the prepared folder's labels and the run's split file (cached images only; a box
-    fold's moves are not shown). ``None`` when either is no longer on disk.
+    fold's moves are not shown); for a predictions file, from ``scored`` (split name ->
+    the predictions tables written: the scored rows, and those thresholds were fitted on).
+    ``None`` when neither is there.
     """
     from cxrkit.data.prepare import load_prepared
     from cxrkit.data.splits import load_split
 
-    try:
-        prepared = load_prepared(metrics["prepared"])
-        split = load_split(metrics["split_file"])
-    except (OSError, ValueError, KeyError):
+    if metrics.get("prepared") and metrics.get("split_file"):
+        try:
+            prepared = load_prepared(metrics["prepared"])
+            split = load_split(metrics["split_file"])
+        except (OSError, ValueError, KeyError):
+            return None
+        t = prepared.labels.merge(split[["image_id", "split"]], on="image_id", how="inner")
+        groups = [(name, t[t["split"] == name]) for name in ("train", "val", "test")
+                  if (t["split"] == name).any()]
+    elif scored:
+        groups = [(name, t) for name, t in scored.items() if len(t)]
+    else:
         return None
-    t = prepared.labels.merge(split[["image_id", "split"]], on="image_id", how="inner")
-    groups = [(name, t[t["split"] == name]) for name in ("train", "val", "test")
-              if (t["split"] == name).any()]
     overview = pd.DataFrame([{
         "split": name, "images": len(g), "patients": g["patient_id"].nunique(),
         "images per patient": len(g) / max(1, g["patient_id"].nunique()),
@@ -324,23 +332,26 @@ def _kpis(metrics: dict, run: dict) -> str:
 
 
 def render_html(metrics: dict, run_dir: Path | None, figures: dict[str, Path],
-                extra_sections: tuple[str, ...] = ()) -> str:
+                extra_sections: tuple[str, ...] = (),
+                scored: dict[str, pd.DataFrame] | None = None) -> str:
     layout = RunFolder(run_dir) if run_dir else None
     run = _read_json(layout.run_json) if layout else {}
     config = layout.config.read_text() if layout and layout.config.exists() else ""
     split, fit = metrics["split"], metrics["thresholds"]["chosen_on"]
-    scored = (metrics.get("source") or {}).get("file") or metrics.get("checkpoint")
+    what = (metrics.get("source") or {}).get("file") or metrics.get("checkpoint")
     s = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
          f"<title>cxrkit evaluation: {_esc(title(metrics))}</title>"
          f"<style>{CSS}</style></head><body><main>",
          f"<h1>{_esc(title(metrics))}</h1>",
-         f"<p class='sub'>cxrkit evaluation report · {_esc(scored)} · "
+         f"<p class='sub'>cxrkit evaluation report · {_esc(what)} · "
          f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
          f"<div class='ruo'>{_esc(RESEARCH_USE)}</div>", _kpis(metrics, run)]
     s += [f"<div class='warn'>{_esc(n)}</div>" for n in metrics["notes"]]
-    data = data_summary(metrics)
+    data = data_summary(metrics, scored)
     if data is not None:
-        s.append("<h2>Data</h2><p>The run's split of the prepared images. Differences between "
+        s.append("<h2>Data</h2><p>" + ("The scored images (test) and those thresholds were "
+                 "fitted on (val), as NIH's label file describes them. " if scored else
+                 "The run's split of the prepared images. ") + "Differences between "
                  "the evaluated split and training (view mix, images per patient, prevalence) "
                  "change what an AUROC means; NIH's official test list, for one, holds sicker, "
                  "more often AP-imaged patients with more follow-up images.</p>")
@@ -451,7 +462,11 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     )
 
     extra = (radiologists_html(folder.root), gallery_html(folder.root))
-    write_text(render_html(metrics, run_dir, figures, extra), folder.report)
+    scored = None
+    if (metrics.get("source") or {}).get("kind") == "predictions":   # no prepared folder
+        scored = {name: folder.read_predictions(name) for name in ("test", "val")
+                  if folder.predictions(name).exists()}
+    write_text(render_html(metrics, run_dir, figures, extra, scored), folder.report)
     write_text(render_summary(metrics) + radiologists_markdown(folder.root), folder.summary)
     return folder.report
 
