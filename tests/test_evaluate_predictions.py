@@ -293,7 +293,7 @@ def real_run(tmp_path_factory):
     import warnings
 
     from cxrkit.config import load_config
-    from cxrkit.data.images import PreprocessSettings
+    from cxrkit.data.preprocessing import PreprocessSettings
     from cxrkit.data.prepare import prepare
     from cxrkit.engine.train import fit
     from cxrkit.evaluate import evaluate_checkpoint

@@ -5,7 +5,7 @@ from cxrkit.evaluate.core import FORMAT, evaluate_checkpoint
 from cxrkit.evaluate.external import evaluate_predictions
 from cxrkit.evaluate.predictions import predict_split
 from cxrkit.evaluate.predictions_file import PredictionsFormatError, read_predictions
-from cxrkit.heldout import SplitChangedError, load_held_out
+from cxrkit.inference.heldout import SplitChangedError, load_held_out
 from cxrkit.evaluate.published import SOURCES, published_rows
 
 __all__ = ["FORMAT", "SOURCES", "PredictionsFormatError", "SplitChangedError",

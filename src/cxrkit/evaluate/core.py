@@ -4,8 +4,8 @@ One evaluation path: :func:`score` scores a table of predictions (labels, probab
 patients, age/sex/view) and writes the evaluation folder
 (:class:`cxrkit.artefacts.EvaluationFolder`). Evaluating a run is "make predictions, then
 score the table": :func:`evaluate_checkpoint` loads the run's split and predicts
-(:mod:`cxrkit.heldout`, :mod:`cxrkit.evaluate.predictions`), then calls :func:`score`; a
-model cxrkit did not train comes in through its predictions file
+(:mod:`cxrkit.inference.heldout`, :mod:`cxrkit.evaluate.predictions`), then calls
+:func:`score`; a model cxrkit did not train comes in through its predictions file
 (:mod:`cxrkit.evaluate.external`) and is scored by the same :func:`score`, so the two
 cannot drift apart.
 
@@ -59,8 +59,8 @@ from cxrkit.evaluate.published import (
 from cxrkit.evaluate.report import write_report
 from cxrkit.evaluate.text import format_ci
 from cxrkit.data.nih import read_image_list
-from cxrkit.heldout import HeldOut, ensure_ood_record, load_held_out
-from cxrkit.inference import TTA_MODES, load, write_thresholds
+from cxrkit.inference.heldout import HeldOut, ensure_ood_record, load_held_out
+from cxrkit.inference.core import TTA_MODES, load, write_thresholds
 from cxrkit.metrics import (
     bootstrap_ci,
     bootstrap_mean,
@@ -477,7 +477,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`): metrics.json, auroc/thresholds/
     calibration/subgroups/published CSVs, predictions of the evaluated and threshold
     splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
-    ``precision``: how the forward passes run (:mod:`cxrkit.runtime`; default auto),
+    ``precision``: how the forward passes run (:mod:`cxrkit.inference.runtime`; default auto),
     recorded in metrics.json as ``precision`` (requested, used, parity of the fast path).
 
     ``reference`` / ``expert_labels``: the section against Google's radiologists
@@ -578,7 +578,7 @@ def _report(out: EvaluationFolder, run_dir: Path | None) -> Path:
 
 def _tta_mirror(lm, tta: str) -> dict:
     """What ``metrics.json`` records about mirrored test-time views (see
-    :func:`cxrkit.preprocessing.mirrored_tta_note`: cxrkit warns, it does not refuse)."""
+    :func:`cxrkit.data.preprocessing.mirrored_tta_note`: cxrkit warns, it does not refuse)."""
     mirrored = tta in ("flip", "tencrop")
     note = lm.tta_note(tta)
     return {"mirrored_views": mirrored, "trained_with_hflip": lm.preprocessing.hflip,
