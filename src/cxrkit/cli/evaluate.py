@@ -15,7 +15,7 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A run folder (best.pt), a checkpoint file, or a predictions CSV (any model's: needs --release)")],
     split: Annotated[str, typer.Option(help="Split to evaluate: test | val | train")] = "test",
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none | flip | tencrop")] = "none",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/eval/SPLIT[-TTA]")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/eval/SPLIT[-TTA]; for a predictions file, STEM_eval_ROWS beside it")] = None,
     prepared: Annotated[Path | None, typer.Option(help="Prepared folder, if moved since training")] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="Patient-bootstrap resamples for the CIs")] = 1000,
     subgroup_bootstrap: Annotated[int, typer.Option(min=0, help="Resamples per subgroup")] = 200,
