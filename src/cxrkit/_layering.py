@@ -52,6 +52,7 @@ LAYERS: dict[str, int] = {
     "evaluate": 7,     # metrics with CIs, report, compare
     "inference.predict": 7,  # files -> probabilities
     "inference.export": 7,  # ONNX export and backend
+    "importer": 7,     # published model files -> run folders, checked against their code
     # 8-9: front ends
     "serve": 8,        # the web service
     "cli": 9,          # the Typer shell

@@ -16,6 +16,7 @@ from cxrkit.cli import predict
 from cxrkit.cli import explain
 from cxrkit.cli import serve
 from cxrkit.cli import ood
+from cxrkit.cli import importer
 from cxrkit.cli.common import setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,6 +37,7 @@ app.command()(data.prepare)
 app.command()(data.split)
 app.command()(data.stats)
 app.command(context_settings=_EXTRA_ARGS)(train.train)
+app.command("import")(importer.import_)
 app.command()(evaluate.evaluate)
 app.command()(evaluate.compare)
 app.command()(ood.ood)

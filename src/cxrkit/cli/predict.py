@@ -75,20 +75,11 @@ def export(
 ) -> None:
     """Export to ONNX with the preprocessing inside the graph; check parity with PyTorch."""
     from cxrkit.inference.export import default_parity_images, export_onnx
-    from cxrkit.inference.predict import collect_inputs
 
     if format != "onnx":
         typer.secho(f"error: --format {format}: only onnx is supported", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
-    if parity_images:
-        inputs = collect_inputs(parity_images)
-        if inputs.problems:
-            text, why = inputs.problems[0]
-            typer.secho(f"error: --parity-images {text}: {why}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
-        real = inputs.files
-    else:
-        real = default_parity_images()
+    real = image_files("--parity-images", parity_images) if parity_images else default_parity_images()
     r = _run(export_onnx, checkpoint, out, parity_images=real, n_phantoms=phantoms,
              thresholds=thresholds)
     p = r["parity"]
@@ -111,3 +102,16 @@ def export(
         logging.getLogger(__name__).warning(
             "no thresholds recorded (run `cxrkit evaluate` before exporting, or pass "
             "--thresholds); predictions will flag findings at 0.5")
+
+
+def image_files(option: str, patterns: list[str]) -> list[Path]:
+    """The image files an option's files, folders and globs name; exit 2 on the first
+    that names none (the option and the reason in one line)."""
+    from cxrkit.inference.predict import collect_inputs
+
+    inputs = collect_inputs(patterns)
+    if inputs.problems:
+        text, why = inputs.problems[0]
+        typer.secho(f"error: {option} {text}: {why}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    return inputs.files
