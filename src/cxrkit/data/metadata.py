@@ -222,7 +222,7 @@ def resolve_metadata(files: Sequence[str | Path], table: pd.DataFrame | None = N
             _fill(values, dicom_metadata(path), found, "DICOM tags")
         clean = {"age": parse_age(values["age"]), "sex": parse_sex(values["sex"]),
                  "view": parse_view(values["view"])}
-        lacking = [k for k in FIELDS if clean[k] is None or (k == "age" and math.isnan(clean[k]))]
+        lacking = [k for k in FIELDS if clean[k] is None or (k == "age" and math.isnan(clean[k]))]  # type: ignore[arg-type]
         if lacking:
             missing[str(f)] = lacking
         if found:

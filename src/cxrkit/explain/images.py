@@ -117,7 +117,7 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
     write_csv(index, out / "index.csv")
     write_json({
-        "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name, "method": method,
+        "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name, "method": method,  # type: ignore[union-attr]
         "findings": "given: " + ", ".join(map(str, findings if isinstance(findings, (list, tuple))
                                               else [findings])) if findings is not None
         else f"each image's {top_k} most probable",

@@ -190,19 +190,19 @@ class Predictions:
             w.writerow(["image", "error", "flagged", "ood_score", "ood_flag", *self.findings])
             for i, name in enumerate(self.images):
                 flag = self.ood_flag(i)
-                score = "" if flag is None else repr(float(self.ood_score[i]))
+                score = "" if flag is None else repr(float(self.ood_score[i]))  # type: ignore[index]  # a flag implies a score
                 w.writerow([name, self.errors.get(name, ""), ";".join(self.flagged(i)), score,
                             "" if flag is None else str(flag),
                             *("" if np.isnan(v) else repr(float(v))
                               for v in self.probabilities[i])])
 
     def to_dict(self) -> dict:
-        rows = []
+        rows: list[dict] = []
         for i, name in enumerate(self.images):
             if name in self.errors:
                 rows.append({"image": name, "error": self.errors[name]})
             else:
-                score = None if self.ood_flag(i) is None else float(self.ood_score[i])
+                score = None if self.ood_flag(i) is None else float(self.ood_score[i])  # type: ignore[index]  # a flag implies a score
                 rows.append({"image": name, "flagged": self.flagged(i), "ood_score": score,
                              "ood_flag": self.ood_flag(i),
                              "probabilities": dict(zip(self.findings,
@@ -249,8 +249,8 @@ class Predictions:
                 flagged += f" +{len(names) - top} more"
             best = ", ".join(f"{self.findings[j]} {p[j]:.2f}"
                              for j in np.argsort(-p, kind="stable")[:top])
-            ood = self.ood_flag(i)
-            ood = "-" if ood is None else (f"YES {self.ood_score[i]:.1f}" if ood else "no")
+            flag = self.ood_flag(i)
+            ood = "-" if flag is None else (f"YES {self.ood_score[i]:.1f}" if flag else "no")  # type: ignore[index]
             lines.append(f"{short:<{width}}  {ood:<9}  {flagged or '-':<44}  {best}")
         if len(self.images) > limit:
             lines.append(f"... and {len(self.images) - limit} more images (write them all "

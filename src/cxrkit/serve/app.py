@@ -162,7 +162,7 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
-ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
+ERRORS: dict[int | str, dict] = {s: {"model": ErrorResponse, "description": d} for s, d in (
     (400, "empty upload"), (413, "file over max_upload_bytes or image over max_pixels"),
     (415, "not a PNG, JPEG or DICOM image"), (422, "corrupt image, unknown finding, "
                                                   "unreadable age/sex/view or missing file "
@@ -185,11 +185,11 @@ class Service:
             notes.append("no thresholds were chosen for this checkpoint (run cxrkit "
                          "evaluate); 'positive' uses 0.5 for every finding")
         if lm.thresholds_mismatch(tta):
-            notes.append(lm.thresholds_mismatch(tta))
+            notes.append(lm.thresholds_mismatch(tta))  # type: ignore[arg-type]  # not None: checked above
         if lm.tta_note(tta):
-            notes.append(lm.tta_note(tta))
+            notes.append(lm.tta_note(tta))  # type: ignore[arg-type]  # not None: checked above
         if lm.ood_note():
-            notes.append(lm.ood_note())
+            notes.append(lm.ood_note())  # type: ignore[arg-type]  # not None: checked above
         self.model_info = ModelInfo(
             model=str(getattr(lm.model.cxr_config, "name", type(lm.model).__name__)),
             checkpoint=lm.checkpoint.name, checkpoint_sha256=lm.checkpoint_sha256,
