@@ -499,7 +499,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
         ood_record = None
     run_folder = RunFolder.of(lm.checkpoint)
-    out = EvaluationFolder(out if out else run_folder.eval(split, tta))
+    folder = EvaluationFolder(Path(out) if out else run_folder.eval(split, tta))
     started, cpu = time.perf_counter(), time.process_time()
     # 1. make predictions ...
     test = predict_split(lm, data, split, tta=tta, batch_size=batch_size, progress=progress)
@@ -517,7 +517,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                      f"in thresholds.json were chosen with the same TTA.")
     if lm.tta_note(tta):
         after.append(f"Warning: {lm.tta_note(tta)}")
-    metrics = score(test, fit, lm.findings, out.root, header=header,
+    metrics = score(test, fit, lm.findings, folder.root, header=header,
                     run=RunProtocol(data=source, protocol=data.protocol, split=split,
                                     n_images=len(test.table), box_fold=data.box_fold),
                     fit_split=threshold_split, bootstrap=bootstrap,
@@ -526,19 +526,19 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
                     expert_source=data.prepared.info, reference=reference,
                     expert_labels=expert_labels, ood_record=ood_record)
     if gallery:
-        write_error_gallery(lm, data, test, metrics, out.root, per_kind=gallery,
+        write_error_gallery(lm, data, test, metrics, folder.root, per_kind=gallery,
                             progress=progress)
     chosen = {f: t for f, t in metrics["thresholds"][threshold_method].items() if t is not None}
     sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "
                                          f"(tta={tta})")
-    write_bytes(sidecar.read_bytes(), out.thresholds)
+    write_bytes(sidecar.read_bytes(), folder.thresholds)
     log.info("evaluated %s on %d %s images: mean AUROC %s, %s flagged out-of-distribution; "
              "wrote %s", lm.checkpoint.name, len(test.table), split,
              format_ci(metrics["mean_auroc"], 4), metrics["ood"]["n_flagged"]
-             if metrics["ood"] else "none", out.root)
+             if metrics["ood"] else "none", folder.root)
     if report:
-        _report(out, run_folder.root)
+        _report(folder, run_folder.root)
     return metrics
 
 

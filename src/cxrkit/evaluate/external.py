@@ -203,6 +203,8 @@ def evaluate_predictions(predictions, *, release, rows: str = "official-test",
         if both:
             before.append(f"{len(both):,} patients of {fit_table.source} also have scored "
                           "images: thresholds fitted on them may be slightly optimistic.")
+    split_protocol = "official" if rows == "official-test" else "custom"
+    line = protocol_line(rows, cov, n_rows=n_rows)
     header = {
         "source": {"kind": "predictions", "file": table.source, "sha256": table.sha256,
                    "rows_in_file": n_rows, "values": "logits" if logits else "probabilities",
@@ -211,20 +213,19 @@ def evaluate_predictions(predictions, *, release, rows: str = "official-test",
         "model": name or (Path(table.source).stem if table.sha256 else "predictions"),
         "epoch": None, "tta": None, "release": str(rel.root), "label_file": rel.files["labels"],
         "label_file_sha256": rel.report.sha256, "split": "test",
-        "split_protocol": "official" if rows == "official-test" else "custom",
-        "protocol": {"rows": rows, "coverage": cov,
-                     "line": protocol_line(rows, cov, n_rows=n_rows)},
+        "split_protocol": split_protocol,
+        "protocol": {"rows": rows, "coverage": cov, "line": line},
         "fit_on": fit_record, "trained_on": trained,
     }
     info["labels"] = rel.labels     # for the radiologists' ids, without reading it again
     metrics = score(test, fit, findings, out, header=header,
-                    run=RunProtocol(data=source, protocol=header["split_protocol"], split="test",
+                    run=RunProtocol(data=source, protocol=split_protocol, split="test",
                                     n_images=len(test.table)),
                     fit_split="val" if fit is not None else None, bootstrap=bootstrap,
                     subgroup_bootstrap=subgroup_bootstrap, seed=seed, temperature=temperature,
                     notes=(before, []), expert_source=info, reference=reference,
                     expert_labels=expert_labels)
-    log.debug("scored %s: %s", table.source, header["protocol"]["line"])
+    log.debug("scored %s: %s", table.source, line)
     if gallery:
         write_error_table(test, metrics, out, images=images, per_kind=gallery)
     if report:

@@ -98,7 +98,7 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
 def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_kind: int = 2,
                         progress: bool = True) -> pd.DataFrame:
     """Overlays of each finding's most confident errors (see the module); ``gallery.csv``."""
-    layout = EvaluationFolder(out)
+    layout = EvaluationFolder(Path(out))
     out, folder = layout.root, layout.gallery
     if folder.exists():
         for old in folder.glob("*.jpg"):
@@ -162,9 +162,9 @@ def write_error_table(test, metrics: dict, out: str | Path, *, images=None,
     map) where ``images`` (a folder, searched by :func:`cxrkit.data.images.find_images`)
     has it. Without fitted thresholds the choice is threshold-free: the negatives with the
     highest probability and the positives with the lowest (``threshold`` empty)."""
-    from cxrkit.data.images import find_images, read_xray, to_uint8
+    from cxrkit.data.images import ImageIndex, find_images, read_xray, to_uint8
 
-    layout = EvaluationFolder(out)
+    layout = EvaluationFolder(Path(out))
     folder = layout.gallery
     if folder.exists():
         for old in folder.glob("*.jpg"):
@@ -172,7 +172,7 @@ def write_error_table(test, metrics: dict, out: str | Path, *, images=None,
     findings = list(metrics["findings"])
     labels, names = best_reference(test, findings, layout.root)
     probs = test.probs
-    index = find_images(images, warn=False) if images else {}
+    index = find_images(images, warn=False) if images else ImageIndex()
     thresholds = metrics["thresholds"]["youden"]
     rows = []
     for j, f in enumerate(findings):

@@ -216,7 +216,7 @@ def _match_ids(raw: pd.Series, column: str, src: _Source, known) -> tuple[np.nda
         if not exact.all():
             by_name = dict(zip(known.str.lower(), known, strict=True))
             fixed = 0
-            for i in np.flatnonzero(~exact):
+            for i in map(int, np.flatnonzero(~exact)):
                 name = by_name.get(_file_name(ids[i]).lower())
                 if name is None:
                     n_unknown = sum(by_name.get(_file_name(x).lower()) is None
@@ -229,11 +229,11 @@ def _match_ids(raw: pd.Series, column: str, src: _Source, known) -> tuple[np.nda
                          f"case (e.g. {quote(raw.iloc[int(np.flatnonzero(~exact)[0])])}) and "
                          "were matched to the release's images by file name.")
     seen: dict[str, int] = {}
-    for i, x in enumerate(ids):
+    for k, x in enumerate(ids):
         if x in seen:
             src.fail(f"image {quote(x)} appears twice (first at "
-                     f"{'line' if src.is_file else 'row'} {src.line(seen[x])})", i, column)
-        seen[x] = i
+                     f"{'line' if src.is_file else 'row'} {src.line(seen[x])})", k, column)
+        seen[x] = k
     return ids.astype(str), notes
 
 

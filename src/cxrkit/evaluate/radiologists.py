@@ -264,7 +264,7 @@ def _in_reference(set_name: str, phantom: bool):
 
 
 def radiologists_section(expert: ExpertLabels, test, fit, findings, *, split: str,
-                         fit_split: str, n: int = 1000, seed: int = 0,
+                         fit_split: str | None, n: int = 1000, seed: int = 0,
                          phantom: bool = False) -> tuple[dict, pd.DataFrame]:
     """The section's record (``radiologists.json``) and its per-image table.
 
@@ -346,7 +346,7 @@ def table_rows(section: dict) -> pd.DataFrame:
 
 
 def evaluate_against_radiologists(source: dict, test, fit, findings, out: Path, *, split: str,
-                                  fit_split: str, reference: str = "auto", expert_dir=None,
+                                  fit_split: str | None, reference: str = "auto", expert_dir=None,
                                   n: int = 1000, seed: int = 0,
                                   phantom: bool = False) -> dict | None:
     """Find the expert files, run the section and write its files into ``out``.
@@ -385,12 +385,12 @@ def read_section(folder: str | Path) -> tuple[dict, pd.DataFrame] | None:
     """What :func:`evaluate_against_radiologists` wrote in ``folder``: the section (from
     ``radiologists.json``) and the per-image table (``radiologists_images.csv``, empty when absent); None
     when the folder has no section."""
-    folder = EvaluationFolder(folder)
-    if not folder.radiologists.exists():
+    layout = EvaluationFolder(Path(folder))
+    if not layout.radiologists.exists():
         return None
-    images = pd.read_csv(folder.radiologists_images, dtype={"image_id": str}) \
-        if folder.radiologists_images.exists() else pd.DataFrame()
-    return json.loads(folder.radiologists.read_text()), images
+    images = pd.read_csv(layout.radiologists_images, dtype={"image_id": str}) \
+        if layout.radiologists_images.exists() else pd.DataFrame()
+    return json.loads(layout.radiologists.read_text()), images
 
 
 __all__ = ["FORMAT", "REFERENCES", "binary_agreement",

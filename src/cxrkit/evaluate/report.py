@@ -446,7 +446,7 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     the evaluated checkpoint, none for a predictions file. Returns the path of
     ``report.html``.
     """
-    folder = EvaluationFolder(out)
+    folder = EvaluationFolder(Path(out))
     metrics = folder.read_metrics()
     run_dir = Path(run_dir) if run_dir else (Path(metrics["run_dir"]) if metrics.get("run_dir")
                                              else None)

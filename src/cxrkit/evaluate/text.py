@@ -29,7 +29,7 @@ def format_ci(rec: dict | None, digits: int = 3, *, signed: bool = False,
     f = f"+.{digits}f" if signed else f".{digits}f"
     value = format(rec["value"], f)
     lo, hi = rec.get("lo"), rec.get("hi")
-    if _missing(lo) or _missing(hi):
+    if lo is None or hi is None or _missing(lo) or _missing(hi):
         return f"{value} (no CI)"
     mark = " *" if star and (lo > 0 or hi < 0) else ""
     return f"{value} [{format(lo, f)}, {format(hi, f)}]{mark}"
