@@ -16,6 +16,7 @@ from cxrkit.cli import predict
 from cxrkit.cli import explain
 from cxrkit.cli import serve
 from cxrkit.cli import ood
+from cxrkit.cli import audit
 from cxrkit.cli import importer
 from cxrkit.cli.common import setup_logging
 
@@ -45,6 +46,7 @@ app.command()(predict.predict)
 app.command()(predict.export)
 app.command()(explain.explain)
 app.command()(explain.localize)
+app.command()(audit.audit)
 app.command()(serve.serve)
 
 __all__ = ["app"]
