@@ -406,7 +406,7 @@ def render_html(metrics: dict, run_dir: Path | None, figures: dict[str, Path],
         s.append("<h2>Localisation against NIH's boxes</h2>" + loc)
     from cxrkit.audit.report import audit_html   # late: the audit imports this module
 
-    s.append(audit_html(run_dir))
+    s.append(audit_html(run_dir) if run_dir else "")   # a predictions file has no run
     s += [x for x in extra_sections if x]   # e.g. against radiologists, error gallery
     s.append("<h2>Configuration and provenance</h2>")
     prov = {k: metrics[k] for k in ("source", "checkpoint", "checkpoint_sha256", "prepared",
