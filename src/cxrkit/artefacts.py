@@ -310,7 +310,8 @@ class RunFolder:
     audit = property(lambda self: self.root / "audit")         #: shortcut audit, per split
 
     def eval(self, split: str, tta: str = "none") -> Path:
-        """``eval/<split>`` (``eval/<split>-<tta>`` with test-time augmentation)."""
+        """``eval/<split>`` (``eval/<split>-<tta>`` with test-time augmentation): the root of
+        an :class:`EvaluationFolder`."""
         return self.root / "eval" / (split if tta == "none" else f"{split}-{tta}")
 
     def checkpoint(self) -> Path:
@@ -319,6 +320,54 @@ class RunFolder:
             if p.exists():
                 return p
         raise CheckpointError(f"{self.root}: a folder without best.pt or last.pt")
+
+
+@dataclass(frozen=True)
+class EvaluationFolder:
+    """A folder written by ``cxrkit evaluate``, of a run or of a predictions file alike.
+
+    Every file name of an evaluation is spelled here once; evaluation writes through these
+    paths and the report and ``cxrkit compare`` read through them.
+    """
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    metrics = property(lambda self: self.root / "metrics.json")     #: everything, as JSON
+    auroc = property(lambda self: self.root / "auroc.csv")
+    threshold_table = property(lambda self: self.root / "thresholds.csv")
+    calibration = property(lambda self: self.root / "calibration.csv")
+    subgroups = property(lambda self: self.root / "subgroups.csv")
+    published = property(lambda self: self.root / "published.csv")
+    thresholds = property(lambda self: self.root / THRESHOLDS_FILE)  #: copy of the sidecar
+    radiologists = property(lambda self: self.root / "radiologists.json")
+    radiologists_table = property(lambda self: self.root / "radiologists.csv")
+    radiologists_images = property(lambda self: self.root / "radiologists_images.csv")
+    gallery = property(lambda self: self.root / "gallery")           #: error-gallery images
+    gallery_table = property(lambda self: self.root / "gallery.csv")
+    figures = property(lambda self: self.root / "figures")
+    report = property(lambda self: self.root / "report.html")
+    summary = property(lambda self: self.root / "summary.md")
+
+    def predictions(self, split: str) -> Path:
+        """``predictions_<split>.csv``: labels and probabilities of every scored image."""
+        return self.root / f"predictions_{split}.csv"
+
+    def exists(self) -> bool:
+        return self.metrics.exists()
+
+    def read_metrics(self) -> dict:
+        if not self.metrics.exists():
+            raise FileNotFoundError(f"{self.metrics} not found: {self.root} is not an "
+                                    "evaluation folder (run `cxrkit evaluate` first)")
+        return json.loads(self.metrics.read_text())
+
+    def read_predictions(self, split: str):
+        """The scored split's predictions table (ids as strings)."""
+        import pandas as pd
+        return pd.read_csv(self.predictions(split), dtype={"image_id": str, "patient_id": str})
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -336,7 +385,7 @@ def onnx_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".onnx")
 
 
-__all__ = ["THRESHOLDS_FILE", "CheckpointError", "PreparedFolder", "RunFolder", "WriteError",
+__all__ = ["THRESHOLDS_FILE", "CheckpointError", "EvaluationFolder", "PreparedFolder", "RunFolder", "WriteError",
            "atomic_file", "atomic_path", "check_writable", "file_sha256", "human_bytes", "make_folder",
            "onnx_path", "resolve_checkpoint", "versions", "write_bytes", "write_csv",
            "write_json", "write_text"]
