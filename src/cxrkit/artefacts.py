@@ -4,7 +4,8 @@ One low-level module (standard library only, the bottom layer) so that each of t
 decided once:
 
 * **Writing.** A file a stage writes appears whole or not at all: :func:`atomic_path`
-  hands the writer a temporary name in the same folder, then fsyncs and ``os.replace``\\ s
+  hands the writer a new temporary file in the same folder (created exclusively under a
+  random name, so a symlink planted at a guessable name is never followed), then fsyncs and ``os.replace``\\ s
   it over the target; on any failure the temporary is removed, so a killed run or a full
   disk never leaves half a file or a stray ``*.tmp``. A missing permission, a read-only
   or full file system becomes :class:`WriteError`: one line that names the path and what
@@ -31,7 +32,9 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -114,7 +117,8 @@ def make_folder(folder: str | Path) -> Path:
 def check_writable(path: str | Path) -> Path:
     """Fail now, before any work, if ``path`` (a file to write) cannot be created.
 
-    Creates the parent folder and a temporary file there, then removes the file.
+    Creates the parent folder and a new temporary file there (exclusively: nothing that
+    already exists, a planted symlink included, is opened), then removes it.
     """
     path = Path(path)
     with atomic_path(path, commit=False) as tmp:
@@ -141,9 +145,9 @@ def atomic_path(path: str | Path, *, needed: int | None = None, commit: bool = T
         free = _free(path.parent)
         if free is not None and free < needed:
             raise _explain(path, OSError(errno.ENOSPC, "no space"), needed)
-    # the suffix stays last: savefig, cv2.imwrite and np.save choose the format by it
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = None
     try:
+        tmp = _new_temporary(path)
         yield tmp
         if commit:
             if durable:
@@ -154,7 +158,7 @@ def atomic_path(path: str | Path, *, needed: int | None = None, commit: bool = T
                     os.close(fd)
             os.replace(tmp, path)
     except OSError as e:
-        written = tmp.stat().st_size if tmp.exists() else 0
+        written = tmp.stat().st_size if tmp is not None and tmp.exists() else 0
         _remove(tmp)
         if isinstance(e, WriteError):
             raise
@@ -167,7 +171,37 @@ def atomic_path(path: str | Path, *, needed: int | None = None, commit: bool = T
             _remove(tmp)
 
 
-def _remove(tmp: Path) -> None:
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: The process's umask, read once (reading it means setting it).
+_UMASK = _umask()
+
+
+def _new_temporary(path: Path) -> Path:
+    """A new, empty file beside ``path``, created exclusively under a random name.
+
+    ``tempfile.mkstemp`` opens with ``O_CREAT | O_EXCL`` (and ``O_NOFOLLOW``), so a file or
+    symlink planted at a name an attacker guessed is never followed or truncated; it only
+    makes the name be drawn again. The mode is the usual ``0o666 & ~umask`` (mkstemp
+    creates ``0o600``), so an output is as readable as one ``open(path, "w")`` would make.
+    The suffix stays last: savefig, cv2.imwrite and np.save choose the format by it.
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
+                                dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
+def _remove(tmp: Path | None) -> None:
+    if tmp is None:
+        return
     try:
         tmp.unlink()
     except FileNotFoundError:
@@ -183,9 +217,10 @@ def atomic_file(path: str | Path, *, needed: int | None = None):
         yield f
 
 
-def write_bytes(data: bytes, path: str | Path) -> Path:
-    """Write ``data`` to ``path`` atomically (free space checked first)."""
-    with atomic_path(path, needed=len(data)) as tmp:
+def write_bytes(data: bytes, path: str | Path, *, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (free space checked first; ``durable``: see
+    :func:`atomic_path`)."""
+    with atomic_path(path, needed=len(data), durable=durable) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
@@ -223,9 +258,74 @@ def jsonable(obj):
     return obj
 
 
-def write_csv(table, path: str | Path) -> Path:
-    """Write a pandas table without its index atomically."""
-    return write_text(table.to_csv(index=False), path)
+# -- CSV for people ------------------------------------------------------------------------
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's list): an
+#: image named ``=HYPERLINK(...).png`` would run in Excel or LibreOffice when the CSV opens.
+FORMULA_START = frozenset("=+-@\t\r")
+#: A plain number (``-0.5``, ``+1e-3``): left as it is, a spreadsheet reads it as a number.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _formula_like(text: str) -> bool:
+    """Whether ``text``, once its leading ``'`` are set aside, starts like a formula."""
+    rest = text.lstrip("'")
+    return rest[:1] in FORMULA_START and not _NUMBER.fullmatch(rest)
+
+
+def csv_cell(value):
+    """``value`` made safe for a spreadsheet: a text starting with ``= + - @``, a tab or a
+    carriage return (after any ``'``) gets one ``'`` in front; anything else is returned as
+    it is (numbers, including a text such as ``-0.5``, stay numbers).
+
+    Reversible (:func:`csv_plain`): ``'=1+1`` reads back as ``=1+1``, and a text that
+    already started with ``'=`` gets a second ``'``, so nothing is ambiguous. Every CSV
+    cxrkit writes passes through this (:func:`write_csv`, :func:`csv_row`).
+    """
+    if isinstance(value, str) and _formula_like(value):
+        return "'" + value
+    return value
+
+
+def csv_plain(value):
+    """The inverse of :func:`csv_cell`: drop the one ``'`` it added."""
+    if isinstance(value, str) and value[:1] == "'" and _formula_like(value[1:]):
+        return value[1:]
+    return value
+
+
+def csv_row(values) -> list:
+    """:func:`csv_cell` of each value: for writers that stream rows with the csv module."""
+    return [csv_cell(v) for v in values]
+
+
+def _cells(table, fn):
+    """``table`` with ``fn`` applied to its text cells, column names and index labels."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    def text(dtype) -> bool:
+        return is_object_dtype(dtype) or is_string_dtype(dtype)
+
+    table = table.rename(columns=fn, index=fn if text(table.index.dtype) else None)
+    columns = [c for c in table.columns if text(table[c].dtype)]
+    if columns:
+        table = table.copy()
+        for c in columns:
+            table[c] = table[c].map(fn)
+    return table
+
+
+def write_csv(table, path: str | Path, *, index: bool = False, **to_csv) -> Path:
+    """Write a pandas table (without its index unless ``index``) atomically, text cells
+    escaped against formula injection (:func:`csv_cell`). ``to_csv``: more options of
+    ``DataFrame.to_csv`` (``float_format``, ...)."""
+    return write_text(_cells(table, csv_cell).to_csv(index=index, **to_csv), path)
+
+
+def read_csv(path: str | Path, **kwargs):
+    """``pandas.read_csv`` of a CSV cxrkit wrote, with :func:`csv_cell`'s escapes undone."""
+    import pandas as pd
+
+    return _cells(pd.read_csv(path, **kwargs), csv_plain)
 
 
 # -- hashes and versions ------------------------------------------------------------------
@@ -335,7 +435,8 @@ def onnx_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".onnx")
 
 
-__all__ = ["THRESHOLDS_FILE", "CheckpointError", "PreparedFolder", "RunFolder", "WriteError",
-           "atomic_file", "atomic_path", "check_writable", "file_sha256", "human_bytes", "make_folder",
-           "onnx_path", "resolve_checkpoint", "versions", "write_bytes", "write_csv",
+__all__ = ["FORMULA_START", "THRESHOLDS_FILE", "CheckpointError", "PreparedFolder", "RunFolder", "WriteError",
+           "atomic_file", "atomic_path", "check_writable", "csv_cell", "csv_plain", "csv_row",
+           "file_sha256", "human_bytes", "make_folder",
+           "onnx_path", "read_csv", "resolve_checkpoint", "versions", "write_bytes", "write_csv",
            "write_json", "write_text"]

@@ -13,12 +13,14 @@ from cxrkit.cli.common import run as _run
 #: cxrkit.data.images.MIN_IMAGE_SIDE (not imported here: that module loads OpenCV); the
 #: cache refuses smaller images, so phantoms are made at least this large.
 MIN_SIDE = 32
+#: cxrkit.data.phantoms.MAX_IMAGE_SIDE (the largest side the image cache accepts).
+MAX_SIDE = 4096
 
 
 def phantoms(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write an NIH-layout release into")],
     patients: Annotated[int, typer.Option(min=1, help="Number of patients")] = 300,
-    size: Annotated[int, typer.Option(min=MIN_SIDE, help="Image side in pixels")] = 256,
+    size: Annotated[int, typer.Option(min=MIN_SIDE, max=MAX_SIDE, help="Image side in pixels")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
     label_noise: Annotated[str, typer.Option(help="NIH-style label errors: moderate | measured | none")] = "moderate",
     like: Annotated[Path | None, typer.Option(

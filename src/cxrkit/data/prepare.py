@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxrkit import __version__
-from cxrkit.artefacts import PreparedFolder, WriteError, write_csv, write_json
+from cxrkit.artefacts import PreparedFolder, WriteError, read_csv, write_csv, write_json
 from cxrkit.data.cache import ImageCache, PreprocessSettings, build_cache
 from cxrkit.data.images import find_images
 from cxrkit.data.nih import NIH_IMAGE_SIZE
@@ -192,7 +192,7 @@ def load_prepared(path: str | Path) -> Prepared:
             raise FileNotFoundError(f"{path} is not a prepared folder: {name} is missing "
                                     "(run `cxrkit prepare` first)")
     cache = ImageCache(path)
-    labels = pd.read_csv(layout.labels, dtype={"image_id": str, "sex": str, "view": str})
+    labels = read_csv(layout.labels, dtype={"image_id": str, "sex": str, "view": str})
     ok = labels["image_id"].isin(pd.Index(cache.ids))
     if not ok.all():
         bad = labels.loc[~ok, "image_id"].tolist()
@@ -201,6 +201,6 @@ def load_prepared(path: str | Path) -> Prepared:
                       stacklevel=2)
         labels = labels.loc[ok].reset_index(drop=True)
     split = load_split(layout.split)  # checks columns, values and leakage
-    boxes = pd.read_csv(layout.boxes) if layout.boxes.exists() else None
+    boxes = read_csv(layout.boxes) if layout.boxes.exists() else None
     info = json.loads(layout.dataset.read_text())
     return Prepared(root=path, cache=cache, labels=labels, split=split, boxes=boxes, info=info)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.artefacts import file_sha256, write_csv, write_json
+from cxrkit.artefacts import file_sha256, read_csv, write_csv, write_json
 from cxrkit.labels import FINDINGS
 from cxrkit.messages import quote
 
@@ -168,7 +168,7 @@ def load_split(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"split file not found: {path} (make one with `cxrkit split`)")
-    split = pd.read_csv(path, dtype={"image_id": str, "split": str})
+    split = read_csv(path, dtype={"image_id": str, "split": str})
     missing = {"image_id", "patient_id", "split"} - set(split.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")

@@ -29,6 +29,7 @@ from cxrkit.artefacts import (
     RunFolder,
     atomic_path,
     make_folder,
+    read_csv,
     resolve_checkpoint,
     write_csv,
     write_text,
@@ -80,7 +81,7 @@ def load_evaluation(path: str | Path, *, split: str = "test", tta: str = "none",
     else:
         raise FileNotFoundError(f"{metrics_file} not found: run `cxrkit evaluate "
                                 f"{checkpoint.parent} --split {split}` first")
-    pred = pd.read_csv(folder / f"predictions_{split}.csv",
+    pred = read_csv(folder / f"predictions_{split}.csv",
                        dtype={"image_id": str, "patient_id": str})
     return checkpoint, metrics, pred
 

@@ -51,7 +51,7 @@ from cxrkit.data.expert import (
 )
 from cxrkit.labels import FINDINGS
 from cxrkit.artefacts import finite_or_none as _f
-from cxrkit.artefacts import jsonable, write_csv, write_json
+from cxrkit.artefacts import jsonable, read_csv, write_csv, write_json
 from cxrkit.data.nih import read_data_entry, read_image_list
 from cxrkit.metrics import auroc_reference_difference, threshold_metrics, youden_threshold
 
@@ -378,7 +378,7 @@ def read_section(folder: str | Path) -> tuple[dict, pd.DataFrame] | None:
     folder = Path(folder)
     if not (folder / FILE).exists():
         return None
-    images = pd.read_csv(folder / IMAGES_FILE, dtype={"image_id": str}) \
+    images = read_csv(folder / IMAGES_FILE, dtype={"image_id": str}) \
         if (folder / IMAGES_FILE).exists() else pd.DataFrame()
     return json.loads((folder / FILE).read_text()), images
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
+from cxrkit.artefacts import atomic_path, read_csv
 from cxrkit.evaluate.gallery import FILE as GALLERY_FILE
 from cxrkit.evaluate.plots import _figure, _grid
 from cxrkit.evaluate.radiologists import read_section
@@ -161,8 +162,8 @@ def radiologists_html(out: str | Path) -> str:
             fig = roc_figure(rec, images, name)
             if fig is not None:
                 path = out / "figures" / ROC_FIGURE.format(set=name)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fig.savefig(path)
+                with atomic_path(path) as tmp:
+                    fig.savefig(tmp)
                 s.append(f"<figure>{_embed(path, 'ROC against radiologists')}<figcaption>ROC "
                          "against the radiologists: the model's curve, its operating point "
                          "chosen on validation (star), NIH's label (square) and each "
@@ -191,7 +192,7 @@ def gallery_html(out: str | Path) -> str:
     path = out / GALLERY_FILE
     if not path.exists():
         return ""
-    table = pd.read_csv(path, dtype={"image_id": str})
+    table = read_csv(path, dtype={"image_id": str})
     if table.empty:
         return ""
     s = ["<h2>Error gallery</h2>",

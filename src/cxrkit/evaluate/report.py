@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrkit.artefacts import RunFolder, write_text
+from cxrkit.artefacts import RunFolder, read_csv, write_text
 from cxrkit.evaluate.plots import FIGURES, write_figures
 
 RESEARCH_USE = ("Research use only. cxrkit is not a medical device and its outputs are not "
@@ -202,7 +202,7 @@ def explanation_examples(run_dir: Path, limit: int = 8) -> list[tuple[Path, str]
         return []
     index = folder / "index.csv"
     if index.exists():
-        table = pd.read_csv(index)
+        table = read_csv(index)
         col = next((c for c in ("overlay", "overlay_png", "png", "path") if c in table), None)
         if col is not None:
             out = []
@@ -243,10 +243,10 @@ def localization_section(run_dir: Path) -> str:
     pointing = folder / "pointing.csv"
     if pointing.exists():
         parts.append("<h3>Pointing game (hit: the map's maximum inside a box; chance: the "
-                     "boxes' share of the image)</h3>" + _table(pd.read_csv(pointing)))
+                     "boxes' share of the image)</h3>" + _table(read_csv(pointing)))
     accuracy = folder / "accuracy.csv"
     if accuracy.exists():
-        acc = pd.read_csv(accuracy)
+        acc = read_csv(accuracy)
         if {"finding", "measure", "threshold", "accuracy"} <= set(acc.columns):
             acc["column"] = acc["measure"].str.upper().str.replace("IOBB", "IoBB").str.replace(
                 "IOU", "IoU") + " > " + acc["threshold"].map("{:g}".format)
@@ -271,7 +271,7 @@ def localization_section(run_dir: Path) -> str:
                      "</pre></details>")
     if not record:   # an older or foreign folder: show whatever tables it holds
         for csv in sorted(folder.glob("*.csv")):
-            parts.append(f"<h3>{_esc(csv.stem)}</h3>{_table(pd.read_csv(csv))}")
+            parts.append(f"<h3>{_esc(csv.stem)}</h3>{_table(read_csv(csv))}")
     return "".join(parts)
 
 
@@ -421,9 +421,9 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     metrics = json.loads((out / "metrics.json").read_text())
     run_dir = Path(run_dir) if run_dir else Path(metrics["run_dir"])
     pred_file = out / f"predictions_{metrics['split']}.csv"
-    pred = pd.read_csv(pred_file, dtype={"image_id": str, "patient_id": str})
+    pred = read_csv(pred_file, dtype={"image_id": str, "patient_id": str})
     layout = RunFolder(run_dir)
-    history = pd.read_csv(layout.history) if layout.history.exists() else None
+    history = read_csv(layout.history) if layout.history.exists() else None
     figures = write_figures(out / "figures", metrics, pred, history)
     from cxrkit.evaluate.radiologists_report import (
         gallery_html,
