@@ -12,6 +12,12 @@ decided once:
   was needed (the CLI prints it; no traceback). :func:`write_bytes`, :func:`write_text`,
   :func:`write_json`, :func:`write_csv` and :func:`atomic_file` (a binary file object,
   for ``torch.save``) are thin helpers over it.
+* **One writer at a time.** :func:`folder_lock` holds a run folder's ``.cxrkit.lock``
+  (an ``flock``) while a stage writes into it; a second writer is refused, naming the
+  holder's pid, and a dead holder's lock is simply taken over.
+* **CSV for people.** :func:`write_csv` escapes text cells that a spreadsheet would run as
+  a formula (``= + - @``, tab, CR: one ``'`` in front, :func:`csv_cell`); :func:`read_csv`
+  undoes it for cxrkit's own readers.
 * **Hashes** (:func:`file_sha256`) and **versions** (:func:`versions`, read from the
   installed distributions' metadata, so recording them imports nothing heavy).
 * **Layouts.** :class:`PreparedFolder` (what ``cxrkit prepare`` writes, what training
@@ -35,6 +41,7 @@ import platform
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +49,11 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: folders are not locked
+    fcntl = None
 
 
 class WriteError(OSError):
@@ -355,6 +367,86 @@ def versions(*extra: str) -> dict[str, str]:
     return out
 
 
+# -- one writer at a time --------------------------------------------------------------------
+#: The lock file of a run folder (see :func:`folder_lock`).
+LOCK_FILE = ".cxrkit.lock"
+#: The TensorBoard event files ``cxrkit train`` writes into ``tb/`` (SummaryWriter's names).
+TENSORBOARD_EVENTS = "events.out.tfevents.*"
+
+
+class NotARunError(ValueError):
+    """A folder that training would write into but that is not a cxrkit run folder."""
+
+
+class FolderBusyError(RuntimeError):
+    """Another cxrkit process is writing into the folder (the message names its pid)."""
+
+
+_HELD: dict[str, int] = {}  # lock files this process holds -> depth (re-entrant)
+
+
+@contextmanager
+def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
+    """Hold ``folder/.cxrkit.lock`` while the block writes into ``folder``: one writer at a time.
+
+    An exclusive ``flock`` on the lock file: a second process is refused at once with
+    :class:`FolderBusyError`, naming the holder (``pid 1234, cxrkit train, since ...``,
+    which the holder writes into the file). The kernel drops the lock when its holder
+    exits, killed or not, so a stale lock file costs nothing: the next writer takes it
+    over. Re-entrant within a process. Without ``fcntl`` (Windows) nothing is locked.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    make_folder(folder)
+    path = folder / LOCK_FILE
+    key = os.path.realpath(path)
+    if key in _HELD or fcntl is None:
+        _HELD[key] = _HELD.get(key, 0) + 1
+        try:
+            yield path
+        finally:
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        raise _explain(path, e, None) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise FolderBusyError(
+                f"{folder} is being written by {holder}; wait for it to finish (or stop it), "
+                "or use another folder") from None
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}, {what}, since {stamp}\n"
+                  .encode(), 0)
+        _HELD[key] = 1
+        try:
+            yield path
+        finally:
+            del _HELD[key]
+            os.ftruncate(fd, 0)  # released cleanly: no holder to name
+            _tidy(folder, path, created)
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+def _tidy(folder: Path, lock: Path, created: bool) -> None:
+    """A writer that wrote nothing leaves nothing: not the lock, not a folder it made."""
+    try:
+        if [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            lock.unlink()
+            if created:
+                folder.rmdir()
+    except OSError:
+        pass
+
+
 # -- layouts -------------------------------------------------------------------------------
 #: The decision-thresholds sidecar ``cxrkit evaluate`` writes beside the checkpoint.
 THRESHOLDS_FILE = "thresholds.json"
@@ -419,6 +511,47 @@ class RunFolder:
                 return p
         raise CheckpointError(f"{self.root}: a folder without best.pt or last.pt")
 
+    lock_file = property(lambda self: self.root / LOCK_FILE)  #: see :func:`folder_lock`
+
+    def is_run(self) -> bool:
+        """Whether the folder is recognisably one ``cxrkit train`` wrote: it holds a
+        checkpoint, the run lock, or a ``run.json`` with cxrkit's version in it."""
+        if any(p.exists() for p in (self.best, self.last, self.lock_file)):
+            return True
+        try:
+            if self.run_json.stat().st_size < 1 << 20:
+                doc = json.loads(self.run_json.read_text(encoding="utf-8"))
+                return isinstance(doc, dict) and "cxrkit" in (doc.get("versions") or {})
+        except (OSError, ValueError, TypeError):
+            pass
+        return False
+
+    def check_trainable(self) -> None:
+        """Refuse (:class:`NotARunError`) a folder that is neither new, empty nor a run.
+
+        Training writes ``metrics.csv``, ``run.json``, ``config.yaml`` and ``tb/`` into its
+        folder; in a folder of the user's (``out=$HOME``) that would overwrite their files.
+        """
+        if not self.root.exists() or self.is_run():
+            return
+        if not self.root.is_dir():
+            raise NotARunError(f"{self.root} is a file, not a run folder")
+        found = sorted(p.name for p in self.root.iterdir())
+        if found:
+            shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            raise NotARunError(
+                f"{self.root} is not empty ({shown}) and is not a cxrkit run folder; nothing "
+                "was written. Train into a new or empty folder (out=... or --out).")
+
+    def trained_files(self) -> list[Path]:
+        """What ``cxrkit train`` wrote here and ``--fresh`` removes: checkpoints, records,
+        and its own TensorBoard event files (anything else in ``tb/`` is left)."""
+        files = [p for p in (self.best, self.last, self.history, self.curves, self.run_json,
+                             self.box_fold_moved, self.config) if p.is_file()]
+        if self.tensorboard.is_dir():
+            files += sorted(p for p in self.tensorboard.glob(TENSORBOARD_EVENTS) if p.is_file())
+        return files
+
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder -> its ``best.pt`` (else ``last.pt``); a file -> itself (it must exist)."""
@@ -435,8 +568,9 @@ def onnx_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".onnx")
 
 
-__all__ = ["FORMULA_START", "THRESHOLDS_FILE", "CheckpointError", "PreparedFolder", "RunFolder", "WriteError",
+__all__ = ["FORMULA_START", "LOCK_FILE", "THRESHOLDS_FILE", "CheckpointError", "FolderBusyError",
+           "NotARunError", "PreparedFolder", "RunFolder", "WriteError",
            "atomic_file", "atomic_path", "check_writable", "csv_cell", "csv_plain", "csv_row",
-           "file_sha256", "human_bytes", "make_folder",
+           "file_sha256", "folder_lock", "human_bytes", "make_folder",
            "onnx_path", "read_csv", "resolve_checkpoint", "versions", "write_bytes", "write_csv",
            "write_json", "write_text"]

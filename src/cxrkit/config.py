@@ -321,7 +321,7 @@ def load_yaml(text: str, where: str):
     past :data:`MAX_YAML_VALUES` values, and nesting too deep for the parser is refused.
     """
     try:
-        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: plain data only
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
