@@ -43,7 +43,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -243,8 +243,13 @@ def write_text(text: str, path: str | Path) -> Path:
 
 
 def write_json(obj, path: str | Path) -> Path:
-    """Write ``obj`` as indented, key-sorted JSON atomically (unknown types via ``str``)."""
-    return write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), path)
+    """Write ``obj`` as indented, key-sorted JSON atomically (unknown types via ``str``).
+
+    Always valid JSON (:func:`jsonable`): NaN and infinities are written as ``null``, not
+    as the ``NaN`` that Python accepts and every other JSON reader refuses.
+    """
+    return write_text(json.dumps(jsonable(obj), indent=2, sort_keys=True, default=str,
+                                 allow_nan=False), path)
 
 
 def finite_or_none(x) -> float | None:
@@ -393,7 +398,8 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
     :class:`FolderBusyError`, naming the holder (``pid 1234, cxrkit train, since ...``,
     which the holder writes into the file). The kernel drops the lock when its holder
     exits, killed or not, so a stale lock file costs nothing: the next writer takes it
-    over. Re-entrant within a process. Without ``fcntl`` (Windows) nothing is locked.
+    over. Released cleanly, the file is removed (and a folder this call created and left
+    empty). Re-entrant within a process. Without ``fcntl`` (Windows) nothing is locked.
     """
     folder = Path(folder)
     created = not folder.exists()
@@ -409,18 +415,8 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
             if not _HELD[key]:
                 del _HELD[key]
         return
+    fd = _take_lock(path, folder)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError as e:
-        raise _explain(path, e, None) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise FolderBusyError(
-                f"{folder} is being written by {holder}; wait for it to finish (or stop it), "
-                "or use another folder") from None
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}, {what}, since {stamp}\n"
@@ -430,21 +426,38 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
             yield path
         finally:
             del _HELD[key]
-            os.ftruncate(fd, 0)  # released cleanly: no holder to name
-            _tidy(folder, path, created)
+            _remove(path)  # while still held: a waiting opener re-checks the inode
+            if created:  # a writer that wrote nothing leaves no folder behind
+                with suppress(OSError):
+                    folder.rmdir()
     finally:
         os.close(fd)  # closing drops the flock
 
 
-def _tidy(folder: Path, lock: Path, created: bool) -> None:
-    """A writer that wrote nothing leaves nothing: not the lock, not a folder it made."""
-    try:
-        if [p.name for p in folder.iterdir()] == [LOCK_FILE]:
-            lock.unlink()
-            if created:
-                folder.rmdir()
-    except OSError:
-        pass
+def _take_lock(path: Path, folder: Path) -> int:
+    """Open ``path`` (never through a symlink) and ``flock`` it, or raise
+    :class:`FolderBusyError` naming the holder. Retried when the file was removed by a
+    holder releasing it between our open and our lock (then it is not the lock any more)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise _explain(path, e, None) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise FolderBusyError(
+                f"{folder} is being written by {holder}; nothing was written. Wait for it to "
+                "finish (or stop it), or use another folder.") from None
+        try:
+            mine, now = os.fstat(fd), os.stat(path, follow_symlinks=False)
+            if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
+                return fd  # a dead holder's file (kernel dropped its lock) is simply reused
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 # -- layouts -------------------------------------------------------------------------------
@@ -515,13 +528,18 @@ class RunFolder:
 
     def is_run(self) -> bool:
         """Whether the folder is recognisably one ``cxrkit train`` wrote: it holds a
-        checkpoint, the run lock, or a ``run.json`` with cxrkit's version in it."""
-        if any(p.exists() for p in (self.best, self.last, self.lock_file)):
+        checkpoint, a ``run.json`` with cxrkit's version in it, or a ``config.yaml`` with
+        the ``model:`` and ``train:`` sections of a resolved run config."""
+        if self.best.exists() or self.last.exists():
             return True
         try:
-            if self.run_json.stat().st_size < 1 << 20:
+            if self.run_json.is_file() and self.run_json.stat().st_size < 1 << 20:
                 doc = json.loads(self.run_json.read_text(encoding="utf-8"))
-                return isinstance(doc, dict) and "cxrkit" in (doc.get("versions") or {})
+                if isinstance(doc, dict) and "cxrkit" in (doc.get("versions") or {}):
+                    return True
+            if self.config.is_file() and self.config.stat().st_size < 1 << 20:
+                text = self.config.read_text(encoding="utf-8")
+                return all(re.search(rf"^{s}:", text, re.MULTILINE) for s in ("model", "train"))
         except (OSError, ValueError, TypeError):
             pass
         return False
@@ -563,6 +581,41 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def writes_into_run(what: str):
+    """Decorator for ``fn(checkpoint, ..., out=None, ...)`` that writes into the run folder
+    of ``checkpoint`` unless ``out`` is elsewhere: holds that folder's lock
+    (:func:`folder_lock`) while ``fn`` runs, so it never mixes with a training or another
+    stage writing there. With ``out`` outside the run nothing of the run is written, so
+    nothing is locked."""
+    import functools
+    import inspect
+
+    def decorate(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def held(*args, **kwargs):
+            bound = signature.bind_partial(*args, **kwargs)
+            try:
+                target = bound.arguments["checkpoint"]  # a path, or a loaded model
+                run = RunFolder.of(resolve_checkpoint(getattr(target, "checkpoint", target)))
+            except (OSError, TypeError, CheckpointError):  # fn says what is wrong with it
+                return fn(*args, **kwargs)
+            out = bound.arguments.get("out")
+            if out is not None and not is_inside(out, run.root):
+                return fn(*args, **kwargs)
+            with folder_lock(run.root, what):
+                return fn(*args, **kwargs)
+        return held
+    return decorate
+
+
+def is_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (symlinks resolved)."""
+    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return path == folder or folder in path.parents
+
+
 def onnx_path(checkpoint: str | Path) -> Path:
     """Where ``cxrkit export`` puts a checkpoint's ONNX file: ``run/best.pt`` -> ``run/best.onnx``."""
     return Path(checkpoint).with_suffix(".onnx")
@@ -571,6 +624,6 @@ def onnx_path(checkpoint: str | Path) -> Path:
 __all__ = ["FORMULA_START", "LOCK_FILE", "THRESHOLDS_FILE", "CheckpointError", "FolderBusyError",
            "NotARunError", "PreparedFolder", "RunFolder", "WriteError",
            "atomic_file", "atomic_path", "check_writable", "csv_cell", "csv_plain", "csv_row",
-           "file_sha256", "folder_lock", "human_bytes", "make_folder",
+           "file_sha256", "folder_lock", "human_bytes", "is_inside", "make_folder",
            "onnx_path", "read_csv", "resolve_checkpoint", "versions", "write_bytes", "write_csv",
-           "write_json", "write_text"]
+           "write_json", "write_text", "writes_into_run"]

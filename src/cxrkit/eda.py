@@ -33,7 +33,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from cxrkit import __version__
-from cxrkit.artefacts import atomic_path, make_folder, versions, write_csv, write_json, write_text
+from cxrkit.artefacts import (
+    atomic_path,
+    make_folder,
+    versions,
+    write_csv,
+    write_json,
+    write_text,
+)
 from cxrkit.data.nih import MAX_AGE_YEARS, NIH_IMAGE_SIZE
 from cxrkit.data.splits import SPLITS
 from cxrkit.labels import FINDINGS, NO_FINDING, canonical_finding

@@ -46,7 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrkit.artefacts import WriteError, atomic_path, check_writable, onnx_path, versions, write_json
+from cxrkit.artefacts import (WriteError, atomic_path, check_writable, onnx_path, versions,
+                              write_json, writes_into_run)
 from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.metrics import sigmoid
 from cxrkit.onnx_backend import META_KEYS, OnnxModel
@@ -133,6 +134,7 @@ def _graph(lm):
 
 
 
+@writes_into_run("cxrkit export")
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
                 parity_images: Sequence[str | Path] = (), n_phantoms: int = 6,
                 opset: int = OPSET, thresholds: str | Path | None = None) -> dict:

@@ -37,6 +37,7 @@ from cxrkit.artefacts import (
     RunFolder,
     WriteError,
     file_sha256,
+    finite_or_none,
     folder_lock,
     versions,
     write_json,
@@ -464,7 +465,7 @@ def summarise(t: Training, s: TrainState, status: str, started: float) -> dict:
     f = t.freeze
     summary = {
         "status": status, "model": t.cfg.model.name, "findings": list(t.data.findings),
-        "epochs_run": len(s.history), "best_val_mean_auroc": s.best if s.history else None,
+        "epochs_run": len(s.history), "best_val_mean_auroc": finite_or_none(s.best) if s.history else None,
         "seconds": time.time() - started, "train_images": len(t.data.train),
         "val_images": len(t.data.val),
         "parameters": f["trainable_params"] + f["frozen_params"],

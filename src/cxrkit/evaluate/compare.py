@@ -37,6 +37,7 @@ from cxrkit.artefacts import (
 from cxrkit.evaluate.compare_radiologists import radiologists_comparison
 from cxrkit.evaluate.core import evaluate_checkpoint
 from cxrkit.evaluate.plots import _figure
+from cxrkit.evaluate.provenance import stale_reason
 from cxrkit.evaluate.report import CSS, RESEARCH_USE, _ci, _img, _table
 from cxrkit.metrics import paired_auroc_difference
 
@@ -69,21 +70,33 @@ def load_evaluation(path: str | Path, *, split: str = "test", tta: str = "none",
     checkpoint = resolve_checkpoint(path)
     folder = RunFolder.of(checkpoint).eval(split, tta)
     metrics_file = folder / "metrics.json"
-    if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text())
-        if metrics.get("checkpoint_sha256") and metrics["checkpoint"] != str(checkpoint):
-            log.info("%s: evaluation was written for %s", folder, metrics["checkpoint"])
-    elif evaluate_missing:
-        log.info("%s has no %s evaluation yet: evaluating it now", checkpoint.parent, split)
+    metrics, why = _read_evaluation(metrics_file, checkpoint)
+    if why:
+        if not evaluate_missing:
+            raise ValueError(f"{metrics_file}: {why}; run `cxrkit evaluate "
+                             f"{checkpoint.parent} --split {split}` first")
+        log.info("%s: %s; evaluating %s now", metrics_file, why, checkpoint)
         evaluate_checkpoint(checkpoint, split=split, tta=tta, bootstrap=bootstrap,
                             progress=progress)
         metrics = json.loads(metrics_file.read_text())
-    else:
-        raise FileNotFoundError(f"{metrics_file} not found: run `cxrkit evaluate "
-                                f"{checkpoint.parent} --split {split}` first")
     pred = read_csv(folder / f"predictions_{split}.csv",
                        dtype={"image_id": str, "patient_id": str})
     return checkpoint, metrics, pred
+
+
+def _read_evaluation(metrics_file: Path, checkpoint: Path) -> tuple[dict | None, str | None]:
+    """``(metrics, None)`` when ``metrics_file`` is an evaluation of ``checkpoint`` as it is
+    now; else ``(None, why not)``: missing, unreadable, or of another checkpoint."""
+    if not metrics_file.exists():
+        return None, "no evaluation yet"
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return None, f"not a readable metrics.json ({type(e).__name__})"
+    if not isinstance(metrics, dict):
+        return None, "not a metrics.json (no JSON object)"
+    stale = stale_reason(metrics, checkpoint)
+    return (None, f"an evaluation of another checkpoint: {stale}") if stale else (metrics, None)
 
 
 def _model_mb(checkpoint: Path) -> float:

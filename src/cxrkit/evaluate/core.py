@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkit.artefacts import (RunFolder, jsonable, make_folder, versions, write_bytes, write_csv,
-                              write_json)
+                              THRESHOLDS_FILE, write_json, writes_into_run)
 from cxrkit.artefacts import finite_or_none as _f
 from cxrkit.data.prepare import Prepared
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
@@ -46,6 +46,7 @@ from cxrkit.evaluate.published import (
     published_rows,
 )
 from cxrkit.evaluate.report import write_report
+from cxrkit.evaluate.provenance import is_runs_own
 from cxrkit.heldout import HeldOut, ensure_ood_record, load_held_out
 from cxrkit.inference import TTA_MODES, load, write_thresholds
 from cxrkit.metrics import (
@@ -336,6 +337,7 @@ def _check_options(split, tta, threshold_method, threshold_split, bootstrap, sub
         raise ValueError("bootstrap replicates must be >= 1")
 
 
+@writes_into_run("cxrkit evaluate")
 def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str = "none",
                         out: str | Path | None = None, prepared: str | Path | None = None,
                         bootstrap: int = 1000, seed: int = 0, temperature: bool = True,
@@ -350,7 +352,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
 
     Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`): metrics.json, auroc/thresholds/
     calibration/subgroups/published CSVs, predictions of the evaluated and threshold
-    splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
+    splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``, when
+    the evaluation is the run's own: :func:`~cxrkit.evaluate.provenance.is_runs_own`).
     ``precision``: how the forward passes run (:mod:`cxrkit.runtime`; default auto),
     recorded in metrics.json as ``precision`` (requested, used, parity of the fast path).
 
@@ -428,10 +431,17 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     if gallery:
         write_error_gallery(lm, data, test, metrics, out, per_kind=gallery, progress=progress)
     chosen = {f: t for f, t in thresholds[threshold_method].items() if t is not None}
+    own = is_runs_own(lm.checkpoint, config, data.prepared.root, out)
     sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "
-                                         f"(tta={tta})")
-    write_bytes(sidecar.read_bytes(), out / sidecar.name)
+                                         f"(tta={tta})",
+                               path=None if own else out / THRESHOLDS_FILE)
+    if own:
+        write_bytes(sidecar.read_bytes(), out / sidecar.name)
+    else:
+        log.info("thresholds written to %s only: an evaluation outside the run folder or on "
+                 "another prepared folder leaves the run's %s as it was", sidecar,
+                 THRESHOLDS_FILE)
     log.info("evaluated %s on %d %s images: mean AUROC %s, %s flagged out-of-distribution; "
              "wrote %s", lm.checkpoint.name, len(test.table), split, _fmt(mean),
              metrics["ood"]["n_flagged"] if metrics["ood"] else "none", out)

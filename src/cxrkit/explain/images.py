@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json
+from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json, writes_into_run
 from cxrkit.data.metadata import metadata_vector
 from cxrkit.explain.overlay import overlay, write_map, write_png
 from cxrkit.explain.saliency import METHODS, attention_maps, finding_targets, saliency_maps
@@ -146,6 +146,7 @@ def _unique_stems(names: Sequence[str]) -> list[str]:
     return stems
 
 
+@writes_into_run("cxrkit explain")
 def explain_images(checkpoint, images: Sequence, out: str | Path | None = None, *,
                    method: str = "gradcam", findings=None, top_k: int = 3,
                    batch_size: int = 8, device: str | None = None,
@@ -167,6 +168,7 @@ def explain_images(checkpoint, images: Sequence, out: str | Path | None = None, 
                           batch_size=batch_size, progress=progress)
 
 
+@writes_into_run("cxrkit explain")
 def explain_split(checkpoint, out: str | Path | None = None, *, split: str = "test",
                   prepared: str | Path | None = None, method: str = "gradcam",
                   findings=None, top_k: int = 3, limit: int | None = None,
