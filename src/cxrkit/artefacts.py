@@ -252,6 +252,27 @@ def write_json(obj, path: str | Path) -> Path:
                                  allow_nan=False), path)
 
 
+def read_json(path: str | Path, *, missing=None):
+    """A JSON object cxrkit wrote (``missing`` when the file does not exist).
+
+    A file that is not UTF-8 JSON, or whose top level is not an object (``{...}``), is a
+    ``ValueError`` naming the file, not a ``JSONDecodeError`` naming a line of nothing.
+    """
+    path = Path(path)
+    if not path.exists():
+        return missing
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is "
+                         "damaged: delete it or write it again") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object, found a {type(doc).__name__}")
+    return doc
+
+
 def finite_or_none(x) -> float | None:
     """A finite float, or None (JSON null) for NaN, inf and None."""
     if x is None:
@@ -625,5 +646,5 @@ __all__ = ["FORMULA_START", "LOCK_FILE", "THRESHOLDS_FILE", "CheckpointError", "
            "NotARunError", "PreparedFolder", "RunFolder", "WriteError",
            "atomic_file", "atomic_path", "check_writable", "csv_cell", "csv_plain", "csv_row",
            "file_sha256", "folder_lock", "human_bytes", "is_inside", "make_folder",
-           "onnx_path", "read_csv", "resolve_checkpoint", "versions", "write_bytes", "write_csv",
+           "onnx_path", "read_csv", "read_json", "resolve_checkpoint", "versions", "write_bytes", "write_csv",
            "write_json", "write_text", "writes_into_run"]

@@ -14,7 +14,6 @@ decodes every image once into the cache, and writes next to the cache:
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import tempfile
 import warnings
@@ -25,7 +24,14 @@ from pathlib import Path
 import pandas as pd
 
 from cxrkit import __version__
-from cxrkit.artefacts import PreparedFolder, WriteError, read_csv, write_csv, write_json
+from cxrkit.artefacts import (
+    PreparedFolder,
+    WriteError,
+    read_csv,
+    read_json,
+    write_csv,
+    write_json,
+)
 from cxrkit.data.cache import ImageCache, PreprocessSettings, build_cache
 from cxrkit.data.images import find_images
 from cxrkit.data.nih import NIH_IMAGE_SIZE
@@ -202,5 +208,5 @@ def load_prepared(path: str | Path) -> Prepared:
         labels = labels.loc[ok].reset_index(drop=True)
     split = load_split(layout.split)  # checks columns, values and leakage
     boxes = read_csv(layout.boxes) if layout.boxes.exists() else None
-    info = json.loads(layout.dataset.read_text())
+    info = read_json(layout.dataset)
     return Prepared(root=path, cache=cache, labels=labels, split=split, boxes=boxes, info=info)

@@ -17,7 +17,6 @@ overlaid), ``comparison.md`` and a self-contained ``comparison.html``.
 from __future__ import annotations
 
 import html
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from cxrkit.artefacts import (
     atomic_path,
     make_folder,
     read_csv,
+    read_json,
     resolve_checkpoint,
     write_csv,
     write_text,
@@ -78,7 +78,7 @@ def load_evaluation(path: str | Path, *, split: str = "test", tta: str = "none",
         log.info("%s: %s; evaluating %s now", metrics_file, why, checkpoint)
         evaluate_checkpoint(checkpoint, split=split, tta=tta, bootstrap=bootstrap,
                             progress=progress)
-        metrics = json.loads(metrics_file.read_text())
+        metrics = read_json(metrics_file)
     pred = read_csv(folder / f"predictions_{split}.csv",
                        dtype={"image_id": str, "patient_id": str})
     return checkpoint, metrics, pred
@@ -87,14 +87,12 @@ def load_evaluation(path: str | Path, *, split: str = "test", tta: str = "none",
 def _read_evaluation(metrics_file: Path, checkpoint: Path) -> tuple[dict | None, str | None]:
     """``(metrics, None)`` when ``metrics_file`` is an evaluation of ``checkpoint`` as it is
     now; else ``(None, why not)``: missing, unreadable, or of another checkpoint."""
-    if not metrics_file.exists():
-        return None, "no evaluation yet"
     try:
-        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        metrics = read_json(metrics_file)
     except (OSError, ValueError) as e:
-        return None, f"not a readable metrics.json ({type(e).__name__})"
-    if not isinstance(metrics, dict):
-        return None, "not a metrics.json (no JSON object)"
+        return None, str(e).removeprefix(f"{metrics_file}: ")
+    if metrics is None:
+        return None, "no evaluation yet"
     stale = stale_reason(metrics, checkpoint)
     return (None, f"an evaluation of another checkpoint: {stale}") if stale else (metrics, None)
 
@@ -231,7 +229,7 @@ def compare_runs(paths, *, out: str | Path, split: str = "test", tta: str = "non
     for name, (ck, metrics, pred) in zip(names, loaded, strict=True):
         run_json = RunFolder.of(ck).run_json
         runs.append(EvaluatedRun(name=name, checkpoint=ck, metrics=metrics, predictions=pred,
-                                 run=json.loads(run_json.read_text()) if run_json.exists() else {}))
+                                 run=read_json(run_json, missing={})))
     if len({tuple(r.metrics["findings"]) for r in runs}) > 1:
         raise ValueError("the runs predict different findings: "
                          + "; ".join(f"{r.name}: {len(r.metrics['findings'])}" for r in runs))

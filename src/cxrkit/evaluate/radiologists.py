@@ -28,7 +28,6 @@ radiologists' label, NIH's, the model's score), which the report draws from.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -37,6 +36,8 @@ import pandas as pd
 import sklearn
 from sklearn.metrics import cohen_kappa_score
 
+from cxrkit.artefacts import finite_or_none as _f
+from cxrkit.artefacts import jsonable, read_csv, read_json, write_csv, write_json
 from cxrkit.data.expert import (
     ALL,
     FOUR,
@@ -49,11 +50,13 @@ from cxrkit.data.expert import (
     model_score,
     nih_label,
 )
-from cxrkit.labels import FINDINGS
-from cxrkit.artefacts import finite_or_none as _f
-from cxrkit.artefacts import jsonable, read_csv, write_csv, write_json
 from cxrkit.data.nih import read_data_entry, read_image_list
-from cxrkit.metrics import auroc_reference_difference, threshold_metrics, youden_threshold
+from cxrkit.labels import FINDINGS
+from cxrkit.metrics import (
+    auroc_reference_difference,
+    threshold_metrics,
+    youden_threshold,
+)
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +383,7 @@ def read_section(folder: str | Path) -> tuple[dict, pd.DataFrame] | None:
         return None
     images = read_csv(folder / IMAGES_FILE, dtype={"image_id": str}) \
         if (folder / IMAGES_FILE).exists() else pd.DataFrame()
-    return json.loads((folder / FILE).read_text()), images
+    return read_json(folder / FILE), images
 
 
 __all__ = ["FILE", "FORMAT", "IMAGES_FILE", "REFERENCES", "binary_agreement",

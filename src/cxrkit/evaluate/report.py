@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrkit.artefacts import RunFolder, read_csv, write_text
+from cxrkit.artefacts import RunFolder, read_csv, read_json, write_text
 from cxrkit.evaluate.plots import FIGURES, write_figures
 
 RESEARCH_USE = ("Research use only. cxrkit is not a medical device and its outputs are not "
@@ -91,7 +91,7 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, missing={})
 
 
 # -- tables -------------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     the evaluated checkpoint. Returns the path of ``report.html``.
     """
     out = Path(out)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = read_json(out / "metrics.json")
     run_dir = Path(run_dir) if run_dir else Path(metrics["run_dir"])
     pred_file = out / f"predictions_{metrics['split']}.csv"
     pred = read_csv(pred_file, dtype={"image_id": str, "patient_id": str})
