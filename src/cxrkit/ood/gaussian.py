@@ -84,7 +84,8 @@ def fit_gaussian(x: np.ndarray, *, rank: int = RANK, standardize: bool = False,
     from threadpoolctl import threadpool_limits
 
     solver = "covariance_eigh" if n > dim else "full"
-    with threadpool_limits(1):
+    # errstate: vectors that never vary have no variance to explain a share of (0 / 0)
+    with threadpool_limits(1), np.errstate(invalid="ignore", divide="ignore"):
         pca = PCA(n_components=k, svd_solver=solver, random_state=seed).fit(x)
     mu = pca.mean_
     p = pca.components_
@@ -102,7 +103,7 @@ def fit_gaussian(x: np.ndarray, *, rank: int = RANK, standardize: bool = False,
                               least))
     return {"unit": encode(unit), "mean": encode(mu), "directions": encode(p), "variances": encode(lam),
             "residual_variances": encode(psi), "rank": k, "dim": int(dim), "n_fit": int(n),
-            "explained_variance_ratio": float(pca.explained_variance_ratio_.sum())}
+            "explained_variance_ratio": float(np.nan_to_num(pca.explained_variance_ratio_).sum())}
 
 
 class Gaussian:
