@@ -60,7 +60,7 @@ def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
     return ckpt
 
 
-#: The type of each field a cxrkit checkpoint may hold (None is allowed for all but model).
+#: The type of each field a cxrkit checkpoint may hold (absent or None is allowed).
 FIELD_TYPES = {"model": dict, "model_config": dict, "findings": list, "preprocess": dict,
                "config": dict, "split": dict, "versions": dict, "optimizer": dict,
                "scheduler": dict, "scaler": dict, "epoch": int, "step": int, "rng": dict,
@@ -79,8 +79,7 @@ def check_fields(ckpt: dict, path) -> None:
 
     for field, kind in FIELD_TYPES.items():
         value = ckpt.get(field)
-        if (value is not None or field == "model") and (
-                not isinstance(value, kind) or isinstance(value, bool)):
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(
                 k.__name__ for k in kind)
             wrong(field, value, f"a {names}")
