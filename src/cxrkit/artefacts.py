@@ -5,13 +5,13 @@ decided once:
 
 * **Writing.** A file a stage writes appears whole or not at all: :func:`atomic_path`
   hands the writer a new temporary file in the same folder (created exclusively under a
-  random name, so a symlink planted at a guessable name is never followed), then fsyncs and ``os.replace``\\ s
-  it over the target; on any failure the temporary is removed, so a killed run or a full
-  disk never leaves half a file or a stray ``*.tmp``. A missing permission, a read-only
-  or full file system becomes :class:`WriteError`: one line that names the path and what
-  was needed (the CLI prints it; no traceback). :func:`write_bytes`, :func:`write_text`,
-  :func:`write_json`, :func:`write_csv` and :func:`atomic_file` (a binary file object,
-  for ``torch.save``) are thin helpers over it.
+  random name, so a symlink planted at a guessable name is never followed), then fsyncs
+  and ``os.replace``\\ s it over the target; on any failure the temporary is removed, so
+  a killed run or a full disk never leaves half a file or a stray ``*.tmp``. A missing
+  permission, a read-only or full file system becomes :class:`WriteError`: one line that
+  names the path and what was needed (the CLI prints it; no traceback).
+  :func:`write_bytes`, :func:`write_text`, :func:`write_json`, :func:`write_csv` and
+  :func:`atomic_file` (a binary file object, for ``torch.save``) are thin helpers over it.
 * **One writer at a time.** :func:`folder_lock` holds a run folder's ``.cxrkit.lock``
   (an ``flock``) while a stage writes into it; a second writer is refused, naming the
   holder's pid, and a dead holder's lock is simply taken over.
@@ -269,7 +269,9 @@ def read_json(path: str | Path, *, missing=None):
         raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is "
                          "damaged: delete it or write it again") from None
     if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a JSON object, found a {type(doc).__name__}")
+        # a ValueError, not a TypeError: the CLI says it in one line
+        raise ValueError(f"{path}: expected a JSON object, "  # noqa: TRY004
+                         f"found a {type(doc).__name__}")
     return doc
 
 
@@ -642,9 +644,9 @@ def onnx_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".onnx")
 
 
-__all__ = ["FORMULA_START", "LOCK_FILE", "THRESHOLDS_FILE", "CheckpointError", "FolderBusyError",
-           "NotARunError", "PreparedFolder", "RunFolder", "WriteError",
+__all__ = ["FORMULA_START", "LOCK_FILE", "THRESHOLDS_FILE", "CheckpointError",
+           "FolderBusyError", "NotARunError", "PreparedFolder", "RunFolder", "WriteError",
            "atomic_file", "atomic_path", "check_writable", "csv_cell", "csv_plain", "csv_row",
            "file_sha256", "folder_lock", "human_bytes", "is_inside", "make_folder",
-           "onnx_path", "read_csv", "read_json", "resolve_checkpoint", "versions", "write_bytes", "write_csv",
-           "write_json", "write_text", "writes_into_run"]
+           "onnx_path", "read_csv", "read_json", "resolve_checkpoint", "versions",
+           "write_bytes", "write_csv", "write_json", "write_text", "writes_into_run"]

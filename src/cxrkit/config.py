@@ -43,8 +43,8 @@ class _Checked:
             value = getattr(self, f.name)
             allowed = [t.strip() for t in str(f.type).split("|")]
             if not any(_is_a(value, t) for t in allowed):
-                raise ConfigError(f"{self.SECTION}.{f.name} must be "
-                                  f"{' or '.join(a if a != 'float' else 'a finite float' for a in allowed)}, "
+                said = [a if a != "float" else "a finite float" for a in allowed]
+                raise ConfigError(f"{self.SECTION}.{f.name} must be {' or '.join(said)}, "
                                   f"got {quote(value)} ({type(value).__name__})")
 
     def _at_least(self, name: str, low, *, above: bool = False) -> None:
@@ -325,7 +325,8 @@ def load_yaml(text: str, where: str):
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML ({shorten(' '.join(str(e).split()), 300)})") from None
+        why = shorten(" ".join(str(e).split()), 300)  # one line
+        raise ConfigError(f"{where}: not valid YAML ({why})") from None
     except RecursionError:
         raise ConfigError(f"{where}: YAML nested too deeply") from None
 

@@ -91,7 +91,8 @@ def check_fields(ckpt: dict, path) -> None:
             wrong(f"config.{section}", value, "a mapping")
 
 
-__all__ = ["FIELD_TYPES", "FORMAT", "CheckpointError", "check_fields", "load_checkpoint", "rng_state", "save_checkpoint",
+__all__ = ["FIELD_TYPES", "FORMAT", "CheckpointError", "check_fields", "load_checkpoint",
+           "rng_state", "save_checkpoint",
            "set_rng_state"]
 
 
