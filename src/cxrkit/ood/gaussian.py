@@ -89,13 +89,13 @@ def fit_gaussian(x: np.ndarray, *, rank: int = RANK, standardize: bool = False,
         pca = PCA(n_components=k, svd_solver=solver, random_state=seed).fit(x)
     mu = pca.mean_
     p = pca.components_
-    # the smallest variance that means anything: a spread of 1e-4 of the value itself
-    # (MAGNITUDE_FLOOR, per dimension for psi). Without it, training vectors that do not
-    # vary at all (identical images) leave variances of 1e-12, and float32 rounding alone
-    # scored the training image itself 3e11 times over the threshold. Only dimensions that
-    # hardly vary in training are touched.
-    lam = np.maximum(pca.explained_variance_, max(MAGNITUDE_FLOOR * float((mu ** 2).mean()),
-                                                  1e-12))
+    # the smallest variance that means anything: a spread of 1e-4 of each value itself
+    # (the covariance floor diag(MAGNITUDE_FLOOR * mu^2), projected onto each direction).
+    # Without it, training vectors that do not vary at all (identical images) leave
+    # variances of 1e-12, and float32 rounding alone scored the training image itself 3e11
+    # times over the threshold. Only directions that hardly vary in training are touched.
+    lam = np.maximum(pca.explained_variance_,
+                     np.maximum(MAGNITUDE_FLOOR * (p ** 2 @ mu ** 2), 1e-12))
     r = (x - mu) - ((x - mu) @ p.T) @ p
     psi = r.var(0)
     # floors: 1e-3 of psi's mean (dead units), and 1e-6 of the mean total variance (so the
