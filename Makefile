@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cxrkit-installed
 DEMO   := demo
 
-.PHONY: setup demo test bench bench-real browser clean
+.PHONY: setup demo test lint bench bench-real browser clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ demo: setup
 
 test: setup browser
 	$(BIN)/python -m pytest -q -n 2 --durations=10
+
+# tests/test_lint.py runs the same check inside `make test` (rules: pyproject's [tool.ruff])
+lint: setup
+	$(BIN)/ruff check src tests bench
 
 # The web page's browser test drives Debian's headless Chromium; install it where missing
 # (needs root or passwordless sudo; otherwise that one test is skipped and says why).

@@ -52,7 +52,7 @@ def _load(run: Path, args):
     """The run's model; with ``--refit`` its OOD record fitted again with this cxrkit (for
     runs trained by an earlier version of the method)."""
     import cxrkit
-    from cxrkit.heldout import ensure_ood_record
+    from cxrkit.inference.heldout import ensure_ood_record
 
     lm = cxrkit.load(run)
     if args.refit:
@@ -61,7 +61,7 @@ def _load(run: Path, args):
 
 
 def _split_images(lm, split: str) -> list[np.ndarray]:
-    from cxrkit.heldout import load_held_out
+    from cxrkit.inference.heldout import load_held_out
 
     data = load_held_out(lm)
     table = data.table(split)

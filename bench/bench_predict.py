@@ -1,14 +1,14 @@
 """Inference speed on real NIH files: fp32 eager vs cxrkit's fast paths, and predict start-up.
 
 **Throughput** (one process, same images, ratios against fp32 eager run in the same run):
-for each precision of :mod:`cxrkit.runtime` -- ``fp32`` (torch fp32 eager, the baseline),
+for each precision of :mod:`cxrkit.inference.runtime` -- ``fp32`` (torch fp32 eager, the baseline),
 ``bf16`` (autocast + channels_last, where the CPU has bf16) and ``onnxruntime`` (what
 ``auto`` picks on the CPU) --
 
 * ``evaluate``: :func:`cxrkit.evaluate.predictions.predict_split`, i.e. what
   ``cxrkit evaluate`` runs over the sample's official test list (785 images; the cache,
   loader, tensor stage and forward pass), with the mean AUROC to three decimals;
-* ``predict``: :func:`cxrkit.predict.predict_files` on ``--images`` real 256 px PNGs
+* ``predict``: :func:`cxrkit.inference.predict.predict_files` on ``--images`` real 256 px PNGs
   (decode, cache stage, batches of ``--batch``), what ``cxrkit predict`` runs,
 
 each with its max |dp| against fp32. The model is DenseNet121 at 224 px (CheXNet recipe),
@@ -75,11 +75,11 @@ def timed(fn):
 
 def throughput(ck: Path, files: list[Path], args) -> list[dict]:
     from cxrkit.evaluate.predictions import predict_split
-    from cxrkit.heldout import load_held_out
     from cxrkit.inference import load
+    from cxrkit.inference.heldout import load_held_out
+    from cxrkit.inference.predict import predict_files
+    from cxrkit.inference.runtime import cpu_has_bf16
     from cxrkit.metrics import auroc_per_finding, mean_defined, sigmoid
-    from cxrkit.predict import predict_files
-    from cxrkit.runtime import cpu_has_bf16
 
     names = ["fp32", *(["bf16"] if cpu_has_bf16() else []), "onnxruntime"]
     models, load_s = {}, {}
@@ -132,7 +132,7 @@ def _children_cpu() -> float:
 
 def startup(ck: Path, image: Path, work: Path, args) -> list[dict]:
     """Median wall time of ``cxrkit predict`` on one image in fresh processes."""
-    from cxrkit.export import export_onnx
+    from cxrkit.inference.export import export_onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -136,6 +136,7 @@ def test_empty_label_file_names_the_file(tmp_path):
     (("localize", "RUN", "--threshold", 0), "--threshold"),
     (("phantoms", "OUT", "--patients", 0), "--patients"),
     (("phantoms", "OUT", "--size", 0), "--size"),
+    (("phantoms", "OUT", "--size", 31), "--size"),  # the cache's MIN_IMAGE_SIDE
     (("prepare", "REL", "--out", "OUT", "--size", 1), "--size"),
     (("prepare", "REL", "--out", "OUT", "--workers", -1), "--workers"),
     (("prepare", "REL", "--out", "OUT", "--val-fraction", 1.0), "--val-fraction"),

@@ -201,7 +201,7 @@ def pngs(phantom_release):
 
 @cuda
 def test_predict_on_cuda_equals_cpu(loaded_pair, pngs):
-    from cxrkit.predict import predict_files
+    from cxrkit.inference.predict import predict_files
 
     cpu, gpu = loaded_pair
     assert next(gpu.model.parameters()).device.type == DEV

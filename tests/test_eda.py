@@ -1,4 +1,4 @@
-"""cxrkit.eda: hand-counted tables on a synthetic label table, then the real metadata."""
+"""cxrkit.data.eda: hand-counted tables on a synthetic label table, then the real metadata."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import META
 from cxrkit.data.nih import read_bbox_list, read_image_list
 from cxrkit.data.splits import official_split
-from cxrkit.eda import describe
+from cxrkit.data.eda import describe
 from cxrkit.labels import FINDINGS, NO_FINDING, PUBLISHED_COUNTS
 
 N = 300  # image i belongs to patient i // 3; patients 0-59 train, 60-79 val, 80-99 test

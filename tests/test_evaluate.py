@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cxrkit.evaluate import SplitChangedError, evaluate_checkpoint
 from cxrkit.evaluate.core import age_band
-from cxrkit.heldout import load_held_out
+from cxrkit.inference.heldout import load_held_out
 from cxrkit.evaluate.published import (
     OFFICIAL_TEST_IMAGES,
     RunProtocol,
@@ -172,7 +172,7 @@ def test_box_fold_is_reproduced(phantom_run, phantom_prepared, tmp_path):
 
 
 def test_tta_runs(run, evaluated, phantom_release):
-    from cxrkit.predictor import MirroredTTAWarning
+    from cxrkit.inference.predictor import MirroredTTAWarning
 
     # the shared run trained with data.hflip=false: mirrored views warn and are on record
     with pytest.warns(MirroredTTAWarning, match="trained without flips"):
@@ -192,7 +192,7 @@ def test_tta_runs(run, evaluated, phantom_release):
     assert not np.allclose(plain["p_Atelectasis"], flipped["p_Atelectasis"])
     # the sidecar now holds thresholds chosen on flipped logits, and says so
     import cxrkit
-    from cxrkit.predict import NoThresholdsWarning, predict_files
+    from cxrkit.inference.predict import NoThresholdsWarning, predict_files
 
     lm = cxrkit.load(run)
     assert lm.thresholds_tta == "flip"

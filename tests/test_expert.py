@@ -20,7 +20,7 @@ from cxrkit.data.expert import (
     read_expert_set,
 )
 from cxrkit.data.nih import read_image_list
-from cxrkit.data.phantom_labels import MEASURED_NOISE
+from cxrkit.data.phantoms.labels import MEASURED_NOISE
 from cxrkit.evaluate.radiologists import nih_agreement
 from cxrkit.labels import FINDINGS
 

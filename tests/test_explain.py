@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from cxrkit.data.images import PreprocessSettings
+from cxrkit.data.preprocessing import Preprocessing
 from cxrkit.explain.overlay import overlay
 from cxrkit.explain.saliency import METHODS, attention_maps, saliency_maps, to_cache_space
 from cxrkit.inference import LoadedModel
 from cxrkit.models import create_model, list_models
-from cxrkit.preprocessing import Preprocessing
 
 CACHE = 64
 

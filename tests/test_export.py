@@ -20,8 +20,8 @@ import cxrkit
 from cxrkit.cli import app
 from cxrkit.data.images import PreprocessSettings
 from cxrkit.engine.checkpoint import save_checkpoint
-from cxrkit.export import ParityError, export_onnx, resize_matrix
-from cxrkit.onnx_backend import load_onnx
+from cxrkit.inference.export import ParityError, export_onnx, resize_matrix
+from cxrkit.inference.onnx_backend import load_onnx
 
 
 def make_checkpoint(folder: Path, name: str, *, cache: int, input_size: int,
@@ -99,7 +99,7 @@ def test_onnx_backend_matches_torch_on_any_batch(exported, phantom_release):
 
 
 def test_a_wrong_graph_fails_parity(phantom_run, tmp_path, monkeypatch):
-    import cxrkit.export as ex
+    import cxrkit.inference.export as ex
 
     run = shutil.copytree(phantom_run, tmp_path / "run")
     monkeypatch.setattr(ex, "resize_matrix", lambda n, r, c: torch.eye(n).flip(0)[:c])
@@ -177,3 +177,21 @@ def test_thresholds_are_recorded_and_travel_with_the_onnx_file(tmp_path):
     bogus.write_bytes(b"not onnx")
     with pytest.raises(ValueError, match="not a loadable ONNX model"):
         load_onnx(bogus)
+
+
+def test_default_parity_images_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    from cxrkit.inference.export import NIH_SAMPLE_ENV, default_parity_images, nih_sample_folder
+
+    sample = tmp_path / "sample"
+    (sample / "images_256").mkdir(parents=True)
+    (sample / "originals" / "a").mkdir(parents=True)
+    for i in range(10):
+        (sample / "images_256" / f"{i:02d}.png").write_bytes(b"")
+    (sample / "originals" / "a" / "big.png").write_bytes(b"")
+    monkeypatch.setenv(NIH_SAMPLE_ENV, str(sample))
+    got = default_parity_images()
+    assert [p.name for p in got] == [f"{i:02d}.png" for i in range(8)] + ["big.png"]
+    monkeypatch.delenv(NIH_SAMPLE_ENV)
+    here = nih_sample_folder()
+    monkeypatch.chdir(tmp_path)  # the old default, ../shared/nih, moved with the directory
+    assert nih_sample_folder() == here

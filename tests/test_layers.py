@@ -1,8 +1,9 @@
-"""Imports only go downward, by the one table in :mod:`cxrkit.layers`.
+"""Imports only go downward, by the one table in :mod:`cxrkit._layering`.
 
 Every module of the package must be placed by the table (a module it does not know
 fails), and every import is checked, module-level or inside a function, absolute or
-relative.
+relative, down to the module: a package that spans layers (``cxrkit.inference``) is
+placed module by module.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from cxrkit.layers import LAYERS, ROOT_NAMES, layer_of
+from cxrkit._layering import LAYERS, ROOT_NAMES, layer_of, place
+from cxrkit._moved import new_name
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cxrkit"
 FILES = sorted(SRC.rglob("*.py"))
 
 
-def top_name(path: Path) -> str:
-    """``data/cache.py`` -> ``data``; ``config.py`` -> ``config``; ``__init__.py`` -> ``__init__``."""
-    return path.relative_to(SRC).parts[0].removesuffix(".py")
+def placed_as(path: Path) -> str:
+    """The table line that places a file: ``data/cache.py`` -> ``data``;
+    ``inference/core.py`` -> ``inference.core``; ``__init__.py`` -> ``__init__``."""
+    rel = module_name(path).removeprefix("cxrkit").removeprefix(".")
+    return place(rel or "__init__")
 
 
 def module_name(path: Path) -> str:
@@ -48,7 +52,7 @@ def imported(path: Path, source: str | None = None):
 
 def violations(path: Path, source: str | None = None) -> list[str]:
     rel = path.relative_to(SRC)
-    own = LAYERS[top_name(path)]  # KeyError here: see test_every_module_is_placed
+    own = LAYERS[placed_as(path)]  # KeyError here: see test_every_module_is_placed
     found = []
     for line, module, names in imported(path, source):
         if not module.startswith("cxrkit"):
@@ -60,32 +64,40 @@ def violations(path: Path, source: str | None = None) -> list[str]:
 
 
 def target_layers(module: str, names: tuple[str, ...]):
-    """The layers an import reaches: ``from cxrkit import x`` reaches submodule ``x`` or,
-    for a re-exported name, the layer of what it re-exports."""
-    if module != "cxrkit":
+    """The layers an import reaches: ``import m`` reaches ``m``; ``from m import x`` reaches
+    submodule ``m.x`` where the table has a line for it (``from cxrkit.inference import
+    core``, or an old path: ``from cxrkit import predict``), else ``m`` (a name defined
+    there); the root's :data:`ROOT_NAMES` are layer 0."""
+    if not names:
         yield module, layer_of(module)
         return
-    for n in names or ("<package>",):
-        if n in ROOT_NAMES:
+    for n in names:
+        sub = new_name(f"{module}.{n}").removeprefix("cxrkit.")
+        if module == "cxrkit" and n in ROOT_NAMES:
             yield f"cxrkit.{n}", 0
-        elif n in LAYERS:
-            yield f"cxrkit.{n}", LAYERS[n]
+        elif sub in LAYERS:
+            yield f"{module}.{n}", LAYERS[sub]
         else:
-            yield f"cxrkit.{n}", LAYERS["__init__"]
+            yield f"{module}.{n}", layer_of(module)
 
 
 def test_every_module_is_placed():
-    unplaced = sorted({str(p.relative_to(SRC)) for p in FILES if top_name(p) not in LAYERS})
-    assert unplaced == [], (f"modules without a layer in cxrkit/layers.py: {unplaced}; "
+    unplaced = []
+    for p in FILES:
+        try:
+            placed_as(p)
+        except KeyError:
+            unplaced.append(str(p.relative_to(SRC)))
+    assert unplaced == [], (f"modules without a layer in cxrkit/_layering.py: {unplaced}; "
                             "add each to LAYERS where it belongs")
-    present = {top_name(p) for p in FILES}
+    present = {placed_as(p) for p in FILES}
     assert set(LAYERS) <= present, f"LAYERS names modules that do not exist: {set(LAYERS) - present}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(SRC)))
 def test_imports_go_downward(path):
     found = violations(path)
-    assert found == [], "imports only go downward (cxrkit/layers.py):\n" + "\n".join(found)
+    assert found == [], "imports only go downward (cxrkit/_layering.py):\n" + "\n".join(found)
 
 
 def test_the_check_can_fail():
@@ -102,3 +114,26 @@ def test_the_check_can_fail():
         assert violations(cache, source) == [], source
     with pytest.raises(KeyError):
         layer_of("cxrkit.not_a_module")
+
+
+
+def test_the_check_sees_submodules():
+    """Inside one package, a module of a lower layer may not import one of a higher layer:
+    a check by top-level name (``inference`` -> ``inference``) would pass all of these."""
+    thresholds = SRC / "inference" / "thresholds.py"   # layer 2, as data/ needs it
+    predictor = SRC / "inference" / "predictor.py"     # layer 2
+    for path, source in ((thresholds, "from cxrkit.inference.core import load"),
+                         (thresholds, "import cxrkit.inference.export"),
+                         (predictor, "from .runtime import choose_forward"),
+                         (predictor, "from . import core"),
+                         (predictor, "from cxrkit.inference import load"),
+                         (predictor, "from cxrkit import runtime")):  # an old path, moved
+        assert violations(path, source), source
+    for path, source in ((predictor, "from .thresholds import find_thresholds"),
+                         (predictor, "from cxrkit.data.preprocessing import Preprocessing"),
+                         (SRC / "data" / "cache.py", "from cxrkit.inference.predictor import Predictor")):
+        assert violations(path, source) == [], source
+    # a module of a package placed module by module needs its own line
+    with pytest.raises(KeyError, match="module by module"):
+        layer_of("cxrkit.inference.not_a_module")
+    assert layer_of("cxrkit.export") == layer_of("cxrkit.inference.export") == 7

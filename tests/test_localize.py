@@ -148,8 +148,8 @@ def box_fold_run(tmp_path_factory):
 
 def test_box_fold_images_are_not_scored(box_fold_run, tmp_path):
     from cxrkit.explain.localize import localize_checkpoint
-    from cxrkit.heldout import load_held_out
     from cxrkit.inference import load
+    from cxrkit.inference.heldout import load_held_out
 
     lm = load(box_fold_run)
     mine = load_held_out(lm)

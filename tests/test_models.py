@@ -384,9 +384,18 @@ def test_models_import_only_downward():
     """models/ may import labels and _compat, never data/, engine/ or anything above."""
     root = Path(__file__).resolve().parents[1] / "src" / "cxrkit" / "models"
     above = ("cxrkit.data", "cxrkit.engine", "cxrkit.evaluate", "cxrkit.explain",
-             "cxrkit.cli", "cxrkit.predict", "cxrkit.serve", "cxrkit.config")
+             "cxrkit.cli", "cxrkit.inference", "cxrkit.serve", "cxrkit.config")
     for path in root.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not [n for n in names if n.startswith(above)], path.name
+
+
+def test_a_model_declares_that_it_uses_box_priors():
+    """Training asks the registry (``uses_box_priors``), not the model's name."""
+    from cxrkit.models import list_models, uses_box_priors
+
+    assert [n for n in list_models() if uses_box_priors(n)] == ["gaussian_attention"]
+    with pytest.raises(UnknownModelError, match="unknown model"):
+        uses_box_priors("not_a_model")

@@ -26,6 +26,10 @@ from cxrkit.ood.probes import noise_images, phantom_images, photographs, probe_t
 #: same kind is Beta-distributed with sd ~ 1.1 %; and NIH's test list is not drawn like
 #: train_val (sicker, more AP and follow-up films). 3 points = about 2.5 sd.
 REAL_TEST_TOLERANCE = 0.03
+#: The same for the phantom model's ~94 test images: a 5 % rate counted on 94 images has a
+#: binomial sd of 2.2 points on its own (5 of 94 = 5.3 % is no failure), before the
+#: threshold's own estimation noise; 5 points = about 2 sd of the two together.
+PHANTOM_TEST_TOLERANCE = 0.05
 
 
 def _train(prepared, out, epochs):
@@ -70,7 +74,7 @@ def ood_real_run(nih_sample, tmp_path_factory):
 
 
 def _split_images(lm, split):
-    from cxrkit.heldout import load_held_out
+    from cxrkit.inference.heldout import load_held_out
 
     data = load_held_out(lm)
     cache = data.prepared.cache
@@ -122,7 +126,7 @@ def test_training_writes_the_record_and_phantom_model_flags_real_films(ood_phant
     by = {r["set"]: r for r in rows}
     print(rows)
     assert by["real"]["flagged"] >= 0.95
-    assert by["phantom test"]["flagged"] <= 0.05
+    assert by["phantom test"]["flagged"] <= 0.05 + PHANTOM_TEST_TOLERANCE
     assert by["real"]["auroc"] >= 0.95
 
 
@@ -162,7 +166,7 @@ def test_old_checkpoint_says_so_then_cxrkit_ood_computes_it(old_run, tmp_path):
     from typer.testing import CliRunner
 
     from cxrkit.cli import app
-    from cxrkit.predictor import OodMissingWarning
+    from cxrkit.inference.predictor import OodMissingWarning
 
     lm = cxrkit.load(old_run)
     assert lm.ood_record is None
@@ -205,8 +209,8 @@ def test_evaluate_reports_flagged_and_auroc_without_them(old_run, tmp_path):
 
 
 def test_onnx_export_carries_the_score(ood_phantom_run, tmp_path, nih_sample):
-    from cxrkit.export import export_onnx
-    from cxrkit.onnx_backend import load_onnx
+    from cxrkit.inference.export import export_onnx
+    from cxrkit.inference.onnx_backend import load_onnx
 
     run = tmp_path / "run"
     shutil.copytree(ood_phantom_run, run)

@@ -14,16 +14,16 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrkit.data import phantoms
-from cxrkit.data._phantom_findings import OVERLAYS, SHAPE_CHANGES
 from cxrkit.data.nih import read_bbox_list, read_data_entry, read_image_list
 from cxrkit.data.phantoms import (
     TARGET_PREVALENCE,
+    generator,
     make_phantoms,
     render_phantom,
     sample_anatomy,
     sample_cohort,
 )
+from cxrkit.data.phantoms.findings import OVERLAYS, SHAPE_CHANGES
 from cxrkit.labels import BOXED_FINDINGS, FINDINGS, UnknownFindingError
 
 
@@ -214,7 +214,7 @@ def test_render_phantom_arguments():
 
 
 def test_folders_of_ten_thousand_and_safe_rewrites(tmp_path, monkeypatch):
-    monkeypatch.setattr(phantoms, "IMAGES_PER_FOLDER", 30)
+    monkeypatch.setattr(generator, "IMAGES_PER_FOLDER", 30)
     release = make_phantoms(tmp_path, n_patients=25, image_size=32, seed=0, progress=False)
     first = sorted(p.name for p in (tmp_path / "images_001" / "images").glob("*.png"))
     second = sorted(p.name for p in (tmp_path / "images_002" / "images").glob("*.png"))

@@ -17,7 +17,7 @@ import cxrkit
 from cxrkit.cli import app
 from cxrkit.data.images import preprocess, read_xray
 from cxrkit.inference import write_thresholds
-from cxrkit.predict import NoThresholdsWarning, collect_inputs, predict_files
+from cxrkit.inference.predict import NoThresholdsWarning, collect_inputs, predict_files
 from test_dicom import write_dicom
 
 
@@ -143,7 +143,7 @@ def test_unsupported_tta_and_out_format(run, pngs, tmp_path):
 @pytest.mark.parametrize("batch_size", [0, -4, 2.5])
 def test_batch_size_must_be_a_positive_count(phantom_run, pngs, batch_size):
     """0 crashed inside range(); a negative one silently predicted nothing."""
-    from cxrkit.predict import load_model, predict_files
+    from cxrkit.inference.predict import load_model, predict_files
 
     lm = load_model(phantom_run)
     with pytest.raises(ValueError, match=f"batch_size must be a whole number of images >= 1, "

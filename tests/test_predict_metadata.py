@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import cxrkit
 from cxrkit.cli import app
 from cxrkit.data.metadata import metadata_vector, parse_age, resolve_metadata
-from cxrkit.predict import MetadataMissingWarning, predict_files
+from cxrkit.inference.predict import MetadataMissingWarning, predict_files
 from test_dicom import write_dicom
 from test_export import make_checkpoint
 
@@ -108,8 +108,8 @@ def test_a_model_without_metadata_ignores_it_with_a_warning(tmp_path, images):
 
 
 def test_onnx_backend_takes_the_same_metadata(meta_model, images):
-    from cxrkit.export import export_onnx
-    from cxrkit.onnx_backend import load_onnx
+    from cxrkit.inference.export import export_onnx
+    from cxrkit.inference.onnx_backend import load_onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -11,7 +11,7 @@ import torch
 import cxrkit
 from cxrkit.config import ConfigError, load_config
 from cxrkit.data.images import PreprocessSettings
-from cxrkit.preprocessing import Preprocessing, UpsampledInputWarning, mirrored_tta_note
+from cxrkit.data.preprocessing import Preprocessing, UpsampledInputWarning, mirrored_tta_note
 from test_export import make_checkpoint
 
 

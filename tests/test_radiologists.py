@@ -14,8 +14,8 @@ from sklearn.metrics import roc_auc_score
 
 from cxrkit.artefacts import read_csv
 from cxrkit.data.expert import ALL, FOUR, load_expert_labels
-from cxrkit.data.phantom_labels import NOISE_PRESETS, noisy_findings
 from cxrkit.data.phantoms import sample_cohort
+from cxrkit.data.phantoms.labels import NOISE_PRESETS, noisy_findings
 from cxrkit.data.release import load_release
 from cxrkit.evaluate import evaluate_checkpoint
 from cxrkit.evaluate.compare import compare_runs

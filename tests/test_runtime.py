@@ -1,4 +1,4 @@
-"""Inference precision (cxrkit.runtime): fp32 reference, onnxruntime and bf16 fast paths.
+"""Inference precision (cxrkit.inference.runtime): fp32 reference, onnxruntime and bf16 fast paths.
 
 The suite runs with ``CXRKIT_PRECISION=fp32`` (conftest); these tests ask for each path
 explicitly, ``auto`` included, with the ONNX cache in a temporary folder.
@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import cxrkit
 from cxrkit.cli import app
-from cxrkit.runtime import PRECISION_ENV, cpu_has_bf16, default_precision
+from cxrkit.inference.runtime import PRECISION_ENV, cpu_has_bf16, default_precision
 
 from test_export import make_checkpoint
 
@@ -158,8 +158,8 @@ def test_cli_help_imports_no_torch():
 def test_onnx_predict_path_imports_neither_torch_nor_pandas(tmp_path):
     """What ``cxrkit predict MODEL.onnx ... --out x.csv`` imports (start-up time)."""
     code = ("import sys, numpy as np\n"
-            "import cxrkit.cli, cxrkit.predict, cxrkit.onnx_backend, cxrkit.thresholds\n"
-            "from cxrkit.predict import Predictions\n"
+            "import cxrkit.cli, cxrkit.inference.predict, cxrkit.inference.onnx_backend, cxrkit.inference.thresholds\n"
+            "from cxrkit.inference.predict import Predictions\n"
             "p = Predictions(findings=('A', 'B'), images=['x.png', 'bad.png'],\n"
             "    probabilities=np.array([[0.25, 1/3], [np.nan, np.nan]]), errors={'bad.png': 'no'},\n"
             "    thresholds=np.array([0.5, 0.3]), thresholds_source=None)\n"

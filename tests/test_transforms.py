@@ -78,7 +78,7 @@ def test_ten_crop():
 
 def test_presets_share_geometry():
     from cxrkit.data.images import PreprocessSettings
-    from cxrkit.preprocessing import Preprocessing
+    from cxrkit.data.preprocessing import Preprocessing
 
     p = Preprocessing(cache=PreprocessSettings(size=48), input_size=32, eval_resize=40,
                       tencrop_resize=40, mean=0.5, std=0.25, channels=3)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cxrkit.cli import app
 from cxrkit.data.nih import read_bbox_list, read_data_entry, read_image_list
-from cxrkit.data.twin import ARCHIVE_SIZES, archive_of, select_patients
+from cxrkit.data.phantoms.twin import ARCHIVE_SIZES, archive_of, select_patients
 from cxrkit.labels import FINDINGS
 
 from conftest import META, _need

@@ -7,7 +7,10 @@ Stages, in the order data flows through them::
       -> cxrkit.engine -> checkpoint -> cxrkit.evaluate / explain / predict / serve
 """
 
+from cxrkit import _moved
 from cxrkit.labels import FINDINGS, NO_FINDING
+
+_moved.install()  # old module paths (cxrkit.export, cxrkit.predict, ...) keep importing
 
 __version__ = "0.1.0"
 __all__ = ["FINDINGS", "NO_FINDING", "__version__", "load"]
@@ -15,6 +18,6 @@ __all__ = ["FINDINGS", "NO_FINDING", "__version__", "load"]
 
 def load(checkpoint, **kwargs):
     """``cxrkit.load(checkpoint).predict(images)``: see :func:`cxrkit.inference.load`."""
-    from cxrkit.inference import load as _load
+    from cxrkit.inference.core import load as _load
 
     return _load(checkpoint, **kwargs)

@@ -84,7 +84,7 @@ class DataConfig(_Checked):
     eval_batch_size: int | None = None   #: default: 2 x batch_size
     workers: int = 0                     #: DataLoader processes (the cache is fast; 0 is fine)
     #: model input side; default: the model's registry size (cxr_config.input_size), at most
-    #: the cache's side (see cxrkit.preprocessing)
+    #: the cache's side (see cxrkit.data.preprocessing)
     image_size: int | None = None
     eval_resize: int | None = None       #: eval resize before centre crop (CheXNet: 256 -> 224)
     augment: bool = True                 #: random crop/affine/intensity jitter in training

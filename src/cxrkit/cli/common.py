@@ -12,7 +12,7 @@ import typer
 from cxrkit.artefacts import WriteError
 from cxrkit.messages import shorten
 
-#: ``--precision`` of every command that runs a torch checkpoint forward (cxrkit.runtime).
+#: ``--precision`` of every command that runs a torch checkpoint forward (cxrkit.inference.runtime).
 PRECISION_HELP = ("Forward pass: auto (onnxruntime on the CPU, within 1e-4 of fp32) | fp32 "
                   "(torch fp32 eager, the reference) | bf16 (autocast + channels_last) | "
                   "onnxruntime; default $CXRKIT_PRECISION or auto")

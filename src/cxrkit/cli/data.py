@@ -10,17 +10,27 @@ import typer
 from cxrkit.cli.common import FRACTION
 from cxrkit.cli.common import run as _run
 
-#: cxrkit.data.images.MIN_IMAGE_SIDE (not imported here: that module loads OpenCV); the
-#: cache refuses smaller images, so phantoms are made at least this large.
-MIN_SIDE = 32
-#: cxrkit.data.phantoms.MAX_IMAGE_SIDE (the largest side the image cache accepts).
-MAX_SIDE = 4096
+
+def _cacheable_size(size: int) -> int:
+    """Phantoms of a side the cache accepts: at least :data:`cxrkit.data.images.MIN_IMAGE_SIDE`,
+    at most :data:`cxrkit.data.phantoms.generator.MAX_IMAGE_SIDE` (imported when the option is
+    read: those modules load OpenCV)."""
+    from cxrkit.data.images import MIN_IMAGE_SIDE
+    from cxrkit.data.phantoms.generator import MAX_IMAGE_SIDE
+
+    if size < MIN_IMAGE_SIDE:
+        raise typer.BadParameter(f"{size} is smaller than {MIN_IMAGE_SIDE}, the smallest image "
+                                 "side the cache accepts")
+    if size > MAX_IMAGE_SIDE:
+        raise typer.BadParameter(f"{size} is larger than {MAX_IMAGE_SIDE}, the largest image "
+                                 "side the cache accepts")
+    return size
 
 
 def phantoms(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write an NIH-layout release into")],
     patients: Annotated[int, typer.Option(min=1, help="Number of patients")] = 300,
-    size: Annotated[int, typer.Option(min=MIN_SIDE, max=MAX_SIDE, help="Image side in pixels")] = 256,
+    size: Annotated[int, typer.Option(callback=_cacheable_size, help="Image side in pixels (at least the cache's minimum)")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
     label_noise: Annotated[str, typer.Option(help="NIH-style label errors: moderate | measured | none")] = "moderate",
     like: Annotated[Path | None, typer.Option(
@@ -33,7 +43,7 @@ def phantoms(
     if like is None and (fraction != 1.0 or workers is not None):
         raise typer.BadParameter("--fraction and --workers apply to a twin: add --like META_DIR")
     if like is not None:
-        from cxrkit.data.twin import make_twin
+        from cxrkit.data.phantoms.twin import make_twin
 
         release = _run(make_twin, out_dir, like, fraction=fraction, image_size=size, seed=seed,
                        workers=workers)
@@ -52,31 +62,14 @@ def validate(
     images: Annotated[bool, typer.Option(help="Also check every image is on disk")] = True,
 ) -> None:
     """Read and cross-check a release's metadata; report what was found."""
-    from cxrkit.data.images import find_images
-    from cxrkit.data.release import load_release, match_images
-    from cxrkit.data.splits import official_split
+    from cxrkit.data.validate import validate_release
 
-    rel = _run(load_release, root, label_file=labels)
-    typer.echo(rel.report.summary())
-    if rel.box_report is not None:
-        typer.echo(rel.box_report.summary())
-    if rel.has_official_split:
-        _run(official_split, rel.labels, rel.train_val, rel.test, val_fraction=0.0)  # checks leakage
-        typer.echo(f"official split: {len(rel.train_val):,} train_val / {len(rel.test):,} test "
-                   "images, no patient in both")
-    if images:
-        index = _run(find_images, root, warn=False)
-        if index.bad:
-            typer.echo(f"warning: {len(index.bad):,} bad file(s) under {root} (not readable "
-                       "image files; prepare records labelled ones as errors):")
-            for path, reason in list(index.bad.items())[:20]:
-                typer.echo(f"  {path}: {reason}")
-            if len(index.bad) > 20:
-                typer.echo(f"  ... and {len(index.bad) - 20:,} more")
-        table = _run(match_images, rel.labels, index, on_missing="error")
-        n_bad = int(table["path"].isin(index.bad).sum())
-        typer.echo(f"images: all {len(table):,} on disk"
-                   + (f", {n_bad:,} of them bad files (listed above)" if n_bad else ""))
+    _run(_echo_lines, validate_release(root, label_file=labels, images=images))
+
+
+def _echo_lines(lines) -> None:
+    for line in lines:  # each as it comes: an error follows what was already found
+        typer.echo(line)
 
 
 def prepare(
@@ -116,17 +109,13 @@ def split(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Make another patient-disjoint split of a prepared release (leakage checked)."""
-    from cxrkit.data.prepare import load_prepared, make_split
-    from cxrkit.data.release import load_release
-    from cxrkit.data.splits import save_split, split_summary
+    from cxrkit.data.prepare import resplit
+    from cxrkit.data.splits import split_summary
 
-    info = _run(load_prepared, prepared).info
-    rel = _run(load_release, info["release_root"], label_file=info["files"]["labels"])
     parts = tuple(float(x) for x in fractions.split(","))
-    table, prov = _run(make_split, rel, protocol=protocol, val_fraction=val_fraction,
-                       fractions=parts, seed=seed)
-    _run(save_split, table, out, **prov)
-    typer.echo(split_summary(table, rel.labels).to_string())
+    table, labels = _run(resplit, prepared, out, protocol=protocol, val_fraction=val_fraction,
+                         fractions=parts, seed=seed)
+    typer.echo(split_summary(table, labels).to_string())
     typer.echo(f"wrote {out}")
 
 
@@ -137,21 +126,8 @@ def stats(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Prevalence, co-occurrence and demographics per split, as PNG plots and tables."""
-    from cxrkit.artefacts import PreparedFolder
-    from cxrkit.eda import describe
+    from cxrkit.data.eda import describe_folder
 
-    if PreparedFolder(root).dataset.exists():
-        from cxrkit.data.prepare import load_prepared
-        p = _run(load_prepared, root)
-        labels, split_table, boxes = p.labels, p.split, p.boxes
-    else:
-        from cxrkit.data.prepare import make_split
-        from cxrkit.data.release import load_release
-        rel = _run(load_release, root)
-        labels, boxes = rel.labels, rel.boxes
-        split_table = None
-        if rel.has_official_split:
-            split_table, _ = _run(make_split, rel, val_fraction=val_fraction, seed=seed)
-    result = _run(describe, labels, split_table, out, boxes=boxes, title=str(root))
+    result = _run(describe_folder, root, out, val_fraction=val_fraction, seed=seed)
     typer.echo(f"wrote {len(result.files)} files to {out}")
     typer.echo(result.summary)

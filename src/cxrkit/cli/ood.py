@@ -18,8 +18,8 @@ def ood(
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
     """Out-of-distribution record: show it, or compute it from the run's prepared cache."""
-    from cxrkit.heldout import ensure_ood_record
-    from cxrkit.inference import load
+    from cxrkit.inference.core import load
+    from cxrkit.inference.heldout import ensure_ood_record
 
     lm = _run(load, checkpoint, device=device)
     had = lm.ood_record is not None and not force

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,10 +10,6 @@ import typer
 
 from cxrkit.cli.common import PRECISION_HELP
 from cxrkit.cli.common import run as _run
-
-#: The real NIH sample used for export parity checks when it is there (the project's
-#: checkout layout: ../shared/nih from the repository root).
-NIH_SAMPLE = Path(os.environ.get("CXRKIT_NIH_SAMPLE", "../shared/nih"))
 
 
 def predict(
@@ -37,7 +32,7 @@ def predict(
     Exit code 1 when any input could not be predicted (each is listed with its reason).
     """
     from cxrkit.artefacts import check_writable
-    from cxrkit.predict import collect_inputs, load_model, predict_files
+    from cxrkit.inference.predict import collect_inputs, load_model, predict_files
 
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         typer.secho(f"error: --out {out}: write .csv or .json", fg=typer.colors.RED, err=True)
@@ -79,8 +74,8 @@ def export(
     thresholds: Annotated[Path | None, typer.Option(help="thresholds.json to record (default: beside the checkpoint)")] = None,
 ) -> None:
     """Export to ONNX with the preprocessing inside the graph; check parity with PyTorch."""
-    from cxrkit.export import export_onnx
-    from cxrkit.predict import collect_inputs
+    from cxrkit.inference.export import default_parity_images, export_onnx
+    from cxrkit.inference.predict import collect_inputs
 
     if format != "onnx":
         typer.secho(f"error: --format {format}: only onnx is supported", fg=typer.colors.RED, err=True)
@@ -93,7 +88,7 @@ def export(
             raise typer.Exit(2)
         real = inputs.files
     else:
-        real = _default_parity_images()
+        real = default_parity_images()
     r = _run(export_onnx, checkpoint, out, parity_images=real, n_phantoms=phantoms,
              thresholds=thresholds)
     p = r["parity"]
@@ -116,9 +111,3 @@ def export(
         logging.getLogger(__name__).warning(
             "no thresholds recorded (run `cxrkit evaluate` before exporting, or pass "
             "--thresholds); predictions will flag findings at 0.5")
-
-
-def _default_parity_images() -> list[Path]:
-    small = sorted((NIH_SAMPLE / "images_256").glob("*.png"))[:8]
-    big = sorted((NIH_SAMPLE / "originals").rglob("*.png"))[:1]
-    return small + big

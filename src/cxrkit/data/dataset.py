@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxrkit.data.metadata import META_FEATURES, metadata_vector
+from cxrkit.data.metadata import META_FEATURES, metadata_vector  # noqa: F401 (re-exported)
 from cxrkit.labels import FINDINGS
 
 class CXRDataset(Dataset):

@@ -28,7 +28,7 @@ pydicom's own functions:
 :func:`read_image` dispatches any file (PNG/JPEG via :func:`cxrkit.data.images.read_xray`,
 DICOM by extension or by its ``DICM`` preamble) and :func:`grey_uint8` turns any array into
 grey ``uint8``. They live here, with no torch import, so that the ONNX backend
-(:mod:`cxrkit.export`) repeats the checkpoint's cache stage without torch.
+(:mod:`cxrkit.inference.export`) repeats the checkpoint's cache stage without torch.
 """
 
 from __future__ import annotations

@@ -27,13 +27,17 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
+
+# the cache stage's settings and version live with the rest of the contract; here for the
+# readers below and for the code that imports them from this module
+from cxrkit.data.preprocessing import PREPROCESS_VERSION, PreprocessSettings  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +56,6 @@ DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 #: icon or a broken export, whose stretched pixels would be trained on as an X-ray.
 #: Real files are far larger (NIH's are 1024 px; detector images 2000-4300 px).
 MIN_IMAGE_SIDE = 32
-
-#: Version of the preprocessing algorithms below (crop rule, CLAHE parameters, resize).
-#: Stored with every :class:`PreprocessSettings`; bump it when their output changes, so
-#: old caches are rebuilt and settings from old checkpoints fail loudly, not silently.
-PREPROCESS_VERSION = 1
 
 #: CLAHE clip limit (contrast limit per tile, in multiples of the mean histogram bin) and
 #: tile grid. 8x8 is OpenCV's default grid; 2.0 is the clip limit CXR work usually uses
@@ -299,48 +298,6 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     if hi <= lo:
         return np.zeros(a.shape, np.uint8)
     return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
-@dataclass(frozen=True)
-class PreprocessSettings:
-    """How a decoded X-ray becomes a cached image; stored in manifests and checkpoints."""
-
-    size: int = 256        #: side of the square output, pixels
-    clahe: bool = False    #: contrast-limited histogram equalisation after resizing
-    crop: bool = False     #: crop to the exposed chest region (see :func:`crop_box`)
-
-    def __post_init__(self):
-        if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)):
-            raise TypeError(f"PreprocessSettings.size must be an int, got {self.size!r}")
-        if not 8 <= int(self.size) <= 4096:
-            raise ValueError(f"PreprocessSettings.size must be 8..4096 pixels, got {self.size}")
-        object.__setattr__(self, "size", int(self.size))
-        for name in ("clahe", "crop"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise TypeError(f"PreprocessSettings.{name} must be True or False, "
-                                f"got {getattr(self, name)!r}")
-            object.__setattr__(self, name, bool(getattr(self, name)))
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict, with the algorithm version (:data:`PREPROCESS_VERSION`)."""
-        return {"size": self.size, "clahe": self.clahe, "crop": self.crop,
-                "version": PREPROCESS_VERSION}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PreprocessSettings:
-        """Inverse of :meth:`to_dict`; unknown keys or another algorithm version raise."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known - {"version"})
-        if unknown:
-            raise ValueError(f"unknown preprocessing setting(s) {unknown}; known: "
-                             f"{sorted(known)}")
-        version = d.get("version", PREPROCESS_VERSION)
-        if version != PREPROCESS_VERSION:
-            raise ValueError(
-                f"these settings were written by preprocessing version {version}, this "
-                f"cxrkit has version {PREPROCESS_VERSION}: images would not match; "
-                "rebuild the cache (cxrkit prepare)")
-        return cls(**{k: d[k] for k in known if k in d})
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: pandas is imported where a table is read
+    import pandas as pd
 
 #: Names of the ``meta`` vector's entries, in order.
 META_FEATURES = ("age_years_div100", "age_missing", "sex_male", "view_ap")

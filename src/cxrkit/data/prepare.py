@@ -96,6 +96,19 @@ def make_split(release, *, protocol: str = "official", val_fraction: float = 0.1
     return split, prov
 
 
+def resplit(prepared: str | Path, out: str | Path, *, protocol: str = "official",
+            val_fraction: float = 0.1, fractions=(0.7, 0.1, 0.2),
+            seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Another patient-disjoint split of a prepared release's label file, written to ``out``
+    with its provenance (``cxrkit split``). Returns ``(split table, labels)``."""
+    info = load_prepared(prepared).info
+    release = load_release(info["release_root"], label_file=info["files"]["labels"])
+    table, prov = make_split(release, protocol=protocol, val_fraction=val_fraction,
+                             fractions=tuple(fractions), seed=seed)
+    save_split(table, out, **prov)
+    return table, release.labels
+
+
 def prepare(root: str | Path, out: str | Path, *, settings: PreprocessSettings | None = None,
             images_root: str | Path | None = None, label_file: str | Path | None = None,
             on_missing: str = "error", protocol: str = "official", val_fraction: float = 0.1,

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrkit.preprocessing import Preprocessing
+from cxrkit.data.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)

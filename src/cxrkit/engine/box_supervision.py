@@ -3,7 +3,7 @@
 Only training images with boxes contribute (under the official split that needs a box
 fold). Boxes arrive in cache pixels (``RunData.train_boxes``) and are moved to the model's
 training input by the run's preprocessing contract
-(:meth:`cxrkit.preprocessing.Preprocessing.cache_box_to_train_input`); random crops would move the anatomy away from them, so this requires
+(:meth:`cxrkit.data.preprocessing.Preprocessing.cache_box_to_train_input`); random crops would move the anatomy away from them, so this requires
 ``data.augment=false``.
 """
 
@@ -16,8 +16,8 @@ import torch
 
 if TYPE_CHECKING:
     from cxrkit.config import RunConfig
-    from cxrkit.engine.train import RunData
-    from cxrkit.preprocessing import Preprocessing
+    from cxrkit.data.preprocessing import Preprocessing
+    from cxrkit.engine.state import RunData
 
 
 def box_supervision_loss(cfg: RunConfig, data: RunData, preprocessing: Preprocessing):

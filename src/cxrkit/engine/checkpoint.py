@@ -8,7 +8,7 @@ from the file alone (nanoGPT's habit):
 ``format``           "cxrkit-checkpoint/1"
 ``model``            the state dict (without DDP/compile prefixes)
 ``model_config``     the model's registry config (``create_model(**model_config)``)
-``preprocess``       the preprocessing contract (:class:`cxrkit.preprocessing.Preprocessing`:
+``preprocess``       the preprocessing contract (:class:`cxrkit.data.preprocessing.Preprocessing`:
                      cache settings, input size, eval/TenCrop resize, mean/std, channels)
 ``config``           the resolved run config
 ``split``            split file path and sha256; ``versions`` of python/torch/cxrkit

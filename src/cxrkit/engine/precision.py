@@ -1,7 +1,7 @@
 """Autocast precision of a forward pass (training and the torch inference paths).
 
 One definition of "bf16 on the CPU / fp16 with a scaler on CUDA without bf16", shared by
-:func:`cxrkit.engine.train.fit` (``train.amp``) and :mod:`cxrkit.runtime` (inference's
+:func:`cxrkit.engine.train.fit` (``train.amp``) and :mod:`cxrkit.inference.runtime` (inference's
 ``precision="bf16"``). Torch-only and tiny, so inference can use it without importing the
 training engine (pandas, the data loaders, TensorBoard).
 """

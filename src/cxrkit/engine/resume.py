@@ -12,34 +12,18 @@ resume; :func:`start_run_folder` writes ``config.yaml`` once the run is built (a
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from cxrkit.artefacts import RunFolder, make_folder, write_csv
 from cxrkit.config import RESUMABLE, RunConfig, config_differences
 from cxrkit.engine.checkpoint import load_checkpoint, set_rng_state
+from cxrkit.engine.state import Training, TrainState
 from cxrkit.messages import quote
-
-if TYPE_CHECKING:
-    from cxrkit.engine.train import Training
 
 log = logging.getLogger("cxrkit.engine.train")  # one training log
 
 
 class RunConflictError(ValueError):
     """The run folder holds a run made with other settings (nothing was written)."""
-
-
-@dataclass
-class TrainState:
-    """What changes from epoch to epoch; saved in every checkpoint for exact resume."""
-
-    start_epoch: int = 0
-    step: int = 0
-    best: float = -math.inf
-    history: list = field(default_factory=list)
-    bad_epochs: int = 0
 
 
 def check_resume(cfg: RunConfig, *, resume: bool = True) -> dict | None:

@@ -23,11 +23,9 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -52,16 +50,12 @@ from cxrkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from cxrkit.engine.losses import make_loss, positive_weights
 from cxrkit.engine.optim import make_optimizer, make_scheduler
 from cxrkit.engine.precision import Precision
-from cxrkit.engine.resume import (
-    TrainState,
-    check_resume,
-    resume_state,
-    start_run_folder,
-)
+from cxrkit.engine.resume import check_resume, resume_state, start_run_folder
 from cxrkit.engine.runlog import plot_curves, write_history
+from cxrkit.engine.state import RunData, Training, TrainState
 from cxrkit.labels import resolve_findings
 from cxrkit.metrics import auroc_per_finding, mean_defined
-from cxrkit.preprocessing import Preprocessing
+from cxrkit.data.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -170,18 +164,6 @@ def evaluate(model, loss_fn, loader, transform, *, device, precision, metadata, 
     return {"loss": loss, "auroc": aurocs, "mean_auroc": mean_defined(aurocs)}
 
 
-@dataclass
-class RunData:
-    prepared: object
-    findings: tuple[str, ...]
-    train: CXRDataset
-    val: CXRDataset
-    split_path: Path
-    split_sha256: str
-    moved: pd.DataFrame | None
-    train_boxes: pd.DataFrame | None
-
-
 def load_data(cfg: RunConfig) -> RunData:
     """Prepared folder + split (+ box fold) -> train and validation datasets (writes nothing)."""
     dc = cfg.data
@@ -220,15 +202,15 @@ def load_data(cfg: RunConfig) -> RunData:
 def build_model(cfg: RunConfig, data: RunData) -> tuple[nn.Module, dict]:
     """The registry model for this run (box priors only from training images), frozen as
     ``model.freeze`` says, and :func:`~cxrkit.models.apply_freeze`'s parameter counts."""
-    from cxrkit.models import apply_freeze, create_model, fit_box_priors
+    from cxrkit.models import apply_freeze, create_model, fit_box_priors, uses_box_priors
 
     mc = cfg.model
     kwargs = dict(mc.kwargs)
-    if mc.name == "gaussian_attention" and "box_priors" not in kwargs:
+    if uses_box_priors(mc.name) and "box_priors" not in kwargs:
         boxes = data.prepared.boxes
         if boxes is not None and (data.train_boxes is None or len(data.train_boxes) == 0):
             raise ValueError(
-                "gaussian_attention fits its attention priors from bounding boxes, but no "
+                f"{mc.name} fits its attention priors from bounding boxes, but no "
                 "training image has a box: under the official split all box images are test "
                 "images. Set data.box_fold (e.g. 0.5) to move a patient-grouped part of the "
                 "box images out of test into training (the run records which), or use a "
@@ -243,37 +225,6 @@ def build_model(cfg: RunConfig, data: RunData) -> tuple[nn.Module, dict]:
 
 
 # -- build: everything a run is made of (no file written) -------------------------------
-@dataclass
-class Training:
-    """One run's parts, built once by :func:`build`; the epochs only read them."""
-
-    cfg: RunConfig
-    dist: distributed.Dist
-    device: torch.device
-    run: RunFolder
-    data: RunData
-    model: nn.Module          #: the bare model (saved, resumed)
-    net: nn.Module            #: what is trained: the model, maybe DDP-wrapped and compiled
-    freeze: dict              #: apply_freeze's counts (trainable / frozen parameters)
-    preprocessing: Preprocessing  #: the geometry contract, stored in every checkpoint
-    train_tf: object
-    eval_tf: object
-    precision: Precision
-    scaler: object
-    loss_fn: nn.Module
-    optimizer: torch.optim.Optimizer | None
-    scheduler: object
-    sched_step: object        #: per-step scheduler hook, or None (plateau steps per epoch)
-    sampler: object           #: DistributedSampler of the training set, or None
-    val_loader: object
-    per_rank: int             #: training batch per rank
-    aux: object               #: box-supervision loss, or None
-
-    @property
-    def no_train(self) -> bool:
-        return self.optimizer is None or self.cfg.model.freeze == "no-train"
-
-
 def build(cfg: RunConfig, d: distributed.Dist) -> Training:
     """Data, model, transforms, loss, loaders, optimiser and scheduler for ``cfg``.
 

@@ -2,7 +2,7 @@
 
 from cxrkit.evaluate.core import FORMAT, evaluate_checkpoint
 from cxrkit.evaluate.predictions import predict_split
-from cxrkit.heldout import SplitChangedError, load_held_out
+from cxrkit.inference.heldout import SplitChangedError, load_held_out
 from cxrkit.evaluate.published import SOURCES, published_rows
 
 __all__ = ["FORMAT", "SOURCES", "SplitChangedError", "evaluate_checkpoint", "load_held_out",

@@ -4,7 +4,7 @@ Reads top to bottom: the metric sections
 (:func:`ranking_section`, :func:`threshold_section`, :func:`calibration_section`,
 :func:`subgroup_rows`), the honesty notes, :func:`write_outputs`, and
 :func:`evaluate_checkpoint`, which first loads the run's split and predicts
-(:mod:`cxrkit.heldout`, :mod:`cxrkit.evaluate.predictions`), then runs them.
+(:mod:`cxrkit.inference.heldout`, :mod:`cxrkit.evaluate.predictions`), then runs them.
 
 Honesty rules the code keeps:
 
@@ -47,8 +47,8 @@ from cxrkit.evaluate.published import (
 )
 from cxrkit.evaluate.report import write_report
 from cxrkit.evaluate.provenance import is_runs_own
-from cxrkit.heldout import HeldOut, ensure_ood_record, load_held_out
-from cxrkit.inference import TTA_MODES, load, write_thresholds
+from cxrkit.inference.heldout import HeldOut, ensure_ood_record, load_held_out
+from cxrkit.inference.core import TTA_MODES, load, write_thresholds
 from cxrkit.metrics import (
     bootstrap_ci,
     bootstrap_mean,
@@ -354,7 +354,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     calibration/subgroups/published CSVs, predictions of the evaluated and threshold
     splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``, when
     the evaluation is the run's own: :func:`~cxrkit.evaluate.provenance.is_runs_own`).
-    ``precision``: how the forward passes run (:mod:`cxrkit.runtime`; default auto),
+    ``precision``: how the forward passes run (:mod:`cxrkit.inference.runtime`; default auto),
     recorded in metrics.json as ``precision`` (requested, used, parity of the fast path).
 
     ``reference`` / ``expert_labels``: the section against Google's radiologists
@@ -458,7 +458,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
 
 def _tta_mirror(lm, tta: str) -> dict:
     """What ``metrics.json`` records about mirrored test-time views (see
-    :func:`cxrkit.preprocessing.mirrored_tta_note`: cxrkit warns, it does not refuse)."""
+    :func:`cxrkit.data.preprocessing.mirrored_tta_note`: cxrkit warns, it does not refuse)."""
     mirrored = tta in ("flip", "tencrop")
     note = lm.tta_note(tta)
     return {"mirrored_views": mirrored, "trained_with_hflip": lm.preprocessing.hflip,

@@ -1,7 +1,7 @@
 """One split's predictions from the cache, with the checkpoint's own preprocessing and TTA.
 
 :func:`predict_split` turns the cached images of one split of a verified
-:class:`cxrkit.heldout.HeldOut` into logits (:class:`Predictions`);
+:class:`cxrkit.inference.heldout.HeldOut` into logits (:class:`Predictions`);
 :func:`predictions_frame` is the table ``cxrkit evaluate`` writes.
 """
 
@@ -14,8 +14,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrkit.data.dataset import CXRDataset, make_loader
-from cxrkit.heldout import HeldOut
-from cxrkit.inference import LoadedModel
+from cxrkit.inference.core import LoadedModel
+from cxrkit.inference.heldout import HeldOut
 from cxrkit.metrics import sigmoid
 
 

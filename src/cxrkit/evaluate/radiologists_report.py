@@ -19,7 +19,7 @@ from sklearn.metrics import roc_curve
 
 from cxrkit.artefacts import atomic_path, read_csv
 from cxrkit.evaluate.gallery import FILE as GALLERY_FILE
-from cxrkit.evaluate.plots import _figure, _grid
+from cxrkit.evaluate.plots import _grid
 from cxrkit.evaluate.radiologists import read_section
 
 ROC_FIGURE = "roc_radiologists_{set}.png"

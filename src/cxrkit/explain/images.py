@@ -37,8 +37,8 @@ from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json, writ
 from cxrkit.data.metadata import metadata_vector
 from cxrkit.explain.overlay import overlay, write_map, write_png
 from cxrkit.explain.saliency import METHODS, attention_maps, finding_targets, saliency_maps
-from cxrkit.heldout import load_held_out
-from cxrkit.inference import LoadedModel, load
+from cxrkit.inference.core import LoadedModel, load
+from cxrkit.inference.heldout import load_held_out
 from cxrkit.metrics import sigmoid
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """``cxrkit localize``: a checkpoint's saliency maps scored against the held-out boxes.
 
 Which images are scored (said in the output, not just here): the box images of the
-evaluated split, as the checkpoint's own split puts them (:mod:`cxrkit.heldout`).
+evaluated split, as the checkpoint's own split puts them (:mod:`cxrkit.inference.heldout`).
 Under NIH's official split every box image is a test image. Under a box fold the images
 the fold moved into training are excluded and counted; so are box images in train/val
 under a random split. Boxes of findings the model does not predict are counted, not scored.
@@ -60,8 +60,8 @@ from cxrkit.explain.published import (
     WANG_2017_IOU,
 )
 from cxrkit.explain.saliency import METHODS, attention_maps, saliency_maps
-from cxrkit.heldout import load_held_out
-from cxrkit.inference import LoadedModel, load
+from cxrkit.inference.core import LoadedModel, load
+from cxrkit.inference.heldout import load_held_out
 from cxrkit.metrics import sigmoid
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from cxrkit.models.registry import (
     create_model,
     list_models,
     register_model,
+    uses_box_priors,
 )
 from cxrkit.models.weights import PretrainedWeightsError
 
@@ -23,5 +24,5 @@ __all__ = [
     "CHANS_POLICIES", "FREEZE_POLICIES", "ClassifierHead", "CXRModel", "CXRModelConfig",
     "GaussianAttentionNet", "PretrainedWeightsError", "UnknownModelError", "apply_freeze",
     "box_attention_loss", "create_model", "fit_box_priors", "list_models", "parameter_layers",
-    "register_model",
+    "register_model", "uses_box_priors",
 ]

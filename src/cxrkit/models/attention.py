@@ -187,7 +187,7 @@ def box_attention_loss(attention_maps: torch.Tensor, boxes_mask: torch.Tensor) -
     return -torch.log(mass[has_box].clamp_min(torch.finfo(mass.dtype).tiny)).mean()
 
 
-@register_model
+@register_model(uses_box_priors=True)
 def gaussian_attention(**kw) -> GaussianAttentionNet:
     """Per-finding Gaussian attention pooling over a small CNN (``backbone="conv"``,
     channels ``width`` x 1, 2, 4, 8, 1/8 resolution) or a timm-backed trunk

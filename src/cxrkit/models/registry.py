@@ -40,6 +40,7 @@ DERIVED_FIELDS = ("input_size", "mean", "std", "saliency_layer", "saliency_prefi
                   "classifier", "first_conv", "init")
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_USES_BOX_PRIORS: set[str] = set()  #: see register_model(uses_box_priors=True)
 
 
 class UnknownModelError(KeyError):
@@ -79,20 +80,38 @@ class CXRModelConfig:
         return out
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn`` under its own name.
+def register_model(fn: Callable[..., nn.Module] | None = None, *,
+                   uses_box_priors: bool = False):
+    """Register ``fn`` under its own name (``@register_model``, or
+    ``@register_model(uses_box_priors=True)``).
 
     ``fn`` is called with keyword arguments ``findings``, ``in_chans``, ``meta_features``,
     ``chans_policy``, ``pretrained`` (bool: ImageNet weights by name), ``backbone_weights``
     (a local file of backbone weights, or None) and any model-specific keywords. It
     returns a :class:`cxrkit.models.base.CXRModel`.
+
+    ``uses_box_priors``: the model takes ``box_priors`` (:func:`~cxrkit.models.fit_box_priors`
+    of the training images' boxes), which training fits for it (:func:`uses_box_priors`):
+    the model declares what it needs, and training asks, not the model's name.
     """
+    if fn is None:
+        return lambda f: register_model(f, uses_box_priors=uses_box_priors)
     name = fn.__name__
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice ({_REGISTRY[name].__module__} "
                          f"and {fn.__module__})")
     _REGISTRY[name] = fn
+    if uses_box_priors:
+        _USES_BOX_PRIORS.add(name)
     return fn
+
+
+def uses_box_priors(name: str) -> bool:
+    """Whether registered model ``name`` takes ``box_priors`` fitted from training boxes."""
+    if name not in _REGISTRY:
+        raise UnknownModelError(f"unknown model {quote(name)}; registered: "
+                                f"{', '.join(list_models())}")
+    return name in _USES_BOX_PRIORS
 
 
 def list_models() -> list[str]:

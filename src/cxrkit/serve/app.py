@@ -48,9 +48,9 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrkit.data.metadata import FIELDS, parse_age, parse_sex, parse_view
-from cxrkit.inference import TTA_MODES, LoadedModel, load
+from cxrkit.inference.core import TTA_MODES, LoadedModel, load
 from cxrkit.messages import quote
-from cxrkit.predictor import OodMissingWarning
+from cxrkit.inference.predictor import OodMissingWarning
 from cxrkit.serve.uploads import (DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS,
                                   DecodedUpload, UploadError, decode_upload)
 
@@ -333,7 +333,7 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
     largest image (width x height), checked from the header before decoding. ``tta``:
     test-time augmentation for every request (see :mod:`cxrkit.inference`).
     ``device``/``thresholds``/``precision``: passed to :func:`cxrkit.inference.load` for a
-    path (``precision``: see :mod:`cxrkit.runtime`).
+    path (``precision``: see :mod:`cxrkit.inference.runtime`).
     """
     if max_upload_bytes < 1 or max_pixels < 1:
         raise ValueError("max_upload_bytes and max_pixels must be positive")

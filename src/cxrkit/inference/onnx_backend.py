@@ -1,8 +1,8 @@
 """The ONNX backend: an exported model run by onnxruntime, without torch.
 
-:class:`OnnxModel` is a :class:`cxrkit.predictor.Predictor` like
+:class:`OnnxModel` is a :class:`cxrkit.inference.predictor.Predictor` like
 :class:`cxrkit.inference.LoadedModel`, so ``cxrkit predict --backend onnx`` and the Python
-API treat both alike. The graph written by :func:`cxrkit.export.export_onnx` takes the
+API treat both alike. The graph written by :func:`cxrkit.inference.export.export_onnx` takes the
 **cache-stage** image (``uint8`` ``(B, 1, S, S)``) and does the tensor stage itself; the
 cache stage (decode, :func:`cxrkit.data.images.preprocess`) runs here in numpy/OpenCV with
 the preprocessing contract recorded in the file's ``metadata_props`` (``cxrkit.*`` keys,
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.artefacts import RunFolder, onnx_path
-from cxrkit.predictor import Predictor
-from cxrkit.preprocessing import Preprocessing
-from cxrkit.thresholds import find_thresholds
+from cxrkit.data.preprocessing import Preprocessing
+from cxrkit.inference.predictor import Predictor
+from cxrkit.inference.thresholds import find_thresholds
 
 #: ``cxrkit.<key>`` entries every exported graph carries in its ``metadata_props``.
 META_KEYS = ("preprocess", "findings", "thresholds", "thresholds_source", "model",

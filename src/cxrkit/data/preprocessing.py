@@ -1,5 +1,10 @@
 """The preprocessing contract: how an image reaches the network, decided once, stored once.
 
+Both stages' settings live here, in one place: :class:`PreprocessSettings` (the cache
+stage, also stored in every cache manifest) and :class:`Preprocessing` (the whole
+contract, cache stage included). :mod:`cxrkit.data.images` implements the cache stage
+and imports its settings from here (the import goes one way).
+
 A :class:`Preprocessing` is built at training (:meth:`Preprocessing.build`) from the
 prepared cache, the model's registry config and the ``data`` settings, written into the
 checkpoint (``"preprocess"``), and read back by every later stage
@@ -47,11 +52,18 @@ Torch-free on purpose: the ONNX backend reads the same object from the exported 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from cxrkit.config import ConfigError
-from cxrkit.data.images import PreprocessSettings
+
+#: Version of the cache-stage algorithms (:func:`cxrkit.data.images.preprocess`: crop rule,
+#: CLAHE parameters, resize). Stored with every :class:`PreprocessSettings`; bump it when
+#: their output changes, so old caches are rebuilt and settings from old checkpoints fail
+#: loudly, not silently.
+PREPROCESS_VERSION = 1
 
 FORMAT = "cxrkit-preprocess/2"
 #: CheXNet's evaluation geometry: resize to 256, crop 224.
@@ -60,6 +72,48 @@ CHEXNET_RESIZE_RATIO = 256 / 224
 
 class UpsampledInputWarning(UserWarning):
     """The model input is larger than the cached images: training sees upsampled images."""
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """How a decoded X-ray becomes a cached image; stored in manifests and checkpoints."""
+
+    size: int = 256        #: side of the square output, pixels
+    clahe: bool = False    #: contrast-limited histogram equalisation after resizing
+    crop: bool = False     #: crop to the exposed chest region (see :func:`crop_box`)
+
+    def __post_init__(self):
+        if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)):
+            raise TypeError(f"PreprocessSettings.size must be an int, got {self.size!r}")
+        if not 8 <= int(self.size) <= 4096:
+            raise ValueError(f"PreprocessSettings.size must be 8..4096 pixels, got {self.size}")
+        object.__setattr__(self, "size", int(self.size))
+        for name in ("clahe", "crop"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"PreprocessSettings.{name} must be True or False, "
+                                f"got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict, with the algorithm version (:data:`PREPROCESS_VERSION`)."""
+        return {"size": self.size, "clahe": self.clahe, "crop": self.crop,
+                "version": PREPROCESS_VERSION}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessSettings:
+        """Inverse of :meth:`to_dict`; unknown keys or another algorithm version raise."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - {"version"})
+        if unknown:
+            raise ValueError(f"unknown preprocessing setting(s) {unknown}; known: "
+                             f"{sorted(known)}")
+        version = d.get("version", PREPROCESS_VERSION)
+        if version != PREPROCESS_VERSION:
+            raise ValueError(
+                f"these settings were written by preprocessing version {version}, this "
+                f"cxrkit has version {PREPROCESS_VERSION}: images would not match; "
+                "rebuild the cache (cxrkit prepare)")
+        return cls(**{k: d[k] for k in known if k in d})
 
 
 @dataclass(frozen=True)
@@ -259,6 +313,7 @@ def mirrored_tta_note(p: Preprocessing, tta: str) -> str | None:
             "or train with data.hflip=true.")
 
 
-__all__ = ["CHEXNET_RESIZE_RATIO", "FORMAT", "MIRRORED_TTA", "Preprocessing",
+__all__ = ["CHEXNET_RESIZE_RATIO", "FORMAT", "MIRRORED_TTA", "PREPROCESS_VERSION", "PreprocessSettings",
+           "Preprocessing",
            "UpsampledInputWarning", "chexnet_resize", "legacy_tencrop_resize",
            "mirrored_tta_note"]

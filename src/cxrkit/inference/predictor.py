@@ -2,11 +2,11 @@
 
 A :class:`Predictor` is a trained model ready to predict, whatever runs it:
 :class:`cxrkit.inference.LoadedModel` (PyTorch, ``cxrkit.load``) or
-:class:`cxrkit.onnx_backend.OnnxModel` (onnxruntime, no torch). Everything but the
+:class:`cxrkit.inference.onnx_backend.OnnxModel` (onnxruntime, no torch). Everything but the
 network call is written once, here:
 
 ``findings``, ``preprocessing``      the output order and the preprocessing contract
-                                     (:class:`cxrkit.preprocessing.Preprocessing`)
+                                     (:class:`cxrkit.data.preprocessing.Preprocessing`)
 ``metadata``                         whether the model takes patient metadata
 ``thresholds``, ``thresholds_source``, ``thresholds_tta``   decision thresholds
 ``name``, ``backend``, ``source``    model name, "torch"/"onnx", the file it came from
@@ -36,10 +36,10 @@ import numpy as np
 from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.data.images import preprocess
 from cxrkit.data.metadata import DEFAULT_META, META_FEATURES, as_meta_matrix
+from cxrkit.data.preprocessing import Preprocessing, mirrored_tta_note
 from cxrkit.messages import require_count
 from cxrkit.metrics import sigmoid
 from cxrkit.ood.record import OodResult, OodScorer
-from cxrkit.preprocessing import Preprocessing, mirrored_tta_note
 
 #: Test-time augmentations: none, the image and its mirror, CheXNet's ten crops.
 TTA_MODES = ("none", "flip", "tencrop")
@@ -168,7 +168,7 @@ class Predictor(ABC):
 
     def check_tta(self, tta: str, *, stacklevel: int = 3) -> None:
         """Refuse an unknown TTA; warn (:class:`MirroredTTAWarning`) when it mirrors images
-        for a model trained without flips (see :func:`cxrkit.preprocessing.mirrored_tta_note`)."""
+        for a model trained without flips (see :func:`cxrkit.data.preprocessing.mirrored_tta_note`)."""
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
         note = self.tta_note(tta)

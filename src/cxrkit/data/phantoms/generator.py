@@ -15,14 +15,14 @@ tested without the 45 GB download:
 * ``four_findings_expert_labels/``, ``all_findings_expert_labels/``: radiologists' labels
   in Google's format for a share of the images, holding the *truth* (what was drawn),
   while ``Data_Entry_2017.csv`` holds NIH-style *noisy* labels (misses and false alarms
-  per finding; :mod:`cxrkit.data.phantom_labels`);
+  per finding; :mod:`cxrkit.data.phantoms.labels`);
 * ``phantoms_manifest.json``: the settings and versions that made it (not an NIH file).
 
 The images (:func:`render_phantom`) show a chest with soft tissue, lungs, heart,
 mediastinum, ribs, clavicles and diaphragm, posed, exposed and noised differently each
 time; AP (bedside) views magnify the heart and are noisier, women have breast shadows,
 older patients fainter bones and a larger heart. Each of the 14 findings is a plausible
-sign at a plausible place (see :mod:`cxrkit.data._phantom_findings`), varying in size,
+sign at a plausible place (see :mod:`cxrkit.data.phantoms.findings`), varying in size,
 place and intensity, so a classifier must learn shapes, not pixel statistics. Sign
 strengths are tuned for the demo: a 4-block CNN trained from scratch for ~3 CPU-minutes
 on ~750 images reaches a mean test AUROC of about 0.85 (not 1.0), while image mean, std
@@ -61,29 +61,29 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrkit.artefacts import write_bytes, write_json
-from cxrkit.data._phantom_anatomy import (
+from cxrkit.data.nih import NIH_IMAGE_SIZE
+from cxrkit.data.phantoms.anatomy import (
     Anatomy,
     Frame,
     render_thorax,
     sample_anatomy,
     sample_pose,
 )
-from cxrkit.data._phantom_findings import OVERLAYS, SHAPE_CHANGES
-from cxrkit.data.phantom_labels import (
+from cxrkit.data.phantoms.findings import OVERLAYS, SHAPE_CHANGES
+from cxrkit.data.phantoms.labels import (
     EXPERT_FRACTION,
     describe_noise,
     noisy_findings,
     write_expert_files,
 )
-from cxrkit.data.nih import NIH_IMAGE_SIZE
 from cxrkit.data.splits import random_split
 from cxrkit.labels import BOXED_FINDINGS, FINDINGS, NO_FINDING, canonical_finding
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Anatomy", "Drawing", "PhantomRelease", "TARGET_PREVALENCE", "draw_phantom", "finding_box",
-           "make_phantoms", "render_phantom",
-           "sample_anatomy", "sample_cohort"]
+__all__ = ["Anatomy", "Drawing", "MANIFEST_NAME", "PhantomRelease", "TARGET_PREVALENCE", "draw_phantom",
+           "existing_release", "finding_box", "generator_versions", "make_phantoms",
+           "render_phantom", "rng_stream", "sample_anatomy", "sample_cohort", "write_ascii"]
 
 #: Share of images showing each finding (boosted from NIH's for rare ones, see above).
 TARGET_PREVALENCE: dict[str, float] = {
@@ -137,7 +137,7 @@ MANIFEST_NAME = "phantoms_manifest.json"
 GENERATOR_VERSION = 2   # 2: NIH-style label noise and expert files (phantom_labels)
 
 
-def _stream(seed: int, *key: int) -> np.random.Generator:
+def rng_stream(seed: int, *key: int) -> np.random.Generator:
     """The generator of one part of a release: ``(0,)`` the split, ``(patient, 0)`` a
     patient's labels, ``(patient, 1)`` their anatomy, ``(patient, 2, follow_up)`` an image."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
@@ -164,7 +164,7 @@ def sample_cohort(*, n_patients: int = 300, images_per_patient=(1, 4),
                          f"{images_per_patient}")
     rows = []
     for pid in range(1, n_patients + 1):
-        rng = _stream(seed, pid, 0)
+        rng = rng_stream(seed, pid, 0)
         sex = "M" if rng.uniform() < 0.565 else "F"
         age = rng.uniform(1, 16) if rng.uniform() < 0.03 else np.clip(rng.normal(47, 16.5), 16, 95)
         frailty = rng.normal()
@@ -282,7 +282,7 @@ class Drawing:
 def draw_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, sex: str = "M",
                  age: float = 50.0, view: str = "PA", anatomy: Anatomy | None = None) -> Drawing:
     """:func:`render_phantom` before exposure: the density and each finding's own change
-    of it, so that a caller can move a sign (``cxrkit.data.twin`` draws signs inside
+    of it, so that a caller can move a sign (``cxrkit.data.phantoms.twin`` draws signs inside
     NIH's real boxes). Same arguments and ``rng`` consumption as :func:`render_phantom`."""
     if view not in ("PA", "AP"):
         raise ValueError(f"view must be 'PA' or 'AP', got {view!r}")
@@ -383,7 +383,7 @@ def _clear_previous(root: Path) -> None:
             png.unlink()
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_ascii(path: Path, text: str) -> None:
     """NIH's files are ASCII; a non-ASCII character here is a bug, so it is not encoded."""
     write_bytes(text.encode("ascii"), path)
 
@@ -414,7 +414,7 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     arguments give the same bytes in every file; an earlier phantom release in
     ``out_dir`` is replaced, anything else there is left alone.
 
-    ``label_noise`` (:mod:`cxrkit.data.phantom_labels`): ``Data_Entry_2017.csv`` holds
+    ``label_noise`` (:mod:`cxrkit.data.phantoms.labels`): ``Data_Entry_2017.csv`` holds
     NIH-style noisy labels (``"moderate"``, ``"measured"``, ``"none"`` or
     ``{"miss": .., "false_alarm": ..}``); the images show the truth, which goes to
     Google-format expert files for ``expert_fraction`` = (test, train_val) shares of the
@@ -432,7 +432,7 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
                 "label_noise": describe_noise(label_noise),
                 "expert_fraction": [float(x) for x in expert_fraction]}
     manifest = root / MANIFEST_NAME  # first, so that an interrupted run can be replaced
-    existing = _up_to_date(root, settings)
+    existing = existing_release(root, settings)
     if existing is not None:
         log.info("phantoms: %s is up to date (same settings and versions)", root)
         return existing
@@ -446,12 +446,12 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     published = cohort.assign(findings=noisy)
     onehot = pd.DataFrame({f: [int(f in t) for t in noisy] for f in FINDINGS})
     table = pd.concat([cohort[["image_id", "patient_id"]], onehot], axis=1)
-    split_seed = int(_stream(seed, 0).integers(2**31))
+    split_seed = int(rng_stream(seed, 0).integers(2**31))
     split = random_split(table, fractions=(1 - test_fraction, 0.0, test_fraction), seed=split_seed)
     test = set(split.loc[split["split"] == "test", "image_id"])
     agreed = cohort.assign(findings=[tuple(f for f in t if f in n)
                                      for t, n in zip(cohort["findings"], noisy, strict=True)])
-    boxed = _choose_boxes(agreed, test, _stream(seed, 0, 1))
+    boxed = _choose_boxes(agreed, test, rng_stream(seed, 0, 1))
 
     anatomy, anatomy_of = None, None  # the current patient's, kept over their follow-ups
     box_lines = []
@@ -460,9 +460,9 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
                                  desc="phantoms", unit="img", disable=not progress)):
         pid = row.patient_id
         if anatomy_of != pid:
-            anatomy = sample_anatomy(_stream(seed, pid, 1), sex=row.sex, age=row.age)
+            anatomy = sample_anatomy(rng_stream(seed, pid, 1), sex=row.sex, age=row.age)
             anatomy_of = pid
-        image, boxes = render_phantom(_stream(seed, pid, 2, row.follow_up), row.findings,
+        image, boxes = render_phantom(rng_stream(seed, pid, 2, row.follow_up), row.findings,
                                       size=image_size, sex=row.sex, age=row.age, view=row.view,
                                       anatomy=anatomy)
         folder = root / f"images_{i // IMAGES_PER_FOLDER + 1:03d}" / "images"
@@ -483,17 +483,17 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     names = sorted(cohort["image_id"])
     files = {"labels": root / "Data_Entry_2017.csv", "boxes": root / "BBox_List_2017.csv",
              "train_val": root / "train_val_list.txt", "test": root / "test_list.txt"}
-    _write_text(files["labels"], "\r\n".join(entry) + "\r\n")
-    _write_text(files["boxes"], "\n".join([BBOX_HEADER, *box_lines]) + "\n")
-    _write_text(files["train_val"], "\n".join(n for n in names if n not in test))
-    _write_text(files["test"], "\n".join(n for n in names if n in test))
+    write_ascii(files["labels"], "\r\n".join(entry) + "\r\n")
+    write_ascii(files["boxes"], "\n".join([BBOX_HEADER, *box_lines]) + "\n")
+    write_ascii(files["train_val"], "\n".join(n for n in names if n not in test))
+    write_ascii(files["test"], "\n".join(n for n in names if n in test))
     experts = write_expert_files(root, cohort, noisy, test, seed=seed, fraction=expert_fraction)
 
     seconds = time.perf_counter() - started
     counts = {f: int(onehot[f].sum()) for f in FINDINGS}
     counts[NO_FINDING] = int((onehot.sum(axis=1) == 0).sum())
     write_json({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": True,
-                       "versions": _versions(), "settings": settings,
+                       "versions": generator_versions(), "settings": settings,
                        "n_images": len(cohort), "n_test_images": len(test),
                        "n_boxes": len(box_lines), "finding_counts": counts,
                        "true_finding_counts": {f: int(sum(f in t for t in cohort["findings"]))
@@ -507,10 +507,10 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
                           seed)
 
 
-def _up_to_date(root: Path, settings: dict) -> PhantomRelease | None:
+def existing_release(root: Path, settings: dict) -> PhantomRelease | None:
     """The release already in ``root`` if a complete run made it with these settings.
 
-    Shared by the default phantoms and the twin (``cxrkit.data.twin``), whose manifest
+    Shared by the default phantoms and the twin (``cxrkit.data.phantoms.twin``), whose manifest
     records its patient count (the twin's settings hold a fraction, not a count)."""
     import json
 
@@ -519,7 +519,7 @@ def _up_to_date(root: Path, settings: dict) -> PhantomRelease | None:
     except (OSError, ValueError):
         return None
     files = {k: root / name for k, name in m.get("files", {}).items()}
-    if (not m.get("complete") or m.get("settings") != settings or m.get("versions") != _versions()
+    if (not m.get("complete") or m.get("settings") != settings or m.get("versions") != generator_versions()
             or set(files) != {"labels", "boxes", "train_val", "test"}
             or not all(p.exists() for p in files.values())):
         return None
@@ -530,7 +530,7 @@ def _up_to_date(root: Path, settings: dict) -> PhantomRelease | None:
                           settings["image_size"], settings["seed"])
 
 
-def _versions() -> dict[str, str]:
+def generator_versions() -> dict[str, str]:
     from cxrkit import __version__
 
     return {"cxrkit": __version__, "generator": str(GENERATOR_VERSION), "numpy": np.__version__,

@@ -1,10 +1,10 @@
 """A trained model, ready to use: ``cxrkit.load(checkpoint)`` (the torch backend).
 
 Evaluation, explanation, prediction, ONNX export and the web service all go through
-:class:`LoadedModel`, a :class:`cxrkit.predictor.Predictor` (the interface it shares with
-the ONNX backend, :class:`cxrkit.onnx_backend.OnnxModel`). How an image reaches the network
+:class:`LoadedModel`, a :class:`cxrkit.inference.predictor.Predictor` (the interface it shares with
+the ONNX backend, :class:`cxrkit.inference.onnx_backend.OnnxModel`). How an image reaches the network
 is the checkpoint's preprocessing contract, ``lm.preprocessing``
-(:class:`cxrkit.preprocessing.Preprocessing`), and nothing else:
+(:class:`cxrkit.data.preprocessing.Preprocessing`), and nothing else:
 
 1. **cache stage** (what ``cxrkit prepare`` did to the training images): decode to grey
    ``uint8`` (:func:`cxrkit.data.images.read_xray`, or the DICOM reader), then
@@ -17,7 +17,7 @@ Test-time augmentation (``tta``) averages **logits** over the views: ``flip`` (i
 its mirror) and ``tencrop`` (resize to the contract's ``tencrop_resize``, then the four
 corners, centre and their mirrors). Averaging logits rather than probabilities keeps
 temperature scaling and ONNX export exact. Mirrored views on a model trained without flips
-warn (:class:`cxrkit.predictor.MirroredTTAWarning`).
+warn (:class:`cxrkit.inference.predictor.MirroredTTAWarning`).
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ import torch
 from cxrkit.artefacts import RunFolder, file_sha256, resolve_checkpoint
 from cxrkit.data.dicom import read_image
 from cxrkit.data.images import PreprocessSettings
+from cxrkit.data.preprocessing import Preprocessing
 from cxrkit.data.transforms import EvalTransform, eval_transform, ten_crop
 from cxrkit.engine.checkpoint import CheckpointError, load_checkpoint
-from cxrkit.predictor import TTA_MODES, Predictor
-from cxrkit.preprocessing import Preprocessing
-from cxrkit.runtime import EagerForward, Forward, choose_forward
-from cxrkit.thresholds import find_thresholds, write_thresholds_file
+from cxrkit.inference.predictor import TTA_MODES, Predictor
+from cxrkit.inference.runtime import EagerForward, Forward, choose_forward
+from cxrkit.inference.thresholds import find_thresholds, write_thresholds_file
 
 
 class LoadedModel(Predictor):
@@ -57,7 +57,7 @@ class LoadedModel(Predictor):
         self.device = torch.device(device)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else Path("<in memory>")
         self.checkpoint_info = checkpoint_info or {}
-        #: the network call of forward-only inference (:mod:`cxrkit.runtime`); fp32 eager
+        #: the network call of forward-only inference (:mod:`cxrkit.inference.runtime`); fp32 eager
         #: here, the measured fast path when made by :func:`load` (``precision="auto"``)
         self.forward: Forward = EagerForward("fp32", "fp32", model=model, device=self.device)
 
@@ -127,7 +127,7 @@ class LoadedModel(Predictor):
         (B, D))`` float32 numpy. The features are read by a hook during the forward pass of
         the plain view (:func:`cxrkit.ood.features.tap_features`); TenCrop has no plain view
         among its crops, so it costs one extra forward (1/10 of its ten). The pass runs at
-        the chosen precision (:mod:`cxrkit.runtime`), which returns both. ``tta`` is checked
+        the chosen precision (:mod:`cxrkit.inference.runtime`), which returns both. ``tta`` is checked
         by the callers (:meth:`logits_from_cached`, :meth:`score_cached`)."""
         with torch.no_grad():
             x = torch.as_tensor(images).to(self.device)
@@ -156,7 +156,7 @@ def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
          thresholds: str | Path | None = None, precision: str | None = None) -> LoadedModel:
     """Load a checkpoint (or run folder) for inference; see :class:`LoadedModel`.
 
-    ``precision``: how forward-only inference runs (:mod:`cxrkit.runtime`): "auto" (the
+    ``precision``: how forward-only inference runs (:mod:`cxrkit.inference.runtime`): "auto" (the
     default, or ``$CXRKIT_PRECISION``: onnxruntime on the CPU, within 1e-4 of fp32),
     "fp32" (torch fp32 eager, the reference), "bf16" (autocast + channels_last) or
     "onnxruntime". Gradients (saliency maps) always use the torch module in fp32.

@@ -1,6 +1,6 @@
 """The 14 findings as radiographic signs drawn on a phantom chest.
 
-Each finding is a change of density (see :mod:`cxrkit.data._phantom_anatomy`): a
+Each finding is a change of density (see :mod:`cxrkit.data.phantoms.anatomy`): a
 ``SHAPE_CHANGES`` entry alters the patient's anatomy (an enlarged heart, a lifted or
 flattened diaphragm), an ``OVERLAYS`` entry returns a density map to add. Both take a
 ``severity`` in [0, 1] that sets size and intensity, so a sign ranges from subtle to
@@ -21,7 +21,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from cxrkit.data._phantom_anatomy import LEFT, RIGHT, SIDES, Anatomy, Frame, Thorax
+from cxrkit.data.phantoms.anatomy import LEFT, RIGHT, SIDES, Anatomy, Frame, Thorax
 
 
 def _lerp(lo: float, hi: float, t: float) -> float:

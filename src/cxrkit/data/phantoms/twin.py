@@ -47,14 +47,14 @@ from cxrkit.data._cache_build import _pool_context
 from cxrkit.data.phantoms import (
     MANIFEST_NAME,
     PhantomRelease,
-    _stream,
-    _up_to_date,
-    _versions,
-    _write_text,
     check_image_size,
     draw_phantom,
+    existing_release,
     finding_box,
+    generator_versions,
+    rng_stream,
     sample_anatomy,
+    write_ascii,
 )
 from cxrkit.data.release import load_release
 from cxrkit.labels import FINDINGS
@@ -91,7 +91,7 @@ def select_patients(patients: pd.Series, fraction: float, seed: int) -> set[int]
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     ids = np.unique(patients.to_numpy())
-    order = _stream(seed, 0, 2).permutation(len(ids))
+    order = rng_stream(seed, 0, 2).permutation(len(ids))
     keep = max(1, round(fraction * len(ids)))
     return set(ids[order[:keep]].tolist())
 
@@ -112,12 +112,12 @@ def _render(job: tuple) -> np.ndarray:
     boxed = sorted({f for f, *_ in boxes})
     unboxed = [f for f in findings if f not in boxed]
     kw = dict(size=size, sex=sex, age=age, view=view, anatomy=anatomy)
-    background = draw_phantom(_stream(seed, pid, 2, follow_up), unboxed, **kw)
+    background = draw_phantom(rng_stream(seed, pid, 2, follow_up), unboxed, **kw)
     if not boxes:
         return background.expose()
     # the same stream again, with the boxed findings: their own density changes
     # (draw_phantom consumes its generator the same way whatever the findings)
-    signs = draw_phantom(_stream(seed, pid, 2, follow_up), [*unboxed, *boxed], **kw).deltas
+    signs = draw_phantom(rng_stream(seed, pid, 2, follow_up), [*unboxed, *boxed], **kw).deltas
     density = background.density.copy()
     scale = size / NIH_SIDE
     for f, x, y, w, h in boxes:
@@ -145,7 +145,7 @@ def _draw_chunk(root: str, seed: int, size: int, rows: list[tuple]) -> int:
         if path.exists():  # written atomically by an earlier run
             continue
         if anatomy_of != pid:
-            anatomy = sample_anatomy(_stream(seed, pid, 1), sex=sex, age=first_age)
+            anatomy = sample_anatomy(rng_stream(seed, pid, 1), sex=sex, age=first_age)
             anatomy_of = pid
         image = _render((seed, size, pid, follow_up, age, sex, view, findings, boxes, anatomy))
         ok, png = cv2.imencode(".png", image)
@@ -235,7 +235,7 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     image_settings = {"like_sha256": {k: file_sha256(p) for k, p in sorted(sources.items())},
                       "image_size": image_size, "seed": seed}
     settings = {"like": str(like.resolve()), "fraction": fraction, **image_settings}
-    done = _up_to_date(root, settings)
+    done = existing_release(root, settings)
     if done is not None:
         log.info("phantoms: %s is up to date (same settings and versions)", root)
         return done
@@ -247,7 +247,7 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     root.mkdir(parents=True, exist_ok=True)
     _prepare_root(root, image_settings)
     write_json({"made_by": "cxrkit.data.twin.make_twin", "complete": False,
-                       "versions": _versions(), "settings": settings,
+                       "versions": generator_versions(), "settings": settings,
                        "image_settings": image_settings}, root / MANIFEST_NAME)
     for png in root.glob("images_[0-9][0-9][0-9]/images/*.png"):
         if png.name not in names:  # drawn for a larger fraction
@@ -273,12 +273,12 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     for key in ("train_val", "test"):
         listed = [n for n in getattr(real, key) if n in names]
         counts[key] = len(listed)
-        _write_text(files[key], "\n".join(listed))
+        write_ascii(files[key], "\n".join(listed))
     n_box_images = int(real.boxes.loc[real.boxes["image_id"].isin(names), "image_id"].nunique())
     archives = pd.Series([r[1].split("/")[0] for r in rows]).value_counts().sort_index()
     seconds = time.perf_counter() - started
     write_json({"made_by": "cxrkit.data.twin.make_twin", "complete": True,
-                       "versions": _versions(), "settings": settings,
+                       "versions": generator_versions(), "settings": settings,
                        "image_settings": image_settings, "sources": {
                            k: str(p) for k, p in sources.items()},
                        "n_patients": len(keep), "n_images": len(rows),

@@ -21,7 +21,7 @@ import pandas as pd
 from cxrkit.artefacts import PreparedFolder, RunFolder, file_sha256, read_csv
 from cxrkit.data.prepare import Prepared, load_prepared
 from cxrkit.data.splits import box_fold, load_split, split_provenance
-from cxrkit.inference import LoadedModel
+from cxrkit.inference.core import LoadedModel
 
 
 class SplitChangedError(ValueError):
@@ -135,7 +135,7 @@ def ensure_ood_record(lm: LoadedModel, prepared: str | Path | None = None, *,
     import time
 
     from cxrkit.data.dataset import CXRDataset
-    from cxrkit.inference import write_ood_sidecar
+    from cxrkit.inference.core import write_ood_sidecar
     from cxrkit.ood.features import fit_from_datasets
 
     if lm.ood_record is not None and not force:

@@ -2,8 +2,8 @@
 
 :func:`collect_inputs` turns files, folders (searched recursively) and glob patterns into a
 list of image files; :func:`predict_files` runs them through a
-:class:`~cxrkit.predictor.Predictor`: :class:`~cxrkit.inference.LoadedModel` (PyTorch,
-``cxrkit.load``) or :class:`~cxrkit.onnx_backend.OnnxModel` (onnxruntime,
+:class:`~cxrkit.inference.predictor.Predictor`: :class:`~cxrkit.inference.LoadedModel` (PyTorch,
+``cxrkit.load``) or :class:`~cxrkit.inference.onnx_backend.OnnxModel` (onnxruntime,
 ``--backend onnx``), always with the
 checkpoint's own preprocessing (a model trained at 224 px on CLAHE images sees 224 px
 CLAHE images); :class:`Predictions` holds the result and writes it as CSV or JSON.
@@ -39,9 +39,9 @@ import numpy as np
 from cxrkit.artefacts import atomic_path, csv_row, write_text
 from cxrkit.data.dicom import DICOM_EXTENSIONS, is_dicom
 from cxrkit.data.images import IMAGE_EXTENSIONS, ImageReadError
+from cxrkit.inference.predictor import DEFAULT_THRESHOLD
 from cxrkit.messages import require_count
 from cxrkit.metrics import sigmoid
-from cxrkit.predictor import DEFAULT_THRESHOLD
 
 #: File name endings searched for in folders (case-insensitive); files named directly are
 #: always tried, and extension-less files in folders are taken when they start like DICOM.
@@ -272,7 +272,7 @@ def _short(name: str) -> str:
 def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "none",
                   batch_size: int = 16, progress: bool = True,
                   metadata=None) -> Predictions:
-    """Predict every file of ``inputs`` with ``model`` (a :class:`~cxrkit.predictor.Predictor`).
+    """Predict every file of ``inputs`` with ``model`` (a :class:`~cxrkit.inference.predictor.Predictor`).
 
     Files are decoded and cache-preprocessed one at a time (so one bad file fails alone)
     and run through the network ``batch_size`` at a time. Unreadable files and inputs that
@@ -373,12 +373,12 @@ def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | N
     """A checkpoint for prediction: ``backend`` "torch" (``cxrkit.load``), "onnx" (the
     ``.onnx`` export; a run folder or ``.pt`` finds the ``.onnx`` beside it) or "auto"
     (onnx for a ``.onnx`` path, else torch). ``precision``: the torch backend's
-    (:mod:`cxrkit.runtime`); the ONNX backend always runs fp32 (auto, fp32 or onnxruntime)."""
+    (:mod:`cxrkit.inference.runtime`); the ONNX backend always runs fp32 (auto, fp32 or onnxruntime)."""
     path = Path(checkpoint)
     if backend == "auto":
         backend = "onnx" if path.suffix.lower() == ".onnx" else "torch"
     if backend == "onnx":
-        from cxrkit.onnx_backend import load_onnx
+        from cxrkit.inference.onnx_backend import load_onnx
         if precision not in (None, "auto", "fp32", "onnxruntime"):
             raise ValueError(f"precision {precision!r}: the ONNX backend runs fp32 "
                              "(use --backend torch for bf16)")
@@ -387,7 +387,7 @@ def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | N
         raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
     if path.suffix.lower() == ".onnx":
         raise ValueError(f"{path} is an ONNX file: use --backend onnx (or auto)")
-    from cxrkit.inference import load
+    from cxrkit.inference.core import load
     return load(path, device=device, thresholds=thresholds, precision=precision)
 
 

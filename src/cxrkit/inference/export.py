@@ -13,7 +13,7 @@ itself (see :mod:`cxrkit.inference`):
 
 So an ONNX user needs numpy/OpenCV for the cache stage (:func:`cxrkit.data.dicom.read_image`,
 :func:`cxrkit.data.images.preprocess`: the same code as training) and onnxruntime for the
-rest; :class:`cxrkit.onnx_backend.OnnxModel` is that, with no torch import. This module
+rest; :class:`cxrkit.inference.onnx_backend.OnnxModel` is that, with no torch import. This module
 only exports (and checks the export).
 
 The resize is two matrix products, ``W @ x @ W.T``, not ONNX ``Resize``. Why: training
@@ -29,7 +29,7 @@ Every export is checked: PyTorch and onnxruntime run the same images (phantoms, 
 images when given) and the largest absolute differences of probabilities and logits are
 recorded and compared with :data:`PROBABILITY_TOLERANCE` / :data:`LOGIT_TOLERANCE`;
 over them, :class:`ParityError`. The preprocessing contract (the checkpoint's
-:class:`~cxrkit.preprocessing.Preprocessing`, findings, thresholds, model, checkpoint sha256, opset, versions)
+:class:`~cxrkit.data.preprocessing.Preprocessing`, findings, thresholds, model, checkpoint sha256, opset, versions)
 goes into the ONNX ``metadata_props`` (``cxrkit.*`` keys, JSON values) and, with the
 parity results, into a ``.onnx.json`` sidecar.
 """
@@ -40,17 +40,25 @@ import contextlib
 import io
 import json
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from cxrkit.artefacts import (WriteError, atomic_path, check_writable, onnx_path, versions,
-                              write_json, writes_into_run)
+from cxrkit.artefacts import (
+    WriteError,
+    atomic_path,
+    check_writable,
+    onnx_path,
+    versions,
+    write_json,
+    writes_into_run,
+)
 from cxrkit.data.dicom import grey_uint8, read_image
+from cxrkit.inference.onnx_backend import META_KEYS, OnnxModel
 from cxrkit.metrics import sigmoid
-from cxrkit.onnx_backend import META_KEYS, OnnxModel
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,9 @@ LOGIT_TOLERANCE = 1e-3
 #: doubled and divided by the smallest fitted variance; 1e-3 is far above that and far
 #: below what moves a flag (the threshold is 1).
 OOD_TOLERANCE = 1e-3
+#: Environment variable naming the real NIH sample folder (``images_256/``, ``originals/``)
+#: whose images the parity check uses by default (:func:`default_parity_images`).
+NIH_SAMPLE_ENV = "CXRKIT_NIH_SAMPLE"
 
 
 class ParityError(RuntimeError):
@@ -148,8 +159,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     import onnx
     import torch
 
-    from cxrkit.inference import load
-    from cxrkit.runtime import quiet_exporter_logs
+    from cxrkit.inference.core import load
+    from cxrkit.inference.runtime import quiet_exporter_logs
 
     # parity is checked against torch fp32 eager, the reference
     lm = load(checkpoint, device="cpu", thresholds=thresholds, precision="fp32")
@@ -284,5 +295,28 @@ def parity_check(lm, onnx_model: OnnxModel, images: dict[str, tuple[str, np.ndar
             "passed": passed, "images": names}
 
 
-__all__ = ["LOGIT_TOLERANCE", "OPSET", "PROBABILITY_TOLERANCE", "ParityError", "export_onnx",
-           "parity_check", "resize_matrix"]
+def nih_sample_folder() -> Path | None:
+    """The real NIH sample: ``$CXRKIT_NIH_SAMPLE``, else ``shared/nih`` beside a source
+    checkout of cxrkit (found from this file, not from the working directory); None when
+    neither is there."""
+    if os.environ.get(NIH_SAMPLE_ENV):
+        return Path(os.environ[NIH_SAMPLE_ENV])
+    repo = Path(__file__).resolve().parents[3]
+    beside = repo.parent / "shared" / "nih"
+    return beside if (repo / "pyproject.toml").exists() and beside.is_dir() else None
+
+
+def default_parity_images() -> list[Path]:
+    """Real images for the parity check when none are given: 8 of the NIH sample's 256 px
+    images and one 1024 px original, when the sample is there (else none: phantoms only)."""
+    sample = nih_sample_folder()
+    if sample is None:
+        return []
+    small = sorted((sample / "images_256").glob("*.png"))[:8]
+    big = sorted((sample / "originals").rglob("*.png"))[:1]
+    return small + big
+
+
+__all__ = ["LOGIT_TOLERANCE", "NIH_SAMPLE_ENV", "OPSET", "PROBABILITY_TOLERANCE", "ParityError",
+           "default_parity_images", "export_onnx", "nih_sample_folder", "parity_check",
+           "resize_matrix"]

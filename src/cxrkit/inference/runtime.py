@@ -60,7 +60,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "onnxruntime")
 PRECISION_ENV = "CXRKIT_PRECISION"
 #: Largest accepted |probability(onnxruntime) - probability(torch fp32)| on the load-time
 #: check (random inputs at the model's input size). The same 1e-4 as ``cxrkit export``
-#: (:data:`cxrkit.export.PROBABILITY_TOLERANCE`; measured 1.2e-7 for DenseNet121).
+#: (:data:`cxrkit.inference.export.PROBABILITY_TOLERANCE`; measured 1.2e-7 for DenseNet121).
 PARITY_TOLERANCE = 1e-4
 #: ONNX opset of the cached network graphs.
 OPSET = 18

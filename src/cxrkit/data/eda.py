@@ -353,6 +353,28 @@ def summary_markdown(t, groups, prev, n_boxes, title) -> str:
     return "\n".join(lines) + "\n"
 
 
+def describe_folder(root: str | Path, out_dir: str | Path, *, val_fraction: float = 0.1,
+                    seed: int = 0) -> EdaResult:
+    """:func:`describe` of a prepared folder (its labels, split and boxes) or of a release
+    folder (its labels and boxes, split by the official lists when it has them, with
+    ``val_fraction`` and ``seed``): ``cxrkit stats``."""
+    from cxrkit.artefacts import PreparedFolder
+
+    if PreparedFolder(root).dataset.exists():
+        from cxrkit.data.prepare import load_prepared
+        p = load_prepared(root)
+        labels, split_table, boxes = p.labels, p.split, p.boxes
+    else:
+        from cxrkit.data.prepare import make_split
+        from cxrkit.data.release import load_release
+        rel = load_release(root)
+        labels, boxes = rel.labels, rel.boxes
+        split_table = None
+        if rel.has_official_split:
+            split_table, _ = make_split(rel, val_fraction=val_fraction, seed=seed)
+    return describe(labels, split_table, out_dir, boxes=boxes, title=str(root))
+
+
 def describe(labels: pd.DataFrame, split: pd.DataFrame | None, out_dir: str | Path, *,
              boxes: pd.DataFrame | None = None, title: str = "") -> EdaResult:
     """Tables and plots of a label table, per split; see the module docstring for files.

@@ -1,13 +1,14 @@
-"""The layering rule, stated once: imports only go downward.
+"""The layering rule, stated once: imports only go downward (this table was ``layers.py``).
 
-Every top-level module or package of cxrkit sits on one layer of :data:`LAYERS`; a module
+Every top-level module or package of cxrkit sits on one layer of :data:`LAYERS` (or, for
+a package that spans layers, each of its modules: ``"inference.core"``); a module
 may import from its own layer or lower ones, never from a higher one, so data flows one
 way (``NIH files -> data -> models -> engine -> checkpoint -> inference -> explain /
 evaluate / predict / export -> serve -> cli``) and a lower layer can be read, tested and
 reused without the ones above it. ``tests/test_layers.py`` checks every import in the
 package against this table, and fails on a module the table does not place: a new module
 needs a line here, which is where its place is decided. The README's layout section is
-this table, in words.
+this table, in words. Old module paths (:mod:`cxrkit._moved`) have the layer of their new place.
 
 The package root ``cxrkit`` (``__init__``) is the public façade: it may reach any layer
 (``cxrkit.load`` imports inference lazily), while other modules may take from it only
@@ -16,6 +17,8 @@ The package root ``cxrkit`` (``__init__``) is the public façade: it may reach a
 
 from __future__ import annotations
 
+from cxrkit._moved import new_name
+
 #: module or package under ``cxrkit`` -> layer (lower = more basic).
 LAYERS: dict[str, int] = {
     # 0: no cxrkit imports above the standard library, numpy and torch
@@ -23,31 +26,32 @@ LAYERS: dict[str, int] = {
     "artefacts": 0,    # atomic writes, hashes, versions, prepared/run folder layouts
     "labels": 0,       # the 14 findings: the single source of truth
     "messages": 0,     # how errors quote input (cut, never whole)
-    "layers": 0,       # this table
+    "_layering": 0,    # this table
+    "_moved": 0,       # old module paths, aliased to where the modules now live
     "metrics": 0,      # AUROC/AUPRC, bootstrap, thresholds, calibration (numpy)
     # 1: settings
     "config": 1,       # run settings: YAML in, YAML out
     # 2: data
-    "data": 2,         # NIH files, splits, cache, dataset, transforms, phantoms, DICOM
-    "thresholds": 2,   # the thresholds sidecar (torch-free, for the ONNX backend too)
-    "preprocessing": 2,  # the preprocessing contract: one frozen geometry per checkpoint
-    "predictor": 2,    # the predictor interface shared by the torch and ONNX backends
+    "data": 2,         # NIH files, splits, cache, dataset, transforms, phantoms, DICOM,
+                       # the preprocessing contract, dataset statistics (eda)
+    "inference.thresholds": 2,  # the thresholds sidecar (torch-free, for the ONNX backend too)
+    "inference.predictor": 2,  # the predictor interface shared by the torch and ONNX backends
     "ood": 2,          # out-of-distribution record and score (features + image statistics)
-    # 3: models and dataset statistics
+    # 3: models
     "models": 3,       # the registry and one file per family
-    "eda": 3,          # dataset statistics and plots
     # 4: training
     "engine": 4,       # losses, checkpoint, distributed, train
     # 5: a trained model in use
-    "inference": 5,    # cxrkit.load: the one inference core
-    "heldout": 5,      # the held-out data a checkpoint was trained against
-    "runtime": 5,      # how the forward pass runs: fp32, bf16, onnxruntime (--precision)
-    "onnx_backend": 5,  # the ONNX Runtime predictor
+    "inference": 5,    # the package's façade: cxrkit.inference.load (lazily, from core)
+    "inference.core": 5,  # cxrkit.load: the one inference core
+    "inference.heldout": 5,  # the held-out data a checkpoint was trained against
+    "inference.runtime": 5,  # how the forward pass runs: fp32, bf16, onnxruntime (--precision)
+    "inference.onnx_backend": 5,  # the ONNX Runtime predictor
     # 6-7: what is done with a model
     "explain": 6,      # saliency maps, overlays, localisation
     "evaluate": 7,     # metrics with CIs, report, compare
-    "predict": 7,      # files -> probabilities
-    "export": 7,       # ONNX export and backend
+    "inference.predict": 7,  # files -> probabilities
+    "inference.export": 7,  # ONNX export and backend
     # 8-9: front ends
     "serve": 8,        # the web service
     "cli": 9,          # the Typer shell
@@ -64,12 +68,25 @@ def layer_of(module: str) -> int | None:
     ``cxrkit`` alone is the façade. Raises ``KeyError`` for a cxrkit module the table
     does not place.
     """
-    parts = module.split(".")
+    parts = new_name(module).split(".")
     if parts[0] != "cxrkit":
         return None
     if len(parts) == 1:
         return LAYERS["__init__"]
-    return LAYERS[parts[1]]
+    return LAYERS[place(".".join(parts[1:]))]
 
 
-__all__ = ["LAYERS", "ROOT_NAMES", "layer_of"]
+def place(module: str) -> str:
+    """The line that places ``module`` (relative to ``cxrkit``): the longest one naming it
+    or a package above it; a module of a package placed module by module needs its own."""
+    parts = module.split(".")
+    for i in range(len(parts), 0, -1):
+        key = ".".join(parts[:i])
+        if key in LAYERS:
+            if i < len(parts) and any(k.startswith(key + ".") for k in LAYERS):
+                raise KeyError(f"cxrkit.{module}: cxrkit.{key} is placed module by module")
+            return key
+    raise KeyError(f"cxrkit.{module} has no line in LAYERS")
+
+
+__all__ = ["LAYERS", "ROOT_NAMES", "layer_of", "place"]

@@ -1,7 +1,7 @@
 """The normal chest of a phantom radiograph: a patient's shape, its pose, one density map.
 
 Used by :mod:`cxrkit.data.phantoms`; the findings are drawn on top by
-:mod:`cxrkit.data._phantom_findings`.
+:mod:`cxrkit.data.phantoms.findings`.
 
 Body coordinates
     ``x`` grows to the image's right (the patient's *left*, as a frontal radiograph is
