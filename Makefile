@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cxrkit-installed
 DEMO   := demo
 
-.PHONY: setup demo test lint bench bench-real browser clean
+.PHONY: setup demo test lint typecheck bench bench-real browser clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ test: setup browser
 lint: setup
 	$(BIN)/ruff check src tests bench
 
+# tests/test_typecheck.py runs the same check inside `make test` (pyproject's [tool.mypy])
+typecheck: setup
+	$(BIN)/python -m mypy
+
 # The web page's browser test drives Debian's headless Chromium; install it where missing
 # (needs root or passwordless sudo; otherwise that one test is skipped and says why).
 browser:
@@ -64,4 +68,4 @@ bench-real: setup
 	$(BIN)/python bench/bench_real_sample.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache .mypy_cache

@@ -50,8 +50,10 @@ LAYERS: dict[str, int] = {
     # 6-7: what is done with a model
     "explain": 6,      # saliency maps, overlays, localisation
     "evaluate": 7,     # metrics with CIs, report, compare
+    "audit": 7,        # shortcut audit: occlusion, saliency share, probes, per view, size
     "inference.predict": 7,  # files -> probabilities
     "inference.export": 7,  # ONNX export and backend
+    "importer": 7,     # published model files -> run folders, checked against their code
     # 8-9: front ends
     "serve": 8,        # the web service
     "cli": 9,          # the Typer shell

@@ -535,6 +535,7 @@ class RunFolder:
     thresholds = property(lambda self: self.root / THRESHOLDS_FILE)
     explain = property(lambda self: self.root / "explain")     #: saliency maps
     localize = property(lambda self: self.root / "localize")   #: localisation benchmark
+    audit = property(lambda self: self.root / "audit")         #: shortcut audit, per split
 
     def eval(self, split: str, tta: str = "none") -> Path:
         """``eval/<split>`` (``eval/<split>-<tta>`` with test-time augmentation)."""

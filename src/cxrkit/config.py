@@ -39,7 +39,7 @@ class _Checked:
     SECTION = ""
 
     def _check_types(self) -> None:
-        for f in fields(self):
+        for f in fields(self):  # type: ignore[arg-type]  # a mixin: self is a dataclass
             value = getattr(self, f.name)
             allowed = [t.strip() for t in str(f.type).split("|")]
             if not any(_is_a(value, t) for t in allowed):
@@ -344,7 +344,7 @@ def _parse_value(raw: str, where: str):
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML recipe (or defaults when ``path`` is None) and apply overrides."""
-    d = {}
+    d: dict = {}
     if path is not None:
         path = Path(path)
         if not path.exists():
@@ -373,7 +373,8 @@ def field_docs(klass) -> dict[str, str]:
 
     docs, names = {}, {f.name for f in fields(klass)}
     source = inspect.getsource(klass)
-    field_name, above = None, []
+    field_name: str | None = None
+    above: list[str] = []
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names:
             field_name = tok.string

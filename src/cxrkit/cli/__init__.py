@@ -16,6 +16,8 @@ from cxrkit.cli import predict
 from cxrkit.cli import explain
 from cxrkit.cli import serve
 from cxrkit.cli import ood
+from cxrkit.cli import audit
+from cxrkit.cli import importer
 from cxrkit.cli.common import setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,6 +38,7 @@ app.command()(data.prepare)
 app.command()(data.split)
 app.command()(data.stats)
 app.command(context_settings=_EXTRA_ARGS)(train.train)
+app.command("import")(importer.import_)
 app.command()(evaluate.evaluate)
 app.command()(evaluate.compare)
 app.command()(ood.ood)
@@ -43,6 +46,7 @@ app.command()(predict.predict)
 app.command()(predict.export)
 app.command()(explain.explain)
 app.command()(explain.localize)
+app.command()(audit.audit)
 app.command()(serve.serve)
 
 __all__ = ["app"]

@@ -17,6 +17,11 @@ PRECISION_HELP = ("Forward pass: auto (onnxruntime on the CPU, within 1e-4 of fp
                   "(torch fp32 eager, the reference) | bf16 (autocast + channels_last) | "
                   "onnxruntime; default $CXRKIT_PRECISION or auto")
 
+DECODE_TIMEOUT_HELP = ("Seconds one file may take to decode (in a worker process, stopped "
+                       "and reported as that file's error when over; default 30)")
+DECODE_MEMORY_HELP = ("MiB of memory one file's decoding may take (an address-space cap on "
+                      "the worker; over it is that file's error; default 3072)")
+
 #: Errors the library raises for bad input or an unwritable output; the CLI prints them as
 #: one line, exit code 2.
 KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError,

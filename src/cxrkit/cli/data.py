@@ -38,8 +38,13 @@ def phantoms(
              "and archive layout; its real labels: --patients and --label-noise are ignored)")] = None,
     fraction: Annotated[float, typer.Option(help="With --like: share of patients kept")] = 1.0,
     workers: Annotated[int | None, typer.Option(help="With --like: processes (default: all cores)")] = None,
+    shortcut: Annotated[str | None, typer.Option(
+        help="FINDING:STRENGTH: plant a spurious token outside the lungs on that share of the "
+             "finding's train_val positives and of random test images (for cxrkit audit)")] = None,
 ) -> None:
     """Write synthetic chest radiographs in NIH's exact layout (for demos and tests)."""
+    if like is not None and shortcut is not None:
+        raise typer.BadParameter("--shortcut applies to phantoms, not to a twin (--like)")
     if like is None and (fraction != 1.0 or workers is not None):
         raise typer.BadParameter("--fraction and --workers apply to a twin: add --like META_DIR")
     if like is not None:
@@ -52,7 +57,7 @@ def phantoms(
     from cxrkit.data.phantoms import make_phantoms
 
     release = _run(make_phantoms, out_dir, n_patients=patients, image_size=size, seed=seed,
-                   label_noise=label_noise)
+                   label_noise=label_noise, shortcut=shortcut)
     typer.echo(f"wrote {release}")
 
 

@@ -42,6 +42,13 @@ def explain(
                      progress=progress)
     typer.echo(f"{index['image'].nunique():,} images, {len(index):,} maps ({method}) -> "
                f"{index.attrs['out']}/index.csv")
+    errors = index.attrs.get("errors") or {}
+    if errors:
+        for image, why in list(errors.items())[:20]:
+            typer.secho(f"error: {image}: {why}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {len(errors)} image(s) could not be explained (listed in "
+                    f"{index.attrs['out']}/errors.csv)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 def localize(

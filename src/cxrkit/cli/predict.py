@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cxrkit.cli.common import PRECISION_HELP
+from cxrkit.cli.common import DECODE_MEMORY_HELP, DECODE_TIMEOUT_HELP, PRECISION_HELP
 from cxrkit.cli.common import run as _run
 
 
@@ -26,12 +26,16 @@ def predict(
     top: Annotated[int, typer.Option(min=0, help="Most probable findings shown per image")] = 3,
     show: Annotated[int, typer.Option(min=0, help="Images shown in the terminal table")] = 50,
     progress: Annotated[bool, typer.Option(help="Progress bar")] = True,
+    decode_timeout: Annotated[float | None, typer.Option(min=0.001, help=DECODE_TIMEOUT_HELP)] = None,
+    decode_memory: Annotated[int | None, typer.Option(min=16, help=DECODE_MEMORY_HELP)] = None,
+    decode_workers: Annotated[int | None, typer.Option(min=1, help="Decoding worker processes (default: half the cores, at least 1)")] = None,
 ) -> None:
     """Probabilities of the 14 findings for image files, flagged at the evaluation thresholds.
 
     Exit code 1 when any input could not be predicted (each is listed with its reason).
     """
     from cxrkit.artefacts import check_writable
+    from cxrkit.data.decoder import Decoder, decode_limits, default_workers
     from cxrkit.inference.predict import collect_inputs, load_model, predict_files
 
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
@@ -39,11 +43,15 @@ def predict(
         raise typer.Exit(2)
     if out is not None:
         _run(check_writable, out)  # before the work, not after it
-    model = _run(load_model, checkpoint, backend=backend, device=device, thresholds=thresholds,
-                 precision=precision)
     inputs = collect_inputs(paths)
-    result = _run(predict_files, model, inputs, tta=tta, batch_size=batch_size,
-                  progress=progress, metadata=metadata)
+    limits = decode_limits(decode_timeout, decode_memory)
+    # the decoding workers start now, in the background, while the model loads
+    with Decoder(decode_workers or default_workers(max(1, len(inputs.files))),
+                 limits=limits) as decoder:
+        model = _run(load_model, checkpoint, backend=backend, device=device,
+                     thresholds=thresholds, precision=precision)
+        result = _run(predict_files, model, inputs, tta=tta, batch_size=batch_size,
+                      progress=progress, metadata=metadata, decoder=decoder)
     typer.echo(result.summary(top=top, limit=show))
     source = result.thresholds_source or "0.5 (none chosen at evaluation)"
     typer.echo(f"{len(result.images) - result.n_failed} predicted, {result.n_failed} failed "
@@ -75,20 +83,11 @@ def export(
 ) -> None:
     """Export to ONNX with the preprocessing inside the graph; check parity with PyTorch."""
     from cxrkit.inference.export import default_parity_images, export_onnx
-    from cxrkit.inference.predict import collect_inputs
 
     if format != "onnx":
         typer.secho(f"error: --format {format}: only onnx is supported", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
-    if parity_images:
-        inputs = collect_inputs(parity_images)
-        if inputs.problems:
-            text, why = inputs.problems[0]
-            typer.secho(f"error: --parity-images {text}: {why}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
-        real = inputs.files
-    else:
-        real = default_parity_images()
+    real = image_files("--parity-images", parity_images) if parity_images else default_parity_images()
     r = _run(export_onnx, checkpoint, out, parity_images=real, n_phantoms=phantoms,
              thresholds=thresholds)
     p = r["parity"]
@@ -111,3 +110,16 @@ def export(
         logging.getLogger(__name__).warning(
             "no thresholds recorded (run `cxrkit evaluate` before exporting, or pass "
             "--thresholds); predictions will flag findings at 0.5")
+
+
+def image_files(option: str, patterns: list[str]) -> list[Path]:
+    """The image files an option's files, folders and globs name; exit 2 on the first
+    that names none (the option and the reason in one line)."""
+    from cxrkit.inference.predict import collect_inputs
+
+    inputs = collect_inputs(patterns)
+    if inputs.problems:
+        text, why = inputs.problems[0]
+        typer.secho(f"error: {option} {text}: {why}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    return inputs.files

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxrkit.cli.common import PRECISION_HELP
+from cxrkit.cli.common import DECODE_MEMORY_HELP, DECODE_TIMEOUT_HELP, PRECISION_HELP
 from cxrkit.cli.common import run as _run
 
 
@@ -21,12 +21,16 @@ def serve(
     thresholds: Annotated[Path | None, typer.Option(help="thresholds.json (default: the one beside the checkpoint)")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cpu)")] = None,
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP)] = None,
+    decode_timeout: Annotated[float | None, typer.Option(min=0.001, help=DECODE_TIMEOUT_HELP)] = None,
+    decode_memory: Annotated[int | None, typer.Option(min=16, help=DECODE_MEMORY_HELP)] = None,
+    decode_workers: Annotated[int | None, typer.Option(min=1, help="Decoding worker processes (default: half the cores, at least 1)")] = None,
 ) -> None:
     """Serve a page (drop an X-ray: findings chart + Grad-CAM) and a JSON API on localhost.
 
     API: POST /predict and POST /explain (multipart field 'file'), schema at /openapi.json.
     Research use only: not a medical device.
     """
+    from cxrkit.data.decoder import decode_limits
     from cxrkit.serve import create_app, run_server
     from cxrkit.serve.runner import is_loopback
 
@@ -34,7 +38,9 @@ def serve(
         _run(_fail, "--max-upload-mb and --max-megapixels must be positive")
     app = _run(create_app, checkpoint, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                max_pixels=int(max_megapixels * 1024 * 1024), tta=tta, device=device,
-               thresholds=thresholds, precision=precision)
+               thresholds=thresholds, precision=precision,
+               decode_limits=decode_limits(decode_timeout, decode_memory),
+               decode_workers=decode_workers)
     info = app.state.service.model_info
     typer.echo(f"cxrkit serve: {info.model} from {checkpoint} on http://{host}:{port}/ "
                "(research use only, not a medical device)")

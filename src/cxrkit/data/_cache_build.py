@@ -154,7 +154,7 @@ class PartialBuild:
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 os.close(fd)
-                fd = None
+                fd = None  # type: ignore[assignment]  # closed: finally must not close it
                 self.remove(self.out)
                 raise self._space_error(shutil.disk_usage(self.out).free) from None
             # EOPNOTSUPP/EINVAL: this file system cannot preallocate; writes allocate

@@ -226,7 +226,7 @@ class _BuildLock:
 
     def __init__(self, out: Path):
         self.path = out / "cache.lock"
-        self.fd = None
+        self.fd: int | None = None
 
     def __enter__(self):
         try:
@@ -278,8 +278,8 @@ class ImageCache:
         self.errors = index.loc[index["status"] != OK].reset_index(drop=True)
         self.ids = self.index["image_id"].tolist()
         self._rows = self.index["row"].to_numpy(np.int64)
-        self._lookup = None
-        self._images = None
+        self._lookup: pd.Index | None = None
+        self._images: np.ndarray | None = None
         if self.images.shape != tuple(manifest["shape"]) or self.images.dtype != np.uint8:
             raise ValueError(f"{self.root / IMAGES} holds {self.images.dtype} "
                              f"{self.images.shape}, the manifest says uint8 "
@@ -342,7 +342,7 @@ class ImageCache:
         box = np.array([r.crop_x0, r.crop_y0, r.crop_x1, r.crop_y1], dtype=float)
         if source_size is not None:
             box *= np.array([source_size / r.width, source_size / r.height] * 2)
-        return PixelMap(box=tuple(float(v) for v in box), size=self.size)
+        return PixelMap(box=tuple(float(v) for v in box), size=self.size)  # type: ignore[arg-type]
 
     def map_boxes(self, boxes: pd.DataFrame, *, source_size: float | None = None):
         """``boxes`` (``image_id, x, y, w, h``) moved into cache pixels (a copy).

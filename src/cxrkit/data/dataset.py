@@ -65,8 +65,8 @@ class CXRDataset(Dataset):
         order = np.argsort(rows, kind="stable")
         images = np.empty((len(idx), 1, self.cache.size, self.cache.size), dtype=np.uint8)
         images[order, 0] = self.cache.images[rows[order]]
-        images = torch.from_numpy(images)
-        return [{"image": images[k], "labels": self.labels[i], "meta": self.meta[i],
+        batch = torch.from_numpy(images)
+        return [{"image": batch[k], "labels": self.labels[i], "meta": self.meta[i],
                  "image_id": self.image_ids[i], "index": int(i)} for k, i in enumerate(idx)]
 
 
@@ -81,7 +81,7 @@ def collate(items: list[dict]) -> dict:
     }
 
 
-def make_loader(dataset: CXRDataset, *, batch_size: int, shuffle: bool, seed: int = 0,
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int = 0,
                 workers: int = 0, drop_last: bool = False, sampler=None,
                 pin_memory: bool = False) -> DataLoader:
     """A DataLoader with a seeded shuffle (its own generator, never global RNG)."""

@@ -132,7 +132,7 @@ def cooccurrence_table(t: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def demographics_table(t: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
     """Long table: per group, age stats (years) and decades, sex, view (images), findings
     per image (images) and images per patient (patients); ``pct`` is within the group."""
-    rows = []
+    rows: list[tuple] = []
     for g in groups:
         sub = _rows(t, g)
 
@@ -243,7 +243,7 @@ def plot_cooccurrence(counts: pd.DataFrame, cond: pd.DataFrame, n_images: int, p
 def plot_demographics(t: pd.DataFrame, groups: list[str], path: Path, title: str) -> Path:
     """Age density, sex, view, findings per image, images per patient (log); a colour per split."""
     fig = Figure(figsize=(16, 9), layout="constrained")
-    ax = fig.subplot_mosaic([["age"] * 2 + ["sex"] * 2 + ["view"] * 2, ["k"] * 3 + ["pp"] * 3])
+    ax = fig.subplot_mosaic([["age"] * 2 + ["sex"] * 2 + ["view"] * 2, ["k"] * 3 + ["pp"] * 3])  # type: ignore[list-item]
     ax_age, ax_sex, ax_view, ax_k, ax_pp = (ax[k] for k in ("age", "sex", "view", "k", "pp"))
     w = 0.8 / len(groups)
     max_pp = int(t.groupby("patient_id").size().max())
@@ -340,7 +340,7 @@ def summary_markdown(t, groups, prev, n_boxes, title) -> str:
              row("patients", [f"{by[g]['patient_id'].nunique():,}" for g in groups])]
     if all(a is not None for a in age.values()):
         lines.append(row(f"ages missing or impossible (> {MAX_AGE_YEARS:g} y)",
-                         [f"{int((~age[g].between(0, MAX_AGE_YEARS)).sum()):,}" for g in groups]))
+                         [f"{int((~age[g].between(0, MAX_AGE_YEARS)).sum()):,}" for g in groups]))  # type: ignore[union-attr]
     if n_boxes is not None:
         lines.append(row("images with boxes", [f"{n_boxes.get(g, 0):,}" for g in groups]))
     lines += ["", "(`read_data_entry` turns NIH's impossible ages into NaN.)", "",
@@ -360,7 +360,7 @@ def describe_folder(root: str | Path, out_dir: str | Path, *, val_fraction: floa
     ``val_fraction`` and ``seed``): ``cxrkit stats``."""
     from cxrkit.artefacts import PreparedFolder
 
-    if PreparedFolder(root).dataset.exists():
+    if PreparedFolder(Path(root)).dataset.exists():
         from cxrkit.data.prepare import load_prepared
         p = load_prepared(root)
         labels, split_table, boxes = p.labels, p.split, p.boxes

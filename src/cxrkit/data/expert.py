@@ -313,7 +313,8 @@ def read_expert_set(folder: str | Path, name: str, *, nih: pd.DataFrame, label_f
     findings = FOUR_FINDINGS if name == FOUR else ALL_FINDINGS
     lists = {"test": None if test is None else set(test),
              "train_val": None if train_val is None else set(train_val)}
-    parts, files, notes = [], {}, []
+    parts, notes = [], []
+    files: dict[str, dict] = {}
     for part in ("test", "val"):
         if part not in FILES[name]:
             continue
@@ -323,7 +324,7 @@ def read_expert_set(folder: str | Path, name: str, *, nih: pd.DataFrame, label_f
         raw = _read(path, [image_col, patient_col, *findings, *([set_col[0]] if set_col else [])])
         ids, patients = _ids(raw, path, image_col, patient_col, unique=True)
         _check_against_nih(path, ids, patients, image_col, patient_col, nih, label_file,
-                           lists[list_name], f"{list_name}_list.txt")
+                           lists[list_name], f"{list_name}_list.txt")  # type: ignore[index]  # set for val/test
         if set_col:
             wrong = raw[set_col[0]] != set_col[1]
             if wrong.any():

@@ -25,6 +25,7 @@ gives a reason for every failure.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # the cache stage's settings and version live with the rest of the contract; here for the
 # readers below and for the code that imports them from this module
@@ -77,6 +78,9 @@ class ImageReadError(ValueError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"cannot read image {self.path}: {reason}")
+
+    def __reduce__(self):  # pickled from decoding worker processes (the default needs args)
+        return (type(self), (str(self.path), self.reason))
 
 
 class DuplicateImageError(ValueError):
@@ -130,6 +134,48 @@ def _classify(entry: os.DirEntry) -> tuple[str, str]:
         return "bad", os_reason(e, entry.path)
 
 
+def walk_files(root: str | Path):
+    """Every file under the folder ``root``, as ``(path, "")``, and every entry that is not a
+    readable file or folder, as ``(path, reason)``; in name order, folder by folder.
+
+    Bounded whatever the links: symbolic links to folders are followed, but each folder
+    (by device and inode) is entered once, so a link to ``.`` or to a parent, or two links
+    to each other, cannot make the walk loop or grow exponentially. A link to itself (or a
+    broken one, a FIFO, a socket, an unreadable file) is a bad entry with its reason; a
+    folder that cannot be listed is one too (the root itself raises ``PermissionError``).
+    Names starting with ``.`` are skipped.
+    """
+    root = str(root)
+    seen_dirs: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                continue  # a symlink loop or a folder linked twice
+            seen_dirs.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            if folder == root:
+                raise PermissionError(f"cannot list image folder {folder}: "
+                                      f"{os_reason(e, folder)}") from None
+            yield folder, f"cannot list this folder: {os_reason(e, folder)}"
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            kind, reason = _classify(entry)
+            if kind == "dir":
+                subfolders.append(entry.path)
+            elif kind == "bad":
+                yield entry.path, reason
+            else:
+                yield entry.path, ""
+        stack.extend(reversed(subfolders))  # depth first, in name order
+
+
 def find_images(root: str | Path, *, warn: bool = True) -> ImageIndex:
     """Map each image file name (e.g. ``00000001_000.png``) to its path under ``root``.
 
@@ -154,38 +200,17 @@ def find_images(root: str | Path, *, warn: bool = True) -> ImageIndex:
     bad: dict[str, str] = {}
     bad_images: dict[str, str] = {}   # image name -> path of a bad entry with that name
     duplicates: list[tuple[str, str, str]] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    stack = [str(root)]
-    while stack:
-        folder = stack.pop()
-        try:
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in seen_dirs:
-                continue  # a symlink loop or a folder linked twice
-            seen_dirs.add((st.st_dev, st.st_ino))
-            entries = list(os.scandir(folder))
-        except OSError as e:
-            if folder == str(root):
-                raise PermissionError(f"cannot list image folder {folder}: "
-                                      f"{os_reason(e, folder)}") from None
-            bad[folder] = f"cannot list this folder: {os_reason(e, folder)}"
-            continue
-        for entry in entries:
-            name = entry.name
-            if name.startswith("."):
-                continue
-            kind, reason = _classify(entry)
-            if kind == "dir":
-                stack.append(entry.path)
-            elif kind == "bad":
-                bad[entry.path] = reason
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    bad_images.setdefault(name, entry.path)
-            elif name.lower().endswith(IMAGE_EXTENSIONS):
-                if name in found:
-                    duplicates.append((name, found[name], entry.path))
-                else:
-                    found[name] = entry.path
+    for path, reason in walk_files(root):
+        name = os.path.basename(path)
+        if reason:
+            bad[path] = reason
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                bad_images.setdefault(name, path)
+        elif name.lower().endswith(IMAGE_EXTENSIONS):
+            if name in found:
+                duplicates.append((name, found[name], path))
+            else:
+                found[name] = path
     if duplicates:
         duplicates.sort()
         shown = "; ".join(f"{n} at {a} and {b}" for n, a, b in duplicates[:5])
@@ -204,8 +229,14 @@ def find_images(root: str | Path, *, warn: bool = True) -> ImageIndex:
                       bad=dict(sorted(bad.items())))
 
 
-def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+              data: bytes | None = None) -> np.ndarray:
     """Decode one image file to greyscale ``uint8`` ``(H, W)``.
+
+    ``data``: the file's bytes, when they are in memory (an upload); ``path`` then only
+    names it in messages. A JPEG (or any file) with an EXIF ``Orientation`` tag is turned
+    upright first (:func:`PIL.ImageOps.exif_transpose`), as viewers and the service's page
+    show it: a film saved with ``Orientation=6`` would otherwise reach the model sideways.
 
     Colour (RGB, RGBA, P) becomes luminance with Pillow's ITU-R 601 weights
     (0.299 R + 0.587 G + 0.114 B); alpha is dropped (the NIH RGBA files are grey with
@@ -217,9 +248,9 @@ def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
     """
     path = Path(path)
     try:
-        if os.path.getsize(path) == 0:
+        if (len(data) if data is not None else os.path.getsize(path)) == 0:
             raise ImageReadError(path, "empty file (0 bytes)")
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data) if data is not None else path) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageReadError(path, f"{w}x{h} pixels is over the limit of "
@@ -227,6 +258,7 @@ def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
             if w == 0 or h == 0:
                 raise ImageReadError(path, f"image has no pixels ({w}x{h})")
             im.load()  # decode here, so truncation and CRC errors surface inside the try
+            ImageOps.exif_transpose(im, in_place=True)  # upright, as viewers show it
             if im.mode == "L":
                 arr = np.asarray(im)
             elif im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
@@ -251,7 +283,7 @@ def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
         if e.errno == errno.ELOOP:
             raise ImageReadError(path, os_reason(e, path)) from None
         raise ImageReadError(path, f"corrupt or truncated ({type(e).__name__}: {e})") from None
-    except (SyntaxError, ValueError, EOFError, MemoryError) as e:
+    except (SyntaxError, ValueError, EOFError) as e:
         raise ImageReadError(path, f"corrupt or truncated ({type(e).__name__}: {e})") from None
     if arr.ndim != 2:
         raise ImageReadError(path, f"decoded to shape {arr.shape}, expected (H, W)")

@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cxrkit.data.dicom import dicom_tags, read_dataset  # noqa: F401 (dicom_tags re-exported)
+from cxrkit.data.images import ImageReadError
+
 if TYPE_CHECKING:  # annotations only: pandas is imported where a table is read
     import pandas as pd
 
@@ -155,21 +158,14 @@ def read_metadata_csv(path: str | Path) -> pd.DataFrame:
 
 
 def dicom_metadata(path: str | Path) -> dict:
-    """``{"age", "sex", "view"}`` from a DICOM file's tags (None where absent); header only."""
-    import pydicom
-
+    """``{"age", "sex", "view"}`` from a DICOM file's tags (None where absent); header only
+    (a deflated file is inflated only as far as its header, see
+    :func:`cxrkit.data.dicom.read_dataset`)."""
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception:  # noqa: BLE001 (not DICOM, or unreadable: the image reader says why)
+        ds = read_dataset(path, stop_before_pixels=True)
+    except ImageReadError:  # not DICOM, or unreadable: the image reader says why
         return {"age": None, "sex": None, "view": None}
     return dicom_tags(ds)
-
-
-def dicom_tags(ds) -> dict:
-    """``{"age", "sex", "view"}``: a pydicom dataset's ``PatientAge``, ``PatientSex`` and
-    ``ViewPosition`` as stored (None where absent)."""
-    return {"age": ds.get("PatientAge"), "sex": ds.get("PatientSex"),
-            "view": ds.get("ViewPosition")}
 
 
 @dataclass
@@ -222,7 +218,7 @@ def resolve_metadata(files: Sequence[str | Path], table: pd.DataFrame | None = N
             _fill(values, dicom_metadata(path), found, "DICOM tags")
         clean = {"age": parse_age(values["age"]), "sex": parse_sex(values["sex"]),
                  "view": parse_view(values["view"])}
-        lacking = [k for k in FIELDS if clean[k] is None or (k == "age" and math.isnan(clean[k]))]
+        lacking = [k for k in FIELDS if clean[k] is None or (k == "age" and math.isnan(clean[k]))]  # type: ignore[arg-type]
         if lacking:
             missing[str(f)] = lacking
         if found:

@@ -109,7 +109,7 @@ class LabelFileReport:
         return "\n".join(lines)
 
 
-def _line(row_index: int) -> int:
+def _line(row_index: int | np.integer) -> int:
     """1-based line number of a data row in a file with one header line."""
     return int(row_index) + 2
 

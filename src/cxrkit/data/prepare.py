@@ -175,7 +175,7 @@ def _check_writable(out: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".cxrkit-write-test-"):
             pass
     except OSError as e:
-        why = _OUTPUT_ERRNOS.get(e.errno, e.strerror or type(e).__name__)
+        why = _OUTPUT_ERRNOS.get(e.errno, e.strerror or type(e).__name__)  # type: ignore[arg-type]
         raise WriteError(f"cannot write the prepared folder {out}: {why} (prepare needs a "
                          "folder it may create and write; choose another --out)") from None
 

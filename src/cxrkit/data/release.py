@@ -105,7 +105,7 @@ def load_release(root: str | Path, *, label_file: str | Path | None = None,
                                  f"file {label_path}, e.g. {quote_list(sorted(unknown))}")
         box_report = check_boxes(boxes, labels, box_path)
 
-    lists = {}
+    lists: dict[str, list[str] | None] = {}
     for key, explicit, name in (("train_val", train_val_list, TRAIN_VAL_NAME),
                                 ("test", test_list, TEST_NAME)):
         p = Path(explicit) if explicit else _find(root, (name,))

@@ -98,8 +98,8 @@ __all__ = ["FIELD_TYPES", "FORMAT", "CheckpointError", "check_fields", "load_che
 
 def rng_state() -> dict:
     """Python, numpy and torch RNG states as checkpoint-safe values."""
-    np_state = np.random.get_state()
-    state = {
+    np_state: tuple = np.random.get_state()  # type: ignore[assignment]  # the legacy tuple form
+    state: dict = {
         "python": repr(random.getstate()),
         "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},

@@ -37,6 +37,8 @@ def positive_weights(labels: np.ndarray, *, max_weight: float = 100.0) -> torch.
 class MaskedBCE(nn.Module):
     """Binary cross-entropy on logits, NaN labels masked, optional positive weights."""
 
+    pos_weight: torch.Tensor | None  # a buffer (register_buffer)
+
     def __init__(self, pos_weight: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("pos_weight", pos_weight if pos_weight is not None else None)
@@ -51,6 +53,8 @@ class MaskedBCE(nn.Module):
 
 class MaskedFocal(nn.Module):
     """Focal loss on logits (``gamma`` focusing, optional positive weights), NaN masked."""
+
+    pos_weight: torch.Tensor | None  # a buffer (register_buffer)
 
     def __init__(self, gamma: float = 2.0, pos_weight: torch.Tensor | None = None):
         super().__init__()

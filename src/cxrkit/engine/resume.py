@@ -12,6 +12,7 @@ resume; :func:`start_run_folder` writes ``config.yaml`` once the run is built (a
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from cxrkit.artefacts import RunFolder, make_folder, write_csv
 from cxrkit.config import RESUMABLE, RunConfig, config_differences
@@ -33,7 +34,7 @@ def check_resume(cfg: RunConfig, *, resume: bool = True) -> dict | None:
     was made with settings other than ``cfg`` in any key outside
     :data:`cxrkit.config.RESUMABLE`.
     """
-    run = RunFolder(cfg.out)
+    run = RunFolder(Path(cfg.out))
     if not resume or not run.last.exists():
         return None
     ck = load_checkpoint(run.last)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from cxrkit.artefacts import RunFolder
 from cxrkit.config import RunConfig
 from cxrkit.data.dataset import CXRDataset
+from cxrkit.data.prepare import Prepared
 from cxrkit.data.preprocessing import Preprocessing
 from cxrkit.engine import distributed
 from cxrkit.engine.precision import Precision
@@ -29,7 +31,7 @@ class RunData:
     """What :func:`~cxrkit.engine.train.load_data` read: the prepared folder, the split, the
     train and validation datasets (and the box images moved into training, if any)."""
 
-    prepared: object
+    prepared: Prepared
     findings: tuple[str, ...]
     train: CXRDataset
     val: CXRDataset
@@ -55,12 +57,12 @@ class Training:
     train_tf: object
     eval_tf: object
     precision: Precision
-    scaler: object
+    scaler: Any
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer | None
-    scheduler: object
+    scheduler: Any
     sched_step: object        #: per-step scheduler hook, or None (plateau steps per epoch)
-    sampler: object           #: DistributedSampler of the training set, or None
+    sampler: Any              #: DistributedSampler of the training set, or None
     val_loader: object
     per_rank: int             #: training batch per rank
     aux: object               #: box-supervision loss, or None

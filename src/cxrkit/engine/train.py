@@ -24,6 +24,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -189,7 +190,7 @@ def load_data(cfg: RunConfig) -> RunData:
     train_boxes = None  # in cache pixels (crop and resize applied)
     if prepared.boxes is not None:
         boxes = prepared.boxes_in_pixels()
-        train_boxes = boxes[boxes["image_id"].isin(train_t["image_id"])].reset_index(drop=True)
+        train_boxes = boxes[boxes["image_id"].isin(train_t["image_id"])].reset_index(drop=True)  # type: ignore[index]  # not None when prepared.boxes is not
     log.info("data: %d train / %d val images, %d findings, split %s (%s)", len(train_t),
              len(val_t), len(findings), split_path, prov.get("protocol", "custom"))
     return RunData(prepared=prepared, findings=findings,
@@ -245,14 +246,15 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
     train_tf, eval_tf = presets(
         preprocessing, augment=AugmentSettings(hflip=dc.hflip) if dc.augment else NO_AUGMENT)
     if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits it
     precision = Precision.choose(tc.amp, device)
     scaler = torch.amp.GradScaler("cuda") if precision.scaler else None
     pos_w = positive_weights(data.train.labels.numpy()) if tc.pos_weight else None
     loss_fn = make_loss(tc.loss, pos_weight=pos_w, gamma=tc.focal_gamma).to(device)
 
     world_batch = dc.batch_size
-    sampler = val_sampler = None
+    sampler: Any = None
+    val_sampler: Any = None
     if d.enabled:
         from torch.utils.data.distributed import DistributedSampler
         sampler = DistributedSampler(data.train, num_replicas=d.world_size, rank=d.rank,
@@ -274,7 +276,7 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if device.type == "cuda" else None)
     if tc.compile:
-        net = torch.compile(net)
+        net = torch.compile(net)  # type: ignore[assignment]  # a Module when given one
 
     aux = None
     if cfg.model.box_supervision > 0:
@@ -282,7 +284,7 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
 
         aux = box_supervision_loss(cfg, data, preprocessing)
     return Training(
-        cfg=cfg, dist=d, device=device, run=RunFolder(cfg.out), data=data, model=model,
+        cfg=cfg, dist=d, device=device, run=RunFolder(Path(cfg.out)), data=data, model=model,
         net=net, freeze=freeze, preprocessing=preprocessing,
         train_tf=train_tf, eval_tf=eval_tf, precision=precision, scaler=scaler,
         loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, sched_step=sched_step,
@@ -296,7 +298,7 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
 # -- the epochs ------------------------------------------------------------------------
 def _checkpoint(t: Training, s: TrainState, epoch: int, metrics: dict) -> dict:
     return {
-        "model": t.model.state_dict(), "model_config": t.model.cxr_config.to_dict(),
+        "model": t.model.state_dict(), "model_config": t.model.cxr_config.to_dict(),  # type: ignore[union-attr, operator]
         "findings": list(t.data.findings), "preprocess": t.preprocessing.to_dict(),
         "config": t.cfg.to_dict(),
         "split": {"path": str(t.data.split_path), "sha256": t.data.split_sha256},

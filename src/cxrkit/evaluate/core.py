@@ -104,7 +104,8 @@ def ranking_section(pred: Predictions, findings, *, n: int, seed: int, level: fl
 def threshold_section(fit: Predictions, test: Predictions, findings) -> tuple[dict, dict]:
     """Thresholds chosen on ``fit`` (validation) per method, and their metrics on ``test``."""
     choose = {"youden": youden_threshold, "max_f1": max_f1_threshold}
-    thresholds, applied = {}, {}
+    thresholds: dict = {}
+    applied: dict = {}
     for method, fn in choose.items():
         thresholds[method] = {f: _f(fn(fit.labels[:, j], fit.probs[:, j]))
                               for j, f in enumerate(findings)}
@@ -182,7 +183,7 @@ def ood_section(pred: Predictions, findings, record: dict) -> dict:
     from cxrkit.metrics import auroc_per_finding
     from cxrkit.ood import record_summary
 
-    flag = pred.ood_flag
+    flag: np.ndarray = pred.ood_flag  # type: ignore[assignment]  # the caller checks ood_score is not None
     keep = ~flag
     all_auc = auroc_per_finding(pred.labels, pred.probs)
     kept_auc = (auroc_per_finding(pred.labels[keep], pred.probs[keep]) if keep.sum() >= 2
@@ -190,7 +191,7 @@ def ood_section(pred: Predictions, findings, record: dict) -> dict:
     return {"n_images": int(len(flag)), "n_flagged": int(flag.sum()),
             "fraction_flagged": _f(flag.mean()) if len(flag) else None,
             "flagged_images": pred.table.loc[flag, "image_id"].tolist()[:200],
-            "score_quantiles": {q: _f(np.percentile(pred.ood_score, float(q)))
+            "score_quantiles": {q: _f(np.percentile(pred.ood_score, float(q)))  # type: ignore[arg-type]
                                 for q in ("50", "90", "99")},
             "mean_auroc_all": _f(mean_defined(all_auc)),
             "mean_auroc_without_flagged": _f(mean_defined(kept_auc)),

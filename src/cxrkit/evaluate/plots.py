@@ -150,7 +150,7 @@ def auroc_forest(metrics: dict) -> Figure:
         if r["lo"] is not None:
             ax.plot([r["lo"], r["hi"]], [y, y], color="C0", lw=2, alpha=0.6)
         ax.plot(r["value"], y, "o", color="C0")
-    markers = {}
+    markers: dict = {}
     for row in metrics.get("published", []):
         if row["finding"] not in findings:
             continue

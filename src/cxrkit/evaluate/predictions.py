@@ -61,7 +61,7 @@ def predict_split(lm: LoadedModel, data: HeldOut, split: str, *, tta: str = "non
                                                    "view"]].reset_index(drop=True),
                        labels=ds.labels.numpy().astype(np.float64),
                        logits=np.concatenate(parts).astype(np.float64),
-                       ood_score=None if any(o is None for o in ood) else np.concatenate(ood))
+                       ood_score=None if any(o is None for o in ood) else np.concatenate(ood))  # type: ignore[arg-type]
 
 
 
@@ -70,7 +70,7 @@ def predictions_frame(pred: Predictions, findings) -> pd.DataFrame:
     df = pred.table.copy()
     probs = pred.probs
     for j, f in enumerate(findings):
-        df[f] = pd.array(np.where(np.isnan(pred.labels[:, j]), None,
+        df[f] = pd.array(np.where(np.isnan(pred.labels[:, j]), None,  # type: ignore[call-overload]
                                   pred.labels[:, j]), dtype="Int64")
     for j, f in enumerate(findings):
         df[f"p_{f}"] = probs[:, j]

@@ -250,7 +250,7 @@ def _finding_record(m, s: ExpertSet, images: pd.DataFrame, labels, probs, fit_la
     rows = pd.DataFrame({"set": s.name, "image_id": ids, "patient_id": img["patient_id"].to_numpy(),
                          "part": img["part"].to_numpy(), "finding": m.expert,
                          "radiologists": y_rad.astype(int),
-                         "nih": pd.array(np.where(np.isnan(y_nih), None, y_nih), dtype="Int64"),
+                         "nih": pd.array(np.where(np.isnan(y_nih), None, y_nih), dtype="Int64"),  # type: ignore[call-overload]
                          "score": np.nan if score is None else score})
     return rec, rows
 
@@ -279,7 +279,7 @@ def radiologists_section(expert: ExpertLabels, test, fit, findings, *, split: st
         images = s.labels[s.labels["image_id"].isin(evaluated)].reset_index(drop=True)
         counts = {part: int((images["part"] == part).sum()) for part in sorted(set(s.labels["part"]))}
         totals = s.labels["part"].value_counts().to_dict()
-        rec = {"reference": s.reference, "citation": s.citation, "files": s.files,
+        rec: dict = {"reference": s.reference, "citation": s.citation, "files": s.files,
                "images_in_split": len(images), "images_in_set": len(s.labels),
                "by_file": {p: {"in_split": counts[p], "in_set": int(totals[p])} for p in counts},
                "findings": [], "notes": list(s.notes)}

@@ -378,6 +378,9 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
     loc = localization_section(run_dir)
     if loc:
         s.append("<h2>Localisation against NIH's boxes</h2>" + loc)
+    from cxrkit.audit.report import audit_html   # late: the audit imports this module
+
+    s.append(audit_html(run_dir))
     s += [x for x in extra_sections if x]   # e.g. against radiologists, error gallery
     s.append("<h2>Configuration and provenance</h2>")
     prov = {k: metrics[k] for k in ("checkpoint", "checkpoint_sha256", "prepared", "split_file",

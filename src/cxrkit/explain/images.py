@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json, writes_into_run
+from cxrkit.data.decoder import DecodeLimits, Decoder, default_workers
 from cxrkit.data.metadata import metadata_vector
 from cxrkit.explain.overlay import overlay, write_map, write_png
 from cxrkit.explain.saliency import METHODS, attention_maps, finding_targets, saliency_maps
@@ -61,7 +62,8 @@ def _chosen(lm: LoadedModel, probs: np.ndarray, findings, top_k: int) -> list[li
 def explain_cached(lm: LoadedModel, images, names: Sequence[str],
                    out: str | Path | None = None, *, sources: Sequence[str] | None = None,
                    method: str = "gradcam", findings=None, top_k: int = 3, meta=None,
-                   batch_size: int = 8, progress: bool = True) -> pd.DataFrame:
+                   batch_size: int = 8, progress: bool = True,
+                   errors: dict[str, str] | None = None) -> pd.DataFrame:
     """Explain cache-stage ``uint8`` images ``(N, 1, S, S)`` named ``names``; write ``out``.
 
     ``images``: a tensor, or a function ``(start, stop) -> tensor`` so that a whole split
@@ -69,6 +71,8 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
     on every image; None: each image's ``top_k`` most probable findings. ``out``: default
     the run folder's ``explain`` (where the evaluation report looks). Returns the index
     table (also ``index.csv``), with the folder written in ``index.attrs["out"]``.
+    ``errors``: inputs that could not be read (input -> reason), written to ``errors.csv``
+    and ``index.json`` and kept in ``index.attrs["errors"]``.
     """
     get = images if callable(images) else (lambda a, b: images[a:b])
     if method not in METHODS:
@@ -117,7 +121,7 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
     write_csv(index, out / "index.csv")
     write_json({
-        "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name, "method": method,
+        "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name, "method": method,  # type: ignore[union-attr]
         "findings": "given: " + ", ".join(map(str, findings if isinstance(findings, (list, tuple))
                                               else [findings])) if findings is not None
         else f"each image's {top_k} most probable",
@@ -131,8 +135,13 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
         "map_units": "per-map scaled to [0, 1]; cache-stage image pixels (see "
                      "cxrkit.explain.saliency)",
         "cache_size": size,
+        "errors": dict(errors or {}),
     }, out / "index.json")
+    if errors:
+        write_csv(pd.DataFrame({"image": list(errors), "error": list(errors.values())}),
+                  out / "errors.csv")
     index.attrs["out"] = str(out)
+    index.attrs["errors"] = dict(errors or {})
     return index
 
 
@@ -150,22 +159,32 @@ def _unique_stems(names: Sequence[str]) -> list[str]:
 def explain_images(checkpoint, images: Sequence, out: str | Path | None = None, *,
                    method: str = "gradcam", findings=None, top_k: int = 3,
                    batch_size: int = 8, device: str | None = None,
-                   precision: str | None = None, progress: bool = True) -> pd.DataFrame:
+                   precision: str | None = None, progress: bool = True,
+                   limits: DecodeLimits | None = None) -> pd.DataFrame:
     """Image files (PNG, JPEG, DICOM) -> overlays, maps and ``index.csv`` in ``out``.
 
     Each image goes through the checkpoint's own cache stage first, so overlays show
-    what the model saw (before its resize/crop).
+    what the model saw (before its resize/crop). Files are decoded in worker processes
+    under ``limits`` (:class:`cxrkit.data.decoder.Decoder`); one that cannot be read (or
+    is missing) is logged, listed in ``errors.csv``/``index.json`` and
+    ``index.attrs["errors"]``, and every other image is still explained.
     """
     lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device,
                                                                        precision=precision)
     paths = [Path(p) for p in images]
-    for p in paths:
-        if not p.exists():
-            raise FileNotFoundError(f"image not found: {p}")
-    x = lm.load_images(paths)
-    return explain_cached(lm, x, [p.name for p in paths], out, sources=[str(p) for p in paths],
-                          method=method, findings=findings, top_k=top_k,
-                          batch_size=batch_size, progress=progress)
+    with Decoder(default_workers(len(paths)), limits=limits) as decoder:
+        decoded = list(decoder.imap(paths, cache=lm.preprocessing.cache))
+    good = [(p, d.image) for p, d in zip(paths, decoded, strict=True) if d.image is not None]
+    errors = {str(p): d.error or "" for p, d in zip(paths, decoded, strict=True)
+              if d.image is None}
+    for p, why in errors.items():
+        log.warning("explain: %s: %s", p, why)
+    s = lm.preprocessing.cache.size
+    x = torch.from_numpy(np.stack([im for _, im in good])[:, None] if good
+                         else np.zeros((0, 1, s, s), np.uint8))
+    return explain_cached(lm, x, [p.name for p, _ in good], out,
+                          sources=[str(p) for p, _ in good], method=method, findings=findings,
+                          top_k=top_k, batch_size=batch_size, progress=progress, errors=errors)
 
 
 @writes_into_run("cxrkit explain")

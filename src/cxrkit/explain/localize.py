@@ -97,7 +97,7 @@ def boxed_pairs(lm: LoadedModel, data, split: str) -> tuple[pd.DataFrame, dict, 
         notes.append(f"box fold {data.box_fold}: {counts['box_images_moved_to_train_by_box_fold']} "
                      "box images were moved into training by the run and are excluded; only "
                      "the box images left in test are scored")
-    other = {s: n for s, n in counts["box_images_in_other_splits"].items()}
+    other = {s: n for s, n in counts["box_images_in_other_splits"].items()}  # type: ignore[attr-defined]
     if other:
         notes.append(f"box images outside split {split!r} are not scored: {other}")
     if counts["boxes_of_findings_not_in_model"]:
@@ -133,7 +133,7 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
                                                                        precision=precision)
     if method == "attention" and not hasattr(lm.model, "attention_maps"):
         raise ValueError(f"method 'attention' needs a model with its own attention maps "
-                         f"(gaussian_attention); {lm.model.cxr_config.name} has none")
+                         f"(gaussian_attention); {lm.model.cxr_config.name} has none")  # type: ignore[union-attr]
     data = load_held_out(lm, prepared)
     boxes, counts, notes = boxed_pairs(lm, data, split)
     if limit is not None:
@@ -159,7 +159,7 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
         meta = metadata_vector(labels.loc[ids].reset_index()) if lm.metadata else None
         wanted = [lm.findings.index(f) for f in chunk["finding"]]
         if method == "attention":
-            maps = attention_maps(lm, images)[np.arange(len(ids)), wanted]
+            maps = attention_maps(lm, images)[np.arange(len(ids)), wanted]  # type: ignore[index]  # an attention model: checked above
         else:
             maps = saliency_maps(lm, images, wanted, method=method, meta=meta,
                                  batch_size=batch_size)
@@ -184,7 +184,7 @@ def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradc
     write_csv(comparison_table(summary, published), out / "accuracy.csv")
     write_csv(pointing_table(summary), out / "pointing.csv")
     record = {
-        "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name,
+        "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name,  # type: ignore[union-attr]
         "method": method, "split": split, "protocol": data.protocol,
         "split_file": str(data.split_path), "box_fold": data.box_fold,
         "prepared": str(data.prepared.root),

@@ -184,7 +184,7 @@ def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
     model.to(dev).eval()
     info = {k: ck.get(k) for k in ("config", "split", "versions", "epoch", "metrics")}
     lm = LoadedModel(
-        model, tuple(ck.get("findings") or model.cxr_config.findings), preprocessing,
+        model, tuple(ck.get("findings") or model.cxr_config.findings), preprocessing,  # type: ignore[union-attr, arg-type]
         metadata=int(ck["model_config"].get("meta_features", 0)) > 0, device=dev,
         checkpoint=path, checkpoint_info=info)
     lm.forward = choose_forward(lm, precision)

@@ -118,6 +118,9 @@ def _graph(lm):
     import torch
 
     class OnnxGraph(torch.nn.Module):
+        rows: torch.Tensor  # buffers (register_buffer)
+        cols: torch.Tensor
+
         def __init__(self):
             super().__init__()
             self.model = lm.model
@@ -168,7 +171,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     check_writable(out)
     graph = _graph(lm)
     s = lm.preprocessing.cache.size
-    example = (torch.zeros(2, 1, s, s, dtype=torch.uint8),)
+    example: tuple = (torch.zeros(2, 1, s, s, dtype=torch.uint8),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     shapes: tuple = ({0: batch},)
     inputs = {"image": f"uint8 (batch, 1, {s}, {s}): the cache-stage image"}
@@ -193,12 +196,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     except Exception as e:
         log.debug("exporter output:\n%s", printed.getvalue())
         raise RuntimeError(f"ONNX export of {lm.checkpoint} (model "
-                           f"{lm.model.cxr_config.name}) failed: {type(e).__name__}: "
+                           f"{lm.model.cxr_config.name}) failed: {type(e).__name__}: "  # type: ignore[union-attr]
                            f"{str(e).splitlines()[0] if str(e) else ''}") from e
     record = {
         "preprocess": lm.preprocess_record(), "findings": list(lm.findings),
         "thresholds": lm.thresholds, "thresholds_source": lm.thresholds_source,
-        "model": lm.model.cxr_config.to_dict(), "checkpoint": str(lm.checkpoint),
+        "model": lm.model.cxr_config.to_dict(), "checkpoint": str(lm.checkpoint),  # type: ignore[union-attr, operator]
         "checkpoint_sha256": lm.checkpoint_sha256, "opset": opset,
         "versions": versions("onnx", "onnxruntime", "onnxscript"), "inputs": inputs,
         "outputs": {"logits": f"float32 (batch, {len(lm.findings)})",

@@ -26,6 +26,7 @@ field are listed in ``Predictions.metadata_missing`` and in a warning.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import json
 import os
@@ -37,8 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.artefacts import atomic_path, csv_row, write_text
+from cxrkit.data.decoder import DecodeLimits, Decoder, default_workers
 from cxrkit.data.dicom import DICOM_EXTENSIONS, is_dicom
-from cxrkit.data.images import IMAGE_EXTENSIONS, ImageReadError
+from cxrkit.data.images import IMAGE_EXTENSIONS, os_reason, walk_files
 from cxrkit.inference.predictor import DEFAULT_THRESHOLD
 from cxrkit.messages import require_count
 from cxrkit.metrics import sigmoid
@@ -70,8 +72,11 @@ def collect_inputs(items: Sequence[str | Path]) -> Inputs:
     """Files, folders and globs (``**`` recurses) -> image files, in the order given.
 
     A folder is searched recursively for :data:`SUPPORTED_EXTENSIONS` (hidden entries
-    skipped, names sorted); a pattern expands with :func:`glob.glob`. The same file named
-    twice is predicted once.
+    skipped, names sorted) by :func:`cxrkit.data.images.walk_files`, which enters each
+    folder once: links to ``.`` or to a parent cannot make it loop. A pattern expands like
+    :func:`glob.glob`, its ``**`` by that same walk. The same file named twice is predicted
+    once. A link to itself, a broken link or a FIFO named (or found with an image name) is
+    an input with its reason, i.e. an error row.
     """
     out, seen = Inputs(), set()
 
@@ -85,18 +90,19 @@ def collect_inputs(items: Sequence[str | Path]) -> Inputs:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            found = _search_folder(path, out.skipped)
+            found = _search_folder(path, out)
             if not found:
                 out.problems.append((text, "folder holds no PNG, JPEG or DICOM files"))
             for p in found:
                 add(p)
         elif path.exists():
             add(path)
+        elif os.path.islink(text):  # a link to itself, or a broken one
+            out.problems.append((text, _link_reason(text)))
         elif glob.has_magic(text):
-            matches = sorted(glob.glob(text, recursive=True))
             files = []
-            for m in map(Path, matches):
-                files.extend(_search_folder(m, out.skipped) if m.is_dir() else [m])
+            for m in _expand(text, out):
+                files.extend(_search_folder(m, out) if m.is_dir() else [m])
             if not files:
                 out.problems.append((text, "no file matches this pattern"))
             for p in files:
@@ -106,19 +112,71 @@ def collect_inputs(items: Sequence[str | Path]) -> Inputs:
     return out
 
 
-def _search_folder(root: Path, skipped: list[Path]) -> list[Path]:
+def _link_reason(path: str) -> str:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return os_reason(e, path)
+    return "not a regular file"
+
+
+def _expand(pattern: str, out: Inputs) -> list[Path]:
+    """The paths ``pattern`` matches, sorted. Without ``**``: :func:`glob.glob` (one folder
+    level per part: bounded). With it: the folder before the first wildcard is walked once
+    (:func:`walk_files`, loop-proof) and each file matched part by part (``**`` = any
+    number of folders), since ``glob``'s own ``**`` follows linked folders into loops."""
+    if "**" not in pattern:
+        return [Path(m) for m in sorted(glob.glob(pattern))]
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    if not base.is_dir():
+        return []
+    rest = parts[fixed:]
     found = []
-    for folder, dirs, names in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            p = Path(folder) / name
-            suffix = p.suffix.lower()
-            if suffix in SUPPORTED_EXTENSIONS or (not suffix and is_dicom(p)):
-                found.append(p)
+    for path, reason in walk_files(base):
+        rel = Path(path).relative_to(base).parts
+        if _match(rest, rel):
+            if reason:
+                if Path(path).suffix.lower() in SUPPORTED_EXTENSIONS:
+                    out.problems.append((path, reason))
             else:
-                skipped.append(p)
+                found.append(Path(path))
+    return found
+
+
+def _match(pattern: Sequence[str], parts: Sequence[str]) -> bool:
+    """``parts`` (a relative path) matched by ``pattern`` part by part; ``**`` matches zero
+    or more whole parts, other parts as :func:`fnmatch.fnmatchcase`."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_match(rest, parts[i:]) for i in range(len(parts) + 1)) or not rest
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and _match(rest, parts[1:])
+
+
+def _search_folder(root: Path, out: Inputs) -> list[Path]:
+    """Image files under ``root`` (by extension, or extension-less DICOM), in walk order;
+    other files go to ``out.skipped``, bad entries with an image name to ``out.problems``."""
+    found = []
+    try:
+        entries = list(walk_files(root))
+    except PermissionError as e:
+        out.problems.append((str(root), str(e)))
+        return []
+    for path, reason in entries:
+        p = Path(path)
+        suffix = p.suffix.lower()
+        if reason:
+            if suffix in SUPPORTED_EXTENSIONS:
+                out.problems.append((path, reason))
+            else:
+                out.skipped.append(p)
+        elif suffix in SUPPORTED_EXTENSIONS or (not suffix and is_dicom(p)):
+            found.append(p)
+        else:
+            out.skipped.append(p)
     return found
 
 
@@ -192,19 +250,19 @@ class Predictions:
                                 *self.findings]))
             for i, name in enumerate(self.images):
                 flag = self.ood_flag(i)
-                score = "" if flag is None else repr(float(self.ood_score[i]))
+                score = "" if flag is None else repr(float(self.ood_score[i]))  # type: ignore[index]  # a flag implies a score
                 w.writerow(csv_row([name, self.errors.get(name, ""), ";".join(self.flagged(i)),
                                     score, "" if flag is None else str(flag),
                                     *("" if np.isnan(v) else repr(float(v))
                                       for v in self.probabilities[i])]))
 
     def to_dict(self) -> dict:
-        rows = []
+        rows: list[dict] = []
         for i, name in enumerate(self.images):
             if name in self.errors:
                 rows.append({"image": name, "error": self.errors[name]})
             else:
-                score = None if self.ood_flag(i) is None else float(self.ood_score[i])
+                score = None if self.ood_flag(i) is None else float(self.ood_score[i])  # type: ignore[index]  # a flag implies a score
                 rows.append({"image": name, "flagged": self.flagged(i), "ood_score": score,
                              "ood_flag": self.ood_flag(i),
                              "probabilities": dict(zip(self.findings,
@@ -251,8 +309,8 @@ class Predictions:
                 flagged += f" +{len(names) - top} more"
             best = ", ".join(f"{self.findings[j]} {p[j]:.2f}"
                              for j in np.argsort(-p, kind="stable")[:top])
-            ood = self.ood_flag(i)
-            ood = "-" if ood is None else (f"YES {self.ood_score[i]:.1f}" if ood else "no")
+            flag = self.ood_flag(i)
+            ood = "-" if flag is None else (f"YES {self.ood_score[i]:.1f}" if flag else "no")  # type: ignore[index]
             lines.append(f"{short:<{width}}  {ood:<9}  {flagged or '-':<44}  {best}")
         if len(self.images) > limit:
             lines.append(f"... and {len(self.images) - limit} more images (write them all "
@@ -270,13 +328,20 @@ def _short(name: str) -> str:
 
 
 def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "none",
-                  batch_size: int = 16, progress: bool = True,
-                  metadata=None) -> Predictions:
+                  batch_size: int = 16, progress: bool = True, metadata=None,
+                  decoder: Decoder | None = None, limits: DecodeLimits | None = None,
+                  workers: int | None = None) -> Predictions:
     """Predict every file of ``inputs`` with ``model`` (a :class:`~cxrkit.inference.predictor.Predictor`).
 
-    Files are decoded and cache-preprocessed one at a time (so one bad file fails alone)
-    and run through the network ``batch_size`` at a time. Unreadable files and inputs that
-    named no file become rows with an ``error``. ``metadata``: a CSV path or a table
+    Files are decoded and cache-preprocessed in worker processes
+    (:class:`cxrkit.data.decoder.Decoder`: a deadline and a memory bound per file, so a
+    hostile file fails alone and cannot hang or exhaust the run) while the network runs
+    on the previous ``batch_size`` images; results keep the input order. Unreadable files
+    and inputs that named no file become rows with an ``error``; every good file is still
+    predicted. ``decoder``: one already started (the CLI starts it before loading the
+    model, so worker start-up overlaps it); else one is made with ``limits`` and
+    ``workers`` (default :func:`~cxrkit.data.decoder.default_workers`) and closed at the
+    end. ``metadata``: a CSV path or a table
     (:func:`cxrkit.data.metadata.read_metadata_csv`'s columns) of age/sex/view, used only by
     models trained with metadata (see the module docstring).
     """
@@ -301,29 +366,43 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
     meta, missing = _file_metadata(model, files, metadata)
     bar = tqdm(total=len(files), unit="image", desc="predict", leave=False,
                disable=not progress or len(files) < 2)
-    with bar:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            cached, ok, rows = [], [], []
-            for k, f in enumerate(chunk):
+    pending: list[tuple[int, int, np.ndarray]] = []  # (row of names, index in files, image)
+
+    def flush():
+        if not pending:
+            return
+        rows = [k for _, k, _ in pending]
+        mm = None if meta is None else meta[rows]
+        z, result = model.score_cached(np.stack([im for _, _, im in pending])[:, None], mm,
+                                       tta=tta)
+        for j, ((row, _, _), p) in enumerate(zip(pending, sigmoid(z), strict=True)):
+            probs[row] = p
+            if result is not None:
+                ood[row] = float(result.score[j])
+        pending.clear()
+
+    own = decoder is None and bool(files)  # no files: no worker started
+    if own:
+        decoder = Decoder(workers or default_workers(len(files)), limits=limits)
+    try:
+        with bar:
+            decoded = (decoder.imap(files, cache=model.preprocessing.cache,
+                                    ahead=2 * batch_size) if decoder is not None else iter(()))
+            for k, (f, d) in enumerate(zip(files, decoded, strict=True)):
                 names.append(str(f))
                 probs.append(np.full(len(findings), np.nan))
                 ood.append(np.nan)
-                try:
-                    cached.append(model.cached_batch([f])[0])
-                    ok.append(len(names) - 1)
-                    rows.append(start + k)
-                except (ImageReadError, ValueError, OSError) as e:
-                    errors[str(f)] = e.reason if isinstance(e, ImageReadError) else str(e)
-            if cached:
-                mm = None if meta is None else meta[rows]
-                batch = np.stack(cached)
-                z, result = model.score_cached(batch, mm, tta=tta)
-                for k, (row, p) in enumerate(zip(ok, sigmoid(z), strict=True)):
-                    probs[row] = p
-                    if result is not None:
-                        ood[row] = float(result.score[k])
-            bar.update(len(chunk))
+                if d.image is not None:
+                    pending.append((len(names) - 1, k, d.image))
+                else:
+                    errors[str(f)] = d.error or "not decoded"
+                if len(pending) == batch_size:
+                    flush()
+                bar.update(1)
+            flush()
+    finally:
+        if own and decoder is not None:
+            decoder.close()
     missing = {k: v for k, v in missing.items() if k not in errors}
     return Predictions(findings=findings, images=names,
                        probabilities=np.array(probs).reshape(len(names), len(findings)),

@@ -200,7 +200,10 @@ class Predictor(ABC):
         grey/RGB arrays). ``meta``: patient metadata for a model trained with it: an
         ``(N, 4)`` array, a DataFrame with ``age``/``sex``/``view`` columns, or one dict
         per image (:func:`cxrkit.data.metadata.as_meta_matrix`). Uses the model's own
-        preprocessing.
+        preprocessing. Paths are decoded in this process, with the same readers and their
+        bounds (pixel count, Deflate size, one-line errors) but no deadline: for files from
+        outside use :func:`cxrkit.inference.predict.predict_files` (``cxrkit predict``), which decodes
+        in worker processes under :class:`cxrkit.data.decoder.DecodeLimits`.
         """
         import pandas as pd
 

@@ -42,6 +42,7 @@ import os
 import platform
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def cpu_has_bf16() -> bool:
 def cache_dir() -> Path:
     """Where exported network graphs are kept: ``$CXRKIT_CACHE``, else
     ``$XDG_CACHE_HOME/cxrkit`` (``~/.cache/cxrkit``), subfolder ``onnx``."""
-    root = os.environ.get("CXRKIT_CACHE")
+    root: str | Path | None = os.environ.get("CXRKIT_CACHE")
     if not root:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cxrkit"
     return Path(root) / "onnx"
@@ -140,27 +141,27 @@ class Forward:
 class EagerForward(Forward):
     """torch eager, fp32 or bf16 autocast + channels_last."""
 
-    model: torch.nn.Module = None
+    model: torch.nn.Module = None  # type: ignore[assignment]  # set by __init__
     device: torch.device = torch.device("cpu")
 
     def __post_init__(self):
         self._amp = Precision.choose("bf16" if self.precision == "bf16" else "none", self.device)
         if self.precision == "bf16":
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits it
 
     def __call__(self, x, meta):
         if self.precision == "bf16":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), self._amp.autocast(self.device), tap_features(self.model) as tap:
             logits = self.model(x, meta).float()
-            return logits, tap.take().float()
+            return logits, tap.take().float()  # type: ignore[union-attr]  # a forward just ran
 
 
 @dataclass
 class OrtForward(Forward):
     """The network as an ONNX graph in onnxruntime (CPU), fp32."""
 
-    session: object = None
+    session: Any = None  # an onnxruntime.InferenceSession
     metadata: bool = False
 
     def __call__(self, x, meta):

@@ -4,7 +4,7 @@ Registration happens in the family files imported below (explicitly: importing t
 package is what registers every model, and nothing else does).
 """
 
-from cxrkit.models import attention, backbones, cnn  # noqa: F401  (registers the models)
+from cxrkit.models import attention, backbones, cnn, published  # noqa: F401  (registers the models)
 from cxrkit.models.attention import GaussianAttentionNet, box_attention_loss
 from cxrkit.models.base import ClassifierHead, CXRModel
 from cxrkit.models.freeze import FREEZE_POLICIES, apply_freeze, parameter_layers

@@ -113,7 +113,7 @@ class GaussianAttentionNet(CXRModel):
             self.input_size, self.mean, self.std = 128, XRAY_MEAN, XRAY_STD
             self.saliency_layer, self.first_conv = "backbone.blocks.3", "backbone.blocks.0.conv"
         elif backbone in ARCHS:
-            self.backbone, self.pretrained_source = create_timm_backbone(
+            self.backbone, self.pretrained_source = create_timm_backbone(  # type: ignore[assignment]
                 backbone, in_chans=self.net_in_chans, pretrained=pretrained,
                 backbone_weights=backbone_weights, pretrained_tag=pretrained_tag, **timm_kw)
             channels = self.backbone.num_features
@@ -125,7 +125,7 @@ class GaussianAttentionNet(CXRModel):
         self.classifier = PerFindingHead(channels, self.num_findings,
                                          meta_features=meta_features, drop_rate=drop_rate)
         self._timm = backbone != "conv"
-        self._map_sizes: dict[tuple[int, int], tuple[int, int]] = {}
+        self._map_sizes: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's feature map ``(B, C, H', W')`` (input already prepared)."""
@@ -179,7 +179,7 @@ def box_attention_loss(attention_maps: torch.Tensor, boxes_mask: torch.Tensor) -
                          f"{tuple(boxes_mask.shape)} differ in batch or findings")
     mask = boxes_mask.to(attention_maps.dtype)
     if mask.shape[-2:] != attention_maps.shape[-2:]:
-        mask = F.adaptive_avg_pool2d(mask, attention_maps.shape[-2:])
+        mask = F.adaptive_avg_pool2d(mask, attention_maps.shape[-2:])  # type: ignore[arg-type]  # a Size is a tuple of ints
     has_box = boxes_mask.flatten(2).amax(-1) > 0
     if not bool(has_box.any()):
         return attention_maps.sum() * 0.0

@@ -29,6 +29,7 @@ class ConvBlock(nn.Sequential):
 
     def __init__(self, cin: int, cout: int, *, kernel: int = 3, padding: int | None = None,
                  batchnorm: bool = True, pool: bool = True):
+        layers: dict[str, nn.Module]
         layers = {"conv": nn.Conv2d(cin, cout, kernel, padding=kernel // 2 if padding is None
                                     else padding, bias=not batchnorm)}
         if batchnorm:
@@ -73,12 +74,12 @@ class SmallCNN(CXRModel):
     def __init__(self, *, trunk: dict, pool_size: int, hidden: Sequence[int],
                  drop_rate: float, **common):
         super().__init__(**common)
-        self.backbone = trunk = ConvTrunk(self.net_in_chans, **trunk)
+        self.backbone = net = ConvTrunk(self.net_in_chans, **trunk)
         self.pool = nn.AdaptiveAvgPool2d(pool_size)
-        self.classifier = ClassifierHead(trunk.num_features * pool_size ** 2, self.num_findings,
+        self.classifier = ClassifierHead(net.num_features * pool_size ** 2, self.num_findings,
                                          meta_features=self.meta_features, hidden=hidden,
                                          drop_rate=drop_rate)
-        last = len(trunk.blocks) - 1
+        last = len(net.blocks) - 1
         self.saliency_layer = f"backbone.blocks.{last}"
         self.first_conv = "backbone.blocks.0.conv"
 

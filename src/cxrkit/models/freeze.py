@@ -68,7 +68,7 @@ def apply_freeze(model: nn.Module, policy: str) -> dict:
         for p in module.parameters(recurse=False):
             p.requires_grad_(name not in frozen_names)
     norms = tuple(n for n, m in frozen if isinstance(m, nn.modules.batchnorm._BatchNorm))
-    model._frozen_norms = norms
+    model._frozen_norms = norms  # type: ignore[assignment]  # nn.Module's __setattr__ is typed for tensors and modules
     for name in norms:
         model.get_submodule(name).eval()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

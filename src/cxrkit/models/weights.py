@@ -55,7 +55,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        obj = load_file(str(path), device="cpu")
+        obj: dict = load_file(str(path), device="cpu")
     else:
         try:  # memory-mapped: a big file costs no RAM until its tensors are used
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

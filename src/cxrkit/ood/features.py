@@ -79,7 +79,7 @@ def dataset_features(model, dataset, transform, *, device, metadata: bool, batch
                 x = transform(batch["image"].to(device))
                 meta = batch["meta"].to(device) if metadata else None
                 model(x, meta)
-                feats.append(tap.take().cpu().numpy())
+                feats.append(tap.take().cpu().numpy())  # type: ignore[union-attr]  # a forward just ran
                 images.append(batch["image"].numpy())
     finally:
         model.train(was_training)

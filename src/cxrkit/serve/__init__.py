@@ -4,11 +4,22 @@
 checked and decoded by :mod:`cxrkit.serve.uploads`; :mod:`cxrkit.serve.runner` runs it in
 the foreground or on a background thread. The page is ``static/`` (plain HTML/JS/CSS,
 nothing loaded from the internet).
+
+The names below are imported on first use, so that a decoding worker process can import
+:mod:`cxrkit.serve.uploads` (light: numpy, Pillow, pydicom) without the app's FastAPI and
+torch.
 """
 
-from cxrkit.serve.app import DISCLAIMER, create_app
-from cxrkit.serve.runner import background_server, run_server
-from cxrkit.serve.uploads import UploadError, decode_upload
+import importlib
+
+_WHERE = {"DISCLAIMER": "app", "create_app": "app", "background_server": "runner",
+          "run_server": "runner", "UploadError": "uploads", "decode_upload": "uploads"}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"cxrkit.serve.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'cxrkit.serve' has no attribute {name!r}")
 
 __all__ = ["DISCLAIMER", "UploadError", "background_server", "create_app", "decode_upload",
            "run_server"]

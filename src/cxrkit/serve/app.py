@@ -19,8 +19,10 @@ Uploads are checked by :mod:`cxrkit.serve.uploads`; a refused upload is a 4xx wi
 ``{"detail": "..."}`` naming what was wrong, and the service keeps serving.
 
 Inference is CPU-bound and a PyTorch module with Grad-CAM hooks is not safe to share
-between threads, so decoding runs in Starlette's thread pool (off the event loop, in
-parallel) while the model calls take one lock, one request at a time.
+between threads, so decoding runs off the event loop (a Starlette thread waits on a
+decoding worker process of :class:`cxrkit.data.decoder.Decoder`, under a deadline and a
+memory bound, so a hostile upload gets a 422 and cannot hang or exhaust the service)
+while the model calls take one lock, one request at a time.
 
 Research use only: not a medical device. The page, every response and ``/info`` say so.
 """
@@ -33,6 +35,8 @@ import logging
 import math
 import threading
 import warnings
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +51,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cxrkit.data.decoder import DecodeLimitError, DecodeLimits, Decoder, default_workers
 from cxrkit.data.metadata import FIELDS, parse_age, parse_sex, parse_view
 from cxrkit.inference.core import TTA_MODES, LoadedModel, load
 from cxrkit.messages import quote
@@ -162,7 +167,7 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
-ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
+ERRORS: dict[int | str, dict] = {s: {"model": ErrorResponse, "description": d} for s, d in (
     (400, "empty upload"), (413, "file over max_upload_bytes or image over max_pixels"),
     (415, "not a PNG, JPEG or DICOM image"), (422, "corrupt image, unknown finding, "
                                                   "unreadable age/sex/view or missing file "
@@ -173,11 +178,17 @@ ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
 class Service:
     """One loaded model, its thresholds and a lock; what every endpoint calls."""
 
-    def __init__(self, lm: LoadedModel, *, tta: str, max_upload_bytes: int, max_pixels: int):
+    def __init__(self, lm: LoadedModel, *, tta: str, max_upload_bytes: int, max_pixels: int,
+                 decode_limits: DecodeLimits | None = None, decode_workers: int | None = None):
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
         self.lm, self.tta = lm, tta
         self.max_upload_bytes, self.max_pixels = int(max_upload_bytes), int(max_pixels)
+        limits = decode_limits or DecodeLimits()
+        self.decode_limits = replace(limits, max_pixels=self.max_pixels)
+        # uploads are decoded in worker processes: a hostile file costs one worker
+        self.decoder = Decoder(decode_workers or default_workers(64),
+                               limits=self.decode_limits, preload=("cxrkit.serve.uploads",))
         self.lock = threading.Lock()
         self.thresholds = {f: float(t) for f, t in zip(lm.findings, lm.threshold_vector())}
         notes = []
@@ -185,11 +196,11 @@ class Service:
             notes.append("no thresholds were chosen for this checkpoint (run cxrkit "
                          "evaluate); 'positive' uses 0.5 for every finding")
         if lm.thresholds_mismatch(tta):
-            notes.append(lm.thresholds_mismatch(tta))
+            notes.append(lm.thresholds_mismatch(tta))  # type: ignore[arg-type]  # not None: checked above
         if lm.tta_note(tta):
-            notes.append(lm.tta_note(tta))
+            notes.append(lm.tta_note(tta))  # type: ignore[arg-type]  # not None: checked above
         if lm.ood_note():
-            notes.append(lm.ood_note())
+            notes.append(lm.ood_note())  # type: ignore[arg-type]  # not None: checked above
         self.model_info = ModelInfo(
             model=str(getattr(lm.model.cxr_config, "name", type(lm.model).__name__)),
             checkpoint=lm.checkpoint.name, checkpoint_sha256=lm.checkpoint_sha256,
@@ -198,8 +209,16 @@ class Service:
             warning="; ".join(notes) or None)
 
     def decode(self, data: bytes, filename: str) -> DecodedUpload:
-        return decode_upload(data, filename, max_upload_bytes=self.max_upload_bytes,
-                             max_pixels=self.max_pixels)
+        """The upload checked and decoded in a worker process (:mod:`cxrkit.data.decoder`:
+        a deadline and a memory bound); a bound that is hit is a 422 (413 for memory)."""
+        kwargs = {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels}
+        if not data or len(data) > self.max_upload_bytes:  # refused at once, here
+            return decode_upload(data, filename, **kwargs)
+        try:
+            return self.decoder.call(decode_upload, data, filename, label=filename, **kwargs)
+        except DecodeLimitError as e:
+            raise UploadError(413 if e.kind == "memory" else 422,
+                              f"{filename}: cannot decode: {e.reason}") from None
 
     @staticmethod
     def _parse_field(name: str, raw) -> float | str | None:
@@ -325,7 +344,8 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, tta: str = "none",
                device: str | None = None, thresholds: str | Path | None = None,
-               precision: str | None = None) -> FastAPI:
+               precision: str | None = None, decode_limits: DecodeLimits | None = None,
+               decode_workers: int | None = None) -> FastAPI:
     """The service for one checkpoint (a file, a run folder, or an already loaded model).
 
     ``max_upload_bytes``: largest accepted file; the whole request body is capped at that
@@ -333,17 +353,27 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
     largest image (width x height), checked from the header before decoding. ``tta``:
     test-time augmentation for every request (see :mod:`cxrkit.inference`).
     ``device``/``thresholds``/``precision``: passed to :func:`cxrkit.inference.load` for a
-    path (``precision``: see :mod:`cxrkit.inference.runtime`).
+    path (``precision``: see :mod:`cxrkit.inference.runtime`). ``decode_limits``: the
+    deadline and memory bound of one upload's decoding
+    (:class:`cxrkit.data.decoder.DecodeLimits`; its ``max_pixels`` is this ``max_pixels``);
+    ``decode_workers``: decoding processes (default: half the cores).
     """
     if max_upload_bytes < 1 or max_pixels < 1:
         raise ValueError("max_upload_bytes and max_pixels must be positive")
     lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(
         checkpoint, device=device, thresholds=thresholds, precision=precision)
-    service = Service(lm, tta=tta, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
+    service = Service(lm, tta=tta, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                      decode_limits=decode_limits, decode_workers=decode_workers)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.decoder.close()  # the decoding workers stop with the service
+
     body_limit = max_upload_bytes + FORM_OVERHEAD_BYTES
     # no /docs or /redoc: FastAPI's docs pages load Swagger/ReDoc from a CDN, and the
     # service must work without internet; the schema itself is at /openapi.json
-    app = FastAPI(title="cxrkit", version=_version(),
+    app = FastAPI(title="cxrkit", version=_version(), lifespan=lifespan,
                   docs_url=None, redoc_url=None,
                   description=f"Chest X-ray findings from a cxrkit checkpoint "
                               f"({service.model_info.model}, {lm.checkpoint.name}). "

@@ -18,6 +18,7 @@ request once its headers are complete.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
@@ -63,8 +64,8 @@ class TimeoutH11Protocol(H11Protocol):
     body_timeout: float = BODY_TIMEOUT_S
 
     def connection_made(self, transport) -> None:
-        self._deadline = None
-        self._body_due = None   # loop time by which the current body must be complete
+        self._deadline: asyncio.TimerHandle | None = None
+        self._body_due: float | None = None   # loop time by which the current body must be complete
         super().connection_made(transport)
         self._arm(self.header_timeout)
 
@@ -144,7 +145,7 @@ def server_config(app, *, host: str = "127.0.0.1", port: int = 8000, log_level: 
     """The uvicorn configuration both servers use: h11 with the timeouts above."""
     return uvicorn.Config(app, host=host, port=port, log_level=log_level,
                           http=timeout_protocol(header_timeout, read_timeout, body_timeout),
-                          timeout_keep_alive=KEEP_ALIVE_S, **kwargs)
+                          timeout_keep_alive=KEEP_ALIVE_S, **kwargs)  # type: ignore[arg-type]  # uvicorn takes seconds as float too
 
 
 def run_server(app, *, host: str = "127.0.0.1", port: int = 8000,

@@ -1,11 +1,13 @@
 """Uploaded bytes -> grey ``uint8`` X-ray, or an :class:`UploadError` with its HTTP status.
 
-The web service decodes exactly as training and ``cxrkit predict`` do: the bytes go to a
-private temporary file and through :func:`cxrkit.data.images.read_xray` (PNG/JPEG: RGBA,
-16-bit and palette files become grey the same way). A temporary file rather than a
-second, in-memory decoder, because two decoders would drift apart; it costs one small
-write per request. DICOM goes through :func:`cxrkit.data.dicom.read_dicom` (modality and
-VOI LUTs, MONOCHROME1), recognised by its ``DICM`` preamble.
+The web service decodes exactly as training and ``cxrkit predict`` do, with the same
+readers fed the bytes in memory (no temporary file): PNG/JPEG through
+:func:`cxrkit.data.images.read_xray` (RGBA, 16-bit and palette files become grey the same
+way; EXIF orientation applied), DICOM through :func:`cxrkit.data.dicom.read_dicom`
+(modality and VOI LUTs, MONOCHROME1; Deflate inflated under a bound), recognised by its
+``DICM`` preamble. The service runs :func:`decode_upload` in a worker process of
+:class:`cxrkit.data.decoder.Decoder` (a deadline and a memory bound per upload), so a
+hostile file costs one worker, never the service.
 
 Checks, in order, each naming what was wrong:
 
@@ -24,17 +26,14 @@ Checks, in order, each naming what was wrong:
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from cxrkit.data.dicom import has_dicom_preamble, read_dicom
-from cxrkit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, read_xray
-from cxrkit.data.metadata import dicom_tags
+from cxrkit.data.dicom import dicom_tags, has_dicom_preamble, image_size, read_dataset, read_image
+from cxrkit.data.images import DEFAULT_MAX_PIXELS, ImageReadError
 
 #: Default cap on one uploaded file, bytes. A 16-bit 4300 x 3500 PNG radiograph is about
 #: 20-30 MB; DICOM originals are similar.
@@ -52,6 +51,9 @@ class UploadError(ValueError):
         self.status = status
         self.detail = detail
         super().__init__(detail)
+
+    def __reduce__(self):  # raised in a decoding worker process, re-raised in the service
+        return (type(self), (self.status, self.detail))
 
 
 @dataclass(frozen=True)
@@ -121,32 +123,20 @@ def _probe(data: bytes, name: str, max_pixels: int) -> tuple[str, tuple[int, int
 
 def _dicom_header(data: bytes, name: str) -> tuple[int, int, int, dict]:
     """Columns, Rows, NumberOfFrames and the patient-metadata tags from the DICOM header
-    (pixel data not read)."""
-    import pydicom
-
+    (pixel data not read; a deflated file inflated only as far as its header)."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        tags = dicom_tags(ds)
-    except Exception as e:  # pydicom raises many types for bad headers
-        raise UploadError(422, f"{name}: unreadable DICOM header ({type(e).__name__}: "
-                               f"{e})") from None
-    return cols, rows, frames, tags
+        ds = read_dataset(name, data=data, stop_before_pixels=True)
+        cols, rows, frames = image_size(ds, name)
+    except ImageReadError as e:
+        raise UploadError(422, f"{name}: unreadable DICOM header ({e.reason})") from None
+    return cols, rows, frames, dicom_tags(ds)
 
 
 def _decode(data: bytes, name: str, fmt: str, max_pixels: int) -> np.ndarray:
-    fd, tmp = tempfile.mkstemp(prefix="cxrkit-upload-")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        if fmt == "DICOM":
-            return read_dicom(tmp, max_pixels=max_pixels)
-        return read_xray(tmp, max_pixels=max_pixels)
+        return read_image(name, data=data, max_pixels=max_pixels)
     except ImageReadError as e:
         raise UploadError(422, f"{name}: cannot decode: {e.reason}") from None
-    finally:
-        os.unlink(tmp)
 
 
 __all__ = ["ACCEPTED_FORMATS", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_UPLOAD_PIXELS",

@@ -221,7 +221,7 @@ class Frame:
         ``thickness`` and ``blur`` are in body units, so a line looks the same at any image
         size; lines thinner than a pixel are drawn one pixel wide but fainter.
         """
-        canvas = np.zeros((self.size, self.size), np.float32)
+        canvas: np.ndarray = np.zeros((self.size, self.size), np.float32)
         self.draw_lines(canvas, polylines, thickness, weight)
         sigma = blur * self.size * self.pose.scale / 2
         if sigma > 0.3:
@@ -241,8 +241,8 @@ class Frame:
                        .reshape(n, k, 2))
         else:
             lengths = [len(p) for p in polylines]
-            pts = np.round(self.to_pixels(np.concatenate(polylines)) * 16).astype(np.int32)
-            pts = np.split(pts, np.cumsum(lengths)[:-1])
+            flat = np.round(self.to_pixels(np.concatenate(polylines)) * 16).astype(np.int32)
+            pts = np.split(flat, np.cumsum(lengths)[:-1])
         cv2.polylines(canvas, pts, False, weight * min(1.0, t_px), max(1, int(round(t_px))),
                       cv2.LINE_AA, 4)
 

@@ -99,7 +99,7 @@ def _atelectasis(t: Thorax, rng, severity: float) -> np.ndarray:
     side = _side(rng, 0.5)
     f, a = t.frame, t.anatomy
     x, y = _lung_point(a, rng, side, (0.6, 0.85))
-    mask = np.zeros((f.size, f.size), np.float32)
+    mask: np.ndarray = np.zeros((f.size, f.size), np.float32)
     if rng.uniform() < 0.5:  # plate-like (discoid) atelectasis
         half, tilt = _lerp(0.14, 0.22, severity), rng.uniform(-0.3, 0.3)
         d = np.array([np.cos(tilt), np.sin(tilt)]) * half

@@ -76,6 +76,14 @@ from cxrkit.data.phantoms.labels import (
     noisy_findings,
     write_expert_files,
 )
+from cxrkit.data.phantoms.shortcut import (
+    CHEST_REGIONS,
+    Shortcut,
+    burn_token,
+    chest_region,
+    region_mask_for_file,
+    write_chest_regions,
+)
 from cxrkit.data.splits import random_split
 from cxrkit.labels import BOXED_FINDINGS, FINDINGS, NO_FINDING, canonical_finding
 
@@ -134,7 +142,8 @@ DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient 
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 MANIFEST_NAME = "phantoms_manifest.json"
 #: Bump when the images or labels a seed produces change, so old releases are remade.
-GENERATOR_VERSION = 2   # 2: NIH-style label noise and expert files (phantom_labels)
+GENERATOR_VERSION = 3   # 2: NIH-style label noise and expert files (phantom_labels)
+# 3: chest_regions.npz and the optional planted shortcut (shortcut.py)
 
 
 def rng_stream(seed: int, *key: int) -> np.random.Generator:
@@ -257,21 +266,27 @@ def render_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, se
     generators differ only by the signs of the findings that differ.
     """
     d = draw_phantom(rng, findings, size=size, sex=sex, age=age, view=view, anatomy=anatomy)
-    boxes = {f: box for f, delta in d.deltas.items() if (box := finding_box(delta)) is not None}
-    return d.expose(), boxes
+    return d.expose(), d.boxes()
 
 
 @dataclass(frozen=True)
 class Drawing:
     """A phantom before exposure (:func:`draw_phantom`): ``density`` the summed density
     map, ``deltas`` each drawn finding's own change of density (pixels of this image);
-    ``expose()`` turns it into the 8-bit radiograph :func:`render_phantom` returns."""
+    ``expose()`` turns it into the 8-bit radiograph :func:`render_phantom` returns,
+    ``boxes()`` its findings' boxes; ``lungs`` the lung fields (0..1) of the chest drawn."""
 
     density: np.ndarray
     deltas: dict[str, np.ndarray]
     frame: Frame
     exposure: Exposure
     noise_rng: np.random.Generator
+    lungs: np.ndarray | None = None
+
+    def boxes(self) -> dict[str, Box]:
+        """Each drawn finding's ``(x, y, w, h)`` in pixels (:func:`finding_box`)."""
+        return {f: box for f, delta in self.deltas.items()
+                if (box := finding_box(delta)) is not None}
 
     def expose(self, density: np.ndarray | None = None) -> np.ndarray:
         """The radiograph of ``density`` (default: this drawing's) under this exposure."""
@@ -316,7 +331,8 @@ def draw_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, sex:
         delta = OVERLAYS[f](thorax, sign_rng(f), severity[f])
         density += delta
         deltas[f] = deltas[f] + delta if f in deltas else delta
-    return Drawing(density, deltas, frame, exposure, noise_rng)
+    return Drawing(density, deltas, frame, exposure, noise_rng,
+                   lungs=thorax.lung[-1] + thorax.lung[1])
 
 
 def _expose(density: np.ndarray, e: Exposure, rng: np.random.Generator, frame: Frame) -> np.ndarray:
@@ -405,6 +421,7 @@ def check_image_size(image_size) -> int:
 def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
                   image_size: int = 256, test_fraction: float = 0.25, seed: int = 0,
                   label_noise="moderate", expert_fraction=EXPERT_FRACTION,
+                  shortcut: str | Shortcut | None = None,
                   progress: bool = True) -> PhantomRelease:
     """Write a phantom release in NIH's exact layout to ``out_dir`` (see module docstring).
 
@@ -419,6 +436,10 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     ``{"miss": .., "false_alarm": ..}``); the images show the truth, which goes to
     Google-format expert files for ``expert_fraction`` = (test, train_val) shares of the
     images (``(0, 0)``: none). NIH boxes are drawn only where truth and label agree.
+
+    Every release holds its images' true chest regions (``chest_regions.npz``);
+    ``shortcut`` (``"FINDING:STRENGTH"`` or a :class:`~cxrkit.data.phantoms.shortcut.Shortcut`)
+    plants a spurious token outside the chest (:mod:`cxrkit.data.phantoms.shortcut`).
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
@@ -431,6 +452,10 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
                 "image_size": image_size, "test_fraction": test_fraction, "seed": seed,
                 "label_noise": describe_noise(label_noise),
                 "expert_fraction": [float(x) for x in expert_fraction]}
+    if isinstance(shortcut, str):
+        shortcut = Shortcut.parse(shortcut)
+    if shortcut is not None:
+        settings["shortcut"] = shortcut.record()
     manifest = root / MANIFEST_NAME  # first, so that an interrupted run can be replaced
     existing = existing_release(root, settings)
     if existing is not None:
@@ -454,7 +479,7 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     boxed = _choose_boxes(agreed, test, rng_stream(seed, 0, 1))
 
     anatomy, anatomy_of = None, None  # the current patient's, kept over their follow-ups
-    box_lines = []
+    box_lines, regions, planted = [], {}, 0
     scale = NIH_IMAGE_SIZE / image_size
     for i, row in enumerate(tqdm(cohort.itertuples(index=False), total=len(cohort),
                                  desc="phantoms", unit="img", disable=not progress)):
@@ -462,9 +487,17 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
         if anatomy_of != pid:
             anatomy = sample_anatomy(rng_stream(seed, pid, 1), sex=row.sex, age=row.age)
             anatomy_of = pid
-        image, boxes = render_phantom(rng_stream(seed, pid, 2, row.follow_up), row.findings,
-                                      size=image_size, sex=row.sex, age=row.age, view=row.view,
-                                      anatomy=anatomy)
+        drawing = draw_phantom(rng_stream(seed, pid, 2, row.follow_up), row.findings,
+                               size=image_size, sex=row.sex, age=row.age, view=row.view,
+                               anatomy=anatomy)
+        image, boxes = drawing.expose(), drawing.boxes()
+        chest = chest_region(drawing.lungs)
+        regions[row.image_id] = region_mask_for_file(chest)
+        token_rng = rng_stream(seed, pid, 5, row.follow_up)   # its own stream: images unchanged
+        if shortcut is not None and shortcut.plants(token_rng, in_test=row.image_id in test,
+                                                    published=noisy[i]):
+            image = burn_token(image, chest, token_rng)
+            planted += 1
         folder = root / f"images_{i // IMAGES_PER_FOLDER + 1:03d}" / "images"
         folder.mkdir(parents=True, exist_ok=True)
         ok, png = cv2.imencode(".png", image)
@@ -488,6 +521,7 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     write_ascii(files["train_val"], "\n".join(n for n in names if n not in test))
     write_ascii(files["test"], "\n".join(n for n in names if n in test))
     experts = write_expert_files(root, cohort, noisy, test, seed=seed, fraction=expert_fraction)
+    write_chest_regions(root, regions)
 
     seconds = time.perf_counter() - started
     counts = {f: int(onehot[f].sum()) for f in FINDINGS}
@@ -499,6 +533,9 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
                        "true_finding_counts": {f: int(sum(f in t for t in cohort["findings"]))
                                                for f in FINDINGS},
                        "expert_images": experts,
+                       "chest_regions": {"file": CHEST_REGIONS, "region": "lung fields and the "
+                                         "mediastinum between them (phantoms.shortcut)"},
+                       **({"shortcut_images": planted} if shortcut is not None else {}),
                        "files": {k: p.name for k, p in files.items()}}, manifest)
     log.info("phantoms: %d images in %.1f s (%.0f images/s)", len(cohort), seconds,
              len(cohort) / max(seconds, 1e-9))

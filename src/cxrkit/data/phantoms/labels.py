@@ -95,7 +95,7 @@ def resolve_noise(noise) -> dict[str, tuple[float, float]]:
         return dict(NOISE_PRESETS[noise])
     if not isinstance(noise, dict) or set(noise) != {"miss", "false_alarm"}:
         raise ValueError(f"label noise dict needs exactly 'miss' and 'false_alarm', got {noise!r}")
-    out = {}
+    out: dict = {}
     for f in FINDINGS:
         pair = tuple(float(v[f] if isinstance(v, dict) else v)
                      for v in (noise["miss"], noise["false_alarm"]))
@@ -232,10 +232,10 @@ def write_expert_files(root: str | Path, cohort: pd.DataFrame, noisy: list[tuple
         truth = _all_truth(r["findings"])
         rows.append([r["image_id"], r["patient_id"], *(_yes(truth[f]) for f in ALL_FINDINGS)])
         for j in range(READERS[3]):
-            calls = {f: _read(truth[f], *rates[j][f], rng) for f in ALL_FINDINGS[1:-1]}
-            abnormal = any(calls.values())
+            read = {f: _read(truth[f], *rates[j][f], rng) for f in ALL_FINDINGS[1:-1]}
+            abnormal = any(read.values())
             reader_rows.append([r["image_id"], r["patient_id"], 9_300_000_001 + j,
-                                int(abnormal), *(_yes(calls[f]) for f in ALL_FINDINGS[1:-1]),
+                                int(abnormal), *(_yes(read[f]) for f in ALL_FINDINGS[1:-1]),
                                 "NO"])
     _write_csv(every / FILES["all_findings"]["test"][0], ["Image ID", "Patient ID", *ALL_FINDINGS],
                rows)

@@ -129,7 +129,7 @@ def _render(job: tuple) -> np.ndarray:
         x0, y0 = int(np.floor(x * scale)), int(np.floor(y * scale))
         x1 = max(x0 + 1, int(np.ceil((x + w) * scale)))
         y1 = max(y0 + 1, int(np.ceil((y + h) * scale)))
-        patch = cv2.resize(delta[sy:sy + sh, sx:sx + sw], (x1 - x0, y1 - y0),
+        patch = cv2.resize(delta[sy:sy + sh, sx:sx + sw], (x1 - x0, y1 - y0),  # type: ignore[index]
                            interpolation=cv2.INTER_AREA)
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
         if cx1 > cx0 and cy1 > cy0:
@@ -184,7 +184,8 @@ def _jobs(labels: pd.DataFrame, boxes: pd.DataFrame | None, folder_of: dict[str,
 
 def _chunks(rows: list[tuple]) -> list[list[tuple]]:
     """~CHUNK rows per chunk, never splitting a patient (their anatomy is drawn once)."""
-    out, cur = [], []
+    out: list[list[tuple]] = []
+    cur: list[tuple] = []
     for row in rows:
         if len(cur) >= CHUNK and row[2] != cur[-1][2]:
             out.append(cur)
@@ -263,7 +264,7 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     for key in ("labels", "boxes"):
         header, lines = _lines(sources[key])
         ids = [_first_field(ln) for ln in lines]
-        expected = (real.labels if key == "labels" else real.boxes)["image_id"].tolist()
+        expected = (real.labels if key == "labels" else real.boxes)["image_id"].tolist()  # type: ignore[index]  # boxes: required above
         if ids != expected:
             raise ValueError(f"{sources[key]}: its lines do not match the rows read from it "
                              "(blank or multi-line records?); cannot copy it line by line")
@@ -274,7 +275,7 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
         listed = [n for n in getattr(real, key) if n in names]
         counts[key] = len(listed)
         write_ascii(files[key], "\n".join(listed))
-    n_box_images = int(real.boxes.loc[real.boxes["image_id"].isin(names), "image_id"].nunique())
+    n_box_images = int(real.boxes.loc[real.boxes["image_id"].isin(names), "image_id"].nunique())  # type: ignore[union-attr, index]  # required above
     archives = pd.Series([r[1].split("/")[0] for r in rows]).value_counts().sort_index()
     seconds = time.perf_counter() - started
     write_json({"made_by": "cxrkit.data.twin.make_twin", "complete": True,
