@@ -47,9 +47,11 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+fcntl: Any
 try:
     import fcntl
 except ImportError:  # Windows: folders are not locked

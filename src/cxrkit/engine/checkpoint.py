@@ -61,7 +61,7 @@ def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
 
 
 #: The type of each field a cxrkit checkpoint may hold (absent or None is allowed).
-FIELD_TYPES = {"model": dict, "model_config": dict, "findings": list, "preprocess": dict,
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {"model": dict, "model_config": dict, "findings": list, "preprocess": dict,
                "config": dict, "split": dict, "versions": dict, "optimizer": dict,
                "scheduler": dict, "scaler": dict, "epoch": int, "step": int, "rng": dict,
                "best": (int, float), "bad_epochs": int, "history": list, "metrics": dict,

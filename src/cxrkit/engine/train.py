@@ -464,7 +464,7 @@ def _writing(cfg: RunConfig, d: distributed.Dist):
     ``evaluate`` writing into it)."""
     if not d.is_main:
         return nullcontext()
-    run = RunFolder(cfg.out)
+    run = RunFolder(Path(cfg.out))
     run.check_trainable()
     return folder_lock(run.root, "cxrkit train")
 

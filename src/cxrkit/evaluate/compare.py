@@ -79,6 +79,7 @@ def load_evaluation(path: str | Path, *, split: str = "test", tta: str = "none",
         evaluate_checkpoint(checkpoint, split=split, tta=tta, bootstrap=bootstrap,
                             progress=progress)
         metrics = read_json(metrics_file)
+    assert metrics is not None  # evaluate_checkpoint wrote it
     pred = read_csv(folder / f"predictions_{split}.csv",
                        dtype={"image_id": str, "patient_id": str})
     return checkpoint, metrics, pred

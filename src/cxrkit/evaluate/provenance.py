@@ -44,7 +44,9 @@ def is_runs_own(checkpoint: str | Path, config: dict, prepared: str | Path, out:
     run's own: inside its run folder, on the prepared folder ``config`` (the checkpoint's
     run config) records. Only such an evaluation updates the run's ``thresholds.json``."""
     recorded = ((config or {}).get("data") or {}).get("prepared")
-    return is_inside(out, RunFolder.of(checkpoint).root) and bool(recorded) \
+    if not recorded:
+        return False
+    return is_inside(out, RunFolder.of(checkpoint).root) \
         and os.path.realpath(prepared) == os.path.realpath(recorded)
 
 
