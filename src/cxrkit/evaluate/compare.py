@@ -23,7 +23,6 @@ self-contained ``comparison.html``.
 from __future__ import annotations
 
 import html
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from cxrkit.artefacts import (
     EvaluationFolder,
     RunFolder,
     make_folder,
+    read_json,
     resolve_checkpoint,
     write_csv,
     write_text,
@@ -42,6 +42,7 @@ from cxrkit.artefacts import (
 from cxrkit.evaluate.compare_radiologists import radiologists_comparison
 from cxrkit.evaluate.core import evaluate_checkpoint
 from cxrkit.evaluate.plots import _figure, save_figure
+from cxrkit.evaluate.provenance import stale_reason
 from cxrkit.evaluate.report import CSS, RESEARCH_USE, _img, _table
 from cxrkit.evaluate.text import format_ci, markdown_table
 from cxrkit.metrics import bootstrap_mean, bootstrap_ranking, paired_auroc_difference
@@ -81,29 +82,47 @@ def load_evaluation(path: str | Path, *, split: str = "test", tta: str = "none",
                     evaluate_missing: bool = True, bootstrap: int = 1000,
                     progress: bool = True) -> EvaluatedRun:
     """An evaluation folder as it is; a run (or checkpoint): its evaluation on ``split``,
-    evaluating it first when missing. The name is set by :func:`compare_runs`."""
+    evaluating it first when missing, unreadable or of another checkpoint (trained further
+    since). The name is set by :func:`compare_runs`."""
     path = Path(path)
     checkpoint = None
     if path.is_dir() and EvaluationFolder(path).exists():
         folder = EvaluationFolder(path)
+        metrics = folder.read_metrics()
     else:
         checkpoint = resolve_checkpoint(path)
         folder = EvaluationFolder(RunFolder.of(checkpoint).eval(split, tta))
-        if not folder.exists():
+        read, why = _read_evaluation(folder.metrics, checkpoint)
+        if why:
             if not evaluate_missing:
-                raise FileNotFoundError(f"{folder.metrics} not found: run `cxrkit evaluate "
-                                        f"{checkpoint.parent} --split {split}` first")
-            log.info("%s has no %s evaluation yet: evaluating it now", checkpoint.parent, split)
+                raise ValueError(f"{folder.metrics}: {why}; run `cxrkit evaluate "
+                                 f"{checkpoint.parent} --split {split}` first")
+            log.info("%s: %s; evaluating %s now", folder.metrics, why, checkpoint)
             evaluate_checkpoint(checkpoint, split=split, tta=tta, bootstrap=bootstrap,
                                 progress=progress)
-    metrics = folder.read_metrics()
+            read = folder.read_metrics()
+        assert read is not None  # read, or evaluate_checkpoint wrote it
+        metrics = read
     if checkpoint is None and metrics.get("checkpoint"):
         checkpoint = Path(metrics["checkpoint"])
     run_json = RunFolder(metrics["run_dir"]).run_json if metrics.get("run_dir") else None
     return EvaluatedRun(name=folder.root.name, folder=folder, metrics=metrics,
                         predictions=folder.read_predictions(metrics["split"]),
-                        run=json.loads(run_json.read_text()) if run_json and run_json.exists()
-                        else {}, checkpoint=checkpoint)
+                        run=read_json(run_json, missing={}) if run_json else {},
+                        checkpoint=checkpoint)
+
+
+def _read_evaluation(metrics_file: Path, checkpoint: Path) -> tuple[dict | None, str | None]:
+    """``(metrics, None)`` when ``metrics_file`` is an evaluation of ``checkpoint`` as it is
+    now; else ``(None, why not)``: missing, unreadable, or of another checkpoint."""
+    try:
+        metrics = read_json(metrics_file)
+    except (OSError, ValueError) as e:
+        return None, str(e).removeprefix(f"{metrics_file}: ")
+    if metrics is None:
+        return None, "no evaluation yet"
+    stale = stale_reason(metrics, checkpoint)
+    return (None, f"an evaluation of another checkpoint: {stale}") if stale else (metrics, None)
 
 
 def _model_mb(checkpoint: Path | None) -> float | None:

@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.artefacts import (EvaluationFolder, RunFolder, jsonable, make_folder, versions,
-                              write_bytes, write_csv, write_json)
+from cxrkit.artefacts import (THRESHOLDS_FILE, EvaluationFolder, RunFolder, jsonable, make_folder,
+                              versions, write_bytes, write_csv, write_json, writes_into_run)
 from cxrkit.artefacts import finite_or_none as _f
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
 from cxrkit.evaluate.gallery import write_error_gallery
@@ -67,6 +67,7 @@ from cxrkit.evaluate.threshold_choice import (
 )
 from cxrkit.evaluate.text import format_ci
 from cxrkit.data.nih import read_image_list
+from cxrkit.evaluate.provenance import is_runs_own
 from cxrkit.inference.core import TTA_MODES, load, write_thresholds
 from cxrkit.inference.heldout import HeldOut, ensure_ood_record, load_held_out
 from cxrkit.messages import count
@@ -518,6 +519,7 @@ def _check_options(split, tta, threshold_method, threshold_split, bootstrap, sub
         raise ValueError("bootstrap replicates must be >= 1")
 
 
+@writes_into_run("cxrkit evaluate")
 def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str = "none",
                         out: str | Path | None = None, prepared: str | Path | None = None,
                         bootstrap: int = 1000, seed: int = 0, temperature: bool = True,
@@ -533,7 +535,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
 
     Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`): metrics.json, auroc/thresholds/
     calibration/subgroups/published CSVs, predictions of the evaluated and threshold
-    splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
+    splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``, when
+    the evaluation is the run's own: :func:`~cxrkit.evaluate.provenance.is_runs_own`).
     ``precision``: how the forward passes run (:mod:`cxrkit.inference.runtime`; default auto),
     recorded in metrics.json as ``precision`` (requested, used, parity of the fast path).
 
@@ -597,11 +600,19 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         write_error_gallery(lm, data, test, metrics, folder.root, per_kind=gallery,
                             progress=progress)
     chosen = {f: t for f, t in metrics["thresholds"]["used"].items() if t is not None}
+    own = is_runs_own(lm.checkpoint, lm.checkpoint_info.get("config") or {},
+                      data.prepared.root, folder.root)
     sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
                                chosen_on=f"{threshold_split} split of {data.split_path} "
                                          f"(tta={tta})",
-                               provenance=metrics["thresholds"]["written"])
-    write_bytes(sidecar.read_bytes(), folder.thresholds)
+                               provenance=metrics["thresholds"]["written"],
+                               path=None if own else folder.thresholds)
+    if own:
+        write_bytes(sidecar.read_bytes(), folder.thresholds)
+    else:
+        log.info("thresholds written to %s only: an evaluation outside the run folder or on "
+                 "another prepared folder leaves the run's %s as it was", sidecar,
+                 THRESHOLDS_FILE)
     log.info("evaluated %s on %s: mean AUROC %s, %s flagged out-of-distribution; "
              "wrote %s", lm.checkpoint.name, count(len(test.table), f"{split} image"),
              format_ci(metrics["mean_auroc"], 4), metrics["ood"]["n_flagged"]

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrkit.artefacts import read_csv
 from cxrkit.data.release import NIHRelease, load_release
 from cxrkit.data.splits import LeakageError
 from cxrkit.evaluate.core import coverage, data_source, protocol_line, score
@@ -90,7 +91,7 @@ def read_trained_on(path: str | Path, labels: pd.DataFrame) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"--trained-on list not found: {path}")
     if path.suffix.lower() == ".csv":
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = read_csv(path, dtype=str, keep_default_na=False)
         column = next((c for c in ("image_id", "Image Index") if c in table.columns), None)
         if column is None:
             raise ValueError(f"{path}, line 1 (header): no id column ('image_id' or "

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrkit.data.dataset import metadata_vector
-from cxrkit.artefacts import EvaluationFolder, write_csv
+from cxrkit.artefacts import EvaluationFolder, read_csv, write_bytes, write_csv
 from cxrkit.explain import overlay, saliency_maps
 from cxrkit.explain.localization import draw_boxes
 
@@ -57,7 +57,7 @@ def best_reference(test, findings, out: Path) -> tuple[np.ndarray, np.ndarray]:
     path = EvaluationFolder(out).radiologists_images
     if not path.exists():
         return labels, names
-    expert = pd.read_csv(path, dtype={"image_id": str})
+    expert = read_csv(path, dtype={"image_id": str})
     row_of = {i: k for k, i in enumerate(test.table["image_id"])}
     # lower priority first, so that the better reference overwrites it
     for set_name, ref_name in (("all_findings", MAJORITY), ("four_findings", ADJUDICATED)):
@@ -139,7 +139,7 @@ def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_k
                                    [cv2.IMWRITE_JPEG_QUALITY, 85])
             if not ok:
                 raise RuntimeError(f"OpenCV could not encode the overlay of {image_id}")
-            (folder / name).write_bytes(jpg.tobytes())
+            write_bytes(jpg.tobytes(), folder / name, durable=False)
             nih = test.labels[i, j]
             rows.append({"finding": f, "kind": kind, "rank": rank, "image_id": image_id,
                          "patient_id": test.table["patient_id"].iloc[i], "probability": p,

@@ -243,12 +243,16 @@ def training_curves(history: pd.DataFrame) -> Figure:
     a.plot(ep, history["val_loss"], "o-", ms=3, label="validation")
     a.set(xlabel="epoch", ylabel="loss", title="Loss")
     a.legend(fontsize=8)
-    b.plot(ep, history["val_mean_auroc"], "o-", ms=3, color="C2")
-    best = int(history["val_mean_auroc"].idxmax())
-    b.plot(ep[best], history["val_mean_auroc"][best], "*", ms=12, color="C3",
-           label=f"best: epoch {ep[best]}")
+    auroc = pd.to_numeric(history["val_mean_auroc"], errors="coerce")  # NaN: undefined
+    b.plot(ep, auroc, "o-", ms=3, color="C2")
+    if auroc.notna().any():
+        best = auroc.idxmax()
+        b.plot(ep[best], auroc[best], "*", ms=12, color="C3", label=f"best: epoch {ep[best]}")
+        b.legend(fontsize=8)
+    else:  # e.g. a binary task without validation positives: say so, draw no best
+        b.text(0.5, 0.5, "undefined in every epoch\n(no finding had both classes in validation)",
+               transform=b.transAxes, ha="center", va="center", fontsize=9)
     b.set(xlabel="epoch", ylabel="mean AUROC", title="Validation mean AUROC")
-    b.legend(fontsize=8)
     b.grid(alpha=0.3)
     fig.tight_layout()
     return fig

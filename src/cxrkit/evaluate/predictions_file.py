@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import pandas as pd
 
-from cxrkit.artefacts import file_sha256
+from cxrkit.artefacts import file_sha256, read_csv
 from cxrkit.labels import FINDINGS, NO_FINDING
 from cxrkit.messages import quote, quote_list
 
@@ -95,7 +95,7 @@ def _read_frame(source) -> tuple[pd.DataFrame, _Source, str | None]:
         raise FileNotFoundError(f"predictions file not found: {path}")
     try:
         # every cell as text: the checks below say which cell is wrong, not pandas' guess
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+        frame = read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError as e:
         raise PredictionsFormatError(f"{path}: empty file (no header line)") from e
     except (pd.errors.ParserError, UnicodeDecodeError) as e:

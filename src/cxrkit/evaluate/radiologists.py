@@ -28,7 +28,6 @@ radiologists' label, NIH's, the model's score), which the report draws from.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -37,6 +36,9 @@ import pandas as pd
 import sklearn
 from sklearn.metrics import cohen_kappa_score
 
+from cxrkit.artefacts import finite_or_none as _f
+from cxrkit.artefacts import (EvaluationFolder, jsonable, make_folder, read_csv, read_json,
+                              write_csv, write_json)
 from cxrkit.data.expert import (
     ALL,
     FOUR,
@@ -49,11 +51,13 @@ from cxrkit.data.expert import (
     model_score,
     nih_label,
 )
-from cxrkit.labels import FINDINGS
-from cxrkit.artefacts import finite_or_none as _f
-from cxrkit.artefacts import EvaluationFolder, jsonable, make_folder, write_csv, write_json
 from cxrkit.data.nih import read_data_entry, read_image_list
-from cxrkit.metrics import auroc_reference_difference, threshold_metrics, youden_threshold
+from cxrkit.labels import FINDINGS
+from cxrkit.metrics import (
+    auroc_reference_difference,
+    threshold_metrics,
+    youden_threshold,
+)
 
 log = logging.getLogger(__name__)
 
@@ -388,9 +392,9 @@ def read_section(folder: str | Path) -> tuple[dict, pd.DataFrame] | None:
     layout = EvaluationFolder(Path(folder))
     if not layout.radiologists.exists():
         return None
-    images = pd.read_csv(layout.radiologists_images, dtype={"image_id": str}) \
+    images = read_csv(layout.radiologists_images, dtype={"image_id": str}) \
         if layout.radiologists_images.exists() else pd.DataFrame()
-    return json.loads(layout.radiologists.read_text()), images
+    return read_json(layout.radiologists), images
 
 
 __all__ = ["FORMAT", "REFERENCES", "binary_agreement",

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from cxrkit.artefacts import EvaluationFolder
+from cxrkit.artefacts import EvaluationFolder, read_csv
 from cxrkit.evaluate.plots import _grid, save_figure
 from cxrkit.evaluate.radiologists import read_section
 from cxrkit.evaluate.text import format_ci
@@ -186,7 +186,7 @@ def gallery_html(out: str | Path) -> str:
     path = EvaluationFolder(out).gallery_table
     if not path.exists():
         return ""
-    table = pd.read_csv(path, dtype={"image_id": str})
+    table = read_csv(path, dtype={"image_id": str})
     if table.empty:
         return ""
     model_free = bool(table["overlay"].fillna("").eq("").any() or table["threshold"].isna().any())

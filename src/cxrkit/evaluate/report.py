@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrkit.artefacts import EvaluationFolder, RunFolder, write_text
+from cxrkit.artefacts import EvaluationFolder, RunFolder, read_csv, read_json, write_text
 from cxrkit.evaluate.plots import FIGURES, write_figures
 from cxrkit.evaluate.text import format_ci
 
@@ -86,7 +86,7 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, missing={})
 
 
 # -- tables -------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def explanation_examples(run_dir: Path, limit: int = 8) -> list[tuple[Path, str]
         return []
     index = folder / "index.csv"
     if index.exists():
-        table = pd.read_csv(index)
+        table = read_csv(index)
         col = next((c for c in ("overlay", "overlay_png", "png", "path") if c in table), None)
         if col is not None:
             out = []
@@ -248,10 +248,10 @@ def localization_section(run_dir: Path) -> str:
     pointing = folder / "pointing.csv"
     if pointing.exists():
         parts.append("<h3>Pointing game (hit: the map's maximum inside a box; chance: the "
-                     "boxes' share of the image)</h3>" + _table(pd.read_csv(pointing)))
+                     "boxes' share of the image)</h3>" + _table(read_csv(pointing)))
     accuracy = folder / "accuracy.csv"
     if accuracy.exists():
-        acc = pd.read_csv(accuracy)
+        acc = read_csv(accuracy)
         if {"finding", "measure", "threshold", "accuracy"} <= set(acc.columns):
             acc["column"] = acc["measure"].str.upper().str.replace("IOBB", "IoBB").str.replace(
                 "IOU", "IoU") + " > " + acc["threshold"].map("{:g}".format)
@@ -276,7 +276,7 @@ def localization_section(run_dir: Path) -> str:
                      "</pre></details>")
     if not record:   # an older or foreign folder: show whatever tables it holds
         for csv in sorted(folder.glob("*.csv")):
-            parts.append(f"<h3>{_esc(csv.stem)}</h3>{_table(pd.read_csv(csv))}")
+            parts.append(f"<h3>{_esc(csv.stem)}</h3>{_table(read_csv(csv))}")
     return "".join(parts)
 
 
@@ -472,7 +472,7 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     pred = folder.read_predictions(metrics["split"])
     history = None
     if run_dir is not None and RunFolder(run_dir).history.exists():
-        history = pd.read_csv(RunFolder(run_dir).history)
+        history = read_csv(RunFolder(run_dir).history)
     figures = write_figures(folder.figures, metrics, pred, history)
     from cxrkit.evaluate.radiologists_report import (
         gallery_html,
