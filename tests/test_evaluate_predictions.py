@@ -213,6 +213,28 @@ def test_thresholds_are_fitted_only_on_other_images(release, small, tmp_path):
         evaluate_predictions(val, release=release, out=tmp_path / "y", report=False, **FAST)
 
 
+def test_threshold_choice_applies_to_predictions_files(release, small, tmp_path):
+    """h20a's threshold choice inside score(): method, overrides and the provenance record,
+    fitted on --fit-on only; an override without --fit-on is refused."""
+    from cxrkit.evaluate.external import evaluate_predictions
+    from cxrkit.evaluate.threshold_choice import fit_threshold
+
+    scored, val = small
+    m = evaluate_predictions(scored, release=release, out=tmp_path / "t", fit_on=val,
+                             report=False, reference="nih", threshold_method="sensitivity=0.9",
+                             threshold_overrides={"Effusion": 0.42}, **FAST)
+    written = m["thresholds"]["written"]
+    assert written["method"] == "sensitivity=0.9" and written["overrides"] == {"Effusion": 0.42}
+    assert m["thresholds"]["used"]["Effusion"] == 0.42
+    y = release.labels.set_index("image_id").loc[val["Image Index"], "Atelectasis"].to_numpy()
+    assert m["thresholds"]["used"]["Atelectasis"] == pytest.approx(
+        fit_threshold(y, val["prob_Atelectasis"].to_numpy(), "sensitivity", 0.9))
+    assert written["positives"]["Atelectasis"] == int((y == 1).sum())
+    with pytest.raises(ValueError, match="--fit-on"):
+        evaluate_predictions(scored, release=release, out=tmp_path / "u", report=False,
+                             reference="nih", threshold_overrides={"Effusion": 0.5}, **FAST)
+
+
 # -- the strict reader ---------------------------------------------------------------------
 KNOWN = ["00000001_000.png", "00000001_001.png", "00000002_000.png", "00000003_000.png"]
 
