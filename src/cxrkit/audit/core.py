@@ -24,7 +24,6 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -171,7 +170,7 @@ def flags_for(record: dict) -> list[dict]:
     for f, s in record["saliency"].items():
         pos = record["region_reliance"].get(f, {}).get("positives", 0)
         e, area = s.get("energy_inside") or {}, (s.get("area_inside") or {}).get("value")
-        if region_ok and pos >= MIN_POSITIVES and e.get("hi") is not None and area is not None \
+        if region_ok and pos >= MIN_POSITIVES and None not in (e.get("hi"), area) \
                 and e["hi"] < t["saliency_ratio"] * area:
             out.append({"finding": f, "measure": "saliency_energy_inside",
                         "numbers": {"energy_inside": s["energy_inside"],
@@ -233,7 +232,7 @@ def audit_run(run, *, split: str = "test", out: str | Path | None = None,
     groups = table["patient_id"].to_numpy()
     regions, source = chest_regions(data.prepared, table["image_id"].tolist(), images)
     fill = training_mean(data.prepared, data.table("train"), seed=seed)
-    kw: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
+    kw = {"batch_size": batch_size, "progress": progress}
     full, features = _forward(lm, images, meta, desc="audit: as is", **kw)
     chest = _forward(lm, blank(images, regions, fill, keep="chest"), meta,
                      desc="audit: chest only", **kw)[0]
@@ -260,7 +259,7 @@ def audit_run(run, *, split: str = "test", out: str | Path | None = None,
 
     thresholds, threshold_source = _thresholds(lm, data, **kw)
     pairs = _box_pairs(data, table, probs, findings, thresholds, images.shape[-1])
-    record: dict[str, Any] = {
+    record = {
         "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": str(lm.checkpoint), "model": lm.name, "split": split,
         "split_file": str(data.split_path), "prepared": str(data.prepared.root),

@@ -491,7 +491,6 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
                                size=image_size, sex=row.sex, age=row.age, view=row.view,
                                anatomy=anatomy)
         image, boxes = drawing.expose(), drawing.boxes()
-        assert drawing.lungs is not None  # draw_phantom always draws the lungs
         chest = chest_region(drawing.lungs)
         regions[row.image_id] = region_mask_for_file(chest)
         token_rng = rng_stream(seed, pid, 5, row.follow_up)   # its own stream: images unchanged
