@@ -30,13 +30,14 @@ os.environ.setdefault("CXRKIT_PRECISION", "fp32")
 
 
 def train(prepared, out: Path, *, epochs: int, seed: int, findings: str = "all",
-          batch_size: int = 32, lr: float = 3e-3) -> Path:
+          batch_size: int = 32, lr: float = 3e-3, scheduler: str = "plateau") -> Path:
     from cxrkit.config import load_config
     from cxrkit.engine.train import fit
 
     cfg = load_config(None, [f"data.prepared={prepared.root}", f"out={out}", "model.name=cnn4",
                              f"data.batch_size={batch_size}", f"train.epochs={epochs}",
-                             f"train.lr={lr}", "train.amp=none", "train.patience=100",
+                             f"train.lr={lr}", f"train.scheduler={scheduler}",
+                             "train.amp=none", "train.patience=100",
                              f"data.findings={findings}", f"train.seed={seed}"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -45,7 +46,8 @@ def train(prepared, out: Path, *, epochs: int, seed: int, findings: str = "all",
 
 
 def phantom_pair(work: Path, *, seed: int, patients: int, size: int, epochs: int,
-                 shortcut: str, findings: str, test_fraction: float, val_fraction: float
+                 shortcut: str, findings: str, test_fraction: float, val_fraction: float,
+                 batch_size: int = 32, lr: float = 3e-3, scheduler: str = "plateau"
                  ) -> dict[tuple[str, str], dict]:
     """Audit records of the clean and the planted model of one seed, on test and val."""
     from cxrkit.audit import audit_run
@@ -62,7 +64,8 @@ def phantom_pair(work: Path, *, seed: int, patients: int, size: int, epochs: int
         p = prepare(root / "release", root / "prepared", settings=PreprocessSettings(size=size),
                     val_fraction=val_fraction, workers=0, progress=False)
         t0 = time.perf_counter()
-        run = train(p, root / "run", epochs=epochs, seed=seed, findings=findings)
+        run = train(p, root / "run", epochs=epochs, seed=seed, findings=findings,
+                    batch_size=batch_size, lr=lr, scheduler=scheduler)
         t1 = time.perf_counter()
         for split in ("test", "val"):
             t2 = time.perf_counter()
@@ -86,7 +89,8 @@ def run_phantoms(args) -> None:
     for seed in args.seeds:
         pair = phantom_pair(args.work, seed=seed, patients=args.patients, size=args.size,
                             epochs=args.epochs, shortcut=args.shortcut, findings=args.findings,
-                            test_fraction=args.test_fraction, val_fraction=args.val_fraction)
+                            test_fraction=args.test_fraction, val_fraction=args.val_fraction,
+                            batch_size=args.batch_size, lr=args.lr, scheduler=args.scheduler)
         for (kind, split), r in pair.items():
             rr, s = r["region_reliance"][finding], r["saliency"][finding]
             flags = sorted(f["measure"] for f in r["flags"] if f["finding"] == finding)
@@ -97,7 +101,8 @@ def run_phantoms(args) -> None:
                         f"{r['bench_seconds']['audit']:.0f} |")
             print(rows[-1], flush=True)
     print(f"\nshortcut {args.shortcut}, {args.patients} patients, {args.size} px, cnn4 "
-          f"{args.epochs} epochs, findings={args.findings}, test fraction "
+          f"{args.epochs} epochs (batch {args.batch_size}, lr {args.lr}, scheduler "
+          f"{args.scheduler}), findings={args.findings}, test fraction "
           f"{args.test_fraction}, val fraction {args.val_fraction}, noise-free labels\n")
     print("\n".join(rows))
 
@@ -136,6 +141,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--shortcut", default="Effusion:0.8")
     ap.add_argument("--findings", default="all")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--scheduler", default="plateau")
     ap.add_argument("--test-fraction", type=float, default=0.4)
     ap.add_argument("--val-fraction", type=float, default=0.25)
     ap.add_argument("--nih", type=Path, default=REPO.parent / "shared" / "nih")

@@ -256,10 +256,14 @@ def test_cli_audit(audited, tmp_path):
 
 
 # -- the proof: a planted shortcut is flagged, the same recipe on a clean release is not ------
-#: The recipe (the smallest measured to separate; NOTES-h24.md has the numbers per seed):
-#: 300 phantom patients at 64 px, noise-free labels, 30% test and 30% of train_val as val
-#: (enough positives), a binary cnn4 for Infiltration (the commonest finding) for 5 epochs;
-#: the token on 90% of the training positives and of random test images.
+#: The recipe (the README's "Shortcut audit" has the numbers per seed): 300 phantom
+#: patients at 64 px, noise-free labels, 30% test and 30% of train_val as val (enough
+#: positives), a binary cnn4 for Infiltration (the commonest finding), 6 epochs at batch 16,
+#: lr 1e-3, no scheduler (the defaults' lr 3e-3 with the plateau scheduler left both models
+#: at the constant predictor's loss: nothing learnt, token or lungs); the token on 90% of
+#: the training positives and of random test images. Audited on val, where the token is
+#: live as in training (a site artefact shared by a random validation split): the planted
+#: model keeps its AUROC with the chest hidden, the clean one does not.
 PLANTED = "Infiltration"
 
 
@@ -281,20 +285,16 @@ def planted_pair(tmp_path_factory):
         p = prepare(root / "release", root / "prepared", settings=PreprocessSettings(size=64),
                     val_fraction=0.3, workers=0, progress=False)
         cfg = load_config(None, [f"data.prepared={p.root}", f"out={root / 'run'}",
-                                 "data.batch_size=32", "model.name=cnn4", "train.epochs=5",
-                                 "train.lr=3e-3", "train.threads=1", "train.amp=none",
-                                 "train.patience=100", f"data.findings={PLANTED}",
-                                 "train.seed=1"])
+                                 "data.batch_size=16", "model.name=cnn4", "train.epochs=6",
+                                 "train.lr=1e-3", "train.scheduler=none", "train.threads=1",
+                                 "train.amp=none", "train.patience=100",
+                                 f"data.findings={PLANTED}", "train.seed=1"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit(cfg, show_progress=False)
-            records[kind] = audit_run(root / "run", bootstrap=100, progress=False)
+            records[kind] = audit_run(root / "run", split="val", bootstrap=100,
+                                      progress=False)
     return records
-
-
-def _ratio(record) -> float:
-    s = record["saliency"][PLANTED]
-    return s["energy_inside"]["value"] / s["area_inside"]["value"]
 
 
 REGION_OR_SALIENCY = {"auroc_outside_only", "chest_only_gain", "saliency_energy_inside"}
@@ -302,17 +302,17 @@ REGION_OR_SALIENCY = {"auroc_outside_only", "chest_only_gain", "saliency_energy_
 
 @pytest.mark.slow
 def test_planted_shortcut_is_flagged_and_the_clean_model_is_not(planted_pair):
-    """Seeds 1-3 of this recipe measured (NOTES-h24.md): the planted model flagged by
-    saliency (seeds 1, 2: energy in the chest 0.29 and 0.38 of the area share) or by
-    region reliance (seed 3: chest_only_gain 0.097 [0.012, 0.213]); the clean model by
-    neither (0.86, 0.77, 0.65 of the area share). The test runs seed 1."""
-    clean, planted = planted_pair["clean"], planted_pair["planted"]
+    """Seeds 1-3 of this recipe measured by the bench (README, "Shortcut audit"), on val: the planted
+    model's AUROC with the chest hidden 0.90 / 0.88 / 0.98 (interval's lower end 0.75 / 0.78 /
+    0.94; flagged each time), the clean one's 0.58 / 0.55 / 0.52 (never flagged); the planted
+    model's AUROC falls to 0.48 / 0.57 / 0.52 with only the chest left. The test runs seed 1."""
     flagged = {kind: {f["measure"] for f in r["flags"] if f["finding"] == PLANTED}
                for kind, r in planted_pair.items()}
-    assert flagged["planted"] & REGION_OR_SALIENCY
+    assert "auroc_outside_only" in flagged["planted"]
     assert not flagged["clean"] & REGION_OR_SALIENCY
-    assert _ratio(planted) < _ratio(clean)                      # held on every seed
-    assert _ratio(planted) < 0.5 < 0.6 < _ratio(clean)          # seed 1: 0.29 and 0.86
-    assert "saliency_energy_inside" in flagged["planted"]       # seed 1 (and 2)
-    assert planted["chest_region"]["source"] == clean["chest_region"]["source"]
-    assert planted["region_reliance"][PLANTED]["positives"] >= 20
+    planted, clean = (planted_pair[k]["region_reliance"][PLANTED] for k in ("planted", "clean"))
+    assert planted["auroc_outside_only"]["lo"] > 0.6
+    assert planted["auroc_outside_only"]["value"] > clean["auroc_outside_only"]["value"] + 0.15
+    assert planted["auroc_chest_only"]["value"] < planted["auroc"]["value"] - 0.15
+    assert planted_pair["planted"]["chest_region"]["source"].startswith("true lung fields")
+    assert planted["positives"] >= 15

@@ -67,7 +67,9 @@ def test_recipes_cover_every_model():
     from cxrkit.models import list_models
 
     used = {load_config(p).model.name for p in RECIPES}
-    assert set(list_models()) <= used, set(list_models()) - used
+    # ``published`` holds a network trained elsewhere: ``cxrkit import`` makes its runs,
+    # no recipe trains it (tests/test_importer.py covers it)
+    assert set(list_models()) - {"published"} <= used, set(list_models()) - used
 
 
 def test_yaml_exponent_without_dot_is_a_number(tmp_path):

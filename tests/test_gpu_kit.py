@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 KIT = REPO / "bench" / "gpu"
-STEPS = ["wheels", "env", "pytest", "pytest_slow", "cache", "bench", "train"]
+STEPS = ["wheels", "env", "pytest", "pytest_slow", "cache", "bench", "train", "serve"]
 
 
 def _module(name: str):
@@ -50,6 +50,9 @@ def test_check_sh_dry_run_runs_every_step_and_reports(tmp_path):
     assert row["model"] == "cnn4" and row["images_per_s"] > 0 and row["loader_images_per_s"] > 0
     assert rep["train"]["run"]["status"] == "completed" and rep["train"]["run"]["epochs_run"] == 2
     assert rep["train"]["eval"]["n_images"] > 0
+    served = {(r["config"], r["clients"]): r for r in rep["serve"]["rows"]}
+    assert set(served) == {(c, n) for c in ("fp32-unbatched", "fp32") for n in (1, 4)}
+    assert all(r["requests"] > 0 and r["failed"] == 0 for r in served.values())
     md = (out / "gpu_report.md").read_text()
     for s in STEPS:
         assert f"| {s} | ok |" in md

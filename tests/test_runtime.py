@@ -67,7 +67,8 @@ def test_onnxruntime_matches_fp32_for_every_tta_and_is_cached(meta_checkpoint, o
     again = cxrkit.load(meta_checkpoint)  # CXRKIT_PRECISION=fp32 (conftest) ...
     assert again.precision["used"] == "fp32"
     auto = cxrkit.load(meta_checkpoint, precision="auto")  # ... auto: the cached export
-    assert auto.precision["used"] == "onnxruntime" and auto.precision["exported_now"] is False
+    assert auto.precision["used"] in ("onnxruntime", "openvino-bf16")  # per machine (runtime)
+    assert auto.precision["exported_now"] is False
     assert auto.precision["onnx"] == rec["onnx"]
     assert list(onnx_cache.rglob("*.onnx")) and not list(onnx_cache.rglob("*.tmp"))
     manifest = json.loads(open(rec["onnx"] + ".json").read())

@@ -63,10 +63,10 @@ def expected(lm, path) -> dict[str, float]:
     return lm.predict(path)[list(lm.findings)].iloc[0].to_dict()
 
 
-def assert_matches(answer: dict, want: dict[str, float]):
+def assert_matches(answer: dict, want: dict[str, float], *, tolerance: float = 1e-9):
     got = {r["finding"]: r["probability"] for r in answer["findings"]}
     assert list(got) == list(want)  # the model's order
-    assert got == pytest.approx(want, rel=0, abs=1e-9)
+    assert got == pytest.approx(want, rel=0, abs=tolerance)
 
 
 # -- /predict --------------------------------------------------------------------------------
@@ -301,7 +301,9 @@ def test_concurrent_uploads_on_loopback(lm, images):
     for path, w, r in zip(chosen, want, answers):
         assert r.status_code == 200, r.text
         assert r.json()["image"]["filename"] == path.name
-        assert_matches(r.json(), w)
+        # concurrent requests share batched forward passes: float rounding of another
+        # batch size (measured 7e-8), nothing more (cxrkit.serve.batching)
+        assert_matches(r.json(), w, tolerance=1e-6)
     assert [r.status_code for r in answers[len(chosen):]] == [415] * 4
 
 

@@ -18,6 +18,8 @@
 #   4 bench    bench/bench_train.py --device cuda with the real loader: densenet121 (batch
 #              256), resnet50, mobilenet_v3_large, vit_small_patch16_224
 #   5 train    2-epoch DenseNet121 (CheXNet recipe) training + evaluation through the CLI
+#   6 serve    bench/bench_serve.py on that checkpoint with --device cuda: 1, 4 and 16 HTTP
+#              clients against `cxrkit serve`, batched (the default) vs --max-batch 1
 # Everything goes to $OUT/gpu_report.md and $OUT/gpu_report.json (+ each step's log in
 # $OUT/logs/); each step's tail is printed. $OUT defaults to ./gpu-report (git-ignored).
 # Environment: PYTHON (default python3), OUT, BUDGET_S (default 540; dry run 180), WHEELS
@@ -191,13 +193,21 @@ train_step() {
   awk -v a="$t1" -v b="$t2" 'BEGIN { printf "{\"evaluate_s\": %.2f}\n", b - a }' \
     > "$OUT/train/evaluate_time.json"
 }
+serve_step() {
+  set -e
+  local ck="$WORK/runs/densenet121/best.pt" dev=(--device cuda) n=96 secs=20 clients=1,4,16
+  [[ $MODE == dry ]] && { dev=(); n=8; secs=10; clients=1,4; }
+  "$PY" bench/bench_serve.py --checkpoint "$ck" "${dev[@]}" --configs fp32-unbatched,fp32 \
+    --clients "$clients" --requests "$n" --seconds "$secs" --images 32 --json "$OUT/bench_serve.json"
+}
 export SLOW_TESTS
 export -f wheels env_step pytest_run pytest_step pytest_slow_step cache_step bench_step train_step
+export -f serve_step
 
 if [[ $MODE == real ]]; then
-  L_WHEELS=60 L_ENV=45 L_PYTEST=140 L_SLOW=120 L_CACHE=110 L_BENCH=120 L_TRAIN=120
+  L_WHEELS=60 L_ENV=45 L_PYTEST=140 L_SLOW=120 L_CACHE=110 L_BENCH=120 L_TRAIN=120 L_SERVE=90
 else
-  L_WHEELS=60 L_ENV=60 L_PYTEST=90 L_SLOW=60 L_CACHE=90 L_BENCH=90 L_TRAIN=120  # budget caps
+  L_WHEELS=60 L_ENV=60 L_PYTEST=90 L_SLOW=60 L_CACHE=90 L_BENCH=90 L_TRAIN=120 L_SERVE=90  # budget caps
 fi
 step wheels "$L_WHEELS" wheels
 step env "$L_ENV" env_step
@@ -207,8 +217,14 @@ step cache "$L_CACHE" cache_step
 if [[ -f "$WORK/prepared/manifest.json" ]]; then
   step bench "$L_BENCH" bench_step
   step train "$L_TRAIN" train_step
+  if [[ -f "$WORK/runs/densenet121/best.pt" ]]; then
+    step serve "$L_SERVE" serve_step
+  else
+    echo "=== step serve: skipped (step train made no checkpoint) ==="
+    printf '%s\tskipped\t-\t0\t0\n' serve >> "$OUT/steps.tsv"
+  fi
 else
-  for s in bench train; do
+  for s in bench train serve; do
     echo "=== step $s: skipped (step cache made no prepared folder) ==="
     printf '%s\tskipped\t-\t0\t0\n' "$s" >> "$OUT/steps.tsv"
   done

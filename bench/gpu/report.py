@@ -125,9 +125,10 @@ def main() -> int:
                           "tta": ev.get("tta"),
                           "mean_auroc": (ev.get("mean_auroc") or {}).get("value")}}
     goals = judge(bench, cache, train) if args.mode == "real" else None
+    serve = _load(o / "bench_serve.json")
     report = {"mode": args.mode, "elapsed_s": args.elapsed, "steps": steps, "env": env,
               "wheels": wheels, "pytest": tests, "cache": cache, "bench_train": bench,
-              "train": train, "goals": goals}
+              "train": train, "serve": serve, "goals": goals}
     (o / "gpu_report.json").write_text(json.dumps(report, indent=1, default=str))
 
     md = [f"# cxrkit GPU proof kit report ({args.mode}{' run: CPU, tiny sizes' if args.mode == 'dry' else ''})", ""]
@@ -174,6 +175,13 @@ def main() -> int:
                f"{_fmt(r.get('best_val_mean_auroc'), '.3f')}; evaluate on {e.get('n_images')} test "
                f"images in {_fmt(train.get('evaluate_s'), '.1f')} s, mean AUROC "
                f"{_fmt(e.get('mean_auroc'), '.3f')} (phantoms: an end-to-end check, not a result)"]
+    if serve and serve.get("rows"):
+        md += ["", "serve (bench/bench_serve.py, HTTP on 127.0.0.1, the trained checkpoint):", "",
+               "| server | clients | requests | req/s | p50 ms | p95 ms | x unbatched |",
+               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        md += [f"| {r['config']} | {r['clients']} | {r['requests']} | {r['rps']:.1f} | "
+               f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {_fmt(r.get('x_unbatched'), '.2f', '-')} |"
+               for r in serve["rows"]]
     if goals:
         md += ["", "| goal (one H200) | target | measured | met |", "| --- | --- | ---: | --- |"]
         md += [f"| {k} | {g['goal']} | {_fmt(g['measured'], '.2f')} | "

@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "inference.thresholds": 2,  # the thresholds sidecar (torch-free, for the ONNX backend too)
     "inference.predictor": 2,  # the predictor interface shared by the torch and ONNX backends
     "ood": 2,          # out-of-distribution record and score (features + image statistics)
+    "inference.openvino_engine": 2,  # OpenVINO compiling an ONNX graph (torch-free, optional extra)
     # 3: models
     "models": 3,       # the registry and one file per family
     # 4: training
@@ -54,6 +55,7 @@ LAYERS: dict[str, int] = {
     "inference.predict": 7,  # files -> probabilities
     "inference.export": 7,  # ONNX export and backend
     "importer": 7,     # published model files -> run folders, checked against their code
+    "inference.fast_predict": 7,  # predict from a checkpoint's cached export, torch-free
     # 8-9: front ends
     "serve": 8,        # the web service
     "cli": 9,          # the Typer shell

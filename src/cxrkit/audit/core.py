@@ -24,6 +24,7 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ THRESHOLDS = {
                             "Grad-CAM maps are coarse (a 4x4 grid for cnn4 at 64 px) and "
                             "spill over the region's edge: every clean phantom model measured "
                             "put 0.54-0.86 of the area share inside, planted-token models "
-                            "0.29-0.62 (NOTES-h24.md)"),
+                            "0.29-0.62 (README, 'Shortcut audit': those models had learnt nothing)"),
     "view_gap": (0.05, "the AUROC within AP only or PA only is at least this far below the "
                        "pooled AUROC and its interval lies below the pooled value: part of the "
                        "pooled figure is the view, not the finding"),
@@ -170,8 +171,8 @@ def flags_for(record: dict) -> list[dict]:
     for f, s in record["saliency"].items():
         pos = record["region_reliance"].get(f, {}).get("positives", 0)
         e, area = s.get("energy_inside") or {}, (s.get("area_inside") or {}).get("value")
-        if region_ok and pos >= MIN_POSITIVES and None not in (e.get("hi"), area) \
-                and e["hi"] < t["saliency_ratio"] * area:
+        if region_ok and pos >= MIN_POSITIVES and e.get("hi") is not None \
+                and area is not None and e["hi"] < t["saliency_ratio"] * area:
             out.append({"finding": f, "measure": "saliency_energy_inside",
                         "numbers": {"energy_inside": s["energy_inside"],
                                     "area_inside": s["area_inside"], "excess": s["excess"]},
@@ -232,7 +233,7 @@ def audit_run(run, *, split: str = "test", out: str | Path | None = None,
     groups = table["patient_id"].to_numpy()
     regions, source = chest_regions(data.prepared, table["image_id"].tolist(), images)
     fill = training_mean(data.prepared, data.table("train"), seed=seed)
-    kw = {"batch_size": batch_size, "progress": progress}
+    kw: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
     full, features = _forward(lm, images, meta, desc="audit: as is", **kw)
     chest = _forward(lm, blank(images, regions, fill, keep="chest"), meta,
                      desc="audit: chest only", **kw)[0]
@@ -289,7 +290,7 @@ def audit_run(run, *, split: str = "test", out: str | Path | None = None,
         "min_positives": MIN_POSITIVES, "max_region_area": MAX_REGION_AREA,
         "versions": versions(), "seconds": None,
     }
-    record["flags"] = flags_for(record)
+    record["flags"] = flags = flags_for(record)
     record["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(out) if out else RunFolder.of(lm.checkpoint).audit / split
     make_folder(out)
@@ -297,7 +298,7 @@ def audit_run(run, *, split: str = "test", out: str | Path | None = None,
     write_json(record, out / "audit.json")
     write_text(summary_markdown(record), out / "summary.md")
     log.info("audit of %s on %s: %d flag(s) -> %s", lm.checkpoint, split,
-             len(record["flags"]), out)
+             len(flags), out)
     return {**record, "out": str(out)}
 
 

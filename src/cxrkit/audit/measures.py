@@ -176,7 +176,7 @@ def view_strata(labels, probs, groups, views, findings, *, n: int, seed: int) ->
     positives, images; NaN values where a stratum has one class)."""
     views = np.asarray(views)
     groups = np.asarray(groups)
-    out = {f: {} for f in findings}
+    out: dict[str, dict] = {f: {} for f in findings}
     for name, rows in (("pooled", np.ones(len(views), bool)), ("AP", views == "AP"),
                        ("PA", views == "PA")):
         if not rows.any():

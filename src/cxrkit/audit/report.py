@@ -152,7 +152,7 @@ def write_figures(record: dict, out: Path) -> list[str]:
 def audit_html(run_dir: str | Path) -> str:
     """The evaluation report's audit section ("" when the run has no audit): per audited
     split, the chest region used, the flags and the figures; summary.md folded out."""
-    folder = RunFolder(run_dir).audit
+    folder = RunFolder(Path(run_dir)).audit
     if not folder.is_dir():
         return ""
     parts = []

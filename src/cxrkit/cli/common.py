@@ -11,11 +11,14 @@ import typer
 
 from cxrkit.artefacts import WriteError
 from cxrkit.messages import shorten
+from cxrkit.inference.openvino_engine import OpenVinoUnavailable
 
 #: ``--precision`` of every command that runs a torch checkpoint forward (cxrkit.inference.runtime).
-PRECISION_HELP = ("Forward pass: auto (onnxruntime on the CPU, within 1e-4 of fp32) | fp32 "
-                  "(torch fp32 eager, the reference) | bf16 (autocast + channels_last) | "
-                  "onnxruntime; default $CXRKIT_PRECISION or auto")
+PRECISION_HELP = ("Forward pass: auto (CPU: OpenVINO bf16 where the CPU has bf16 and OpenVINO "
+                  "is installed, within 5e-3 of fp32; else onnxruntime, within 1e-4) | fp32 "
+                  "(torch fp32 eager, the reference) | bf16 (torch autocast + channels_last) | "
+                  "onnxruntime | openvino (fp32) | openvino-bf16; default $CXRKIT_PRECISION "
+                  "or auto")
 
 DECODE_TIMEOUT_HELP = ("Seconds one file may take to decode (in a worker process, stopped "
                        "and reported as that file's error when over; default 30)")
@@ -25,7 +28,7 @@ DECODE_MEMORY_HELP = ("MiB of memory one file's decoding may take (an address-sp
 #: Errors the library raises for bad input or an unwritable output; the CLI prints them as
 #: one line, exit code 2.
 KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError,
-                WriteError)
+                WriteError, OpenVinoUnavailable)
 
 
 class OneLineFormatter(logging.Formatter):

@@ -49,7 +49,7 @@ def predict(
     with Decoder(decode_workers or default_workers(max(1, len(inputs.files))),
                  limits=limits) as decoder:
         model = _run(load_model, checkpoint, backend=backend, device=device,
-                     thresholds=thresholds, precision=precision)
+                     thresholds=thresholds, precision=precision, tta=tta)
         result = _run(predict_files, model, inputs, tta=tta, batch_size=batch_size,
                       progress=progress, metadata=metadata, decoder=decoder)
     typer.echo(result.summary(top=top, limit=show))

@@ -24,6 +24,8 @@ def serve(
     decode_timeout: Annotated[float | None, typer.Option(min=0.001, help=DECODE_TIMEOUT_HELP)] = None,
     decode_memory: Annotated[int | None, typer.Option(min=16, help=DECODE_MEMORY_HELP)] = None,
     decode_workers: Annotated[int | None, typer.Option(min=1, help="Decoding worker processes (default: half the cores, at least 1)")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, max=256, help="Most concurrent /predict images run as one forward pass (1: no batching)")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(min=0, max=1000, help="Longest wait for more requests after the first, milliseconds (only while others are still decoding)")] = 5.0,
 ) -> None:
     """Serve a page (drop an X-ray: findings chart + Grad-CAM) and a JSON API on localhost.
 
@@ -38,12 +40,17 @@ def serve(
         _run(_fail, "--max-upload-mb and --max-megapixels must be positive")
     app = _run(create_app, checkpoint, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                max_pixels=int(max_megapixels * 1024 * 1024), tta=tta, device=device,
-               thresholds=thresholds, precision=precision,
+               thresholds=thresholds, precision=precision, max_batch=max_batch,
+               max_wait_ms=max_wait_ms,
                decode_limits=decode_limits(decode_timeout, decode_memory),
                decode_workers=decode_workers)
     info = app.state.service.model_info
+    service = app.state.service
     typer.echo(f"cxrkit serve: {info.model} from {checkpoint} on http://{host}:{port}/ "
                "(research use only, not a medical device)")
+    batching = (f"batches of up to {max_batch}, waiting at most {max_wait_ms:g} ms"
+                if service.batcher.enabled else "no batching")
+    typer.echo(f"precision {service.lm.precision['used']}; {batching}")
     if info.warning:
         typer.echo(f"note: {info.warning}")
     if not is_loopback(host):

@@ -7,12 +7,14 @@ up (each on its own layer of :mod:`cxrkit._layering`):
 =================  ======================================================================
 ``thresholds``     the thresholds sidecar (torch-free, for the ONNX backend too)
 ``predictor``      the :class:`Predictor` interface shared by the torch and ONNX backends
-``runtime``        how the forward pass runs: fp32, bf16, onnxruntime (``--precision``)
+``openvino_engine``  OpenVINO compiling an ONNX graph, auto's engine choice (no torch)
+``runtime``        how the forward pass runs: fp32, bf16, onnxruntime, OpenVINO (``--precision``)
 ``core``           :func:`load` and :class:`LoadedModel`, the one inference core (torch)
 ``onnx_backend``   :class:`OnnxModel`, the ONNX Runtime predictor (no torch)
 ``heldout``        the held-out data a checkpoint was trained against
 ``predict``        files -> probabilities (``cxrkit predict``)
 ``export``         ONNX export with a parity check (``cxrkit export``)
+``fast_predict``   ``cxrkit predict CHECKPOINT`` from its cached export, torch-free
 =================  ======================================================================
 
 The names of :mod:`cxrkit.inference.core` (``load``, ``LoadedModel``, ``TTA_MODES``,

@@ -10,6 +10,12 @@ JSON values), the same code as training.
 
 Test-time augmentation is not in the graph, so this backend predicts with ``tta="none"``
 only (the torch backend does flip/TenCrop).
+
+Engines (``engine=``, ``cxrkit predict MODEL.onnx --precision ...``): ``onnxruntime`` (the
+default, fp32), or OpenVINO (``openvino`` fp32, ``openvino-bf16``; the optional extra,
+:mod:`cxrkit.inference.openvino_engine`), which reads the same ``metadata_props``. Neither imports
+torch. OpenVINO's compiled model is cached under ``$CXRKIT_CACHE/openvino`` (one folder
+per file, size and modification time, and precision).
 """
 
 from __future__ import annotations
@@ -31,24 +37,31 @@ META_KEYS = ("preprocess", "findings", "thresholds", "thresholds_source", "model
              "meta_default")
 
 
+#: What ``engine=`` accepts.
+ENGINES = ("onnxruntime", "openvino", "openvino-bf16")
+
+
 class OnnxModel(Predictor):
-    """An exported model (``.onnx`` from ``cxrkit export``) run by onnxruntime."""
+    """An exported model (``.onnx`` from ``cxrkit export``) run by onnxruntime or OpenVINO."""
 
     backend = "onnx"
 
     def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None,
-                 thresholds_file: str | Path | None = None):
-        import onnxruntime as ort
-
+                 thresholds_file: str | Path | None = None, engine: str = "onnxruntime",
+                 thresholds_beside: str | Path | None = None, source: str | Path | None = None):
+        """``thresholds_beside``: the folder whose ``thresholds.json`` is looked for (default:
+        the file's); ``source``: the file reported as the model's source (default: this
+        one; :mod:`cxrkit.inference.fast_predict` gives the checkpoint its cached export came from)."""
+        if engine not in ENGINES:
+            raise ValueError(f"the ONNX backend's engine must be one of {', '.join(ENGINES)}, "
+                             f"got {engine!r}")
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ValueError(f"{self.path}: not a loadable ONNX model ({e})") from e
-        props = self.session.get_modelmeta().custom_metadata_map
+        self.engine = engine
+        self._beside = Path(thresholds_beside) if thresholds_beside else self.path.parent
+        self._source = Path(source) if source else self.path
+        props = self._open(providers)
         missing = [k for k in META_KEYS if f"cxrkit.{k}" not in props]
         if missing:
             raise ValueError(f"{self.path}: not exported by cxrkit (no cxrkit.{missing[0]} in "
@@ -60,7 +73,6 @@ class OnnxModel(Predictor):
         self.checkpoint = Path(self.record["checkpoint"])
         self.thresholds_file = thresholds_file
         self.thresholds, self.thresholds_source, self.thresholds_tta = self._thresholds()
-        self.outputs = [o.name for o in self.session.get_outputs()]
         if "cxrkit.ood" in props and "features" in self.outputs:
             from cxrkit.ood import check_record
 
@@ -69,8 +81,41 @@ class OnnxModel(Predictor):
                 check_record(record)
                 self.ood_record, self.ood_source = record, f"recorded in {self.path.name}"
 
+    def _open(self, providers) -> dict:
+        """Load the file in the engine; its ``metadata_props``. Sets ``_run`` and ``outputs``."""
+        if self.engine == "onnxruntime":
+            import onnxruntime as ort
+
+            try:
+                self.session = ort.InferenceSession(
+                    str(self.path), providers=list(providers or ["CPUExecutionProvider"]))
+            except Exception as e:  # onnxruntime raises its own exception types
+                raise ValueError(f"{self.path}: not a loadable ONNX model ({e})") from e
+            self.outputs = [o.name for o in self.session.get_outputs()]
+            self._run = lambda feeds, names: self.session.run(names, feeds)
+            self.engine_record = {"engine": "onnxruntime", "onnxruntime": ort.__version__}
+            return self.session.get_modelmeta().custom_metadata_map
+        import hashlib
+
+        from cxrkit.inference.openvino_engine import cache_root, compile_graph, read_graph
+
+        try:
+            model, props = read_graph(self.path)
+        except RuntimeError as e:   # OpenVINO's errors for a file it cannot parse
+            raise ValueError(f"{self.path}: not a loadable ONNX model "
+                             f"({str(e).strip().splitlines()[0]})") from e
+        st = self.path.stat()
+        key = hashlib.sha256(f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        precision = "bf16" if self.engine == "openvino-bf16" else "fp32"
+        cache = cache_root() / "openvino" / f"{self.path.stem}-{key.hexdigest()[:16]}-{precision}"
+        graph = compile_graph(model, precision=precision, cache=cache)
+        self.outputs = graph.outputs
+        self._run = lambda feeds, names: graph.run(feeds, names)
+        self.engine_record = {"engine": self.engine, **graph.record}
+        return props
+
     def _thresholds(self):
-        found = find_thresholds(self.path.parent, self.findings,
+        found = find_thresholds(self._beside, self.findings,
                                 lambda: self.record["checkpoint_sha256"], self.thresholds_file)
         if found is not None:
             return found.values, found.source, found.tta
@@ -86,7 +131,7 @@ class OnnxModel(Predictor):
 
     @property
     def source(self) -> Path:
-        return self.path
+        return self._source
 
     @property
     def ran_by(self) -> str:
@@ -105,13 +150,13 @@ class OnnxModel(Predictor):
         if m is not None:
             feeds["meta"] = np.ascontiguousarray(m, np.float32)
         if "features" in self.outputs:
-            logits, features = self.session.run(["logits", "features"], feeds)
+            logits, features = self._run(feeds, ["logits", "features"])
             return logits, features
-        return self.session.run(["logits"], feeds)[0], None
+        return self._run(feeds, ["logits"])[0], None
 
 
 def load_onnx(path: str | Path, *, thresholds: str | Path | None = None,
-              providers: Sequence[str] | None = None) -> OnnxModel:
+              providers: Sequence[str] | None = None, engine: str = "onnxruntime") -> OnnxModel:
     """An ``.onnx`` file from ``cxrkit export`` (or a run folder / ``.pt`` with one beside)."""
     path = Path(path)
     if path.is_dir():
@@ -121,7 +166,7 @@ def load_onnx(path: str | Path, *, thresholds: str | Path | None = None,
         path = onnx_path(path)
     if not path.exists():
         raise FileNotFoundError(f"ONNX model not found: {path} (make it with `cxrkit export`)")
-    return OnnxModel(path, providers=providers, thresholds_file=thresholds)
+    return OnnxModel(path, providers=providers, thresholds_file=thresholds, engine=engine)
 
 
-__all__ = ["META_KEYS", "OnnxModel", "load_onnx"]
+__all__ = ["ENGINES", "META_KEYS", "OnnxModel", "load_onnx"]

@@ -451,20 +451,30 @@ def _thresholds(model) -> np.ndarray:
 
 
 def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | None = None,
-               thresholds: str | Path | None = None, precision: str | None = None):
+               thresholds: str | Path | None = None, precision: str | None = None,
+               tta: str = "none"):
     """A checkpoint for prediction: ``backend`` "torch" (``cxrkit.load``), "onnx" (the
     ``.onnx`` export; a run folder or ``.pt`` finds the ``.onnx`` beside it) or "auto"
     (onnx for a ``.onnx`` path, else torch). ``precision``: the torch backend's
-    (:mod:`cxrkit.inference.runtime`); the ONNX backend always runs fp32 (auto, fp32 or onnxruntime)."""
+    (:mod:`cxrkit.inference.runtime`); the ONNX backend runs onnxruntime fp32 (auto, fp32 or
+    onnxruntime: start-up matters most there), ``openvino`` or ``openvino-bf16``, all
+    without torch. A checkpoint with the defaults (backend and precision auto, the CPU,
+    ``tta`` "none") runs torch-free from its cached export (:mod:`cxrkit.inference.fast_predict`)."""
     path = Path(checkpoint)
+    from cxrkit.inference.fast_predict import load_fast, wants_fast_path
+
+    if wants_fast_path(path, backend=backend, precision=precision, device=device, tta=tta):
+        return load_fast(path, thresholds=thresholds)
     if backend == "auto":
         backend = "onnx" if path.suffix.lower() == ".onnx" else "torch"
     if backend == "onnx":
         from cxrkit.inference.onnx_backend import load_onnx
-        if precision not in (None, "auto", "fp32", "onnxruntime"):
-            raise ValueError(f"precision {precision!r}: the ONNX backend runs fp32 "
-                             "(use --backend torch for bf16)")
-        return load_onnx(path, thresholds=thresholds)
+        if precision not in (None, "auto", "fp32", "onnxruntime", "openvino", "openvino-bf16"):
+            raise ValueError(f"precision {precision!r}: the ONNX backend runs onnxruntime "
+                             "(auto, fp32), openvino or openvino-bf16 (use --backend torch "
+                             "for torch bf16)")
+        engine = precision if precision in ("openvino", "openvino-bf16") else "onnxruntime"
+        return load_onnx(path, thresholds=thresholds, engine=engine)
     if backend != "torch":
         raise ValueError(f"backend must be auto, torch or onnx, got {backend!r}")
     if path.suffix.lower() == ".onnx":

@@ -22,7 +22,9 @@ Inference is CPU-bound and a PyTorch module with Grad-CAM hooks is not safe to s
 between threads, so decoding runs off the event loop (a Starlette thread waits on a
 decoding worker process of :class:`cxrkit.data.decoder.Decoder`, under a deadline and a
 memory bound, so a hostile upload gets a 422 and cannot hang or exhaust the service)
-while the model calls take one lock, one request at a time.
+while the model calls take one lock. Concurrent ``/predict`` requests are gathered into
+one forward pass (:mod:`cxrkit.serve.batching`: ``max_batch``, ``max_wait_ms``); ``/info``
+reports the precision the model runs at and the batching.
 
 Research use only: not a medical device. The page, every response and ``/info`` say so.
 """
@@ -39,7 +41,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 
 import cv2
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -55,7 +57,9 @@ from cxrkit.data.decoder import DecodeLimitError, DecodeLimits, Decoder, default
 from cxrkit.data.metadata import FIELDS, parse_age, parse_sex, parse_view
 from cxrkit.inference.core import TTA_MODES, LoadedModel, load
 from cxrkit.messages import quote
+from cxrkit.metrics import sigmoid
 from cxrkit.inference.predictor import OodMissingWarning
+from cxrkit.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Batcher
 from cxrkit.serve.uploads import (DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS,
                                   DecodedUpload, UploadError, decode_upload)
 
@@ -150,11 +154,27 @@ class ExplainResponse(ModelInfo):
     overlay_height: int
 
 
+class BatchingInfo(BaseModel):
+    enabled: bool = Field(description="false when max_batch is 1: one forward pass per request")
+    max_batch: int = Field(description="most images in one forward pass")
+    max_wait_ms: float = Field(description="longest wait for more requests after the first "
+                                           "(only while others are still decoding)")
+    batches: int = Field(description="forward passes run so far for /predict (a lone "
+                                     "request's own pass counts as a batch of 1)")
+    images: int = Field(description="images in them")
+    largest_batch: int
+    mean_batch: float | None = None
+
+
 class InfoResponse(ModelInfo):
     findings: list[str]
     thresholds: dict[str, float]
     max_upload_bytes: int
     max_pixels: int
+    precision: dict = Field(description="how the forward pass runs (cxrkit.runtime): "
+                                        "requested, used (fp32, onnxruntime, openvino-bf16, "
+                                        "...), why, and the engine's details")
+    batching: BatchingInfo
 
 
 class Health(BaseModel):
@@ -179,6 +199,7 @@ class Service:
     """One loaded model, its thresholds and a lock; what every endpoint calls."""
 
     def __init__(self, lm: LoadedModel, *, tta: str, max_upload_bytes: int, max_pixels: int,
+                 max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                  decode_limits: DecodeLimits | None = None, decode_workers: int | None = None):
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
@@ -190,6 +211,8 @@ class Service:
         self.decoder = Decoder(decode_workers or default_workers(64),
                                limits=self.decode_limits, preload=("cxrkit.serve.uploads",))
         self.lock = threading.Lock()
+        self.batcher = Batcher(lm, tta=tta, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                               lock=self.lock)
         self.thresholds = {f: float(t) for f, t in zip(lm.findings, lm.threshold_vector())}
         notes = []
         if not lm.thresholds:
@@ -277,13 +300,13 @@ class Service:
         return FindingResult(finding=finding, probability=p, threshold=t, positive=p >= t)
 
     def predict(self, data: bytes, filename: str, form: dict | None = None) -> PredictResponse:
-        up, meta, meta_report = self._decode_with_metadata(data, filename, form)
-        with self.lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore", OodMissingWarning)  # said once, in `warning`
-            probs = self.lm.predict(up.image, meta=meta, tta=self.tta).iloc[0]
-        rows = [self._result(f, float(probs[f])) for f in self.lm.findings]
-        flag = None if pd.isna(probs["ood_flag"]) else bool(probs["ood_flag"])
-        score = None if flag is None else float(probs["ood_score"])
+        with self.batcher.incoming():   # decoding: a batch being gathered may wait for it
+            up, meta, meta_report = self._decode_with_metadata(data, filename, form)
+            cached = self.lm.cached_batch([up.image])[0]          # (1, S, S) uint8
+            mm = self.lm.meta_matrix(1, meta)
+        z, score, flag = self.batcher.score(cached, mm)
+        p = sigmoid(np.asarray(z))
+        rows = [self._result(f, float(v)) for f, v in zip(self.lm.findings, p, strict=True)]
         return PredictResponse(**self.model_info.model_dump(),
                                image=self._image_info(up, filename), findings=rows,
                                metadata=meta_report, ood_score=score, ood_flag=flag,
@@ -336,7 +359,8 @@ class Service:
     def info(self) -> InfoResponse:
         return InfoResponse(**self.model_info.model_dump(), findings=list(self.lm.findings),
                             thresholds=self.thresholds, max_upload_bytes=self.max_upload_bytes,
-                            max_pixels=self.max_pixels)
+                            max_pixels=self.max_pixels, precision=self.lm.precision,
+                            batching=BatchingInfo(**self.batcher.stats()))
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -344,7 +368,8 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, tta: str = "none",
                device: str | None = None, thresholds: str | Path | None = None,
-               precision: str | None = None, decode_limits: DecodeLimits | None = None,
+               precision: str | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+               max_wait_ms: float = DEFAULT_MAX_WAIT_MS, decode_limits: DecodeLimits | None = None,
                decode_workers: int | None = None) -> FastAPI:
     """The service for one checkpoint (a file, a run folder, or an already loaded model).
 
@@ -353,7 +378,9 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
     largest image (width x height), checked from the header before decoding. ``tta``:
     test-time augmentation for every request (see :mod:`cxrkit.inference`).
     ``device``/``thresholds``/``precision``: passed to :func:`cxrkit.inference.load` for a
-    path (``precision``: see :mod:`cxrkit.inference.runtime`). ``decode_limits``: the
+    path (``precision``: see :mod:`cxrkit.inference.runtime`). ``max_batch``/``max_wait_ms``:
+    concurrent ``/predict`` requests gathered into one forward pass
+    (:mod:`cxrkit.serve.batching`; ``max_batch=1``: one pass per request).
     deadline and memory bound of one upload's decoding
     (:class:`cxrkit.data.decoder.DecodeLimits`; its ``max_pixels`` is this ``max_pixels``);
     ``decode_workers``: decoding processes (default: half the cores).
@@ -363,6 +390,7 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
     lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(
         checkpoint, device=device, thresholds=thresholds, precision=precision)
     service = Service(lm, tta=tta, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                      max_batch=max_batch, max_wait_ms=max_wait_ms,
                       decode_limits=decode_limits, decode_workers=decode_workers)
 
     @asynccontextmanager

@@ -491,6 +491,8 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
                                size=image_size, sex=row.sex, age=row.age, view=row.view,
                                anatomy=anatomy)
         image, boxes = drawing.expose(), drawing.boxes()
+        if drawing.lungs is None:   # draw_phantom always records them
+            raise RuntimeError(f"phantom {row.image_id}: no lung fields drawn")
         chest = chest_region(drawing.lungs)
         regions[row.image_id] = region_mask_for_file(chest)
         token_rng = rng_stream(seed, pid, 5, row.follow_up)   # its own stream: images unchanged
