@@ -17,6 +17,7 @@ from conftest import NIH
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+from cxrkit.artefacts import read_csv
 from cxrkit.data.splits import LeakageError
 from cxrkit.evaluate.predictions_file import PredictionsFormatError, read_predictions
 from cxrkit.labels import FINDINGS
@@ -342,10 +343,10 @@ def test_compare_a_run_with_the_chexnet_file_on_shared_images(real_run, all_rows
     chexnet, _ = all_rows
     run_eval = real_run / "eval" / "test"
     out = compare_runs([run_eval, chexnet], out=tmp_path / "cmp", bootstrap=20, progress=False)
-    run_ids = set(pd.read_csv(run_eval / "predictions_test.csv", dtype=str)["image_id"])
+    run_ids = set(read_csv(run_eval / "predictions_test.csv", dtype=str)["image_id"])
     shared = run_ids & set(pd.read_csv(CHEXNET)["Image Index"])
     assert len(shared) > 50
-    board = pd.read_csv(out / "leaderboard.csv")
+    board = read_csv(out / "leaderboard.csv")
     assert set(board["entry"]) == {"cnn4", "all"} and (board["images"] == len(shared)).all()
     assert board.loc[0, "entry"] == "all"          # the real CheXNet ranks first
     assert list(board["mean_auroc"]) == sorted(board["mean_auroc"], reverse=True)
@@ -353,10 +354,10 @@ def test_compare_a_run_with_the_chexnet_file_on_shared_images(real_run, all_rows
     assert f"use the {len(shared):,} images" in md
     assert "## Leaderboard (shared images)" in (out / "leaderboard.md").read_text() or \
         "# Leaderboard" in (out / "leaderboard.md").read_text()
-    summary = pd.read_csv(out / "comparison.csv")
+    summary = read_csv(out / "comparison.csv")
     assert list(summary["kind"]) == ["run", "predictions"]
     assert summary.loc[1, "Δ mean vs cnn4 (shared images)"].startswith("+")
-    experts = pd.read_csv(out / "radiologists.csv")   # paired on the expert images both scored
+    experts = read_csv(out / "radiologists.csv")   # paired on the expert images both scored
     assert experts["Δ all - cnn4 (vs radiologists)"].str.contains(r"on \d+ shared images").any()
 
 
