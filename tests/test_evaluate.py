@@ -25,7 +25,8 @@ FAST = {"bootstrap": 50, "subgroup_bootstrap": 10, "progress": False, "report": 
 TOP_KEYS = {"format", "created", "versions", "checkpoint", "checkpoint_sha256", "run_dir", "prepared", "split",
             "split_file", "split_protocol", "tta", "tta_mirror", "precision", "n_images", "n_patients", "findings",
             "model", "epoch", "bootstrap", "auroc", "auprc", "mean_auroc", "thresholds",
-            "threshold_metrics", "calibration", "subgroups", "published", "notes", "ood"}
+            "threshold_metrics", "calibration", "subgroups", "published", "notes", "ood",
+            "source", "protocol"}
 RATE_KEYS = {"threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy",
              "tp", "fp", "tn", "fn"}
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from cxrkit.artefacts import read_csv
 from cxrkit.data.expert import ALL, FOUR, load_expert_labels
 from cxrkit.data.phantoms import sample_cohort
 from cxrkit.data.phantoms.labels import NOISE_PRESETS, noisy_findings
@@ -177,7 +178,7 @@ def test_compare_shows_radiologists_per_run(evaluated, tmp_path):
     folder = compare_runs([run, other], out=tmp_path / "cmp", bootstrap=40, progress=False)
     md = (folder / "comparison.md").read_text()
     assert "## Against radiologists" in md
-    table = pd.read_csv(folder / "radiologists.csv")
+    table = read_csv(folder / "radiologists.csv")
     assert {"run: vs radiologists", "other: vs NIH"} <= set(table.columns)
     deltas = table["Δ other - run (vs radiologists)"].dropna()
     assert deltas.str.startswith("+0.000").any()        # the same model: no difference

@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+from cxrkit.artefacts import read_csv
 from cxrkit.evaluate import evaluate_checkpoint
 from cxrkit.evaluate.compare import compare_runs
 from cxrkit.evaluate.plots import FIGURES
@@ -113,21 +114,26 @@ def test_compare_runs_and_cli(reported, phantom_run, tmp_path):
     run, metrics = reported
     other = shutil.copytree(phantom_run, tmp_path / "other")   # not evaluated yet
     out = compare_runs([run, other], out=tmp_path / "cmp", **CMP)
-    summary = pd.read_csv(out / "comparison.csv")
-    assert list(summary["run"]) == ["run", "other"]
+    summary = read_csv(out / "comparison.csv")
+    assert list(summary["entry"]) == ["run", "other"]
     assert summary.loc[0, "mean AUROC [95% CI]"].startswith(f"{metrics['mean_auroc']['value']:.3f}")
     # the same weights on the same images: a paired difference of exactly zero
-    assert summary.loc[1, "Δ mean vs run"].startswith("+0.000")
+    assert summary.loc[1, "Δ mean vs run (shared images)"].startswith("+0.000")
     assert (other / "eval" / "test" / "metrics.json").exists()   # evaluated on demand
-    per = pd.read_csv(out / "per_finding.csv")
-    assert len(per) == len(metrics["findings"]) and "Δ other - run" in per
+    per = read_csv(out / "per_finding.csv")
+    assert len(per) == len(metrics["findings"]) and "Δ other - run (shared images)" in per
     for name in ("comparison.png", "comparison.md", "comparison.html"):
         assert (out / name).exists()
-    # different images: no paired difference, and it says why
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert list(board["rank"]) == [1, 2] and (board["images"] == metrics["n_images"]).all()
+    # different images: paired on the images both scored, and it says how many
     pred = other / "eval" / "test" / "predictions_test.csv"
     pd.read_csv(pred).iloc[1:].to_csv(pred, index=False)       # one image fewer
-    s2 = pd.read_csv(compare_runs([run, other], out=tmp_path / "cmp2", **CMP) / "comparison.csv")
-    assert "different images" in s2.loc[1, "Δ mean vs run"]
+    out2 = compare_runs([run, other], out=tmp_path / "cmp2", **CMP)
+    s2 = read_csv(out2 / "comparison.csv")
+    assert s2.loc[1, "Δ mean vs run (shared images)"].startswith("+0.000")
+    assert f"use the {metrics['n_images'] - 1:,} images" in (out2 / "comparison.md").read_text()
+    assert (read_csv(out2 / "leaderboard.csv")["images"] == metrics["n_images"] - 1).all()
     from cxrkit.cli import app
     r = CliRunner().invoke(app, ["compare", str(run), str(other), "--out", str(tmp_path / "c3"),
                                  "--bootstrap", "20", "--no-progress"])

@@ -8,6 +8,7 @@ saved in every run folder and inside every checkpoint.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import yaml
 
 from cxrkit.artefacts import write_text
 from cxrkit.labels import UnknownFindingError, resolve_findings
-from cxrkit.messages import quote, quote_list
+from cxrkit.messages import quote, quote_list, shorten
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -42,7 +43,8 @@ class _Checked:
             value = getattr(self, f.name)
             allowed = [t.strip() for t in str(f.type).split("|")]
             if not any(_is_a(value, t) for t in allowed):
-                raise ConfigError(f"{self.SECTION}.{f.name} must be {' or '.join(allowed)}, "
+                said = [a if a != "float" else "a finite float" for a in allowed]
+                raise ConfigError(f"{self.SECTION}.{f.name} must be {' or '.join(said)}, "
                                   f"got {quote(value)} ({type(value).__name__})")
 
     def _at_least(self, name: str, low, *, above: bool = False) -> None:
@@ -59,8 +61,9 @@ def _is_a(value, type_name: str) -> bool:
         return isinstance(value, bool)
     if type_name == "int":
         return isinstance(value, int) and not isinstance(value, bool)
-    if type_name == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if type_name == "float":  # finite: a NaN lr or an infinite box_fold is no setting
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
     if type_name == "str":
         return isinstance(value, str)
     if type_name == "list[str]":
@@ -262,7 +265,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {quote(item)} is not key=value (e.g. train.lr=1e-4)")
         key, raw = item.split("=", 1)
-        value = _parse_value(raw)
+        value = _parse_value(raw, f"override {quote(item)}")
         parts = key.strip().split(".")
         target = d
         for p in parts[:-1]:
@@ -283,9 +286,65 @@ def _coerce(value, type_name: str, where: str):
     return value
 
 
-def _parse_value(raw: str):
+#: Most values a YAML document may hold once its aliases are expanded. A recipe holds about
+#: a hundred; 380 bytes of nested anchors (a "billion laughs") expand to billions, which
+#: any later walk over the value (a check, an error message) would spend minutes and
+#: gigabytes on.
+MAX_YAML_VALUES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose aliases expand past
+    :data:`MAX_YAML_VALUES` values, or refer to themselves, before constructing it."""
+
+    def construct_document(self, node):
+        _expanded_size(node, {}, set())
+        return super().construct_document(node)
+
+
+def _expanded_size(node, sizes: dict, open_: set) -> int:
+    """Values under ``node`` with every alias expanded (each shared node counted once per
+    use, computed once); raises :class:`ConfigError` past :data:`MAX_YAML_VALUES`."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise ConfigError("a YAML alias refers to the value that contains it")
+    open_.add(key)
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_size(v, sizes, open_) for v in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_)
+                 for k, v in node.value)
+    open_.discard(key)
+    if n > MAX_YAML_VALUES:
+        raise ConfigError(f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values "
+                          "(nested anchors, a 'billion laughs'?)")
+    sizes[key] = n
+    return n
+
+
+def load_yaml(text: str, where: str):
+    """Parse YAML ``text`` safely and within bounds; errors name ``where`` (one line).
+
+    ``yaml.safe_load`` builds no objects but plain data; on top, aliases may not expand
+    past :data:`MAX_YAML_VALUES` values, and nesting too deep for the parser is refused.
+    """
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader: plain data only
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        why = shorten(" ".join(str(e).split()), 300)  # one line
+        raise ConfigError(f"{where}: not valid YAML ({why})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+
+
+def _parse_value(raw: str, where: str):
     """YAML scalar, except that ``1e-4`` is a float (YAML 1.1 wants ``1.0e-4``)."""
-    value = yaml.safe_load(raw)
+    value = load_yaml(raw, where)
     if isinstance(value, str):
         try:
             return float(value) if any(c in value for c in ".eE") else int(value)
@@ -302,9 +361,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.exists():
             raise FileNotFoundError(f"config not found: {path}")
         try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a readable UTF-8 text file "
+                              f"({getattr(e, 'strerror', None) or e})") from None
+        d = load_yaml(text, str(path)) or {}
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping with data/model/train sections")
     return RunConfig.from_dict(apply_overrides(d, overrides or []))

@@ -18,16 +18,35 @@ def quote(value, limit: int = QUOTE_LIMIT) -> str:
     """``repr(value)``, cut to about ``limit`` characters with the full length said.
 
     ``quote("Mass")`` is ``'Mass'``; a 5 MB string becomes its first ``limit``
-    characters, quoted, then ``... (5,000,000 characters)``. Non-strings are quoted by
-    their ``repr``, cut the same way. Only the kept part is ever copied, so quoting a
-    huge value costs nothing.
+    characters, quoted, then ``... (5,000,000 characters)``. Other values are quoted by a
+    bounded ``repr`` (a few items of each container, a few levels deep: never the whole
+    of a huge or deeply shared structure), cut the same way, with their item count.
+    Only the kept part is ever built, so quoting a huge value costs nothing.
     """
     if isinstance(value, (str, bytes)):
         if len(value) <= limit:
             return repr(value)
         return f"{value[:limit]!r}... ({len(value):,} characters)"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+    text = _bounded_repr(limit).repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value):,} items" if isinstance(value, (list, tuple, dict, set, frozenset)) \
+        else type(value).__name__
+    return f"{text[:limit]}... ({size})"
+
+
+def _bounded_repr(limit: int):
+    """A ``reprlib.Repr`` that stops early: a few items per container, a few levels deep,
+    each string cut to ``limit``. ``repr()`` of a nested list that YAML aliases expanded
+    to billions of items took a minute and 6 GB before it could be cut."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel = 3
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = \
+        r.maxarray = 6
+    r.maxstring = r.maxother = r.maxlong = max(limit, 12)
+    return r
 
 
 def quote_list(values, n: int = 5, limit: int = QUOTE_LIMIT) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.artefacts import RunFolder, atomic_path
-from cxrkit.evaluate.report import _ci, _esc, _img, _num
+from cxrkit.evaluate.report import _esc, _img, _num
+from cxrkit.evaluate.text import format_ci as _ci   # the one "value [CI]" formatter
 
 
 def _flag_lines(record: dict) -> list[str]:

@@ -12,12 +12,17 @@ from cxrkit.cli.common import run as _run
 
 
 def _cacheable_size(size: int) -> int:
-    """Phantoms at least as large as the cache accepts (:data:`cxrkit.data.images.MIN_IMAGE_SIDE`,
-    imported when the option is read: that module loads OpenCV)."""
+    """Phantoms of a side the cache accepts: at least :data:`cxrkit.data.images.MIN_IMAGE_SIDE`,
+    at most :data:`cxrkit.data.phantoms.generator.MAX_IMAGE_SIDE` (imported when the option is
+    read: those modules load OpenCV)."""
     from cxrkit.data.images import MIN_IMAGE_SIDE
+    from cxrkit.data.phantoms.generator import MAX_IMAGE_SIDE
 
     if size < MIN_IMAGE_SIDE:
         raise typer.BadParameter(f"{size} is smaller than {MIN_IMAGE_SIDE}, the smallest image "
+                                 "side the cache accepts")
+    if size > MAX_IMAGE_SIDE:
+        raise typer.BadParameter(f"{size} is larger than {MAX_IMAGE_SIDE}, the largest image "
                                  "side the cache accepts")
     return size
 

@@ -13,10 +13,10 @@ from cxrkit.messages import count
 
 
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="A run folder (best.pt) or a checkpoint file")],
+    checkpoint: Annotated[Path, typer.Argument(help="A run folder (best.pt), a checkpoint file, or a predictions CSV (any model's: needs --release)")],
     split: Annotated[str, typer.Option(help="Split to evaluate: test | val | train")] = "test",
     tta: Annotated[str, typer.Option(help="Test-time augmentation: none | flip | tencrop")] = "none",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/eval/SPLIT[-TTA]")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: RUN/eval/SPLIT[-TTA]; for a predictions file, STEM_eval_ROWS beside it")] = None,
     prepared: Annotated[Path | None, typer.Option(help="Prepared folder, if moved since training")] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="Patient-bootstrap resamples for the CIs")] = 1000,
     subgroup_bootstrap: Annotated[int, typer.Option(min=0, help="Resamples per subgroup")] = 200,
@@ -33,11 +33,40 @@ def evaluate(
     expert_labels: Annotated[Path | None, typer.Option(help="Folder of Google's expert labels (default: under the release root)")] = None,
     gallery: Annotated[int, typer.Option(help="Error gallery: most confident FPs and FNs per finding (0: none)")] = 2,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
+    release: Annotated[Path | None, typer.Option(help="Predictions file: the NIH release root (or the folder of Data_Entry_2017*.csv)")] = None,
+    rows: Annotated[str, typer.Option(help="Predictions file: official-test (rows in test_list.txt) | all (every row as given)")] = "official-test",
+    trained_on: Annotated[Path | None, typer.Option(help="Predictions file: the images the model trained on (ids, one a line, or a split.csv: its train+val rows); a scored patient among them is refused")] = None,
+    fit_on: Annotated[Path | None, typer.Option(help="Predictions file: the model's predictions for other images (its validation split) to fit thresholds and temperature on")] = None,
+    logits: Annotated[bool, typer.Option(help="Predictions file: values are raw scores (logits), not probabilities")] = False,
+    name: Annotated[str | None, typer.Option(help="Predictions file: the model's name in reports (default: the file's stem)")] = None,
+    images: Annotated[Path | None, typer.Option(help="Predictions file: a folder of the release's images, to show the error gallery's images")] = None,
 ) -> None:
-    """Evaluate a checkpoint: AUROC with patient-bootstrap CIs, thresholds, calibration, subgroups."""
+    """Evaluate a checkpoint, or any model's predictions file: AUROC with patient-bootstrap CIs,
+    thresholds, calibration, subgroups, radiologists, report."""
     from cxrkit.artefacts import RunFolder
     from cxrkit.evaluate import evaluate_checkpoint
+    from cxrkit.evaluate.text import format_ci
 
+    is_file = checkpoint.is_file() and checkpoint.suffix.lower() in (".csv", ".gz")
+    wrong = ({"--split": split != "test", "--tta": tta != "none", "--prepared": prepared,
+              "--threshold-split": threshold_split != "val", "--device": device,
+              "--precision": precision} if is_file else
+             {"--release": release, "--rows": rows != "official-test", "--trained-on": trained_on,
+              "--fit-on": fit_on, "--logits": logits, "--name": name, "--images": images})
+    given = [k for k, v in wrong.items() if v]
+    if given:
+        what = "a checkpoint, not a predictions file" if is_file else \
+            "a predictions file (a .csv), not a checkpoint"
+        typer.secho(f"error: {', '.join(given)} apply to {what}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    if is_file:
+        return _evaluate_file(checkpoint, release=release, rows=rows, out=out, name=name,
+                              logits=logits, trained_on=trained_on, fit_on=fit_on,
+                              bootstrap=bootstrap, subgroup_bootstrap=subgroup_bootstrap,
+                              seed=seed, temperature=temperature, reference=reference,
+                              expert_labels=expert_labels, report=report, images=images,
+                              gallery=gallery, threshold_method=threshold_method,
+                              threshold_overrides=_threshold_overrides(threshold))
     m = _run(evaluate_checkpoint, checkpoint, split=split, tta=tta, out=out, prepared=prepared,
              bootstrap=bootstrap, subgroup_bootstrap=subgroup_bootstrap, seed=seed,
              temperature=temperature, threshold_method=threshold_method,
@@ -46,15 +75,10 @@ def evaluate(
              report=report, progress=progress, reference=reference,
              expert_labels=expert_labels, gallery=gallery,
              threshold_overrides=_threshold_overrides(threshold))
-    mean = m["mean_auroc"]
-    if mean["value"] is None:
-        text = "undefined"
-    else:
-        ci = f" (95% CI {mean['lo']:.4f}-{mean['hi']:.4f})" if mean["lo"] is not None else ""
-        text = f"{mean['value']:.4f}{ci}"
     folder = out or RunFolder(m["run_dir"]).eval(split, tta)
-    typer.echo(f"{split}: {count(m['n_images'], 'image')} of {count(m['n_patients'], 'patient')}, mean AUROC "
-               f"{text} over {mean['defined']} findings -> {folder}")
+    typer.echo(f"{split}: {count(m['n_images'], 'image')} of {count(m['n_patients'], 'patient')}, "
+               f"mean AUROC {format_ci(m['mean_auroc'], 4)} over {m['mean_auroc']['defined']} "
+               f"findings -> {folder}")
     ood = m.get("ood")
     if ood:
         def auc(x):
@@ -77,8 +101,33 @@ def _threshold_overrides(items: list[str] | None) -> dict[str, float]:
     return _run(parse_overrides, items, FINDINGS)
 
 
+def _evaluate_file(path: Path, *, out: Path | None, **options) -> None:
+    """``cxrkit evaluate FILE.csv --release DIR``: a predictions file scored on NIH's labels."""
+    from cxrkit.evaluate.external import evaluate_predictions
+    from cxrkit.evaluate.radiologists import read_section
+    from cxrkit.evaluate.text import format_ci
+
+    m = _run(evaluate_predictions, path, out=out, **options)
+    folder = out or path.with_name(f"{path.stem}_eval_{options['rows']}")
+    typer.echo(m["protocol"]["line"])
+    typer.echo(f"{count(m['n_images'], 'image')} of {count(m['n_patients'], 'patient')}, mean AUROC "
+               f"{format_ci(m['mean_auroc'], 4)} over {m['mean_auroc']['defined']} findings "
+               f"-> {folder}")
+    for note in m["notes"][1:]:
+        typer.echo(f"note: {note}")
+    section = read_section(folder)
+    if section is not None:
+        for set_name, rec in section[0]["sets"].items():
+            for f in rec["findings"]:
+                if f["predicted"]:
+                    typer.echo(f"against radiologists ({set_name}, {f['images']:,} images): "
+                               f"{f['finding']}: AUROC {format_ci(f['auroc_radiologists'])} vs "
+                               f"radiologists, {format_ci(f['auroc_nih'])} vs NIH's labels, "
+                               f"difference {format_ci(f['difference'], signed=True)}")
+
+
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders (or checkpoints); the first is the baseline")],
+    runs: Annotated[list[Path], typer.Argument(help="Evaluation folders (of runs or of predictions files), run folders or checkpoints; the first is the baseline")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the comparison")] = Path("comparison"),
     split: Annotated[str, typer.Option(help="Split whose evaluations are compared")] = "test",
     tta: Annotated[str, typer.Option(help="Test-time augmentation of those evaluations")] = "none",
@@ -87,7 +136,8 @@ def compare(
     evaluate_missing: Annotated[bool, typer.Option(help="Evaluate runs not yet evaluated")] = True,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
-    """Runs side by side: mean and per-finding AUROC with CIs, paired differences, time, size."""
+    """Runs and predictions files side by side: AUROC with CIs, paired differences and a
+    leaderboard on the images every entry scored, time, size."""
     from cxrkit.evaluate.compare import compare_runs
 
     folder = _run(compare_runs, runs, out=out, split=split, tta=tta, bootstrap=bootstrap,

@@ -43,7 +43,7 @@ import pandas as pd
 import PIL
 
 from cxrkit import __version__
-from cxrkit.artefacts import write_csv, write_json
+from cxrkit.artefacts import read_csv, write_csv, write_json
 from cxrkit.data._cache_build import PartialBuild, decode_rows, fsync_dir
 from cxrkit.data.images import PixelMap, PreprocessSettings
 from cxrkit.messages import quote
@@ -266,7 +266,7 @@ class ImageCache:
             raise CacheNotReadyError(_not_ready_message(self.root))
         self.manifest = manifest
         self.settings = PreprocessSettings.from_dict(manifest["settings"])
-        index = pd.read_csv(self.root / INDEX, keep_default_na=False, na_values={
+        index = read_csv(self.root / INDEX, keep_default_na=False, na_values={
             c: [""] for c in _GEOMETRY}, dtype={"image_id": str, "status": str, "error": str,
                                                "path": str, **dict.fromkeys(_GEOMETRY, "Int64")})
         n = manifest["shape"][0]

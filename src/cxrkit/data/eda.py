@@ -33,7 +33,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from cxrkit import __version__
-from cxrkit.artefacts import atomic_path, make_folder, versions, write_json, write_text
+from cxrkit.artefacts import (
+    atomic_path,
+    make_folder,
+    versions,
+    write_csv,
+    write_json,
+    write_text,
+)
 from cxrkit.data.nih import MAX_AGE_YEARS, NIH_IMAGE_SIZE
 from cxrkit.data.splits import SPLITS
 from cxrkit.labels import FINDINGS, NO_FINDING, canonical_finding
@@ -387,7 +394,8 @@ def describe(labels: pd.DataFrame, split: pd.DataFrame | None, out_dir: str | Pa
     files = []
 
     def csv(df: pd.DataFrame, name: str, **kw) -> None:
-        write_text(df.round(4).to_csv(float_format="%.10g", **kw), out / name)  # counts exact
+        write_csv(df.round(4), out / name, index=kw.get("index", True),  # counts exact
+                  float_format="%.10g")
         files.append(out / name)
 
     table = prev.drop(columns=["split_images", "split_patients"])

@@ -287,8 +287,8 @@ def read_bbox_list(path: str | Path) -> pd.DataFrame:
         )
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, header=None, skiprows=1)
-    except pd.errors.EmptyDataError:
-        raise NIHFormatError(f"{path}: no data rows (only a header)") from None
+    except pd.errors.EmptyDataError:  # only the header: a release without boxes
+        raw = pd.DataFrame({c: pd.Series([], dtype=str) for c in range(6)})
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
         raise NIHFormatError(f"{path}: not a readable CSV ({_short(e)})") from None
     if raw.shape[1] < 6:

@@ -14,7 +14,6 @@ decodes every image once into the cache, and writes next to the cache:
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import tempfile
 import warnings
@@ -25,7 +24,14 @@ from pathlib import Path
 import pandas as pd
 
 from cxrkit import __version__
-from cxrkit.artefacts import PreparedFolder, WriteError, write_csv, write_json
+from cxrkit.artefacts import (
+    PreparedFolder,
+    WriteError,
+    read_csv,
+    read_json,
+    write_csv,
+    write_json,
+)
 from cxrkit.data.cache import ImageCache, PreprocessSettings, build_cache
 from cxrkit.data.nih import NIH_IMAGE_SIZE
 from cxrkit.data.release import BOX_TEST_NOTE, ReleaseSources, load_release, match_images
@@ -224,7 +230,7 @@ def load_prepared(path: str | Path) -> Prepared:
             raise FileNotFoundError(f"{path} is not a prepared folder: {name} is missing "
                                     "(run `cxrkit prepare` first)")
     cache = ImageCache(path)
-    labels = pd.read_csv(layout.labels, dtype={"image_id": str, "sex": str, "view": str})
+    labels = read_csv(layout.labels, dtype={"image_id": str, "sex": str, "view": str})
     ok = labels["image_id"].isin(pd.Index(cache.ids))
     if not ok.all():
         bad = labels.loc[~ok, "image_id"].tolist()
@@ -233,6 +239,6 @@ def load_prepared(path: str | Path) -> Prepared:
                       stacklevel=2)
         labels = labels.loc[ok].reset_index(drop=True)
     split = load_split(layout.split)  # checks columns, values and leakage
-    boxes = pd.read_csv(layout.boxes) if layout.boxes.exists() else None
-    info = json.loads(layout.dataset.read_text())
+    boxes = read_csv(layout.boxes) if layout.boxes.exists() else None
+    info = read_json(layout.dataset)
     return Prepared(root=path, cache=cache, labels=labels, split=split, boxes=boxes, info=info)

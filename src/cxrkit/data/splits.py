@@ -25,13 +25,12 @@ made; later stages reload it with :func:`load_split`, which re-checks leakage.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxrkit.artefacts import file_sha256, write_csv, write_json
+from cxrkit.artefacts import file_sha256, read_csv, read_json, write_csv, write_json
 from cxrkit.labels import FINDINGS
 from cxrkit.messages import quote
 
@@ -168,7 +167,7 @@ def load_split(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"split file not found: {path} (make one with `cxrkit split`)")
-    split = pd.read_csv(path, dtype={"image_id": str, "split": str})
+    split = read_csv(path, dtype={"image_id": str, "split": str})
     missing = {"image_id", "patient_id", "split"} - set(split.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
@@ -184,7 +183,7 @@ def load_split(path: str | Path) -> pd.DataFrame:
 def split_provenance(path: str | Path) -> dict:
     """The JSON sidecar of a split file ({} if absent)."""
     side = Path(path).with_suffix(".json")
-    return json.loads(side.read_text()) if side.exists() else {}
+    return read_json(side, missing={})
 
 
 def box_fold(split: pd.DataFrame, boxes: pd.DataFrame, *, fraction: float,

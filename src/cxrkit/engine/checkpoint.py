@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from cxrkit.artefacts import CheckpointError, atomic_file, resolve_checkpoint
+from cxrkit.messages import quote
 
 FORMAT = "cxrkit-checkpoint/1"
 
@@ -55,10 +56,43 @@ def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cxrkit checkpoint (no format {FORMAT!r})")
+    check_fields(ckpt, path)
     return ckpt
 
 
-__all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "rng_state", "save_checkpoint",
+#: The type of each field a cxrkit checkpoint may hold (absent or None is allowed).
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {"model": dict, "model_config": dict, "findings": list, "preprocess": dict,
+               "config": dict, "split": dict, "versions": dict, "optimizer": dict,
+               "scheduler": dict, "scaler": dict, "epoch": int, "step": int, "rng": dict,
+               "best": (int, float), "bad_epochs": int, "history": list, "metrics": dict,
+               "ood": dict}
+
+
+def check_fields(ckpt: dict, path) -> None:
+    """Refuse a checkpoint whose fields have the wrong type (a ``config`` that is a string,
+    findings that are not names...): one :class:`CheckpointError` naming the field, instead
+    of an ``AttributeError`` wherever the field is first used."""
+    def wrong(field: str, value, want: str):
+        raise CheckpointError(f"{path}: field {field!r} of the checkpoint should be {want}, "
+                              f"found {quote(value, 40)} ({type(value).__name__}); the file "
+                              "is damaged or was not written by cxrkit")
+
+    for field, kind in FIELD_TYPES.items():
+        value = ckpt.get(field)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(
+                k.__name__ for k in kind)
+            wrong(field, value, f"a {names}")
+    findings = ckpt.get("findings")
+    if findings is not None and not all(isinstance(f, str) for f in findings):
+        wrong("findings", findings, "a list of finding names")
+    for section, value in (ckpt.get("config") or {}).items():
+        if section in ("data", "model", "train") and not isinstance(value, dict | None):
+            wrong(f"config.{section}", value, "a mapping")
+
+
+__all__ = ["FIELD_TYPES", "FORMAT", "CheckpointError", "check_fields", "load_checkpoint",
+           "rng_state", "save_checkpoint",
            "set_rng_state"]
 
 

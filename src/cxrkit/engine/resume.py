@@ -12,7 +12,6 @@ resume; :func:`start_run_folder` writes ``config.yaml`` once the run is built (a
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from cxrkit.artefacts import RunFolder, make_folder, write_csv
@@ -75,19 +74,19 @@ def start_run_folder(t: Training, *, fresh: bool) -> None:
     """Create the run folder and write ``config.yaml`` (main rank, after :func:`build`).
 
     ``fresh``: first delete what an earlier run of this folder trained (checkpoints,
-    records, TensorBoard events), so nothing of it is mistaken for the new run's.
+    records, its TensorBoard event files: :meth:`RunFolder.trained_files`), so nothing of
+    it is mistaken for the new run's; files cxrkit did not write are left.
     """
     run = t.run
     if fresh:
-        old = [p for p in (run.best, run.last, run.history, run.curves, run.run_json,
-                           run.box_fold_moved) if p.exists()]
+        old = run.trained_files()
         for p in old:
             p.unlink()
-        if run.tensorboard.exists():
-            shutil.rmtree(run.tensorboard)
-            old.append(run.tensorboard)
+        if run.tensorboard.is_dir() and not any(run.tensorboard.iterdir()):
+            run.tensorboard.rmdir()
         if old:
-            log.info("--fresh: removed %s from %s", ", ".join(p.name for p in old), run.root)
+            log.info("--fresh: removed %s from %s (what cxrkit train wrote; nothing else)",
+                     ", ".join(sorted({str(p.relative_to(run.root)) for p in old})), run.root)
     make_folder(run.root)
     t.cfg.to_yaml(run.config)
     if t.data.moved is not None:

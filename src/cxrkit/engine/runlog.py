@@ -9,15 +9,15 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from cxrkit.artefacts import atomic_path
+from cxrkit.artefacts import atomic_path, csv_row
 
 
 def write_history(history: list[dict], path: Path) -> None:
     """Write one row per epoch to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
+        w = csv.writer(f)
+        w.writerow(csv_row(history[0]))
+        w.writerows(csv_row(h.get(k, "") for k in history[0]) for h in history)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:

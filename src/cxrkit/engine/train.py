@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrkit.artefacts import PreparedFolder, RunFolder, WriteError, file_sha256, versions, write_json
+from cxrkit.artefacts import (
+    PreparedFolder,
+    RunFolder,
+    WriteError,
+    file_sha256,
+    finite_or_none,
+    folder_lock,
+    versions,
+    write_json,
+)
 from cxrkit.config import RunConfig
 from cxrkit.data.dataset import META_FEATURES, CXRDataset, make_loader
 from cxrkit.data.prepare import load_prepared
@@ -416,7 +426,7 @@ def summarise(t: Training, s: TrainState, status: str, started: float) -> dict:
     f = t.freeze
     summary = {
         "status": status, "model": t.cfg.model.name, "findings": list(t.data.findings),
-        "epochs_run": len(s.history), "best_val_mean_auroc": s.best if s.history else None,
+        "epochs_run": len(s.history), "best_val_mean_auroc": finite_or_none(s.best) if s.history else None,
         "seconds": time.time() - started, "train_images": len(t.data.train),
         "val_images": len(t.data.val),
         "parameters": f["trainable_params"] + f["frozen_params"],
@@ -441,46 +451,66 @@ def fit(cfg: RunConfig, *, resume: bool = True, show_progress: bool = True) -> d
 
     Four steps, each a function: :func:`check_resume` (refuse a folder whose run has other
     settings), :func:`build`, :func:`resume_state`, :func:`run_epochs`; then
-    :func:`summarise` writes ``run.json``. Nothing is written until the config is accepted
-    and the run is built. ``resume=False`` (``--fresh``) starts the folder again.
+    :func:`summarise` writes ``run.json``. The folder must be new, empty or a cxrkit run
+    (:meth:`RunFolder.check_trainable`), and is locked while training writes into it
+    (:func:`cxrkit.artefacts.folder_lock`: a second writer is refused, naming this pid).
+    Nothing else is written until the config is accepted and the run is built.
+    ``resume=False`` (``--fresh``) starts the folder again.
     Returns the summary dict written to ``run.json`` (``{}`` on other ranks).
     """
     d = distributed.setup()
     try:
-        ck = check_resume(cfg, resume=resume)
-        t = build(cfg, d)
-        if d.is_main:
-            start_run_folder(t, fresh=not resume)
-        distributed.barrier(d)
-        s = resume_state(t, ck)
-        writer = None
-        if d.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(t.run.tensorboard))
-        status, started = "failed", time.time()
-        try:
-            status = run_epochs(t, s, writer=writer, show_progress=show_progress,
-                                started=started)
-            if d.is_main and s.history:
-                record_ood(t.run.best, t.model, t.data, t.eval_tf, device=t.device, cfg=cfg,
-                           show_progress=show_progress)
-        except TrainingDiverged as e:
-            status = f"diverged: {e}"
-            raise
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
-        except Exception as e:
-            status = f"failed: {type(e).__name__}: {e}"
-            raise
-        finally:
-            if writer is not None:
-                writer.close()
-            if d.is_main:
-                summary = _summarise_safely(t, s, status, started)
-        return summary if d.is_main else {}
+        with _writing(cfg, d):
+            return _fit(cfg, d, resume=resume, show_progress=show_progress)
     finally:
         distributed.teardown(d)
+
+
+def _writing(cfg: RunConfig, d: distributed.Dist):
+    """The main rank's hold on the run folder: refuse a folder that is not empty and not a
+    run (the user's files), then lock it against a second writer (a second ``train`` or an
+    ``evaluate`` writing into it)."""
+    if not d.is_main:
+        return nullcontext()
+    run = RunFolder(Path(cfg.out))
+    run.check_trainable()
+    return folder_lock(run.root, "cxrkit train")
+
+
+def _fit(cfg: RunConfig, d: distributed.Dist, *, resume: bool, show_progress: bool) -> dict:
+    """:func:`fit` once the run folder is held."""
+    ck = check_resume(cfg, resume=resume)
+    t = build(cfg, d)
+    if d.is_main:
+        start_run_folder(t, fresh=not resume)
+    distributed.barrier(d)
+    s = resume_state(t, ck)
+    writer = None
+    if d.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(t.run.tensorboard))
+    status, started = "failed", time.time()
+    try:
+        status = run_epochs(t, s, writer=writer, show_progress=show_progress,
+                            started=started)
+        if d.is_main and s.history:
+            record_ood(t.run.best, t.model, t.data, t.eval_tf, device=t.device, cfg=cfg,
+                       show_progress=show_progress)
+    except TrainingDiverged as e:
+        status = f"diverged: {e}"
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except Exception as e:
+        status = f"failed: {type(e).__name__}: {e}"
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+        if d.is_main:
+            summary = _summarise_safely(t, s, status, started)
+    return summary if d.is_main else {}
 
 
 def _summarise_safely(t: Training, s: TrainState, status: str, started: float) -> dict:

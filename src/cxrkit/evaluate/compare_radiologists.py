@@ -16,15 +16,12 @@ import numpy as np
 import pandas as pd
 
 from cxrkit.evaluate.radiologists import read_section
+from cxrkit.evaluate.text import format_ci
 from cxrkit.metrics import paired_auroc_difference
 
 
 def _ci(rec: dict | None) -> str:
-    if not rec or rec.get("value") is None:
-        return "—"
-    if rec.get("lo") is None:
-        return f"{rec['value']:.3f}"
-    return f"{rec['value']:.3f} [{rec['lo']:.3f}, {rec['hi']:.3f}]"
+    return format_ci(rec, missing="—")
 
 
 def radiologists_comparison(runs: list[tuple[str, Path]], *, bootstrap: int = 1000,
@@ -55,30 +52,31 @@ def radiologists_comparison(runs: list[tuple[str, Path]], *, bootstrap: int = 10
                     row[f"Δ {name} - {base_name} (vs radiologists)"] = _paired(
                         base[1], images, set_name, f["finding"], bootstrap, seed)
     notes.append("Δ: difference of AUROCs against the radiologists, 95% paired patient-bootstrap "
-                 "interval; n/a where the runs were not scored on the same expert images.")
+                 "interval, on the expert images both entries scored (their number is given "
+                 "when it is fewer than either scored); n/a where they share none.")
     return pd.DataFrame(list(rows.values())), notes
 
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, set_name: str, finding: str, n: int,
             seed: int) -> str:
+    """The paired difference on the expert images both entries scored (how many, said)."""
     pick = lambda t: t[(t["set"] == set_name) & (t["finding"] == finding)]  # noqa: E731
     ta, tb = pick(a), pick(b)
-    if ta.empty or set(ta["image_id"]) != set(tb["image_id"]):
-        return "n/a (other images)"
-    tb = tb.sort_values("image_id")
-    ta = ta.set_index("image_id").loc[tb["image_id"]].reset_index()
+    shared = sorted(set(ta["image_id"]) & set(tb["image_id"]))
+    every = len(shared) == len(set(ta["image_id"]) | set(tb["image_id"]))
+    if not shared:
+        return "n/a (no shared images)"
+    ta = ta.set_index("image_id").loc[shared].reset_index()
+    tb = tb.set_index("image_id").loc[shared].reset_index()
     if not np.array_equal(ta["radiologists"].to_numpy(), tb["radiologists"].to_numpy()):
         return "n/a (other labels)"
     d = paired_auroc_difference(tb["radiologists"].to_numpy(float)[:, None],
                                 ta["score"].to_numpy(float)[:, None],
                                 tb["score"].to_numpy(float)[:, None],
-                                tb["patient_id"].to_numpy(), n=n, seed=seed)
-    v, lo, hi = d["value"][0], d["lo"][0], d["hi"][0]
-    if not np.isfinite(v):
-        return "undefined"
-    if not np.isfinite(lo):
-        return f"{v:+.3f} (no CI)"
-    return f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" *" if lo > 0 or hi < 0 else "")
+                                tb["patient_id"].astype(str).to_numpy(), n=n, seed=seed)
+    text = format_ci({"value": d["value"][0], "lo": d["lo"][0], "hi": d["hi"][0]},
+                     signed=True, star=True)
+    return text if every else f"{text} (on {len(shared):,} shared images)"
 
 
 __all__ = ["radiologists_comparison"]

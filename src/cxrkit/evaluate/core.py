@@ -1,22 +1,34 @@
-"""``cxrkit evaluate``: a checkpoint's honest test numbers, written as ``metrics.json`` + tables.
+"""``cxrkit evaluate``: honest test numbers, written as ``metrics.json`` + tables.
+
+One evaluation path: :func:`score` scores a table of predictions (labels, probabilities,
+patients, age/sex/view) and writes the evaluation folder
+(:class:`cxrkit.artefacts.EvaluationFolder`). Evaluating a run is "make predictions, then
+score the table": :func:`evaluate_checkpoint` loads the run's split and predicts
+(:mod:`cxrkit.inference.heldout`, :mod:`cxrkit.evaluate.predictions`), then calls
+:func:`score`; a model cxrkit did not train comes in through its predictions file
+(:mod:`cxrkit.evaluate.external`) and is scored by the same :func:`score`, so the two
+cannot drift apart.
 
 Reads top to bottom: the metric sections
 (:func:`ranking_section`, :func:`threshold_section`, :func:`calibration_section`,
-:func:`subgroup_rows`), the honesty notes, :func:`write_outputs`, and
-:func:`evaluate_checkpoint`, which first loads the run's split and predicts
-(:mod:`cxrkit.inference.heldout`, :mod:`cxrkit.evaluate.predictions`), then runs them.
+:func:`subgroup_rows`), the honesty notes and the protocol line, :func:`write_outputs`,
+:func:`score`, and :func:`evaluate_checkpoint`.
 
 Honesty rules the code keeps:
 
-* decision thresholds and the temperature are fitted on the **validation** split and only
-  applied to the evaluated split (never fitted on test);
+* decision thresholds and the temperature are fitted on the **validation** split (a
+  predictions file: on ``--fit-on`` predictions for other images, else not at all) and
+  only applied to the evaluated split (never fitted on test);
+* every output states its protocol (:func:`protocol_line`): which rows were scored and
+  how many of NIH's 25,596 official test images they are;
 * confidence intervals resample **patients** (all images of a drawn patient together);
 * a finding whose evaluated labels have one class has no AUROC: ``null``, never 0.5;
 * the split file must be byte-identical (sha256) to the one the model was trained with,
   otherwise "test" could contain training images and the evaluation is refused;
 * published numbers are shown with whether this run's test set can be set beside them.
 
-``metrics.json`` (format ``cxrkit-eval/1``) holds everything the report needs; undefined
+``metrics.json`` (format ``cxrkit-eval/1``; ``source.kind`` "run" or "predictions", and
+``protocol``) holds everything the report needs; undefined
 values are ``null``. Reliability curves list the non-empty bins only (as scikit-learn's
 ``calibration_curve`` returns them). ``epoch`` is 1-based, as in the run's metrics.csv.
 """
@@ -33,10 +45,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.artefacts import (RunFolder, jsonable, make_folder, versions, write_bytes, write_csv,
-                              write_json)
+from cxrkit.artefacts import (THRESHOLDS_FILE, EvaluationFolder, RunFolder, jsonable, make_folder,
+                              versions, write_bytes, write_csv, write_json, writes_into_run)
 from cxrkit.artefacts import finite_or_none as _f
-from cxrkit.data.prepare import Prepared
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
 from cxrkit.evaluate.gallery import write_error_gallery
 from cxrkit.evaluate.radiologists import evaluate_against_radiologists
@@ -54,6 +65,9 @@ from cxrkit.evaluate.threshold_choice import (
     fit_threshold,
     parse_method,
 )
+from cxrkit.evaluate.text import format_ci
+from cxrkit.data.nih import read_image_list
+from cxrkit.evaluate.provenance import is_runs_own
 from cxrkit.inference.core import TTA_MODES, load, write_thresholds
 from cxrkit.inference.heldout import HeldOut, ensure_ood_record, load_held_out
 from cxrkit.messages import count
@@ -228,9 +242,11 @@ def ood_section(pred: Predictions, findings, record: dict) -> dict:
 
 
 # -- provenance and notes -----------------------------------------------------------------
-def data_source(prepared: Prepared) -> str:
-    """"phantom" (synthetic release), "nih" (the full NIH label file) or "other"."""
-    info = prepared.info
+def data_source(info: dict) -> str:
+    """"phantom" (synthetic release), "nih" (the full NIH label file) or "other".
+
+    ``info``: what was read (a prepared folder's ``dataset.json``, or the same keys for a
+    release read directly: ``phantom``, ``release_root``, ``label_report``)."""
     if info.get("phantom"):
         return "phantom"
     root = info.get("release_root")
@@ -240,9 +256,10 @@ def data_source(prepared: Prepared) -> str:
     return "nih" if rows == NIH_LABEL_ROWS else "other"
 
 
-def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict,
-           auroc: dict, bootstrap: int, calibration: dict, test: Predictions,
-           tta: str, subgroups: Sequence[dict] = ()) -> list[str]:
+def scoring_notes(*, source: str, split: str, fit_split: str | None, mean: dict, auroc: dict,
+                  bootstrap: int, calibration: dict, test: Predictions,
+                  subgroups: Sequence[dict] = ()) -> list[str]:
+    """The honesty notes of any scored table (a run's split or a predictions file)."""
     notes = []
     if source == "phantom":
         notes.append("Phantom (synthetic) images: these numbers test the pipeline and say "
@@ -250,12 +267,6 @@ def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict
     elif source == "other":
         notes.append("The labels are not the full NIH label file (112,120 rows), so the test "
                      "set is not NIH's; published numbers are not comparable.")
-    n = len(test.table)
-    if (source == "nih" and data.protocol == "official" and split == "test"
-            and data.moved is None and n != OFFICIAL_TEST_IMAGES):
-        notes.append(f"Only {n:,} of the {OFFICIAL_TEST_IMAGES:,} official test images are in "
-                     "the cache, so this is not the official test set: published numbers "
-                     "are not comparable.")
     if mean["undefined"]:
         notes.append(f"AUROC undefined (one class among the evaluated labels) for: "
                      f"{', '.join(mean['undefined'])}; they are null and left out of the mean "
@@ -272,11 +283,12 @@ def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict
     if mean["value"] is not None and mean["lo"] is None:
         notes.append("No confidence interval for the mean AUROC: fewer than half of the "
                      "patient resamples had both classes for every finding in the mean.")
-    if data.moved is not None:
-        notes.append(f"The run used a box fold ({data.box_fold:g}): {len(data.moved)} test "
-                     f"images of {data.moved['patient_id'].nunique()} patients were moved into "
-                     "training and are not evaluated here.")
-    if split == fit_split:
+    if fit_split is None:
+        notes.append("Thresholds and temperature were not fitted: no predictions for other "
+                     "images were given (--fit-on VAL.csv), and fitting them on the scored "
+                     "images would flatter them. Calibration (ECE, reliability) is of the "
+                     "probabilities as given.")
+    elif split == fit_split:
         notes.append(f"Thresholds and temperature were fitted on the evaluated split "
                      f"({split}) itself: threshold metrics and calibration after temperature "
                      "are optimistic.")
@@ -298,17 +310,39 @@ def _notes(*, source: str, split: str, fit_split: str, data: HeldOut, mean: dict
     unknown = int(np.isnan(test.labels).sum())
     if unknown:
         notes.append(f"{unknown} unknown labels (NaN) were left out per finding.")
-    if tta != "none":
-        notes.append(f"Test-time augmentation '{tta}': logits averaged over views; thresholds "
-                     f"in thresholds.json were chosen with the same TTA.")
-    notes.append("Intervals: percentile bootstrap over patients (all images of a drawn "
-                 f"patient together), {bootstrap} resamples, 95%.")
     thin_groups = [r for r in subgroups if r["auroc"] is not None and r["caution"]]
     if thin_groups:
         notes.append(f"Subgroups: {len(thin_groups)} AUROC(s) rest on fewer than {FEW_POSITIVES} "
                      "positive patients (marked and greyed; no interval below "
                      f"{MIN_INTERVAL_PATIENTS}).")
     return notes
+
+
+def _run_notes(*, data: HeldOut) -> list[str]:
+    """Notes only a run's evaluation has: the box fold (coverage of the official list is
+    the protocol line's, :func:`protocol_line`)."""
+    notes = []
+    if data.moved is not None:
+        notes.append(f"The run used a box fold ({data.box_fold:g}): {len(data.moved)} test "
+                     f"images of {data.moved['patient_id'].nunique()} patients were moved into "
+                     "training and are not evaluated here.")
+    return notes
+
+
+def coverage(image_ids, test_list, train_val_list=None, *, nih: bool = True) -> dict:
+    """How many of the official test images a scored table holds (and train_val ones).
+
+    ``nih``: the lists are NIH's (the full label file): the total is the 25,596 of the
+    papers; otherwise (a phantom or partial release) the length of its own test list."""
+    ids = set(image_ids)
+    total = OFFICIAL_TEST_IMAGES if nih or test_list is None else len(test_list)
+    out = {"nih": nih, "official_test_images": total, "scored": len(ids),
+           "scored_official_test": None, "scored_train_val": None}
+    if test_list is not None:
+        out["scored_official_test"] = len(ids & set(test_list))
+    if train_val_list is not None:
+        out["scored_train_val"] = len(ids & set(train_val_list))
+    return out
 
 
 # -- outputs ------------------------------------------------------------------------------
@@ -320,8 +354,11 @@ def _tables(metrics: dict) -> dict[str, pd.DataFrame]:
         "auprc_lo": metrics["auprc"][f]["lo"], "auprc_hi": metrics["auprc"][f]["hi"],
         "positives": metrics["auroc"][f]["positives"],
         "negatives": metrics["auroc"][f]["negatives"]} for f in findings])
-    thresholds = pd.DataFrame([{"method": m, "finding": f, **metrics["threshold_metrics"][m][f]}
-                               for m in metrics["threshold_metrics"] for f in findings])
+    applied = metrics["threshold_metrics"]   # {} when no thresholds were fitted
+    thresholds = pd.DataFrame([{"method": m, "finding": f, **applied[m][f]}
+                               for m in applied for f in findings],
+                              columns=["method", "finding", "threshold", "tp", "fp", "tn", "fn"]
+                              if not applied else None)
     for col in ("tp", "fp", "tn", "fn"):
         thresholds[col] = thresholds[col].astype("Int64")   # counts; empty when undefined
     cal = metrics["calibration"]
@@ -338,8 +375,8 @@ def _tables(metrics: dict) -> dict[str, pd.DataFrame]:
                                                             "protocol", "comparable", "note"])
     published.insert(3, "this_run_auroc", [metrics["auroc"].get(f, {}).get("value")
                                            for f in published["finding"]])
-    return {"auroc.csv": auroc, "thresholds.csv": thresholds, "calibration.csv": calibration,
-            "subgroups.csv": subgroups, "published.csv": published}
+    return {"auroc": auroc, "threshold_table": thresholds, "calibration": calibration,
+            "subgroups": subgroups, "published": published}   # EvaluationFolder's names
 
 
 def write_outputs(out: Path, metrics: dict, preds: list[Predictions]) -> dict:
@@ -348,14 +385,125 @@ def write_outputs(out: Path, metrics: dict, preds: list[Predictions]) -> dict:
     Returns ``metrics`` as written (plain JSON types, ``None`` for undefined values).
     """
     metrics = jsonable(metrics)
-    make_folder(out)
+    folder = EvaluationFolder(make_folder(out))
     for pred in preds:
-        write_csv(predictions_frame(pred, metrics["findings"]),
-                         out / f"predictions_{pred.split}.csv")
+        write_csv(predictions_frame(pred, metrics["findings"]), folder.predictions(pred.split))
     for name, table in _tables(metrics).items():
-        write_csv(table, out / name)
-    write_json(metrics, out / "metrics.json")
+        write_csv(table, getattr(folder, name))
+    write_json(metrics, folder.metrics)
     return metrics
+
+
+def protocol_line(rows: str, cov: dict, *, n_rows: int | None = None,
+                  split_text: str | None = None) -> str:
+    """The one sentence every output states: which rows were scored and how many of NIH's
+    25,596 official test images they are (a figure on a subset, or one that includes
+    train_val images, is not comparable to papers that score the whole list). For a
+    release that is not NIH's (phantoms), its own test list is counted instead."""
+    k, t, total = cov["scored_official_test"], cov["scored_train_val"], cov["official_test_images"]
+    n, nih = cov["scored"], cov.get("nih", True)
+    official = "official test" if nih else "test-list"
+    if rows == "official-test":
+        where = ("NIH's official test list" if nih else "the release's test list (not NIH's "
+                 "release: not comparable to published numbers)")
+        text = (f"Protocol: {where} (test_list.txt): {k:,} of its {total:,} images scored "
+                f"({100 * k / total:.1f} %).")
+        if n_rows is not None and n_rows > n:
+            text += f" {n_rows - n:,} rows of the file are not on the list and were not scored."
+    elif rows == "all":
+        text = f"Protocol: all {n:,} rows as given (the model's own split)"
+        text += (f": {k:,} of the {total:,} {official} images" if k is not None else "")
+        text += (f" and {t:,} train_val images." if t else ".")
+    else:
+        text = f"Protocol: {split_text or rows}: {n:,} images"
+        text += (f", {k:,} of the {total:,} {official} images." if k is not None else ".")
+    if nih and k is not None and k < total:
+        text += (f" Not comparable to papers that score the whole official test list: "
+                 f"{'a subset of it' if k else 'none of it'}"
+                 + (f", with {t:,} train_val images, which models trained on NIH's official "
+                    "split have seen" if t else "") + ".")
+    return text
+
+
+def score(test: Predictions, fit: Predictions | None, findings, out: str | Path, *,
+          header: dict, run: RunProtocol, fit_split: str | None, bootstrap: int = 1000,
+          subgroup_bootstrap: int = 200, seed: int = 0, temperature: bool = True,
+          notes: tuple[list[str], list[str]] = ([], []), expert_source: dict | None = None,
+          reference: str = "auto", expert_labels: str | Path | None = None,
+          ood_record: dict | None = None, threshold_method: str = "youden",
+          threshold_overrides: dict[str, float] | None = None) -> dict:
+    """Score a table of predictions: the one evaluation path of runs and predictions files.
+
+    ``test``: the scored images (labels, probabilities, patients, age/sex/view); ``fit``:
+    predictions for *other* images that thresholds and the temperature are fitted on
+    (None: not fitted). ``header``: what made the predictions (provenance fields of
+    ``metrics.json``, the protocol included). ``notes``: source-specific notes before and
+    after the common ones. ``expert_source``: ``{"release_root", "files"}`` where
+    Google's radiologists' labels are looked for (:mod:`cxrkit.evaluate.radiologists`).
+    ``threshold_method`` / ``threshold_overrides``: the thresholds written for predict
+    (:func:`~cxrkit.evaluate.threshold_choice.choose_thresholds`, fitted on ``fit`` only),
+    recorded with their provenance as ``thresholds["written"]``; too few positives behind
+    one is a log warning and a ``Warning:`` note.
+    Writes ``metrics.json``, the tables and the predictions into ``out``; returns the
+    metrics as written.
+    """
+    findings = list(findings)
+    out = Path(out)
+    auroc, auprc, mean = ranking_section(test, findings, n=bootstrap, seed=seed)
+    written = few_note = None
+    if fit is not None:
+        used = choose_thresholds(fit.labels, fit.probs, fit.patients, findings,
+                                 method=threshold_method, overrides=threshold_overrides)
+        thresholds, applied = threshold_section(fit, test, findings, used)
+        written = used.record()
+        few_note = used.warning(fit_split or "fit")
+        if few_note:
+            log.warning(few_note)
+    else:
+        if threshold_overrides:
+            raise ValueError("--threshold needs predictions to fit the other thresholds on "
+                             "(--fit-on)")
+        thresholds, applied = {m: {f: None for f in findings} for m in THRESHOLD_METHODS}, {}
+    subgroups = subgroup_rows(test, findings, n=subgroup_bootstrap, seed=seed)
+    calibration = calibration_section(fit if fit is not None else test, test, findings,
+                                      temperature=temperature and fit is not None)
+    metrics = {
+        "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions("scikit-learn"), **header,
+        "n_images": len(test.table), "n_patients": int(test.table["patient_id"].nunique()),
+        "findings": findings,
+        "bootstrap": {"replicates": bootstrap, "unit": "patient", "seed": seed, "level": 0.95},
+        "auroc": auroc, "auprc": auprc, "mean_auroc": mean,
+        "thresholds": {"chosen_on": fit_split, **thresholds, "meaning": THRESHOLD_MEANING,
+                       "written": written},
+        "threshold_metrics": applied, "calibration": calibration, "subgroups": subgroups,
+        "ood": (ood_section(test, findings, ood_record)
+                if ood_record is not None and test.ood_score is not None else None),
+        "published": published_rows(findings, run),
+        "notes": ([header["protocol"]["line"]] if header.get("protocol") else []) + notes[0]
+        + scoring_notes(source=run.data, split=run.split, fit_split=fit_split, mean=mean,
+                        auroc=auroc, bootstrap=bootstrap, calibration=calibration, test=test,
+                        subgroups=subgroups)
+        + notes[1]
+        + ([f"Warning: {few_note}."] if few_note else [])
+        + ["Intervals: percentile bootstrap over patients (all images of a drawn patient "
+           f"together), {bootstrap} resamples, 95%."],
+    }
+    against = None
+    if expert_source is not None:
+        against = evaluate_against_radiologists(
+            expert_source, test, fit, findings, out, split=run.split, fit_split=fit_split,
+            reference=reference, expert_dir=expert_labels, n=bootstrap, seed=seed,
+            phantom=run.data == "phantom")
+    if against is not None:
+        metrics["notes"].append(
+            "Against radiologists: see radiologists.json and the report's section of that "
+            "name. Scored: the evaluated images that have Google's expert labels, "
+            + "; ".join(f"{r['images_in_split']:,} {k} (of its {r['images_in_set']:,} images)"
+                        for k, r in against["sets"].items())
+            + f", among {count(len(test.table), 'evaluated image')}.")
+    preds = [test] if fit is None or fit is test else [test, fit]
+    return write_outputs(out, metrics, preds)
 
 
 # -- the whole evaluation -----------------------------------------------------------------
@@ -371,6 +519,7 @@ def _check_options(split, tta, threshold_method, threshold_split, bootstrap, sub
         raise ValueError("bootstrap replicates must be >= 1")
 
 
+@writes_into_run("cxrkit evaluate")
 def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str = "none",
                         out: str | Path | None = None, prepared: str | Path | None = None,
                         bootstrap: int = 1000, seed: int = 0, temperature: bool = True,
@@ -386,7 +535,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
 
     Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`): metrics.json, auroc/thresholds/
     calibration/subgroups/published CSVs, predictions of the evaluated and threshold
-    splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``).
+    splits, and thresholds.json (also beside the checkpoint, for ``cxrkit predict``, when
+    the evaluation is the run's own: :func:`~cxrkit.evaluate.provenance.is_runs_own`).
     ``precision``: how the forward passes run (:mod:`cxrkit.inference.runtime`; default auto),
     recorded in metrics.json as ``precision`` (requested, used, parity of the fast path).
 
@@ -403,7 +553,6 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     """
     _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap)
     lm = load(checkpoint, device=device, precision=precision)
-    findings = list(lm.findings)
     data = load_held_out(lm, prepared)
     ood_record = None
     if lm.ood_record is None and not ood_record_wanted(lm):
@@ -418,86 +567,94 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
         except ValueError as e:  # e.g. a validation split too small to calibrate on: said
             log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
     run_folder = RunFolder.of(lm.checkpoint)
-    out = Path(out) if out else run_folder.eval(split, tta)
+    folder = EvaluationFolder(Path(out) if out else run_folder.eval(split, tta))
     started, cpu = time.perf_counter(), time.process_time()
+    # 1. make predictions ...
     test = predict_split(lm, data, split, tta=tta, batch_size=batch_size, progress=progress)
     fit = test if threshold_split == split else predict_split(
         lm, data, threshold_split, tta=tta, batch_size=batch_size, progress=progress)
     forward_s, forward_cpu = time.perf_counter() - started, time.process_time() - cpu
     log.info("forward passes: %d images in %.1f s (%.1f s CPU)", len(test.table) + (
         0 if fit is test else len(fit.table)), forward_s, forward_cpu)
+    # 2. ... then score the table, as for any model's predictions file
+    source = data_source(data.prepared.info)
+    header = _run_header(lm, data, split, tta, run_folder, test, nih=source == "nih")
+    after = []
+    if tta != "none":
+        after.append(f"Test-time augmentation '{tta}': logits averaged over views; thresholds "
+                     f"in thresholds.json were chosen with the same TTA.")
+    if lm.tta_note(tta):
+        after.append(f"Warning: {lm.tta_note(tta)}")
+    metrics = score(test, fit, lm.findings, folder.root, header=header,
+                    run=RunProtocol(data=source, protocol=data.protocol, split=split,
+                                    n_images=len(test.table), box_fold=data.box_fold),
+                    fit_split=threshold_split, bootstrap=bootstrap,
+                    subgroup_bootstrap=subgroup_bootstrap, seed=seed, temperature=temperature,
+                    notes=(_run_notes(data=data), after),
+                    expert_source=data.prepared.info, reference=reference,
+                    expert_labels=expert_labels, ood_record=ood_record,
+                    threshold_method=threshold_method, threshold_overrides=threshold_overrides)
+    log.info("metrics: %.1f s after the forward passes (%.1f s CPU)",
+             time.perf_counter() - started - forward_s, time.process_time() - cpu - forward_cpu)
+    if gallery:
+        write_error_gallery(lm, data, test, metrics, folder.root, per_kind=gallery,
+                            progress=progress)
+    chosen = {f: t for f, t in metrics["thresholds"]["used"].items() if t is not None}
+    own = is_runs_own(lm.checkpoint, lm.checkpoint_info.get("config") or {},
+                      data.prepared.root, folder.root)
+    sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
+                               chosen_on=f"{threshold_split} split of {data.split_path} "
+                                         f"(tta={tta})",
+                               provenance=metrics["thresholds"]["written"],
+                               path=None if own else folder.thresholds)
+    if own:
+        write_bytes(sidecar.read_bytes(), folder.thresholds)
+    else:
+        log.info("thresholds written to %s only: an evaluation outside the run folder or on "
+                 "another prepared folder leaves the run's %s as it was", sidecar,
+                 THRESHOLDS_FILE)
+    log.info("evaluated %s on %s: mean AUROC %s, %s flagged out-of-distribution; "
+             "wrote %s", lm.checkpoint.name, count(len(test.table), f"{split} image"),
+             format_ci(metrics["mean_auroc"], 4), metrics["ood"]["n_flagged"]
+             if metrics["ood"] else "none", folder.root)
+    if report:
+        _report(folder, run_folder.root)
+    return metrics
 
-    auroc, auprc, mean = ranking_section(test, findings, n=bootstrap, seed=seed)
-    used = choose_thresholds(fit.labels, fit.probs, fit.patients, findings,
-                             method=threshold_method, overrides=threshold_overrides)
-    thresholds, applied = threshold_section(fit, test, findings, used)
-    few_note = used.warning(threshold_split)
-    if few_note:
-        log.warning(few_note)
-    calibration = calibration_section(fit, test, findings, temperature=temperature)
-    subgroups = subgroup_rows(test, findings, n=subgroup_bootstrap, seed=seed)
-    source = data_source(data.prepared)
-    run = RunProtocol(data=source, protocol=data.protocol, split=split, n_images=len(test.table),
-                      box_fold=data.box_fold)
+
+def _run_header(lm, data: HeldOut, split: str, tta: str, run_folder: RunFolder,
+                test: Predictions, *, nih: bool) -> dict:
+    """What made a run's predictions: checkpoint, data, split, protocol (``metrics.json``)."""
+    files = data.prepared.info.get("files") or {}
+    cov = coverage(test.table["image_id"], *(_read_list(files.get(k))
+                                             for k in ("test", "train_val")), nih=nih)
     config = lm.checkpoint_info.get("config") or {}
     epoch = lm.checkpoint_info.get("epoch")
-    metrics = {
-        "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions("scikit-learn"),
-        "checkpoint": str(lm.checkpoint),
+    return {
+        "source": {"kind": "run"}, "checkpoint": str(lm.checkpoint),
         "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(run_folder.root),
         "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
         "split_protocol": data.protocol, "tta": tta,
         "precision": lm.precision, "tta_mirror": _tta_mirror(lm, tta),
-        "n_images": len(test.table),
-        "n_patients": int(test.table["patient_id"].nunique()), "findings": findings,
         "model": (config.get("model") or {}).get("name", type(lm.model).__name__),
         "epoch": None if epoch is None else int(epoch) + 1,
-        "bootstrap": {"replicates": bootstrap, "unit": "patient", "seed": seed, "level": 0.95},
-        "auroc": auroc, "auprc": auprc, "mean_auroc": mean,
-        "thresholds": {"chosen_on": threshold_split, **thresholds, "meaning": THRESHOLD_MEANING,
-                       "written": used.record()},
-        "threshold_metrics": applied, "calibration": calibration, "subgroups": subgroups,
-        "ood": (ood_section(test, findings, ood_record)
-                if ood_record is not None and test.ood_score is not None else None),
-        "published": published_rows(findings, run),
-        "notes": _notes(source=source, split=split, fit_split=threshold_split, data=data,
-                        mean=mean, auroc=auroc, bootstrap=bootstrap,
-                        calibration=calibration, test=test, tta=tta, subgroups=subgroups)
-        + ([f"Warning: {lm.tta_note(tta)}"] if lm.tta_note(tta) else [])
-        + ([f"Warning: {few_note}."] if few_note else []),
+        "protocol": {"rows": "split", "coverage": cov, "line": protocol_line(
+            "split", cov, split_text=f"the {split} split of {data.split_path.name} "
+                                     f"({data.protocol})")},
     }
-    against = evaluate_against_radiologists(
-        data.prepared, test, fit, findings, out, split=split, fit_split=threshold_split,
-        reference=reference, expert_dir=expert_labels, n=bootstrap, seed=seed,
-        phantom=source == "phantom")
-    if against is not None:
-        metrics["notes"].append(
-            "Against radiologists: see radiologists.json and the report's section of that "
-            "name. Scored: the evaluated images that have Google's expert labels, "
-            + "; ".join(f"{r['images_in_split']:,} {k} (of its {r['images_in_set']:,} images)"
-                        for k, r in against["sets"].items())
-            + f", among {count(len(test.table), 'evaluated image')}.")
-    metrics = write_outputs(out, metrics, [test] if fit is test else [test, fit])
-    if gallery:
-        write_error_gallery(lm, data, test, metrics, out, per_kind=gallery, progress=progress)
-    chosen = {f: t for f, t in used.values.items() if t is not None}
-    sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
-                               chosen_on=f"{threshold_split} split of {data.split_path} "
-                                         f"(tta={tta})", provenance=used.record())
-    write_bytes(sidecar.read_bytes(), out / sidecar.name)
-    log.info("evaluated %s on %s: mean AUROC %s, %s flagged out-of-distribution; "
-             "wrote %s", lm.checkpoint.name, count(len(test.table), f"{split} image"), _fmt(mean),
-             metrics["ood"]["n_flagged"] if metrics["ood"] else "none", out)
-    log.info("metrics: %.1f s after the forward passes (%.1f s CPU)",
-             time.perf_counter() - started - forward_s, time.process_time() - cpu - forward_cpu)
-    if report:
-        started, cpu = time.perf_counter(), time.process_time()
-        html = write_report(out, run_folder.root)
-        log.info("report: %s (%.1f MB) in %.1f s (%.1f s CPU)", html,
-                 Path(html).stat().st_size / 1e6, time.perf_counter() - started,
-                 time.process_time() - cpu)
-    return metrics
+
+
+def _read_list(path) -> list[str] | None:
+    return read_image_list(path) if path and Path(path).exists() else None
+
+
+def _report(out: EvaluationFolder, run_dir: Path | None) -> Path:
+    started, cpu = time.perf_counter(), time.process_time()
+    html = write_report(out.root, run_dir)
+    log.info("report: %s (%.1f MB) in %.1f s (%.1f s CPU)", html,
+             Path(html).stat().st_size / 1e6, time.perf_counter() - started,
+             time.process_time() - cpu)
+    return html
 
 
 def ood_record_wanted(lm) -> bool:
@@ -519,13 +676,7 @@ def _tta_mirror(lm, tta: str) -> dict:
             "note": note}
 
 
-def _fmt(m: dict) -> str:
-    if m["value"] is None:
-        return "undefined"
-    ci = f" [{m['lo']:.3f}, {m['hi']:.3f}]" if m["lo"] is not None else ""
-    return f"{m['value']:.4f}{ci}"
-
-
-__all__ = ["FORMAT", "THRESHOLD_METHODS", "age_band", "ood_section", "calibration_section", "data_source",
-           "evaluate_checkpoint", "ranking_section", "subgroup_rows",
-           "threshold_section", "write_outputs"]
+__all__ = ["FORMAT", "THRESHOLD_METHODS", "age_band", "calibration_section", "coverage",
+           "data_source", "evaluate_checkpoint", "ood_section", "protocol_line",
+           "ranking_section", "score", "scoring_notes", "subgroup_rows", "threshold_section",
+           "write_outputs"]

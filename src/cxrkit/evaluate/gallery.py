@@ -33,8 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrkit.data.dataset import metadata_vector
-from cxrkit.artefacts import write_csv
-from cxrkit.evaluate.radiologists import IMAGES_FILE
+from cxrkit.artefacts import EvaluationFolder, read_csv, write_bytes, write_csv
 from cxrkit.explain import overlay, saliency_maps
 from cxrkit.explain.localization import draw_boxes
 
@@ -42,8 +41,6 @@ log = logging.getLogger(__name__)
 
 THUMB = 192
 BATCH = 16      #: images per Grad-CAM pass
-FOLDER = "gallery"
-FILE = "gallery.csv"
 COLUMNS = ["finding", "kind", "rank", "image_id", "patient_id", "probability", "threshold",
            "reference", "reference_label", "nih_label", "boxes", "overlay"]
 #: reference names, best first
@@ -57,10 +54,10 @@ def best_reference(test, findings, out: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = np.array(test.labels, dtype=np.float64, copy=True)
     names = np.full(labels.shape, NIH, dtype=object)
     names[np.isnan(labels)] = ""
-    path = out / IMAGES_FILE
+    path = EvaluationFolder(out).radiologists_images
     if not path.exists():
         return labels, names
-    expert = pd.read_csv(path, dtype={"image_id": str})
+    expert = read_csv(path, dtype={"image_id": str})
     row_of = {i: k for k, i in enumerate(test.table["image_id"])}
     # lower priority first, so that the better reference overwrites it
     for set_name, ref_name in (("all_findings", MAJORITY), ("four_findings", ADJUDICATED)):
@@ -76,13 +73,17 @@ def best_reference(test, findings, out: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def choose_errors(labels: np.ndarray, probs: np.ndarray, threshold: float | None,
-                  per_kind: int) -> dict[str, np.ndarray]:
+                  per_kind: int, *, threshold_free: bool = False) -> dict[str, np.ndarray]:
     """Row indices of the most confident false positives and false negatives of one
-    finding (``labels`` 0/1/NaN, ``probs``), most confident first."""
-    if threshold is None or not np.isfinite(threshold):
+    finding (``labels`` 0/1/NaN, ``probs``), most confident first. ``threshold_free``:
+    no threshold, the highest-scored negatives and the lowest-scored positives."""
+    if threshold_free:
+        fp, fn = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    elif threshold is None or not np.isfinite(threshold):
         return {"false positive": np.array([], int), "false negative": np.array([], int)}
-    fp = np.flatnonzero((labels == 0) & (probs >= threshold))
-    fn = np.flatnonzero((labels == 1) & (probs < threshold))
+    else:
+        fp = np.flatnonzero((labels == 0) & (probs >= threshold))
+        fn = np.flatnonzero((labels == 1) & (probs < threshold))
     return {"false positive": fp[np.argsort(-probs[fp], kind="stable")][:per_kind],
             "false negative": fn[np.argsort(probs[fn], kind="stable")][:per_kind]}
 
@@ -97,8 +98,8 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
 def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_kind: int = 2,
                         progress: bool = True) -> pd.DataFrame:
     """Overlays of each finding's most confident errors (see the module); ``gallery.csv``."""
-    out = Path(out)
-    folder = out / FOLDER
+    layout = EvaluationFolder(Path(out))
+    out, folder = layout.root, layout.gallery
     if folder.exists():
         for old in folder.glob("*.jpg"):
             old.unlink()
@@ -138,21 +139,74 @@ def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_k
                                    [cv2.IMWRITE_JPEG_QUALITY, 85])
             if not ok:
                 raise RuntimeError(f"OpenCV could not encode the overlay of {image_id}")
-            (folder / name).write_bytes(jpg.tobytes())
+            write_bytes(jpg.tobytes(), folder / name, durable=False)
             nih = test.labels[i, j]
             rows.append({"finding": f, "kind": kind, "rank": rank, "image_id": image_id,
                          "patient_id": test.table["patient_id"].iloc[i], "probability": p,
                          "threshold": thresholds.get(f), "reference": names[i, j],
                          "reference_label": int(labels[i, j]),
                          "nih_label": None if np.isnan(nih) else int(nih), "boxes": len(own),
-                         "overlay": f"{FOLDER}/{name}"})
+                         "overlay": f"{folder.name}/{name}"})
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["nih_label"] = table["nih_label"].astype("Int64")
-    write_csv(table, out / FILE)
+    write_csv(table, layout.gallery_table)
     log.info("error gallery: %d images for %d findings in %s", len(table),
              table["finding"].nunique(), folder)
     return table
 
 
+def write_error_table(test, metrics: dict, out: str | Path, *, images=None,
+                      per_kind: int = 2) -> pd.DataFrame:
+    """The error gallery of a model cxrkit cannot run (a predictions file): the same
+    choice of images, against the same references, with the image itself (no saliency
+    map) where ``images`` (a folder, searched by :func:`cxrkit.data.images.find_images`)
+    has it. Without fitted thresholds the choice is threshold-free: the negatives with the
+    highest probability and the positives with the lowest (``threshold`` empty)."""
+    from cxrkit.data.images import ImageIndex, find_images, read_xray, to_uint8
+
+    layout = EvaluationFolder(Path(out))
+    folder = layout.gallery
+    if folder.exists():
+        for old in folder.glob("*.jpg"):
+            old.unlink()
+    findings = list(metrics["findings"])
+    labels, names = best_reference(test, findings, layout.root)
+    probs = test.probs
+    index = find_images(images, warn=False) if images else ImageIndex()
+    thresholds = metrics["thresholds"]["youden"]
+    rows = []
+    for j, f in enumerate(findings):
+        t = thresholds.get(f)
+        chosen = choose_errors(labels[:, j], probs[:, j], t, per_kind, threshold_free=t is None)
+        for kind, idx in chosen.items():
+            for rank, i in enumerate(idx, 1):
+                image_id = test.table["image_id"].iloc[i]
+                overlay = ""
+                if image_id in index and image_id not in index.bad:
+                    gray = to_uint8(read_xray(index[image_id]))
+                    name = f"{kind.split()[1][:3]}_{f}_{Path(image_id).stem}.jpg"
+                    ok, jpg = cv2.imencode(".jpg", _thumb(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+                                                          if gray.ndim == 2 else gray),
+                                           [cv2.IMWRITE_JPEG_QUALITY, 85])
+                    if ok:
+                        folder.mkdir(parents=True, exist_ok=True)
+                        (folder / name).write_bytes(jpg.tobytes())
+                        overlay = f"{folder.name}/{name}"
+                nih = test.labels[i, j]
+                rows.append({"finding": f, "kind": kind, "rank": rank, "image_id": image_id,
+                             "patient_id": test.table["patient_id"].iloc[i],
+                             "probability": float(probs[i, j]), "threshold": t,
+                             "reference": names[i, j], "reference_label": int(labels[i, j]),
+                             "nih_label": None if np.isnan(nih) else int(nih), "boxes": 0,
+                             "overlay": overlay})
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table["nih_label"] = table["nih_label"].astype("Int64")
+    write_csv(table, layout.gallery_table)
+    log.info("error table: %d images for %d findings, %d of them shown (from %s)", len(table),
+             table["finding"].nunique(), int((table["overlay"] != "").sum()),
+             images or "no --images folder")
+    return table
+
+
 __all__ = ["ADJUDICATED", "MAJORITY", "NIH", "best_reference", "choose_errors",
-           "write_error_gallery"]
+           "write_error_gallery", "write_error_table"]

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxrkit.artefacts import atomic_path
+from cxrkit.evaluate.text import format_ci
 
 DPI = 100
 
@@ -51,14 +52,6 @@ def labels_and_scores(pred: pd.DataFrame, finding: str) -> tuple[np.ndarray, np.
 
 def _defined(y: np.ndarray) -> bool:
     return bool(y.size) and 0 < y.sum() < y.size
-
-
-def _ci_text(rec: dict) -> str:
-    if rec.get("value") is None:
-        return "undefined"
-    if rec.get("lo") is None:
-        return f"{rec['value']:.3f}"
-    return f"{rec['value']:.3f} [{rec['lo']:.2f}, {rec['hi']:.2f}]"
 
 
 def _finding_grid(metrics: dict, pred: pd.DataFrame, draw, title, *, metric: str,
@@ -91,7 +84,7 @@ def roc_grid(metrics: dict, pred: pd.DataFrame) -> Figure:
 
     def title(f):
         rec = metrics["auroc"][f]
-        return f"{_ci_text(rec)} (n+={rec['positives']})"
+        return f"{format_ci(rec)} (n+={rec['positives']})"
 
     fig = _finding_grid(metrics, pred, draw, title, metric="AUROC",
                         xlabel="1 - specificity (false-positive rate)",
@@ -131,7 +124,7 @@ def pr_grid(metrics: dict, pred: pd.DataFrame) -> Figure:
         ax.axhline(y.mean(), color="0.6", lw=0.8, ls="--")
 
     return _finding_grid(metrics, pred, draw,
-                         lambda f: f"AUPRC {_ci_text(metrics['auprc'][f])}", metric="AUPRC",
+                         lambda f: f"AUPRC {format_ci(metrics['auprc'][f])}", metric="AUPRC",
                          xlabel="recall (sensitivity)", ylabel="precision (PPV)",
                          ylim=(0, 1.02))
 
@@ -250,12 +243,16 @@ def training_curves(history: pd.DataFrame) -> Figure:
     a.plot(ep, history["val_loss"], "o-", ms=3, label="validation")
     a.set(xlabel="epoch", ylabel="loss", title="Loss")
     a.legend(fontsize=8)
-    b.plot(ep, history["val_mean_auroc"], "o-", ms=3, color="C2")
-    best = int(history["val_mean_auroc"].idxmax())
-    b.plot(ep[best], history["val_mean_auroc"][best], "*", ms=12, color="C3",
-           label=f"best: epoch {ep[best]}")
+    auroc = pd.to_numeric(history["val_mean_auroc"], errors="coerce")  # NaN: undefined
+    b.plot(ep, auroc, "o-", ms=3, color="C2")
+    if auroc.notna().any():
+        best = auroc.idxmax()
+        b.plot(ep[best], auroc[best], "*", ms=12, color="C3", label=f"best: epoch {ep[best]}")
+        b.legend(fontsize=8)
+    else:  # e.g. a binary task without validation positives: say so, draw no best
+        b.text(0.5, 0.5, "undefined in every epoch\n(no finding had both classes in validation)",
+               transform=b.transAxes, ha="center", va="center", fontsize=9)
     b.set(xlabel="epoch", ylabel="mean AUROC", title="Validation mean AUROC")
-    b.legend(fontsize=8)
     b.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -292,14 +289,19 @@ def write_figures(folder: Path, metrics: dict, pred: pd.DataFrame,
               "subgroups.png": lambda: subgroup_chart(metrics)}
     if history is not None and len(history):
         makers["training_curves.png"] = lambda: training_curves(history)
-    out = {}
-    for name, make in makers.items():
-        fig = make()
-        with atomic_path(folder / name) as tmp:
-            fig.savefig(tmp)
-        out[name] = folder / name
-    return out
+    return {name: save_figure(make(), folder / name) for name, make in makers.items()}
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a figure atomically (its folder made): the one way evaluation, the report's
+    sections and ``cxrkit compare`` put a figure on disk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+    return path
 
 
 __all__ = ["FIGURES", "auroc_forest", "labels_and_scores", "pr_grid", "reliability_diagram",
-           "roc_grid", "roc_overlay", "subgroup_chart", "training_curves", "write_figures"]
+           "roc_grid", "roc_overlay", "save_figure", "subgroup_chart", "training_curves",
+           "write_figures"]

@@ -28,6 +28,9 @@ class Predictions:
     labels: np.ndarray       #: (N, F)
     logits: np.ndarray       #: (N, F)
     ood_score: np.ndarray | None = None   #: (N,) out-of-distribution score (> 1: flagged)
+    #: (N, F) the probabilities as given, when they were given (a predictions file): kept
+    #: exactly, not recomputed through the logits, so scores equal the file's to the bit
+    probabilities: np.ndarray | None = None
 
     @property
     def ood_flag(self) -> np.ndarray | None:
@@ -35,7 +38,7 @@ class Predictions:
 
     @property
     def probs(self) -> np.ndarray:
-        return sigmoid(self.logits)
+        return self.probabilities if self.probabilities is not None else sigmoid(self.logits)
 
     @property
     def patients(self) -> np.ndarray:

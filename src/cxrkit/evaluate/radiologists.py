@@ -28,7 +28,6 @@ radiologists' label, NIH's, the model's score), which the report draws from.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -37,6 +36,9 @@ import pandas as pd
 import sklearn
 from sklearn.metrics import cohen_kappa_score
 
+from cxrkit.artefacts import finite_or_none as _f
+from cxrkit.artefacts import (EvaluationFolder, jsonable, make_folder, read_csv, read_json,
+                              write_csv, write_json)
 from cxrkit.data.expert import (
     ALL,
     FOUR,
@@ -49,18 +51,18 @@ from cxrkit.data.expert import (
     model_score,
     nih_label,
 )
-from cxrkit.labels import FINDINGS
-from cxrkit.artefacts import finite_or_none as _f
-from cxrkit.artefacts import jsonable, write_csv, write_json
 from cxrkit.data.nih import read_data_entry, read_image_list
-from cxrkit.metrics import auroc_reference_difference, threshold_metrics, youden_threshold
+from cxrkit.labels import FINDINGS
+from cxrkit.metrics import (
+    auroc_reference_difference,
+    threshold_metrics,
+    youden_threshold,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT = "cxrkit-radiologists/1"
 REFERENCES = ("auto", "radiologists", "nih")
-FILE = "radiologists.json"
-IMAGES_FILE = "radiologists_images.csv"
 
 
 # -- agreement between two label sets -----------------------------------------------------
@@ -162,11 +164,12 @@ def reader_points(readers: pd.DataFrame, reference: pd.Series, finding: str, *,
 
 
 # -- finding and reading the files --------------------------------------------------------
-def find_expert_labels(prepared, expert_dir=None) -> ExpertLabels | None:
-    """The expert labels for a prepared release: under ``expert_dir`` if given, else under
-    the release root it was prepared from; validated against that release's label file
-    and official lists. None when there are none."""
-    info = prepared.info
+def find_expert_labels(info: dict, expert_dir=None) -> ExpertLabels | None:
+    """The expert labels for a release: under ``expert_dir`` if given, else under its
+    root; validated against that release's label file and official lists. None when
+    there are none. ``info``: ``{"release_root", "files": {"labels", "test", "train_val"}}``
+    (a prepared folder's ``dataset.json``, or a release read for a predictions file, which
+    also gives the label table already read as ``"labels"``)."""
     base = Path(expert_dir) if expert_dir else Path(info.get("release_root", ""))
     folders = find_expert_folders(base) if str(base) else {}
     if expert_dir and not folders:
@@ -179,10 +182,12 @@ def find_expert_labels(prepared, expert_dir=None) -> ExpertLabels | None:
     files = info.get("files") or {}
     label_file = files.get("labels")
     if not label_file or not Path(label_file).exists():
-        raise FileNotFoundError(f"the release's label file {label_file} (recorded in "
-                                f"{prepared.root / 'dataset.json'}) is needed to check the "
+        raise FileNotFoundError(f"the release's label file {label_file} (recorded for "
+                                f"{info.get('release_root')}) is needed to check the "
                                 "radiologists' image ids and is not there")
-    nih, _ = read_data_entry(label_file)
+    # the label table itself when the caller has read it already (a predictions file's
+    # release), else read from the recorded file
+    nih = info["labels"] if info.get("labels") is not None else read_data_entry(label_file)[0]
     lists = {k: read_image_list(files[k]) if files.get(k) and Path(files[k]).exists() else None
              for k in ("train_val", "test")}
     return load_expert_labels(base, nih=nih, label_file=str(label_file),
@@ -224,13 +229,15 @@ def _finding_record(m, s: ExpertSet, images: pd.DataFrame, labels, probs, fit_la
         rec["auroc_radiologists"] = _ci(d["a"])
         rec["auroc_nih"] = _ci(d["b"])
         rec["difference"] = {"value": _f(d["value"]), "lo": _f(d["lo"]), "hi": _f(d["hi"])}
-        t = youden_threshold(nih_label(m, fit_labels), model_score(m, fit_probs))
-        op = {}
-        for name, y in (("radiologists", y_rad), ("nih", y_nih)):
-            tm = threshold_metrics(y, score, t)
-            op[name] = {k: (v if isinstance(v, int) else _f(v)) for k, v in tm.items()
-                        if k in ("sensitivity", "specificity", "ppv", "tp", "fp", "tn", "fn")}
-        rec["operating_point"] = {"threshold": _f(t), **op}
+        if fit_labels is not None:   # the operating point chosen on the threshold split
+            t = youden_threshold(nih_label(m, fit_labels), model_score(m, fit_probs))
+            op = {}
+            for name, y in (("radiologists", y_rad), ("nih", y_nih)):
+                tm = threshold_metrics(y, score, t)
+                op[name] = {k: (v if isinstance(v, int) else _f(v)) for k, v in tm.items()
+                            if k in ("sensitivity", "specificity", "ppv", "tp", "fp", "tn",
+                                     "fn")}
+            rec["operating_point"] = {"threshold": _f(t), **op}
     elif score is None and m.nih:
         rec["not_predicted_because"] = "the model does not predict " + ", ".join(
             f for f in m.nih if f not in probs.columns)
@@ -261,7 +268,7 @@ def _in_reference(set_name: str, phantom: bool):
 
 
 def radiologists_section(expert: ExpertLabels, test, fit, findings, *, split: str,
-                         fit_split: str, n: int = 1000, seed: int = 0,
+                         fit_split: str | None, n: int = 1000, seed: int = 0,
                          phantom: bool = False) -> tuple[dict, pd.DataFrame]:
     """The section's record (``radiologists.json``) and its per-image table.
 
@@ -269,7 +276,8 @@ def radiologists_section(expert: ExpertLabels, test, fit, findings, *, split: st
     split and of the split thresholds are chosen on.
     """
     labels, probs = _frame(test, list(findings), expert.nih)
-    fit_labels, fit_probs = _frame(fit, list(findings), expert.nih)
+    fit_labels, fit_probs = (None, None) if fit is None else _frame(fit, list(findings),
+                                                                    expert.nih)
     evaluated = set(test.table["image_id"])
     sets, tables, notes = {}, [], []
     for name, s in expert.sets.items():
@@ -300,7 +308,10 @@ def radiologists_section(expert: ExpertLabels, test, fit, findings, *, split: st
         if expert.nih is not None:
             rec["nih_vs_radiologists_whole_set"] = nih_agreement(s, expert.nih)
         sets[name] = rec
-    if split == fit_split:
+    if fit is None:
+        notes.append("No operating points: thresholds were not fitted (no predictions for "
+                     "other images were given).")
+    elif split == fit_split:
         notes.append(f"Operating points were chosen on the evaluated split ({split}) itself.")
     section = {"format": FORMAT, "split": split, "threshold_split": fit_split,
                "threshold_rule": "Youden's J on the threshold split against NIH's labels "
@@ -338,11 +349,14 @@ def table_rows(section: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def evaluate_against_radiologists(prepared, test, fit, findings, out: Path, *, split: str,
-                                  fit_split: str, reference: str = "auto", expert_dir=None,
+def evaluate_against_radiologists(source: dict, test, fit, findings, out: Path, *, split: str,
+                                  fit_split: str | None, reference: str = "auto", expert_dir=None,
                                   n: int = 1000, seed: int = 0,
                                   phantom: bool = False) -> dict | None:
     """Find the expert files, run the section and write its files into ``out``.
+
+    ``source``: where the release is (see :func:`find_expert_labels`); ``fit``: None when
+    no thresholds are fitted (no operating points).
 
     ``reference``: ``"auto"`` (when the files are found), ``"radiologists"`` (they must
     be), ``"nih"`` (skip). Returns the section, or None when skipped.
@@ -351,12 +365,12 @@ def evaluate_against_radiologists(prepared, test, fit, findings, out: Path, *, s
         raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     if reference == "nih":
         return None
-    expert = find_expert_labels(prepared, expert_dir)
+    expert = find_expert_labels(source, expert_dir)
     if expert is None:
         if reference == "radiologists":
             raise FileNotFoundError(
                 f"--reference radiologists: no radiologists' labels under the release root "
-                f"{prepared.info.get('release_root')}; download Google's expert labels "
+                f"{source.get('release_root')}; download Google's expert labels "
                 "(four_findings_expert_labels/, all_findings_expert_labels/) next to the "
                 "release, or pass --expert-labels DIR")
         log.info("no radiologists' labels found: evaluating against NIH's labels only")
@@ -364,26 +378,26 @@ def evaluate_against_radiologists(prepared, test, fit, findings, out: Path, *, s
     section, per_image = radiologists_section(expert, test, fit, findings, split=split,
                                               fit_split=fit_split, n=n, seed=seed,
                                               phantom=phantom)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(per_image, out / IMAGES_FILE)
-    write_csv(table_rows(section), out / "radiologists.csv")
-    write_json(jsonable(section), out / FILE)
+    folder = EvaluationFolder(make_folder(out))
+    write_csv(per_image, folder.radiologists_images)
+    write_csv(table_rows(section), folder.radiologists_table)
+    write_json(jsonable(section), folder.radiologists)
     return section
 
 
 def read_section(folder: str | Path) -> tuple[dict, pd.DataFrame] | None:
     """What :func:`evaluate_against_radiologists` wrote in ``folder``: the section (from
-    :data:`FILE`) and the per-image table (:data:`IMAGES_FILE`, empty when absent); None
+    ``radiologists.json``) and the per-image table (``radiologists_images.csv``, empty when absent); None
     when the folder has no section."""
-    folder = Path(folder)
-    if not (folder / FILE).exists():
+    layout = EvaluationFolder(Path(folder))
+    if not layout.radiologists.exists():
         return None
-    images = pd.read_csv(folder / IMAGES_FILE, dtype={"image_id": str}) \
-        if (folder / IMAGES_FILE).exists() else pd.DataFrame()
-    return json.loads((folder / FILE).read_text()), images
+    images = read_csv(layout.radiologists_images, dtype={"image_id": str}) \
+        if layout.radiologists_images.exists() else pd.DataFrame()
+    return read_json(layout.radiologists), images
 
 
-__all__ = ["FILE", "FORMAT", "IMAGES_FILE", "REFERENCES", "binary_agreement",
+__all__ = ["FORMAT", "REFERENCES", "binary_agreement",
            "evaluate_against_radiologists", "find_expert_labels", "nih_agreement",
            "radiologists_section", "read_section", "reader_agreement", "reader_points",
            "table_rows"]

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from cxrkit.evaluate.gallery import FILE as GALLERY_FILE
-from cxrkit.evaluate.plots import _grid
+from cxrkit.artefacts import EvaluationFolder, read_csv
+from cxrkit.evaluate.plots import _grid, save_figure
 from cxrkit.evaluate.radiologists import read_section
+from cxrkit.evaluate.text import format_ci
 
 ROC_FIGURE = "roc_radiologists_{set}.png"
 SET_TITLES = {"four_findings": "Four findings (Majkowska et al., Radiology 2019)",
@@ -42,12 +43,7 @@ def _v(x, d: int = 3) -> str:
 
 
 def _ci(rec: dict | None, signed: bool = False) -> str:
-    if not rec or rec.get("value") is None:
-        return "—"
-    f = "+.3f" if signed else ".3f"
-    if rec.get("lo") is None:
-        return f"{rec['value']:{f}} (no CI)"
-    return f"{rec['value']:{f}} [{rec['lo']:{f}}, {rec['hi']:{f}}]"
+    return format_ci(rec, signed=signed, missing="—")
 
 
 def summary_table(rec: dict) -> pd.DataFrame:
@@ -160,9 +156,8 @@ def radiologists_html(out: str | Path) -> str:
             s.append(_html_table(summary_table(rec)))
             fig = roc_figure(rec, images, name)
             if fig is not None:
-                path = out / "figures" / ROC_FIGURE.format(set=name)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fig.savefig(path)
+                path = save_figure(fig, EvaluationFolder(out).figures
+                                   / ROC_FIGURE.format(set=name))
                 s.append(f"<figure>{_embed(path, 'ROC against radiologists')}<figcaption>ROC "
                          "against the radiologists: the model's curve, its operating point "
                          "chosen on validation (star), NIH's label (square) and each "
@@ -188,31 +183,42 @@ def _html_table(df: pd.DataFrame) -> str:
 def gallery_html(out: str | Path) -> str:
     """The "Error gallery" section, or '' without ``gallery.csv`` rows."""
     out = Path(out)
-    path = out / GALLERY_FILE
+    path = EvaluationFolder(out).gallery_table
     if not path.exists():
         return ""
-    table = pd.read_csv(path, dtype={"image_id": str})
+    table = read_csv(path, dtype={"image_id": str})
     if table.empty:
         return ""
+    model_free = bool(table["overlay"].fillna("").eq("").any() or table["threshold"].isna().any())
     s = ["<h2>Error gallery</h2>",
          "<p>Per finding, the model's most confident false positives and false negatives at "
          "the threshold chosen on validation, judged against the best reference available "
          "for each image (named under it), with the Grad-CAM map for that finding and NIH's "
-         "boxes for it in green where the image has them.</p>"]
+         "boxes for it in green where the image has them.</p>" if not model_free else
+         "<p>Per finding, the model's most confident false positives and false negatives, "
+         "judged against the best reference available for each image: at the threshold "
+         "fitted on other images where there is one, else the negatives it scored highest "
+         "and the positives it scored lowest. The images are shown where --images found "
+         "them (no saliency map: cxrkit does not have this model's weights).</p>"]
     for finding, g in table.groupby("finding", sort=False):
-        figs = []
+        figs, missing = [], []
         for r in g.itertuples():
-            img = out / r.overlay
-            if not img.exists():
-                continue
             nih = "—" if pd.isna(r.nih_label) else int(r.nih_label)
-            cap = (f"{r.kind}: {r.image_id}, p = {r.probability:.2f} (threshold "
-                   f"{r.threshold:.2f}); {r.reference} says {'yes' if r.reference_label else 'no'}"
-                   f"; NIH label {nih}" + (f"; {r.boxes} NIH box(es)" if r.boxes else ""))
+            at = "" if pd.isna(r.threshold) else f" (threshold {r.threshold:.2f})"
+            cap = (f"{r.kind}: {r.image_id}, p = {r.probability:.2f}{at}; {r.reference} says "
+                   f"{'yes' if r.reference_label else 'no'}; NIH label {nih}"
+                   + (f"; {r.boxes} NIH box(es)" if r.boxes else ""))
+            img = out / r.overlay if isinstance(r.overlay, str) and r.overlay else None
+            if img is None or not img.exists():
+                missing.append(cap)
+                continue
             figs.append(f"<figure>{_embed(img, cap, 'jpeg')}<figcaption>{_esc(cap)}"
                         "</figcaption></figure>")
-        if figs:
-            s.append(f"<h3>{_esc(finding)}</h3><div class='gallery'>{''.join(figs)}</div>")
+        if figs or missing:
+            s.append(f"<h3>{_esc(finding)}</h3>"
+                     + (f"<div class='gallery'>{''.join(figs)}</div>" if figs else "")
+                     + ("<ul>" + "".join(f"<li>{_esc(c)}</li>" for c in missing) + "</ul>"
+                        if missing and model_free else ""))
     return "\n".join(s)
 
 

@@ -26,11 +26,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrkit.artefacts import RunFolder, write_text
+from cxrkit.artefacts import EvaluationFolder, RunFolder, read_csv, read_json, write_text
 from cxrkit.evaluate.plots import FIGURES, write_figures
+from cxrkit.evaluate.text import format_ci
 
 RESEARCH_USE = ("Research use only. cxrkit is not a medical device and its outputs are not "
                 "a diagnosis.")
+NOT_FITTED = ("No thresholds were fitted: they must be chosen on predictions for other images "
+              "(pass --fit-on VAL.csv, the model's predictions for its validation images), "
+              "never on the scored ones, which would flatter them. Calibration below is of "
+              "the probabilities as given.")
 THRESHOLD_SENTENCE = ("A threshold turns a probability into a yes/no call: the finding is "
                       "reported present when the model's probability is at or above it. "
                       "The thresholds here were chosen on the {fit} split (Youden's J "
@@ -64,16 +69,6 @@ def _num(x, digits: int = 3) -> str:
     return "—" if x is None or (isinstance(x, float) and x != x) else f"{x:.{digits}f}"
 
 
-def _missing(x) -> bool:
-    return x is None or (isinstance(x, float) and x != x)
-
-
-def _ci(rec: dict | None, digits: int = 3) -> str:
-    if not rec or _missing(rec.get("value")):
-        return "undefined"
-    if _missing(rec.get("lo")) or _missing(rec.get("hi")):
-        return f"{rec['value']:.{digits}f} (no CI)"
-    return f"{rec['value']:.{digits}f} [{rec['lo']:.{digits}f}, {rec['hi']:.{digits}f}]"
 
 
 def _table(df: pd.DataFrame) -> str:
@@ -91,7 +86,7 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, missing={})
 
 
 # -- tables -------------------------------------------------------------------------------
@@ -103,14 +98,14 @@ def auroc_table(metrics: dict) -> pd.DataFrame:
     for f in metrics["findings"]:
         a, p = metrics["auroc"][f], metrics["auprc"][f]
         row = {"finding": f, "positives": a["positives"], "negatives": a["negatives"],
-               "AUROC [95% CI]": _ci(a), "AUPRC [95% CI]": _ci(p),
+               "AUROC [95% CI]": format_ci(a), "AUPRC [95% CI]": format_ci(p),
                "prevalence": _num(p.get("prevalence"))}
         for _, r in pub[pub["finding"] == f].iterrows():
             mark = "" if r["comparable"] else " *"
             row[f"{r['source']}{mark}"] = f"{r['auroc']:.3f}"
         rows.append(row)
     rows.append({"finding": "mean over defined findings", "AUROC [95% CI]":
-                 _ci(metrics["mean_auroc"]), "positives": None, "negatives": None})
+                 format_ci(metrics["mean_auroc"]), "positives": None, "negatives": None})
     table = pd.DataFrame(rows)
     for col in ("positives", "negatives"):
         table[col] = table[col].astype("Int64")
@@ -155,7 +150,7 @@ def subgroup_table(metrics: dict) -> pd.DataFrame:
     if rows.empty:
         return rows
     caution = rows["caution"] if "caution" in rows else pd.Series(False, index=rows.index)
-    rows["cell"] = [f"{_ci({'value': r.auroc, 'lo': r.lo, 'hi': r.hi}, 2)} ({r.positives}/{r.n})"
+    rows["cell"] = [f"{format_ci({'value': r.auroc, 'lo': r.lo, 'hi': r.hi}, 2)} ({r.positives}/{r.n})"
                     + (f" † {r.positive_patients} pt" if c else "")
                     for r, c in zip(rows.itertuples(), caution, strict=True)]
     rows["column"] = rows["attribute"].str.replace("_band", "") + " " + rows["group"].astype(str)
@@ -166,23 +161,31 @@ def subgroup_table(metrics: dict) -> pd.DataFrame:
     return wide
 
 
-def data_summary(metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+def data_summary(metrics: dict, scored: dict[str, pd.DataFrame] | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Per split: images, patients, images per patient, AP share, sex, age; and prevalence.
 
     From the prepared folder's labels and the run's split file (cached images only; a box
-    fold's moves are not shown). ``None`` when either is no longer on disk.
+    fold's moves are not shown); for a predictions file, from ``scored`` (split name ->
+    the predictions tables written: the scored rows, and those thresholds were fitted on).
+    ``None`` when neither is there.
     """
     from cxrkit.data.prepare import load_prepared
     from cxrkit.data.splits import load_split
 
-    try:
-        prepared = load_prepared(metrics["prepared"])
-        split = load_split(metrics["split_file"])
-    except (OSError, ValueError, KeyError):
+    if metrics.get("prepared") and metrics.get("split_file"):
+        try:
+            prepared = load_prepared(metrics["prepared"])
+            split = load_split(metrics["split_file"])
+        except (OSError, ValueError, KeyError):
+            return None
+        t = prepared.labels.merge(split[["image_id", "split"]], on="image_id", how="inner")
+        groups = [(name, t[t["split"] == name]) for name in ("train", "val", "test")
+                  if (t["split"] == name).any()]
+    elif scored:
+        groups = [(name, t) for name, t in scored.items() if len(t)]
+    else:
         return None
-    t = prepared.labels.merge(split[["image_id", "split"]], on="image_id", how="inner")
-    groups = [(name, t[t["split"] == name]) for name in ("train", "val", "test")
-              if (t["split"] == name).any()]
     overview = pd.DataFrame([{
         "split": name, "images": len(g), "patients": g["patient_id"].nunique(),
         "images per patient": len(g) / max(1, g["patient_id"].nunique()),
@@ -204,7 +207,7 @@ def explanation_examples(run_dir: Path, limit: int = 8) -> list[tuple[Path, str]
         return []
     index = folder / "index.csv"
     if index.exists():
-        table = pd.read_csv(index)
+        table = read_csv(index)
         col = next((c for c in ("overlay", "overlay_png", "png", "path") if c in table), None)
         if col is not None:
             out = []
@@ -245,10 +248,10 @@ def localization_section(run_dir: Path) -> str:
     pointing = folder / "pointing.csv"
     if pointing.exists():
         parts.append("<h3>Pointing game (hit: the map's maximum inside a box; chance: the "
-                     "boxes' share of the image)</h3>" + _table(pd.read_csv(pointing)))
+                     "boxes' share of the image)</h3>" + _table(read_csv(pointing)))
     accuracy = folder / "accuracy.csv"
     if accuracy.exists():
-        acc = pd.read_csv(accuracy)
+        acc = read_csv(accuracy)
         if {"finding", "measure", "threshold", "accuracy"} <= set(acc.columns):
             acc["column"] = acc["measure"].str.upper().str.replace("IOBB", "IoBB").str.replace(
                 "IOU", "IoU") + " > " + acc["threshold"].map("{:g}".format)
@@ -273,7 +276,7 @@ def localization_section(run_dir: Path) -> str:
                      "</pre></details>")
     if not record:   # an older or foreign folder: show whatever tables it holds
         for csv in sorted(folder.glob("*.csv")):
-            parts.append(f"<h3>{_esc(csv.stem)}</h3>{_table(pd.read_csv(csv))}")
+            parts.append(f"<h3>{_esc(csv.stem)}</h3>{_table(read_csv(csv))}")
     return "".join(parts)
 
 
@@ -302,35 +305,55 @@ def ood_html(metrics: dict) -> str:
 
 
 # -- the report ---------------------------------------------------------------------------
+def title(metrics: dict) -> str:
+    """What was scored, in a few words: "cnn4 on the test split", "predictions.csv on ..."."""
+    if (metrics.get("source") or {}).get("kind") == "predictions":
+        rows = metrics["protocol"]["rows"]
+        return (f"{metrics['model']} on NIH's official test list" if rows == "official-test"
+                else f"{metrics['model']} on all rows as given")
+    return f"{metrics['model']} on the {metrics['split']} split"
+
+
 def _kpis(metrics: dict, run: dict) -> str:
-    items = [("mean AUROC [95% CI]", _ci(metrics["mean_auroc"])),
-             ("images / patients", f"{metrics['n_images']:,} / {metrics['n_patients']:,}"),
-             ("split", f"{metrics['split']} ({metrics['split_protocol']})"),
-             ("model", f"{metrics['model']}, epoch {metrics['epoch']}"),
-             ("test-time augmentation", metrics["tta"])]
+    cov = (metrics.get("protocol") or {}).get("coverage") or {}
+    items = [("mean AUROC [95% CI]", format_ci(metrics["mean_auroc"])),
+             ("images / patients", f"{metrics['n_images']:,} / {metrics['n_patients']:,}")]
+    if cov.get("scored_official_test") is not None:
+        items.append(("official test images scored",
+                      f"{cov['scored_official_test']:,} of {cov['official_test_images']:,}"))
+    if (metrics.get("source") or {}).get("kind") == "predictions":
+        items.append(("rows", metrics["protocol"]["rows"]))
+    else:
+        items += [("split", f"{metrics['split']} ({metrics['split_protocol']})"),
+                  ("model", f"{metrics['model']}, epoch {metrics['epoch']}"),
+                  ("test-time augmentation", metrics["tta"])]
     if run.get("images_per_s"):
         items.append(("training speed", f"{run['images_per_s']:.0f} img/s"))
     return '<div class="kpi">' + "".join(f"<div>{_esc(k)}<b>{_esc(v)}</b></div>"
                                          for k, v in items) + "</div>"
 
 
-def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
-                extra_sections: tuple[str, ...] = ()) -> str:
-    layout = RunFolder(run_dir)
-    run = _read_json(layout.run_json)
-    config = layout.config.read_text() if layout.config.exists() else ""
+def render_html(metrics: dict, run_dir: Path | None, figures: dict[str, Path],
+                extra_sections: tuple[str, ...] = (),
+                scored: dict[str, pd.DataFrame] | None = None) -> str:
+    layout = RunFolder(run_dir) if run_dir else None
+    run = _read_json(layout.run_json) if layout else {}
+    config = layout.config.read_text() if layout and layout.config.exists() else ""
     split, fit = metrics["split"], metrics["thresholds"]["chosen_on"]
+    what = (metrics.get("source") or {}).get("file") or metrics.get("checkpoint")
     s = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-         f"<title>cxrkit evaluation: {_esc(metrics['model'])} on {_esc(split)}</title>"
+         f"<title>cxrkit evaluation: {_esc(title(metrics))}</title>"
          f"<style>{CSS}</style></head><body><main>",
-         f"<h1>{_esc(metrics['model'])} on the {_esc(split)} split</h1>",
-         f"<p class='sub'>cxrkit evaluation report · {_esc(metrics['checkpoint'])} · "
+         f"<h1>{_esc(title(metrics))}</h1>",
+         f"<p class='sub'>cxrkit evaluation report · {_esc(what)} · "
          f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
          f"<div class='ruo'>{_esc(RESEARCH_USE)}</div>", _kpis(metrics, run)]
     s += [f"<div class='warn'>{_esc(n)}</div>" for n in metrics["notes"]]
-    data = data_summary(metrics)
+    data = data_summary(metrics, scored)
     if data is not None:
-        s.append("<h2>Data</h2><p>The run's split of the prepared images. Differences between "
+        s.append("<h2>Data</h2><p>" + ("The scored images (test) and those thresholds were "
+                 "fitted on (val), as NIH's label file describes them. " if scored else
+                 "The run's split of the prepared images. ") + "Differences between "
                  "the evaluated split and training (view mix, images per patient, prevalence) "
                  "change what an AUROC means; NIH's official test list, for one, holds sicker, "
                  "more often AP-imaged patients with more follow-up images.</p>")
@@ -347,15 +370,18 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
         s.append(f"<figure>{_img(path, FIGURES.get(name, name))}<figcaption>"
                  f"{_esc(FIGURES.get(name, name))}</figcaption></figure>")
     s.append("<h2>Decision thresholds</h2>")
-    s.append(f"<p>{_esc(THRESHOLD_SENTENCE.format(fit=fit, split=split))}</p>")
+    if fit is None:
+        s.append(f"<p>{_esc(NOT_FITTED)}</p>")
+    else:
+        s.append(f"<p>{_esc(THRESHOLD_SENTENCE.format(fit=fit, split=split))}</p>")
     written = metrics["thresholds"].get("written")
-    titles = [("youden", "Youden's J"), ("max_f1", "max-F1")]
+    titles = [("youden", "Youden's J"), ("max_f1", "max-F1")] if fit else []
     if written:
         titles.append(("used", f"Written to thresholds.json ({written['method']}"
                                + (f"; set by hand: {', '.join(written['overrides'])}"
                                   if written["overrides"] else "") + ")"))
-    for method, title in titles:
-        s.append(f"<h3>{_esc(title)} thresholds (chosen on {_esc(fit)}), applied to "
+    for method, heading in titles:
+        s.append(f"<h3>{_esc(heading)} thresholds (chosen on {_esc(fit)}), applied to "
                  f"{_esc(split)}</h3>")
         s.append(_table(threshold_table(metrics, method)))
     if written:
@@ -383,7 +409,7 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
                 "precision", "device", "world_size")
         s.append("<h2>Training</h2>")
         s.append(_table(pd.DataFrame([{k: run.get(k) for k in keys if k in run}])))
-    examples = explanation_examples(run_dir)
+    examples = explanation_examples(run_dir) if run_dir else []
     if examples:
         s.append("<h2>Explanations</h2><p>Saliency overlays from <code>cxrkit explain</code>: "
                  "where the model's evidence for a finding lies. A map is a check on what the "
@@ -391,16 +417,17 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
         s.append("<div class='gallery'>" + "".join(
             f"<figure>{_img(p, c)}<figcaption>{_esc(c)}</figcaption></figure>"
             for p, c in examples) + "</div>")
-    loc = localization_section(run_dir)
+    loc = localization_section(run_dir) if run_dir else ""
     if loc:
         s.append("<h2>Localisation against NIH's boxes</h2>" + loc)
     from cxrkit.audit.report import audit_html   # late: the audit imports this module
 
-    s.append(audit_html(run_dir))
+    s.append(audit_html(run_dir) if run_dir else "")   # a predictions file has no run
     s += [x for x in extra_sections if x]   # e.g. against radiologists, error gallery
     s.append("<h2>Configuration and provenance</h2>")
-    prov = {k: metrics[k] for k in ("checkpoint", "checkpoint_sha256", "prepared", "split_file",
-                                    "split_protocol", "bootstrap")}
+    prov = {k: metrics[k] for k in ("source", "checkpoint", "checkpoint_sha256", "prepared",
+                                    "release", "split_file", "split_protocol", "protocol",
+                                    "bootstrap") if k in metrics}
     prov["training versions"] = run.get("versions")
     prov["evaluation versions"] = metrics.get("versions")
     prov["evaluated"] = metrics.get("created")
@@ -413,10 +440,11 @@ def render_html(metrics: dict, run_dir: Path, figures: dict[str, Path],
 
 def render_summary(metrics: dict) -> str:
     """The Markdown summary: headline, notes, and the per-finding AUROC table."""
-    lines = [f"# {metrics['model']} on the {metrics['split']} split", "",
-             f"Mean AUROC {_ci(metrics['mean_auroc'])} over {metrics['mean_auroc']['defined']} "
-             f"findings; {metrics['n_images']:,} images of {metrics['n_patients']:,} patients; "
-             f"TTA {metrics['tta']}.", "", f"_{RESEARCH_USE}_", ""]
+    lines = [f"# {title(metrics)}", "",
+             f"Mean AUROC {format_ci(metrics['mean_auroc'])} over {metrics['mean_auroc']['defined']} "
+             f"findings; {metrics['n_images']:,} images of {metrics['n_patients']:,} patients"
+             + (f"; TTA {metrics['tta']}." if metrics.get("tta") else "."), "",
+             f"_{RESEARCH_USE}_", ""]
     lines += [f"- {n}" for n in metrics["notes"]]
     ood = metrics.get("ood")
     if ood:
@@ -426,7 +454,7 @@ def render_summary(metrics: dict) -> str:
     lines += ["", "| finding | positives | AUROC [95% CI] | AUPRC [95% CI] |", "|---|---:|---|---|"]
     for f in metrics["findings"]:
         a = metrics["auroc"][f]
-        lines.append(f"| {f} | {a['positives']} | {_ci(a)} | {_ci(metrics['auprc'][f])} |")
+        lines.append(f"| {f} | {a['positives']} | {format_ci(a)} | {format_ci(metrics['auprc'][f])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -434,26 +462,32 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     """Figures, ``report.html`` and ``summary.md`` for the evaluation in ``out``.
 
     ``run_dir``: the run folder (training records, explanations); default: the folder of
-    the evaluated checkpoint. Returns the path of ``report.html``.
+    the evaluated checkpoint, none for a predictions file. Returns the path of
+    ``report.html``.
     """
-    out = Path(out)
-    metrics = json.loads((out / "metrics.json").read_text())
-    run_dir = Path(run_dir) if run_dir else Path(metrics["run_dir"])
-    pred_file = out / f"predictions_{metrics['split']}.csv"
-    pred = pd.read_csv(pred_file, dtype={"image_id": str, "patient_id": str})
-    layout = RunFolder(run_dir)
-    history = pd.read_csv(layout.history) if layout.history.exists() else None
-    figures = write_figures(out / "figures", metrics, pred, history)
+    folder = EvaluationFolder(Path(out))
+    metrics = folder.read_metrics()
+    run_dir = Path(run_dir) if run_dir else (Path(metrics["run_dir"]) if metrics.get("run_dir")
+                                             else None)
+    pred = folder.read_predictions(metrics["split"])
+    history = None
+    if run_dir is not None and RunFolder(run_dir).history.exists():
+        history = read_csv(RunFolder(run_dir).history)
+    figures = write_figures(folder.figures, metrics, pred, history)
     from cxrkit.evaluate.radiologists_report import (
         gallery_html,
         radiologists_html,
         radiologists_markdown,
     )
 
-    extra = (radiologists_html(out), gallery_html(out))
-    write_text(render_html(metrics, run_dir, figures, extra), out / "report.html")
-    write_text(render_summary(metrics) + radiologists_markdown(out), out / "summary.md")
-    return out / "report.html"
+    extra = (radiologists_html(folder.root), gallery_html(folder.root))
+    scored = None
+    if (metrics.get("source") or {}).get("kind") == "predictions":   # no prepared folder
+        scored = {name: folder.read_predictions(name) for name in ("test", "val")
+                  if folder.predictions(name).exists()}
+    write_text(render_html(metrics, run_dir, figures, extra, scored), folder.report)
+    write_text(render_summary(metrics) + radiologists_markdown(folder.root), folder.summary)
+    return folder.report
 
 
 __all__ = ["RESEARCH_USE", "auroc_table", "render_html", "render_summary", "subgroup_table",

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json
+from cxrkit.artefacts import RunFolder, make_folder, write_csv, write_json, writes_into_run
 from cxrkit.data.decoder import DecodeLimits, Decoder, default_workers
 from cxrkit.data.metadata import metadata_vector
 from cxrkit.explain.overlay import overlay, write_map, write_png
@@ -215,6 +215,7 @@ def _unique_stems(names: Sequence[str], *, taken: dict[str, str] | None = None,
     return stems
 
 
+@writes_into_run("cxrkit explain")
 def explain_images(checkpoint, images: Sequence, out: str | Path | None = None, *,
                    method: str = "gradcam", findings=None, top_k: int = 3,
                    batch_size: int = 8, device: str | None = None,
@@ -246,6 +247,7 @@ def explain_images(checkpoint, images: Sequence, out: str | Path | None = None, 
                           top_k=top_k, batch_size=batch_size, progress=progress, errors=errors)
 
 
+@writes_into_run("cxrkit explain")
 def explain_split(checkpoint, out: str | Path | None = None, *, split: str = "test",
                   prepared: str | Path | None = None, method: str = "gradcam",
                   findings=None, top_k: int = 3, limit: int | None = None,

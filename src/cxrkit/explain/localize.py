@@ -42,6 +42,7 @@ from cxrkit.artefacts import (
     write_csv,
     write_json,
     write_text,
+    writes_into_run,
 )
 from cxrkit.data.metadata import metadata_vector
 from cxrkit.explain.localization import (
@@ -112,6 +113,7 @@ def boxed_pairs(lm: LoadedModel, data, split: str) -> tuple[pd.DataFrame, dict, 
     return scored, counts, notes
 
 
+@writes_into_run("cxrkit localize")
 def localize_checkpoint(checkpoint, *, split: str = "test", method: str = "gradcam",
                         out: str | Path | None = None, prepared: str | Path | None = None,
                         threshold: float = WANG_THRESHOLD, batch_size: int = 16,

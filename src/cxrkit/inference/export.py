@@ -54,6 +54,7 @@ from cxrkit.artefacts import (
     onnx_path,
     versions,
     write_json,
+    writes_into_run,
 )
 from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.inference.onnx_backend import META_KEYS, OnnxModel
@@ -147,6 +148,7 @@ def _graph(lm):
 
 
 
+@writes_into_run("cxrkit export")
 def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
                 parity_images: Sequence[str | Path] = (), n_phantoms: int = 6,
                 opset: int = OPSET, thresholds: str | Path | None = None,

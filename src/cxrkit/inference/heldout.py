@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrkit.artefacts import PreparedFolder, RunFolder, file_sha256
+from cxrkit.artefacts import PreparedFolder, RunFolder, file_sha256, read_csv
 from cxrkit.data.prepare import Prepared, load_prepared
 from cxrkit.data.splits import box_fold, load_split, split_provenance
 from cxrkit.inference.core import LoadedModel
@@ -114,7 +114,7 @@ def _check_moved(moved: pd.DataFrame, recorded: Path) -> None:
     """The reproduced box fold must move the images the run recorded as moved."""
     if not recorded.exists():
         return
-    ids = set(pd.read_csv(recorded, dtype={"image_id": str})["image_id"])
+    ids = set(read_csv(recorded, dtype={"image_id": str})["image_id"])
     if ids != set(moved["image_id"]):
         raise ValueError(f"{recorded}: the run moved {len(ids)} box images into training, "
                          f"but reproducing its box fold moves {len(moved)} others; the split "

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrkit.artefacts import atomic_path, write_text
+from cxrkit.artefacts import atomic_path, csv_row, write_text
 from cxrkit.data.decoder import DecodeLimits, Decoder, default_workers
 from cxrkit.data.dicom import DICOM_EXTENSIONS, is_dicom
 from cxrkit.data.images import IMAGE_EXTENSIONS, os_reason, walk_files
@@ -241,19 +241,21 @@ class Predictions:
 
     def _write_csv(self, path: Path) -> None:
         """:meth:`frame` as CSV (floats at full precision, NaN as empty), written with the
-        csv module: ``cxrkit predict --out x.csv`` must not import pandas (start-up time)."""
+        csv module: ``cxrkit predict --out x.csv`` must not import pandas (start-up time).
+        Text cells are escaped against formula injection (:func:`cxrkit.artefacts.csv_cell`)."""
         import csv
 
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh, lineterminator="\n")
-            w.writerow(["image", "error", "flagged", "ood_score", "ood_flag", *self.findings])
+            w.writerow(csv_row(["image", "error", "flagged", "ood_score", "ood_flag",
+                                *self.findings]))
             for i, name in enumerate(self.images):
                 flag = self.ood_flag(i)
                 score = "" if flag is None else repr(float(self.ood_score[i]))  # type: ignore[index]  # a flag implies a score
-                w.writerow([name, self.errors.get(name, ""), ";".join(self.flagged(i)), score,
-                            "" if flag is None else str(flag),
-                            *("" if np.isnan(v) else repr(float(v))
-                              for v in self.probabilities[i])])
+                w.writerow(csv_row([name, self.errors.get(name, ""), ";".join(self.flagged(i)),
+                                    score, "" if flag is None else str(flag),
+                                    *("" if np.isnan(v) else repr(float(v))
+                                      for v in self.probabilities[i])]))
 
     def to_dict(self) -> dict:
         rows: list[dict] = []

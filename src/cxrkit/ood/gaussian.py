@@ -11,7 +11,9 @@ torch one does. The squared distance of ``x`` is
 ``lambda``), ``r`` what those directions leave (``psi_j`` its per-dimension variance on
 the training vectors, floored at 1e-3 of its mean so a dimension that never varied in
 training -- a dead ReLU unit -- does not divide by zero, and at 1e-6 of the mean total
-variance so that the float32 rounding of the stored directions cannot dominate). It is the Mahalanobis distance
+variance so that the float32 rounding of the stored directions cannot dominate). Every
+variance is also at least (1e-4 of the mean)^2, so training vectors that do not vary at
+all (identical images) still give distances on a sane scale. It is the Mahalanobis distance
 under the covariance ``P' diag(lambda) P + diag(psi)`` restricted to each part, the form
 used for deep-feature OOD detection (Lee et al., NeurIPS 2018), kept low-rank so that the
 record stays small (``k * D`` floats) and well conditioned when there are fewer training
@@ -40,6 +42,8 @@ RANK = 64
 MAX_DIRECTION_FLOATS = 1 << 16
 #: psi is floored at this fraction of its mean.
 PSI_FLOOR = 1e-3
+#: Every variance is floored at this fraction of the squared mean (a spread of 1e-4).
+MAGNITUDE_FLOOR = 1e-8
 
 
 def encode(a: np.ndarray) -> dict:
@@ -80,20 +84,28 @@ def fit_gaussian(x: np.ndarray, *, rank: int = RANK, standardize: bool = False,
     from threadpoolctl import threadpool_limits
 
     solver = "covariance_eigh" if n > dim else "full"
-    with threadpool_limits(1):
+    # errstate: vectors that never vary have no variance to explain a share of (0 / 0)
+    with threadpool_limits(1), np.errstate(invalid="ignore", divide="ignore"):
         pca = PCA(n_components=k, svd_solver=solver, random_state=seed).fit(x)
     mu = pca.mean_
     p = pca.components_
-    lam = np.maximum(pca.explained_variance_, 1e-12)
+    # the smallest variance that means anything: a spread of 1e-4 of each value itself
+    # (the covariance floor diag(MAGNITUDE_FLOOR * mu^2), projected onto each direction).
+    # Without it, training vectors that do not vary at all (identical images) leave
+    # variances of 1e-12, and float32 rounding alone scored the training image itself 3e11
+    # times over the threshold. Only directions that hardly vary in training are touched.
+    lam = np.maximum(pca.explained_variance_,
+                     np.maximum(MAGNITUDE_FLOOR * (p ** 2 @ mu ** 2), 1e-12))
     r = (x - mu) - ((x - mu) @ p.T) @ p
     psi = r.var(0)
     # floors: 1e-3 of psi's mean (dead units), and 1e-6 of the mean total variance (so the
     # float32 rounding of the stored directions, ~1e-7 relative, never dominates a distance)
     psi = np.maximum(psi, max(PSI_FLOOR * float(psi.mean()), 1e-6 * float(x.var(0).mean()),
                               1e-12))
+    psi = np.maximum(psi, MAGNITUDE_FLOOR * mu ** 2)
     return {"unit": encode(unit), "mean": encode(mu), "directions": encode(p), "variances": encode(lam),
             "residual_variances": encode(psi), "rank": k, "dim": int(dim), "n_fit": int(n),
-            "explained_variance_ratio": float(pca.explained_variance_ratio_.sum())}
+            "explained_variance_ratio": float(np.nan_to_num(pca.explained_variance_ratio_).sum())}
 
 
 class Gaussian:

@@ -34,6 +34,10 @@ from cxrkit.ood.gaussian import Gaussian, fit_gaussian
 from cxrkit.ood.imagestats import STAT_NAMES, image_stats
 
 FORMAT = "cxrkit-ood/1"
+#: Least threshold of a part (a squared distance). Distances of typical vectors are of the
+#: order of the dimension (tens to hundreds); only a calibration set with no spread at
+#: all (identical images) comes below 1, and a threshold of ~0 flagged everything.
+MIN_THRESHOLD_D2 = 1.0
 #: Percentile of each part's calibration distances used as its threshold.
 PERCENTILE = 97.0
 #: Folds of the out-of-fold calibration of the image part.
@@ -91,7 +95,8 @@ def fit_record(train_features: np.ndarray, train_images, val_features: np.ndarra
     parts = {"features": feats, "image": image}
     cal = {"features": feat_cal, "image": image_cal}
     for name in PARTS:
-        parts[name]["threshold_d2"] = float(max(np.percentile(cal[name], percentile), 1e-12))
+        parts[name]["threshold_d2"] = float(max(np.percentile(cal[name], percentile),
+                                                MIN_THRESHOLD_D2))
         parts[name]["calibrated_on"] = ("val" if name == "features" else
                                         f"train+val, {folds.get_n_splits()}-fold out-of-fold")
         parts[name]["n_calibration"] = int(len(cal[name]))

@@ -404,6 +404,20 @@ def write_ascii(path: Path, text: str) -> None:
     write_bytes(text.encode("ascii"), path)
 
 
+#: The largest phantom side: what the image cache accepts (PreprocessSettings.size); one
+#: image of side 100,000 would need 10 GB before the first was written.
+MAX_IMAGE_SIDE = 4096
+
+
+def check_image_size(image_size) -> int:
+    """``image_size`` if it is a whole number of pixels in 16..:data:`MAX_IMAGE_SIDE`."""
+    if isinstance(image_size, bool) or not float(image_size).is_integer() \
+            or not 16 <= image_size <= MAX_IMAGE_SIDE:
+        raise ValueError(f"image_size must be a whole number of pixels from 16 to "
+                         f"{MAX_IMAGE_SIDE}, got {image_size!r}")
+    return int(image_size)
+
+
 def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
                   image_size: int = 256, test_fraction: float = 0.25, seed: int = 0,
                   label_noise="moderate", expert_fraction=EXPERT_FRACTION,
@@ -431,8 +445,7 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if image_size < 16:
-        raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+    check_image_size(image_size)
     started = time.perf_counter()
     root = Path(out_dir)
     settings = {"n_patients": n_patients, "images_per_patient": list(images_per_patient),
@@ -492,7 +505,7 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
         ok, png = cv2.imencode(".png", image)
         if not ok:
             raise RuntimeError(f"OpenCV could not encode {row.image_id} as PNG")
-        (folder / row.image_id).write_bytes(png.tobytes())
+        write_bytes(png.tobytes(), folder / row.image_id, durable=False)
         for f in (f for f in boxed.get(row.image_id, ()) if f in boxes):
             x, y, w, h = (v * scale for v in boxes[f])
             label = "Infiltrate" if f == "Infiltration" else f

@@ -47,6 +47,7 @@ from cxrkit.data._cache_build import _pool_context
 from cxrkit.data.phantoms import (
     MANIFEST_NAME,
     PhantomRelease,
+    check_image_size,
     draw_phantom,
     existing_release,
     finding_box,
@@ -219,8 +220,7 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     ``workers`` processes draw the images (default: all cores; 0 draws in this process).
     A complete twin with the same settings is left as it is; a partial one is resumed.
     """
-    if image_size < 16:
-        raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+    check_image_size(image_size)
     if workers is not None and workers < 0:
         raise ValueError(f"workers must be >= 0 (0 = in this process), got {workers}")
     started = time.perf_counter()
