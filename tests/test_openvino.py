@@ -151,6 +151,10 @@ def test_onnx_backend_on_openvino_matches_onnxruntime_with_ood(exported, nih_sam
     assert ov_model.engine == engine and ov_model.engine_record["openvino_precision"] == \
         ("bf16" if engine.endswith("bf16") else "fp32")
     assert ov_model.ood_record is not None and ov_model.findings == ort_model.findings
+    # what `cxrkit predict` prints as the engine that ran (it raised AttributeError on OpenVINO)
+    assert ov_model.ran_by.startswith("OpenVINO ") and engine.removeprefix("openvino").lstrip(
+        "-") in ov_model.ran_by
+    assert ort_model.ran_by.startswith("onnxruntime ")
     a, b = ort_model.predict(files), ov_model.predict(files)
     f = list(ort_model.findings)
     bound = BF16_PARITY_TOLERANCE if engine.endswith("bf16") else 1e-4
@@ -193,6 +197,7 @@ def test_predict_on_a_checkpoint_runs_torch_free_after_its_first_run(phantom_run
         fast = load_model(run)
     assert "first run of" in caplog.text and "without torch" in caplog.text
     assert fast.source == run / "best.pt" and "torch-free" in fast.backend
+    assert fast.ran_by.split()[0] in ("OpenVINO", "onnxruntime"), fast.ran_by
     assert graph_path(fast.record["checkpoint_sha256"]).exists()
     files = real_images(nih_sample, 3)
     with warnings.catch_warnings():
@@ -221,3 +226,24 @@ def test_predict_on_a_checkpoint_runs_torch_free_after_its_first_run(phantom_run
     with pytest.warns(CacheRebuiltWarning, match="cached export .* is unusable"):
         again = load_fast(run)
     assert np.abs(again.predict(files)[f].to_numpy() - got[f].to_numpy()).max() <= 1e-6
+
+
+def test_predict_cli_on_a_checkpoint_names_the_engine_that_ran(phantom_run, nih_sample,
+                                                               tmp_path, monkeypatch):
+    """``cxrkit predict RUN IMAGE`` with the defaults: the torch-free path's summary names
+    the engine (it crashed with AttributeError when that engine was OpenVINO)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cxrkit.cli import app
+
+    monkeypatch.setenv("CXRKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CXRKIT_PRECISION", raising=False)
+    run = shutil.copytree(phantom_run, tmp_path / "run")
+    image = real_images(nih_sample, 1)[0]
+    res = CliRunner().invoke(app, ["predict", str(run), str(image), "--out",
+                                   str(tmp_path / "p.csv"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert ("forward pass: OpenVINO" in res.output
+            or "forward pass: onnxruntime" in res.output), res.output

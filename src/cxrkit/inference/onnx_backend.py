@@ -110,6 +110,7 @@ class OnnxModel(Predictor):
         cache = cache_root() / "openvino" / f"{self.path.stem}-{key.hexdigest()[:16]}-{precision}"
         graph = compile_graph(model, precision=precision, cache=cache)
         self.outputs = graph.outputs
+        self._graph = graph
         self._run = lambda feeds, names: graph.run(feeds, names)
         self.engine_record = {"engine": self.engine, **graph.record}
         return props
@@ -135,7 +136,9 @@ class OnnxModel(Predictor):
 
     @property
     def ran_by(self) -> str:
-        return session_ran_by(self.session)
+        if self.engine == "onnxruntime":
+            return session_ran_by(self.session)
+        return self._graph.ran_by()   # OpenVINO (openvino / openvino-bf16)
 
     def forward_cached(self, images, meta=None, *, tta: str = "none"):
         """``uint8`` ``(B, 1, S, S)`` -> ``(logits (B, F), pooled features (B, D) or None)``

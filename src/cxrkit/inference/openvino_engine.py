@@ -156,6 +156,10 @@ class CompiledGraph:
         self.inputs = [p.get_any_name() for p in self.compiled.inputs]
         self.outputs = [p.get_any_name() for p in self.compiled.outputs]
 
+    def ran_by(self) -> str:
+        """This graph's engine in its own words (what ``cxrkit predict`` prints)."""
+        return f"OpenVINO {self.record.get('openvino', '?')} {self.precision} (CPU)"
+
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         """``feeds`` (input name -> array) -> the named outputs, float32 copies."""
         with self._lock:

@@ -449,6 +449,9 @@ class OpenVinoForward(Forward):
     graph: Any = None                           #: a CompiledGraph (openvino_engine)
     metadata: bool = False
 
+    def ran_by(self) -> str:
+        return self.graph.ran_by()
+
     def __call__(self, x, meta):
         logits, features = self.graph.run(_feeds(x, meta, self.metadata), ["logits", "features"])
         return torch.from_numpy(logits), torch.from_numpy(features)
