@@ -29,26 +29,57 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("CXRKIT_PRECISION", "fp32")
 
 
-def train(prepared, out: Path, *, epochs: int, seed: int, findings: str = "all",
-          batch_size: int = 32, lr: float = 3e-3, scheduler: str = "plateau") -> Path:
+def train(
+    prepared,
+    out: Path,
+    *,
+    epochs: int,
+    seed: int,
+    findings: str = "all",
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    scheduler: str = "plateau",
+) -> Path:
     from cxrkit.config import load_config
     from cxrkit.engine.train import fit
 
-    cfg = load_config(None, [f"data.prepared={prepared.root}", f"out={out}", "model.name=cnn4",
-                             f"data.batch_size={batch_size}", f"train.epochs={epochs}",
-                             f"train.lr={lr}", f"train.scheduler={scheduler}",
-                             "train.amp=none", "train.patience=100",
-                             f"data.findings={findings}", f"train.seed={seed}"])
+    cfg = load_config(
+        None,
+        [
+            f"data.prepared={prepared.root}",
+            f"out={out}",
+            "model.name=cnn4",
+            f"data.batch_size={batch_size}",
+            f"train.epochs={epochs}",
+            f"train.lr={lr}",
+            f"train.scheduler={scheduler}",
+            "train.amp=none",
+            "train.patience=100",
+            f"data.findings={findings}",
+            f"train.seed={seed}",
+        ],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit(cfg, show_progress=False)
     return out
 
 
-def phantom_pair(work: Path, *, seed: int, patients: int, size: int, epochs: int,
-                 shortcut: str, findings: str, test_fraction: float, val_fraction: float,
-                 batch_size: int = 32, lr: float = 3e-3, scheduler: str = "plateau"
-                 ) -> dict[tuple[str, str], dict]:
+def phantom_pair(
+    work: Path,
+    *,
+    seed: int,
+    patients: int,
+    size: int,
+    epochs: int,
+    shortcut: str,
+    findings: str,
+    test_fraction: float,
+    val_fraction: float,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    scheduler: str = "plateau",
+) -> dict[tuple[str, str], dict]:
     """Audit records of the clean and the planted model of one seed, on test and val."""
     from cxrkit.audit import audit_run
     from cxrkit.data.cache import PreprocessSettings
@@ -58,22 +89,45 @@ def phantom_pair(work: Path, *, seed: int, patients: int, size: int, epochs: int
     out = {}
     for kind in ("clean", "planted"):
         root = work / f"seed{seed}" / kind
-        make_phantoms(root / "release", n_patients=patients, image_size=size, seed=seed,
-                      test_fraction=test_fraction, label_noise="none", progress=False,
-                      shortcut=shortcut if kind == "planted" else None)
-        p = prepare(root / "release", root / "prepared", settings=PreprocessSettings(size=size),
-                    val_fraction=val_fraction, workers=0, progress=False)
+        make_phantoms(
+            root / "release",
+            n_patients=patients,
+            image_size=size,
+            seed=seed,
+            test_fraction=test_fraction,
+            label_noise="none",
+            progress=False,
+            shortcut=shortcut if kind == "planted" else None,
+        )
+        p = prepare(
+            root / "release",
+            root / "prepared",
+            settings=PreprocessSettings(size=size),
+            val_fraction=val_fraction,
+            workers=0,
+            progress=False,
+        )
         t0 = time.perf_counter()
-        run = train(p, root / "run", epochs=epochs, seed=seed, findings=findings,
-                    batch_size=batch_size, lr=lr, scheduler=scheduler)
+        run = train(
+            p,
+            root / "run",
+            epochs=epochs,
+            seed=seed,
+            findings=findings,
+            batch_size=batch_size,
+            lr=lr,
+            scheduler=scheduler,
+        )
         t1 = time.perf_counter()
         for split in ("test", "val"):
             t2 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 out[kind, split] = audit_run(run, split=split, bootstrap=200, progress=False)
-            out[kind, split]["bench_seconds"] = {"train": t1 - t0,
-                                                 "audit": time.perf_counter() - t2}
+            out[kind, split]["bench_seconds"] = {
+                "train": t1 - t0,
+                "audit": time.perf_counter() - t2,
+            }
     return out
 
 
@@ -83,27 +137,43 @@ def _fmt(c: dict) -> str:
 
 def run_phantoms(args) -> None:
     finding = args.shortcut.rpartition(":")[0]
-    rows = ["| seed | model | split | positives | AUROC as is | chest only | outside only | "
-            "CAM energy in chest | chest area | flags for the finding | train s | audit s |",
-            "|---|---|---|---:|---|---|---|---|---:|---|---:|---:|"]
+    rows = [
+        "| seed | model | split | positives | AUROC as is | chest only | outside only | "
+        "CAM energy in chest | chest area | flags for the finding | train s | audit s |",
+        "|---|---|---|---:|---|---|---|---|---:|---|---:|---:|",
+    ]
     for seed in args.seeds:
-        pair = phantom_pair(args.work, seed=seed, patients=args.patients, size=args.size,
-                            epochs=args.epochs, shortcut=args.shortcut, findings=args.findings,
-                            test_fraction=args.test_fraction, val_fraction=args.val_fraction,
-                            batch_size=args.batch_size, lr=args.lr, scheduler=args.scheduler)
+        pair = phantom_pair(
+            args.work,
+            seed=seed,
+            patients=args.patients,
+            size=args.size,
+            epochs=args.epochs,
+            shortcut=args.shortcut,
+            findings=args.findings,
+            test_fraction=args.test_fraction,
+            val_fraction=args.val_fraction,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            scheduler=args.scheduler,
+        )
         for (kind, split), r in pair.items():
             rr, s = r["region_reliance"][finding], r["saliency"][finding]
             flags = sorted(f["measure"] for f in r["flags"] if f["finding"] == finding)
-            rows.append(f"| {seed} | {kind} | {split} | {rr['positives']} | {_fmt(rr['auroc'])} | "
-                        f"{_fmt(rr['auroc_chest_only'])} | {_fmt(rr['auroc_outside_only'])} | "
-                        f"{_fmt(s['energy_inside'])} | {s['area_inside']['value']:.3f} | "
-                        f"{', '.join(flags) or 'none'} | {r['bench_seconds']['train']:.0f} | "
-                        f"{r['bench_seconds']['audit']:.0f} |")
+            rows.append(
+                f"| {seed} | {kind} | {split} | {rr['positives']} | {_fmt(rr['auroc'])} | "
+                f"{_fmt(rr['auroc_chest_only'])} | {_fmt(rr['auroc_outside_only'])} | "
+                f"{_fmt(s['energy_inside'])} | {s['area_inside']['value']:.3f} | "
+                f"{', '.join(flags) or 'none'} | {r['bench_seconds']['train']:.0f} | "
+                f"{r['bench_seconds']['audit']:.0f} |"
+            )
             print(rows[-1], flush=True)
-    print(f"\nshortcut {args.shortcut}, {args.patients} patients, {args.size} px, cnn4 "
-          f"{args.epochs} epochs (batch {args.batch_size}, lr {args.lr}, scheduler "
-          f"{args.scheduler}), findings={args.findings}, test fraction "
-          f"{args.test_fraction}, val fraction {args.val_fraction}, noise-free labels\n")
+    print(
+        f"\nshortcut {args.shortcut}, {args.patients} patients, {args.size} px, cnn4 "
+        f"{args.epochs} epochs (batch {args.batch_size}, lr {args.lr}, scheduler "
+        f"{args.scheduler}), findings={args.findings}, test fraction "
+        f"{args.test_fraction}, val fraction {args.val_fraction}, noise-free labels\n"
+    )
     print("\n".join(rows))
 
 
@@ -117,10 +187,16 @@ def run_real(args) -> None:
         raise SystemExit(f"real NIH sample not found at {images} (use --nih)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 'dropped 110,331 label-file images not on disk'
-        p = prepare(args.nih, args.work / "prepared", images_root=images,
-                    label_file=args.nih / "meta" / "Data_Entry_2017.csv", on_missing="drop",
-                    settings=PreprocessSettings(size=args.size), protocol="official",
-                    progress=False)
+        p = prepare(
+            args.nih,
+            args.work / "prepared",
+            images_root=images,
+            label_file=args.nih / "meta" / "Data_Entry_2017.csv",
+            on_missing="drop",
+            settings=PreprocessSettings(size=args.size),
+            protocol="official",
+            progress=False,
+        )
     t0 = time.perf_counter()
     run = train(p, args.work / "run", epochs=args.epochs, seed=0, lr=1e-3)
     t1 = time.perf_counter()

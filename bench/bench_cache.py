@@ -64,8 +64,14 @@ def timed(run, n: int) -> tuple[float, float]:
     run()
     wall = time.perf_counter() - w0
     t1, c1 = os.times(), workers_cpu()
-    cpu = c1 - c0 + sum(getattr(t1, k) - getattr(t0, k)
-                        for k in ("user", "system", "children_user", "children_system"))
+    cpu = (
+        c1
+        - c0
+        + sum(
+            getattr(t1, k) - getattr(t0, k)
+            for k in ("user", "system", "children_user", "children_system")
+        )
+    )
     return n / wall, 1000 * cpu / n
 
 
@@ -77,15 +83,18 @@ def with_build(items, workers: int):
     def run():
         with tempfile.TemporaryDirectory() as tmp:
             build_cache(items, Path(tmp) / "cache", SETTINGS, workers=workers, progress=False)
+
     return lambda: timed(run, len(items))
 
 
 def without_iccp_warnings(measure):
     """``measure`` with libpng's iCCP warnings (7 RGBA originals) kept off the terminal;
     the filter is set up outside the timed region."""
+
     def run():
         with quiet_iccp_warnings():
             return measure()
+
     return run
 
 
@@ -120,21 +129,33 @@ def main() -> None:
     little = [(p.name, str(p)) for p in small]
 
     one_big, one_small = "decode + resize 1024 -> 256, 1 core", "decode + resize 256 -> 256, 1 core"
-    measures = {   # name -> (measure, workers, one-core reference row)
+    measures = {  # name -> (measure, workers, one-core reference row)
         "decode 1024 px, Pillow (read_xray)": (in_process(read_xray, originals), None, None),
-        "decode 1024 px, cv2.imread": (without_iccp_warnings(in_process(cv2_decode, originals)),
-                                       None, None),
+        "decode 1024 px, cv2.imread": (
+            without_iccp_warnings(in_process(cv2_decode, originals)),
+            None,
+            None,
+        ),
         one_big: (in_process(prep, originals), None, None),
-        "decode + crop + resize + CLAHE 1024 -> 256": (in_process(prep_full, originals),
-                                                       None, None),
+        "decode + crop + resize + CLAHE 1024 -> 256": (
+            in_process(prep_full, originals),
+            None,
+            None,
+        ),
         one_small: (in_process(prep, small), None, None),
     }
     for w in sorted({1, n}):
-        measures[f"build_cache {len(big)} x 1024 px, workers={w}"] = (with_build(big, w), w,
-                                                                       one_big)
+        measures[f"build_cache {len(big)} x 1024 px, workers={w}"] = (
+            with_build(big, w),
+            w,
+            one_big,
+        )
     for w in sorted({1, n}):
         measures[f"build_cache {len(little)} x 256 px, workers={w}"] = (
-            with_build(little, w), w, one_small)
+            with_build(little, w),
+            w,
+            one_small,
+        )
 
     best: dict[str, tuple[float, float]] = {}
     for _ in range(args.rounds):
@@ -143,10 +164,11 @@ def main() -> None:
             old = best.get(name, (0.0, float("inf")))
             best[name] = (max(old[0], r), min(old[1], cpu))
 
-    print(f"\nimage cache build, real NIH PNGs, {n} cores available "
-          f"(os.cpu_count() = {os.cpu_count()}), best of {args.rounds} rounds\n")
-    print(f"{'what':46s} {'images/s':>9s} {'CPU ms/img':>11s} {'wall ratio':>11s} "
-          f"{'CPU eff.':>9s}")
+    print(
+        f"\nimage cache build, real NIH PNGs, {n} cores available "
+        f"(os.cpu_count() = {os.cpu_count()}), best of {args.rounds} rounds\n"
+    )
+    print(f"{'what':46s} {'images/s':>9s} {'CPU ms/img':>11s} {'wall ratio':>11s} {'CPU eff.':>9s}")
     for name, (_, workers, ref) in measures.items():
         r, cpu = best[name]
         extra = ""
@@ -154,8 +176,10 @@ def main() -> None:
             ref_rate, ref_cpu = best[ref]
             extra = f"{r / (workers * ref_rate):11.2f} {ref_cpu / cpu:9.2f}"
         print(f"{name:46s} {r:9.1f} {cpu:11.2f} {extra}")
-    print("\nwall ratio = build images/s / (workers x one core's images/s), goal >= 0.9; "
-          "CPU eff. = one core's CPU ms/img / the build's")
+    print(
+        "\nwall ratio = build images/s / (workers x one core's images/s), goal >= 0.9; "
+        "CPU eff. = one core's CPU ms/img / the build's"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ class PngDataset(torch.utils.data.Dataset):
 
     def __init__(self, paths, size=224):
         self.paths = list(paths)
-        self.tf = T.Compose([T.RandomResizedCrop(size, scale=(0.75, 1.0)), T.ToTensor(),
-                             T.Normalize([0.5], [0.25])])
+        self.tf = T.Compose(
+            [T.RandomResizedCrop(size, scale=(0.75, 1.0)), T.ToTensor(), T.Normalize([0.5], [0.25])]
+        )
 
     def __len__(self):
         return len(self.paths)
@@ -98,20 +99,43 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         items = [(f"{i:06d}_{p.name}", p) for i, p in enumerate(orig_paths)]
-        cache = build_cache(items, Path(tmp) / "cache", PreprocessSettings(size=256),
-                            workers=max(1, os.cpu_count() or 1), progress=False)
-        table = pd.DataFrame({"image_id": [i for i, _ in items], "patient_id": 0, "age": 50.0,
-                              "sex": "M", "view": "PA", **{f: 0 for f in FINDINGS}})
+        cache = build_cache(
+            items,
+            Path(tmp) / "cache",
+            PreprocessSettings(size=256),
+            workers=max(1, os.cpu_count() or 1),
+            progress=False,
+        )
+        table = pd.DataFrame(
+            {
+                "image_id": [i for i, _ in items],
+                "patient_id": 0,
+                "age": 50.0,
+                "sex": "M",
+                "view": "PA",
+                **{f: 0 for f in FINDINGS},
+            }
+        )
         ds = CXRDataset(cache, table)
         loader = make_loader(ds, batch_size=args.batch, shuffle=True, workers=args.workers)
         aug = TrainTransform(224, mean=0.5, std=0.25)
-        rows.append(("cxrkit cache 256px + batch augmentation",
-                     time_loader(loader, aug, min_images=4 * args.images)))
-        rows.append(("cxrkit cache 256px, loader only",
-                     time_loader(loader, None, min_images=8 * args.images)))
+        rows.append(
+            (
+                "cxrkit cache 256px + batch augmentation",
+                time_loader(loader, aug, min_images=4 * args.images),
+            )
+        )
+        rows.append(
+            (
+                "cxrkit cache 256px, loader only",
+                time_loader(loader, None, min_images=8 * args.images),
+            )
+        )
 
-    print(f"\nloader throughput, {args.images} real NIH images, batch {args.batch}, "
-          f"{args.workers} workers, torch threads 1, {os.cpu_count()} cores\n")
+    print(
+        f"\nloader throughput, {args.images} real NIH images, batch {args.batch}, "
+        f"{args.workers} workers, torch threads 1, {os.cpu_count()} cores\n"
+    )
     print(f"{'loader':58s} {'images/s':>10s} {'x baseline':>11s}")
     for name, rate in rows:
         print(f"{name:58s} {rate:10.1f} {rate / png_1024:10.1f}x")

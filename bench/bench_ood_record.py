@@ -49,42 +49,62 @@ def main() -> None:
     p = load_prepared(args.prepared)
     if args.checkpoint:
         from cxrkit.inference import load
+
         lm = load(args.checkpoint, precision="fp32")
         model, pre, name = lm.model, lm.preprocessing, lm.name
     else:
         from cxrkit.models import create_model
+
         model = create_model(args.model, in_chans=1).eval()
         cfg = model.cxr_config
-        pre = Preprocessing.build(cache=p.cache.settings, model_name=args.model,
-                                  model_input_size=cfg.input_size, mean=cfg.mean, std=cfg.std,
-                                  channels=1, eval_crop_pct=0.875)
+        pre = Preprocessing.build(
+            cache=p.cache.settings,
+            model_name=args.model,
+            model_input_size=cfg.input_size,
+            mean=cfg.mean,
+            std=cfg.std,
+            channels=1,
+            eval_crop_pct=0.875,
+        )
         name = f"{args.model} (random init)"
     tf = eval_transform(pre)
-    ds = {s: CXRDataset(p.cache, p.table(s).head(n), FINDINGS)
-          for s, n in (("train", args.train), ("val", 10**9), ("test", args.test))}
+    ds = {
+        s: CXRDataset(p.cache, p.table(s).head(n), FINDINGS)
+        for s, n in (("train", args.train), ("val", 10**9), ("test", args.test))
+    }
     records, seconds = {}, {}
-    for label, precision in (("fp32", None), ("bf16", Precision.choose("bf16", torch.device("cpu")))):
+    for label, precision in (
+        ("fp32", None),
+        ("bf16", Precision.choose("bf16", torch.device("cpu"))),
+    ):
         t0 = time.perf_counter()
-        records[label] = fit_from_datasets(model, ds["train"], ds["val"], tf,
-                                           precision=precision)
+        records[label] = fit_from_datasets(model, ds["train"], ds["val"], tf, precision=precision)
         seconds[label] = time.perf_counter() - t0
         model.to(memory_format=torch.contiguous_format)
     feats, images, _ = dataset_features(model, ds["test"], tf, device="cpu", metadata=False)
     flags = {k: OodScorer(r).score(feats, images) for k, r in records.items()}
     n = len(ds["train"]) + len(ds["val"])
-    print(f"OOD record of {name} at {pre.input_size} px: {len(ds['train'])} train + "
-          f"{len(ds['val'])} val images; load average {os.getloadavg()[0]:.1f}, "
-          f"{torch.get_num_threads()} threads")
-    print("| features in | seconds | images/s | x fp32 | val flagged | test flagged (fp32 features) |")
+    print(
+        f"OOD record of {name} at {pre.input_size} px: {len(ds['train'])} train + "
+        f"{len(ds['val'])} val images; load average {os.getloadavg()[0]:.1f}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        "| features in | seconds | images/s | x fp32 | val flagged | test flagged (fp32 features) |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for k in records:
-        print(f"| {k} | {seconds[k]:.1f} | {n / seconds[k]:.1f} | {seconds['fp32'] / seconds[k]:.2f} "
-              f"| {records[k]['val']['flag_rate']:.1%} | {flags[k].flag.mean():.1%} |")
+        print(
+            f"| {k} | {seconds[k]:.1f} | {n / seconds[k]:.1f} | {seconds['fp32'] / seconds[k]:.2f} "
+            f"| {records[k]['val']['flag_rate']:.1%} | {flags[k].flag.mean():.1%} |"
+        )
     a, b = flags["fp32"], flags["bf16"]
     agree = float((a.flag == b.flag).mean())
     corr = float(np.corrcoef(a.score, b.score)[0, 1])
-    print(f"{len(feats)} test images: flags agree on {agree:.1%}, score correlation {corr:.4f}, "
-          f"max |score difference| {np.abs(a.score - b.score).max():.3f}")
+    print(
+        f"{len(feats)} test images: flags agree on {agree:.1%}, score correlation {corr:.4f}, "
+        f"max |score difference| {np.abs(a.score - b.score).max():.3f}"
+    )
 
 
 if __name__ == "__main__":

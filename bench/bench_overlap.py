@@ -52,8 +52,9 @@ def _rates(variants: list[tuple[str, object]], n: int, repeats: int) -> list[tup
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    return [(name, n / min(times[name]), n / statistics.median(times[name]))
-            for name, _ in variants]
+    return [
+        (name, n / min(times[name]), n / statistics.median(times[name])) for name, _ in variants
+    ]
 
 
 def throughput(onnx: Path, files: list[Path], args) -> list[tuple[str, float]]:
@@ -77,23 +78,27 @@ def throughput(onnx: Path, files: list[Path], args) -> list[tuple[str, float]]:
 
         def infer_only():
             for i in range(0, n, b):
-                model.score_cached(cached[i:i + b])
+                model.score_cached(cached[i : i + b])
 
         def serial():
             for i in range(0, n, b):
-                batch = np.stack([model.cache_image(read_image(f)) for f in files[i:i + b]])
+                batch = np.stack([model.cache_image(read_image(f)) for f in files[i : i + b]])
                 model.score_cached(batch[:, None])
 
         def overlapped():
             r = predict_files(model, files, batch_size=b, progress=False, decoder=dec)
             assert r.n_failed == 0
 
-        return _rates([("decode only (%d worker%s)" % (workers, "s" * (workers > 1)),
-                         decode_only),
-                        ("infer only (batch %d)" % b, infer_only),
-                        ("predict, serial (decode then infer, one process)", serial),
-                        ("predict, overlapped (predict_files)", overlapped)],
-                       n, args.repeats)
+        return _rates(
+            [
+                ("decode only (%d worker%s)" % (workers, "s" * (workers > 1)), decode_only),
+                ("infer only (batch %d)" % b, infer_only),
+                ("predict, serial (decode then infer, one process)", serial),
+                ("predict, overlapped (predict_files)", overlapped),
+            ],
+            n,
+            args.repeats,
+        )
 
 
 def _children_cpu() -> float:
@@ -113,16 +118,31 @@ def startup(onnx: Path, image: Path, work: Path, args) -> list[dict]:
     for i in range(args.startup_runs + 1):  # the first round warms the page cache
         for label, src in trees:
             env = {**os.environ, "PYTHONPATH": str(src), "PYTHONWARNINGS": "ignore"}
-            cmd = [sys.executable, "-m", "cxrkit.cli", "predict", str(onnx), str(image),
-                   "--out", str(work / f"s{i}.csv"), "--no-progress"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "cxrkit.cli",
+                "predict",
+                str(onnx),
+                str(image),
+                "--out",
+                str(work / f"s{i}.csv"),
+                "--no-progress",
+            ]
             t, c = time.perf_counter(), _children_cpu()
             subprocess.run(cmd, check=True, capture_output=True, env=env)
             if i:
                 times[label].append(time.perf_counter() - t)
                 cpu[label].append(_children_cpu() - c)
-    return [{"case": label, "median": statistics.median(times[label]),
-             "min": min(times[label]), "cpu": statistics.median(cpu[label])}
-            for label, _ in trees]
+    return [
+        {
+            "case": label,
+            "median": statistics.median(times[label]),
+            "min": min(times[label]),
+            "cpu": statistics.median(cpu[label]),
+        }
+        for label, _ in trees
+    ]
 
 
 def main(argv=None) -> int:
@@ -130,8 +150,12 @@ def main(argv=None) -> int:
     ap.add_argument("--onnx", type=Path, required=True, help="an exported DenseNet121 .onnx")
     ap.add_argument("--images", type=int, default=156, help="files (the originals, repeated)")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=None, help="decode workers (default: "
-                    "cxrkit's, half the cores)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decode workers (default: cxrkit's, half the cores)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--startup", action="store_true")
     ap.add_argument("--startup-runs", type=int, default=5)
@@ -146,11 +170,15 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()[0]
     rows = throughput(args.onnx, files, args)
     load1 = os.getloadavg()[0]
-    print(f"\n## Folder predict, {len(files)} 1024 px PNGs (NIH originals), DenseNet121 "
-          f"ONNX, {os.cpu_count()} cores, {args.repeats} interleaved rounds, load average "
-          f"{load0:.1f} -> {load1:.1f}\n")
-    print("| stage | images/s, best | x min(decode, infer), best | images/s, median | "
-          "x min(decode, infer), median |")
+    print(
+        f"\n## Folder predict, {len(files)} 1024 px PNGs (NIH originals), DenseNet121 "
+        f"ONNX, {os.cpu_count()} cores, {args.repeats} interleaved rounds, load average "
+        f"{load0:.1f} -> {load1:.1f}\n"
+    )
+    print(
+        "| stage | images/s, best | x min(decode, infer), best | images/s, median | "
+        "x min(decode, infer), median |"
+    )
     print("|---|---:|---:|---:|---:|")
     floor = min(rows[0][1], rows[1][1])
     floor_med = min(rows[0][2], rows[1][2])
@@ -159,9 +187,11 @@ def main(argv=None) -> int:
     if args.startup:
         with tempfile.TemporaryDirectory() as tmp:
             res = startup(args.onnx, originals[0], Path(tmp), args)
-        print(f"\n## One 1024 px image through `python -m cxrkit.cli predict` (ONNX), "
-              f"process start to CSV, {args.startup_runs} fresh processes each, "
-              f"interleaved, load average {os.getloadavg()[0]:.1f}\n")
+        print(
+            f"\n## One 1024 px image through `python -m cxrkit.cli predict` (ONNX), "
+            f"process start to CSV, {args.startup_runs} fresh processes each, "
+            f"interleaved, load average {os.getloadavg()[0]:.1f}\n"
+        )
         print("| tree | wall s, median | wall s, min | CPU s (user+sys, children), median |")
         print("|---|---:|---:|---:|")
         for r in res:

@@ -60,12 +60,30 @@ import psutil
 from cxrkit.artefacts import write_json
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("validate", "prepare", "stats", "train", "evaluate", "compare", "explain",
-          "localize", "predict", "export")
+STAGES = (
+    "validate",
+    "prepare",
+    "stats",
+    "train",
+    "evaluate",
+    "compare",
+    "explain",
+    "localize",
+    "predict",
+    "export",
+)
 GIB = 2**30
 #: issue 11's goals at full scale (seconds of wall time on the 2-core machine)
-GOALS = {"growth": 1.25, "peak_anon_gib": 3.0, "validate_s": 10, "stats_s": 15,
-         "evaluate_non_forward_s": 90, "report_s": 30, "report_mb": 15, "localize_s": 300}
+GOALS = {
+    "growth": 1.25,
+    "peak_anon_gib": 3.0,
+    "validate_s": 10,
+    "stats_s": 15,
+    "evaluate_non_forward_s": 90,
+    "report_s": 30,
+    "report_mb": 15,
+    "localize_s": 300,
+}
 PREDICT_FILES = 2000
 EXPLAIN_IMAGES = 64
 BATCH = 128  # data.batch_size in configs/bench_scale.yaml
@@ -101,8 +119,13 @@ def run_cli(args: list[str], log: Path, env: dict) -> dict:
     with open(log, "w") as fh:
         fh.write("$ cxrkit " + " ".join(args) + "\n")
         fh.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "cxrkit.cli", *args], stdout=fh,
-                                stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cxrkit.cli", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
         peak, cpu_seen = [0, 0], {}
         ps = psutil.Process(proc.pid)
         done = threading.Event()
@@ -123,13 +146,20 @@ def run_cli(args: list[str], log: Path, env: dict) -> dict:
     # getrusage counts the stage and the descendants it reaped (not pool workers started
     # from a forkserver, which it never waits for); the samples count every process seen
     # up to its last sample (<= 0.2 s short each). The larger is the better estimate.
-    cpu = max((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-              sum(cpu_seen.values()))
+    cpu = max(
+        (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        sum(cpu_seen.values()),
+    )
     if rc != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise SystemExit(f"cxrkit {' '.join(args)} failed (exit {rc}); see {log}:\n{tail}")
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mib": peak[0] // 2**20,
-            "peak_anon_mib": peak[1] // 2**20, "load_1min": round((load0 + os.getloadavg()[0]) / 2, 2)}
+    return {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mib": peak[0] // 2**20,
+        "peak_anon_mib": peak[1] // 2**20,
+        "load_1min": round((load0 + os.getloadavg()[0]) / 2, 2),
+    }
 
 
 class Scale:
@@ -141,10 +171,17 @@ class Scale:
         self.twin, self.prep = self.dir / "twin", self.dir / "prepared"
         self.run_a, self.run_b = self.dir / "runs" / "a", self.dir / "runs" / "b"
         self.results_path = self.dir / "stages.json"
-        self.results = (json.loads(self.results_path.read_text())
-                        if self.results_path.exists() else {"stages": {}, "setup": {}})
-        self.env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_MININTERVAL": "10",
-                    "PYTHONUNBUFFERED": "1"}
+        self.results = (
+            json.loads(self.results_path.read_text())
+            if self.results_path.exists()
+            else {"stages": {}, "setup": {}}
+        )
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO / "src"),
+            "TQDM_MININTERVAL": "10",
+            "PYTHONUNBUFFERED": "1",
+        }
         self.work = work
         self.train_steps: int | None = None
 
@@ -158,26 +195,48 @@ class Scale:
         r["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.results["setup" if setup else "stages"][name] = r
         self.save()
-        print(f"[{self.percent}%] {name}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, "
-              f"peak {r['peak_rss_mib']} MiB rss / {r['peak_anon_mib']} MiB anon", flush=True)
+        print(
+            f"[{self.percent}%] {name}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, "
+            f"peak {r['peak_rss_mib']} MiB rss / {r['peak_anon_mib']} MiB anon",
+            flush=True,
+        )
         return r
 
     # -- setup ------------------------------------------------------------------------
     def ensure_twin(self) -> dict:
         manifest = self.twin / "phantoms_manifest.json"
         m = json.loads(manifest.read_text()) if manifest.exists() else {}
-        if m.get("complete") and m["settings"]["fraction"] == self.percent / 100 \
-                and m["settings"]["image_size"] == self.size:
+        if (
+            m.get("complete")
+            and m["settings"]["fraction"] == self.percent / 100
+            and m["settings"]["image_size"] == self.size
+        ):
             return m
         full = self.work / "s100" / "twin"
         if self.percent < 100 and (full / "phantoms_manifest.json").exists():
             fm = json.loads((full / "phantoms_manifest.json").read_text())
-            if fm.get("complete") and fm["settings"]["image_size"] == self.size \
-                    and fm["settings"]["seed"] == self.seed:
+            if (
+                fm.get("complete")
+                and fm["settings"]["image_size"] == self.size
+                and fm["settings"]["seed"] == self.seed
+            ):
                 self._link_from(full)
-        self.cli("twin", ["phantoms", str(self.twin), "--like", str(self.like),
-                          "--fraction", str(self.percent / 100), "--size", str(self.size),
-                          "--seed", str(self.seed)], setup=True)
+        self.cli(
+            "twin",
+            [
+                "phantoms",
+                str(self.twin),
+                "--like",
+                str(self.like),
+                "--fraction",
+                str(self.percent / 100),
+                "--size",
+                str(self.size),
+                "--seed",
+                str(self.seed),
+            ],
+            setup=True,
+        )
         return json.loads(manifest.read_text())
 
     def _link_from(self, full: Path) -> None:
@@ -197,9 +256,13 @@ class Scale:
         n = split["split"].value_counts().to_dict()
         boxes = pd.read_csv(self.twin / "BBox_List_2017.csv")
         test = set(split.loc[split["split"] == "test", "image_id"])
-        return {"images": len(split), "train": n.get("train", 0), "val": n.get("val", 0),
-                "test": n.get("test", 0),
-                "box_images": len(set(boxes.iloc[:, 0]) & test)}
+        return {
+            "images": len(split),
+            "train": n.get("train", 0),
+            "val": n.get("val", 0),
+            "test": n.get("test", 0),
+            "box_images": len(set(boxes.iloc[:, 0]) & test),
+        }
 
     # -- stages -----------------------------------------------------------------------
     def run_stage(self, stage: str) -> None:
@@ -211,22 +274,45 @@ class Scale:
     def stage_prepare(self):
         if self.prep.exists():
             shutil.rmtree(self.prep)  # from scratch: a cached build would only be resumed
-        self.cli("prepare", ["prepare", str(self.twin), "--out", str(self.prep),
-                             "--size", str(self.size)])
+        self.cli(
+            "prepare",
+            ["prepare", str(self.twin), "--out", str(self.prep), "--size", str(self.size)],
+        )
 
     def stage_stats(self):
         self.cli("stats", ["stats", str(self.prep), "--out", str(self.dir / "stats")])
 
     def stage_train(self):
         cap = [f"train.max_steps_per_epoch={self.train_steps}"] if self.train_steps else []
-        r = self.cli("train", ["train", "configs/bench_scale.yaml", "--out", str(self.run_a),
-                               f"data.prepared={self.prep}", *cap, "--fresh", "--no-progress"])
+        r = self.cli(
+            "train",
+            [
+                "train",
+                "configs/bench_scale.yaml",
+                "--out",
+                str(self.run_a),
+                f"data.prepared={self.prep}",
+                *cap,
+                "--fresh",
+                "--no-progress",
+            ],
+        )
         r["max_steps"] = self.train_steps  # None: one whole epoch
         self.save()
 
     def stage_evaluate(self):
-        r = self.cli("evaluate", ["evaluate", str(self.run_a), "--split", "test",
-                                  "--bootstrap", "1000", "--no-progress"])
+        r = self.cli(
+            "evaluate",
+            [
+                "evaluate",
+                str(self.run_a),
+                "--split",
+                "test",
+                "--bootstrap",
+                "1000",
+                "--no-progress",
+            ],
+        )
         self.parse_evaluate(r)
         self.save()
 
@@ -240,24 +326,53 @@ class Scale:
         if fwd and fwd.group(3):  # CPU: the stage's CPU less the forward passes' CPU
             r["forward_cpu_s"] = float(fwd.group(3))
             r["non_forward_cpu_s"] = round(r["cpu_s"] - r["forward_cpu_s"], 2)
-        r["report_mb"], r["report_s"] = (float(rep.group(1)), float(rep.group(2))) if rep else (None, None)
+        r["report_mb"], r["report_s"] = (
+            (float(rep.group(1)), float(rep.group(2))) if rep else (None, None)
+        )
         r["report_cpu_s"] = float(rep.group(3)) if rep and rep.group(3) else None
 
     def stage_compare(self):
         if not (self.run_b / "eval" / "test" / "metrics.json").exists():
-            self.cli("train_b", ["train", "configs/bench_scale.yaml", "--out", str(self.run_b),
-                                 f"data.prepared={self.prep}", "train.seed=1",
-                                 "train.max_steps_per_epoch=20", "--fresh", "--no-progress"],
-                     setup=True)
-            self.cli("evaluate_b", ["evaluate", str(self.run_b), "--split", "test", "--no-report",
-                                    "--no-progress"], setup=True)
-        self.cli("compare", ["compare", str(self.run_a), str(self.run_b), "--out",
-                             str(self.dir / "compare"), "--bootstrap", "1000",
-                             "--no-evaluate-missing", "--no-progress"])
+            self.cli(
+                "train_b",
+                [
+                    "train",
+                    "configs/bench_scale.yaml",
+                    "--out",
+                    str(self.run_b),
+                    f"data.prepared={self.prep}",
+                    "train.seed=1",
+                    "train.max_steps_per_epoch=20",
+                    "--fresh",
+                    "--no-progress",
+                ],
+                setup=True,
+            )
+            self.cli(
+                "evaluate_b",
+                ["evaluate", str(self.run_b), "--split", "test", "--no-report", "--no-progress"],
+                setup=True,
+            )
+        self.cli(
+            "compare",
+            [
+                "compare",
+                str(self.run_a),
+                str(self.run_b),
+                "--out",
+                str(self.dir / "compare"),
+                "--bootstrap",
+                "1000",
+                "--no-evaluate-missing",
+                "--no-progress",
+            ],
+        )
 
     def stage_explain(self):
-        self.cli("explain", ["explain", str(self.run_a), "test", "--limit", str(EXPLAIN_IMAGES),
-                             "--no-progress"])
+        self.cli(
+            "explain",
+            ["explain", str(self.run_a), "test", "--limit", str(EXPLAIN_IMAGES), "--no-progress"],
+        )
 
     def stage_localize(self):
         self.cli("localize", ["localize", str(self.run_a), "--no-progress"])
@@ -270,8 +385,19 @@ class Scale:
             pngs = sorted(self.twin.glob("images_[0-9][0-9][0-9]/images/*.png"))
             for p in pngs[:PREDICT_FILES]:
                 os.link(p, folder / p.name)
-        self.cli("predict", ["predict", str(self.run_a), str(folder), "--out",
-                             str(self.dir / "predictions.csv"), "--show", "5", "--no-progress"])
+        self.cli(
+            "predict",
+            [
+                "predict",
+                str(self.run_a),
+                str(folder),
+                "--out",
+                str(self.dir / "predictions.csv"),
+                "--show",
+                "5",
+                "--no-progress",
+            ],
+        )
 
     def stage_export(self):
         self.cli("export", ["export", str(self.run_a), "--format", "onnx"])
@@ -279,10 +405,18 @@ class Scale:
 
 def per_image_n(stage: str, c: dict, r: dict) -> int:
     trained = c["train"] if not r.get("max_steps") else min(c["train"], r["max_steps"] * BATCH)
-    return {"validate": c["images"], "prepare": c["images"], "stats": c["images"],
-            "train": trained + c["val"], "evaluate": c["test"] + c["val"],
-            "compare": c["test"], "explain": EXPLAIN_IMAGES, "localize": c["box_images"],
-            "predict": PREDICT_FILES, "export": 1}[stage]
+    return {
+        "validate": c["images"],
+        "prepare": c["images"],
+        "stats": c["images"],
+        "train": trained + c["val"],
+        "evaluate": c["test"] + c["val"],
+        "compare": c["test"],
+        "explain": EXPLAIN_IMAGES,
+        "localize": c["box_images"],
+        "predict": PREDICT_FILES,
+        "export": 1,
+    }[stage]
 
 
 def summarise(scales: list[Scale]) -> dict:
@@ -298,9 +432,12 @@ def summarise(scales: list[Scale]) -> dict:
             if stage == "evaluate" and (s.dir / "logs" / "evaluate.log").exists():
                 s.parse_evaluate(r)
             n = per_image_n(stage, s.results["counts"], r)
-            row["scales"][str(s.percent)] = {**r, "n": n,
-                                             "wall_s_per_1000": round(1000 * r["wall_s"] / n, 3),
-                                             "cpu_s_per_1000": round(1000 * r["cpu_s"] / n, 3)}
+            row["scales"][str(s.percent)] = {
+                **r,
+                "n": n,
+                "wall_s_per_1000": round(1000 * r["wall_s"] / n, 3),
+                "cpu_s_per_1000": round(1000 * r["cpu_s"] / n, 3),
+            }
         have = sorted(row["scales"], key=int)
         base = "10" if "10" in have and have[-1] != "10" else have[0] if have else None
         if len(have) >= 2:  # from the 10 % scale (the goal's) where measured, else the smallest
@@ -312,9 +449,12 @@ def summarise(scales: list[Scale]) -> dict:
                 row["growth_wall"] = row["growth_cpu"] = None  # a capped epoch is not comparable
                 row["growth_between"] += " (not comparable: one epoch capped)"
         rows.append(row)
-    return {"rows": rows, "goals": check_goals(rows), "counts": {
-        str(s.percent): s.results["counts"] for s in done}, "twin_seconds": {
-        str(s.percent): s.results.get("twin_seconds") for s in done}}
+    return {
+        "rows": rows,
+        "goals": check_goals(rows),
+        "counts": {str(s.percent): s.results["counts"] for s in done},
+        "twin_seconds": {str(s.percent): s.results.get("twin_seconds") for s in done},
+    }
 
 
 def check_goals(rows: list[dict]) -> list[dict]:
@@ -325,90 +465,162 @@ def check_goals(rows: list[dict]) -> list[dict]:
         if full is None:
             continue
         st = row["stage"]
-        out.append({"stage": st, "goal": f"peak anon memory <= {GOALS['peak_anon_gib']} GiB",
-                    "value": round(full["peak_anon_mib"] / 1024, 2),
-                    "ok": full["peak_anon_mib"] / 1024 <= GOALS["peak_anon_gib"]})
+        out.append(
+            {
+                "stage": st,
+                "goal": f"peak anon memory <= {GOALS['peak_anon_gib']} GiB",
+                "value": round(full["peak_anon_mib"] / 1024, 2),
+                "ok": full["peak_anon_mib"] / 1024 <= GOALS["peak_anon_gib"],
+            }
+        )
         if row.get("growth_cpu") is not None and row["growth_between"].startswith("10%"):
-            out.append({"stage": st, "goal": f"per-image CPU cost 100 % / 10 % <= "
-                        f"{GOALS['growth']}", "value": row["growth_cpu"],
-                        "ok": row["growth_cpu"] <= GOALS["growth"],
-                        "wall_growth": row["growth_wall"]})
+            out.append(
+                {
+                    "stage": st,
+                    "goal": f"per-image CPU cost 100 % / 10 % <= {GOALS['growth']}",
+                    "value": row["growth_cpu"],
+                    "ok": row["growth_cpu"] <= GOALS["growth"],
+                    "wall_growth": row["growth_wall"],
+                }
+            )
         # time goals: wall (contended here) and CPU seconds (what an idle machine's wall
         # would be for a single-threaded stage; a lower bound of nothing, an upper bound
         # for a stage that uses both cores)
-        for key, wall, cpu in (("validate_s", "wall_s", "cpu_s"), ("stats_s", "wall_s", "cpu_s"),
-                               ("localize_s", "wall_s", "cpu_s"),
-                               ("evaluate_non_forward_s", "non_forward_s", "non_forward_cpu_s"),
-                               ("report_s", "report_s", "report_cpu_s")):
+        for key, wall, cpu in (
+            ("validate_s", "wall_s", "cpu_s"),
+            ("stats_s", "wall_s", "cpu_s"),
+            ("localize_s", "wall_s", "cpu_s"),
+            ("evaluate_non_forward_s", "non_forward_s", "non_forward_cpu_s"),
+            ("report_s", "report_s", "report_cpu_s"),
+        ):
             if key.split("_")[0] == st or (st == "evaluate" and key == "report_s"):
                 w, c = full.get(wall), full.get(cpu)
-                out.append({"stage": st, "goal": f"{wall} <= {GOALS[key]} s", "value": w,
-                            "ok": w is not None and w <= GOALS[key], "cpu_value": c,
-                            "cpu_ok": c is not None and c <= GOALS[key]})
+                out.append(
+                    {
+                        "stage": st,
+                        "goal": f"{wall} <= {GOALS[key]} s",
+                        "value": w,
+                        "ok": w is not None and w <= GOALS[key],
+                        "cpu_value": c,
+                        "cpu_ok": c is not None and c <= GOALS[key],
+                    }
+                )
         if st == "evaluate":
             v = full.get("report_mb")
-            out.append({"stage": st, "goal": f"report size <= {GOALS['report_mb']} MB",
-                        "value": v, "ok": v is not None and v <= GOALS["report_mb"]})
+            out.append(
+                {
+                    "stage": st,
+                    "goal": f"report size <= {GOALS['report_mb']} MB",
+                    "value": v,
+                    "ok": v is not None and v <= GOALS["report_mb"],
+                }
+            )
     return out
 
 
 def table(summary: dict) -> str:
     pct = sorted({p for r in summary["rows"] for p in r["scales"]}, key=int)
-    head = ["stage"] + [f"{p}% {k}" for p in pct for k in (
-        "wall s", "CPU s", "CPU s/1k img", "peak MiB")] + ["growth wall", "growth CPU"]
-    lines = ["peak MiB: resident memory of the process tree without file-backed pages (the "
-             "memory-mapped cache); growth: per-image cost at the largest scale / at 10 % (or "
-             "the smallest, as noted)",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = (
+        ["stage"]
+        + [f"{p}% {k}" for p in pct for k in ("wall s", "CPU s", "CPU s/1k img", "peak MiB")]
+        + ["growth wall", "growth CPU"]
+    )
+    lines = [
+        "peak MiB: resident memory of the process tree without file-backed pages (the "
+        "memory-mapped cache); growth: per-image cost at the largest scale / at 10 % (or "
+        "the smallest, as noted)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in summary["rows"]:
-        capped = [f"{p}%: {x['max_steps']} steps" for p, x in r["scales"].items()
-                  if x.get("max_steps")]
+        capped = [
+            f"{p}%: {x['max_steps']} steps" for p, x in r["scales"].items() if x.get("max_steps")
+        ]
         cells = [r["stage"] + (f" (capped: {', '.join(capped)})" if capped else "")]
         for p in pct:
             x = r["scales"].get(p)
-            cells += ["", "", "", ""] if x is None else [
-                f"{x['wall_s']:.1f}", f"{x['cpu_s']:.1f}", f"{x['cpu_s_per_1000']:.3g}",
-                f"{x['peak_anon_mib']}"]
+            cells += (
+                ["", "", "", ""]
+                if x is None
+                else [
+                    f"{x['wall_s']:.1f}",
+                    f"{x['cpu_s']:.1f}",
+                    f"{x['cpu_s_per_1000']:.3g}",
+                    f"{x['peak_anon_mib']}",
+                ]
+            )
         span = f" ({r['growth_between']})" if r.get("growth_between") else ""
         cells += [str(r.get("growth_wall", "")), f"{r.get('growth_cpu', '')}{span}"]
         lines.append("| " + " | ".join(cells) + " |")
     ev = next((r for r in summary["rows"] if r["stage"] == "evaluate"), None)
     if ev and ev["scales"]:
-        lines += ["", "| evaluate | " + " | ".join(f"{p}%" for p in pct) + " |",
-                  "|---|" + "---|" * len(pct)]
-        for key in ("n", "forward_s", "forward_cpu_s", "non_forward_s", "non_forward_cpu_s",
-                    "report_s", "report_cpu_s", "report_mb"):
-            lines.append(f"| {key} | " + " | ".join(
-                str(ev["scales"].get(p, {}).get(key, "")) for p in pct) + " |")
+        lines += [
+            "",
+            "| evaluate | " + " | ".join(f"{p}%" for p in pct) + " |",
+            "|---|" + "---|" * len(pct),
+        ]
+        for key in (
+            "n",
+            "forward_s",
+            "forward_cpu_s",
+            "non_forward_s",
+            "non_forward_cpu_s",
+            "report_s",
+            "report_cpu_s",
+            "report_mb",
+        ):
+            lines.append(
+                f"| {key} | "
+                + " | ".join(str(ev["scales"].get(p, {}).get(key, "")) for p in pct)
+                + " |"
+            )
     if summary["goals"]:
-        lines += ["", "| goal at 100 % | stage | value (wall) | met | CPU s | met on CPU s |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| goal at 100 % | stage | value (wall) | met | CPU s | met on CPU s |",
+            "|---|---|---|---|---|---|",
+        ]
         yes = {True: "yes", False: "**no**", None: ""}
         for g in summary["goals"]:
-            lines.append(f"| {g['goal']} | {g['stage']} | {g['value']} | {yes[g['ok']]} | "
-                         f"{g.get('cpu_value', '')} | {yes[g.get('cpu_ok')]} |")
+            lines.append(
+                f"| {g['goal']} | {g['stage']} | {g['value']} | {yes[g['ok']]} | "
+                f"{g.get('cpu_value', '')} | {yes[g.get('cpu_ok')]} |"
+            )
     counts = summary["counts"]
-    lines += ["", "images per scale: " + "; ".join(
-        f"{p}%: {c['images']:,} ({c['train']:,} train / {c['val']:,} val / {c['test']:,} test, "
-        f"{c['box_images']} box images)" for p, c in counts.items())]
+    lines += [
+        "",
+        "images per scale: "
+        + "; ".join(
+            f"{p}%: {c['images']:,} ({c['train']:,} train / {c['val']:,} val / {c['test']:,} test, "
+            f"{c['box_images']} box images)"
+            for p, c in counts.items()
+        ),
+    ]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scales", default="10,30,100", help="percent of patients, comma-separated")
-    ap.add_argument("--stages", default=None,
-                    help=f"stages to (re)run, comma-separated, of {','.join(STAGES)} "
-                         "(default: those not yet measured)")
+    ap.add_argument(
+        "--stages",
+        default=None,
+        help=f"stages to (re)run, comma-separated, of {','.join(STAGES)} "
+        "(default: those not yet measured)",
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/cxrkit-bench-scale"))
     ap.add_argument("--like", type=Path, default=REPO.parent / "shared" / "nih" / "meta")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--report-only", action="store_true", help="only summarise what is cached")
-    ap.add_argument("--train-steps", default="",
-                    help="PERCENT:STEPS,... cap the train stage's epoch at a scale (when one "
-                         "epoch does not fit the time there); recorded in the results")
+    ap.add_argument(
+        "--train-steps",
+        default="",
+        help="PERCENT:STEPS,... cap the train stage's epoch at a scale (when one "
+        "epoch does not fit the time there); recorded in the results",
+    )
     args = ap.parse_args()
     wanted = STAGES if args.stages is None else tuple(args.stages.split(","))
     unknown = set(wanted) - set(STAGES)
@@ -432,28 +644,39 @@ def main() -> None:
         s.results["twin_seconds"] = m.get("seconds")
         # all stages in order by default; with --stages, those named, in the order named
         # (the prepared cache and the trained run first where they are missing)
-        order = [st for st in STAGES if st not in s.results["stages"]] if args.stages is None \
+        order = (
+            [st for st in STAGES if st not in s.results["stages"]]
+            if args.stages is None
             else list(wanted)
+        )
         if not (s.prep / "dataset.json").exists() and "prepare" not in order:
             order.insert(0, "prepare")
-        if not (s.run_a / "best.pt").exists() and "train" not in order and any(
-                st in order for st in STAGES[4:]):
+        if (
+            not (s.run_a / "best.pt").exists()
+            and "train" not in order
+            and any(st in order for st in STAGES[4:])
+        ):
             order.insert(order.index("prepare") + 1 if "prepare" in order else 0, "train")
         for stage in order:
             s.run_stage(stage)
-            if (s.prep / "split.csv").exists() and (stage == "prepare"
-                                                     or "counts" not in s.results):
+            if (s.prep / "split.csv").exists() and (
+                stage == "prepare" or "counts" not in s.results
+            ):
                 s.results["counts"] = s.counts()
                 s.save()
     summary = summarise(scales)
-    summary["machine"] = {"cpus": os.cpu_count(), "load_1min_now": os.getloadavg()[0],
-                          "note": "2 cores shared with other jobs: wall times include "
-                                  "contention (see each stage's load_1min); CPU seconds less so"}
+    summary["machine"] = {
+        "cpus": os.cpu_count(),
+        "load_1min_now": os.getloadavg()[0],
+        "note": "2 cores shared with other jobs: wall times include "
+        "contention (see each stage's load_1min); CPU seconds less so",
+    }
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "bench_scale.json").write_text(json.dumps(summary, indent=1))
     text = table(summary)
     (args.results / "bench_scale.md").write_text(
-        "# bench_scale: every stage on phantom twins of NIH (64 px)\n\n" + text + "\n")
+        "# bench_scale: every stage on phantom twins of NIH (64 px)\n\n" + text + "\n"
+    )
     print(text)
 
 

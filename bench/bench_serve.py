@@ -36,8 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 NIH = Path(os.environ.get("CXRKIT_NIH_SAMPLE", REPO.parent / "shared" / "nih"))
 
 #: name -> (precision, max_batch or None for the service's default)
-CONFIGS = {"fp32-unbatched": ("fp32", 1), "fp32": ("fp32", None),
-           "auto-unbatched": ("auto", 1), "auto": ("auto", None)}
+CONFIGS = {
+    "fp32-unbatched": ("fp32", 1),
+    "fp32": ("fp32", None),
+    "auto-unbatched": ("auto", 1),
+    "auto": ("auto", None),
+}
 
 
 def free_port() -> int:
@@ -46,13 +50,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(ck: Path, precision: str, max_batch: int | None, device: str | None,
-                 log: Path, timeout: float = 600.0):
+def start_server(
+    ck: Path,
+    precision: str,
+    max_batch: int | None,
+    device: str | None,
+    log: Path,
+    timeout: float = 600.0,
+):
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-m", "cxrkit.cli", "serve", str(ck), "--port", str(port),
-           "--precision", precision]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrkit.cli",
+        "serve",
+        str(ck),
+        "--port",
+        str(port),
+        "--precision",
+        precision,
+    ]
     if max_batch is not None:
         cmd += ["--max-batch", str(max_batch)]
     if device:
@@ -73,8 +92,7 @@ def start_server(ck: Path, precision: str, max_batch: int | None, device: str | 
     raise RuntimeError(f"the server did not start within {timeout:g} s; see {log}")
 
 
-def run_level(url: str, images: list[bytes], clients: int, requests: int,
-              seconds: float) -> dict:
+def run_level(url: str, images: list[bytes], clients: int, requests: int, seconds: float) -> dict:
     """``clients`` threads posting ``images`` until ``requests`` are done or time is up."""
     import httpx
 
@@ -110,12 +128,22 @@ def run_level(url: str, images: list[bytes], clients: int, requests: int,
         t.join()
     wall = time.perf_counter() - t0
     lat = sorted(latencies)
-    q = (lambda f: lat[min(len(lat) - 1, int(round(f * (len(lat) - 1))))] * 1000) if lat else (
-        lambda f: float("nan"))
-    return {"clients": clients, "requests": len(lat), "failed": len(failures),
-            "failures": failures[:3], "wall_s": wall, "rps": len(lat) / wall if wall else 0.0,
-            "p50_ms": q(0.5), "p95_ms": q(0.95),
-            "mean_ms": statistics.fmean(lat) * 1000 if lat else float("nan")}
+    q = (
+        (lambda f: lat[min(len(lat) - 1, int(round(f * (len(lat) - 1))))] * 1000)
+        if lat
+        else (lambda f: float("nan"))
+    )
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "failed": len(failures),
+        "failures": failures[:3],
+        "wall_s": wall,
+        "rps": len(lat) / wall if wall else 0.0,
+        "p50_ms": q(0.5),
+        "p95_ms": q(0.95),
+        "mean_ms": statistics.fmean(lat) * 1000 if lat else float("nan"),
+    }
 
 
 def _ratio(v: float | None) -> str:
@@ -144,8 +172,11 @@ def read_images(n: int) -> list[bytes]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, required=True, help="run folder or best.pt")
-    ap.add_argument("--configs", default="fp32-unbatched,fp32,auto-unbatched,auto",
-                    help=f"comma-separated, of {', '.join(CONFIGS)}")
+    ap.add_argument(
+        "--configs",
+        default="fp32-unbatched,fp32,auto-unbatched,auto",
+        help=f"comma-separated, of {', '.join(CONFIGS)}",
+    )
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--requests", type=int, default=96, help="per level (bounded)")
     ap.add_argument("--seconds", type=float, default=45.0, help="per level (bounded)")
@@ -164,15 +195,21 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in configs:
             precision, max_batch = CONFIGS[name]
-            proc, url = start_server(args.checkpoint, precision, max_batch, args.device,
-                                     Path(tmp) / f"{name}.log")
+            proc, url = start_server(
+                args.checkpoint, precision, max_batch, args.device, Path(tmp) / f"{name}.log"
+            )
             try:
-                run_level(url, images, 2, 8, 60)                     # warm-up
+                run_level(url, images, 2, 8, 60)  # warm-up
                 import httpx
+
                 info[name] = httpx.get(f"{url}/info", timeout=10).json()
                 for clients in levels:
-                    rows.append({"config": name, **run_level(url, images, clients,
-                                                             args.requests, args.seconds)})
+                    rows.append(
+                        {
+                            "config": name,
+                            **run_level(url, images, clients, args.requests, args.seconds),
+                        }
+                    )
                 info[name] = httpx.get(f"{url}/info", timeout=10).json()
             finally:
                 proc.terminate()
@@ -187,24 +224,42 @@ def main(argv=None) -> int:
         r["x_fp32"] = r["rps"] / ref["rps"] if ref and ref["rps"] else None
         unb = by.get((r["config"].replace("-unbatched", "") + "-unbatched", r["clients"]))
         r["x_unbatched"] = r["rps"] / unb["rps"] if unb and unb["rps"] else None
-    print(f"\n## cxrkit serve, /predict over HTTP on 127.0.0.1: {len(images)} real 256 px PNGs "
-          f"in turn, up to {args.requests} requests or {args.seconds:g} s per level; load "
-          f"average {load0:.1f} before, {os.getloadavg()[0]:.1f} after\n")
-    print("| server | precision used | batching | clients | requests | req/s | p50 ms | "
-          "p95 ms | x fp32 | x unbatched |")
+    print(
+        f"\n## cxrkit serve, /predict over HTTP on 127.0.0.1: {len(images)} real 256 px PNGs "
+        f"in turn, up to {args.requests} requests or {args.seconds:g} s per level; load "
+        f"average {load0:.1f} before, {os.getloadavg()[0]:.1f} after\n"
+    )
+    print(
+        "| server | precision used | batching | clients | requests | req/s | p50 ms | "
+        "p95 ms | x fp32 | x unbatched |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         i = info[r["config"]]
         b = i["batching"]
-        batching = (f"max {b['max_batch']}, {b['max_wait_ms']:g} ms (mean "
-                    f"{b['mean_batch']})" if b["enabled"] else "off")
-        print(f"| {r['config']} | {i['precision']['used']} | {batching} | {r['clients']} | "
-              f"{r['requests']}{' (' + str(r['failed']) + ' failed)' if r['failed'] else ''} | "
-              f"{r['rps']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {_ratio(r['x_fp32'])} | "
-              f"{_ratio(r['x_unbatched'])} |")
+        batching = (
+            f"max {b['max_batch']}, {b['max_wait_ms']:g} ms (mean {b['mean_batch']})"
+            if b["enabled"]
+            else "off"
+        )
+        print(
+            f"| {r['config']} | {i['precision']['used']} | {batching} | {r['clients']} | "
+            f"{r['requests']}{' (' + str(r['failed']) + ' failed)' if r['failed'] else ''} | "
+            f"{r['rps']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {_ratio(r['x_fp32'])} | "
+            f"{_ratio(r['x_unbatched'])} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "info": info, "load_before": load0,
-                                         "load_after": os.getloadavg()[0]}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "info": info,
+                    "load_before": load0,
+                    "load_after": os.getloadavg()[0],
+                },
+                indent=1,
+            )
+        )
     return 1 if any(r["failed"] for r in rows) else 0
 
 

@@ -37,11 +37,18 @@ import subprocess
 import sys
 import time
 
-SIZES = {"densenet121": 224, "mobilenet_v3_large": 224, "cnn4": 128, "resnet50": 224,
-         "efficientnet_b0": 224, "mobilenet_v2": 224, "lenet": 128, "gaussian_attention": 128}
+SIZES = {
+    "densenet121": 224,
+    "mobilenet_v3_large": 224,
+    "cnn4": 128,
+    "resnet50": 224,
+    "efficientnet_b0": 224,
+    "mobilenet_v2": 224,
+    "lenet": 128,
+    "gaussian_attention": 128,
+}
 NIH_TRAIN_IMAGES = 77_871  # one official-split training epoch (train_val_list less validation)
-TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:"
-            "glibc.malloc.trim_threshold=4294967296")
+TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296"
 
 
 def worker(model_name: str, mode: str, batch: int, steps: int, device: str) -> float:
@@ -85,8 +92,15 @@ def worker(model_name: str, mode: str, batch: int, steps: int, device: str) -> f
     return batch * steps / (time.perf_counter() - t0)
 
 
-def loader_worker(model_name: str, prepared: str, batch: int, steps: int, device: str,
-                  workers: int, cudnn_benchmark: bool = False) -> dict:
+def loader_worker(
+    model_name: str,
+    prepared: str,
+    batch: int,
+    steps: int,
+    device: str,
+    workers: int,
+    cudnn_benchmark: bool = False,
+) -> dict:
     """Train steps fed by the real loader: cache -> DataLoader -> augmentation on device.
 
     Returns images/s of the train steps, images/s of the input pipeline alone (the same
@@ -112,8 +126,9 @@ def loader_worker(model_name: str, prepared: str, batch: int, steps: int, device
     tf = TrainTransform(size, mean=cfg.mean, std=cfg.std)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = MaskedBCE()
-    loader = make_loader(ds, batch_size=batch, shuffle=True, workers=workers, drop_last=True,
-                         pin_memory=cuda)
+    loader = make_loader(
+        ds, batch_size=batch, shuffle=True, workers=workers, drop_last=True, pin_memory=cuda
+    )
     if len(loader) == 0:
         raise SystemExit(f"{prepared}: {len(ds)} training images, fewer than one batch of {batch}")
     g = torch.Generator().manual_seed(0)  # a CPU generator, as cxrkit train passes
@@ -153,7 +168,8 @@ def loader_worker(model_name: str, prepared: str, batch: int, steps: int, device
 
     def train_step(b):
         x = tf(b["image"].to(dev, non_blocking=True), g).contiguous(
-            memory_format=torch.channels_last)
+            memory_format=torch.channels_last
+        )
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             logits = model(x)
         loss = loss_fn(logits.float(), b["labels"].to(dev, non_blocking=True))
@@ -168,20 +184,41 @@ def loader_worker(model_name: str, prepared: str, batch: int, steps: int, device
     if not torch.isfinite(loss):
         raise SystemExit(f"{model_name}: loss became {loss.item()}")
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None
-    return {"model": model_name, "px": size, "batch": batch, "workers": workers,
-            "steps": steps, "cudnn_benchmark": cudnn_benchmark, "images_per_s": rate,
-            "loader_images_per_s": loader_rate, "loader_over_train": loader_rate / rate,
-            "peak_gpu_gib": peak, "nih_epoch_s": NIH_TRAIN_IMAGES / rate,
-            "device": str(dev), "torch": str(torch.__version__),
-            "gpu": torch.cuda.get_device_name(dev) if cuda else None}
+    return {
+        "model": model_name,
+        "px": size,
+        "batch": batch,
+        "workers": workers,
+        "steps": steps,
+        "cudnn_benchmark": cudnn_benchmark,
+        "images_per_s": rate,
+        "loader_images_per_s": loader_rate,
+        "loader_over_train": loader_rate / rate,
+        "peak_gpu_gib": peak,
+        "nih_epoch_s": NIH_TRAIN_IMAGES / rate,
+        "device": str(dev),
+        "torch": str(torch.__version__),
+        "gpu": torch.cuda.get_device_name(dev) if cuda else None,
+    }
 
 
 def run_variant(model, mode, tunables, args) -> float:
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if tunables:
         env["GLIBC_TUNABLES"] = TUNABLES
-    cmd = [sys.executable, __file__, "--worker", model, mode, "--batch", str(args.batch),
-           "--steps", str(args.steps), "--device", args.device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        model,
+        mode,
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--device",
+        args.device,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
 
@@ -196,28 +233,49 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"))
     ap.add_argument("--loader", metavar="PREPARED", help="real loader from this prepared folder")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (--loader)")
-    ap.add_argument("--cudnn-benchmark", choices=("off", "on", "both"), default="off",
-                    help="--loader: torch.backends.cudnn.benchmark (cxrkit train leaves it off)")
+    ap.add_argument(
+        "--cudnn-benchmark",
+        choices=("off", "on", "both"),
+        default="off",
+        help="--loader: torch.backends.cudnn.benchmark (cxrkit train leaves it off)",
+    )
     ap.add_argument("--json", help="--loader: also write the rows to this JSON file")
     args = ap.parse_args()
     if args.loader:
-        print(f"\nreal loader in the loop: {args.loader}, batch {args.batch}, {args.workers} "
-              f"workers, device {args.device}, {args.steps} timed steps\n")
-        print(f"{'model':24s} {'px':>4s} {'cudnn.bm':>8s} {'train img/s':>11s} "
-              f"{'loader img/s':>12s} {'loader/train':>12s} {'peak GiB':>8s} "
-              f"{'NIH epoch (77,871 img)':>22s}")
+        print(
+            f"\nreal loader in the loop: {args.loader}, batch {args.batch}, {args.workers} "
+            f"workers, device {args.device}, {args.steps} timed steps\n"
+        )
+        print(
+            f"{'model':24s} {'px':>4s} {'cudnn.bm':>8s} {'train img/s':>11s} "
+            f"{'loader img/s':>12s} {'loader/train':>12s} {'peak GiB':>8s} "
+            f"{'NIH epoch (77,871 img)':>22s}"
+        )
         rows = []
         for spec in args.models.split(","):
             model, _, bs = spec.partition(":")  # densenet121:256 sets that model's batch
-            for bm in ([False, True] if args.cudnn_benchmark == "both"
-                       else [args.cudnn_benchmark == "on"]):
-                r = loader_worker(model, args.loader, int(bs or args.batch), args.steps,
-                                  args.device, args.workers, bm)
+            for bm in (
+                [False, True] if args.cudnn_benchmark == "both" else [args.cudnn_benchmark == "on"]
+            ):
+                r = loader_worker(
+                    model,
+                    args.loader,
+                    int(bs or args.batch),
+                    args.steps,
+                    args.device,
+                    args.workers,
+                    bm,
+                )
                 rows.append(r)
-                peak = f"{r['peak_gpu_gib']:8.1f}" if r["peak_gpu_gib"] is not None else f"{'-':>8s}"
-                print(f"{model:24s} {r['px']:4d} {str(bm):>8s} {r['images_per_s']:11.1f} "
-                      f"{r['loader_images_per_s']:12.1f} {r['loader_over_train']:11.1f}x "
-                      f"{peak} {r['nih_epoch_s']:20.1f} s", flush=True)
+                peak = (
+                    f"{r['peak_gpu_gib']:8.1f}" if r["peak_gpu_gib"] is not None else f"{'-':>8s}"
+                )
+                print(
+                    f"{model:24s} {r['px']:4d} {str(bm):>8s} {r['images_per_s']:11.1f} "
+                    f"{r['loader_images_per_s']:12.1f} {r['loader_over_train']:11.1f}x "
+                    f"{peak} {r['nih_epoch_s']:20.1f} s",
+                    flush=True,
+                )
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
@@ -226,13 +284,19 @@ def main() -> None:
         rate = worker(args.worker[0], args.worker[1], args.batch, args.steps, args.device)
         print(json.dumps({"images_per_s": rate}))
         return
-    variants = [("fp32 eager", "fp32", False), ("bf16 + channels_last", "fast", False),
-                ("fp32 eager + tunables", "fp32", True),
-                ("bf16 + channels_last + tunables", "fast", True)]
+    variants = [
+        ("fp32 eager", "fp32", False),
+        ("bf16 + channels_last", "fast", False),
+        ("fp32 eager + tunables", "fp32", True),
+        ("bf16 + channels_last + tunables", "fast", True),
+    ]
     import torch
-    print(f"\ntrain step throughput, batch {args.batch}, {args.steps} timed steps, best of "
-          f"{args.repeats}, device {args.device}, torch {torch.__version__}, "
-          f"{os.cpu_count()} cores\n")
+
+    print(
+        f"\ntrain step throughput, batch {args.batch}, {args.steps} timed steps, best of "
+        f"{args.repeats}, device {args.device}, torch {torch.__version__}, "
+        f"{os.cpu_count()} cores\n"
+    )
     print(f"{'model':20s} {'px':>4s} {'variant':34s} {'img/s':>8s} {'x fp32 eager':>13s}")
     for model in args.models.split(","):
         best = {name: 0.0 for name, _, _ in variants}
@@ -241,8 +305,10 @@ def main() -> None:
                 best[name] = max(best[name], run_variant(model, mode, tun, args))
         base = best["fp32 eager"]
         for name, _, _ in variants:
-            print(f"{model:20s} {SIZES.get(model, 224):4d} {name:34s} {best[name]:8.1f} "
-                  f"{best[name] / base:12.2f}x")
+            print(
+                f"{model:20s} {SIZES.get(model, 224):4d} {name:34s} {best[name]:8.1f} "
+                f"{best[name] / base:12.2f}x"
+            )
     print("\ngoal: cxrkit's default >= 2x fp32 eager for densenet121 on the CPU")
 
 

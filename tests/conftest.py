@@ -53,8 +53,9 @@ def phantom_prepared(phantom_release, tmp_path_factory):
     from cxrkit.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared")
-    return prepare(phantom_release, out, settings=PreprocessSettings(size=64), workers=0,
-                   progress=False)
+    return prepare(
+        phantom_release, out, settings=PreprocessSettings(size=64), workers=0, progress=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -68,9 +69,19 @@ def phantom_run(phantom_prepared, tmp_path_factory) -> Path:
     from cxrkit.engine.train import fit
 
     out = tmp_path_factory.mktemp("phantom_run") / "cnn4"
-    cfg = load_config(None, [f"data.prepared={phantom_prepared.root}", f"out={out}",
-                             "data.batch_size=16", "model.name=cnn4", "train.epochs=6",
-                             "train.lr=3e-3", "train.threads=1", "train.amp=none",
-                             "train.patience=10"])
+    cfg = load_config(
+        None,
+        [
+            f"data.prepared={phantom_prepared.root}",
+            f"out={out}",
+            "data.batch_size=16",
+            "model.name=cnn4",
+            "train.epochs=6",
+            "train.lr=3e-3",
+            "train.threads=1",
+            "train.amp=none",
+            "train.patience=10",
+        ],
+    )
     fit(cfg, show_progress=False)
     return out

@@ -169,10 +169,15 @@ def test_no_other_atomic_writer():
 
 def test_cli_spells_no_file_names():
     """Run and prepared folder layouts live in artefacts, never in the CLI."""
-    pattern = re.compile(r"/ \"(eval|explain|localize|tb)\"|\"(best|last)\.(pt|onnx)\"|"
-                         r"\"(run|dataset|metrics|thresholds)\.json\"|"
-                         r"\"(config\.yaml|split\.csv|labels\.csv|boxes\.csv)\"")
-    found = [f"{p.name}: {line.strip()}" for p in sorted((SRC / "cli").glob("*.py"))
-             for line in p.read_text().splitlines() if pattern.search(line)
-             and "help=" not in line]
+    pattern = re.compile(
+        r"/ \"(eval|explain|localize|tb)\"|\"(best|last)\.(pt|onnx)\"|"
+        r"\"(run|dataset|metrics|thresholds)\.json\"|"
+        r"\"(config\.yaml|split\.csv|labels\.csv|boxes\.csv)\""
+    )
+    found = [
+        f"{p.name}: {line.strip()}"
+        for p in sorted((SRC / "cli").glob("*.py"))
+        for line in p.read_text().splitlines()
+        if pattern.search(line) and "help=" not in line
+    ]
     assert found == [], found

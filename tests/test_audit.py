@@ -25,11 +25,11 @@ from cxrkit.audit.measures import (
 # -- measures against independent computations --------------------------------------------
 def test_energy_share_by_hand():
     maps = np.zeros((2, 4, 4))
-    maps[0, 0, 0], maps[0, 2, 2] = 3.0, 1.0     # 1 of 4 units inside
+    maps[0, 0, 0], maps[0, 2, 2] = 3.0, 1.0  # 1 of 4 units inside
     regions = np.zeros((2, 4, 4), bool)
-    regions[:, 1:3, 1:3] = True                  # 4 of 16 pixels
+    regions[:, 1:3, 1:3] = True  # 4 of 16 pixels
     share, area = energy_shares(maps, regions)
-    assert share[0] == pytest.approx(0.25) and np.isnan(share[1])   # an empty map: no share
+    assert share[0] == pytest.approx(0.25) and np.isnan(share[1])  # an empty map: no share
     assert area == pytest.approx([0.25, 0.25])
     s = saliency_share(maps, regions, ["a", "b"], n=50, seed=0)
     assert s["empty_maps"] == 1 and s["energy_inside"]["value"] == pytest.approx(0.25)
@@ -46,12 +46,13 @@ def test_probe_matches_scikit_learn_run_directly():
     patients = np.repeat(np.arange(60), 2)
     view = np.where(rng.uniform(size=60) < 0.4, "AP", "PA")[patients]
     x = rng.normal(size=(120, 6))
-    x[:, 0] += 1.5 * (view == "AP")                 # the features know the view
+    x[:, 0] += 1.5 * (view == "AP")  # the features know the view
     got = probe(x, pd.Series(view), patients, seed=3, n=200)
     # by hand: the same folds, a fresh model per fold, AUROC of the out-of-fold P(PA)
     oof = np.zeros(120)
-    for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=3).split(x, view,
-                                                                                     patients):
+    for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=3).split(
+        x, view, patients
+    ):
         m = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         m.fit(x[train], view[train])
         oof[test] = m.predict_proba(x[test])[:, list(m.classes_).index("PA")]
@@ -85,8 +86,9 @@ def test_view_strata_match_scikit_learn_within_each_view():
 def test_size_detection_rates_by_hand():
     area = np.arange(1, 17) / 100.0
     detected = np.array([0, 0, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1], bool)
-    pairs = pd.DataFrame({"patient_id": np.arange(16), "finding": "Mass", "area": area,
-                          "detected": detected})
+    pairs = pd.DataFrame(
+        {"patient_id": np.arange(16), "finding": "Mass", "area": area, "detected": detected}
+    )
     got = size_detection(pairs, n=200, seed=0)
     assert [q["pairs"] for q in got["quartiles"]] == [4, 4, 4, 4]
     assert [q["value"] for q in got["quartiles"]] == [0.25, 0.5, 0.75, 1.0]
@@ -99,19 +101,41 @@ def _ci(v, lo, hi):
     return {"value": v, "lo": lo, "hi": hi}
 
 
-def _record(outside=(0.5, 0.4, 0.6), gain=(0.0, -0.02, 0.02),
-            energy=(0.5, 0.4, 0.6), area=0.4, positives=30, ap=(0.8, 0.7, 0.9)):
+def _record(
+    outside=(0.5, 0.4, 0.6),
+    gain=(0.0, -0.02, 0.02),
+    energy=(0.5, 0.4, 0.6),
+    area=0.4,
+    positives=30,
+    ap=(0.8, 0.7, 0.9),
+):
     return {
-        "chest_region": {"area_share": area}, "min_positives": 10,
-        "region_reliance": {"Mass": {
-            "positives": positives, "negatives": 200, "auroc": _ci(0.8, 0.7, 0.9),
-            "auroc_chest_only": _ci(0.8 + gain[0], 0.7, 0.9), "auroc_outside_only": _ci(*outside),
-            "chest_only_gain": _ci(*gain)}},
-        "saliency": {"Mass": {"energy_inside": _ci(*energy), "area_inside": _ci(area, area, area),
-                              "excess": _ci(energy[0] - area, None, None)}},
-        "view_strata": {"Mass": {"pooled": {**_ci(0.8, 0.7, 0.9), "positives": 30, "images": 230},
-                                 "AP": {**_ci(*ap), "positives": 15, "images": 100},
-                                 "PA": {**_ci(0.8, 0.7, 0.9), "positives": 15, "images": 130}}},
+        "chest_region": {"area_share": area},
+        "min_positives": 10,
+        "region_reliance": {
+            "Mass": {
+                "positives": positives,
+                "negatives": 200,
+                "auroc": _ci(0.8, 0.7, 0.9),
+                "auroc_chest_only": _ci(0.8 + gain[0], 0.7, 0.9),
+                "auroc_outside_only": _ci(*outside),
+                "chest_only_gain": _ci(*gain),
+            }
+        },
+        "saliency": {
+            "Mass": {
+                "energy_inside": _ci(*energy),
+                "area_inside": _ci(area, area, area),
+                "excess": _ci(energy[0] - area, None, None),
+            }
+        },
+        "view_strata": {
+            "Mass": {
+                "pooled": {**_ci(0.8, 0.7, 0.9), "positives": 30, "images": 230},
+                "AP": {**_ci(*ap), "positives": 15, "images": 100},
+                "PA": {**_ci(0.8, 0.7, 0.9), "positives": 15, "images": 130},
+            }
+        },
         "size": {"quartiles": []},
     }
 
@@ -124,13 +148,13 @@ def test_flags_follow_the_stated_thresholds():
 
     assert measures() == []
     assert measures(outside=(0.75, 0.65, 0.85)) == ["auroc_outside_only"]
-    assert measures(outside=(0.62, 0.52, 0.72)) == []          # keeps < half the margin
+    assert measures(outside=(0.62, 0.52, 0.72)) == []  # keeps < half the margin
     assert measures(gain=(0.05, 0.01, 0.09)) == ["chest_only_gain"]
-    assert measures(gain=(0.05, -0.01, 0.09)) == []             # interval includes 0
-    assert measures(energy=(0.1, 0.05, 0.19)) == ["saliency_energy_inside"]   # < 0.5 x 0.4
-    assert measures(energy=(0.3, 0.15, 0.21)) == []             # below the area, not half
+    assert measures(gain=(0.05, -0.01, 0.09)) == []  # interval includes 0
+    assert measures(energy=(0.1, 0.05, 0.19)) == ["saliency_energy_inside"]  # < 0.5 x 0.4
+    assert measures(energy=(0.3, 0.15, 0.21)) == []  # below the area, not half
     assert measures(ap=(0.6, 0.5, 0.7)) == ["auroc_AP_only"]
-    assert measures(ap=(0.6, 0.5, 0.85)) == []                  # interval reaches the pooled
+    assert measures(ap=(0.6, 0.5, 0.85)) == []  # interval reaches the pooled
     # too few positives, or a region that is the whole image: no region or saliency flags
     assert measures(outside=(0.75, 0.65, 0.85), positives=5) == []
     assert measures(energy=(0.1, 0.05, 0.19), area=0.95) == []
@@ -152,17 +176,18 @@ def test_shortcut_token_is_outside_the_chest_and_planted_as_stated(tmp_path):
     test = set(clean.test_list.read_text().split())
     changed = {}
     for image_id in labels["Image Index"]:
-        a, b = (read_xray(next(r.root.glob(f"images_*/images/{image_id}")))
-                for r in (clean, planted))
+        a, b = (
+            read_xray(next(r.root.glob(f"images_*/images/{image_id}"))) for r in (clean, planted)
+        )
         diff = a != b
         changed[image_id] = diff.any()
-        assert not (diff & regions[image_id]).any()      # never inside the chest region
+        assert not (diff & regions[image_id]).any()  # never inside the chest region
     nodule = labels.set_index("Image Index")["Finding Labels"].str.contains("Nodule")
     marked = pd.Series(changed)
     train_val = ~marked.index.isin(test)
     assert not marked[train_val & ~nodule.reindex(marked.index).to_numpy()].any()
     assert marked[train_val & nodule.reindex(marked.index).to_numpy()].mean() > 0.4
-    assert 0.5 < marked[~train_val].mean() < 0.9                # random test images at 0.7
+    assert 0.5 < marked[~train_val].mean() < 0.9  # random test images at 0.7
     manifest = json.loads(planted.manifest.read_text())
     assert manifest["shortcut_images"] == int(marked.sum())
     assert manifest["settings"]["shortcut"]["finding"] == "Nodule"
@@ -200,16 +225,23 @@ def test_occlusion_auroc_by_hand(audited):
     test, train = data.table("test"), data.table("train")
     images = np.asarray(cache.images[cache.rows(test["image_id"].tolist())])
     masks = read_chest_regions(data.prepared.info["release_root"])
-    chest = np.stack([masks[i] for i in test["image_id"]])     # 64 px release, 64 px cache
-    fill = round(float(np.asarray(cache.images[cache.rows(train["image_id"].tolist())],
-                                  np.float64).mean()))
+    chest = np.stack([masks[i] for i in test["image_id"]])  # 64 px release, 64 px cache
+    fill = round(
+        float(np.asarray(cache.images[cache.rows(train["image_id"].tolist())], np.float64).mean())
+    )
     assert record["chest_region"]["blank_value"] == fill
     assert record["chest_region"]["source"].startswith("true lung fields")
     assert record["chest_region"]["area_share"] == pytest.approx(chest.mean())
-    versions = {"auroc": images, "auroc_chest_only": np.where(chest, images, fill),
-                "auroc_outside_only": np.where(chest, fill, images)}
-    j = next(j for j, f in enumerate(lm.findings)
-             if 0 < test[f].sum() < len(test) and not test[f].isna().any())
+    versions = {
+        "auroc": images,
+        "auroc_chest_only": np.where(chest, images, fill),
+        "auroc_outside_only": np.where(chest, fill, images),
+    }
+    j = next(
+        j
+        for j, f in enumerate(lm.findings)
+        if 0 < test[f].sum() < len(test) and not test[f].isna().any()
+    )
     finding = lm.findings[j]
     for key, imgs in versions.items():
         x = lm.transform(torch.from_numpy(imgs.astype(np.uint8))[:, None])
@@ -227,7 +259,11 @@ def test_audit_writes_its_files_and_the_report_shows_them(audited):
     assert set(record["files"]) <= {p.name for p in out.iterdir()}
     saved = json.loads((out / "audit.json").read_text())
     assert saved["format"] == "cxrkit-audit/1" and set(saved["probes"]) == {
-        "view", "sex", "age_band", "follow_up"}
+        "view",
+        "sex",
+        "age_band",
+        "follow_up",
+    }
     assert all(v["chance_auroc"] == 0.5 for v in saved["probes"].values())
     assert {"why", "value"} <= set(saved["thresholds"]["outside_retained"])
     summary = (out / "summary.md").read_text()
@@ -237,7 +273,7 @@ def test_audit_writes_its_files_and_the_report_shows_them(audited):
     section = audit_html(run)
     assert "Shortcut audit" in section and "data:image/png;base64" in section
     assert audit_html(run / "no-such-run") == ""
-    assert callable(render_html)   # render_html appends audit_html(run_dir) after localisation
+    assert callable(render_html)  # render_html appends audit_html(run_dir) after localisation
 
 
 def test_cli_audit(audited, tmp_path):
@@ -246,9 +282,22 @@ def test_cli_audit(audited, tmp_path):
     from cxrkit.cli import app
 
     run, _ = audited
-    r = CliRunner().invoke(app, ["audit", str(run), "--split", "val", "--bootstrap", "20",
-                                 "--saliency-limit", "4", "--out", str(tmp_path / "a"),
-                                 "--no-progress"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            str(run),
+            "--split",
+            "val",
+            "--bootstrap",
+            "20",
+            "--saliency-limit",
+            "4",
+            "--out",
+            str(tmp_path / "a"),
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "audit of cnn4 on val" in r.output and (tmp_path / "a" / "audit.json").exists()
     bad = CliRunner().invoke(app, ["audit", str(tmp_path / "missing")])
@@ -279,21 +328,45 @@ def planted_pair(tmp_path_factory):
     records = {}
     for kind in ("clean", "planted"):
         root = tmp_path_factory.mktemp(kind)
-        make_phantoms(root / "release", n_patients=300, image_size=64, seed=1,
-                      test_fraction=0.3, label_noise="none", progress=False,
-                      shortcut=f"{PLANTED}:0.9" if kind == "planted" else None)
-        p = prepare(root / "release", root / "prepared", settings=PreprocessSettings(size=64),
-                    val_fraction=0.3, workers=0, progress=False)
-        cfg = load_config(None, [f"data.prepared={p.root}", f"out={root / 'run'}",
-                                 "data.batch_size=16", "model.name=cnn4", "train.epochs=6",
-                                 "train.lr=1e-3", "train.scheduler=none", "train.threads=1",
-                                 "train.amp=none", "train.patience=100",
-                                 f"data.findings={PLANTED}", "train.seed=1"])
+        make_phantoms(
+            root / "release",
+            n_patients=300,
+            image_size=64,
+            seed=1,
+            test_fraction=0.3,
+            label_noise="none",
+            progress=False,
+            shortcut=f"{PLANTED}:0.9" if kind == "planted" else None,
+        )
+        p = prepare(
+            root / "release",
+            root / "prepared",
+            settings=PreprocessSettings(size=64),
+            val_fraction=0.3,
+            workers=0,
+            progress=False,
+        )
+        cfg = load_config(
+            None,
+            [
+                f"data.prepared={p.root}",
+                f"out={root / 'run'}",
+                "data.batch_size=16",
+                "model.name=cnn4",
+                "train.epochs=6",
+                "train.lr=1e-3",
+                "train.scheduler=none",
+                "train.threads=1",
+                "train.amp=none",
+                "train.patience=100",
+                f"data.findings={PLANTED}",
+                "train.seed=1",
+            ],
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit(cfg, show_progress=False)
-            records[kind] = audit_run(root / "run", split="val", bootstrap=100,
-                                      progress=False)
+            records[kind] = audit_run(root / "run", split="val", bootstrap=100, progress=False)
     return records
 
 
@@ -306,8 +379,10 @@ def test_planted_shortcut_is_flagged_and_the_clean_model_is_not(planted_pair):
     model's AUROC with the chest hidden 0.90 / 0.88 / 0.98 (interval's lower end 0.75 / 0.78 /
     0.94; flagged each time), the clean one's 0.58 / 0.55 / 0.52 (never flagged); the planted
     model's AUROC falls to 0.48 / 0.57 / 0.52 with only the chest left. The test runs seed 1."""
-    flagged = {kind: {f["measure"] for f in r["flags"] if f["finding"] == PLANTED}
-               for kind, r in planted_pair.items()}
+    flagged = {
+        kind: {f["measure"] for f in r["flags"] if f["finding"] == PLANTED}
+        for kind, r in planted_pair.items()
+    }
     assert "auroc_outside_only" in flagged["planted"]
     assert not flagged["clean"] & REGION_OR_SALIENCY
     planted, clean = (planted_pair[k]["region_reliance"][PLANTED] for k in ("planted", "clean"))

@@ -31,8 +31,9 @@ def items(nih_sample):
     """39 originals (1024 px, 7 RGBA) and 40 other real images (256 px), real names."""
     orig = sorted((nih_sample / "originals" / "images_001" / "images").glob("*.png"))
     names = {p.name for p in orig}
-    small = [p for p in sorted((nih_sample / "images_256").glob("*.png"))
-             if p.name not in names][:40]
+    small = [p for p in sorted((nih_sample / "images_256").glob("*.png")) if p.name not in names][
+        :40
+    ]
     return [(p.name, str(p)) for p in orig + small]
 
 
@@ -60,8 +61,14 @@ def _check_pixels(cache, expected):
 
 
 def test_build_in_process_matches_preprocess(tmp_path, items, expected):
-    cache = build_cache(items, tmp_path / "c", SETTINGS, workers=0, progress=False,
-                        inputs_fingerprint={"labels_sha256": "abc"})
+    cache = build_cache(
+        items,
+        tmp_path / "c",
+        SETTINGS,
+        workers=0,
+        progress=False,
+        inputs_fingerprint={"labels_sha256": "abc"},
+    )
     assert len(cache) == len(items) == 79 and cache.size == SIZE
     assert cache.images.shape == (79, SIZE, SIZE) and cache.images.dtype == np.uint8
     _check_pixels(cache, expected)
@@ -92,7 +99,7 @@ def test_corrupt_image_is_recorded_and_excluded_with_a_warning(tmp_path, items, 
     with pytest.warns(UserWarning, match=bad.name):
         cache = build_cache(mixed, tmp_path / "c", SETTINGS, workers=2, progress=False)
     assert len(cache) == len(items) and bad.name not in cache.ids
-    _check_pixels(cache, expected)                         # every other image is cached
+    _check_pixels(cache, expected)  # every other image is cached
     assert list(cache.errors["image_id"]) == [bad.name]
     index = pd.read_csv(tmp_path / "c" / "index.csv", keep_default_na=False)
     row = index.loc[index["image_id"] == bad.name].iloc[0]
@@ -136,12 +143,16 @@ def _processes_holding(path) -> list[int]:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_killed_build_resumes_without_decoding_finished_images(tmp_path, items, expected,
-                                                               count_decodes, workers):
+def test_killed_build_resumes_without_decoding_finished_images(
+    tmp_path, items, expected, count_decodes, workers
+):
     out = tmp_path / "c"
-    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT,
-                           json.dumps([items, str(out), SIZE, workers])], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, json.dumps([items, str(out), SIZE, workers])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 9, proc.stderr
     if workers and Path("/proc/self/fd").exists():  # workers must not outlive the build
         deadline = time.monotonic() + 10
@@ -155,13 +166,14 @@ def test_killed_build_resumes_without_decoding_finished_images(tmp_path, items, 
     assert 0 < done < len(items)
 
     cache = build_cache(items, out, SETTINGS, workers=0, progress=False)
-    assert len(count_decodes) == len(items) - done          # only the remaining images
+    assert len(count_decodes) == len(items) - done  # only the remaining images
     _check_pixels(cache, expected)
     assert json.loads((out / "manifest.json").read_text())["build"]["resumed_with"] == done
 
 
-def test_interrupted_build_with_other_settings_starts_afresh(tmp_path, items, count_decodes,
-                                                             monkeypatch):
+def test_interrupted_build_with_other_settings_starts_afresh(
+    tmp_path, items, count_decodes, monkeypatch
+):
     out = tmp_path / "c"
     monkeypatch.setattr(build_mod, "CHECKPOINT_SECONDS", 0)
     real = build_mod.read_xray
@@ -175,8 +187,7 @@ def test_interrupted_build_with_other_settings_starts_afresh(tmp_path, items, co
     with pytest.raises(KeyboardInterrupt):
         build_cache(items[:20], out, SETTINGS, workers=0, progress=False)
     monkeypatch.setattr(build_mod, "read_xray", real)
-    cache = build_cache(items[:20], out, PreprocessSettings(size=32), workers=0,
-                        progress=False)
+    cache = build_cache(items[:20], out, PreprocessSettings(size=32), workers=0, progress=False)
     assert cache.images.shape == (20, 32, 32)
     assert cache.manifest["build"]["resumed_with"] == 0
 
@@ -200,8 +211,14 @@ def test_rerun_with_same_inputs_does_nothing(tmp_path, items, count_decodes, cap
     assert (out / "images.npy").stat().st_mtime_ns == before
 
     # other caller inputs (e.g. a label-file hash), same images: manifest refreshed only
-    cache = build_cache(items[:12], out, SETTINGS, workers=0, progress=False,
-                        inputs_fingerprint={"labels_sha256": "new"})
+    cache = build_cache(
+        items[:12],
+        out,
+        SETTINGS,
+        workers=0,
+        progress=False,
+        inputs_fingerprint={"labels_sha256": "new"},
+    )
     assert count_decodes == [] and cache.manifest["inputs"] == {"labels_sha256": "new"}
     assert (out / "images.npy").stat().st_mtime_ns == before
 
@@ -215,27 +232,29 @@ def test_changed_settings_or_files_rebuild(tmp_path, items, count_decodes):
         local.append((image_id, str(src / image_id)))
     out = tmp_path / "c"
     build_cache(local, out, SETTINGS, workers=0, progress=False)
-    cache = build_cache(local, out, PreprocessSettings(size=48, clahe=True), workers=0,
-                        progress=False)
+    cache = build_cache(
+        local, out, PreprocessSettings(size=48, clahe=True), workers=0, progress=False
+    )
     assert len(count_decodes) == 12 and cache.images.shape == (6, 48, 48)
     assert cache.settings == PreprocessSettings(size=48, clahe=True)
     np.testing.assert_array_equal(
-        cache.image(local[0][0]),
-        preprocess(read_xray(local[0][1]), size=48, clahe=True))
+        cache.image(local[0][0]), preprocess(read_xray(local[0][1]), size=48, clahe=True)
+    )
 
-    st = os.stat(local[0][1])                                # a file replaced in place
+    st = os.stat(local[0][1])  # a file replaced in place
     os.utime(local[0][1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    build_cache(local, out, PreprocessSettings(size=48, clahe=True), workers=0,
-                progress=False)
+    build_cache(local, out, PreprocessSettings(size=48, clahe=True), workers=0, progress=False)
     assert len(count_decodes) == 18
 
 
 def test_crop_boxes_are_recorded_and_map_nih_boxes(tmp_path, items):
-    (image_id, path), = [it for it in items if it[0] == "00000001_000.png"]
-    cache = build_cache([(image_id, path)], tmp_path / "c", PreprocessSettings(size=SIZE),
-                        workers=0, progress=False)
-    boxes = pd.DataFrame({"image_id": [image_id], "x": [512.0], "y": [256.0],
-                          "w": [128.0], "h": [64.0]})
+    ((image_id, path),) = [it for it in items if it[0] == "00000001_000.png"]
+    cache = build_cache(
+        [(image_id, path)], tmp_path / "c", PreprocessSettings(size=SIZE), workers=0, progress=False
+    )
+    boxes = pd.DataFrame(
+        {"image_id": [image_id], "x": [512.0], "y": [256.0], "w": [128.0], "h": [64.0]}
+    )
     moved = cache.map_boxes(boxes, source_size=1024)
     np.testing.assert_allclose(moved[["x", "y", "w", "h"]].iloc[0], [32, 16, 8, 4])
     pmap = cache.pixel_map(image_id, source_size=1024)
@@ -276,20 +295,24 @@ def test_images_below_the_minimum_size_are_bad_images_with_the_reason(tmp_path, 
     from cxrkit.data.images import MIN_IMAGE_SIDE
 
     rng = np.random.default_rng(0)
-    tiny = {"00090001_000.png": (1, 1), "00090002_000.png": (MIN_IMAGE_SIDE - 1, 400),
-            "00090003_000.png": (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE)}
+    tiny = {
+        "00090001_000.png": (1, 1),
+        "00090002_000.png": (MIN_IMAGE_SIDE - 1, 400),
+        "00090003_000.png": (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE),
+    }
     extra = []
     for name, (h, w) in tiny.items():
         Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(tmp_path / name)
         extra.append((name, str(tmp_path / name)))
     with pytest.warns(UserWarning, match="00090001_000.png"):
-        cache = build_cache(items[:3] + extra, tmp_path / "c", SETTINGS, workers=0,
-                            progress=False)
+        cache = build_cache(items[:3] + extra, tmp_path / "c", SETTINGS, workers=0, progress=False)
     index = pd.read_csv(tmp_path / "c" / "index.csv", keep_default_na=False).set_index("image_id")
     assert index.loc["00090001_000.png", "status"] == "error"
-    assert f"1x1 pixels is below the minimum of {MIN_IMAGE_SIDE} px a side" in \
-        index.loc["00090001_000.png", "error"]
+    assert (
+        f"1x1 pixels is below the minimum of {MIN_IMAGE_SIDE} px a side"
+        in index.loc["00090001_000.png", "error"]
+    )
     assert index.loc["00090002_000.png", "status"] == "error"
     assert f"400x{MIN_IMAGE_SIDE - 1} pixels" in index.loc["00090002_000.png", "error"]
-    assert index.loc["00090003_000.png", "status"] == "ok"   # exactly the minimum is fine
+    assert index.loc["00090003_000.png", "status"] == "ok"  # exactly the minimum is fine
     assert len(cache) == 4

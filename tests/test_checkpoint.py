@@ -26,8 +26,12 @@ class Exploit:
 
 
 def test_roundtrip_and_weights_only(tmp_path):
-    state = {"model": {"w": torch.arange(3.0)}, "epoch": 2, "history": [{"a": 1.0}],
-             "rng": rng_state()}
+    state = {
+        "model": {"w": torch.arange(3.0)},
+        "epoch": 2,
+        "history": [{"a": 1.0}],
+        "rng": rng_state(),
+    }
     path = save_checkpoint(state, tmp_path / "last.pt")
     back = load_checkpoint(path)
     assert back["epoch"] == 2 and torch.equal(back["model"]["w"], torch.arange(3.0))

@@ -30,8 +30,15 @@ def test_pipeline_commands(tmp_path):
     r = run("stats", prep, "--out", tmp_path / "stats")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "stats" / "prevalence.png").exists()
-    r = run("train", f"data.prepared={prep}", f"out={tmp_path / 'run'}", "train.epochs=1",
-            "data.batch_size=8", "train.threads=1", "--no-progress")
+    r = run(
+        "train",
+        f"data.prepared={prep}",
+        f"out={tmp_path / 'run'}",
+        "train.epochs=1",
+        "data.batch_size=8",
+        "train.threads=1",
+        "--no-progress",
+    )
     assert r.exit_code == 0, r.output
     assert "best validation mean AUROC" in r.output
 
@@ -52,7 +59,7 @@ def test_link_loops_and_broken_links_are_bad_files_not_crashes(tmp_path):
     folder = next(rel.rglob("*.png")).parent
     loop = folder / "loop.png"
     loop.symlink_to(loop)
-    victim = sorted(folder.glob("*.png"))[2]   # a labelled image becomes a broken link
+    victim = sorted(folder.glob("*.png"))[2]  # a labelled image becomes a broken link
     victim.unlink()
     victim.symlink_to(tmp_path / "elsewhere.png")
     r = run("validate", rel)
@@ -62,6 +69,7 @@ def test_link_loops_and_broken_links_are_bad_files_not_crashes(tmp_path):
     r = run("prepare", rel, "--out", tmp_path / "prep", "--size", 32, "--workers", 0)
     assert r.exit_code == 0, r.output
     import pandas as pd
+
     index = pd.read_csv(tmp_path / "prep" / "index.csv")
     row = index.loc[index["image_id"] == victim.name].iloc[0]
     assert row["status"] == "error" and "broken symbolic link" in row["error"]
@@ -72,6 +80,7 @@ def test_validate_warns_and_counts_suspicious_boxes(tmp_path):
     import json
 
     import pandas as pd
+
     rel = tmp_path / "nih"
     assert run("phantoms", rel, "--patients", 8, "--size", 32, "--seed", 3).exit_code == 0
     labels = pd.read_csv(rel / "Data_Entry_2017.csv")
@@ -80,9 +89,17 @@ def test_validate_warns_and_counts_suspicious_boxes(tmp_path):
     boxed, finding = sick["Image Index"], sick["Finding Labels"].split("|")[0]
     box = rel / "BBox_List_2017.csv"
     head = box.read_text().splitlines()[0]
-    box.write_text("\n".join([head, f"{boxed},{finding},-10,5,50,60",
-                              f"{boxed},{finding},1000,5,50,60",
-                              f"{normal},Nodule,10,10,20,20"]) + "\n")
+    box.write_text(
+        "\n".join(
+            [
+                head,
+                f"{boxed},{finding},-10,5,50,60",
+                f"{boxed},{finding},1000,5,50,60",
+                f"{normal},Nodule,10,10,20,20",
+            ]
+        )
+        + "\n"
+    )
     r = run("validate", rel)
     assert r.exit_code == 0, r.output
     assert "2 box(es) reach outside NIH's 1024x1024 pixel space, lines 2, 3" in r.output
@@ -116,36 +133,38 @@ def test_empty_label_file_names_the_file(tmp_path):
     assert "empty" in r.output
 
 
-
-@pytest.mark.parametrize("args,option", [
-    (("predict", "RUN", "x.png", "--batch-size", 0), "--batch-size"),
-    (("predict", "RUN", "x.png", "--batch-size", -4), "--batch-size"),
-    (("predict", "RUN", "x.png", "--top", -1), "--top"),
-    (("predict", "RUN", "x.png", "--show", -1), "--show"),
-    (("export", "RUN", "--phantoms", -1), "--phantoms"),
-    (("evaluate", "RUN", "--batch-size", 0), "--batch-size"),
-    (("evaluate", "RUN", "--bootstrap", -1), "--bootstrap"),
-    (("evaluate", "RUN", "--subgroup-bootstrap", -1), "--subgroup-bootstrap"),
-    (("compare", "RUN", "--bootstrap", -1), "--bootstrap"),
-    (("explain", "RUN", "x.png", "--batch-size", 0), "--batch-size"),
-    (("explain", "RUN", "x.png", "--top-k", 0), "--top-k"),
-    (("explain", "RUN", "test", "--limit", 0), "--limit"),
-    (("localize", "RUN", "--batch-size", 0), "--batch-size"),
-    (("localize", "RUN", "--limit", 0), "--limit"),
-    (("localize", "RUN", "--threshold", 1.5), "--threshold"),
-    (("localize", "RUN", "--threshold", 0), "--threshold"),
-    (("phantoms", "OUT", "--patients", 0), "--patients"),
-    (("phantoms", "OUT", "--size", 0), "--size"),
-    (("phantoms", "OUT", "--size", 31), "--size"),  # the cache's MIN_IMAGE_SIDE
-    (("prepare", "REL", "--out", "OUT", "--size", 1), "--size"),
-    (("prepare", "REL", "--out", "OUT", "--workers", -1), "--workers"),
-    (("prepare", "REL", "--out", "OUT", "--val-fraction", 1.0), "--val-fraction"),
-    (("prepare", "REL", "--out", "OUT", "--val-fraction", -0.1), "--val-fraction"),
-    (("split", "PREP", "--out", "x.csv", "--val-fraction", 2), "--val-fraction"),
-    (("stats", "REL", "--out", "OUT", "--val-fraction", -1), "--val-fraction"),
-    (("serve", "RUN", "--port", 70000), "--port"),
-    (("serve", "RUN", "--port", -1), "--port"),
-])
+@pytest.mark.parametrize(
+    "args,option",
+    [
+        (("predict", "RUN", "x.png", "--batch-size", 0), "--batch-size"),
+        (("predict", "RUN", "x.png", "--batch-size", -4), "--batch-size"),
+        (("predict", "RUN", "x.png", "--top", -1), "--top"),
+        (("predict", "RUN", "x.png", "--show", -1), "--show"),
+        (("export", "RUN", "--phantoms", -1), "--phantoms"),
+        (("evaluate", "RUN", "--batch-size", 0), "--batch-size"),
+        (("evaluate", "RUN", "--bootstrap", -1), "--bootstrap"),
+        (("evaluate", "RUN", "--subgroup-bootstrap", -1), "--subgroup-bootstrap"),
+        (("compare", "RUN", "--bootstrap", -1), "--bootstrap"),
+        (("explain", "RUN", "x.png", "--batch-size", 0), "--batch-size"),
+        (("explain", "RUN", "x.png", "--top-k", 0), "--top-k"),
+        (("explain", "RUN", "test", "--limit", 0), "--limit"),
+        (("localize", "RUN", "--batch-size", 0), "--batch-size"),
+        (("localize", "RUN", "--limit", 0), "--limit"),
+        (("localize", "RUN", "--threshold", 1.5), "--threshold"),
+        (("localize", "RUN", "--threshold", 0), "--threshold"),
+        (("phantoms", "OUT", "--patients", 0), "--patients"),
+        (("phantoms", "OUT", "--size", 0), "--size"),
+        (("phantoms", "OUT", "--size", 31), "--size"),  # the cache's MIN_IMAGE_SIDE
+        (("prepare", "REL", "--out", "OUT", "--size", 1), "--size"),
+        (("prepare", "REL", "--out", "OUT", "--workers", -1), "--workers"),
+        (("prepare", "REL", "--out", "OUT", "--val-fraction", 1.0), "--val-fraction"),
+        (("prepare", "REL", "--out", "OUT", "--val-fraction", -0.1), "--val-fraction"),
+        (("split", "PREP", "--out", "x.csv", "--val-fraction", 2), "--val-fraction"),
+        (("stats", "REL", "--out", "OUT", "--val-fraction", -1), "--val-fraction"),
+        (("serve", "RUN", "--port", 70000), "--port"),
+        (("serve", "RUN", "--port", -1), "--port"),
+    ],
+)
 def test_numeric_options_out_of_range_say_what_is_wrong(tmp_path, args, option):
     """Checked before anything is read: one line naming the option and its range."""
     args = [tmp_path / a if a in ("RUN", "OUT", "REL", "PREP") else a for a in args]

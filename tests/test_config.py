@@ -18,21 +18,32 @@ def test_defaults_roundtrip(tmp_path):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["train.lr=1e-4", "data.findings=[Pneumonia, Mass]",
-                             "model.name=densenet121", "train.grad_clip=null", "out=x"])
+    cfg = load_config(
+        None,
+        [
+            "train.lr=1e-4",
+            "data.findings=[Pneumonia, Mass]",
+            "model.name=densenet121",
+            "train.grad_clip=null",
+            "out=x",
+        ],
+    )
     assert cfg.train.lr == pytest.approx(1e-4) and cfg.model.name == "densenet121"
     assert cfg.data.findings == ["Pneumonia", "Mass"] and cfg.out == "x"
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["train.lrate=1"], r"unknown key\(s\) \['lrate'\] in section 'train'"),
-    (["trainer.lr=1"], r"unknown section"),
-    (["train.optimizer=lion"], r"train.optimizer must be one of"),
-    (["train.amp=int8"], r"train.amp"),
-    (["model.in_chans=2"], r"in_chans"),
-    (["data.box_fold=1.5"], r"box_fold"),
-    (["train.lr"], r"not key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["train.lrate=1"], r"unknown key\(s\) \['lrate'\] in section 'train'"),
+        (["trainer.lr=1"], r"unknown section"),
+        (["train.optimizer=lion"], r"train.optimizer must be one of"),
+        (["train.amp=int8"], r"train.amp"),
+        (["model.in_chans=2"], r"in_chans"),
+        (["data.box_fold=1.5"], r"box_fold"),
+        (["train.lr"], r"not key=value"),
+    ],
+)
 def test_bad_values_are_named(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)

@@ -44,15 +44,16 @@ HAS_CUDA = torch.cuda.is_available()
 #: once by hand before the first GPU run, never in make test.
 DEV = os.environ.get("CXRKIT_CUDA_TESTS_ON", "cuda")
 REHEARSAL = DEV == "cpu"
-needs_cuda = pytest.mark.skipif(not (HAS_CUDA or REHEARSAL),
-                                reason="needs a CUDA GPU (bench/gpu/check.sh)")
+needs_cuda = pytest.mark.skipif(
+    not (HAS_CUDA or REHEARSAL), reason="needs a CUDA GPU (bench/gpu/check.sh)"
+)
 
-AUG_ATOL = 1.5 / 255     # intensity units (0..1), after crop/affine/jitter, before normalising
+AUG_ATOL = 1.5 / 255  # intensity units (0..1), after crop/affine/jitter, before normalising
 AUG_MEAN_ATOL = 0.5 / 255
 PROB_ATOL = 5e-3
 AUROC_ATOL = 0.02
-CAM_ATOL = 0.05          # Grad-CAM maps are normalised to [0, 1]
-SG_R = 0.8               # two CPU seeds gave r 0.88-0.95 (32 samples) on two phantom models
+CAM_ATOL = 0.05  # Grad-CAM maps are normalised to [0, 1]
+SG_R = 0.8  # two CPU seeds gave r 0.88-0.95 (32 samples) on two phantom models
 
 
 def cuda(fn):
@@ -60,9 +61,16 @@ def cuda(fn):
 
 
 def run_config(prepared, out, *overrides):
-    base = [f"data.prepared={prepared.root}", f"out={out}", "data.batch_size=16",
-            "model.name=cnn4", "train.epochs=3", "train.scheduler=plateau", "train.lr=2e-3",
-            "train.patience=10"]
+    base = [
+        f"data.prepared={prepared.root}",
+        f"out={out}",
+        "data.batch_size=16",
+        "model.name=cnn4",
+        "train.epochs=3",
+        "train.scheduler=plateau",
+        "train.lr=2e-3",
+        "train.patience=10",
+    ]
     return load_config(None, [*base, *overrides])
 
 
@@ -82,13 +90,13 @@ def _augment_on(images: torch.Tensor, seed: int) -> torch.Tensor:
 
 def _check_augmentation_agrees(device_images: torch.Tensor):
     images = _aug_batch()
-    ref = _augment_on(images, 7)                     # CPU uint8 path (OpenCV)
-    got = _augment_on(device_images, 7)              # device path (grid_sample)
+    ref = _augment_on(images, 7)  # CPU uint8 path (OpenCV)
+    got = _augment_on(device_images, 7)  # device path (grid_sample)
     diff = (ref - got).abs()
     assert ref.shape == got.shape == (6, 1, 64, 64)
     assert float(diff.max()) <= AUG_ATOL, f"max |cpu - device| = {float(diff.max()) * 255:.2f}/255"
     assert float(diff.mean()) <= AUG_MEAN_ATOL, f"mean {float(diff.mean()) * 255:.3f}/255"
-    other = _augment_on(images, 8)                   # a different seed really differs
+    other = _augment_on(images, 8)  # a different seed really differs
     assert float((ref - other).abs().mean()) > 10 * AUG_MEAN_ATOL
 
 
@@ -100,8 +108,9 @@ def test_device_augmentation_path_equals_opencv_path_on_cpu():
 @cuda
 def test_gpu_augmentation_equals_cpu_for_the_same_seed():
     _check_augmentation_agrees(_aug_batch().float().div(255).to(DEV))
-    _check_augmentation_agrees(_aug_batch().to(DEV) if not REHEARSAL
-                               else _aug_batch().float().div(255))  # uint8 on the GPU too
+    _check_augmentation_agrees(
+        _aug_batch().to(DEV) if not REHEARSAL else _aug_batch().float().div(255)
+    )  # uint8 on the GPU too
     # the engine's own per-epoch CPU generator drives a CUDA batch (it used to raise)
     tf = TrainTransform(64)
     out = tf(_aug_batch().to(DEV), engine._epoch_generator(0, 1))
@@ -117,8 +126,12 @@ class _Batches(list):
 
 @cuda
 @pytest.mark.parametrize("amp", ["bf16"] if REHEARSAL else ["bf16", "fp16"])
-@pytest.mark.parametrize("name", os.environ.get("CXRKIT_CUDA_TEST_MODELS", "").split(",")
-                         if os.environ.get("CXRKIT_CUDA_TEST_MODELS") else list_models())
+@pytest.mark.parametrize(
+    "name",
+    os.environ.get("CXRKIT_CUDA_TEST_MODELS", "").split(",")
+    if os.environ.get("CXRKIT_CUDA_TEST_MODELS")
+    else list_models(),
+)
 def test_every_model_trains_three_steps(name, amp, tmp_path):
     """Three optimiser steps through the engine's own loop: autocast (+ GradScaler for
     fp16), channels_last, the CPU generator driving CUDA augmentation, finite loss."""
@@ -128,29 +141,61 @@ def test_every_model_trains_three_steps(name, amp, tmp_path):
         warnings.simplefilter("ignore")
         model = create_model(name, **({"img_size": size} if name.startswith("vit") else {}))
     model = model.to(dev).to(memory_format=torch.channels_last)
-    cfg = load_config(None, [f"data.prepared={tmp_path}", f"out={tmp_path / 'run'}",
-                             f"model.name={name}", f"train.amp={amp}", "train.epochs=1",
-                             "train.channels_last=true", "train.lr=1e-4"])
+    cfg = load_config(
+        None,
+        [
+            f"data.prepared={tmp_path}",
+            f"out={tmp_path / 'run'}",
+            f"model.name={name}",
+            f"train.amp={amp}",
+            "train.epochs=1",
+            "train.channels_last=true",
+            "train.lr=1e-4",
+        ],
+    )
     precision = engine.Precision.choose(amp, dev)
     assert precision.dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)
     assert precision.scaler == (amp == "fp16")
     scaler = torch.amp.GradScaler(DEV) if precision.scaler else None
     g = torch.Generator().manual_seed(0)
     n = 8
-    batches = _Batches([{"image": torch.randint(0, 256, (n, 1, 144, 144), dtype=torch.uint8, generator=g),
+    batches = _Batches(
+        [
+            {
+                "image": torch.randint(0, 256, (n, 1, 144, 144), dtype=torch.uint8, generator=g),
                 "labels": (torch.rand(n, 14, generator=g) < 0.3).float(),
-                "meta": torch.zeros(n, 4), "index": torch.arange(n)} for _ in range(3)])
+                "meta": torch.zeros(n, 4),
+                "index": torch.arange(n),
+            }
+            for _ in range(3)
+        ]
+    )
     before = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     loss_fn = engine.make_loss("bce").to(dev)
-    tf = TrainTransform(size, mean=model.cxr_config.mean, std=model.cxr_config.std,
-                        channels=model.cxr_config.in_chans)
+    tf = TrainTransform(
+        size,
+        mean=model.cxr_config.mean,
+        std=model.cxr_config.std,
+        channels=model.cxr_config.in_chans,
+    )
     loss, rate, step = engine.train_one_epoch(
-        model, loss_fn, opt, batches, tf, device=dev, precision=precision, scaler=scaler,
-        epoch=0, cfg=cfg, show_progress=False)
+        model,
+        loss_fn,
+        opt,
+        batches,
+        tf,
+        device=dev,
+        precision=precision,
+        scaler=scaler,
+        epoch=0,
+        cfg=cfg,
+        show_progress=False,
+    )
     assert np.isfinite(loss) and step == 3 and rate > 0
-    moved = sum(not torch.equal(before[k], p.detach()) for k, p in model.named_parameters()
-                if k in before)
+    moved = sum(
+        not torch.equal(before[k], p.detach()) for k, p in model.named_parameters() if k in before
+    )
     assert moved > 0.5 * len(before), f"only {moved}/{len(before)} parameters changed"
     if scaler is not None:
         assert scaler.get_scale() > 0
@@ -181,6 +226,7 @@ def test_evaluate_on_cuda_equals_cpu(run_copy, tmp_path):
     pg = sorted((tmp_path / "cuda").glob("predictions*test*.csv"))
     assert pc and [p.name for p in pc] == [p.name for p in pg]
     import pandas as pd
+
     a, b = pd.read_csv(pc[0]), pd.read_csv(pg[0])
     num = [c for c in a.columns if a[c].dtype.kind == "f"]
     assert num and np.abs(a[num].to_numpy() - b[num].to_numpy()).max() <= PROB_ATOL
@@ -190,8 +236,9 @@ def test_evaluate_on_cuda_equals_cpu(run_copy, tmp_path):
 def loaded_pair(run_copy):
     from cxrkit.inference import load
 
-    return load(run_copy, device="cpu"), (load(run_copy, device=DEV)
-                                          if HAS_CUDA or REHEARSAL else None)
+    return load(run_copy, device="cpu"), (
+        load(run_copy, device=DEV) if HAS_CUDA or REHEARSAL else None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -276,25 +323,36 @@ def test_kill_and_resume_on_cuda_equals_uninterrupted(phantom_prepared, tmp_path
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        kill_and_resume(run_config(phantom_prepared, tmp_path / "full", "train.amp=bf16"),
-                        run_config(phantom_prepared, tmp_path / "part", "train.amp=bf16"),
-                        monkeypatch)
+        kill_and_resume(
+            run_config(phantom_prepared, tmp_path / "full", "train.amp=bf16"),
+            run_config(phantom_prepared, tmp_path / "part", "train.amp=bf16"),
+            monkeypatch,
+        )
     finally:
         torch.use_deterministic_algorithms(False)
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "part" / "last.pt")
     assert json.loads((tmp_path / "full" / "run.json").read_text())["device"].startswith(DEV)
     assert a["epoch"] == b["epoch"] == 2
-    worst = max(float((a["model"][k].float() - b["model"][k].float()).abs().max())
-                for k in a["model"] if a["model"][k].is_floating_point())
+    worst = max(
+        float((a["model"][k].float() - b["model"][k].float()).abs().max())
+        for k in a["model"]
+        if a["model"][k].is_floating_point()
+    )
     assert worst == 0.0, f"resumed weights differ from uninterrupted by up to {worst:g}"
     assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
 
 
 @cuda
 def test_torch_compile_of_a_train_step(phantom_prepared, tmp_path):
-    cfg = run_config(phantom_prepared, tmp_path / "run", "train.compile=true", "train.epochs=1",
-                     "train.max_steps_per_epoch=3", "train.amp=bf16")
+    cfg = run_config(
+        phantom_prepared,
+        tmp_path / "run",
+        "train.compile=true",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=3",
+        "train.amp=bf16",
+    )
     summary = engine.fit(cfg, show_progress=False)
     assert summary["status"] == "completed" and summary["device"].startswith(DEV)
     row = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -306,11 +364,26 @@ def test_torch_compile_of_a_train_step(phantom_prepared, tmp_path):
 
 def _torchrun_one_process(prepared, out, port: int):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-           "--master_port", str(port), "-m", "cxrkit.cli", "train",
-           f"data.prepared={prepared.root}", f"out={out}", "data.batch_size=16",
-           "model.name=cnn4", "train.epochs=1", "train.max_steps_per_epoch=3",
-           "train.threads=1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "1",
+        "--master_port",
+        str(port),
+        "-m",
+        "cxrkit.cli",
+        "train",
+        f"data.prepared={prepared.root}",
+        f"out={out}",
+        "data.batch_size=16",
+        "model.name=cnn4",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=3",
+        "train.threads=1",
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "run.json").read_text())

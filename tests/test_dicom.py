@@ -18,8 +18,15 @@ from cxrkit.data.dicom import grey_uint8, is_dicom, read_dicom, read_image
 from cxrkit.data.images import ImageReadError, to_uint8
 
 
-def write_dicom(path, pixels, *, photometric="MONOCHROME2", bits_stored=None,
-                transfer_syntax=ExplicitVRLittleEndian, **elements):
+def write_dicom(
+    path,
+    pixels,
+    *,
+    photometric="MONOCHROME2",
+    bits_stored=None,
+    transfer_syntax=ExplicitVRLittleEndian,
+    **elements,
+):
     """A minimal DX/secondary-capture DICOM file holding ``pixels`` (made with pydicom)."""
     pixels = np.asarray(pixels)
     meta = FileMetaDataset()
@@ -28,7 +35,10 @@ def write_dicom(path, pixels, *, photometric="MONOCHROME2", bits_stored=None,
     meta.TransferSyntaxUID = transfer_syntax
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        SecondaryCaptureImageStorage,
+        meta.MediaStorageSOPInstanceUID,
+    )
     ds.Modality = "DX"
     ds.Rows, ds.Columns = pixels.shape[:2]
     ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
@@ -64,15 +74,23 @@ def test_12_bit_is_mapped_like_training_images(tmp_path, ramp12):
 
 def test_monochrome1_is_inverted(tmp_path, ramp12):
     m2 = read_dicom(write_dicom(tmp_path / "m2.dcm", ramp12, bits_stored=12))
-    m1 = read_dicom(write_dicom(tmp_path / "m1.dcm", ramp12, bits_stored=12,
-                                photometric="MONOCHROME1"))
+    m1 = read_dicom(
+        write_dicom(tmp_path / "m1.dcm", ramp12, bits_stored=12, photometric="MONOCHROME1")
+    )
     np.testing.assert_array_equal(m1, 255 - m2)
 
 
 def test_rescale_then_window(tmp_path, ramp12):
     # stored 0..4095 -> 2 * v - 100; window 1000..5000 of the rescaled values
-    path = write_dicom(tmp_path / "w.dcm", ramp12, bits_stored=12, RescaleSlope=2,
-                       RescaleIntercept=-100, WindowCenter=3000, WindowWidth=4000)
+    path = write_dicom(
+        tmp_path / "w.dcm",
+        ramp12,
+        bits_stored=12,
+        RescaleSlope=2,
+        RescaleIntercept=-100,
+        WindowCenter=3000,
+        WindowWidth=4000,
+    )
     got = read_dicom(path).astype(int)
     v = ramp12.astype(float) * 2 - 100
     below, above = v <= 1000 - 0.5, v >= 5000 - 0.5
@@ -81,8 +99,11 @@ def test_rescale_then_window(tmp_path, ramp12):
     expected = (v[inside] - 1000) / 4000 * 255  # linear across the window
     assert np.abs(got[inside] - expected).max() <= 1.0
     # without the window the same pixels span the whole range: the window did something
-    plain = read_dicom(write_dicom(tmp_path / "p.dcm", ramp12, bits_stored=12,
-                                   RescaleSlope=2, RescaleIntercept=-100))
+    plain = read_dicom(
+        write_dicom(
+            tmp_path / "p.dcm", ramp12, bits_stored=12, RescaleSlope=2, RescaleIntercept=-100
+        )
+    )
     np.testing.assert_array_equal(plain, to_uint8(v))
     assert not np.array_equal(plain, got)
 
@@ -90,13 +111,19 @@ def test_rescale_then_window(tmp_path, ramp12):
 @pytest.mark.parametrize("bits", [8, 16])
 def test_voi_lut_sequence(tmp_path, ramp12, bits):
     """A VOI LUT over all 4096 stored values (an 8-bit table once hit a pydicom bug)."""
-    table = (np.sqrt(np.arange(4096) / 4095) * (2 ** bits - 1)).astype(int)  # a gamma curve
+    table = (np.sqrt(np.arange(4096) / 4095) * (2**bits - 1)).astype(int)  # a gamma curve
     item = Dataset()
     item.LUTDescriptor = [4096, 0, bits]
     item.LUTData = table.tolist()
     item["LUTData"].VR = "US"
-    path = write_dicom(tmp_path / "voi.dcm", ramp12, bits_stored=12,
-                       VOILUTSequence=Sequence([item]), WindowCenter=10, WindowWidth=2)
+    path = write_dicom(
+        tmp_path / "voi.dcm",
+        ramp12,
+        bits_stored=12,
+        VOILUTSequence=Sequence([item]),
+        WindowCenter=10,
+        WindowWidth=2,
+    )
     got = read_dicom(path)
     np.testing.assert_array_equal(got, to_uint8(table[ramp12]))  # LUT preferred to window
 
@@ -121,8 +148,9 @@ def test_read_image_finds_dicom_without_extension(tmp_path, ramp12):
 
 
 def test_compressed_without_plugin_names_file_and_fix(tmp_path):
-    path = write_dicom(tmp_path / "jpegls.dcm", np.zeros((8, 8), np.uint8),
-                       transfer_syntax=JPEGLosslessSV1)
+    path = write_dicom(
+        tmp_path / "jpegls.dcm", np.zeros((8, 8), np.uint8), transfer_syntax=JPEGLosslessSV1
+    )
     with pytest.raises(ImageReadError) as e:
         read_dicom(path)
     msg = str(e.value)
@@ -139,6 +167,7 @@ def test_not_dicom_names_file(tmp_path):
 def test_no_pixel_data_and_multiframe(tmp_path, ramp12):
     path = write_dicom(tmp_path / "sr.dcm", ramp12, bits_stored=12)
     import pydicom
+
     ds = pydicom.dcmread(path)
     del ds.PixelData
     ds.save_as(path)
@@ -158,8 +187,9 @@ NIH_NARROW = "originals/images_001/images/00000032_037.png"
 
 
 @pytest.mark.parametrize("bits_allocated", [8, 16])
-def test_identity_rescale_tags_change_nothing_on_a_real_nih_image(tmp_path, nih_sample,
-                                                                  bits_allocated):
+def test_identity_rescale_tags_change_nothing_on_a_real_nih_image(
+    tmp_path, nih_sample, bits_allocated
+):
     """One rule: the same stored pixels decode the same with or without identity
     RescaleSlope=1 / RescaleIntercept=0 (pydicom returns floats for those), and an 8-bit
     DICOM decodes exactly like the 8-bit PNG it was made from."""
@@ -169,9 +199,16 @@ def test_identity_rescale_tags_change_nothing_on_a_real_nih_image(tmp_path, nih_
     assert png.min() > 0 and png.max() < 255  # the case that showed the bug
     pixels = png.astype(np.uint8 if bits_allocated == 8 else np.uint16)
     bare = read_dicom(write_dicom(tmp_path / "bare.dcm", pixels, bits_stored=8))
-    tagged = read_dicom(write_dicom(tmp_path / "tagged.dcm", pixels, bits_stored=8,
-                                    RescaleSlope=1, RescaleIntercept=0,
-                                    RescaleType="US"))
+    tagged = read_dicom(
+        write_dicom(
+            tmp_path / "tagged.dcm",
+            pixels,
+            bits_stored=8,
+            RescaleSlope=1,
+            RescaleIntercept=0,
+            RescaleType="US",
+        )
+    )
     np.testing.assert_array_equal(tagged, bare)
     np.testing.assert_array_equal(bare, png)
 
@@ -179,8 +216,15 @@ def test_identity_rescale_tags_change_nothing_on_a_real_nih_image(tmp_path, nih_
 def test_identity_rescale_on_12_bit_data_keeps_the_stretch(tmp_path, ramp12):
     """Higher depths still go through to_uint8's min-max, tags or not."""
     bare = read_dicom(write_dicom(tmp_path / "a.dcm", ramp12 // 2 + 100, bits_stored=12))
-    tagged = read_dicom(write_dicom(tmp_path / "b.dcm", ramp12 // 2 + 100, bits_stored=12,
-                                    RescaleSlope=1, RescaleIntercept=0))
+    tagged = read_dicom(
+        write_dicom(
+            tmp_path / "b.dcm",
+            ramp12 // 2 + 100,
+            bits_stored=12,
+            RescaleSlope=1,
+            RescaleIntercept=0,
+        )
+    )
     np.testing.assert_array_equal(bare, tagged)
     np.testing.assert_array_equal(bare, to_uint8(ramp12 // 2 + 100))
     assert bare.min() == 0 and bare.max() == 255

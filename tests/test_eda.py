@@ -22,10 +22,16 @@ def _synthetic() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Atelectasis on i % 10 == 0 (30 images), Effusion on i % 15 == 0 (20), both on
     i % 30 == 0 (10), Hernia on images 0-4 (patients 0 and 1); everything else negative."""
     i = np.arange(N)
-    labels = pd.DataFrame({
-        "image_id": [f"{k:08d}_000.png" for k in i], "patient_id": i // 3, "follow_up": i % 3,
-        "age": np.where(i % 50 == 49, np.nan, 5.0 + i % 90), "sex": np.where(i % 2, "F", "M"),
-        "view": np.where(i % 3 == 0, "PA", "AP")})
+    labels = pd.DataFrame(
+        {
+            "image_id": [f"{k:08d}_000.png" for k in i],
+            "patient_id": i // 3,
+            "follow_up": i % 3,
+            "age": np.where(i % 50 == 49, np.nan, 5.0 + i % 90),
+            "sex": np.where(i % 2, "F", "M"),
+            "view": np.where(i % 3 == 0, "PA", "AP"),
+        }
+    )
     for f in FINDINGS:
         labels[f] = np.zeros(N, dtype=np.uint8)
     labels["Atelectasis"] = (i % 10 == 0).astype(np.uint8)
@@ -33,13 +39,23 @@ def _synthetic() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     labels["Hernia"] = (i < 5).astype(np.uint8)
     labels[NO_FINDING] = (labels[list(FINDINGS)].sum(axis=1) == 0).astype(np.uint8)
     patient = i // 3
-    split = pd.DataFrame({"image_id": labels["image_id"], "patient_id": patient,
-                          "split": np.select([patient < 60, patient < 80], ["train", "val"],
-                                             "test")})
-    boxes = pd.DataFrame({"image_id": labels["image_id"].iloc[[0, 0, 10, 15]].tolist(),
-                          "finding": ["Atelectasis", "Effusion", "Atelectasis", "Effusion"],
-                          "x": [100.0, 600.0, 200.0, 700.0], "y": [300.0, 500.0, 350.0, 550.0],
-                          "w": [80.0, 150.0, 60.0, 120.0], "h": [90.0, 200.0, 50.0, 100.0]})
+    split = pd.DataFrame(
+        {
+            "image_id": labels["image_id"],
+            "patient_id": patient,
+            "split": np.select([patient < 60, patient < 80], ["train", "val"], "test"),
+        }
+    )
+    boxes = pd.DataFrame(
+        {
+            "image_id": labels["image_id"].iloc[[0, 0, 10, 15]].tolist(),
+            "finding": ["Atelectasis", "Effusion", "Atelectasis", "Effusion"],
+            "x": [100.0, 600.0, 200.0, 700.0],
+            "y": [300.0, 500.0, 350.0, 550.0],
+            "w": [80.0, 150.0, 60.0, 120.0],
+            "h": [90.0, 200.0, 50.0, 100.0],
+        }
+    )
     return labels, split, boxes
 
 
@@ -77,14 +93,22 @@ def test_prevalence_counts_and_percentages_match_hand_counts(synthetic):
 def test_per_split_columns_and_csv(synthetic):
     result, out = synthetic
     p = result.prevalence
-    assert list(p.columns) == ["finding", "split", "images", "pct_images", "patients",
-                               "pct_patients"]
+    assert list(p.columns) == [
+        "finding",
+        "split",
+        "images",
+        "pct_images",
+        "patients",
+        "pct_patients",
+    ]
     assert list(dict.fromkeys(p["split"])) == ["train", "val", "test", "all"]
     assert len(p) == 4 * (len(FINDINGS) + 1)
     on_disk = pd.read_csv(out / "prevalence.csv")
-    pd.testing.assert_frame_equal(on_disk[["finding", "split", "images", "patients"]],
-                                  p[["finding", "split", "images", "patients"]],
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        on_disk[["finding", "split", "images", "patients"]],
+        p[["finding", "split", "images", "patients"]],
+        check_dtype=False,
+    )
 
 
 def test_cooccurrence_is_symmetric_with_counts_on_diagonal(synthetic):
@@ -94,7 +118,7 @@ def test_cooccurrence_is_symmetric_with_counts_on_diagonal(synthetic):
     assert (c.to_numpy() == c.to_numpy().T).all()
     assert np.diag(c).tolist() == [int(_prev(result, f, "all")["images"]) for f in FINDINGS]
     assert c.loc["Atelectasis", "Effusion"] == 10  # i % 30 == 0
-    assert c.loc["Atelectasis", "Hernia"] == 1     # image 0
+    assert c.loc["Atelectasis", "Hernia"] == 1  # image 0
     assert result.conditional.loc["Atelectasis", "Effusion"] == pytest.approx(10 / 30)
     assert result.conditional.loc["Effusion", "Atelectasis"] == pytest.approx(10 / 20)
     assert result.conditional.loc["Mass"].isna().all()  # no Mass image: undefined, not 0
@@ -110,14 +134,23 @@ def test_demographics_table(synthetic):
     assert d[("all", "images_per_patient", "3-5")] == 100
     assert d[("all", "age_decade", "missing")] == 6  # i % 50 == 49
     assert d[("all", "findings_per_image", "2")] == 9  # Atelectasis + Effusion
-    assert d[("all", "findings_per_image", "3")] == 1   # image 0: + Hernia
+    assert d[("all", "findings_per_image", "3")] == 1  # image 0: + Hernia
 
 
 def test_files_written_and_pngs_are_real_images(synthetic):
     result, out = synthetic
-    names = {"prevalence.csv", "prevalence.png", "cooccurrence.csv", "cooccurrence.png",
-             "demographics.csv", "demographics.png", "boxes.csv", "boxes.png", "summary.md",
-             "manifest.json"}
+    names = {
+        "prevalence.csv",
+        "prevalence.png",
+        "cooccurrence.csv",
+        "cooccurrence.png",
+        "demographics.csv",
+        "demographics.png",
+        "boxes.csv",
+        "boxes.png",
+        "summary.md",
+        "manifest.json",
+    }
     assert {f.name for f in result.files} == names
     assert all(f.exists() for f in result.files)
     for png in (f for f in result.files if f.suffix == ".png"):
@@ -146,8 +179,9 @@ def test_without_split_reports_all_only_and_rejects_unsplit_images(tmp_path):
 
 def test_real_metadata_matches_published_counts(real_labels, tmp_path):
     table, _ = real_labels
-    split = official_split(table, read_image_list(META / "train_val_list.txt"),
-                           read_image_list(META / "test_list.txt"))
+    split = official_split(
+        table, read_image_list(META / "train_val_list.txt"), read_image_list(META / "test_list.txt")
+    )
     boxes = read_bbox_list(META / "BBox_List_2017.csv")
     start = time.perf_counter()
     result = describe(table, split, tmp_path, boxes=boxes, title="NIH ChestX-ray14")

@@ -20,15 +20,59 @@ from cxrkit.evaluate.published import (
 )
 from cxrkit.labels import FINDINGS
 
-FAST = {"bootstrap": 50, "subgroup_bootstrap": 10, "progress": False, "report": False,
-        "gallery": 0}   # the gallery is tested in test_radiologists.py
-TOP_KEYS = {"format", "created", "versions", "checkpoint", "checkpoint_sha256", "run_dir", "prepared", "split",
-            "split_file", "split_protocol", "tta", "tta_mirror", "precision", "n_images", "n_patients", "findings",
-            "model", "epoch", "bootstrap", "auroc", "auprc", "mean_auroc", "thresholds",
-            "threshold_metrics", "calibration", "subgroups", "published", "notes", "ood",
-            "source", "protocol"}
-RATE_KEYS = {"threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy",
-             "tp", "fp", "tn", "fn"}
+FAST = {
+    "bootstrap": 50,
+    "subgroup_bootstrap": 10,
+    "progress": False,
+    "report": False,
+    "gallery": 0,
+}  # the gallery is tested in test_radiologists.py
+TOP_KEYS = {
+    "format",
+    "created",
+    "versions",
+    "checkpoint",
+    "checkpoint_sha256",
+    "run_dir",
+    "prepared",
+    "split",
+    "split_file",
+    "split_protocol",
+    "tta",
+    "tta_mirror",
+    "precision",
+    "n_images",
+    "n_patients",
+    "findings",
+    "model",
+    "epoch",
+    "bootstrap",
+    "auroc",
+    "auprc",
+    "mean_auroc",
+    "thresholds",
+    "threshold_metrics",
+    "calibration",
+    "subgroups",
+    "published",
+    "notes",
+    "ood",
+    "source",
+    "protocol",
+}
+RATE_KEYS = {
+    "threshold",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "f1",
+    "accuracy",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+}
 
 
 @pytest.fixture
@@ -48,21 +92,34 @@ def evaluated(phantom_run, tmp_path_factory):
 def _no_nan(text: str):
     def refuse(name):
         raise AssertionError(f"{name} in metrics.json")
+
     return json.loads(text, parse_constant=refuse)
 
 
 def test_writes_every_file_with_the_schema(evaluated, phantom_prepared):
     run, metrics = evaluated
     out = run / "eval" / "test"
-    for name in ("metrics.json", "predictions_test.csv", "predictions_val.csv", "auroc.csv",
-                 "thresholds.csv", "calibration.csv", "subgroups.csv", "published.csv",
-                 "thresholds.json"):
+    for name in (
+        "metrics.json",
+        "predictions_test.csv",
+        "predictions_val.csv",
+        "auroc.csv",
+        "thresholds.csv",
+        "calibration.csv",
+        "subgroups.csv",
+        "published.csv",
+        "thresholds.json",
+    ):
         assert (out / name).exists(), name
     assert (run / "thresholds.json").exists()
     m = _no_nan((out / "metrics.json").read_text())
     assert set(m) == TOP_KEYS and m == metrics
     assert m["format"] == "cxrkit-eval/1" and m["split"] == "test" and m["tta"] == "none"
-    assert m["split_protocol"] == "official" and m["model"] == "cnn4" and m["findings"] == list(FINDINGS)
+    assert (
+        m["split_protocol"] == "official"
+        and m["model"] == "cnn4"
+        and m["findings"] == list(FINDINGS)
+    )
     test_ids = phantom_prepared.table("test")
     assert m["n_images"] == len(test_ids) == 39
     assert m["n_patients"] == test_ids["patient_id"].nunique()
@@ -74,15 +131,26 @@ def test_writes_every_file_with_the_schema(evaluated, phantom_prepared):
             assert set(m["threshold_metrics"][method][f]) == RATE_KEYS
     assert set(m["mean_auroc"]) == {"value", "lo", "hi", "defined", "undefined"}
     assert m["mean_auroc"]["defined"] + len(m["mean_auroc"]["undefined"]) == len(FINDINGS)
-    assert set(m["thresholds"]) == {"chosen_on", "youden", "max_f1", "used", "written",
-                                    "meaning"}
-    assert m["thresholds"]["used"] == m["thresholds"]["youden"]   # the default rule
+    assert set(m["thresholds"]) == {"chosen_on", "youden", "max_f1", "used", "written", "meaning"}
+    assert m["thresholds"]["used"] == m["thresholds"]["youden"]  # the default rule
     assert m["thresholds"]["chosen_on"] == "val"
     cal = m["calibration"]
-    assert {"bins", "brier", "ece", "mean_brier", "mean_ece", "temperature",
-            "after_temperature", "reliability"} == set(cal)
+    assert {
+        "bins",
+        "brier",
+        "ece",
+        "mean_brier",
+        "mean_ece",
+        "temperature",
+        "after_temperature",
+        "reliability",
+    } == set(cal)
     assert cal["temperature"] > 0 and set(cal["after_temperature"]) == {
-        "brier", "ece", "mean_brier", "mean_ece"}
+        "brier",
+        "ece",
+        "mean_brier",
+        "mean_ece",
+    }
     for row in m["published"]:
         assert set(row) == {"finding", "source", "auroc", "split", "protocol", "comparable", "note"}
         assert row["comparable"] is False and "phantom" in row["note"]
@@ -105,14 +173,24 @@ def test_predictions_and_tables_agree_with_metrics(evaluated):
     out = run / "eval" / "test"
     pred = pd.read_csv(out / "predictions_test.csv")
     assert list(pred.columns[:5]) == ["image_id", "patient_id", "age", "sex", "view"]
-    assert list(pred.columns[5:]) == (list(FINDINGS) + [f"p_{f}" for f in FINDINGS]
-                                      + ["ood_score", "ood_flag"])
+    assert list(pred.columns[5:]) == (
+        list(FINDINGS) + [f"p_{f}" for f in FINDINGS] + ["ood_score", "ood_flag"]
+    )
     assert pred[[f"p_{f}" for f in FINDINGS]].stack().between(0, 1).all()
     for f in FINDINGS:
         assert m["auroc"][f]["positives"] == int((pred[f] == 1).sum())
     auroc = pd.read_csv(out / "auroc.csv")
-    assert list(auroc.columns) == ["finding", "auroc", "auroc_lo", "auroc_hi", "auprc",
-                                   "auprc_lo", "auprc_hi", "positives", "negatives"]
+    assert list(auroc.columns) == [
+        "finding",
+        "auroc",
+        "auroc_lo",
+        "auroc_hi",
+        "auprc",
+        "auprc_lo",
+        "auprc_hi",
+        "positives",
+        "negatives",
+    ]
     # subgroup counts, recounted from the predictions file
     sub = pd.read_csv(out / "subgroups.csv", keep_default_na=False, na_values=[""])
     pred["age_band"] = age_band(pred["age"])
@@ -120,8 +198,11 @@ def test_predictions_and_tables_agree_with_metrics(evaluated):
     for attribute in ("sex", "view", "age_band"):
         for group, part in pred.groupby(attribute):
             for f in FINDINGS:
-                row = sub[(sub["attribute"] == attribute) & (sub["group"] == group)
-                          & (sub["finding"] == f)]
+                row = sub[
+                    (sub["attribute"] == attribute)
+                    & (sub["group"] == group)
+                    & (sub["finding"] == f)
+                ]
                 assert int(row["n"].iloc[0]) == part[f].notna().sum()
                 assert int(row["positives"].iloc[0]) == int((part[f] == 1).sum())
 
@@ -129,7 +210,7 @@ def test_predictions_and_tables_agree_with_metrics(evaluated):
 def test_age_bands():
     got = age_band([19.9, 20, 39, 40, 79, 80, 95, 414, np.nan]).tolist()
     assert got[:7] == ["<20", "20-39", "20-39", "40-59", "60-79", "80+", "80+"]
-    assert pd.isna(got[7]) and pd.isna(got[8])      # impossible and missing ages: no band
+    assert pd.isna(got[7]) and pd.isna(got[8])  # impossible and missing ages: no band
 
 
 def test_thresholds_sidecar_is_used_by_load(evaluated):
@@ -150,7 +231,7 @@ def test_changed_split_file_is_refused(phantom_run, phantom_prepared, tmp_path):
     lm = cxrkit.load(phantom_run)
     assert load_held_out(lm, prep).split_sha256 == lm.checkpoint_info["split"]["sha256"]
     split = pd.read_csv(prep / "split.csv")
-    split.loc[split["split"] == "test", "split"] = "val"   # test patients moved, say
+    split.loc[split["split"] == "test", "split"] = "val"  # test patients moved, say
     split.to_csv(prep / "split.csv", index=False)
     run = shutil.copytree(phantom_run, tmp_path / "run")
     with pytest.raises(SplitChangedError, match="split changed since training"):
@@ -179,15 +260,18 @@ def test_tta_runs(run, evaluated, phantom_release):
 
     # the shared run trained with data.hflip=false: mirrored views warn and are on record
     with pytest.warns(MirroredTTAWarning, match="trained without flips"):
-        m = evaluate_checkpoint(run, tta="flip", bootstrap=20, subgroup_bootstrap=5,
-                                progress=False, report=False)
+        m = evaluate_checkpoint(
+            run, tta="flip", bootstrap=20, subgroup_bootstrap=5, progress=False, report=False
+        )
     out = run / "eval" / "test-flip"
     assert m["tta"] == "flip" and (out / "metrics.json").exists()
     assert any("'flip'" in n for n in m["notes"])
     assert m["tta_mirror"]["decision"] == "warned: model trained without flips"
     assert m["tta_mirror"]["trained_with_hflip"] is False
-    assert any(n.startswith("Warning: test-time augmentation 'flip' shows the model mirrored")
-               for n in m["notes"])
+    assert any(
+        n.startswith("Warning: test-time augmentation 'flip' shows the model mirrored")
+        for n in m["notes"]
+    )
     assert evaluated[1]["tta_mirror"]["mirrored_views"] is False
     plain = pd.read_csv(evaluated[0] / "eval" / "test" / "predictions_test.csv")
     flipped = pd.read_csv(out / "predictions_test.csv")
@@ -206,8 +290,12 @@ def test_tta_runs(run, evaluated, phantom_release):
 
 def test_published_comparability():
     def rows(**kw):
-        base = {"data": "nih", "protocol": "official", "split": "test",
-                "n_images": OFFICIAL_TEST_IMAGES}
+        base = {
+            "data": "nih",
+            "protocol": "official",
+            "split": "test",
+            "n_images": OFFICIAL_TEST_IMAGES,
+        }
         return {r["source"]: r for r in published_rows(["Hernia"], RunProtocol(**{**base, **kw}))}
 
     official = rows()
@@ -223,7 +311,9 @@ def test_published_comparability():
     assert not any(r["comparable"] for r in rows(data="phantom").values())
     assert not any(r["comparable"] for r in rows(split="val").values())
     # ChestX-ray8 numbers exist only for the first 8 findings and never compare
-    cvpr = published_rows(list(FINDINGS), RunProtocol("nih", "official", "test", OFFICIAL_TEST_IMAGES))
+    cvpr = published_rows(
+        list(FINDINGS), RunProtocol("nih", "official", "test", OFFICIAL_TEST_IMAGES)
+    )
     cvpr = [r for r in cvpr if "ChestX-ray8" in r["source"]]
     assert len(cvpr) == 8 and not any(r["comparable"] for r in cvpr)
 
@@ -232,8 +322,21 @@ def test_cli_evaluate(run, tmp_path):
     from cxrkit.cli import app
 
     runner = CliRunner()
-    r = runner.invoke(app, ["evaluate", str(run), "--bootstrap", "20", "--subgroup-bootstrap",
-                            "5", "--no-progress", "--no-report", "--out", str(tmp_path / "ev")])
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(run),
+            "--bootstrap",
+            "20",
+            "--subgroup-bootstrap",
+            "5",
+            "--no-progress",
+            "--no-report",
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "mean AUROC" in r.output and (tmp_path / "ev" / "metrics.json").exists()
     bad = tmp_path / "bad.pt"

@@ -30,9 +30,13 @@ from conftest import META, NIH
 @pytest.fixture(scope="module")
 def real(real_labels):
     labels, _ = real_labels
-    expert = load_expert_labels(NIH, nih=labels, label_file=str(META / "Data_Entry_2017.csv"),
-                                train_val=read_image_list(META / "train_val_list.txt"),
-                                test=read_image_list(META / "test_list.txt"))
+    expert = load_expert_labels(
+        NIH,
+        nih=labels,
+        label_file=str(META / "Data_Entry_2017.csv"),
+        train_val=read_image_list(META / "train_val_list.txt"),
+        test=read_image_list(META / "test_list.txt"),
+    )
     if expert is None:
         pytest.skip(f"no expert labels under {NIH}")
     return expert, labels
@@ -54,7 +58,7 @@ def test_real_row_counts_and_files_recorded(real):
     assert (four.labels["part"] == "val").sum() == 2414
     assert four.labels["image_id"].nunique() == 4376
     assert four.files["readers"]["rows"] == 13081
-    assert four.files["readers"]["repeated_reads_dropped"] == 4   # a reader read twice
+    assert four.files["readers"]["repeated_reads_dropped"] == 4  # a reader read twice
     assert len(four.readers) == 13077 and four.readers["image_id"].nunique() == 4376
     assert len(every.labels) == 810 and every.files["readers"]["rows"] == 4050
     assert every.readers.groupby("image_id").size().eq(5).all()
@@ -82,12 +86,17 @@ def test_real_ids_in_label_file_and_on_the_right_side_of_the_split():
 
 def _independent_disagreements():
     """NIH (Data_Entry's Finding Labels) vs radiologists on all 4,376 images, by hand."""
-    entry = {r["Image Index"]: set(r["Finding Labels"].split("|"))
-             for r in _rows(META / "Data_Entry_2017.csv")}
+    entry = {
+        r["Image Index"]: set(r["Finding Labels"].split("|"))
+        for r in _rows(META / "Data_Entry_2017.csv")
+    }
     four = NIH / "expert" / "four_findings"
     counts = {}
-    for column, nih in (("Pneumothorax", {"Pneumothorax"}), ("Nodule or mass", {"Nodule", "Mass"}),
-                        ("Airspace opacity", set(AIRSPACE))):
+    for column, nih in (
+        ("Pneumothorax", {"Pneumothorax"}),
+        ("Nodule or mass", {"Nodule", "Mass"}),
+        ("Airspace opacity", set(AIRSPACE)),
+    ):
         nih_yes_rad_no = nih_no_rad_yes = 0
         for name in ("test_labels.csv", "validation_labels.csv"):
             for r in _rows(four / name):
@@ -109,7 +118,7 @@ def test_real_nih_vs_radiologist_disagreement_over_4376_images(real):
     assert ours["Pneumothorax"]["disagreements"] / 4376 == pytest.approx(1 / 17, abs=0.003)
     assert (ours["Nodule or mass"]["fp"], ours["Nodule or mass"]["fn"]) == (199, 349)
     assert ours["Nodule or mass"]["disagreements"] / 4376 == pytest.approx(1 / 8, abs=0.002)
-    assert "Fracture" not in ours   # NIH has no such finding
+    assert "Fracture" not in ours  # NIH has no such finding
 
 
 def test_airspace_union_is_the_best_of_the_unions_tried(real):
@@ -124,9 +133,12 @@ def test_airspace_union_is_the_best_of_the_unions_tried(real):
 
     ours = kappa(AIRSPACE)
     assert ours == pytest.approx(0.316, abs=0.001)
-    for other in (["Infiltration"], ["Consolidation", "Infiltration", "Pneumonia"],
-                  ["Consolidation", "Infiltration", "Pneumonia", "Edema"],
-                  ["Consolidation", "Infiltration", "Pneumonia", "Atelectasis"]):
+    for other in (
+        ["Infiltration"],
+        ["Consolidation", "Infiltration", "Pneumonia"],
+        ["Consolidation", "Infiltration", "Pneumonia", "Edema"],
+        ["Consolidation", "Infiltration", "Pneumonia", "Atelectasis"],
+    ):
         assert kappa(other) < ours, other
 
 
@@ -144,11 +156,18 @@ def test_measured_noise_constants_match_the_real_files(real):
 
 
 # -- the reader's errors --------------------------------------------------------------------
-NIH_TABLE = pd.DataFrame({"image_id": ["00000001_000.png", "00000002_000.png", "00000003_000.png"],
-                          "patient_id": [1, 2, 3], "view": ["PA", "AP", "PA"]})
-HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View "
-          "Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],Fracture,"
-          "Pneumothorax,Airspace opacity,Nodule or mass,Set Id\n")
+NIH_TABLE = pd.DataFrame(
+    {
+        "image_id": ["00000001_000.png", "00000002_000.png", "00000003_000.png"],
+        "patient_id": [1, 2, 3],
+        "view": ["PA", "AP", "PA"],
+    }
+)
+HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View "
+    "Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],Fracture,"
+    "Pneumothorax,Airspace opacity,Nodule or mass,Set Id\n"
+)
 
 
 def _row(image, patient, values="NO,YES,NO,NO", part="test"):
@@ -159,41 +178,63 @@ def _four(folder, test_rows, val_rows, readers=None):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "test_labels.csv").write_text(HEADER + "".join(test_rows))
     (folder / "validation_labels.csv").write_text(HEADER + "".join(val_rows))
-    readers = readers if readers is not None else [
-        "1,00000001_000.png,11,NO,HEDGE,NO,NO,test\n"]
+    readers = readers if readers is not None else ["1,00000001_000.png,11,NO,HEDGE,NO,NO,test\n"]
     (folder / "individual_readers.csv").write_text(
         "Patient ID,Image ID,Reader ID,Fracture,Pneumothorax,Airspace opacity,Nodule/mass,"
-        "Set ID\n" + "".join(readers))
+        "Set ID\n" + "".join(readers)
+    )
     return folder
 
 
 def _read(folder):
-    return read_expert_set(folder, FOUR, nih=NIH_TABLE, label_file="Data_Entry_2017.csv",
-                           train_val=["00000002_000.png", "00000003_000.png"],
-                           test=["00000001_000.png"])
+    return read_expert_set(
+        folder,
+        FOUR,
+        nih=NIH_TABLE,
+        label_file="Data_Entry_2017.csv",
+        train_val=["00000002_000.png", "00000003_000.png"],
+        test=["00000001_000.png"],
+    )
 
 
 def test_reader_reads_a_good_set(tmp_path):
-    s = _read(_four(tmp_path / "four_findings_expert_labels", [_row("00000001_000.png", 1)],
-                    [_row("00000002_000.png", 2, "NO,NO,YES,NO", part="val")]))
+    s = _read(
+        _four(
+            tmp_path / "four_findings_expert_labels",
+            [_row("00000001_000.png", 1)],
+            [_row("00000002_000.png", 2, "NO,NO,YES,NO", part="val")],
+        )
+    )
     assert s.labels["Pneumothorax"].tolist() == [1.0, 0.0]
-    assert np.isnan(s.readers["Pneumothorax"].iloc[0])          # HEDGE: no call
+    assert np.isnan(s.readers["Pneumothorax"].iloc[0])  # HEDGE: no call
     assert find_expert_folders(tmp_path) == {FOUR: tmp_path / "four_findings_expert_labels"}
 
 
-@pytest.mark.parametrize("case, match", [
-    ("maybe", r"test_labels.csv, line 2, field 'Pneumothorax': 'MAYBE' is not one of YES, NO"),
-    ("unknown_image", r"line 2, field 'Image Index': image id '00000009_000.png' is not in the "
-                      r"label file Data_Entry_2017.csv"),
-    ("wrong_side", r"validation_labels.csv, line 2, field 'Image Index': image id "
-                   r"'00000001_000.png' is not in train_val_list.txt"),
-    ("patient", r"line 2, field 'Patient ID': patient 7 of '00000001_000.png' differs"),
-    ("hedge_fracture", r"individual_readers.csv, line 2, field 'Fracture': 'HEDGE' is not one"),
-    ("reader_image", r"individual_readers.csv, line 2, field 'Image ID': image id "
-                     r"'00000003_000.png' has reader labels but is not in the set"),
-    ("set_id", r"test_labels.csv, line 2, field 'Set Id': 'val' should be 'test'"),
-    ("missing_column", r"test_labels.csv: missing column\(s\) \['Nodule or mass'\]"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("maybe", r"test_labels.csv, line 2, field 'Pneumothorax': 'MAYBE' is not one of YES, NO"),
+        (
+            "unknown_image",
+            r"line 2, field 'Image Index': image id '00000009_000.png' is not in the "
+            r"label file Data_Entry_2017.csv",
+        ),
+        (
+            "wrong_side",
+            r"validation_labels.csv, line 2, field 'Image Index': image id "
+            r"'00000001_000.png' is not in train_val_list.txt",
+        ),
+        ("patient", r"line 2, field 'Patient ID': patient 7 of '00000001_000.png' differs"),
+        ("hedge_fracture", r"individual_readers.csv, line 2, field 'Fracture': 'HEDGE' is not one"),
+        (
+            "reader_image",
+            r"individual_readers.csv, line 2, field 'Image ID': image id "
+            r"'00000003_000.png' has reader labels but is not in the set",
+        ),
+        ("set_id", r"test_labels.csv, line 2, field 'Set Id': 'val' should be 'test'"),
+        ("missing_column", r"test_labels.csv: missing column\(s\) \['Nodule or mass'\]"),
+    ],
+)
 def test_reader_errors_name_file_line_and_field(tmp_path, case, match):
     test = [_row("00000001_000.png", 1)]
     val = [_row("00000002_000.png", 2, part="val")]

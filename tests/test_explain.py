@@ -19,14 +19,27 @@ from cxrkit.models import create_model, list_models
 CACHE = 64
 
 
-def loaded(model: nn.Module, *, input_size: int, eval_resize: int | None = None,
-           mean: float = 0.5, std: float = 0.25, findings=None) -> LoadedModel:
+def loaded(
+    model: nn.Module,
+    *,
+    input_size: int,
+    eval_resize: int | None = None,
+    mean: float = 0.5,
+    std: float = 0.25,
+    findings=None,
+) -> LoadedModel:
     """A LoadedModel around an in-memory model (no checkpoint file needed)."""
     cfg = getattr(model, "cxr_config", None)
-    pre = Preprocessing.from_dict({
-        "cache": PreprocessSettings(size=CACHE).to_dict(), "input_size": input_size,
-        "eval_resize": eval_resize, "mean": cfg.mean if cfg else mean,
-        "std": cfg.std if cfg else std, "channels": cfg.in_chans if cfg else 1})
+    pre = Preprocessing.from_dict(
+        {
+            "cache": PreprocessSettings(size=CACHE).to_dict(),
+            "input_size": input_size,
+            "eval_resize": eval_resize,
+            "mean": cfg.mean if cfg else mean,
+            "std": cfg.std if cfg else std,
+            "channels": cfg.in_chans if cfg else 1,
+        }
+    )
     return LoadedModel(model.eval(), tuple(findings or cfg.findings), pre)
 
 
@@ -67,16 +80,21 @@ class BoxModel(nn.Module):
         self.boxes = boxes
 
     def forward(self, x, meta=None):
-        return torch.stack([x[:, 0, y0:y1, x0:x1].sum((-2, -1))
-                            for (y0, y1, x0, x1) in self.boxes], 1)
+        return torch.stack(
+            [x[:, 0, y0:y1, x0:x1].sum((-2, -1)) for (y0, y1, x0, x1) in self.boxes], 1
+        )
 
 
 @pytest.mark.parametrize("method", ["smoothgrad", "integrated-gradients"])
 def test_maps_land_where_the_evidence_is_in_cache_pixels(method):
     # input 56 = centre crop (offset 4) of a 64 px resize of the 64 px cache image, so
     # tensor rows 10:20 are cache rows 14:24, and columns 30:40 are cache columns 34:44
-    lm = loaded(BoxModel([(10, 20, 30, 40), (0, 56, 0, 28)]), input_size=56,
-                eval_resize=64, findings=["Effusion", "Mass"])
+    lm = loaded(
+        BoxModel([(10, 20, 30, 40), (0, 56, 0, 28)]),
+        input_size=56,
+        eval_resize=64,
+        findings=["Effusion", "Mass"],
+    )
     bright = torch.full((1, 1, CACHE, CACHE), 200, dtype=torch.uint8)
     maps = saliency_maps(lm, bright, "Effusion", method=method)[0]
     inside = np.zeros_like(maps, bool)
@@ -138,8 +156,9 @@ def test_explain_split_writes_overlays_maps_and_index(phantom_run, tmp_path):
     from cxrkit.explain.images import INDEX_COLUMNS, explain_split
 
     out = tmp_path / "explain"
-    index = explain_split(phantom_run, out, split="test", method="gradcam", top_k=2, limit=3,
-                          progress=False)
+    index = explain_split(
+        phantom_run, out, split="test", method="gradcam", top_k=2, limit=3, progress=False
+    )
     assert list(index.columns) == list(INDEX_COLUMNS) and len(index) == 6
     assert index.groupby("image_id")["rank"].apply(list).map(sorted).eq([[1, 2]] * 3).all()
     # rank 1 is the more probable finding of each image
@@ -164,8 +183,19 @@ def test_cli_explain_files_and_localize(phantom_run, phantom_release, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(phantom_run, run)
     pngs = sorted(phantom_release.glob("images_*/images/*.png"))[:2]
-    res = CliRunner().invoke(app, ["explain", str(run), *map(str, pngs), "--method",
-                                   "smoothgrad", "--finding", "Effusion", "--no-progress"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "explain",
+            str(run),
+            *map(str, pngs),
+            "--method",
+            "smoothgrad",
+            "--finding",
+            "Effusion",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     index = pd.read_csv(run / "explain" / "index.csv")
     assert list(index["finding"]) == ["Effusion", "Effusion"]

@@ -32,10 +32,22 @@ def test_check_sh_dry_run_runs_every_step_and_reports(tmp_path):
     records the seconds it took.
     """
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "BUDGET_S": "600",
-           "STEP_SCALE": "3", "CXRKIT_GPU_WORK": str(tmp_path / "work")}
-    done = subprocess.run(["bash", str(KIT / "check.sh"), "--dry-run"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "PYTHON": sys.executable,
+        "BUDGET_S": "600",
+        "STEP_SCALE": "3",
+        "CXRKIT_GPU_WORK": str(tmp_path / "work"),
+    }
+    done = subprocess.run(
+        ["bash", str(KIT / "check.sh"), "--dry-run"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     rep = json.loads((out / "gpu_report.json").read_text())
     assert [s["step"] for s in rep["steps"]] == STEPS
@@ -66,31 +78,61 @@ def test_wheel_list_parses_and_names_every_missing_package():
     rows = iw.read_list(KIT / "wheels.txt")
     names = {r["name"].lower() for r in rows}
     # what a stock CUDA PyTorch image lacks (issue 12) and their own dependencies
-    assert {"pydicom", "captum", "grad-cam", "ttach", "fastapi", "starlette", "pydantic",
-            "uvicorn", "opencv-python-headless", "tensorboard"} <= names
+    assert {
+        "pydicom",
+        "captum",
+        "grad-cam",
+        "ttach",
+        "fastapi",
+        "starlette",
+        "pydantic",
+        "uvicorn",
+        "opencv-python-headless",
+        "tensorboard",
+    } <= names
     assert all(r["version"] and r["import"] for r in rows)
     assert len(names) == len(rows)  # one version of each
     assert "torch" not in names and "numpy" not in names  # the image's own, never replaced
 
 
-@pytest.mark.parametrize("wheel,ok", [
-    ("pydicom-3.0.2-py3-none-any.whl", True),
-    (f"pydantic_core-2.50.5-cp3{sys.version_info.minor}-cp3{sys.version_info.minor}-manylinux2014_x86_64.whl", True),
-    ("pydantic_core-2.50.5-cp39-cp39-manylinux2014_x86_64.whl", False),
-    ("opencv_python_headless-4.11.0.86-cp37-abi3-manylinux2014_x86_64.whl.xz", True),
-    ("onnx-1.23.2-cp399-abi3-manylinux_2_28_x86_64.whl", False),
-])
+@pytest.mark.parametrize(
+    "wheel,ok",
+    [
+        ("pydicom-3.0.2-py3-none-any.whl", True),
+        (
+            f"pydantic_core-2.50.5-cp3{sys.version_info.minor}-cp3{sys.version_info.minor}-manylinux2014_x86_64.whl",
+            True,
+        ),
+        ("pydantic_core-2.50.5-cp39-cp39-manylinux2014_x86_64.whl", False),
+        ("opencv_python_headless-4.11.0.86-cp37-abi3-manylinux2014_x86_64.whl.xz", True),
+        ("onnx-1.23.2-cp399-abi3-manylinux_2_28_x86_64.whl", False),
+    ],
+)
 def test_wheel_python_tags(wheel, ok):
     assert _module("install_wheels").compatible(wheel) is ok
 
 
 def test_install_plan_fails_loudly_on_a_missing_wheel(tmp_path):
     (tmp_path / "wheels.txt").write_text("somepkg==1.0  some_module_not_here  always\n")
-    done = subprocess.run([sys.executable, str(KIT / "install_wheels.py"), "--target",
-                           str(tmp_path / "site"), "--wheels", str(tmp_path / "none"),
-                           "--list", str(tmp_path / "wheels.txt"), "--json",
-                           str(tmp_path / "plan.json")], capture_output=True, text=True)
-    assert done.returncode == 2 and "FATAL: no wheel" in done.stderr and "somepkg==1.0" in done.stderr
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(KIT / "install_wheels.py"),
+            "--target",
+            str(tmp_path / "site"),
+            "--wheels",
+            str(tmp_path / "none"),
+            "--list",
+            str(tmp_path / "wheels.txt"),
+            "--json",
+            str(tmp_path / "plan.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        done.returncode == 2 and "FATAL: no wheel" in done.stderr and "somepkg==1.0" in done.stderr
+    )
     assert json.loads((tmp_path / "plan.json").read_text())["missing"] == ["somepkg==1.0"]
 
 
@@ -116,8 +158,14 @@ def test_goals_are_judged_only_on_measured_numbers():
     rp = _module("report")
     none = rp.judge(None, None, None)
     assert all(g["measured"] is None and g["met"] is None for g in none.values())
-    bench = [{"model": "densenet121", "device": "cuda:0", "images_per_s": 3200.0,
-              "loader_over_train": 2.0}]
+    bench = [
+        {
+            "model": "densenet121",
+            "device": "cuda:0",
+            "images_per_s": 3200.0,
+            "loader_over_train": 2.0,
+        }
+    ]
     got = rp.judge(bench, None, None)
     assert got["densenet121_images_per_s"]["met"] is True
     assert got["loader_over_train"]["met"] is False

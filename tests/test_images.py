@@ -39,6 +39,7 @@ def _texture(h, w, seed=0):
 
 # ---------------------------------------------------------------- read_xray
 
+
 def test_originals_read_as_1024_uint8_greyscale(originals):
     modes = {}
     for p in originals:
@@ -101,7 +102,7 @@ def test_la_p_and_1bit_modes(tmp_path):
 def _broken_files(tmp_path, nih_sample):
     data = (nih_sample / "images_256" / "00000001_000.png").read_bytes()
     corrupt = bytearray(data)
-    corrupt[len(data) // 2:len(data) // 2 + 200] = bytes(200)
+    corrupt[len(data) // 2 : len(data) // 2 + 200] = bytes(200)
     files = {
         "corrupt.png": bytes(corrupt),
         "truncated.png": data[: len(data) // 2],
@@ -129,12 +130,12 @@ def test_max_pixels_guards_against_decompression_bombs(tmp_path):
 
 # ---------------------------------------------------------------- to_uint8
 
+
 def test_to_uint8_rule():
     u8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    assert to_uint8(u8) is u8                                   # unchanged
+    assert to_uint8(u8) is u8  # unchanged
     np.testing.assert_array_equal(to_uint8(np.array([[True, False]])), [[255, 0]])
-    np.testing.assert_array_equal(to_uint8(np.array([[4095, 0, 2048]], np.uint16)),
-                                  [[255, 0, 128]])
+    np.testing.assert_array_equal(to_uint8(np.array([[4095, 0, 2048]], np.uint16)), [[255, 0, 128]])
     np.testing.assert_array_equal(to_uint8(np.full((3, 3), 777, np.uint16)), 0)  # constant
     np.testing.assert_array_equal(to_uint8(np.array([-1.0, 1.0])), [0, 255])
     with pytest.raises(ValueError, match="NaN"):
@@ -142,6 +143,7 @@ def test_to_uint8_rule():
 
 
 # ---------------------------------------------------------------- find_images
+
 
 def _touch(path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,16 +155,22 @@ def test_find_images_flat_nested_and_arbitrary_layouts(tmp_path):
     flat = [_touch(tmp_path / "flat" / "images" / f"{i:08d}_000.png") for i in range(3)]
     assert find_images(tmp_path / "flat") == {p.name: p for p in flat}
 
-    nih = [_touch(tmp_path / "nih" / f"images_{k:03d}" / "images" / f"{k:08d}_00{i}.png")
-           for k in (1, 2, 12) for i in range(2)]
+    nih = [
+        _touch(tmp_path / "nih" / f"images_{k:03d}" / "images" / f"{k:08d}_00{i}.png")
+        for k in (1, 2, 12)
+        for i in range(2)
+    ]
     _touch(tmp_path / "nih" / "Data_Entry_2017.csv")
     assert find_images(tmp_path / "nih") == {p.name: p for p in nih}
 
-    mixed = [_touch(tmp_path / "any" / "a" / "b" / "c" / "deep.PNG"),
-             _touch(tmp_path / "any" / "x.JPG"), _touch(tmp_path / "any" / "y" / "z.jpeg")]
+    mixed = [
+        _touch(tmp_path / "any" / "a" / "b" / "c" / "deep.PNG"),
+        _touch(tmp_path / "any" / "x.JPG"),
+        _touch(tmp_path / "any" / "y" / "z.jpeg"),
+    ]
     _touch(tmp_path / "any" / "notes.txt")
-    _touch(tmp_path / "any" / "._deep.png")                      # macOS resource fork
-    _touch(tmp_path / "any" / ".ipynb_checkpoints" / "x.JPG")   # hidden copy
+    _touch(tmp_path / "any" / "._deep.png")  # macOS resource fork
+    _touch(tmp_path / "any" / ".ipynb_checkpoints" / "x.JPG")  # hidden copy
     found = find_images(tmp_path / "any")
     assert found == {p.name: p for p in mixed} and list(found) == sorted(found)
 
@@ -185,9 +193,9 @@ def test_find_images_on_the_real_sample(nih_sample):
 def test_find_images_reports_link_loops_and_broken_links_and_goes_on(tmp_path, caplog):
     good = _touch(tmp_path / "images" / "00000001_000.png")
     loop = tmp_path / "images" / "00000002_000.png"
-    loop.symlink_to(loop)                                   # points at itself: ELOOP
+    loop.symlink_to(loop)  # points at itself: ELOOP
     loop_dir = tmp_path / "images" / "sub"
-    loop_dir.symlink_to(loop_dir)                           # a self-pointing "folder"
+    loop_dir.symlink_to(loop_dir)  # a self-pointing "folder"
     broken = tmp_path / "images" / "00000003_000.png"
     broken.symlink_to(tmp_path / "gone.png")
     with caplog.at_level("WARNING", logger="cxrkit.data.images"):
@@ -213,8 +221,11 @@ def test_find_images_reports_unreadable_files(tmp_path, monkeypatch):
     good = _touch(tmp_path / "00000001_000.png")
     locked = _touch(tmp_path / "00000002_000.png")
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(locked)
-                        else real_access(p, mode, **kw))
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda p, mode, **kw: False if os.fspath(p) == str(locked) else real_access(p, mode, **kw),
+    )
     found = find_images(tmp_path)
     assert found["00000001_000.png"] == good
     assert found.bad == {str(locked): "permission denied (not readable)"}
@@ -238,6 +249,7 @@ def test_find_images_missing_root(tmp_path):
 
 
 # ---------------------------------------------------------------- preprocess
+
 
 @pytest.mark.parametrize("size", [64, 224, 256, 512])
 def test_preprocess_sizes(size):
@@ -263,12 +275,12 @@ def test_clahe_changes_the_histogram(originals):
 
 def test_crop_removes_a_synthetic_black_border():
     img = np.zeros((1024, 1024), np.uint8)
-    img[150:874, 200:824] = _texture(724, 624)             # 624 wide, 724 tall
+    img[150:874, 200:824] = _texture(724, 624)  # 624 wide, 724 tall
     x0, y0, x1, y1 = crop_box(img)
-    assert (x1 - x0) == (y1 - y0)                            # square
+    assert (x1 - x0) == (y1 - y0)  # square
     # tight on the long axis, up to the blur (sigma 2 px at 256 = 8 px here), outwards
     assert 150 - 16 <= y0 <= 150 and 874 <= y1 <= 874 + 16
-    assert x0 <= 200 and x1 >= 824                           # never cuts the chest
+    assert x0 <= 200 and x1 >= 824  # never cuts the chest
     cropped, pmap = preprocess(img, size=256, crop=True, return_map=True)
     plain = preprocess(img, size=256)
     assert (cropped < 10).mean() < 0.5 * (plain < 10).mean()
@@ -280,7 +292,7 @@ def test_crop_keeps_images_without_border_and_is_bounded(originals):
         img = read_xray(p)
         assert crop_box(img) == (0, 0, 1024, 1024)
     dot = np.zeros((400, 400), np.uint8)
-    dot[195:205, 195:205] = 255                           # almost all border
+    dot[195:205, 195:205] = 255  # almost all border
     x0, y0, x1, y1 = crop_box(dot)
     assert x1 - x0 >= 400 * (1 - 2 * CROP_MAX_SIDE_FRACTION)
 
@@ -288,10 +300,10 @@ def test_crop_keeps_images_without_border_and_is_bounded(originals):
 def test_pixel_map_follows_a_point_through_crop_and_resize():
     img = np.zeros((1000, 800), np.uint8)
     img[100:900, 60:740] = _texture(800, 680, seed=2)
-    img[500:510, 300:310] = 255                              # a marker at (305, 505)
+    img[500:510, 300:310] = 255  # a marker at (305, 505)
     out, pmap = preprocess(img, size=200, crop=True, return_map=True)
     x, y = pmap.to_output(305, 505)
-    assert out[int(y), int(x)] > 200                         # marker where the map says
+    assert out[int(y), int(x)] > 200  # marker where the map says
     np.testing.assert_allclose(pmap.to_source(x, y), (305, 505))
     full = preprocess(img, size=200, return_map=True)[1]
     assert full == PixelMap(box=(0, 0, 800, 1000), size=200)
@@ -299,6 +311,7 @@ def test_pixel_map_follows_a_point_through_crop_and_resize():
 
 
 # ---------------------------------------------------------------- settings
+
 
 def test_preprocess_settings_round_trip_and_validation():
     s = PreprocessSettings(size=224, clahe=True, crop=False)
@@ -341,13 +354,17 @@ def test_iccp_warnings_are_silenced_on_fd2_but_real_errors_are_not(nih_sample, t
     import subprocess
     import sys
 
-    rgba = nih_sample / "originals/images_001/images/00000004_000.png"   # RGBA + ICC profile
+    rgba = nih_sample / "originals/images_001/images/00000004_000.png"  # RGBA + ICC profile
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDRgarbagegarbage")
 
     def stderr_of(quiet: bool) -> str:
-        r = subprocess.run([sys.executable, "-c", _DECODE_SCRIPT, str(int(quiet)), str(rgba),
-                            str(broken)], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-c", _DECODE_SCRIPT, str(int(quiet)), str(rgba), str(broken)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         return r.stderr
 
@@ -355,7 +372,7 @@ def test_iccp_warnings_are_silenced_on_fd2_but_real_errors_are_not(nih_sample, t
     assert "libpng warning: iCCP: profile 'ICC Profile'" in loud  # the defect, unfiltered
     quiet = stderr_of(True)
     assert "iCCP" not in quiet
-    assert "IHDR" in quiet and "readHeader" in quiet   # OpenCV's error for the broken file
+    assert "IHDR" in quiet and "readHeader" in quiet  # OpenCV's error for the broken file
     assert "python stderr still works" in quiet
 
 
@@ -369,11 +386,30 @@ def test_prepare_on_real_nih_originals_prints_no_libpng_warnings(nih_sample, tmp
     images = tmp_path / "rel" / "images_001" / "images"
     shutil.copytree(nih_sample / "originals" / "images_001" / "images", images)
     (images / "00000001_001.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
-    r = subprocess.run([sys.executable, "-m", "cxrkit.cli", "prepare", str(tmp_path / "rel"),
-                        "--labels", str(nih_sample / "meta" / "Data_Entry_2017.csv"),
-                        "--on-missing", "drop", "--protocol", "random", "--size", "64",
-                        "--workers", "1", "--out", str(tmp_path / "prep")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxrkit.cli",
+            "prepare",
+            str(tmp_path / "rel"),
+            "--labels",
+            str(nih_sample / "meta" / "Data_Entry_2017.csv"),
+            "--on-missing",
+            "drop",
+            "--protocol",
+            "random",
+            "--size",
+            "64",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / "prep"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "libpng" not in r.stderr and "iCCP" not in r.stderr
     assert "00000001_001.png" in r.stderr and "cannot be cached" in r.stderr

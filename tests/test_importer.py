@@ -63,8 +63,9 @@ def at_side(files, side: int) -> list[np.ndarray]:
     out = []
     for f in files:
         im = Image.open(f).convert("L")
-        out.append(np.asarray(im if im.size == (side, side) else im.resize((side, side),
-                                                                             Image.BILINEAR)))
+        out.append(
+            np.asarray(im if im.size == (side, side) else im.resize((side, side), Image.BILINEAR))
+        )
     return out
 
 
@@ -155,18 +156,18 @@ def new_names(key: str) -> str:
 @pytest.fixture(scope="module")
 def arnoweng_file(tmp_path_factory, real_files):
     torch.manual_seed(1)
-    model = nn.DataParallel(ArnowengDenseNet121())   # trained under DataParallel
+    model = nn.DataParallel(ArnowengDenseNet121())  # trained under DataParallel
     perturb_batchnorm(model)
     net = model.module.densenet121.eval()
     with torch.no_grad():
         feats = densenet_features(net, authors_x(RESIZE256, at_side(real_files, 256)))
     calibrate_head(net.classifier[0], feats, 1)
     state = {old_names(k): v for k, v in model.state_dict().items()}  # pre-0.4 names
-    assert any(".norm.1." in k for k in state) and all(k.startswith("module.densenet121.")
-                                                       for k in state)
+    assert any(".norm.1." in k for k in state) and all(
+        k.startswith("module.densenet121.") for k in state
+    )
     path = tmp_path_factory.mktemp("arno") / "model.pth.tar"
-    torch.save({"epoch": 9, "arch": "densenet121", "state_dict": state,
-                "best_loss": 0.151}, path)
+    torch.save({"epoch": 9, "arch": "densenet121", "state_dict": state, "best_loss": 0.151}, path)
     return path
 
 
@@ -179,9 +180,10 @@ def test_chexnet_state_dict(arnoweng_file, real_files, tmp_path):
     # their loading: strip module., rename the old keys, load into their class
     ck = torch.load(arnoweng_file, weights_only=True)
     theirs = ArnowengDenseNet121()
-    theirs.load_state_dict({new_names(k.split("module.", 1)[-1]): v
-                            for k, v in ck["state_dict"].items()})
-    want = authors_probs(theirs, RESIZE256, images)   # their Sigmoid: already probabilities
+    theirs.load_state_dict(
+        {new_names(k.split("module.", 1)[-1]): v for k, v in ck["state_dict"].items()}
+    )
+    want = authors_probs(theirs, RESIZE256, images)  # their Sigmoid: already probabilities
     assert_informative(want)
     got = cxrkit_probs(tmp_path / "run", images)
     assert np.abs(got - want).max() <= TOL
@@ -202,17 +204,25 @@ def jrzech_file(tmp_path_factory, real_files):
         feats = densenet_features(model.eval(), authors_x(RESIZE224, at_side(real_files, 224)))
     calibrate_head(model.classifier[0], feats, 2)
     path = tmp_path_factory.mktemp("jrzech") / "checkpoint"
-    torch.save({"model": model, "best_loss": 0.148, "epoch": 6,
-                "rng_state": torch.get_rng_state(), "LR": 0.001}, path)
+    torch.save(
+        {
+            "model": model,
+            "best_loss": 0.148,
+            "epoch": 6,
+            "rng_state": torch.get_rng_state(),
+            "LR": 0.001,
+        },
+        path,
+    )
     return path
 
 
 def test_chexnet_pickled(jrzech_file, real_files, tmp_path):
-    images = at_side(real_files, 224)   # their Resize(224), CenterCrop(224)
+    images = at_side(real_files, 224)  # their Resize(224), CenterCrop(224)
     m = import_model(jrzech_file, "chexnet-pickled", tmp_path / "run", images=checks(images))
     assert m["parity"]["passed"]
     assert m["source"]["wrapper"] == {"best_loss": 0.148, "epoch": 6, "LR": 0.001}
-    theirs = torch.load(jrzech_file, weights_only=False)["model"]   # how their code loads it
+    theirs = torch.load(jrzech_file, weights_only=False)["model"]  # how their code loads it
     theirs.train(False)
     want = authors_probs(theirs, RESIZE224, images)
     assert_informative(want)
@@ -246,8 +256,11 @@ def test_pickled_file_with_an_unlisted_class_is_refused_and_nothing_runs(tmp_pat
     assert not marker.exists() and not (tmp_path / "run").exists()
     # a legacy (pre-1.6, not zip) file goes through a restricted find_class instead
     legacy = tmp_path / "legacy"
-    torch.save({"model": model, "epoch": 1, "extra": Payload(marker)}, legacy,
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"model": model, "epoch": 1, "extra": Payload(marker)},
+        legacy,
+        _use_new_zipfile_serialization=False,
+    )
     with pytest.raises(ImportFormatError, match=r"refused: .*_payload_ran"):
         read_published(legacy, "chexnet-pickled")
     assert not marker.exists()
@@ -265,8 +278,12 @@ def test_a_legacy_file_with_old_layer_names_reads_like_the_new_one(jrzech_file, 
     for layer in ck["model"].modules():
         if type(layer).__name__ == "_DenseLayer":
             mods = vars(layer)["_modules"]
-            for new, old in (("norm1", "norm.1"), ("conv1", "conv.1"), ("norm2", "norm.2"),
-                             ("conv2", "conv.2")):
+            for new, old in (
+                ("norm1", "norm.1"),
+                ("conv1", "conv.1"),
+                ("norm2", "norm.2"),
+                ("conv2", "conv.2"),
+            ):
                 mods[old] = mods.pop(new)
         if isinstance(layer, nn.BatchNorm2d):
             del vars(layer)["_buffers"]["num_batches_tracked"]
@@ -275,8 +292,11 @@ def test_a_legacy_file_with_old_layer_names_reads_like_the_new_one(jrzech_file, 
     a, b = read_published(jrzech_file, "chexnet-pickled"), read_published(old, "auto")
     assert b.format == "chexnet-pickled" and b.sigmoid_in_model and b.module is None
     assert sorted(a.authors_state) == sorted(b.authors_state)
-    assert all(torch.equal(a.authors_state[k], b.authors_state[k]) for k in a.authors_state
-               if not k.endswith("num_batches_tracked"))
+    assert all(
+        torch.equal(a.authors_state[k], b.authors_state[k])
+        for k in a.authors_state
+        if not k.endswith("num_batches_tracked")
+    )
     assert b.extra == {"best_loss": 0.148, "epoch": 6, "LR": 0.001}
 
 
@@ -285,14 +305,15 @@ def test_torchxrayvision(real_files, tmp_path):
     xrv = pytest.importorskip("torchxrayvision")
     n = len(xrv.datasets.default_pathologies)
     thresholds = torch.rand(n, generator=torch.Generator().manual_seed(3)) * 0.3 + 0.02
-    thresholds[15] = float("nan")   # Fracture: a blank output, as in the library's NIH model
+    thresholds[15] = float("nan")  # Fracture: a blank output, as in the library's NIH model
     torch.manual_seed(3)
     ref = xrv.models.DenseNet(weights=None, op_threshs=thresholds)
     perturb_batchnorm(ref, 3)
     images = at_side(real_files, 224)
     crop, resize = xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)
-    x = torch.stack([torch.from_numpy(resize(crop(xrv.datasets.normalize(a, 255)[None])))
-                     for a in images])   # the library's own preprocessing
+    x = torch.stack(
+        [torch.from_numpy(resize(crop(xrv.datasets.normalize(a, 255)[None]))) for a in images]
+    )  # the library's own preprocessing
     with torch.no_grad():
         calibrate_head(ref.classifier, ref.eval().features2(x), 3)
     path = tmp_path / "xrv.pth"
@@ -309,7 +330,7 @@ def test_torchxrayvision(real_files, tmp_path):
     theirs.load_state_dict(torch.load(path, weights_only=True))
     theirs.eval()
     with torch.no_grad():
-        out = theirs(x).double().numpy()   # sigmoid + op_norm inside
+        out = theirs(x).double().numpy()  # sigmoid + op_norm inside
     cols = [xrv.datasets.default_pathologies.index(f) for f in FINDINGS]
     assert_informative(out[:, cols])
     assert np.abs(cxrkit_probs(tmp_path / "run", images) - out[:, cols]).max() <= TOL
@@ -325,8 +346,9 @@ def test_torchvision_densenet121(real_files, tmp_path):
         calibrate_head(net.classifier, densenet_features(net.eval(), authors_x(RESIZE256, images)))
     path = tmp_path / "tv.pth"
     torch.save(net.state_dict(), path)
-    m = import_model(path, "torchvision", tmp_path / "run", arch="densenet121",
-                     images=checks(images))
+    m = import_model(
+        path, "torchvision", tmp_path / "run", arch="densenet121", images=checks(images)
+    )
     assert m["parity"]["passed"]
     theirs = torchvision.models.densenet121(weights=None, num_classes=14)
     theirs.load_state_dict(torch.load(path, weights_only=True))
@@ -342,17 +364,17 @@ def test_timm_mobilenet_v2(real_files, tmp_path):
     torch.manual_seed(5)
     net = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=14)
     perturb_batchnorm(net, 5)
-    tf = create_transform(**resolve_data_config({}, model=net))   # timm's eval transform
+    tf = create_transform(**resolve_data_config({}, model=net))  # timm's eval transform
     side = next(t.size for t in tf.transforms if isinstance(t, T.Resize))
     images = at_side(real_files, side if isinstance(side, int) else side[0])
     with torch.no_grad():
         x = authors_x(tf, images)
-        calibrate_head(net.classifier, net.eval().forward_head(net.forward_features(x),
-                                                               pre_logits=True), 5)
+        calibrate_head(
+            net.classifier, net.eval().forward_head(net.forward_features(x), pre_logits=True), 5
+        )
     path = tmp_path / "timm.pth"
     torch.save(net.state_dict(), path)
-    m = import_model(path, "timm", tmp_path / "run", arch="mobilenetv2_100",
-                     images=checks(images))
+    m = import_model(path, "timm", tmp_path / "run", arch="mobilenetv2_100", images=checks(images))
     assert m["parity"]["passed"]
     want = authors_probs(net, tf, images, sigmoid=True)
     assert_informative(want)
@@ -426,7 +448,7 @@ def test_untrained_check():
 
 def test_a_constant_model_warns_on_import(arnoweng_file, real_files, tmp_path):
     ck = torch.load(arnoweng_file, weights_only=True)
-    ck["state_dict"]["module.densenet121.classifier.0.weight"].zero_()   # loaded wrong
+    ck["state_dict"]["module.densenet121.classifier.0.weight"].zero_()  # loaded wrong
     path = tmp_path / "flat.pth.tar"
     torch.save(ck, path)
     images = at_side(real_files, 256)[:2]
@@ -439,7 +461,8 @@ def test_a_constant_model_warns_on_import(arnoweng_file, real_files, tmp_path):
 
 # -- the imported run in the rest of cxrkit --------------------------------------------------
 def test_imported_run_evaluates_compares_explains_serves_and_exports(
-        phantom_prepared, phantom_run, real_files, tmp_path):
+    phantom_prepared, phantom_run, real_files, tmp_path
+):
     """A timm file imported against the phantom prepared folder, then the usual commands."""
     import timm
     from fastapi.testclient import TestClient
@@ -454,28 +477,71 @@ def test_imported_run_evaluates_compares_explains_serves_and_exports(
     torch.save(net.state_dict(), path)
     run = tmp_path / "run"
     cli = CliRunner()
-    r = cli.invoke(app, ["import", str(path), "--format", "timm", "--arch", "mobilenet_v2",
-                         "--out", str(run), "--prepared", str(phantom_prepared.root),
-                         "--check-images", str(real_files[0]), "--check-images",
-                         str(real_files[1]), "--parity-count", "2"])
+    r = cli.invoke(
+        app,
+        [
+            "import",
+            str(path),
+            "--format",
+            "timm",
+            "--arch",
+            "mobilenet_v2",
+            "--out",
+            str(run),
+            "--prepared",
+            str(phantom_prepared.root),
+            "--check-images",
+            str(real_files[0]),
+            "--check-images",
+            str(real_files[1]),
+            "--parity-count",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "parity on 2 image(s)" in r.output and "passed" in r.output
     assert {"best.pt", "config.yaml", "run.json"} <= {p.name for p in run.iterdir()}
 
-    r = cli.invoke(app, ["evaluate", str(run), "--bootstrap", "20", "--subgroup-bootstrap",
-                         "5", "--no-report", "--gallery", "0", "--no-progress",
-                         "--precision", "fp32"])
+    r = cli.invoke(
+        app,
+        [
+            "evaluate",
+            str(run),
+            "--bootstrap",
+            "20",
+            "--subgroup-bootstrap",
+            "5",
+            "--no-report",
+            "--gallery",
+            "0",
+            "--no-progress",
+            "--precision",
+            "fp32",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (run / "eval" / "test" / "metrics.json").exists() and (run / "thresholds.json").exists()
 
-    baseline = shutil.copytree(phantom_run, tmp_path / "cnn4")   # trained on the same folder
-    r = cli.invoke(app, ["compare", str(baseline), str(run), "--out", str(tmp_path / "cmp"),
-                         "--bootstrap", "20", "--no-progress"])
+    baseline = shutil.copytree(phantom_run, tmp_path / "cnn4")  # trained on the same folder
+    r = cli.invoke(
+        app,
+        [
+            "compare",
+            str(baseline),
+            str(run),
+            "--out",
+            str(tmp_path / "cmp"),
+            "--bootstrap",
+            "20",
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "cmp" / "comparison.csv").exists() and "run" in r.output
 
-    r = cli.invoke(app, ["explain", str(run), "test", "--limit", "2", "--top-k", "1",
-                         "--no-progress"])
+    r = cli.invoke(
+        app, ["explain", str(run), "test", "--limit", "2", "--top-k", "1", "--no-progress"]
+    )
     assert r.exit_code == 0, r.output
     assert list((run / "explain").rglob("*.png"))
 
@@ -490,7 +556,8 @@ def test_imported_run_evaluates_compares_explains_serves_and_exports(
     want = lm.predict(real_files[0])[list(lm.findings)].iloc[0].to_dict()
     assert got == pytest.approx(want, abs=1e-6)
 
-    r = cli.invoke(app, ["export", str(run), "--parity-images", str(real_files[0]),
-                         "--phantoms", "1"])
+    r = cli.invoke(
+        app, ["export", str(run), "--parity-images", str(real_files[0]), "--phantoms", "1"]
+    )
     assert r.exit_code == 0, r.output
     assert "passed" in r.output and (run / "best.onnx").exists()

@@ -36,7 +36,9 @@ def module_name(path: Path) -> str:
 
 def imported(path: Path, source: str | None = None):
     """``(line, dotted module, names)`` for every import in ``path`` (or ``source``)."""
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
+    )
     for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
         if isinstance(node, ast.Import):
             for a in node.names:
@@ -45,7 +47,7 @@ def imported(path: Path, source: str | None = None):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")
-                anchor = anchor[:len(anchor) - (node.level - 1)]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
             yield node.lineno, base, tuple(a.name for a in node.names)
 
@@ -88,10 +90,14 @@ def test_every_module_is_placed():
             placed_as(p)
         except KeyError:
             unplaced.append(str(p.relative_to(SRC)))
-    assert unplaced == [], (f"modules without a layer in cxrkit/_layering.py: {unplaced}; "
-                            "add each to LAYERS where it belongs")
+    assert unplaced == [], (
+        f"modules without a layer in cxrkit/_layering.py: {unplaced}; "
+        "add each to LAYERS where it belongs"
+    )
     present = {placed_as(p) for p in FILES}
-    assert set(LAYERS) <= present, f"LAYERS names modules that do not exist: {set(LAYERS) - present}"
+    assert set(LAYERS) <= present, (
+        f"LAYERS names modules that do not exist: {set(LAYERS) - present}"
+    )
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(SRC)))
@@ -103,35 +109,44 @@ def test_imports_go_downward(path):
 def test_the_check_can_fail():
     """Upward imports of every form are caught, and an unplaced module is an error."""
     cache = SRC / "data" / "cache.py"
-    for source in ("from cxrkit.engine.train import fit",
-                   "def f():\n    import cxrkit.cli",
-                   "from ..inference import load",
-                   "from cxrkit import load",
-                   "from cxrkit import predict"):
+    for source in (
+        "from cxrkit.engine.train import fit",
+        "def f():\n    import cxrkit.cli",
+        "from ..inference import load",
+        "from cxrkit import load",
+        "from cxrkit import predict",
+    ):
         assert violations(cache, source), source
-    for source in ("from cxrkit import __version__", "from .images import preprocess",
-                   "from cxrkit.artefacts import write_json", "import numpy"):
+    for source in (
+        "from cxrkit import __version__",
+        "from .images import preprocess",
+        "from cxrkit.artefacts import write_json",
+        "import numpy",
+    ):
         assert violations(cache, source) == [], source
     with pytest.raises(KeyError):
         layer_of("cxrkit.not_a_module")
 
 
-
 def test_the_check_sees_submodules():
     """Inside one package, a module of a lower layer may not import one of a higher layer:
     a check by top-level name (``inference`` -> ``inference``) would pass all of these."""
-    thresholds = SRC / "inference" / "thresholds.py"   # layer 2, as data/ needs it
-    predictor = SRC / "inference" / "predictor.py"     # layer 2
-    for path, source in ((thresholds, "from cxrkit.inference.core import load"),
-                         (thresholds, "import cxrkit.inference.export"),
-                         (predictor, "from .runtime import choose_forward"),
-                         (predictor, "from . import core"),
-                         (predictor, "from cxrkit.inference import load"),
-                         (predictor, "from cxrkit import runtime")):  # an old path, moved
+    thresholds = SRC / "inference" / "thresholds.py"  # layer 2, as data/ needs it
+    predictor = SRC / "inference" / "predictor.py"  # layer 2
+    for path, source in (
+        (thresholds, "from cxrkit.inference.core import load"),
+        (thresholds, "import cxrkit.inference.export"),
+        (predictor, "from .runtime import choose_forward"),
+        (predictor, "from . import core"),
+        (predictor, "from cxrkit.inference import load"),
+        (predictor, "from cxrkit import runtime"),
+    ):  # an old path, moved
         assert violations(path, source), source
-    for path, source in ((predictor, "from .thresholds import find_thresholds"),
-                         (predictor, "from cxrkit.data.preprocessing import Preprocessing"),
-                         (SRC / "data" / "cache.py", "from cxrkit.inference.predictor import Predictor")):
+    for path, source in (
+        (predictor, "from .thresholds import find_thresholds"),
+        (predictor, "from cxrkit.data.preprocessing import Preprocessing"),
+        (SRC / "data" / "cache.py", "from cxrkit.inference.predictor import Predictor"),
+    ):
         assert violations(path, source) == [], source
     # a module of a package placed module by module needs its own line
     with pytest.raises(KeyError, match="module by module"):

@@ -25,8 +25,13 @@ def test_ruff_check_passes():
     ruff = _ruff()
     if ruff is None:
         pytest.skip("ruff is not installed (pip install -e '.[dev]')")
-    proc = subprocess.run([*ruff, "check", "--no-cache", "src", "tests"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*ruff, "check", "--no-cache", "src", "tests"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-1000:]
 
 

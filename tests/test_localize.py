@@ -23,8 +23,8 @@ from cxrkit.explain.published import WANG_2017_IOBB, WANG_2017_IOU
 # -- scoring ------------------------------------------------------------------------------
 def test_map_to_box_keeps_the_largest_component():
     m = np.zeros((32, 32), np.float32)
-    m[2:4, 2:4] = 1.0          # small, hottest blob
-    m[10:20, 5:25] = 0.8       # large blob above 0.7 of the maximum
+    m[2:4, 2:4] = 1.0  # small, hottest blob
+    m[10:20, 5:25] = 0.8  # large blob above 0.7 of the maximum
     assert map_to_box(m, 0.7) == (5.0, 10.0, 25.0, 20.0)
     assert map_to_box(m, 0.9) == (2.0, 2.0, 4.0, 4.0)  # only the hot blob passes
     assert map_to_box(np.zeros((8, 8)), 0.5) is None
@@ -35,9 +35,9 @@ def test_map_to_box_keeps_the_largest_component():
 def test_iou_and_iobb_by_hand():
     truth = (0.0, 0.0, 10.0, 10.0)
     assert box_overlap((0, 0, 10, 10), truth) == (1.0, 1.0)
-    iou, iobb = box_overlap((5, 0, 15, 10), truth)     # half overlaps
+    iou, iobb = box_overlap((5, 0, 15, 10), truth)  # half overlaps
     assert iou == pytest.approx(50 / 150) and iobb == pytest.approx(0.5)
-    iou, iobb = box_overlap((2, 2, 4, 4), truth)       # small box inside: IoBB 1
+    iou, iobb = box_overlap((2, 2, 4, 4), truth)  # small box inside: IoBB 1
     assert iou == pytest.approx(4 / 100) and iobb == 1.0
     assert box_overlap((20, 20, 30, 30), truth) == (0.0, 0.0)
 
@@ -47,7 +47,7 @@ def test_score_pair_pointing_and_chance():
     m[40:48, 8:16] = 1.0
     s = score_pair(m, [(8.0, 40.0, 16.0, 48.0)], threshold=0.5)
     assert s["iou"] == 1.0 and s["iobb"] == 1.0 and s["pointing_hit"]
-    assert s["box_fraction"] == pytest.approx(64 / 64 ** 2)
+    assert s["box_fraction"] == pytest.approx(64 / 64**2)
     # the same map against a box elsewhere (e.g. x and y swapped) misses
     miss = score_pair(m, [(40.0, 8.0, 48.0, 16.0)], threshold=0.5)
     assert miss["iou"] == 0.0 and not miss["pointing_hit"]
@@ -65,12 +65,21 @@ def test_pointing_p_value_is_the_exact_tail():
 
 
 def test_summary_thresholds_are_strict():
-    pairs = pd.DataFrame({"image_id": ["a", "b"], "finding": ["Mass", "Mass"],
-                          "iou": [0.5, 0.2], "iobb": [0.25, 1.0], "empty_map": [False, False],
-                          "pointing_hit": [True, False], "box_fraction": [0.1, 0.3],
-                          "full_image_iou": [0.1, 0.3], "full_image_iobb": [0.1, 0.3]})
+    pairs = pd.DataFrame(
+        {
+            "image_id": ["a", "b"],
+            "finding": ["Mass", "Mass"],
+            "iou": [0.5, 0.2],
+            "iobb": [0.25, 1.0],
+            "empty_map": [False, False],
+            "pointing_hit": [True, False],
+            "box_fraction": [0.1, 0.3],
+            "full_image_iou": [0.1, 0.3],
+            "full_image_iobb": [0.1, 0.3],
+        }
+    )
     s = summarise(pairs)["per_finding"]["Mass"]
-    assert s["iobb_accuracy"]["0.25"] == 0.5      # 0.25 is not > 0.25
+    assert s["iobb_accuracy"]["0.25"] == 0.5  # 0.25 is not > 0.25
     assert s["iou_accuracy"]["0.5"] == 0.0 and s["iou_accuracy"]["0.1"] == 1.0
     assert s["pointing_chance"] == pytest.approx(0.2)
 
@@ -100,8 +109,9 @@ def test_localize_official_split_scores_every_box_image(phantom_run, tmp_path):
         warnings.simplefilter("ignore")
         r = localize_checkpoint(run, method="gradcam", progress=False, examples=2)
     out = run / "localize"
-    prepared = pd.read_csv(json.loads((out / "localization.json").read_text())["prepared"]
-                           + "/boxes.csv")
+    prepared = pd.read_csv(
+        json.loads((out / "localization.json").read_text())["prepared"] + "/boxes.csv"
+    )
     assert r["protocol"] == "official" and r["box_fold"] == 0
     assert r["counts"]["box_images_scored"] == prepared["image_id"].nunique()
     assert r["counts"]["pairs_scored"] == len(prepared.drop_duplicates(["image_id", "finding"]))
@@ -132,14 +142,31 @@ def box_fold_run(tmp_path_factory):
     # Noise-free labels: this fixture measures localisation geometry, and NIH-style label
     # noise (the default) keeps boxes only where truth and label agree, which leaves too
     # few box images (10 pairs on 5 images) for the p < 1e-3 bound below.
-    make_phantoms(root / "release", n_patients=120, image_size=64, seed=1, label_noise="none",
-                  progress=False)
-    p = prepare(root / "release", root / "prepared", settings=PreprocessSettings(size=64),
-                workers=0, progress=False)
-    cfg = load_config(None, [f"data.prepared={p.root}", f"out={root / 'run'}",
-                             "data.batch_size=16", "model.name=gaussian_attention",
-                             "data.box_fold=0.5", "train.epochs=3", "train.lr=3e-3",
-                             "train.threads=1", "train.amp=none", "train.patience=10"])
+    make_phantoms(
+        root / "release", n_patients=120, image_size=64, seed=1, label_noise="none", progress=False
+    )
+    p = prepare(
+        root / "release",
+        root / "prepared",
+        settings=PreprocessSettings(size=64),
+        workers=0,
+        progress=False,
+    )
+    cfg = load_config(
+        None,
+        [
+            f"data.prepared={p.root}",
+            f"out={root / 'run'}",
+            "data.batch_size=16",
+            "model.name=gaussian_attention",
+            "data.box_fold=0.5",
+            "train.epochs=3",
+            "train.lr=3e-3",
+            "train.threads=1",
+            "train.amp=none",
+            "train.patience=10",
+        ],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit(cfg, show_progress=False)
@@ -182,8 +209,7 @@ def test_phantom_maps_hit_boxes_far_above_chance(box_fold_run, tmp_path):
     from cxrkit.explain.localize import localize_checkpoint
 
     for method, bound in (("attention", 1e-3), ("integrated-gradients", 1e-2)):
-        r = localize_checkpoint(box_fold_run, method=method, out=tmp_path / method,
-                                progress=False)
+        r = localize_checkpoint(box_fold_run, method=method, out=tmp_path / method, progress=False)
         o = r["overall"]
         assert o["pairs"] >= 10
         assert o["pointing_p_value"] < bound, (method, o)
@@ -209,15 +235,30 @@ def test_real_sample_box_images_are_all_scored(nih_sample, tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 'dropped 110,331 label-file images not on disk'
-        p = prepare(nih_sample, tmp_path / "prepared", images_root=nih_sample / "images_256",
-                    label_file=nih_sample / "meta" / "Data_Entry_2017.csv", on_missing="drop",
-                    settings=PreprocessSettings(size=64), workers=2, progress=False)
-        cfg = load_config(None, [f"data.prepared={p.root}", f"out={tmp_path / 'run'}",
-                                 "model.name=cnn4", "train.epochs=1", "train.threads=1",
-                                 "train.amp=none", "data.batch_size=64"])
+        p = prepare(
+            nih_sample,
+            tmp_path / "prepared",
+            images_root=nih_sample / "images_256",
+            label_file=nih_sample / "meta" / "Data_Entry_2017.csv",
+            on_missing="drop",
+            settings=PreprocessSettings(size=64),
+            workers=2,
+            progress=False,
+        )
+        cfg = load_config(
+            None,
+            [
+                f"data.prepared={p.root}",
+                f"out={tmp_path / 'run'}",
+                "model.name=cnn4",
+                "train.epochs=1",
+                "train.threads=1",
+                "train.amp=none",
+                "data.batch_size=64",
+            ],
+        )
         fit(cfg, show_progress=False)
-        r = localize_checkpoint(tmp_path / "run", method="gradcam", progress=False,
-                                examples=0)
+        r = localize_checkpoint(tmp_path / "run", method="gradcam", progress=False, examples=0)
     boxes = p.boxes_in_pixels()
     assert r["protocol"] == "official" and r["counts"]["box_images_in_other_splits"] == {}
     assert r["counts"]["box_images_scored"] == boxes["image_id"].nunique() == 569
@@ -231,7 +272,8 @@ def test_real_sample_box_images_are_all_scored(nih_sample, tmp_path):
 def test_explain_shows_gaussian_attention_maps_too(box_fold_run, tmp_path):
     from cxrkit.explain.images import explain_split
 
-    index = explain_split(box_fold_run, tmp_path / "ex", split="test", limit=2, top_k=1,
-                          progress=False)
+    index = explain_split(
+        box_fold_run, tmp_path / "ex", split="test", limit=2, top_k=1, progress=False
+    )
     assert len(index) == 2 and index["attention_overlay"].str.startswith("attention/").all()
     assert all((tmp_path / "ex" / a).exists() for a in index["attention_overlay"])

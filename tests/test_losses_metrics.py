@@ -53,7 +53,8 @@ def test_masked_bce_matches_torch_on_known_entries():
     labels = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
     got = MaskedBCE()(logits, labels)
     known = torch.nn.functional.binary_cross_entropy_with_logits(
-        torch.tensor([2.0, 0.5, 0.3]), torch.tensor([1.0, 0.0, 1.0]))
+        torch.tensor([2.0, 0.5, 0.3]), torch.tensor([1.0, 0.0, 1.0])
+    )
     assert got == pytest.approx(float(known))
     assert torch.isfinite(MaskedBCE()(logits, torch.full_like(labels, float("nan"))))
 
@@ -69,7 +70,9 @@ def test_focal_downweights_easy_examples():
     labels = torch.tensor([[1.0], [1.0]])
     easy, hard = torch.tensor([[4.0]]), torch.tensor([[-1.0]])
     bce, focal = make_loss("bce"), MaskedFocal(gamma=2.0)
-    assert focal(easy, labels[:1]) / bce(easy, labels[:1]) < focal(hard, labels[:1]) / bce(hard, labels[:1])
+    assert focal(easy, labels[:1]) / bce(easy, labels[:1]) < focal(hard, labels[:1]) / bce(
+        hard, labels[:1]
+    )
     assert MaskedFocal(gamma=0.0)(hard, labels[:1]) == pytest.approx(float(bce(hard, labels[:1])))
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss("hinge")

@@ -52,7 +52,7 @@ def test_fast_replicates_equal_sklearn_on_the_same_patient_resamples():
     n, f = 240, 3
     groups = rng.integers(0, 50, n)
     y = (rng.random((n, f)) < 0.25).astype(float)
-    y[rng.random((n, f)) < 0.1] = np.nan                      # unknown labels
+    y[rng.random((n, f)) < 0.1] = np.nan  # unknown labels
     s = np.round(rng.random((n, f)) + 0.4 * np.nan_to_num(y), 1)  # many ties
     roc = bootstrap_ci(y, s, groups, "auroc", n=25, seed=3)
     prc = bootstrap_ci(y, s, groups, "auprc", n=25, seed=3)
@@ -62,7 +62,8 @@ def test_fast_replicates_equal_sklearn_on_the_same_patient_resamples():
             k = ~np.isnan(y[idx, j])
             assert roc.samples[i, j] == pytest.approx(roc_auc_score(y[idx, j][k], s[idx, j][k]))
             assert prc.samples[i, j] == pytest.approx(
-                average_precision_score(y[idx, j][k], s[idx, j][k]))
+                average_precision_score(y[idx, j][k], s[idx, j][k])
+            )
     np.testing.assert_allclose(slow.samples, roc.samples)
 
 
@@ -83,10 +84,10 @@ def test_resamples_keep_each_patient_whole():
     big_counts = set()
     for idx in reps:
         per_patient = np.bincount(groups[idx], minlength=len(sizes))
-        assert np.all(per_patient % sizes == 0)                  # whole patients only
-        assert (per_patient // sizes).sum() == len(sizes)        # as many draws as patients
+        assert np.all(per_patient % sizes == 0)  # whole patients only
+        assert (per_patient // sizes).sum() == len(sizes)  # as many draws as patients
         big_counts.add(int(per_patient[0] // 50))
-    assert len(big_counts) > 1                                   # patient 0 drawn 0, 1, 2... times
+    assert len(big_counts) > 1  # patient 0 drawn 0, 1, 2... times
     again = list(patient_resamples(groups, n=40, seed=1))
     assert all(np.array_equal(a, b) for a, b in zip(reps, again, strict=True))
 
@@ -146,7 +147,7 @@ def test_threshold_metrics_by_hand():
     assert m["ppv"] == pytest.approx(1 / 3) and m["npv"] == 1.0
     assert m["f1"] == pytest.approx(0.5) and m["accuracy"] == pytest.approx(8 / 12)
     none_called = threshold_metrics(Y, S, 0.95)
-    assert np.isnan(none_called["ppv"])                        # 0/0, not 0
+    assert np.isnan(none_called["ppv"])  # 0/0, not 0
     assert none_called["sensitivity"] == 0 and none_called["npv"] == pytest.approx(10 / 12)
     assert np.isnan(threshold_metrics(Y, S, float("nan"))["sensitivity"])
     with_unknown = threshold_metrics(np.r_[Y, np.nan], np.r_[S, 0.99], 0.3)

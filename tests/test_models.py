@@ -54,9 +54,18 @@ def image(chans: int = 1, batch: int = 2) -> torch.Tensor:
 
 
 def test_registry_lists_the_required_models():
-    required = {"cnn4", "lenet", "gaussian_attention", "densenet121", "mobilenet_v3_large",
-                "mobilenet_v2", "resnet50", "efficientnet_b0", "vit_small_patch16_224",
-                "vit_base_patch16_224"}
+    required = {
+        "cnn4",
+        "lenet",
+        "gaussian_attention",
+        "densenet121",
+        "mobilenet_v3_large",
+        "mobilenet_v2",
+        "resnet50",
+        "efficientnet_b0",
+        "vit_small_patch16_224",
+        "vit_base_patch16_224",
+    }
     assert required <= set(MODELS)
     with pytest.raises(UnknownModelError, match="registered: .*densenet121"):
         create_model("densenet12")
@@ -115,7 +124,8 @@ def test_config_round_trip_three_channels_and_saliency_layer(name):
     assert 0 < cfg.std and 0 <= cfg.mean <= 1 and cfg.input_size >= SIZE
     seen = []
     handle = model.get_submodule(cfg.saliency_layer).register_forward_hook(
-        lambda m, i, o: seen.append(o))
+        lambda m, i, o: seen.append(o)
+    )
     with torch.no_grad():
         fmap = model.forward_features(model.prepare_input(x))
     handle.remove()
@@ -130,8 +140,10 @@ def test_config_round_trip_three_channels_and_saliency_layer(name):
 def test_config_survives_a_weights_only_checkpoint(tmp_path):
     priors = {"Cardiomegaly": {"mean": [0.5, 0.6], "cov": [[0.01, 0.0], [0.0, 0.005]]}}
     model = create_model("gaussian_attention", box_priors=priors, meta_features=4)
-    torch.save({"model": model.state_dict(), "model_config": model.cxr_config.to_dict()},
-               tmp_path / "ck.pt")
+    torch.save(
+        {"model": model.state_dict(), "model_config": model.cxr_config.to_dict()},
+        tmp_path / "ck.pt",
+    )
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     rebuilt = create_model(**ck["model_config"])
     rebuilt.load_state_dict(ck["model"])
@@ -155,18 +167,26 @@ def test_arguments_are_checked():
 
 # --- pretrained weights ------------------------------------------------------------
 
+
 def test_offline_pretrained_fails_fast_with_instructions(monkeypatch):
     from cxrkit.models import backbones
 
     monkeypatch.setattr(backbones, "cached_hub_file", lambda hub_id: None)
-    monkeypatch.setattr(backbones, "hub_unreachable_reason", lambda: "huggingface.co:443 "
-                        "unreachable (gaierror; no network?)")
+    monkeypatch.setattr(
+        backbones,
+        "hub_unreachable_reason",
+        lambda: "huggingface.co:443 unreachable (gaierror; no network?)",
+    )
     with pytest.raises(PretrainedWeightsError) as err:
         create_model("densenet121", pretrained=True)
     msg = str(err.value)
-    for part in ("could not download ImageNet weights for densenet121", "densenet121.tv_in1k",
-                 "no network", "model.weights=densenet121.tv_in1k.pth",
-                 "model.pretrained=false"):
+    for part in (
+        "could not download ImageNet weights for densenet121",
+        "densenet121.tv_in1k",
+        "no network",
+        "model.weights=densenet121.tv_in1k.pth",
+        "model.pretrained=false",
+    ):
         assert part in msg
     with pytest.raises(PretrainedWeightsError, match="from scratch"):
         create_model("cnn4", pretrained=True)
@@ -199,6 +219,7 @@ def test_local_imagenet_file_loads_and_folds_rgb(tmp_path, suffix):
     path = tmp_path / f"mobilenetv2{suffix}"
     if suffix == ".safetensors":
         from safetensors.torch import save_file
+
         save_file(source.state_dict(), str(path))
     else:
         torch.save(source.state_dict(), path)
@@ -254,11 +275,14 @@ def test_cxrkit_model_file_round_trip_and_transfer(tmp_path):
     trained = create_model("cnn4", in_chans=3)
     torch.save({"model": trained.state_dict()}, tmp_path / "run.pt")  # a checkpoint-like dict
     same = create_model("cnn4", in_chans=3, weights=tmp_path / "run.pt")
-    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(),
-                                                 same.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(trained.state_dict().values(), same.state_dict().values())
+    )
     grey = create_model("cnn4", in_chans=1, weights=tmp_path / "run.pt")  # RGB stem folded
-    assert torch.allclose(grey.backbone.blocks[0].conv.weight,
-                          trained.backbone.blocks[0].conv.weight.sum(1, keepdim=True))
+    assert torch.allclose(
+        grey.backbone.blocks[0].conv.weight,
+        trained.backbone.blocks[0].conv.weight.sum(1, keepdim=True),
+    )
     with pytest.warns(UserWarning, match="classifier keeps its fresh"):
         one = create_model("cnn4", in_chans=3, findings=["Pneumonia"], weights=tmp_path / "run.pt")
     assert torch.equal(one.backbone.blocks[3].conv.weight, trained.backbone.blocks[3].conv.weight)
@@ -267,6 +291,7 @@ def test_cxrkit_model_file_round_trip_and_transfer(tmp_path):
 
 
 # --- freezing ----------------------------------------------------------------------
+
 
 def test_freeze_policies():
     model = create_model("densenet121")
@@ -305,12 +330,16 @@ def test_freeze_policies():
 
 # --- Gaussian attention --------------------------------------------------------------
 
-BOXES = pd.DataFrame({
-    "image_id": ["a.png", "b.png", "c.png", "d.png"],
-    "finding": ["Cardiomegaly", "Cardiomegaly", "Infiltrate", "Mass"],
-    "x": [412.0, 452.0, 100.0, 700.0], "y": [500.0, 540.0, 200.0, 150.0],
-    "w": [300.0, 260.0, 100.0, 50.0], "h": [200.0, 180.0, 100.0, 50.0],
-})
+BOXES = pd.DataFrame(
+    {
+        "image_id": ["a.png", "b.png", "c.png", "d.png"],
+        "finding": ["Cardiomegaly", "Cardiomegaly", "Infiltrate", "Mass"],
+        "x": [412.0, 452.0, 100.0, 700.0],
+        "y": [500.0, 540.0, 200.0, 150.0],
+        "w": [300.0, 260.0, 100.0, 50.0],
+        "h": [200.0, 180.0, 100.0, 50.0],
+    }
+)
 TARGETS = ("Cardiomegaly", "Infiltration", "Mass", "Hernia")
 
 
@@ -325,8 +354,11 @@ def test_box_priors_sit_where_the_boxes_are():
     assert priors["Infiltration"]["mean"] == pytest.approx([150 / 1024, 250 / 1024])
     # one box: its extent alone
     assert priors["Mass"]["cov"][0][0] == pytest.approx((50 / 1024) ** 2 / 12)
-    assert priors["Hernia"] == {"mean": [0.5, 0.5], "cov": [[1 / 12, 0.0], [0.0, 1 / 12]],
-                                "n_boxes": 0}
+    assert priors["Hernia"] == {
+        "mean": [0.5, 0.5],
+        "cov": [[1 / 12, 0.0], [0.0, 1 / 12]],
+        "n_boxes": 0,
+    }
 
 
 def test_attention_maps_start_at_the_priors_and_sum_to_one():
@@ -353,10 +385,10 @@ def test_box_supervision_loss_prefers_attention_inside_the_box():
     model = create_model("gaussian_attention", findings=TARGETS, box_priors=priors)
     x = image(1, batch=1)
     maps = model.attention_maps(x)
-    inside = torch.zeros(1, len(TARGETS), SIZE, SIZE)   # masks at input resolution
+    inside = torch.zeros(1, len(TARGETS), SIZE, SIZE)  # masks at input resolution
     outside = torch.zeros_like(inside)
-    inside[0, 0, 36:52, 28:44] = 1                       # around Cardiomegaly's prior
-    outside[0, 0, 0:16, 0:16] = 1                        # the top-left corner
+    inside[0, 0, 36:52, 28:44] = 1  # around Cardiomegaly's prior
+    outside[0, 0, 0:16, 0:16] = 1  # the top-left corner
     loss_in, loss_out = box_attention_loss(maps, inside), box_attention_loss(maps, outside)
     assert 0 <= loss_in < loss_out
 
@@ -384,12 +416,25 @@ def test_attention_probe_leaves_batchnorm_alone():
 def test_models_import_only_downward():
     """models/ may import labels and _compat, never data/, engine/ or anything above."""
     root = Path(__file__).resolve().parents[1] / "src" / "cxrkit" / "models"
-    above = ("cxrkit.data", "cxrkit.engine", "cxrkit.evaluate", "cxrkit.explain",
-             "cxrkit.cli", "cxrkit.inference", "cxrkit.serve", "cxrkit.config")
+    above = (
+        "cxrkit.data",
+        "cxrkit.engine",
+        "cxrkit.evaluate",
+        "cxrkit.explain",
+        "cxrkit.cli",
+        "cxrkit.inference",
+        "cxrkit.serve",
+        "cxrkit.config",
+    )
     for path in root.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not [n for n in names if n.startswith(above)], path.name
 
 

@@ -48,10 +48,13 @@ def test_package_facades():
 
 
 def test_old_paths_import_without_warnings_and_torch_free_stays_torch_free():
-    code = ("import sys, cxrkit.onnx_backend, cxrkit.thresholds, cxrkit.predict, "
-            "cxrkit.inference.predictor\n"
-            "print('TORCH', 'torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
-                          text=True, timeout=120)
+    code = (
+        "import sys, cxrkit.onnx_backend, cxrkit.thresholds, cxrkit.predict, "
+        "cxrkit.inference.predictor\n"
+        "print('TORCH', 'torch' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TORCH False" in proc.stdout

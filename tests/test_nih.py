@@ -16,8 +16,10 @@ from cxrkit.data.nih import (
 )
 from cxrkit.labels import FINDINGS, NO_FINDING, PUBLISHED_COUNTS
 
-HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-          "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
+HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+    "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+)
 ROWS = [
     "00000001_000.png,Cardiomegaly,0,1,58,M,PA,2682,2749,0.143,0.143",
     "00000001_001.png,Cardiomegaly|Emphysema,1,1,58,M,PA,2894,2729,0.143,0.143",
@@ -47,8 +49,10 @@ def test_real_2017_form(real_labels):
     assert row["orig_width"] == 2894 and row["spacing_x"] == pytest.approx(0.143)
 
 
-@pytest.mark.parametrize("name,form", [("Data_Entry_2017_early_form.csv.gz", "early"),
-                                       ("Data_Entry_2017_v2020.csv.gz", "v2020")])
+@pytest.mark.parametrize(
+    "name,form",
+    [("Data_Entry_2017_early_form.csv.gz", "early"), ("Data_Entry_2017_v2020.csv.gz", "v2020")],
+)
 def test_other_published_forms(real_labels, name, form):
     table, report = read_data_entry(_need(NIH / "meta_variants" / name))
     ref, _ = real_labels
@@ -90,16 +94,21 @@ def test_unknown_finding_names_line_and_field(tmp_path):
 
 
 def test_duplicate_image_ids(tmp_path):
-    with pytest.raises(NIHFormatError, match=r"duplicate image id '00000001_000.png' on lines \[2, 6\]"):
+    with pytest.raises(
+        NIHFormatError, match=r"duplicate image id '00000001_000.png' on lines \[2, 6\]"
+    ):
         read_data_entry(write_csv(tmp_path, rows=[*ROWS, ROWS[0]]))
 
 
-@pytest.mark.parametrize("bad,field,line", [
-    (ROWS[1].replace(",M,PA,", ",X,PA,"), "Patient Gender", 3),
-    (ROWS[1].replace(",M,PA,", ",M,LL,"), "View Position", 3),
-    (ROWS[1].replace(",58,M", ",fifty,M"), "Patient Age", 3),
-    (ROWS[1].replace(",1,1,58", ",one,1,58"), "Follow-up #", 3),
-])
+@pytest.mark.parametrize(
+    "bad,field,line",
+    [
+        (ROWS[1].replace(",M,PA,", ",X,PA,"), "Patient Gender", 3),
+        (ROWS[1].replace(",M,PA,", ",M,LL,"), "View Position", 3),
+        (ROWS[1].replace(",58,M", ",fifty,M"), "Patient Age", 3),
+        (ROWS[1].replace(",1,1,58", ",one,1,58"), "Follow-up #", 3),
+    ],
+)
 def test_malformed_fields(tmp_path, bad, field, line):
     rows = [ROWS[0], bad, *ROWS[2:]]
     with pytest.raises(NIHFormatError, match=rf"line {line}, field '{field}'"):
@@ -130,14 +139,17 @@ def test_real_boxes():
     test_list = set(read_image_list(META / "test_list.txt"))
     assert set(boxes["image_id"]) <= test_list
     scaled = scale_boxes(boxes, 256)
-    assert np.allclose(scaled[["x", "y", "w", "h"]].to_numpy() * 4,
-                       boxes[["x", "y", "w", "h"]].to_numpy())
+    assert np.allclose(
+        scaled[["x", "y", "w", "h"]].to_numpy() * 4, boxes[["x", "y", "w", "h"]].to_numpy()
+    )
 
 
 def test_bad_boxes(tmp_path):
     p = tmp_path / "BBox_List_2017.csv"
-    p.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
-                 "a.png,Infiltrate,1,2,3,4\nb.png,Covid,1,2,3,4\n")
+    p.write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "a.png,Infiltrate,1,2,3,4\nb.png,Covid,1,2,3,4\n"
+    )
     with pytest.raises(NIHFormatError, match=r"line 3, field 'Finding Label'.*Covid"):
         read_bbox_list(p)
     p.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Mass,1,2,x,4\n")
@@ -165,15 +177,18 @@ def test_list_with_duplicate(tmp_path):
 
 # ---------------------------------------------------------------- hostile input
 
-HUGE = "A" * 5_000_000   # a 5 MB field (the report found a 50 MB one quoted whole)
+HUGE = "A" * 5_000_000  # a 5 MB field (the report found a 50 MB one quoted whole)
 
 
-@pytest.mark.parametrize("row,field", [
-    (ROWS[1].replace("Cardiomegaly|Emphysema", "Mass|" + HUGE), "Finding Labels"),
-    (ROWS[1].replace(",58,M", f",{HUGE},M"), "Patient Age"),
-    (ROWS[1].replace(",M,PA,", f",{HUGE},PA,"), "Patient Gender"),
-    (ROWS[1].replace(",1,1,58", f",1,{HUGE},58"), "Patient ID"),
-])
+@pytest.mark.parametrize(
+    "row,field",
+    [
+        (ROWS[1].replace("Cardiomegaly|Emphysema", "Mass|" + HUGE), "Finding Labels"),
+        (ROWS[1].replace(",58,M", f",{HUGE},M"), "Patient Age"),
+        (ROWS[1].replace(",M,PA,", f",{HUGE},PA,"), "Patient Gender"),
+        (ROWS[1].replace(",1,1,58", f",1,{HUGE},58"), "Patient ID"),
+    ],
+)
 def test_errors_cut_a_huge_quoted_field(tmp_path, row, field):
     with pytest.raises(NIHFormatError) as info:
         read_data_entry(write_csv(tmp_path, rows=[ROWS[0], row]))
@@ -184,8 +199,7 @@ def test_errors_cut_a_huge_quoted_field(tmp_path, row, field):
 
 def test_box_and_list_errors_cut_huge_values(tmp_path):
     p = tmp_path / "BBox_List_2017.csv"
-    p.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
-                 f"a.png,{HUGE},1,2,3,4\n")
+    p.write_text(f"Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,{HUGE},1,2,3,4\n")
     with pytest.raises(NIHFormatError) as info:
         read_bbox_list(p)
     assert len(str(info.value)) < 1000 and "line 2" in str(info.value)
@@ -242,13 +256,15 @@ def test_box_checks_count_outside_and_unlabelled_boxes(tmp_path):
 
     labels, _ = read_data_entry(write_csv(tmp_path))
     p = tmp_path / "BBox_List_2017.csv"
-    p.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
-                 "00000001_000.png,Cardiomegaly,10,20,300,400\n"     # fine
-                 "00000001_000.png,Cardiomegaly,-5,20,300,400\n"     # negative x
-                 "00000001_001.png,Emphysema,900,20,200,100\n"       # x + w > 1024
-                 "00000001_001.png,Emphysema,10,1000,20,30\n"        # y + h > 1024
-                 "00000002_000.png,Mass,10,20,30,40\n"               # 'No Finding' image
-                 "00000003_000.png,Nodule,10,20,30,40\n")            # labelled Hernia
+    p.write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "00000001_000.png,Cardiomegaly,10,20,300,400\n"  # fine
+        "00000001_000.png,Cardiomegaly,-5,20,300,400\n"  # negative x
+        "00000001_001.png,Emphysema,900,20,200,100\n"  # x + w > 1024
+        "00000001_001.png,Emphysema,10,1000,20,30\n"  # y + h > 1024
+        "00000002_000.png,Mass,10,20,30,40\n"  # 'No Finding' image
+        "00000003_000.png,Nodule,10,20,30,40\n"
+    )  # labelled Hernia
     boxes = read_bbox_list(p)
     with pytest.warns(UserWarning) as record:
         report = check_boxes(boxes, labels, p)
@@ -266,6 +282,7 @@ def test_real_boxes_pass_the_checks(real_labels):
     from cxrkit.data.nih import check_boxes
 
     import warnings
+
     boxes = read_bbox_list(_need(META / "BBox_List_2017.csv"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -36,9 +36,20 @@ def _train(prepared, out, epochs):
     from cxrkit.config import load_config
     from cxrkit.engine.train import fit
 
-    cfg = load_config(None, [f"data.prepared={prepared}", f"out={out}", "model.name=cnn4",
-                             "data.batch_size=32", f"train.epochs={epochs}", "train.lr=3e-3",
-                             "train.threads=2", "train.amp=none", "train.patience=100"])
+    cfg = load_config(
+        None,
+        [
+            f"data.prepared={prepared}",
+            f"out={out}",
+            "model.name=cnn4",
+            "data.batch_size=32",
+            f"train.epochs={epochs}",
+            "train.lr=3e-3",
+            "train.threads=2",
+            "train.amp=none",
+            "train.patience=100",
+        ],
+    )
     fit(cfg, show_progress=False)
     return out
 
@@ -52,8 +63,14 @@ def ood_phantom_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ood_phantoms")
     make_phantoms(root / "release", n_patients=150, image_size=64, seed=3, progress=False)
-    prepared = prepare(root / "release", root / "prepared", settings=PreprocessSettings(size=64),
-                       workers=0, progress=False, val_fraction=0.2)
+    prepared = prepare(
+        root / "release",
+        root / "prepared",
+        settings=PreprocessSettings(size=64),
+        workers=0,
+        progress=False,
+        val_fraction=0.2,
+    )
     return _train(prepared.root, root / "run", epochs=3)
 
 
@@ -65,11 +82,18 @@ def ood_real_run(nih_sample, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ood_real")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # label-file images absent from the sample
-        prepared = prepare(nih_sample, root / "prepared", images_root=nih_sample / "images_256",
-                           label_file=nih_sample / "meta" / "Data_Entry_2017.csv",
-                           on_missing="drop", settings=PreprocessSettings(size=64),
-                           workers=0, progress=False, val_fraction=0.2)
+        warnings.simplefilter("ignore")  # label-file images absent from the sample
+        prepared = prepare(
+            nih_sample,
+            root / "prepared",
+            images_root=nih_sample / "images_256",
+            label_file=nih_sample / "meta" / "Data_Entry_2017.csv",
+            on_missing="drop",
+            settings=PreprocessSettings(size=64),
+            workers=0,
+            progress=False,
+            val_fraction=0.2,
+        )
     return _train(prepared.root, root / "run", epochs=4)
 
 
@@ -107,7 +131,7 @@ def test_record_is_plain_data_and_small():
     assert buf.tell() < 400_000
     buf.seek(0)
     back = torch.load(buf, weights_only=True)["ood"]
-    json.dumps(back)   # the same dict goes into ONNX metadata
+    json.dumps(back)  # the same dict goes into ONNX metadata
     r = OodScorer(back).score(feats[100:], images[100:])
     assert r.score.shape == (20,) and r.flag.dtype == bool
     with pytest.raises(ValueError, match="format"):
@@ -120,8 +144,9 @@ def test_training_writes_the_record_and_phantom_model_flags_real_films(ood_phant
     assert ck["ood"]["format"] == "cxrkit-ood/1"
     lm = cxrkit.load(ood_phantom_run)
     assert lm.ood_source == "recorded in best.pt"
-    real = (sorted((nih_sample / "images_256").glob("*.png"))[::4]
-            + sorted((nih_sample / "originals").rglob("*.png")))
+    real = sorted((nih_sample / "images_256").glob("*.png"))[::4] + sorted(
+        (nih_sample / "originals").rglob("*.png")
+    )
     rows = probe_table(lm, ("phantom test", _split_images(lm, "test")), {"real": real})
     by = {r["set"]: r for r in rows}
     print(rows)
@@ -134,13 +159,17 @@ def test_training_writes_the_record_and_phantom_model_flags_real_films(ood_phant
 def test_real_model_flags_phantoms_noise_photographs(ood_real_run):
     lm = cxrkit.load(ood_real_run)
     test = _split_images(lm, "test")
-    sets = {"phantoms": phantom_images(100), "noise": noise_images(40),
-            "photographs": photographs()}
-    sets.update({how: transformed(test[:200], how)
-                 for how in ("rotated 90", "upside down", "inverted")})
+    sets = {
+        "phantoms": phantom_images(100),
+        "noise": noise_images(40),
+        "photographs": photographs(),
+    }
+    sets.update(
+        {how: transformed(test[:200], how) for how in ("rotated 90", "upside down", "inverted")}
+    )
     rows = probe_table(lm, ("real test", test), sets)
     by = {r["set"]: r for r in rows}
-    for r in rows:   # the transformed films are reported, not asserted
+    for r in rows:  # the transformed films are reported, not asserted
         print(f"{r['set']:>12}: {r['n']:4d} images, {r['flagged']:.1%} flagged, AUROC {r['auroc']}")
     assert by["real test"]["flagged"] <= 0.05 + REAL_TEST_TOLERANCE
     for name in ("phantoms", "noise", "photographs"):
@@ -180,7 +209,7 @@ def test_old_checkpoint_says_so_then_cxrkit_ood_computes_it(old_run, tmp_path):
     assert "computed" in res.output and (old_run / "best.ood.json").exists()
     lm = cxrkit.load(old_run)
     assert lm.ood_source.endswith("best.ood.json")
-    assert bool(lm.predict(image)["ood_flag"].iloc[0])   # noise is no radiograph
+    assert bool(lm.predict(image)["ood_flag"].iloc[0])  # noise is no radiograph
     # a sidecar for another checkpoint is refused, not used
     shutil.copy(old_run / "best.pt", tmp_path / "best.pt")
     shutil.copy(old_run / "best.ood.json", tmp_path / "best.ood.json")
@@ -198,7 +227,7 @@ def test_evaluate_reports_flagged_and_auroc_without_them(old_run, tmp_path):
     shutil.copytree(old_run, run)
     (run / "best.ood.json").unlink(missing_ok=True)
     m = evaluate_checkpoint(run, bootstrap=20, subgroup_bootstrap=5, progress=False)
-    assert (run / "best.ood.json").exists()      # computed because it was missing
+    assert (run / "best.ood.json").exists()  # computed because it was missing
     ood = m["ood"]
     assert ood["n_images"] == m["n_images"] and 0 <= ood["n_flagged"] <= ood["n_images"]
     assert "mean_auroc_without_flagged" in ood and ood["mean_auroc_all"] is not None

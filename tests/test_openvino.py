@@ -28,13 +28,14 @@ openvino = pytest.importorskip("openvino", reason="OpenVINO is an optional extra
 
 def _ov_bf16() -> bool:
     from cxrkit.inference.openvino_engine import cpu_has_bf16
+
     return cpu_has_bf16()
 
 
 needs_bf16 = pytest.mark.skipif(not _ov_bf16(), reason="this CPU has no native bf16")
 
 
-pytestmark = pytest.mark.usefixtures("onnx_cache")   # graphs in a temporary folder
+pytestmark = pytest.mark.usefixtures("onnx_cache")  # graphs in a temporary folder
 
 
 @pytest.mark.parametrize("precision", ["openvino", pytest.param("openvino-bf16", marks=needs_bf16)])
@@ -90,11 +91,12 @@ def test_auto_picks_openvino_bf16_and_says_so(meta_checkpoint, caplog):
 
 
 def _no_openvino(monkeypatch):
-    monkeypatch.setitem(sys.modules, "openvino", None)   # `import openvino` raises ImportError
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
 
 
-def test_openvino_missing_is_a_clear_message_and_auto_falls_back(meta_checkpoint, monkeypatch,
-                                                                 caplog):
+def test_openvino_missing_is_a_clear_message_and_auto_falls_back(
+    meta_checkpoint, monkeypatch, caplog
+):
     from cxrkit.inference import openvino_engine
     from cxrkit.inference.openvino_engine import OpenVinoUnavailable
 
@@ -107,9 +109,10 @@ def test_openvino_missing_is_a_clear_message_and_auto_falls_back(meta_checkpoint
         lm = cxrkit.load(meta_checkpoint, precision="auto")
     assert lm.precision["used"] == "onnxruntime"
     assert "OpenVINO is not installed" in lm.precision["why"]
-    assert "pip install 'cxrkit[openvino]'" in caplog.text   # the slower choice is said
-    res = CliRunner().invoke(app, ["predict", str(meta_checkpoint), "x.png",
-                                   "--precision", "openvino-bf16"])
+    assert "pip install 'cxrkit[openvino]'" in caplog.text  # the slower choice is said
+    res = CliRunner().invoke(
+        app, ["predict", str(meta_checkpoint), "x.png", "--precision", "openvino-bf16"]
+    )
     assert res.exit_code == 2 and "OpenVINO is not installed" in res.output
     assert "Traceback" not in res.output
 
@@ -148,12 +151,15 @@ def test_onnx_backend_on_openvino_matches_onnxruntime_with_ood(exported, nih_sam
     files = real_images(nih_sample, 3)
     ort_model = load_model(path)
     ov_model = load_model(path, precision=engine)
-    assert ov_model.engine == engine and ov_model.engine_record["openvino_precision"] == \
-        ("bf16" if engine.endswith("bf16") else "fp32")
+    assert ov_model.engine == engine and ov_model.engine_record["openvino_precision"] == (
+        "bf16" if engine.endswith("bf16") else "fp32"
+    )
     assert ov_model.ood_record is not None and ov_model.findings == ort_model.findings
     # what `cxrkit predict` prints as the engine that ran (it raised AttributeError on OpenVINO)
-    assert ov_model.ran_by.startswith("OpenVINO ") and engine.removeprefix("openvino").lstrip(
-        "-") in ov_model.ran_by
+    assert (
+        ov_model.ran_by.startswith("OpenVINO ")
+        and engine.removeprefix("openvino").lstrip("-") in ov_model.ran_by
+    )
     assert ort_model.ran_by.startswith("onnxruntime ")
     a, b = ort_model.predict(files), ov_model.predict(files)
     f = list(ort_model.findings)
@@ -167,21 +173,24 @@ def test_onnx_backend_on_openvino_imports_no_torch(exported, tmp_path):
     import subprocess
 
     path = exported
-    code = ("import sys, numpy as np\n"
-            "from cxrkit.inference.predict import load_model\n"
-            f"m = load_model({path!r}, precision='openvino')\n"
-            "z = m.logits_from_cached(np.zeros((2, 1) + (m.preprocessing.cache.size,) * 2, np.uint8))\n"
-            "print('SHAPE', z.shape, 'HEAVY', [k for k in ('torch', 'onnxruntime') if k in sys.modules])\n")
+    code = (
+        "import sys, numpy as np\n"
+        "from cxrkit.inference.predict import load_model\n"
+        f"m = load_model({path!r}, precision='openvino')\n"
+        "z = m.logits_from_cached(np.zeros((2, 1) + (m.preprocessing.cache.size,) * 2, np.uint8))\n"
+        "print('SHAPE', z.shape, 'HEAVY', [k for k in ('torch', 'onnxruntime') if k in sys.modules])\n"
+    )
     env = {**os.environ, "CXRKIT_CACHE": str(tmp_path / "cache"), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HEAVY []" in proc.stdout, proc.stdout
 
 
-def test_predict_on_a_checkpoint_runs_torch_free_after_its_first_run(phantom_run, nih_sample,
-                                                                     tmp_path, monkeypatch,
-                                                                     caplog):
+def test_predict_on_a_checkpoint_runs_torch_free_after_its_first_run(
+    phantom_run, nih_sample, tmp_path, monkeypatch, caplog
+):
     """The defaults (auto, CPU, no TTA): the first run builds the cached export and says so;
     later runs load it in auto's engine without torch, within auto's bound of fp32."""
     import shutil
@@ -207,15 +216,18 @@ def test_predict_on_a_checkpoint_runs_torch_free_after_its_first_run(phantom_run
     f = list(fast.findings)
     assert np.abs(got[f].to_numpy() - ref[f].to_numpy()).max() <= BF16_PARITY_TOLERANCE
     assert (got["ood_flag"] == ref["ood_flag"]).all()
-    assert load_model(run, tta="flip").backend == "torch"            # TTA: the torch path
+    assert load_model(run, tta="flip").backend == "torch"  # TTA: the torch path
     assert load_model(run, precision="onnxruntime").backend == "torch"
-    code = ("import sys\nfrom cxrkit.inference.predict import load_model\n"
-            f"m = load_model({str(run)!r})\n"
-            f"m.predict([{str(files[0])!r}])\n"
-            "print('BACKEND', m.backend, 'HEAVY', [k for k in ('torch', 'timm') if k in sys.modules])\n")
+    code = (
+        "import sys\nfrom cxrkit.inference.predict import load_model\n"
+        f"m = load_model({str(run)!r})\n"
+        f"m.predict([{str(files[0])!r}])\n"
+        "print('BACKEND', m.backend, 'HEAVY', [k for k in ('torch', 'timm') if k in sys.modules])\n"
+    )
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HEAVY []" in proc.stdout and "torch-free" in proc.stdout, proc.stdout
     # a damaged cached export is built again, and said (issue 19, item 14)
@@ -228,8 +240,9 @@ def test_predict_on_a_checkpoint_runs_torch_free_after_its_first_run(phantom_run
     assert np.abs(again.predict(files)[f].to_numpy() - got[f].to_numpy()).max() <= 1e-6
 
 
-def test_predict_cli_on_a_checkpoint_names_the_engine_that_ran(phantom_run, nih_sample,
-                                                               tmp_path, monkeypatch):
+def test_predict_cli_on_a_checkpoint_names_the_engine_that_ran(
+    phantom_run, nih_sample, tmp_path, monkeypatch
+):
     """``cxrkit predict RUN IMAGE`` with the defaults: the torch-free path's summary names
     the engine (it crashed with AttributeError when that engine was OpenVINO)."""
     import shutil
@@ -242,8 +255,10 @@ def test_predict_cli_on_a_checkpoint_names_the_engine_that_ran(phantom_run, nih_
     monkeypatch.delenv("CXRKIT_PRECISION", raising=False)
     run = shutil.copytree(phantom_run, tmp_path / "run")
     image = real_images(nih_sample, 1)[0]
-    res = CliRunner().invoke(app, ["predict", str(run), str(image), "--out",
-                                   str(tmp_path / "p.csv"), "--no-progress"])
+    res = CliRunner().invoke(
+        app, ["predict", str(run), str(image), "--out", str(tmp_path / "p.csv"), "--no-progress"]
+    )
     assert res.exit_code == 0, res.output
-    assert ("forward pass: OpenVINO" in res.output
-            or "forward pass: onnxruntime" in res.output), res.output
+    assert "forward pass: OpenVINO" in res.output or "forward pass: onnxruntime" in res.output, (
+        res.output
+    )

@@ -39,8 +39,12 @@ def large(tmp_path_factory):
     root = tmp_path_factory.mktemp("large")
     release = make_phantoms(root, n_patients=300, image_size=48, seed=11, progress=False)
     labels, _ = read_data_entry(release.label_file)
-    images = np.stack([cv2.imread(str(root / "images_001" / "images" / i), cv2.IMREAD_UNCHANGED)
-                       for i in labels["image_id"]])
+    images = np.stack(
+        [
+            cv2.imread(str(root / "images_001" / "images" / i), cv2.IMREAD_UNCHANGED)
+            for i in labels["image_id"]
+        ]
+    )
     return release, labels, images
 
 
@@ -51,8 +55,10 @@ def _pngs(root):
 def test_layout_and_data_entry_in_nih_2017_form(small):
     root = small.root
     raw = small.label_file.read_bytes()
-    header = (b"Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-              b"View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\r\n")
+    header = (
+        b"Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+        b"View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\r\n"
+    )
     assert raw.startswith(header)
     assert raw.endswith(b"\r\n") and raw.count(b"\n") == raw.count(b"\r\n")
     rows = raw.decode().split("\r\n")[1:-1]
@@ -109,8 +115,12 @@ def test_boxes_in_nih_form_only_on_test_images(large):
 
 def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
     again = make_phantoms(tmp_path / "again", n_patients=40, image_size=64, seed=3, progress=False)
-    for name in ("Data_Entry_2017.csv", "BBox_List_2017.csv", "train_val_list.txt",
-                 "test_list.txt"):
+    for name in (
+        "Data_Entry_2017.csv",
+        "BBox_List_2017.csv",
+        "train_val_list.txt",
+        "test_list.txt",
+    ):
         assert (small.root / name).read_bytes() == (again.root / name).read_bytes(), name
     first, second = _pngs(small.root), _pngs(again.root)
     assert [p.name for p in first] == [p.name for p in second]
@@ -118,14 +128,17 @@ def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
         assert np.array_equal(cv2.imread(str(a), 0), cv2.imread(str(b), 0))
     other = make_phantoms(tmp_path / "other", n_patients=40, image_size=64, seed=4, progress=False)
     assert other.label_file.read_bytes() != small.label_file.read_bytes()
-    assert not np.array_equal(cv2.imread(str(_pngs(other.root)[0]), 0),
-                              cv2.imread(str(first[0]), 0))
+    assert not np.array_equal(
+        cv2.imread(str(_pngs(other.root)[0]), 0), cv2.imread(str(first[0]), 0)
+    )
 
 
 def test_same_bytes_in_another_process(small, tmp_path):
     """Nothing may hang on set or dict order that changes with ``PYTHONHASHSEED``."""
-    code = ("import sys; from cxrkit.data.phantoms import make_phantoms; "
-            "make_phantoms(sys.argv[1], n_patients=40, image_size=64, seed=3, progress=False)")
+    code = (
+        "import sys; from cxrkit.data.phantoms import make_phantoms; "
+        "make_phantoms(sys.argv[1], n_patients=40, image_size=64, seed=3, progress=False)"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env=env, timeout=120)
     for name in ("Data_Entry_2017.csv", "BBox_List_2017.csv", "test_list.txt"):
@@ -194,7 +207,7 @@ def test_sign_is_visible_and_inside_its_box(finding):
         x, y, w, h = boxes[finding]
         assert 0 <= x and 0 <= y and x + w <= 128 and y + h <= 128
         inside = np.zeros_like(diff, dtype=bool)
-        inside[max(int(y) - 2, 0):int(y + h) + 2, max(int(x) - 2, 0):int(x + w) + 2] = True
+        inside[max(int(y) - 2, 0) : int(y + h) + 2, max(int(x) - 2, 0) : int(x + w) + 2] = True
         assert np.sort(diff.ravel())[-16:].mean() > 8, seed  # grey levels, 16 pixels at least
         if finding in BOXED_FINDINGS:
             assert diff[inside].sum() >= 0.9 * diff.sum(), (seed, diff[inside].sum() / diff.sum())

@@ -41,25 +41,40 @@ def test_collect_inputs(tmp_path, pngs):
     (root / "notes.txt").write_text("hello")
     write_dicom(root / "a" / "IM0001", np.zeros((8, 8), np.uint8))  # DICOM without extension
     (tmp_path / "empty").mkdir()
-    got = collect_inputs([root, str(root / "a" / "**" / "*.png"), tmp_path / "nope.png",
-                          str(tmp_path / "*.jpg"), tmp_path / "empty", pngs[4]])
+    got = collect_inputs(
+        [
+            root,
+            str(root / "a" / "**" / "*.png"),
+            tmp_path / "nope.png",
+            str(tmp_path / "*.jpg"),
+            tmp_path / "empty",
+            pngs[4],
+        ]
+    )
     names = [p.name for p in got.files]
     assert names == [pngs[0].name, "IM0001", pngs[1].name, pngs[2].name, pngs[4].name]
     assert [why for _, why in got.problems] == [
-        "no such file or folder", "no file matches this pattern",
-        "folder holds no PNG, JPEG or DICOM files"]
+        "no such file or folder",
+        "no file matches this pattern",
+        "folder holds no PNG, JPEG or DICOM files",
+    ]
     assert [p.name for p in got.skipped] == ["notes.txt"]
 
 
 def test_cli_numbers_equal_python_api(run, pngs, tmp_path):
-    dcm = write_dicom(tmp_path / "x.dcm", (255 - np.asarray(Image.open(pngs[0]))).astype(
-        np.uint16) * 16, bits_stored=12, photometric="MONOCHROME1")
+    dcm = write_dicom(
+        tmp_path / "x.dcm",
+        (255 - np.asarray(Image.open(pngs[0]))).astype(np.uint16) * 16,
+        bits_stored=12,
+        photometric="MONOCHROME1",
+    )
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     inputs = [*map(str, pngs), str(dcm), str(bad), str(tmp_path / "missing.png")]
     out_csv, out_json = tmp_path / "p.csv", tmp_path / "p.json"
-    res = CliRunner().invoke(app, ["predict", str(run), *inputs, "--out", str(out_csv),
-                                   "--batch-size", "4"])
+    res = CliRunner().invoke(
+        app, ["predict", str(run), *inputs, "--out", str(out_csv), "--batch-size", "4"]
+    )
     assert res.exit_code == 1, res.output  # two inputs failed, and said so
     assert "broken.png" in res.output and "missing.png" in res.output
     assert f"{len(pngs) + 1} predicted, 2 failed" in res.output
@@ -67,13 +82,20 @@ def test_cli_numbers_equal_python_api(run, pngs, tmp_path):
     good = [*map(str, pngs), str(dcm)]
     lm = cxrkit.load(run)
     want = lm.predict(good)
-    np.testing.assert_allclose(table.loc[good, list(lm.findings)].to_numpy(),
-                               want[list(lm.findings)].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        table.loc[good, list(lm.findings)].to_numpy(),
+        want[list(lm.findings)].to_numpy(),
+        rtol=0,
+        atol=1e-6,
+    )
     # the OOD score and flag: the same numbers in the CSV and the Python API
-    np.testing.assert_allclose(table.loc[good, "ood_score"].to_numpy(float),
-                               want["ood_score"].to_numpy(float), rtol=1e-6)
-    assert (table.loc[good, "ood_flag"].astype(bool).to_numpy()
-            == want["ood_flag"].astype(bool).to_numpy()).all()
+    np.testing.assert_allclose(
+        table.loc[good, "ood_score"].to_numpy(float), want["ood_score"].to_numpy(float), rtol=1e-6
+    )
+    assert (
+        table.loc[good, "ood_flag"].astype(bool).to_numpy()
+        == want["ood_flag"].astype(bool).to_numpy()
+    ).all()
     assert table.loc[good, "error"].isna().all()
     assert "truncated" in table.loc[str(bad), "error"]
     assert table.loc[str(tmp_path / "missing.png"), "error"] == "no such file or folder"
@@ -83,8 +105,9 @@ def test_cli_numbers_equal_python_api(run, pngs, tmp_path):
     rec = json.loads(out_json.read_text())
     got = np.array([[r["probabilities"][f] for f in lm.findings] for r in rec["predictions"]])
     np.testing.assert_allclose(got, want[list(lm.findings)].to_numpy(), rtol=0, atol=1e-6)
-    np.testing.assert_allclose([r["ood_score"] for r in rec["predictions"]],
-                               want["ood_score"].to_numpy(float), rtol=1e-6)
+    np.testing.assert_allclose(
+        [r["ood_score"] for r in rec["predictions"]], want["ood_score"].to_numpy(float), rtol=1e-6
+    )
     assert [r["ood_flag"] for r in rec["predictions"]] == want["ood_flag"].tolist()
     assert rec["thresholds_source"].startswith("none chosen") and rec["n_failed"] == 0
 
@@ -106,8 +129,9 @@ def test_checkpoint_preprocessing_is_used(run, nih_sample):
     np.testing.assert_allclose(p, want, atol=1e-6)
     plain = preprocess(read_xray(original), size=64, clahe=False)
     with torch.no_grad():
-        other = torch.sigmoid(lm.model(lm.transform(torch.from_numpy(plain)[None, None]),
-                                       None)).numpy()[0]
+        other = torch.sigmoid(
+            lm.model(lm.transform(torch.from_numpy(plain)[None, None]), None)
+        ).numpy()[0]
     assert np.abs(other - p).max() > 1e-4  # CLAHE made a difference: the test can fail
 
 
@@ -118,7 +142,7 @@ def test_thresholds_from_evaluation_flag_findings(run, pngs):
     assert (default.thresholds == 0.5).all()
     probs = default.probabilities[0]
     chosen = {f: float(probs[i]) for i, f in enumerate(lm.findings)}  # each at image 0's p
-    chosen[lm.findings[0]] = float(probs[0]) + 1e-3                   # one just above it
+    chosen[lm.findings[0]] = float(probs[0]) + 1e-3  # one just above it
     write_thresholds(lm, chosen, method="youden", chosen_on="val")
     lm = cxrkit.load(run)
     with warnings.catch_warnings():
@@ -135,8 +159,9 @@ def test_thresholds_from_evaluation_flag_findings(run, pngs):
 def test_unsupported_tta_and_out_format(run, pngs, tmp_path):
     res = CliRunner().invoke(app, ["predict", str(run), str(pngs[0]), "--tta", "bogus"])
     assert res.exit_code == 2 and "tta must be one of" in res.output
-    res = CliRunner().invoke(app, ["predict", str(run), str(pngs[0]), "--out",
-                                   str(tmp_path / "x.xlsx")])
+    res = CliRunner().invoke(
+        app, ["predict", str(run), str(pngs[0]), "--out", str(tmp_path / "x.xlsx")]
+    )
     assert res.exit_code == 2 and ".csv or .json" in res.output
 
 
@@ -146,8 +171,9 @@ def test_batch_size_must_be_a_positive_count(phantom_run, pngs, batch_size):
     from cxrkit.inference.predict import load_model, predict_files
 
     lm = load_model(phantom_run)
-    with pytest.raises(ValueError, match=f"batch_size must be a whole number of images >= 1, "
-                                         f"got {batch_size}"):
+    with pytest.raises(
+        ValueError, match=f"batch_size must be a whole number of images >= 1, got {batch_size}"
+    ):
         predict_files(lm, pngs[:3], batch_size=batch_size, progress=False)
     with pytest.raises(ValueError, match="batch_size must be"):
         lm.predict(pngs[:3], batch_size=batch_size)

@@ -26,8 +26,16 @@ def copy_release(src, dst):
 
 def test_prepared_folder_is_complete(phantom_prepared, phantom_release):
     p = phantom_prepared
-    for name in ("images.npy", "index.csv", "manifest.json", "labels.csv", "split.csv",
-                 "split.json", "boxes.csv", "dataset.json"):
+    for name in (
+        "images.npy",
+        "index.csv",
+        "manifest.json",
+        "labels.csv",
+        "split.csv",
+        "split.json",
+        "boxes.csv",
+        "dataset.json",
+    ):
         assert (p.root / name).exists(), name
     assert len(p.labels) == len(p.cache) == len(p.split)
     assert p.info["label_report"]["form"] == "2017"
@@ -48,13 +56,21 @@ def test_missing_images_error_or_drop(phantom_release, tmp_path):
     gone = sorted(root.rglob("*.png"))[:3]
     for g in gone:
         g.unlink()
-    with pytest.raises(MissingImagesError, match=r"3 of \d+ label-file images are not on disk.*"
-                       + gone[0].name):
-        prepare(root, tmp_path / "out", settings=PreprocessSettings(size=32), workers=0,
-                progress=False)
+    with pytest.raises(
+        MissingImagesError, match=r"3 of \d+ label-file images are not on disk.*" + gone[0].name
+    ):
+        prepare(
+            root, tmp_path / "out", settings=PreprocessSettings(size=32), workers=0, progress=False
+        )
     with pytest.warns(UserWarning, match="dropped 3"):
-        p = prepare(root, tmp_path / "out", settings=PreprocessSettings(size=32), workers=0,
-                    progress=False, on_missing="drop")
+        p = prepare(
+            root,
+            tmp_path / "out",
+            settings=PreprocessSettings(size=32),
+            workers=0,
+            progress=False,
+            on_missing="drop",
+        )
     dropped = pd.read_csv(tmp_path / "out" / "dropped_images.csv")
     assert sorted(dropped["image_id"]) == sorted(g.name for g in gone)
     assert len(p.labels) == len(pd.read_csv(root / "Data_Entry_2017.csv")) - 3
@@ -65,8 +81,9 @@ def test_corrupt_image_is_recorded_not_fatal(phantom_release, tmp_path):
     bad = sorted(root.rglob("*.png"))[5]
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     with pytest.warns(UserWarning, match=bad.name):
-        p = prepare(root, tmp_path / "out", settings=PreprocessSettings(size=32), workers=0,
-                    progress=False)
+        p = prepare(
+            root, tmp_path / "out", settings=PreprocessSettings(size=32), workers=0, progress=False
+        )
     assert bad.name not in set(p.labels["image_id"])
     index = pd.read_csv(tmp_path / "out" / "index.csv")
     assert index.loc[index["image_id"] == bad.name, "status"].item() == "error"
@@ -97,11 +114,22 @@ def test_release_without_lists_needs_random_split(phantom_release, tmp_path):
     assert not rel.has_official_split
     with pytest.warns(UserWarning):
         with pytest.raises(FileNotFoundError, match="--protocol random"):
-            prepare(root, tmp_path / "out", settings=PreprocessSettings(size=32), workers=0,
-                    progress=False)
+            prepare(
+                root,
+                tmp_path / "out",
+                settings=PreprocessSettings(size=32),
+                workers=0,
+                progress=False,
+            )
     with pytest.warns(UserWarning):
-        p = prepare(root, tmp_path / "out2", settings=PreprocessSettings(size=32), workers=0,
-                    progress=False, protocol="random")
+        p = prepare(
+            root,
+            tmp_path / "out2",
+            settings=PreprocessSettings(size=32),
+            workers=0,
+            progress=False,
+            protocol="random",
+        )
     assert set(p.split["split"]) == {"train", "val", "test"}
 
 
@@ -116,9 +144,16 @@ def test_real_sample_prepares(tmp_path, folder, count):
     images = _need(NIH / folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 'dropped 110,331 label-file images not on disk'
-        p = prepare(NIH, tmp_path / "out", images_root=images, label_file=META / "Data_Entry_2017.csv",
-                    settings=PreprocessSettings(size=64), workers=2, progress=False,
-                    on_missing="drop")
+        p = prepare(
+            NIH,
+            tmp_path / "out",
+            images_root=images,
+            label_file=META / "Data_Entry_2017.csv",
+            settings=PreprocessSettings(size=64),
+            workers=2,
+            progress=False,
+            on_missing="drop",
+        )
     assert len(p.labels) == len(p.cache) == count
     assert p.cache.images.shape == (count, 64, 64) and p.cache.images.dtype == np.uint8
     assert p.info["label_report"]["n_images"] == 112_120
@@ -137,8 +172,9 @@ def test_dataset_items_and_loader(phantom_prepared):
     assert item["image"].shape == (1, 64, 64) and item["image"].dtype == torch.uint8
     assert item["labels"].tolist() == table.loc[0, ["Pneumonia", "Effusion"]].tolist()
     assert item["meta"].shape == (len(META_FEATURES),)
-    assert torch.equal(item["image"][0], torch.from_numpy(
-        phantom_prepared.cache.image(item["image_id"])))
+    assert torch.equal(
+        item["image"][0], torch.from_numpy(phantom_prepared.cache.image(item["image_id"]))
+    )
     a = [b["image_id"] for b in make_loader(ds, batch_size=8, shuffle=True, seed=3)]
     b = [b["image_id"] for b in make_loader(ds, batch_size=8, shuffle=True, seed=3)]
     c = [b["image_id"] for b in make_loader(ds, batch_size=8, shuffle=True, seed=4)]
@@ -164,25 +200,24 @@ def test_metadata_vector():
 
 # ---------------------------------------------------------------- full disk, unwritable out
 
+
 def _leftovers(folder):
-    return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name
-                  or ".partial" in p.name)
+    return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name or ".partial" in p.name)
 
 
-def test_not_enough_space_is_refused_before_the_memmap(phantom_release, tmp_path,
-                                                       monkeypatch):
+def test_not_enough_space_is_refused_before_the_memmap(phantom_release, tmp_path, monkeypatch):
     import shutil as sh
 
     import cxrkit.data._cache_build as build_mod
     from cxrkit.artefacts import WriteError as OutputError
 
     real = sh.disk_usage
-    monkeypatch.setattr(build_mod.shutil, "disk_usage",
-                        lambda p: real(p)._replace(free=5000))
+    monkeypatch.setattr(build_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=5000))
     out = tmp_path / "out"
     with pytest.raises(OutputError) as info:
-        prepare(phantom_release, out, settings=PreprocessSettings(size=32), workers=0,
-                progress=False)
+        prepare(
+            phantom_release, out, settings=PreprocessSettings(size=32), workers=0, progress=False
+        )
     msg = str(info.value)
     n = len(pd.read_csv(phantom_release / "Data_Entry_2017.csv"))
     assert str(out) in msg and f"{n:,} images of 32x32 px" in msg, msg
@@ -190,8 +225,9 @@ def test_not_enough_space_is_refused_before_the_memmap(phantom_release, tmp_path
     assert not (out / "images.npy.partial").exists() and _leftovers(out) == []
 
 
-def test_full_disk_while_writing_tables_leaves_no_temporaries(phantom_release, tmp_path,
-                                                              monkeypatch):
+def test_full_disk_while_writing_tables_leaves_no_temporaries(
+    phantom_release, tmp_path, monkeypatch
+):
     import errno
 
     from cxrkit.artefacts import WriteError as OutputError
@@ -207,15 +243,20 @@ def test_full_disk_while_writing_tables_leaves_no_temporaries(phantom_release, t
         return real(src, dst)
 
     monkeypatch.setattr(artefacts.os, "replace", full)
-    with pytest.raises(OutputError, match=r"labels\.csv: no space left on the device .*; the "
-                                          "image cache is complete and kept"):
-        prepare(phantom_release, out, settings=PreprocessSettings(size=32), workers=0,
-                progress=False)
+    with pytest.raises(
+        OutputError,
+        match=r"labels\.csv: no space left on the device .*; the "
+        "image cache is complete and kept",
+    ):
+        prepare(
+            phantom_release, out, settings=PreprocessSettings(size=32), workers=0, progress=False
+        )
     assert _leftovers(out) == []
     monkeypatch.setattr(artefacts.os, "replace", real)
     # the finished cache is kept: a re-run only writes the tables
-    p = prepare(phantom_release, out, settings=PreprocessSettings(size=32), workers=0,
-                progress=False)
+    p = prepare(
+        phantom_release, out, settings=PreprocessSettings(size=32), workers=0, progress=False
+    )
     assert len(p.cache) == len(p.labels)
 
 
@@ -225,8 +266,13 @@ def test_unwritable_output_is_one_line(phantom_release, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(OutputError, match=f"cannot write the prepared folder {blocker}/out"):
-        prepare(phantom_release, blocker / "out", settings=PreprocessSettings(size=32),
-                workers=0, progress=False)
+        prepare(
+            phantom_release,
+            blocker / "out",
+            settings=PreprocessSettings(size=32),
+            workers=0,
+            progress=False,
+        )
 
 
 @pytest.fixture
@@ -236,8 +282,9 @@ def tiny_disk(tmp_path):
 
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tiny tmpfs here ({r.stderr.strip() or r.returncode})")
     try:
@@ -252,8 +299,9 @@ def test_prepare_on_a_real_full_disk_cli(phantom_release, tmp_path, tiny_disk):
     from cxrkit.cli import app
 
     out = tiny_disk / "prep"
-    r = CliRunner().invoke(app, ["prepare", str(phantom_release), "--out", str(out),
-                                 "--size", "256", "--workers", "0"])
+    r = CliRunner().invoke(
+        app, ["prepare", str(phantom_release), "--out", str(out), "--size", "256", "--workers", "0"]
+    )
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and isinstance(r.exception, SystemExit)
     line = [ln for ln in r.output.splitlines() if ln.startswith("error:")]

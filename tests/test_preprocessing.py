@@ -16,8 +16,14 @@ from test_export import make_checkpoint
 
 
 def build(**kw):
-    args = dict(cache=PreprocessSettings(size=64), model_name="cnn4", model_input_size=128,
-                mean=0.5, std=0.25, channels=1)
+    args = dict(
+        cache=PreprocessSettings(size=64),
+        model_name="cnn4",
+        model_input_size=128,
+        mean=0.5,
+        std=0.25,
+        channels=1,
+    )
     args.update(kw)
     return Preprocessing.build(**args)
 
@@ -25,7 +31,7 @@ def build(**kw):
 def test_defaults_come_from_the_registry_and_never_upsample():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        p = build()                                           # cnn4: 128 px, cache 64
+        p = build()  # cnn4: 128 px, cache 64
         assert (p.input_size, p.eval_resize, p.tencrop_resize) == (64, 64, 73)
         p = build(cache=PreprocessSettings(size=256), model_input_size=224)
         assert (p.input_size, p.eval_resize, p.tencrop_resize) == (224, 224, 256)
@@ -34,17 +40,28 @@ def test_defaults_come_from_the_registry_and_never_upsample():
 
 
 def test_an_input_larger_than_the_cache_warns_with_the_way_out():
-    with pytest.warns(UpsampledInputWarning, match=r"data.image_size=224 .* larger than the "
-                      r"cached images \(64 px\).*--size 224.*data.image_size=64"):
+    with pytest.warns(
+        UpsampledInputWarning,
+        match=r"data.image_size=224 .* larger than the "
+        r"cached images \(64 px\).*--size 224.*data.image_size=64",
+    ):
         p = build(image_size=224)
     assert p.input_size == 224
 
 
 def test_a_fixed_size_model_refuses_other_sizes_naming_the_field():
-    with pytest.raises(ConfigError, match=r"data.image_size=100: vit_small_patch16_224 takes "
-                       r"only 224 px inputs \(allowed: 224"):
-        build(model_name="vit_small_patch16_224", model_input_size=224, fixed_input_size=True,
-              image_size=100, cache=PreprocessSettings(size=256))
+    with pytest.raises(
+        ConfigError,
+        match=r"data.image_size=100: vit_small_patch16_224 takes "
+        r"only 224 px inputs \(allowed: 224",
+    ):
+        build(
+            model_name="vit_small_patch16_224",
+            model_input_size=224,
+            fixed_input_size=True,
+            image_size=100,
+            cache=PreprocessSettings(size=256),
+        )
     with pytest.raises(ConfigError, match="data.eval_resize=50 is smaller"):
         build(eval_resize=50)
     with pytest.raises(ConfigError, match="data.image_size must be a positive whole number"):
@@ -55,21 +72,34 @@ def test_a_vit_run_with_image_size_100_fails_at_build_time(phantom_prepared, tmp
     """Before the contract this failed inside timm at the first training step."""
     from cxrkit.engine.train import fit
 
-    cfg = load_config(None, [f"data.prepared={phantom_prepared.root}", f"out={tmp_path / 'r'}",
-                             "model.name=vit_small_patch16_224", "data.image_size=100",
-                             "train.epochs=1", "train.max_steps_per_epoch=1",
-                             "train.threads=1", "data.batch_size=4"])
+    cfg = load_config(
+        None,
+        [
+            f"data.prepared={phantom_prepared.root}",
+            f"out={tmp_path / 'r'}",
+            "model.name=vit_small_patch16_224",
+            "data.image_size=100",
+            "train.epochs=1",
+            "train.max_steps_per_epoch=1",
+            "train.threads=1",
+            "data.batch_size=4",
+        ],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ConfigError, match=r"data.image_size=100: vit_small_patch16_224 "
-                           r"takes only 224 px inputs \(allowed: 224"):
+        with pytest.raises(
+            ConfigError,
+            match=r"data.image_size=100: vit_small_patch16_224 "
+            r"takes only 224 px inputs \(allowed: 224",
+        ):
             fit(cfg, show_progress=False)
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
 def test_round_trip_and_refusals():
-    p = build(cache=PreprocessSettings(size=96, clahe=True), image_size=80, eval_resize=90,
-              hflip=True)
+    p = build(
+        cache=PreprocessSettings(size=96, clahe=True), image_size=80, eval_resize=90, hflip=True
+    )
     assert Preprocessing.from_dict(p.to_dict()) == p
     with pytest.raises(ValueError, match="newer than this cxrkit"):
         Preprocessing.from_dict({**p.to_dict(), "format": "cxrkit-preprocess/99"})
@@ -85,7 +115,7 @@ def test_a_checkpoint_written_before_the_contract_loads_with_its_old_geometry(tm
     lm = cxrkit.load(ck)
     p = lm.preprocessing
     assert (p.input_size, p.eval_resize, p.tencrop_resize, p.hflip) == (56, 56, 64, None)
-    assert mirrored_tta_note(p, "flip") is None        # unknown training flips: no claim
+    assert mirrored_tta_note(p, "flip") is None  # unknown training flips: no claim
     x = lm.load_images([np.full((70, 80), 100, np.uint8)])
     assert lm.logits_from_cached(x, tta="tencrop").shape == (1, 14)
     old = make_checkpoint(tmp_path / "b", "cnn4", cache=64, input_size=48, eval_resize=60)
@@ -103,16 +133,29 @@ def test_training_stores_the_contract_and_every_user_reads_it(phantom_run):
     assert p == Preprocessing.from_dict(saved["preprocess"]) and p.hflip is False
     assert lm.transform.size == eval_transform(p).size == p.input_size
     assert to_cache_space(np.ones((1, p.input_size, p.input_size)), lm).shape == (
-        1, p.cache.size, p.cache.size)
+        1,
+        p.cache.size,
+        p.cache.size,
+    )
 
 
 def test_training_warns_when_the_input_is_larger_than_the_cache(phantom_prepared, tmp_path):
     from cxrkit.engine.train import fit
 
-    cfg = load_config(None, [f"data.prepared={phantom_prepared.root}", f"out={tmp_path / 'r'}",
-                             "model.name=cnn4", "data.image_size=96", "train.epochs=1",
-                             "train.max_steps_per_epoch=1", "train.threads=1",
-                             "train.amp=none", "data.batch_size=8"])
+    cfg = load_config(
+        None,
+        [
+            f"data.prepared={phantom_prepared.root}",
+            f"out={tmp_path / 'r'}",
+            "model.name=cnn4",
+            "data.image_size=96",
+            "train.epochs=1",
+            "train.max_steps_per_epoch=1",
+            "train.threads=1",
+            "train.amp=none",
+            "data.batch_size=8",
+        ],
+    )
     with pytest.warns(UpsampledInputWarning, match="upsampled 1.5x"):
         fit(cfg, show_progress=False)
     assert cxrkit.load(tmp_path / "r").preprocessing.input_size == 96
@@ -128,9 +171,15 @@ def test_mirrored_tta_is_flagged_only_for_models_trained_without_flips():
     assert "five of its ten crops are mirrored" in mirrored_tta_note(build(), "tencrop")
     assert "data.hflip=false" in mirrored_tta_note(build(), "flip")
     assert mirrored_tta_note(build(), "none") is None
-    old = {"cache": PreprocessSettings(size=64).to_dict(), "input_size": 64,
-           "eval_resize": None, "mean": 0.5, "std": 0.25, "channels": 1}
+    old = {
+        "cache": PreprocessSettings(size=64).to_dict(),
+        "input_size": 64,
+        "eval_resize": None,
+        "mean": 0.5,
+        "std": 0.25,
+        "channels": 1,
+    }
     flips = {"data": {"hflip": True, "augment": True}}
     assert Preprocessing.from_checkpoint({"preprocess": old, "config": flips}).hflip is True
-    flips["data"]["augment"] = False        # no augmentation: no flips either
+    flips["data"]["augment"] = False  # no augmentation: no flips either
     assert Preprocessing.from_checkpoint({"preprocess": old, "config": flips}).hflip is False

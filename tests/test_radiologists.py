@@ -42,8 +42,19 @@ def test_reader_against_the_majority_of_the_others_by_hand():
        {0} -> fp; reader 3: others {1} -> fn; reader 2 hedged. d: 1 0 -> reader 1: fp,
        reader 2: fn.
     """
-    rows = [("a", 1, 1), ("a", 2, 1), ("a", 3, 0), ("b", 1, 0), ("b", 2, 0), ("b", 3, 0),
-            ("c", 1, 1), ("c", 2, np.nan), ("c", 3, 0), ("d", 1, 1), ("d", 2, 0)]
+    rows = [
+        ("a", 1, 1),
+        ("a", 2, 1),
+        ("a", 3, 0),
+        ("b", 1, 0),
+        ("b", 2, 0),
+        ("b", 3, 0),
+        ("c", 1, 1),
+        ("c", 2, np.nan),
+        ("c", 3, 0),
+        ("d", 1, 1),
+        ("d", 2, 0),
+    ]
     readers = pd.DataFrame(rows, columns=["image_id", "reader_id", "Pneumothorax"])
     per, summary = reader_agreement(readers, "Pneumothorax")
     per = per.set_index("reader_id")
@@ -78,8 +89,13 @@ def test_label_noise_has_the_documented_rates():
 
 def test_phantom_expert_files_hold_the_truth(phantom_release):
     rel = load_release(phantom_release)
-    expert = load_expert_labels(phantom_release, nih=rel.labels, label_file=str(rel.report.path),
-                                train_val=rel.train_val, test=rel.test)
+    expert = load_expert_labels(
+        phantom_release,
+        nih=rel.labels,
+        label_file=str(rel.report.path),
+        train_val=rel.train_val,
+        test=rel.test,
+    )
     assert set(expert.sets) == {FOUR, ALL}
     manifest = json.loads((phantom_release / "phantoms_manifest.json").read_text())
     cohort = sample_cohort(n_patients=manifest["settings"]["n_patients"], seed=1)
@@ -90,7 +106,8 @@ def test_phantom_expert_files_hold_the_truth(phantom_release):
         assert every[f.replace("_", " ")].astype(int).tolist() == want, f
     four = expert.sets[FOUR].labels.set_index("image_id")
     assert four["Nodule or mass"].astype(int).tolist() == [
-        int("Nodule" in truth[i] or "Mass" in truth[i]) for i in four.index]
+        int("Nodule" in truth[i] or "Mass" in truth[i]) for i in four.index
+    ]
     assert set(four["part"]) == {"test", "val"}
     # NIH's published labels differ from the truth somewhere (the label noise)
     published = rel.labels.set_index("image_id")
@@ -122,7 +139,7 @@ def test_section_numbers_match_an_independent_computation(evaluated):
             if f["finding"] in ("Fracture", "Other"):
                 assert not f["predicted"] and rows["score"].isna().all()
                 continue
-            if f["finding"] == "Nodule or mass":     # documented: max of the two
+            if f["finding"] == "Nodule or mass":  # documented: max of the two
                 want = pred.loc[rows["image_id"], ["p_Nodule", "p_Mass"]].max(axis=1).to_numpy()
                 assert np.allclose(rows["score"], want)
             y = rows["radiologists"].to_numpy()
@@ -152,9 +169,11 @@ def test_report_section_and_gallery_are_present_and_self_contained(evaluated):
     fn = gallery[gallery["kind"] == "false negative"]
     assert (fp["reference_label"] == 0).all() and (fp["probability"] >= fp["threshold"]).all()
     assert (fn["reference_label"] == 1).all() and (fn["probability"] < fn["threshold"]).all()
-    assert set(gallery["reference"]) <= {"NIH label (text-mined)",
-                                         "radiologists (all findings, majority of three)",
-                                         "radiologists (four findings, adjudicated)"}
+    assert set(gallery["reference"]) <= {
+        "NIH label (text-mined)",
+        "radiologists (all findings, majority of three)",
+        "radiologists (four findings, adjudicated)",
+    }
     assert all((out / p).exists() for p in gallery["overlay"])
     assert (out / "figures" / "roc_radiologists_four_findings.png").exists()
     md = (out / "summary.md").read_text()
@@ -163,13 +182,26 @@ def test_report_section_and_gallery_are_present_and_self_contained(evaluated):
 
 def test_reference_nih_skips_and_radiologists_requires_the_files(phantom_run, tmp_path):
     run = shutil.copytree(phantom_run, tmp_path / "run")
-    evaluate_checkpoint(run, reference="nih", gallery=0, report=False, out=tmp_path / "o", **{
-        k: v for k, v in FAST.items()})
+    evaluate_checkpoint(
+        run,
+        reference="nih",
+        gallery=0,
+        report=False,
+        out=tmp_path / "o",
+        **{k: v for k, v in FAST.items()},
+    )
     assert not (tmp_path / "o" / "radiologists.json").exists()
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no radiologists' labels under"):
-        evaluate_checkpoint(run, reference="radiologists", expert_labels=tmp_path / "empty",
-                            gallery=0, report=False, out=tmp_path / "o2", **FAST)
+        evaluate_checkpoint(
+            run,
+            reference="radiologists",
+            expert_labels=tmp_path / "empty",
+            gallery=0,
+            report=False,
+            out=tmp_path / "o2",
+            **FAST,
+        )
 
 
 def test_compare_shows_radiologists_per_run(evaluated, tmp_path):
@@ -181,7 +213,7 @@ def test_compare_shows_radiologists_per_run(evaluated, tmp_path):
     table = read_csv(folder / "radiologists.csv")
     assert {"run: vs radiologists", "other: vs NIH"} <= set(table.columns)
     deltas = table["Δ other - run (vs radiologists)"].dropna()
-    assert deltas.str.startswith("+0.000").any()        # the same model: no difference
+    assert deltas.str.startswith("+0.000").any()  # the same model: no difference
     assert ">Against radiologists<" in (folder / "comparison.html").read_text()
 
 
@@ -202,19 +234,52 @@ def gap_run(tmp_path_factory):
     from cxrkit.engine.train import fit
 
     root = tmp_path_factory.mktemp("gap")
-    make_phantoms(root / "rel", n_patients=1000, image_size=32, seed=5, test_fraction=0.5,
-                  expert_fraction=(1.0, 0.05), progress=False)
-    prepared = prepare(root / "rel", root / "prep", settings=PreprocessSettings(size=32),
-                       workers=0, progress=False, val_fraction=0.2)
-    cfg = load_config(None, [f"data.prepared={prepared.root}", f"out={root / 'run'}",
-                             f"data.findings=[{','.join(GAP_FINDINGS)}]", "data.batch_size=32",
-                             "model.name=cnn4", "model.kwargs.drop_rate=0.2", "train.epochs=6",
-                             "train.optimizer=adamw", "train.lr=3e-3", "train.scheduler=cosine",
-                             "train.warmup_epochs=0.5", "train.threads=1", "train.amp=none",
-                             "train.patience=6"])
+    make_phantoms(
+        root / "rel",
+        n_patients=1000,
+        image_size=32,
+        seed=5,
+        test_fraction=0.5,
+        expert_fraction=(1.0, 0.05),
+        progress=False,
+    )
+    prepared = prepare(
+        root / "rel",
+        root / "prep",
+        settings=PreprocessSettings(size=32),
+        workers=0,
+        progress=False,
+        val_fraction=0.2,
+    )
+    cfg = load_config(
+        None,
+        [
+            f"data.prepared={prepared.root}",
+            f"out={root / 'run'}",
+            f"data.findings=[{','.join(GAP_FINDINGS)}]",
+            "data.batch_size=32",
+            "model.name=cnn4",
+            "model.kwargs.drop_rate=0.2",
+            "train.epochs=6",
+            "train.optimizer=adamw",
+            "train.lr=3e-3",
+            "train.scheduler=cosine",
+            "train.warmup_epochs=0.5",
+            "train.threads=1",
+            "train.amp=none",
+            "train.patience=6",
+        ],
+    )
     fit(cfg, show_progress=False)
-    evaluate_checkpoint(root / "run", reference="radiologists", gallery=0, report=False,
-                        bootstrap=200, subgroup_bootstrap=5, progress=False)
+    evaluate_checkpoint(
+        root / "run",
+        reference="radiologists",
+        gallery=0,
+        report=False,
+        bootstrap=200,
+        subgroup_bootstrap=5,
+        progress=False,
+    )
     return root / "run" / "eval" / "test"
 
 
@@ -233,21 +298,28 @@ def test_against_truth_the_model_scores_higher_than_against_noisy_labels(gap_run
     """
     images = pd.read_csv(gap_run / "radiologists_images.csv", dtype={"image_id": str})
     part = images[(images["set"] == ALL) & images["finding"].isin(GAP_FINDINGS)]
-    wide = {k: part.pivot(index="image_id", columns="finding", values=k)[GAP_FINDINGS]
-            for k in ("radiologists", "nih", "score")}
-    patients = part.drop_duplicates("image_id").set_index("image_id").loc[
-        wide["score"].index, "patient_id"].to_numpy()
+    wide = {
+        k: part.pivot(index="image_id", columns="finding", values=k)[GAP_FINDINGS]
+        for k in ("radiologists", "nih", "score")
+    }
+    patients = (
+        part.drop_duplicates("image_id")
+        .set_index("image_id")
+        .loc[wide["score"].index, "patient_id"]
+        .to_numpy()
+    )
     truth, noisy = wide["radiologists"].to_numpy(float), wide["nih"].to_numpy(float)
     score = wide["score"].to_numpy(float)
     assert (truth.sum(0) >= 10).all() and (noisy.sum(0) >= 10).all(), truth.sum(0)
     k = len(GAP_FINDINGS)
-    roc, _ = bootstrap_ranking(np.hstack([truth, noisy]), np.hstack([score, score]), patients,
-                               n=300, seed=0)
+    roc, _ = bootstrap_ranking(
+        np.hstack([truth, noisy]), np.hstack([score, score]), patients, n=300, seed=0
+    )
     a_truth, a_noisy = roc.value[:k], roc.value[k:]
     gap = a_truth.mean() - a_noisy.mean()
     reps = roc.samples[:, :k].mean(1) - roc.samples[:, k:].mean(1)
     reps = reps[np.isfinite(reps)]
-    assert a_truth.mean() > 0.75, a_truth      # the model learned the two signs
+    assert a_truth.mean() > 0.75, a_truth  # the model learned the two signs
     assert gap > 0 and np.quantile(reps, 0.025) > 0, (gap, np.quantile(reps, 0.025))
     a = np.array([truth[noisy[:, j] == 1, j].mean() for j in range(k)])
     b = np.array([1 - truth[noisy[:, j] == 0, j].mean() for j in range(k)])

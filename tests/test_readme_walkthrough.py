@@ -52,7 +52,14 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
     (work / "configs").symlink_to(REPO / "configs")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"}
     for argv in walkthrough_commands((REPO / "README.md").read_text()):
-        done = subprocess.run([sys.executable, "-m", "cxrkit.cli", *argv[1:]], cwd=work,
-                              env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, (f"`{shlex.join(argv)}` failed:\n"
-                                      f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        done = subprocess.run(
+            [sys.executable, "-m", "cxrkit.cli", *argv[1:]],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, (
+            f"`{shlex.join(argv)}` failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        )

@@ -46,8 +46,16 @@ def test_report_is_self_contained_and_complete(reported):
     for name in FIGURES:
         with Image.open(out / "figures" / name) as im:
             assert im.format == "PNG" and im.size[0] > 300
-    for heading in ("Data", "Per-finding AUROC and AUPRC", "Figures", "Decision thresholds",
-                    "Calibration", "Subgroups", "Training", "Configuration and provenance"):
+    for heading in (
+        "Data",
+        "Per-finding AUROC and AUPRC",
+        "Figures",
+        "Decision thresholds",
+        "Calibration",
+        "Subgroups",
+        "Training",
+        "Configuration and provenance",
+    ):
         assert f">{heading}<" in page, heading
     assert RESEARCH_USE in page and "yes/no call" in page
     for note in metrics["notes"]:
@@ -74,11 +82,13 @@ def test_report_shows_explanations_and_localisation_when_present(reported, tmp_p
     run2 = shutil.copytree(run, tmp_path / "run")
     (run2 / "explain").mkdir()
     Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(run2 / "explain" / "a.png")
-    pd.DataFrame([{"image_id": "x.png", "finding": "Effusion", "probability": 0.9,
-                   "overlay": "a.png"}]).to_csv(run2 / "explain" / "index.csv", index=False)
+    pd.DataFrame(
+        [{"image_id": "x.png", "finding": "Effusion", "probability": 0.9, "overlay": "a.png"}]
+    ).to_csv(run2 / "explain" / "index.csv", index=False)
     (run2 / "localize").mkdir()
     pd.DataFrame([{"finding": "Effusion", "iobb@0.5": 0.4}]).to_csv(
-        run2 / "localize" / "accuracy.csv", index=False)
+        run2 / "localize" / "accuracy.csv", index=False
+    )
     page = write_report(run2 / "eval" / "test", run2).read_text()
     assert ">Explanations<" in page and "Effusion" in page and "x.png" in page
     assert ">Localisation against NIH's boxes<" in page and "iobb@0.5" in page
@@ -87,7 +97,7 @@ def test_report_shows_explanations_and_localisation_when_present(reported, tmp_p
 def test_report_without_training_records(reported, tmp_path):
     run, _ = reported
     ev = shutil.copytree(run / "eval" / "test", tmp_path / "ev")
-    page = write_report(ev, tmp_path).read_text()   # a run folder with no metrics.csv/run.json
+    page = write_report(ev, tmp_path).read_text()  # a run folder with no metrics.csv/run.json
     assert ">Training<" not in page and ">Figures<" in page
 
 
@@ -99,8 +109,9 @@ def test_paired_difference_is_the_difference_on_each_resample():
     b = y + rng.normal(0, 0.5, y.shape)
     d = paired_auroc_difference(y, a, b, patients, n=30, seed=4)
     for j in range(2):
-        assert d["value"][j] == pytest.approx(roc_auc_score(y[:, j], b[:, j])
-                                              - roc_auc_score(y[:, j], a[:, j]))
+        assert d["value"][j] == pytest.approx(
+            roc_auc_score(y[:, j], b[:, j]) - roc_auc_score(y[:, j], a[:, j])
+        )
     diffs = []
     for idx in patient_resamples(patients, 30, 4):
         diffs.append(roc_auc_score(y[idx, 0], b[idx, 0]) - roc_auc_score(y[idx, 0], a[idx, 0]))
@@ -112,14 +123,14 @@ def test_paired_difference_is_the_difference_on_each_resample():
 
 def test_compare_runs_and_cli(reported, phantom_run, tmp_path):
     run, metrics = reported
-    other = shutil.copytree(phantom_run, tmp_path / "other")   # not evaluated yet
+    other = shutil.copytree(phantom_run, tmp_path / "other")  # not evaluated yet
     out = compare_runs([run, other], out=tmp_path / "cmp", **CMP)
     summary = read_csv(out / "comparison.csv")
     assert list(summary["entry"]) == ["run", "other"]
     assert summary.loc[0, "mean AUROC [95% CI]"].startswith(f"{metrics['mean_auroc']['value']:.3f}")
     # the same weights on the same images: a paired difference of exactly zero
     assert summary.loc[1, "Δ mean vs run (shared images)"].startswith("+0.000")
-    assert (other / "eval" / "test" / "metrics.json").exists()   # evaluated on demand
+    assert (other / "eval" / "test" / "metrics.json").exists()  # evaluated on demand
     per = read_csv(out / "per_finding.csv")
     assert len(per) == len(metrics["findings"]) and "Δ other - run (shared images)" in per
     for name in ("comparison.png", "comparison.md", "comparison.html"):
@@ -128,15 +139,27 @@ def test_compare_runs_and_cli(reported, phantom_run, tmp_path):
     assert list(board["rank"]) == [1, 2] and (board["images"] == metrics["n_images"]).all()
     # different images: paired on the images both scored, and it says how many
     pred = other / "eval" / "test" / "predictions_test.csv"
-    pd.read_csv(pred).iloc[1:].to_csv(pred, index=False)       # one image fewer
+    pd.read_csv(pred).iloc[1:].to_csv(pred, index=False)  # one image fewer
     out2 = compare_runs([run, other], out=tmp_path / "cmp2", **CMP)
     s2 = read_csv(out2 / "comparison.csv")
     assert s2.loc[1, "Δ mean vs run (shared images)"].startswith("+0.000")
     assert f"use the {metrics['n_images'] - 1:,} images" in (out2 / "comparison.md").read_text()
     assert (read_csv(out2 / "leaderboard.csv")["images"] == metrics["n_images"] - 1).all()
     from cxrkit.cli import app
-    r = CliRunner().invoke(app, ["compare", str(run), str(other), "--out", str(tmp_path / "c3"),
-                                 "--bootstrap", "20", "--no-progress"])
+
+    r = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            str(run),
+            str(other),
+            "--out",
+            str(tmp_path / "c3"),
+            "--bootstrap",
+            "20",
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "Δ mean vs run" in r.output
     r = CliRunner().invoke(app, ["compare", str(run)])
@@ -152,7 +175,7 @@ def test_report_with_real_explain_and_localize_outputs(reported, tmp_path):
     explain_split(run2, run2 / "explain", split="test", limit=2, progress=False)
     loc = localize_checkpoint(run2, progress=False)
     page = write_report(run2 / "eval" / "test", run2).read_text()
-    assert page.count("<figure><img") >= len(FIGURES) + 2      # overlays embedded too
+    assert page.count("<figure><img") >= len(FIGURES) + 2  # overlays embedded too
     assert "Pointing game" in page and "Wang et al. 2017, as published" in page
     assert f"{loc['overall']['pairs']} (image, finding) pairs" in page
-    assert "nan [" not in page                                  # undefined, never 'nan'
+    assert "nan [" not in page  # undefined, never 'nan'

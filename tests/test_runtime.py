@@ -41,8 +41,13 @@ def onnx_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def meta_checkpoint(tmp_path_factory):
     """A random cnn4 that takes patient metadata (the export has two inputs)."""
-    return make_checkpoint(tmp_path_factory.mktemp("rt"), "cnn4", cache=48, input_size=40,
-                           model_kw={"meta_features": 4})
+    return make_checkpoint(
+        tmp_path_factory.mktemp("rt"),
+        "cnn4",
+        cache=48,
+        input_size=40,
+        model_kw={"meta_features": 4},
+    )
 
 
 def _images(n=5, size=48):
@@ -77,8 +82,9 @@ def test_onnxruntime_matches_fp32_for_every_tta_and_is_cached(meta_checkpoint, o
 
 def test_a_changed_checkpoint_gets_its_own_export(meta_checkpoint, onnx_cache, tmp_path):
     """The cache is keyed by the checkpoint's sha256: other weights, other graph."""
-    other = make_checkpoint(tmp_path, "cnn4", cache=48, input_size=40,
-                            model_kw={"meta_features": 4})
+    other = make_checkpoint(
+        tmp_path, "cnn4", cache=48, input_size=40, model_kw={"meta_features": 4}
+    )
     ck = torch.load(other, weights_only=True)
     ck["model"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in ck["model"].items()}
     torch.save(ck, other)
@@ -87,9 +93,12 @@ def test_a_changed_checkpoint_gets_its_own_export(meta_checkpoint, onnx_cache, t
     assert a.precision["onnx"] != b.precision["onnx"] and b.precision["exported_now"]
     x = _images(2)
     m = np.zeros((2, 4), np.float32)
-    np.testing.assert_allclose(b.logits_from_cached(x, m),
-                               cxrkit.load(other, precision="fp32").logits_from_cached(x, m),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        b.logits_from_cached(x, m),
+        cxrkit.load(other, precision="fp32").logits_from_cached(x, m),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 instructions")
@@ -104,8 +113,9 @@ def test_bf16_is_close_to_fp32_and_saliency_stays_fp32(meta_checkpoint):
     assert not np.array_equal(a, b)  # it really ran in bf16 ...
     np.testing.assert_allclose(b, a, atol=0.05)  # ... and stays close (bf16: 8-bit mantissa)
     xt = torch.from_numpy(x)
-    np.testing.assert_allclose(saliency_maps(bf, xt, 0, meta=meta),
-                               saliency_maps(ref, xt, 0, meta=meta), atol=1e-5)
+    np.testing.assert_allclose(
+        saliency_maps(bf, xt, 0, meta=meta), saliency_maps(ref, xt, 0, meta=meta), atol=1e-5
+    )
 
 
 def test_precision_names_are_checked(meta_checkpoint, monkeypatch):
@@ -127,8 +137,10 @@ def test_evaluate_records_precision_and_auroc_is_unchanged(phantom_run, onnx_cac
     mort = evaluate_checkpoint(run, precision="onnxruntime", out=tmp_path / "eort", **fast)
     assert m32["precision"] == {"requested": "fp32", "used": "fp32"}
     assert mort["precision"]["used"] == "onnxruntime"
-    assert json.loads((tmp_path / "eort" / "metrics.json").read_text())["precision"]["used"] \
+    assert (
+        json.loads((tmp_path / "eort" / "metrics.json").read_text())["precision"]["used"]
         == "onnxruntime"
+    )
     assert round(mort["mean_auroc"]["value"], 3) == round(m32["mean_auroc"]["value"], 3)
     for f, v in m32["auroc"].items():
         if v["value"] is not None:
@@ -144,34 +156,43 @@ def test_cli_precision_option(phantom_run, tmp_path):
 
 def test_cli_help_imports_no_torch():
     """``cxrkit --help`` and a command's ``--help`` register the CLI without torch."""
-    code = ("import sys\nfrom cxrkit.cli import app\n"
-            "for argv in (['--help'], ['predict', '--help'], ['evaluate', '--help']):\n"
-            "    try:\n        app(argv)\n    except SystemExit:\n        pass\n"
-            "heavy = [m for m in ('torch', 'pandas', 'matplotlib', 'onnxruntime', 'sklearn')"
-            " if m in sys.modules]\n"
-            "print('HEAVY', heavy)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    code = (
+        "import sys\nfrom cxrkit.cli import app\n"
+        "for argv in (['--help'], ['predict', '--help'], ['evaluate', '--help']):\n"
+        "    try:\n        app(argv)\n    except SystemExit:\n        pass\n"
+        "heavy = [m for m in ('torch', 'pandas', 'matplotlib', 'onnxruntime', 'sklearn')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
 
 
 def test_onnx_predict_path_imports_neither_torch_nor_pandas(tmp_path):
     """What ``cxrkit predict MODEL.onnx ... --out x.csv`` imports (start-up time)."""
-    code = ("import sys, numpy as np\n"
-            "import cxrkit.cli, cxrkit.inference.predict, cxrkit.inference.onnx_backend, cxrkit.inference.thresholds\n"
-            "from cxrkit.inference.predict import Predictions\n"
-            "p = Predictions(findings=('A', 'B'), images=['x.png', 'bad.png'],\n"
-            "    probabilities=np.array([[0.25, 1/3], [np.nan, np.nan]]), errors={'bad.png': 'no'},\n"
-            "    thresholds=np.array([0.5, 0.3]), thresholds_source=None)\n"
-            f"p.save({str(tmp_path / 'x.csv')!r})\n"
-            "print('HEAVY', [m for m in ('torch', 'pandas', 'matplotlib', 'sklearn')"
-            " if m in sys.modules])\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys, numpy as np\n"
+        "import cxrkit.cli, cxrkit.inference.predict, cxrkit.inference.onnx_backend, cxrkit.inference.thresholds\n"
+        "from cxrkit.inference.predict import Predictions\n"
+        "p = Predictions(findings=('A', 'B'), images=['x.png', 'bad.png'],\n"
+        "    probabilities=np.array([[0.25, 1/3], [np.nan, np.nan]]), errors={'bad.png': 'no'},\n"
+        "    thresholds=np.array([0.5, 0.3]), thresholds_source=None)\n"
+        f"p.save({str(tmp_path / 'x.csv')!r})\n"
+        "print('HEAVY', [m for m in ('torch', 'pandas', 'matplotlib', 'sklearn')"
+        " if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
     import pandas as pd
+
     df = pd.read_csv(tmp_path / "x.csv", keep_default_na=False)
     assert list(df.columns) == ["image", "error", "flagged", "ood_score", "ood_flag", "A", "B"]
     assert df.loc[0, "ood_score"] == "" and df.loc[0, "ood_flag"] == ""  # no OOD record given

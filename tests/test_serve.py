@@ -29,8 +29,8 @@ from cxrkit.serve import background_server, create_app
 from cxrkit.serve.app import STATIC
 from test_dicom import write_dicom
 
-MAX_UPLOAD = 1_000_000        # bytes: the NIH originals (0.3-0.7 MB) fit
-MAX_PIXELS = 1024 * 1024      # the NIH originals (1024 x 1024) just fit
+MAX_UPLOAD = 1_000_000  # bytes: the NIH originals (0.3-0.7 MB) fit
+MAX_PIXELS = 1024 * 1024  # the NIH originals (1024 x 1024) just fit
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,9 @@ def images(phantom_release) -> list[Path]:
 
 
 def post(client, path, name, data, **form):
-    return client.post(path, files={"file": (name, data, "application/octet-stream")},
-                       data=form or None)
+    return client.post(
+        path, files={"file": (name, data, "application/octet-stream")}, data=form or None
+    )
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -78,8 +79,13 @@ def test_predict_equals_loaded_model(client, lm, images):
     assert body["model"] == "cnn4" and body["checkpoint"] == lm.checkpoint.name
     assert body["checkpoint_sha256"] == file_sha256(lm.checkpoint)
     assert body["input_size"] == lm.input_size
-    assert body["image"] == {"filename": "scan.png", "format": "PNG", "width": 64,
-                             "height": 64, "bytes": images[0].stat().st_size}
+    assert body["image"] == {
+        "filename": "scan.png",
+        "format": "PNG",
+        "width": 64,
+        "height": 64,
+        "bytes": images[0].stat().st_size,
+    }
     assert "not a medical device" in body["disclaimer"].lower()
     # no thresholds chosen for this run: 0.5 everywhere, and the response says so
     assert "0.5" in body["warning"] and "thresholds" in body["warning"]
@@ -148,12 +154,22 @@ def test_dicom_upload(client, lm, images, tmp_path):
 # -- refused uploads ---------------------------------------------------------------------------
 def forged_png(width: int, height: int) -> bytes:
     """A few hundred bytes whose header claims ``width`` x ``height`` pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 256)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 256))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_bad_uploads_get_a_clear_4xx_and_the_service_keeps_serving(client, lm, images):
@@ -186,8 +202,10 @@ def test_bad_uploads_get_a_clear_4xx_and_the_service_keeps_serving(client, lm, i
 
 def multipart_stream(n_chunks: int, counter: list):
     """A well-formed multipart body whose file part is ``n_chunks`` x 10 kB."""
-    yield (b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
-           b"Content-Type: image/png\r\n\r\n")
+    yield (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n"
+    )
     for _ in range(n_chunks):
         counter.append(1)
         yield b"x" * 10_000
@@ -217,11 +235,20 @@ def test_upload_size_limit_while_streaming(lm):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/predict", "raw_path": b"/predict",
-             "query_string": b"", "root_path": "", "server": ("127.0.0.1", 80),
-             "client": ("127.0.0.1", 1), "headers": [(b"content-type", headers["content-type"]
-                                                     .encode())]}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1),
+        "headers": [(b"content-type", headers["content-type"].encode())],
+    }
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
     assert len(consumed) <= 100_000 // 10_000 + 8 + 2  # limit + form overhead, not 10 MB
@@ -288,10 +315,14 @@ def test_concurrent_uploads_on_loopback(lm, images):
     async def hammer(url):
         limits = httpx.Limits(max_connections=N_CONCURRENT)
         async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as c:
-            good = [c.post("/predict", files={"file": (p.name, p.read_bytes(), "image/png")})
-                    for p in chosen]
-            bad = [c.post("/predict", files={"file": (f"junk{i}.png", b"junk" * 40,
-                                                      "image/png")}) for i in range(4)]
+            good = [
+                c.post("/predict", files={"file": (p.name, p.read_bytes(), "image/png")})
+                for p in chosen
+            ]
+            bad = [
+                c.post("/predict", files={"file": (f"junk{i}.png", b"junk" * 40, "image/png")})
+                for i in range(4)
+            ]
             return await asyncio.gather(*good, *bad)
 
     with background_server(app, host="127.0.0.1") as url:
@@ -304,7 +335,7 @@ def test_concurrent_uploads_on_loopback(lm, images):
         # concurrent requests share batched forward passes: float rounding of another
         # batch size (measured 7e-8), nothing more (cxrkit.serve.batching)
         assert_matches(r.json(), w, tolerance=1e-6)
-    assert [r.status_code for r in answers[len(chosen):]] == [415] * 4
+    assert [r.status_code for r in answers[len(chosen) :]] == [415] * 4
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -320,9 +351,23 @@ def test_cli_serve(phantom_run, images, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cxrkit.cli", "serve", str(phantom_run),
-                             "--port", str(port), "--max-upload-mb", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cxrkit.cli",
+            "serve",
+            str(phantom_run),
+            "--port",
+            str(port),
+            "--max-upload-mb",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
         while True:
@@ -335,8 +380,9 @@ def test_cli_serve(phantom_run, images, tmp_path):
             time.sleep(0.2)
         info = httpx.get(f"{url}/info", timeout=10).json()
         assert info["max_upload_bytes"] == 1024 * 1024 and info["model"] == "cnn4"
-        r = httpx.post(f"{url}/predict", files={"file": ("a.png", images[0].read_bytes())},
-                       timeout=30)
+        r = httpx.post(
+            f"{url}/predict", files={"file": ("a.png", images[0].read_bytes())}, timeout=30
+        )
         assert r.status_code == 200 and len(r.json()["findings"]) == 14
     finally:
         proc.terminate()
@@ -380,8 +426,10 @@ def test_slow_connections_are_closed_after_the_header_and_read_timeouts(lm, imag
         assert data.startswith(b"HTTP/1.1 408")
         # 2. a body that stops arriving
         with socket.create_connection((host, int(port))) as s:
-            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
-                      b"Content-Type: application/octet-stream\r\n\r\n" + b"x" * 100)
+            s.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                b"Content-Type: application/octet-stream\r\n\r\n" + b"x" * 100
+            )
             closed, _, took = _closed_within(s, 6.0)
         assert closed and took < 4.0, (closed, took)
         # 3. headers that trickle in, each byte inside the read timeout, still time out
@@ -413,8 +461,10 @@ def test_a_body_trickled_inside_the_pause_limit_still_has_a_deadline(lm, images)
     with background_server(app, header_timeout=5.0, read_timeout=1.0, body_timeout=2.0) as url:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as s:
-            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
-                      b"Content-Type: application/octet-stream\r\n\r\n")
+            s.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                b"Content-Type: application/octet-stream\r\n\r\n"
+            )
             t0, dead = time.monotonic(), False
             while time.monotonic() - t0 < 8.0:
                 try:
@@ -438,8 +488,7 @@ def test_a_body_trickled_inside_the_pause_limit_still_has_a_deadline(lm, images)
 
 
 def test_the_foreground_server_has_timeouts_too():
-    from cxrkit.serve.runner import (BODY_TIMEOUT_S, HEADER_TIMEOUT_S, READ_TIMEOUT_S,
-                                     server_config)
+    from cxrkit.serve.runner import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, READ_TIMEOUT_S, server_config
 
     config = server_config(object(), host="127.0.0.1", port=8000)
     assert config.timeout_keep_alive > 0

@@ -35,15 +35,19 @@ def _alone(lm, path) -> np.ndarray:
 
 def test_batched_answers_equal_single_answers_over_http(lm, images):
     want = [_alone(lm, p) for p in images]
-    assert len({round(float(w[0]), 9) for w in want}) == len(images)   # all different
+    assert len({round(float(w[0]), 9) for w in want}) == len(images)  # all different
     app = create_app(lm, max_batch=N, max_wait_ms=500)
 
     async def together(url):
-        async with httpx.AsyncClient(base_url=url, timeout=60.0,
-                                     limits=httpx.Limits(max_connections=N)) as c:
-            return await asyncio.gather(*[
-                c.post("/predict", files={"file": (p.name, p.read_bytes(), "image/png")})
-                for p in images])
+        async with httpx.AsyncClient(
+            base_url=url, timeout=60.0, limits=httpx.Limits(max_connections=N)
+        ) as c:
+            return await asyncio.gather(
+                *[
+                    c.post("/predict", files={"file": (p.name, p.read_bytes(), "image/png")})
+                    for p in images
+                ]
+            )
 
     with background_server(app) as url:
         answers = asyncio.run(together(url))
@@ -55,7 +59,7 @@ def test_batched_answers_equal_single_answers_over_http(lm, images):
         np.testing.assert_allclose(got, w, rtol=0, atol=1e-6)
     b = info["batching"]
     assert b["enabled"] and b["max_batch"] == N and b["images"] == N
-    assert b["batches"] < N and b["largest_batch"] > 1       # they really shared passes
+    assert b["batches"] < N and b["largest_batch"] > 1  # they really shared passes
     assert info["precision"]["used"] == lm.precision["used"]
 
 
@@ -65,8 +69,10 @@ def test_a_bad_upload_inside_a_batch_fails_alone(lm, images):
 
     async def mixed(url):
         async with httpx.AsyncClient(base_url=url, timeout=60.0) as c:
-            good = [c.post("/predict", files={"file": (p.name, p.read_bytes(), "image/png")})
-                    for p in images[:4]]
+            good = [
+                c.post("/predict", files={"file": (p.name, p.read_bytes(), "image/png")})
+                for p in images[:4]
+            ]
             junk = [c.post("/predict", files={"file": (n, d, "image/png")}) for n, d in bad]
             return await asyncio.gather(*good[:2], *junk, *good[2:])
 
@@ -106,7 +112,7 @@ def test_a_failing_forward_fails_only_its_own_request(lm, images):
         except ValueError as e:
             out[i] = e
 
-    with batcher.incoming():          # hold the gathering open until all four are queued
+    with batcher.incoming():  # hold the gathering open until all four are queued
         threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
@@ -117,16 +123,16 @@ def test_a_failing_forward_fails_only_its_own_request(lm, images):
     for i in (0, 1, 3):
         z = out[i][0]
         np.testing.assert_allclose(z, lm.logits_from_cached(inputs[i][None])[0], atol=1e-6)
-    assert max(model.calls) > 1 and model.calls.count(1) >= 4   # batched, then one by one
+    assert max(model.calls) > 1 and model.calls.count(1) >= 4  # batched, then one by one
 
 
 def test_a_lone_request_does_not_wait(lm, images):
     batcher = Batcher(lm, max_batch=16, max_wait_ms=1000)
     x = lm.cached_batch(images[:1])[0]
-    batcher.score(x)                   # warm
+    batcher.score(x)  # warm
     t = time.perf_counter()
     batcher.score(x)
-    assert time.perf_counter() - t < 0.5    # far below the 1 s it could have waited
+    assert time.perf_counter() - t < 0.5  # far below the 1 s it could have waited
 
 
 def test_options_are_checked_and_the_cli_defaults_are_the_modules():

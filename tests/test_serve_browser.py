@@ -33,8 +33,9 @@ def test_page_shows_findings_and_overlay(request, phantom_run, phantom_release):
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (make browser installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (pip install -e '.[dev]')")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+    )
     image = upload_image(request, phantom_release)
     lm = load(phantom_run)
     answer = lm.predict(image)
@@ -79,7 +80,10 @@ def test_page_shows_findings_and_overlay(request, phantom_run, phantom_release):
             page.click(f'#chart g.bar[data-finding="{other}"]')
             page.wait_for_function(
                 "f => document.getElementById('overlay-caption').textContent"
-                ".startsWith('Grad-CAM: ' + f)", arg=other, timeout=30_000)
+                ".startsWith('Grad-CAM: ' + f)",
+                arg=other,
+                timeout=30_000,
+            )
             assert page.input_value("#finding") == other
             page.screenshot(path=str(shot), full_page=True)
             # the out-of-distribution warning shows exactly when the image is flagged
@@ -92,10 +96,13 @@ def test_page_shows_findings_and_overlay(request, phantom_run, phantom_release):
             page.set_input_files("#file", str(noise))
             page.wait_for_selector("#ood-alert:not([hidden])", timeout=30_000)
             page.wait_for_selector("#chart g.bar", timeout=30_000)
-            assert "does not look like the images this model was trained on" in \
-                page.inner_text("#ood-alert")
-            alert_box, chart_box = page.query_selector("#ood-alert").bounding_box(), \
-                page.query_selector("#chart").bounding_box()
+            assert "does not look like the images this model was trained on" in page.inner_text(
+                "#ood-alert"
+            )
+            alert_box, chart_box = (
+                page.query_selector("#ood-alert").bounding_box(),
+                page.query_selector("#chart").bounding_box(),
+            )
             assert alert_box["y"] + alert_box["height"] <= chart_box["y"]
             page.screenshot(path=str(ARTIFACTS / "serve_page_ood.png"), full_page=True)
             noise.unlink()
@@ -129,12 +136,14 @@ def test_page_sends_patient_metadata(tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (make browser installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (pip install -e '.[dev]')")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+    )
     from test_export import make_checkpoint
 
-    lm = load(make_checkpoint(tmp_path, "cnn4", cache=32, input_size=32,
-                              model_kw={"meta_features": 4}))
+    lm = load(
+        make_checkpoint(tmp_path, "cnn4", cache=32, input_size=32, model_kw={"meta_features": 4})
+    )
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)).save(image)
     with pytest.warns(UserWarning):  # no OOD record in a bare checkpoint
@@ -158,9 +167,11 @@ def test_page_sends_patient_metadata(tmp_path):
             assert f"{top.iloc[0] * 100:.1f}%" in page.text_content("#chart")
             # clearing a field re-runs the image and names what is now missing
             page.select_option("#sex", "")
-            page.wait_for_function("t => document.getElementById('status').textContent"
-                                   ".includes(t)", arg="missing (training defaults used): sex",
-                                   timeout=30_000)
+            page.wait_for_function(
+                "t => document.getElementById('status').textContent.includes(t)",
+                arg="missing (training defaults used): sex",
+                timeout=30_000,
+            )
             assert not errors, errors
         finally:
             browser.close()

@@ -22,8 +22,9 @@ from test_serve import post, png_bytes
 def meta_lm(tmp_path_factory):
     """A cnn4 with metadata fusion (random weights: metadata moves its logits)."""
     folder = tmp_path_factory.mktemp("serve-meta")
-    return load(make_checkpoint(folder, "cnn4", cache=32, input_size=32,
-                                model_kw={"meta_features": 4}))
+    return load(
+        make_checkpoint(folder, "cnn4", cache=32, input_size=32, model_kw={"meta_features": 4})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,13 @@ def test_form_fields_reach_the_model(meta_client, meta_lm, image):
     r = post(meta_client, "/predict", "x.png", png_bytes(image), age="71", sex="male", view="ap")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["metadata"] == {"age": 71.0, "sex": "M", "view": "AP", "missing": [],
-                                "source": {"age": "form", "sex": "form", "view": "form"}}
+    assert body["metadata"] == {
+        "age": 71.0,
+        "sex": "M",
+        "view": "AP",
+        "missing": [],
+        "source": {"age": "form", "sex": "form", "view": "form"},
+    }
     want = reference(meta_lm, image, [{"age": 71, "sex": "M", "view": "AP"}])
     assert probabilities(body) == pytest.approx(want, abs=1e-6)
     default = reference(meta_lm, image, [{"age": None, "sex": None, "view": None}])
@@ -71,15 +77,17 @@ def test_form_fields_reach_the_model(meta_client, meta_lm, image):
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR AS")
 def test_dicom_tags_fill_the_fields_not_sent(meta_client, meta_lm, image, tmp_path):
-    path = write_dicom(tmp_path / "a.dcm", image, PatientAge="064Y", PatientSex="F",
-                       ViewPosition="AP")
+    path = write_dicom(
+        tmp_path / "a.dcm", image, PatientAge="064Y", PatientSex="F", ViewPosition="AP"
+    )
     r = post(meta_client, "/predict", "a.dcm", path.read_bytes(), sex="M")
     assert r.status_code == 200, r.text
     m = r.json()["metadata"]
     assert (m["age"], m["sex"], m["view"]) == (64.0, "M", "AP")
     assert m["source"] == {"age": "dicom", "sex": "form", "view": "dicom"}
-    want = reference(meta_lm, np.asarray(Image.fromarray(image)),
-                     [{"age": 64, "sex": "M", "view": "AP"}])
+    want = reference(
+        meta_lm, np.asarray(Image.fromarray(image)), [{"age": 64, "sex": "M", "view": "AP"}]
+    )
     assert probabilities(r.json()) == pytest.approx(want, abs=1e-6)
     # an unreadable tag is a missing value (as in cxrkit predict), not a refusal
     path = write_dicom(tmp_path / "b.dcm", image, PatientAge="abc", ViewPosition="LL")
@@ -88,18 +96,33 @@ def test_dicom_tags_fill_the_fields_not_sent(meta_client, meta_lm, image, tmp_pa
 
 
 def test_explain_uses_the_same_metadata(meta_client, meta_lm, image):
-    r = post(meta_client, "/explain", "x.png", png_bytes(image), age="30", sex="F", view="PA",
-             finding="Effusion")
+    r = post(
+        meta_client,
+        "/explain",
+        "x.png",
+        png_bytes(image),
+        age="30",
+        sex="F",
+        view="PA",
+        finding="Effusion",
+    )
     assert r.status_code == 200, r.text
     want = reference(meta_lm, image, [{"age": 30, "sex": "F", "view": "PA"}])
     assert r.json()["probability"] == pytest.approx(want["Effusion"], abs=1e-6)
     assert r.json()["metadata"]["missing"] == []
 
 
-@pytest.mark.parametrize("field,value,says", [
-    ("age", "old", "not an age"), ("age", "414", "not an age"), ("age", "-3", "not an age"),
-    ("sex", "X", "not a sex"), ("view", "LATERAL", "not a view"),
-    ("age", "9" * 500, "not an age")])
+@pytest.mark.parametrize(
+    "field,value,says",
+    [
+        ("age", "old", "not an age"),
+        ("age", "414", "not an age"),
+        ("age", "-3", "not an age"),
+        ("sex", "X", "not a sex"),
+        ("view", "LATERAL", "not a view"),
+        ("age", "9" * 500, "not an age"),
+    ],
+)
 def test_unreadable_fields_are_a_422_naming_the_field(meta_client, image, field, value, says):
     r = post(meta_client, "/predict", "x.png", png_bytes(image), **{field: value})
     assert r.status_code == 422

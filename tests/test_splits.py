@@ -71,15 +71,21 @@ def test_random_split_fractions_and_grouping(real_labels):
 
 
 def test_leakage_is_detected_and_named():
-    bad = pd.DataFrame({"image_id": ["a.png", "b.png", "c.png"], "patient_id": [7, 7, 8],
-                        "split": ["train", "test", "test"]})
+    bad = pd.DataFrame(
+        {
+            "image_id": ["a.png", "b.png", "c.png"],
+            "patient_id": [7, 7, 8],
+            "split": ["train", "test", "test"],
+        }
+    )
     with pytest.raises(LeakageError, match=r"1 patient\(s\) cross splits: patient 7"):
         check_leakage(bad)
 
 
 def test_lists_sharing_an_image_are_refused():
-    table = pd.DataFrame({"image_id": ["a.png", "b.png"], "patient_id": [1, 2],
-                          **{f: [0, 0] for f in FINDINGS}})
+    table = pd.DataFrame(
+        {"image_id": ["a.png", "b.png"], "patient_id": [1, 2], **{f: [0, 0] for f in FINDINGS}}
+    )
     with pytest.raises(ValueError, match="both train_val and test"):
         official_split(table, ["a.png", "b.png"], ["b.png"])
     with pytest.raises(ValueError, match="neither list"):

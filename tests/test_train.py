@@ -18,9 +18,18 @@ from cxrkit.engine.checkpoint import load_checkpoint
 
 
 def config(prepared, out, *overrides):
-    base = [f"data.prepared={prepared.root}", f"out={out}", "data.batch_size=16",
-            "model.name=cnn4", "train.epochs=3", "train.scheduler=plateau", "train.lr=2e-3",
-            "train.threads=1", "train.amp=none", "train.patience=10"]
+    base = [
+        f"data.prepared={prepared.root}",
+        f"out={out}",
+        "data.batch_size=16",
+        "model.name=cnn4",
+        "train.epochs=3",
+        "train.scheduler=plateau",
+        "train.lr=2e-3",
+        "train.threads=1",
+        "train.amp=none",
+        "train.patience=10",
+    ]
     return load_config(None, [*base, *overrides])
 
 
@@ -72,8 +81,11 @@ def kill_and_resume(full, part, monkeypatch) -> None:
 
 
 def test_kill_and_resume_equals_uninterrupted(phantom_prepared, tmp_path, monkeypatch):
-    kill_and_resume(config(phantom_prepared, tmp_path / "full"),
-                    config(phantom_prepared, tmp_path / "part"), monkeypatch)
+    kill_and_resume(
+        config(phantom_prepared, tmp_path / "full"),
+        config(phantom_prepared, tmp_path / "part"),
+        monkeypatch,
+    )
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "part" / "last.pt")
     assert a["epoch"] == b["epoch"] == 2
@@ -121,8 +133,13 @@ def test_box_priors_refuse_test_images(phantom_prepared, tmp_path):
     cfg = config(phantom_prepared, tmp_path / "run", "model.name=gaussian_attention")
     with pytest.raises(ValueError, match="box_fold"):
         engine.fit(cfg, show_progress=False)
-    cfg = config(phantom_prepared, tmp_path / "fold", "model.name=gaussian_attention",
-                 "data.box_fold=0.5", "train.epochs=1")
+    cfg = config(
+        phantom_prepared,
+        tmp_path / "fold",
+        "model.name=gaussian_attention",
+        "data.box_fold=0.5",
+        "train.epochs=1",
+    )
     engine.fit(cfg, show_progress=False)
     moved = pd.read_csv(tmp_path / "fold" / "box_fold_moved.csv")
     assert len(moved) > 0 and set(moved["old_split"]) == {"test"}
@@ -133,8 +150,15 @@ def test_box_priors_refuse_test_images(phantom_prepared, tmp_path):
 
 
 def test_metadata_fusion_and_focal(phantom_prepared, tmp_path):
-    cfg = config(phantom_prepared, tmp_path / "run", "model.metadata=true", "train.loss=focal",
-                 "train.epochs=1", "train.amp=bf16", "train.grad_accum=2")
+    cfg = config(
+        phantom_prepared,
+        tmp_path / "run",
+        "model.metadata=true",
+        "train.loss=focal",
+        "train.epochs=1",
+        "train.amp=bf16",
+        "train.grad_accum=2",
+    )
     summary = engine.fit(cfg, show_progress=False)
     assert np.isfinite(summary["best_val_mean_auroc"])
 
@@ -142,26 +166,67 @@ def test_metadata_fusion_and_focal(phantom_prepared, tmp_path):
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(phantom_prepared, tmp_path):
     """torchrun with 2 CPU processes (gloo) ends close to one process on the same data."""
-    common = [f"data.prepared={phantom_prepared.root}", "data.batch_size=16", "model.name=cnn4",
-              "train.epochs=2", "train.threads=1", "train.amp=none", "data.augment=false",
-              "train.scheduler=none", "train.lr=1e-3"]
+    common = [
+        f"data.prepared={phantom_prepared.root}",
+        "data.batch_size=16",
+        "model.name=cnn4",
+        "train.epochs=2",
+        "train.threads=1",
+        "train.amp=none",
+        "data.augment=false",
+        "train.scheduler=none",
+        "train.lr=1e-3",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "cxrkit.cli", "train", *common,
-                          f"out={tmp_path / 'one'}", "--no-progress"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxrkit.cli",
+            "train",
+            *common,
+            f"out={tmp_path / 'one'}",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", "-m", "cxrkit.cli", "train", *common,
-                          f"out={tmp_path / 'two'}", "--no-progress"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "cxrkit.cli",
+            "train",
+            *common,
+            f"out={tmp_path / 'two'}",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     h1 = pd.read_csv(tmp_path / "one" / "metrics.csv")
     h2 = pd.read_csv(tmp_path / "two" / "metrics.csv")
     assert len(h1) == len(h2) == 2
     # same global batch, different shuffles and per-rank batch norm: close, not identical
     assert abs(h1["val_loss"].iloc[-1] - h2["val_loss"].iloc[-1]) < 0.15 * h1["val_loss"].iloc[-1]
-    assert abs(h1["train_loss"].iloc[-1] - h2["train_loss"].iloc[-1]) < 0.15 * h1["train_loss"].iloc[-1]
+    assert (
+        abs(h1["train_loss"].iloc[-1] - h2["train_loss"].iloc[-1])
+        < 0.15 * h1["train_loss"].iloc[-1]
+    )
     import json
+
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
 
     # metrics gathered across ranks equal a single-process evaluation of the same weights
@@ -175,23 +240,42 @@ def test_ddp_two_processes_match_one(phantom_prepared, tmp_path):
     data = engine.load_data(cfg)
     pre = ck["preprocess"]
     loader = engine.make_loader(data.val, batch_size=8, shuffle=False)
-    val = engine.evaluate(model, engine.make_loss("bce", pos_weight=engine.positive_weights(
-        data.train.labels.numpy())), loader, EvalTransform(pre["input_size"], mean=pre["mean"],
-        std=pre["std"]), device=torch.device("cpu"), precision=engine.Precision(None, False),
-        metadata=False)
+    val = engine.evaluate(
+        model,
+        engine.make_loss("bce", pos_weight=engine.positive_weights(data.train.labels.numpy())),
+        loader,
+        EvalTransform(pre["input_size"], mean=pre["mean"], std=pre["std"]),
+        device=torch.device("cpu"),
+        precision=engine.Precision(None, False),
+        metadata=False,
+    )
     assert val["mean_auroc"] == pytest.approx(h2["val_mean_auroc"].iloc[-1], abs=1e-6)
     assert val["loss"] == pytest.approx(h2["val_loss"].iloc[-1], rel=1e-5)
 
 
 def test_box_supervision_runs_on_folded_boxes(phantom_prepared, tmp_path):
-    cfg = config(phantom_prepared, tmp_path / "run", "model.name=gaussian_attention",
-                 "data.box_fold=0.5", "model.box_supervision=1.0", "data.augment=false",
-                 "train.epochs=1")
+    cfg = config(
+        phantom_prepared,
+        tmp_path / "run",
+        "model.name=gaussian_attention",
+        "data.box_fold=0.5",
+        "model.box_supervision=1.0",
+        "data.augment=false",
+        "train.epochs=1",
+    )
     summary = engine.fit(cfg, show_progress=False)
     assert summary["box_fold_moved"] > 0 and np.isfinite(summary["best_val_mean_auroc"])
     with pytest.raises(ValueError, match="augment"):
-        engine.fit(config(phantom_prepared, tmp_path / "r2", "model.name=gaussian_attention",
-                          "data.box_fold=0.5", "model.box_supervision=1.0"), show_progress=False)
+        engine.fit(
+            config(
+                phantom_prepared,
+                tmp_path / "r2",
+                "model.name=gaussian_attention",
+                "data.box_fold=0.5",
+                "model.box_supervision=1.0",
+            ),
+            show_progress=False,
+        )
 
 
 def test_rerun_of_an_early_stopped_run_does_not_train_on(phantom_prepared, tmp_path):

@@ -23,17 +23,27 @@ def cli(*args):
 
 
 def base(prepared, out, *more):
-    return [f"data.prepared={prepared.root}", f"out={out}", "data.batch_size=16",
-            "model.name=cnn4", "train.epochs=1", "train.threads=1", "train.amp=none",
-            "train.max_steps_per_epoch=2", "--no-progress", *more]
+    return [
+        f"data.prepared={prepared.root}",
+        f"out={out}",
+        "data.batch_size=16",
+        "model.name=cnn4",
+        "train.epochs=1",
+        "train.threads=1",
+        "train.amp=none",
+        "train.max_steps_per_epoch=2",
+        "--no-progress",
+        *more,
+    ]
 
 
 def snapshot(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
-def test_rerun_with_other_settings_is_refused_before_anything_is_written(phantom_prepared,
-                                                                         tmp_path):
+def test_rerun_with_other_settings_is_refused_before_anything_is_written(
+    phantom_prepared, tmp_path
+):
     run = tmp_path / "run"
     r = cli("train", *base(phantom_prepared, run))
     assert r.exit_code == 0, r.output
@@ -50,8 +60,10 @@ def test_rerun_with_other_settings_is_refused_before_anything_is_written(phantom
 def test_resumable_keys_extend_a_run(phantom_prepared, tmp_path):
     run = tmp_path / "run"
     assert cli("train", *base(phantom_prepared, run)).exit_code == 0
-    r = cli("train", *base(phantom_prepared, run, "train.epochs=2", "train.threads=2",
-                          "train.log_every=5"))
+    r = cli(
+        "train",
+        *base(phantom_prepared, run, "train.epochs=2", "train.threads=2", "train.log_every=5"),
+    )
     assert r.exit_code == 0, r.output
     ck = load_checkpoint(run / "last.pt")
     assert ck["epoch"] == 1 and len(ck["history"]) == 2
@@ -71,15 +83,18 @@ def test_fresh_starts_again_with_the_new_settings(phantom_prepared, tmp_path):
     assert json.loads((run / "run.json").read_text())["epochs_run"] == 1
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.epochs=0", "train.epochs must be >= 1"),
-    ("train.epochs=1.5", "train.epochs must be int"),
-    ("data.batch_size=0.5", "data.batch_size must be int"),
-    ("train.max_steps_per_epoch=0", "train.max_steps_per_epoch must be >= 1"),
-    ("data.findings=Pneumonai", "unknown finding 'Pneumonai'"),
-    ("data.findings=No Finding", "'No Finding' is a column, not a target"),
-    ("data.prepared=/nonexistent/prepared", "not a prepared folder"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.epochs=0", "train.epochs must be >= 1"),
+        ("train.epochs=1.5", "train.epochs must be int"),
+        ("data.batch_size=0.5", "data.batch_size must be int"),
+        ("train.max_steps_per_epoch=0", "train.max_steps_per_epoch must be >= 1"),
+        ("data.findings=Pneumonai", "unknown finding 'Pneumonai'"),
+        ("data.findings=No Finding", "'No Finding' is a column, not a target"),
+        ("data.prepared=/nonexistent/prepared", "not a prepared folder"),
+    ],
+)
 def test_a_refused_config_writes_nothing(phantom_prepared, tmp_path, override, message):
     out = tmp_path / "run"
     r = cli("train", *base(phantom_prepared, out, override))
@@ -97,8 +112,10 @@ def test_show_config_prints_each_field_with_its_meaning(phantom_prepared, tmp_pa
     import yaml
 
     from cxrkit.config import load_config
+
     assert RunConfig.from_dict(yaml.safe_load(r.output)) == load_config(
-        "configs/demo.yaml", ["data.image_size=48", f"out={out}"])
+        "configs/demo.yaml", ["data.image_size=48", f"out={out}"]
+    )
 
 
 def test_every_field_is_documented():
@@ -108,13 +125,17 @@ def test_every_field_is_documented():
         assert missing == [], f"{klass.__name__}: no #: comment for {missing}"
 
 
-def test_frozen_and_trainable_counts_are_logged_and_recorded(phantom_prepared, tmp_path,
-                                                             caplog):
+def test_frozen_and_trainable_counts_are_logged_and_recorded(phantom_prepared, tmp_path, caplog):
     from cxrkit.config import load_config
 
-    cfg = load_config(None, [a for a in base(phantom_prepared, tmp_path / "run",
-                                             "model.freeze=classifier-only")
-                             if not a.startswith("--")])
+    cfg = load_config(
+        None,
+        [
+            a
+            for a in base(phantom_prepared, tmp_path / "run", "model.freeze=classifier-only")
+            if not a.startswith("--")
+        ],
+    )
     with caplog.at_level(logging.INFO, logger="cxrkit.engine.train"):
         summary = engine.fit(cfg, show_progress=False)
     frozen, trainable = summary["frozen_parameters"], summary["trainable_parameters"]
@@ -130,8 +151,9 @@ def test_unwritable_run_folder_is_one_line(phantom_prepared, tmp_path):
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) <= 3
 
 
-def test_full_disk_during_training_is_one_line_and_leaves_no_temporaries(phantom_prepared,
-                                                                         tmp_path, monkeypatch):
+def test_full_disk_during_training_is_one_line_and_leaves_no_temporaries(
+    phantom_prepared, tmp_path, monkeypatch
+):
     import torch
 
     def full(obj, f, *a, **k):
@@ -157,6 +179,7 @@ def test_predict_out_unwritable_or_full(phantom_run, phantom_release, tmp_path, 
     assert "predicted" not in r.output  # refused before the work
 
     from cxrkit import artefacts
+
     real = artefacts.os.replace
 
     def full(src, dst):

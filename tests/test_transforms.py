@@ -28,8 +28,9 @@ def test_train_shapes_channels_and_seeded_randomness():
 def test_identity_augmentation_is_a_resize():
     """With every range at its neutral value the warp reproduces the image."""
     x = batch(2, 32)
-    neutral = AugmentSettings(scale=(1, 1), ratio=(1, 1), rotate_deg=0, translate=0,
-                              brightness=0, contrast=0)
+    neutral = AugmentSettings(
+        scale=(1, 1), ratio=(1, 1), rotate_deg=0, translate=0, brightness=0, contrast=0
+    )
     t = TrainTransform(32, mean=0.0, std=1.0, augment=neutral)
     assert torch.allclose(t(x), x.float() / 255, atol=1e-5)
 
@@ -37,8 +38,9 @@ def test_identity_augmentation_is_a_resize():
 def test_crop_zooms_in():
     """A crop of a quarter of the area shows half the field of view, at twice the scale."""
     ramp = torch.linspace(0, 1, 64).expand(1, 1, 64, 64).contiguous()  # intensity = x position
-    zoom = AugmentSettings(scale=(0.25, 0.25), ratio=(1, 1), rotate_deg=0, translate=0,
-                           brightness=0, contrast=0)
+    zoom = AugmentSettings(
+        scale=(0.25, 0.25), ratio=(1, 1), rotate_deg=0, translate=0, brightness=0, contrast=0
+    )
     t = TrainTransform(64, mean=0.0, std=1.0, augment=zoom)
     theta = t.sample_theta(1, torch.Generator().manual_seed(0), "cpu")
     assert theta[0, 0, 0] == pytest.approx(0.5) and theta[0, 1, 1] == pytest.approx(0.5)
@@ -80,8 +82,15 @@ def test_presets_share_geometry():
     from cxrkit.data.images import PreprocessSettings
     from cxrkit.data.preprocessing import Preprocessing
 
-    p = Preprocessing(cache=PreprocessSettings(size=48), input_size=32, eval_resize=40,
-                      tencrop_resize=40, mean=0.5, std=0.25, channels=3)
+    p = Preprocessing(
+        cache=PreprocessSettings(size=48),
+        input_size=32,
+        eval_resize=40,
+        tencrop_resize=40,
+        mean=0.5,
+        std=0.25,
+        channels=3,
+    )
     train, evaluate = presets(p)
     assert train.size == evaluate.size == 32 and evaluate.resize == 40
 
@@ -103,7 +112,12 @@ def test_cpu_uint8_warp_matches_grid_sample():
     x = torch.nn.functional.avg_pool2d(x.float(), 5, 1, 2).to(torch.uint8)  # smooth image
     theta = TrainTransform(48).sample_theta(3, torch.Generator().manual_seed(1), "cpu")
     fast = warp_uint8_cpu(x, theta, 48).float()
-    ref = torch.nn.functional.grid_sample(x.float(), affine_grid(theta, 48), mode="bilinear",
-                                          padding_mode="border", align_corners=False)
+    ref = torch.nn.functional.grid_sample(
+        x.float(),
+        affine_grid(theta, 48),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
     assert (fast - ref).abs().max() <= 2.0
     assert (fast - ref).abs().mean() < 0.6

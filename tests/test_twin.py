@@ -46,8 +46,9 @@ def test_fractions_are_nested_and_seeded():
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory):
     out = tmp_path_factory.mktemp("twin") / "nih"
-    run("phantoms", out, "--like", _need(META), "--fraction", FRACTION, "--size", 32,
-        "--workers", 0)
+    run(
+        "phantoms", out, "--like", _need(META), "--fraction", FRACTION, "--size", 32, "--workers", 0
+    )
     return out
 
 
@@ -61,10 +62,13 @@ def test_twin_rows_are_the_real_rows(twin, real_labels):
     cols = ["image_id", "patient_id", "follow_up", "sex", "view", *FINDINGS]
     pd.testing.assert_frame_equal(mine[cols], expected[cols])
     # the real boxes of those images; every image on disk in its NIH archive
-    boxes, real_boxes = read_bbox_list(twin / "BBox_List_2017.csv"), read_bbox_list(
-        META / "BBox_List_2017.csv")
+    boxes, real_boxes = (
+        read_bbox_list(twin / "BBox_List_2017.csv"),
+        read_bbox_list(META / "BBox_List_2017.csv"),
+    )
     pd.testing.assert_frame_equal(
-        boxes, real_boxes[real_boxes["image_id"].isin(mine["image_id"])].reset_index(drop=True))
+        boxes, real_boxes[real_boxes["image_id"].isin(mine["image_id"])].reset_index(drop=True)
+    )
     assert len(boxes) > 0
     position = {n: i for i, n in enumerate(sorted(real["image_id"]))}
     for name in mine["image_id"]:
@@ -79,8 +83,9 @@ def test_twin_prepare_train_evaluate_localize(twin, tmp_path):
     run("prepare", twin, "--out", prep, "--size", 32, "--workers", 0)
     split = pd.read_csv(prep / "split.csv")
     names = set(split["image_id"])
-    real_tv, real_test = (set(read_image_list(META / n)) for n in ("train_val_list.txt",
-                                                                   "test_list.txt"))
+    real_tv, real_test = (
+        set(read_image_list(META / n)) for n in ("train_val_list.txt", "test_list.txt")
+    )
     assert set(split.loc[split["split"].isin(["train", "val"]), "image_id"]) == real_tv & names
     assert set(split.loc[split["split"] == "test", "image_id"]) == real_test & names
     assert set(read_image_list(twin / "test_list.txt")) == real_test & names
@@ -89,10 +94,26 @@ def test_twin_prepare_train_evaluate_localize(twin, tmp_path):
     boxed = set(read_bbox_list(twin / "BBox_List_2017.csv")["image_id"])
     assert boxed <= set(split.loc[split["split"] == "test", "image_id"])
 
-    run("train", f"data.prepared={prep}", f"out={runs}", "model.name=cnn4", "train.epochs=1",
-        "data.batch_size=64", "train.threads=1", "--no-progress")
-    run("evaluate", runs, "--bootstrap", 50, "--subgroup-bootstrap", 10, "--no-report",
-        "--no-progress")
+    run(
+        "train",
+        f"data.prepared={prep}",
+        f"out={runs}",
+        "model.name=cnn4",
+        "train.epochs=1",
+        "data.batch_size=64",
+        "train.threads=1",
+        "--no-progress",
+    )
+    run(
+        "evaluate",
+        runs,
+        "--bootstrap",
+        50,
+        "--subgroup-bootstrap",
+        10,
+        "--no-report",
+        "--no-progress",
+    )
     metrics = json.loads((runs / "eval" / "test" / "metrics.json").read_text())
     assert metrics["n_images"] == (split["split"] == "test").sum()
     run("localize", runs, "--no-progress")
@@ -103,8 +124,7 @@ def test_twin_prepare_train_evaluate_localize(twin, tmp_path):
 def test_twin_resumes_with_the_same_bytes(twin, tmp_path):
     """A smaller fraction is a subset with identical images; a killed run resumes."""
     small = tmp_path / "small"
-    run("phantoms", small, "--like", META, "--fraction", FRACTION / 4, "--size", 32,
-        "--workers", 0)
+    run("phantoms", small, "--like", META, "--fraction", FRACTION / 4, "--size", 32, "--workers", 0)
     pngs = sorted(small.glob("images_*/images/*.png"))
     assert pngs
     for p in pngs:
@@ -115,6 +135,5 @@ def test_twin_resumes_with_the_same_bytes(twin, tmp_path):
         p.unlink()
     m = json.loads((small / "phantoms_manifest.json").read_text())
     (small / "phantoms_manifest.json").write_text(json.dumps({**m, "complete": False}))
-    run("phantoms", small, "--like", META, "--fraction", FRACTION / 4, "--size", 32,
-        "--workers", 0)
+    run("phantoms", small, "--like", META, "--fraction", FRACTION / 4, "--size", 32, "--workers", 0)
     assert all(p.read_bytes() == b for p, b in gone.items())

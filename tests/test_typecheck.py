@@ -13,8 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("mypy") is None,
-                                reason="mypy is not installed (pip install -e '.[dev]')")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("mypy") is None,
+    reason="mypy is not installed (pip install -e '.[dev]')",
+)
 
 
 def _mypy(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
@@ -31,7 +33,7 @@ def test_mypy_passes_on_src():
     assert "no issues found" in proc.stdout, proc.stdout[-2000:]
 
 
-PLANTED = '''\
+PLANTED = """\
 def scale(x: float, factor: float = 2.0) -> float:
     return x * factor
 
@@ -42,7 +44,7 @@ def label(n: int) -> str:
 
 def pick(name: str = {default}) -> str:
     return name
-'''
+"""
 
 
 def test_the_configuration_catches_planted_errors(tmp_path):

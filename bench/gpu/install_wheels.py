@@ -44,11 +44,21 @@ def read_list(path: Path) -> list[dict]:
             continue
         f = line.split()
         if len(f) < 3 or "==" not in f[0] or f[2] not in ("always", "if-missing"):
-            raise SystemExit(f"{path}:{n}: expected 'NAME==VERSION IMPORT always|if-missing "
-                             f"[sdist|optional]', got {line!r}")
+            raise SystemExit(
+                f"{path}:{n}: expected 'NAME==VERSION IMPORT always|if-missing "
+                f"[sdist|optional]', got {line!r}"
+            )
         name, version = f[0].split("==", 1)
-        rows.append({"spec": f[0], "name": name, "version": version, "import": f[1],
-                     "when": f[2], "optional": len(f) > 3 and f[3] == "optional"})
+        rows.append(
+            {
+                "spec": f[0],
+                "name": name,
+                "version": version,
+                "import": f[1],
+                "when": f[2],
+                "optional": len(f) > 3 and f[3] == "optional",
+            }
+        )
     return rows
 
 
@@ -98,7 +108,9 @@ def main() -> int:
     for row in read_list(args.list):
         have = importable(row["import"])
         install = row["when"] == "always" or not have
-        wheel = find_wheel(args.wheels, row["name"], row["version"]) if args.wheels.is_dir() else None
+        wheel = (
+            find_wheel(args.wheels, row["name"], row["version"]) if args.wheels.is_dir() else None
+        )
         status = "install" if install else "image has it"
         if install and wheel is None:
             if row["optional"]:
@@ -110,26 +122,45 @@ def main() -> int:
         elif install and not compatible(wheel.name):
             foreign.append(wheel.name)
             status = f"WRONG PYTHON ({wheel.name})"
-        plan.append({**row, "image_has_it": have, "install": install and status == "install",
-                     "wheel": wheel.name if wheel else None, "status": status})
+        plan.append(
+            {
+                **row,
+                "image_has_it": have,
+                "install": install and status == "install",
+                "wheel": wheel.name if wheel else None,
+                "status": status,
+            }
+        )
     for p in plan:
         print(f"  {p['spec']:36s} {p['status']}")
-    result = {"python": sys.version.split()[0], "executable": sys.executable,
-              "target": str(args.target), "plan": plan, "missing": missing,
-              "wrong_python": foreign, "installed": [], "plan_only": args.plan_only}
+    result = {
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "target": str(args.target),
+        "plan": plan,
+        "missing": missing,
+        "wrong_python": foreign,
+        "installed": [],
+        "plan_only": args.plan_only,
+    }
     rc = 0
     if missing or foreign:
         if missing:
-            print(f"FATAL: no wheel in {args.wheels}/ for {', '.join(missing)}: run "
-                  "`bash bench/gpu/fetch_wheels.sh` on a machine with network and carry .whl/",
-                  file=sys.stderr)
+            print(
+                f"FATAL: no wheel in {args.wheels}/ for {', '.join(missing)}: run "
+                "`bash bench/gpu/fetch_wheels.sh` on a machine with network and carry .whl/",
+                file=sys.stderr,
+            )
         if foreign:
             tag = sorted(python_tags(foreign[0]) - {"abi3"})[0]
-            print(f"FATAL: .whl/ holds wheels for another Python ({tag}; e.g. {foreign[0]}) "
-                  f"but {sys.executable} is Python {here}. On a machine with network run "
-                  f"`PYVER={here} bash bench/gpu/fetch_wheels.sh` and carry .whl/ again, or "
-                  "set PYTHON= to an interpreter of the wheels' version that has the GPU "
-                  "torch.", file=sys.stderr)
+            print(
+                f"FATAL: .whl/ holds wheels for another Python ({tag}; e.g. {foreign[0]}) "
+                f"but {sys.executable} is Python {here}. On a machine with network run "
+                f"`PYVER={here} bash bench/gpu/fetch_wheels.sh` and carry .whl/ again, or "
+                "set PYTHON= to an interpreter of the wheels' version that has the GPU "
+                "torch.",
+                file=sys.stderr,
+            )
         rc = 2
     elif not args.plan_only:
         todo = [p for p in plan if p["install"]]
@@ -152,13 +183,28 @@ def main() -> int:
                         z.extractall(args.target)
                 result["installed"] = [p["spec"] for p in todo]
             elif files:
-                cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
-                       "--no-compile", "--disable-pip-version-check", "-q", "--upgrade",
-                       "--target", str(args.target), *files]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-index",
+                    "--no-deps",
+                    "--no-compile",
+                    "--disable-pip-version-check",
+                    "-q",
+                    "--upgrade",
+                    "--target",
+                    str(args.target),
+                    *files,
+                ]
                 done = subprocess.run(cmd)
                 if done.returncode != 0:
-                    print(f"FATAL: pip install --target {args.target} failed "
-                          f"(exit {done.returncode})", file=sys.stderr)
+                    print(
+                        f"FATAL: pip install --target {args.target} failed "
+                        f"(exit {done.returncode})",
+                        file=sys.stderr,
+                    )
                     rc = 3
                 else:
                     result["installed"] = [p["spec"] for p in todo]

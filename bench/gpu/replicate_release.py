@@ -46,7 +46,7 @@ def replicate(src: Path, dst: Path, copies: int) -> dict:
     header, rows = lines[0], [r for r in lines[1:] if r]
     pids = [int(r.split(",")[3]) for r in rows]
     stride = 10 ** len(str(max(pids)))  # copy k of patient p is patient k * stride + p
-    if copies * stride >= 10 ** 8:
+    if copies * stride >= 10**8:
         raise ValueError(f"{copies} copies of {max(pids)} patients overflow NIH's 8-digit ids")
 
     def rename(image: str, k: int) -> str:
@@ -71,15 +71,31 @@ def replicate(src: Path, dst: Path, copies: int) -> dict:
             n += 1
     (dst / "Data_Entry_2017.csv").write_text("\r\n".join(entry) + "\r\n")
     box = (src / "BBox_List_2017.csv").read_text().splitlines()
-    (dst / "BBox_List_2017.csv").write_text("\n".join(
-        [box[0], *(",".join([rename(b.split(",", 1)[0], k), b.split(",", 1)[1]])
-                   for k in range(copies) for b in box[1:] if b)]) + "\n")
+    (dst / "BBox_List_2017.csv").write_text(
+        "\n".join(
+            [
+                box[0],
+                *(
+                    ",".join([rename(b.split(",", 1)[0], k), b.split(",", 1)[1]])
+                    for k in range(copies)
+                    for b in box[1:]
+                    if b
+                ),
+            ]
+        )
+        + "\n"
+    )
     for name in ("train_val_list.txt", "test_list.txt"):
         names = [x for x in (src / name).read_text().split() if x]
         (dst / name).write_text("\n".join(rename(x, k) for k in range(copies) for x in names))
-    manifest = {"made_by": "bench/gpu/replicate_release.py", "source": str(src),
-                "copies": copies, "n_images": n, "n_patients": copies * len(set(pids)),
-                "seconds": round(time.perf_counter() - started, 2)}
+    manifest = {
+        "made_by": "bench/gpu/replicate_release.py",
+        "source": str(src),
+        "copies": copies,
+        "n_images": n,
+        "n_patients": copies * len(set(pids)),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
     (dst / "replicate_manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 

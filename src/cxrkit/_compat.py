@@ -33,7 +33,14 @@ def ensure_torchvision() -> None:
     if spec is None or spec.origin is None:
         return
     lib_dir = os.path.dirname(spec.origin)
-    so = next((os.path.join(lib_dir, f) for f in os.listdir(lib_dir) if f.startswith("_C.") and f.endswith((".so", ".pyd"))), None)
+    so = next(
+        (
+            os.path.join(lib_dir, f)
+            for f in os.listdir(lib_dir)
+            if f.startswith("_C.") and f.endswith((".so", ".pyd"))
+        ),
+        None,
+    )
     if so is not None:
         try:
             torch.ops.load_library(so)

@@ -22,44 +22,44 @@ from cxrkit._moved import new_name
 #: module or package under ``cxrkit`` -> layer (lower = more basic).
 LAYERS: dict[str, int] = {
     # 0: no cxrkit imports above the standard library, numpy and torch
-    "_compat": 0,      # torchvision/timm next to a CPU-only torch
-    "artefacts": 0,    # atomic writes, hashes, versions, prepared/run folder layouts
-    "labels": 0,       # the 14 findings: the single source of truth
-    "messages": 0,     # how errors quote input (cut, never whole)
-    "_layering": 0,    # this table
-    "_moved": 0,       # old module paths, aliased to where the modules now live
-    "metrics": 0,      # AUROC/AUPRC, bootstrap, thresholds, calibration (numpy)
+    "_compat": 0,  # torchvision/timm next to a CPU-only torch
+    "artefacts": 0,  # atomic writes, hashes, versions, prepared/run folder layouts
+    "labels": 0,  # the 14 findings: the single source of truth
+    "messages": 0,  # how errors quote input (cut, never whole)
+    "_layering": 0,  # this table
+    "_moved": 0,  # old module paths, aliased to where the modules now live
+    "metrics": 0,  # AUROC/AUPRC, bootstrap, thresholds, calibration (numpy)
     # 1: settings
-    "config": 1,       # run settings: YAML in, YAML out
+    "config": 1,  # run settings: YAML in, YAML out
     # 2: data
-    "data": 2,         # NIH files, splits, cache, dataset, transforms, phantoms, DICOM,
-                       # the preprocessing contract, dataset statistics (eda)
+    "data": 2,  # NIH files, splits, cache, dataset, transforms, phantoms, DICOM,
+    # the preprocessing contract, dataset statistics (eda)
     "inference.thresholds": 2,  # the thresholds sidecar (torch-free, for the ONNX backend too)
     "inference.predictor": 2,  # the predictor interface shared by the torch and ONNX backends
-    "ood": 2,          # out-of-distribution record and score (features + image statistics)
+    "ood": 2,  # out-of-distribution record and score (features + image statistics)
     "inference.openvino_engine": 2,  # OpenVINO compiling an ONNX graph (torch-free, optional extra)
     # 3: models
-    "models": 3,       # the registry and one file per family
+    "models": 3,  # the registry and one file per family
     # 4: training
-    "engine": 4,       # losses, checkpoint, distributed, train
+    "engine": 4,  # losses, checkpoint, distributed, train
     # 5: a trained model in use
-    "inference": 5,    # the package's façade: cxrkit.inference.load (lazily, from core)
+    "inference": 5,  # the package's façade: cxrkit.inference.load (lazily, from core)
     "inference.core": 5,  # cxrkit.load: the one inference core
     "inference.heldout": 5,  # the held-out data a checkpoint was trained against
     "inference.runtime": 5,  # how the forward pass runs: fp32, bf16, onnxruntime (--precision)
     "inference.onnx_backend": 5,  # the ONNX Runtime predictor
     # 6-7: what is done with a model
-    "explain": 6,      # saliency maps, overlays, localisation
-    "evaluate": 7,     # metrics with CIs, report, compare
-    "audit": 7,        # shortcut audit: occlusion, saliency share, probes, per view, size
+    "explain": 6,  # saliency maps, overlays, localisation
+    "evaluate": 7,  # metrics with CIs, report, compare
+    "audit": 7,  # shortcut audit: occlusion, saliency share, probes, per view, size
     "inference.predict": 7,  # files -> probabilities
     "inference.export": 7,  # ONNX export and backend
-    "importer": 7,     # published model files -> run folders, checked against their code
+    "importer": 7,  # published model files -> run folders, checked against their code
     "inference.fast_predict": 7,  # predict from a checkpoint's cached export, torch-free
     # 8-9: front ends
-    "serve": 8,        # the web service
-    "cli": 9,          # the Typer shell
-    "__init__": 10,    # the package's public façade (see the module docstring)
+    "serve": 8,  # the web service
+    "cli": 9,  # the Typer shell
+    "__init__": 10,  # the package's public façade (see the module docstring)
 }
 
 #: What a module may import from the package root itself (re-exports of layer 0).

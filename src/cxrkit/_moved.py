@@ -45,7 +45,7 @@ def new_name(module: str) -> str:
     """The current path of a dotted module name (itself when it did not move)."""
     for old, new in MOVED.items():
         if module == old or module.startswith(old + "."):
-            return new + module[len(old):]
+            return new + module[len(old) :]
     return module
 
 

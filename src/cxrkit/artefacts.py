@@ -100,8 +100,13 @@ def _explain(path: Path, e: OSError, needed: int | None, written: int = 0) -> Wr
     folder = path.parent
     if e.errno in _NO_SPACE:
         free = _free(folder)
-        need = (f"needs {human_bytes(needed)}" if needed else
-                f"needs more than the {human_bytes(written)} written" if written else "needs more space")
+        need = (
+            f"needs {human_bytes(needed)}"
+            if needed
+            else f"needs more than the {human_bytes(written)} written"
+            if written
+            else "needs more space"
+        )
         have = f", {human_bytes(free)} free" if free is not None else ""
         why = f"no space left on the device ({need}{have} in {folder})"
     elif e.errno in _NO_ACCESS:
@@ -141,8 +146,9 @@ def check_writable(path: str | Path) -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | Path, *, needed: int | None = None, commit: bool = True,
-                durable: bool = True) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path, *, needed: int | None = None, commit: bool = True, durable: bool = True
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
     For writers that want a file name (``savefig``, ``onnx.save``, ``DataFrame.to_csv``).
@@ -204,8 +210,9 @@ def _new_temporary(path: Path) -> Path:
     creates ``0o600``), so an output is as readable as one ``open(path, "w")`` would make.
     The suffix stays last: savefig, cv2.imwrite and np.save choose the format by it.
     """
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
-                                dir=path.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
     finally:
@@ -250,8 +257,9 @@ def write_json(obj, path: str | Path) -> Path:
     Always valid JSON (:func:`jsonable`): NaN and infinities are written as ``null``, not
     as the ``NaN`` that Python accepts and every other JSON reader refuses.
     """
-    return write_text(json.dumps(jsonable(obj), indent=2, sort_keys=True, default=str,
-                                 allow_nan=False), path)
+    return write_text(
+        json.dumps(jsonable(obj), indent=2, sort_keys=True, default=str, allow_nan=False), path
+    )
 
 
 def read_json(path: str | Path, *, missing=None):
@@ -268,12 +276,16 @@ def read_json(path: str | Path, *, missing=None):
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a UTF-8 text file") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is "
-                         "damaged: delete it or write it again") from None
+        raise ValueError(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is "
+            "damaged: delete it or write it again"
+        ) from None
     if not isinstance(doc, dict):
         # a ValueError, not a TypeError: the CLI says it in one line
-        raise ValueError(f"{path}: expected a JSON object, "  # noqa: TRY004
-                         f"found a {type(doc).__name__}")
+        raise ValueError(
+            f"{path}: expected a JSON object, "  # noqa: TRY004
+            f"found a {type(doc).__name__}"
+        )
     return doc
 
 
@@ -444,8 +456,9 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
     try:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}, {what}, since {stamp}\n"
-                  .encode(), 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()} on {platform.node()}, {what}, since {stamp}\n".encode(), 0
+        )
         _HELD[key] = 1
         try:
             yield path
@@ -475,7 +488,8 @@ def _take_lock(path: Path, folder: Path) -> int:
             os.close(fd)
             raise FolderBusyError(
                 f"{folder} is being written by {holder}; nothing was written. Wait for it to "
-                "finish (or stop it), or use another folder.") from None
+                "finish (or stop it), or use another folder."
+            ) from None
         try:
             mine, now = os.fstat(fd), os.stat(path, follow_symlinks=False)
             if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
@@ -499,14 +513,14 @@ class PreparedFolder:
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
 
-    labels = property(lambda self: self.root / "labels.csv")         #: typed label table
-    split = property(lambda self: self.root / "split.csv")           #: image_id, patient_id, split
-    boxes = property(lambda self: self.root / "boxes.csv")           #: NIH boxes (1024 space)
-    dataset = property(lambda self: self.root / "dataset.json")      #: what was read
+    labels = property(lambda self: self.root / "labels.csv")  #: typed label table
+    split = property(lambda self: self.root / "split.csv")  #: image_id, patient_id, split
+    boxes = property(lambda self: self.root / "boxes.csv")  #: NIH boxes (1024 space)
+    dataset = property(lambda self: self.root / "dataset.json")  #: what was read
     dropped = property(lambda self: self.root / "dropped_images.csv")  #: on_missing=drop
-    images = property(lambda self: self.root / "images.npy")         #: the cache's pixels
-    index = property(lambda self: self.root / "index.csv")           #: the cache's rows
-    manifest = property(lambda self: self.root / "manifest.json")    #: the cache's manifest
+    images = property(lambda self: self.root / "images.npy")  #: the cache's pixels
+    index = property(lambda self: self.root / "index.csv")  #: the cache's rows
+    manifest = property(lambda self: self.root / "manifest.json")  #: the cache's manifest
     #: files without which the folder is not a prepared folder
     REQUIRED = ("dataset.json", "labels.csv", "split.csv")
 
@@ -526,18 +540,18 @@ class RunFolder:
         p = Path(checkpoint)
         return cls(p if p.is_dir() else p.parent)
 
-    best = property(lambda self: self.root / "best.pt")        #: best validation mean AUROC
-    last = property(lambda self: self.root / "last.pt")        #: the latest epoch (resume)
+    best = property(lambda self: self.root / "best.pt")  #: best validation mean AUROC
+    last = property(lambda self: self.root / "last.pt")  #: the latest epoch (resume)
     config = property(lambda self: self.root / "config.yaml")  #: the resolved config
-    run_json = property(lambda self: self.root / "run.json")   #: manifest and status
+    run_json = property(lambda self: self.root / "run.json")  #: manifest and status
     history = property(lambda self: self.root / "metrics.csv")  #: one row per epoch
     curves = property(lambda self: self.root / "curves.png")
     tensorboard = property(lambda self: self.root / "tb")
     box_fold_moved = property(lambda self: self.root / "box_fold_moved.csv")
     thresholds = property(lambda self: self.root / THRESHOLDS_FILE)
-    explain = property(lambda self: self.root / "explain")     #: saliency maps
-    localize = property(lambda self: self.root / "localize")   #: localisation benchmark
-    audit = property(lambda self: self.root / "audit")         #: shortcut audit, per split
+    explain = property(lambda self: self.root / "explain")  #: saliency maps
+    localize = property(lambda self: self.root / "localize")  #: localisation benchmark
+    audit = property(lambda self: self.root / "audit")  #: shortcut audit, per split
 
     def eval(self, split: str, tta: str = "none") -> Path:
         """``eval/<split>`` (``eval/<split>-<tta>`` with test-time augmentation): the root of
@@ -586,13 +600,25 @@ class RunFolder:
             shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
             raise NotARunError(
                 f"{self.root} is not empty ({shown}) and is not a cxrkit run folder; nothing "
-                "was written. Train into a new or empty folder (out=... or --out).")
+                "was written. Train into a new or empty folder (out=... or --out)."
+            )
 
     def trained_files(self) -> list[Path]:
         """What ``cxrkit train`` wrote here and ``--fresh`` removes: checkpoints, records,
         and its own TensorBoard event files (anything else in ``tb/`` is left)."""
-        files = [p for p in (self.best, self.last, self.history, self.curves, self.run_json,
-                             self.box_fold_moved, self.config) if p.is_file()]
+        files = [
+            p
+            for p in (
+                self.best,
+                self.last,
+                self.history,
+                self.curves,
+                self.run_json,
+                self.box_fold_moved,
+                self.config,
+            )
+            if p.is_file()
+        ]
         if self.tensorboard.is_dir():
             files += sorted(p for p in self.tensorboard.glob(TENSORBOARD_EVENTS) if p.is_file())
         return files
@@ -611,7 +637,7 @@ class EvaluationFolder:
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
 
-    metrics = property(lambda self: self.root / "metrics.json")     #: everything, as JSON
+    metrics = property(lambda self: self.root / "metrics.json")  #: everything, as JSON
     auroc = property(lambda self: self.root / "auroc.csv")
     threshold_table = property(lambda self: self.root / "thresholds.csv")
     calibration = property(lambda self: self.root / "calibration.csv")
@@ -621,7 +647,7 @@ class EvaluationFolder:
     radiologists = property(lambda self: self.root / "radiologists.json")
     radiologists_table = property(lambda self: self.root / "radiologists.csv")
     radiologists_images = property(lambda self: self.root / "radiologists_images.csv")
-    gallery = property(lambda self: self.root / "gallery")           #: error-gallery images
+    gallery = property(lambda self: self.root / "gallery")  #: error-gallery images
     gallery_table = property(lambda self: self.root / "gallery.csv")
     figures = property(lambda self: self.root / "figures")
     report = property(lambda self: self.root / "report.html")
@@ -636,8 +662,10 @@ class EvaluationFolder:
 
     def read_metrics(self) -> dict:
         if not self.metrics.exists():
-            raise FileNotFoundError(f"{self.metrics} not found: {self.root} is not an "
-                                    "evaluation folder (run `cxrkit evaluate` first)")
+            raise FileNotFoundError(
+                f"{self.metrics} not found: {self.root} is not an "
+                "evaluation folder (run `cxrkit evaluate` first)"
+            )
         return read_json(self.metrics)
 
     def read_predictions(self, split: str):
@@ -680,7 +708,9 @@ def writes_into_run(what: str):
                 return fn(*args, **kwargs)
             with folder_lock(run.root, what):
                 return fn(*args, **kwargs)
+
         return held
+
     return decorate
 
 
@@ -695,9 +725,36 @@ def onnx_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".onnx")
 
 
-__all__ = ["FORMULA_START", "LOCK_FILE", "THRESHOLDS_FILE", "CheckpointError", "EvaluationFolder",
-           "FolderBusyError", "NotARunError", "PreparedFolder", "RunFolder", "WriteError",
-           "atomic_file", "atomic_path", "check_writable", "csv_cell", "csv_plain", "csv_row",
-           "file_sha256", "folder_lock", "human_bytes", "is_inside", "make_folder",
-           "onnx_path", "read_csv", "read_json", "resolve_checkpoint", "versions",
-           "write_bytes", "write_csv", "write_json", "write_text", "writes_into_run"]
+__all__ = [
+    "FORMULA_START",
+    "LOCK_FILE",
+    "THRESHOLDS_FILE",
+    "CheckpointError",
+    "EvaluationFolder",
+    "FolderBusyError",
+    "NotARunError",
+    "PreparedFolder",
+    "RunFolder",
+    "WriteError",
+    "atomic_file",
+    "atomic_path",
+    "check_writable",
+    "csv_cell",
+    "csv_plain",
+    "csv_row",
+    "file_sha256",
+    "folder_lock",
+    "human_bytes",
+    "is_inside",
+    "make_folder",
+    "onnx_path",
+    "read_csv",
+    "read_json",
+    "resolve_checkpoint",
+    "versions",
+    "write_bytes",
+    "write_csv",
+    "write_json",
+    "write_text",
+    "writes_into_run",
+]

@@ -44,14 +44,17 @@ class _Checked:
             allowed = [t.strip() for t in str(f.type).split("|")]
             if not any(_is_a(value, t) for t in allowed):
                 said = [a if a != "float" else "a finite float" for a in allowed]
-                raise ConfigError(f"{self.SECTION}.{f.name} must be {' or '.join(said)}, "
-                                  f"got {quote(value)} ({type(value).__name__})")
+                raise ConfigError(
+                    f"{self.SECTION}.{f.name} must be {' or '.join(said)}, "
+                    f"got {quote(value)} ({type(value).__name__})"
+                )
 
     def _at_least(self, name: str, low, *, above: bool = False) -> None:
         value = getattr(self, name)
         if value is not None and (value <= low if above else value < low):
-            raise ConfigError(f"{self.SECTION}.{name} must be {'>' if above else '>='} {low}, "
-                              f"got {quote(value)}")
+            raise ConfigError(
+                f"{self.SECTION}.{name} must be {'>' if above else '>='} {low}, got {quote(value)}"
+            )
 
 
 def _is_a(value, type_name: str) -> bool:
@@ -62,8 +65,9 @@ def _is_a(value, type_name: str) -> bool:
     if type_name == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     if type_name == "float":  # finite: a NaN lr or an infinite box_fold is no setting
-        return isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value)
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
     if type_name == "str":
         return isinstance(value, str)
     if type_name == "list[str]":
@@ -77,12 +81,12 @@ def _is_a(value, type_name: str) -> bool:
 class DataConfig(_Checked):
     SECTION = "data"
 
-    prepared: str = "demo/prepared"      #: folder written by ``cxrkit prepare``
-    split_file: str | None = None        #: a split CSV; default: the prepared folder's split.csv
-    findings: str | list[str] = "all"    #: "all", one finding (binary task) or a list of the 14
-    batch_size: int = 32                 #: training images per optimiser step (all ranks)
-    eval_batch_size: int | None = None   #: default: 2 x batch_size
-    workers: int = 0                     #: DataLoader processes (the cache is fast; 0 is fine)
+    prepared: str = "demo/prepared"  #: folder written by ``cxrkit prepare``
+    split_file: str | None = None  #: a split CSV; default: the prepared folder's split.csv
+    findings: str | list[str] = "all"  #: "all", one finding (binary task) or a list of the 14
+    batch_size: int = 32  #: training images per optimiser step (all ranks)
+    eval_batch_size: int | None = None  #: default: 2 x batch_size
+    workers: int = 0  #: DataLoader processes (the cache is fast; 0 is fine)
     #: model input side; default: the model's registry size (cxr_config.input_size), at most
     #: the cache's side (see cxrkit.data.preprocessing)
     image_size: int | None = None
@@ -93,9 +97,9 @@ class DataConfig(_Checked):
     #: share of the eval resize the centre crop keeps (timm's crop_pct; CheXNet's 224 of
     #: 256 is 0.875): eval_resize = input size / eval_crop_pct
     eval_crop_pct: float | None = None
-    augment: bool = True                 #: random crop/affine/intensity jitter in training
-    hflip: bool = False                  #: horizontal flips (off: the heart is on the left)
-    box_fold: float = 0.0                #: share of box patients moved test -> train (see splits)
+    augment: bool = True  #: random crop/affine/intensity jitter in training
+    hflip: bool = False  #: horizontal flips (off: the heart is on the left)
+    box_fold: float = 0.0  #: share of box patients moved test -> train (see splits)
 
     def __post_init__(self):
         self._check_types()
@@ -116,13 +120,13 @@ class DataConfig(_Checked):
 class ModelConfig(_Checked):
     SECTION = "model"
 
-    name: str = "cnn4"                   #: a name from ``cxrkit.models.list_models()``
-    pretrained: bool = False             #: ImageNet weights by name (needs a network)
-    weights: str | None = None           #: or a local weights file
-    in_chans: int = 1                    #: 1 (grey) or 3 (grey replicated)
-    freeze: str = "none"                 #: none | classifier-only | first-N | no-train
-    metadata: bool = False               #: fuse age, sex and view with the image features
-    box_supervision: float = 0.0         #: weight of the box attention loss (gaussian_attention)
+    name: str = "cnn4"  #: a name from ``cxrkit.models.list_models()``
+    pretrained: bool = False  #: ImageNet weights by name (needs a network)
+    weights: str | None = None  #: or a local weights file
+    in_chans: int = 1  #: 1 (grey) or 3 (grey replicated)
+    freeze: str = "none"  #: none | classifier-only | first-N | no-train
+    metadata: bool = False  #: fuse age, sex and view with the image features
+    box_supervision: float = 0.0  #: weight of the box attention loss (gaussian_attention)
     kwargs: dict = field(default_factory=dict)  #: passed to the model's constructor
 
     def __post_init__(self):
@@ -136,44 +140,56 @@ class ModelConfig(_Checked):
 class TrainConfig(_Checked):
     SECTION = "train"
 
-    epochs: int = 10                     #: passes over the training split (raise to extend a run)
-    optimizer: str = "adam"              #: adam | adamw | sgd
-    lr: float = 1e-3                     #: initial learning rate
-    weight_decay: float = 0.0            #: L2 (adam, sgd) or decoupled (adamw) weight decay
-    momentum: float = 0.9                #: SGD only
-    scheduler: str = "plateau"           #: plateau (CheXNet: x0.1 when val loss stalls) | cosine | none
-    plateau_factor: float = 0.1          #: plateau: learning-rate factor per plateau
-    plateau_patience: int = 1            #: plateau: epochs without a lower val loss before it acts
-    warmup_epochs: float = 0.0           #: cosine only: linear warm-up, in epochs
-    loss: str = "bce"                    #: bce | focal
-    pos_weight: bool = True              #: weight positives by negatives/positives per finding
-    focal_gamma: float = 2.0             #: focal loss only: the focusing exponent
-    amp: str = "auto"                    #: auto: bf16 on CPU and CUDA (fp16 + scaler if no bf16)
-    channels_last: bool = True           #: NHWC memory layout (faster convolutions on CPU and GPU)
-    compile: bool = False                #: torch.compile the model
-    grad_accum: int = 1                  #: batches per optimiser step
-    grad_clip: float | None = None       #: clip the gradient norm to this (None: no clipping)
-    patience: int = 5                    #: early stopping: epochs without a better val AUROC
-    seed: int = 0                        #: seeds weights, shuffling and augmentation per epoch
+    epochs: int = 10  #: passes over the training split (raise to extend a run)
+    optimizer: str = "adam"  #: adam | adamw | sgd
+    lr: float = 1e-3  #: initial learning rate
+    weight_decay: float = 0.0  #: L2 (adam, sgd) or decoupled (adamw) weight decay
+    momentum: float = 0.9  #: SGD only
+    scheduler: str = "plateau"  #: plateau (CheXNet: x0.1 when val loss stalls) | cosine | none
+    plateau_factor: float = 0.1  #: plateau: learning-rate factor per plateau
+    plateau_patience: int = 1  #: plateau: epochs without a lower val loss before it acts
+    warmup_epochs: float = 0.0  #: cosine only: linear warm-up, in epochs
+    loss: str = "bce"  #: bce | focal
+    pos_weight: bool = True  #: weight positives by negatives/positives per finding
+    focal_gamma: float = 2.0  #: focal loss only: the focusing exponent
+    amp: str = "auto"  #: auto: bf16 on CPU and CUDA (fp16 + scaler if no bf16)
+    channels_last: bool = True  #: NHWC memory layout (faster convolutions on CPU and GPU)
+    compile: bool = False  #: torch.compile the model
+    grad_accum: int = 1  #: batches per optimiser step
+    grad_clip: float | None = None  #: clip the gradient norm to this (None: no clipping)
+    patience: int = 5  #: early stopping: epochs without a better val AUROC
+    seed: int = 0  #: seeds weights, shuffling and augmentation per epoch
     max_steps_per_epoch: int | None = None  #: cap (for smoke tests and quick looks)
-    threads: int | None = None           #: torch CPU threads; default: all cores
-    log_every: int = 20                  #: steps between TensorBoard/CSV step logs
+    threads: int | None = None  #: torch CPU threads; default: all cores
+    log_every: int = 20  #: steps between TensorBoard/CSV step logs
     #: fit the out-of-distribution record into best.pt at the end (cxrkit.ood); false skips
     #: it (predict and serve then give no OOD score; `cxrkit ood RUN` adds it later)
     ood_record: bool = True
 
     def __post_init__(self):
         self._check_types()
-        checks = (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("loss", LOSSES),
-                  ("amp", AMP_MODES))
+        checks = (
+            ("optimizer", OPTIMIZERS),
+            ("scheduler", SCHEDULERS),
+            ("loss", LOSSES),
+            ("amp", AMP_MODES),
+        )
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"train.{name} must be one of {list(allowed)}, "
-                                  f"got {quote(getattr(self, name))}")
+                raise ConfigError(
+                    f"train.{name} must be one of {list(allowed)}, got {quote(getattr(self, name))}"
+                )
         for name in ("epochs", "grad_accum", "max_steps_per_epoch", "threads", "log_every"):
             self._at_least(name, 1)
-        for name in ("weight_decay", "warmup_epochs", "focal_gamma", "patience",
-                     "plateau_patience", "seed", "momentum"):
+        for name in (
+            "weight_decay",
+            "warmup_epochs",
+            "focal_gamma",
+            "patience",
+            "plateau_patience",
+            "seed",
+            "momentum",
+        ):
             self._at_least(name, 0)
         for name in ("lr", "plateau_factor", "grad_clip"):
             self._at_least(name, 0, above=True)
@@ -181,10 +197,10 @@ class TrainConfig(_Checked):
 
 @dataclass
 class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)     #: what is read
+    data: DataConfig = field(default_factory=DataConfig)  #: what is read
     model: ModelConfig = field(default_factory=ModelConfig)  #: what is trained
     train: TrainConfig = field(default_factory=TrainConfig)  #: how it is trained
-    out: str = "runs/run"                #: the run folder
+    out: str = "runs/run"  #: the run folder
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -201,8 +217,10 @@ class RunConfig:
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
         unknown = set(d) - set(sections) - {"out"}
         if unknown:
-            raise ConfigError(f"unknown section(s) {quote_list(sorted(unknown))}; expected "
-                              "data, model, train, out")
+            raise ConfigError(
+                f"unknown section(s) {quote_list(sorted(unknown))}; expected "
+                "data, model, train, out"
+            )
         kwargs = {}
         for name, klass in sections.items():
             sub = d.get(name) or {}
@@ -211,8 +229,10 @@ class RunConfig:
             allowed = {f.name for f in fields(klass)}
             bad = set(sub) - allowed
             if bad:
-                raise ConfigError(f"unknown key(s) {quote_list(sorted(bad))} in section {name!r}; "
-                                  f"known: {sorted(allowed)}")
+                raise ConfigError(
+                    f"unknown key(s) {quote_list(sorted(bad))} in section {name!r}; "
+                    f"known: {sorted(allowed)}"
+                )
             types = {f.name: str(f.type) for f in fields(klass)}
             sub = {k: _coerce(v, types[k], f"{name}.{k}") for k, v in sub.items()}
             try:
@@ -229,8 +249,15 @@ class RunConfig:
 #: ``scheduler=cosine`` the remaining schedule is stretched to the new length;
 #: ``train.patience`` changes when it stops; ``out`` may differ when the folder was moved.
 #: Any other difference is refused (``cxrkit train`` names the keys; ``--fresh`` restarts).
-RESUMABLE: tuple[str, ...] = ("train.epochs", "train.patience", "data.workers",
-                              "train.threads", "train.log_every", "train.ood_record", "out")
+RESUMABLE: tuple[str, ...] = (
+    "train.epochs",
+    "train.patience",
+    "data.workers",
+    "train.threads",
+    "train.log_every",
+    "train.ood_record",
+    "out",
+)
 
 
 def config_differences(old: dict, new: dict, *, allowed=RESUMABLE) -> list[tuple]:
@@ -254,8 +281,11 @@ def config_differences(old: dict, new: dict, *, allowed=RESUMABLE) -> list[tuple
     a, b = flat(base), flat(base)
     a.update(flat(old or {}))
     b.update(flat(new or {}))
-    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if k not in allowed and a.get(k) != b.get(k)]
+    return [
+        (k, a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if k not in allowed and a.get(k) != b.get(k)
+    ]
 
 
 def apply_overrides(d: dict, overrides: list[str]) -> dict:
@@ -315,12 +345,15 @@ def _expanded_size(node, sizes: dict, open_: set) -> int:
     if isinstance(node, yaml.SequenceNode):
         n += sum(_expanded_size(v, sizes, open_) for v in node.value)
     elif isinstance(node, yaml.MappingNode):
-        n += sum(_expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_)
-                 for k, v in node.value)
+        n += sum(
+            _expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_) for k, v in node.value
+        )
     open_.discard(key)
     if n > MAX_YAML_VALUES:
-        raise ConfigError(f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values "
-                          "(nested anchors, a 'billion laughs'?)")
+        raise ConfigError(
+            f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values "
+            "(nested anchors, a 'billion laughs'?)"
+        )
     sizes[key] = n
     return n
 
@@ -363,8 +396,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not a readable UTF-8 text file "
-                              f"({getattr(e, 'strerror', None) or e})") from None
+            raise ConfigError(
+                f"{path}: not a readable UTF-8 text file ({getattr(e, 'strerror', None) or e})"
+            ) from None
         d = load_yaml(text, str(path)) or {}
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping with data/model/train sections")
@@ -393,9 +427,9 @@ def field_docs(klass) -> dict[str, str]:
                 docs[field_name] = " ".join(above)
         elif tok.type == tokenize.COMMENT and tok.string.startswith("#:"):
             text = tok.string[2:].strip()
-            if field_name:            # on the field's own line
+            if field_name:  # on the field's own line
                 docs[field_name] = text
-            else:                     # a line above the next field
+            else:  # a line above the next field
                 above.append(text)
         elif tok.type == tokenize.NEWLINE:  # the end of a statement: nothing carries over
             field_name, above = None, []
@@ -408,13 +442,15 @@ def describe_config(cfg: RunConfig) -> str:
     What ``cxrkit train CONFIG --show-config`` prints; the YAML part reads back as the
     same config.
     """
+
     def scalar(value) -> str:
         text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
         return text.removesuffix("...").strip()
 
     top = field_docs(RunConfig)
-    lines = ["# the resolved config; change any key with section.key=value "
-             "(e.g. data.image_size=224)"]
+    lines = [
+        "# the resolved config; change any key with section.key=value (e.g. data.image_size=224)"
+    ]
     for name, klass in {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}.items():
         lines.append(f"{name}:  # {top[name]}")
         docs = field_docs(klass)

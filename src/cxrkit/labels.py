@@ -86,7 +86,8 @@ def canonical_finding(name: str, *, allow_no_finding: bool = True) -> str:
         raise UnknownFindingError(
             f"{name!r} is a column, not a target: NIH writes it when none of the 14 findings "
             "is present, so it is what a model says when all 14 probabilities are low. "
-            f"Choose targets from: {', '.join(FINDINGS)} (or 'all')")
+            f"Choose targets from: {', '.join(FINDINGS)} (or 'all')"
+        )
     if found is None:
         accepted = ", ".join(FINDINGS) + (f", {NO_FINDING}" if allow_no_finding else "")
         raise UnknownFindingError(f"unknown finding {quote(name)}; expected one of: {accepted}")

@@ -30,8 +30,11 @@ def quote(value, limit: int = QUOTE_LIMIT) -> str:
     text = _bounded_repr(limit).repr(value)
     if len(text) <= limit:
         return text
-    size = f"{len(value):,} items" if isinstance(value, (list, tuple, dict, set, frozenset)) \
+    size = (
+        f"{len(value):,} items"
+        if isinstance(value, (list, tuple, dict, set, frozenset))
         else type(value).__name__
+    )
     return f"{text[:limit]}... ({size})"
 
 
@@ -43,8 +46,7 @@ def _bounded_repr(limit: int):
 
     r = reprlib.Repr()
     r.maxlevel = 3
-    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = \
-        r.maxarray = 6
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 6
     r.maxstring = r.maxother = r.maxlong = max(limit, 12)
     return r
 
@@ -61,8 +63,9 @@ def require_count(value, name: str, minimum: int = 1, unit: str = "images") -> i
     that says so (``batch_size=0`` crashed deep in ``range()``, a negative one silently
     did nothing)."""
     if isinstance(value, bool) or not float(value).is_integer() or value < minimum:
-        raise ValueError(f"{name} must be a whole number of {unit} >= {minimum}, "
-                         f"got {quote(value)}")
+        raise ValueError(
+            f"{name} must be a whole number of {unit} >= {minimum}, got {quote(value)}"
+        )
     return int(value)
 
 

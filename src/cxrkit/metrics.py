@@ -85,7 +85,7 @@ def patient_resamples(groups, n: int = 1000, seed: int = 0) -> Iterator[np.ndarr
     codes, draws = _patient_draws(groups, n, seed)
     order = np.argsort(codes, kind="stable")
     starts = np.searchsorted(codes[order], np.arange(draws.shape[1] + 1))
-    members = [order[starts[p]:starts[p + 1]] for p in range(draws.shape[1])]
+    members = [order[starts[p] : starts[p + 1]] for p in range(draws.shape[1])]
     for row in draws:
         yield np.concatenate([members[p] for p in row])
 
@@ -97,8 +97,9 @@ def _replicate_weights(codes: np.ndarray, draws: np.ndarray) -> np.ndarray:
     return counts.reshape(r, p)[:, codes].astype(np.float64)
 
 
-def weighted_auroc_ap(y_true: np.ndarray, y_score: np.ndarray,
-                      weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def weighted_auroc_ap(
+    y_true: np.ndarray, y_score: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """AUROC and average precision of one finding under many image weightings.
 
     ``y_true`` ``(N,)`` 1 = positive, 0 = negative, NaN = unknown (ignored);
@@ -118,10 +119,10 @@ def weighted_auroc_ap(y_true: np.ndarray, y_score: np.ndarray,
     s_pos, s_neg = s[pos], s[neg]
     w_pos = w[:, pos]
     zero = np.zeros((len(w), 1))
-    cum_neg = np.concatenate([zero, np.cumsum(w[:, neg], 1)], 1)   # negative weight below
+    cum_neg = np.concatenate([zero, np.cumsum(w[:, neg], 1)], 1)  # negative weight below
     cum_pos = np.concatenate([zero, np.cumsum(w_pos, 1)], 1)
     n_pos, n_neg = cum_pos[:, -1], cum_neg[:, -1]
-    below = cum_neg[:, np.searchsorted(s_neg, s_pos, "left")]     # negatives scored lower
+    below = cum_neg[:, np.searchsorted(s_neg, s_pos, "left")]  # negatives scored lower
     tied = cum_neg[:, np.searchsorted(s_neg, s_pos, "right")] - below
     with np.errstate(invalid="ignore", divide="ignore"):
         auroc = (w_pos * (below + 0.5 * tied)).sum(1) / (n_pos * n_neg)
@@ -168,9 +169,17 @@ def _percentile_ci(samples: np.ndarray, value: np.ndarray, level: float, min_val
     return lo, hi, valid
 
 
-def bootstrap_ci(y_true, y_score, groups, metric_fn: str | Callable = "auroc", n: int = 1000,
-                 seed: int = 0, level: float = 0.95, min_valid: float = 0.5,
-                 chunk: int = 50) -> BootstrapCI:
+def bootstrap_ci(
+    y_true,
+    y_score,
+    groups,
+    metric_fn: str | Callable = "auroc",
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    min_valid: float = 0.5,
+    chunk: int = 50,
+) -> BootstrapCI:
     """Patient-bootstrap percentile CI of a per-finding metric.
 
     ``y_true`` ``(N, F)`` (or ``(N,)``) 0/1 with NaN = unknown, ``y_score`` the same
@@ -182,8 +191,9 @@ def bootstrap_ci(y_true, y_score, groups, metric_fn: str | Callable = "auroc", n
     """
     y, s = _check_bootstrap_input(y_true, y_score, groups, level)
     if metric_fn in ("auroc", "auprc"):
-        roc, prc = bootstrap_ranking(y, s, groups, n=n, seed=seed, level=level,
-                                     min_valid=min_valid, chunk=chunk)
+        roc, prc = bootstrap_ranking(
+            y, s, groups, n=n, seed=seed, level=level, min_valid=min_valid, chunk=chunk
+        )
         return roc if metric_fn == "auroc" else prc
     if callable(metric_fn):
         value = _per_finding(metric_fn, y, s)
@@ -193,8 +203,16 @@ def bootstrap_ci(y_true, y_score, groups, metric_fn: str | Callable = "auroc", n
     else:
         raise ValueError(f"metric_fn must be 'auroc', 'auprc' or a callable, got {metric_fn!r}")
     lo, hi, valid = _percentile_ci(samples, value, level, min_valid)
-    return BootstrapCI(value=value, lo=lo, hi=hi, valid=valid, samples=samples, n=int(n),
-                       level=level, min_valid=min_valid)
+    return BootstrapCI(
+        value=value,
+        lo=lo,
+        hi=hi,
+        valid=valid,
+        samples=samples,
+        n=int(n),
+        level=level,
+        min_valid=min_valid,
+    )
 
 
 def _check_bootstrap_input(y_true, y_score, groups, level):
@@ -211,9 +229,17 @@ def _check_bootstrap_input(y_true, y_score, groups, level):
     return y, s
 
 
-def bootstrap_ranking(y_true, y_score, groups, *, n: int = 1000, seed: int = 0,
-                      level: float = 0.95, min_valid: float = 0.5,
-                      chunk: int = 50) -> tuple[BootstrapCI, BootstrapCI]:
+def bootstrap_ranking(
+    y_true,
+    y_score,
+    groups,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    min_valid: float = 0.5,
+    chunk: int = 50,
+) -> tuple[BootstrapCI, BootstrapCI]:
     """AUROC and AUPRC intervals from one pass over the same patient resamples.
 
     Same replicates as ``bootstrap_ci(..., "auroc")`` / ``"auprc"`` for the same seed;
@@ -225,17 +251,27 @@ def bootstrap_ranking(y_true, y_score, groups, *, n: int = 1000, seed: int = 0,
     prc = np.full((n, y.shape[1]), np.nan)
     known = ~np.isnan(y)
     for a in range(0, n, chunk):
-        w = _replicate_weights(codes, draws[a:a + chunk])
+        w = _replicate_weights(codes, draws[a : a + chunk])
         for j in range(y.shape[1]):
             t = y[known[:, j], j]
             if t.size == 0 or t.min() == t.max():
                 continue  # undefined on the full data, so in every replicate
-            roc[a:a + chunk, j], prc[a:a + chunk, j] = weighted_auroc_ap(y[:, j], s[:, j], w)
+            roc[a : a + chunk, j], prc[a : a + chunk, j] = weighted_auroc_ap(y[:, j], s[:, j], w)
     out = []
     for value, samples in ((auroc_per_finding(y, s), roc), (auprc_per_finding(y, s), prc)):
         lo, hi, valid = _percentile_ci(samples, value, level, min_valid)
-        out.append(BootstrapCI(value=value, lo=lo, hi=hi, valid=valid, samples=samples,
-                               n=int(n), level=level, min_valid=min_valid))
+        out.append(
+            BootstrapCI(
+                value=value,
+                lo=lo,
+                hi=hi,
+                valid=valid,
+                samples=samples,
+                n=int(n),
+                level=level,
+                min_valid=min_valid,
+            )
+        )
     return out[0], out[1]
 
 
@@ -255,12 +291,26 @@ def bootstrap_mean(ci: BootstrapCI) -> dict:
     means = np.full(len(per_rep), np.nan)
     means[ok] = per_rep[ok].mean(1)
     lo, hi, _ = _percentile_ci(means[:, None], np.array([value]), ci.level, ci.min_valid)
-    return {"value": value, "lo": float(lo[0]), "hi": float(hi[0]), "valid": int(ok.sum()),
-            "defined": int(defined.sum())}
+    return {
+        "value": value,
+        "lo": float(lo[0]),
+        "hi": float(hi[0]),
+        "valid": int(ok.sum()),
+        "defined": int(defined.sum()),
+    }
 
 
-def paired_auroc_difference(y_true, score_a, score_b, groups, *, n: int = 1000, seed: int = 0,
-                            level: float = 0.95, min_valid: float = 0.5) -> dict:
+def paired_auroc_difference(
+    y_true,
+    score_a,
+    score_b,
+    groups,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    min_valid: float = 0.5,
+) -> dict:
     """AUROC of ``score_b`` minus ``score_a`` on the same images, with a paired CI.
 
     Both models are scored on the *same* patient resamples (one draw, both score sets),
@@ -269,10 +319,12 @@ def paired_auroc_difference(y_true, score_a, score_b, groups, *, n: int = 1000, 
     ``lo``, ``hi`` ``(F,)`` and the same for the mean over findings defined for both
     (``mean``: dict), NaN where undefined or under ``min_valid`` valid replicates.
     """
-    a, _ = bootstrap_ranking(y_true, score_a, groups, n=n, seed=seed, level=level,
-                             min_valid=min_valid)
-    b, _ = bootstrap_ranking(y_true, score_b, groups, n=n, seed=seed, level=level,
-                             min_valid=min_valid)
+    a, _ = bootstrap_ranking(
+        y_true, score_a, groups, n=n, seed=seed, level=level, min_valid=min_valid
+    )
+    b, _ = bootstrap_ranking(
+        y_true, score_b, groups, n=n, seed=seed, level=level, min_valid=min_valid
+    )
     value = b.value - a.value
     samples = b.samples - a.samples
     lo, hi, _ = _percentile_ci(samples, value, level, min_valid)
@@ -289,8 +341,17 @@ def paired_auroc_difference(y_true, score_a, score_b, groups, *, n: int = 1000, 
     return {"value": value, "lo": lo, "hi": hi, "mean": mean}
 
 
-def auroc_reference_difference(y_a, y_b, y_score, groups, *, n: int = 1000, seed: int = 0,
-                               level: float = 0.95, min_valid: float = 0.5) -> dict:
+def auroc_reference_difference(
+    y_a,
+    y_b,
+    y_score,
+    groups,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    min_valid: float = 0.5,
+) -> dict:
     """One score's AUROC against reference ``y_a`` minus its AUROC against ``y_b``.
 
     The counterpart of :func:`paired_auroc_difference` for one model and two label sets
@@ -302,18 +363,31 @@ def auroc_reference_difference(y_a, y_b, y_score, groups, *, n: int = 1000, seed
     """
     y = np.column_stack([np.asarray(y_a, np.float64), np.asarray(y_b, np.float64)])
     s = np.asarray(y_score, np.float64)
-    roc, _ = bootstrap_ranking(y, np.column_stack([s, s]), groups, n=n, seed=seed, level=level,
-                               min_valid=min_valid)
+    roc, _ = bootstrap_ranking(
+        y, np.column_stack([s, s]), groups, n=n, seed=seed, level=level, min_valid=min_valid
+    )
     value = roc.value[:1] - roc.value[1:]
     lo, hi, _ = _percentile_ci(roc.samples[:, :1] - roc.samples[:, 1:], value, level, min_valid)
 
     def one(j: int) -> BootstrapCI:
-        return BootstrapCI(value=roc.value[j:j + 1], lo=roc.lo[j:j + 1], hi=roc.hi[j:j + 1],
-                           valid=roc.valid[j:j + 1], samples=roc.samples[:, j:j + 1],
-                           n=roc.n, level=level, min_valid=min_valid)
+        return BootstrapCI(
+            value=roc.value[j : j + 1],
+            lo=roc.lo[j : j + 1],
+            hi=roc.hi[j : j + 1],
+            valid=roc.valid[j : j + 1],
+            samples=roc.samples[:, j : j + 1],
+            n=roc.n,
+            level=level,
+            min_valid=min_valid,
+        )
 
-    return {"a": one(0), "b": one(1), "value": float(value[0]), "lo": float(lo[0]),
-            "hi": float(hi[0])}
+    return {
+        "a": one(0),
+        "b": one(1),
+        "value": float(value[0]),
+        "lo": float(lo[0]),
+        "hi": float(hi[0]),
+    }
 
 
 def _known(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
@@ -339,9 +413,9 @@ def youden_threshold(y_true, y_score) -> float:
     if y.size == 0 or y.min() == y.max():
         return float("nan")
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
-    finite = np.isfinite(thr)                 # the first point (nothing called) is +inf
+    finite = np.isfinite(thr)  # the first point (nothing called) is +inf
     j = np.where(finite, tpr - fpr, -np.inf)
-    return float(thr[int(np.argmax(j))])      # argmax: first = highest threshold
+    return float(thr[int(np.argmax(j))])  # argmax: first = highest threshold
 
 
 def max_f1_threshold(y_true, y_score) -> float:
@@ -355,15 +429,16 @@ def max_f1_threshold(y_true, y_score) -> float:
     if y.size == 0 or y.min() == y.max():
         return float("nan")
     precision, recall, thr = precision_recall_curve(y, s)
-    p, r = precision[:-1], recall[:-1]        # the last point has no threshold
+    p, r = precision[:-1], recall[:-1]  # the last point has no threshold
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
-    best = np.flatnonzero(f1 == f1.max())     # thresholds ascending: take the last
+    best = np.flatnonzero(f1 == f1.max())  # thresholds ascending: take the last
     return float(thr[best[-1]])
 
 
-def target_threshold(y_true, y_score, *, sensitivity: float | None = None,
-                     specificity: float | None = None) -> float:
+def target_threshold(
+    y_true, y_score, *, sensitivity: float | None = None, specificity: float | None = None
+) -> float:
     """The threshold reaching a target ``sensitivity`` (the highest such threshold: fewest
     false positives) or ``specificity`` (the lowest such: most true positives) on these
     labels, from scikit-learn's ROC curve (positive when score >= threshold). NaN if the
@@ -375,10 +450,10 @@ def target_threshold(y_true, y_score, *, sensitivity: float | None = None,
     y, s = _known(y_true, y_score)
     if y.size == 0 or y.min() == y.max():
         return float("nan")
-    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)   # thresholds descending
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)  # thresholds descending
     if sensitivity is not None:
-        return float(thr[int(np.argmax(tpr >= sensitivity))])   # first reaching it
-    ok = np.flatnonzero(1.0 - fpr >= specificity)              # a prefix of the curve
+        return float(thr[int(np.argmax(tpr >= sensitivity))])  # first reaching it
+    ok = np.flatnonzero(1.0 - fpr >= specificity)  # a prefix of the curve
     i = int(ok[-1])
     # only "call nothing" reaches it: just above the highest score
     return float(thr[i]) if np.isfinite(thr[i]) else float(np.nextafter(s.max(), np.inf))
@@ -403,10 +478,19 @@ def threshold_metrics(y_true, y_score, threshold: float) -> dict:
     y, s = _known(y_true, y_score)
     pred = (s >= threshold).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y.astype(int), pred, labels=[0, 1]).ravel())
-    return {"threshold": float(threshold), "sensitivity": _ratio(tp, tp + fn),
-            "specificity": _ratio(tn, tn + fp), "ppv": _ratio(tp, tp + fp),
-            "npv": _ratio(tn, tn + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-            "accuracy": _ratio(tp + tn, tp + tn + fp + fn), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+    return {
+        "threshold": float(threshold),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
 
 
 def brier_score(y_true, y_prob) -> float:
@@ -435,8 +519,11 @@ def reliability_curve(y_true, y_prob, bins: int = 10) -> dict:
     frac, mean = calibration_curve(y, p, n_bins=bins, strategy="uniform")
     counts = np.bincount(_bin_ids(p, bins), minlength=bins)
     counts = counts[counts > 0]
-    return {"mean_predicted": mean.tolist(), "fraction_positive": frac.tolist(),
-            "count": counts.astype(int).tolist()}
+    return {
+        "mean_predicted": mean.tolist(),
+        "fraction_positive": frac.tolist(),
+        "count": counts.astype(int).tolist(),
+    }
 
 
 def _bin_ids(p: np.ndarray, bins: int) -> np.ndarray:
@@ -488,6 +575,10 @@ def fit_temperature(logits, labels, *, bounds: tuple[float, float] = (0.05, 20.0
         x = z / np.exp(log_t)
         return float(np.mean(np.logaddexp(0.0, x) - y * x))  # BCE with logits
 
-    res = minimize_scalar(loss, bounds=(np.log(bounds[0]), np.log(bounds[1])),
-                          method="bounded", options={"xatol": 1e-6})
+    res = minimize_scalar(
+        loss,
+        bounds=(np.log(bounds[0]), np.log(bounds[1])),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
     return float(np.exp(res.x))

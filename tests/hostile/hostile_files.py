@@ -36,7 +36,10 @@ def dicom_dataset(pixels: np.ndarray, transfer_syntax=None):
     meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        SecondaryCaptureImageStorage,
+        meta.MediaStorageSOPInstanceUID,
+    )
     ds.Modality = "DX"
     ds.PatientAge, ds.PatientSex, ds.ViewPosition = "058Y", "M", "PA"
     ds.Rows, ds.Columns = pixels.shape
@@ -69,15 +72,18 @@ def j2k_zero_box_dicom() -> bytes:
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless
 
-    codestream = (b"\x00\x00\x00\x0cjP  \r\n\x87\n"   # the JP2 signature box
-                  b"\x00\x00\x00\x00ftyp" + b"\x00" * 16)  # a box of length 0
+    codestream = (
+        b"\x00\x00\x00\x0cjP  \r\n\x87\n"  # the JP2 signature box
+        b"\x00\x00\x00\x00ftyp" + b"\x00" * 16
+    )  # a box of length 0
     ds = dicom_dataset(np.zeros((8, 8), np.uint8), JPEG2000Lossless)
     ds.PixelData = encapsulate([codestream])
     return dicom_bytes(ds)
 
 
-def deflate_bomb_dicom(inflated_mb: int = 300, rows: int = 64, cols: int = 64,
-                       bits: int = 8) -> bytes:
+def deflate_bomb_dicom(
+    inflated_mb: int = 300, rows: int = 64, cols: int = 64, bits: int = 8
+) -> bytes:
     """A Deflated Explicit VR DICOM declaring ``rows x cols`` pixels whose pixel data
     inflates to ``inflated_mb`` MB of zeros (the file is ~1000x smaller)."""
     from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -122,18 +128,28 @@ def exif_rotated_jpeg(orientation: int = 6) -> tuple[bytes, np.ndarray]:
     return buf.getvalue(), upright
 
 
-def run_cli(*args, timeout: float = CLI_TIMEOUT_S, env: dict | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args, timeout: float = CLI_TIMEOUT_S, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """``python -m cxrkit.cli ARGS`` under a hard wall-clock bound (the suite never hangs:
     a run over ``timeout`` fails the test instead)."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONWARNINGS": "ignore",
-                **(env or {})}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "PYTHONWARNINGS": "ignore",
+        **(env or {}),
+    }
     try:
-        return subprocess.run([sys.executable, "-m", "cxrkit.cli", *map(str, args)],
-                              capture_output=True, text=True, timeout=timeout, env=full_env,
-                              cwd=cwd)
+        return subprocess.run(
+            [sys.executable, "-m", "cxrkit.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            cwd=cwd,
+        )
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"cxrkit {' '.join(map(str, args))} did not finish within {timeout} s "
-                    f"(hung); stderr: {(e.stderr or b'')[-2000:]!r}")
-
-
+        pytest.fail(
+            f"cxrkit {' '.join(map(str, args))} did not finish within {timeout} s "
+            f"(hung); stderr: {(e.stderr or b'')[-2000:]!r}"
+        )

@@ -34,6 +34,7 @@ def _images(n=3):
 
 def _graph(lm):
     from pathlib import Path
+
     return Path(lm.precision["onnx"])
 
 
@@ -44,12 +45,12 @@ def test_a_damaged_onnx_graph_is_rebuilt_and_said(checkpoint, damage):
     graph = _graph(cxrkit.load(checkpoint, precision="onnxruntime"))
     data = bytearray(graph.read_bytes())
     if damage == "truncated":
-        data = data[:len(data) // 3]
+        data = data[: len(data) // 3]
     elif damage == "garbage":
         data = bytearray(b"\x00not a protobuf\xff" * 64)
     else:  # same size, a weight's bytes changed: loads fine, would silently change results
         i = len(data) - 2000
-        data[i:i + 64] = bytes(b ^ 0x5A for b in data[i:i + 64])
+        data[i : i + 64] = bytes(b ^ 0x5A for b in data[i : i + 64])
     graph.write_bytes(bytes(data))
     with pytest.warns(CacheRebuiltWarning, match=r"cached ONNX graph .* is unusable"):
         lm = cxrkit.load(checkpoint, precision="onnxruntime")
@@ -57,21 +58,33 @@ def test_a_damaged_onnx_graph_is_rebuilt_and_said(checkpoint, damage):
     np.testing.assert_allclose(lm.logits_from_cached(x), ref, atol=1e-5)
     manifest = json.loads(graph.with_name(graph.name + ".json").read_text())
     from cxrkit.artefacts import file_sha256
+
     assert manifest["graph_sha256"] == file_sha256(graph)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", CacheRebuiltWarning)   # rebuilt once, then quiet
+        warnings.simplefilter("error", CacheRebuiltWarning)  # rebuilt once, then quiet
         cxrkit.load(checkpoint, precision="onnxruntime")
 
 
-def test_predict_cli_on_a_damaged_cache_tells_the_user_and_succeeds(checkpoint, tmp_path,
-                                                                    phantom_release, caplog):
+def test_predict_cli_on_a_damaged_cache_tells_the_user_and_succeeds(
+    checkpoint, tmp_path, phantom_release, caplog
+):
     graph = _graph(cxrkit.load(checkpoint, precision="onnxruntime"))
     graph.write_bytes(graph.read_bytes()[:500])
     image = next(phantom_release.rglob("*.png"))
-    with warnings.catch_warnings(record=True) as caught:   # the CLI logs warnings to stderr
-        res = CliRunner().invoke(app, ["predict", str(checkpoint), str(image), "--precision",
-                                       "onnxruntime", "--out", str(tmp_path / "p.csv"),
-                                       "--no-progress"])
+    with warnings.catch_warnings(record=True) as caught:  # the CLI logs warnings to stderr
+        res = CliRunner().invoke(
+            app,
+            [
+                "predict",
+                str(checkpoint),
+                str(image),
+                "--precision",
+                "onnxruntime",
+                "--out",
+                str(tmp_path / "p.csv"),
+                "--no-progress",
+            ],
+        )
     assert res.exit_code == 0, res.output
     said = res.output + caplog.text + " ".join(str(w.message) for w in caught)
     assert "unusable" in said and "exporting it again" in said
@@ -84,6 +97,7 @@ def test_a_damaged_openvino_cache_is_rebuilt_and_said(checkpoint):
     ref = cxrkit.load(checkpoint, precision="fp32").logits_from_cached(x)
     lm = cxrkit.load(checkpoint, precision="openvino")
     from pathlib import Path
+
     blobs = list(Path(lm.precision["openvino_cache"]).glob("*.blob"))
     assert blobs and lm.precision["compiled_from_cache"] is False
     assert cxrkit.load(checkpoint, precision="openvino").precision["compiled_from_cache"]

@@ -16,8 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hostile_files import (deflate_bomb_dicom, dicom_bytes, dicom_dataset, exif_rotated_jpeg,
-                      good_dicom, j2k_zero_box_dicom, run_cli)
+from hostile_files import (
+    deflate_bomb_dicom,
+    dicom_bytes,
+    dicom_dataset,
+    exif_rotated_jpeg,
+    good_dicom,
+    j2k_zero_box_dicom,
+    run_cli,
+)
 
 
 @pytest.fixture
@@ -47,8 +54,7 @@ def _good_png(folder: Path, name: str = "good.png") -> Path:
 
 def _predict(run: Path, *inputs, out: Path, extra=(), timeout: float = 120):
     """``cxrkit predict`` in a subprocess under a hard timeout (the DoS cases)."""
-    return run_cli("predict", run, *inputs, "--out", out, "--no-progress", *extra,
-                   timeout=timeout)
+    return run_cli("predict", run, *inputs, "--out", out, "--no-progress", *extra, timeout=timeout)
 
 
 def _invoke(*args):
@@ -157,7 +163,10 @@ def test_exif_rotated_jpeg_reaches_the_model_upright(run_copy, tmp_path):
     out = tmp_path / "p.json"
     res = _invoke("predict", run_copy, jpg, png, "--out", out, "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
-    pred = {Path(r["image"]).name: r["probabilities"] for r in json.loads(out.read_text())["predictions"]}
+    pred = {
+        Path(r["image"]).name: r["probabilities"]
+        for r in json.loads(out.read_text())["predictions"]
+    }
     a, b = (np.array(list(pred[n].values())) for n in ("film.jpg", "upright.png"))
     assert np.abs(a - b).max() < 0.02, (a, b)
 
@@ -208,8 +217,18 @@ def test_explain_keeps_good_images_when_one_is_broken(run_copy, tmp_path):
     bad = folder / "truncated.dcm"
     bad.write_bytes(good_dicom()[:200])
     out = tmp_path / "explain"
-    res = _invoke("explain", run_copy, good, bad, folder / "missing.png", "--out", out,
-                  "--finding", "Effusion", "--no-progress")
+    res = _invoke(
+        "explain",
+        run_copy,
+        good,
+        bad,
+        folder / "missing.png",
+        "--out",
+        out,
+        "--finding",
+        "Effusion",
+        "--no-progress",
+    )
     assert res.returncode == 1, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     import pandas as pd
@@ -260,14 +279,18 @@ def test_symlink_loops_and_globs_are_bounded(run_copy, tmp_path):
     sub.mkdir(parents=True)
     _good_png(folder)
     _good_png(sub, "deep.png")
-    os.symlink(".", folder / "loop1")    # two links to the folder itself
-    os.symlink("..", sub / "loop2")      # and one to its parent
+    os.symlink(".", folder / "loop1")  # two links to the folder itself
+    os.symlink("..", sub / "loop2")  # and one to its parent
     os.symlink("self.png", folder / "self.png")  # a file link to itself
     forms = [str(folder), f"{folder}/**/*.png", f"{folder}/**"]
     try:  # file discovery alone, bounded (it looped exponentially before)
-        r = subprocess.run([sys.executable, "-c", _COLLECT, *forms], capture_output=True,
-                           text=True, timeout=30, env={**os.environ,
-                                                       "PYTHONPATH": str(REPO / "src")})
+        r = subprocess.run(
+            [sys.executable, "-c", _COLLECT, *forms],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("collecting the inputs did not finish within 30 s (symlink loop)")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -336,13 +359,18 @@ def served(phantom_run, tmp_path_factory) -> dict:
     (folder / "zz_good.dcm").write_bytes(good_dicom())  # after the hostile ones
     (folder.parent / "big_good.dcm").write_bytes(good_dicom(2048))
     try:
-        r = subprocess.run([sys.executable, "-c", _SERVE, str(phantom_run), str(folder)],
-                           capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "PYTHONPATH": str(REPO / "src"),
-                                "PYTHONWARNINGS": "ignore"})
+        r = subprocess.run(
+            [sys.executable, "-c", _SERVE, str(phantom_run), str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONWARNINGS": "ignore"},
+        )
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"the service did not answer every upload within 120 s (hung): "
-                    f"{(e.stderr or b'')[-2000:]!r}")
+        pytest.fail(
+            f"the service did not answer every upload within 120 s (hung): "
+            f"{(e.stderr or b'')[-2000:]!r}"
+        )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -103,8 +103,11 @@ def test_errors_cross_processes_intact():
     from cxrkit.data.images import ImageReadError
     from cxrkit.serve.uploads import UploadError
 
-    for e in (ImageReadError("x.png", "why"), DecodeLimitError("y.dcm", "slow", "timeout"),
-              UploadError(413, "too big")):
+    for e in (
+        ImageReadError("x.png", "why"),
+        DecodeLimitError("y.dcm", "slow", "timeout"),
+        UploadError(413, "too big"),
+    ):
         back = pickle.loads(pickle.dumps(e))
         assert type(back) is type(e) and str(back) == str(e)
         assert getattr(back, "kind", None) == getattr(e, "kind", None)

@@ -35,10 +35,25 @@ from cxrkit.cli import app
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE = "=HYPERLINK(1+1)"  # an image name a spreadsheet would run as a formula
 runner = CliRunner()
-FAST_EVAL = ("--bootstrap", 10, "--subgroup-bootstrap", 10, "--gallery", 0, "--reference",
-             "nih", "--no-progress")
-TRAIN = ("model.name=cnn4", "train.epochs=1", "train.threads=1", "data.batch_size=16",
-         "train.amp=none", "--no-progress")
+FAST_EVAL = (
+    "--bootstrap",
+    10,
+    "--subgroup-bootstrap",
+    10,
+    "--gallery",
+    0,
+    "--reference",
+    "nih",
+    "--no-progress",
+)
+TRAIN = (
+    "model.name=cnn4",
+    "train.epochs=1",
+    "train.threads=1",
+    "data.batch_size=16",
+    "train.amp=none",
+    "--no-progress",
+)
 
 
 def cli(*args):
@@ -69,9 +84,15 @@ def bounded(args, *, seconds=120, memory_gb=4, **kw):
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run([sys.executable, "-m", "cxrkit.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=seconds, preexec_fn=limit,
-                          env=env, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "cxrkit.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=seconds,
+        preexec_fn=limit,
+        env=env,
+        **kw,
+    )
 
 
 def _rename_everywhere(root: Path, old: str, new: str) -> None:
@@ -141,7 +162,8 @@ def test_csv_cells_that_start_a_formula_are_escaped(run32, hostile, tmp_path, mo
             for row in csv.reader(f):
                 for cell in row:
                     assert cell[:1] not in ("=", "+", "@", "\t", "\r") and not (
-                        cell[:1] == "-" and not _number(cell)), (table, cell)
+                        cell[:1] == "-" and not _number(cell)
+                    ), (table, cell)
     text = (out / "predictions_test.csv").read_text()
     assert f"'{name}," in text
     # cxrkit's own reader undoes it: the id is the file's name again
@@ -168,8 +190,7 @@ def _number(cell: str) -> bool:
 def test_csv_escaping_is_reversible_and_leaves_numbers(tmp_path):
     from cxrkit.artefacts import read_csv, write_csv
 
-    cells = ["=1+1", "+A1", "-", "@a", "\tx", "'=x", "''=y", "'plain", "-0.5", "+1e-3",
-             "plain", ""]
+    cells = ["=1+1", "+A1", "-", "@a", "\tx", "'=x", "''=y", "'plain", "-0.5", "+1e-3", "plain", ""]
     table = pd.DataFrame({"text": cells, "number": [-0.5] * len(cells)})
     write_csv(table, tmp_path / "t.csv")
     raw = pd.read_csv(tmp_path / "t.csv", dtype=str, keep_default_na=False)
@@ -196,8 +217,7 @@ BOMB = textwrap.dedent("""\
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     (tmp_path / "bomb.yaml").write_text(BOMB)
-    r = bounded(["train", tmp_path / "bomb.yaml", "--show-config"], seconds=60,
-                cwd=tmp_path)
+    r = bounded(["train", tmp_path / "bomb.yaml", "--show-config"], seconds=60, cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "aliases expand to more than 100,000 values" in r.stderr and "bomb.yaml" in r.stderr
     # the same in an override, and an alias that contains itself
@@ -206,13 +226,16 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
 
 
 def test_quote_cuts_before_it_builds(tmp_path):
-    code = ("from cxrkit.messages import quote\n"
-            "a = ['Mass'] * 9\n"
-            "for _ in range(9):\n    a = [a] * 9\n"
-            "print(quote(a))\n")
+    code = (
+        "from cxrkit.messages import quote\n"
+        "a = ['Mass'] * 9\n"
+        "for _ in range(9):\n    a = [a] * 9\n"
+        "print(quote(a))\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=60, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
     assert r.returncode == 0 and len(r.stdout) < 200 and "(9 items)" in r.stdout, r.stdout
 
 
@@ -228,8 +251,11 @@ def test_training_refuses_a_folder_of_the_users(hostile, tmp_path):
     (home / "metrics.csv").write_text("my,own\n1,2\n")
     (home / "run.json").write_text('{"mine": true}')
     for fresh in ((), ("--fresh",)):
-        refused(cli("train", f"data.prepared={hostile[1]}", f"out={home}", *TRAIN, *fresh),
-                "not a cxrkit run folder", "nothing was written")
+        refused(
+            cli("train", f"data.prepared={hostile[1]}", f"out={home}", *TRAIN, *fresh),
+            "not a cxrkit run folder",
+            "nothing was written",
+        )
     assert sorted(p.name for p in home.iterdir()) == ["metrics.csv", "run.json"]
     assert (home / "metrics.csv").read_text() == "my,own\n1,2\n"
 
@@ -248,23 +274,29 @@ def test_fresh_deletes_only_what_train_wrote(run32, hostile, tmp_path):
 
 
 # -- 7: one writer per run folder -------------------------------------------------------------
-HOLD = ("import sys, time\n"
-        "from cxrkit.artefacts import folder_lock\n"
-        "with folder_lock(sys.argv[1], 'cxrkit train'):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(120)\n")
+HOLD = (
+    "import sys, time\n"
+    "from cxrkit.artefacts import folder_lock\n"
+    "with folder_lock(sys.argv[1], 'cxrkit train'):\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(120)\n"
+)
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(run32, hostile, tmp_path):
     run = copy_run(run32, tmp_path / "run")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE,
-                              text=True, env=env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         before = file_sha256(run / "last.pt")
-        line = refused(cli("train", f"data.prepared={hostile[1]}", f"out={run}", *TRAIN,
-                           "train.epochs=2"), f"pid {holder.pid}", "cxrkit train")
+        line = refused(
+            cli("train", f"data.prepared={hostile[1]}", f"out={run}", *TRAIN, "train.epochs=2"),
+            f"pid {holder.pid}",
+            "cxrkit train",
+        )
         assert "nothing was written" in line
         refused(cli("evaluate", run, "--no-report", *FAST_EVAL), f"pid {holder.pid}")
         assert file_sha256(run / "last.pt") == before and not (run / "eval").exists()
@@ -281,12 +313,26 @@ def test_compare_does_not_reuse_an_evaluation_of_an_older_checkpoint(run32, host
     a, b = copy_run(run32, tmp_path / "a"), copy_run(run32, tmp_path / "b")
     for run in (a, b):
         ok(cli("evaluate", run, "--no-report", *FAST_EVAL))
-    ok(cli("train", f"data.prepared={hostile[1]}", f"out={a}", *TRAIN, "train.seed=7",
-           "--fresh"))  # trained again: another best.pt, the old eval/ still there
+    ok(
+        cli("train", f"data.prepared={hostile[1]}", f"out={a}", *TRAIN, "train.seed=7", "--fresh")
+    )  # trained again: another best.pt, the old eval/ still there
     metrics = a / "eval" / "test" / "metrics.json"
     assert json.loads(metrics.read_text())["checkpoint_sha256"] != file_sha256(a / "best.pt")
-    refused(cli("compare", a, b, "--out", tmp_path / "cmp", "--bootstrap", 10,
-                "--no-evaluate-missing", "--no-progress"), "another checkpoint", "sha256")
+    refused(
+        cli(
+            "compare",
+            a,
+            b,
+            "--out",
+            tmp_path / "cmp",
+            "--bootstrap",
+            10,
+            "--no-evaluate-missing",
+            "--no-progress",
+        ),
+        "another checkpoint",
+        "sha256",
+    )
     ok(cli("compare", a, b, "--out", tmp_path / "cmp", "--bootstrap", 10, "--no-progress"))
     assert json.loads(metrics.read_text())["checkpoint_sha256"] == file_sha256(a / "best.pt")
 
@@ -295,8 +341,18 @@ def test_an_evaluation_elsewhere_leaves_the_runs_thresholds(run32, hostile, tmp_
     run = copy_run(run32, tmp_path / "run")
     other = shutil.copytree(hostile[1], tmp_path / "other")
     assert not (run / "thresholds.json").exists()
-    ok(cli("evaluate", run, "--prepared", other, "--out", tmp_path / "elsewhere",
-           "--no-report", *FAST_EVAL))
+    ok(
+        cli(
+            "evaluate",
+            run,
+            "--prepared",
+            other,
+            "--out",
+            tmp_path / "elsewhere",
+            "--no-report",
+            *FAST_EVAL,
+        )
+    )
     assert (tmp_path / "elsewhere" / "thresholds.json").exists()
     assert not (run / "thresholds.json").exists()
     ok(cli("evaluate", run, "--prepared", other, "--no-report", *FAST_EVAL))  # other data
@@ -308,24 +364,46 @@ def test_an_evaluation_elsewhere_leaves_the_runs_thresholds(run32, hostile, tmp_
 # -- 15: a validation AUROC that is NaN throughout ---------------------------------------------
 def test_evaluate_a_run_whose_validation_auroc_was_always_undefined(hostile, tmp_path):
     prep = hostile[1]
-    labels = pd.read_csv(prep / "labels.csv").merge(pd.read_csv(prep / "split.csv")[
-        ["image_id", "split"]], on="image_id")
+    labels = pd.read_csv(prep / "labels.csv").merge(
+        pd.read_csv(prep / "split.csv")[["image_id", "split"]], on="image_id"
+    )
     counts = labels.groupby("split").sum(numeric_only=True)
-    finding = next(f for f in counts.columns if f in ("Atelectasis", "Cardiomegaly", "Effusion",
-                   "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-                   "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening",
-                   "Hernia") and counts.loc["val", f] == 0 and counts.loc["train", f] > 0
-                   and counts.loc["test", f] > 0)
+    finding = next(
+        f
+        for f in counts.columns
+        if f
+        in (
+            "Atelectasis",
+            "Cardiomegaly",
+            "Effusion",
+            "Infiltration",
+            "Mass",
+            "Nodule",
+            "Pneumonia",
+            "Pneumothorax",
+            "Consolidation",
+            "Edema",
+            "Emphysema",
+            "Fibrosis",
+            "Pleural_Thickening",
+            "Hernia",
+        )
+        and counts.loc["val", f] == 0
+        and counts.loc["train", f] > 0
+        and counts.loc["test", f] > 0
+    )
     run = tmp_path / "run"
-    r = ok(cli("train", f"data.prepared={prep}", f"out={run}", *TRAIN,
-               f"data.findings=[{finding}]"))
+    r = ok(
+        cli("train", f"data.prepared={prep}", f"out={run}", *TRAIN, f"data.findings=[{finding}]")
+    )
     ok(cli("evaluate", run, *FAST_EVAL))  # the report's training-curve plot died here
     assert (run / "eval" / "test" / "report.html").exists()
     assert (run / "eval" / "test" / "figures" / "training_curves.png").exists()
     # and the run's records say "undefined" in valid JSON, not NaN
     assert "best validation mean AUROC undefined" in r.output
-    run_json = json.loads((run / "run.json").read_text(),
-                          parse_constant=lambda c: pytest.fail(f"run.json holds {c}"))
+    run_json = json.loads(
+        (run / "run.json").read_text(), parse_constant=lambda c: pytest.fail(f"run.json holds {c}")
+    )
     assert run_json["best_val_mean_auroc"] is None
 
 
@@ -338,8 +416,11 @@ def test_a_checkpoint_whose_config_is_a_string(run32, hostile, tmp_path):
     (tmp_path / "bad").mkdir()
     torch.save(ck, tmp_path / "bad" / "best.pt")
     image = next(hostile[0].rglob("*.png"))
-    for args in (("predict", tmp_path / "bad", image), ("export", tmp_path / "bad"),
-                 ("evaluate", tmp_path / "bad", "--no-report", *FAST_EVAL)):
+    for args in (
+        ("predict", tmp_path / "bad", image),
+        ("export", tmp_path / "bad"),
+        ("evaluate", tmp_path / "bad", "--no-report", *FAST_EVAL),
+    ):
         refused(cli(*args), "best.pt", "'config'", "'hello'")
 
 
@@ -356,8 +437,7 @@ def test_phantoms_of_an_absurd_size_are_refused_at_once(tmp_path):
 def test_a_phantom_release_without_boxes_prepares(tmp_path):
     ok(cli("phantoms", tmp_path / "rel", "--patients", 5, "--seed", 2, "--size", 32))
     assert len((tmp_path / "rel" / "BBox_List_2017.csv").read_text().splitlines()) == 1
-    ok(cli("prepare", tmp_path / "rel", "--out", tmp_path / "prep", "--size", 32,
-           "--workers", 0))
+    ok(cli("prepare", tmp_path / "rel", "--out", tmp_path / "prep", "--size", 32, "--workers", 0))
 
 
 def test_identical_training_images_do_not_flag_themselves(hostile, tmp_path):

@@ -55,38 +55,58 @@ MIN_POSITIVES = 10
 #: outside (real films whose exposed-chest crop is the whole frame): no region flags.
 MAX_REGION_AREA = 0.9
 THRESHOLDS = {
-    "outside_retained": (0.5, "auroc_outside_only keeps at least this share of the AUROC's "
-                              "margin over chance (auroc - 0.5) and its interval excludes 0.5: "
-                              "with the chest hidden the model still ranks the finding, so it "
-                              "reads something outside the chest"),
-    "chest_only_gain": (0.02, "auroc_chest_only exceeds auroc by at least this and the paired "
-                              "interval excludes 0: hiding what lies outside the chest improves "
-                              "the ranking, so something outside moves the score without "
-                              "carrying the finding on this split (a shortcut that broke)"),
-    "saliency_ratio": (0.5, "the upper end of the interval of the Grad-CAM energy share inside "
-                            "the chest region is below this fraction of the region's area "
-                            "share: the chest gets less than half the weight a uniform map "
-                            "would give it, so the evidence sits mostly outside. Not 1: "
-                            "Grad-CAM maps are coarse (a 4x4 grid for cnn4 at 64 px) and "
-                            "spill over the region's edge: every clean phantom model measured "
-                            "put 0.54-0.86 of the area share inside, planted-token models "
-                            "0.29-0.62 (README, 'Shortcut audit': those models had learnt nothing)"),
-    "view_gap": (0.05, "the AUROC within AP only or PA only is at least this far below the "
-                       "pooled AUROC and its interval lies below the pooled value: part of the "
-                       "pooled figure is the view, not the finding"),
-    "size_gap": (0.25, "the detection rate in the largest box-area quartile exceeds that in "
-                       "the smallest by at least this and the interval excludes 0: small "
-                       "findings are missed"),
+    "outside_retained": (
+        0.5,
+        "auroc_outside_only keeps at least this share of the AUROC's "
+        "margin over chance (auroc - 0.5) and its interval excludes 0.5: "
+        "with the chest hidden the model still ranks the finding, so it "
+        "reads something outside the chest",
+    ),
+    "chest_only_gain": (
+        0.02,
+        "auroc_chest_only exceeds auroc by at least this and the paired "
+        "interval excludes 0: hiding what lies outside the chest improves "
+        "the ranking, so something outside moves the score without "
+        "carrying the finding on this split (a shortcut that broke)",
+    ),
+    "saliency_ratio": (
+        0.5,
+        "the upper end of the interval of the Grad-CAM energy share inside "
+        "the chest region is below this fraction of the region's area "
+        "share: the chest gets less than half the weight a uniform map "
+        "would give it, so the evidence sits mostly outside. Not 1: "
+        "Grad-CAM maps are coarse (a 4x4 grid for cnn4 at 64 px) and "
+        "spill over the region's edge: every clean phantom model measured "
+        "put 0.54-0.86 of the area share inside, planted-token models "
+        "0.29-0.62 (README, 'Shortcut audit': those models had learnt nothing)",
+    ),
+    "view_gap": (
+        0.05,
+        "the AUROC within AP only or PA only is at least this far below the "
+        "pooled AUROC and its interval lies below the pooled value: part of the "
+        "pooled figure is the view, not the finding",
+    ),
+    "size_gap": (
+        0.25,
+        "the detection rate in the largest box-area quartile exceeds that in "
+        "the smallest by at least this and the interval excludes 0: small "
+        "findings are missed",
+    ),
 }
 
 
 def _forward(lm, images: np.ndarray, meta, *, batch_size: int, desc: str, progress: bool):
     """Logits ``(N, F)`` and pooled features ``(N, D)`` of cache-stage images ``(N, S, S)``."""
     logits, feats = [], []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
-                  disable=not progress, leave=False):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size]))[:, None]
-        m = None if meta is None else meta[i:i + batch_size]
+    for i in tqdm(
+        range(0, len(images), batch_size),
+        desc=desc,
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    ):
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size]))[:, None]
+        m = None if meta is None else meta[i : i + batch_size]
         z, f = lm.forward_cached(x, m)
         logits.append(z)
         feats.append(f)
@@ -111,11 +131,14 @@ def _thresholds(lm, data, *, batch_size: int, progress: bool) -> tuple[dict, str
     if lm.thresholds:
         return dict(lm.thresholds), f"{lm.thresholds_source}"
     _, labels, images, meta = _split_arrays(lm, data, "val")
-    probs = sigmoid(_forward(lm, images, meta, batch_size=batch_size, desc="audit: val",
-                             progress=progress)[0])
-    return ({f: youden_threshold(labels[:, j], probs[:, j]) for j, f in enumerate(lm.findings)},
-            "Youden's J on the validation split (computed by the audit: the run has no "
-            "thresholds.json)")
+    probs = sigmoid(
+        _forward(lm, images, meta, batch_size=batch_size, desc="audit: val", progress=progress)[0]
+    )
+    return (
+        {f: youden_threshold(labels[:, j], probs[:, j]) for j, f in enumerate(lm.findings)},
+        "Youden's J on the validation split (computed by the audit: the run has no "
+        "thresholds.json)",
+    )
 
 
 def _box_pairs(data, table, probs, findings, thresholds, size: int):
@@ -150,69 +173,130 @@ def flags_for(record: dict) -> list[dict]:
         if r["positives"] < MIN_POSITIVES or r["negatives"] < MIN_POSITIVES:
             continue
         a, o, g = r["auroc"], r["auroc_outside_only"], r["chest_only_gain"]
-        if region_ok and None not in (a["value"], o["value"], o["lo"]) and a["value"] > 0.5 \
-                and o["lo"] > 0.5 and o["value"] - 0.5 >= t["outside_retained"] * (a["value"] - 0.5):
-            out.append({"finding": f, "measure": "auroc_outside_only",
-                        "numbers": {"auroc": a, "auroc_outside_only": o},
-                        "action": f"{f}: with the chest region hidden the model still ranks "
-                                  f"{f} at AUROC {o['value']:.2f} (as is {a['value']:.2f}); "
-                                  "look at what lies outside the chest on its positives "
-                                  "(tubes, markers, text, devices) before trusting it."})
-        if region_ok and None not in (g["value"], g["lo"]) and g["value"] >= t["chest_only_gain"] \
-                and g["lo"] > 0:
-            out.append({"finding": f, "measure": "chest_only_gain",
-                        "numbers": {"auroc": a, "auroc_chest_only": r["auroc_chest_only"],
-                                    "chest_only_gain": g},
-                        "action": f"{f}: AUROC rises from {a['value']:.2f} to "
-                                  f"{r['auroc_chest_only']['value']:.2f} when everything "
-                                  "outside the chest is hidden; something outside the chest "
-                                  f"drives the {f} score without carrying {f} here: find it "
-                                  "(saliency examples) and retrain without it (mask or crop)."})
+        if (
+            region_ok
+            and None not in (a["value"], o["value"], o["lo"])
+            and a["value"] > 0.5
+            and o["lo"] > 0.5
+            and o["value"] - 0.5 >= t["outside_retained"] * (a["value"] - 0.5)
+        ):
+            out.append(
+                {
+                    "finding": f,
+                    "measure": "auroc_outside_only",
+                    "numbers": {"auroc": a, "auroc_outside_only": o},
+                    "action": f"{f}: with the chest region hidden the model still ranks "
+                    f"{f} at AUROC {o['value']:.2f} (as is {a['value']:.2f}); "
+                    "look at what lies outside the chest on its positives "
+                    "(tubes, markers, text, devices) before trusting it.",
+                }
+            )
+        if (
+            region_ok
+            and None not in (g["value"], g["lo"])
+            and g["value"] >= t["chest_only_gain"]
+            and g["lo"] > 0
+        ):
+            out.append(
+                {
+                    "finding": f,
+                    "measure": "chest_only_gain",
+                    "numbers": {
+                        "auroc": a,
+                        "auroc_chest_only": r["auroc_chest_only"],
+                        "chest_only_gain": g,
+                    },
+                    "action": f"{f}: AUROC rises from {a['value']:.2f} to "
+                    f"{r['auroc_chest_only']['value']:.2f} when everything "
+                    "outside the chest is hidden; something outside the chest "
+                    f"drives the {f} score without carrying {f} here: find it "
+                    "(saliency examples) and retrain without it (mask or crop).",
+                }
+            )
     for f, s in record["saliency"].items():
         pos = record["region_reliance"].get(f, {}).get("positives", 0)
         e, area = s.get("energy_inside") or {}, (s.get("area_inside") or {}).get("value")
-        if region_ok and pos >= MIN_POSITIVES and e.get("hi") is not None \
-                and area is not None and e["hi"] < t["saliency_ratio"] * area:
-            out.append({"finding": f, "measure": "saliency_energy_inside",
-                        "numbers": {"energy_inside": s["energy_inside"],
-                                    "area_inside": s["area_inside"], "excess": s["excess"]},
-                        "action": f"{f}: only {e['value']:.0%} of the Grad-CAM energy on {f} "
-                                  "positives lies in the chest region, which covers "
-                                  f"{area:.0%} of the image; the model's evidence is outside "
-                                  "the chest: look at where its maps peak (cxrkit explain)."})
+        if (
+            region_ok
+            and pos >= MIN_POSITIVES
+            and e.get("hi") is not None
+            and area is not None
+            and e["hi"] < t["saliency_ratio"] * area
+        ):
+            out.append(
+                {
+                    "finding": f,
+                    "measure": "saliency_energy_inside",
+                    "numbers": {
+                        "energy_inside": s["energy_inside"],
+                        "area_inside": s["area_inside"],
+                        "excess": s["excess"],
+                    },
+                    "action": f"{f}: only {e['value']:.0%} of the Grad-CAM energy on {f} "
+                    "positives lies in the chest region, which covers "
+                    f"{area:.0%} of the image; the model's evidence is outside "
+                    "the chest: look at where its maps peak (cxrkit explain).",
+                }
+            )
     for f, v in record["view_strata"].items():
         pooled = v["pooled"]
         for view in ("AP", "PA"):
             s = v[view]
-            if s["positives"] < MIN_POSITIVES or s["images"] - s["positives"] < MIN_POSITIVES \
-                    or None in (pooled["value"], s["value"], s["hi"]):
+            if (
+                s["positives"] < MIN_POSITIVES
+                or s["images"] - s["positives"] < MIN_POSITIVES
+                or None in (pooled["value"], s["value"], s["hi"])
+            ):
                 continue
             if pooled["value"] - s["value"] >= t["view_gap"] and s["hi"] < pooled["value"]:
-                out.append({"finding": f, "measure": f"auroc_{view}_only",
-                            "numbers": {"pooled": pooled, view: s},
-                            "action": f"{f}: AUROC {s['value']:.2f} within {view} films "
-                                      f"against {pooled['value']:.2f} pooled; part of the "
-                                      "pooled figure is the view. Report per-view AUROC and "
-                                      "check the model on the view mix it will meet."})
+                out.append(
+                    {
+                        "finding": f,
+                        "measure": f"auroc_{view}_only",
+                        "numbers": {"pooled": pooled, view: s},
+                        "action": f"{f}: AUROC {s['value']:.2f} within {view} films "
+                        f"against {pooled['value']:.2f} pooled; part of the "
+                        "pooled figure is the view. Report per-view AUROC and "
+                        "check the model on the view mix it will meet.",
+                    }
+                )
     size = record.get("size") or {}
     d = size.get("largest_minus_smallest")
     if d and None not in (d["value"], d["lo"]) and d["value"] >= t["size_gap"] and d["lo"] > 0:
         q = size["quartiles"]
-        out.append({"finding": "all boxed findings", "measure": "detection_by_box_area",
-                    "numbers": {"smallest_quartile": q[0], "largest_quartile": q[-1],
-                                "largest_minus_smallest": d},
-                    "action": f"detection at the validation threshold is {q[-1]['value']:.0%} "
-                              f"for the largest boxes and {q[0]['value']:.0%} for the smallest; "
-                              "small findings are missed: do not rely on a negative call for "
-                              "a small lesion."})
+        out.append(
+            {
+                "finding": "all boxed findings",
+                "measure": "detection_by_box_area",
+                "numbers": {
+                    "smallest_quartile": q[0],
+                    "largest_quartile": q[-1],
+                    "largest_minus_smallest": d,
+                },
+                "action": f"detection at the validation threshold is {q[-1]['value']:.0%} "
+                f"for the largest boxes and {q[0]['value']:.0%} for the smallest; "
+                "small findings are missed: do not rely on a negative call for "
+                "a small lesion.",
+            }
+        )
     return out
 
 
-def audit_run(run, *, split: str = "test", out: str | Path | None = None,
-              prepared: str | Path | None = None, method: str = "gradcam",
-              bootstrap: int = 1000, seed: int = 0, saliency_limit: int = 200,
-              batch_size: int = 64, device: str | None = None, precision: str | None = None,
-              progress: bool = True) -> dict:
+def audit_run(
+    run,
+    *,
+    split: str = "test",
+    out: str | Path | None = None,
+    prepared: str | Path | None = None,
+    method: str = "gradcam",
+    bootstrap: int = 1000,
+    seed: int = 0,
+    saliency_limit: int = 200,
+    batch_size: int = 64,
+    device: str | None = None,
+    precision: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Audit the checkpoint of ``run`` on ``split``; write ``RUN/audit/SPLIT/`` (or ``out``).
 
     ``saliency_limit``: Grad-CAM on at most this many positives per finding (a seeded
@@ -235,13 +319,23 @@ def audit_run(run, *, split: str = "test", out: str | Path | None = None,
     fill = training_mean(data.prepared, data.table("train"), seed=seed)
     kw: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
     full, features = _forward(lm, images, meta, desc="audit: as is", **kw)
-    chest = _forward(lm, blank(images, regions, fill, keep="chest"), meta,
-                     desc="audit: chest only", **kw)[0]
-    outside = _forward(lm, blank(images, regions, fill, keep="outside"), meta,
-                       desc="audit: outside only", **kw)[0]
+    chest = _forward(
+        lm, blank(images, regions, fill, keep="chest"), meta, desc="audit: chest only", **kw
+    )[0]
+    outside = _forward(
+        lm, blank(images, regions, fill, keep="outside"), meta, desc="audit: outside only", **kw
+    )[0]
     probs = sigmoid(full)
-    region = region_reliance(labels, sigmoid(full), sigmoid(chest), sigmoid(outside), groups,
-                             findings, n=bootstrap, seed=seed)
+    region = region_reliance(
+        labels,
+        sigmoid(full),
+        sigmoid(chest),
+        sigmoid(outside),
+        groups,
+        findings,
+        n=bootstrap,
+        seed=seed,
+    )
 
     rng = np.random.default_rng(seed)
     saliency = {}
@@ -252,43 +346,71 @@ def audit_run(run, *, split: str = "test", out: str | Path | None = None,
         sampled = len(rows) > saliency_limit
         if sampled:
             rows = np.sort(rng.choice(rows, saliency_limit, replace=False))
-        maps = saliency_maps(lm, torch.from_numpy(np.ascontiguousarray(images[rows]))[:, None],
-                             j, method=method, meta=None if meta is None else meta[rows],
-                             batch_size=min(batch_size, 32))
-        saliency[f] = {**saliency_share(maps, regions[rows], groups[rows], n=bootstrap,
-                                        seed=seed), "sampled": bool(sampled)}
+        maps = saliency_maps(
+            lm,
+            torch.from_numpy(np.ascontiguousarray(images[rows]))[:, None],
+            j,
+            method=method,
+            meta=None if meta is None else meta[rows],
+            batch_size=min(batch_size, 32),
+        )
+        saliency[f] = {
+            **saliency_share(maps, regions[rows], groups[rows], n=bootstrap, seed=seed),
+            "sampled": bool(sampled),
+        }
 
     thresholds, threshold_source = _thresholds(lm, data, **kw)
     pairs = _box_pairs(data, table, probs, findings, thresholds, images.shape[-1])
     record = {
-        "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": str(lm.checkpoint), "model": lm.name, "split": split,
-        "split_file": str(data.split_path), "prepared": str(data.prepared.root),
-        "n_images": int(len(table)), "n_patients": int(len(set(groups))),
+        "format": FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": str(lm.checkpoint),
+        "model": lm.name,
+        "split": split,
+        "split_file": str(data.split_path),
+        "prepared": str(data.prepared.root),
+        "n_images": int(len(table)),
+        "n_patients": int(len(set(groups))),
         "findings": findings,
-        "bootstrap": {"replicates": bootstrap, "seed": seed, "level": 0.95,
-                      "unit": "patient (all images of a drawn patient)"},
-        "chest_region": {"source": source, "area_share": float(regions.mean()),
-                         "blank_value": fill,
-                         "blank_value_meaning": "mean grey level (0-255) of the training "
-                                                "images, used to fill the hidden side"},
+        "bootstrap": {
+            "replicates": bootstrap,
+            "seed": seed,
+            "level": 0.95,
+            "unit": "patient (all images of a drawn patient)",
+        },
+        "chest_region": {
+            "source": source,
+            "area_share": float(regions.mean()),
+            "blank_value": fill,
+            "blank_value_meaning": "mean grey level (0-255) of the training "
+            "images, used to fill the hidden side",
+        },
         "region_reliance": region,
         "saliency": saliency,
-        "saliency_method": {"method": method, "images": "the split's positives of each "
-                            f"finding (at most {saliency_limit}, seeded sample)",
-                            "space": "cache pixels"},
+        "saliency_method": {
+            "method": method,
+            "images": "the split's positives of each "
+            f"finding (at most {saliency_limit}, seeded sample)",
+            "space": "cache pixels",
+        },
         "probes": feature_probes(features, table, groups, AGE_BANDS, n=bootstrap, seed=seed),
         "probe_method": "scikit-learn LogisticRegression on standardised pooled features, "
-                        "5-fold StratifiedGroupKFold by patient; out-of-fold AUROC (macro "
-                        "one-vs-rest over classes), chance 0.5",
-        "view_strata": view_strata(labels, probs, groups, table["view"].to_numpy(), findings,
-                                   n=bootstrap, seed=seed),
-        "size": (size_detection(pairs, n=bootstrap, seed=seed) if pairs is not None
-                 else {"pairs": 0, "quartiles": [], "note": "the release has no boxes"}),
+        "5-fold StratifiedGroupKFold by patient; out-of-fold AUROC (macro "
+        "one-vs-rest over classes), chance 0.5",
+        "view_strata": view_strata(
+            labels, probs, groups, table["view"].to_numpy(), findings, n=bootstrap, seed=seed
+        ),
+        "size": (
+            size_detection(pairs, n=bootstrap, seed=seed)
+            if pairs is not None
+            else {"pairs": 0, "quartiles": [], "note": "the release has no boxes"}
+        ),
         "size_threshold_source": threshold_source,
         "thresholds": {k: {"value": v[0], "why": v[1]} for k, v in THRESHOLDS.items()},
-        "min_positives": MIN_POSITIVES, "max_region_area": MAX_REGION_AREA,
-        "versions": versions(), "seconds": None,
+        "min_positives": MIN_POSITIVES,
+        "max_region_area": MAX_REGION_AREA,
+        "versions": versions(),
+        "seconds": None,
     }
     record["flags"] = flags = flags_for(record)
     record["seconds"] = round(time.perf_counter() - started, 1)
@@ -297,8 +419,7 @@ def audit_run(run, *, split: str = "test", out: str | Path | None = None,
     record["files"] = ["audit.json", "summary.md", *write_figures(record, out)]
     write_json(record, out / "audit.json")
     write_text(summary_markdown(record), out / "summary.md")
-    log.info("audit of %s on %s: %d flag(s) -> %s", lm.checkpoint, split,
-             len(flags), out)
+    log.info("audit of %s on %s: %d flag(s) -> %s", lm.checkpoint, split, len(flags), out)
     return {**record, "out": str(out)}
 
 

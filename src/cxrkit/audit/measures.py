@@ -45,24 +45,29 @@ def _mean_interval(values: np.ndarray, groups, *, n: int, seed: int) -> dict:
 
 
 # -- region reliance ---------------------------------------------------------------------
-def region_reliance(labels, full, chest, outside, groups, findings, *, n: int, seed: int
-                    ) -> dict[str, dict]:
+def region_reliance(
+    labels, full, chest, outside, groups, findings, *, n: int, seed: int
+) -> dict[str, dict]:
     """Per finding: ``auroc``, ``auroc_chest_only``, ``auroc_outside_only`` (each
     value/lo/hi, all three from one set of patient resamples), ``chest_only_gain`` (chest
     only minus as is, paired interval) and the counts."""
     f = len(findings)
     y = np.asarray(labels, np.float64)
-    roc, _ = bootstrap_ranking(np.hstack([y, y, y]), np.hstack([full, chest, outside]), groups,
-                               n=n, seed=seed, level=LEVEL)
+    roc, _ = bootstrap_ranking(
+        np.hstack([y, y, y]), np.hstack([full, chest, outside]), groups, n=n, seed=seed, level=LEVEL
+    )
     gain = paired_auroc_difference(y, full, chest, groups, n=n, seed=seed, level=LEVEL)
     out = {}
     for j, name in enumerate(findings):
         known = ~np.isnan(y[:, j])
         pos = int((y[known, j] == 1).sum())
         out[name] = {
-            "positives": pos, "negatives": int(known.sum()) - pos,
-            **{key: _ci(roc.value[j + k * f], roc.lo[j + k * f], roc.hi[j + k * f])
-               for k, key in enumerate(("auroc", "auroc_chest_only", "auroc_outside_only"))},
+            "positives": pos,
+            "negatives": int(known.sum()) - pos,
+            **{
+                key: _ci(roc.value[j + k * f], roc.lo[j + k * f], roc.hi[j + k * f])
+                for k, key in enumerate(("auroc", "auroc_chest_only", "auroc_outside_only"))
+            },
             "chest_only_gain": _ci(gain["value"][j], gain["lo"][j], gain["hi"][j]),
         }
     return out
@@ -88,13 +93,20 @@ def saliency_share(maps: np.ndarray, regions: np.ndarray, groups, *, n: int, see
     ok = ~np.isnan(share)
     g = np.asarray(groups)[ok]
     if not ok.any():
-        return {"images": int(len(share)), "empty_maps": int(len(share)),
-                "energy_inside": _ci(None, None, None), "area_inside": _ci(None, None, None),
-                "excess": _ci(None, None, None)}
-    return {"images": int(len(share)), "empty_maps": int((~ok).sum()),
-            "energy_inside": _mean_interval(share[ok], g, n=n, seed=seed),
-            "area_inside": _mean_interval(area[ok], g, n=n, seed=seed),
-            "excess": _mean_interval(share[ok] - area[ok], g, n=n, seed=seed)}
+        return {
+            "images": int(len(share)),
+            "empty_maps": int(len(share)),
+            "energy_inside": _ci(None, None, None),
+            "area_inside": _ci(None, None, None),
+            "excess": _ci(None, None, None),
+        }
+    return {
+        "images": int(len(share)),
+        "empty_maps": int((~ok).sum()),
+        "energy_inside": _mean_interval(share[ok], g, n=n, seed=seed),
+        "area_inside": _mean_interval(area[ok], g, n=n, seed=seed),
+        "excess": _mean_interval(share[ok] - area[ok], g, n=n, seed=seed),
+    }
 
 
 # -- feature probes ----------------------------------------------------------------------
@@ -112,12 +124,17 @@ def probe_targets(table: pd.DataFrame, age_bands) -> dict[str, pd.Series]:
     t = table.reset_index(drop=True)
     sex = t["sex"].where(t["sex"].isin(["M", "F"]))
     view = t["view"].where(t["view"].isin(["AP", "PA"]))
-    return {"view": view, "sex": sex, "age_band": band(t["age"], age_bands),
-            "follow_up": band(t["follow_up"], FOLLOW_UP_BANDS)}
+    return {
+        "view": view,
+        "sex": sex,
+        "age_band": band(t["age"], age_bands),
+        "follow_up": band(t["follow_up"], FOLLOW_UP_BANDS),
+    }
 
 
-def probe(features: np.ndarray, target: pd.Series, groups, *, folds: int = 5, seed: int = 0,
-          n: int = 1000) -> dict:
+def probe(
+    features: np.ndarray, target: pd.Series, groups, *, folds: int = 5, seed: int = 0, n: int = 1000
+) -> dict:
     """How well a logistic regression on ``features`` predicts ``target`` under
     patient-grouped, stratified ``folds``-fold cross-validation.
 
@@ -141,33 +158,50 @@ def probe(features: np.ndarray, target: pd.Series, groups, *, folds: int = 5, se
     dropped = sorted(set(patients.index) - set(keep))
     use = known & y.isin(keep)
     classes = sorted(keep)
-    base = {"classes": [str(c) for c in classes], "dropped": [str(c) for c in dropped],
-            "images": int(use.sum()), "chance_auroc": 0.5,
-            "chance_balanced_accuracy": _f(1 / len(classes)) if classes else None}
+    base = {
+        "classes": [str(c) for c in classes],
+        "dropped": [str(c) for c in dropped],
+        "images": int(use.sum()),
+        "chance_auroc": 0.5,
+        "chance_balanced_accuracy": _f(1 / len(classes)) if classes else None,
+    }
     if len(classes) < 2:
-        return {**base, "auroc": _ci(None, None, None), "balanced_accuracy": None,
-                "note": "fewer than two classes with enough patients"}
+        return {
+            **base,
+            "auroc": _ci(None, None, None),
+            "balanced_accuracy": None,
+            "note": "fewer than two classes with enough patients",
+        }
     x, yy, gg = features[use.to_numpy()], y[use].to_numpy(), g[use].to_numpy()
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with threadpool_limits(1):   # small fits: BLAS threads only contend (10x slower here)
+    with threadpool_limits(1):  # small fits: BLAS threads only contend (10x slower here)
         proba = cross_val_predict(model, x, yy, groups=gg, cv=cv, method="predict_proba")
     onehot = (yy[:, None] == np.array(classes)[None, :]).astype(np.float64)
-    if len(classes) == 2:   # one AUROC: the second class's probability
+    if len(classes) == 2:  # one AUROC: the second class's probability
         onehot, proba = onehot[:, 1:], proba[:, 1:]
     ci = bootstrap_ci(onehot, proba, gg, "auroc", n=n, seed=seed, level=LEVEL)
     mean = bootstrap_mean(ci)
-    predicted = np.array(classes)[proba.argmax(1)] if proba.shape[1] > 1 else \
-        np.where(proba[:, 0] >= 0.5, classes[1], classes[0])
-    return {**base, "auroc": _ci(mean["value"], mean["lo"], mean["hi"]),
-            "balanced_accuracy": _f(balanced_accuracy_score(yy, predicted))}
+    predicted = (
+        np.array(classes)[proba.argmax(1)]
+        if proba.shape[1] > 1
+        else np.where(proba[:, 0] >= 0.5, classes[1], classes[0])
+    )
+    return {
+        **base,
+        "auroc": _ci(mean["value"], mean["lo"], mean["hi"]),
+        "balanced_accuracy": _f(balanced_accuracy_score(yy, predicted)),
+    }
 
 
-def feature_probes(features, table: pd.DataFrame, groups, age_bands, *, n: int, seed: int
-                   ) -> dict[str, dict]:
+def feature_probes(
+    features, table: pd.DataFrame, groups, age_bands, *, n: int, seed: int
+) -> dict[str, dict]:
     """:func:`probe` for view, sex, age band and follow-up number."""
-    return {name: probe(features, target, groups, seed=seed, n=n)
-            for name, target in probe_targets(table, age_bands).items()}
+    return {
+        name: probe(features, target, groups, seed=seed, n=n)
+        for name, target in probe_targets(table, age_bands).items()
+    }
 
 
 # -- view strata ---------------------------------------------------------------------------
@@ -177,20 +211,26 @@ def view_strata(labels, probs, groups, views, findings, *, n: int, seed: int) ->
     views = np.asarray(views)
     groups = np.asarray(groups)
     out: dict[str, dict] = {f: {} for f in findings}
-    for name, rows in (("pooled", np.ones(len(views), bool)), ("AP", views == "AP"),
-                       ("PA", views == "PA")):
+    for name, rows in (
+        ("pooled", np.ones(len(views), bool)),
+        ("AP", views == "AP"),
+        ("PA", views == "PA"),
+    ):
         if not rows.any():
             for f in findings:
                 out[f][name] = {**_ci(None, None, None), "positives": 0, "images": 0}
             continue
         y = np.asarray(labels, np.float64)[rows]
-        ci = bootstrap_ci(y, np.asarray(probs)[rows], groups[rows], "auroc", n=n, seed=seed,
-                          level=LEVEL)
+        ci = bootstrap_ci(
+            y, np.asarray(probs)[rows], groups[rows], "auroc", n=n, seed=seed, level=LEVEL
+        )
         for j, f in enumerate(findings):
             known = ~np.isnan(y[:, j])
-            out[f][name] = {**_ci(ci.value[j], ci.lo[j], ci.hi[j]),
-                            "positives": int((y[known, j] == 1).sum()),
-                            "images": int(known.sum())}
+            out[f][name] = {
+                **_ci(ci.value[j], ci.lo[j], ci.hi[j]),
+                "positives": int((y[known, j] == 1).sum()),
+                "images": int(known.sum()),
+            }
     return out
 
 
@@ -222,20 +262,44 @@ def size_detection(pairs: pd.DataFrame, *, n: int, seed: int) -> dict:
         sel = q == k
         col = reps[:, k][~np.isnan(reps[:, k])]
         lo, hi = np.quantile(col, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]) if len(col) else (None,) * 2
-        rows.append({"quartile": k + 1, "area_from": _f(edges[k]), "area_to": _f(edges[k + 1]),
-                     "pairs": int(sel.sum()), **_ci(det[sel].mean() if sel.any() else None,
-                                                    lo, hi)})
+        rows.append(
+            {
+                "quartile": k + 1,
+                "area_from": _f(edges[k]),
+                "area_to": _f(edges[k + 1]),
+                "pairs": int(sel.sum()),
+                **_ci(det[sel].mean() if sel.any() else None, lo, hi),
+            }
+        )
     diff = reps[:, 3] - reps[:, 0]
     diff = diff[~np.isnan(diff)]
     lo, hi = np.quantile(diff, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]) if len(diff) else (None,) * 2
     largest_minus_smallest = _ci(det[q == 3].mean() - det[q == 0].mean(), lo, hi)
-    per_finding = {f: {"pairs": int(len(t)), "detected": _f(t["detected"].mean()),
-                       "median_area": _f(t["area"].median())}
-                   for f, t in p.groupby("finding", sort=True)}
-    return {"pairs": int(len(p)), "quartiles": rows,
-            "largest_minus_smallest": largest_minus_smallest, "per_finding": per_finding}
+    per_finding = {
+        f: {
+            "pairs": int(len(t)),
+            "detected": _f(t["detected"].mean()),
+            "median_area": _f(t["area"].median()),
+        }
+        for f, t in p.groupby("finding", sort=True)
+    }
+    return {
+        "pairs": int(len(p)),
+        "quartiles": rows,
+        "largest_minus_smallest": largest_minus_smallest,
+        "per_finding": per_finding,
+    }
 
 
-__all__ = ["FOLLOW_UP_BANDS", "band", "energy_shares", "feature_probes", "probe",
-           "probe_targets", "region_reliance", "saliency_share", "size_detection",
-           "view_strata"]
+__all__ = [
+    "FOLLOW_UP_BANDS",
+    "band",
+    "energy_shares",
+    "feature_probes",
+    "probe",
+    "probe_targets",
+    "region_reliance",
+    "saliency_share",
+    "size_detection",
+    "view_strata",
+]

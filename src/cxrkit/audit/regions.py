@@ -27,10 +27,12 @@ import pandas as pd
 from cxrkit.data.images import crop_box
 from cxrkit.data.phantoms.shortcut import read_chest_regions
 
-PHANTOM_SOURCE = ("true lung fields and the mediastinum between them (the phantom release's "
-                  "chest_regions.npz)")
-CROP_SOURCE = ("cxrkit's exposed-chest crop (cxrkit.data.images.crop_box) of each cached "
-               "image, a square box")
+PHANTOM_SOURCE = (
+    "true lung fields and the mediastinum between them (the phantom release's chest_regions.npz)"
+)
+CROP_SOURCE = (
+    "cxrkit's exposed-chest crop (cxrkit.data.images.crop_box) of each cached image, a square box"
+)
 #: Training images sampled for the blanking value.
 MEAN_SAMPLE = 2000
 
@@ -42,7 +44,7 @@ def _cut_padded(mask: np.ndarray, box) -> np.ndarray:
     out = np.zeros((y1 - y0, x1 - x0), mask.dtype)
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = mask[sy0:sy1, sx0:sx1]
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = mask[sy0:sy1, sx0:sx1]
     return out
 
 
@@ -73,7 +75,7 @@ def chest_regions(prepared, ids: list[str], images: np.ndarray) -> tuple[np.ndar
     out = np.zeros(images.shape, bool)
     for k, img in enumerate(images):
         x0, y0, x1, y1 = crop_box(np.ascontiguousarray(img))
-        out[k, max(y0, 0):y1, max(x0, 0):x1] = True
+        out[k, max(y0, 0) : y1, max(x0, 0) : x1] = True
     return out, CROP_SOURCE
 
 
@@ -81,8 +83,9 @@ def training_mean(prepared, train: pd.DataFrame, *, seed: int = 0) -> int:
     """Mean grey level (0..255, rounded) of up to :data:`MEAN_SAMPLE` training images."""
     ids = train["image_id"].to_numpy()
     if len(ids) == 0:
-        raise ValueError(f"{prepared.root}: the split has no training images to take the "
-                         "blanking mean from")
+        raise ValueError(
+            f"{prepared.root}: the split has no training images to take the blanking mean from"
+        )
     if len(ids) > MEAN_SAMPLE:
         ids = np.random.default_rng(seed).choice(ids, MEAN_SAMPLE, replace=False)
     rows = np.sort(prepared.cache.rows(list(ids)))

@@ -11,61 +11,101 @@ import numpy as np
 
 from cxrkit.artefacts import RunFolder, atomic_path
 from cxrkit.evaluate.report import _esc, _img, _num
-from cxrkit.evaluate.text import format_ci as _ci   # the one "value [CI]" formatter
+from cxrkit.evaluate.text import format_ci as _ci  # the one "value [CI]" formatter
 
 
 def _flag_lines(record: dict) -> list[str]:
     flags = record["flags"]
     if not flags:
-        return ["No flags: no measure crossed its threshold (see `thresholds` in audit.json) "
-                f"for a finding with at least {record['min_positives']} positives."]
+        return [
+            "No flags: no measure crossed its threshold (see `thresholds` in audit.json) "
+            f"for a finding with at least {record['min_positives']} positives."
+        ]
     return [f"- **{f['finding']}**, `{f['measure']}`: {f['action']}" for f in flags]
 
 
 def summary_markdown(record: dict) -> str:
     """The audit as Markdown: flags first, then one table per measure."""
     c = record["chest_region"]
-    lines = [f"# Shortcut audit: {record['model']} on the {record['split']} split", "",
-             f"{record['n_images']:,} images of {record['n_patients']:,} patients; 95% "
-             f"patient-bootstrap intervals ({record['bootstrap']['replicates']} replicates).",
-             f"Chest region: {c['source']}; it covers {c['area_share']:.0%} of the image on "
-             f"average. Hidden parts are filled with the training mean (grey "
-             f"{c['blank_value']}).", "", "## Flags", "", *_flag_lines(record), "",
-             "## Region reliance (AUROC by occlusion)", "",
-             "| finding | pos | as is | chest only | outside only | chest only - as is |",
-             "|---|---:|---|---|---|---|"]
+    lines = [
+        f"# Shortcut audit: {record['model']} on the {record['split']} split",
+        "",
+        f"{record['n_images']:,} images of {record['n_patients']:,} patients; 95% "
+        f"patient-bootstrap intervals ({record['bootstrap']['replicates']} replicates).",
+        f"Chest region: {c['source']}; it covers {c['area_share']:.0%} of the image on "
+        f"average. Hidden parts are filled with the training mean (grey "
+        f"{c['blank_value']}).",
+        "",
+        "## Flags",
+        "",
+        *_flag_lines(record),
+        "",
+        "## Region reliance (AUROC by occlusion)",
+        "",
+        "| finding | pos | as is | chest only | outside only | chest only - as is |",
+        "|---|---:|---|---|---|---|",
+    ]
     for f, r in record["region_reliance"].items():
-        lines.append(f"| {f} | {r['positives']} | {_ci(r['auroc'])} | "
-                     f"{_ci(r['auroc_chest_only'])} | {_ci(r['auroc_outside_only'])} | "
-                     f"{_ci(r['chest_only_gain'])} |")
-    lines += ["", f"## Where the saliency falls ({record['saliency_method']['method']}, "
-              "positives)", "", "| finding | images | energy in chest | area of chest | "
-              "energy - area |", "|---|---:|---|---|---|"]
+        lines.append(
+            f"| {f} | {r['positives']} | {_ci(r['auroc'])} | "
+            f"{_ci(r['auroc_chest_only'])} | {_ci(r['auroc_outside_only'])} | "
+            f"{_ci(r['chest_only_gain'])} |"
+        )
+    lines += [
+        "",
+        f"## Where the saliency falls ({record['saliency_method']['method']}, positives)",
+        "",
+        "| finding | images | energy in chest | area of chest | energy - area |",
+        "|---|---:|---|---|---|",
+    ]
     for f, s in record["saliency"].items():
-        lines.append(f"| {f} | {s['images']} | {_ci(s['energy_inside'])} | "
-                     f"{_ci(s['area_inside'])} | {_ci(s['excess'])} |")
-    lines += ["", "## What the pooled features know (logistic probes, patient-grouped CV)", "",
-              "| variable | classes | images | AUROC (chance 0.5) | balanced accuracy | chance |",
-              "|---|---|---:|---|---:|---:|"]
+        lines.append(
+            f"| {f} | {s['images']} | {_ci(s['energy_inside'])} | "
+            f"{_ci(s['area_inside'])} | {_ci(s['excess'])} |"
+        )
+    lines += [
+        "",
+        "## What the pooled features know (logistic probes, patient-grouped CV)",
+        "",
+        "| variable | classes | images | AUROC (chance 0.5) | balanced accuracy | chance |",
+        "|---|---|---:|---|---:|---:|",
+    ]
     for name, p in record["probes"].items():
-        lines.append(f"| {name} | {', '.join(p['classes'])} | {p['images']} | {_ci(p['auroc'])} "
-                     f"| {_num(p.get('balanced_accuracy'))} | "
-                     f"{_num(p.get('chance_balanced_accuracy'))} |")
-    lines += ["", "## AUROC within one view", "",
-              "| finding | pooled | AP only (pos) | PA only (pos) |", "|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {', '.join(p['classes'])} | {p['images']} | {_ci(p['auroc'])} "
+            f"| {_num(p.get('balanced_accuracy'))} | "
+            f"{_num(p.get('chance_balanced_accuracy'))} |"
+        )
+    lines += [
+        "",
+        "## AUROC within one view",
+        "",
+        "| finding | pooled | AP only (pos) | PA only (pos) |",
+        "|---|---|---|---|",
+    ]
     for f, v in record["view_strata"].items():
-        lines.append(f"| {f} | {_ci(v['pooled'])} | {_ci(v['AP'])} ({v['AP']['positives']}) | "
-                     f"{_ci(v['PA'])} ({v['PA']['positives']}) |")
+        lines.append(
+            f"| {f} | {_ci(v['pooled'])} | {_ci(v['AP'])} ({v['AP']['positives']}) | "
+            f"{_ci(v['PA'])} ({v['PA']['positives']}) |"
+        )
     size = record["size"]
-    lines += ["", "## Detection by box area (boxed images of the split)", "",
-              f"Threshold: {record['size_threshold_source']}. {size['pairs']} (image, finding) "
-              "pairs."]
+    lines += [
+        "",
+        "## Detection by box area (boxed images of the split)",
+        "",
+        f"Threshold: {record['size_threshold_source']}. {size['pairs']} (image, finding) pairs.",
+    ]
     if size.get("quartiles"):
-        lines += ["", "| quartile | box area (share of image) | pairs | detected |",
-                  "|---:|---|---:|---|"]
+        lines += [
+            "",
+            "| quartile | box area (share of image) | pairs | detected |",
+            "|---:|---|---:|---|",
+        ]
         for q in size["quartiles"]:
-            lines.append(f"| {q['quartile']} | {_num(q['area_from'])}-{_num(q['area_to'])} | "
-                         f"{q['pairs']} | {_ci(q)} |")
+            lines.append(
+                f"| {q['quartile']} | {_num(q['area_from'])}-{_num(q['area_to'])} | "
+                f"{q['pairs']} | {_ci(q)} |"
+            )
         lines.append(f"\nLargest minus smallest quartile: {_ci(size['largest_minus_smallest'])}.")
     elif size.get("note"):
         lines.append(f"\n{size['note']}.")
@@ -84,8 +124,7 @@ def _bars(ax, names, series: dict, errors: dict | None = None):
             lo = np.array([np.nan if a is None else a for a in errors[label][0]], float)
             hi = np.array([np.nan if a is None else a for a in errors[label][1]], float)
             yerr = np.nan_to_num(np.vstack([v - lo, hi - v]), nan=0.0).clip(0)
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, v, width, yerr=yerr, label=label,
-               capsize=2)
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, v, width, yerr=yerr, label=label, capsize=2)
     ax.set_xticks(x, names, rotation=45, ha="right")
     ax.legend(fontsize=8)
 
@@ -100,16 +139,29 @@ def write_figures(record: dict, out: Path) -> list[str]:
     written = []
     r = record["region_reliance"]
     names = list(r)
-    keys = {"as is": "auroc", "chest only": "auroc_chest_only", "outside only": "auroc_outside_only"}
+    keys = {
+        "as is": "auroc",
+        "chest only": "auroc_chest_only",
+        "outside only": "auroc_outside_only",
+    }
     fig, ax = plt.subplots(figsize=(12, 4), constrained_layout=True)
-    _bars(ax, names, {k: [r[f][v]["value"] for f in names] for k, v in keys.items()},
-          {k: ([r[f][v]["lo"] for f in names], [r[f][v]["hi"] for f in names])
-           for k, v in keys.items()})
+    _bars(
+        ax,
+        names,
+        {k: [r[f][v]["value"] for f in names] for k, v in keys.items()},
+        {
+            k: ([r[f][v]["lo"] for f in names], [r[f][v]["hi"] for f in names])
+            for k, v in keys.items()
+        },
+    )
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_ylim(0, 1)
     ax.set_ylabel("AUROC")
-    ax.set_title(f"Region reliance by occlusion ({record['split']}); chest region: "
-                 f"{record['chest_region']['source'][:70]}", fontsize=9)
+    ax.set_title(
+        f"Region reliance by occlusion ({record['split']}); chest region: "
+        f"{record['chest_region']['source'][:70]}",
+        fontsize=9,
+    )
     with atomic_path(out / "region_reliance.png") as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
@@ -120,9 +172,15 @@ def write_figures(record: dict, out: Path) -> list[str]:
         names = list(s)
         fig, ax = plt.subplots(figsize=(12, 4), constrained_layout=True)
         keys = {"Grad-CAM energy in chest": "energy_inside", "chest area share": "area_inside"}
-        _bars(ax, names, {k: [s[f][v]["value"] for f in names] for k, v in keys.items()},
-              {k: ([s[f][v]["lo"] for f in names], [s[f][v]["hi"] for f in names])
-               for k, v in keys.items()})
+        _bars(
+            ax,
+            names,
+            {k: [s[f][v]["value"] for f in names] for k, v in keys.items()},
+            {
+                k: ([s[f][v]["lo"] for f in names], [s[f][v]["hi"] for f in names])
+                for k, v in keys.items()
+            },
+        )
         ax.set_ylim(0, 1)
         ax.set_title("Where the saliency falls (positives of each finding)", fontsize=9)
         with atomic_path(out / "saliency.png") as tmp:
@@ -136,8 +194,13 @@ def write_figures(record: dict, out: Path) -> list[str]:
         v = np.array([a["value"] for a in q], float)
         lo = np.array([np.nan if a["lo"] is None else a["lo"] for a in q], float)
         hi = np.array([np.nan if a["hi"] is None else a["hi"] for a in q], float)
-        ax.errorbar([a["quartile"] for a in q], v, yerr=np.nan_to_num(
-            np.vstack([v - lo, hi - v]), nan=0.0).clip(0), marker="o", capsize=3)
+        ax.errorbar(
+            [a["quartile"] for a in q],
+            v,
+            yerr=np.nan_to_num(np.vstack([v - lo, hi - v]), nan=0.0).clip(0),
+            marker="o",
+            capsize=3,
+        )
         ax.set_xticks([1, 2, 3, 4], ["smallest", "2", "3", "largest"])
         ax.set_ylim(0, 1)
         ax.set_xlabel("box area quartile")
@@ -159,14 +222,22 @@ def audit_html(run_dir: str | Path) -> str:
     for split_dir in sorted(p for p in folder.iterdir() if (p / "audit.json").exists()):
         record = json.loads((split_dir / "audit.json").read_text())
         c = record["chest_region"]
-        parts.append(f"<h3>{_esc(split_dir.name)} split</h3><p>Chest region: "
-                     f"{_esc(c['source'])} ({c['area_share']:.0%} of the image); hidden "
-                     f"parts filled with the training mean.</p>")
+        parts.append(
+            f"<h3>{_esc(split_dir.name)} split</h3><p>Chest region: "
+            f"{_esc(c['source'])} ({c['area_share']:.0%} of the image); hidden "
+            f"parts filled with the training mean.</p>"
+        )
         flags = record.get("flags") or []
         if flags:
-            parts.append("<ul>" + "".join(
-                f"<li><b>{_esc(f['finding'])}</b> ({_esc(f['measure'])}): "
-                f"{_esc(f['action'])}</li>" for f in flags) + "</ul>")
+            parts.append(
+                "<ul>"
+                + "".join(
+                    f"<li><b>{_esc(f['finding'])}</b> ({_esc(f['measure'])}): "
+                    f"{_esc(f['action'])}</li>"
+                    for f in flags
+                )
+                + "</ul>"
+            )
         else:
             parts.append("<p>No flags.</p>")
         for name in record.get("files", []):
@@ -175,13 +246,16 @@ def audit_html(run_dir: str | Path) -> str:
                 parts.append(f"<figure>{_img(png, name)}</figure>")
         summary = split_dir / "summary.md"
         if summary.exists():
-            parts.append(f"<details><summary>summary.md</summary><pre>"
-                         f"{_esc(summary.read_text())}</pre></details>")
+            parts.append(
+                f"<details><summary>summary.md</summary><pre>"
+                f"{_esc(summary.read_text())}</pre></details>"
+            )
     if not parts:
         return ""
-    return ("<h2>Shortcut audit</h2><p>From <code>cxrkit audit</code>: does the model read the "
-            "chest? Occlusion, saliency, feature probes, per-view AUROC and size.</p>"
-            + "".join(parts))
+    return (
+        "<h2>Shortcut audit</h2><p>From <code>cxrkit audit</code>: does the model read the "
+        "chest? Occlusion, saliency, feature probes, per-view AUROC and size.</p>" + "".join(parts)
+    )
 
 
 __all__ = ["audit_html", "summary_markdown", "write_figures"]

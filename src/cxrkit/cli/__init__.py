@@ -20,23 +20,35 @@ from cxrkit.cli import audit
 from cxrkit.cli import importer
 from cxrkit.cli.common import setup_logging
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Chest X-ray classification on NIH ChestX-ray14.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Chest X-ray classification on NIH ChestX-ray14.",
+)
 
 
 def _print_version(value: bool) -> None:
     if value:
         from cxrkit import __version__
+
         typer.echo(f"cxrkit {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-         version: Annotated[bool, typer.Option("--version", callback=_print_version,
-                                               is_eager=True,
-                                               help="Print cxrkit's version and exit")] = False,
-         ) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print cxrkit's version and exit",
+        ),
+    ] = False,
+) -> None:
     setup_logging(verbose)
 
 

@@ -14,21 +14,34 @@ from cxrkit.messages import shorten
 from cxrkit.inference.openvino_engine import OpenVinoUnavailable
 
 #: ``--precision`` of every command that runs a torch checkpoint forward (cxrkit.inference.runtime).
-PRECISION_HELP = ("Forward pass: auto (CPU: OpenVINO bf16 where the CPU has bf16 and OpenVINO "
-                  "is installed, within 5e-3 of fp32; else onnxruntime, within 1e-4) | fp32 "
-                  "(torch fp32 eager, the reference) | bf16 (torch autocast + channels_last) | "
-                  "onnxruntime | openvino (fp32) | openvino-bf16; default $CXRKIT_PRECISION "
-                  "or auto")
+PRECISION_HELP = (
+    "Forward pass: auto (CPU: OpenVINO bf16 where the CPU has bf16 and OpenVINO "
+    "is installed, within 5e-3 of fp32; else onnxruntime, within 1e-4) | fp32 "
+    "(torch fp32 eager, the reference) | bf16 (torch autocast + channels_last) | "
+    "onnxruntime | openvino (fp32) | openvino-bf16; default $CXRKIT_PRECISION "
+    "or auto"
+)
 
-DECODE_TIMEOUT_HELP = ("Seconds one file may take to decode (in a worker process, stopped "
-                       "and reported as that file's error when over; default 30)")
-DECODE_MEMORY_HELP = ("MiB of memory one file's decoding may take (an address-space cap on "
-                      "the worker; over it is that file's error; default 3072)")
+DECODE_TIMEOUT_HELP = (
+    "Seconds one file may take to decode (in a worker process, stopped "
+    "and reported as that file's error when over; default 30)"
+)
+DECODE_MEMORY_HELP = (
+    "MiB of memory one file's decoding may take (an address-space cap on "
+    "the worker; over it is that file's error; default 3072)"
+)
 
 #: Errors the library raises for bad input or an unwritable output; the CLI prints them as
 #: one line, exit code 2.
-KNOWN_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError,
-                WriteError, OpenVinoUnavailable)
+KNOWN_ERRORS = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    RuntimeError,
+    WriteError,
+    OpenVinoUnavailable,
+)
 
 
 class OneLineFormatter(logging.Formatter):
@@ -67,14 +80,18 @@ def in_range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = Fal
     For the bounds Typer's ``min``/``max`` cannot say (an open end, as in a fraction
     ``0 <= x < 1``); the message has Typer's own form (``Invalid value for '--x': ...``).
     """
+
     def check(value):
         if value is None:
             return value
         if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
-            raise typer.BadParameter(f"{value:g} is not in the range "
-                                     f"{lo:g}{'<' if lo_open else '<='}x"
-                                     f"{'<' if hi_open else '<='}{hi:g}")
+            raise typer.BadParameter(
+                f"{value:g} is not in the range "
+                f"{lo:g}{'<' if lo_open else '<='}x"
+                f"{'<' if hi_open else '<='}{hi:g}"
+            )
         return value
+
     return check
 
 

@@ -19,28 +19,47 @@ def _cacheable_size(size: int) -> int:
     from cxrkit.data.phantoms.generator import MAX_IMAGE_SIDE
 
     if size < MIN_IMAGE_SIDE:
-        raise typer.BadParameter(f"{size} is smaller than {MIN_IMAGE_SIDE}, the smallest image "
-                                 "side the cache accepts")
+        raise typer.BadParameter(
+            f"{size} is smaller than {MIN_IMAGE_SIDE}, the smallest image side the cache accepts"
+        )
     if size > MAX_IMAGE_SIDE:
-        raise typer.BadParameter(f"{size} is larger than {MAX_IMAGE_SIDE}, the largest image "
-                                 "side the cache accepts")
+        raise typer.BadParameter(
+            f"{size} is larger than {MAX_IMAGE_SIDE}, the largest image side the cache accepts"
+        )
     return size
 
 
 def phantoms(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write an NIH-layout release into")],
     patients: Annotated[int, typer.Option(min=1, help="Number of patients")] = 300,
-    size: Annotated[int, typer.Option(callback=_cacheable_size, help="Image side in pixels (at least the cache's minimum)")] = 256,
+    size: Annotated[
+        int,
+        typer.Option(
+            callback=_cacheable_size, help="Image side in pixels (at least the cache's minimum)"
+        ),
+    ] = 256,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
-    label_noise: Annotated[str, typer.Option(help="NIH-style label errors: moderate | measured | none")] = "moderate",
-    like: Annotated[Path | None, typer.Option(
-        help="NIH metadata folder: draw its twin (one phantom per real row, real boxes, lists "
-             "and archive layout; its real labels: --patients and --label-noise are ignored)")] = None,
+    label_noise: Annotated[
+        str, typer.Option(help="NIH-style label errors: moderate | measured | none")
+    ] = "moderate",
+    like: Annotated[
+        Path | None,
+        typer.Option(
+            help="NIH metadata folder: draw its twin (one phantom per real row, real boxes, lists "
+            "and archive layout; its real labels: --patients and --label-noise are ignored)"
+        ),
+    ] = None,
     fraction: Annotated[float, typer.Option(help="With --like: share of patients kept")] = 1.0,
-    workers: Annotated[int | None, typer.Option(help="With --like: processes (default: all cores)")] = None,
-    shortcut: Annotated[str | None, typer.Option(
-        help="FINDING:STRENGTH: plant a spurious token outside the lungs on that share of the "
-             "finding's train_val positives and of random test images (for cxrkit audit)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="With --like: processes (default: all cores)")
+    ] = None,
+    shortcut: Annotated[
+        str | None,
+        typer.Option(
+            help="FINDING:STRENGTH: plant a spurious token outside the lungs on that share of the "
+            "finding's train_val positives and of random test images (for cxrkit audit)"
+        ),
+    ] = None,
 ) -> None:
     """Write synthetic chest radiographs in NIH's exact layout (for demos and tests)."""
     if like is not None and shortcut is not None:
@@ -50,37 +69,61 @@ def phantoms(
     if like is not None:
         from cxrkit.data.phantoms.twin import make_twin
 
-        release = _run(make_twin, out_dir, like, fraction=fraction, image_size=size, seed=seed,
-                       workers=workers)
+        release = _run(
+            make_twin, out_dir, like, fraction=fraction, image_size=size, seed=seed, workers=workers
+        )
         typer.echo(f"wrote {release}")
         return
     from cxrkit.data.phantoms import make_phantoms
 
-    release = _run(make_phantoms, out_dir, n_patients=patients, image_size=size, seed=seed,
-                   label_noise=label_noise, shortcut=shortcut)
+    release = _run(
+        make_phantoms,
+        out_dir,
+        n_patients=patients,
+        image_size=size,
+        seed=seed,
+        label_noise=label_noise,
+        shortcut=shortcut,
+    )
     typer.echo(f"wrote {release}")
 
 
 # -- where a release's files are: one option set, shared by validate and prepare --------
 ROOT = Annotated[Path, typer.Argument(help="Unpacked release (metadata and images)")]
-IMAGES_ROOT = Annotated[list[Path] | None, typer.Option(
-    "--images-root", help="Folder holding the images, if not ROOT (repeat for several)")]
+IMAGES_ROOT = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--images-root", help="Folder holding the images, if not ROOT (repeat for several)"
+    ),
+]
 LABELS = Annotated[Path | None, typer.Option(help="Label file, if not found under ROOT")]
 BOXES = Annotated[Path | None, typer.Option(help="BBox_List_2017.csv, if not found under ROOT")]
-TRAIN_VAL_LIST = Annotated[Path | None, typer.Option(
-    help="train_val_list.txt, if not found under ROOT")]
+TRAIN_VAL_LIST = Annotated[
+    Path | None, typer.Option(help="train_val_list.txt, if not found under ROOT")
+]
 TEST_LIST = Annotated[Path | None, typer.Option(help="test_list.txt, if not found under ROOT")]
-ON_MISSING = Annotated[str, typer.Option(
-    help="Label-file images not on disk: error | drop (prepare writes what it dropped)")]
+ON_MISSING = Annotated[
+    str,
+    typer.Option(
+        help="Label-file images not on disk: error | drop (prepare writes what it dropped)"
+    ),
+]
 
 
 def _sources(root, images_root, labels, boxes, train_val_list, test_list, on_missing):
     """The :class:`~cxrkit.data.release.ReleaseSources` the shared options describe."""
     from cxrkit.data.release import ReleaseSources
 
-    return _run(ReleaseSources, root, images_roots=tuple(images_root or ()), label_file=labels,
-                box_file=boxes, train_val_list=train_val_list, test_list=test_list,
-                on_missing=on_missing)
+    return _run(
+        ReleaseSources,
+        root,
+        images_roots=tuple(images_root or ()),
+        label_file=labels,
+        box_file=boxes,
+        train_val_list=train_val_list,
+        test_list=test_list,
+        on_missing=on_missing,
+    )
 
 
 def validate(
@@ -108,7 +151,9 @@ def _echo_lines(lines) -> None:
 def prepare(
     root: ROOT,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the cache")],
-    size: Annotated[int, typer.Option(min=8, max=4096, help="Square side of cached images, pixels")] = 256,
+    size: Annotated[
+        int, typer.Option(min=8, max=4096, help="Square side of cached images, pixels")
+    ] = 256,
     clahe: Annotated[bool, typer.Option(help="Contrast-limited histogram equalisation")] = False,
     crop: Annotated[bool, typer.Option(help="Crop to the exposed chest region")] = False,
     images_root: IMAGES_ROOT = None,
@@ -118,9 +163,14 @@ def prepare(
     test_list: TEST_LIST = None,
     on_missing: ON_MISSING = "error",
     protocol: Annotated[str, typer.Option(help="official | random")] = "official",
-    val_fraction: Annotated[float, typer.Option(callback=FRACTION, help="Validation share of train_val (official)")] = 0.1,
+    val_fraction: Annotated[
+        float, typer.Option(callback=FRACTION, help="Validation share of train_val (official)")
+    ] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the validation/random split")] = 0,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decode processes (default: all cores; 0: in this process)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, help="Decode processes (default: all cores; 0: in this process)"),
+    ] = None,
 ) -> None:
     """Validate, split and decode a release once into a fast image cache."""
     from cxrkit.data.cache import PreprocessSettings
@@ -129,9 +179,19 @@ def prepare(
 
     sources = _sources(root, images_root, labels, boxes, train_val_list, test_list, on_missing)
     settings = PreprocessSettings(size=size, clahe=clahe, crop=crop)
-    prepared = _run(run_prepare, sources, out, settings=settings, protocol=protocol,
-                    val_fraction=val_fraction, seed=seed, workers=workers)
-    summary = split_summary(prepared.split[prepared.split["image_id"].isin(prepared.labels["image_id"])])
+    prepared = _run(
+        run_prepare,
+        sources,
+        out,
+        settings=settings,
+        protocol=protocol,
+        val_fraction=val_fraction,
+        seed=seed,
+        workers=workers,
+    )
+    summary = split_summary(
+        prepared.split[prepared.split["image_id"].isin(prepared.labels["image_id"])]
+    )
     typer.echo(summary.to_string())
     typer.echo(f"cache: {len(prepared.cache):,} images at {size}x{size} in {out}")
 
@@ -140,7 +200,9 @@ def split(
     prepared: Annotated[Path, typer.Argument(help="Folder written by `cxrkit prepare`")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Split CSV to write")],
     protocol: Annotated[str, typer.Option(help="official | random")] = "official",
-    val_fraction: Annotated[float, typer.Option(callback=FRACTION, help="Validation share of train_val")] = 0.1,
+    val_fraction: Annotated[
+        float, typer.Option(callback=FRACTION, help="Validation share of train_val")
+    ] = 0.1,
     fractions: Annotated[str, typer.Option(help="train,val,test shares (random)")] = "0.7,0.1,0.2",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -149,8 +211,15 @@ def split(
     from cxrkit.data.splits import split_summary
 
     parts = tuple(float(x) for x in fractions.split(","))
-    table, labels = _run(resplit, prepared, out, protocol=protocol, val_fraction=val_fraction,
-                         fractions=parts, seed=seed)
+    table, labels = _run(
+        resplit,
+        prepared,
+        out,
+        protocol=protocol,
+        val_fraction=val_fraction,
+        fractions=parts,
+        seed=seed,
+    )
     typer.echo(split_summary(table, labels).to_string())
     typer.echo(f"wrote {out}")
 
@@ -158,7 +227,9 @@ def split(
 def stats(
     root: Annotated[Path, typer.Argument(help="A release folder or a prepared folder")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for plots and tables")],
-    val_fraction: Annotated[float, typer.Option(callback=FRACTION, help="Validation share (official split)")] = 0.1,
+    val_fraction: Annotated[
+        float, typer.Option(callback=FRACTION, help="Validation share (official split)")
+    ] = 0.1,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Prevalence, co-occurrence and demographics per split, as PNG plots and tables."""

@@ -12,8 +12,12 @@ from cxrkit.cli.common import run as _run
 
 def ood(
     checkpoint: Annotated[Path, typer.Argument(help="A run folder (best.pt) or a checkpoint file")],
-    prepared: Annotated[Path | None, typer.Option(help="Prepared folder, if moved since training")] = None,
-    force: Annotated[bool, typer.Option(help="Recompute even when the checkpoint has a record")] = False,
+    prepared: Annotated[
+        Path | None, typer.Option(help="Prepared folder, if moved since training")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Recompute even when the checkpoint has a record")
+    ] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cpu)")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
@@ -26,6 +30,8 @@ def ood(
     rec = _run(ensure_ood_record, lm, prepared, force=force, progress=progress)
     how = f"recorded ({lm.ood_source})" if had else f"computed -> {lm.ood_source}"
     typer.echo(f"{lm.checkpoint}: out-of-distribution record {how}")
-    typer.echo(f"  fitted on {rec['train']['n']:,} train images, calibrated on "
-               f"{rec['val']['n']:,} val images; {rec['val']['flag_rate']:.1%} of val flagged")
+    typer.echo(
+        f"  fitted on {rec['train']['n']:,} train images, calibrated on "
+        f"{rec['val']['n']:,} val images; {rec['val']['flag_rate']:.1%} of val flagged"
+    )
     typer.echo(f"  method: {rec['method']}")

@@ -13,9 +13,18 @@ from cxrkit.cli.common import run as _run
 def train(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Argument(help="A YAML recipe (see configs/)")] = None,
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Run folder (overrides the recipe)")] = None,
-    fresh: Annotated[bool, typer.Option(help="Start the run folder again: delete its checkpoints and records, no resume")] = False,
-    show_config: Annotated[bool, typer.Option(help="Print the resolved config with each field's meaning and exit")] = False,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Run folder (overrides the recipe)")
+    ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            help="Start the run folder again: delete its checkpoints and records, no resume"
+        ),
+    ] = False,
+    show_config: Annotated[
+        bool, typer.Option(help="Print the resolved config with each field's meaning and exit")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
     """Train a model. Extra arguments are overrides: train.lr=1e-4 model.name=densenet121.
@@ -36,6 +45,8 @@ def train(
     summary = _run(fit, cfg, resume=not fresh, show_progress=progress)
     if summary:
         best = summary["best_val_mean_auroc"]
-        typer.echo(f"{summary['status']}: best validation mean AUROC "
-                   f"{'undefined' if best is None else f'{best:.4f}'} after "
-                   f"{summary['epochs_run']} epochs ({summary['seconds']:.0f} s) -> {cfg.out}")
+        typer.echo(
+            f"{summary['status']}: best validation mean AUROC "
+            f"{'undefined' if best is None else f'{best:.4f}'} after "
+            f"{summary['epochs_run']} epochs ({summary['seconds']:.0f} s) -> {cfg.out}"
+        )

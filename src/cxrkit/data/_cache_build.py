@@ -43,6 +43,7 @@ STALL_SECONDS = 300
 
 # ---------------------------------------------------------------- on-disk state
 
+
 def fsync_dir(path: Path) -> None:
     """Make renames and unlinks in ``path`` durable (POSIX; a no-op elsewhere)."""
     try:
@@ -82,8 +83,12 @@ class PartialBuild:
 
     @staticmethod
     def remove(out: Path) -> None:
-        for name in ("build.partial.json", "status.partial.npy", "errors.partial.jsonl",
-                     PARTIAL_IMAGES):
+        for name in (
+            "build.partial.json",
+            "status.partial.npy",
+            "errors.partial.jsonl",
+            PARTIAL_IMAGES,
+        ):
             (out / name).unlink(missing_ok=True)
 
     def _resumable(self) -> bool:
@@ -100,16 +105,14 @@ class PartialBuild:
         """Resume a matching unfinished build or start afresh; returns rows already done."""
         if self._resumable():
             self.status = np.array(np.load(self.status_path))
-            lines = self.errors_path.read_text().splitlines() if self.errors_path.exists() \
-                else []
+            lines = self.errors_path.read_text().splitlines() if self.errors_path.exists() else []
             for line in lines:
                 try:
                     row, msg = json.loads(line)
                     self.errors[int(row)] = msg
                 except ValueError:
                     continue  # a line cut by a kill: its row is redone below
-            lost = (self.status[:, 0] == 2) & ~np.isin(np.arange(self.shape[0]),
-                                                       list(self.errors))
+            lost = (self.status[:, 0] == 2) & ~np.isin(np.arange(self.shape[0]), list(self.errors))
             self.status[lost] = 0
         else:
             self.remove(self.out)
@@ -136,7 +139,8 @@ class PartialBuild:
             f"not enough disk space in {self.out} for the image cache: it needs "
             f"{human_bytes(self.needed_bytes())} for {n:,} images of {s}x{s} px, "
             f"{human_bytes(free)} are free (free some space, choose another --out, or a "
-            "smaller --size); no image data was written")
+            "smaller --size); no image data was written"
+        )
 
     def _check_space(self) -> None:
         """Refuse before allocating: a memmap on a disk that fills up dies by SIGBUS."""
@@ -176,8 +180,7 @@ class PartialBuild:
 
     def checkpoint(self, *, force: bool = False) -> None:
         """Persist progress: fsync pixels, then errors, then the status that names them."""
-        if not self._dirty or (not force and
-                               time.monotonic() - self._last < CHECKPOINT_SECONDS):
+        if not self._dirty or (not force and time.monotonic() - self._last < CHECKPOINT_SECONDS):
             return
         os.fsync(self._images_fd)
         if self._new_errors:
@@ -197,14 +200,16 @@ class PartialBuild:
         del self._status_file
         os.close(self._images_fd)
         if self.n_done() != self.shape[0]:
-            raise RuntimeError(f"image cache build in {self.out}: "
-                               f"{self.shape[0] - self.n_done()} rows were never decoded")
+            raise RuntimeError(
+                f"image cache build in {self.out}: "
+                f"{self.shape[0] - self.n_done()} rows were never decoded"
+            )
         return self.status, self.errors
 
 
 # ---------------------------------------------------------------- decoding (worker side)
 
-_worker: dict = {}   # per process: the open memmap and the settings (set by _init_worker)
+_worker: dict = {}  # per process: the open memmap and the settings (set by _init_worker)
 
 
 def _init_worker(images_path: str, settings: dict, build_pid: int | None = None) -> None:
@@ -227,6 +232,7 @@ def _exit_with(pid: int) -> None:
     outlive a killed build forever (and keep the forkserver alive). A daemon thread
     waits on a pidfd (Linux 5.3+; no CPU) or else polls once a second.
     """
+
     def watch():
         try:
             fd = os.pidfd_open(pid)
@@ -256,8 +262,7 @@ def _cache_chunk(chunk: list[tuple[int, str]]) -> list[tuple]:
     for row, path in chunk:
         try:
             img = check_min_size(read_xray(path), path)
-            out, pmap = preprocess(img, size=s.size, clahe=s.clahe, crop=s.crop,
-                                   return_map=True)
+            out, pmap = preprocess(img, size=s.size, clahe=s.clahe, crop=s.crop, return_map=True)
             images[row] = out
             results.append((row, True, img.shape[0], img.shape[1], pmap.box, ""))
         except Exception as e:  # noqa: BLE001 - recorded per image, reported at the end
@@ -266,25 +271,39 @@ def _cache_chunk(chunk: list[tuple[int, str]]) -> list[tuple]:
     return results
 
 
-def decode_rows(build: PartialBuild, paths: list[str], settings: PreprocessSettings,
-                workers: int | None, progress: bool) -> int:
+def decode_rows(
+    build: PartialBuild,
+    paths: list[str],
+    settings: PreprocessSettings,
+    workers: int | None,
+    progress: bool,
+) -> int:
     """Decode every row not yet done into ``build``; returns the worker count used."""
     todo = build.todo_rows()
     n_total = build.shape[0]
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+        workers = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0 = in this process), got {workers}")
     # ~32 chunks per worker balance the tail (no worker idles long while another
     # finishes its last chunk); at most 32 images (0.4 s of 1024 px PNGs) per chunk keeps
     # the per-chunk cost (two small pickles, a checkpoint check) under 1 %.
     chunk = max(1, min(32, len(todo) // (32 * max(1, workers))))
-    chunks = [[(int(r), paths[r]) for r in todo[i:i + chunk]]
-              for i in range(0, len(todo), chunk)]
+    chunks = [[(int(r), paths[r]) for r in todo[i : i + chunk]] for i in range(0, len(todo), chunk)]
     workers = min(workers, len(chunks))
-    bar = tqdm(total=n_total, initial=n_total - len(todo), unit="img", smoothing=0.1,
-               desc="caching images", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=n_total,
+        initial=n_total - len(todo),
+        unit="img",
+        smoothing=0.1,
+        desc="caching images",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     args = (str(build.images_path), settings.to_dict())
     try:
         if workers == 0:
@@ -294,8 +313,12 @@ def decode_rows(build: PartialBuild, paths: list[str], settings: PreprocessSetti
         else:
             _decode_pool(build, chunks, workers, args, bar, paths)
     except BaseException:
-        log.warning("image cache build in %s stopped with %d of %d images done; re-run to "
-                    "resume", build.out, build.n_done(), n_total)
+        log.warning(
+            "image cache build in %s stopped with %d of %d images done; re-run to resume",
+            build.out,
+            build.n_done(),
+            n_total,
+        )
         raise
     finally:
         _worker.clear()
@@ -306,8 +329,9 @@ def decode_rows(build: PartialBuild, paths: list[str], settings: PreprocessSetti
 
 def _decode_pool(build, chunks, workers: int, args: tuple, bar, paths) -> None:
     """Chunks over a process pool, at most ``4 * workers`` in flight, unordered."""
-    with cf.ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker,
-                                initargs=(*args, os.getpid())) as pool:
+    with cf.ProcessPoolExecutor(
+        workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(*args, os.getpid())
+    ) as pool:
         pending: set = set()
         queue = iter(chunks)
         try:
@@ -319,12 +343,16 @@ def _decode_pool(build, chunks, workers: int, args: tuple, bar, paths) -> None:
                     pending.add(pool.submit(_cache_chunk, c))
                 if not pending:
                     break
-                finished, pending = cf.wait(pending, timeout=STALL_SECONDS,
-                                            return_when=cf.FIRST_COMPLETED)
+                finished, pending = cf.wait(
+                    pending, timeout=STALL_SECONDS, return_when=cf.FIRST_COMPLETED
+                )
                 if not finished:
-                    log.warning("image cache build in %s: no image finished in the last %d s "
-                                "(a stuck file system, or stuck workers?)", build.out,
-                                STALL_SECONDS)
+                    log.warning(
+                        "image cache build in %s: no image finished in the last %d s "
+                        "(a stuck file system, or stuck workers?)",
+                        build.out,
+                        STALL_SECONDS,
+                    )
                 for f in finished:
                     _record(build, f.result(), bar, paths)
         except cf.process.BrokenProcessPool as e:
@@ -333,7 +361,8 @@ def _decode_pool(build, chunks, workers: int, args: tuple, bar, paths) -> None:
                 "Out of memory? Or, if it died at start: workers start from a forkserver "
                 "and import the main module, so a script that builds a cache must do so "
                 "under `if __name__ == '__main__':` and be a file (not stdin); workers=0 "
-                "decodes in this process instead.") from e
+                "decodes in this process instead."
+            ) from e
         except BaseException:
             for f in pending:
                 f.cancel()

@@ -50,7 +50,7 @@ from cxrkit.messages import quote
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1                 #: version of the folder layout described above
+CACHE_FORMAT = 1  #: version of the folder layout described above
 IMAGES, INDEX, MANIFEST = "images.npy", "index.csv", "manifest.json"
 OK, ERROR = "ok", "error"
 _GEOMETRY = ("height", "width", "crop_x0", "crop_y0", "crop_x1", "crop_y1")
@@ -61,6 +61,7 @@ class CacheNotReadyError(FileNotFoundError):
 
 
 # ---------------------------------------------------------------- building
+
 
 def images_fingerprint(items) -> dict:
     """sha256 over sorted ``(image_id, file name, size, mtime_ns)``; missing files count.
@@ -83,9 +84,15 @@ def images_fingerprint(items) -> dict:
     return {"sha256": h.hexdigest(), "n_images": len(lines), "missing_files": missing}
 
 
-def build_cache(items, out_dir: str | Path, settings: PreprocessSettings, *,
-                workers: int | None = None, progress: bool = True,
-                inputs_fingerprint: dict | None = None) -> ImageCache:
+def build_cache(
+    items,
+    out_dir: str | Path,
+    settings: PreprocessSettings,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    inputs_fingerprint: dict | None = None,
+) -> ImageCache:
     """Decode ``items`` (a sequence of ``(image_id, path)``) once into a cache at ``out_dir``.
 
     ``workers``: processes to decode with; ``None`` = every core this process may use,
@@ -111,37 +118,64 @@ def build_cache(items, out_dir: str | Path, settings: PreprocessSettings, *,
     inputs = json.loads(json.dumps(inputs_fingerprint or {}, sort_keys=True, default=str))
     with _BuildLock(out):
         manifest = _read_manifest(out)
-        if (manifest is not None and manifest.get("settings") == settings.to_dict()
-                and manifest.get("fingerprint") == fingerprint
-                and (out / IMAGES).exists() and (out / INDEX).exists()):
+        if (
+            manifest is not None
+            and manifest.get("settings") == settings.to_dict()
+            and manifest.get("fingerprint") == fingerprint
+            and (out / IMAGES).exists()
+            and (out / INDEX).exists()
+        ):
             PartialBuild.remove(out)  # leftovers of a build killed after its manifest
             if manifest.get("inputs") != inputs:
                 manifest["inputs"] = inputs
                 write_json(manifest, out / MANIFEST)
-                log.info("image cache %s: images and settings unchanged, manifest inputs "
-                         "updated", out)
+                log.info(
+                    "image cache %s: images and settings unchanged, manifest inputs updated", out
+                )
             else:
                 log.info("image cache %s is up to date (%d images)", out, len(ids))
             return ImageCache(out)
         _invalidate(out)
-        identity = {"settings": settings.to_dict(), "fingerprint": fingerprint,
-                    "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+        identity = {
+            "settings": settings.to_dict(),
+            "fingerprint": fingerprint,
+            "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+        }
         build = PartialBuild(out, identity, (len(ids), settings.size, settings.size))
         done = build.open()
         if done:
-            log.info("resuming the image cache build in %s: %d of %d images already done",
-                     out, done, len(ids))
+            log.info(
+                "resuming the image cache build in %s: %d of %d images already done",
+                out,
+                done,
+                len(ids),
+            )
         n_workers = decode_rows(build, paths, settings, workers, progress)
-        _finish(build, out, ids, paths, settings, fingerprint, inputs,
-                {"workers": n_workers, "seconds": round(time.perf_counter() - t0, 3),
-                 "resumed_with": done})
+        _finish(
+            build,
+            out,
+            ids,
+            paths,
+            settings,
+            fingerprint,
+            inputs,
+            {
+                "workers": n_workers,
+                "seconds": round(time.perf_counter() - t0, 3),
+                "resumed_with": done,
+            },
+        )
     cache = ImageCache(out)
     if len(cache.errors):
-        shown = "; ".join(f"{r.image_id} ({r.path}): {r.error}"
-                          for r in cache.errors.head(5).itertuples())
-        warnings.warn(f"{len(cache.errors)} of {len(ids)} image(s) could not be decoded and "
-                      f"are excluded from the cache: {shown} (all listed in "
-                      f"{out / INDEX})", stacklevel=2)
+        shown = "; ".join(
+            f"{r.image_id} ({r.path}): {r.error}" for r in cache.errors.head(5).itertuples()
+        )
+        warnings.warn(
+            f"{len(cache.errors)} of {len(ids)} image(s) could not be decoded and "
+            f"are excluded from the cache: {shown} (all listed in "
+            f"{out / INDEX})",
+            stacklevel=2,
+        )
     return cache
 
 
@@ -161,46 +195,63 @@ def _check_items(items) -> tuple[list[str], list[str]]:
     dup = pd.Index(ids)
     if not dup.is_unique:
         names = dup[dup.duplicated()].unique().tolist()
-        raise ValueError(f"{len(names)} image_id(s) occur more than once in items, e.g. "
-                         f"{names[:5]}")
+        raise ValueError(
+            f"{len(names)} image_id(s) occur more than once in items, e.g. {names[:5]}"
+        )
     return ids, paths
 
 
-def _finish(build: PartialBuild, out: Path, ids, paths, settings, fingerprint, inputs,
-            build_info: dict) -> None:
+def _finish(
+    build: PartialBuild, out: Path, ids, paths, settings, fingerprint, inputs, build_info: dict
+) -> None:
     """Index, rename, manifest last: the order that makes a half-done cache invalid."""
     status, errors = build.close()
     ok = status[:, 0] == 1
-    index = pd.DataFrame({
-        "row": np.arange(len(ids)), "image_id": ids,
-        "status": np.where(ok, OK, ERROR),
-        "error": [errors.get(r, "") for r in range(len(ids))],
-        **{c: pd.array(status[:, k], dtype="Int64") for k, c in enumerate(_GEOMETRY, 1)},
-        "path": paths,
-    })
+    index = pd.DataFrame(
+        {
+            "row": np.arange(len(ids)),
+            "image_id": ids,
+            "status": np.where(ok, OK, ERROR),
+            "error": [errors.get(r, "") for r in range(len(ids))],
+            **{c: pd.array(status[:, k], dtype="Int64") for k, c in enumerate(_GEOMETRY, 1)},
+            "path": paths,
+        }
+    )
     index.loc[~ok, list(_GEOMETRY)] = pd.NA  # unknown for files that did not decode
     write_csv(index, out / INDEX)
     os.replace(build.images_path, out / IMAGES)
     fsync_dir(out)
     seconds = build_info["seconds"]
-    build_info["images_per_s"] = round((len(ids) - build_info["resumed_with"]) / seconds, 2) \
-        if seconds > 0 else None
-    write_json({
-        "format": "cxrkit-image-cache", "format_version": CACHE_FORMAT,
-        "cxrkit_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings.to_dict(),
-        "shape": [len(ids), settings.size, settings.size], "dtype": "uint8",
-        "counts": {"total": len(ids), "ok": int(ok.sum()), "error": int((~ok).sum())},
-        "fingerprint": fingerprint, "inputs": inputs,
-        "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                     "pillow": PIL.__version__, "opencv": cv2.__version__,
-                     "pandas": pd.__version__},
-        "build": build_info,
-    }, out / MANIFEST)
+    build_info["images_per_s"] = (
+        round((len(ids) - build_info["resumed_with"]) / seconds, 2) if seconds > 0 else None
+    )
+    write_json(
+        {
+            "format": "cxrkit-image-cache",
+            "format_version": CACHE_FORMAT,
+            "cxrkit_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "settings": settings.to_dict(),
+            "shape": [len(ids), settings.size, settings.size],
+            "dtype": "uint8",
+            "counts": {"total": len(ids), "ok": int(ok.sum()), "error": int((~ok).sum())},
+            "fingerprint": fingerprint,
+            "inputs": inputs,
+            "versions": {
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                "pillow": PIL.__version__,
+                "opencv": cv2.__version__,
+                "pandas": pd.__version__,
+            },
+            "build": build_info,
+        },
+        out / MANIFEST,
+    )
     PartialBuild.remove(out)
-    log.info("image cache %s: %d ok, %d error, %.1f s", out, int(ok.sum()),
-             int((~ok).sum()), seconds)
+    log.info(
+        "image cache %s: %d ok, %d error, %.1f s", out, int(ok.sum()), int((~ok).sum()), seconds
+    )
 
 
 def _invalidate(out: Path) -> None:
@@ -239,8 +290,10 @@ class _BuildLock:
         except OSError:
             os.close(self.fd)
             self.fd = None
-            raise RuntimeError(f"another process is building the image cache in "
-                               f"{self.path.parent} (it holds {self.path})") from None
+            raise RuntimeError(
+                f"another process is building the image cache in "
+                f"{self.path.parent} (it holds {self.path})"
+            ) from None
         return self
 
     def __exit__(self, *exc):
@@ -249,6 +302,7 @@ class _BuildLock:
 
 
 # ---------------------------------------------------------------- reading
+
 
 class ImageCache:
     """A finished cache folder, opened read-only.
@@ -266,24 +320,40 @@ class ImageCache:
             raise CacheNotReadyError(_not_ready_message(self.root))
         self.manifest = manifest
         self.settings = PreprocessSettings.from_dict(manifest["settings"])
-        index = read_csv(self.root / INDEX, keep_default_na=False, na_values={
-            c: [""] for c in _GEOMETRY}, dtype={"image_id": str, "status": str, "error": str,
-                                               "path": str, **dict.fromkeys(_GEOMETRY, "Int64")})
+        index = read_csv(
+            self.root / INDEX,
+            keep_default_na=False,
+            na_values={c: [""] for c in _GEOMETRY},
+            dtype={
+                "image_id": str,
+                "status": str,
+                "error": str,
+                "path": str,
+                **dict.fromkeys(_GEOMETRY, "Int64"),
+            },
+        )
         n = manifest["shape"][0]
         if len(index) != n or (index["status"] == OK).sum() != manifest["counts"]["ok"]:
-            raise ValueError(f"image cache {self.root} is inconsistent: {INDEX} has "
-                             f"{len(index)} rows, the manifest says {n}; rebuild it")
-        self.index = index.loc[index["status"] == OK].reset_index(drop=True).astype(
-            dict.fromkeys(_GEOMETRY, np.int64))
+            raise ValueError(
+                f"image cache {self.root} is inconsistent: {INDEX} has "
+                f"{len(index)} rows, the manifest says {n}; rebuild it"
+            )
+        self.index = (
+            index.loc[index["status"] == OK]
+            .reset_index(drop=True)
+            .astype(dict.fromkeys(_GEOMETRY, np.int64))
+        )
         self.errors = index.loc[index["status"] != OK].reset_index(drop=True)
         self.ids = self.index["image_id"].tolist()
         self._rows = self.index["row"].to_numpy(np.int64)
         self._lookup: pd.Index | None = None
         self._images: np.ndarray | None = None
         if self.images.shape != tuple(manifest["shape"]) or self.images.dtype != np.uint8:
-            raise ValueError(f"{self.root / IMAGES} holds {self.images.dtype} "
-                             f"{self.images.shape}, the manifest says uint8 "
-                             f"{tuple(manifest['shape'])}; rebuild the cache")
+            raise ValueError(
+                f"{self.root / IMAGES} holds {self.images.dtype} "
+                f"{self.images.shape}, the manifest says uint8 "
+                f"{tuple(manifest['shape'])}; rebuild the cache"
+            )
 
     @property
     def size(self) -> int:
@@ -301,8 +371,10 @@ class ImageCache:
         return len(self.ids)
 
     def __repr__(self) -> str:
-        return (f"ImageCache({str(self.root)!r}: {len(self)} images at {self.size}px, "
-                f"{len(self.errors)} errors, {self.settings})")
+        return (
+            f"ImageCache({str(self.root)!r}: {len(self)} images at {self.size}px, "
+            f"{len(self.errors)} errors, {self.settings})"
+        )
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_images": None, "_lookup": None}
@@ -321,10 +393,14 @@ class ImageCache:
         if (pos < 0).any():
             missing = [i for i, p in zip(image_ids, pos, strict=True) if p < 0]
             failed = dict(zip(self.errors["image_id"], self.errors["error"], strict=True))
-            shown = ", ".join(f"{quote(m)} (failed to decode: {failed[m]})" if m in failed
-                              else repr(m) for m in missing[:5])
-            raise KeyError(f"{len(missing)} image id(s) not in the cache at {self.root}: "
-                           f"{shown}{' ...' if len(missing) > 5 else ''}")
+            shown = ", ".join(
+                f"{quote(m)} (failed to decode: {failed[m]})" if m in failed else repr(m)
+                for m in missing[:5]
+            )
+            raise KeyError(
+                f"{len(missing)} image id(s) not in the cache at {self.root}: "
+                f"{shown}{' ...' if len(missing) > 5 else ''}"
+            )
         return pos
 
     def image(self, image_id: str) -> np.ndarray:
@@ -367,7 +443,10 @@ def _not_ready_message(root: Path) -> str:
     if not root.exists():
         return f"no image cache at {root}: the folder does not exist (run `cxrkit prepare`)"
     if any(root.glob("*.partial*")):
-        return (f"{root} holds an unfinished image cache build (no {MANIFEST}): re-run "
-                "`cxrkit prepare` with the same settings to resume it")
-    return (f"{root} is not an image cache: {MANIFEST} is missing or unreadable "
-            "(run `cxrkit prepare`)")
+        return (
+            f"{root} holds an unfinished image cache build (no {MANIFEST}): re-run "
+            "`cxrkit prepare` with the same settings to resume it"
+        )
+    return (
+        f"{root} is not an image cache: {MANIFEST} is missing or unreadable (run `cxrkit prepare`)"
+    )

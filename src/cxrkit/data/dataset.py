@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from cxrkit.data.metadata import META_FEATURES, metadata_vector  # noqa: F401 (re-exported)
 from cxrkit.labels import FINDINGS
 
+
 class CXRDataset(Dataset):
     """Images of ``table`` (rows of the label table, optionally one split) from ``cache``.
 
@@ -32,8 +33,9 @@ class CXRDataset(Dataset):
     ``drop_uncached=True``, which drops them with the count in ``self.dropped``.
     """
 
-    def __init__(self, cache, table: pd.DataFrame, findings=FINDINGS, *,
-                 drop_uncached: bool = False):
+    def __init__(
+        self, cache, table: pd.DataFrame, findings=FINDINGS, *, drop_uncached: bool = False
+    ):
         self.cache = cache
         self.findings = tuple(findings)
         missing_cols = [f for f in self.findings if f not in table.columns]
@@ -43,9 +45,11 @@ class CXRDataset(Dataset):
         in_cache = table["image_id"].isin(cached).to_numpy()
         self.dropped = table.loc[~in_cache, "image_id"].tolist()
         if self.dropped and not drop_uncached:
-            raise KeyError(f"{len(self.dropped)} image(s) are not in the cache at "
-                           f"{getattr(cache, 'root', cache)}, e.g. {self.dropped[:5]} "
-                           "(corrupt or not prepared; see the cache's index.csv)")
+            raise KeyError(
+                f"{len(self.dropped)} image(s) are not in the cache at "
+                f"{getattr(cache, 'root', cache)}, e.g. {self.dropped[:5]} "
+                "(corrupt or not prepared; see the cache's index.csv)"
+            )
         table = table.loc[in_cache].reset_index(drop=True)
         self.table = table
         self.image_ids = table["image_id"].tolist()
@@ -66,8 +70,16 @@ class CXRDataset(Dataset):
         images = np.empty((len(idx), 1, self.cache.size, self.cache.size), dtype=np.uint8)
         images[order, 0] = self.cache.images[rows[order]]
         batch = torch.from_numpy(images)
-        return [{"image": batch[k], "labels": self.labels[i], "meta": self.meta[i],
-                 "image_id": self.image_ids[i], "index": int(i)} for k, i in enumerate(idx)]
+        return [
+            {
+                "image": batch[k],
+                "labels": self.labels[i],
+                "meta": self.meta[i],
+                "image_id": self.image_ids[i],
+                "index": int(i),
+            }
+            for k, i in enumerate(idx)
+        ]
 
 
 def collate(items: list[dict]) -> dict:
@@ -81,13 +93,28 @@ def collate(items: list[dict]) -> dict:
     }
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int = 0,
-                workers: int = 0, drop_last: bool = False, sampler=None,
-                pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int = 0,
+    drop_last: bool = False,
+    sampler=None,
+    pin_memory: bool = False,
+) -> DataLoader:
     """A DataLoader with a seeded shuffle (its own generator, never global RNG)."""
     generator = torch.Generator().manual_seed(int(seed))
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
-        sampler=sampler, num_workers=workers, collate_fn=collate, drop_last=drop_last,
-        generator=generator, pin_memory=pin_memory, persistent_workers=workers > 0,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=drop_last,
+        generator=generator,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
     )

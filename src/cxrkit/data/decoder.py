@@ -59,8 +59,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrkit.data.dicom import (dicom_tags, grey_from_dataset, has_dicom_preamble, is_dicom,
-                               read_dataset)
+from cxrkit.data.dicom import (
+    dicom_tags,
+    grey_from_dataset,
+    has_dicom_preamble,
+    is_dicom,
+    read_dataset,
+)
 from cxrkit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, preprocess, read_xray
 from cxrkit.data.preprocessing import PreprocessSettings
 
@@ -112,25 +117,28 @@ class DecodeLimits:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
 
 
-def decode_limits(timeout_s: float | None = None, memory_mb: int | None = None,
-                  max_pixels: int | None = None) -> DecodeLimits:
+def decode_limits(
+    timeout_s: float | None = None, memory_mb: int | None = None, max_pixels: int | None = None
+) -> DecodeLimits:
     """:class:`DecodeLimits` with the defaults where None is given (the CLI's options)."""
     d = DecodeLimits()
-    return DecodeLimits(timeout_s=d.timeout_s if timeout_s is None else timeout_s,
-                        memory_mb=d.memory_mb if memory_mb is None else memory_mb,
-                        max_pixels=d.max_pixels if max_pixels is None else max_pixels)
+    return DecodeLimits(
+        timeout_s=d.timeout_s if timeout_s is None else timeout_s,
+        memory_mb=d.memory_mb if memory_mb is None else memory_mb,
+        max_pixels=d.max_pixels if max_pixels is None else max_pixels,
+    )
 
 
 @dataclass(frozen=True)
 class Decoded:
     """One file's result: ``image`` and what the file was, or ``error`` (one line)."""
 
-    source: str                       #: the path (or the name given with bytes)
-    image: np.ndarray | None = None   #: grey uint8 (H, W), or the (S, S) cache-stage image
-    error: str | None = None          #: why it could not be decoded (None: decoded)
-    format: str | None = None         #: "DICOM", else Pillow's ("PNG", "JPEG", ...)
-    width: int = 0                    #: decoded file's width, pixels (before preprocessing)
-    height: int = 0                   #: decoded file's height, pixels
+    source: str  #: the path (or the name given with bytes)
+    image: np.ndarray | None = None  #: grey uint8 (H, W), or the (S, S) cache-stage image
+    error: str | None = None  #: why it could not be decoded (None: decoded)
+    format: str | None = None  #: "DICOM", else Pillow's ("PNG", "JPEG", ...)
+    width: int = 0  #: decoded file's width, pixels (before preprocessing)
+    height: int = 0  #: decoded file's height, pixels
     #: a DICOM's raw ``PatientAge``/``PatientSex``/``ViewPosition`` (``age``/``sex``/``view``)
     tags: dict = field(default_factory=dict)
 
@@ -139,9 +147,13 @@ class Decoded:
         return self.error is None
 
 
-def decode_file(source: str | Path | bytes, name: str | None = None, *,
-                max_pixels: int = DEFAULT_MAX_PIXELS,
-                cache: PreprocessSettings | None = None) -> Decoded:
+def decode_file(
+    source: str | Path | bytes,
+    name: str | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    cache: PreprocessSettings | None = None,
+) -> Decoded:
     """Decode one file (a path, or its bytes with ``name``) in this process: what a worker
     runs. Never raises for a bad file (the reason is in ``error``), but ``MemoryError``
     (the worker's memory bound, reported by :class:`Decoder`). ``cache``: also apply the
@@ -170,8 +182,9 @@ def decode_file(source: str | Path | bytes, name: str | None = None, *,
     except MemoryError:  # the worker reports it as over its memory bound
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure is this file's error
-        return Decoded(label, error=f"cannot decode ({type(e).__name__}: "
-                                    f"{' '.join(str(e).split())[:200]})")
+        return Decoded(
+            label, error=f"cannot decode ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        )
 
 
 #: File signatures -> format names (as Pillow names them).
@@ -206,6 +219,7 @@ def _worker_main(conn, memory_mb: int | None, preload: tuple[str, ...] = ()) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
         import cv2
+
         cv2.setNumThreads(1)  # one file per worker; no thread pool under the memory cap
     except Exception:  # noqa: BLE001
         pass
@@ -233,8 +247,9 @@ def _worker_main(conn, memory_mb: int | None, preload: tuple[str, ...] = ()) -> 
         try:  # a backstop to the parent's deadline: the kernel stops a spinning worker
             used = resource.getrusage(resource.RUSAGE_SELF)
             soft = int(used.ru_utime + used.ru_stime + 2 * timeout + 5)
-            resource.setrlimit(resource.RLIMIT_CPU,
-                               (soft, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+            resource.setrlimit(
+                resource.RLIMIT_CPU, (soft, resource.getrlimit(resource.RLIMIT_CPU)[1])
+            )
         except (OSError, ValueError):
             pass
         try:
@@ -303,18 +318,21 @@ def _fork_is_safe() -> bool:
     interpreter start): only while it runs one thread and has no torch/onnxruntime thread
     pools whose locks a child could inherit mid-state. ``cxrkit predict`` makes its decoder
     before loading the model, when this holds."""
-    return ("fork" in multiprocessing.get_all_start_methods()
-            and threading.current_thread() is threading.main_thread()
-            and threading.active_count() == 1
-            and not any(m in sys.modules for m in ("torch", "onnxruntime", "openvino")))
+    return (
+        "fork" in multiprocessing.get_all_start_methods()
+        and threading.current_thread() is threading.main_thread()
+        and threading.active_count() == 1
+        and not any(m in sys.modules for m in ("torch", "onnxruntime", "openvino"))
+    )
 
 
 class _Worker:
     def __init__(self, memory_mb: int | None, preload: tuple[str, ...] = (), ctx=None):
         ctx = ctx or _context()
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, memory_mb, preload),
-                                daemon=True, name="cxrkit-decode")
+        self.proc = ctx.Process(
+            target=_worker_main, args=(child, memory_mb, preload), daemon=True, name="cxrkit-decode"
+        )
         _light.on = True
         try:
             self.proc.start()
@@ -377,8 +395,9 @@ class Decoder:
     module docstring.
     """
 
-    def __init__(self, workers: int = 1, *, limits: DecodeLimits | None = None,
-                 preload: tuple[str, ...] = ()):
+    def __init__(
+        self, workers: int = 1, *, limits: DecodeLimits | None = None, preload: tuple[str, ...] = ()
+    ):
         if int(workers) < 1:
             raise ValueError(f"decode workers must be >= 1, got {workers}")
         self.workers = int(workers)
@@ -399,8 +418,9 @@ class Decoder:
                 self._all.add(w)
                 self._idle.append(w)
         else:  # from the forkserver, in the background (the first one boots it)
-            threading.Thread(target=self._start_all, name="cxrkit-decode-start",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._start_all, name="cxrkit-decode-start", daemon=True
+            ).start()
 
     # -- the pool ------------------------------------------------------------------------
     def _start_all(self) -> None:
@@ -427,8 +447,9 @@ class Decoder:
                 if self._closed:
                     raise RuntimeError("the decoder is closed")
                 if self._start_error is not None:
-                    raise RuntimeError(f"cannot start a decoding worker process: "
-                                       f"{self._start_error}") from self._start_error
+                    raise RuntimeError(
+                        f"cannot start a decoding worker process: {self._start_error}"
+                    ) from self._start_error
                 if self._count < self.workers:  # a killed worker's slot: start one here
                     self._count += 1
                     break
@@ -483,16 +504,23 @@ class Decoder:
                 except (OSError, ValueError) as e:
                     raise RuntimeError(f"cannot start a decoding worker process: {e}") from e
             if not w.conn.poll(lim.timeout_s):
-                raise DecodeLimitError(label, f"took longer than {lim.timeout_s:g} s to "
-                                              "decode (stopped: a hostile or broken file?)",
-                                       "timeout")
+                raise DecodeLimitError(
+                    label,
+                    f"took longer than {lim.timeout_s:g} s to "
+                    "decode (stopped: a hostile or broken file?)",
+                    "timeout",
+                )
             try:
                 status, value = w.conn.recv()
             except (EOFError, OSError):
-                raise DecodeLimitError(label, f"the decoding process died "
-                                              f"({_death(w.proc)}): a corrupt file, or one "
-                                              f"needing more than the decode memory bound of "
-                                              f"{lim.memory_mb} MiB", "crash") from None
+                raise DecodeLimitError(
+                    label,
+                    f"the decoding process died "
+                    f"({_death(w.proc)}): a corrupt file, or one "
+                    f"needing more than the decode memory bound of "
+                    f"{lim.memory_mb} MiB",
+                    "crash",
+                ) from None
             done = status != "memory"  # a worker that hit its cap is replaced
         finally:
             if done:
@@ -500,28 +528,47 @@ class Decoder:
             else:  # timed out, died, or interrupted mid-file: its state is unknown
                 self._discard(w)
         if status == "memory":
-            raise DecodeLimitError(label, f"needs more memory than the decode bound of "
-                                          f"{lim.memory_mb} MiB (a decompression bomb?)",
-                                   "memory")
+            raise DecodeLimitError(
+                label,
+                f"needs more memory than the decode bound of "
+                f"{lim.memory_mb} MiB (a decompression bomb?)",
+                "memory",
+            )
         if status == "raise":
             raise value
         return value
 
-    def decode(self, source: str | Path | bytes, name: str | None = None, *,
-               cache: PreprocessSettings | None = None) -> Decoded:
+    def decode(
+        self,
+        source: str | Path | bytes,
+        name: str | None = None,
+        *,
+        cache: PreprocessSettings | None = None,
+    ) -> Decoded:
         """One file (a path, or bytes named ``name``) -> :class:`Decoded`; never raises for
         a bad file. ``cache``: the checkpoint's cache-stage settings, applied in the worker
         after decoding (``image`` is then ``(S, S)``, a small transfer)."""
         label = name or (str(source) if isinstance(source, (str, Path)) else "upload")
         try:
-            result = self.call(decode_file, source, name, max_pixels=self.limits.max_pixels,
-                               cache=cache, label=label)
+            result = self.call(
+                decode_file,
+                source,
+                name,
+                max_pixels=self.limits.max_pixels,
+                cache=cache,
+                label=label,
+            )
         except ImageReadError as e:
             return Decoded(label, error=e.reason)
         return result
 
-    def imap(self, sources: Iterable, *, cache: PreprocessSettings | None = None,
-             ahead: int | None = None) -> Iterator[Decoded]:
+    def imap(
+        self,
+        sources: Iterable,
+        *,
+        cache: PreprocessSettings | None = None,
+        ahead: int | None = None,
+    ) -> Iterator[Decoded]:
         """:meth:`decode` each of ``sources``, in order, at most ``ahead`` (default
         ``4 x workers``) files ahead of the consumer, ``workers`` at a time."""
         ahead = max(self.workers, ahead or 4 * self.workers)
@@ -568,10 +615,20 @@ def _reap(workers: set) -> None:
 def default_workers(n_files: int) -> int:
     """Workers for ``n_files``: one per spare core (half the cores; the model takes the
     rest), at least 1, at most one per file."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     return max(1, min(n_files, cores // 2))
 
 
-__all__ = ["DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_S", "DecodeLimitError", "DecodeLimits",
-           "Decoded", "Decoder", "decode_file", "decode_limits", "default_workers"]
+__all__ = [
+    "DEFAULT_MEMORY_MB",
+    "DEFAULT_TIMEOUT_S",
+    "DecodeLimitError",
+    "DecodeLimits",
+    "Decoded",
+    "Decoder",
+    "decode_file",
+    "decode_limits",
+    "default_workers",
+]

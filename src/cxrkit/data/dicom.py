@@ -38,8 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrkit.data.images import (DEFAULT_MAX_PIXELS, ImageReadError, os_reason, read_xray,
-                                to_uint8)
+from cxrkit.data.images import DEFAULT_MAX_PIXELS, ImageReadError, os_reason, read_xray, to_uint8
 from cxrkit.messages import quote
 
 #: File name endings taken as DICOM (files without one are recognised by their preamble).
@@ -70,8 +69,9 @@ def is_dicom(path: str | Path) -> bool:
     return has_dicom_preamble(head)
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               data: bytes | None = None) -> np.ndarray:
+def read_image(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None
+) -> np.ndarray:
     """Any supported file (PNG, JPEG, ..., or DICOM) -> grey ``uint8`` ``(H, W)``.
 
     ``data``: the file's bytes (then DICOM is recognised by its preamble alone, and
@@ -91,13 +91,15 @@ def grey_uint8(image) -> np.ndarray:
         lum = arr[..., :3].astype(np.float64) @ LUMINANCE
         arr = np.rint(lum).clip(0, 255).astype(np.uint8) if arr.dtype == np.uint8 else lum
     if arr.ndim != 2:
-        raise ValueError(f"expected a grey (H, W) or colour (H, W, 3|4) image, got shape "
-                         f"{arr.shape}")
+        raise ValueError(
+            f"expected a grey (H, W) or colour (H, W, 3|4) image, got shape {arr.shape}"
+        )
     return to_uint8(arr)
 
 
-def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               data: bytes | None = None) -> np.ndarray:
+def read_dicom(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None
+) -> np.ndarray:
     """Decode one DICOM radiograph to grey ``uint8`` ``(H, W)`` (steps: module docstring).
 
     ``data``: the file's bytes, when they are in memory (an upload); ``path`` then only
@@ -115,12 +117,12 @@ def read_dicom(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     :class:`cxrkit.data.decoder.Decoder`, which runs this in a worker process with a
     deadline and a memory bound.
     """
-    return grey_from_dataset(read_dataset(path, data=data, max_pixels=max_pixels), path,
-                             max_pixels=max_pixels)
+    return grey_from_dataset(
+        read_dataset(path, data=data, max_pixels=max_pixels), path, max_pixels=max_pixels
+    )
 
 
-def grey_from_dataset(ds, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS
-                      ) -> np.ndarray:
+def grey_from_dataset(ds, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """:func:`read_dicom`'s steps on a dataset already read (:func:`read_dataset`)."""
     try:
         return _pixels_to_grey(ds, Path(path), max_pixels)
@@ -133,8 +135,11 @@ def grey_from_dataset(ds, path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIX
 def dicom_tags(ds) -> dict:
     """``{"age", "sex", "view"}``: a pydicom dataset's ``PatientAge``, ``PatientSex`` and
     ``ViewPosition`` as stored (None where absent)."""
-    return {"age": ds.get("PatientAge"), "sex": ds.get("PatientSex"),
-            "view": ds.get("ViewPosition")}
+    return {
+        "age": ds.get("PatientAge"),
+        "sex": ds.get("PatientSex"),
+        "view": ds.get("ViewPosition"),
+    }
 
 
 def _why(e: BaseException) -> str:
@@ -152,15 +157,17 @@ def _int_tag(ds, keyword: str, path, default: int | None = None) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise ImageReadError(path, f"DICOM tag {keyword} is not a number "
-                                   f"({quote(str(value))})") from None
+        raise ImageReadError(
+            path, f"DICOM tag {keyword} is not a number ({quote(str(value))})"
+        ) from None
 
 
 def image_size(ds, path) -> tuple[int, int, int]:
     """``(columns, rows, frames)`` of a DICOM dataset, checked (one-line errors)."""
     rows, cols = _int_tag(ds, "Rows", path), _int_tag(ds, "Columns", path)
-    frames = _int_tag(ds, "NumberOfFrames", path, 1) if ds.get("NumberOfFrames") not in (
-        None, "") else 1
+    frames = (
+        _int_tag(ds, "NumberOfFrames", path, 1) if ds.get("NumberOfFrames") not in (None, "") else 1
+    )
     if rows < 0 or cols < 0 or frames < 0:
         raise ImageReadError(path, f"negative size ({cols}x{rows}, {frames} frames)")
     return cols, rows, frames
@@ -170,21 +177,29 @@ def _pixels_to_grey(ds, path, max_pixels: int) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     if "PixelData" not in ds:
-        raise ImageReadError(path, "DICOM file without pixel data (not an image: a report, "
-                                   "a structured document or a presentation state?)")
+        raise ImageReadError(
+            path,
+            "DICOM file without pixel data (not an image: a report, "
+            "a structured document or a presentation state?)",
+        )
     cols, rows, frames = image_size(ds, path)
     if rows * cols > max_pixels:
-        raise ImageReadError(path, f"{cols}x{rows} pixels is over the limit of "
-                                   f"{max_pixels:,} (max_pixels)")
+        raise ImageReadError(
+            path, f"{cols}x{rows} pixels is over the limit of {max_pixels:,} (max_pixels)"
+        )
     if rows == 0 or cols == 0:
         raise ImageReadError(path, f"image has no pixels ({cols}x{rows})")
     if frames != 1:
-        raise ImageReadError(path, f"{frames} frames; a radiograph has one (multi-frame "
-                                   "DICOM is not supported)")
+        raise ImageReadError(
+            path, f"{frames} frames; a radiograph has one (multi-frame DICOM is not supported)"
+        )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric not in _MONOCHROME + _COLOUR:
-        raise ImageReadError(path, f"photometric interpretation {quote(photometric)} is not "
-                                   "supported (only MONOCHROME1/2, RGB and YBR)")
+        raise ImageReadError(
+            path,
+            f"photometric interpretation {quote(photometric)} is not "
+            "supported (only MONOCHROME1/2, RGB and YBR)",
+        )
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     _check_jp2_boxes(ds, ts, path)
     try:
@@ -204,17 +219,24 @@ def _pixels_to_grey(ds, path, max_pixels: int) -> np.ndarray:
         values = apply_voi_lut(values, _wide_voi_lut(ds))
         grey = _to_grey(values, pixels, ds)
     except (ValueError, NotImplementedError, AttributeError, IndexError, TypeError) as e:
-        raise ImageReadError(path, f"cannot apply its modality/VOI LUT "
-                                   f"({type(e).__name__}: {e})") from None
+        raise ImageReadError(
+            path, f"cannot apply its modality/VOI LUT ({type(e).__name__}: {e})"
+        ) from None
     if photometric == "MONOCHROME1":
         grey = 255 - grey
     return np.ascontiguousarray(grey, dtype=np.uint8)
 
 
 #: JPEG 2000 transfer syntaxes (their first fragment may be a JP2 file with boxes).
-_J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92",
-                 "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201",
-                 "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+_J2K_SYNTAXES = (
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.92",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+)
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
@@ -236,17 +258,22 @@ def _check_jp2_boxes(ds, ts, path) -> None:
         return
     offset = len(_JP2_SIGNATURE)
     while offset + 8 <= len(first):
-        length = int.from_bytes(first[offset:offset + 4], "big")
-        if first[offset + 4:offset + 8] == b"jp2c":
+        length = int.from_bytes(first[offset : offset + 4], "big")
+        if first[offset + 4 : offset + 8] == b"jp2c":
             return
         if length < 8 and length != 1:  # 1: an extended length follows
-            raise ImageReadError(path, f"malformed JPEG 2000 data: a box of length {length} "
-                                       f"at byte {offset} of the first frame")
+            raise ImageReadError(
+                path,
+                f"malformed JPEG 2000 data: a box of length {length} "
+                f"at byte {offset} of the first frame",
+            )
         if length == 1:
-            length = int.from_bytes(first[offset + 8:offset + 16], "big")
+            length = int.from_bytes(first[offset + 8 : offset + 16], "big")
             if length < 16:
-                raise ImageReadError(path, "malformed JPEG 2000 data: a box of extended "
-                                           f"length {length} at byte {offset}")
+                raise ImageReadError(
+                    path,
+                    f"malformed JPEG 2000 data: a box of extended length {length} at byte {offset}",
+                )
         offset += length
 
 
@@ -260,12 +287,16 @@ def _pixel_error(ts, e: BaseException) -> str:
         name = f"{ts.name} ({ts})" if known else f"transfer syntax {quote(str(ts))}"
         compressed = known and bool(ts.is_compressed)
     if not known and ts is not None:
-        hint = ("not a transfer syntax pydicom knows (a private or invalid UID), so the "
-                "pixel data cannot be decoded")
+        hint = (
+            "not a transfer syntax pydicom knows (a private or invalid UID), so the "
+            "pixel data cannot be decoded"
+        )
     elif compressed and "missing dependencies" in str(e):
-        hint = ("no installed pydicom plugin decodes it; install one, e.g. "
-                "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` or "
-                "`pip install python-gdcm`")
+        hint = (
+            "no installed pydicom plugin decodes it; install one, e.g. "
+            "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` or "
+            "`pip install python-gdcm`"
+        )
     else:
         hint = "the pixel data could not be decoded (corrupt or truncated?)"
     return f"{name}: {hint} [{_why(e)}]"
@@ -278,8 +309,13 @@ INFLATE_HEADER_BYTES = 1 << 20
 INFLATE_SLACK_BYTES = 16 << 20
 
 
-def read_dataset(path: str | Path, *, data: bytes | None = None, stop_before_pixels=False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+def read_dataset(
+    path: str | Path,
+    *,
+    data: bytes | None = None,
+    stop_before_pixels=False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+):
     """pydicom's dataset of a file (or of ``data``, its bytes), or ImageReadError naming it.
 
     Every exception pydicom raises on a truncated, byte-flipped or otherwise corrupt file
@@ -352,8 +388,9 @@ def _inflate_deflated(fp, path: Path, max_pixels: int, stop_before_pixels: bool)
 
     def parse(stop: bool):
         meta_copy = copy.deepcopy(meta)
-        body = read_body(io_bytes(bytes(out)), False, True,
-                         stop_when=_stop_at_pixels if stop else None)
+        body = read_body(
+            io_bytes(bytes(out)), False, True, stop_when=_stop_at_pixels if stop else None
+        )
         meta_copy.TransferSyntaxUID = ExplicitVRLittleEndian  # what it is, inflated
         ds = pydicom.dataset.FileDataset(str(path), body, preamble, meta_copy, False, True)
         ds.set_original_encoding(False, True, body._character_set)
@@ -370,8 +407,9 @@ def _inflate_deflated(fp, path: Path, max_pixels: int, stop_before_pixels: bool)
     if stop_before_pixels and head is not None:
         return head
     if cols * rows > max_pixels:
-        raise ImageReadError(path, f"{cols}x{rows} pixels is over the limit of "
-                                   f"{max_pixels:,} (max_pixels)")
+        raise ImageReadError(
+            path, f"{cols}x{rows} pixels is over the limit of {max_pixels:,} (max_pixels)"
+        )
     if rows and cols:
         samples = int(head.get("SamplesPerPixel", 1) or 1)
         bits = int(head.get("BitsAllocated", 16) or 16)
@@ -380,9 +418,12 @@ def _inflate_deflated(fp, path: Path, max_pixels: int, stop_before_pixels: bool)
         need = 2 * max_pixels
     limit = need + INFLATE_SLACK_BYTES
     if not inflate(limit):
-        raise ImageReadError(path, f"deflated data inflates past {limit:,} bytes, more than "
-                                   f"its {cols}x{rows} pixels can need (a decompression "
-                                   "bomb?); not inflated further")
+        raise ImageReadError(
+            path,
+            f"deflated data inflates past {limit:,} bytes, more than "
+            f"its {cols}x{rows} pixels can need (a decompression "
+            "bomb?); not inflated further",
+        )
     return parse(stop_before_pixels)
 
 
@@ -432,6 +473,18 @@ def _wide_voi_lut(ds):
     return ds
 
 
-__all__ = ["DICOM_EXTENSIONS", "INFLATE_HEADER_BYTES", "INFLATE_SLACK_BYTES", "LUMINANCE",
-           "dicom_tags", "grey_from_dataset", "grey_uint8", "has_dicom_preamble", "image_size", "is_dicom", "read_dataset",
-           "read_dicom", "read_image"]
+__all__ = [
+    "DICOM_EXTENSIONS",
+    "INFLATE_HEADER_BYTES",
+    "INFLATE_SLACK_BYTES",
+    "LUMINANCE",
+    "dicom_tags",
+    "grey_from_dataset",
+    "grey_uint8",
+    "has_dicom_preamble",
+    "image_size",
+    "is_dicom",
+    "read_dataset",
+    "read_dicom",
+    "read_image",
+]

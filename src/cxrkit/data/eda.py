@@ -57,12 +57,12 @@ PATIENT_BINS = ((1, 1), (2, 2), (3, 5), (6, 10), (11, 20), (21, 50), (51, 100), 
 class EdaResult:
     """The tables :func:`describe` computed (also written as CSV) and the files it wrote."""
 
-    prevalence: pd.DataFrame     #: long: finding, split, images, pct_images, patients, pct_patients
-    cooccurrence: pd.DataFrame   #: 14x14 image counts; diagonal = images with the finding
-    conditional: pd.DataFrame    #: P(column | row) in [0, 1]; NaN where the row finding is absent
-    demographics: pd.DataFrame   #: long: split, quantity, category, value, unit, pct
-    boxes: pd.DataFrame | None   #: per finding: boxes, images, centre and size in 1024-px space
-    summary: str                 #: the Markdown of ``summary.md``
+    prevalence: pd.DataFrame  #: long: finding, split, images, pct_images, patients, pct_patients
+    cooccurrence: pd.DataFrame  #: 14x14 image counts; diagonal = images with the finding
+    conditional: pd.DataFrame  #: P(column | row) in [0, 1]; NaN where the row finding is absent
+    demographics: pd.DataFrame  #: long: split, quantity, category, value, unit, pct
+    boxes: pd.DataFrame | None  #: per finding: boxes, images, centre and size in 1024-px space
+    summary: str  #: the Markdown of ``summary.md``
     files: list[Path] = field(default_factory=list)
 
 
@@ -70,8 +70,7 @@ def _with_split(labels: pd.DataFrame, split: pd.DataFrame | None) -> tuple[pd.Da
     """Label rows with a ``split`` column, and the groups to report (splits, then "all")."""
     missing = [c for c in ("image_id", "patient_id", *FINDINGS) if c not in labels]
     if missing or len(labels) == 0:
-        raise ValueError(f"label table is empty or lacks column(s) {missing} (see "
-                         "cxrkit.data.nih)")
+        raise ValueError(f"label table is empty or lacks column(s) {missing} (see cxrkit.data.nih)")
     t = labels.copy()
     if NO_FINDING not in t:
         t[NO_FINDING] = (t[list(FINDINGS)].sum(axis=1) == 0).astype(np.uint8)
@@ -80,13 +79,15 @@ def _with_split(labels: pd.DataFrame, split: pd.DataFrame | None) -> tuple[pd.Da
         return t, [ALL]
     twice = split["image_id"][split["image_id"].duplicated()]
     if len(twice):
-        raise ValueError(f"split table lists {len(twice)} image(s) twice, e.g. "
-                         f"{quote(twice.iloc[0])}")
+        raise ValueError(
+            f"split table lists {len(twice)} image(s) twice, e.g. {quote(twice.iloc[0])}"
+        )
     t["split"] = t["image_id"].map(split.set_index("image_id")["split"])
     if t["split"].isna().any():
         lost = t.loc[t["split"].isna(), "image_id"]
-        raise ValueError(f"{len(lost)} labelled image(s) have no split, "
-                         f"e.g. {lost.head(5).tolist()}")
+        raise ValueError(
+            f"{len(lost)} labelled image(s) have no split, e.g. {lost.head(5).tolist()}"
+        )
     present = set(t["split"])
     return t, [s for s in SPLITS if s in present] + sorted(present - set(SPLITS)) + [ALL]
 
@@ -103,13 +104,20 @@ def prevalence_table(t: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
         sub = _rows(t, g)
         per_patient = sub.groupby("patient_id")[cols].max()
         images, patients = sub[cols].sum(), per_patient.sum()
-        out.append(pd.DataFrame({
-            "finding": cols, "split": g,
-            "images": images.to_numpy().astype(np.int64),
-            "pct_images": 100.0 * images.to_numpy() / max(len(sub), 1),
-            "patients": patients.to_numpy().astype(np.int64),
-            "pct_patients": 100.0 * patients.to_numpy() / max(len(per_patient), 1),
-            "split_images": len(sub), "split_patients": len(per_patient)}))
+        out.append(
+            pd.DataFrame(
+                {
+                    "finding": cols,
+                    "split": g,
+                    "images": images.to_numpy().astype(np.int64),
+                    "pct_images": 100.0 * images.to_numpy() / max(len(sub), 1),
+                    "patients": patients.to_numpy().astype(np.int64),
+                    "pct_patients": 100.0 * patients.to_numpy() / max(len(per_patient), 1),
+                    "split_images": len(sub),
+                    "split_patients": len(per_patient),
+                }
+            )
+        )
     return pd.concat(out, ignore_index=True)
 
 
@@ -125,8 +133,10 @@ def cooccurrence_table(t: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     diag = np.diag(counts).astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         cond = np.where(diag[:, None] > 0, counts / diag[:, None], np.nan)
-    return (pd.DataFrame(counts, index=list(FINDINGS), columns=list(FINDINGS)),
-            pd.DataFrame(cond, index=list(FINDINGS), columns=list(FINDINGS)))
+    return (
+        pd.DataFrame(counts, index=list(FINDINGS), columns=list(FINDINGS)),
+        pd.DataFrame(cond, index=list(FINDINGS), columns=list(FINDINGS)),
+    )
 
 
 def demographics_table(t: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
@@ -138,29 +148,43 @@ def demographics_table(t: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
 
         def add(quantity, counts: pd.Series, unit):
             total = max(int(counts.sum()), 1)
-            rows.extend((g, quantity, str(k), int(v), unit, 100.0 * v / total)
-                        for k, v in counts.items())
+            rows.extend(
+                (g, quantity, str(k), int(v), unit, 100.0 * v / total) for k, v in counts.items()
+            )
+
         if "age" in sub:
             age = sub["age"].astype(float)
             ok = age.between(0, MAX_AGE_YEARS)
             a = age[ok]
-            for stat, v in (("mean", a.mean()), ("median", a.median()), ("q25", a.quantile(.25)),
-                            ("q75", a.quantile(.75)), ("min", a.min()), ("max", a.max())):
+            for stat, v in (
+                ("mean", a.mean()),
+                ("median", a.median()),
+                ("q25", a.quantile(0.25)),
+                ("q75", a.quantile(0.75)),
+                ("min", a.min()),
+                ("max", a.max()),
+            ):
                 rows.append((g, "age_years", stat, float(v), "years", np.nan))
             decade = (a // 10 * 10).clip(upper=100).astype(int)
             counts = decade.value_counts().sort_index()
             counts.index = [f"{d}-{d + 9}" if d < 100 else "100+" for d in counts.index]
-            add("age_decade", pd.concat([counts, pd.Series({"missing": int((~ok).sum())})]),
-                "images")
+            add(
+                "age_decade",
+                pd.concat([counts, pd.Series({"missing": int((~ok).sum())})]),
+                "images",
+            )
         for col in ("sex", "view"):
             if col in sub:
                 add(col, sub[col].value_counts().sort_index(), "images")
         k = sub[list(FINDINGS)].sum(axis=1)
         add("findings_per_image", k.value_counts().sort_index(), "images")
         per_patient = sub.groupby("patient_id").size()
-        bins = {f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi else f"{lo}+"):
-                int(((per_patient >= lo) & (per_patient <= (hi or np.inf))).sum())
-                for lo, hi in PATIENT_BINS}
+        bins = {
+            f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi else f"{lo}+"): int(
+                ((per_patient >= lo) & (per_patient <= (hi or np.inf))).sum()
+            )
+            for lo, hi in PATIENT_BINS
+        }
         add("images_per_patient", pd.Series(bins), "patients")
     return pd.DataFrame(rows, columns=["split", "quantity", "category", "value", "unit", "pct"])
 
@@ -170,13 +194,21 @@ def boxes_table(b: pd.DataFrame) -> pd.DataFrame:
 
     ``b`` has NIH's box columns plus the centre ``cx, cy`` (see :func:`describe`)."""
     g = b.groupby("finding")
-    out = pd.DataFrame({"boxes": g.size(), "images": g["image_id"].nunique(),
-                        "mean_cx": g["cx"].mean(), "mean_cy": g["cy"].mean(),
-                        "median_w": g["w"].median(), "median_h": g["h"].median()})
+    out = pd.DataFrame(
+        {
+            "boxes": g.size(),
+            "images": g["image_id"].nunique(),
+            "mean_cx": g["cx"].mean(),
+            "mean_cy": g["cy"].mean(),
+            "median_w": g["w"].median(),
+            "median_h": g["h"].median(),
+        }
+    )
     return out.reindex([f for f in FINDINGS if f in out.index]).rename_axis("finding").reset_index()
 
 
 # ---------------------------------------------------------------------------- plots
+
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
@@ -202,8 +234,11 @@ def plot_prevalence(prev: pd.DataFrame, groups: list[str], path: Path, title: st
             if g == ALL:
                 for yy, v, c in zip(pos, p[col], p[what]):
                     ax.text(v, yy, f" {v:.1f}% ({c:,})", va="center", fontsize=7)
-        ax.set(xlabel=f"% of {what} in the split with the finding", title=f"Positive {what}",
-               xlim=(0, prev[col].max() * 1.3))
+        ax.set(
+            xlabel=f"% of {what} in the split with the finding",
+            title=f"Positive {what}",
+            xlim=(0, prev[col].max() * 1.3),
+        )
         ax.grid(axis="x", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     axes[0].set_yticks(y, order)
@@ -211,8 +246,9 @@ def plot_prevalence(prev: pd.DataFrame, groups: list[str], path: Path, title: st
     return _save(fig, path)
 
 
-def plot_cooccurrence(counts: pd.DataFrame, cond: pd.DataFrame, n_images: int, path: Path,
-                      title: str) -> Path:
+def plot_cooccurrence(
+    counts: pd.DataFrame, cond: pd.DataFrame, n_images: int, path: Path, title: str
+) -> Path:
     """Heatmap of P(column | row) in %, diagonal greyed out and labelled with image counts."""
     n = len(FINDINGS)
     pct = 100.0 * cond.to_numpy()
@@ -225,18 +261,34 @@ def plot_cooccurrence(counts: pd.DataFrame, cond: pd.DataFrame, n_images: int, p
     for i in range(n):
         for j in range(n):
             if i == j:
-                ax.text(j, i, f"{counts.iat[i, i]:,}", ha="center", va="center", fontsize=7,
-                        fontweight="bold")
+                ax.text(
+                    j,
+                    i,
+                    f"{counts.iat[i, i]:,}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    fontweight="bold",
+                )
             elif np.isfinite(pct[i, j]):
                 text = "<1" if 0 < pct[i, j] < 0.5 else f"{pct[i, j]:.0f}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                        color="white" if pct[i, j] < 0.6 * vmax else "black")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if pct[i, j] < 0.6 * vmax else "black",
+                )
     ax.set_xticks(range(n), FINDINGS, rotation=45, ha="right")
     ax.set_yticks(range(n), FINDINGS)
     ax.set(xlabel="column finding B", ylabel="row finding A")
     fig.colorbar(im, ax=ax, shrink=0.8, label="P(B | A): % of A-positive images also B-positive")
-    ax.set_title(f"Finding co-occurrence, all {n_images:,} images"
-                 f"{_tag(title)}\n(diagonal: images with the finding; cells: % of row)")
+    ax.set_title(
+        f"Finding co-occurrence, all {n_images:,} images"
+        f"{_tag(title)}\n(diagonal: images with the finding; cells: % of row)"
+    )
     return _save(fig, path)
 
 
@@ -260,30 +312,50 @@ def plot_demographics(t: pd.DataFrame, groups: list[str], path: Path, title: str
         for a, col in ((ax_sex, "sex"), (ax_view, "view")):
             if col in sub:
                 share = 100.0 * sub[col].value_counts(normalize=True).reindex(
-                    sorted(t[col].unique()), fill_value=0)
+                    sorted(t[col].unique()), fill_value=0
+                )
                 x = np.arange(len(share)) - 0.4 + w * (i + 0.5)
                 a.bar(x, share.to_numpy(), width=w, color=colour, label=g)
                 for xx, v in zip(x, share):
                     a.text(xx, v, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
                 a.set_xticks(range(len(share)), share.index)
-        k = sub[list(FINDINGS)].sum(axis=1).value_counts(normalize=True).reindex(
-            range(max_k + 1), fill_value=0)
-        ax_k.bar(k.index - 0.4 + w * (i + 0.5), 100.0 * k.to_numpy(), width=w, color=colour,
-                 label=g)
+        k = (
+            sub[list(FINDINGS)]
+            .sum(axis=1)
+            .value_counts(normalize=True)
+            .reindex(range(max_k + 1), fill_value=0)
+        )
+        ax_k.bar(
+            k.index - 0.4 + w * (i + 0.5), 100.0 * k.to_numpy(), width=w, color=colour, label=g
+        )
         per_patient = sub.groupby("patient_id").size()
         hist, _ = np.histogram(per_patient, bins=pp_edges)
         hist = hist / np.diff(pp_edges)
-        ax_pp.stairs(np.where(hist > 0, hist, np.nan), pp_edges, color=colour, lw=1.6,
-                     label=f"{g} ({len(per_patient):,} patients, mean "
-                           f"{len(sub) / max(len(per_patient), 1):.1f} images each)")
+        ax_pp.stairs(
+            np.where(hist > 0, hist, np.nan),
+            pp_edges,
+            color=colour,
+            lw=1.6,
+            label=f"{g} ({len(per_patient):,} patients, mean "
+            f"{len(sub) / max(len(per_patient), 1):.1f} images each)",
+        )
     ax_age.set(title="Age", xlabel="age (years)", ylabel="density (fraction of images per year)")
     ax_sex.set(title="Sex", xlabel="patient sex", ylabel="% of the split's images")
     ax_view.set(title="View position", xlabel="view", ylabel="% of the split's images")
-    ax_k.set(title="Findings per image", xlabel="number of the 14 findings (0 = No Finding)",
-             ylabel="% of the split's images (log)", yscale="log")
+    ax_k.set(
+        title="Findings per image",
+        xlabel="number of the 14 findings (0 = No Finding)",
+        ylabel="% of the split's images (log)",
+        yscale="log",
+    )
     ax_k.set_xticks(range(max_k + 1))
-    ax_pp.set(title="Images per patient", xlabel="images of one patient (log)",
-              ylabel="patients per value (log; wide bins averaged)", xscale="log", yscale="log")
+    ax_pp.set(
+        title="Images per patient",
+        xlabel="images of one patient (log)",
+        ylabel="patients per value (log; wide bins averaged)",
+        xscale="log",
+        yscale="log",
+    )
     ticks = [v for v in (1, 2, 3, 5, 10, 20, 50, 100, 200) if v <= max_pp]
     ax_pp.set_xticks(ticks, [str(v) for v in ticks])
     ax_pp.xaxis.set_minor_formatter(NullFormatter())
@@ -307,17 +379,24 @@ def plot_boxes(b: pd.DataFrame, table: pd.DataFrame, path: Path, title: str) -> 
     ax_n.xaxis.set_major_locator(MaxNLocator(integer=True))
     for f in table["finding"]:
         s = b[b["finding"] == f]
-        ax_xy.scatter(s["cx"], s["cy"], s=14, alpha=0.7, color=colours[f], label=f,
-                      edgecolors="none")
-    ax_xy.set(xlim=(0, NIH_IMAGE_SIZE), ylim=(NIH_IMAGE_SIZE, 0), aspect="equal",
-              title="Box centres (image frame, patient's right on the left)",
-              xlabel="x (pixels of the 1024x1024 PNG)", ylabel="y (pixels, down)")
+        ax_xy.scatter(
+            s["cx"], s["cy"], s=14, alpha=0.7, color=colours[f], label=f, edgecolors="none"
+        )
+    ax_xy.set(
+        xlim=(0, NIH_IMAGE_SIZE),
+        ylim=(NIH_IMAGE_SIZE, 0),
+        aspect="equal",
+        title="Box centres (image frame, patient's right on the left)",
+        xlabel="x (pixels of the 1024x1024 PNG)",
+        ylabel="y (pixels, down)",
+    )
     ax_xy.axvline(NIH_IMAGE_SIZE / 2, color="grey", lw=0.6, ls="--")
     for a in (ax_n, ax_xy):
         a.grid(alpha=0.3)
     ax_xy.legend(fontsize=8, markerscale=1.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.suptitle(f"NIH bounding boxes: {len(b):,} boxes on {b['image_id'].nunique():,} images"
-                 f"{_tag(title)}")
+    fig.suptitle(
+        f"NIH bounding boxes: {len(b):,} boxes on {b['image_id'].nunique():,} images{_tag(title)}"
+    )
     return _save(fig, path)
 
 
@@ -327,34 +406,55 @@ def _tag(title: str) -> str:
 
 def summary_markdown(t, groups, prev, n_boxes, title) -> str:
     """Headline numbers per split and per-finding prevalence as Markdown tables."""
+
     def row(name, values):
         return f"| {name} | " + " | ".join(values) + " |"
 
     by = {g: _rows(t, g) for g in groups}
     age = {g: s["age"].astype(float) if "age" in s else None for g, s in by.items()}
-    lines = [f"# cxrkit stats{_tag(title)}", "",
-             f"Made by cxrkit {__version__} (`cxrkit.eda.describe`) on "
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
-             row("", groups), "|---" * (len(groups) + 1) + "|",
-             row("images", [f"{len(by[g]):,}" for g in groups]),
-             row("patients", [f"{by[g]['patient_id'].nunique():,}" for g in groups])]
+    lines = [
+        f"# cxrkit stats{_tag(title)}",
+        "",
+        f"Made by cxrkit {__version__} (`cxrkit.eda.describe`) on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        "",
+        row("", groups),
+        "|---" * (len(groups) + 1) + "|",
+        row("images", [f"{len(by[g]):,}" for g in groups]),
+        row("patients", [f"{by[g]['patient_id'].nunique():,}" for g in groups]),
+    ]
     if all(a is not None for a in age.values()):
-        lines.append(row(f"ages missing or impossible (> {MAX_AGE_YEARS:g} y)",
-                         [f"{int((~age[g].between(0, MAX_AGE_YEARS)).sum()):,}" for g in groups]))  # type: ignore[union-attr]
+        lines.append(
+            row(
+                f"ages missing or impossible (> {MAX_AGE_YEARS:g} y)",
+                [f"{int((~age[g].between(0, MAX_AGE_YEARS)).sum()):,}" for g in groups],
+            )
+        )  # type: ignore[union-attr]
     if n_boxes is not None:
         lines.append(row("images with boxes", [f"{n_boxes.get(g, 0):,}" for g in groups]))
-    lines += ["", "(`read_data_entry` turns NIH's impossible ages into NaN.)", "",
-              "## Prevalence: % of images (positive images)",
-              "", row("finding", groups), "|---" * (len(groups) + 1) + "|"]
+    lines += [
+        "",
+        "(`read_data_entry` turns NIH's impossible ages into NaN.)",
+        "",
+        "## Prevalence: % of images (positive images)",
+        "",
+        row("finding", groups),
+        "|---" * (len(groups) + 1) + "|",
+    ]
     p = prev.set_index(["finding", "split"])
     for f in (*FINDINGS, NO_FINDING):
-        lines.append(row(f, [f"{p.at[(f, g), 'pct_images']:.2f} ({p.at[(f, g), 'images']:,})"
-                             for g in groups]))
+        lines.append(
+            row(
+                f,
+                [f"{p.at[(f, g), 'pct_images']:.2f} ({p.at[(f, g), 'images']:,})" for g in groups],
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
-def describe_folder(root: str | Path, out_dir: str | Path, *, val_fraction: float = 0.1,
-                    seed: int = 0) -> EdaResult:
+def describe_folder(
+    root: str | Path, out_dir: str | Path, *, val_fraction: float = 0.1, seed: int = 0
+) -> EdaResult:
     """:func:`describe` of a prepared folder (its labels, split and boxes) or of a release
     folder (its labels and boxes, split by the official lists when it has them, with
     ``val_fraction`` and ``seed``): ``cxrkit stats``."""
@@ -362,11 +462,13 @@ def describe_folder(root: str | Path, out_dir: str | Path, *, val_fraction: floa
 
     if PreparedFolder(Path(root)).dataset.exists():
         from cxrkit.data.prepare import load_prepared
+
         p = load_prepared(root)
         labels, split_table, boxes = p.labels, p.split, p.boxes
     else:
         from cxrkit.data.prepare import make_split
         from cxrkit.data.release import load_release
+
         rel = load_release(root)
         labels, boxes = rel.labels, rel.boxes
         split_table = None
@@ -375,8 +477,14 @@ def describe_folder(root: str | Path, out_dir: str | Path, *, val_fraction: floa
     return describe(labels, split_table, out_dir, boxes=boxes, title=str(root))
 
 
-def describe(labels: pd.DataFrame, split: pd.DataFrame | None, out_dir: str | Path, *,
-             boxes: pd.DataFrame | None = None, title: str = "") -> EdaResult:
+def describe(
+    labels: pd.DataFrame,
+    split: pd.DataFrame | None,
+    out_dir: str | Path,
+    *,
+    boxes: pd.DataFrame | None = None,
+    title: str = "",
+) -> EdaResult:
     """Tables and plots of a label table, per split; see the module docstring for files.
 
     ``labels`` is :func:`cxrkit.data.nih.read_data_entry`'s table (``age``, ``sex`` and
@@ -394,8 +502,12 @@ def describe(labels: pd.DataFrame, split: pd.DataFrame | None, out_dir: str | Pa
     files = []
 
     def csv(df: pd.DataFrame, name: str, **kw) -> None:
-        write_csv(df.round(4), out / name, index=kw.get("index", True),  # counts exact
-                  float_format="%.10g")
+        write_csv(
+            df.round(4),
+            out / name,
+            index=kw.get("index", True),  # counts exact
+            float_format="%.10g",
+        )
         files.append(out / name)
 
     table = prev.drop(columns=["split_images", "split_patients"])
@@ -420,12 +532,25 @@ def describe(labels: pd.DataFrame, split: pd.DataFrame | None, out_dir: str | Pa
             (out / name).unlink(missing_ok=True)
     write_text(summary := summary_markdown(t, groups, prev, n_boxed, title), out / "summary.md")
     files.append(out / "summary.md")
-    manifest = {"made_by": "cxrkit.eda.describe", "cxrkit": __version__, "title": title,
-                "created": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
-                "versions": versions("pandas", "matplotlib"),
-                "images": len(t), "splits": groups, "boxes": 0 if b is None else len(b),
-                "files": [f.name for f in files]}
+    manifest = {
+        "made_by": "cxrkit.eda.describe",
+        "cxrkit": __version__,
+        "title": title,
+        "created": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
+        "versions": versions("pandas", "matplotlib"),
+        "images": len(t),
+        "splits": groups,
+        "boxes": 0 if b is None else len(b),
+        "files": [f.name for f in files],
+    }
     write_json(manifest, out / "manifest.json")
     files.append(out / "manifest.json")
-    return EdaResult(prevalence=table, cooccurrence=counts, conditional=cond,
-                     demographics=demo, boxes=box_table, summary=summary, files=files)
+    return EdaResult(
+        prevalence=table,
+        cooccurrence=counts,
+        conditional=cond,
+        demographics=demo,
+        boxes=box_table,
+        summary=summary,
+        files=files,
+    )

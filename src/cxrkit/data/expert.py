@@ -48,35 +48,47 @@ class ExpertFormatError(NIHFormatError):
 FOUR = "four_findings"
 ALL = "all_findings"
 #: The set's folder names: Google's, then the shorter ones of the shared sample.
-FOLDER_NAMES = {FOUR: ("four_findings_expert_labels", "four_findings"),
-                ALL: ("all_findings_expert_labels", "all_findings")}
+FOLDER_NAMES = {
+    FOUR: ("four_findings_expert_labels", "four_findings"),
+    ALL: ("all_findings_expert_labels", "all_findings"),
+}
 FOUR_FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 #: individual_readers.csv spells "Nodule or mass" as "Nodule/mass".
-FOUR_READER_COLUMNS = {"Fracture": "Fracture", "Pneumothorax": "Pneumothorax",
-                       "Airspace opacity": "Airspace opacity", "Nodule or mass": "Nodule/mass"}
+FOUR_READER_COLUMNS = {
+    "Fracture": "Fracture",
+    "Pneumothorax": "Pneumothorax",
+    "Airspace opacity": "Airspace opacity",
+    "Nodule or mass": "Nodule/mass",
+}
 #: HEDGE (uncertain) is a legal reader value for these two only (four-findings README).
 HEDGE_ALLOWED = ("Pneumothorax", "Nodule or mass")
 #: The all-findings columns: Abnormal, NIH's 14 as Google spells them, Other.
 ALL_FINDINGS = ("Abnormal", *(f.replace("_", " ") for f in FINDINGS), "Other")
 #: The three readers whose majority is all_findings/test_labels.csv (its README).
 GROUND_TRUTH_READERS = ("4343882785", "4343883593", "4343883996")
-REFERENCE = {FOUR: "adjudicated by three radiologists (up to five rounds)",
-             ALL: "majority of three radiologists (readers 4343882785, 4343883593, 4343883996)"}
+REFERENCE = {
+    FOUR: "adjudicated by three radiologists (up to five rounds)",
+    ALL: "majority of three radiologists (readers 4343882785, 4343883593, 4343883996)",
+}
 CITATIONS = {
     FOUR: "Majkowska A, Mittal S, Steiner DF, et al. Chest Radiograph Interpretation Using "
-          "Deep Learning Models: Assessment Using Radiologist Adjudicated Reference Standards "
-          "and Population-Adjusted Evaluation. Radiology, 2019.",
+    "Deep Learning Models: Assessment Using Radiologist Adjudicated Reference Standards "
+    "and Population-Adjusted Evaluation. Radiology, 2019.",
     ALL: "Nabulsi Z, Sellergren A, Jamshy S, et al. Deep Learning for Distinguishing Normal "
-         "versus Abnormal Chest Radiographs and Generalization to Two Unseen Diseases "
-         "Tuberculosis and COVID-19. Nature Scientific Reports, 2021.",
+    "versus Abnormal Chest Radiographs and Generalization to Two Unseen Diseases "
+    "Tuberculosis and COVID-19. Nature Scientific Reports, 2021.",
 }
 #: file key -> (file name, image id column, patient id column, which official list)
 FILES = {
-    FOUR: {"test": ("test_labels.csv", "Image Index", "Patient ID", "test"),
-           "val": ("validation_labels.csv", "Image Index", "Patient ID", "train_val"),
-           "readers": ("individual_readers.csv", "Image ID", "Patient ID", None)},
-    ALL: {"test": ("test_labels.csv", "Image ID", "Patient ID", "test"),
-          "readers": ("test_individual_readers.csv", "Image ID", "Patient ID", None)},
+    FOUR: {
+        "test": ("test_labels.csv", "Image Index", "Patient ID", "test"),
+        "val": ("validation_labels.csv", "Image Index", "Patient ID", "train_val"),
+        "readers": ("individual_readers.csv", "Image ID", "Patient ID", None),
+    },
+    ALL: {
+        "test": ("test_labels.csv", "Image ID", "Patient ID", "test"),
+        "readers": ("test_individual_readers.csv", "Image ID", "Patient ID", None),
+    },
 }
 _SET_ID = {FOUR: {"test": ("Set Id", "test"), "val": ("Set Id", "val")}}
 
@@ -112,18 +124,30 @@ AIRSPACE = ("Atelectasis", "Consolidation", "Edema", "Infiltration", "Pneumonia"
 MAPPINGS: dict[str, tuple[Mapping, ...]] = {
     "four_findings": (
         Mapping("Pneumothorax", ("Pneumothorax",), "max", "the same finding"),
-        Mapping("Nodule or mass", ("Mass", "Nodule"), "max",
-                "max(Nodule, Mass) score; NIH label: Nodule OR Mass"),
-        Mapping("Airspace opacity", AIRSPACE, "max",
-                "max over " + ", ".join(AIRSPACE) + " (opacities that replace lung air); "
-                "NIH label: their OR"),
+        Mapping(
+            "Nodule or mass",
+            ("Mass", "Nodule"),
+            "max",
+            "max(Nodule, Mass) score; NIH label: Nodule OR Mass",
+        ),
+        Mapping(
+            "Airspace opacity",
+            AIRSPACE,
+            "max",
+            "max over " + ", ".join(AIRSPACE) + " (opacities that replace lung air); "
+            "NIH label: their OR",
+        ),
         Mapping("Fracture", (), "none", "NIH has no fracture finding: not predicted"),
     ),
     "all_findings": (
-        Mapping("Abnormal", FINDINGS, "noisy_or",
-                "the model's 'any finding' score 1 - prod(1 - p) over its 14 findings; NIH "
-                "label: any of the 14 (not 'No Finding'). Radiologists' Abnormal also covers "
-                "findings outside the 14"),
+        Mapping(
+            "Abnormal",
+            FINDINGS,
+            "noisy_or",
+            "the model's 'any finding' score 1 - prod(1 - p) over its 14 findings; NIH "
+            "label: any of the 14 (not 'No Finding'). Radiologists' Abnormal also covers "
+            "findings outside the 14",
+        ),
         *(Mapping(f.replace("_", " "), (f,), "max", "the same finding") for f in FINDINGS),
         Mapping("Other", (), "none", "findings outside NIH's 14: not predicted"),
     ),
@@ -180,14 +204,23 @@ class ExpertLabels:
 
     sets: dict[str, ExpertSet]
     checked_against: dict
-    nih: pd.DataFrame | None = None   #: NIH's label table they were checked against
+    nih: pd.DataFrame | None = None  #: NIH's label table they were checked against
 
     def manifest(self) -> dict:
-        return {"checked_against": self.checked_against,
-                "sets": {k: {"files": s.files, "reference": s.reference,
-                             "citation": s.citation, "images": len(s.labels),
-                             "reader_rows": len(s.readers), "notes": s.notes}
-                         for k, s in self.sets.items()}}
+        return {
+            "checked_against": self.checked_against,
+            "sets": {
+                k: {
+                    "files": s.files,
+                    "reference": s.reference,
+                    "citation": s.citation,
+                    "images": len(s.labels),
+                    "reader_rows": len(s.readers),
+                    "notes": s.notes,
+                }
+                for k, s in self.sets.items()
+            },
+        }
 
 
 # -- finding the files --------------------------------------------------------------------
@@ -207,9 +240,12 @@ def find_expert_folders(base: str | Path, max_depth: int = 2) -> dict[str, Path]
             continue
         for depth in range(max_depth + 1):
             prefix = "/".join(["*"] * depth)
-            hits = sorted(p for name in names
-                          for p in base.glob(f"{prefix}/{name}" if depth else name)
-                          if (p / "test_labels.csv").exists())
+            hits = sorted(
+                p
+                for name in names
+                for p in base.glob(f"{prefix}/{name}" if depth else name)
+                if (p / "test_labels.csv").exists()
+            )
             if hits:
                 found[key] = hits[0]
                 break
@@ -231,15 +267,17 @@ def _read(path: Path, required: list[str]) -> pd.DataFrame:
     raw.columns = [c.strip() for c in raw.columns]
     missing = [c for c in required if c not in raw.columns]
     if missing:
-        raise ExpertFormatError(f"{path}: missing column(s) {missing}; the header has "
-                                f"{list(raw.columns)}")
+        raise ExpertFormatError(
+            f"{path}: missing column(s) {missing}; the header has {list(raw.columns)}"
+        )
     if raw.empty:
         raise ExpertFormatError(f"{path}: no data rows")
     return raw.apply(lambda s: s.str.strip())
 
 
-def _values(raw: pd.DataFrame, column: str, path: Path, *, allowed: dict[str, float],
-            empty_ok: bool) -> np.ndarray:
+def _values(
+    raw: pd.DataFrame, column: str, path: Path, *, allowed: dict[str, float], empty_ok: bool
+) -> np.ndarray:
     """A YES/NO column -> 1.0 / 0.0 (NaN for the other allowed values)."""
     cells = raw[column]
     table = dict(allowed)
@@ -248,16 +286,21 @@ def _values(raw: pd.DataFrame, column: str, path: Path, *, allowed: dict[str, fl
     bad = ~cells.isin(list(table))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        _fail(path, f"{cells.iloc[i]!r} is not one of {', '.join(k or '(empty)' for k in table)}",
-              i, column)
+        _fail(
+            path,
+            f"{cells.iloc[i]!r} is not one of {', '.join(k or '(empty)' for k in table)}",
+            i,
+            column,
+        )
     return cells.map(table).to_numpy(dtype=np.float64)
 
 
 YES_NO = {"YES": 1.0, "NO": 0.0}
 
 
-def _ids(raw: pd.DataFrame, path: Path, image_col: str, patient_col: str,
-         unique: bool) -> tuple[pd.Series, pd.Series]:
+def _ids(
+    raw: pd.DataFrame, path: Path, image_col: str, patient_col: str, unique: bool
+) -> tuple[pd.Series, pd.Series]:
     ids = raw[image_col]
     empty = ids == ""
     if empty.any():
@@ -272,36 +315,66 @@ def _ids(raw: pd.DataFrame, path: Path, image_col: str, patient_col: str,
     return ids, patients.astype(np.int64)
 
 
-def _check_against_nih(path: Path, ids: pd.Series, patients: pd.Series, image_col: str,
-                       patient_col: str, nih: pd.DataFrame, label_file: str,
-                       allowed: set[str] | None, list_name: str | None) -> None:
+def _check_against_nih(
+    path: Path,
+    ids: pd.Series,
+    patients: pd.Series,
+    image_col: str,
+    patient_col: str,
+    nih: pd.DataFrame,
+    label_file: str,
+    allowed: set[str] | None,
+    list_name: str | None,
+) -> None:
     """Every id a row of NIH's label file, same patient, on the right side of the split."""
     nih_patient = nih.set_index("image_id")["patient_id"]
     known = ids.isin(nih_patient.index).to_numpy()
     if not known.all():
         i = int(np.flatnonzero(~known)[0])
-        _fail(path, f"image id {ids.iloc[i]!r} is not in the label file {label_file} "
-                    f"({int((~known).sum())} such rows)", i, image_col)
-    other = (nih_patient.loc[ids].to_numpy() != patients.to_numpy())
+        _fail(
+            path,
+            f"image id {ids.iloc[i]!r} is not in the label file {label_file} "
+            f"({int((~known).sum())} such rows)",
+            i,
+            image_col,
+        )
+    other = nih_patient.loc[ids].to_numpy() != patients.to_numpy()
     if other.any():
         i = int(np.flatnonzero(other)[0])
-        _fail(path, f"patient {patients.iloc[i]} of {ids.iloc[i]!r} differs from patient "
-                    f"{nih_patient.loc[ids.iloc[i]]} in {label_file}", i, patient_col)
+        _fail(
+            path,
+            f"patient {patients.iloc[i]} of {ids.iloc[i]!r} differs from patient "
+            f"{nih_patient.loc[ids.iloc[i]]} in {label_file}",
+            i,
+            patient_col,
+        )
     if allowed is not None:
         outside = ~ids.isin(allowed).to_numpy()
         if outside.any():
             i = int(np.flatnonzero(outside)[0])
-            _fail(path, f"image id {ids.iloc[i]!r} is not in {list_name} "
-                        f"({int(outside.sum())} such rows): this file must hold only "
-                        f"{list_name} images", i, image_col)
+            _fail(
+                path,
+                f"image id {ids.iloc[i]!r} is not in {list_name} "
+                f"({int(outside.sum())} such rows): this file must hold only "
+                f"{list_name} images",
+                i,
+                image_col,
+            )
 
 
 def _file_record(path: Path, rows: int) -> dict:
     return {"path": str(path), "sha256": file_sha256(path), "rows": int(rows)}
 
 
-def read_expert_set(folder: str | Path, name: str, *, nih: pd.DataFrame, label_file: str,
-                    train_val: list[str] | None, test: list[str] | None) -> ExpertSet:
+def read_expert_set(
+    folder: str | Path,
+    name: str,
+    *,
+    nih: pd.DataFrame,
+    label_file: str,
+    train_val: list[str] | None,
+    test: list[str] | None,
+) -> ExpertSet:
     """Read and validate one set (``"four_findings"`` or ``"all_findings"``) in ``folder``.
 
     ``nih``: NIH's label table (``image_id``, ``patient_id``, ``view``) read from
@@ -311,8 +384,10 @@ def read_expert_set(folder: str | Path, name: str, *, nih: pd.DataFrame, label_f
         raise ValueError(f"unknown expert set {name!r}: use {FOUR!r} or {ALL!r}")
     folder = Path(folder)
     findings = FOUR_FINDINGS if name == FOUR else ALL_FINDINGS
-    lists = {"test": None if test is None else set(test),
-             "train_val": None if train_val is None else set(train_val)}
+    lists = {
+        "test": None if test is None else set(test),
+        "train_val": None if train_val is None else set(train_val),
+    }
     parts, notes = [], []
     files: dict[str, dict] = {}
     for part in ("test", "val"):
@@ -323,15 +398,25 @@ def read_expert_set(folder: str | Path, name: str, *, nih: pd.DataFrame, label_f
         set_col = _SET_ID.get(name, {}).get(part)
         raw = _read(path, [image_col, patient_col, *findings, *([set_col[0]] if set_col else [])])
         ids, patients = _ids(raw, path, image_col, patient_col, unique=True)
-        _check_against_nih(path, ids, patients, image_col, patient_col, nih, label_file,
-                           lists[list_name], f"{list_name}_list.txt")  # type: ignore[index]  # set for val/test
+        _check_against_nih(
+            path,
+            ids,
+            patients,
+            image_col,
+            patient_col,
+            nih,
+            label_file,
+            lists[list_name],
+            f"{list_name}_list.txt",
+        )  # type: ignore[index]  # set for val/test
         if set_col:
             wrong = raw[set_col[0]] != set_col[1]
             if wrong.any():
                 i = int(np.flatnonzero(wrong.to_numpy())[0])
                 _fail(path, f"{raw[set_col[0]].iloc[i]!r} should be {set_col[1]!r}", i, set_col[0])
-        table = pd.DataFrame({"image_id": ids.to_numpy(), "patient_id": patients.to_numpy(),
-                              "part": part})
+        table = pd.DataFrame(
+            {"image_id": ids.to_numpy(), "patient_id": patients.to_numpy(), "part": part}
+        )
         for f in findings:
             table[f] = _values(raw, f, path, allowed=YES_NO, empty_ok=True)
         unknown = int(table[list(findings)].isna().to_numpy().sum())
@@ -342,34 +427,53 @@ def read_expert_set(folder: str | Path, name: str, *, nih: pd.DataFrame, label_f
     labels = pd.concat(parts, ignore_index=True)
     dup = labels["image_id"].duplicated()
     if dup.any():
-        raise ExpertFormatError(f"{folder}: image id {labels.loc[dup, 'image_id'].iloc[0]!r} is "
-                                "in both test_labels.csv and validation_labels.csv")
+        raise ExpertFormatError(
+            f"{folder}: image id {labels.loc[dup, 'image_id'].iloc[0]!r} is "
+            "in both test_labels.csv and validation_labels.csv"
+        )
     readers, files["readers"] = _read_readers(folder, name, labels, nih, label_file)
     views = nih.set_index("image_id").loc[labels["image_id"], "view"].value_counts()
     notes.append("views of the set's images: " + ", ".join(f"{v} {n}" for v, n in views.items()))
-    return ExpertSet(name=name, findings=tuple(findings), labels=labels, readers=readers,
-                     files=files, reference=REFERENCE[name], citation=CITATIONS[name],
-                     notes=notes)
+    return ExpertSet(
+        name=name,
+        findings=tuple(findings),
+        labels=labels,
+        readers=readers,
+        files=files,
+        reference=REFERENCE[name],
+        citation=CITATIONS[name],
+        notes=notes,
+    )
 
 
-def _read_readers(folder: Path, name: str, labels: pd.DataFrame, nih: pd.DataFrame,
-                  label_file: str) -> tuple[pd.DataFrame, dict]:
+def _read_readers(
+    folder: Path, name: str, labels: pd.DataFrame, nih: pd.DataFrame, label_file: str
+) -> tuple[pd.DataFrame, dict]:
     fname, image_col, patient_col, _ = FILES[name]["readers"]
     path = folder / fname
     findings = FOUR_FINDINGS if name == FOUR else ALL_FINDINGS
-    columns = ({f: FOUR_READER_COLUMNS[f] for f in findings} if name == FOUR
-               else {f: f for f in findings})
+    columns = (
+        {f: FOUR_READER_COLUMNS[f] for f in findings} if name == FOUR else {f: f for f in findings}
+    )
     raw = _read(path, [image_col, patient_col, "Reader ID", *columns.values()])
     ids, patients = _ids(raw, path, image_col, patient_col, unique=False)
     _check_against_nih(path, ids, patients, image_col, patient_col, nih, label_file, None, None)
     outside = ~ids.isin(set(labels["image_id"])).to_numpy()
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
-        _fail(path, f"image id {ids.iloc[i]!r} has reader labels but is not in the set's "
-                    "label file(s)", i, image_col)
+        _fail(
+            path,
+            f"image id {ids.iloc[i]!r} has reader labels but is not in the set's label file(s)",
+            i,
+            image_col,
+        )
     if (raw["Reader ID"] == "").any():
-        _fail(path, "empty reader id", int(np.flatnonzero((raw["Reader ID"] == "").to_numpy())[0]),
-              "Reader ID")
+        _fail(
+            path,
+            "empty reader id",
+            int(np.flatnonzero((raw["Reader ID"] == "").to_numpy())[0]),
+            "Reader ID",
+        )
     # Google's four-findings file has 4 reads that repeat a reader on an image (the
     # image went round again): each (image, reader) keeps its first read, and says so.
     repeat = pd.Series(list(zip(ids, raw["Reader ID"]))).duplicated().to_numpy()
@@ -378,16 +482,26 @@ def _read_readers(folder: Path, name: str, labels: pd.DataFrame, nih: pd.DataFra
         wrong = raw["Set ID"].to_numpy() != part
         if wrong.any():
             i = int(np.flatnonzero(wrong)[0])
-            _fail(path, f"{raw['Set ID'].iloc[i]!r} but the image is in the {part[i]} labels",
-                  i, "Set ID")
-    table = pd.DataFrame({"image_id": ids.to_numpy(), "patient_id": patients.to_numpy(),
-                          "reader_id": raw["Reader ID"].to_numpy(), "part": part})
+            _fail(
+                path,
+                f"{raw['Set ID'].iloc[i]!r} but the image is in the {part[i]} labels",
+                i,
+                "Set ID",
+            )
+    table = pd.DataFrame(
+        {
+            "image_id": ids.to_numpy(),
+            "patient_id": patients.to_numpy(),
+            "reader_id": raw["Reader ID"].to_numpy(),
+            "part": part,
+        }
+    )
     for f, col in columns.items():
         allowed = dict(YES_NO)
         if name == FOUR and f in HEDGE_ALLOWED:
             allowed["HEDGE"] = np.nan
         if name == ALL and f == "Abnormal":
-            allowed.update({"1": 1.0, "0": 0.0})   # as Google wrote this column
+            allowed.update({"1": 1.0, "0": 0.0})  # as Google wrote this column
         table[f] = _values(raw, col, path, allowed=allowed, empty_ok=False)
     record = _file_record(path, len(raw))
     if repeat.any():
@@ -396,9 +510,15 @@ def _read_readers(folder: Path, name: str, labels: pd.DataFrame, nih: pd.DataFra
     return table, record
 
 
-def load_expert_labels(base: str | Path, *, nih: pd.DataFrame, label_file: str,
-                       train_val: list[str] | None, test: list[str] | None,
-                       folders: dict[str, Path] | None = None) -> ExpertLabels | None:
+def load_expert_labels(
+    base: str | Path,
+    *,
+    nih: pd.DataFrame,
+    label_file: str,
+    train_val: list[str] | None,
+    test: list[str] | None,
+    folders: dict[str, Path] | None = None,
+) -> ExpertLabels | None:
     """Every expert set found under ``base`` (see :func:`find_expert_folders`), validated.
 
     None when no set is found. ``folders`` overrides the search.
@@ -406,15 +526,38 @@ def load_expert_labels(base: str | Path, *, nih: pd.DataFrame, label_file: str,
     folders = folders if folders is not None else find_expert_folders(base)
     if not folders:
         return None
-    sets = {name: read_expert_set(path, name, nih=nih, label_file=label_file,
-                                  train_val=train_val, test=test)
-            for name, path in sorted(folders.items())}
-    checked = {"label_file": label_file,
-               "official_lists": "checked" if train_val is not None and test is not None
-               else "not available: list membership not checked"}
+    sets = {
+        name: read_expert_set(
+            path, name, nih=nih, label_file=label_file, train_val=train_val, test=test
+        )
+        for name, path in sorted(folders.items())
+    }
+    checked = {
+        "label_file": label_file,
+        "official_lists": "checked"
+        if train_val is not None and test is not None
+        else "not available: list membership not checked",
+    }
     return ExpertLabels(sets=sets, checked_against=checked, nih=nih)
 
 
-__all__ = ["AIRSPACE", "ALL", "ALL_FINDINGS", "MAPPINGS", "Mapping", "model_score", "nih_label", "CITATIONS", "ExpertFormatError", "ExpertLabels",
-           "ExpertSet", "FOLDER_NAMES", "FOUR", "FOUR_FINDINGS", "GROUND_TRUTH_READERS",
-           "find_expert_folders", "load_expert_labels", "read_expert_set"]
+__all__ = [
+    "AIRSPACE",
+    "ALL",
+    "ALL_FINDINGS",
+    "MAPPINGS",
+    "Mapping",
+    "model_score",
+    "nih_label",
+    "CITATIONS",
+    "ExpertFormatError",
+    "ExpertLabels",
+    "ExpertSet",
+    "FOLDER_NAMES",
+    "FOUR",
+    "FOUR_FINDINGS",
+    "GROUND_TRUTH_READERS",
+    "find_expert_folders",
+    "load_expert_labels",
+    "read_expert_set",
+]

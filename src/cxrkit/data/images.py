@@ -158,8 +158,9 @@ def walk_files(root: str | Path):
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as e:
             if folder == root:
-                raise PermissionError(f"cannot list image folder {folder}: "
-                                      f"{os_reason(e, folder)}") from None
+                raise PermissionError(
+                    f"cannot list image folder {folder}: {os_reason(e, folder)}"
+                ) from None
             yield folder, f"cannot list this folder: {os_reason(e, folder)}"
             continue
         subfolders = []
@@ -198,7 +199,7 @@ def find_images(root: str | Path, *, warn: bool = True) -> ImageIndex:
         raise NotADirectoryError(f"image root is not a folder: {root}")
     found: dict[str, str] = {}
     bad: dict[str, str] = {}
-    bad_images: dict[str, str] = {}   # image name -> path of a bad entry with that name
+    bad_images: dict[str, str] = {}  # image name -> path of a bad entry with that name
     duplicates: list[tuple[str, str, str]] = []
     for path, reason in walk_files(root):
         name = os.path.basename(path)
@@ -217,16 +218,23 @@ def find_images(root: str | Path, *, warn: bool = True) -> ImageIndex:
         more = f" (and {len(duplicates) - 5} more)" if len(duplicates) > 5 else ""
         raise DuplicateImageError(
             f"{len(duplicates)} image name(s) occur twice under {root}: {shown}{more}. "
-            + duplicate_advice([os.path.dirname(p) for d in duplicates for p in d[1:]]))
+            + duplicate_advice([os.path.dirname(p) for d in duplicates for p in d[1:]])
+        )
     for name, path in bad_images.items():
         found.setdefault(name, path)
     if bad and warn:
         shown = "; ".join(f"{p}: {r}" for p, r in sorted(bad.items())[:5])
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        log.warning("%d bad file(s) under %s, skipped or recorded as unreadable: %s%s",
-                    len(bad), root, shown, more)
-    return ImageIndex({name: Path(found[name]) for name in sorted(found)},
-                      bad=dict(sorted(bad.items())))
+        log.warning(
+            "%d bad file(s) under %s, skipped or recorded as unreadable: %s%s",
+            len(bad),
+            root,
+            shown,
+            more,
+        )
+    return ImageIndex(
+        {name: Path(found[name]) for name in sorted(found)}, bad=dict(sorted(bad.items()))
+    )
 
 
 def duplicate_advice(folders) -> str:
@@ -236,9 +244,11 @@ def duplicate_advice(folders) -> str:
     for f in folders:
         counts[f] = counts.get(f, 0) + 1
     ranked = sorted(counts, key=lambda f: (-counts[f], f))
-    return (f"Pass --images-root with the folder to use (the copies are in "
-            f"{', '.join(ranked[:4])}{' ...' if len(ranked) > 4 else ''}), e.g. "
-            f"--images-root {ranked[0]}, or remove the copies.")
+    return (
+        f"Pass --images-root with the folder to use (the copies are in "
+        f"{', '.join(ranked[:4])}{' ...' if len(ranked) > 4 else ''}), e.g. "
+        f"--images-root {ranked[0]}, or remove the copies."
+    )
 
 
 def find_images_in(roots, *, warn: bool = True) -> ImageIndex:
@@ -255,14 +265,16 @@ def find_images_in(roots, *, warn: bool = True) -> ImageIndex:
             raise DuplicateImageError(
                 f"{len(twice)} image name(s) occur in two image roots: {shown}{more}. Each "
                 "image must be under one root only: remove the copies from one of them, or "
-                "leave that root out.")
+                "leave that root out."
+            )
         merged.update(index)
         merged.bad.update(index.bad)
     return ImageIndex(dict(sorted(merged.items())), bad=merged.bad)
 
 
-def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-              data: bytes | None = None) -> np.ndarray:
+def read_xray(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None
+) -> np.ndarray:
     """Decode one image file to greyscale ``uint8`` ``(H, W)``.
 
     ``data``: the file's bytes, when they are in memory (an upload); ``path`` then only
@@ -285,8 +297,9 @@ def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         with Image.open(io.BytesIO(data) if data is not None else path) as im:
             w, h = im.size
             if w * h > max_pixels:
-                raise ImageReadError(path, f"{w}x{h} pixels is over the limit of "
-                                           f"{max_pixels:,} (max_pixels)")
+                raise ImageReadError(
+                    path, f"{w}x{h} pixels is over the limit of {max_pixels:,} (max_pixels)"
+                )
             if w == 0 or h == 0:
                 raise ImageReadError(path, f"image has no pixels ({w}x{h})")
             im.load()  # decode here, so truncation and CRC errors surface inside the try
@@ -309,8 +322,9 @@ def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     except Image.DecompressionBombError as e:
         raise ImageReadError(path, f"decompression bomb guard: {e}") from None
     except Image.UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognised image format (corrupt, or not an "
-                                   "image)") from None
+        raise ImageReadError(
+            path, "not a recognised image format (corrupt, or not an image)"
+        ) from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise ImageReadError(path, os_reason(e, path)) from None
@@ -327,8 +341,11 @@ def check_min_size(img: np.ndarray, path: str | Path) -> np.ndarray:
     :data:`MIN_IMAGE_SIDE` pixels (the cache build's guard; see the constant for why)."""
     h, w = img.shape[:2]
     if min(h, w) < MIN_IMAGE_SIDE:
-        raise ImageReadError(path, f"{w}x{h} pixels is below the minimum of {MIN_IMAGE_SIDE} "
-                                   "px a side (too small to be a radiograph)")
+        raise ImageReadError(
+            path,
+            f"{w}x{h} pixels is below the minimum of {MIN_IMAGE_SIDE} "
+            "px a side (too small to be a radiograph)",
+        )
     return img
 
 
@@ -388,13 +405,17 @@ class PixelMap:
 
     def to_output(self, x, y):
         """Source-pixel coordinates (scalars or arrays) -> preprocessed-image pixels."""
-        return ((np.asarray(x, float) - self.box[0]) * self.sx,
-                (np.asarray(y, float) - self.box[1]) * self.sy)
+        return (
+            (np.asarray(x, float) - self.box[0]) * self.sx,
+            (np.asarray(y, float) - self.box[1]) * self.sy,
+        )
 
     def to_source(self, x, y):
         """Preprocessed-image pixels -> source-pixel coordinates (the inverse map)."""
-        return (np.asarray(x, float) / self.sx + self.box[0],
-                np.asarray(y, float) / self.sy + self.box[1])
+        return (
+            np.asarray(x, float) / self.sx + self.box[0],
+            np.asarray(y, float) / self.sy + self.box[1],
+        )
 
 
 def crop_box(img: np.ndarray) -> tuple[int, int, int, int]:
@@ -413,8 +434,13 @@ def crop_box(img: np.ndarray) -> tuple[int, int, int, int]:
     img = _check_image(img)
     h, w = img.shape
     scale = min(1.0, 256.0 / max(h, w))
-    small = img if scale == 1.0 else cv2.resize(
-        img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    small = (
+        img
+        if scale == 1.0
+        else cv2.resize(
+            img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
+    )
     small = cv2.GaussianBlur(small.astype(np.float32), (0, 0), 2.0)
     dark = 0.1 * float(np.percentile(small, 99))
 
@@ -451,8 +477,14 @@ def _square_span(a0: int, a1: int, side: int, n: int) -> tuple[int, int]:
     return start, start + side
 
 
-def preprocess(img: np.ndarray, *, size: int = 256, clahe: bool = False, crop: bool = False,
-               return_map: bool = False):
+def preprocess(
+    img: np.ndarray,
+    *,
+    size: int = 256,
+    clahe: bool = False,
+    crop: bool = False,
+    return_map: bool = False,
+):
     """Greyscale ``uint8`` ``(H, W)`` -> ``uint8`` ``(size, size)``, the cached image.
 
     Steps, in order: with ``crop``, cut :func:`crop_box` (padding with black where the
@@ -487,7 +519,7 @@ def _cut(img: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         return img[y0:y1, x0:x1]
     out = np.zeros((y1 - y0, x1 - x0), np.uint8)
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = img[sy0:sy1, sx0:sx1]
     return out
 
 
@@ -499,8 +531,10 @@ def _clahe():
 def _check_image(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img)
     if img.ndim != 2 or img.dtype != np.uint8:
-        raise ValueError(f"expected a greyscale uint8 (H, W) image, got {img.dtype} "
-                         f"{img.shape}; decode with read_xray or convert with to_uint8")
+        raise ValueError(
+            f"expected a greyscale uint8 (H, W) image, got {img.dtype} "
+            f"{img.shape}; decode with read_xray or convert with to_uint8"
+        )
     if img.size == 0:
         raise ValueError(f"empty image {img.shape}")
     return img

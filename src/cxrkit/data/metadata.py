@@ -42,10 +42,12 @@ MAX_AGE_YEARS = 120.0
 #: The fields a metadata source may give.
 FIELDS = ("age", "sex", "view")
 #: Column names accepted per field (first: cxrkit's own; then NIH's and DICOM's).
-COLUMNS = {"image": ("image", "Image Index", "file", "path"),
-           "age": ("age", "Patient Age", "PatientAge"),
-           "sex": ("sex", "Patient Gender", "PatientSex"),
-           "view": ("view", "View Position", "ViewPosition")}
+COLUMNS = {
+    "image": ("image", "Image Index", "file", "path"),
+    "age": ("age", "Patient Age", "PatientAge"),
+    "sex": ("sex", "Patient Gender", "PatientSex"),
+    "view": ("view", "View Position", "ViewPosition"),
+}
 #: File name looked for beside the images when no ``--metadata`` file is given.
 BESIDE_FILE = "metadata.csv"
 
@@ -89,12 +91,19 @@ def metadata_vector(table: pd.DataFrame) -> np.ndarray:
     missing = np.isnan(age)
     sex = np.array([parse_sex(s) for s in table["sex"]], dtype=object)
     view = np.array([parse_view(v) for v in table["view"]], dtype=object)
-    return np.stack([
-        np.where(missing, 0.0, age / 100.0),
-        missing.astype(np.float64),
-        (sex == "M").astype(np.float64),
-        (view == "AP").astype(np.float64),
-    ], 1).astype(np.float32).reshape(len(table), len(META_FEATURES))
+    return (
+        np.stack(
+            [
+                np.where(missing, 0.0, age / 100.0),
+                missing.astype(np.float64),
+                (sex == "M").astype(np.float64),
+                (view == "AP").astype(np.float64),
+            ],
+            1,
+        )
+        .astype(np.float32)
+        .reshape(len(table), len(META_FEATURES))
+    )
 
 
 def as_meta_matrix(meta, n: int) -> np.ndarray:
@@ -106,8 +115,12 @@ def as_meta_matrix(meta, n: int) -> np.ndarray:
     """
     import pandas as pd  # late: the ONNX predict path never needs pandas
 
-    if isinstance(meta, Sequence) and not isinstance(meta, str) and meta \
-            and isinstance(meta[0], dict):
+    if (
+        isinstance(meta, Sequence)
+        and not isinstance(meta, str)
+        and meta
+        and isinstance(meta[0], dict)
+    ):
         meta = pd.DataFrame(list(meta))
     if isinstance(meta, pd.DataFrame):
         table = _standard_columns(meta, "meta")
@@ -117,9 +130,11 @@ def as_meta_matrix(meta, n: int) -> np.ndarray:
         if out.ndim == 1 and out.shape[0] == len(META_FEATURES):
             out = np.tile(out, (n, 1))
         if out.ndim != 2 or out.shape[1] != len(META_FEATURES):
-            raise ValueError(f"meta must be ({n}, {len(META_FEATURES)}) ({', '.join(META_FEATURES)}),"
-                             f" a table with age/sex/view columns, or dicts; got shape "
-                             f"{out.shape}")
+            raise ValueError(
+                f"meta must be ({n}, {len(META_FEATURES)}) ({', '.join(META_FEATURES)}),"
+                f" a table with age/sex/view columns, or dicts; got shape "
+                f"{out.shape}"
+            )
     if len(out) != n:
         raise ValueError(f"meta has {len(out)} rows for {n} images")
     return out
@@ -134,8 +149,10 @@ def _standard_columns(table: pd.DataFrame, where) -> pd.DataFrame:
         found = [c for c in aliases if c in table.columns]
         out[name] = table[found[0]] if found else None
     if not any(any(c in table.columns for c in COLUMNS[f]) for f in FIELDS):
-        raise ValueError(f"{where}: no age, sex or view column (accepted: "
-                         f"{', '.join(a for f in FIELDS for a in COLUMNS[f])})")
+        raise ValueError(
+            f"{where}: no age, sex or view column (accepted: "
+            f"{', '.join(a for f in FIELDS for a in COLUMNS[f])})"
+        )
     return out
 
 
@@ -172,9 +189,9 @@ def dicom_metadata(path: str | Path) -> dict:
 class ResolvedMetadata:
     """``meta`` rows for a list of images and, per image, the fields no source gave."""
 
-    vectors: np.ndarray                                   #: (N, 4) float32
+    vectors: np.ndarray  #: (N, 4) float32
     missing: dict[str, list[str]] = field(default_factory=dict)  #: image -> missing fields
-    sources: dict[str, str] = field(default_factory=dict)        #: image -> where found
+    sources: dict[str, str] = field(default_factory=dict)  #: image -> where found
 
     def summary(self, limit: int = 5) -> str | None:
         """One line naming the images that lacked fields (None when none lacked any)."""
@@ -183,12 +200,19 @@ class ResolvedMetadata:
         items = list(self.missing.items())
         shown = "; ".join(f"{Path(k).name}: {', '.join(v)}" for k, v in items[:limit])
         more = f"; and {len(items) - limit} more" if len(items) > limit else ""
-        return (f"{len(items)} image(s) lacked patient metadata, so the training defaults "
-                f"were used (age missing, sex F, view PA): {shown}{more}")
+        return (
+            f"{len(items)} image(s) lacked patient metadata, so the training defaults "
+            f"were used (age missing, sex F, view PA): {shown}{more}"
+        )
 
 
-def resolve_metadata(files: Sequence[str | Path], table: pd.DataFrame | None = None, *,
-                     beside: bool = True, dicom: bool = True) -> ResolvedMetadata:
+def resolve_metadata(
+    files: Sequence[str | Path],
+    table: pd.DataFrame | None = None,
+    *,
+    beside: bool = True,
+    dicom: bool = True,
+) -> ResolvedMetadata:
     """Age, sex and view for each of ``files``, from (first found wins, per field):
     ``table`` (rows matched by the path as given, else by file name), ``metadata.csv``
     beside the image (when ``beside``), and the file's DICOM tags (when ``dicom``)."""
@@ -216,24 +240,31 @@ def resolve_metadata(files: Sequence[str | Path], table: pd.DataFrame | None = N
                 _fill(values, row, found, name)
         if dicom and any(values[k] is None for k in FIELDS) and path.exists() and is_dicom(path):
             _fill(values, dicom_metadata(path), found, "DICOM tags")
-        clean = {"age": parse_age(values["age"]), "sex": parse_sex(values["sex"]),
-                 "view": parse_view(values["view"])}
+        clean = {
+            "age": parse_age(values["age"]),
+            "sex": parse_sex(values["sex"]),
+            "view": parse_view(values["view"]),
+        }
         lacking = [k for k in FIELDS if clean[k] is None or (k == "age" and math.isnan(clean[k]))]  # type: ignore[arg-type]
         if lacking:
             missing[str(f)] = lacking
         if found:
             sources[str(f)] = ", ".join(dict.fromkeys(found))
         rows.append(clean)
-    vectors = (metadata_vector(pd.DataFrame(rows, columns=list(FIELDS))) if rows
-               else np.zeros((0, len(META_FEATURES)), np.float32))
+    vectors = (
+        metadata_vector(pd.DataFrame(rows, columns=list(FIELDS)))
+        if rows
+        else np.zeros((0, len(META_FEATURES)), np.float32)
+    )
     return ResolvedMetadata(vectors=vectors, missing=missing, sources=sources)
 
 
 def _index(table: pd.DataFrame) -> dict[str, dict]:
     if "image" not in table.columns or not set(FIELDS) <= set(table.columns):
         if not any(c in table.columns for c in COLUMNS["image"]):
-            raise ValueError(f"metadata table: no image column (accepted: "
-                             f"{', '.join(COLUMNS['image'])})")
+            raise ValueError(
+                f"metadata table: no image column (accepted: {', '.join(COLUMNS['image'])})"
+            )
         table = _standard_columns(table, "metadata table")
     return {str(r["image"]): r for r in table.to_dict("records") if r.get("image") is not None}
 
@@ -241,13 +272,26 @@ def _index(table: pd.DataFrame) -> dict[str, dict]:
 def _fill(values: dict, row: dict, found: list[str], source: str) -> None:
     for k in FIELDS:
         v = row.get(k)
-        ok = {"age": lambda x: not math.isnan(parse_age(x)), "sex": parse_sex,
-              "view": parse_view}[k](v)
+        ok = {"age": lambda x: not math.isnan(parse_age(x)), "sex": parse_sex, "view": parse_view}[
+            k
+        ](v)
         if values[k] is None and ok:
             values[k] = v
             found.append(source)
 
 
-__all__ = ["BESIDE_FILE", "COLUMNS", "DEFAULT_META", "META_FEATURES", "ResolvedMetadata",
-           "as_meta_matrix", "dicom_metadata", "metadata_vector", "parse_age", "parse_sex",
-           "parse_view", "read_metadata_csv", "resolve_metadata"]
+__all__ = [
+    "BESIDE_FILE",
+    "COLUMNS",
+    "DEFAULT_META",
+    "META_FEATURES",
+    "ResolvedMetadata",
+    "as_meta_matrix",
+    "dicom_metadata",
+    "metadata_vector",
+    "parse_age",
+    "parse_sex",
+    "parse_view",
+    "read_metadata_csv",
+    "resolve_metadata",
+]

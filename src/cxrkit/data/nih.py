@@ -70,8 +70,18 @@ _OPTIONAL = {
     "y]": "spacing_y",
 }
 #: Columns of the table :func:`read_data_entry` returns, before the finding columns.
-META_COLUMNS = ("image_id", "patient_id", "follow_up", "age", "sex", "view",
-                "orig_width", "orig_height", "spacing_x", "spacing_y")
+META_COLUMNS = (
+    "image_id",
+    "patient_id",
+    "follow_up",
+    "age",
+    "sex",
+    "view",
+    "orig_width",
+    "orig_height",
+    "spacing_x",
+    "spacing_y",
+)
 BOX_COLUMNS = ("image_id", "finding", "x", "y", "w", "h")
 
 
@@ -132,6 +142,7 @@ def _fail(path: Path, msg: str, row: int | None = None, field_name: str | None =
 def _short(error: Exception) -> str:
     """An exception's text for a message, its quoted input already cut (pandas quotes lines)."""
     from cxrkit.messages import shorten
+
     return shorten(" ".join(str(error).split()), 300)
 
 
@@ -152,8 +163,12 @@ def _parse_ages(raw: pd.Series, path: Path) -> tuple[np.ndarray, str]:
     bad = parts[0].isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        _fail(path, f"age {quote(text.iloc[i])} is not a number of years (or 058Y/011M/003D)",
-              i, "Patient Age")
+        _fail(
+            path,
+            f"age {quote(text.iloc[i])} is not a number of years (or 058Y/011M/003D)",
+            i,
+            "Patient Age",
+        )
     value = parts[0].astype(float).to_numpy()
     unit = parts[1].to_numpy()
     value = np.where(unit == "M", value / 12.0, np.where(unit == "D", value / 365.25, value))
@@ -172,8 +187,7 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"label file not found: {path}")
-    raw = _read_csv(path, "label file", dtype=str, keep_default_na=False,
-                    skipinitialspace=True)
+    raw = _read_csv(path, "label file", dtype=str, keep_default_na=False, skipinitialspace=True)
     raw.columns = [c.strip() for c in raw.columns]
     missing = [c for c in _REQUIRED if c not in raw.columns]
     if missing:
@@ -217,13 +231,17 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
     ages, age_form = _parse_ages(df["age"], path)
     impossible = ages > MAX_AGE_YEARS
     out["age"] = np.where(impossible, np.nan, ages)
-    for col, src, allowed in (("sex", "Patient Gender", ("M", "F")),
-                              ("view", "View Position", ("PA", "AP"))):
+    for col, src, allowed in (
+        ("sex", "Patient Gender", ("M", "F")),
+        ("view", "View Position", ("PA", "AP")),
+    ):
         values = df[_REQUIRED[src]].str.strip().str.upper()
         bad = ~values.isin(allowed)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            _fail(path, f"{quote(df[_REQUIRED[src]].iloc[i])} is not one of {list(allowed)}", i, src)
+            _fail(
+                path, f"{quote(df[_REQUIRED[src]].iloc[i])} is not one of {list(allowed)}", i, src
+            )
         out[col] = values.to_numpy()
     for col in ("orig_width", "orig_height", "spacing_x", "spacing_y"):
         out[col] = pd.to_numeric(df[col], errors="coerce").to_numpy() if col in df else np.nan
@@ -250,8 +268,12 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
     both = (no_finding.to_numpy() == 1) & (positives.sum(1) > 0)
     if both.any():
         i = int(np.flatnonzero(both)[0])
-        _fail(path, f"'No Finding' together with findings in {quote(labels.iloc[i])}", i,
-              "Finding Labels")
+        _fail(
+            path,
+            f"'No Finding' together with findings in {quote(labels.iloc[i])}",
+            i,
+            "Finding Labels",
+        )
     for j, f in enumerate(FINDINGS):
         out[f] = positives[:, j]
     out[NO_FINDING] = (positives.sum(1) == 0).astype(np.uint8)
@@ -292,8 +314,9 @@ def read_bbox_list(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as e:
         raise NIHFormatError(f"{path}: not a readable CSV ({_short(e)})") from None
     if raw.shape[1] < 6:
-        raise NIHFormatError(f"{path}: expected 6 fields per row (name, label, x, y, w, h), "
-                             f"found {raw.shape[1]}")
+        raise NIHFormatError(
+            f"{path}: expected 6 fields per row (name, label, x, y, w, h), found {raw.shape[1]}"
+        )
     raw = raw.iloc[:, :6]
     raw.columns = list(BOX_COLUMNS)
     boxes = pd.DataFrame({"image_id": raw["image_id"].str.strip()})
@@ -329,18 +352,25 @@ class BoxReport:
     unlabelled_lines: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "n_outside": len(self.outside_lines),
-                "n_unlabelled": len(self.unlabelled_lines)}
+        return {
+            **asdict(self),
+            "n_outside": len(self.outside_lines),
+            "n_unlabelled": len(self.unlabelled_lines),
+        }
 
     def summary(self) -> str:
         lines = [f"boxes: {self.n_boxes:,} on {self.n_images:,} images"]
         if self.outside_lines:
-            lines.append(f"  warning: {len(self.outside_lines)} box(es) reach outside NIH's "
-                         f"{NIH_IMAGE_SIZE}x{NIH_IMAGE_SIZE} pixel space, lines "
-                         f"{_lines(self.outside_lines)}")
+            lines.append(
+                f"  warning: {len(self.outside_lines)} box(es) reach outside NIH's "
+                f"{NIH_IMAGE_SIZE}x{NIH_IMAGE_SIZE} pixel space, lines "
+                f"{_lines(self.outside_lines)}"
+            )
         if self.unlabelled_lines:
-            lines.append(f"  warning: {len(self.unlabelled_lines)} box(es) name a finding "
-                         f"their image's labels lack, lines {_lines(self.unlabelled_lines)}")
+            lines.append(
+                f"  warning: {len(self.unlabelled_lines)} box(es) name a finding "
+                f"their image's labels lack, lines {_lines(self.unlabelled_lines)}"
+            )
         return "\n".join(lines)
 
 
@@ -367,24 +397,35 @@ def check_boxes(boxes: pd.DataFrame, labels: pd.DataFrame, path: str | Path) -> 
     has = np.zeros(len(boxes), bool)
     known = pos >= 0
     has[known] = positives[pos[known], cols[known]] == 1
-    report = BoxReport(path=str(path), n_boxes=len(boxes),
-                       n_images=int(boxes["image_id"].nunique()),
-                       outside_lines=[_line(i) for i in np.flatnonzero(outside)],
-                       unlabelled_lines=[_line(i) for i in np.flatnonzero(~has)])
+    report = BoxReport(
+        path=str(path),
+        n_boxes=len(boxes),
+        n_images=int(boxes["image_id"].nunique()),
+        outside_lines=[_line(i) for i in np.flatnonzero(outside)],
+        unlabelled_lines=[_line(i) for i in np.flatnonzero(~has)],
+    )
 
     def rows(mask) -> str:
-        shown = [f"line {_line(i)} ({quote(boxes['image_id'].iloc[i])}, "
-                 f"{boxes['finding'].iloc[i]}, x={x[i]:g} y={y[i]:g} w={w[i]:g} h={h[i]:g})"
-                 for i in np.flatnonzero(mask)[:5]]
+        shown = [
+            f"line {_line(i)} ({quote(boxes['image_id'].iloc[i])}, "
+            f"{boxes['finding'].iloc[i]}, x={x[i]:g} y={y[i]:g} w={w[i]:g} h={h[i]:g})"
+            for i in np.flatnonzero(mask)[:5]
+        ]
         return "; ".join(shown) + ("; ..." if mask.sum() > 5 else "")
 
     if outside.any():
-        warnings.warn(f"{path}: {int(outside.sum())} box(es) reach outside NIH's "
-                      f"{NIH_IMAGE_SIZE}x{NIH_IMAGE_SIZE} pixel space (negative x/y, or "
-                      f"x+w / y+h over {NIH_IMAGE_SIZE}): {rows(outside)}", stacklevel=2)
+        warnings.warn(
+            f"{path}: {int(outside.sum())} box(es) reach outside NIH's "
+            f"{NIH_IMAGE_SIZE}x{NIH_IMAGE_SIZE} pixel space (negative x/y, or "
+            f"x+w / y+h over {NIH_IMAGE_SIZE}): {rows(outside)}",
+            stacklevel=2,
+        )
     if (~has).any():
-        warnings.warn(f"{path}: {int((~has).sum())} box(es) name a finding that their "
-                      f"image's Finding Labels lack: {rows(~has)}", stacklevel=2)
+        warnings.warn(
+            f"{path}: {int((~has).sum())} box(es) name a finding that their "
+            f"image's Finding Labels lack: {rows(~has)}",
+            stacklevel=2,
+        )
     return report
 
 
@@ -407,8 +448,9 @@ def read_image_list(path: str | Path) -> list[str]:
         if not n:
             continue
         if n in seen:
-            raise NIHFormatError(f"{path}: image {quote(n)} listed twice "
-                                 f"(lines {seen[n] + 1}, {i + 1})")
+            raise NIHFormatError(
+                f"{path}: image {quote(n)} listed twice (lines {seen[n] + 1}, {i + 1})"
+            )
         seen[n] = i
     if not seen:
         raise NIHFormatError(f"{path}: no image names (the list is empty)")

@@ -83,9 +83,9 @@ class UpsampledInputWarning(UserWarning):
 class PreprocessSettings:
     """How a decoded X-ray becomes a cached image; stored in manifests and checkpoints."""
 
-    size: int = 256        #: side of the square output, pixels
-    clahe: bool = False    #: contrast-limited histogram equalisation after resizing
-    crop: bool = False     #: crop to the exposed chest region (see :func:`crop_box`)
+    size: int = 256  #: side of the square output, pixels
+    clahe: bool = False  #: contrast-limited histogram equalisation after resizing
+    crop: bool = False  #: crop to the exposed chest region (see :func:`crop_box`)
 
     def __post_init__(self):
         if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)):
@@ -95,14 +95,19 @@ class PreprocessSettings:
         object.__setattr__(self, "size", int(self.size))
         for name in ("clahe", "crop"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise TypeError(f"PreprocessSettings.{name} must be True or False, "
-                                f"got {getattr(self, name)!r}")
+                raise TypeError(
+                    f"PreprocessSettings.{name} must be True or False, got {getattr(self, name)!r}"
+                )
             object.__setattr__(self, name, bool(getattr(self, name)))
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict, with the algorithm version (:data:`PREPROCESS_VERSION`)."""
-        return {"size": self.size, "clahe": self.clahe, "crop": self.crop,
-                "version": PREPROCESS_VERSION}
+        return {
+            "size": self.size,
+            "clahe": self.clahe,
+            "crop": self.crop,
+            "version": PREPROCESS_VERSION,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessSettings:
@@ -110,14 +115,14 @@ class PreprocessSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known - {"version"})
         if unknown:
-            raise ValueError(f"unknown preprocessing setting(s) {unknown}; known: "
-                             f"{sorted(known)}")
+            raise ValueError(f"unknown preprocessing setting(s) {unknown}; known: {sorted(known)}")
         version = d.get("version", PREPROCESS_VERSION)
         if version != PREPROCESS_VERSION:
             raise ValueError(
                 f"these settings were written by preprocessing version {version}, this "
                 f"cxrkit has version {PREPROCESS_VERSION}: images would not match; "
-                "rebuild the cache (cxrkit prepare)")
+                "rebuild the cache (cxrkit prepare)"
+            )
         return cls(**{k: d[k] for k in known if k in d})
 
 
@@ -125,13 +130,13 @@ class PreprocessSettings:
 class Preprocessing:
     """How an image reaches the network (pixels; see the module docstring)."""
 
-    cache: PreprocessSettings   #: cache stage: side, CLAHE, chest crop
-    input_size: int             #: side of the network input
-    eval_resize: int            #: evaluation resize before the centre crop (>= input_size)
-    tencrop_resize: int         #: TenCrop resize before the ten crops (>= input_size)
-    mean: float                 #: normalisation of the [0, 1] image: (x - mean) / std
+    cache: PreprocessSettings  #: cache stage: side, CLAHE, chest crop
+    input_size: int  #: side of the network input
+    eval_resize: int  #: evaluation resize before the centre crop (>= input_size)
+    tencrop_resize: int  #: TenCrop resize before the ten crops (>= input_size)
+    mean: float  #: normalisation of the [0, 1] image: (x - mean) / std
     std: float
-    channels: int               #: 1 (grey) or 3 (grey repeated)
+    channels: int  #: 1 (grey) or 3 (grey repeated)
     #: training showed mirrored images (None: unknown, a checkpoint without a config)
     hflip: bool | None = None
 
@@ -143,8 +148,10 @@ class Preprocessing:
             object.__setattr__(self, name, int(value))
         for name in ("eval_resize", "tencrop_resize"):
             if getattr(self, name) < self.input_size:
-                raise ValueError(f"preprocessing {name} ({getattr(self, name)}) must be >= "
-                                 f"input_size ({self.input_size})")
+                raise ValueError(
+                    f"preprocessing {name} ({getattr(self, name)}) must be >= "
+                    f"input_size ({self.input_size})"
+                )
         if self.channels not in (1, 3):
             raise ValueError(f"preprocessing channels must be 1 or 3, got {self.channels}")
         if not float(self.std) > 0:
@@ -175,16 +182,27 @@ class Preprocessing:
     # -- stored form -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """Plain data (JSON, YAML, ``torch.load(weights_only=True)``)."""
-        return {"format": FORMAT, "cache": self.cache.to_dict(), "input_size": self.input_size,
-                "eval_resize": self.eval_resize, "tencrop_resize": self.tencrop_resize,
-                "mean": self.mean, "std": self.std, "channels": self.channels,
-                "hflip": self.hflip}
+        return {
+            "format": FORMAT,
+            "cache": self.cache.to_dict(),
+            "input_size": self.input_size,
+            "eval_resize": self.eval_resize,
+            "tencrop_resize": self.tencrop_resize,
+            "mean": self.mean,
+            "std": self.std,
+            "channels": self.channels,
+            "hflip": self.hflip,
+        }
 
     def record(self) -> dict:
         """:meth:`to_dict` plus a sentence saying what a caller must feed (ONNX sidecar)."""
-        return {**self.to_dict(), "input": (
-            "grey uint8 image, cache stage applied (cache), then /255, resize to "
-            "eval_resize, centre crop input_size, (x - mean) / std, repeated to `channels`")}
+        return {
+            **self.to_dict(),
+            "input": (
+                "grey uint8 image, cache stage applied (cache), then /255, resize to "
+                "eval_resize, centre crop input_size, (x - mean) / std, repeated to `channels`"
+            ),
+        }
 
     @classmethod
     def from_dict(cls, d: dict, *, hflip: bool | None = None) -> Preprocessing:
@@ -197,18 +215,24 @@ class Preprocessing:
             raise ValueError(f"not a preprocessing record: {d!r}"[:300])
         fmt = d.get("format")
         if fmt not in (None, FORMAT):
-            raise ValueError(f"preprocessing format {fmt!r} is newer than this cxrkit "
-                             f"({FORMAT}); upgrade cxrkit")
+            raise ValueError(
+                f"preprocessing format {fmt!r} is newer than this cxrkit ({FORMAT}); upgrade cxrkit"
+            )
         size = int(d["input_size"])
         eval_resize = int(d.get("eval_resize") or size)
         tencrop = d.get("tencrop_resize")
         if tencrop is None:  # the rule every checkpoint before the contract was evaluated with
             tencrop = legacy_tencrop_resize(size, d.get("eval_resize"))
-        return cls(cache=PreprocessSettings.from_dict(d["cache"]), input_size=size,
-                   eval_resize=eval_resize, tencrop_resize=int(tencrop),
-                   mean=float(d["mean"]), std=float(d["std"]),
-                   channels=int(d.get("channels", 1)),
-                   hflip=d["hflip"] if "hflip" in d else hflip)
+        return cls(
+            cache=PreprocessSettings.from_dict(d["cache"]),
+            input_size=size,
+            eval_resize=eval_resize,
+            tencrop_resize=int(tencrop),
+            mean=float(d["mean"]),
+            std=float(d["std"]),
+            channels=int(d.get("channels", 1)),
+            hflip=d["hflip"] if "hflip" in d else hflip,
+        )
 
     @classmethod
     def from_checkpoint(cls, ck: dict, where: Any = "checkpoint") -> Preprocessing:
@@ -232,17 +256,36 @@ class Preprocessing:
         ``cxr_config`` gives the default size and mean/std; ``fixed_input_size`` says
         whether it takes one size only)."""
         mc, dc = model.cxr_config, cfg.data
-        return cls.build(cache=cache, model_name=mc.name, model_input_size=mc.input_size,
-                         mean=mc.mean, std=mc.std, channels=cfg.model.in_chans,
-                         fixed_input_size=bool(getattr(model, "fixed_input_size", False)),
-                         image_size=dc.image_size, eval_resize=dc.eval_resize,
-                         eval_crop_pct=dc.eval_crop_pct, hflip=bool(dc.augment and dc.hflip))
+        return cls.build(
+            cache=cache,
+            model_name=mc.name,
+            model_input_size=mc.input_size,
+            mean=mc.mean,
+            std=mc.std,
+            channels=cfg.model.in_chans,
+            fixed_input_size=bool(getattr(model, "fixed_input_size", False)),
+            image_size=dc.image_size,
+            eval_resize=dc.eval_resize,
+            eval_crop_pct=dc.eval_crop_pct,
+            hflip=bool(dc.augment and dc.hflip),
+        )
 
     @classmethod
-    def build(cls, *, cache: PreprocessSettings, model_name: str, model_input_size: int,
-              mean: float, std: float, channels: int, fixed_input_size: bool = False,
-              image_size: int | None = None, eval_resize: int | None = None,
-              eval_crop_pct: float | None = None, hflip: bool = False) -> Preprocessing:
+    def build(
+        cls,
+        *,
+        cache: PreprocessSettings,
+        model_name: str,
+        model_input_size: int,
+        mean: float,
+        std: float,
+        channels: int,
+        fixed_input_size: bool = False,
+        image_size: int | None = None,
+        eval_resize: int | None = None,
+        eval_crop_pct: float | None = None,
+        hflip: bool = False,
+    ) -> Preprocessing:
         """The contract of a new run (the rules in the module docstring).
 
         ``image_size`` / ``eval_resize``: ``data.image_size`` / ``data.eval_resize`` (None:
@@ -250,12 +293,16 @@ class Preprocessing:
         cannot take; warns :class:`UpsampledInputWarning` for an input larger than the
         cache.
         """
-        for field_name, value in (("data.image_size", image_size),
-                                  ("data.eval_resize", eval_resize)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise ConfigError(f"{field_name} must be a positive whole number of pixels, "
-                                  f"got {value!r}")
+        for field_name, value in (
+            ("data.image_size", image_size),
+            ("data.eval_resize", eval_resize),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigError(
+                    f"{field_name} must be a positive whole number of pixels, got {value!r}"
+                )
         native = int(model_input_size)
         if fixed_input_size:
             if image_size is not None and image_size != native:
@@ -263,28 +310,44 @@ class Preprocessing:
                     f"data.image_size={image_size}: {model_name} takes only {native} px "
                     f"inputs (allowed: {native}; its position embeddings are built for one "
                     f"patch grid). Leave data.image_size unset or set it to {native}, or "
-                    f"build the model for another side with model.kwargs.img_size=N.")
+                    f"build the model for another side with model.kwargs.img_size=N."
+                )
             size = native
         else:
             size = image_size if image_size is not None else min(native, cache.size)
         if eval_resize is not None and eval_resize < size:
-            raise ConfigError(f"data.eval_resize={eval_resize} is smaller than the model "
-                              f"input ({size} px): the centre crop needs eval_resize >= "
-                              f"{size}")
+            raise ConfigError(
+                f"data.eval_resize={eval_resize} is smaller than the model "
+                f"input ({size} px): the centre crop needs eval_resize >= "
+                f"{size}"
+            )
         if size > cache.size:
-            source = (f"data.image_size={size}" if image_size is not None
-                      else f"{model_name}'s fixed input size {size}")
+            source = (
+                f"data.image_size={size}"
+                if image_size is not None
+                else f"{model_name}'s fixed input size {size}"
+            )
             warnings.warn(
                 f"{source} is larger than the cached images ({cache.size} px): the model "
                 f"will train and predict on images upsampled {size / cache.size:.2g}x, with "
                 f"no more detail than {cache.size} px. Prepare a cache of at least {size} px "
                 f"(cxrkit prepare ... --size {size})"
-                + ("" if fixed_input_size else f" or set data.image_size={cache.size}") + ".",
-                UpsampledInputWarning, stacklevel=2)
+                + ("" if fixed_input_size else f" or set data.image_size={cache.size}")
+                + ".",
+                UpsampledInputWarning,
+                stacklevel=2,
+            )
         resize = eval_resize_for(size, eval_resize, eval_crop_pct)
-        return cls(cache=cache, input_size=size, eval_resize=resize,
-                   tencrop_resize=resize if resize > size else chexnet_resize(size),
-                   mean=float(mean), std=float(std), channels=int(channels), hflip=bool(hflip))
+        return cls(
+            cache=cache,
+            input_size=size,
+            eval_resize=resize,
+            tencrop_resize=resize if resize > size else chexnet_resize(size),
+            mean=float(mean),
+            std=float(std),
+            channels=int(channels),
+            hflip=bool(hflip),
+        )
 
 
 def eval_resize_for(size: int, eval_resize: int | None, crop_pct: float | None) -> int:
@@ -303,7 +366,8 @@ def eval_resize_for(size: int, eval_resize: int | None, crop_pct: float | None) 
             f"recipe's ratio allows at most {largest} px"
             + (f" with data.eval_crop_pct={crop_pct:g}" if crop_pct else ", CheXNet's 256/224")
             + f"). Leave data.eval_resize unset (it follows the input size: {derived} px) or "
-            f"set data.eval_resize={largest} or less.")
+            f"set data.eval_resize={largest} or less."
+        )
     return eval_resize
 
 
@@ -332,13 +396,23 @@ def mirrored_tta_note(p: Preprocessing, tta: str) -> str | None:
     if tta not in MIRRORED_TTA or p.hflip is not False:
         return None
     views = "the mirrored image" if tta == "flip" else "five of its ten crops are mirrored"
-    return (f"test-time augmentation '{tta}' shows the model mirrored radiographs ({views}), "
-            "but it was trained without flips (data.hflip=false): a mirrored chest (heart on "
-            "the right) is an image it never saw, which usually lowers AUROC. Use tta none, "
-            "or train with data.hflip=true.")
+    return (
+        f"test-time augmentation '{tta}' shows the model mirrored radiographs ({views}), "
+        "but it was trained without flips (data.hflip=false): a mirrored chest (heart on "
+        "the right) is an image it never saw, which usually lowers AUROC. Use tta none, "
+        "or train with data.hflip=true."
+    )
 
 
-__all__ = ["CHEXNET_RESIZE_RATIO", "FORMAT", "MIRRORED_TTA", "PREPROCESS_VERSION", "PreprocessSettings",
-           "Preprocessing",
-           "UpsampledInputWarning", "chexnet_resize", "legacy_tencrop_resize",
-           "mirrored_tta_note"]
+__all__ = [
+    "CHEXNET_RESIZE_RATIO",
+    "FORMAT",
+    "MIRRORED_TTA",
+    "PREPROCESS_VERSION",
+    "PreprocessSettings",
+    "Preprocessing",
+    "UpsampledInputWarning",
+    "chexnet_resize",
+    "legacy_tencrop_resize",
+    "mirrored_tta_note",
+]

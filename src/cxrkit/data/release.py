@@ -29,17 +29,23 @@ from cxrkit.data.nih import (
 )
 from cxrkit.messages import quote, quote_list
 
-LABEL_FILE_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv",
-                    "Data_Entry_2017.csv.gz", "Data_Entry_2017_v2020.csv.gz")
+LABEL_FILE_NAMES = (
+    "Data_Entry_2017.csv",
+    "Data_Entry_2017_v2020.csv",
+    "Data_Entry_2017.csv.gz",
+    "Data_Entry_2017_v2020.csv.gz",
+)
 BOX_FILE_NAME = "BBox_List_2017.csv"
 TRAIN_VAL_NAME = "train_val_list.txt"
 TEST_NAME = "test_list.txt"
 
-BOX_TEST_NOTE = ("{n_test} of the {n_boxed} images with boxes are in the official test list "
-                 "(in NIH's release: all 880). A model that learns from boxes cannot use "
-                 "them under the official split without training on test images: a box "
-                 "fold (data.box_fold in training) moves a patient-grouped part of them "
-                 "into training and records which.")
+BOX_TEST_NOTE = (
+    "{n_test} of the {n_boxed} images with boxes are in the official test list "
+    "(in NIH's release: all 880). A model that learns from boxes cannot use "
+    "them under the official split without training on test images: a box "
+    "fold (data.box_fold in training) moves a patient-grouped part of them "
+    "into training and records which."
+)
 
 
 #: What ``on_missing`` may be: stop on label-file images absent on disk, or drop them.
@@ -55,8 +61,9 @@ def check_on_missing(on_missing: str) -> str:
 
     Called before anything is read, so a typo costs no pass over 112,120 rows."""
     if on_missing not in ON_MISSING:
-        raise ValueError(f"on_missing (--on-missing) must be 'error' or 'drop', got "
-                         f"{quote(on_missing)}")
+        raise ValueError(
+            f"on_missing (--on-missing) must be 'error' or 'drop', got {quote(on_missing)}"
+        )
     return on_missing
 
 
@@ -91,17 +98,26 @@ class ReleaseSources:
     def image_folders(self) -> tuple[Path, ...]:
         """The folders images are looked for in (``images_roots``, else ``root``)."""
         roots = self.images_roots
-        return (tuple(Path(r) for r in roots) if roots and not isinstance(roots, (str, Path))
-                else (Path(self.root),))
+        return (
+            tuple(Path(r) for r in roots)
+            if roots and not isinstance(roots, (str, Path))
+            else (Path(self.root),)
+        )
 
     def load(self) -> NIHRelease:
         """The release's metadata (:func:`load_release` with the explicit paths)."""
-        return load_release(self.root, label_file=self.label_file, box_file=self.box_file,
-                            train_val_list=self.train_val_list, test_list=self.test_list)
+        return load_release(
+            self.root,
+            label_file=self.label_file,
+            box_file=self.box_file,
+            train_val_list=self.train_val_list,
+            test_list=self.test_list,
+        )
 
     def find_images(self, *, warn: bool = True):
         """One :class:`~cxrkit.data.images.ImageIndex` over every image folder."""
         from cxrkit.data.images import find_images_in
+
         return find_images_in(self.image_folders, warn=warn)
 
 
@@ -134,9 +150,14 @@ def _find(root: Path, names: tuple[str, ...], max_depth: int = 2) -> Path | None
     return None
 
 
-def load_release(root: str | Path, *, label_file: str | Path | None = None,
-                 box_file: str | Path | None = None, train_val_list: str | Path | None = None,
-                 test_list: str | Path | None = None) -> NIHRelease:
+def load_release(
+    root: str | Path,
+    *,
+    label_file: str | Path | None = None,
+    box_file: str | Path | None = None,
+    train_val_list: str | Path | None = None,
+    test_list: str | Path | None = None,
+) -> NIHRelease:
     """Find and read the metadata of a release under ``root``.
 
     Explicit paths win over discovery. The label file is required; boxes and the official
@@ -150,7 +171,8 @@ def load_release(root: str | Path, *, label_file: str | Path | None = None,
     if label_path is None:
         raise FileNotFoundError(
             f"no label file under {root}: expected one of {', '.join(LABEL_FILE_NAMES)} "
-            "(pass --labels PATH if it has another name)")
+            "(pass --labels PATH if it has another name)"
+        )
     labels, report = read_data_entry(label_path)
     files = {"labels": str(label_path)}
 
@@ -161,13 +183,17 @@ def load_release(root: str | Path, *, label_file: str | Path | None = None,
         files["boxes"] = str(box_path)
         unknown = set(boxes["image_id"]) - set(labels["image_id"])
         if unknown:
-            raise NIHFormatError(f"{box_path}: {len(unknown)} boxed image(s) not in the label "
-                                 f"file {label_path}, e.g. {quote_list(sorted(unknown))}")
+            raise NIHFormatError(
+                f"{box_path}: {len(unknown)} boxed image(s) not in the label "
+                f"file {label_path}, e.g. {quote_list(sorted(unknown))}"
+            )
         box_report = check_boxes(boxes, labels, box_path)
 
     lists: dict[str, list[str] | None] = {}
-    for key, explicit, name in (("train_val", train_val_list, TRAIN_VAL_NAME),
-                                ("test", test_list, TEST_NAME)):
+    for key, explicit, name in (
+        ("train_val", train_val_list, TRAIN_VAL_NAME),
+        ("test", test_list, TEST_NAME),
+    ):
         p = Path(explicit) if explicit else _find(root, (name,))
         if p is None:
             lists[key] = None
@@ -178,15 +204,28 @@ def load_release(root: str | Path, *, label_file: str | Path | None = None,
         files[key] = str(p)
     if (lists["train_val"] is None) != (lists["test"] is None):
         missing = TRAIN_VAL_NAME if lists["train_val"] is None else TEST_NAME
-        warnings.warn(f"{missing} not found under {root}: the official split is unavailable",
-                      stacklevel=2)
-    return NIHRelease(root=root, labels=labels, report=report, boxes=boxes,
-                      train_val=lists["train_val"], test=lists["test"], files=files,
-                      box_report=box_report)
+        warnings.warn(
+            f"{missing} not found under {root}: the official split is unavailable", stacklevel=2
+        )
+    return NIHRelease(
+        root=root,
+        labels=labels,
+        report=report,
+        boxes=boxes,
+        train_val=lists["train_val"],
+        test=lists["test"],
+        files=files,
+        box_report=box_report,
+    )
 
 
-def match_images(labels: pd.DataFrame, index: dict[str, Path], *, on_missing: str = "error",
-                 dropped_path: str | Path | None = None) -> pd.DataFrame:
+def match_images(
+    labels: pd.DataFrame,
+    index: dict[str, Path],
+    *,
+    on_missing: str = "error",
+    dropped_path: str | Path | None = None,
+) -> pd.DataFrame:
     """Pair label rows with files from ``index`` (name -> path, see ``find_images``).
 
     Returns the label table with a ``path`` column. Images absent on disk raise
@@ -204,19 +243,20 @@ def match_images(labels: pd.DataFrame, index: dict[str, Path], *, on_missing: st
             f"{n_missing:,} of {len(labels):,} label-file images are not on disk, e.g. "
             f"{quote_list(examples, 10)}. Point --images-root at the folder that holds them, "
             "or pass --on-missing drop to continue without them (the dropped rows are "
-            "written to a file).")
+            "written to a file)."
+        )
     out = labels.assign(path=paths.map(lambda p: str(p) if p is not None else None))
     if n_missing:
         dropped = out.loc[missing, ["image_id", "patient_id"]]
         if dropped_path is not None:
             write_csv(dropped, dropped_path)
         where = f" (listed in {dropped_path})" if dropped_path else ""
-        warnings.warn(f"dropped {n_missing:,} label-file images not on disk{where}",
-                      stacklevel=2)
+        warnings.warn(f"dropped {n_missing:,} label-file images not on disk{where}", stacklevel=2)
         out = out.loc[~missing].reset_index(drop=True)
     extra = len(set(index) - set(labels["image_id"]))
     if extra:
-        warnings.warn(f"{extra:,} image files under the root are not in the label file "
-                      "(ignored)", stacklevel=2)
+        warnings.warn(
+            f"{extra:,} image files under the root are not in the label file (ignored)",
+            stacklevel=2,
+        )
     return out
-

@@ -41,8 +41,9 @@ class LeakageError(ValueError):
     """A patient appears in more than one split."""
 
 
-def _assign_patients(labels: pd.DataFrame, targets: dict[str, float], seed: int,
-                     findings=FINDINGS) -> pd.Series:
+def _assign_patients(
+    labels: pd.DataFrame, targets: dict[str, float], seed: int, findings=FINDINGS
+) -> pd.Series:
     """Greedy multi-label stratified assignment of patients to splits.
 
     ``targets`` maps split name -> fraction of images (sums to 1). Patients are visited
@@ -56,9 +57,9 @@ def _assign_patients(labels: pd.DataFrame, targets: dict[str, float], seed: int,
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {targets}")
     per_patient = labels.groupby("patient_id", sort=True)[list(findings)].sum()
     n_images = labels.groupby("patient_id", sort=True).size().to_numpy().astype(float)
-    pos = per_patient.to_numpy().astype(float)                # (P, F) positives per patient
-    totals = np.concatenate([pos.sum(0), [n_images.sum()]])   # per finding, then images
-    want = frac[:, None] * totals[None, :]                    # (S, F+1) target counts
+    pos = per_patient.to_numpy().astype(float)  # (P, F) positives per patient
+    totals = np.concatenate([pos.sum(0), [n_images.sum()]])  # per finding, then images
+    want = frac[:, None] * totals[None, :]  # (S, F+1) target counts
     have = np.zeros_like(want)
     rng = np.random.default_rng(seed)
     prevalence = np.where(pos.sum(0) > 0, pos.sum(0), np.inf)
@@ -69,7 +70,7 @@ def _assign_patients(labels: pd.DataFrame, targets: dict[str, float], seed: int,
     assigned = np.empty(len(pos), dtype=np.int64)
     for p in order:
         cols = np.flatnonzero(has[p])
-        cols = np.append(cols, len(totals) - 1)               # image count always counts
+        cols = np.append(cols, len(totals) - 1)  # image count always counts
         deficit = (want[:, cols] - have[:, cols]) / np.maximum(want[:, cols], 1e-9)
         score = deficit.mean(1)
         score[frac == 0] = -np.inf
@@ -80,8 +81,15 @@ def _assign_patients(labels: pd.DataFrame, targets: dict[str, float], seed: int,
     return pd.Series(np.array(names)[assigned], index=per_patient.index, name="split")
 
 
-def official_split(labels: pd.DataFrame, train_val: list[str], test: list[str], *,
-                   val_fraction: float = 0.1, seed: int = 0, findings=FINDINGS) -> pd.DataFrame:
+def official_split(
+    labels: pd.DataFrame,
+    train_val: list[str],
+    test: list[str],
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    findings=FINDINGS,
+) -> pd.DataFrame:
     """NIH's split: ``test_list.txt`` as test, a patient-grouped val out of train_val.
 
     Raises :class:`LeakageError` if NIH's own lists share a patient, and ``ValueError``
@@ -92,26 +100,31 @@ def official_split(labels: pd.DataFrame, train_val: list[str], test: list[str], 
     tv, te = pd.Index(train_val), pd.Index(test)
     both = tv.intersection(te)
     if len(both):
-        raise ValueError(f"{len(both)} images are in both train_val and test, e.g. {list(both[:5])}")
+        raise ValueError(
+            f"{len(both)} images are in both train_val and test, e.g. {list(both[:5])}"
+        )
     ids = pd.Index(labels["image_id"])
     neither = ids.difference(tv.union(te))
     if len(neither):
-        raise ValueError(f"{len(neither)} label-file images are in neither list, "
-                         f"e.g. {list(neither[:5])}")
+        raise ValueError(
+            f"{len(neither)} label-file images are in neither list, e.g. {list(neither[:5])}"
+        )
     out = labels[["image_id", "patient_id"]].copy()
     in_test = out["image_id"].isin(te).to_numpy()
     out["split"] = np.where(in_test, "test", "train")
     tv_rows = labels.loc[~in_test]
     if val_fraction > 0 and len(tv_rows):
-        per_patient = _assign_patients(tv_rows, {"train": 1 - val_fraction, "val": val_fraction},
-                                       seed, findings)
+        per_patient = _assign_patients(
+            tv_rows, {"train": 1 - val_fraction, "val": val_fraction}, seed, findings
+        )
         out.loc[~in_test, "split"] = tv_rows["patient_id"].map(per_patient).to_numpy()
     check_leakage(out)
     return out.reset_index(drop=True)
 
 
-def random_split(labels: pd.DataFrame, *, fractions=(0.7, 0.1, 0.2), seed: int = 0,
-                 findings=FINDINGS) -> pd.DataFrame:
+def random_split(
+    labels: pd.DataFrame, *, fractions=(0.7, 0.1, 0.2), seed: int = 0, findings=FINDINGS
+) -> pd.DataFrame:
     """A patient-grouped, stratified train/val/test split of every image."""
     targets = dict(zip(SPLITS, map(float, fractions), strict=True))
     per_patient = _assign_patients(labels, targets, seed, findings)
@@ -174,8 +187,10 @@ def load_split(path: str | Path) -> pd.DataFrame:
     bad = ~split["split"].isin(SPLITS)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{path}, line {i + 2}, field 'split': {quote(split['split'].iloc[i])} "
-                         f"is not one of {list(SPLITS)}")
+        raise ValueError(
+            f"{path}, line {i + 2}, field 'split': {quote(split['split'].iloc[i])} "
+            f"is not one of {list(SPLITS)}"
+        )
     check_leakage(split)
     return split
 
@@ -186,8 +201,9 @@ def split_provenance(path: str | Path) -> dict:
     return read_json(side, missing={})
 
 
-def box_fold(split: pd.DataFrame, boxes: pd.DataFrame, *, fraction: float,
-             seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def box_fold(
+    split: pd.DataFrame, boxes: pd.DataFrame, *, fraction: float, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Move a patient-grouped share of the *test* box images' patients into train.
 
     Under NIH's official split every box image is a test image, so a model that fits

@@ -34,12 +34,12 @@ from cxrkit.data.preprocessing import Preprocessing
 class AugmentSettings:
     """Random augmentation ranges (training only). Fractions are of the image side."""
 
-    scale: tuple[float, float] = (0.75, 1.0)   #: area fraction kept by the random crop
+    scale: tuple[float, float] = (0.75, 1.0)  #: area fraction kept by the random crop
     ratio: tuple[float, float] = (0.85, 1.18)  #: aspect ratio range of the crop
-    rotate_deg: float = 7.0                    #: max absolute rotation, degrees
-    translate: float = 0.04                    #: max shift, fraction of the side
-    brightness: float = 0.15                   #: additive, in [0, 1] intensity units
-    contrast: float = 0.15                     #: multiplicative, 1 +- contrast
+    rotate_deg: float = 7.0  #: max absolute rotation, degrees
+    translate: float = 0.04  #: max shift, fraction of the side
+    brightness: float = 0.15  #: additive, in [0, 1] intensity units
+    contrast: float = 0.15  #: multiplicative, 1 +- contrast
     hflip: bool = False
 
     def to_dict(self) -> dict:
@@ -52,8 +52,11 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255.0)
     images = images.float()
     if images.numel() and float(images.max()) > 1.5:
-        warnings.warn(f"float images with max {float(images.max()):.1f}: expected [0, 1] "
-                      "(uint8 images are scaled automatically)", stacklevel=3)
+        warnings.warn(
+            f"float images with max {float(images.max()):.1f}: expected [0, 1] "
+            "(uint8 images are scaled automatically)",
+            stacklevel=3,
+        )
     return images
 
 
@@ -96,8 +99,9 @@ def warp_uint8_cpu(images: torch.Tensor, theta: torch.Tensor, size: int) -> torc
             m[r, 1] = s_in * b / size
             m[r, 2] = s_in / 2 * (a * (1 / size - 1) + b * (1 / size - 1) + k + 1) - 0.5
         for ch in range(c):
-            out[i, ch] = cv2.warpAffine(src[i, ch], m, (size, size), flags=flags,
-                                        borderMode=cv2.BORDER_REPLICATE)
+            out[i, ch] = cv2.warpAffine(
+                src[i, ch], m, (size, size), flags=flags, borderMode=cv2.BORDER_REPLICATE
+            )
     return torch.from_numpy(out)
 
 
@@ -114,8 +118,15 @@ class _Normalise(nn.Module):
 class TrainTransform(nn.Module):
     """Random resized crop + small affine + brightness/contrast, one warp per batch."""
 
-    def __init__(self, size: int, *, mean: float = 0.5, std: float = 0.25, channels: int = 1,
-                 augment: AugmentSettings | None = None):
+    def __init__(
+        self,
+        size: int,
+        *,
+        mean: float = 0.5,
+        std: float = 0.25,
+        channels: int = 1,
+        augment: AugmentSettings | None = None,
+    ):
         super().__init__()
         self.size = int(size)
         self.augment = augment or AugmentSettings()
@@ -131,7 +142,7 @@ class TrainTransform(nn.Module):
         area = u(*a.scale)
         log_r = u(math.log(a.ratio[0]), math.log(a.ratio[1]))
         r = torch.exp(log_r)
-        sx = torch.sqrt(area * r).clamp(max=1.0)      # crop width / image width
+        sx = torch.sqrt(area * r).clamp(max=1.0)  # crop width / image width
         sy = torch.sqrt(area / r).clamp(max=1.0)
         # crop centre anywhere the crop fits, plus a small translation
         cx = (1 - sx) * u(-1, 1) + a.translate * 2 * u(-1, 1)
@@ -141,10 +152,13 @@ class TrainTransform(nn.Module):
         flip = torch.ones(n, device=device)
         if a.hflip:
             flip = torch.where(u(0, 1) < 0.5, -1.0, 1.0)
-        theta = torch.stack([
-            torch.stack([sx * cos * flip, -sy * sin, cx], 1),
-            torch.stack([sx * sin * flip, sy * cos, cy], 1),
-        ], 1)
+        theta = torch.stack(
+            [
+                torch.stack([sx * cos * flip, -sy * sin, cx], 1),
+                torch.stack([sx * sin * flip, sy * cos, cy], 1),
+            ],
+            1,
+        )
         return theta
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
@@ -181,8 +195,15 @@ class EvalTransform(nn.Module):
     ``resize=256, size=224`` is the CheXNet evaluation geometry.
     """
 
-    def __init__(self, size: int, *, resize: int | None = None, mean: float = 0.5,
-                 std: float = 0.25, channels: int = 1):
+    def __init__(
+        self,
+        size: int,
+        *,
+        resize: int | None = None,
+        mean: float = 0.5,
+        std: float = 0.25,
+        channels: int = 1,
+    ):
         super().__init__()
         self.size, self.resize = int(size), int(resize or size)
         if self.resize < self.size:
@@ -192,11 +213,16 @@ class EvalTransform(nn.Module):
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
         x = to_unit_float(images)
         if x.shape[-1] != self.resize or x.shape[-2] != self.resize:
-            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear",
-                              antialias=True, align_corners=False)
+            x = F.interpolate(
+                x,
+                size=(self.resize, self.resize),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
         if self.resize != self.size:
             off = (self.resize - self.size) // 2
-            x = x[..., off:off + self.size, off:off + self.size]
+            x = x[..., off : off + self.size, off : off + self.size]
         return self.normalise(x)
 
 
@@ -221,19 +247,22 @@ def ten_crop(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def eval_transform(p: Preprocessing) -> EvalTransform:
     """The evaluation transform of a preprocessing contract (resize, centre crop, normalise)."""
-    return EvalTransform(p.input_size, resize=p.eval_resize, mean=p.mean, std=p.std,
-                         channels=p.channels)
+    return EvalTransform(
+        p.input_size, resize=p.eval_resize, mean=p.mean, std=p.std, channels=p.channels
+    )
 
 
 #: Augmentation ranges that leave the image as it is (``data.augment=false``): the whole
 #: cache image resized to the input size.
-NO_AUGMENT = AugmentSettings(scale=(1, 1), ratio=(1, 1), rotate_deg=0, translate=0,
-                             brightness=0, contrast=0, hflip=False)
+NO_AUGMENT = AugmentSettings(
+    scale=(1, 1), ratio=(1, 1), rotate_deg=0, translate=0, brightness=0, contrast=0, hflip=False
+)
 
 
 def presets(p: Preprocessing, *, augment: AugmentSettings | None = None):
     """The one place train and eval geometry is built: ``(train, eval)`` transforms of the
     preprocessing contract ``p`` (its ``input_size``, ``eval_resize``, mean/std, channels)."""
-    train = TrainTransform(p.input_size, mean=p.mean, std=p.std, channels=p.channels,
-                           augment=augment)
+    train = TrainTransform(
+        p.input_size, mean=p.mean, std=p.std, channels=p.channels, augment=augment
+    )
     return train, eval_transform(p)

@@ -25,11 +25,15 @@ def box_supervision_loss(cfg: RunConfig, data: RunData, preprocessing: Preproces
     from cxrkit.models import box_attention_loss
 
     if data.train_boxes is None or len(data.train_boxes) == 0:
-        raise ValueError("model.box_supervision > 0 needs boxes on training images "
-                         "(set data.box_fold, or use a random split)")
+        raise ValueError(
+            "model.box_supervision > 0 needs boxes on training images "
+            "(set data.box_fold, or use a random split)"
+        )
     if cfg.data.augment:
-        raise ValueError("model.box_supervision needs data.augment=false: random crops move "
-                         "the anatomy away from the box coordinates")
+        raise ValueError(
+            "model.box_supervision needs data.augment=false: random crops move "
+            "the anatomy away from the box coordinates"
+        )
     by_image: dict[str, list] = {}
     for r in data.train_boxes.itertuples():
         by_image.setdefault(r.image_id, []).append(r)

@@ -51,7 +51,8 @@ def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused to load: it contains objects other than tensors and plain "
-            f"data, which could run code when unpickled ({str(e).splitlines()[0]})") from e
+            f"data, which could run code when unpickled ({str(e).splitlines()[0]})"
+        ) from e
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -61,27 +62,46 @@ def load_checkpoint(path: str | Path, *, map_location="cpu") -> dict:
 
 
 #: The type of each field a cxrkit checkpoint may hold (absent or None is allowed).
-FIELD_TYPES: dict[str, type | tuple[type, ...]] = {"model": dict, "model_config": dict, "findings": list, "preprocess": dict,
-               "config": dict, "split": dict, "versions": dict, "optimizer": dict,
-               "scheduler": dict, "scaler": dict, "epoch": int, "step": int, "rng": dict,
-               "best": (int, float), "bad_epochs": int, "history": list, "metrics": dict,
-               "ood": dict}
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": dict,
+    "model_config": dict,
+    "findings": list,
+    "preprocess": dict,
+    "config": dict,
+    "split": dict,
+    "versions": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "epoch": int,
+    "step": int,
+    "rng": dict,
+    "best": (int, float),
+    "bad_epochs": int,
+    "history": list,
+    "metrics": dict,
+    "ood": dict,
+}
 
 
 def check_fields(ckpt: dict, path) -> None:
     """Refuse a checkpoint whose fields have the wrong type (a ``config`` that is a string,
     findings that are not names...): one :class:`CheckpointError` naming the field, instead
     of an ``AttributeError`` wherever the field is first used."""
+
     def wrong(field: str, value, want: str):
-        raise CheckpointError(f"{path}: field {field!r} of the checkpoint should be {want}, "
-                              f"found {quote(value, 40)} ({type(value).__name__}); the file "
-                              "is damaged or was not written by cxrkit")
+        raise CheckpointError(
+            f"{path}: field {field!r} of the checkpoint should be {want}, "
+            f"found {quote(value, 40)} ({type(value).__name__}); the file "
+            "is damaged or was not written by cxrkit"
+        )
 
     for field, kind in FIELD_TYPES.items():
         value = ckpt.get(field)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(
-                k.__name__ for k in kind)
+            names = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
             wrong(field, value, f"a {names}")
     findings = ckpt.get("findings")
     if findings is not None and not all(isinstance(f, str) for f in findings):
@@ -91,9 +111,16 @@ def check_fields(ckpt: dict, path) -> None:
             wrong(f"config.{section}", value, "a mapping")
 
 
-__all__ = ["FIELD_TYPES", "FORMAT", "CheckpointError", "check_fields", "load_checkpoint",
-           "rng_state", "save_checkpoint",
-           "set_rng_state"]
+__all__ = [
+    "FIELD_TYPES",
+    "FORMAT",
+    "CheckpointError",
+    "check_fields",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 
 def rng_state() -> dict:
@@ -101,8 +128,12 @@ def rng_state() -> dict:
     np_state: tuple = np.random.get_state()  # type: ignore[assignment]  # the legacy tuple form
     state: dict = {
         "python": repr(random.getstate()),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -115,8 +146,9 @@ def set_rng_state(state: dict) -> None:
 
     random.setstate(_tuples(ast.literal_eval(state["python"])))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
+    np.random.set_state(
+        ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -47,7 +47,8 @@ class MaskedBCE(nn.Module):
         known = ~torch.isnan(labels)
         target = torch.where(known, labels, torch.zeros_like(labels))
         loss = F.binary_cross_entropy_with_logits(
-            logits.float(), target.float(), pos_weight=self.pos_weight, reduction="none")
+            logits.float(), target.float(), pos_weight=self.pos_weight, reduction="none"
+        )
         return (loss * known).sum() / known.sum().clamp(min=1)
 
 

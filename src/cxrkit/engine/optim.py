@@ -35,7 +35,8 @@ def make_scheduler(cfg: RunConfig, optimizer, steps_per_epoch: int):
         return None, None
     if tc.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience), None
+            optimizer, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience
+        ), None
     total = max(1, tc.epochs * steps_per_epoch)
     warm = int(round(tc.warmup_epochs * steps_per_epoch))
 

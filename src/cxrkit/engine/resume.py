@@ -40,14 +40,16 @@ def check_resume(cfg: RunConfig, *, resume: bool = True) -> dict | None:
     ck = load_checkpoint(run.last)
     differ = config_differences(ck.get("config") or {}, cfg.to_dict())
     if differ:
-        shown = "; ".join(f"{k}: {quote(old)} in the run, {quote(new)} now"
-                          for k, old, new in differ[:8])
+        shown = "; ".join(
+            f"{k}: {quote(old)} in the run, {quote(new)} now" for k, old, new in differ[:8]
+        )
         more = f" (and {len(differ) - 8} more)" if len(differ) > 8 else ""
         raise RunConflictError(
             f"{run.root} holds a run made with other settings ({shown}{more}); nothing was "
             f"written. Train into another folder (out=... or --out), or pass --fresh to "
             f"start this one again (its checkpoints are deleted). Only "
-            f"{', '.join(RESUMABLE)} may change on resume.")
+            f"{', '.join(RESUMABLE)} may change on resume."
+        )
     return ck
 
 
@@ -63,8 +65,13 @@ def resume_state(t: Training, ck: dict | None) -> TrainState:
     if t.scaler is not None and ck.get("scaler"):
         t.scaler.load_state_dict(ck["scaler"])
     set_rng_state(ck["rng"])
-    s = TrainState(start_epoch=ck["epoch"] + 1, step=ck["step"], best=ck["best"],
-                   history=list(ck["history"]), bad_epochs=ck["bad_epochs"])
+    s = TrainState(
+        start_epoch=ck["epoch"] + 1,
+        step=ck["step"],
+        best=ck["best"],
+        history=list(ck["history"]),
+        bad_epochs=ck["bad_epochs"],
+    )
     if t.dist.is_main:
         log.info("resumed from %s at epoch %d", t.run.last, s.start_epoch + 1)
     return s
@@ -85,17 +92,24 @@ def start_run_folder(t: Training, *, fresh: bool) -> None:
         if run.tensorboard.is_dir() and not any(run.tensorboard.iterdir()):
             run.tensorboard.rmdir()
         if old:
-            log.info("--fresh: removed %s from %s (what cxrkit train wrote; nothing else)",
-                     ", ".join(sorted({str(p.relative_to(run.root)) for p in old})), run.root)
+            log.info(
+                "--fresh: removed %s from %s (what cxrkit train wrote; nothing else)",
+                ", ".join(sorted({str(p.relative_to(run.root)) for p in old})),
+                run.root,
+            )
     make_folder(run.root)
     t.cfg.to_yaml(run.config)
     if t.data.moved is not None:
         write_csv(t.data.moved, run.box_fold_moved)
     f = t.freeze
-    log.info("parameters: %s trainable, %s frozen (model.freeze=%s: %d of %d layers frozen)",
-             f"{f['trainable_params']:,}", f"{f['frozen_params']:,}", f["policy"],
-             f["frozen_layers"], f["layers"])
+    log.info(
+        "parameters: %s trainable, %s frozen (model.freeze=%s: %d of %d layers frozen)",
+        f"{f['trainable_params']:,}",
+        f"{f['frozen_params']:,}",
+        f["policy"],
+        f["frozen_layers"],
+        f["layers"],
+    )
 
 
-__all__ = ["RunConflictError", "TrainState", "check_resume", "resume_state",
-           "start_run_folder"]
+__all__ = ["RunConflictError", "TrainState", "check_resume", "resume_state", "start_run_folder"]

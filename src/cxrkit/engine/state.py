@@ -50,9 +50,9 @@ class Training:
     device: torch.device
     run: RunFolder
     data: RunData
-    model: nn.Module          #: the bare model (saved, resumed)
-    net: nn.Module            #: what is trained: the model, maybe DDP-wrapped and compiled
-    freeze: dict              #: apply_freeze's counts (trainable / frozen parameters)
+    model: nn.Module  #: the bare model (saved, resumed)
+    net: nn.Module  #: what is trained: the model, maybe DDP-wrapped and compiled
+    freeze: dict  #: apply_freeze's counts (trainable / frozen parameters)
     preprocessing: Preprocessing  #: the geometry contract, stored in every checkpoint
     train_tf: object
     eval_tf: object
@@ -61,11 +61,11 @@ class Training:
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer | None
     scheduler: Any
-    sched_step: object        #: per-step scheduler hook, or None (plateau steps per epoch)
-    sampler: Any              #: DistributedSampler of the training set, or None
+    sched_step: object  #: per-step scheduler hook, or None (plateau steps per epoch)
+    sampler: Any  #: DistributedSampler of the training set, or None
     val_loader: object
-    per_rank: int             #: training batch per rank
-    aux: object               #: box-supervision loss, or None
+    per_rank: int  #: training batch per rank
+    aux: object  #: box-supervision loss, or None
 
     @property
     def no_train(self) -> bool:

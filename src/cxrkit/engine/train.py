@@ -69,17 +69,42 @@ def _epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch) * 1_009 + rank)
 
 
-def train_one_epoch(model, loss_fn, optimizer, loader, transform, *, device, precision,
-                    scaler, epoch, cfg: RunConfig, scheduler_step=None, writer=None,
-                    step=0, show_progress=True, aux_loss=None):
+def train_one_epoch(
+    model,
+    loss_fn,
+    optimizer,
+    loader,
+    transform,
+    *,
+    device,
+    precision,
+    scaler,
+    epoch,
+    cfg: RunConfig,
+    scheduler_step=None,
+    writer=None,
+    step=0,
+    show_progress=True,
+    aux_loss=None,
+):
     """One pass over the training loader; returns (mean loss, images/s, step)."""
     model.train()
     tc = cfg.train
     g = _epoch_generator(tc.seed, epoch, getattr(loader.sampler, "rank", 0))
     total, count, t0 = 0.0, 0, time.perf_counter()
-    n_batches = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch * tc.grad_accum)
-    bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch",
-               disable=not show_progress, leave=False, dynamic_ncols=True)
+    n_batches = (
+        len(loader)
+        if tc.max_steps_per_epoch is None
+        else min(len(loader), tc.max_steps_per_epoch * tc.grad_accum)
+    )
+    bar = tqdm(
+        total=n_batches,
+        desc=f"epoch {epoch + 1}/{tc.epochs}",
+        unit="batch",
+        disable=not show_progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(loader):
         if i >= n_batches:
@@ -97,7 +122,8 @@ def train_one_epoch(model, loss_fn, optimizer, loader, transform, *, device, pre
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; the last "
-                "good checkpoint (last.pt) is kept. Lower train.lr, or try train.amp=none.")
+                "good checkpoint (last.pt) is kept. Lower train.lr, or try train.amp=none."
+            )
         scaled = loss / tc.grad_accum
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if (i + 1) % tc.grad_accum == 0 or i + 1 == n_batches:
@@ -127,8 +153,18 @@ def train_one_epoch(model, loss_fn, optimizer, loader, transform, *, device, pre
 
 
 @torch.no_grad()
-def predict_loader(model, loader, transform, *, device, precision, metadata: bool,
-                   dist=None, show_progress=False, desc="eval"):
+def predict_loader(
+    model,
+    loader,
+    transform,
+    *,
+    device,
+    precision,
+    metadata: bool,
+    dist=None,
+    show_progress=False,
+    desc="eval",
+):
     """Logits and labels for every item of ``loader`` (gathered across ranks).
 
     Returns ``(indices, logits, labels)`` as float32 numpy arrays sorted by dataset index,
@@ -152,12 +188,29 @@ def predict_loader(model, loader, transform, *, device, precision, metadata: boo
     return i[order], z[order], y[order]
 
 
-def evaluate(model, loss_fn, loader, transform, *, device, precision, metadata, dist=None,
-             show_progress=False) -> dict:
+def evaluate(
+    model,
+    loss_fn,
+    loader,
+    transform,
+    *,
+    device,
+    precision,
+    metadata,
+    dist=None,
+    show_progress=False,
+) -> dict:
     """Validation loss, per-finding AUROC and mean AUROC (NaN findings skipped)."""
-    _, logits, labels = predict_loader(model, loader, transform, device=device,
-                                       precision=precision, metadata=metadata, dist=dist,
-                                       show_progress=show_progress)
+    _, logits, labels = predict_loader(
+        model,
+        loader,
+        transform,
+        device=device,
+        precision=precision,
+        metadata=metadata,
+        dist=dist,
+        show_progress=show_progress,
+    )
     z, y = torch.from_numpy(logits), torch.from_numpy(labels)
     with torch.no_grad():
         loss = float(loss_fn(z.to(device), y.to(device)))
@@ -178,26 +231,43 @@ def load_data(cfg: RunConfig) -> RunData:
         if prepared.boxes is None:
             raise ValueError(f"data.box_fold={dc.box_fold} but {prepared.root} has no boxes")
         split, moved = box_fold(split, prepared.boxes, fraction=dc.box_fold, seed=cfg.train.seed)
-        log.info("box fold: moved %d test images of %d patients into train (listed in "
-                 "box_fold_moved.csv)", len(moved), moved["patient_id"].nunique())
+        log.info(
+            "box fold: moved %d test images of %d patients into train (listed in "
+            "box_fold_moved.csv)",
+            len(moved),
+            moved["patient_id"].nunique(),
+        )
     findings = resolve_findings(dc.findings)
     table = prepared.labels.merge(split[["image_id", "split"]], on="image_id", how="inner")
     train_t = table[table["split"] == "train"].reset_index(drop=True)
     val_t = table[table["split"] == "val"].reset_index(drop=True)
     if len(train_t) == 0 or len(val_t) == 0:
-        raise ValueError(f"split {split_path} has {len(train_t)} train and {len(val_t)} val "
-                         "images in the cache; both must be non-empty")
+        raise ValueError(
+            f"split {split_path} has {len(train_t)} train and {len(val_t)} val "
+            "images in the cache; both must be non-empty"
+        )
     train_boxes = None  # in cache pixels (crop and resize applied)
     if prepared.boxes is not None:
         boxes = prepared.boxes_in_pixels()
         train_boxes = boxes[boxes["image_id"].isin(train_t["image_id"])].reset_index(drop=True)  # type: ignore[index]  # not None when prepared.boxes is not
-    log.info("data: %d train / %d val images, %d findings, split %s (%s)", len(train_t),
-             len(val_t), len(findings), split_path, prov.get("protocol", "custom"))
-    return RunData(prepared=prepared, findings=findings,
-                   train=CXRDataset(prepared.cache, train_t, findings),
-                   val=CXRDataset(prepared.cache, val_t, findings),
-                   split_path=split_path, split_sha256=split_sha, moved=moved,
-                   train_boxes=train_boxes)
+    log.info(
+        "data: %d train / %d val images, %d findings, split %s (%s)",
+        len(train_t),
+        len(val_t),
+        len(findings),
+        split_path,
+        prov.get("protocol", "custom"),
+    )
+    return RunData(
+        prepared=prepared,
+        findings=findings,
+        train=CXRDataset(prepared.cache, train_t, findings),
+        val=CXRDataset(prepared.cache, val_t, findings),
+        split_path=split_path,
+        split_sha256=split_sha,
+        moved=moved,
+        train_boxes=train_boxes,
+    )
 
 
 def build_model(cfg: RunConfig, data: RunData) -> tuple[nn.Module, dict]:
@@ -215,13 +285,21 @@ def build_model(cfg: RunConfig, data: RunData) -> tuple[nn.Module, dict]:
                 "training image has a box: under the official split all box images are test "
                 "images. Set data.box_fold (e.g. 0.5) to move a patient-grouped part of the "
                 "box images out of test into training (the run records which), or use a "
-                "random split.")
+                "random split."
+            )
         if data.train_boxes is not None and len(data.train_boxes):
-            kwargs["box_priors"] = fit_box_priors(data.train_boxes, data.findings,
-                                                  image_size=data.prepared.cache.size)
-    model = create_model(mc.name, findings=data.findings, in_chans=mc.in_chans,
-                         pretrained=mc.pretrained, weights=mc.weights,
-                         meta_features=len(META_FEATURES) if mc.metadata else 0, **kwargs)
+            kwargs["box_priors"] = fit_box_priors(
+                data.train_boxes, data.findings, image_size=data.prepared.cache.size
+            )
+    model = create_model(
+        mc.name,
+        findings=data.findings,
+        in_chans=mc.in_chans,
+        pretrained=mc.pretrained,
+        weights=mc.weights,
+        meta_features=len(META_FEATURES) if mc.metadata else 0,
+        **kwargs,
+    )
     return model, apply_freeze(model, mc.freeze)
 
 
@@ -244,7 +322,8 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
     model = model.to(device)
     preprocessing = Preprocessing.for_run(cfg, data.prepared.cache.settings, model)
     train_tf, eval_tf = presets(
-        preprocessing, augment=AugmentSettings(hflip=dc.hflip) if dc.augment else NO_AUGMENT)
+        preprocessing, augment=AugmentSettings(hflip=dc.hflip) if dc.augment else NO_AUGMENT
+    )
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits it
     precision = Precision.choose(tc.amp, device)
@@ -257,14 +336,22 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
     val_sampler: Any = None
     if d.enabled:
         from torch.utils.data.distributed import DistributedSampler
-        sampler = DistributedSampler(data.train, num_replicas=d.world_size, rank=d.rank,
-                                     shuffle=True, seed=tc.seed)
-        val_sampler = DistributedSampler(data.val, num_replicas=d.world_size, rank=d.rank,
-                                         shuffle=False)
+
+        sampler = DistributedSampler(
+            data.train, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=tc.seed
+        )
+        val_sampler = DistributedSampler(
+            data.val, num_replicas=d.world_size, rank=d.rank, shuffle=False
+        )
     eval_bs = dc.eval_batch_size or 2 * world_batch
-    val_loader = make_loader(data.val, batch_size=max(1, eval_bs // d.world_size), shuffle=False,
-                             workers=dc.workers, sampler=val_sampler,
-                             pin_memory=device.type == "cuda")
+    val_loader = make_loader(
+        data.val,
+        batch_size=max(1, eval_bs // d.world_size),
+        shuffle=False,
+        workers=dc.workers,
+        sampler=val_sampler,
+        pin_memory=device.type == "cuda",
+    )
 
     optimizer = make_optimizer(cfg, model)
     steps = math.ceil(len(data.train) / world_batch / tc.grad_accum)
@@ -274,7 +361,8 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
     net = model
     if d.enabled:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+            model, device_ids=[d.local_rank] if device.type == "cuda" else None
+        )
     if tc.compile:
         net = torch.compile(net)  # type: ignore[assignment]  # a Module when given one
 
@@ -284,12 +372,28 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
 
         aux = box_supervision_loss(cfg, data, preprocessing)
     return Training(
-        cfg=cfg, dist=d, device=device, run=RunFolder(Path(cfg.out)), data=data, model=model,
-        net=net, freeze=freeze, preprocessing=preprocessing,
-        train_tf=train_tf, eval_tf=eval_tf, precision=precision, scaler=scaler,
-        loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, sched_step=sched_step,
-        sampler=sampler, val_loader=val_loader, per_rank=max(1, world_batch // d.world_size),
-        aux=aux)
+        cfg=cfg,
+        dist=d,
+        device=device,
+        run=RunFolder(Path(cfg.out)),
+        data=data,
+        model=model,
+        net=net,
+        freeze=freeze,
+        preprocessing=preprocessing,
+        train_tf=train_tf,
+        eval_tf=eval_tf,
+        precision=precision,
+        scaler=scaler,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sched_step=sched_step,
+        sampler=sampler,
+        val_loader=val_loader,
+        per_rank=max(1, world_batch // d.world_size),
+        aux=aux,
+    )
 
 
 # -- resume: cxrkit.engine.resume (check_resume, resume_state, start_run_folder) ----------
@@ -298,21 +402,34 @@ def build(cfg: RunConfig, d: distributed.Dist) -> Training:
 # -- the epochs ------------------------------------------------------------------------
 def _checkpoint(t: Training, s: TrainState, epoch: int, metrics: dict) -> dict:
     return {
-        "model": t.model.state_dict(), "model_config": t.model.cxr_config.to_dict(),  # type: ignore[union-attr, operator]
-        "findings": list(t.data.findings), "preprocess": t.preprocessing.to_dict(),
+        "model": t.model.state_dict(),
+        "model_config": t.model.cxr_config.to_dict(),  # type: ignore[union-attr, operator]
+        "findings": list(t.data.findings),
+        "preprocess": t.preprocessing.to_dict(),
         "config": t.cfg.to_dict(),
         "split": {"path": str(t.data.split_path), "sha256": t.data.split_sha256},
         "versions": versions(),
         "optimizer": t.optimizer.state_dict() if t.optimizer is not None else {},
         "scheduler": t.scheduler.state_dict() if t.scheduler is not None else {},
         "scaler": t.scaler.state_dict() if t.scaler is not None else {},
-        "epoch": epoch, "step": s.step, "rng": rng_state(), "best": s.best,
-        "bad_epochs": s.bad_epochs, "history": s.history, "metrics": metrics,
+        "epoch": epoch,
+        "step": s.step,
+        "rng": rng_state(),
+        "best": s.best,
+        "bad_epochs": s.bad_epochs,
+        "history": s.history,
+        "metrics": metrics,
     }
 
 
-def run_epochs(t: Training, s: TrainState, *, writer=None, show_progress: bool = True,
-               started: float | None = None) -> str:
+def run_epochs(
+    t: Training,
+    s: TrainState,
+    *,
+    writer=None,
+    show_progress: bool = True,
+    started: float | None = None,
+) -> str:
     """Train and validate epoch after epoch, checkpointing each; returns the status.
 
     "completed", or "early-stopped" (no better validation AUROC for ``train.patience``
@@ -330,19 +447,45 @@ def run_epochs(t: Training, s: TrainState, *, writer=None, show_progress: bool =
         else:
             if t.sampler is not None:
                 t.sampler.set_epoch(epoch)
-            loader = make_loader(t.data.train, batch_size=t.per_rank, shuffle=True,
-                                 seed=tc.seed * 1000 + epoch, workers=dc.workers,
-                                 sampler=t.sampler, drop_last=len(t.data.train) > t.per_rank,
-                                 pin_memory=t.device.type == "cuda")  # non_blocking copies
+            loader = make_loader(
+                t.data.train,
+                batch_size=t.per_rank,
+                shuffle=True,
+                seed=tc.seed * 1000 + epoch,
+                workers=dc.workers,
+                sampler=t.sampler,
+                drop_last=len(t.data.train) > t.per_rank,
+                pin_memory=t.device.type == "cuda",
+            )  # non_blocking copies
             train_loss, rate, s.step = train_one_epoch(
-                t.net, t.loss_fn, t.optimizer, loader, t.train_tf, device=t.device,
-                precision=t.precision, scaler=t.scaler, epoch=epoch, cfg=t.cfg,
-                scheduler_step=t.sched_step, writer=writer, step=s.step,
-                show_progress=show_progress and d.is_main, aux_loss=t.aux)
+                t.net,
+                t.loss_fn,
+                t.optimizer,
+                loader,
+                t.train_tf,
+                device=t.device,
+                precision=t.precision,
+                scaler=t.scaler,
+                epoch=epoch,
+                cfg=t.cfg,
+                scheduler_step=t.sched_step,
+                writer=writer,
+                step=s.step,
+                show_progress=show_progress and d.is_main,
+                aux_loss=t.aux,
+            )
             if d.enabled:  # images/s over all ranks
                 rate = float(sum(distributed.gather_objects(d, rate)))
-        val = evaluate(t.net, t.loss_fn, t.val_loader, t.eval_tf, device=t.device,
-                       precision=t.precision, metadata=t.cfg.model.metadata, dist=d)
+        val = evaluate(
+            t.net,
+            t.loss_fn,
+            t.val_loader,
+            t.eval_tf,
+            device=t.device,
+            precision=t.precision,
+            metadata=t.cfg.model.metadata,
+            dist=d,
+        )
         if t.scheduler is not None and t.sched_step is None:
             t.scheduler.step(val["loss"])
         improved = val["mean_auroc"] > s.best + 1e-6 or not s.history
@@ -350,11 +493,16 @@ def run_epochs(t: Training, s: TrainState, *, writer=None, show_progress: bool =
             s.best, s.bad_epochs = val["mean_auroc"], 0
         else:
             s.bad_epochs += 1
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
-               "val_mean_auroc": val["mean_auroc"], "images_per_s": rate,
-               "lr": t.optimizer.param_groups[0]["lr"] if t.optimizer else 0.0,
-               "seconds": time.time() - started,
-               **{f"auroc_{f}": float(a) for f, a in zip(t.data.findings, val["auroc"], strict=True)}}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "val_mean_auroc": val["mean_auroc"],
+            "images_per_s": rate,
+            "lr": t.optimizer.param_groups[0]["lr"] if t.optimizer else 0.0,
+            "seconds": time.time() - started,
+            **{f"auroc_{f}": float(a) for f, a in zip(t.data.findings, val["auroc"], strict=True)},
+        }
         s.history.append(row)
         if d.is_main:
             _record_epoch(t, s, epoch, row, val, improved, writer)
@@ -366,15 +514,24 @@ def run_epochs(t: Training, s: TrainState, *, writer=None, show_progress: bool =
     return "completed"
 
 
-def _record_epoch(t: Training, s: TrainState, epoch: int, row: dict, val: dict,
-                  improved: bool, writer) -> None:
+def _record_epoch(
+    t: Training, s: TrainState, epoch: int, row: dict, val: dict, improved: bool, writer
+) -> None:
     """Log the epoch, write TensorBoard scalars, best.pt/last.pt, metrics.csv, curves.png."""
-    log.info("epoch %d: train loss %.4f, val loss %.4f, val mean AUROC %.4f, %.1f img/s",
-             epoch + 1, row["train_loss"], val["loss"], val["mean_auroc"], row["images_per_s"])
+    log.info(
+        "epoch %d: train loss %.4f, val loss %.4f, val mean AUROC %.4f, %.1f img/s",
+        epoch + 1,
+        row["train_loss"],
+        val["loss"],
+        val["mean_auroc"],
+        row["images_per_s"],
+    )
     for k in ("train_loss", "val_loss", "val_mean_auroc", "images_per_s", "lr"):
         writer.add_scalar(k.replace("_", "/", 1), row[k], epoch + 1)
-    metrics = {"val_mean_auroc": val["mean_auroc"],
-               "val_auroc": dict(zip(t.data.findings, map(float, val["auroc"]), strict=True))}
+    metrics = {
+        "val_mean_auroc": val["mean_auroc"],
+        "val_auroc": dict(zip(t.data.findings, map(float, val["auroc"]), strict=True)),
+    }
     if improved:
         save_checkpoint(_checkpoint(t, s, epoch, metrics), t.run.best)
     save_checkpoint(_checkpoint(t, s, epoch, metrics), t.run.last)
@@ -382,8 +539,16 @@ def _record_epoch(t: Training, s: TrainState, epoch: int, row: dict, val: dict,
     plot_curves(s.history, t.run.curves)
 
 
-def record_ood(checkpoint: Path, model, data: RunData, transform, *, device, cfg: RunConfig,
-               show_progress: bool = False) -> None:
+def record_ood(
+    checkpoint: Path,
+    model,
+    data: RunData,
+    transform,
+    *,
+    device,
+    cfg: RunConfig,
+    show_progress: bool = False,
+) -> None:
     """The end of training: fit the checkpoint's out-of-distribution record
     (:func:`cxrkit.ood.features.fit_from_datasets`, with the checkpoint's own weights, in
     fp32: the numerics ``predict`` scores with) and write it into the checkpoint (key
@@ -393,31 +558,51 @@ def record_ood(checkpoint: Path, model, data: RunData, transform, *, device, cfg
     from cxrkit.ood.record import MAX_IMAGES
 
     if not cfg.train.ood_record:
-        log.info("ood record: skipped (train.ood_record=false); predict and serve give no "
-                 "out-of-distribution score until `cxrkit ood RUN` adds one")
+        log.info(
+            "ood record: skipped (train.ood_record=false); predict and serve give no "
+            "out-of-distribution score until `cxrkit ood RUN` adds one"
+        )
         return
     ck = load_checkpoint(checkpoint)
     if ck.get("ood") is not None:
         return
     model.load_state_dict(ck["model"])
     t0 = time.perf_counter()
-    log.info("ood record: features of %d train + %d val images (train.ood_record=false "
-             "skips this)", min(len(data.train), MAX_IMAGES), min(len(data.val), MAX_IMAGES))
+    log.info(
+        "ood record: features of %d train + %d val images (train.ood_record=false skips this)",
+        min(len(data.train), MAX_IMAGES),
+        min(len(data.val), MAX_IMAGES),
+    )
     try:
         record = fit_from_datasets(
-            model, data.train, data.val, transform, device=device,
-            metadata=cfg.model.metadata, seed=cfg.train.seed, progress=show_progress,
-            provenance={"made_by": "training", "epoch": int(ck["epoch"]) + 1,
-                        "split": str(data.split_path), "split_sha256": data.split_sha256,
-                        "prepared": str(data.prepared.root)})
-    except ValueError as e:   # e.g. a validation split of one image: say so, keep the run
+            model,
+            data.train,
+            data.val,
+            transform,
+            device=device,
+            metadata=cfg.model.metadata,
+            seed=cfg.train.seed,
+            progress=show_progress,
+            provenance={
+                "made_by": "training",
+                "epoch": int(ck["epoch"]) + 1,
+                "split": str(data.split_path),
+                "split_sha256": data.split_sha256,
+                "prepared": str(data.prepared.root),
+            },
+        )
+    except ValueError as e:  # e.g. a validation split of one image: say so, keep the run
         log.warning("no out-of-distribution record written into %s: %s", checkpoint.name, e)
         return
     ck["ood"] = record
     save_checkpoint({k: v for k, v in ck.items() if k != "format"}, checkpoint)
-    log.info("ood record: %d train / %d val images, %.1f s, written into %s",
-             ck["ood"]["train"]["n"], ck["ood"]["val"]["n"], time.perf_counter() - t0,
-             checkpoint.name)
+    log.info(
+        "ood record: %d train / %d val images, %.1f s, written into %s",
+        ck["ood"]["train"]["n"],
+        ck["ood"]["val"]["n"],
+        time.perf_counter() - t0,
+        checkpoint.name,
+    )
 
 
 # -- summarise ---------------------------------------------------------------------------
@@ -425,17 +610,25 @@ def summarise(t: Training, s: TrainState, status: str, started: float) -> dict:
     """The run's manifest, written to ``run.json`` (also when the run failed)."""
     f = t.freeze
     summary = {
-        "status": status, "model": t.cfg.model.name, "findings": list(t.data.findings),
-        "epochs_run": len(s.history), "best_val_mean_auroc": finite_or_none(s.best) if s.history else None,
-        "seconds": time.time() - started, "train_images": len(t.data.train),
+        "status": status,
+        "model": t.cfg.model.name,
+        "findings": list(t.data.findings),
+        "epochs_run": len(s.history),
+        "best_val_mean_auroc": finite_or_none(s.best) if s.history else None,
+        "seconds": time.time() - started,
+        "train_images": len(t.data.train),
         "val_images": len(t.data.val),
         "parameters": f["trainable_params"] + f["frozen_params"],
         "trainable_parameters": sum(p.numel() for p in t.model.parameters() if p.requires_grad),
         "frozen_parameters": sum(p.numel() for p in t.model.parameters() if not p.requires_grad),
-        "freeze": {"policy": f["policy"], "frozen_layers": f["frozen_layers"],
-                   "layers": f["layers"]},
+        "freeze": {
+            "policy": f["policy"],
+            "frozen_layers": f["frozen_layers"],
+            "layers": f["layers"],
+        },
         "images_per_s": s.history[-1]["images_per_s"] if s.history else None,
-        "device": str(t.device), "world_size": t.dist.world_size,
+        "device": str(t.device),
+        "world_size": t.dist.world_size,
         "backend": t.dist.backend or None,
         "precision": str(t.precision.dtype),
         "split": {"path": str(t.data.split_path), "sha256": t.data.split_sha256},
@@ -488,14 +681,21 @@ def _fit(cfg: RunConfig, d: distributed.Dist, *, resume: bool, show_progress: bo
     writer = None
     if d.is_main:
         from torch.utils.tensorboard import SummaryWriter
+
         writer = SummaryWriter(str(t.run.tensorboard))
     status, started = "failed", time.time()
     try:
-        status = run_epochs(t, s, writer=writer, show_progress=show_progress,
-                            started=started)
+        status = run_epochs(t, s, writer=writer, show_progress=show_progress, started=started)
         if d.is_main and s.history:
-            record_ood(t.run.best, t.model, t.data, t.eval_tf, device=t.device, cfg=cfg,
-                       show_progress=show_progress)
+            record_ood(
+                t.run.best,
+                t.model,
+                t.data,
+                t.eval_tf,
+                device=t.device,
+                cfg=cfg,
+                show_progress=show_progress,
+            )
     except TrainingDiverged as e:
         status = f"diverged: {e}"
         raise

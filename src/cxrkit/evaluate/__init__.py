@@ -8,6 +8,15 @@ from cxrkit.evaluate.predictions_file import PredictionsFormatError, read_predic
 from cxrkit.inference.heldout import SplitChangedError, load_held_out
 from cxrkit.evaluate.published import SOURCES, published_rows
 
-__all__ = ["FORMAT", "SOURCES", "PredictionsFormatError", "SplitChangedError",
-           "evaluate_checkpoint", "evaluate_predictions", "load_held_out", "predict_split",
-           "published_rows", "read_predictions"]
+__all__ = [
+    "FORMAT",
+    "SOURCES",
+    "PredictionsFormatError",
+    "SplitChangedError",
+    "evaluate_checkpoint",
+    "evaluate_predictions",
+    "load_held_out",
+    "predict_split",
+    "published_rows",
+    "read_predictions",
+]

@@ -45,8 +45,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.artefacts import (THRESHOLDS_FILE, EvaluationFolder, RunFolder, jsonable, make_folder,
-                              versions, write_bytes, write_csv, write_json, writes_into_run)
+from cxrkit.artefacts import (
+    THRESHOLDS_FILE,
+    EvaluationFolder,
+    RunFolder,
+    jsonable,
+    make_folder,
+    versions,
+    write_bytes,
+    write_csv,
+    write_json,
+    writes_into_run,
+)
 from cxrkit.artefacts import finite_or_none as _f
 from cxrkit.evaluate.predictions import Predictions, predict_split, predictions_frame
 from cxrkit.evaluate.gallery import write_error_gallery
@@ -89,8 +99,13 @@ log = logging.getLogger(__name__)
 FORMAT = "cxrkit-eval/1"
 CALIBRATION_BINS = 10
 #: (lower bound inclusive, upper bound exclusive, label) in years.
-AGE_BANDS = ((0, 20, "<20"), (20, 40, "20-39"), (40, 60, "40-59"), (60, 80, "60-79"),
-             (80, 121, "80+"))
+AGE_BANDS = (
+    (0, 20, "<20"),
+    (20, 40, "20-39"),
+    (40, 60, "40-59"),
+    (60, 80, "60-79"),
+    (80, 121, "80+"),
+)
 #: Fewer positives than this in the evaluated split earns a small-sample note; a subgroup
 #: AUROC resting on fewer positive *patients* than this is marked "caution" (greyed).
 FEW_POSITIVES = 10
@@ -98,8 +113,10 @@ FEW_POSITIVES = 10
 #: bootstrap of one to four positive patients only reshuffles the same few images, and
 #: its interval looks tight (Hernia, sex M: [0.843, 0.913] from one positive image).
 MIN_INTERVAL_PATIENTS = 5
-THRESHOLD_MEANING = ("a finding is called present when its probability (sigmoid of the "
-                     "model's logit, before temperature scaling) is >= its threshold")
+THRESHOLD_MEANING = (
+    "a finding is called present when its probability (sigmoid of the "
+    "model's logit, before temperature scaling) is >= its threshold"
+)
 
 
 # -- metric sections ----------------------------------------------------------------------
@@ -109,40 +126,62 @@ def _counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def ranking_section(pred: Predictions, findings, *, n: int, seed: int, level: float = 0.95):
     """AUROC and AUPRC per finding with patient-bootstrap CIs, and the mean AUROC."""
-    roc, prc = bootstrap_ranking(pred.labels, pred.probs, pred.patients, n=n, seed=seed,
-                                 level=level)
+    roc, prc = bootstrap_ranking(
+        pred.labels, pred.probs, pred.patients, n=n, seed=seed, level=level
+    )
     pos, neg = _counts(pred.labels)
-    auroc = {f: {"value": _f(roc.value[j]), "lo": _f(roc.lo[j]), "hi": _f(roc.hi[j]),
-                 "positives": int(pos[j]), "negatives": int(neg[j])}
-             for j, f in enumerate(findings)}
-    auprc = {f: {"value": _f(prc.value[j]), "lo": _f(prc.lo[j]), "hi": _f(prc.hi[j]),
-                 "prevalence": _f(pos[j] / (pos[j] + neg[j]) if pos[j] + neg[j] else None)}
-             for j, f in enumerate(findings)}
+    auroc = {
+        f: {
+            "value": _f(roc.value[j]),
+            "lo": _f(roc.lo[j]),
+            "hi": _f(roc.hi[j]),
+            "positives": int(pos[j]),
+            "negatives": int(neg[j]),
+        }
+        for j, f in enumerate(findings)
+    }
+    auprc = {
+        f: {
+            "value": _f(prc.value[j]),
+            "lo": _f(prc.lo[j]),
+            "hi": _f(prc.hi[j]),
+            "prevalence": _f(pos[j] / (pos[j] + neg[j]) if pos[j] + neg[j] else None),
+        }
+        for j, f in enumerate(findings)
+    }
     m = bootstrap_mean(roc)
-    mean = {"value": _f(m["value"]), "lo": _f(m["lo"]), "hi": _f(m["hi"]),
-            "defined": m["defined"],
-            "undefined": [f for j, f in enumerate(findings) if np.isnan(roc.value[j])]}
+    mean = {
+        "value": _f(m["value"]),
+        "lo": _f(m["lo"]),
+        "hi": _f(m["hi"]),
+        "defined": m["defined"],
+        "undefined": [f for j, f in enumerate(findings) if np.isnan(roc.value[j])],
+    }
     return auroc, auprc, mean
 
 
-def threshold_section(fit: Predictions, test: Predictions, findings,
-                      used: ThresholdChoice | None = None) -> tuple[dict, dict]:
+def threshold_section(
+    fit: Predictions, test: Predictions, findings, used: ThresholdChoice | None = None
+) -> tuple[dict, dict]:
     """Thresholds chosen on ``fit`` (validation) per method, and their metrics on ``test``;
     ``used``: the thresholds written for predict (:mod:`cxrkit.evaluate.threshold_choice`),
     applied too, as ``"used"``."""
     thresholds: dict = {}
     applied: dict = {}
     for method in THRESHOLD_METHODS:
-        thresholds[method] = {f: _f(fit_threshold(fit.labels[:, j], fit.probs[:, j], method))
-                              for j, f in enumerate(findings)}
+        thresholds[method] = {
+            f: _f(fit_threshold(fit.labels[:, j], fit.probs[:, j], method))
+            for j, f in enumerate(findings)
+        }
     if used is not None:
         thresholds["used"] = used.values
     for method in thresholds:
         applied[method] = {}
         for j, f in enumerate(findings):
             t = thresholds[method][f]
-            m = threshold_metrics(test.labels[:, j], test.probs[:, j],
-                                  float("nan") if t is None else t)
+            m = threshold_metrics(
+                test.labels[:, j], test.probs[:, j], float("nan") if t is None else t
+            )
             applied[method][f] = {k: v if isinstance(v, int) else _f(v) for k, v in m.items()}
     return thresholds, applied
 
@@ -150,27 +189,37 @@ def threshold_section(fit: Predictions, test: Predictions, findings,
 def _calibration(labels: np.ndarray, probs: np.ndarray, findings) -> dict:
     cols = range(len(findings))
     brier = np.array([brier_score(labels[:, j], probs[:, j]) for j in cols])
-    ece = np.array([expected_calibration_error(labels[:, j], probs[:, j], CALIBRATION_BINS)
-                    for j in cols])
-    return {"brier": dict(zip(findings, map(_f, brier), strict=True)),
-            "ece": dict(zip(findings, map(_f, ece), strict=True)),
-            "mean_brier": _f(mean_defined(brier)), "mean_ece": _f(mean_defined(ece))}
+    ece = np.array(
+        [expected_calibration_error(labels[:, j], probs[:, j], CALIBRATION_BINS) for j in cols]
+    )
+    return {
+        "brier": dict(zip(findings, map(_f, brier), strict=True)),
+        "ece": dict(zip(findings, map(_f, ece), strict=True)),
+        "mean_brier": _f(mean_defined(brier)),
+        "mean_ece": _f(mean_defined(ece)),
+    }
 
 
-def calibration_section(fit: Predictions, test: Predictions, findings, *,
-                        temperature: bool = True) -> dict:
+def calibration_section(
+    fit: Predictions, test: Predictions, findings, *, temperature: bool = True
+) -> dict:
     """Brier, ECE and reliability on ``test``; temperature fitted on ``fit``, before/after."""
     before = _calibration(test.labels, test.probs, findings)
-    out = {"bins": CALIBRATION_BINS, **before, "temperature": None, "after_temperature": None,
-           "reliability": {f: reliability_curve(test.labels[:, j], test.probs[:, j],
-                                                CALIBRATION_BINS)
-                           for j, f in enumerate(findings)}}
+    out = {
+        "bins": CALIBRATION_BINS,
+        **before,
+        "temperature": None,
+        "after_temperature": None,
+        "reliability": {
+            f: reliability_curve(test.labels[:, j], test.probs[:, j], CALIBRATION_BINS)
+            for j, f in enumerate(findings)
+        },
+    }
     if temperature:
         t = fit_temperature(fit.logits, fit.labels)
         if math.isfinite(t):
             out["temperature"] = t
-            out["after_temperature"] = _calibration(test.labels, sigmoid(test.logits / t),
-                                                    findings)
+            out["after_temperature"] = _calibration(test.labels, sigmoid(test.logits / t), findings)
     return out
 
 
@@ -190,9 +239,11 @@ def subgroup_rows(pred: Predictions, findings, *, n: int, seed: int) -> list[dic
     :data:`MIN_INTERVAL_PATIENTS` positive patients the interval is left out (None), and
     with fewer than :data:`FEW_POSITIVES` the row is marked ``caution``, as the main
     table's notes do for findings."""
-    attributes = {"sex": (pred.table["sex"], ("M", "F")),
-                  "age_band": (age_band(pred.table["age"]), [b[2] for b in AGE_BANDS]),
-                  "view": (pred.table["view"], ("PA", "AP"))}
+    attributes = {
+        "sex": (pred.table["sex"], ("M", "F")),
+        "age_band": (age_band(pred.table["age"]), [b[2] for b in AGE_BANDS]),
+        "view": (pred.table["view"], ("PA", "AP")),
+    }
     rows = []
     for attribute, (values, groups) in attributes.items():
         values = values.to_numpy()
@@ -207,13 +258,20 @@ def subgroup_rows(pred: Predictions, findings, *, n: int, seed: int) -> list[dic
             for j, f in enumerate(findings):
                 pos_patients = int(len(np.unique(patients[y[:, j] == 1])))
                 interval = pos_patients >= MIN_INTERVAL_PATIENTS
-                rows.append({"attribute": attribute, "group": group, "finding": f,
-                             "n": int(pos[j] + neg[j]), "positives": int(pos[j]),
-                             "positive_patients": pos_patients,
-                             "auroc": _f(ci.value[j]),
-                             "lo": _f(ci.lo[j]) if interval else None,
-                             "hi": _f(ci.hi[j]) if interval else None,
-                             "caution": pos_patients < FEW_POSITIVES})
+                rows.append(
+                    {
+                        "attribute": attribute,
+                        "group": group,
+                        "finding": f,
+                        "n": int(pos[j] + neg[j]),
+                        "positives": int(pos[j]),
+                        "positive_patients": pos_patients,
+                        "auroc": _f(ci.value[j]),
+                        "lo": _f(ci.lo[j]) if interval else None,
+                        "hi": _f(ci.hi[j]) if interval else None,
+                        "caution": pos_patients < FEW_POSITIVES,
+                    }
+                )
     return rows
 
 
@@ -227,23 +285,31 @@ def ood_section(pred: Predictions, findings, record: dict) -> dict:
     flag: np.ndarray = pred.ood_flag  # type: ignore[assignment]  # the caller checks ood_score is not None
     keep = ~flag
     all_auc = auroc_per_finding(pred.labels, pred.probs)
-    kept_auc = (auroc_per_finding(pred.labels[keep], pred.probs[keep]) if keep.sum() >= 2
-                else np.full(len(findings), np.nan))
-    return {"n_images": int(len(flag)), "n_flagged": int(flag.sum()),
-            "fraction_flagged": _f(flag.mean()) if len(flag) else None,
-            "flagged_images": pred.table.loc[flag, "image_id"].tolist()[:200],
-            "score_quantiles": {q: _f(np.percentile(pred.ood_score, float(q)))  # type: ignore[arg-type]
-                                for q in ("50", "90", "99")},
-            "mean_auroc_all": _f(mean_defined(all_auc)),
-            "mean_auroc_without_flagged": _f(mean_defined(kept_auc)),
-            "auroc_all": dict(zip(findings, map(_f, all_auc), strict=True)),
-            "auroc_without_flagged": dict(zip(findings, map(_f, kept_auc), strict=True)),
-            "record": record_summary(record)}
+    kept_auc = (
+        auroc_per_finding(pred.labels[keep], pred.probs[keep])
+        if keep.sum() >= 2
+        else np.full(len(findings), np.nan)
+    )
+    return {
+        "n_images": int(len(flag)),
+        "n_flagged": int(flag.sum()),
+        "fraction_flagged": _f(flag.mean()) if len(flag) else None,
+        "flagged_images": pred.table.loc[flag, "image_id"].tolist()[:200],
+        "score_quantiles": {
+            q: _f(np.percentile(pred.ood_score, float(q)))  # type: ignore[arg-type]
+            for q in ("50", "90", "99")
+        },
+        "mean_auroc_all": _f(mean_defined(all_auc)),
+        "mean_auroc_without_flagged": _f(mean_defined(kept_auc)),
+        "auroc_all": dict(zip(findings, map(_f, all_auc), strict=True)),
+        "auroc_without_flagged": dict(zip(findings, map(_f, kept_auc), strict=True)),
+        "record": record_summary(record),
+    }
 
 
 # -- provenance and notes -----------------------------------------------------------------
 def data_source(info: dict) -> str:
-    """"phantom" (synthetic release), "nih" (the full NIH label file) or "other".
+    """ "phantom" (synthetic release), "nih" (the full NIH label file) or "other".
 
     ``info``: what was read (a prepared folder's ``dataset.json``, or the same keys for a
     release read directly: ``phantom``, ``release_root``, ``label_report``)."""
@@ -256,65 +322,103 @@ def data_source(info: dict) -> str:
     return "nih" if rows == NIH_LABEL_ROWS else "other"
 
 
-def scoring_notes(*, source: str, split: str, fit_split: str | None, mean: dict, auroc: dict,
-                  bootstrap: int, calibration: dict, test: Predictions,
-                  subgroups: Sequence[dict] = ()) -> list[str]:
+def scoring_notes(
+    *,
+    source: str,
+    split: str,
+    fit_split: str | None,
+    mean: dict,
+    auroc: dict,
+    bootstrap: int,
+    calibration: dict,
+    test: Predictions,
+    subgroups: Sequence[dict] = (),
+) -> list[str]:
     """The honesty notes of any scored table (a run's split or a predictions file)."""
     notes = []
     if source == "phantom":
-        notes.append("Phantom (synthetic) images: these numbers test the pipeline and say "
-                     "nothing about performance on real chest X-rays.")
+        notes.append(
+            "Phantom (synthetic) images: these numbers test the pipeline and say "
+            "nothing about performance on real chest X-rays."
+        )
     elif source == "other":
-        notes.append("The labels are not the full NIH label file (112,120 rows), so the test "
-                     "set is not NIH's; published numbers are not comparable.")
+        notes.append(
+            "The labels are not the full NIH label file (112,120 rows), so the test "
+            "set is not NIH's; published numbers are not comparable."
+        )
     if mean["undefined"]:
-        notes.append(f"AUROC undefined (one class among the evaluated labels) for: "
-                     f"{', '.join(mean['undefined'])}; they are null and left out of the mean "
-                     f"({mean['defined']} findings averaged).")
-    few = [f"{f} ({v['positives']})" for f, v in auroc.items()
-           if v["value"] is not None and v["positives"] < FEW_POSITIVES]
+        notes.append(
+            f"AUROC undefined (one class among the evaluated labels) for: "
+            f"{', '.join(mean['undefined'])}; they are null and left out of the mean "
+            f"({mean['defined']} findings averaged)."
+        )
+    few = [
+        f"{f} ({v['positives']})"
+        for f, v in auroc.items()
+        if v["value"] is not None and v["positives"] < FEW_POSITIVES
+    ]
     if few:
-        notes.append(f"Fewer than {FEW_POSITIVES} positive images for: {', '.join(few)}; "
-                     "their AUROCs are noisy (see the intervals).")
+        notes.append(
+            f"Fewer than {FEW_POSITIVES} positive images for: {', '.join(few)}; "
+            "their AUROCs are noisy (see the intervals)."
+        )
     thin = [f for f, v in auroc.items() if v["value"] is not None and v["lo"] is None]
     if thin:
-        notes.append(f"No confidence interval for {', '.join(thin)}: fewer than half of the "
-                     f"{bootstrap} patient resamples contained both classes.")
+        notes.append(
+            f"No confidence interval for {', '.join(thin)}: fewer than half of the "
+            f"{bootstrap} patient resamples contained both classes."
+        )
     if mean["value"] is not None and mean["lo"] is None:
-        notes.append("No confidence interval for the mean AUROC: fewer than half of the "
-                     "patient resamples had both classes for every finding in the mean.")
+        notes.append(
+            "No confidence interval for the mean AUROC: fewer than half of the "
+            "patient resamples had both classes for every finding in the mean."
+        )
     if fit_split is None:
-        notes.append("Thresholds and temperature were not fitted: no predictions for other "
-                     "images were given (--fit-on VAL.csv), and fitting them on the scored "
-                     "images would flatter them. Calibration (ECE, reliability) is of the "
-                     "probabilities as given.")
+        notes.append(
+            "Thresholds and temperature were not fitted: no predictions for other "
+            "images were given (--fit-on VAL.csv), and fitting them on the scored "
+            "images would flatter them. Calibration (ECE, reliability) is of the "
+            "probabilities as given."
+        )
     elif split == fit_split:
-        notes.append(f"Thresholds and temperature were fitted on the evaluated split "
-                     f"({split}) itself: threshold metrics and calibration after temperature "
-                     "are optimistic.")
+        notes.append(
+            f"Thresholds and temperature were fitted on the evaluated split "
+            f"({split}) itself: threshold metrics and calibration after temperature "
+            "are optimistic."
+        )
     else:
-        notes.append(f"Thresholds and temperature were fitted on the {fit_split} split only "
-                     f"and applied unchanged to {split}.")
+        notes.append(
+            f"Thresholds and temperature were fitted on the {fit_split} split only "
+            f"and applied unchanged to {split}."
+        )
     if fit_split == "train":
-        notes.append("Thresholds and temperature were fitted on training images, which the "
-                     "model has learned: expect them to be off on new images (use val).")
+        notes.append(
+            "Thresholds and temperature were fitted on training images, which the "
+            "model has learned: expect them to be off on new images (use val)."
+        )
     t = calibration.get("temperature")
     if t is not None and not 0.06 < t < 19.0:
-        notes.append(f"The fitted temperature ({t:.3g}) is at its search bound; calibration "
-                     "after temperature scaling is unreliable.")
+        notes.append(
+            f"The fitted temperature ({t:.3g}) is at its search bound; calibration "
+            "after temperature scaling is unreliable."
+        )
     no_band = int(age_band(test.table["age"]).isna().sum())
     if no_band:
-        notes.append(f"{count(no_band, 'image')} {'has' if no_band == 1 else 'have'} a "
-                     "missing or impossible age (over 120) and "
-                     f"{'is' if no_band == 1 else 'are'} in no age-band subgroup.")
+        notes.append(
+            f"{count(no_band, 'image')} {'has' if no_band == 1 else 'have'} a "
+            "missing or impossible age (over 120) and "
+            f"{'is' if no_band == 1 else 'are'} in no age-band subgroup."
+        )
     unknown = int(np.isnan(test.labels).sum())
     if unknown:
         notes.append(f"{unknown} unknown labels (NaN) were left out per finding.")
     thin_groups = [r for r in subgroups if r["auroc"] is not None and r["caution"]]
     if thin_groups:
-        notes.append(f"Subgroups: {len(thin_groups)} AUROC(s) rest on fewer than {FEW_POSITIVES} "
-                     "positive patients (marked and greyed; no interval below "
-                     f"{MIN_INTERVAL_PATIENTS}).")
+        notes.append(
+            f"Subgroups: {len(thin_groups)} AUROC(s) rest on fewer than {FEW_POSITIVES} "
+            "positive patients (marked and greyed; no interval below "
+            f"{MIN_INTERVAL_PATIENTS})."
+        )
     return notes
 
 
@@ -323,9 +427,11 @@ def _run_notes(*, data: HeldOut) -> list[str]:
     the protocol line's, :func:`protocol_line`)."""
     notes = []
     if data.moved is not None:
-        notes.append(f"The run used a box fold ({data.box_fold:g}): {len(data.moved)} test "
-                     f"images of {data.moved['patient_id'].nunique()} patients were moved into "
-                     "training and are not evaluated here.")
+        notes.append(
+            f"The run used a box fold ({data.box_fold:g}): {len(data.moved)} test "
+            f"images of {data.moved['patient_id'].nunique()} patients were moved into "
+            "training and are not evaluated here."
+        )
     return notes
 
 
@@ -336,8 +442,13 @@ def coverage(image_ids, test_list, train_val_list=None, *, nih: bool = True) -> 
     papers; otherwise (a phantom or partial release) the length of its own test list."""
     ids = set(image_ids)
     total = OFFICIAL_TEST_IMAGES if nih or test_list is None else len(test_list)
-    out = {"nih": nih, "official_test_images": total, "scored": len(ids),
-           "scored_official_test": None, "scored_train_val": None}
+    out = {
+        "nih": nih,
+        "official_test_images": total,
+        "scored": len(ids),
+        "scored_official_test": None,
+        "scored_train_val": None,
+    }
     if test_list is not None:
         out["scored_official_test"] = len(ids & set(test_list))
     if train_val_list is not None:
@@ -348,35 +459,75 @@ def coverage(image_ids, test_list, train_val_list=None, *, nih: bool = True) -> 
 # -- outputs ------------------------------------------------------------------------------
 def _tables(metrics: dict) -> dict[str, pd.DataFrame]:
     findings = metrics["findings"]
-    auroc = pd.DataFrame([{
-        "finding": f, "auroc": metrics["auroc"][f]["value"], "auroc_lo": metrics["auroc"][f]["lo"],
-        "auroc_hi": metrics["auroc"][f]["hi"], "auprc": metrics["auprc"][f]["value"],
-        "auprc_lo": metrics["auprc"][f]["lo"], "auprc_hi": metrics["auprc"][f]["hi"],
-        "positives": metrics["auroc"][f]["positives"],
-        "negatives": metrics["auroc"][f]["negatives"]} for f in findings])
-    applied = metrics["threshold_metrics"]   # {} when no thresholds were fitted
-    thresholds = pd.DataFrame([{"method": m, "finding": f, **applied[m][f]}
-                               for m in applied for f in findings],
-                              columns=["method", "finding", "threshold", "tp", "fp", "tn", "fn"]
-                              if not applied else None)
+    auroc = pd.DataFrame(
+        [
+            {
+                "finding": f,
+                "auroc": metrics["auroc"][f]["value"],
+                "auroc_lo": metrics["auroc"][f]["lo"],
+                "auroc_hi": metrics["auroc"][f]["hi"],
+                "auprc": metrics["auprc"][f]["value"],
+                "auprc_lo": metrics["auprc"][f]["lo"],
+                "auprc_hi": metrics["auprc"][f]["hi"],
+                "positives": metrics["auroc"][f]["positives"],
+                "negatives": metrics["auroc"][f]["negatives"],
+            }
+            for f in findings
+        ]
+    )
+    applied = metrics["threshold_metrics"]  # {} when no thresholds were fitted
+    thresholds = pd.DataFrame(
+        [{"method": m, "finding": f, **applied[m][f]} for m in applied for f in findings],
+        columns=["method", "finding", "threshold", "tp", "fp", "tn", "fn"] if not applied else None,
+    )
     for col in ("tp", "fp", "tn", "fn"):
-        thresholds[col] = thresholds[col].astype("Int64")   # counts; empty when undefined
+        thresholds[col] = thresholds[col].astype("Int64")  # counts; empty when undefined
     cal = metrics["calibration"]
     after = cal["after_temperature"] or {"brier": {}, "ece": {}}
-    calibration = pd.DataFrame([{
-        "finding": f, "brier": cal["brier"][f], "ece": cal["ece"][f],
-        "brier_after_temperature": after["brier"].get(f),
-        "ece_after_temperature": after["ece"].get(f),
-        "temperature": cal["temperature"]} for f in findings])
-    subgroups = pd.DataFrame(metrics["subgroups"], columns=[
-        "attribute", "group", "finding", "n", "positives", "positive_patients", "auroc", "lo",
-        "hi", "caution"])
-    published = pd.DataFrame(metrics["published"], columns=["finding", "source", "auroc", "split",
-                                                            "protocol", "comparable", "note"])
-    published.insert(3, "this_run_auroc", [metrics["auroc"].get(f, {}).get("value")
-                                           for f in published["finding"]])
-    return {"auroc": auroc, "threshold_table": thresholds, "calibration": calibration,
-            "subgroups": subgroups, "published": published}   # EvaluationFolder's names
+    calibration = pd.DataFrame(
+        [
+            {
+                "finding": f,
+                "brier": cal["brier"][f],
+                "ece": cal["ece"][f],
+                "brier_after_temperature": after["brier"].get(f),
+                "ece_after_temperature": after["ece"].get(f),
+                "temperature": cal["temperature"],
+            }
+            for f in findings
+        ]
+    )
+    subgroups = pd.DataFrame(
+        metrics["subgroups"],
+        columns=[
+            "attribute",
+            "group",
+            "finding",
+            "n",
+            "positives",
+            "positive_patients",
+            "auroc",
+            "lo",
+            "hi",
+            "caution",
+        ],
+    )
+    published = pd.DataFrame(
+        metrics["published"],
+        columns=["finding", "source", "auroc", "split", "protocol", "comparable", "note"],
+    )
+    published.insert(
+        3,
+        "this_run_auroc",
+        [metrics["auroc"].get(f, {}).get("value") for f in published["finding"]],
+    )
+    return {
+        "auroc": auroc,
+        "threshold_table": thresholds,
+        "calibration": calibration,
+        "subgroups": subgroups,
+        "published": published,
+    }  # EvaluationFolder's names
 
 
 def write_outputs(out: Path, metrics: dict, preds: list[Predictions]) -> dict:
@@ -394,8 +545,9 @@ def write_outputs(out: Path, metrics: dict, preds: list[Predictions]) -> dict:
     return metrics
 
 
-def protocol_line(rows: str, cov: dict, *, n_rows: int | None = None,
-                  split_text: str | None = None) -> str:
+def protocol_line(
+    rows: str, cov: dict, *, n_rows: int | None = None, split_text: str | None = None
+) -> str:
     """The one sentence every output states: which rows were scored and how many of NIH's
     25,596 official test images they are (a figure on a subset, or one that includes
     train_val images, is not comparable to papers that score the whole list). For a
@@ -404,34 +556,60 @@ def protocol_line(rows: str, cov: dict, *, n_rows: int | None = None,
     n, nih = cov["scored"], cov.get("nih", True)
     official = "official test" if nih else "test-list"
     if rows == "official-test":
-        where = ("NIH's official test list" if nih else "the release's test list (not NIH's "
-                 "release: not comparable to published numbers)")
-        text = (f"Protocol: {where} (test_list.txt): {k:,} of its {total:,} images scored "
-                f"({100 * k / total:.1f} %).")
+        where = (
+            "NIH's official test list"
+            if nih
+            else "the release's test list (not NIH's release: not comparable to published numbers)"
+        )
+        text = (
+            f"Protocol: {where} (test_list.txt): {k:,} of its {total:,} images scored "
+            f"({100 * k / total:.1f} %)."
+        )
         if n_rows is not None and n_rows > n:
             text += f" {n_rows - n:,} rows of the file are not on the list and were not scored."
     elif rows == "all":
         text = f"Protocol: all {n:,} rows as given (the model's own split)"
-        text += (f": {k:,} of the {total:,} {official} images" if k is not None else "")
-        text += (f" and {t:,} train_val images." if t else ".")
+        text += f": {k:,} of the {total:,} {official} images" if k is not None else ""
+        text += f" and {t:,} train_val images." if t else "."
     else:
         text = f"Protocol: {split_text or rows}: {n:,} images"
-        text += (f", {k:,} of the {total:,} {official} images." if k is not None else ".")
+        text += f", {k:,} of the {total:,} {official} images." if k is not None else "."
     if nih and k is not None and k < total:
-        text += (f" Not comparable to papers that score the whole official test list: "
-                 f"{'a subset of it' if k else 'none of it'}"
-                 + (f", with {t:,} train_val images, which models trained on NIH's official "
-                    "split have seen" if t else "") + ".")
+        text += (
+            f" Not comparable to papers that score the whole official test list: "
+            f"{'a subset of it' if k else 'none of it'}"
+            + (
+                f", with {t:,} train_val images, which models trained on NIH's official "
+                "split have seen"
+                if t
+                else ""
+            )
+            + "."
+        )
     return text
 
 
-def score(test: Predictions, fit: Predictions | None, findings, out: str | Path, *,
-          header: dict, run: RunProtocol, fit_split: str | None, bootstrap: int = 1000,
-          subgroup_bootstrap: int = 200, seed: int = 0, temperature: bool = True,
-          notes: tuple[list[str], list[str]] = ([], []), expert_source: dict | None = None,
-          reference: str = "auto", expert_labels: str | Path | None = None,
-          ood_record: dict | None = None, threshold_method: str = "youden",
-          threshold_overrides: dict[str, float] | None = None) -> dict:
+def score(
+    test: Predictions,
+    fit: Predictions | None,
+    findings,
+    out: str | Path,
+    *,
+    header: dict,
+    run: RunProtocol,
+    fit_split: str | None,
+    bootstrap: int = 1000,
+    subgroup_bootstrap: int = 200,
+    seed: int = 0,
+    temperature: bool = True,
+    notes: tuple[list[str], list[str]] = ([], []),
+    expert_source: dict | None = None,
+    reference: str = "auto",
+    expert_labels: str | Path | None = None,
+    ood_record: dict | None = None,
+    threshold_method: str = "youden",
+    threshold_overrides: dict[str, float] | None = None,
+) -> dict:
     """Score a table of predictions: the one evaluation path of runs and predictions files.
 
     ``test``: the scored images (labels, probabilities, patients, age/sex/view); ``fit``:
@@ -452,8 +630,14 @@ def score(test: Predictions, fit: Predictions | None, findings, out: str | Path,
     auroc, auprc, mean = ranking_section(test, findings, n=bootstrap, seed=seed)
     written = few_note = None
     if fit is not None:
-        used = choose_thresholds(fit.labels, fit.probs, fit.patients, findings,
-                                 method=threshold_method, overrides=threshold_overrides)
+        used = choose_thresholds(
+            fit.labels,
+            fit.probs,
+            fit.patients,
+            findings,
+            method=threshold_method,
+            overrides=threshold_overrides,
+        )
         thresholds, applied = threshold_section(fit, test, findings, used)
         written = used.record()
         few_note = used.warning(fit_split or "fit")
@@ -461,47 +645,90 @@ def score(test: Predictions, fit: Predictions | None, findings, out: str | Path,
             log.warning(few_note)
     else:
         if threshold_overrides:
-            raise ValueError("--threshold needs predictions to fit the other thresholds on "
-                             "(--fit-on)")
+            raise ValueError(
+                "--threshold needs predictions to fit the other thresholds on (--fit-on)"
+            )
         thresholds, applied = {m: {f: None for f in findings} for m in THRESHOLD_METHODS}, {}
     subgroups = subgroup_rows(test, findings, n=subgroup_bootstrap, seed=seed)
-    calibration = calibration_section(fit if fit is not None else test, test, findings,
-                                      temperature=temperature and fit is not None)
+    calibration = calibration_section(
+        fit if fit is not None else test,
+        test,
+        findings,
+        temperature=temperature and fit is not None,
+    )
     metrics = {
-        "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions("scikit-learn"), **header,
-        "n_images": len(test.table), "n_patients": int(test.table["patient_id"].nunique()),
+        "format": FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions("scikit-learn"),
+        **header,
+        "n_images": len(test.table),
+        "n_patients": int(test.table["patient_id"].nunique()),
         "findings": findings,
         "bootstrap": {"replicates": bootstrap, "unit": "patient", "seed": seed, "level": 0.95},
-        "auroc": auroc, "auprc": auprc, "mean_auroc": mean,
-        "thresholds": {"chosen_on": fit_split, **thresholds, "meaning": THRESHOLD_MEANING,
-                       "written": written},
-        "threshold_metrics": applied, "calibration": calibration, "subgroups": subgroups,
-        "ood": (ood_section(test, findings, ood_record)
-                if ood_record is not None and test.ood_score is not None else None),
+        "auroc": auroc,
+        "auprc": auprc,
+        "mean_auroc": mean,
+        "thresholds": {
+            "chosen_on": fit_split,
+            **thresholds,
+            "meaning": THRESHOLD_MEANING,
+            "written": written,
+        },
+        "threshold_metrics": applied,
+        "calibration": calibration,
+        "subgroups": subgroups,
+        "ood": (
+            ood_section(test, findings, ood_record)
+            if ood_record is not None and test.ood_score is not None
+            else None
+        ),
         "published": published_rows(findings, run),
-        "notes": ([header["protocol"]["line"]] if header.get("protocol") else []) + notes[0]
-        + scoring_notes(source=run.data, split=run.split, fit_split=fit_split, mean=mean,
-                        auroc=auroc, bootstrap=bootstrap, calibration=calibration, test=test,
-                        subgroups=subgroups)
+        "notes": ([header["protocol"]["line"]] if header.get("protocol") else [])
+        + notes[0]
+        + scoring_notes(
+            source=run.data,
+            split=run.split,
+            fit_split=fit_split,
+            mean=mean,
+            auroc=auroc,
+            bootstrap=bootstrap,
+            calibration=calibration,
+            test=test,
+            subgroups=subgroups,
+        )
         + notes[1]
         + ([f"Warning: {few_note}."] if few_note else [])
-        + ["Intervals: percentile bootstrap over patients (all images of a drawn patient "
-           f"together), {bootstrap} resamples, 95%."],
+        + [
+            "Intervals: percentile bootstrap over patients (all images of a drawn patient "
+            f"together), {bootstrap} resamples, 95%."
+        ],
     }
     against = None
     if expert_source is not None:
         against = evaluate_against_radiologists(
-            expert_source, test, fit, findings, out, split=run.split, fit_split=fit_split,
-            reference=reference, expert_dir=expert_labels, n=bootstrap, seed=seed,
-            phantom=run.data == "phantom")
+            expert_source,
+            test,
+            fit,
+            findings,
+            out,
+            split=run.split,
+            fit_split=fit_split,
+            reference=reference,
+            expert_dir=expert_labels,
+            n=bootstrap,
+            seed=seed,
+            phantom=run.data == "phantom",
+        )
     if against is not None:
         metrics["notes"].append(
             "Against radiologists: see radiologists.json and the report's section of that "
             "name. Scored: the evaluated images that have Google's expert labels, "
-            + "; ".join(f"{r['images_in_split']:,} {k} (of its {r['images_in_set']:,} images)"
-                        for k, r in against["sets"].items())
-            + f", among {count(len(test.table), 'evaluated image')}.")
+            + "; ".join(
+                f"{r['images_in_split']:,} {k} (of its {r['images_in_set']:,} images)"
+                for k, r in against["sets"].items()
+            )
+            + f", among {count(len(test.table), 'evaluated image')}."
+        )
     preds = [test] if fit is None or fit is test else [test, fit]
     return write_outputs(out, metrics, preds)
 
@@ -520,17 +747,29 @@ def _check_options(split, tta, threshold_method, threshold_split, bootstrap, sub
 
 
 @writes_into_run("cxrkit evaluate")
-def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str = "none",
-                        out: str | Path | None = None, prepared: str | Path | None = None,
-                        bootstrap: int = 1000, seed: int = 0, temperature: bool = True,
-                        threshold_method: str = "youden", threshold_split: str = "val",
-                        batch_size: int = 64, subgroup_bootstrap: int = 200,
-                        device: str | None = None, precision: str | None = None,
-                        progress: bool = True,
-                        report: bool = True, reference: str = "auto",
-                        expert_labels: str | Path | None = None,
-                        gallery: int = 2,
-                        threshold_overrides: dict[str, float] | None = None) -> dict:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    split: str = "test",
+    tta: str = "none",
+    out: str | Path | None = None,
+    prepared: str | Path | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    temperature: bool = True,
+    threshold_method: str = "youden",
+    threshold_split: str = "val",
+    batch_size: int = 64,
+    subgroup_bootstrap: int = 200,
+    device: str | None = None,
+    precision: str | None = None,
+    progress: bool = True,
+    report: bool = True,
+    reference: str = "auto",
+    expert_labels: str | Path | None = None,
+    gallery: int = 2,
+    threshold_overrides: dict[str, float] | None = None,
+) -> dict:
     """Evaluate a checkpoint (or run folder) on one split; returns the ``metrics.json`` dict.
 
     Writes to ``out`` (default ``RUN/eval/SPLIT[-TTA]``, :meth:`RunFolder.eval`): metrics.json, auroc/thresholds/
@@ -556,12 +795,17 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     data = load_held_out(lm, prepared)
     ood_record = None
     if lm.ood_record is None and not ood_record_wanted(lm):
-        log.warning("no out-of-distribution record: the run was trained with "
-                    "train.ood_record=false (`cxrkit ood RUN` adds one)")
+        log.warning(
+            "no out-of-distribution record: the run was trained with "
+            "train.ood_record=false (`cxrkit ood RUN` adds one)"
+        )
     else:
         if lm.ood_record is None:
-            log.info("%s has no out-of-distribution record: computing it from %s",
-                     lm.checkpoint.name, data.prepared.root)
+            log.info(
+                "%s has no out-of-distribution record: computing it from %s",
+                lm.checkpoint.name,
+                data.prepared.root,
+            )
         try:
             ood_record = ensure_ood_record(lm, prepared, progress=progress)
         except ValueError as e:  # e.g. a validation split too small to calibrate on: said
@@ -571,76 +815,134 @@ def evaluate_checkpoint(checkpoint: str | Path, *, split: str = "test", tta: str
     started, cpu = time.perf_counter(), time.process_time()
     # 1. make predictions ...
     test = predict_split(lm, data, split, tta=tta, batch_size=batch_size, progress=progress)
-    fit = test if threshold_split == split else predict_split(
-        lm, data, threshold_split, tta=tta, batch_size=batch_size, progress=progress)
+    fit = (
+        test
+        if threshold_split == split
+        else predict_split(
+            lm, data, threshold_split, tta=tta, batch_size=batch_size, progress=progress
+        )
+    )
     forward_s, forward_cpu = time.perf_counter() - started, time.process_time() - cpu
-    log.info("forward passes: %d images in %.1f s (%.1f s CPU)", len(test.table) + (
-        0 if fit is test else len(fit.table)), forward_s, forward_cpu)
+    log.info(
+        "forward passes: %d images in %.1f s (%.1f s CPU)",
+        len(test.table) + (0 if fit is test else len(fit.table)),
+        forward_s,
+        forward_cpu,
+    )
     # 2. ... then score the table, as for any model's predictions file
     source = data_source(data.prepared.info)
     header = _run_header(lm, data, split, tta, run_folder, test, nih=source == "nih")
     after = []
     if tta != "none":
-        after.append(f"Test-time augmentation '{tta}': logits averaged over views; thresholds "
-                     f"in thresholds.json were chosen with the same TTA.")
+        after.append(
+            f"Test-time augmentation '{tta}': logits averaged over views; thresholds "
+            f"in thresholds.json were chosen with the same TTA."
+        )
     if lm.tta_note(tta):
         after.append(f"Warning: {lm.tta_note(tta)}")
-    metrics = score(test, fit, lm.findings, folder.root, header=header,
-                    run=RunProtocol(data=source, protocol=data.protocol, split=split,
-                                    n_images=len(test.table), box_fold=data.box_fold),
-                    fit_split=threshold_split, bootstrap=bootstrap,
-                    subgroup_bootstrap=subgroup_bootstrap, seed=seed, temperature=temperature,
-                    notes=(_run_notes(data=data), after),
-                    expert_source=data.prepared.info, reference=reference,
-                    expert_labels=expert_labels, ood_record=ood_record,
-                    threshold_method=threshold_method, threshold_overrides=threshold_overrides)
-    log.info("metrics: %.1f s after the forward passes (%.1f s CPU)",
-             time.perf_counter() - started - forward_s, time.process_time() - cpu - forward_cpu)
+    metrics = score(
+        test,
+        fit,
+        lm.findings,
+        folder.root,
+        header=header,
+        run=RunProtocol(
+            data=source,
+            protocol=data.protocol,
+            split=split,
+            n_images=len(test.table),
+            box_fold=data.box_fold,
+        ),
+        fit_split=threshold_split,
+        bootstrap=bootstrap,
+        subgroup_bootstrap=subgroup_bootstrap,
+        seed=seed,
+        temperature=temperature,
+        notes=(_run_notes(data=data), after),
+        expert_source=data.prepared.info,
+        reference=reference,
+        expert_labels=expert_labels,
+        ood_record=ood_record,
+        threshold_method=threshold_method,
+        threshold_overrides=threshold_overrides,
+    )
+    log.info(
+        "metrics: %.1f s after the forward passes (%.1f s CPU)",
+        time.perf_counter() - started - forward_s,
+        time.process_time() - cpu - forward_cpu,
+    )
     if gallery:
-        write_error_gallery(lm, data, test, metrics, folder.root, per_kind=gallery,
-                            progress=progress)
+        write_error_gallery(
+            lm, data, test, metrics, folder.root, per_kind=gallery, progress=progress
+        )
     chosen = {f: t for f, t in metrics["thresholds"]["used"].items() if t is not None}
-    own = is_runs_own(lm.checkpoint, lm.checkpoint_info.get("config") or {},
-                      data.prepared.root, folder.root)
-    sidecar = write_thresholds(lm, chosen, method=threshold_method, tta=tta,
-                               chosen_on=f"{threshold_split} split of {data.split_path} "
-                                         f"(tta={tta})",
-                               provenance=metrics["thresholds"]["written"],
-                               path=None if own else folder.thresholds)
+    own = is_runs_own(
+        lm.checkpoint, lm.checkpoint_info.get("config") or {}, data.prepared.root, folder.root
+    )
+    sidecar = write_thresholds(
+        lm,
+        chosen,
+        method=threshold_method,
+        tta=tta,
+        chosen_on=f"{threshold_split} split of {data.split_path} (tta={tta})",
+        provenance=metrics["thresholds"]["written"],
+        path=None if own else folder.thresholds,
+    )
     if own:
         write_bytes(sidecar.read_bytes(), folder.thresholds)
     else:
-        log.info("thresholds written to %s only: an evaluation outside the run folder or on "
-                 "another prepared folder leaves the run's %s as it was", sidecar,
-                 THRESHOLDS_FILE)
-    log.info("evaluated %s on %s: mean AUROC %s, %s flagged out-of-distribution; "
-             "wrote %s", lm.checkpoint.name, count(len(test.table), f"{split} image"),
-             format_ci(metrics["mean_auroc"], 4), metrics["ood"]["n_flagged"]
-             if metrics["ood"] else "none", folder.root)
+        log.info(
+            "thresholds written to %s only: an evaluation outside the run folder or on "
+            "another prepared folder leaves the run's %s as it was",
+            sidecar,
+            THRESHOLDS_FILE,
+        )
+    log.info(
+        "evaluated %s on %s: mean AUROC %s, %s flagged out-of-distribution; wrote %s",
+        lm.checkpoint.name,
+        count(len(test.table), f"{split} image"),
+        format_ci(metrics["mean_auroc"], 4),
+        metrics["ood"]["n_flagged"] if metrics["ood"] else "none",
+        folder.root,
+    )
     if report:
         _report(folder, run_folder.root)
     return metrics
 
 
-def _run_header(lm, data: HeldOut, split: str, tta: str, run_folder: RunFolder,
-                test: Predictions, *, nih: bool) -> dict:
+def _run_header(
+    lm, data: HeldOut, split: str, tta: str, run_folder: RunFolder, test: Predictions, *, nih: bool
+) -> dict:
     """What made a run's predictions: checkpoint, data, split, protocol (``metrics.json``)."""
     files = data.prepared.info.get("files") or {}
-    cov = coverage(test.table["image_id"], *(_read_list(files.get(k))
-                                             for k in ("test", "train_val")), nih=nih)
+    cov = coverage(
+        test.table["image_id"], *(_read_list(files.get(k)) for k in ("test", "train_val")), nih=nih
+    )
     config = lm.checkpoint_info.get("config") or {}
     epoch = lm.checkpoint_info.get("epoch")
     return {
-        "source": {"kind": "run"}, "checkpoint": str(lm.checkpoint),
-        "checkpoint_sha256": lm.checkpoint_sha256, "run_dir": str(run_folder.root),
-        "prepared": str(data.prepared.root), "split": split, "split_file": str(data.split_path),
-        "split_protocol": data.protocol, "tta": tta,
-        "precision": lm.precision, "tta_mirror": _tta_mirror(lm, tta),
+        "source": {"kind": "run"},
+        "checkpoint": str(lm.checkpoint),
+        "checkpoint_sha256": lm.checkpoint_sha256,
+        "run_dir": str(run_folder.root),
+        "prepared": str(data.prepared.root),
+        "split": split,
+        "split_file": str(data.split_path),
+        "split_protocol": data.protocol,
+        "tta": tta,
+        "precision": lm.precision,
+        "tta_mirror": _tta_mirror(lm, tta),
         "model": (config.get("model") or {}).get("name", type(lm.model).__name__),
         "epoch": None if epoch is None else int(epoch) + 1,
-        "protocol": {"rows": "split", "coverage": cov, "line": protocol_line(
-            "split", cov, split_text=f"the {split} split of {data.split_path.name} "
-                                     f"({data.protocol})")},
+        "protocol": {
+            "rows": "split",
+            "coverage": cov,
+            "line": protocol_line(
+                "split",
+                cov,
+                split_text=f"the {split} split of {data.split_path.name} ({data.protocol})",
+            ),
+        },
     }
 
 
@@ -651,16 +953,20 @@ def _read_list(path) -> list[str] | None:
 def _report(out: EvaluationFolder, run_dir: Path | None) -> Path:
     started, cpu = time.perf_counter(), time.process_time()
     html = write_report(out.root, run_dir)
-    log.info("report: %s (%.1f MB) in %.1f s (%.1f s CPU)", html,
-             Path(html).stat().st_size / 1e6, time.perf_counter() - started,
-             time.process_time() - cpu)
+    log.info(
+        "report: %s (%.1f MB) in %.1f s (%.1f s CPU)",
+        html,
+        Path(html).stat().st_size / 1e6,
+        time.perf_counter() - started,
+        time.process_time() - cpu,
+    )
     return html
 
 
 def ood_record_wanted(lm) -> bool:
     """False when the run was trained with ``train.ood_record=false`` (the user's choice
     to go without one is kept: evaluate does not compute it behind their back)."""
-    train = ((lm.checkpoint_info.get("config") or {}).get("train") or {})
+    train = (lm.checkpoint_info.get("config") or {}).get("train") or {}
     return bool(train.get("ood_record", True))
 
 
@@ -669,14 +975,36 @@ def _tta_mirror(lm, tta: str) -> dict:
     :func:`cxrkit.data.preprocessing.mirrored_tta_note`: cxrkit warns, it does not refuse)."""
     mirrored = tta in ("flip", "tencrop")
     note = lm.tta_note(tta)
-    return {"mirrored_views": mirrored, "trained_with_hflip": lm.preprocessing.hflip,
-            "decision": "warned: model trained without flips" if note
-            else ("consistent: model trained with flips" if mirrored and lm.preprocessing.hflip
-                  else "no mirrored views" if not mirrored else "unknown training flips"),
-            "note": note}
+    return {
+        "mirrored_views": mirrored,
+        "trained_with_hflip": lm.preprocessing.hflip,
+        "decision": "warned: model trained without flips"
+        if note
+        else (
+            "consistent: model trained with flips"
+            if mirrored and lm.preprocessing.hflip
+            else "no mirrored views"
+            if not mirrored
+            else "unknown training flips"
+        ),
+        "note": note,
+    }
 
 
-__all__ = ["FORMAT", "THRESHOLD_METHODS", "age_band", "calibration_section", "coverage",
-           "data_source", "evaluate_checkpoint", "ood_section", "protocol_line",
-           "ranking_section", "score", "scoring_notes", "subgroup_rows", "threshold_section",
-           "write_outputs"]
+__all__ = [
+    "FORMAT",
+    "THRESHOLD_METHODS",
+    "age_band",
+    "calibration_section",
+    "coverage",
+    "data_source",
+    "evaluate_checkpoint",
+    "ood_section",
+    "protocol_line",
+    "ranking_section",
+    "score",
+    "scoring_notes",
+    "subgroup_rows",
+    "threshold_section",
+    "write_outputs",
+]

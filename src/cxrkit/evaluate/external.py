@@ -54,9 +54,11 @@ def _release(release) -> NIHRelease:
     if isinstance(release, NIHRelease):
         return release
     if release is None:
-        raise ValueError("the release is needed to join predictions to NIH's labels and "
-                         "patients: pass --release DIR (a release root, or the folder "
-                         "holding Data_Entry_2017*.csv)")
+        raise ValueError(
+            "the release is needed to join predictions to NIH's labels and "
+            "patients: pass --release DIR (a release root, or the folder "
+            "holding Data_Entry_2017*.csv)"
+        )
     return load_release(release)
 
 
@@ -67,8 +69,9 @@ def _logits(table: PredictionTable, keep: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def _predictions(table: PredictionTable, keep: np.ndarray, labels: pd.DataFrame,
-                 findings: list[str], split: str) -> Predictions:
+def _predictions(
+    table: PredictionTable, keep: np.ndarray, labels: pd.DataFrame, findings: list[str], split: str
+) -> Predictions:
     ids = table.image_ids[keep]
     rows = labels.loc[ids]
     cols = [table.findings.index(f) for f in findings]
@@ -77,7 +80,8 @@ def _predictions(table: PredictionTable, keep: np.ndarray, labels: pd.DataFrame,
         table=rows.reset_index()[["image_id", "patient_id", "age", "sex", "view"]],
         labels=rows[findings].to_numpy(np.float64),
         logits=_logits(table, keep)[:, cols],
-        probabilities=None if table.logits else table.values[keep][:, cols])
+        probabilities=None if table.logits else table.values[keep][:, cols],
+    )
 
 
 def read_trained_on(path: str | Path, labels: pd.DataFrame) -> pd.DataFrame:
@@ -94,8 +98,10 @@ def read_trained_on(path: str | Path, labels: pd.DataFrame) -> pd.DataFrame:
         table = read_csv(path, dtype=str, keep_default_na=False)
         column = next((c for c in ("image_id", "Image Index") if c in table.columns), None)
         if column is None:
-            raise ValueError(f"{path}, line 1 (header): no id column ('image_id' or "
-                             f"'Image Index'); the header has {quote_list(table.columns)}")
+            raise ValueError(
+                f"{path}, line 1 (header): no id column ('image_id' or "
+                f"'Image Index'); the header has {quote_list(table.columns)}"
+            )
         if "split" in table.columns:
             table = table[table["split"].isin(["train", "val"])]
         ids, lines = table[column].str.strip(), table.index.to_numpy() + 2
@@ -109,8 +115,10 @@ def read_trained_on(path: str | Path, labels: pd.DataFrame) -> pd.DataFrame:
     if not known.all():
         i = int(np.flatnonzero(~known)[0])
         where = f"{path}, line {lines[i]}" + (f", column {quote(column)}" if column else "")
-        raise ValueError(f"{where}: image id {quote(ids.iloc[i])} is not an image of the "
-                         f"release's label file ({int((~known).sum()):,} such)")
+        raise ValueError(
+            f"{where}: image id {quote(ids.iloc[i])} is not an image of the "
+            f"release's label file ({int((~known).sum()):,} such)"
+        )
     return pd.DataFrame({"image_id": ids.to_numpy(), "patient_id": patient.loc[ids].to_numpy()})
 
 
@@ -119,26 +127,47 @@ def check_patient_overlap(scored: pd.DataFrame, trained: pd.DataFrame, what: str
     both = sorted(set(scored["patient_id"]) & set(trained["patient_id"]))
     if both:
         images = scored[scored["patient_id"].isin(both)]
-        examples = [f"patient {p} ({images.loc[images['patient_id'] == p, 'image_id'].iloc[0]} "
-                    f"scored, {trained.loc[trained['patient_id'] == p, 'image_id'].iloc[0]} "
-                    "trained on)" for p in both[:3]]
+        examples = [
+            f"patient {p} ({images.loc[images['patient_id'] == p, 'image_id'].iloc[0]} "
+            f"scored, {trained.loc[trained['patient_id'] == p, 'image_id'].iloc[0]} "
+            "trained on)"
+            for p in both[:3]
+        ]
         raise LeakageError(
             f"{len(both):,} patient(s) with {len(images):,} scored image(s) are also in "
             f"{what}, e.g. {'; '.join(examples)}. A model scored on patients it trained on "
-            "looks better than it is: score only held-out patients (or drop these rows).")
-    return {"file": what, "images": len(trained), "patients": int(trained["patient_id"].nunique()),
-            "patients_in_both": 0}
+            "looks better than it is: score only held-out patients (or drop these rows)."
+        )
+    return {
+        "file": what,
+        "images": len(trained),
+        "patients": int(trained["patient_id"].nunique()),
+        "patients_in_both": 0,
+    }
 
 
-def evaluate_predictions(predictions, *, release, rows: str = "official-test",
-                         out: str | Path | None = None, name: str | None = None,
-                         logits: bool = False, trained_on: str | Path | None = None,
-                         fit_on=None, bootstrap: int = 1000, subgroup_bootstrap: int = 200,
-                         seed: int = 0, temperature: bool = True, reference: str = "auto",
-                         expert_labels: str | Path | None = None, images: str | Path | None = None,
-                         gallery: int = 2, report: bool = True,
-                         threshold_method: str = "youden",
-                         threshold_overrides: dict[str, float] | None = None) -> dict:
+def evaluate_predictions(
+    predictions,
+    *,
+    release,
+    rows: str = "official-test",
+    out: str | Path | None = None,
+    name: str | None = None,
+    logits: bool = False,
+    trained_on: str | Path | None = None,
+    fit_on=None,
+    bootstrap: int = 1000,
+    subgroup_bootstrap: int = 200,
+    seed: int = 0,
+    temperature: bool = True,
+    reference: str = "auto",
+    expert_labels: str | Path | None = None,
+    images: str | Path | None = None,
+    gallery: int = 2,
+    report: bool = True,
+    threshold_method: str = "youden",
+    threshold_overrides: dict[str, float] | None = None,
+) -> dict:
     """Score a model's predictions (a CSV path or a DataFrame) on NIH's labels.
 
     ``release``: a release root (or the folder of ``Data_Entry_2017*.csv``), or a
@@ -168,71 +197,114 @@ def evaluate_predictions(predictions, *, release, rows: str = "official-test",
     n_rows = len(table.image_ids)
     if rows == "official-test":
         if rel.test is None:
-            raise FileNotFoundError(f"--rows official-test needs NIH's test_list.txt, not found "
-                                    f"under {rel.root}; pass --rows all to score every row")
+            raise FileNotFoundError(
+                f"--rows official-test needs NIH's test_list.txt, not found "
+                f"under {rel.root}; pass --rows all to score every row"
+            )
         keep = np.isin(table.image_ids, rel.test)
         if not keep.any():
-            raise ValueError(f"{table.source}: none of its {n_rows:,} images is in NIH's "
-                             "official test list; a model's own split is scored with --rows all")
+            raise ValueError(
+                f"{table.source}: none of its {n_rows:,} images is in NIH's "
+                "official test list; a model's own split is scored with --rows all"
+            )
     else:
         keep = np.ones(n_rows, bool)
     findings = list(table.findings)
     test = _predictions(table, keep, labels, findings, "test")
-    info = {"release_root": str(rel.root), "files": rel.files,
-            "label_report": rel.report.to_dict()}
-    source = data_source(info)     # "nih", "phantom" or "other"
+    info = {"release_root": str(rel.root), "files": rel.files, "label_report": rel.report.to_dict()}
+    source = data_source(info)  # "nih", "phantom" or "other"
     cov = coverage(test.table["image_id"], rel.test, rel.train_val, nih=source == "nih")
     before = list(table.notes)
     trained = None
     if trained_on is not None:
-        trained = check_patient_overlap(test.table, read_trained_on(trained_on, labels),
-                                        str(trained_on))
-        before.append(f"No scored patient is among the {trained['patients']:,} patients of "
-                      f"{trained_on} (the images the model trained on).")
+        trained = check_patient_overlap(
+            test.table, read_trained_on(trained_on, labels), str(trained_on)
+        )
+        before.append(
+            f"No scored patient is among the {trained['patients']:,} patients of "
+            f"{trained_on} (the images the model trained on)."
+        )
     fit = fit_record = None
     if fit_on is not None:
         fit_table = read_predictions(fit_on, known_ids=labels.index, logits=logits)
         lacking = [f for f in findings if f not in fit_table.findings]
         if lacking:
-            raise ValueError(f"{fit_table.source}: no column for {', '.join(lacking)}, which "
-                             f"{table.source} predicts; thresholds need every scored finding")
+            raise ValueError(
+                f"{fit_table.source}: no column for {', '.join(lacking)}, which "
+                f"{table.source} predicts; thresholds need every scored finding"
+            )
         shared = sorted(set(fit_table.image_ids) & set(test.table["image_id"]))
         if shared:
-            raise ValueError(f"{fit_table.source}: {len(shared):,} of its images are also "
-                             f"scored, e.g. {quote_list(shared, 3)}: thresholds and the "
-                             "temperature must be fitted on other images (the model's "
-                             "validation split), never on the scored ones")
-        fit = _predictions(fit_table, np.ones(len(fit_table.image_ids), bool), labels, findings,
-                           "val")
+            raise ValueError(
+                f"{fit_table.source}: {len(shared):,} of its images are also "
+                f"scored, e.g. {quote_list(shared, 3)}: thresholds and the "
+                "temperature must be fitted on other images (the model's "
+                "validation split), never on the scored ones"
+            )
+        fit = _predictions(
+            fit_table, np.ones(len(fit_table.image_ids), bool), labels, findings, "val"
+        )
         both = set(fit.table["patient_id"]) & set(test.table["patient_id"])
-        fit_record = {"file": fit_table.source, "sha256": fit_table.sha256,
-                      "images": len(fit.table), "patients_also_scored": len(both)}
+        fit_record = {
+            "file": fit_table.source,
+            "sha256": fit_table.sha256,
+            "images": len(fit.table),
+            "patients_also_scored": len(both),
+        }
         if both:
-            before.append(f"{len(both):,} patients of {fit_table.source} also have scored "
-                          "images: thresholds fitted on them may be slightly optimistic.")
+            before.append(
+                f"{len(both):,} patients of {fit_table.source} also have scored "
+                "images: thresholds fitted on them may be slightly optimistic."
+            )
     split_protocol = "official" if rows == "official-test" else "custom"
     line = protocol_line(rows, cov, n_rows=n_rows)
     header = {
-        "source": {"kind": "predictions", "file": table.source, "sha256": table.sha256,
-                   "rows_in_file": n_rows, "values": "logits" if logits else "probabilities",
-                   "columns": table.columns, "absent_findings": table.absent},
-        "checkpoint": None, "checkpoint_sha256": None, "run_dir": None,
+        "source": {
+            "kind": "predictions",
+            "file": table.source,
+            "sha256": table.sha256,
+            "rows_in_file": n_rows,
+            "values": "logits" if logits else "probabilities",
+            "columns": table.columns,
+            "absent_findings": table.absent,
+        },
+        "checkpoint": None,
+        "checkpoint_sha256": None,
+        "run_dir": None,
         "model": name or (Path(table.source).stem if table.sha256 else "predictions"),
-        "epoch": None, "tta": None, "release": str(rel.root), "label_file": rel.files["labels"],
-        "label_file_sha256": rel.report.sha256, "split": "test",
+        "epoch": None,
+        "tta": None,
+        "release": str(rel.root),
+        "label_file": rel.files["labels"],
+        "label_file_sha256": rel.report.sha256,
+        "split": "test",
         "split_protocol": split_protocol,
         "protocol": {"rows": rows, "coverage": cov, "line": line},
-        "fit_on": fit_record, "trained_on": trained,
+        "fit_on": fit_record,
+        "trained_on": trained,
     }
-    info["labels"] = rel.labels     # for the radiologists' ids, without reading it again
-    metrics = score(test, fit, findings, out, header=header,
-                    run=RunProtocol(data=source, protocol=split_protocol, split="test",
-                                    n_images=len(test.table)),
-                    fit_split="val" if fit is not None else None, bootstrap=bootstrap,
-                    subgroup_bootstrap=subgroup_bootstrap, seed=seed, temperature=temperature,
-                    notes=(before, []), expert_source=info, reference=reference,
-                    expert_labels=expert_labels, threshold_method=threshold_method,
-                    threshold_overrides=threshold_overrides)
+    info["labels"] = rel.labels  # for the radiologists' ids, without reading it again
+    metrics = score(
+        test,
+        fit,
+        findings,
+        out,
+        header=header,
+        run=RunProtocol(
+            data=source, protocol=split_protocol, split="test", n_images=len(test.table)
+        ),
+        fit_split="val" if fit is not None else None,
+        bootstrap=bootstrap,
+        subgroup_bootstrap=subgroup_bootstrap,
+        seed=seed,
+        temperature=temperature,
+        notes=(before, []),
+        expert_source=info,
+        reference=reference,
+        expert_labels=expert_labels,
+        threshold_method=threshold_method,
+        threshold_overrides=threshold_overrides,
+    )
     log.debug("scored %s: %s", table.source, line)
     if gallery:
         write_error_table(test, metrics, out, images=images, per_kind=gallery)

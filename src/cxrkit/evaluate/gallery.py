@@ -40,9 +40,21 @@ from cxrkit.explain.localization import draw_boxes
 log = logging.getLogger(__name__)
 
 THUMB = 192
-BATCH = 16      #: images per Grad-CAM pass
-COLUMNS = ["finding", "kind", "rank", "image_id", "patient_id", "probability", "threshold",
-           "reference", "reference_label", "nih_label", "boxes", "overlay"]
+BATCH = 16  #: images per Grad-CAM pass
+COLUMNS = [
+    "finding",
+    "kind",
+    "rank",
+    "image_id",
+    "patient_id",
+    "probability",
+    "threshold",
+    "reference",
+    "reference_label",
+    "nih_label",
+    "boxes",
+    "overlay",
+]
 #: reference names, best first
 ADJUDICATED = "radiologists (four findings, adjudicated)"
 MAJORITY = "radiologists (all findings, majority of three)"
@@ -72,8 +84,14 @@ def best_reference(test, findings, out: Path) -> tuple[np.ndarray, np.ndarray]:
     return labels, names
 
 
-def choose_errors(labels: np.ndarray, probs: np.ndarray, threshold: float | None,
-                  per_kind: int, *, threshold_free: bool = False) -> dict[str, np.ndarray]:
+def choose_errors(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    threshold: float | None,
+    per_kind: int,
+    *,
+    threshold_free: bool = False,
+) -> dict[str, np.ndarray]:
     """Row indices of the most confident false positives and false negatives of one
     finding (``labels`` 0/1/NaN, ``probs``), most confident first. ``threshold_free``:
     no threshold, the highest-scored negatives and the lowest-scored positives."""
@@ -84,8 +102,10 @@ def choose_errors(labels: np.ndarray, probs: np.ndarray, threshold: float | None
     else:
         fp = np.flatnonzero((labels == 0) & (probs >= threshold))
         fn = np.flatnonzero((labels == 1) & (probs < threshold))
-    return {"false positive": fp[np.argsort(-probs[fp], kind="stable")][:per_kind],
-            "false negative": fn[np.argsort(probs[fn], kind="stable")][:per_kind]}
+    return {
+        "false positive": fp[np.argsort(-probs[fp], kind="stable")][:per_kind],
+        "false negative": fn[np.argsort(probs[fn], kind="stable")][:per_kind],
+    }
 
 
 def _thumb(rgb: np.ndarray) -> np.ndarray:
@@ -95,8 +115,9 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
     return cv2.resize(rgb, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
 
 
-def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_kind: int = 2,
-                        progress: bool = True) -> pd.DataFrame:
+def write_error_gallery(
+    lm, data, test, metrics: dict, out: str | Path, *, per_kind: int = 2, progress: bool = True
+) -> pd.DataFrame:
     """Overlays of each finding's most confident errors (see the module); ``gallery.csv``."""
     layout = EvaluationFolder(Path(out))
     out, folder = layout.root, layout.gallery
@@ -111,52 +132,82 @@ def write_error_gallery(lm, data, test, metrics: dict, out: str | Path, *, per_k
     cache = data.prepared.cache
     boxes = data.prepared.boxes_in_pixels()
     meta_all = metadata_vector(test.table) if lm.metadata else None
-    picked = []        # (finding index, kind, rank, row): every error image, then one pass
+    picked = []  # (finding index, kind, rank, row): every error image, then one pass
     for j, f in enumerate(findings):
         chosen = choose_errors(labels[:, j], probs[:, j], thresholds.get(f), per_kind)
-        picked += [(j, kind, rank, i) for kind, idx in chosen.items()
-                   for rank, i in enumerate(idx, 1)]
+        picked += [
+            (j, kind, rank, i) for kind, idx in chosen.items() for rank, i in enumerate(idx, 1)
+        ]
     rows = []
-    for a in tqdm(range(0, len(picked), BATCH), desc="error gallery", unit="batch",
-                  disable=not progress or not picked, leave=False):
-        batch = picked[a:a + BATCH]
+    for a in tqdm(
+        range(0, len(picked), BATCH),
+        desc="error gallery",
+        unit="batch",
+        disable=not progress or not picked,
+        leave=False,
+    ):
+        batch = picked[a : a + BATCH]
         ids = [test.table["image_id"].iloc[i] for _, _, _, i in batch]
         x = torch.from_numpy(np.asarray(cache.images[cache.rows(ids)]))[:, None]
         meta = None if meta_all is None else meta_all[[i for _, _, _, i in batch]]
         maps = saliency_maps(lm, x, [j for j, _, _, _ in batch], method="gradcam", meta=meta)
-        for (j, kind, rank, i), image_id, img, hm in zip(batch, ids, x[:, 0].numpy(), maps,
-                                                         strict=True):
+        for (j, kind, rank, i), image_id, img, hm in zip(
+            batch, ids, x[:, 0].numpy(), maps, strict=True
+        ):
             f = findings[j]
             p = float(probs[i, j])
             rgb = overlay(img, hm, label=f"{f} {p:.2f}")
-            own = [] if boxes is None else [
-                (b.x, b.y, b.x + b.w, b.y + b.h) for b in
-                boxes[(boxes["image_id"] == image_id) & (boxes["finding"] == f)].itertuples()]
+            own = (
+                []
+                if boxes is None
+                else [
+                    (b.x, b.y, b.x + b.w, b.y + b.h)
+                    for b in boxes[
+                        (boxes["image_id"] == image_id) & (boxes["finding"] == f)
+                    ].itertuples()
+                ]
+            )
             if own:
                 rgb = draw_boxes(rgb, own, None)
             name = f"{kind.split()[1][:3]}_{f}_{Path(image_id).stem}.jpg"
-            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(_thumb(rgb), cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, 85])
+            ok, jpg = cv2.imencode(
+                ".jpg", cv2.cvtColor(_thumb(rgb), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85]
+            )
             if not ok:
                 raise RuntimeError(f"OpenCV could not encode the overlay of {image_id}")
             write_bytes(jpg.tobytes(), folder / name, durable=False)
             nih = test.labels[i, j]
-            rows.append({"finding": f, "kind": kind, "rank": rank, "image_id": image_id,
-                         "patient_id": test.table["patient_id"].iloc[i], "probability": p,
-                         "threshold": thresholds.get(f), "reference": names[i, j],
-                         "reference_label": int(labels[i, j]),
-                         "nih_label": None if np.isnan(nih) else int(nih), "boxes": len(own),
-                         "overlay": f"{folder.name}/{name}"})
+            rows.append(
+                {
+                    "finding": f,
+                    "kind": kind,
+                    "rank": rank,
+                    "image_id": image_id,
+                    "patient_id": test.table["patient_id"].iloc[i],
+                    "probability": p,
+                    "threshold": thresholds.get(f),
+                    "reference": names[i, j],
+                    "reference_label": int(labels[i, j]),
+                    "nih_label": None if np.isnan(nih) else int(nih),
+                    "boxes": len(own),
+                    "overlay": f"{folder.name}/{name}",
+                }
+            )
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["nih_label"] = table["nih_label"].astype("Int64")
     write_csv(table, layout.gallery_table)
-    log.info("error gallery: %d images for %d findings in %s", len(table),
-             table["finding"].nunique(), folder)
+    log.info(
+        "error gallery: %d images for %d findings in %s",
+        len(table),
+        table["finding"].nunique(),
+        folder,
+    )
     return table
 
 
-def write_error_table(test, metrics: dict, out: str | Path, *, images=None,
-                      per_kind: int = 2) -> pd.DataFrame:
+def write_error_table(
+    test, metrics: dict, out: str | Path, *, images=None, per_kind: int = 2
+) -> pd.DataFrame:
     """The error gallery of a model cxrkit cannot run (a predictions file): the same
     choice of images, against the same references, with the image itself (no saliency
     map) where ``images`` (a folder, searched by :func:`cxrkit.data.images.find_images`)
@@ -185,28 +236,51 @@ def write_error_table(test, metrics: dict, out: str | Path, *, images=None,
                 if image_id in index and image_id not in index.bad:
                     gray = to_uint8(read_xray(index[image_id]))
                     name = f"{kind.split()[1][:3]}_{f}_{Path(image_id).stem}.jpg"
-                    ok, jpg = cv2.imencode(".jpg", _thumb(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
-                                                          if gray.ndim == 2 else gray),
-                                           [cv2.IMWRITE_JPEG_QUALITY, 85])
+                    ok, jpg = cv2.imencode(
+                        ".jpg",
+                        _thumb(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB) if gray.ndim == 2 else gray),
+                        [cv2.IMWRITE_JPEG_QUALITY, 85],
+                    )
                     if ok:
                         folder.mkdir(parents=True, exist_ok=True)
                         (folder / name).write_bytes(jpg.tobytes())
                         overlay = f"{folder.name}/{name}"
                 nih = test.labels[i, j]
-                rows.append({"finding": f, "kind": kind, "rank": rank, "image_id": image_id,
-                             "patient_id": test.table["patient_id"].iloc[i],
-                             "probability": float(probs[i, j]), "threshold": t,
-                             "reference": names[i, j], "reference_label": int(labels[i, j]),
-                             "nih_label": None if np.isnan(nih) else int(nih), "boxes": 0,
-                             "overlay": overlay})
+                rows.append(
+                    {
+                        "finding": f,
+                        "kind": kind,
+                        "rank": rank,
+                        "image_id": image_id,
+                        "patient_id": test.table["patient_id"].iloc[i],
+                        "probability": float(probs[i, j]),
+                        "threshold": t,
+                        "reference": names[i, j],
+                        "reference_label": int(labels[i, j]),
+                        "nih_label": None if np.isnan(nih) else int(nih),
+                        "boxes": 0,
+                        "overlay": overlay,
+                    }
+                )
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["nih_label"] = table["nih_label"].astype("Int64")
     write_csv(table, layout.gallery_table)
-    log.info("error table: %d images for %d findings, %d of them shown (from %s)", len(table),
-             table["finding"].nunique(), int((table["overlay"] != "").sum()),
-             images or "no --images folder")
+    log.info(
+        "error table: %d images for %d findings, %d of them shown (from %s)",
+        len(table),
+        table["finding"].nunique(),
+        int((table["overlay"] != "").sum()),
+        images or "no --images folder",
+    )
     return table
 
 
-__all__ = ["ADJUDICATED", "MAJORITY", "NIH", "best_reference", "choose_errors",
-           "write_error_gallery", "write_error_table"]
+__all__ = [
+    "ADJUDICATED",
+    "MAJORITY",
+    "NIH",
+    "best_reference",
+    "choose_errors",
+    "write_error_gallery",
+    "write_error_table",
+]

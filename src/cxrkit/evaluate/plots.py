@@ -54,8 +54,17 @@ def _defined(y: np.ndarray) -> bool:
     return bool(y.size) and 0 < y.sum() < y.size
 
 
-def _finding_grid(metrics: dict, pred: pd.DataFrame, draw, title, *, metric: str,
-                  xlabel: str, ylabel: str, ylim: tuple[float, float]) -> Figure:
+def _finding_grid(
+    metrics: dict,
+    pred: pd.DataFrame,
+    draw,
+    title,
+    *,
+    metric: str,
+    xlabel: str,
+    ylabel: str,
+    ylim: tuple[float, float],
+) -> Figure:
     """One panel per finding: ``draw(ax, y, p)`` where both classes are present, else a
     note that ``metric`` is undefined; ``title(f)`` under the finding's name."""
     findings = metrics["findings"]
@@ -65,8 +74,15 @@ def _finding_grid(metrics: dict, pred: pd.DataFrame, draw, title, *, metric: str
         if _defined(y):
             draw(ax, y, p)
         else:
-            ax.text(0.5, 0.5, f"one class only:\n{metric} undefined", ha="center",
-                    va="center", fontsize=8, color="C3")
+            ax.text(
+                0.5,
+                0.5,
+                f"one class only:\n{metric} undefined",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="C3",
+            )
         ax.set_title(f"{f}\n{title(f)}", fontsize=8)
         ax.set(xlim=(0, 1), ylim=ylim)
         ax.tick_params(labelsize=7)
@@ -78,6 +94,7 @@ def _finding_grid(metrics: dict, pred: pd.DataFrame, draw, title, *, metric: str
 
 def roc_grid(metrics: dict, pred: pd.DataFrame) -> Figure:
     """One ROC panel per finding, AUROC with its 95 % CI in the title."""
+
     def draw(ax, y, p):
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, color="C0", lw=1.4)
@@ -86,10 +103,17 @@ def roc_grid(metrics: dict, pred: pd.DataFrame) -> Figure:
         rec = metrics["auroc"][f]
         return f"{format_ci(rec)} (n+={rec['positives']})"
 
-    fig = _finding_grid(metrics, pred, draw, title, metric="AUROC",
-                        xlabel="1 - specificity (false-positive rate)",
-                        ylabel="sensitivity (true-positive rate)", ylim=(0, 1))
-    for ax in fig.axes:   # the chance diagonal, under the curve, in every panel
+    fig = _finding_grid(
+        metrics,
+        pred,
+        draw,
+        title,
+        metric="AUROC",
+        xlabel="1 - specificity (false-positive rate)",
+        ylabel="sensitivity (true-positive rate)",
+        ylim=(0, 1),
+    )
+    for ax in fig.axes:  # the chance diagonal, under the curve, in every panel
         if ax.get_visible():
             ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls="--", zorder=0)
     return fig
@@ -107,10 +131,14 @@ def roc_overlay(metrics: dict, pred: pd.DataFrame) -> Figure:
         if not _defined(y):
             continue
         fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, lw=1.2, color=cmap[i],
-                label=f"{f} {metrics['auroc'][f]['value']:.3f}")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="1 - specificity", ylabel="sensitivity",
-           title=f"ROC curves, {metrics['split']} split (AUROC in the legend)")
+        ax.plot(fpr, tpr, lw=1.2, color=cmap[i], label=f"{f} {metrics['auroc'][f]['value']:.3f}")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="1 - specificity",
+        ylabel="sensitivity",
+        title=f"ROC curves, {metrics['split']} split (AUROC in the legend)",
+    )
     ax.legend(fontsize=7, loc="lower right", ncol=1)
     fig.tight_layout()
     return fig
@@ -118,15 +146,22 @@ def roc_overlay(metrics: dict, pred: pd.DataFrame) -> Figure:
 
 def pr_grid(metrics: dict, pred: pd.DataFrame) -> Figure:
     """One precision-recall panel per finding; the dashed line is the prevalence (chance)."""
+
     def draw(ax, y, p):
         prec, rec, _ = precision_recall_curve(y, p)
         ax.plot(rec, prec, color="C1", lw=1.4)
         ax.axhline(y.mean(), color="0.6", lw=0.8, ls="--")
 
-    return _finding_grid(metrics, pred, draw,
-                         lambda f: f"AUPRC {format_ci(metrics['auprc'][f])}", metric="AUPRC",
-                         xlabel="recall (sensitivity)", ylabel="precision (PPV)",
-                         ylim=(0, 1.02))
+    return _finding_grid(
+        metrics,
+        pred,
+        draw,
+        lambda f: f"AUPRC {format_ci(metrics['auprc'][f])}",
+        metric="AUPRC",
+        xlabel="recall (sensitivity)",
+        ylabel="precision (PPV)",
+        ylim=(0, 1.02),
+    )
 
 
 def auroc_forest(metrics: dict) -> Figure:
@@ -150,16 +185,34 @@ def auroc_forest(metrics: dict) -> Figure:
         y = ys[findings.index(row["finding"])]
         k = list(markers).index(row["source"]) if row["source"] in markers else len(markers)
         markers.setdefault(row["source"], row["comparable"])
-        ax.plot(row["auroc"], y, marker="dsv^"[k % 4], ms=5, ls="none",
-                color=f"C{k + 2}", alpha=0.9 if row["comparable"] else 0.45)
+        ax.plot(
+            row["auroc"],
+            y,
+            marker="dsv^"[k % 4],
+            ms=5,
+            ls="none",
+            color=f"C{k + 2}",
+            alpha=0.9 if row["comparable"] else 0.45,
+        )
     handles = [ax.plot([], [], "o-", color="C0", label="this run (95% CI)")[0]]
     for k, (src, comp) in enumerate(markers.items()):
-        handles.append(ax.plot([], [], marker="dsv^"[k % 4], ls="none", color=f"C{k + 2}",
-                               label=f"{src}{'' if comp else ' (not comparable)'}")[0])
+        handles.append(
+            ax.plot(
+                [],
+                [],
+                marker="dsv^"[k % 4],
+                ls="none",
+                color=f"C{k + 2}",
+                label=f"{src}{'' if comp else ' (not comparable)'}",
+            )[0]
+        )
     ax.axvline(0.5, color="0.7", lw=0.8, ls="--")
     ax.set_yticks(ys, findings, fontsize=8)
-    ax.set(xlim=(0.3, 1.0), xlabel="AUROC",
-           title=f"Per-finding AUROC, {metrics['split']} split (patient-bootstrap 95% CI)")
+    ax.set(
+        xlim=(0.3, 1.0),
+        xlabel="AUROC",
+        title=f"Per-finding AUROC, {metrics['split']} split (patient-bootstrap 95% CI)",
+    )
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -177,11 +230,22 @@ def reliability_diagram(metrics: dict) -> Figure:
     for i, f in enumerate(findings):
         rc = cal["reliability"].get(f) or {}
         if rc.get("mean_predicted"):
-            a.plot(rc["mean_predicted"], rc["fraction_positive"], "o-", ms=3, lw=1,
-                   color=cmap[i], label=f)
-    a.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability (per bin)",
-          ylabel="observed fraction positive",
-          title=f"Reliability ({cal['bins']} equal-width bins)")
+            a.plot(
+                rc["mean_predicted"],
+                rc["fraction_positive"],
+                "o-",
+                ms=3,
+                lw=1,
+                color=cmap[i],
+                label=f,
+            )
+    a.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="mean predicted probability (per bin)",
+        ylabel="observed fraction positive",
+        title=f"Reliability ({cal['bins']} equal-width bins)",
+    )
     a.legend(fontsize=6, ncol=2, loc="upper left")
     x = np.arange(len(findings))
     before = [cal["ece"][f] if cal["ece"][f] is not None else np.nan for f in findings]
@@ -189,9 +253,14 @@ def reliability_diagram(metrics: dict) -> Figure:
     if cal.get("after_temperature"):
         after = [cal["after_temperature"]["ece"][f] for f in findings]
         after = [v if v is not None else np.nan for v in after]
-        b.bar(x + 0.2, after, width=0.4, color="C2",
-              label=f"after temperature T={cal['temperature']:.2f} (fitted on "
-                    f"{metrics['thresholds']['chosen_on']})")
+        b.bar(
+            x + 0.2,
+            after,
+            width=0.4,
+            color="C2",
+            label=f"after temperature T={cal['temperature']:.2f} (fitted on "
+            f"{metrics['thresholds']['chosen_on']})",
+        )
     b.set_xticks(x, findings, rotation=60, ha="right", fontsize=7)
     b.set(ylabel="expected calibration error", title="ECE per finding")
     b.legend(fontsize=7)
@@ -202,7 +271,9 @@ def reliability_diagram(metrics: dict) -> Figure:
 def subgroup_chart(metrics: dict) -> Figure:
     """AUROC per finding in each subgroup (sex, age band, view) with CIs and counts."""
     rows = pd.DataFrame(metrics["subgroups"])
-    attributes = [a for a in ("sex", "age_band", "view") if len(rows) and a in set(rows["attribute"])]
+    attributes = [
+        a for a in ("sex", "age_band", "view") if len(rows) and a in set(rows["attribute"])
+    ]
     findings = metrics["findings"]
     fig = _figure(13, 3.3 * max(1, len(attributes)))
     axes = fig.subplots(max(1, len(attributes)), 1, squeeze=False).ravel()
@@ -218,11 +289,26 @@ def subgroup_chart(metrics: dict) -> Figure:
             hi = part["hi"].astype(float).to_numpy()
             n = int(part["n"].max()) if part["n"].notna().any() else 0
             # a percentile interval need not contain the point estimate (few patients): clip at 0
-            err = [np.clip(np.nan_to_num(val - lo), 0, None), np.clip(np.nan_to_num(hi - val), 0, None)]
-            thin = (part["caution"].fillna(False).astype(bool).to_numpy() if "caution" in part
-                    else np.zeros(len(x), bool))
-            ax.errorbar(x[~thin], val[~thin], yerr=[e[~thin] for e in err],
-                        fmt="o", ms=4, capsize=2, lw=1, color=f"C{k}", label=f"{g} (n={n})")
+            err = [
+                np.clip(np.nan_to_num(val - lo), 0, None),
+                np.clip(np.nan_to_num(hi - val), 0, None),
+            ]
+            thin = (
+                part["caution"].fillna(False).astype(bool).to_numpy()
+                if "caution" in part
+                else np.zeros(len(x), bool)
+            )
+            ax.errorbar(
+                x[~thin],
+                val[~thin],
+                yerr=[e[~thin] for e in err],
+                fmt="o",
+                ms=4,
+                capsize=2,
+                lw=1,
+                color=f"C{k}",
+                label=f"{g} (n={n})",
+            )
             # fewer than 10 positive patients: a hollow grey marker, no interval
             ax.plot(x[thin], val[thin], "o", ms=4, mfc="none", color="0.6")
         ax.axhline(0.5, color="0.7", lw=0.8, ls="--")
@@ -250,8 +336,15 @@ def training_curves(history: pd.DataFrame) -> Figure:
         b.plot(ep[best], auroc[best], "*", ms=12, color="C3", label=f"best: epoch {ep[best]}")
         b.legend(fontsize=8)
     else:  # e.g. a binary task without validation positives: say so, draw no best
-        b.text(0.5, 0.5, "undefined in every epoch\n(no finding had both classes in validation)",
-               transform=b.transAxes, ha="center", va="center", fontsize=9)
+        b.text(
+            0.5,
+            0.5,
+            "undefined in every epoch\n(no finding had both classes in validation)",
+            transform=b.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+        )
     b.set(xlabel="epoch", ylabel="mean AUROC", title="Validation mean AUROC")
     b.grid(alpha=0.3)
     fig.tight_layout()
@@ -277,16 +370,19 @@ FIGURES = {
 }
 
 
-def write_figures(folder: Path, metrics: dict, pred: pd.DataFrame,
-                  history: pd.DataFrame | None = None) -> dict[str, Path]:
+def write_figures(
+    folder: Path, metrics: dict, pred: pd.DataFrame, history: pd.DataFrame | None = None
+) -> dict[str, Path]:
     """Draw every figure into ``folder``; returns ``{file name: path}`` in report order."""
     folder.mkdir(parents=True, exist_ok=True)
-    makers = {"auroc_forest.png": lambda: auroc_forest(metrics),
-              "roc_overlay.png": lambda: roc_overlay(metrics, pred),
-              "roc_grid.png": lambda: roc_grid(metrics, pred),
-              "pr_grid.png": lambda: pr_grid(metrics, pred),
-              "reliability.png": lambda: reliability_diagram(metrics),
-              "subgroups.png": lambda: subgroup_chart(metrics)}
+    makers = {
+        "auroc_forest.png": lambda: auroc_forest(metrics),
+        "roc_overlay.png": lambda: roc_overlay(metrics, pred),
+        "roc_grid.png": lambda: roc_grid(metrics, pred),
+        "pr_grid.png": lambda: pr_grid(metrics, pred),
+        "reliability.png": lambda: reliability_diagram(metrics),
+        "subgroups.png": lambda: subgroup_chart(metrics),
+    }
     if history is not None and len(history):
         makers["training_curves.png"] = lambda: training_curves(history)
     return {name: save_figure(make(), folder / name) for name, make in makers.items()}
@@ -302,6 +398,16 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["FIGURES", "auroc_forest", "labels_and_scores", "pr_grid", "reliability_diagram",
-           "roc_grid", "roc_overlay", "save_figure", "subgroup_chart", "training_curves",
-           "write_figures"]
+__all__ = [
+    "FIGURES",
+    "auroc_forest",
+    "labels_and_scores",
+    "pr_grid",
+    "reliability_diagram",
+    "roc_grid",
+    "roc_overlay",
+    "save_figure",
+    "subgroup_chart",
+    "training_curves",
+    "write_figures",
+]

@@ -42,22 +42,23 @@ class PredictionsFormatError(ValueError):
 class PredictionTable:
     """A checked predictions table: image ids (the release's spelling) and values."""
 
-    source: str                  #: the file, or "DataFrame"
-    image_ids: np.ndarray        #: (N,) str, as the release spells them
-    findings: list[str]          #: in cxrkit's order
-    values: np.ndarray           #: (N, F) float64: probabilities, or logits with ``logits``
+    source: str  #: the file, or "DataFrame"
+    image_ids: np.ndarray  #: (N,) str, as the release spells them
+    findings: list[str]  #: in cxrkit's order
+    values: np.ndarray  #: (N, F) float64: probabilities, or logits with ``logits``
     logits: bool
-    columns: dict[str, str]      #: finding -> the column it was read from
-    lines: np.ndarray            #: (N,) the line (file) or row (DataFrame) of each image
-    absent: list[str] = field(default_factory=list)   #: findings with no column
+    columns: dict[str, str]  #: finding -> the column it was read from
+    lines: np.ndarray  #: (N,) the line (file) or row (DataFrame) of each image
+    absent: list[str] = field(default_factory=list)  #: findings with no column
     notes: list[str] = field(default_factory=list)
-    sha256: str | None = None    #: of the file
+    sha256: str | None = None  #: of the file
 
     @property
     def probabilities(self) -> np.ndarray:
         if not self.logits:
             return self.values
         from cxrkit.metrics import sigmoid
+
         return sigmoid(self.values)
 
 
@@ -99,8 +100,9 @@ def _read_frame(source) -> tuple[pd.DataFrame, _Source, str | None]:
     except pd.errors.EmptyDataError as e:
         raise PredictionsFormatError(f"{path}: empty file (no header line)") from e
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise PredictionsFormatError(f"{path}: not a readable CSV: "
-                                     f"{' '.join(str(e).split())[:300]}") from e
+        raise PredictionsFormatError(
+            f"{path}: not a readable CSV: {' '.join(str(e).split())[:300]}"
+        ) from e
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame, _Source(str(path), None, True), file_sha256(path)
 
@@ -111,7 +113,7 @@ def _key(column: str) -> tuple[str, bool]:
     prefixed = False
     for p in PREFIXES:
         if name.lower().startswith(p):
-            name, prefixed = name[len(p):], True
+            name, prefixed = name[len(p) :], True
             break
     return name.strip().replace(" ", "_").lower(), prefixed
 
@@ -130,8 +132,10 @@ def _columns(frame: pd.DataFrame, src: _Source) -> tuple[str, dict[str, str], li
     """The id column, finding -> column, and notes on columns not read."""
     ids = [c for c in frame.columns if c in ID_COLUMNS]
     if not ids:
-        src.fail(f"no id column: expected one of {list(ID_COLUMNS)}; the header has "
-                 f"{quote_list(frame.columns, 8)}")
+        src.fail(
+            f"no id column: expected one of {list(ID_COLUMNS)}; the header has "
+            f"{quote_list(frame.columns, 8)}"
+        )
     if len(ids) > 1:
         src.fail(f"two id columns {ids}: keep one", column=ids[1])
     named = [(c, *finding_of(c)) for c in frame.columns if c != ids[0]]
@@ -141,21 +145,28 @@ def _columns(frame: pd.DataFrame, src: _Source) -> tuple[str, dict[str, str], li
     for column, finding, has_prefix in named:
         if finding is None or (prefixed and not has_prefix):
             if has_prefix and _key(column)[0] != NO_FINDING.replace(" ", "_").lower():
-                src.fail(f"{quote(column)} is not one of the 14 findings "
-                         f"({', '.join(FINDINGS)})", column=column)
+                src.fail(
+                    f"{quote(column)} is not one of the 14 findings ({', '.join(FINDINGS)})",
+                    column=column,
+                )
             ignored.append(column)
             continue
         if finding in found:
-            src.fail(f"columns {quote(found[finding])} and {quote(column)} both name "
-                     f"{finding}: keep one", column=column)
+            src.fail(
+                f"columns {quote(found[finding])} and {quote(column)} both name "
+                f"{finding}: keep one",
+                column=column,
+            )
         found[finding] = column
     if not found:
-        src.fail(f"no finding column: expected columns named as NIH spells the findings "
-                 f"(e.g. 'Atelectasis', 'prob_Atelectasis', 'Pleural Thickening'); the "
-                 f"header has {quote_list(frame.columns, 8)}")
+        src.fail(
+            f"no finding column: expected columns named as NIH spells the findings "
+            f"(e.g. 'Atelectasis', 'prob_Atelectasis', 'Pleural Thickening'); the "
+            f"header has {quote_list(frame.columns, 8)}"
+        )
     notes = []
     if ignored:
-        why = ("its labels, or other columns" if prefixed else "not findings")
+        why = "its labels, or other columns" if prefixed else "not findings"
         notes.append(f"{len(ignored)} column(s) not read ({why}): {quote_list(ignored, 8)}.")
     return ids[0], {f: found[f] for f in FINDINGS if f in found}, notes
 
@@ -182,19 +193,28 @@ def _values(frame: pd.DataFrame, column: str, src: _Source, logits: bool) -> np.
             src.fail(f"{quote(raw.iloc[i])} is not a number", i, column)
     nan = np.isnan(values)
     if nan.any():
-        src.fail("NaN is not a prediction (every image needs a value for every finding it "
-                 "is scored on)", int(np.flatnonzero(nan)[0]), column)
+        src.fail(
+            "NaN is not a prediction (every image needs a value for every finding it is scored on)",
+            int(np.flatnonzero(nan)[0]),
+            column,
+        )
     if logits:
         inf = ~np.isfinite(values)
         if inf.any():
-            src.fail(f"{float(values[inf][0])!r} is not a finite logit", int(np.flatnonzero(inf)[0]),
-                     column)
+            src.fail(
+                f"{float(values[inf][0])!r} is not a finite logit",
+                int(np.flatnonzero(inf)[0]),
+                column,
+            )
     else:
         out = (values < 0) | (values > 1)
         if out.any():
             i = int(np.flatnonzero(out)[0])
-            src.fail(f"{float(values[i])!r} is not a probability in [0, 1] (raw scores? pass "
-                     "--logits)", i, column)
+            src.fail(
+                f"{float(values[i])!r} is not a probability in [0, 1] (raw scores? pass --logits)",
+                i,
+                column,
+            )
     return values
 
 
@@ -219,20 +239,29 @@ def _match_ids(raw: pd.Series, column: str, src: _Source, known) -> tuple[np.nda
             for i in map(int, np.flatnonzero(~exact)):
                 name = by_name.get(_file_name(ids[i]).lower())
                 if name is None:
-                    n_unknown = sum(by_name.get(_file_name(x).lower()) is None
-                                    for x in ids[~exact])
-                    src.fail(f"image id {quote(ids[i])} is not an image of the release's label "
-                             f"file ({n_unknown:,} such row(s))", i, column)
+                    n_unknown = sum(by_name.get(_file_name(x).lower()) is None for x in ids[~exact])
+                    src.fail(
+                        f"image id {quote(ids[i])} is not an image of the release's label "
+                        f"file ({n_unknown:,} such row(s))",
+                        i,
+                        column,
+                    )
                 ids[i] = name
                 fixed += 1
-            notes.append(f"{fixed:,} image id(s) were written with a path prefix or in another "
-                         f"case (e.g. {quote(raw.iloc[int(np.flatnonzero(~exact)[0])])}) and "
-                         "were matched to the release's images by file name.")
+            notes.append(
+                f"{fixed:,} image id(s) were written with a path prefix or in another "
+                f"case (e.g. {quote(raw.iloc[int(np.flatnonzero(~exact)[0])])}) and "
+                "were matched to the release's images by file name."
+            )
     seen: dict[str, int] = {}
     for k, x in enumerate(ids):
         if x in seen:
-            src.fail(f"image {quote(x)} appears twice (first at "
-                     f"{'line' if src.is_file else 'row'} {src.line(seen[x])})", k, column)
+            src.fail(
+                f"image {quote(x)} appears twice (first at "
+                f"{'line' if src.is_file else 'row'} {src.line(seen[x])})",
+                k,
+                column,
+            )
         seen[x] = k
     return ids.astype(str), notes
 
@@ -252,13 +281,29 @@ def read_predictions(source, *, known_ids=None, logits: bool = False) -> Predict
     values = np.column_stack([_values(frame, c, src, logits) for c in columns.values()])
     absent = [f for f in FINDINGS if f not in columns]
     if absent:
-        notes.append(f"No column for {len(absent)} of the 14 findings ({', '.join(absent)}): "
-                     f"scored on the {len(columns)} given.")
+        notes.append(
+            f"No column for {len(absent)} of the 14 findings ({', '.join(absent)}): "
+            f"scored on the {len(columns)} given."
+        )
     lines = np.array([src.line(i) for i in range(len(frame))], dtype=object)
-    return PredictionTable(source=src.name, image_ids=ids, findings=list(columns),
-                           values=values, logits=logits, columns=columns, lines=lines,
-                           absent=absent, notes=notes + id_notes, sha256=sha)
+    return PredictionTable(
+        source=src.name,
+        image_ids=ids,
+        findings=list(columns),
+        values=values,
+        logits=logits,
+        columns=columns,
+        lines=lines,
+        absent=absent,
+        notes=notes + id_notes,
+        sha256=sha,
+    )
 
 
-__all__ = ["ID_COLUMNS", "PredictionTable", "PredictionsFormatError", "finding_of",
-           "read_predictions"]
+__all__ = [
+    "ID_COLUMNS",
+    "PredictionTable",
+    "PredictionsFormatError",
+    "finding_of",
+    "read_predictions",
+]

@@ -33,21 +33,25 @@ def stale_reason(metrics: dict, checkpoint: str | Path) -> str | None:
         return "it records no checkpoint sha256 (written by an older cxrkit)"
     now = file_sha256(checkpoint)
     if scored["sha256"] != now:
-        return (f"it scored a checkpoint with sha256 {scored['sha256'][:12]}..., but "
-                f"{checkpoint} is now {now[:12]}... (trained further since?)")
+        return (
+            f"it scored a checkpoint with sha256 {scored['sha256'][:12]}..., but "
+            f"{checkpoint} is now {now[:12]}... (trained further since?)"
+        )
     return None
 
 
-def is_runs_own(checkpoint: str | Path, config: dict, prepared: str | Path, out: str | Path
-                ) -> bool:
+def is_runs_own(
+    checkpoint: str | Path, config: dict, prepared: str | Path, out: str | Path
+) -> bool:
     """Whether an evaluation of ``checkpoint`` on ``prepared`` written to ``out`` is the
     run's own: inside its run folder, on the prepared folder ``config`` (the checkpoint's
     run config) records. Only such an evaluation updates the run's ``thresholds.json``."""
     recorded = ((config or {}).get("data") or {}).get("prepared")
     if not recorded:
         return False
-    return is_inside(out, RunFolder.of(checkpoint).root) \
-        and os.path.realpath(prepared) == os.path.realpath(recorded)
+    return is_inside(out, RunFolder.of(checkpoint).root) and os.path.realpath(
+        prepared
+    ) == os.path.realpath(recorded)
 
 
 __all__ = ["is_runs_own", "scored_checkpoint", "stale_reason"]

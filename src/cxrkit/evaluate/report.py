@@ -30,18 +30,23 @@ from cxrkit.artefacts import EvaluationFolder, RunFolder, read_csv, read_json, w
 from cxrkit.evaluate.plots import FIGURES, write_figures
 from cxrkit.evaluate.text import format_ci
 
-RESEARCH_USE = ("Research use only. cxrkit is not a medical device and its outputs are not "
-                "a diagnosis.")
-NOT_FITTED = ("No thresholds were fitted: they must be chosen on predictions for other images "
-              "(pass --fit-on VAL.csv, the model's predictions for its validation images), "
-              "never on the scored ones, which would flatter them. Calibration below is of "
-              "the probabilities as given.")
-THRESHOLD_SENTENCE = ("A threshold turns a probability into a yes/no call: the finding is "
-                      "reported present when the model's probability is at or above it. "
-                      "The thresholds here were chosen on the {fit} split (Youden's J "
-                      "maximises sensitivity + specificity; max-F1 maximises the F1 score) "
-                      "and then applied unchanged to the {split} split, so the rates below "
-                      "are what to expect on new images, not a best case.")
+RESEARCH_USE = (
+    "Research use only. cxrkit is not a medical device and its outputs are not a diagnosis."
+)
+NOT_FITTED = (
+    "No thresholds were fitted: they must be chosen on predictions for other images "
+    "(pass --fit-on VAL.csv, the model's predictions for its validation images), "
+    "never on the scored ones, which would flatter them. Calibration below is of "
+    "the probabilities as given."
+)
+THRESHOLD_SENTENCE = (
+    "A threshold turns a probability into a yes/no call: the finding is "
+    "reported present when the model's probability is at or above it. "
+    "The thresholds here were chosen on the {fit} split (Youden's J "
+    "maximises sensitivity + specificity; max-F1 maximises the F1 score) "
+    "and then applied unchanged to the {split} split, so the rates below "
+    "are what to expect on new images, not a best case."
+)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
@@ -69,15 +74,14 @@ def _num(x, digits: int = 3) -> str:
     return "—" if x is None or (isinstance(x, float) and x != x) else f"{x:.{digits}f}"
 
 
-
-
 def _table(df: pd.DataFrame) -> str:
     df = df.copy()
     for col in df.columns:
-        if isinstance(df[col].dtype, pd.Int64Dtype):   # counts: blank where not applicable
+        if isinstance(df[col].dtype, pd.Int64Dtype):  # counts: blank where not applicable
             df[col] = [("—" if pd.isna(v) else f"{int(v):,}") for v in df[col]]
-    return df.to_html(index=False, escape=True, na_rep="—", border=0,
-                      float_format=lambda v: f"{v:.3f}")
+    return df.to_html(
+        index=False, escape=True, na_rep="—", border=0, float_format=lambda v: f"{v:.3f}"
+    )
 
 
 def _img(path: Path, alt: str) -> str:
@@ -92,20 +96,32 @@ def _read_json(path: Path) -> dict:
 # -- tables -------------------------------------------------------------------------------
 def auroc_table(metrics: dict) -> pd.DataFrame:
     """Per finding: AUROC and AUPRC with CIs, counts, and each published AUROC beside them."""
-    pub = pd.DataFrame(metrics.get("published") or [],
-                       columns=["finding", "source", "auroc", "comparable"])
+    pub = pd.DataFrame(
+        metrics.get("published") or [], columns=["finding", "source", "auroc", "comparable"]
+    )
     rows = []
     for f in metrics["findings"]:
         a, p = metrics["auroc"][f], metrics["auprc"][f]
-        row = {"finding": f, "positives": a["positives"], "negatives": a["negatives"],
-               "AUROC [95% CI]": format_ci(a), "AUPRC [95% CI]": format_ci(p),
-               "prevalence": _num(p.get("prevalence"))}
+        row = {
+            "finding": f,
+            "positives": a["positives"],
+            "negatives": a["negatives"],
+            "AUROC [95% CI]": format_ci(a),
+            "AUPRC [95% CI]": format_ci(p),
+            "prevalence": _num(p.get("prevalence")),
+        }
         for _, r in pub[pub["finding"] == f].iterrows():
             mark = "" if r["comparable"] else " *"
             row[f"{r['source']}{mark}"] = f"{r['auroc']:.3f}"
         rows.append(row)
-    rows.append({"finding": "mean over defined findings", "AUROC [95% CI]":
-                 format_ci(metrics["mean_auroc"]), "positives": None, "negatives": None})
+    rows.append(
+        {
+            "finding": "mean over defined findings",
+            "AUROC [95% CI]": format_ci(metrics["mean_auroc"]),
+            "positives": None,
+            "negatives": None,
+        }
+    )
     table = pd.DataFrame(rows)
     for col in ("positives", "negatives"):
         table[col] = table[col].astype("Int64")
@@ -126,10 +142,17 @@ def threshold_table(metrics: dict, method: str) -> pd.DataFrame:
     rows = []
     for f in metrics["findings"]:
         m = metrics["threshold_metrics"][method][f]
-        rows.append({"finding": f, "threshold": m["threshold"],
-                     **{k: m[k] for k in ("sensitivity", "specificity", "ppv", "npv", "f1",
-                                          "accuracy")},
-                     "TP": m["tp"], "FP": m["fp"], "TN": m["tn"], "FN": m["fn"]})
+        rows.append(
+            {
+                "finding": f,
+                "threshold": m["threshold"],
+                **{k: m[k] for k in ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")},
+                "TP": m["tp"],
+                "FP": m["fp"],
+                "TN": m["tn"],
+                "FN": m["fn"],
+            }
+        )
     table = pd.DataFrame(rows)
     for col in ("TP", "FP", "TN", "FN"):
         table[col] = table[col].astype("Int64")
@@ -139,9 +162,18 @@ def threshold_table(metrics: dict, method: str) -> pd.DataFrame:
 def calibration_table(metrics: dict) -> pd.DataFrame:
     cal = metrics["calibration"]
     after = cal.get("after_temperature") or {"brier": {}, "ece": {}}
-    return pd.DataFrame([{"finding": f, "Brier": cal["brier"][f], "ECE": cal["ece"][f],
-                          "Brier after T": after["brier"].get(f),
-                          "ECE after T": after["ece"].get(f)} for f in metrics["findings"]])
+    return pd.DataFrame(
+        [
+            {
+                "finding": f,
+                "Brier": cal["brier"][f],
+                "ECE": cal["ece"][f],
+                "Brier after T": after["brier"].get(f),
+                "ECE after T": after["ece"].get(f),
+            }
+            for f in metrics["findings"]
+        ]
+    )
 
 
 def subgroup_table(metrics: dict) -> pd.DataFrame:
@@ -150,9 +182,11 @@ def subgroup_table(metrics: dict) -> pd.DataFrame:
     if rows.empty:
         return rows
     caution = rows["caution"] if "caution" in rows else pd.Series(False, index=rows.index)
-    rows["cell"] = [f"{format_ci({'value': r.auroc, 'lo': r.lo, 'hi': r.hi}, 2)} ({r.positives}/{r.n})"
-                    + (f" † {r.positive_patients} pt" if c else "")
-                    for r, c in zip(rows.itertuples(), caution, strict=True)]
+    rows["cell"] = [
+        f"{format_ci({'value': r.auroc, 'lo': r.lo, 'hi': r.hi}, 2)} ({r.positives}/{r.n})"
+        + (f" † {r.positive_patients} pt" if c else "")
+        for r, c in zip(rows.itertuples(), caution, strict=True)
+    ]
     rows["column"] = rows["attribute"].str.replace("_band", "") + " " + rows["group"].astype(str)
     wide = rows.pivot(index="finding", columns="column", values="cell")
     order = list(dict.fromkeys(rows["column"]))
@@ -161,8 +195,9 @@ def subgroup_table(metrics: dict) -> pd.DataFrame:
     return wide
 
 
-def data_summary(metrics: dict, scored: dict[str, pd.DataFrame] | None = None
-                 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+def data_summary(
+    metrics: dict, scored: dict[str, pd.DataFrame] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Per split: images, patients, images per patient, AP share, sex, age; and prevalence.
 
     From the prepared folder's labels and the run's split file (cached images only; a box
@@ -180,22 +215,36 @@ def data_summary(metrics: dict, scored: dict[str, pd.DataFrame] | None = None
         except (OSError, ValueError, KeyError):
             return None
         t = prepared.labels.merge(split[["image_id", "split"]], on="image_id", how="inner")
-        groups = [(name, t[t["split"] == name]) for name in ("train", "val", "test")
-                  if (t["split"] == name).any()]
+        groups = [
+            (name, t[t["split"] == name])
+            for name in ("train", "val", "test")
+            if (t["split"] == name).any()
+        ]
     elif scored:
         groups = [(name, t) for name, t in scored.items() if len(t)]
     else:
         return None
-    overview = pd.DataFrame([{
-        "split": name, "images": len(g), "patients": g["patient_id"].nunique(),
-        "images per patient": len(g) / max(1, g["patient_id"].nunique()),
-        "AP view %": 100 * (g["view"] == "AP").mean(), "male %": 100 * (g["sex"] == "M").mean(),
-        "median age": g["age"].median(),
-        "no finding %": 100 * (g[metrics["findings"]].fillna(0).sum(axis=1) == 0).mean()}
-        for name, g in groups])
-    prevalence = pd.DataFrame([{"finding": f, **{f"{name} %": 100 * g[f].mean()
-                                                  for name, g in groups}}
-                               for f in metrics["findings"]])
+    overview = pd.DataFrame(
+        [
+            {
+                "split": name,
+                "images": len(g),
+                "patients": g["patient_id"].nunique(),
+                "images per patient": len(g) / max(1, g["patient_id"].nunique()),
+                "AP view %": 100 * (g["view"] == "AP").mean(),
+                "male %": 100 * (g["sex"] == "M").mean(),
+                "median age": g["age"].median(),
+                "no finding %": 100 * (g[metrics["findings"]].fillna(0).sum(axis=1) == 0).mean(),
+            }
+            for name, g in groups
+        ]
+    )
+    prevalence = pd.DataFrame(
+        [
+            {"finding": f, **{f"{name} %": 100 * g[f].mean() for name, g in groups}}
+            for f in metrics["findings"]
+        ]
+    )
     return overview, prevalence
 
 
@@ -239,28 +288,36 @@ def localization_section(run_dir: Path) -> str:
     parts = []
     if record:
         o = record.get("overall") or {}
-        parts.append(f"<p>{_esc(record.get('model'))}, {_esc(record.get('method'))} maps, "
-                     f"{_esc(record.get('split'))} split ({_esc(record.get('protocol'))}): "
-                     f"{o.get('pairs', 0)} (image, finding) pairs on {o.get('images', 0)} box "
-                     f"images; boxes in {_esc(record.get('space', 'cache pixels'))}.</p>")
+        parts.append(
+            f"<p>{_esc(record.get('model'))}, {_esc(record.get('method'))} maps, "
+            f"{_esc(record.get('split'))} split ({_esc(record.get('protocol'))}): "
+            f"{o.get('pairs', 0)} (image, finding) pairs on {o.get('images', 0)} box "
+            f"images; boxes in {_esc(record.get('space', 'cache pixels'))}.</p>"
+        )
     for png in sorted(folder.glob("*.png"))[:2]:
         parts.append(f"<figure>{_img(png, png.stem)}</figure>")
     pointing = folder / "pointing.csv"
     if pointing.exists():
-        parts.append("<h3>Pointing game (hit: the map's maximum inside a box; chance: the "
-                     "boxes' share of the image)</h3>" + _table(read_csv(pointing)))
+        parts.append(
+            "<h3>Pointing game (hit: the map's maximum inside a box; chance: the "
+            "boxes' share of the image)</h3>" + _table(read_csv(pointing))
+        )
     accuracy = folder / "accuracy.csv"
     if accuracy.exists():
         acc = read_csv(accuracy)
         if {"finding", "measure", "threshold", "accuracy"} <= set(acc.columns):
-            acc["column"] = acc["measure"].str.upper().str.replace("IOBB", "IoBB").str.replace(
-                "IOU", "IoU") + " > " + acc["threshold"].map("{:g}".format)
+            acc["column"] = (
+                acc["measure"].str.upper().str.replace("IOBB", "IoBB").str.replace("IOU", "IoU")
+                + " > "
+                + acc["threshold"].map("{:g}".format)
+            )
             order = list(dict.fromkeys(acc["column"]))
             findings = list(dict.fromkeys(acc["finding"]))
-            for value, title in (("accuracy", "This model: accuracy (share of pairs over T)"),
-                                 ("wang2017_accuracy", "Wang et al. 2017, as published"),
-                                 ("full_image_accuracy", "Baseline: a box covering the whole "
-                                                         "image")):
+            for value, title in (
+                ("accuracy", "This model: accuracy (share of pairs over T)"),
+                ("wang2017_accuracy", "Wang et al. 2017, as published"),
+                ("full_image_accuracy", "Baseline: a box covering the whole image"),
+            ):
                 if value in acc:
                     wide = acc.pivot(index="finding", columns="column", values=value)
                     wide = wide.reindex(index=findings, columns=order).reset_index()
@@ -272,9 +329,11 @@ def localization_section(run_dir: Path) -> str:
         parts.append("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
     summary = folder / "summary.md"
     if summary.exists():
-        parts.append(f"<details><summary>summary.md</summary><pre>{_esc(summary.read_text())}"
-                     "</pre></details>")
-    if not record:   # an older or foreign folder: show whatever tables it holds
+        parts.append(
+            f"<details><summary>summary.md</summary><pre>{_esc(summary.read_text())}"
+            "</pre></details>"
+        )
+    if not record:  # an older or foreign folder: show whatever tables it holds
         for csv in sorted(folder.glob("*.csv")):
             parts.append(f"<h3>{_esc(csv.stem)}</h3>{_table(read_csv(csv))}")
     return "".join(parts)
@@ -287,21 +346,28 @@ def ood_html(metrics: dict) -> str:
         return ""
     rec = ood["record"]
     n, k = ood["n_images"], ood["n_flagged"]
-    head = (f"<h2>Out-of-distribution images</h2><p>{k:,} of {n:,} evaluated images "
-            f"({_num(ood['fraction_flagged'] * 100 if n else None, 1)} %) are flagged as "
-            "unlike the training images (OOD score &gt; 1; the record's method: "
-            f"{_esc(rec['method'])}; {_num(rec['val']['flag_rate'] * 100, 1)} % of "
-            f"validation images flagged). Mean AUROC with them "
-            f"<b>{_num(ood['mean_auroc_all'])}</b>, without them "
-            f"<b>{_num(ood['mean_auroc_without_flagged'])}</b>.</p>")
-    table = pd.DataFrame({"finding": list(ood["auroc_all"]),
-                          "AUROC, all images": [_num(v) for v in ood["auroc_all"].values()],
-                          "AUROC, without flagged": [_num(v) for v in
-                                                     ood["auroc_without_flagged"].values()]})
+    head = (
+        f"<h2>Out-of-distribution images</h2><p>{k:,} of {n:,} evaluated images "
+        f"({_num(ood['fraction_flagged'] * 100 if n else None, 1)} %) are flagged as "
+        "unlike the training images (OOD score &gt; 1; the record's method: "
+        f"{_esc(rec['method'])}; {_num(rec['val']['flag_rate'] * 100, 1)} % of "
+        f"validation images flagged). Mean AUROC with them "
+        f"<b>{_num(ood['mean_auroc_all'])}</b>, without them "
+        f"<b>{_num(ood['mean_auroc_without_flagged'])}</b>.</p>"
+    )
+    table = pd.DataFrame(
+        {
+            "finding": list(ood["auroc_all"]),
+            "AUROC, all images": [_num(v) for v in ood["auroc_all"].values()],
+            "AUROC, without flagged": [_num(v) for v in ood["auroc_without_flagged"].values()],
+        }
+    )
     shown = ", ".join(ood["flagged_images"][:20])
     more = f" (+{k - 20} more)" if k > 20 else ""
-    return (head + f"<details><summary>Per finding; flagged images</summary>{_table(table)}"
-            f"<p>{_esc(shown)}{_esc(more)}</p></details>")
+    return (
+        head + f"<details><summary>Per finding; flagged images</summary>{_table(table)}"
+        f"<p>{_esc(shown)}{_esc(more)}</p></details>"
+    )
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -309,66 +375,101 @@ def title(metrics: dict) -> str:
     """What was scored, in a few words: "cnn4 on the test split", "predictions.csv on ..."."""
     if (metrics.get("source") or {}).get("kind") == "predictions":
         rows = metrics["protocol"]["rows"]
-        return (f"{metrics['model']} on NIH's official test list" if rows == "official-test"
-                else f"{metrics['model']} on all rows as given")
+        return (
+            f"{metrics['model']} on NIH's official test list"
+            if rows == "official-test"
+            else f"{metrics['model']} on all rows as given"
+        )
     return f"{metrics['model']} on the {metrics['split']} split"
 
 
 def _kpis(metrics: dict, run: dict) -> str:
     cov = (metrics.get("protocol") or {}).get("coverage") or {}
-    items = [("mean AUROC [95% CI]", format_ci(metrics["mean_auroc"])),
-             ("images / patients", f"{metrics['n_images']:,} / {metrics['n_patients']:,}")]
+    items = [
+        ("mean AUROC [95% CI]", format_ci(metrics["mean_auroc"])),
+        ("images / patients", f"{metrics['n_images']:,} / {metrics['n_patients']:,}"),
+    ]
     if cov.get("scored_official_test") is not None:
-        items.append(("official test images scored",
-                      f"{cov['scored_official_test']:,} of {cov['official_test_images']:,}"))
+        items.append(
+            (
+                "official test images scored",
+                f"{cov['scored_official_test']:,} of {cov['official_test_images']:,}",
+            )
+        )
     if (metrics.get("source") or {}).get("kind") == "predictions":
         items.append(("rows", metrics["protocol"]["rows"]))
     else:
-        items += [("split", f"{metrics['split']} ({metrics['split_protocol']})"),
-                  ("model", f"{metrics['model']}, epoch {metrics['epoch']}"),
-                  ("test-time augmentation", metrics["tta"])]
+        items += [
+            ("split", f"{metrics['split']} ({metrics['split_protocol']})"),
+            ("model", f"{metrics['model']}, epoch {metrics['epoch']}"),
+            ("test-time augmentation", metrics["tta"]),
+        ]
     if run.get("images_per_s"):
         items.append(("training speed", f"{run['images_per_s']:.0f} img/s"))
-    return '<div class="kpi">' + "".join(f"<div>{_esc(k)}<b>{_esc(v)}</b></div>"
-                                         for k, v in items) + "</div>"
+    return (
+        '<div class="kpi">'
+        + "".join(f"<div>{_esc(k)}<b>{_esc(v)}</b></div>" for k, v in items)
+        + "</div>"
+    )
 
 
-def render_html(metrics: dict, run_dir: Path | None, figures: dict[str, Path],
-                extra_sections: tuple[str, ...] = (),
-                scored: dict[str, pd.DataFrame] | None = None) -> str:
+def render_html(
+    metrics: dict,
+    run_dir: Path | None,
+    figures: dict[str, Path],
+    extra_sections: tuple[str, ...] = (),
+    scored: dict[str, pd.DataFrame] | None = None,
+) -> str:
     layout = RunFolder(run_dir) if run_dir else None
     run = _read_json(layout.run_json) if layout else {}
     config = layout.config.read_text() if layout and layout.config.exists() else ""
     split, fit = metrics["split"], metrics["thresholds"]["chosen_on"]
     what = (metrics.get("source") or {}).get("file") or metrics.get("checkpoint")
-    s = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-         f"<title>cxrkit evaluation: {_esc(title(metrics))}</title>"
-         f"<style>{CSS}</style></head><body><main>",
-         f"<h1>{_esc(title(metrics))}</h1>",
-         f"<p class='sub'>cxrkit evaluation report · {_esc(what)} · "
-         f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
-         f"<div class='ruo'>{_esc(RESEARCH_USE)}</div>", _kpis(metrics, run)]
+    s = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>cxrkit evaluation: {_esc(title(metrics))}</title>"
+        f"<style>{CSS}</style></head><body><main>",
+        f"<h1>{_esc(title(metrics))}</h1>",
+        f"<p class='sub'>cxrkit evaluation report · {_esc(what)} · "
+        f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
+        f"<div class='ruo'>{_esc(RESEARCH_USE)}</div>",
+        _kpis(metrics, run),
+    ]
     s += [f"<div class='warn'>{_esc(n)}</div>" for n in metrics["notes"]]
     data = data_summary(metrics, scored)
     if data is not None:
-        s.append("<h2>Data</h2><p>" + ("The scored images (test) and those thresholds were "
-                 "fitted on (val), as NIH's label file describes them. " if scored else
-                 "The run's split of the prepared images. ") + "Differences between "
-                 "the evaluated split and training (view mix, images per patient, prevalence) "
-                 "change what an AUROC means; NIH's official test list, for one, holds sicker, "
-                 "more often AP-imaged patients with more follow-up images.</p>")
+        s.append(
+            "<h2>Data</h2><p>"
+            + (
+                "The scored images (test) and those thresholds were "
+                "fitted on (val), as NIH's label file describes them. "
+                if scored
+                else "The run's split of the prepared images. "
+            )
+            + "Differences between "
+            "the evaluated split and training (view mix, images per patient, prevalence) "
+            "change what an AUROC means; NIH's official test list, for one, holds sicker, "
+            "more often AP-imaged patients with more follow-up images.</p>"
+        )
         s.append(_table(data[0]))
-        s.append("<details><summary>Prevalence per finding and split</summary>"
-                 f"{_table(data[1])}</details>")
+        s.append(
+            "<details><summary>Prevalence per finding and split</summary>"
+            f"{_table(data[1])}</details>"
+        )
     s.append(ood_html(metrics))
     s.append("<h2>Per-finding AUROC and AUPRC</h2>")
     s.append(_table(auroc_table(metrics)))
-    s.append("<p>Published values (* = not comparable with this run):</p><ul>" + "".join(
-        f"<li>{_esc(n)}</li>" for n in published_notes(metrics)) + "</ul>")
+    s.append(
+        "<p>Published values (* = not comparable with this run):</p><ul>"
+        + "".join(f"<li>{_esc(n)}</li>" for n in published_notes(metrics))
+        + "</ul>"
+    )
     s.append("<h2>Figures</h2>")
     for name, path in figures.items():
-        s.append(f"<figure>{_img(path, FIGURES.get(name, name))}<figcaption>"
-                 f"{_esc(FIGURES.get(name, name))}</figcaption></figure>")
+        s.append(
+            f"<figure>{_img(path, FIGURES.get(name, name))}<figcaption>"
+            f"{_esc(FIGURES.get(name, name))}</figcaption></figure>"
+        )
     s.append("<h2>Decision thresholds</h2>")
     if fit is None:
         s.append(f"<p>{_esc(NOT_FITTED)}</p>")
@@ -377,57 +478,108 @@ def render_html(metrics: dict, run_dir: Path | None, figures: dict[str, Path],
     written = metrics["thresholds"].get("written")
     titles = [("youden", "Youden's J"), ("max_f1", "max-F1")] if fit else []
     if written:
-        titles.append(("used", f"Written to thresholds.json ({written['method']}"
-                               + (f"; set by hand: {', '.join(written['overrides'])}"
-                                  if written["overrides"] else "") + ")"))
+        titles.append(
+            (
+                "used",
+                f"Written to thresholds.json ({written['method']}"
+                + (
+                    f"; set by hand: {', '.join(written['overrides'])}"
+                    if written["overrides"]
+                    else ""
+                )
+                + ")",
+            )
+        )
     for method, heading in titles:
-        s.append(f"<h3>{_esc(heading)} thresholds (chosen on {_esc(fit)}), applied to "
-                 f"{_esc(split)}</h3>")
+        s.append(
+            f"<h3>{_esc(heading)} thresholds (chosen on {_esc(fit)}), applied to {_esc(split)}</h3>"
+        )
         s.append(_table(threshold_table(metrics, method)))
     if written:
-        s.append(f"<p>Positive {_esc(fit)} images each threshold was fitted on: "
-                 + ", ".join(f"{_esc(f)} {n}" for f, n in written["positives"].items())
-                 + f". Fewer than {written['min_positives']} (warned): "
-                 + (_esc(", ".join(written["few_positives"])) or "none") + ".</p>")
+        s.append(
+            f"<p>Positive {_esc(fit)} images each threshold was fitted on: "
+            + ", ".join(f"{_esc(f)} {n}" for f, n in written["positives"].items())
+            + f". Fewer than {written['min_positives']} (warned): "
+            + (_esc(", ".join(written["few_positives"])) or "none")
+            + ".</p>"
+        )
     cal = metrics["calibration"]
     t = cal.get("temperature")
-    s.append("<h2>Calibration</h2><p>Brier score and expected calibration error "
-             f"({cal['bins']} bins) per finding; mean Brier {_num(cal['mean_brier'])}, mean ECE "
-             f"{_num(cal['mean_ece'])}. "
-             + (f"Temperature scaling: T = {t:.3f}, fitted on {_esc(fit)}." if t else
-                "No temperature fitted.") + "</p>")
+    s.append(
+        "<h2>Calibration</h2><p>Brier score and expected calibration error "
+        f"({cal['bins']} bins) per finding; mean Brier {_num(cal['mean_brier'])}, mean ECE "
+        f"{_num(cal['mean_ece'])}. "
+        + (
+            f"Temperature scaling: T = {t:.3f}, fitted on {_esc(fit)}."
+            if t
+            else "No temperature fitted."
+        )
+        + "</p>"
+    )
     s.append(_table(calibration_table(metrics)))
-    s.append("<h2>Subgroups</h2><p>† fewer than 10 positive patients (N pt): an anecdote, not "
-             "an estimate; below 5 no interval is given. AUROC [95% CI] (positives/images) per "
-             "finding within each "
-             "sex, age band and view. A model that learned a shortcut (say, AP view means "
-             "sick) shows large gaps between groups.</p>")
+    s.append(
+        "<h2>Subgroups</h2><p>† fewer than 10 positive patients (N pt): an anecdote, not "
+        "an estimate; below 5 no interval is given. AUROC [95% CI] (positives/images) per "
+        "finding within each "
+        "sex, age band and view. A model that learned a shortcut (say, AP view means "
+        "sick) shows large gaps between groups.</p>"
+    )
     s.append(_table(subgroup_table(metrics)))
     if run:
-        keys = ("status", "epochs_run", "best_val_mean_auroc", "seconds", "images_per_s",
-                "train_images", "val_images", "parameters", "trainable_parameters",
-                "precision", "device", "world_size")
+        keys = (
+            "status",
+            "epochs_run",
+            "best_val_mean_auroc",
+            "seconds",
+            "images_per_s",
+            "train_images",
+            "val_images",
+            "parameters",
+            "trainable_parameters",
+            "precision",
+            "device",
+            "world_size",
+        )
         s.append("<h2>Training</h2>")
         s.append(_table(pd.DataFrame([{k: run.get(k) for k in keys if k in run}])))
     examples = explanation_examples(run_dir) if run_dir else []
     if examples:
-        s.append("<h2>Explanations</h2><p>Saliency overlays from <code>cxrkit explain</code>: "
-                 "where the model's evidence for a finding lies. A map is a check on what the "
-                 "model looks at, not a localisation claim; the benchmark below scores it.</p>")
-        s.append("<div class='gallery'>" + "".join(
-            f"<figure>{_img(p, c)}<figcaption>{_esc(c)}</figcaption></figure>"
-            for p, c in examples) + "</div>")
+        s.append(
+            "<h2>Explanations</h2><p>Saliency overlays from <code>cxrkit explain</code>: "
+            "where the model's evidence for a finding lies. A map is a check on what the "
+            "model looks at, not a localisation claim; the benchmark below scores it.</p>"
+        )
+        s.append(
+            "<div class='gallery'>"
+            + "".join(
+                f"<figure>{_img(p, c)}<figcaption>{_esc(c)}</figcaption></figure>"
+                for p, c in examples
+            )
+            + "</div>"
+        )
     loc = localization_section(run_dir) if run_dir else ""
     if loc:
         s.append("<h2>Localisation against NIH's boxes</h2>" + loc)
-    from cxrkit.audit.report import audit_html   # late: the audit imports this module
+    from cxrkit.audit.report import audit_html  # late: the audit imports this module
 
-    s.append(audit_html(run_dir) if run_dir else "")   # a predictions file has no run
-    s += [x for x in extra_sections if x]   # e.g. against radiologists, error gallery
+    s.append(audit_html(run_dir) if run_dir else "")  # a predictions file has no run
+    s += [x for x in extra_sections if x]  # e.g. against radiologists, error gallery
     s.append("<h2>Configuration and provenance</h2>")
-    prov = {k: metrics[k] for k in ("source", "checkpoint", "checkpoint_sha256", "prepared",
-                                    "release", "split_file", "split_protocol", "protocol",
-                                    "bootstrap") if k in metrics}
+    prov = {
+        k: metrics[k]
+        for k in (
+            "source",
+            "checkpoint",
+            "checkpoint_sha256",
+            "prepared",
+            "release",
+            "split_file",
+            "split_protocol",
+            "protocol",
+            "bootstrap",
+        )
+        if k in metrics
+    }
     prov["training versions"] = run.get("versions")
     prov["evaluation versions"] = metrics.get("versions")
     prov["evaluated"] = metrics.get("created")
@@ -440,21 +592,30 @@ def render_html(metrics: dict, run_dir: Path | None, figures: dict[str, Path],
 
 def render_summary(metrics: dict) -> str:
     """The Markdown summary: headline, notes, and the per-finding AUROC table."""
-    lines = [f"# {title(metrics)}", "",
-             f"Mean AUROC {format_ci(metrics['mean_auroc'])} over {metrics['mean_auroc']['defined']} "
-             f"findings; {metrics['n_images']:,} images of {metrics['n_patients']:,} patients"
-             + (f"; TTA {metrics['tta']}." if metrics.get("tta") else "."), "",
-             f"_{RESEARCH_USE}_", ""]
+    lines = [
+        f"# {title(metrics)}",
+        "",
+        f"Mean AUROC {format_ci(metrics['mean_auroc'])} over {metrics['mean_auroc']['defined']} "
+        f"findings; {metrics['n_images']:,} images of {metrics['n_patients']:,} patients"
+        + (f"; TTA {metrics['tta']}." if metrics.get("tta") else "."),
+        "",
+        f"_{RESEARCH_USE}_",
+        "",
+    ]
     lines += [f"- {n}" for n in metrics["notes"]]
     ood = metrics.get("ood")
     if ood:
-        lines += [f"- Out of distribution: {ood['n_flagged']:,} of {ood['n_images']:,} images "
-                  f"flagged; mean AUROC {_num(ood['mean_auroc_all'])} with them, "
-                  f"{_num(ood['mean_auroc_without_flagged'])} without."]
+        lines += [
+            f"- Out of distribution: {ood['n_flagged']:,} of {ood['n_images']:,} images "
+            f"flagged; mean AUROC {_num(ood['mean_auroc_all'])} with them, "
+            f"{_num(ood['mean_auroc_without_flagged'])} without."
+        ]
     lines += ["", "| finding | positives | AUROC [95% CI] | AUPRC [95% CI] |", "|---|---:|---|---|"]
     for f in metrics["findings"]:
         a = metrics["auroc"][f]
-        lines.append(f"| {f} | {a['positives']} | {format_ci(a)} | {format_ci(metrics['auprc'][f])} |")
+        lines.append(
+            f"| {f} | {a['positives']} | {format_ci(a)} | {format_ci(metrics['auprc'][f])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -467,8 +628,9 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
     """
     folder = EvaluationFolder(Path(out))
     metrics = folder.read_metrics()
-    run_dir = Path(run_dir) if run_dir else (Path(metrics["run_dir"]) if metrics.get("run_dir")
-                                             else None)
+    run_dir = (
+        Path(run_dir) if run_dir else (Path(metrics["run_dir"]) if metrics.get("run_dir") else None)
+    )
     pred = folder.read_predictions(metrics["split"])
     history = None
     if run_dir is not None and RunFolder(run_dir).history.exists():
@@ -482,13 +644,23 @@ def write_report(out: str | Path, run_dir: str | Path | None = None) -> Path:
 
     extra = (radiologists_html(folder.root), gallery_html(folder.root))
     scored = None
-    if (metrics.get("source") or {}).get("kind") == "predictions":   # no prepared folder
-        scored = {name: folder.read_predictions(name) for name in ("test", "val")
-                  if folder.predictions(name).exists()}
+    if (metrics.get("source") or {}).get("kind") == "predictions":  # no prepared folder
+        scored = {
+            name: folder.read_predictions(name)
+            for name in ("test", "val")
+            if folder.predictions(name).exists()
+        }
     write_text(render_html(metrics, run_dir, figures, extra, scored), folder.report)
     write_text(render_summary(metrics) + radiologists_markdown(folder.root), folder.summary)
     return folder.report
 
 
-__all__ = ["RESEARCH_USE", "auroc_table", "render_html", "render_summary", "subgroup_table",
-           "threshold_table", "write_report"]
+__all__ = [
+    "RESEARCH_USE",
+    "auroc_table",
+    "render_html",
+    "render_summary",
+    "subgroup_table",
+    "threshold_table",
+    "write_report",
+]

@@ -16,8 +16,14 @@ def _missing(x) -> bool:
     return x is None or (isinstance(x, float) and not math.isfinite(x))
 
 
-def format_ci(rec: dict | None, digits: int = 3, *, signed: bool = False,
-              missing: str = "undefined", star: bool = False) -> str:
+def format_ci(
+    rec: dict | None,
+    digits: int = 3,
+    *,
+    signed: bool = False,
+    missing: str = "undefined",
+    star: bool = False,
+) -> str:
     """``{"value", "lo", "hi"}`` -> ``"0.812 [0.790, 0.833]"``.
 
     ``missing``: the text for an undefined value (None or NaN); a value without an

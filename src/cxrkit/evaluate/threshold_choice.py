@@ -45,8 +45,10 @@ def parse_method(text: str) -> tuple[str, float | None]:
             target = float("nan")
         if 0.0 < target < 1.0:
             return name, target
-    raise ValueError(f"threshold method {text!r}: use youden, max_f1, sensitivity=T or "
-                     "specificity=T with 0 < T < 1 (e.g. sensitivity=0.9)")
+    raise ValueError(
+        f"threshold method {text!r}: use youden, max_f1, sensitivity=T or "
+        "specificity=T with 0 < T < 1 (e.g. sensitivity=0.9)"
+    )
 
 
 def parse_overrides(items, findings) -> dict[str, float]:
@@ -60,16 +62,19 @@ def parse_overrides(items, findings) -> dict[str, float]:
         except ValueError:
             t = float("nan")
         if name not in findings:
-            raise ValueError(f"--threshold {item!r}: {name!r} is not one of the model's "
-                             f"findings ({', '.join(findings)})")
+            raise ValueError(
+                f"--threshold {item!r}: {name!r} is not one of the model's "
+                f"findings ({', '.join(findings)})"
+            )
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"--threshold {item!r}: give FINDING=VALUE with 0 <= VALUE <= 1")
         out[name] = t
     return out
 
 
-def fit_threshold(labels: np.ndarray, probs: np.ndarray, method: str,
-                  target: float | None = None) -> float:
+def fit_threshold(
+    labels: np.ndarray, probs: np.ndarray, method: str, target: float | None = None
+) -> float:
     """One finding's threshold by ``method`` (NaN when its labels have one class)."""
     if method == "youden":
         return youden_threshold(labels, probs)
@@ -82,47 +87,68 @@ def fit_threshold(labels: np.ndarray, probs: np.ndarray, method: str,
 class ThresholdChoice:
     """The thresholds written to ``thresholds.json``, and where each came from."""
 
-    method: str                           #: the rule as given ("youden", "sensitivity=0.9")
-    values: dict[str, float | None]       #: finding -> threshold (None: undefined)
-    positives: dict[str, int]             #: finding -> positive images it was fitted on
-    positive_patients: dict[str, int]     #: finding -> patients among them
+    method: str  #: the rule as given ("youden", "sensitivity=0.9")
+    values: dict[str, float | None]  #: finding -> threshold (None: undefined)
+    positives: dict[str, int]  #: finding -> positive images it was fitted on
+    positive_patients: dict[str, int]  #: finding -> patients among them
     overrides: dict[str, float] = field(default_factory=dict)
     min_positives: int = MIN_POSITIVES
 
     @property
     def few(self) -> list[str]:
         """Findings whose fitted threshold rests on fewer than ``min_positives`` positives."""
-        return [f for f, n in self.positives.items()
-                if f not in self.overrides and n < self.min_positives]
+        return [
+            f
+            for f, n in self.positives.items()
+            if f not in self.overrides and n < self.min_positives
+        ]
 
     def warning(self, fit_split: str) -> str | None:
         if not self.few:
             return None
-        shown = ", ".join(f"{f} ({self.positives[f]} image(s), {self.positive_patients[f]} "
-                          "patient(s))" for f in self.few)
-        return (f"thresholds fitted on fewer than {self.min_positives} positive {fit_split} "
-                f"images: {shown}; expect their test sensitivity and specificity to be far "
-                "from the chosen rule (prepare with a larger --val-fraction, or fix them "
-                "with --threshold FINDING=VALUE)")
+        shown = ", ".join(
+            f"{f} ({self.positives[f]} image(s), {self.positive_patients[f]} patient(s))"
+            for f in self.few
+        )
+        return (
+            f"thresholds fitted on fewer than {self.min_positives} positive {fit_split} "
+            f"images: {shown}; expect their test sensitivity and specificity to be far "
+            "from the chosen rule (prepare with a larger --val-fraction, or fix them "
+            "with --threshold FINDING=VALUE)"
+        )
 
     def record(self) -> dict:
         """What ``metrics.json`` (``thresholds.used``) and ``thresholds.json`` keep."""
-        return {"method": self.method, "values": self.values, "positives": self.positives,
-                "positive_patients": self.positive_patients, "overrides": self.overrides,
-                "min_positives": self.min_positives, "few_positives": self.few}
+        return {
+            "method": self.method,
+            "values": self.values,
+            "positives": self.positives,
+            "positive_patients": self.positive_patients,
+            "overrides": self.overrides,
+            "min_positives": self.min_positives,
+            "few_positives": self.few,
+        }
 
 
-def choose_thresholds(labels: np.ndarray, probs: np.ndarray, patients, findings, *,
-                      method: str = "youden", overrides: dict[str, float] | None = None
-                      ) -> ThresholdChoice:
+def choose_thresholds(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    patients,
+    findings,
+    *,
+    method: str = "youden",
+    overrides: dict[str, float] | None = None,
+) -> ThresholdChoice:
     """Thresholds by ``method`` on the fit split's ``labels``/``probs`` (N, F), with
     ``overrides`` taking the place of the fitted value for their findings."""
     name, target = parse_method(method)
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(findings))
     if unknown:
-        raise ValueError(f"--threshold for {', '.join(unknown)}: not among the model's "
-                         f"findings ({', '.join(findings)})")
+        raise ValueError(
+            f"--threshold for {', '.join(unknown)}: not among the model's "
+            f"findings ({', '.join(findings)})"
+        )
     patients = np.asarray(patients)
     values, positives, pos_patients = {}, {}, {}
     for j, f in enumerate(findings):
@@ -132,9 +158,22 @@ def choose_thresholds(labels: np.ndarray, probs: np.ndarray, patients, findings,
         pos_patients[f] = int(len(np.unique(patients[pos])))
         t = overrides[f] if f in overrides else fit_threshold(y, probs[:, j], name, target)
         values[f] = None if t is None or not math.isfinite(t) else float(t)
-    return ThresholdChoice(method=method, values=values, positives=positives,
-                           positive_patients=pos_patients, overrides=overrides)
+    return ThresholdChoice(
+        method=method,
+        values=values,
+        positives=positives,
+        positive_patients=pos_patients,
+        overrides=overrides,
+    )
 
 
-__all__ = ["MIN_POSITIVES", "THRESHOLD_METHODS", "TARGET_METHODS", "ThresholdChoice",
-           "choose_thresholds", "fit_threshold", "parse_method", "parse_overrides"]
+__all__ = [
+    "MIN_POSITIVES",
+    "THRESHOLD_METHODS",
+    "TARGET_METHODS",
+    "ThresholdChoice",
+    "choose_thresholds",
+    "fit_threshold",
+    "parse_method",
+    "parse_overrides",
+]

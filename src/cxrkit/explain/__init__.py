@@ -10,5 +10,12 @@ from cxrkit.explain.localize import localize_checkpoint
 from cxrkit.explain.overlay import overlay
 from cxrkit.explain.saliency import METHODS, attention_maps, saliency_maps
 
-__all__ = ["METHODS", "attention_maps", "explain_images", "explain_split",
-           "localize_checkpoint", "overlay", "saliency_maps"]
+__all__ = [
+    "METHODS",
+    "attention_maps",
+    "explain_images",
+    "explain_split",
+    "localize_checkpoint",
+    "overlay",
+    "saliency_maps",
+]

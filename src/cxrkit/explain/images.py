@@ -49,8 +49,17 @@ from cxrkit.metrics import sigmoid
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ("image", "image_id", "finding", "rank", "probability", "method", "overlay",
-                 "map", "attention_overlay")
+INDEX_COLUMNS = (
+    "image",
+    "image_id",
+    "finding",
+    "rank",
+    "probability",
+    "method",
+    "overlay",
+    "map",
+    "attention_overlay",
+)
 
 
 def _chosen(lm: LoadedModel, probs: np.ndarray, findings, top_k: int) -> list[list[int]]:
@@ -64,11 +73,21 @@ def _chosen(lm: LoadedModel, probs: np.ndarray, findings, top_k: int) -> list[li
     return [list(np.argsort(-p, kind="stable")[:top_k]) for p in probs]
 
 
-def explain_cached(lm: LoadedModel, images, names: Sequence[str],
-                   out: str | Path | None = None, *, sources: Sequence[str] | None = None,
-                   method: str = "gradcam", findings=None, top_k: int = 3, meta=None,
-                   batch_size: int = 8, progress: bool = True,
-                   errors: dict[str, str] | None = None) -> pd.DataFrame:
+def explain_cached(
+    lm: LoadedModel,
+    images,
+    names: Sequence[str],
+    out: str | Path | None = None,
+    *,
+    sources: Sequence[str] | None = None,
+    method: str = "gradcam",
+    findings=None,
+    top_k: int = 3,
+    meta=None,
+    batch_size: int = 8,
+    progress: bool = True,
+    errors: dict[str, str] | None = None,
+) -> pd.DataFrame:
     """Explain cache-stage ``uint8`` images ``(N, 1, S, S)`` named ``names``; write ``out``.
 
     ``images``: a tensor, or a function ``(start, stop) -> tensor`` so that a whole split
@@ -93,19 +112,21 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
     tag = "" if method == "gradcam" else f"__{method}"
     rows, size = [], None
     batches = range(0, len(names), batch_size)
-    for start in tqdm(batches, desc=f"explain {method}", unit="batch", disable=not progress,
-                      dynamic_ncols=True):
+    for start in tqdm(
+        batches, desc=f"explain {method}", unit="batch", disable=not progress, dynamic_ncols=True
+    ):
         x = get(start, start + batch_size)
         size = int(x.shape[-1])
-        m = None if meta is None else np.asarray(meta)[start:start + batch_size]
+        m = None if meta is None else np.asarray(meta)[start : start + batch_size]
         probs = sigmoid(lm.logits_from_cached(x, m))
         chosen = _chosen(lm, probs, findings, top_k)
         # one map per (image, finding): repeat each image once per chosen finding
         which = [(i, k) for i, ks in enumerate(chosen) for k in ks]
         rep = torch.as_tensor([i for i, _ in which], dtype=torch.long)
         mm = None if m is None else m[rep.numpy()]
-        maps = saliency_maps(lm, x[rep], [k for _, k in which], method=method, meta=mm,
-                             batch_size=batch_size)
+        maps = saliency_maps(
+            lm, x[rep], [k for _, k in which], method=method, meta=mm, batch_size=batch_size
+        )
         attn = attention_maps(lm, x)
         for (i, k), hm in zip(which, maps, strict=True):
             g = start + i
@@ -121,33 +142,54 @@ def explain_cached(lm: LoadedModel, images, names: Sequence[str],
                 (out / "attention").mkdir(exist_ok=True)
                 rel_att = str(Path("attention") / f"{stems[g]}__{f}{tag}.png")
                 write_png(overlay(img, attn[i, k], label=f"{f} attention"), out / rel_att)
-            rows.append({"image": str(sources[g]), "image_id": names[g], "finding": f,
-                         "rank": chosen[i].index(k) + 1, "probability": float(probs[i, k]),
-                         "method": method, "overlay": str(rel_png), "map": str(rel_npy),
-                         "attention_overlay": rel_att})
+            rows.append(
+                {
+                    "image": str(sources[g]),
+                    "image_id": names[g],
+                    "finding": f,
+                    "rank": chosen[i].index(k) + 1,
+                    "probability": float(probs[i, k]),
+                    "method": method,
+                    "overlay": str(rel_png),
+                    "map": str(rel_npy),
+                    "attention_overlay": rel_att,
+                }
+            )
     index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
     merged = merge_index(previous, index)
     write_csv(merged, out / "index.csv")
-    write_json({
-        "checkpoint": str(lm.checkpoint), "model": lm.model.cxr_config.name, "method": method,  # type: ignore[union-attr]
-        "findings": "given: " + ", ".join(map(str, findings if isinstance(findings, (list, tuple))
-                                              else [findings])) if findings is not None
-        else f"each image's {top_k} most probable",
-        "images": len(names), "rows": len(index), "rows_in_index": len(merged),
-        "columns": {"image": "the input path (or image id for a split)",
-                    "rank": "1 = most probable of the chosen findings on that image",
-                    "probability": "the model's sigmoid output for the finding",
-                    "overlay": "PNG path relative to this folder", "map": ".npy path, float32 "
-                    "(S, S) in [0, 1], cache-stage pixels", "attention_overlay":
-                    "the model's own attention map (gaussian_attention), else empty"},
-        "map_units": "per-map scaled to [0, 1]; cache-stage image pixels (see "
-                     "cxrkit.explain.saliency)",
-        "cache_size": size,
-        "errors": dict(errors or {}),
-    }, out / "index.json")
+    write_json(
+        {
+            "checkpoint": str(lm.checkpoint),
+            "model": lm.model.cxr_config.name,
+            "method": method,  # type: ignore[union-attr]
+            "findings": "given: "
+            + ", ".join(map(str, findings if isinstance(findings, (list, tuple)) else [findings]))
+            if findings is not None
+            else f"each image's {top_k} most probable",
+            "images": len(names),
+            "rows": len(index),
+            "rows_in_index": len(merged),
+            "columns": {
+                "image": "the input path (or image id for a split)",
+                "rank": "1 = most probable of the chosen findings on that image",
+                "probability": "the model's sigmoid output for the finding",
+                "overlay": "PNG path relative to this folder",
+                "map": ".npy path, float32 (S, S) in [0, 1], cache-stage pixels",
+                "attention_overlay": "the model's own attention map (gaussian_attention), else empty",
+            },
+            "map_units": "per-map scaled to [0, 1]; cache-stage image pixels (see "
+            "cxrkit.explain.saliency)",
+            "cache_size": size,
+            "errors": dict(errors or {}),
+        },
+        out / "index.json",
+    )
     if errors:
-        write_csv(pd.DataFrame({"image": list(errors), "error": list(errors.values())}),
-                  out / "errors.csv")
+        write_csv(
+            pd.DataFrame({"image": list(errors), "error": list(errors.values())}),
+            out / "errors.csv",
+        )
     index.attrs["out"] = str(out)
     index.attrs["errors"] = dict(errors or {})
     return index
@@ -165,8 +207,11 @@ def _previous_index(out: Path) -> pd.DataFrame | None:
         log.warning("%s could not be read (%s): it is replaced, not merged", path, e)
         return None
     if not {"image", "finding", "method", "overlay"} <= set(old.columns):
-        log.warning("%s is not an explain index (columns %s): it is replaced, not merged",
-                    path, ", ".join(old.columns[:6]))
+        log.warning(
+            "%s is not an explain index (columns %s): it is replaced, not merged",
+            path,
+            ", ".join(old.columns[:6]),
+        )
         return None
     return old
 
@@ -187,12 +232,18 @@ def _stems_of(index: pd.DataFrame | None) -> dict[str, str]:
     """image -> the file stem an earlier run gave it (from its overlay's name)."""
     if index is None:
         return {}
-    return {str(img): Path(str(ov)).name.split("__")[0]
-            for img, ov in zip(index["image"], index["overlay"], strict=True)}
+    return {
+        str(img): Path(str(ov)).name.split("__")[0]
+        for img, ov in zip(index["image"], index["overlay"], strict=True)
+    }
 
 
-def _unique_stems(names: Sequence[str], *, taken: dict[str, str] | None = None,
-                  sources: Sequence[str] | None = None) -> list[str]:
+def _unique_stems(
+    names: Sequence[str],
+    *,
+    taken: dict[str, str] | None = None,
+    sources: Sequence[str] | None = None,
+) -> list[str]:
     """One file stem per name: its own (``scan`` for ``a/scan.png``), ``_2``, ``_3``...
     for the next ones; an image an earlier run named (``taken``: source -> stem) keeps
     its stem, and no other image gets one of those."""
@@ -216,11 +267,20 @@ def _unique_stems(names: Sequence[str], *, taken: dict[str, str] | None = None,
 
 
 @writes_into_run("cxrkit explain")
-def explain_images(checkpoint, images: Sequence, out: str | Path | None = None, *,
-                   method: str = "gradcam", findings=None, top_k: int = 3,
-                   batch_size: int = 8, device: str | None = None,
-                   precision: str | None = None, progress: bool = True,
-                   limits: DecodeLimits | None = None) -> pd.DataFrame:
+def explain_images(
+    checkpoint,
+    images: Sequence,
+    out: str | Path | None = None,
+    *,
+    method: str = "gradcam",
+    findings=None,
+    top_k: int = 3,
+    batch_size: int = 8,
+    device: str | None = None,
+    precision: str | None = None,
+    progress: bool = True,
+    limits: DecodeLimits | None = None,
+) -> pd.DataFrame:
     """Image files (PNG, JPEG, DICOM) -> overlays, maps and ``index.csv`` in ``out``.
 
     Each image goes through the checkpoint's own cache stage first, so overlays show
@@ -229,36 +289,63 @@ def explain_images(checkpoint, images: Sequence, out: str | Path | None = None, 
     is missing) is logged, listed in ``errors.csv``/``index.json`` and
     ``index.attrs["errors"]``, and every other image is still explained.
     """
-    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device,
-                                                                       precision=precision)
+    lm = (
+        checkpoint
+        if isinstance(checkpoint, LoadedModel)
+        else load(checkpoint, device=device, precision=precision)
+    )
     paths = [Path(p) for p in images]
     with Decoder(default_workers(len(paths)), limits=limits) as decoder:
         decoded = list(decoder.imap(paths, cache=lm.preprocessing.cache))
     good = [(p, d.image) for p, d in zip(paths, decoded, strict=True) if d.image is not None]
-    errors = {str(p): d.error or "" for p, d in zip(paths, decoded, strict=True)
-              if d.image is None}
+    errors = {str(p): d.error or "" for p, d in zip(paths, decoded, strict=True) if d.image is None}
     for p, why in errors.items():
         log.warning("explain: %s: %s", p, why)
     s = lm.preprocessing.cache.size
-    x = torch.from_numpy(np.stack([im for _, im in good])[:, None] if good
-                         else np.zeros((0, 1, s, s), np.uint8))
-    return explain_cached(lm, x, [p.name for p, _ in good], out,
-                          sources=[str(p) for p, _ in good], method=method, findings=findings,
-                          top_k=top_k, batch_size=batch_size, progress=progress, errors=errors)
+    x = torch.from_numpy(
+        np.stack([im for _, im in good])[:, None] if good else np.zeros((0, 1, s, s), np.uint8)
+    )
+    return explain_cached(
+        lm,
+        x,
+        [p.name for p, _ in good],
+        out,
+        sources=[str(p) for p, _ in good],
+        method=method,
+        findings=findings,
+        top_k=top_k,
+        batch_size=batch_size,
+        progress=progress,
+        errors=errors,
+    )
 
 
 @writes_into_run("cxrkit explain")
-def explain_split(checkpoint, out: str | Path | None = None, *, split: str = "test",
-                  prepared: str | Path | None = None, method: str = "gradcam",
-                  findings=None, top_k: int = 3, limit: int | None = None,
-                  batch_size: int = 8, device: str | None = None,
-                  precision: str | None = None, progress: bool = True) -> pd.DataFrame:
+def explain_split(
+    checkpoint,
+    out: str | Path | None = None,
+    *,
+    split: str = "test",
+    prepared: str | Path | None = None,
+    method: str = "gradcam",
+    findings=None,
+    top_k: int = 3,
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    precision: str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Every cached image of the checkpoint's ``split`` (or the first ``limit``, by name)."""
-    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(checkpoint, device=device,
-                                                                       precision=precision)
+    lm = (
+        checkpoint
+        if isinstance(checkpoint, LoadedModel)
+        else load(checkpoint, device=device, precision=precision)
+    )
     data = load_held_out(lm, prepared)
-    ids = sorted(set(data.split.loc[data.split["split"] == split, "image_id"])
-                 & set(data.prepared.cache.ids))
+    ids = sorted(
+        set(data.split.loc[data.split["split"] == split, "image_id"]) & set(data.prepared.cache.ids)
+    )
     if not ids:
         raise ValueError(f"split {split!r} of {data.split_path} has no cached images")
     if limit is not None:
@@ -272,8 +359,18 @@ def explain_split(checkpoint, out: str | Path | None = None, *, split: str = "te
     meta = None
     if lm.metadata:
         meta = metadata_vector(data.prepared.labels.set_index("image_id").loc[ids].reset_index())
-    return explain_cached(lm, read, ids, out, method=method, findings=findings, top_k=top_k,
-                          meta=meta, batch_size=batch_size, progress=progress)
+    return explain_cached(
+        lm,
+        read,
+        ids,
+        out,
+        method=method,
+        findings=findings,
+        top_k=top_k,
+        meta=meta,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
 
 __all__ = ["INDEX_COLUMNS", "explain_cached", "explain_images", "explain_split"]

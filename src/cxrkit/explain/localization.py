@@ -63,8 +63,10 @@ def map_to_box(heatmap: np.ndarray, threshold: float = WANG_THRESHOLD) -> Box | 
     binary = (np.nan_to_num(m) >= threshold * peak).astype(np.uint8)
     n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     best = 1 + int(np.argmax(stats[1:n, cv2.CC_STAT_AREA]))
-    x, y, w, h = (int(stats[best, k]) for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP,
-                                                 cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
+    x, y, w, h = (
+        int(stats[best, k])
+        for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT)
+    )
     return (float(x), float(y), float(x + w), float(y + h))
 
 
@@ -88,23 +90,39 @@ def truth_mask(boxes: Sequence[Box], size: int) -> np.ndarray:
     return mask
 
 
-def score_pair(heatmap: np.ndarray, boxes: Sequence[Box], *,
-               threshold: float = WANG_THRESHOLD) -> dict:
+def score_pair(
+    heatmap: np.ndarray, boxes: Sequence[Box], *, threshold: float = WANG_THRESHOLD
+) -> dict:
     """One (image, finding): predicted box, best IoU/IoBB, pointing hit and chance."""
     size = heatmap.shape[-1]
     pred = map_to_box(heatmap, threshold)
     mask = truth_mask(boxes, size)
     full = (0.0, 0.0, float(size), float(size))
-    out = {"empty_map": pred is None, "pred_x0": np.nan, "pred_y0": np.nan,
-           "pred_x1": np.nan, "pred_y1": np.nan, "iou": 0.0, "iobb": 0.0,
-           "pointing_hit": False, "box_fraction": float(mask.mean()),
-           "full_image_iou": max(box_overlap(full, b)[0] for b in boxes),
-           "full_image_iobb": max(box_overlap(full, b)[1] for b in boxes)}
+    out = {
+        "empty_map": pred is None,
+        "pred_x0": np.nan,
+        "pred_y0": np.nan,
+        "pred_x1": np.nan,
+        "pred_y1": np.nan,
+        "iou": 0.0,
+        "iobb": 0.0,
+        "pointing_hit": False,
+        "box_fraction": float(mask.mean()),
+        "full_image_iou": max(box_overlap(full, b)[0] for b in boxes),
+        "full_image_iobb": max(box_overlap(full, b)[1] for b in boxes),
+    }
     if pred is not None:
         iou, iobb = zip(*(box_overlap(pred, b) for b in boxes), strict=True)
         i, j = np.unravel_index(int(np.nanargmax(heatmap)), heatmap.shape)
-        out.update(pred_x0=pred[0], pred_y0=pred[1], pred_x1=pred[2], pred_y1=pred[3],
-                   iou=max(iou), iobb=max(iobb), pointing_hit=bool(mask[i, j]))
+        out.update(
+            pred_x0=pred[0],
+            pred_y0=pred[1],
+            pred_x1=pred[2],
+            pred_y1=pred[3],
+            iou=max(iou),
+            iobb=max(iobb),
+            pointing_hit=bool(mask[i, j]),
+        )
     return out
 
 
@@ -117,7 +135,7 @@ def pointing_p_value(hits: int, chances: Sequence[float]) -> float:
     dist = np.zeros(len(chances) + 1)
     dist[0] = 1.0
     for k, p in enumerate(chances):
-        dist[1:k + 2] = dist[1:k + 2] * (1 - p) + dist[:k + 1] * p
+        dist[1 : k + 2] = dist[1 : k + 2] * (1 - p) + dist[: k + 1] * p
         dist[0] *= 1 - p
     return float(dist[hits:].sum().clip(0.0, 1.0))
 
@@ -128,18 +146,23 @@ def summarise(pairs: pd.DataFrame) -> dict:
     def block(t: pd.DataFrame) -> dict:
         hits = int(t["pointing_hit"].sum())
         return {
-            "pairs": int(len(t)), "images": int(t["image_id"].nunique()),
+            "pairs": int(len(t)),
+            "images": int(t["image_id"].nunique()),
             "empty_maps": int(t["empty_map"].sum()),
             "iobb_accuracy": {str(k): float((t["iobb"] > k).mean()) for k in IOBB_THRESHOLDS},
             "iou_accuracy": {str(k): float((t["iou"] > k).mean()) for k in IOU_THRESHOLDS},
-            "full_image_iobb_accuracy": {str(k): float((t["full_image_iobb"] > k).mean())
-                                         for k in IOBB_THRESHOLDS},
-            "full_image_iou_accuracy": {str(k): float((t["full_image_iou"] > k).mean())
-                                        for k in IOU_THRESHOLDS},
-            "pointing_hits": hits, "pointing_rate": float(t["pointing_hit"].mean()),
+            "full_image_iobb_accuracy": {
+                str(k): float((t["full_image_iobb"] > k).mean()) for k in IOBB_THRESHOLDS
+            },
+            "full_image_iou_accuracy": {
+                str(k): float((t["full_image_iou"] > k).mean()) for k in IOU_THRESHOLDS
+            },
+            "pointing_hits": hits,
+            "pointing_rate": float(t["pointing_hit"].mean()),
             "pointing_chance": float(t["box_fraction"].mean()),
             "pointing_p_value": pointing_p_value(hits, t["box_fraction"].tolist()),
-            "mean_iou": float(t["iou"].mean()), "mean_iobb": float(t["iobb"].mean()),
+            "mean_iou": float(t["iou"].mean()),
+            "mean_iobb": float(t["iobb"].mean()),
         }
 
     if len(pairs) == 0:
@@ -158,10 +181,17 @@ def comparison_table(summary: dict, published: dict[str, dict]) -> pd.DataFrame:
         for measure in ("iobb", "iou"):
             for t, acc in s[f"{measure}_accuracy"].items():
                 wang = published[measure].get(float(t), {}).get(finding)
-                rows.append({"finding": finding, "measure": measure, "threshold": float(t),
-                             "pairs": s["pairs"], "accuracy": acc,
-                             "full_image_accuracy": s[f"full_image_{measure}_accuracy"][t],
-                             "wang2017_accuracy": wang})
+                rows.append(
+                    {
+                        "finding": finding,
+                        "measure": measure,
+                        "threshold": float(t),
+                        "pairs": s["pairs"],
+                        "accuracy": acc,
+                        "full_image_accuracy": s[f"full_image_{measure}_accuracy"][t],
+                        "wang2017_accuracy": wang,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -169,10 +199,20 @@ def pointing_table(summary: dict) -> pd.DataFrame:
     groups = list(summary["per_finding"].items())
     if summary["overall"] is not None:
         groups.append(("all", summary["overall"]))
-    return pd.DataFrame([{"finding": f, "pairs": s["pairs"], "hits": s["pointing_hits"],
-                          "hit_rate": s["pointing_rate"], "chance": s["pointing_chance"],
-                          "p_value": s["pointing_p_value"], "empty_maps": s["empty_maps"]}
-                         for f, s in groups])
+    return pd.DataFrame(
+        [
+            {
+                "finding": f,
+                "pairs": s["pairs"],
+                "hits": s["pointing_hits"],
+                "hit_rate": s["pointing_rate"],
+                "chance": s["pointing_chance"],
+                "p_value": s["pointing_p_value"],
+                "empty_maps": s["empty_maps"],
+            }
+            for f, s in groups
+        ]
+    )
 
 
 def draw_boxes(rgb: np.ndarray, truth: Sequence[Box], pred: Box | None) -> np.ndarray:
@@ -182,11 +222,27 @@ def draw_boxes(rgb: np.ndarray, truth: Sequence[Box], pred: Box | None) -> np.nd
     out = rgb.copy()
     for colour, boxes in (((0, 255, 0), truth), ((255, 0, 0), [pred] if pred else [])):
         for x0, y0, x1, y1 in boxes:
-            cv2.rectangle(out, (int(round(x0)), int(round(y0))),
-                          (int(round(x1)) - 1, int(round(y1)) - 1), colour, 1)
+            cv2.rectangle(
+                out,
+                (int(round(x0)), int(round(y0))),
+                (int(round(x1)) - 1, int(round(y1)) - 1),
+                colour,
+                1,
+            )
     return out
 
 
-__all__ = ["IOBB_THRESHOLDS", "IOU_THRESHOLDS", "WANG_THRESHOLD", "box_overlap",
-           "comparison_table", "draw_boxes", "map_to_box", "pointing_p_value",
-           "pointing_table", "score_pair", "summarise", "truth_mask"]
+__all__ = [
+    "IOBB_THRESHOLDS",
+    "IOU_THRESHOLDS",
+    "WANG_THRESHOLD",
+    "box_overlap",
+    "comparison_table",
+    "draw_boxes",
+    "map_to_box",
+    "pointing_p_value",
+    "pointing_table",
+    "score_pair",
+    "summarise",
+    "truth_mask",
+]

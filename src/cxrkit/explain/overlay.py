@@ -13,8 +13,9 @@ import numpy as np
 from cxrkit.artefacts import atomic_path
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, *, label: str | None = None,
-            alpha: float = 0.45) -> np.ndarray:
+def overlay(
+    image: np.ndarray, heatmap: np.ndarray, *, label: str | None = None, alpha: float = 0.45
+) -> np.ndarray:
     """grey uint8 (H,W) image + (h,w) float map in [0,1] (resized to the image) ->
     RGB uint8 (H,W,3) with a colour map, and `label` (e.g. "Effusion 0.83") written on it."""
     import cv2
@@ -53,10 +54,14 @@ def _write_label(rgb: np.ndarray, text: str) -> None:
         scale *= (w - 4) / tw
         (tw, th), base = cv2.getTextSize(text, font, scale, thick)
     pad = max(2, th // 3)
-    cv2.rectangle(rgb, (0, 0), (min(w - 1, tw + 2 * pad), min(h - 1, th + base + 2 * pad)),
-                  (0, 0, 0), thickness=-1)
+    cv2.rectangle(
+        rgb,
+        (0, 0),
+        (min(w - 1, tw + 2 * pad), min(h - 1, th + base + 2 * pad)),
+        (0, 0, 0),
+        thickness=-1,
+    )
     cv2.putText(rgb, text, (pad, th + pad), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
-
 
 
 def write_png(rgb: np.ndarray, path: Path) -> None:

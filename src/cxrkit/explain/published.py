@@ -20,21 +20,26 @@ from __future__ import annotations
 
 from cxrkit.labels import BOXED_FINDINGS
 
-SOURCE = ("Wang et al., ChestX-ray8, CVPR 2017 (arXiv:1705.02315v5): Table 4 (T(IoBB)) and "
-          "supplementary Table 7 (T(IoU)); ResNet-50, 'Acc.' rows")
+SOURCE = (
+    "Wang et al., ChestX-ray8, CVPR 2017 (arXiv:1705.02315v5): Table 4 (T(IoBB)) and "
+    "supplementary Table 7 (T(IoU)); ResNet-50, 'Acc.' rows"
+)
 
 #: ``{threshold: {finding: accuracy}}``, columns in the paper's order (BOXED_FINDINGS).
 WANG_2017_IOBB: dict[float, dict[str, float]] = {
-    t: dict(zip(BOXED_FINDINGS, row, strict=True)) for t, row in {
+    t: dict(zip(BOXED_FINDINGS, row, strict=True))
+    for t, row in {
         0.1: (0.7277, 0.9931, 0.7124, 0.7886, 0.4352, 0.1645, 0.7500, 0.4591),
         0.25: (0.5500, 0.9794, 0.5424, 0.5772, 0.2823, 0.0506, 0.5583, 0.3469),
         0.5: (0.2833, 0.8767, 0.3333, 0.4227, 0.1411, 0.0126, 0.3833, 0.1836),
         0.75: (0.1666, 0.7260, 0.2418, 0.3252, 0.1176, 0.0126, 0.2583, 0.1020),
         0.9: (0.1333, 0.6849, 0.2091, 0.2520, 0.0588, 0.0126, 0.2416, 0.0816),
-    }.items()}
+    }.items()
+}
 
 WANG_2017_IOU: dict[float, dict[str, float]] = {
-    t: dict(zip(BOXED_FINDINGS, row, strict=True)) for t, row in {
+    t: dict(zip(BOXED_FINDINGS, row, strict=True))
+    for t, row in {
         0.1: (0.6888, 0.9383, 0.6601, 0.7073, 0.4000, 0.1392, 0.6333, 0.3775),
         0.2: (0.4722, 0.6849, 0.4509, 0.4796, 0.2588, 0.0506, 0.3500, 0.2346),
         0.3: (0.2444, 0.4589, 0.3006, 0.2764, 0.1529, 0.0379, 0.1666, 0.1326),
@@ -42,7 +47,8 @@ WANG_2017_IOU: dict[float, dict[str, float]] = {
         0.5: (0.0500, 0.1780, 0.1111, 0.0650, 0.0117, 0.0126, 0.0333, 0.0306),
         0.6: (0.0222, 0.0753, 0.0457, 0.0243, 0.0000, 0.0126, 0.0166, 0.0306),
         0.7: (0.0055, 0.0273, 0.0196, 0.0000, 0.0000, 0.0000, 0.0083, 0.0204),
-    }.items()}
+    }.items()
+}
 
 #: How Wang et al.'s numbers were made, against how ours are (shown beside every table).
 PROTOCOL_DIFFERENCES: tuple[str, ...] = (
@@ -71,10 +77,17 @@ def published_table() -> list[dict]:
     rows = []
     for measure, table in (("iobb", WANG_2017_IOBB), ("iou", WANG_2017_IOU)):
         for t, per_finding in table.items():
-            rows += [{"source": SOURCE, "measure": measure, "threshold": t, "finding": f,
-                      "accuracy": acc} for f, acc in per_finding.items()]
+            rows += [
+                {
+                    "source": SOURCE,
+                    "measure": measure,
+                    "threshold": t,
+                    "finding": f,
+                    "accuracy": acc,
+                }
+                for f, acc in per_finding.items()
+            ]
     return rows
 
 
-__all__ = ["PROTOCOL_DIFFERENCES", "SOURCE", "WANG_2017_IOBB", "WANG_2017_IOU",
-           "published_table"]
+__all__ = ["PROTOCOL_DIFFERENCES", "SOURCE", "WANG_2017_IOBB", "WANG_2017_IOU", "published_table"]

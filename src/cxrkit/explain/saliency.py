@@ -46,20 +46,23 @@ def finding_targets(findings: Sequence[str], which, n: int) -> list[int]:
         which = [which] * n
     which = list(which)
     if len(which) != n:
-        raise ValueError(f"findings: got {len(which)} for {n} images (give one for all, or "
-                         "one per image)")
+        raise ValueError(
+            f"findings: got {len(which)} for {n} images (give one for all, or one per image)"
+        )
     out = []
     for w in which:
         if isinstance(w, (int, np.integer)):
             if not 0 <= int(w) < len(findings):
-                raise ValueError(f"finding index {int(w)} out of range: the model has "
-                                 f"{len(findings)} findings")
+                raise ValueError(
+                    f"finding index {int(w)} out of range: the model has {len(findings)} findings"
+                )
             out.append(int(w))
             continue
         name = canonical_finding(str(w), allow_no_finding=False)
         if name not in findings:
-            raise ValueError(f"finding {quote(w)} is not one of the model's findings: "
-                             f"{', '.join(findings)}")
+            raise ValueError(
+                f"finding {quote(w)} is not one of the model's findings: {', '.join(findings)}"
+            )
         out.append(findings.index(name))
     return out
 
@@ -90,6 +93,7 @@ def _token_reshape(prefix: int):
 
 def _cam(lm, x: torch.Tensor, meta, targets: list[int], method: str) -> np.ndarray:
     from cxrkit._compat import ensure_torchvision
+
     ensure_torchvision()
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -98,18 +102,31 @@ def _cam(lm, x: torch.Tensor, meta, targets: list[int], method: str) -> np.ndarr
     if not cfg.saliency_layer:
         raise ValueError(f"model {cfg.name!r} names no saliency_layer in its config")
     layer = lm.model.get_submodule(cfg.saliency_layer)
-    reshape = (_token_reshape(cfg.saliency_prefix_tokens)
-               if cfg.saliency_prefix_tokens is not None else None)
+    reshape = (
+        _token_reshape(cfg.saliency_prefix_tokens)
+        if cfg.saliency_prefix_tokens is not None
+        else None
+    )
     cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
     x = x.detach().requires_grad_(True)  # gradients flow even if every weight is frozen
-    with cls(model=_WithMeta(lm.model, meta), target_layers=[layer],
-             reshape_transform=reshape) as cam:
+    with cls(
+        model=_WithMeta(lm.model, meta), target_layers=[layer], reshape_transform=reshape
+    ) as cam:
         maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(k) for k in targets])
     return np.asarray(maps, np.float32)
 
 
-def _gradient(lm, x: torch.Tensor, meta, targets: list[int], method: str, *, samples: int,
-              noise: float, steps: int) -> np.ndarray:
+def _gradient(
+    lm,
+    x: torch.Tensor,
+    meta,
+    targets: list[int],
+    method: str,
+    *,
+    samples: int,
+    noise: float,
+    steps: int,
+) -> np.ndarray:
     from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
     def forward(inp, m=None):
@@ -120,22 +137,35 @@ def _gradient(lm, x: torch.Tensor, meta, targets: list[int], method: str, *, sam
     if method == "smoothgrad":
         # noise std as a fraction of the input's [0, 1] range, in normalised units
         attr = NoiseTunnel(Saliency(forward)).attribute(
-            x, nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=samples,
-            stdevs=noise / lm.std, target=target, additional_forward_args=extra, abs=True)
+            x,
+            nt_type="smoothgrad",
+            nt_samples=samples,
+            nt_samples_batch_size=samples,
+            stdevs=noise / lm.std,
+            target=target,
+            additional_forward_args=extra,
+            abs=True,
+        )
         a = attr.sum(1)
     else:
         black = torch.full_like(x, (0.0 - lm.mean) / lm.std)
         attr = IntegratedGradients(forward).attribute(
-            x, baselines=black, target=target, additional_forward_args=extra, n_steps=steps,
-            internal_batch_size=max(steps, len(x)))
+            x,
+            baselines=black,
+            target=target,
+            additional_forward_args=extra,
+            n_steps=steps,
+            internal_batch_size=max(steps, len(x)),
+        )
         a = attr.sum(1).clamp_min(0)
     a = a.detach().float()
     peak = a.flatten(1).amax(1).clamp_min(torch.finfo(a.dtype).tiny)
     return (a / peak[:, None, None]).cpu().numpy()
 
 
-def to_cache_space(maps: np.ndarray | torch.Tensor, lm, cache_size: int | None = None
-                   ) -> np.ndarray:
+def to_cache_space(
+    maps: np.ndarray | torch.Tensor, lm, cache_size: int | None = None
+) -> np.ndarray:
     """``(B, s, s)`` maps over the model's input -> ``(B, S, S)`` over the cache image.
 
     Undoes ``lm.transform``'s geometry (centre crop, then resize) as recorded in
@@ -150,17 +180,31 @@ def to_cache_space(maps: np.ndarray | torch.Tensor, lm, cache_size: int | None =
         m = F.interpolate(m, size=(s, s), mode="bilinear", align_corners=False)
     if r != s:
         canvas = torch.zeros(m.shape[0], 1, r, r)
-        canvas[..., off:off + s, off:off + s] = m
+        canvas[..., off : off + s, off : off + s] = m
         m = canvas
     if r != cache_size:
-        m = F.interpolate(m, size=(cache_size, cache_size), mode="bilinear",
-                          align_corners=False, antialias=r > cache_size)
+        m = F.interpolate(
+            m,
+            size=(cache_size, cache_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=r > cache_size,
+        )
     return m[:, 0].clamp_(0, 1).numpy().astype(np.float32)
 
 
-def saliency_maps(lm, images: torch.Tensor, findings, *, method: str = "gradcam",
-                  meta=None, batch_size: int = 16, samples: int = 16, noise: float = 0.15,
-                  steps: int = 32) -> np.ndarray:
+def saliency_maps(
+    lm,
+    images: torch.Tensor,
+    findings,
+    *,
+    method: str = "gradcam",
+    meta=None,
+    batch_size: int = 16,
+    samples: int = 16,
+    noise: float = 0.15,
+    steps: int = 32,
+) -> np.ndarray:
     """Saliency of ``findings`` on ``images`` for the loaded model ``lm``.
 
     images: uint8 (B,1,S,S) cache-stage images (as LoadedModel.load_images returns);
@@ -174,12 +218,20 @@ def saliency_maps(lm, images: torch.Tensor, findings, *, method: str = "gradcam"
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1 \
-            or images.dtype != torch.uint8:
-        got = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor)
-               else type(images).__name__)
-        raise ValueError(f"images must be a uint8 tensor (B, 1, S, S) from "
-                         f"LoadedModel.load_images, got {got}")
+    if (
+        not isinstance(images, torch.Tensor)
+        or images.ndim != 4
+        or images.shape[1] != 1
+        or images.dtype != torch.uint8
+    ):
+        got = (
+            f"{images.dtype} {tuple(images.shape)}"
+            if isinstance(images, torch.Tensor)
+            else type(images).__name__
+        )
+        raise ValueError(
+            f"images must be a uint8 tensor (B, 1, S, S) from LoadedModel.load_images, got {got}"
+        )
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"cache-stage images are square; got {tuple(images.shape[-2:])}")
     n, size = images.shape[0], images.shape[-1]
@@ -189,15 +241,14 @@ def saliency_maps(lm, images: torch.Tensor, findings, *, method: str = "gradcam"
     lm.model.eval()
     with torch.enable_grad():
         for i in range(0, n, batch_size):
-            x = lm.transform(images[i:i + batch_size].to(lm.device)).contiguous()
-            m = None if m_all is None else m_all[i:i + batch_size]
-            t = targets[i:i + batch_size]
+            x = lm.transform(images[i : i + batch_size].to(lm.device)).contiguous()
+            m = None if m_all is None else m_all[i : i + batch_size]
+            t = targets[i : i + batch_size]
             if method in ("gradcam", "gradcam++"):
                 maps = _cam(lm, x, m, t, method)
             else:
-                maps = _gradient(lm, x, m, t, method, samples=samples, noise=noise,
-                                 steps=steps)
-            out[i:i + len(x)] = to_cache_space(maps, lm, size)
+                maps = _gradient(lm, x, m, t, method, samples=samples, noise=noise, steps=steps)
+            out[i : i + len(x)] = to_cache_space(maps, lm, size)
     lm.model.zero_grad(set_to_none=True)
     return out
 
@@ -213,7 +264,7 @@ def attention_maps(lm, images: torch.Tensor) -> np.ndarray | None:
         return None
     with torch.no_grad():
         x = lm.transform(images.to(lm.device))
-        a = fn(x).float()                                     # (B, F, h, w), sums to 1
+        a = fn(x).float()  # (B, F, h, w), sums to 1
         b, f = a.shape[:2]
         a = F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=False)
         a = a / a.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]

@@ -11,6 +11,14 @@ from cxrkit.importer.run import (
     untrained_check,
 )
 
-__all__ = ["FORMATS", "PARITY_TOLERANCE", "CheckImages", "ImportFormatError",
-           "UntrainedModelWarning", "check_images", "import_model", "read_published",
-           "untrained_check"]
+__all__ = [
+    "FORMATS",
+    "PARITY_TOLERANCE",
+    "CheckImages",
+    "ImportFormatError",
+    "UntrainedModelWarning",
+    "check_images",
+    "import_model",
+    "read_published",
+    "untrained_check",
+]

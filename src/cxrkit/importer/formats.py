@@ -46,27 +46,63 @@ AUTO_ORDER = ("chexnet-pickled", "chexnet-state-dict", "torchxrayvision")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: CheXNet's label order (both reproductions), which is also cxrkit's FINDINGS order.
-CHEXNET_OUTPUTS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
-                   "Pneumonia", "Pneumothorax", "Consolidation", "Edema", "Emphysema",
-                   "Fibrosis", "Pleural_Thickening", "Hernia")
+CHEXNET_OUTPUTS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
 #: torchxrayvision's output order (its ``datasets.default_pathologies``).
-XRV_OUTPUTS = ("Atelectasis", "Consolidation", "Infiltration", "Pneumothorax", "Edema",
-               "Emphysema", "Fibrosis", "Effusion", "Pneumonia", "Pleural_Thickening",
-               "Cardiomegaly", "Nodule", "Mass", "Hernia", "Lung Lesion", "Fracture",
-               "Lung Opacity", "Enlarged Cardiomediastinum")
+XRV_OUTPUTS = (
+    "Atelectasis",
+    "Consolidation",
+    "Infiltration",
+    "Pneumothorax",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Effusion",
+    "Pneumonia",
+    "Pleural_Thickening",
+    "Cardiomegaly",
+    "Nodule",
+    "Mass",
+    "Hernia",
+    "Lung Lesion",
+    "Fracture",
+    "Lung Opacity",
+    "Enlarged Cardiomediastinum",
+)
 #: torchvision archs whose state-dict layout is timm's (checked: same keys, same outputs).
 TORCHVISION_ARCHS = ("densenet121", "resnet50")
 
 #: The classes a pickled CheXNet model may hold (torchvision's DenseNet-121 with a
 #: Sequential(Linear, Sigmoid) classifier, optionally inside DataParallel).
 PICKLE_ALLOWED = (
-    "torchvision.models.densenet.DenseNet", "torchvision.models.densenet._DenseBlock",
-    "torchvision.models.densenet._DenseLayer", "torchvision.models.densenet._Transition",
-    "torch.nn.modules.conv.Conv2d", "torch.nn.modules.batchnorm.BatchNorm2d",
-    "torch.nn.modules.activation.ReLU", "torch.nn.modules.activation.Sigmoid",
-    "torch.nn.modules.pooling.MaxPool2d", "torch.nn.modules.pooling.AvgPool2d",
-    "torch.nn.modules.container.Sequential", "torch.nn.modules.linear.Linear",
-    "torch.nn.modules.dropout.Dropout", "torch.nn.parallel.data_parallel.DataParallel",
+    "torchvision.models.densenet.DenseNet",
+    "torchvision.models.densenet._DenseBlock",
+    "torchvision.models.densenet._DenseLayer",
+    "torchvision.models.densenet._Transition",
+    "torch.nn.modules.conv.Conv2d",
+    "torch.nn.modules.batchnorm.BatchNorm2d",
+    "torch.nn.modules.activation.ReLU",
+    "torch.nn.modules.activation.Sigmoid",
+    "torch.nn.modules.pooling.MaxPool2d",
+    "torch.nn.modules.pooling.AvgPool2d",
+    "torch.nn.modules.container.Sequential",
+    "torch.nn.modules.linear.Linear",
+    "torch.nn.modules.dropout.Dropout",
+    "torch.nn.parallel.data_parallel.DataParallel",
 )
 
 
@@ -80,16 +116,16 @@ class Published:
 
     format: str
     path: Path
-    arch: str                       #: registry arch (timm-backed) of the network
+    arch: str  #: registry arch (timm-backed) of the network
     #: the file's weights in the authors' network layout (torchvision/timm keys, prefixes
     #: and old names resolved): what their code loads
     authors_state: dict[str, torch.Tensor]
-    outputs: list[str]              #: the file's output names, in its order ("" blank)
-    in_chans: int                   #: channels of the first convolution (1 or 3)
+    outputs: list[str]  #: the file's output names, in its order ("" blank)
+    in_chans: int  #: channels of the first convolution (1 or 3)
     channel_mean: tuple[float, ...]  #: the authors' normalisation of the [0, 1] image
     channel_std: tuple[float, ...]
     input_size: int = 224
-    resize: int = 224               #: the authors' resize before the centre crop
+    resize: int = 224  #: the authors' resize before the centre crop
     classifier: str = "classifier"  #: the authors' classifier module (its ``.weight``)
     sigmoid_in_model: bool = False  #: the authors' classifier ended in a Sigmoid
     op_thresholds: list[float] | None = None  #: torchxrayvision's operating points
@@ -138,16 +174,19 @@ def mismatch_message(source, expected: dict, got: dict, *, what: str) -> str | N
     if missing:
         first = missing[0]
         close = difflib.get_close_matches(first, list(got), n=3, cutoff=0.5)
-        parts.append(f"{len(missing)} key(s) missing, e.g. {first!r} (closest present: "
-                     f"{', '.join(repr(c) for c in close) or 'none'})"
-                     + (f", then {', '.join(repr(k) for k in missing[1:3])}"
-                        if len(missing) > 1 else ""))
+        parts.append(
+            f"{len(missing)} key(s) missing, e.g. {first!r} (closest present: "
+            f"{', '.join(repr(c) for c in close) or 'none'})"
+            + (f", then {', '.join(repr(k) for k in missing[1:3])}" if len(missing) > 1 else "")
+        )
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected, e.g. "
-                     f"{', '.join(repr(k) for k in unexpected[:3])}")
+        parts.append(
+            f"{len(unexpected)} unexpected, e.g. {', '.join(repr(k) for k in unexpected[:3])}"
+        )
     for k in shapes[:3]:
-        parts.append(f"{k!r} has shape {tuple(got[k])} in the file, {what} expects "
-                     f"{tuple(expected[k])}")
+        parts.append(
+            f"{k!r} has shape {tuple(got[k])} in the file, {what} expects {tuple(expected[k])}"
+        )
     if len(shapes) > 3:
         parts.append(f"{len(shapes) - 3} more of another shape")
     return f"{source}: does not fit {what}: " + "; ".join(parts)
@@ -158,8 +197,9 @@ def _fail(path: Path, fmt: str, why: str) -> ImportFormatError:
 
 
 # -- reading ---------------------------------------------------------------------------------
-def read_published(path: str | Path, fmt: str, *, arch: str | None = None,
-                   outputs: list[str] | None = None) -> Published:
+def read_published(
+    path: str | Path, fmt: str, *, arch: str | None = None, outputs: list[str] | None = None
+) -> Published:
     """Read ``path`` as format ``fmt`` (one of :data:`FORMATS`, or "auto")."""
     path = Path(path)
     if not path.is_file():
@@ -171,23 +211,35 @@ def read_published(path: str | Path, fmt: str, *, arch: str | None = None,
                 return read_published(path, f, arch=arch, outputs=outputs)
             except ImportFormatError as e:
                 tried.append(f"{f} ({str(e).split(': ', 2)[-1][:160]})")
-        raise ImportFormatError(f"{path}: unknown format; tried {'; '.join(tried)}. A torchvision "
-                                "or timm state dict needs --format torchvision|timm and --arch")
-    readers = {"chexnet-state-dict": _chexnet_state_dict, "chexnet-pickled": _chexnet_pickled,
-               "torchxrayvision": _torchxrayvision, "torchvision": _library_state_dict,
-               "timm": _library_state_dict}
+        raise ImportFormatError(
+            f"{path}: unknown format; tried {'; '.join(tried)}. A torchvision "
+            "or timm state dict needs --format torchvision|timm and --arch"
+        )
+    readers = {
+        "chexnet-state-dict": _chexnet_state_dict,
+        "chexnet-pickled": _chexnet_pickled,
+        "torchxrayvision": _torchxrayvision,
+        "torchvision": _library_state_dict,
+        "timm": _library_state_dict,
+    }
     if fmt not in readers:
-        raise ImportFormatError(f"{path}: unknown format {fmt!r}; formats: "
-                                f"{', '.join(FORMATS)} (or auto: tries {', '.join(AUTO_ORDER)})")
+        raise ImportFormatError(
+            f"{path}: unknown format {fmt!r}; formats: "
+            f"{', '.join(FORMATS)} (or auto: tries {', '.join(AUTO_ORDER)})"
+        )
     pub = readers[fmt](path, fmt, arch=arch)
     if outputs is not None:
         if len(outputs) != len(pub.outputs):
-            raise ImportFormatError(f"{path}: {len(outputs)} output names given, the file has "
-                                    f"{len(pub.outputs)} outputs")
+            raise ImportFormatError(
+                f"{path}: {len(outputs)} output names given, the file has "
+                f"{len(pub.outputs)} outputs"
+            )
         pub.outputs = list(outputs)
     if not pub.findings():
-        raise ImportFormatError(f"{path}: none of its outputs {pub.outputs} is one of cxrkit's "
-                                f"findings ({', '.join(FINDINGS)})")
+        raise ImportFormatError(
+            f"{path}: none of its outputs {pub.outputs} is one of cxrkit's "
+            f"findings ({', '.join(FINDINGS)})"
+        )
     return pub
 
 
@@ -207,14 +259,18 @@ def densenet_keys(state: dict[str, torch.Tensor], path: Path, fmt: str) -> dict[
     hits = [k for k in state if k.endswith(anchor)]
     if not hits:
         close = difflib.get_close_matches(anchor, list(state), n=3, cutoff=0.4)
-        raise _fail(path, fmt, f"no DenseNet key {anchor!r} (closest present: "
-                               f"{', '.join(repr(c) for c in close) or 'none'})")
+        raise _fail(
+            path,
+            fmt,
+            f"no DenseNet key {anchor!r} (closest present: "
+            f"{', '.join(repr(c) for c in close) or 'none'})",
+        )
     prefix = hits[0][: -len(anchor)]
     out = {}
     for k, v in state.items():
         k = k.removeprefix("module.")
         if prefix and k.startswith(prefix.removeprefix("module.")):
-            k = k[len(prefix.removeprefix("module.")):]
+            k = k[len(prefix.removeprefix("module.")) :]
         out[_OLD_DENSENET.sub(lambda m: f".{m.group(1)}{m.group(2)}.", k)] = v
     return with_batch_counts(out)
 
@@ -225,8 +281,9 @@ def with_batch_counts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     out = dict(state)
     for k in state:
         if k.endswith(".running_mean"):
-            out.setdefault(k[: -len("running_mean")] + "num_batches_tracked",
-                           torch.tensor(0, dtype=torch.long))
+            out.setdefault(
+                k[: -len("running_mean")] + "num_batches_tracked", torch.tensor(0, dtype=torch.long)
+            )
     return out
 
 
@@ -237,12 +294,20 @@ def _classifier(state: dict, path: Path, fmt: str, n_out: int | None) -> tuple[s
         w = state.get(f"{name}.weight")
         if w is not None:
             if w.ndim != 2 or w.shape[1] != 1024 or (n_out is not None and w.shape[0] != n_out):
-                raise _fail(path, fmt, f"classifier {name}.weight has shape {tuple(w.shape)}, "
-                                       f"expected ({n_out or 'N'}, 1024)")
+                raise _fail(
+                    path,
+                    fmt,
+                    f"classifier {name}.weight has shape {tuple(w.shape)}, "
+                    f"expected ({n_out or 'N'}, 1024)",
+                )
             return name, sig
     close = difflib.get_close_matches("classifier.0.weight", list(state), n=3, cutoff=0.4)
-    raise _fail(path, fmt, "no classifier key 'classifier.0.weight' or 'classifier.weight' "
-                           f"(closest present: {', '.join(repr(c) for c in close) or 'none'})")
+    raise _fail(
+        path,
+        fmt,
+        "no classifier key 'classifier.0.weight' or 'classifier.weight' "
+        f"(closest present: {', '.join(repr(c) for c in close) or 'none'})",
+    )
 
 
 def _chexnet(path, fmt, state, *, resize: int, module=None, extra=None) -> Published:
@@ -250,13 +315,28 @@ def _chexnet(path, fmt, state, *, resize: int, module=None, extra=None) -> Publi
     name, sigmoid = _classifier(state, path, fmt, len(CHEXNET_OUTPUTS))
     conv = state["features.conv0.weight"]
     if conv.shape[1] != 3:
-        raise _fail(path, fmt, f"features.conv0.weight has shape {tuple(conv.shape)}, expected "
-                               "(64, 3, 7, 7) (CheXNet takes RGB)")
-    return Published(format=fmt, path=path, arch="densenet121", authors_state=state,
-                     outputs=list(CHEXNET_OUTPUTS), in_chans=3, channel_mean=IMAGENET_MEAN,
-                     channel_std=IMAGENET_STD, resize=resize, classifier=name,
-                     sigmoid_in_model=True if module is not None else sigmoid,
-                     hflip_trained=True, module=module, extra=extra or {})
+        raise _fail(
+            path,
+            fmt,
+            f"features.conv0.weight has shape {tuple(conv.shape)}, expected "
+            "(64, 3, 7, 7) (CheXNet takes RGB)",
+        )
+    return Published(
+        format=fmt,
+        path=path,
+        arch="densenet121",
+        authors_state=state,
+        outputs=list(CHEXNET_OUTPUTS),
+        in_chans=3,
+        channel_mean=IMAGENET_MEAN,
+        channel_std=IMAGENET_STD,
+        resize=resize,
+        classifier=name,
+        sigmoid_in_model=True if module is not None else sigmoid,
+        hflip_trained=True,
+        module=module,
+        extra=extra or {},
+    )
 
 
 def _chexnet_state_dict(path: Path, fmt: str, arch=None) -> Published:
@@ -269,18 +349,25 @@ def _chexnet_pickled(path: Path, fmt: str, arch=None) -> Published:
     if isinstance(module, torch.nn.parallel.DataParallel):
         module = module.module
     if not isinstance(module, torch.nn.Module):
-        raise _fail(path, fmt, f"expected {{'model': <a DenseNet object>, ...}}, its 'model' is "
-                               f"{type(module).__name__}")
+        raise _fail(
+            path,
+            fmt,
+            f"expected {{'model': <a DenseNet object>, ...}}, its 'model' is "
+            f"{type(module).__name__}",
+        )
     extra = {k: v for k, v in obj.items() if isinstance(v, (int, float, str))}
     state = module_state(module)
     old = any(_OLD_DENSENET.search(k) for k in state)
     pub = _chexnet(path, fmt, state, resize=224, module=None if old else module, extra=extra)
     classifier = vars(module).get("_modules", {}).get("classifier")
-    pub.sigmoid_in_model = (isinstance(classifier, torch.nn.Sequential)
-                            and isinstance(classifier[-1], torch.nn.Sigmoid))
+    pub.sigmoid_in_model = isinstance(classifier, torch.nn.Sequential) and isinstance(
+        classifier[-1], torch.nn.Sigmoid
+    )
     if old:  # today's torchvision classes cannot run a pre-0.4 object: rebuild theirs fresh
-        pub.notes.append("the pickled DenseNet has pre-0.4 layer names; the parity reference "
-                         "is a fresh torchvision densenet121 with its weights")
+        pub.notes.append(
+            "the pickled DenseNet has pre-0.4 layer names; the parity reference "
+            "is a fresh torchvision densenet121 with its weights"
+        )
     return pub
 
 
@@ -323,9 +410,14 @@ def load_pickled_model(path: Path) -> dict:
 
 #: What a legacy (pre-1.6) pickle of such a model needs besides :data:`PICKLE_ALLOWED`:
 #: the tensor rebuild functions torch itself allows in ``weights_only`` loads.
-LEGACY_ALLOWED = ("collections.OrderedDict", "builtins.set", "torch.Size",
-                  "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
-                  "torch._utils._rebuild_parameter")
+LEGACY_ALLOWED = (
+    "collections.OrderedDict",
+    "builtins.set",
+    "torch.Size",
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_parameter",
+)
 
 
 def _load_legacy_pickle(path: Path) -> dict:
@@ -341,7 +433,7 @@ def _load_legacy_pickle(path: Path) -> dict:
 
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module, name):
-            if (module, name) in _compat_pickle.NAME_MAPPING:   # protocol 2: Python 2 names
+            if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol 2: Python 2 names
                 module, name = _compat_pickle.NAME_MAPPING[(module, name)]
             module = _compat_pickle.IMPORT_MAPPING.get(module, module)
             dotted = f"{module}.{name}"
@@ -355,15 +447,15 @@ def _load_legacy_pickle(path: Path) -> dict:
     restricted.__version__ = pickle.format_version
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # source-change warnings of old module classes
-            obj = torch.load(path, map_location="cpu", weights_only=False,
-                             pickle_module=restricted)
+            warnings.simplefilter("ignore")  # source-change warnings of old module classes
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted)
     except pickle.UnpicklingError as e:
         named = re.search(r"GLOBAL (\S+)", str(e))
         raise _refused(path, [named.group(1) if named else str(e).splitlines()[0]]) from e
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        raise _fail(path, "chexnet-pickled",
-                    f"not a readable torch file ({str(e).splitlines()[0]})") from e
+        raise _fail(
+            path, "chexnet-pickled", f"not a readable torch file ({str(e).splitlines()[0]})"
+        ) from e
     if not isinstance(obj, dict) or "model" not in obj:
         got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise _fail(path, "chexnet-pickled", f"expected a dict with a 'model' entry, found {got}")
@@ -375,7 +467,8 @@ def _refused(path: Path, names: list[str]) -> ImportFormatError:
         f"{path}: refused: it pickles {len(names)} object type(s) outside the allow-list of a "
         f"torchvision DenseNet: {', '.join(names[:6])}; nothing from the file was run. If you "
         "trust it, load it in its own code and save model.state_dict() (format "
-        "chexnet-state-dict)")
+        "chexnet-state-dict)"
+    )
 
 
 def _resolve(dotted: str):
@@ -412,23 +505,43 @@ def _torchxrayvision(path: Path, fmt: str, arch=None) -> Published:
     n = state[f"{name}.weight"].shape[0]
     conv = state["features.conv0.weight"]
     if conv.shape[1] != 1:
-        raise _fail(path, fmt, f"features.conv0.weight has shape {tuple(conv.shape)}, expected "
-                               "(64, 1, 7, 7) (torchxrayvision takes one channel)")
+        raise _fail(
+            path,
+            fmt,
+            f"features.conv0.weight has shape {tuple(conv.shape)}, expected "
+            "(64, 1, 7, 7) (torchxrayvision takes one channel)",
+        )
     if n != len(XRV_OUTPUTS):
-        raise _fail(path, fmt, f"{n} outputs, expected torchxrayvision's {len(XRV_OUTPUTS)} "
-                               "(pass the output names if the order is another)")
+        raise _fail(
+            path,
+            fmt,
+            f"{n} outputs, expected torchxrayvision's {len(XRV_OUTPUTS)} "
+            "(pass the output names if the order is another)",
+        )
     thresholds = None
     if op is not None:
         if op.shape != (n,):
             raise _fail(path, fmt, f"op_threshs has shape {tuple(op.shape)}, expected ({n},)")
         thresholds = [float(v) for v in op]
-    outputs = [o if (thresholds is None or not math.isnan(thresholds[i])) else ""
-               for i, o in enumerate(XRV_OUTPUTS)]
+    outputs = [
+        o if (thresholds is None or not math.isnan(thresholds[i])) else ""
+        for i, o in enumerate(XRV_OUTPUTS)
+    ]
     # [0, 1] image -> torchxrayvision's [-1024, 1024]: (x - 0.5) / (1 / 2048)
-    return Published(format=fmt, path=path, arch="densenet121", authors_state=state,
-                     outputs=outputs, in_chans=1, channel_mean=(0.5,),
-                     channel_std=(1 / 2048,), resize=224, classifier=name,
-                     op_thresholds=thresholds, hflip_trained=False)
+    return Published(
+        format=fmt,
+        path=path,
+        arch="densenet121",
+        authors_state=state,
+        outputs=outputs,
+        in_chans=1,
+        channel_mean=(0.5,),
+        channel_std=(1 / 2048,),
+        resize=224,
+        classifier=name,
+        op_thresholds=thresholds,
+        hflip_trained=False,
+    )
 
 
 def _library_state_dict(path: Path, fmt: str, arch: str | None = None) -> Published:
@@ -440,28 +553,46 @@ def _library_state_dict(path: Path, fmt: str, arch: str | None = None) -> Publis
     w = state.get(f"{head}.weight")
     if w is None:
         close = difflib.get_close_matches(f"{head}.weight", list(state), n=3, cutoff=0.4)
-        raise _fail(path, fmt, f"no classifier key {head + '.weight'!r} of a {arch} "
-                               f"(closest present: {', '.join(repr(c) for c in close) or 'none'})")
+        raise _fail(
+            path,
+            fmt,
+            f"no classifier key {head + '.weight'!r} of a {arch} "
+            f"(closest present: {', '.join(repr(c) for c in close) or 'none'})",
+        )
     if w.shape[0] != len(FINDINGS):
-        raise _fail(path, fmt, f"{head}.weight has shape {tuple(w.shape)}: {w.shape[0]} outputs, "
-                               f"expected {len(FINDINGS)} (cxrkit's findings, in its order)")
+        raise _fail(
+            path,
+            fmt,
+            f"{head}.weight has shape {tuple(w.shape)}: {w.shape[0]} outputs, "
+            f"expected {len(FINDINGS)} (cxrkit's findings, in its order)",
+        )
     conv = state.get(f"{cfg['first_conv']}.weight")
     in_chans = int(conv.shape[1]) if conv is not None else 3
     mean, std = cfg["mean"], cfg["std"]
     if in_chans == 1:  # one channel: the average, as timm folds RGB weights
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)
-    return Published(format=fmt, path=path, arch=arch, authors_state=state,
-                     outputs=list(FINDINGS), in_chans=in_chans, channel_mean=tuple(mean),
-                     channel_std=tuple(std), input_size=cfg["input_size"],
-                     resize=cfg["resize"] if fmt == "timm" else 256, classifier=head)
+    return Published(
+        format=fmt,
+        path=path,
+        arch=arch,
+        authors_state=state,
+        outputs=list(FINDINGS),
+        in_chans=in_chans,
+        channel_mean=tuple(mean),
+        channel_std=tuple(std),
+        input_size=cfg["input_size"],
+        resize=cfg["resize"] if fmt == "timm" else 256,
+        classifier=head,
+    )
 
 
 def _registry_arch(arch: str | None, allowed, path: Path, fmt: str) -> str:
     by_timm = {a.timm_name: name for name, a in ARCHS.items()}
     name = by_timm.get(arch, arch)
     if name not in allowed:
-        raise ImportFormatError(f"{path}: format {fmt} needs --arch, one of {', '.join(allowed)}"
-                                f"; got {arch!r}")
+        raise ImportFormatError(
+            f"{path}: format {fmt} needs --arch, one of {', '.join(allowed)}; got {arch!r}"
+        )
     return name
 
 
@@ -475,9 +606,14 @@ def library_cfg(arch: str) -> dict:
 
     cfg = timm.models.get_pretrained_cfg(f"{ARCHS[arch].timm_name}.{ARCHS[arch].tag}")
     size = int(cfg.input_size[-1])
-    return {"classifier": cfg.classifier, "first_conv": cfg.first_conv, "mean": tuple(cfg.mean),
-            "std": tuple(cfg.std), "input_size": size,
-            "resize": math.floor(size / (cfg.crop_pct or 0.875))}
+    return {
+        "classifier": cfg.classifier,
+        "first_conv": cfg.first_conv,
+        "mean": tuple(cfg.mean),
+        "std": tuple(cfg.std),
+        "input_size": size,
+        "resize": math.floor(size / (cfg.crop_pct or 0.875)),
+    }
 
 
 __all__ = [

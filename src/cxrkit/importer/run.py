@@ -72,8 +72,9 @@ class CheckImages:
     source: str
 
 
-def check_images(paths: Sequence[str | Path] = (), *, labels=None, n: int = 32,
-                 nih: str | Path | None = None) -> CheckImages:
+def check_images(
+    paths: Sequence[str | Path] = (), *, labels=None, n: int = 32, nih: str | Path | None = None
+) -> CheckImages:
     """The images the checks run on: ``paths`` if given, else ``n`` evenly spaced images
     of the NIH sample (``nih``, its ``images_256``) when present, else ``n`` phantoms.
 
@@ -89,7 +90,11 @@ def check_images(paths: Sequence[str | Path] = (), *, labels=None, n: int = 32,
         files = [pool[i] for i in np.linspace(0, len(pool) - 1, min(n, len(pool))).astype(int)]
         source = f"NIH sample ({Path(nih) / 'images_256'})"
     if files:
-        if labels is None and nih is not None and (Path(nih) / "meta" / "Data_Entry_2017.csv").exists():
+        if (
+            labels is None
+            and nih is not None
+            and (Path(nih) / "meta" / "Data_Entry_2017.csv").exists()
+        ):
             from cxrkit.data.nih import read_data_entry
 
             labels = read_data_entry(Path(nih) / "meta" / "Data_Entry_2017.csv")[0]
@@ -112,10 +117,18 @@ def check_images(paths: Sequence[str | Path] = (), *, labels=None, n: int = 32,
     return CheckImages(names, images, y, "phantoms")
 
 
-def import_model(path: str | Path, fmt: str, out: str | Path, *, arch: str | None = None,
-                 outputs: list[str] | None = None, prepared: str | Path | None = None,
-                 images: CheckImages | Callable[[], CheckImages] | None = None,
-                 parity_count: int = 4, force: bool = False) -> dict:
+def import_model(
+    path: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    arch: str | None = None,
+    outputs: list[str] | None = None,
+    prepared: str | Path | None = None,
+    images: CheckImages | Callable[[], CheckImages] | None = None,
+    parity_count: int = 4,
+    force: bool = False,
+) -> dict:
     """Import ``path`` (format ``fmt``) as the run folder ``out``; returns the manifest
     (also in ``out/run.json``). ``images``: the check images, or a function giving them
     (called once the file has loaded; default: 8 phantoms). A folder that already holds a
@@ -128,24 +141,34 @@ def import_model(path: str | Path, fmt: str, out: str | Path, *, arch: str | Non
     path = Path(path)
     run = RunFolder(Path(out))
     if not force and (run.best.exists() or run.last.exists()):
-        raise FileExistsError(f"{run.root} already holds a run (best.pt/last.pt); choose "
-                              "another --out, or --force to replace it")
+        raise FileExistsError(
+            f"{run.root} already holds a run (best.pt/last.pt); choose "
+            "another --out, or --force to replace it"
+        )
     pub = read_published(path, fmt, arch=arch, outputs=outputs)
     findings = pub.findings()
     mapping = pub.mapping()
     index = {r["finding"]: r["index"] for r in mapping if r["finding"]}
-    kwargs = {"arch": pub.arch, "channel_mean": list(pub.channel_mean),
-              "channel_std": list(pub.channel_std),
-              "output": "op_norm" if pub.op_thresholds is not None else "logit"}
+    kwargs = {
+        "arch": pub.arch,
+        "channel_mean": list(pub.channel_mean),
+        "channel_std": list(pub.channel_std),
+        "output": "op_norm" if pub.op_thresholds is not None else "logit",
+    }
     if pub.op_thresholds is not None:
         kwargs["op_thresholds"] = [pub.op_thresholds[index[f]] for f in findings]
     chans_policy = "replicate" if pub.in_chans == 3 else "fold"
-    model = create_model("published", findings=findings, in_chans=1, chans_policy=chans_policy,
-                         **kwargs)
+    model = create_model(
+        "published", findings=findings, in_chans=1, chans_policy=chans_policy, **kwargs
+    )
     state = cxrkit_state(pub, [index[f] for f in findings])
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    bad = mismatch_message(path, own, {k: tuple(v.shape) for k, v in state.items()},
-                           what=f"a {pub.arch} with {len(findings)} outputs ({pub.format})")
+    bad = mismatch_message(
+        path,
+        own,
+        {k: tuple(v.shape) for k, v in state.items()},
+        what=f"a {pub.arch} with {len(findings)} outputs ({pub.format})",
+    )
     if bad:
         raise ImportFormatError(bad)
     model.load_state_dict(state, strict=True)
@@ -160,68 +183,126 @@ def import_model(path: str | Path, fmt: str, out: str | Path, *, arch: str | Non
         cache = p.cache.settings
         split_file = PreparedFolder(prepared).split
         split = {"path": str(split_file), "sha256": file_sha256(split_file)}
-        notes.append("the model was trained elsewhere: cxrkit cannot verify that the "
-                     "prepared folder's test images were not in its training set")
+        notes.append(
+            "the model was trained elsewhere: cxrkit cannot verify that the "
+            "prepared folder's test images were not in its training set"
+        )
         if cache.size < max(pub.resize, pub.input_size):
-            notes.append(f"the prepared cache is {cache.size} px: the model sees images "
-                         f"upsampled to {max(pub.resize, pub.input_size)} px")
+            notes.append(
+                f"the prepared cache is {cache.size} px: the model sees images "
+                f"upsampled to {max(pub.resize, pub.input_size)} px"
+            )
         notes.append("for out-of-distribution scores run `cxrkit ood RUN` once")
         if cache.clahe or cache.crop:
-            notes.append(f"the prepared cache applies clahe={cache.clahe}, crop={cache.crop}; "
-                         "the authors' model saw neither")
+            notes.append(
+                f"the prepared cache applies clahe={cache.clahe}, crop={cache.crop}; "
+                "the authors' model saw neither"
+            )
     else:
-        notes.append("imported without --prepared: evaluate, explain and localize need a "
-                      "run imported with one (predict, serve, export and compare do not)")
+        notes.append(
+            "imported without --prepared: evaluate, explain and localize need a "
+            "run imported with one (predict, serve, export and compare do not)"
+        )
     if pub.format == "chexnet-state-dict":
-        notes.append("CheXNet averaged the probabilities of ten crops; cxrkit's --tta "
-                     "tencrop averages their logits (same crops)")
+        notes.append(
+            "CheXNet averaged the probabilities of ten crops; cxrkit's --tta "
+            "tencrop averages their logits (same crops)"
+        )
     resize = max(pub.resize, pub.input_size)
-    pre = Preprocessing(cache=cache, input_size=pub.input_size, eval_resize=resize,
-                        tencrop_resize=resize if resize > pub.input_size
-                        else chexnet_resize(pub.input_size),
-                        mean=0.0, std=1.0, channels=1, hflip=pub.hflip_trained)
-    cfg = RunConfig.from_dict({
-        "data": {"prepared": str(prepared) if prepared is not None else "",
-                 "findings": findings, "image_size": pub.input_size, "eval_resize": resize,
-                 "augment": False, "hflip": bool(pub.hflip_trained)},
-        "model": {"name": "published", "in_chans": 1, "freeze": "no-train", "kwargs": kwargs},
-        "out": str(run.root)})
+    pre = Preprocessing(
+        cache=cache,
+        input_size=pub.input_size,
+        eval_resize=resize,
+        tencrop_resize=resize if resize > pub.input_size else chexnet_resize(pub.input_size),
+        mean=0.0,
+        std=1.0,
+        channels=1,
+        hflip=pub.hflip_trained,
+    )
+    cfg = RunConfig.from_dict(
+        {
+            "data": {
+                "prepared": str(prepared) if prepared is not None else "",
+                "findings": findings,
+                "image_size": pub.input_size,
+                "eval_resize": resize,
+                "augment": False,
+                "hflip": bool(pub.hflip_trained),
+            },
+            "model": {"name": "published", "in_chans": 1, "freeze": "no-train", "kwargs": kwargs},
+            "out": str(run.root),
+        }
+    )
     sha = file_sha256(path)
-    source = {"path": str(path.resolve()), "sha256": sha, "bytes": path.stat().st_size,
-              "format": pub.format, "arch": pub.arch, **({"wrapper": pub.extra} if pub.extra else {})}
-    ck = {"model": model.state_dict(), "model_config": model.cxr_config.to_dict(),
-          "findings": findings, "preprocess": pre.to_dict(), "config": cfg.to_dict(),
-          "versions": versions(), "metrics": {}, "import": source}
+    source = {
+        "path": str(path.resolve()),
+        "sha256": sha,
+        "bytes": path.stat().st_size,
+        "format": pub.format,
+        "arch": pub.arch,
+        **({"wrapper": pub.extra} if pub.extra else {}),
+    }
+    ck = {
+        "model": model.state_dict(),
+        "model_config": model.cxr_config.to_dict(),
+        "findings": findings,
+        "preprocess": pre.to_dict(),
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "metrics": {},
+        "import": source,
+    }
     if split is not None:
         ck["split"] = split
     save_checkpoint(ck, run.best)
     cfg.to_yaml(run.config)
 
-    if callable(images):   # read only once the file has proved importable
+    if callable(images):  # read only once the file has proved importable
         images = images()
     images = images if images is not None else check_images(n=8)
-    parity, probs = parity_check(run.root, pub, findings, index, images,
-                                 count=parity_count)
+    parity, probs = parity_check(run.root, pub, findings, index, images, count=parity_count)
     untrained = untrained_check(probs, images.labels, findings)
     manifest = {
         "source": source,
         "outputs": mapping,
-        "output": (f"{kwargs['output']}: " + (
-            "the classifier's Sigmoid is dropped and its Linear kept; cxrkit's sigmoid gives "
-            "the same probability" if pub.sigmoid_in_model else
-            "torchxrayvision's operating-point rescaling as a logit; cxrkit's sigmoid gives "
-            "its probability" if kwargs["output"] == "op_norm" else
-            "the classifier returns logits; cxrkit applies the sigmoid")),
+        "output": (
+            f"{kwargs['output']}: "
+            + (
+                "the classifier's Sigmoid is dropped and its Linear kept; cxrkit's sigmoid gives "
+                "the same probability"
+                if pub.sigmoid_in_model
+                else "torchxrayvision's operating-point rescaling as a logit; cxrkit's sigmoid gives "
+                "its probability"
+                if kwargs["output"] == "op_norm"
+                else "the classifier returns logits; cxrkit applies the sigmoid"
+            )
+        ),
         "authors_preprocessing": {
-            "channels": pub.in_chans, "mean": list(pub.channel_mean), "std": list(pub.channel_std),
-            "resize": pub.resize, "crop": pub.input_size},
-        "parity": parity, "untrained_check": untrained, "notes": notes,
+            "channels": pub.in_chans,
+            "mean": list(pub.channel_mean),
+            "std": list(pub.channel_std),
+            "resize": pub.resize,
+            "crop": pub.input_size,
+        },
+        "parity": parity,
+        "untrained_check": untrained,
+        "notes": notes,
         "check_images": {"source": images.source, "n": len(images.names)},
     }
-    write_json({"status": "imported", "model": "published", "findings": findings,
-                "epochs_run": 0, "best_val_mean_auroc": None,
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "split": split, "versions": versions(), "import": manifest}, run.run_json)
+    write_json(
+        {
+            "status": "imported",
+            "model": "published",
+            "findings": findings,
+            "epochs_run": 0,
+            "best_val_mean_auroc": None,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "split": split,
+            "versions": versions(),
+            "import": manifest,
+        },
+        run.run_json,
+    )
     if untrained["warning"]:
         warnings.warn(f"{path}: {untrained['warning']}", UntrainedModelWarning, stacklevel=2)
     return manifest
@@ -237,8 +318,15 @@ def cxrkit_state(pub: Published, rows: list[int]) -> dict[str, torch.Tensor]:
     return state
 
 
-def parity_check(run: Path, pub: Published, findings: list[str], index: dict[str, int],
-                 images: CheckImages, *, count: int = 4) -> tuple[dict, np.ndarray]:
+def parity_check(
+    run: Path,
+    pub: Published,
+    findings: list[str],
+    index: dict[str, int],
+    images: CheckImages,
+    *,
+    count: int = 4,
+) -> tuple[dict, np.ndarray]:
     """cxrkit's probabilities for all ``images`` and the parity record on the first
     ``count``: both sides get each image at the authors' resize side (cxrkit's cache-stage
     resize made it), so no resampler differs; cxrkit's tensor stage and model against the
@@ -251,8 +339,12 @@ def parity_check(run: Path, pub: Published, findings: list[str], index: dict[str
     lm = load(run, precision="fp32")
     probs = 1 / (1 + np.exp(-lm.logits_from_cached(batch).astype(np.float64)))
     k = min(count, len(batch))
-    record = {"images": images.names[:k], "side": side, "tolerance": PARITY_TOLERANCE,
-              "reference": _reference_name(pub)}
+    record = {
+        "images": images.names[:k],
+        "side": side,
+        "tolerance": PARITY_TOLERANCE,
+        "reference": _reference_name(pub),
+    }
     try:
         ref = reference_probabilities(pub, list(batch[:k, 0]))
     except Exception as e:  # noqa: BLE001 (the authors' code path itself failed)
@@ -266,15 +358,23 @@ def parity_check(run: Path, pub: Published, findings: list[str], index: dict[str
 
 def _reference_name(pub: Published) -> str:
     if pub.format == "torchxrayvision":
-        return ("torchvision densenet121 with 1 input channel, sigmoid + op_norm; their "
-                "preprocessing: 8 bit -> [-1024, 1024], centre crop, resize 224 (skimage)")
-    net = {"chexnet-pickled": "the unpickled torchvision DenseNet (their Sigmoid)" if pub.module
-           is not None else "a fresh torchvision densenet121 + Sequential(Linear, Sigmoid) "
-           "with the unpickled weights",
-           "chexnet-state-dict": "torchvision densenet121 + Sequential(Linear, Sigmoid)",
-           "torchvision": f"torchvision {pub.arch} + sigmoid", "timm": f"timm {pub.arch} + sigmoid"}
-    return (f"{net[pub.format]}; PIL/torchvision transforms: resize {pub.resize}, centre crop "
-            f"{pub.input_size}, normalise {list(pub.channel_mean)} / {list(pub.channel_std)}")
+        return (
+            "torchvision densenet121 with 1 input channel, sigmoid + op_norm; their "
+            "preprocessing: 8 bit -> [-1024, 1024], centre crop, resize 224 (skimage)"
+        )
+    net = {
+        "chexnet-pickled": "the unpickled torchvision DenseNet (their Sigmoid)"
+        if pub.module is not None
+        else "a fresh torchvision densenet121 + Sequential(Linear, Sigmoid) "
+        "with the unpickled weights",
+        "chexnet-state-dict": "torchvision densenet121 + Sequential(Linear, Sigmoid)",
+        "torchvision": f"torchvision {pub.arch} + sigmoid",
+        "timm": f"timm {pub.arch} + sigmoid",
+    }
+    return (
+        f"{net[pub.format]}; PIL/torchvision transforms: resize {pub.resize}, centre crop "
+        f"{pub.input_size}, normalise {list(pub.channel_mean)} / {list(pub.channel_std)}"
+    )
 
 
 def untrained_check(probs: np.ndarray, labels: np.ndarray | None, findings: list[str]) -> dict:
@@ -282,8 +382,13 @@ def untrained_check(probs: np.ndarray, labels: np.ndarray | None, findings: list
     constant outputs. ``probs`` ``(N, F)`` in ``findings`` order; ``labels`` ``(N, 14)``."""
     spread = probs.std(axis=0)
     constant = bool(len(probs) > 1 and (spread < CONSTANT_STD).all())
-    out = {"n_images": len(probs), "constant_outputs": constant, "mean_auroc": None,
-           "findings_scored": 0, "warning": None}
+    out = {
+        "n_images": len(probs),
+        "constant_outputs": constant,
+        "mean_auroc": None,
+        "findings_scored": 0,
+        "warning": None,
+    }
     if labels is not None:
         y = labels[:, [FINDINGS.index(f) for f in findings]]
         auc = auroc_per_finding(y, probs)
@@ -292,12 +397,16 @@ def untrained_check(probs: np.ndarray, labels: np.ndarray | None, findings: list
         if scored.any():
             out["mean_auroc"] = float(np.nanmean(auc))
     if constant:
-        out["warning"] = (f"its outputs do not vary over {len(probs)} images (spread < "
-                          f"{CONSTANT_STD:g}): untrained, or loaded wrong?")
+        out["warning"] = (
+            f"its outputs do not vary over {len(probs)} images (spread < "
+            f"{CONSTANT_STD:g}): untrained, or loaded wrong?"
+        )
     elif out["mean_auroc"] is not None and abs(out["mean_auroc"] - 0.5) <= UNTRAINED_MARGIN:
-        out["warning"] = (f"mean AUROC {out['mean_auroc']:.3f} over {out['findings_scored']} "
-                          f"findings on {len(probs)} labelled images is within "
-                          f"{UNTRAINED_MARGIN} of chance: untrained, or loaded wrong?")
+        out["warning"] = (
+            f"mean AUROC {out['mean_auroc']:.3f} over {out['findings_scored']} "
+            f"findings on {len(probs)} labelled images is within "
+            f"{UNTRAINED_MARGIN} of chance: untrained, or loaded wrong?"
+        )
     return out
 
 

@@ -27,8 +27,15 @@ stay importable as aliases of these modules (:mod:`cxrkit._moved`).
 
 from __future__ import annotations
 
-__all__ = ["TTA_MODES", "LoadedModel", "load", "ood_sidecar_path", "read_image",
-           "write_ood_sidecar", "write_thresholds"]
+__all__ = [
+    "TTA_MODES",
+    "LoadedModel",
+    "load",
+    "ood_sidecar_path",
+    "read_image",
+    "write_ood_sidecar",
+    "write_thresholds",
+]
 
 
 def __getattr__(name: str):

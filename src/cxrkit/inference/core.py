@@ -46,10 +46,17 @@ class LoadedModel(Predictor):
 
     backend = "torch"
 
-    def __init__(self, model: torch.nn.Module, findings: Sequence[str],
-                 preprocessing: Preprocessing, *, metadata: bool = False,
-                 device: torch.device | str = "cpu", checkpoint: Path | None = None,
-                 checkpoint_info: dict | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        findings: Sequence[str],
+        preprocessing: Preprocessing,
+        *,
+        metadata: bool = False,
+        device: torch.device | str = "cpu",
+        checkpoint: Path | None = None,
+        checkpoint_info: dict | None = None,
+    ):
         self.model = model
         self.findings = tuple(findings)
         self.preprocessing = preprocessing
@@ -156,8 +163,13 @@ class LoadedModel(Predictor):
             return z.cpu().numpy(), features.cpu().numpy()
 
 
-def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
-         thresholds: str | Path | None = None, precision: str | None = None) -> LoadedModel:
+def load(
+    checkpoint: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    thresholds: str | Path | None = None,
+    precision: str | None = None,
+) -> LoadedModel:
     """Load a checkpoint (or run folder) for inference; see :class:`LoadedModel`.
 
     ``precision``: how forward-only inference runs (:mod:`cxrkit.inference.runtime`): "auto" (the
@@ -188,9 +200,14 @@ def load(checkpoint: str | Path, *, device: str | torch.device | None = None,
     model.to(dev).eval()
     info = {k: ck.get(k) for k in ("config", "split", "versions", "epoch", "metrics")}
     lm = LoadedModel(
-        model, tuple(ck.get("findings") or model.cxr_config.findings), preprocessing,  # type: ignore[union-attr, arg-type]
-        metadata=int(ck["model_config"].get("meta_features", 0)) > 0, device=dev,
-        checkpoint=path, checkpoint_info=info)
+        model,
+        tuple(ck.get("findings") or model.cxr_config.findings),
+        preprocessing,  # type: ignore[union-attr, arg-type]
+        metadata=int(ck["model_config"].get("meta_features", 0)) > 0,
+        device=dev,
+        checkpoint=path,
+        checkpoint_info=info,
+    )
     lm.forward = choose_forward(lm, precision)
     _attach_thresholds(lm, thresholds)
     _attach_ood(lm, ck.get("ood"))
@@ -211,9 +228,8 @@ def _attach_ood(lm: LoadedModel, recorded: dict | None) -> None:
     if recorded is not None:
         try:
             check_record(recorded)
-        except ValueError as e:   # made by another version: said, and treated as missing
-            warnings.warn(f"{lm.checkpoint.name}: its OOD record is not usable ({e})",
-                          stacklevel=3)
+        except ValueError as e:  # made by another version: said, and treated as missing
+            warnings.warn(f"{lm.checkpoint.name}: its OOD record is not usable ({e})", stacklevel=3)
         else:
             lm.ood_record, lm.ood_source = recorded, f"recorded in {lm.checkpoint.name}"
             return
@@ -223,11 +239,15 @@ def _attach_ood(lm: LoadedModel, recorded: dict | None) -> None:
     try:
         doc = json.loads(side.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{side}: unreadable OOD record ({e}); delete it and run "
-                              "`cxrkit ood` again") from e
+        raise CheckpointError(
+            f"{side}: unreadable OOD record ({e}); delete it and run `cxrkit ood` again"
+        ) from e
     if doc.get("checkpoint_sha256") != lm.checkpoint_sha256:
-        warnings.warn(f"{side} was computed for another checkpoint (sha256 differs from "
-                      f"{lm.checkpoint.name}); ignored: run `cxrkit ood` again", stacklevel=3)
+        warnings.warn(
+            f"{side} was computed for another checkpoint (sha256 differs from "
+            f"{lm.checkpoint.name}); ignored: run `cxrkit ood` again",
+            stacklevel=3,
+        )
         return
     try:
         check_record(doc["record"])
@@ -242,34 +262,62 @@ def write_ood_sidecar(lm: LoadedModel, record: dict) -> Path:
     from cxrkit.artefacts import write_json
 
     path = ood_sidecar_path(lm.checkpoint)
-    write_json({"format": "cxrkit-ood-sidecar/1", "checkpoint": str(lm.checkpoint),
-                       "checkpoint_sha256": lm.checkpoint_sha256, "record": record}, path)
+    write_json(
+        {
+            "format": "cxrkit-ood-sidecar/1",
+            "checkpoint": str(lm.checkpoint),
+            "checkpoint_sha256": lm.checkpoint_sha256,
+            "record": record,
+        },
+        path,
+    )
     lm.ood_record, lm.ood_source = record, str(path)
     return path
 
 
 def _attach_thresholds(lm: LoadedModel, explicit) -> None:
-    found = find_thresholds(RunFolder.of(lm.checkpoint).root, lm.findings,
-                            lambda: lm.checkpoint_sha256, explicit)
+    found = find_thresholds(
+        RunFolder.of(lm.checkpoint).root, lm.findings, lambda: lm.checkpoint_sha256, explicit
+    )
     if found is not None:
         lm.thresholds, lm.thresholds_source = found.values, found.source
         lm.thresholds_tta = found.tta
 
 
-def write_thresholds(lm: LoadedModel, thresholds: dict[str, float], *, method: str,
-                     chosen_on: str, tta: str = "none", path: str | Path | None = None,
-                     provenance: dict | None = None) -> Path:
+def write_thresholds(
+    lm: LoadedModel,
+    thresholds: dict[str, float],
+    *,
+    method: str,
+    chosen_on: str,
+    tta: str = "none",
+    path: str | Path | None = None,
+    provenance: dict | None = None,
+) -> Path:
     """Write a thresholds sidecar for ``lm.checkpoint`` (read back by :func:`load`).
 
     ``tta``: the test-time augmentation the thresholds were chosen with; a threshold only
     means the same thing on logits averaged the same way, so users of other TTA are warned.
     """
     return write_thresholds_file(
-        Path(path) if path else RunFolder.of(lm.checkpoint).thresholds, thresholds,
-        findings=lm.findings, checkpoint=lm.checkpoint,
-        checkpoint_sha256=lm.checkpoint_sha256, method=method, chosen_on=chosen_on,
-        tta=tta, provenance=provenance)
+        Path(path) if path else RunFolder.of(lm.checkpoint).thresholds,
+        thresholds,
+        findings=lm.findings,
+        checkpoint=lm.checkpoint,
+        checkpoint_sha256=lm.checkpoint_sha256,
+        method=method,
+        chosen_on=chosen_on,
+        tta=tta,
+        provenance=provenance,
+    )
 
 
-__all__ = ["TTA_MODES", "LoadedModel", "load", "ood_sidecar_path", "read_image",
-           "write_ood_sidecar", "write_thresholds"]
+__all__ = [
+    "TTA_MODES",
+    "LoadedModel",
+    "load",
+    "ood_sidecar_path",
+    "read_image",
+    "write_ood_sidecar",
+    "write_thresholds",
+]

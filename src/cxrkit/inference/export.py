@@ -104,11 +104,12 @@ def resize_matrix(in_size: int, resize: int, crop: int):
         w = torch.eye(in_size)
     else:
         eye = torch.eye(in_size).reshape(in_size, 1, in_size, 1).expand(in_size, 1, in_size, 2)
-        out = F.interpolate(eye, size=(resize, 2), mode="bilinear", antialias=True,
-                            align_corners=False)
+        out = F.interpolate(
+            eye, size=(resize, 2), mode="bilinear", antialias=True, align_corners=False
+        )
         w = out[:, 0, :, 0].T.contiguous()  # (resize, in_size)
     off = (resize - crop) // 2
-    return w[off:off + crop].contiguous()
+    return w[off : off + crop].contiguous()
 
 
 def _graph(lm):
@@ -146,13 +147,17 @@ def _graph(lm):
     return OnnxGraph().eval()
 
 
-
-
 @writes_into_run("cxrkit export")
-def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
-                parity_images: Sequence[str | Path] = (), n_phantoms: int = 6,
-                opset: int = OPSET, thresholds: str | Path | None = None,
-                parity_source: str | None = None) -> dict:
+def export_onnx(
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    *,
+    parity_images: Sequence[str | Path] = (),
+    n_phantoms: int = 6,
+    opset: int = OPSET,
+    thresholds: str | Path | None = None,
+    parity_source: str | None = None,
+) -> dict:
     """Export ``checkpoint`` (file or run folder) to ONNX, check parity, write the sidecar.
 
     ``parity_images``: image files (any format :func:`read_image` reads) checked on top of
@@ -188,29 +193,51 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
         inputs["meta"] = f"float32 (batch, {example[1].shape[1]}): patient metadata"
     printed = io.StringIO()
     try:
-        with (warnings.catch_warnings(), contextlib.redirect_stdout(printed), quiet_exporter_logs(),
-              atomic_path(out) as tmp):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(printed),
+            quiet_exporter_logs(),
+            atomic_path(out) as tmp,
+        ):
             warnings.simplefilter("ignore")
-            torch.onnx.export(graph, example, str(tmp), dynamo=True, opset_version=opset,
-                              input_names=list(inputs), output_names=["logits", "probabilities", "features"],
-                              dynamic_shapes=shapes, external_data=False, verbose=False)
+            torch.onnx.export(
+                graph,
+                example,
+                str(tmp),
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(inputs),
+                output_names=["logits", "probabilities", "features"],
+                dynamic_shapes=shapes,
+                external_data=False,
+                verbose=False,
+            )
     except WriteError:
         raise
     except Exception as e:
         log.debug("exporter output:\n%s", printed.getvalue())
-        raise RuntimeError(f"ONNX export of {lm.checkpoint} (model "
-                           f"{lm.model.cxr_config.name}) failed: {type(e).__name__}: "  # type: ignore[union-attr]
-                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        raise RuntimeError(
+            f"ONNX export of {lm.checkpoint} (model "
+            f"{lm.model.cxr_config.name}) failed: {type(e).__name__}: "  # type: ignore[union-attr]
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
     record = {
-        "preprocess": lm.preprocess_record(), "findings": list(lm.findings),
-        "thresholds": lm.thresholds, "thresholds_source": lm.thresholds_source,
-        "model": lm.model.cxr_config.to_dict(), "checkpoint": str(lm.checkpoint),  # type: ignore[union-attr, operator]
-        "checkpoint_sha256": lm.checkpoint_sha256, "opset": opset,
-        "versions": versions("onnx", "onnxruntime", "onnxscript"), "inputs": inputs,
-        "outputs": {"logits": f"float32 (batch, {len(lm.findings)})",
-                    "probabilities": "float32, sigmoid of the logits",
-                    "features": "float32 (batch, D): pooled penultimate features, scored "
-                                "against the cxrkit.ood record for the OOD score"},
+        "preprocess": lm.preprocess_record(),
+        "findings": list(lm.findings),
+        "thresholds": lm.thresholds,
+        "thresholds_source": lm.thresholds_source,
+        "model": lm.model.cxr_config.to_dict(),
+        "checkpoint": str(lm.checkpoint),  # type: ignore[union-attr, operator]
+        "checkpoint_sha256": lm.checkpoint_sha256,
+        "opset": opset,
+        "versions": versions("onnx", "onnxruntime", "onnxscript"),
+        "inputs": inputs,
+        "outputs": {
+            "logits": f"float32 (batch, {len(lm.findings)})",
+            "probabilities": "float32, sigmoid of the logits",
+            "features": "float32 (batch, D): pooled penultimate features, scored "
+            "against the cxrkit.ood record for the OOD score",
+        },
         "meta_default": meta_default,
     }
     if lm.ood_record is None:
@@ -232,15 +259,24 @@ def export_onnx(checkpoint: str | Path, out: str | Path | None = None, *,
     from cxrkit.ood import record_summary
 
     record["ood"] = None if lm.ood_record is None else record_summary(lm.ood_record)
-    write_json({"path": str(out), "exporter": "torch.onnx.export(dynamo=True)",
-                       **record, "parity": parity}, sidecar)
+    write_json(
+        {
+            "path": str(out),
+            "exporter": "torch.onnx.export(dynamo=True)",
+            **record,
+            "parity": parity,
+        },
+        sidecar,
+    )
     if not parity["passed"]:
-        raise ParityError(f"{out}: onnxruntime differs from PyTorch by up to "
-                          f"{parity['max_abs_diff_probability']:.3g} in probability and "
-                          f"{parity['max_abs_diff_logit']:.3g} in logit (tolerances "
-                          f"{PROBABILITY_TOLERANCE:g}, {LOGIT_TOLERANCE:g} relative), OOD score "
-                          f"{parity['ood_score']}; see "
-                          f"{sidecar}")
+        raise ParityError(
+            f"{out}: onnxruntime differs from PyTorch by up to "
+            f"{parity['max_abs_diff_probability']:.3g} in probability and "
+            f"{parity['max_abs_diff_logit']:.3g} in logit (tolerances "
+            f"{PROBABILITY_TOLERANCE:g}, {LOGIT_TOLERANCE:g} relative), OOD score "
+            f"{parity['ood_score']}; see "
+            f"{sidecar}"
+        )
     return {"path": str(out), "sidecar": str(sidecar), **record, "parity": parity}
 
 
@@ -254,14 +290,19 @@ def parity_coverage(parity: dict, *, n_real: int, source: str | None) -> dict:
     checked.append(f"as one batch of {parity['n_images']} and as a batch of 1")
     not_checked = []
     if not n_real:
-        not_checked.append("real radiographs: " + (source or "none given")
-                           + " (pass --parity-images DIR)")
-    not_checked.append("test-time augmentation (flip, tencrop): not in the graph; the ONNX "
-                       "backend predicts with tta none")
+        not_checked.append(
+            "real radiographs: " + (source or "none given") + " (pass --parity-images DIR)"
+        )
+    not_checked.append(
+        "test-time augmentation (flip, tencrop): not in the graph; the ONNX "
+        "backend predicts with tta none"
+    )
     return {"checked": checked, "not_checked": not_checked}
 
 
-def _parity_images(n_phantoms: int, paths: Sequence[str | Path]) -> dict[str, tuple[str, np.ndarray]]:
+def _parity_images(
+    n_phantoms: int, paths: Sequence[str | Path]
+) -> dict[str, tuple[str, np.ndarray]]:
     """``name -> (kind, grey uint8 image)``: phantoms at 256 px, then the given files."""
     from cxrkit.data.phantoms import render_phantom
     from cxrkit.labels import FINDINGS
@@ -269,8 +310,9 @@ def _parity_images(n_phantoms: int, paths: Sequence[str | Path]) -> dict[str, tu
     images = {}
     for i in range(n_phantoms):
         findings = () if i == 0 else (FINDINGS[(3 * i) % len(FINDINGS)],)
-        img, _ = render_phantom(np.random.default_rng(1000 + i), findings, size=256,
-                                view="PA" if i % 2 else "AP")
+        img, _ = render_phantom(
+            np.random.default_rng(1000 + i), findings, size=256, view="PA" if i % 2 else "AP"
+        )
         images[f"phantom_{i}"] = ("phantom", img)
     for p in paths:
         img = read_image(p)
@@ -298,8 +340,9 @@ def parity_check(lm, onnx_model: OnnxModel, images: dict[str, tuple[str, np.ndar
     rel = dz / np.maximum(1.0, np.abs(z_torch))
     by_kind: dict[str, dict] = {}
     for i, n in enumerate(names):
-        k = by_kind.setdefault(images[n][0], {"n": 0, "max_abs_diff_probability": 0.0,
-                                              "max_abs_diff_logit": 0.0})
+        k = by_kind.setdefault(
+            images[n][0], {"n": 0, "max_abs_diff_probability": 0.0, "max_abs_diff_logit": 0.0}
+        )
         k["n"] += 1
         k["max_abs_diff_probability"] = max(k["max_abs_diff_probability"], float(dp[i].max()))
         k["max_abs_diff_logit"] = max(k["max_abs_diff_logit"], float(dz[i].max()))
@@ -308,15 +351,25 @@ def parity_check(lm, onnx_model: OnnxModel, images: dict[str, tuple[str, np.ndar
     ood = None
     if ood_torch is not None and ood_onnx is not None:
         d = np.abs(ood_torch.score - ood_onnx.score) / np.maximum(1.0, np.abs(ood_torch.score))
-        ood = {"max_rel_diff_score": float(d.max()), "tolerance_relative": OOD_TOLERANCE,
-               "flags_agree": bool((ood_torch.flag == ood_onnx.flag).all())}
+        ood = {
+            "max_rel_diff_score": float(d.max()),
+            "tolerance_relative": OOD_TOLERANCE,
+            "flags_agree": bool((ood_torch.flag == ood_onnx.flag).all()),
+        }
         passed = passed and bool(d.max() <= OOD_TOLERANCE)
-    return {"n_images": len(names), "max_abs_diff_probability": float(dp.max()),
-            "max_abs_diff_logit": float(dz.max()), "max_rel_diff_logit": float(rel.max()),
-            "max_abs_logit": float(np.abs(z_torch).max()),
-            "batch_of_one_vs_batch_logit": batch1, "by_kind": by_kind, "ood_score": ood,
-            "tolerances": {"probability": PROBABILITY_TOLERANCE, "logit_relative": LOGIT_TOLERANCE},
-            "passed": passed, "images": names}
+    return {
+        "n_images": len(names),
+        "max_abs_diff_probability": float(dp.max()),
+        "max_abs_diff_logit": float(dz.max()),
+        "max_rel_diff_logit": float(rel.max()),
+        "max_abs_logit": float(np.abs(z_torch).max()),
+        "batch_of_one_vs_batch_logit": batch1,
+        "by_kind": by_kind,
+        "ood_score": ood,
+        "tolerances": {"probability": PROBABILITY_TOLERANCE, "logit_relative": LOGIT_TOLERANCE},
+        "passed": passed,
+        "images": names,
+    }
 
 
 def nih_sample_folder() -> Path | None:
@@ -347,11 +400,25 @@ def default_parity_source(found: list[Path]) -> str:
     sample = nih_sample_folder()
     if found:
         return f"the NIH sample at {sample}"
-    where = (f"not found at {sample}" if sample is not None else
-             "not found (no shared/nih beside a source checkout of cxrkit)")
+    where = (
+        f"not found at {sample}"
+        if sample is not None
+        else "not found (no shared/nih beside a source checkout of cxrkit)"
+    )
     return f"the NIH sample was {where}; set {NIH_SAMPLE_ENV}"
 
 
-__all__ = ["LOGIT_TOLERANCE", "NIH_SAMPLE_ENV", "OPSET", "PROBABILITY_TOLERANCE", "ParityError",
-           "default_parity_images", "default_parity_source", "export_onnx", "nih_sample_folder", "parity_check",
-           "parity_coverage", "resize_matrix"]
+__all__ = [
+    "LOGIT_TOLERANCE",
+    "NIH_SAMPLE_ENV",
+    "OPSET",
+    "PROBABILITY_TOLERANCE",
+    "ParityError",
+    "default_parity_images",
+    "default_parity_source",
+    "export_onnx",
+    "nih_sample_folder",
+    "parity_check",
+    "parity_coverage",
+    "resize_matrix",
+]

@@ -35,8 +35,13 @@ import numpy as np
 
 from cxrkit.artefacts import RunFolder, file_sha256, resolve_checkpoint, write_json
 from cxrkit.inference.onnx_backend import OnnxModel
-from cxrkit.inference.openvino_engine import (BF16_TOLERANCE, CacheRebuiltWarning, auto_choice,
-                                    cache_root, say_once)
+from cxrkit.inference.openvino_engine import (
+    BF16_TOLERANCE,
+    CacheRebuiltWarning,
+    auto_choice,
+    cache_root,
+    say_once,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +49,19 @@ log = logging.getLogger(__name__)
 CHECK_PHANTOMS = 4
 
 
-def wants_fast_path(path: Path, *, backend: str, precision: str | None, device: str | None,
-                    tta: str) -> bool:
+def wants_fast_path(
+    path: Path, *, backend: str, precision: str | None, device: str | None, tta: str
+) -> bool:
     """Whether ``cxrkit predict`` with these options may skip torch (see the module
     docstring); ``$CXRKIT_PRECISION`` counts as the precision when none is given."""
     requested = precision or os.environ.get("CXRKIT_PRECISION") or "auto"
-    return (backend == "auto" and requested == "auto" and device in (None, "cpu")
-            and tta == "none" and path.suffix.lower() != ".onnx")
+    return (
+        backend == "auto"
+        and requested == "auto"
+        and device in (None, "cpu")
+        and tta == "none"
+        and path.suffix.lower() != ".onnx"
+    )
 
 
 def _version(dist: str) -> str | None:
@@ -66,8 +77,9 @@ def graph_path(checkpoint_sha256: str) -> Path:
     from cxrkit import __version__
     from cxrkit.inference.export import OPSET
 
-    key = json.dumps([checkpoint_sha256, OPSET, _version("torch"), _version("onnxscript"),
-                      __version__])
+    key = json.dumps(
+        [checkpoint_sha256, OPSET, _version("torch"), _version("onnxscript"), __version__]
+    )
     return cache_root() / "export" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
 
 
@@ -94,29 +106,48 @@ def load_fast(checkpoint: str | Path, *, thresholds: str | Path | None = None) -
             except (ValueError, RuntimeError) as e:
                 why = f"{choice.engine} cannot read it: {str(e).splitlines()[0]}"
         if why:
-            warnings.warn(f"the cached export {path} of {ck.name} is unusable ({why}); "
-                          "building it again", CacheRebuiltWarning, stacklevel=3)
+            warnings.warn(
+                f"the cached export {path} of {ck.name} is unusable ({why}); building it again",
+                CacheRebuiltWarning,
+                stacklevel=3,
+            )
             path.unlink(missing_ok=True)
             check.unlink(missing_ok=True)
             model, recorded = None, {}
     if model is None:
         _build(ck, path)
-        recorded = {"checkpoint": str(ck), "checkpoint_sha256": sha,
-                    "graph_sha256": file_sha256(path), "engines": {}}
+        recorded = {
+            "checkpoint": str(ck),
+            "checkpoint_sha256": sha,
+            "graph_sha256": file_sha256(path),
+            "engines": {},
+        }
         model = _open(path, ck, choice.engine, thresholds)
     key = f"{choice.engine} {model.engine_record.get('openvino') or _version('onnxruntime')}"
     if key not in recorded.get("engines", {}):
         recorded.setdefault("engines", {})[key] = _check_engine(path, ck, model)
         write_json(recorded, check)
-    model.engine_record.update({"requested": "auto", "used": choice.engine, "why": choice.why,
-                                "graph": str(path), "checked": recorded["engines"][key]})
+    model.engine_record.update(
+        {
+            "requested": "auto",
+            "used": choice.engine,
+            "why": choice.why,
+            "graph": str(path),
+            "checked": recorded["engines"][key],
+        }
+    )
     say_once(choice.say)
     return model
 
 
 def _open(path: Path, ck: Path, engine: str, thresholds) -> OnnxModel:
-    model = OnnxModel(path, engine=engine, thresholds_file=thresholds,
-                      thresholds_beside=RunFolder.of(ck).root, source=ck)
+    model = OnnxModel(
+        path,
+        engine=engine,
+        thresholds_file=thresholds,
+        thresholds_beside=RunFolder.of(ck).root,
+        source=ck,
+    )
     model.backend = f"onnx ({engine}, torch-free)"
     return model
 
@@ -125,11 +156,15 @@ def _build(ck: Path, path: Path) -> None:
     from cxrkit.inference.export import export_onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("first run of %s: exporting it once with its preprocessing to an ONNX graph, so "
-             "that later runs start without torch (this takes a while: tens of seconds for "
-             "DenseNet121); kept in %s", ck, path.parent)
+    log.info(
+        "first run of %s: exporting it once with its preprocessing to an ONNX graph, so "
+        "that later runs start without torch (this takes a while: tens of seconds for "
+        "DenseNet121); kept in %s",
+        ck,
+        path.parent,
+    )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # the OOD note is said by predict itself
+        warnings.simplefilter("ignore")  # the OOD note is said by predict itself
         logging.getLogger("cxrkit.export").setLevel(logging.ERROR)
         try:
             export_onnx(ck, path, n_phantoms=2)
@@ -145,22 +180,34 @@ def _check_engine(path: Path, ck: Path, model: OnnxModel) -> dict:
 
     if model.engine == "onnxruntime":
         return {"max_abs_diff_probability_vs_torch": "checked by cxrkit export (1e-4)"}
-    images = [render_phantom(np.random.default_rng(2000 + i),
-                             () if i == 0 else (FINDINGS[i],), size=256)[0]
-              for i in range(CHECK_PHANTOMS)]
+    images = [
+        render_phantom(np.random.default_rng(2000 + i), () if i == 0 else (FINDINGS[i],), size=256)[
+            0
+        ]
+        for i in range(CHECK_PHANTOMS)
+    ]
     ref = OnnxModel(path, engine="onnxruntime", source=ck)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cached = model.cached_batch(images)
         from cxrkit.metrics import sigmoid
-        dp = float(np.abs(sigmoid(model.logits_from_cached(cached))
-                          - sigmoid(ref.logits_from_cached(cached))).max())
+
+        dp = float(
+            np.abs(
+                sigmoid(model.logits_from_cached(cached)) - sigmoid(ref.logits_from_cached(cached))
+            ).max()
+        )
     bound = BF16_TOLERANCE if model.engine == "openvino-bf16" else 1e-4
     if not dp <= bound:
-        raise RuntimeError(f"{ck}: {model.engine} differs from onnxruntime fp32 by {dp:.3g} "
-                           f"in probability (bound {bound:g}); use --precision onnxruntime")
-    return {"max_abs_diff_probability_vs_onnxruntime": dp, "bound": bound,
-            "images": f"{CHECK_PHANTOMS} phantom radiographs, 256 px"}
+        raise RuntimeError(
+            f"{ck}: {model.engine} differs from onnxruntime fp32 by {dp:.3g} "
+            f"in probability (bound {bound:g}); use --precision onnxruntime"
+        )
+    return {
+        "max_abs_diff_probability_vs_onnxruntime": dp,
+        "bound": bound,
+        "images": f"{CHECK_PHANTOMS} phantom radiographs, 256 px",
+    }
 
 
 __all__ = ["graph_path", "load_fast", "wants_fast_path"]

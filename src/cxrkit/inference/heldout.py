@@ -33,17 +33,18 @@ class HeldOut:
     """The prepared folder and the run's split (box fold applied), verified."""
 
     prepared: Prepared
-    split: pd.DataFrame          #: image_id, patient_id, split (after the box fold)
+    split: pd.DataFrame  #: image_id, patient_id, split (after the box fold)
     split_path: Path
     split_sha256: str
-    protocol: str                #: "official", "random" or "custom"
-    moved: pd.DataFrame | None   #: images the box fold moved test -> train
+    protocol: str  #: "official", "random" or "custom"
+    moved: pd.DataFrame | None  #: images the box fold moved test -> train
     box_fold: float
 
     def table(self, split: str) -> pd.DataFrame:
         """Label rows of the cached images in ``split``."""
-        t = self.prepared.labels.merge(self.split[["image_id", "split"]], on="image_id",
-                                       how="inner")
+        t = self.prepared.labels.merge(
+            self.split[["image_id", "split"]], on="image_id", how="inner"
+        )
         return t.loc[t["split"] == split].reset_index(drop=True)
 
 
@@ -52,11 +53,15 @@ def _prepared_folder(lm: LoadedModel, override) -> Path:
     recorded = (config.get("data") or {}).get("prepared")
     path = Path(override) if override else (Path(recorded) if recorded else None)
     if path is None:
-        raise ValueError(f"{lm.checkpoint}: the checkpoint records no prepared folder "
-                         "(config data.prepared); pass --prepared")
+        raise ValueError(
+            f"{lm.checkpoint}: the checkpoint records no prepared folder "
+            "(config data.prepared); pass --prepared"
+        )
     if not path.exists():
-        raise FileNotFoundError(f"prepared folder {path} (recorded in {lm.checkpoint.name}) "
-                                "not found; pass --prepared with its new location")
+        raise FileNotFoundError(
+            f"prepared folder {path} (recorded in {lm.checkpoint.name}) "
+            "not found; pass --prepared with its new location"
+        )
     return path
 
 
@@ -64,15 +69,16 @@ def _split_file(lm: LoadedModel, prepared: Path, overridden: bool) -> tuple[Path
     """The split file to use and the sha256 the checkpoint recorded for it."""
     rec = lm.checkpoint_info.get("split") or {}
     if not rec.get("sha256"):
-        raise ValueError(f"{lm.checkpoint}: no split sha256 recorded; cannot verify which "
-                         "images are held out")
+        raise ValueError(
+            f"{lm.checkpoint}: no split sha256 recorded; cannot verify which images are held out"
+        )
     config = lm.checkpoint_info.get("config") or {}
     custom = (config.get("data") or {}).get("split_file")
     recorded = Path(rec["path"]) if rec.get("path") else None
     if custom:
         path = Path(custom)
     elif overridden or recorded is None or not recorded.exists():
-        path = PreparedFolder(prepared).split   # the run used the prepared folder's own split
+        path = PreparedFolder(prepared).split  # the run used the prepared folder's own split
     else:
         path = recorded
     if not path.exists():
@@ -85,16 +91,19 @@ def load_held_out(lm: LoadedModel, prepared: str | Path | None = None) -> HeldOu
     folder = _prepared_folder(lm, prepared)
     p = load_prepared(folder)
     if p.cache.settings.to_dict() != lm.preprocessing.cache.to_dict():
-        raise ValueError(f"{folder}: cache settings {p.cache.settings.to_dict()} differ from "
-                         f"the checkpoint's {lm.preprocessing.cache.to_dict()}; evaluate on the "
-                         "prepared folder the model was trained with")
+        raise ValueError(
+            f"{folder}: cache settings {p.cache.settings.to_dict()} differ from "
+            f"the checkpoint's {lm.preprocessing.cache.to_dict()}; evaluate on the "
+            "prepared folder the model was trained with"
+        )
     split_path, want = _split_file(lm, folder, prepared is not None)
     got = file_sha256(split_path)
     if got != want:
         raise SplitChangedError(
             f"{split_path}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in "
             f"{lm.checkpoint.name}: the split changed since training, so the evaluated "
-            "images may include training images. Evaluate with the original split file.")
+            "images may include training images. Evaluate with the original split file."
+        )
     split = load_split(split_path)
     protocol = str(split_provenance(split_path).get("protocol", "custom"))
     config = lm.checkpoint_info.get("config") or {}
@@ -106,8 +115,15 @@ def load_held_out(lm: LoadedModel, prepared: str | Path | None = None) -> HeldOu
         seed = int((config.get("train") or {}).get("seed", 0))
         split, moved = box_fold(split, p.boxes, fraction=fraction, seed=seed)  # as training did
         _check_moved(moved, RunFolder.of(lm.checkpoint).box_fold_moved)
-    return HeldOut(prepared=p, split=split, split_path=split_path, split_sha256=got,
-                    protocol=protocol, moved=moved, box_fold=fraction)
+    return HeldOut(
+        prepared=p,
+        split=split,
+        split_path=split_path,
+        split_sha256=got,
+        protocol=protocol,
+        moved=moved,
+        box_fold=fraction,
+    )
 
 
 def _check_moved(moved: pd.DataFrame, recorded: Path) -> None:
@@ -116,13 +132,20 @@ def _check_moved(moved: pd.DataFrame, recorded: Path) -> None:
         return
     ids = set(read_csv(recorded, dtype={"image_id": str})["image_id"])
     if ids != set(moved["image_id"]):
-        raise ValueError(f"{recorded}: the run moved {len(ids)} box images into training, "
-                         f"but reproducing its box fold moves {len(moved)} others; the split "
-                         "or boxes changed since training")
+        raise ValueError(
+            f"{recorded}: the run moved {len(ids)} box images into training, "
+            f"but reproducing its box fold moves {len(moved)} others; the split "
+            "or boxes changed since training"
+        )
 
 
-def ensure_ood_record(lm: LoadedModel, prepared: str | Path | None = None, *,
-                      force: bool = False, progress: bool = False) -> dict:
+def ensure_ood_record(
+    lm: LoadedModel,
+    prepared: str | Path | None = None,
+    *,
+    force: bool = False,
+    progress: bool = False,
+) -> dict:
     """The checkpoint's out-of-distribution record; computed when it has none.
 
     A checkpoint made before records existed (or ``force``) gets one computed from the
@@ -146,15 +169,30 @@ def ensure_ood_record(lm: LoadedModel, prepared: str | Path | None = None, *,
     val = CXRDataset(data.prepared.cache, data.table("val"), lm.findings)
     seed = int(((lm.checkpoint_info.get("config") or {}).get("train") or {}).get("seed", 0))
     record = fit_from_datasets(
-        lm.model, train, val, lm.transform, device=lm.device, metadata=lm.metadata, seed=seed,
+        lm.model,
+        train,
+        val,
+        lm.transform,
+        device=lm.device,
+        metadata=lm.metadata,
+        seed=seed,
         progress=progress,
-        provenance={"made_by": "cxrkit ood (on demand)", "split": str(data.split_path),
-                    "split_sha256": data.split_sha256, "prepared": str(data.prepared.root)})
+        provenance={
+            "made_by": "cxrkit ood (on demand)",
+            "split": str(data.split_path),
+            "split_sha256": data.split_sha256,
+            "prepared": str(data.prepared.root),
+        },
+    )
     path = write_ood_sidecar(lm, record)
     logging.getLogger(__name__).info(
         "ood record for %s computed from %d train / %d val images in %.1f s -> %s",
-        lm.checkpoint.name, record["train"]["n"], record["val"]["n"],
-        time.perf_counter() - t0, path)
+        lm.checkpoint.name,
+        record["train"]["n"],
+        record["val"]["n"],
+        time.perf_counter() - t0,
+        path,
+    )
     return record
 
 

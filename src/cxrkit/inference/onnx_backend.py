@@ -32,9 +32,20 @@ from cxrkit.inference.predictor import Predictor, session_ran_by
 from cxrkit.inference.thresholds import find_thresholds
 
 #: ``cxrkit.<key>`` entries every exported graph carries in its ``metadata_props``.
-META_KEYS = ("preprocess", "findings", "thresholds", "thresholds_source", "model",
-             "checkpoint", "checkpoint_sha256", "opset", "versions", "inputs", "outputs",
-             "meta_default")
+META_KEYS = (
+    "preprocess",
+    "findings",
+    "thresholds",
+    "thresholds_source",
+    "model",
+    "checkpoint",
+    "checkpoint_sha256",
+    "opset",
+    "versions",
+    "inputs",
+    "outputs",
+    "meta_default",
+)
 
 
 #: What ``engine=`` accepts.
@@ -46,15 +57,23 @@ class OnnxModel(Predictor):
 
     backend = "onnx"
 
-    def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None,
-                 thresholds_file: str | Path | None = None, engine: str = "onnxruntime",
-                 thresholds_beside: str | Path | None = None, source: str | Path | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        providers: Sequence[str] | None = None,
+        thresholds_file: str | Path | None = None,
+        engine: str = "onnxruntime",
+        thresholds_beside: str | Path | None = None,
+        source: str | Path | None = None,
+    ):
         """``thresholds_beside``: the folder whose ``thresholds.json`` is looked for (default:
         the file's); ``source``: the file reported as the model's source (default: this
         one; :mod:`cxrkit.inference.fast_predict` gives the checkpoint its cached export came from)."""
         if engine not in ENGINES:
-            raise ValueError(f"the ONNX backend's engine must be one of {', '.join(ENGINES)}, "
-                             f"got {engine!r}")
+            raise ValueError(
+                f"the ONNX backend's engine must be one of {', '.join(ENGINES)}, got {engine!r}"
+            )
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
@@ -64,8 +83,10 @@ class OnnxModel(Predictor):
         props = self._open(providers)
         missing = [k for k in META_KEYS if f"cxrkit.{k}" not in props]
         if missing:
-            raise ValueError(f"{self.path}: not exported by cxrkit (no cxrkit.{missing[0]} in "
-                             "its metadata); export with `cxrkit export`")
+            raise ValueError(
+                f"{self.path}: not exported by cxrkit (no cxrkit.{missing[0]} in "
+                "its metadata); export with `cxrkit export`"
+            )
         self.record = {k: json.loads(props[f"cxrkit.{k}"]) for k in META_KEYS}
         self.findings = tuple(self.record["findings"])
         self.preprocessing = Preprocessing.from_dict(self.record["preprocess"])
@@ -88,7 +109,8 @@ class OnnxModel(Predictor):
 
             try:
                 self.session = ort.InferenceSession(
-                    str(self.path), providers=list(providers or ["CPUExecutionProvider"]))
+                    str(self.path), providers=list(providers or ["CPUExecutionProvider"])
+                )
             except Exception as e:  # onnxruntime raises its own exception types
                 raise ValueError(f"{self.path}: not a loadable ONNX model ({e})") from e
             self.outputs = [o.name for o in self.session.get_outputs()]
@@ -101,9 +123,10 @@ class OnnxModel(Predictor):
 
         try:
             model, props = read_graph(self.path)
-        except RuntimeError as e:   # OpenVINO's errors for a file it cannot parse
-            raise ValueError(f"{self.path}: not a loadable ONNX model "
-                             f"({str(e).strip().splitlines()[0]})") from e
+        except RuntimeError as e:  # OpenVINO's errors for a file it cannot parse
+            raise ValueError(
+                f"{self.path}: not a loadable ONNX model ({str(e).strip().splitlines()[0]})"
+            ) from e
         st = self.path.stat()
         key = hashlib.sha256(f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
         precision = "bf16" if self.engine == "openvino-bf16" else "fp32"
@@ -116,14 +139,20 @@ class OnnxModel(Predictor):
         return props
 
     def _thresholds(self):
-        found = find_thresholds(self._beside, self.findings,
-                                lambda: self.record["checkpoint_sha256"], self.thresholds_file)
+        found = find_thresholds(
+            self._beside,
+            self.findings,
+            lambda: self.record["checkpoint_sha256"],
+            self.thresholds_file,
+        )
         if found is not None:
             return found.values, found.source, found.tta
         if self.record["thresholds"]:
-            return ({str(k): float(v) for k, v in self.record["thresholds"].items()},
-                    f"recorded in {self.path.name} (from {self.record['thresholds_source']})",
-                    None)
+            return (
+                {str(k): float(v) for k, v in self.record["thresholds"].items()},
+                f"recorded in {self.path.name} (from {self.record['thresholds_source']})",
+                None,
+            )
         return None, None, None
 
     @property
@@ -138,15 +167,17 @@ class OnnxModel(Predictor):
     def ran_by(self) -> str:
         if self.engine == "onnxruntime":
             return session_ran_by(self.session)
-        return self._graph.ran_by()   # OpenVINO (openvino / openvino-bf16)
+        return self._graph.ran_by()  # OpenVINO (openvino / openvino-bf16)
 
     def forward_cached(self, images, meta=None, *, tta: str = "none"):
         """``uint8`` ``(B, 1, S, S)`` -> ``(logits (B, F), pooled features (B, D) or None)``
         float32 (``tta`` must be "none"). Graphs exported before the OOD score have no
         ``features`` output: None."""
         if tta != "none":
-            raise ValueError(f"the ONNX backend runs without test-time augmentation; got "
-                             f"tta={tta!r} (use the torch backend for flip/tencrop)")
+            raise ValueError(
+                f"the ONNX backend runs without test-time augmentation; got "
+                f"tta={tta!r} (use the torch backend for flip/tencrop)"
+            )
         x = np.ascontiguousarray(np.asarray(images), dtype=np.uint8)
         feeds = {"image": x}
         m = self.meta_matrix(len(x), meta)
@@ -158,8 +189,13 @@ class OnnxModel(Predictor):
         return self._run(feeds, ["logits"])[0], None
 
 
-def load_onnx(path: str | Path, *, thresholds: str | Path | None = None,
-              providers: Sequence[str] | None = None, engine: str = "onnxruntime") -> OnnxModel:
+def load_onnx(
+    path: str | Path,
+    *,
+    thresholds: str | Path | None = None,
+    providers: Sequence[str] | None = None,
+    engine: str = "onnxruntime",
+) -> OnnxModel:
     """An ``.onnx`` file from ``cxrkit export`` (or a run folder / ``.pt`` with one beside)."""
     path = Path(path)
     if path.is_dir():

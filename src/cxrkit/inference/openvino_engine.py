@@ -106,9 +106,9 @@ def cpu_has_bf16(core=None) -> bool:
 class AutoChoice:
     """What ``precision=auto`` runs on this CPU (see :mod:`cxrkit.runtime`), and why."""
 
-    engine: str                 #: "openvino-bf16" or "onnxruntime"
-    why: str                    #: for records (metrics.json, /info, the fast path's record)
-    say: str | None             #: an INFO line for a less exact or slower choice, else None
+    engine: str  #: "openvino-bf16" or "onnxruntime"
+    why: str  #: for records (metrics.json, /info, the fast path's record)
+    say: str | None  #: an INFO line for a less exact or slower choice, else None
 
 
 def auto_choice() -> AutoChoice:
@@ -117,9 +117,12 @@ def auto_choice() -> AutoChoice:
     try:
         bf16 = cpu_has_bf16()
     except OpenVinoUnavailable as e:
-        say = (f"precision auto: onnxruntime fp32; OpenVINO is not installed, and this CPU "
-               f"runs DenseNet121 about 2x faster with it in bf16: {INSTALL_HINT}"
-               if cpuinfo_has_bf16() else None)
+        say = (
+            f"precision auto: onnxruntime fp32; OpenVINO is not installed, and this CPU "
+            f"runs DenseNet121 about 2x faster with it in bf16: {INSTALL_HINT}"
+            if cpuinfo_has_bf16()
+            else None
+        )
         return AutoChoice("onnxruntime", f"auto: onnxruntime fp32; OpenVINO: {e}", say)
     if bf16:
         return AutoChoice(
@@ -127,9 +130,13 @@ def auto_choice() -> AutoChoice:
             f"auto on a CPU with native bf16: OpenVINO bf16, checked within "
             f"{BF16_TOLERANCE:g} of fp32 in probability (--precision onnxruntime: within 1e-4)",
             f"precision auto: OpenVINO bf16 (probabilities within {BF16_TOLERANCE:g} of "
-            "fp32; --precision onnxruntime for fp32, about 2x slower here)")
-    return AutoChoice("onnxruntime", "auto without native bf16: onnxruntime fp32 (OpenVINO "
-                                     "fp32 measured no faster)", None)
+            "fp32; --precision onnxruntime for fp32, about 2x slower here)",
+        )
+    return AutoChoice(
+        "onnxruntime",
+        "auto without native bf16: onnxruntime fp32 (OpenVINO fp32 measured no faster)",
+        None,
+    )
 
 
 _SAID: set[str] = set()
@@ -146,13 +153,13 @@ def say_once(message: str | None) -> None:
 class CompiledGraph:
     """An ONNX graph compiled by OpenVINO for the CPU: ``run(feeds, outputs)``."""
 
-    compiled: Any                                    #: openvino.CompiledModel
-    precision: str                                   #: "fp32" or "bf16"
-    record: dict = field(default_factory=dict)       #: for manifests (metrics.json, /info)
+    compiled: Any  #: openvino.CompiledModel
+    precision: str  #: "fp32" or "bf16"
+    record: dict = field(default_factory=dict)  #: for manifests (metrics.json, /info)
 
     def __post_init__(self):
         self._request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()   # one infer request, shared: one call at a time
+        self._lock = threading.Lock()  # one infer request, shared: one call at a time
         self.inputs = [p.get_any_name() for p in self.compiled.inputs]
         self.outputs = [p.get_any_name() for p in self.compiled.outputs]
 
@@ -192,20 +199,27 @@ def compile_graph(path, *, precision: str, cache: Path | None) -> CompiledGraph:
         raise ValueError(f"OpenVINO precision must be one of {OV_PRECISIONS}, got {precision!r}")
     ov = import_openvino()
     core = ov.Core()
-    model = str(path) if isinstance(path, (str, Path)) else path   # else read_graph's
+    model = str(path) if isinstance(path, (str, Path)) else path  # else read_graph's
     if precision == "bf16" and not cpu_has_bf16(core):
-        raise ValueError("OpenVINO bf16: this CPU has no native bf16 (AVX512-BF16 or "
-                         "AMX-BF16); use --precision openvino (fp32) or onnxruntime")
-    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-              "PERFORMANCE_HINT": "LATENCY"}
+        raise ValueError(
+            "OpenVINO bf16: this CPU has no native bf16 (AVX512-BF16 or "
+            "AMX-BF16); use --precision openvino (fp32) or onnxruntime"
+        )
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+    }
     had_blob = False
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         had_blob = any(cache.glob("*.blob"))
         config["CACHE_DIR"] = str(cache)
     if not had_blob:
-        log.info("compiling the graph for OpenVINO %s once (a few seconds for DenseNet121)%s",
-                 precision, "" if cache is None else f"; later runs load it from {cache}")
+        log.info(
+            "compiling the graph for OpenVINO %s once (a few seconds for DenseNet121)%s",
+            precision,
+            "" if cache is None else f"; later runs load it from {cache}",
+        )
     t = time.perf_counter()
     compiled = core.compile_model(model, "CPU", config)
     seconds = time.perf_counter() - t
@@ -214,17 +228,41 @@ def compile_graph(path, *, precision: str, cache: Path | None) -> CompiledGraph:
         from_cache = bool(compiled.get_property("LOADED_FROM_CACHE"))
     rebuilt = had_blob and not from_cache
     if rebuilt:
-        warnings.warn(f"the cached OpenVINO model in {cache} could not be loaded (corrupt, "
-                      "truncated or made by another OpenVINO version); compiled again and "
-                      "cached anew", CacheRebuiltWarning, stacklevel=3)
-    return CompiledGraph(compiled, precision, {
-        "openvino": ov.__version__.split("-")[0], "openvino_precision": precision,
-        "openvino_cache": None if cache is None else str(cache),
-        "compiled_from_cache": from_cache, "cache_rebuilt": rebuilt,
-        "compile_s": round(seconds, 3)})
+        warnings.warn(
+            f"the cached OpenVINO model in {cache} could not be loaded (corrupt, "
+            "truncated or made by another OpenVINO version); compiled again and "
+            "cached anew",
+            CacheRebuiltWarning,
+            stacklevel=3,
+        )
+    return CompiledGraph(
+        compiled,
+        precision,
+        {
+            "openvino": ov.__version__.split("-")[0],
+            "openvino_precision": precision,
+            "openvino_cache": None if cache is None else str(cache),
+            "compiled_from_cache": from_cache,
+            "cache_rebuilt": rebuilt,
+            "compile_s": round(seconds, 3),
+        },
+    )
 
 
-__all__ = ["BF16_TOLERANCE", "INSTALL_HINT", "OV_PRECISIONS", "AutoChoice", "CacheRebuiltWarning",
-           "CompiledGraph", "auto_choice", "say_once",
-           "OpenVinoUnavailable", "cache_root", "compile_graph", "cpu_has_bf16", "cpuinfo_has_bf16",
-           "import_openvino", "read_graph"]
+__all__ = [
+    "BF16_TOLERANCE",
+    "INSTALL_HINT",
+    "OV_PRECISIONS",
+    "AutoChoice",
+    "CacheRebuiltWarning",
+    "CompiledGraph",
+    "auto_choice",
+    "say_once",
+    "OpenVinoUnavailable",
+    "cache_root",
+    "compile_graph",
+    "cpu_has_bf16",
+    "cpuinfo_has_bf16",
+    "import_openvino",
+    "read_graph",
+]

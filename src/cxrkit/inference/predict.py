@@ -185,14 +185,14 @@ class Predictions:
     """Probabilities per image and finding, flagged findings, and the images that failed."""
 
     findings: tuple[str, ...]
-    images: list[str]                  #: every input, in order (predicted or failed)
-    probabilities: np.ndarray          #: (len(images), F) float64; NaN rows where failed
-    errors: dict[str, str]             #: image -> why it could not be predicted
-    thresholds: np.ndarray             #: (F,) decision thresholds used for ``flagged``
-    thresholds_source: str | None      #: where they came from; None: 0.5 by default
+    images: list[str]  #: every input, in order (predicted or failed)
+    probabilities: np.ndarray  #: (len(images), F) float64; NaN rows where failed
+    errors: dict[str, str]  #: image -> why it could not be predicted
+    thresholds: np.ndarray  #: (F,) decision thresholds used for ``flagged``
+    thresholds_source: str | None  #: where they came from; None: 0.5 by default
     model: str = ""
     backend: str = "torch"
-    ran_by: str = ""                   #: the runtime that ran the forward pass (its own name)
+    ran_by: str = ""  #: the runtime that ran the forward pass (its own name)
     checkpoint: str = ""
     tta: str = "none"
     skipped: list[str] = field(default_factory=list)
@@ -235,7 +235,9 @@ class Predictions:
         df.insert(1, "error", [self.errors.get(n, "") for n in self.images])
         df.insert(2, "flagged", [";".join(self.flagged(i)) for i in range(len(self.images))])
         n = len(self.images)
-        df.insert(3, "ood_score", self.ood_score if self.ood_score is not None else np.full(n, np.nan))
+        df.insert(
+            3, "ood_score", self.ood_score if self.ood_score is not None else np.full(n, np.nan)
+        )
         df.insert(4, "ood_flag", pd.array([self.ood_flag(i) for i in range(n)], dtype="boolean"))
         return df
 
@@ -247,15 +249,24 @@ class Predictions:
 
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh, lineterminator="\n")
-            w.writerow(csv_row(["image", "error", "flagged", "ood_score", "ood_flag",
-                                *self.findings]))
+            w.writerow(
+                csv_row(["image", "error", "flagged", "ood_score", "ood_flag", *self.findings])
+            )
             for i, name in enumerate(self.images):
                 flag = self.ood_flag(i)
                 score = "" if flag is None else repr(float(self.ood_score[i]))  # type: ignore[index]  # a flag implies a score
-                w.writerow(csv_row([name, self.errors.get(name, ""), ";".join(self.flagged(i)),
-                                    score, "" if flag is None else str(flag),
-                                    *("" if np.isnan(v) else repr(float(v))
-                                      for v in self.probabilities[i])]))
+                w.writerow(
+                    csv_row(
+                        [
+                            name,
+                            self.errors.get(name, ""),
+                            ";".join(self.flagged(i)),
+                            score,
+                            "" if flag is None else str(flag),
+                            *("" if np.isnan(v) else repr(float(v)) for v in self.probabilities[i]),
+                        ]
+                    )
+                )
 
     def to_dict(self) -> dict:
         rows: list[dict] = []
@@ -264,23 +275,39 @@ class Predictions:
                 rows.append({"image": name, "error": self.errors[name]})
             else:
                 score = None if self.ood_flag(i) is None else float(self.ood_score[i])  # type: ignore[index]  # a flag implies a score
-                rows.append({"image": name, "flagged": self.flagged(i), "ood_score": score,
-                             "ood_flag": self.ood_flag(i),
-                             "probabilities": dict(zip(self.findings,
-                                                       map(float, self.probabilities[i]),
-                                                       strict=True))})
-        return {"checkpoint": self.checkpoint, "model": self.model, "backend": self.backend,
-                "ran_by": self.ran_by,
-                "tta": self.tta, "findings": list(self.findings),
-                "thresholds": dict(zip(self.findings, map(float, self.thresholds), strict=True)),
-                "thresholds_source": self.thresholds_source or
-                f"none chosen at evaluation: {DEFAULT_THRESHOLD} for every finding",
-                "n_images": len(self.images), "n_failed": self.n_failed,
-                "skipped_not_images": self.skipped, "metadata_missing": self.metadata_missing,
-                "ood": {"meaning": "ood_score > 1: the image is unlike the training images "
-                                   "(ood_flag); the findings of such an image mean little",
-                        "n_flagged": self.n_ood, "note": self.ood_note},
-                "predictions": rows}
+                rows.append(
+                    {
+                        "image": name,
+                        "flagged": self.flagged(i),
+                        "ood_score": score,
+                        "ood_flag": self.ood_flag(i),
+                        "probabilities": dict(
+                            zip(self.findings, map(float, self.probabilities[i]), strict=True)
+                        ),
+                    }
+                )
+        return {
+            "checkpoint": self.checkpoint,
+            "model": self.model,
+            "backend": self.backend,
+            "ran_by": self.ran_by,
+            "tta": self.tta,
+            "findings": list(self.findings),
+            "thresholds": dict(zip(self.findings, map(float, self.thresholds), strict=True)),
+            "thresholds_source": self.thresholds_source
+            or f"none chosen at evaluation: {DEFAULT_THRESHOLD} for every finding",
+            "n_images": len(self.images),
+            "n_failed": self.n_failed,
+            "skipped_not_images": self.skipped,
+            "metadata_missing": self.metadata_missing,
+            "ood": {
+                "meaning": "ood_score > 1: the image is unlike the training images "
+                "(ood_flag); the findings of such an image mean little",
+                "n_flagged": self.n_ood,
+                "note": self.ood_note,
+            },
+            "predictions": rows,
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write ``.csv`` (:meth:`frame`, full float precision) or ``.json`` (:meth:`to_dict`)."""
@@ -297,8 +324,10 @@ class Predictions:
     def summary(self, *, top: int = 3, limit: int = 50) -> str:
         """A terminal table: per image its flagged findings and its ``top`` probabilities."""
         width = min(48, max([5] + [len(_short(n)) for n in self.images[:limit]]))
-        lines = [f"{'image':<{width}}  {'OOD':<9}  {'flagged (probability >= threshold)':<44}  "
-                 "most probable"]
+        lines = [
+            f"{'image':<{width}}  {'OOD':<9}  {'flagged (probability >= threshold)':<44}  "
+            "most probable"
+        ]
         for i, name in enumerate(self.images[:limit]):
             short = _short(name)[-width:]
             if name in self.errors:
@@ -309,17 +338,22 @@ class Predictions:
             flagged = ", ".join(f"{f} {p[self.findings.index(f)]:.2f}" for f in names[:top])
             if len(names) > top:
                 flagged += f" +{len(names) - top} more"
-            best = ", ".join(f"{self.findings[j]} {p[j]:.2f}"
-                             for j in np.argsort(-p, kind="stable")[:top])
+            best = ", ".join(
+                f"{self.findings[j]} {p[j]:.2f}" for j in np.argsort(-p, kind="stable")[:top]
+            )
             flag = self.ood_flag(i)
             ood = "-" if flag is None else (f"YES {self.ood_score[i]:.1f}" if flag else "no")  # type: ignore[index]
             lines.append(f"{short:<{width}}  {ood:<9}  {flagged or '-':<44}  {best}")
         if len(self.images) > limit:
-            lines.append(f"... and {len(self.images) - limit} more images (write them all "
-                         "with --out FILE.csv or .json)")
+            lines.append(
+                f"... and {len(self.images) - limit} more images (write them all "
+                "with --out FILE.csv or .json)"
+            )
         if self.n_ood:
-            lines.append(f"WARNING: {self.n_ood} image(s) flagged OOD (score > 1): unlike the "
-                         "images the model was trained on; their findings mean little")
+            lines.append(
+                f"WARNING: {self.n_ood} image(s) flagged OOD (score > 1): unlike the "
+                "images the model was trained on; their findings mean little"
+            )
         if self.ood_note:
             lines.append(f"note: {self.ood_note}")
         return "\n".join(lines)
@@ -329,10 +363,18 @@ def _short(name: str) -> str:
     return name if len(name) <= 48 else "..." + name[-45:]
 
 
-def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "none",
-                  batch_size: int = 16, progress: bool = True, metadata=None,
-                  decoder: Decoder | None = None, limits: DecodeLimits | None = None,
-                  workers: int | None = None) -> Predictions:
+def predict_files(
+    model,
+    inputs: Inputs | Sequence[str | Path],
+    *,
+    tta: str = "none",
+    batch_size: int = 16,
+    progress: bool = True,
+    metadata=None,
+    decoder: Decoder | None = None,
+    limits: DecodeLimits | None = None,
+    workers: int | None = None,
+) -> Predictions:
     """Predict every file of ``inputs`` with ``model`` (a :class:`~cxrkit.inference.predictor.Predictor`).
 
     Files are decoded and cache-preprocessed in worker processes
@@ -366,8 +408,13 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
         warnings.warn(mismatch, NoThresholdsWarning, stacklevel=2)
     files = inputs.files
     meta, missing = _file_metadata(model, files, metadata)
-    bar = tqdm(total=len(files), unit="image", desc="predict", leave=False,
-               disable=not progress or len(files) < 2)
+    bar = tqdm(
+        total=len(files),
+        unit="image",
+        desc="predict",
+        leave=False,
+        disable=not progress or len(files) < 2,
+    )
     pending: list[tuple[int, int, np.ndarray]] = []  # (row of names, index in files, image)
 
     def flush():
@@ -375,8 +422,7 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
             return
         rows = [k for _, k, _ in pending]
         mm = None if meta is None else meta[rows]
-        z, result = model.score_cached(np.stack([im for _, _, im in pending])[:, None], mm,
-                                       tta=tta)
+        z, result = model.score_cached(np.stack([im for _, _, im in pending])[:, None], mm, tta=tta)
         for j, ((row, _, _), p) in enumerate(zip(pending, sigmoid(z), strict=True)):
             probs[row] = p
             if result is not None:
@@ -388,8 +434,11 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
         decoder = Decoder(workers or default_workers(len(files)), limits=limits)
     try:
         with bar:
-            decoded = (decoder.imap(files, cache=model.preprocessing.cache,
-                                    ahead=2 * batch_size) if decoder is not None else iter(()))
+            decoded = (
+                decoder.imap(files, cache=model.preprocessing.cache, ahead=2 * batch_size)
+                if decoder is not None
+                else iter(())
+            )
             for k, (f, d) in enumerate(zip(files, decoded, strict=True)):
                 names.append(str(f))
                 probs.append(np.full(len(findings), np.nan))
@@ -406,22 +455,35 @@ def predict_files(model, inputs: Inputs | Sequence[str | Path], *, tta: str = "n
         if own and decoder is not None:
             decoder.close()
     missing = {k: v for k, v in missing.items() if k not in errors}
-    return Predictions(findings=findings, images=names,
-                       probabilities=np.array(probs).reshape(len(names), len(findings)),
-                       errors=errors, thresholds=thresholds,
-                       thresholds_source=model.thresholds_source, model=model.name,
-                       backend=model.backend, ran_by=model.ran_by,
-                       checkpoint=str(model.source), tta=tta,
-                       skipped=[str(p) for p in inputs.skipped], metadata_missing=missing,
-                       ood_score=np.asarray(ood, np.float64), ood_note=ood_note)
+    return Predictions(
+        findings=findings,
+        images=names,
+        probabilities=np.array(probs).reshape(len(names), len(findings)),
+        errors=errors,
+        thresholds=thresholds,
+        thresholds_source=model.thresholds_source,
+        model=model.name,
+        backend=model.backend,
+        ran_by=model.ran_by,
+        checkpoint=str(model.source),
+        tta=tta,
+        skipped=[str(p) for p in inputs.skipped],
+        metadata_missing=missing,
+        ood_score=np.asarray(ood, np.float64),
+        ood_note=ood_note,
+    )
 
 
 def _file_metadata(model, files: list[Path], metadata):
     """``(meta (N, 4) or None, missing)`` for a model with metadata; warns which images lacked it."""
     if not model.metadata:
         if metadata is not None:
-            warnings.warn(f"{model.source.name} was trained without patient metadata; "
-                          "the metadata given is not used", MetadataMissingWarning, stacklevel=3)
+            warnings.warn(
+                f"{model.source.name} was trained without patient metadata; "
+                "the metadata given is not used",
+                MetadataMissingWarning,
+                stacklevel=3,
+            )
         return None, {}
     from cxrkit.data.metadata import read_metadata_csv, resolve_metadata
 
@@ -439,20 +501,32 @@ def _thresholds(model) -> np.ndarray:
     missing = [f for f in model.findings if f not in chosen]
     source = model.source
     if not chosen:
-        warnings.warn(f"{source.name}: no decision thresholds from evaluation (run "
-                      "`cxrkit evaluate` to choose them on the validation split); findings "
-                      f"are flagged at probability >= {DEFAULT_THRESHOLD}",
-                      NoThresholdsWarning, stacklevel=3)
+        warnings.warn(
+            f"{source.name}: no decision thresholds from evaluation (run "
+            "`cxrkit evaluate` to choose them on the validation split); findings "
+            f"are flagged at probability >= {DEFAULT_THRESHOLD}",
+            NoThresholdsWarning,
+            stacklevel=3,
+        )
     elif missing:
-        warnings.warn(f"no threshold chosen for {', '.join(missing)} (undefined on the "
-                      f"validation split?); {DEFAULT_THRESHOLD} used for them",
-                      NoThresholdsWarning, stacklevel=3)
+        warnings.warn(
+            f"no threshold chosen for {', '.join(missing)} (undefined on the "
+            f"validation split?); {DEFAULT_THRESHOLD} used for them",
+            NoThresholdsWarning,
+            stacklevel=3,
+        )
     return model.threshold_vector()
 
 
-def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | None = None,
-               thresholds: str | Path | None = None, precision: str | None = None,
-               tta: str = "none"):
+def load_model(
+    checkpoint: str | Path,
+    *,
+    backend: str = "auto",
+    device: str | None = None,
+    thresholds: str | Path | None = None,
+    precision: str | None = None,
+    tta: str = "none",
+):
     """A checkpoint for prediction: ``backend`` "torch" (``cxrkit.load``), "onnx" (the
     ``.onnx`` export; a run folder or ``.pt`` finds the ``.onnx`` beside it) or "auto"
     (onnx for a ``.onnx`` path, else torch). ``precision``: the torch backend's
@@ -469,10 +543,13 @@ def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | N
         backend = "onnx" if path.suffix.lower() == ".onnx" else "torch"
     if backend == "onnx":
         from cxrkit.inference.onnx_backend import load_onnx
+
         if precision not in (None, "auto", "fp32", "onnxruntime", "openvino", "openvino-bf16"):
-            raise ValueError(f"precision {precision!r}: the ONNX backend runs onnxruntime "
-                             "(auto, fp32), openvino or openvino-bf16 (use --backend torch "
-                             "for torch bf16)")
+            raise ValueError(
+                f"precision {precision!r}: the ONNX backend runs onnxruntime "
+                "(auto, fp32), openvino or openvino-bf16 (use --backend torch "
+                "for torch bf16)"
+            )
         engine = precision if precision in ("openvino", "openvino-bf16") else "onnxruntime"
         return load_onnx(path, thresholds=thresholds, engine=engine)
     if backend != "torch":
@@ -480,9 +557,18 @@ def load_model(checkpoint: str | Path, *, backend: str = "auto", device: str | N
     if path.suffix.lower() == ".onnx":
         raise ValueError(f"{path} is an ONNX file: use --backend onnx (or auto)")
     from cxrkit.inference.core import load
+
     return load(path, device=device, thresholds=thresholds, precision=precision)
 
 
-__all__ = ["DEFAULT_THRESHOLD", "Inputs", "MetadataMissingWarning", "NoThresholdsWarning",
-           "Predictions",
-           "SUPPORTED_EXTENSIONS", "collect_inputs", "load_model", "predict_files"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "Inputs",
+    "MetadataMissingWarning",
+    "NoThresholdsWarning",
+    "Predictions",
+    "SUPPORTED_EXTENSIONS",
+    "collect_inputs",
+    "load_model",
+    "predict_files",
+]

@@ -106,8 +106,10 @@ class Predictor(ABC):
 
     def cached_batch(self, images: Sequence) -> np.ndarray:
         """Paths or grey/RGB arrays -> ``uint8`` ``(B, 1, S, S)`` numpy, the cache stage."""
-        out = [self.cache_image(read_image(im) if isinstance(im, (str, Path)) else grey_uint8(im))
-               for im in images]
+        out = [
+            self.cache_image(read_image(im) if isinstance(im, (str, Path)) else grey_uint8(im))
+            for im in images
+        ]
         s = self.preprocessing.cache.size
         return np.stack(out)[:, None] if out else np.zeros((0, 1, s, s), np.uint8)
 
@@ -123,10 +125,13 @@ class Predictor(ABC):
         if not self.metadata:
             return None
         if meta is None:
-            warnings.warn(f"{self.source.name} was trained with patient metadata "
-                          f"({', '.join(META_FEATURES)}); none given, so age is marked "
-                          "missing and sex/view default to female/PA (pass meta=, or "
-                          "--metadata CSV)", stacklevel=3)
+            warnings.warn(
+                f"{self.source.name} was trained with patient metadata "
+                f"({', '.join(META_FEATURES)}); none given, so age is marked "
+                "missing and sex/view default to female/PA (pass meta=, or "
+                "--metadata CSV)",
+                stacklevel=3,
+            )
             return np.tile(np.asarray(DEFAULT_META, np.float32), (n, 1))
         return as_meta_matrix(meta, n)
 
@@ -163,9 +168,11 @@ class Predictor(ABC):
     def ood_note(self) -> str | None:
         """Why this model gives no OOD score (None: it does)."""
         if self.ood_record is None:
-            return (f"{self.source.name} has no out-of-distribution record (made before "
-                    "cxrkit recorded one, or exported without it): ood_score and ood_flag "
-                    "are empty; compute it with `cxrkit ood RUN` (and export again for ONNX)")
+            return (
+                f"{self.source.name} has no out-of-distribution record (made before "
+                "cxrkit recorded one, or exported without it): ood_score and ood_flag "
+                "are empty; compute it with `cxrkit ood RUN` (and export again for ONNX)"
+            )
         return None
 
     def ood_from_cached(self, images, features) -> OodResult | None:
@@ -194,17 +201,26 @@ class Predictor(ABC):
         """Why ``tta`` does not fit this model (None: it fits)."""
         return mirrored_tta_note(self.preprocessing, tta)
 
-    def predict_logits(self, images: Sequence, meta=None, *, tta: str = "none",
-                       batch_size: int = 16) -> np.ndarray:
+    def predict_logits(
+        self, images: Sequence, meta=None, *, tta: str = "none", batch_size: int = 16
+    ) -> np.ndarray:
         """Paths or arrays -> logits ``(N, F)``, ``batch_size`` images per forward pass."""
         batch_size = require_count(batch_size, "batch_size")
         images = list(images)
         mm = self.meta_matrix(len(images), meta)
-        parts = [self.logits_from_cached(self.load_images(images[i:i + batch_size]),
-                                         None if mm is None else mm[i:i + batch_size], tta=tta)
-                 for i in range(0, len(images), batch_size)]
-        return (np.concatenate([np.asarray(p) for p in parts]) if parts
-                else np.zeros((0, len(self.findings)), np.float32))
+        parts = [
+            self.logits_from_cached(
+                self.load_images(images[i : i + batch_size]),
+                None if mm is None else mm[i : i + batch_size],
+                tta=tta,
+            )
+            for i in range(0, len(images), batch_size)
+        ]
+        return (
+            np.concatenate([np.asarray(p) for p in parts])
+            if parts
+            else np.zeros((0, len(self.findings)), np.float32)
+        )
 
     def predict(self, images, meta=None, *, tta: str = "none", batch_size: int = 16):
         """Probabilities, one row per image and one column per finding (a DataFrame), then
@@ -222,25 +238,29 @@ class Predictor(ABC):
         """
         import pandas as pd
 
-        single = isinstance(images, (str, Path)) or (isinstance(images, np.ndarray)
-                                                     and images.ndim == 2)
+        single = isinstance(images, (str, Path)) or (
+            isinstance(images, np.ndarray) and images.ndim == 2
+        )
         items = [images] if single else list(images)
         batch_size = require_count(batch_size, "batch_size")
         self.warn_if_no_ood()
         mm = self.meta_matrix(len(items), meta)
         logits, scores, flags = [], [], []
         for i in range(0, len(items), batch_size):
-            cached = self.load_images(items[i:i + batch_size])
-            z, ood = self.score_cached(cached, None if mm is None else mm[i:i + batch_size],
-                                       tta=tta)
+            cached = self.load_images(items[i : i + batch_size])
+            z, ood = self.score_cached(
+                cached, None if mm is None else mm[i : i + batch_size], tta=tta
+            )
             logits.append(np.asarray(z))
             scores.append(np.full(len(z), np.nan) if ood is None else ood.score)
             flags.append([pd.NA] * len(z) if ood is None else ood.flag.tolist())
-        z = (np.concatenate(logits) if logits else np.zeros((0, len(self.findings)), np.float32))
-        index = [str(p) if isinstance(p, (str, Path)) else f"array_{i}"
-                 for i, p in enumerate(items)]
-        df = pd.DataFrame(sigmoid(z), columns=list(self.findings),
-                          index=pd.Index(index, name="image"))
+        z = np.concatenate(logits) if logits else np.zeros((0, len(self.findings)), np.float32)
+        index = [
+            str(p) if isinstance(p, (str, Path)) else f"array_{i}" for i, p in enumerate(items)
+        ]
+        df = pd.DataFrame(
+            sigmoid(z), columns=list(self.findings), index=pd.Index(index, name="image")
+        )
         df["ood_score"] = np.concatenate(scores) if scores else np.zeros(0)
         df["ood_flag"] = pd.array([f for part in flags for f in part], dtype="boolean")
         return df
@@ -254,11 +274,12 @@ class Predictor(ABC):
     def thresholds_mismatch(self, tta: str) -> str | None:
         """Why the thresholds may not fit predictions made with ``tta`` (None: they fit)."""
         if self.thresholds and (self.thresholds_tta or "none") != tta:
-            return (f"the decision thresholds were chosen with test-time augmentation "
-                    f"'{self.thresholds_tta or 'none'}' but predictions use '{tta}'; flags "
-                    f"may be off (evaluate with --tta {tta} to choose matching thresholds)")
+            return (
+                f"the decision thresholds were chosen with test-time augmentation "
+                f"'{self.thresholds_tta or 'none'}' but predictions use '{tta}'; flags "
+                f"may be off (evaluate with --tta {tta} to choose matching thresholds)"
+            )
         return None
 
 
-__all__ = ["DEFAULT_THRESHOLD", "MirroredTTAWarning", "OodMissingWarning", "Predictor",
-           "TTA_MODES"]
+__all__ = ["DEFAULT_THRESHOLD", "MirroredTTAWarning", "OodMissingWarning", "Predictor", "TTA_MODES"]

@@ -67,8 +67,14 @@ from cxrkit.data.metadata import DEFAULT_META
 from cxrkit.engine.precision import Precision
 from cxrkit.inference.predictor import session_ran_by
 from cxrkit.ood.features import tap_features
-from cxrkit.inference.openvino_engine import (BF16_TOLERANCE, CacheRebuiltWarning, auto_choice, cache_root,
-                                     cpuinfo_has_bf16, say_once)
+from cxrkit.inference.openvino_engine import (
+    BF16_TOLERANCE,
+    CacheRebuiltWarning,
+    auto_choice,
+    cache_root,
+    cpuinfo_has_bf16,
+    say_once,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +97,13 @@ OPSET = 18
 #: what the cached graph returns (part of its cache key, so older graphs are remade)
 GRAPH_OUTPUTS = ("logits", "features")
 
+
 def default_precision(precision: str | None = None) -> str:
     """``precision`` if given, else ``$CXRKIT_PRECISION``, else "auto"; validated."""
     value = precision or os.environ.get(PRECISION_ENV) or "auto"
     if value not in PRECISIONS:
         where = "" if precision else f" (from ${PRECISION_ENV})"
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got "
-                         f"{value!r}{where}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}{where}")
     return value
 
 
@@ -140,12 +146,13 @@ class Forward:
     :func:`cxrkit.ood.features.tap_features` (the out-of-distribution score needs them), so
     every precision returns them from the same single pass."""
 
-    precision: str                                  #: "fp32", "bf16" or "onnxruntime"
-    requested: str                                  #: what the caller asked for
-    record: dict = field(default_factory=dict)      #: details for manifests (metrics.json)
+    precision: str  #: "fp32", "bf16" or "onnxruntime"
+    requested: str  #: what the caller asked for
+    record: dict = field(default_factory=dict)  #: details for manifests (metrics.json)
 
-    def __call__(self, x: torch.Tensor, meta: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, meta: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -192,8 +199,7 @@ class OrtForward(Forward):
         return session_ran_by(self.session)
 
     def __call__(self, x, meta):
-        logits, features = self.session.run(["logits", "features"],
-                                            _feeds(x, meta, self.metadata))
+        logits, features = self.session.run(["logits", "features"], _feeds(x, meta, self.metadata))
         return torch.from_numpy(logits), torch.from_numpy(features)
 
 
@@ -221,8 +227,17 @@ class _Network(torch.nn.Module):
 def _key(sha256: str, shape: tuple, metadata: bool) -> str:
     import onnxruntime
 
-    text = json.dumps([sha256, list(shape), metadata, OPSET, GRAPH_OUTPUTS, str(torch.__version__),
-                       onnxruntime.__version__])
+    text = json.dumps(
+        [
+            sha256,
+            list(shape),
+            metadata,
+            OPSET,
+            GRAPH_OUTPUTS,
+            str(torch.__version__),
+            onnxruntime.__version__,
+        ]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -231,20 +246,32 @@ def _export(net: _Network, example: tuple, path: Path, metadata: bool) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     names = ["x", "meta"] if metadata else ["x"]
     printed = io.StringIO()
-    with (atomic_path(path) as tmp, warnings.catch_warnings(),
-          contextlib.redirect_stdout(printed), quiet_exporter_logs()):
+    with (
+        atomic_path(path) as tmp,
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(printed),
+        quiet_exporter_logs(),
+    ):
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, example, str(tmp), dynamo=True, opset_version=OPSET,
-                          input_names=names, output_names=list(GRAPH_OUTPUTS),
-                          dynamic_shapes=tuple({0: batch} for _ in names),
-                          external_data=False, verbose=False)
+        torch.onnx.export(
+            net,
+            example,
+            str(tmp),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=names,
+            output_names=list(GRAPH_OUTPUTS),
+            dynamic_shapes=tuple({0: batch} for _ in names),
+            external_data=False,
+            verbose=False,
+        )
 
 
 @dataclass
 class _Graph:
     """A checkpoint's cached network graph: where it is, its manifest, its check inputs."""
 
-    lm: Any                                     #: a LoadedModel (cxrkit.inference.core)
+    lm: Any  #: a LoadedModel (cxrkit.inference.core)
     path: Path
     net: _Network
     x: torch.Tensor
@@ -271,15 +298,19 @@ def _graph(lm) -> _Graph:
     silently changes a probability.
     """
     if not lm.checkpoint.is_file():
-        raise ValueError("the ONNX graph is cached by the checkpoint's sha256: it needs a "
-                         "checkpoint file")
+        raise ValueError(
+            "the ONNX graph is cached by the checkpoint's sha256: it needs a checkpoint file"
+        )
     p = lm.preprocessing
     shape = (p.channels, p.input_size, p.input_size)
     path = cache_dir() / f"{lm.name}-{_key(lm.checkpoint_sha256, shape, lm.metadata)}.onnx"
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, *shape, generator=gen)
-    meta = (torch.from_numpy(np.tile(np.asarray(DEFAULT_META, np.float32), (2, 1)))
-            if lm.metadata else None)
+    meta = (
+        torch.from_numpy(np.tile(np.asarray(DEFAULT_META, np.float32), (2, 1)))
+        if lm.metadata
+        else None
+    )
     g = _Graph(lm, path, _Network(lm.model, lm.metadata).eval(), x, meta)
     if path.exists():
         with contextlib.suppress(OSError, ValueError):
@@ -294,24 +325,32 @@ def _graph(lm) -> _Graph:
 
 def _rebuilt(g: _Graph, why: str) -> None:
     """Say that ``g``'s cached graph is unusable, remove it (exported again by the caller)."""
-    warnings.warn(f"the cached ONNX graph {g.path} is unusable ({why}); exporting it again "
-                  "from the checkpoint", CacheRebuiltWarning, stacklevel=4)
+    warnings.warn(
+        f"the cached ONNX graph {g.path} is unusable ({why}); exporting it again "
+        "from the checkpoint",
+        CacheRebuiltWarning,
+        stacklevel=4,
+    )
     g.discard()
 
 
 def _export_graph(g: _Graph) -> None:
     lm = g.lm
     g.path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("exporting %s's network to an ONNX graph for the fast CPU path, once: this "
-             "takes a while (tens of seconds for DenseNet121); later runs load it from %s",
-             lm.checkpoint.name, g.path.parent)
+    log.info(
+        "exporting %s's network to an ONNX graph for the fast CPU path, once: this "
+        "takes a while (tens of seconds for DenseNet121); later runs load it from %s",
+        lm.checkpoint.name,
+        g.path.parent,
+    )
     example = (g.x,) if g.meta is None else (g.x, g.meta)
     try:
         _export(g.net, example, g.path, lm.metadata)
     except Exception as e:
-        raise RuntimeError(f"ONNX export of {lm.checkpoint} for the fast CPU path failed: "
-                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                           ) from e
+        raise RuntimeError(
+            f"ONNX export of {lm.checkpoint} for the fast CPU path failed: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
     g.exported, g.manifest = True, None
 
 
@@ -321,7 +360,7 @@ def _checked(g: _Graph, fwd: Forward, engine: str, tolerance: float) -> Forward:
     lm = g.lm
     manifest = g.manifest or {}
     parity = dict(manifest.get("parity") or {})
-    if manifest.get("parity_max_abs_diff_probability") is not None:   # older manifests
+    if manifest.get("parity_max_abs_diff_probability") is not None:  # older manifests
         parity.setdefault("onnxruntime", manifest["parity_max_abs_diff_probability"])
     version = fwd.record.get("openvino") or fwd.record.get("onnxruntime")
     key = f"{engine} {version}"
@@ -331,22 +370,37 @@ def _checked(g: _Graph, fwd: Forward, engine: str, tolerance: float) -> Forward:
             ref = torch.sigmoid(g.net(g.x, g.meta)[0])
         diff = float((torch.sigmoid(fwd(g.x, g.meta)[0]) - ref).abs().max())
         if not diff <= tolerance:
-            raise RuntimeError(f"{lm.checkpoint}: {engine} differs from torch fp32 by "
-                               f"{diff:.3g} in probability (tolerance {tolerance:g})")
+            raise RuntimeError(
+                f"{lm.checkpoint}: {engine} differs from torch fp32 by "
+                f"{diff:.3g} in probability (tolerance {tolerance:g})"
+            )
         parity[key] = diff
         import onnxruntime as ort
 
-        write_json({"checkpoint": str(lm.checkpoint), "checkpoint_sha256": lm.checkpoint_sha256,
-                    "model": lm.name, "input": list(g.x.shape[1:]), "opset": OPSET,
-                    "exporter": "torch.onnx.export(dynamo=True)",
-                    "graph_sha256": manifest.get("graph_sha256") or file_sha256(g.path),
-                    "versions": {"torch": str(torch.__version__), "onnxruntime": ort.__version__},
-                    "parity": parity,
-                    "parity_inputs": "2 standard-normal tensors at the input size, seed 0"},
-                   g.sidecar)
-    fwd.record.update({"onnx": str(g.path), "exported_now": g.exported,
-                       "parity_max_abs_diff_probability": diff, "parity_tolerance": tolerance,
-                       "cpu": platform.processor() or platform.machine()})
+        write_json(
+            {
+                "checkpoint": str(lm.checkpoint),
+                "checkpoint_sha256": lm.checkpoint_sha256,
+                "model": lm.name,
+                "input": list(g.x.shape[1:]),
+                "opset": OPSET,
+                "exporter": "torch.onnx.export(dynamo=True)",
+                "graph_sha256": manifest.get("graph_sha256") or file_sha256(g.path),
+                "versions": {"torch": str(torch.__version__), "onnxruntime": ort.__version__},
+                "parity": parity,
+                "parity_inputs": "2 standard-normal tensors at the input size, seed 0",
+            },
+            g.sidecar,
+        )
+    fwd.record.update(
+        {
+            "onnx": str(g.path),
+            "exported_now": g.exported,
+            "parity_max_abs_diff_probability": diff,
+            "parity_tolerance": tolerance,
+            "cpu": platform.processor() or platform.machine(),
+        }
+    )
     return fwd
 
 
@@ -356,15 +410,21 @@ def _open(g: _Graph, engine: str, requested: str) -> Forward:
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(g.path), providers=["CPUExecutionProvider"])
-        return OrtForward("onnxruntime", requested, {"onnxruntime": ort.__version__},
-                          session=session, metadata=g.lm.metadata)
+        return OrtForward(
+            "onnxruntime",
+            requested,
+            {"onnxruntime": ort.__version__},
+            session=session,
+            metadata=g.lm.metadata,
+        )
     from cxrkit.inference.openvino_engine import compile_graph
 
     ov_precision = "bf16" if engine == "openvino-bf16" else "fp32"
     cache = cache_root() / "openvino" / f"{g.path.stem}-{ov_precision}"
     compiled = compile_graph(g.path, precision=ov_precision, cache=cache)
-    return OpenVinoForward(engine, requested, dict(compiled.record), graph=compiled,
-                           metadata=g.lm.metadata)
+    return OpenVinoForward(
+        engine, requested, dict(compiled.record), graph=compiled, metadata=g.lm.metadata
+    )
 
 
 def graph_forward(lm, engine: str, *, requested: str | None = None) -> Forward:
@@ -384,13 +444,18 @@ def graph_forward(lm, engine: str, *, requested: str | None = None) -> Forward:
     try:
         fwd = _open(g, engine, requested or engine)
     except (ImportError, ValueError):
-        raise                                   # OpenVINO missing, no bf16: not the graph's fault
-    except Exception as e:                      # the engine cannot read the cached file
+        raise  # OpenVINO missing, no bf16: not the graph's fault
+    except Exception as e:  # the engine cannot read the cached file
         if g.exported:
-            raise RuntimeError(f"{engine} cannot load the graph just exported from "
-                               f"{lm.checkpoint}: {type(e).__name__}: {e}") from e
-        _rebuilt(g, f"{engine} cannot read it: {type(e).__name__}: "
-                    f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+            raise RuntimeError(
+                f"{engine} cannot load the graph just exported from "
+                f"{lm.checkpoint}: {type(e).__name__}: {e}"
+            ) from e
+        _rebuilt(
+            g,
+            f"{engine} cannot read it: {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+        )
         _export_graph(g)
         fwd = _open(g, engine, requested or engine)
     tolerance = BF16_PARITY_TOLERANCE if engine == "openvino-bf16" else PARITY_TOLERANCE
@@ -398,7 +463,7 @@ def graph_forward(lm, engine: str, *, requested: str | None = None) -> Forward:
         return _checked(g, fwd, engine, tolerance)
     except RuntimeError:
         if engine != "openvino-bf16":
-            g.discard()       # an fp32 engine that disagrees: the graph itself is suspect
+            g.discard()  # an fp32 engine that disagrees: the graph itself is suspect
         raise
 
 
@@ -412,33 +477,43 @@ def choose_forward(lm, precision: str | None = None) -> Forward:
     requested = default_precision(precision)
     dev = lm.device
     if requested == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
-        raise ValueError("precision bf16: this CPU has no bf16 instructions (AVX512-BF16 or "
-                         "AMX); use fp32 or onnxruntime")
+        raise ValueError(
+            "precision bf16: this CPU has no bf16 instructions (AVX512-BF16 or "
+            "AMX); use fp32 or onnxruntime"
+        )
     if requested in ("fp32", "bf16"):
         return EagerForward(requested, requested, model=lm.model, device=dev)
     if requested != "auto":
         return graph_forward(lm, requested)
     if dev.type != "cpu" or not lm.checkpoint.is_file():
-        why = ("not measured on this device" if dev.type != "cpu"
-               else "no checkpoint file to key the ONNX cache")
+        why = (
+            "not measured on this device"
+            if dev.type != "cpu"
+            else "no checkpoint file to key the ONNX cache"
+        )
         return EagerForward("fp32", "auto", {"why": why}, model=lm.model, device=dev)
     choice = auto_choice()
-    engines = ["openvino-bf16", "onnxruntime"] if choice.engine == "openvino-bf16" else [
-        "onnxruntime"]
+    engines = (
+        ["openvino-bf16", "onnxruntime"] if choice.engine == "openvino-bf16" else ["onnxruntime"]
+    )
     for engine in engines:
         try:
             fwd = graph_forward(lm, engine, requested="auto")
         except (RuntimeError, ValueError, ImportError) as e:
-            warnings.warn(f"{lm.checkpoint.name}: {engine} unavailable for this model ({e}); "
-                          f"trying {'onnxruntime' if engine != 'onnxruntime' else 'torch fp32'}",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"{lm.checkpoint.name}: {engine} unavailable for this model ({e}); "
+                f"trying {'onnxruntime' if engine != 'onnxruntime' else 'torch fp32'}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             continue
         same = engine == choice.engine
         fwd.record["why"] = choice.why if same else "auto: OpenVINO bf16 failed for this model"
         say_once(choice.say if same else None)
         return fwd
-    return EagerForward("fp32", "auto", {"why": "onnxruntime and OpenVINO failed"},
-                        model=lm.model, device=dev)
+    return EagerForward(
+        "fp32", "auto", {"why": "onnxruntime and OpenVINO failed"}, model=lm.model, device=dev
+    )
 
 
 @dataclass
@@ -446,7 +521,7 @@ class OpenVinoForward(Forward):
     """The network as an ONNX graph compiled by OpenVINO (CPU), fp32 or bf16
     (:mod:`cxrkit.inference.openvino_engine`)."""
 
-    graph: Any = None                           #: a CompiledGraph (openvino_engine)
+    graph: Any = None  #: a CompiledGraph (openvino_engine)
     metadata: bool = False
 
     def ran_by(self) -> str:
@@ -457,7 +532,21 @@ class OpenVinoForward(Forward):
         return torch.from_numpy(logits), torch.from_numpy(features)
 
 
-__all__ = ["BF16_PARITY_TOLERANCE", "PARITY_TOLERANCE", "PRECISIONS", "PRECISION_ENV",
-           "CacheRebuiltWarning", "EagerForward", "Forward", "OpenVinoForward", "OrtForward",
-           "cache_dir", "choose_forward", "cpu_has_bf16", "default_precision", "graph_forward",
-           "onnxruntime_forward", "quiet_exporter_logs"]
+__all__ = [
+    "BF16_PARITY_TOLERANCE",
+    "PARITY_TOLERANCE",
+    "PRECISIONS",
+    "PRECISION_ENV",
+    "CacheRebuiltWarning",
+    "EagerForward",
+    "Forward",
+    "OpenVinoForward",
+    "OrtForward",
+    "cache_dir",
+    "choose_forward",
+    "cpu_has_bf16",
+    "default_precision",
+    "graph_forward",
+    "onnxruntime_forward",
+    "quiet_exporter_logs",
+]

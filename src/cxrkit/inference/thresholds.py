@@ -29,12 +29,13 @@ class Thresholds:
     """Per-finding thresholds, where they came from, and the TTA they were chosen with."""
 
     values: dict[str, float]
-    source: str      #: "<path> (<method>)"
-    tta: str         #: "none" when the file predates the field
+    source: str  #: "<path> (<method>)"
+    tta: str  #: "none" when the file predates the field
 
 
-def find_thresholds(beside: Path, findings, checkpoint_sha256: Callable[[], str],
-                    explicit: str | Path | None = None) -> Thresholds | None:
+def find_thresholds(
+    beside: Path, findings, checkpoint_sha256: Callable[[], str], explicit: str | Path | None = None
+) -> Thresholds | None:
     """``explicit`` if given (it must exist), else ``beside/thresholds.json`` if it was
     written for the checkpoint whose sha256 ``checkpoint_sha256()`` returns (called only
     when a sidecar is there: hashing a large checkpoint is not free); ``None`` if none."""
@@ -54,27 +55,41 @@ def find_thresholds(beside: Path, findings, checkpoint_sha256: Callable[[], str]
     unknown = sorted(set(values) - set(findings))
     if unknown:
         raise ValueError(f"{p}: thresholds for findings the model lacks: {unknown}")
-    return Thresholds(values=values, source=f"{p} ({rec.get('method', '?')})",
-                      tta=str(rec.get("tta", "none")))
+    return Thresholds(
+        values=values, source=f"{p} ({rec.get('method', '?')})", tta=str(rec.get("tta", "none"))
+    )
 
 
-def write_thresholds_file(path: str | Path, thresholds: dict[str, float], *, findings,
-                          checkpoint: Path, checkpoint_sha256: str, method: str,
-                          chosen_on: str, tta: str = "none", provenance: dict | None = None
-                          ) -> Path:
+def write_thresholds_file(
+    path: str | Path,
+    thresholds: dict[str, float],
+    *,
+    findings,
+    checkpoint: Path,
+    checkpoint_sha256: str,
+    method: str,
+    chosen_on: str,
+    tta: str = "none",
+    provenance: dict | None = None,
+) -> Path:
     """Write a sidecar (atomically) that :func:`find_thresholds` reads back.
 
     ``provenance``: where each threshold came from (positives it was fitted on, hand-set
     overrides, the findings with too few positives), kept under ``"provenance"``."""
     path = Path(path)
-    rec = {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": checkpoint_sha256,
-           "method": method, "chosen_on": chosen_on, "tta": tta, "meaning": MEANING,
-           "thresholds": {f: float(thresholds[f]) for f in findings if f in thresholds}}
+    rec = {
+        "checkpoint": Path(checkpoint).name,
+        "checkpoint_sha256": checkpoint_sha256,
+        "method": method,
+        "chosen_on": chosen_on,
+        "tta": tta,
+        "meaning": MEANING,
+        "thresholds": {f: float(thresholds[f]) for f in findings if f in thresholds},
+    }
     if provenance is not None:
         rec["provenance"] = provenance
     write_json(rec, path)
     return path
 
 
-__all__ = ["MEANING", "THRESHOLDS_FILE", "Thresholds", "find_thresholds",
-           "write_thresholds_file"]
+__all__ = ["MEANING", "THRESHOLDS_FILE", "Thresholds", "find_thresholds", "write_thresholds_file"]

@@ -21,8 +21,20 @@ from cxrkit.models.registry import (
 from cxrkit.models.weights import PretrainedWeightsError
 
 __all__ = [
-    "CHANS_POLICIES", "FREEZE_POLICIES", "ClassifierHead", "CXRModel", "CXRModelConfig",
-    "GaussianAttentionNet", "PretrainedWeightsError", "UnknownModelError", "apply_freeze",
-    "box_attention_loss", "create_model", "fit_box_priors", "list_models", "parameter_layers",
-    "register_model", "uses_box_priors",
+    "CHANS_POLICIES",
+    "FREEZE_POLICIES",
+    "ClassifierHead",
+    "CXRModel",
+    "CXRModelConfig",
+    "GaussianAttentionNet",
+    "PretrainedWeightsError",
+    "UnknownModelError",
+    "apply_freeze",
+    "box_attention_loss",
+    "create_model",
+    "fit_box_priors",
+    "list_models",
+    "parameter_layers",
+    "register_model",
+    "uses_box_priors",
 ]

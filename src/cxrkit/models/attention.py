@@ -54,8 +54,9 @@ class GaussianAttention(nn.Module):
         """``(F, 2, 2)`` lower-triangular L with covariance L L^T."""
         s = self.log_scale.exp()
         zero = torch.zeros_like(self.shear)
-        return torch.stack([torch.stack([s[:, 0], zero], -1),
-                            torch.stack([self.shear, s[:, 1]], -1)], -2)
+        return torch.stack(
+            [torch.stack([s[:, 0], zero], -1), torch.stack([self.shear, s[:, 1]], -1)], -2
+        )
 
     def covariance(self) -> torch.Tensor:
         chol = self.cholesky()
@@ -68,17 +69,18 @@ class GaussianAttention(nn.Module):
         dx = xs[None, None, :] - self.loc[:, 0, None, None].float()  # (F, 1, W)
         dy = ys[None, :, None] - self.loc[:, 1, None, None].float()  # (F, H, 1)
         s = self.log_scale.float().exp()
-        z1 = dx / s[:, 0, None, None]                                  # L^-1 (dx, dy)
+        z1 = dx / s[:, 0, None, None]  # L^-1 (dx, dy)
         z2 = (dy - self.shear.float()[:, None, None] * z1) / s[:, 1, None, None]
-        logits = -0.5 * (z1 ** 2 + z2 ** 2)                            # (F, H, W)
+        logits = -0.5 * (z1**2 + z2**2)  # (F, H, W)
         return torch.softmax(logits.flatten(1), dim=-1).view(-1, height, width)
 
 
 class PerFindingHead(nn.Module):
     """Logit k = w_k . [features_k, meta] + b_k: a linear layer per finding."""
 
-    def __init__(self, in_features: int, num_findings: int, *, meta_features: int = 0,
-                 drop_rate: float = 0.0):
+    def __init__(
+        self, in_features: int, num_findings: int, *, meta_features: int = 0, drop_rate: float = 0.0
+    ):
         super().__init__()
         fan_in = in_features + meta_features
         bound = 1 / math.sqrt(fan_in)  # nn.Linear's default initialisation
@@ -96,34 +98,60 @@ class PerFindingHead(nn.Module):
 class GaussianAttentionNet(CXRModel):
     """Trunk -> per-finding Gaussian attention pooling -> per-finding linear head."""
 
-    def __init__(self, *, findings, in_chans, meta_features, chans_policy,
-                 pretrained: bool = False, backbone_weights=None, backbone: str = "conv",
-                 width: int = 32, drop_rate: float = 0.0, box_priors: dict | None = None,
-                 pretrained_tag: str | None = None, **timm_kw):
-        super().__init__(findings=findings, in_chans=in_chans, meta_features=meta_features,
-                         chans_policy=chans_policy)
+    def __init__(
+        self,
+        *,
+        findings,
+        in_chans,
+        meta_features,
+        chans_policy,
+        pretrained: bool = False,
+        backbone_weights=None,
+        backbone: str = "conv",
+        width: int = 32,
+        drop_rate: float = 0.0,
+        box_priors: dict | None = None,
+        pretrained_tag: str | None = None,
+        **timm_kw,
+    ):
+        super().__init__(
+            findings=findings,
+            in_chans=in_chans,
+            meta_features=meta_features,
+            chans_policy=chans_policy,
+        )
         if backbone == "conv":
-            refuse_pretrained("gaussian_attention with backbone='conv'", pretrained,
-                              backbone_weights)
+            refuse_pretrained(
+                "gaussian_attention with backbone='conv'", pretrained, backbone_weights
+            )
             if timm_kw:
                 raise TypeError(f"unexpected keyword(s) {sorted(timm_kw)} for backbone='conv'")
-            self.backbone = ConvTrunk(self.net_in_chans, [width, 2 * width, 4 * width, 8 * width],
-                                      pools=[True, True, True, False])
+            self.backbone = ConvTrunk(
+                self.net_in_chans,
+                [width, 2 * width, 4 * width, 8 * width],
+                pools=[True, True, True, False],
+            )
             channels = self.backbone.num_features
             self.input_size, self.mean, self.std = 128, XRAY_MEAN, XRAY_STD
             self.saliency_layer, self.first_conv = "backbone.blocks.3", "backbone.blocks.0.conv"
         elif backbone in ARCHS:
             self.backbone, self.pretrained_source = create_timm_backbone(  # type: ignore[assignment]
-                backbone, in_chans=self.net_in_chans, pretrained=pretrained,
-                backbone_weights=backbone_weights, pretrained_tag=pretrained_tag, **timm_kw)
+                backbone,
+                in_chans=self.net_in_chans,
+                pretrained=pretrained,
+                backbone_weights=backbone_weights,
+                pretrained_tag=pretrained_tag,
+                **timm_kw,
+            )
             channels = self.backbone.num_features
             for key, value in timm_facts(self.backbone, backbone).items():
                 setattr(self, key, value)
         else:
             raise ValueError(f"backbone must be 'conv' or one of {sorted(ARCHS)}, got {backbone!r}")
         self.attention = GaussianAttention(*prior_tensors(box_priors, self.findings))
-        self.classifier = PerFindingHead(channels, self.num_findings,
-                                         meta_features=meta_features, drop_rate=drop_rate)
+        self.classifier = PerFindingHead(
+            channels, self.num_findings, meta_features=meta_features, drop_rate=drop_rate
+        )
         self._timm = backbone != "conv"
         self._map_sizes: dict[tuple[int, ...], tuple[int, ...]] = {}
 
@@ -138,7 +166,7 @@ class GaussianAttentionNet(CXRModel):
         b, c, h, w = fmap.shape
         if not torch.compiler.is_compiling():  # a cache for attention_maps, not traced
             self._map_sizes[tuple(x.shape[-2:])] = (h, w)
-        attn = self.attention(h, w).to(fmap.dtype)                       # (F, H, W)
+        attn = self.attention(h, w).to(fmap.dtype)  # (F, H, W)
         pooled = torch.einsum("fp,bcp->bfc", attn.reshape(-1, h * w), fmap.reshape(b, c, h * w))
         return self.classifier(pooled, meta)
 
@@ -155,8 +183,9 @@ class GaussianAttentionNet(CXRModel):
             was_training = self.training
             self.eval()  # don't let this probe touch BatchNorm statistics
             with torch.no_grad():
-                self._map_sizes[key] = tuple(self.forward_features(self.prepare_input(x[:1]))
-                                             .shape[-2:])
+                self._map_sizes[key] = tuple(
+                    self.forward_features(self.prepare_input(x[:1])).shape[-2:]
+                )
             self.train(was_training)
         h, w = self._map_sizes[key]
         return self.attention(h, w).unsqueeze(0).expand(x.shape[0], -1, -1, -1)
@@ -175,8 +204,10 @@ def box_attention_loss(attention_maps: torch.Tensor, boxes_mask: torch.Tensor) -
     0 is floored, capping a term at about 87.
     """
     if attention_maps.shape[:2] != boxes_mask.shape[:2]:
-        raise ValueError(f"attention maps {tuple(attention_maps.shape)} and box masks "
-                         f"{tuple(boxes_mask.shape)} differ in batch or findings")
+        raise ValueError(
+            f"attention maps {tuple(attention_maps.shape)} and box masks "
+            f"{tuple(boxes_mask.shape)} differ in batch or findings"
+        )
     mask = boxes_mask.to(attention_maps.dtype)
     if mask.shape[-2:] != attention_maps.shape[-2:]:
         mask = F.adaptive_avg_pool2d(mask, attention_maps.shape[-2:])  # type: ignore[arg-type]  # a Size is a tuple of ints

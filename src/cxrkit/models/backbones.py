@@ -41,8 +41,8 @@ from cxrkit.models.weights import (
 
 @dataclass(frozen=True)
 class TimmArch:
-    timm_name: str      #: timm architecture name
-    tag: str            #: default pretrained tag (timm name ``<timm_name>.<tag>``)
+    timm_name: str  #: timm architecture name
+    tag: str  #: default pretrained tag (timm name ``<timm_name>.<tag>``)
     #: module inside the timm network whose output is the last spatial feature map (what
     #: Grad-CAM hooks); ``{last}`` is the index of the last transformer block
     saliency: str
@@ -54,16 +54,24 @@ ARCHS: dict[str, TimmArch] = {
     "mobilenet_v2": TimmArch("mobilenetv2_100", "ra_in1k", "bn2"),
     "resnet50": TimmArch("resnet50", "a1_in1k", "layer4"),
     "efficientnet_b0": TimmArch("efficientnet_b0", "ra_in1k", "bn2"),
-    "vit_small_patch16_224": TimmArch("vit_small_patch16_224", "augreg_in21k_ft_in1k",
-                                      "blocks.{last}.norm1"),
-    "vit_base_patch16_224": TimmArch("vit_base_patch16_224", "augreg2_in21k_ft_in1k",
-                                     "blocks.{last}.norm1"),
+    "vit_small_patch16_224": TimmArch(
+        "vit_small_patch16_224", "augreg_in21k_ft_in1k", "blocks.{last}.norm1"
+    ),
+    "vit_base_patch16_224": TimmArch(
+        "vit_base_patch16_224", "augreg2_in21k_ft_in1k", "blocks.{last}.norm1"
+    ),
 }
 
 
-def create_timm_backbone(model_name: str, *, in_chans: int, pretrained: bool,
-                         backbone_weights: str | Path | None, pretrained_tag: str | None = None,
-                         **timm_kw) -> tuple[nn.Module, str]:
+def create_timm_backbone(
+    model_name: str,
+    *,
+    in_chans: int,
+    pretrained: bool,
+    backbone_weights: str | Path | None,
+    pretrained_tag: str | None = None,
+    **timm_kw,
+) -> tuple[nn.Module, str]:
     """A timm network without its classifier, and the name of the ImageNet weights loaded
     ("" for random init or a local file).
 
@@ -87,7 +95,8 @@ def create_timm_backbone(model_name: str, *, in_chans: int, pretrained: bool,
         if cfg is None:
             raise PretrainedWeightsError(
                 f"timm has no pretrained weights named {timm_name!r}; see "
-                f"timm.list_pretrained('{arch.timm_name}.*') for pretrained_tag")
+                f"timm.list_pretrained('{arch.timm_name}.*') for pretrained_tag"
+            )
         file = cached_hub_file(cfg.hf_hub_id)
         if file is None:
             why = hub_unreachable_reason()
@@ -96,8 +105,9 @@ def create_timm_backbone(model_name: str, *, in_chans: int, pretrained: bool,
     overlay = {"file": str(file)} if file is not None else None
     with timm_load_report() as report:
         try:
-            net = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay,
-                                    **kw)
+            net = timm.create_model(
+                timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kw
+            )
         except TypeError:  # a wrong keyword for the architecture, not a weights problem
             raise
         except Exception as e:  # noqa: BLE001 (hub, file and shape errors all end here)
@@ -105,18 +115,23 @@ def create_timm_backbone(model_name: str, *, in_chans: int, pretrained: bool,
             why = f"{type(e).__name__}: {detail[:400]}"
             if backbone_weights is None and file is None:
                 raise PretrainedWeightsError(offline_message(model_name, timm_name, why)) from e
-            raise PretrainedWeightsError(f"{file}: could not load it as {model_name} backbone "
-                                         f"weights ({why})") from e
+            raise PretrainedWeightsError(
+                f"{file}: could not load it as {model_name} backbone weights ({why})"
+            ) from e
     unfilled = report["missing"] + report["unconverted"]
     if unfilled:
         expected = net.state_dict().keys()
-        found = (set(read_state_dict(file)) if file is not None
-                 else (set(expected) - set(report["missing"])) | set(report["unexpected"]))
+        found = (
+            set(read_state_dict(file))
+            if file is not None
+            else (set(expected) - set(report["missing"])) | set(report["unexpected"])
+        )
         raise PretrainedWeightsError(
             f"{file or timm_name} does not fit {model_name}: "
             f"{summarise_key_mismatch(expected, found)}"
             + (f"; {report['unconverted'][0]}" if report["unconverted"] else "")
-            + ". Is it a file of another architecture?")
+            + ". Is it a file of another architecture?"
+        )
     return net, (timm_name if backbone_weights is None else "")
 
 
@@ -130,7 +145,8 @@ def timm_facts(net: nn.Module, model_name: str, prefix: str = "backbone.") -> di
     return dict(
         input_size=int(size[0]),
         # a ViT built for one patch grid refuses other sizes unless built dynamic
-        fixed_input_size=patch_embed is not None and bool(getattr(patch_embed, "strict_img_size", True))
+        fixed_input_size=patch_embed is not None
+        and bool(getattr(patch_embed, "strict_img_size", True))
         and not bool(getattr(patch_embed, "dynamic_img_size", False)),
         mean=float(sum(cfg["mean"]) / len(cfg["mean"])),
         std=float(sum(cfg["std"]) / len(cfg["std"])),
@@ -145,7 +161,7 @@ def timm_feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     feats = net.forward_features(x)
     if feats.ndim == 4:
         return feats
-    tokens = feats[:, net.num_prefix_tokens:]
+    tokens = feats[:, net.num_prefix_tokens :]
     h, w = net.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
@@ -153,17 +169,38 @@ def timm_feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class TimmClassifier(CXRModel):
     """A timm network's pooled features -> metadata fusion -> linear head."""
 
-    def __init__(self, model_name: str, *, findings, in_chans, meta_features, chans_policy,
-                 pretrained: bool = False, backbone_weights=None, drop_rate: float = 0.0,
-                 pretrained_tag: str | None = None, **timm_kw):
-        super().__init__(findings=findings, in_chans=in_chans, meta_features=meta_features,
-                         chans_policy=chans_policy)
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        findings,
+        in_chans,
+        meta_features,
+        chans_policy,
+        pretrained: bool = False,
+        backbone_weights=None,
+        drop_rate: float = 0.0,
+        pretrained_tag: str | None = None,
+        **timm_kw,
+    ):
+        super().__init__(
+            findings=findings,
+            in_chans=in_chans,
+            meta_features=meta_features,
+            chans_policy=chans_policy,
+        )
         self.backbone, self.pretrained_source = create_timm_backbone(
-            model_name, in_chans=self.net_in_chans, pretrained=pretrained,
-            backbone_weights=backbone_weights, pretrained_tag=pretrained_tag, **timm_kw)
+            model_name,
+            in_chans=self.net_in_chans,
+            pretrained=pretrained,
+            backbone_weights=backbone_weights,
+            pretrained_tag=pretrained_tag,
+            **timm_kw,
+        )
         pooled = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
-        self.classifier = ClassifierHead(pooled, self.num_findings,
-                                         meta_features=meta_features, drop_rate=drop_rate)
+        self.classifier = ClassifierHead(
+            pooled, self.num_findings, meta_features=meta_features, drop_rate=drop_rate
+        )
         for key, value in timm_facts(self.backbone, model_name).items():
             setattr(self, key, value)
 

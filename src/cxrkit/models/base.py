@@ -37,8 +37,9 @@ class CXRModel(nn.Module):
     first_conv: str = ""
     pretrained_source: str = ""
 
-    def __init__(self, *, findings: Sequence[str], in_chans: int, meta_features: int,
-                 chans_policy: str):
+    def __init__(
+        self, *, findings: Sequence[str], in_chans: int, meta_features: int, chans_policy: str
+    ):
         super().__init__()
         self.findings = tuple(findings)
         self.in_chans = in_chans
@@ -54,8 +55,9 @@ class CXRModel(nn.Module):
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Check the channel count; repeat a grey channel for the ``replicate`` policy."""
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input of shape (B, {self.in_chans}, H, W), got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"expected input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
+            )
         if self.net_in_chans != self.in_chans:
             x = x.expand(-1, self.net_in_chans, -1, -1)
         return x
@@ -64,16 +66,22 @@ class CXRModel(nn.Module):
         """``meta`` must be given exactly when the model was built with meta_features > 0."""
         if self.meta_features == 0:
             if meta is not None:
-                raise ValueError("this model was built with meta_features=0 but was given "
-                                 "meta; build it with meta_features=meta.shape[1] to fuse it")
+                raise ValueError(
+                    "this model was built with meta_features=0 but was given "
+                    "meta; build it with meta_features=meta.shape[1] to fuse it"
+                )
             return None
         if meta is None:
-            raise ValueError(f"this model fuses {self.meta_features} metadata features "
-                             f"(e.g. age, sex, view): call model(x, meta) with meta of shape "
-                             f"(B, {self.meta_features})")
+            raise ValueError(
+                f"this model fuses {self.meta_features} metadata features "
+                f"(e.g. age, sex, view): call model(x, meta) with meta of shape "
+                f"(B, {self.meta_features})"
+            )
         if meta.shape != (x.shape[0], self.meta_features):
-            raise ValueError(f"meta must have shape ({x.shape[0]}, {self.meta_features}), "
-                             f"got {tuple(meta.shape)}")
+            raise ValueError(
+                f"meta must have shape ({x.shape[0]}, {self.meta_features}), "
+                f"got {tuple(meta.shape)}"
+            )
         return meta
 
     def train(self, mode: bool = True):
@@ -95,8 +103,15 @@ class ClassifierHead(nn.Module):
     classifier with heavy dropout"); empty gives a single linear layer (CheXNet's head).
     """
 
-    def __init__(self, in_features: int, num_findings: int, *, meta_features: int = 0,
-                 hidden: Sequence[int] = (), drop_rate: float = 0.0):
+    def __init__(
+        self,
+        in_features: int,
+        num_findings: int,
+        *,
+        meta_features: int = 0,
+        hidden: Sequence[int] = (),
+        drop_rate: float = 0.0,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_features + meta_features

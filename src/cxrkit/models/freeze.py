@@ -27,8 +27,11 @@ FREEZE_POLICIES = ("none", "classifier-only", "first-N", "no-train")
 
 def parameter_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every module owning parameters directly, in definition order."""
-    return [(name, m) for name, m in model.named_modules()
-            if next(m.parameters(recurse=False), None) is not None]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if next(m.parameters(recurse=False), None) is not None
+    ]
 
 
 def apply_freeze(model: nn.Module, policy: str) -> dict:
@@ -56,12 +59,16 @@ def apply_freeze(model: nn.Module, policy: str) -> dict:
     elif match:
         n = int(match.group(1))
         if n > len(layers):
-            raise ValueError(f"freeze policy {quote(policy)}: the model has only {len(layers)} "
-                             "layers with parameters")
+            raise ValueError(
+                f"freeze policy {quote(policy)}: the model has only {len(layers)} "
+                "layers with parameters"
+            )
         frozen = layers[:n]
     else:
-        raise ValueError(f"unknown freeze policy {quote(policy)}; expected one of "
-                         f"{list(FREEZE_POLICIES)} (first-N with N an integer, e.g. first-50)")
+        raise ValueError(
+            f"unknown freeze policy {quote(policy)}; expected one of "
+            f"{list(FREEZE_POLICIES)} (first-N with N an integer, e.g. first-50)"
+        )
 
     frozen_names = {n for n, _ in frozen}
     for name, module in layers:
@@ -73,5 +80,10 @@ def apply_freeze(model: nn.Module, policy: str) -> dict:
         model.get_submodule(name).eval()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return {"policy": policy, "trainable_params": trainable, "frozen_params": total - trainable,
-            "frozen_layers": len(frozen), "layers": len(layers)}
+    return {
+        "policy": policy,
+        "trainable_params": trainable,
+        "frozen_params": total - trainable,
+        "frozen_layers": len(frozen),
+        "layers": len(layers),
+    }

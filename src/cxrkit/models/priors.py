@@ -32,8 +32,9 @@ BROAD_MEAN = (0.5, 0.5)
 BROAD_COV = ((1 / 12, 0.0), (0.0, 1 / 12))
 
 
-def fit_box_priors(boxes: pd.DataFrame, findings: Sequence[str], image_size: float = 1024
-                   ) -> dict[str, dict]:
+def fit_box_priors(
+    boxes: pd.DataFrame, findings: Sequence[str], image_size: float = 1024
+) -> dict[str, dict]:
     """Per-finding ``{"mean": [x, y], "cov": [[xx, xy], [xy, yy]], "n_boxes": n}``.
 
     ``boxes`` has columns ``image_id, finding, x, y, w, h`` (pixels, top-left corner and
@@ -51,20 +52,27 @@ def fit_box_priors(boxes: pd.DataFrame, findings: Sequence[str], image_size: flo
         finding = canonical_finding(finding, allow_no_finding=False)
         rows = boxes[(names == finding).to_numpy()]
         if len(rows) == 0:
-            out[finding] = {"mean": list(BROAD_MEAN), "cov": [list(r) for r in BROAD_COV],
-                            "n_boxes": 0}
+            out[finding] = {
+                "mean": list(BROAD_MEAN),
+                "cov": [list(r) for r in BROAD_COV],
+                "n_boxes": 0,
+            }
             continue
         x, y, w, h = (rows[c].to_numpy(dtype=np.float64) / s for c in ("x", "y", "w", "h"))
         centres = np.stack([x + w / 2, y + h / 2], axis=1)
         cov = np.cov(centres.T, ddof=0) if len(rows) > 1 else np.zeros((2, 2))
-        cov = cov + np.diag([np.mean(w ** 2) / 12, np.mean(h ** 2) / 12])
-        out[finding] = {"mean": [float(v) for v in centres.mean(0)],
-                        "cov": [[float(v) for v in r] for r in cov], "n_boxes": int(len(rows))}
+        cov = cov + np.diag([np.mean(w**2) / 12, np.mean(h**2) / 12])
+        out[finding] = {
+            "mean": [float(v) for v in centres.mean(0)],
+            "cov": [[float(v) for v in r] for r in cov],
+            "n_boxes": int(len(rows)),
+        }
     return out
 
 
-def prior_tensors(box_priors: Mapping[str, Mapping] | None, findings: Sequence[str]
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def prior_tensors(
+    box_priors: Mapping[str, Mapping] | None, findings: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(F, 2)`` means and ``(F, 2, 2)`` covariances in ``findings`` order.
 
     Findings missing from ``box_priors`` (or all, if it is None) get the broad prior.
@@ -77,8 +85,10 @@ def prior_tensors(box_priors: Mapping[str, Mapping] | None, findings: Sequence[s
         mean = torch.tensor(p["mean"], dtype=torch.float64).reshape(2)
         cov = torch.tensor(p["cov"], dtype=torch.float64).reshape(2, 2)
         if not torch.allclose(cov, cov.T) or torch.linalg.eigvalsh(cov).min() <= 0:
-            raise ValueError(f"box prior of {finding}: covariance {cov.tolist()} is not "
-                             "symmetric positive definite")
+            raise ValueError(
+                f"box prior of {finding}: covariance {cov.tolist()} is not "
+                "symmetric positive definite"
+            )
         means.append(mean)
         covs.append(cov)
     return torch.stack(means).float(), torch.stack(covs).float()

@@ -59,9 +59,16 @@ class PublishedClassifier(TimmClassifier):
     mean = 0.0
     std = 1.0
 
-    def __init__(self, *, arch: str = "densenet121", channel_mean: Sequence[float] = (0.0,),
-                 channel_std: Sequence[float] = (1.0,), output: str = "logit",
-                 op_thresholds: Sequence[float] | None = None, **kw):
+    def __init__(
+        self,
+        *,
+        arch: str = "densenet121",
+        channel_mean: Sequence[float] = (0.0,),
+        channel_std: Sequence[float] = (1.0,),
+        output: str = "logit",
+        op_thresholds: Sequence[float] | None = None,
+        **kw,
+    ):
         if arch not in ARCHS:
             raise ValueError(f"published: arch must be one of {sorted(ARCHS)}, got {arch!r}")
         if output not in OUTPUTS:
@@ -73,8 +80,9 @@ class PublishedClassifier(TimmClassifier):
         std = torch.tensor([float(v) for v in channel_std])
         for name, v in (("channel_mean", mean), ("channel_std", std)):
             if v.numel() not in (1, c):
-                raise ValueError(f"published: {name} has {v.numel()} values; the network "
-                                 f"takes {c} channel(s)")
+                raise ValueError(
+                    f"published: {name} has {v.numel()} values; the network takes {c} channel(s)"
+                )
         if not bool((std > 0).all()):
             raise ValueError(f"published: channel_std must be > 0, got {std.tolist()}")
         # not persistent: they are config (plain data), not weights
@@ -83,8 +91,10 @@ class PublishedClassifier(TimmClassifier):
         self.output = output
         if output == "op_norm":
             if op_thresholds is None or len(op_thresholds) != self.num_findings:
-                raise ValueError(f"published: output 'op_norm' needs one op_threshold per "
-                                 f"finding ({self.num_findings}), got {op_thresholds!r}")
+                raise ValueError(
+                    f"published: output 'op_norm' needs one op_threshold per "
+                    f"finding ({self.num_findings}), got {op_thresholds!r}"
+                )
             t = torch.tensor([float(v) for v in op_thresholds])
             if not bool(((t > 0) & (t < 1)).all()):
                 raise ValueError(f"published: op_thresholds must lie in (0, 1), got {t.tolist()}")

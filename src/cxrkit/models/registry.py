@@ -36,8 +36,16 @@ CHANS_POLICIES = ("fold", "replicate")
 #: Config fields that the model derives itself. ``create_model`` accepts them (so that
 #: ``create_model(**config.to_dict())`` works) and only warns if they disagree; a stored
 #: ``init`` is kept as provenance (the rebuild itself loads no weights).
-DERIVED_FIELDS = ("input_size", "mean", "std", "saliency_layer", "saliency_prefix_tokens",
-                  "classifier", "first_conv", "init")
+DERIVED_FIELDS = (
+    "input_size",
+    "mean",
+    "std",
+    "saliency_layer",
+    "saliency_prefix_tokens",
+    "classifier",
+    "first_conv",
+    "init",
+)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _USES_BOX_PRIORS: set[str] = set()  #: see register_model(uses_box_priors=True)
@@ -54,17 +62,17 @@ class UnknownModelError(KeyError):
 class CXRModelConfig:
     """What a model is and how to feed it; stored in every checkpoint (``to_dict``)."""
 
-    name: str                      #: registry name, e.g. "densenet121"
-    findings: tuple[str, ...]      #: output order of the logits
-    in_chans: int                  #: channels of the model's input tensor (1 grey, 3 replicated)
-    meta_features: int             #: length of the ``meta`` vector fused before the classifier
-    chans_policy: str              #: "fold" or "replicate" (see CHANS_POLICIES)
-    input_size: int                #: side in pixels the model was designed/pretrained for
-    mean: float                    #: normalisation of a [0, 1] grey input: (x - mean) / std
+    name: str  #: registry name, e.g. "densenet121"
+    findings: tuple[str, ...]  #: output order of the logits
+    in_chans: int  #: channels of the model's input tensor (1 grey, 3 replicated)
+    meta_features: int  #: length of the ``meta`` vector fused before the classifier
+    chans_policy: str  #: "fold" or "replicate" (see CHANS_POLICIES)
+    input_size: int  #: side in pixels the model was designed/pretrained for
+    mean: float  #: normalisation of a [0, 1] grey input: (x - mean) / std
     std: float
-    saliency_layer: str            #: dotted module name whose output Grad-CAM should hook
-    classifier: str                #: dotted module name of the classifier (the head)
-    first_conv: str                #: dotted module name of the first convolution
+    saliency_layer: str  #: dotted module name whose output Grad-CAM should hook
+    classifier: str  #: dotted module name of the classifier (the head)
+    first_conv: str  #: dotted module name of the first convolution
     #: ``None``: the saliency layer outputs (B, C, H, W). An int: it outputs ViT tokens
     #: (B, N, D); drop that many leading (class/register) tokens and reshape to a grid.
     saliency_prefix_tokens: int | None = None
@@ -80,8 +88,7 @@ class CXRModelConfig:
         return out
 
 
-def register_model(fn: Callable[..., nn.Module] | None = None, *,
-                   uses_box_priors: bool = False):
+def register_model(fn: Callable[..., nn.Module] | None = None, *, uses_box_priors: bool = False):
     """Register ``fn`` under its own name (``@register_model``, or
     ``@register_model(uses_box_priors=True)``).
 
@@ -98,8 +105,9 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *,
         return lambda f: register_model(f, uses_box_priors=uses_box_priors)
     name = fn.__name__
     if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is registered twice ({_REGISTRY[name].__module__} "
-                         f"and {fn.__module__})")
+        raise ValueError(
+            f"model {name!r} is registered twice ({_REGISTRY[name].__module__} and {fn.__module__})"
+        )
     _REGISTRY[name] = fn
     if uses_box_priors:
         _USES_BOX_PRIORS.add(name)
@@ -109,8 +117,9 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *,
 def uses_box_priors(name: str) -> bool:
     """Whether registered model ``name`` takes ``box_priors`` fitted from training boxes."""
     if name not in _REGISTRY:
-        raise UnknownModelError(f"unknown model {quote(name)}; registered: "
-                                f"{', '.join(list_models())}")
+        raise UnknownModelError(
+            f"unknown model {quote(name)}; registered: {', '.join(list_models())}"
+        )
     return name in _USES_BOX_PRIORS
 
 
@@ -119,9 +128,17 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, *, findings: Sequence[str] = FINDINGS, in_chans: int = 1,
-                 pretrained: bool = False, weights: str | Path | None = None,
-                 meta_features: int = 0, chans_policy: str = "fold", **kw) -> nn.Module:
+def create_model(
+    name: str,
+    *,
+    findings: Sequence[str] = FINDINGS,
+    in_chans: int = 1,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    meta_features: int = 0,
+    chans_policy: str = "fold",
+    **kw,
+) -> nn.Module:
     """Build a registered model; its logits have shape ``(B, len(findings))``.
 
     ``pretrained=True`` fetches ImageNet weights by name (needs a network; fails fast
@@ -133,8 +150,9 @@ def create_model(name: str, *, findings: Sequence[str] = FINDINGS, in_chans: int
     fresh initialisation with a warning). With ``weights`` given, ``pretrained`` is moot.
     """
     if name not in _REGISTRY:
-        raise UnknownModelError(f"unknown model {quote(name)}; registered: "
-                                f"{', '.join(list_models())}")
+        raise UnknownModelError(
+            f"unknown model {quote(name)}; registered: {', '.join(list_models())}"
+        )
     stored = {k: kw.pop(k) for k in DERIVED_FIELDS if k in kw}
     findings = _check_findings(findings)
     if in_chans not in (1, 3):
@@ -155,23 +173,39 @@ def create_model(name: str, *, findings: Sequence[str] = FINDINGS, in_chans: int
             backbone_weights = path
             del sd
         init = f"file:{path}"
-    model = _REGISTRY[name](findings=findings, in_chans=in_chans,
-                            meta_features=int(meta_features), chans_policy=chans_policy,
-                            pretrained=bool(pretrained) and weights is None,
-                            backbone_weights=backbone_weights, **kw)
+    model = _REGISTRY[name](
+        findings=findings,
+        in_chans=in_chans,
+        meta_features=int(meta_features),
+        chans_policy=chans_policy,
+        pretrained=bool(pretrained) and weights is None,
+        backbone_weights=backbone_weights,
+        **kw,
+    )
     if state is not None:
-        load_model_state(model, state, first_conv=model.first_conv, classifier="classifier",
-                         source=str(weights))
+        load_model_state(
+            model, state, first_conv=model.first_conv, classifier="classifier", source=str(weights)
+        )
     if pretrained and weights is None:
         init = f"imagenet:{model.pretrained_source}"
     elif weights is None and not pretrained and "init" in stored:
         init = str(stored["init"])  # a rebuild from a config keeps the original provenance
     config = CXRModelConfig(
-        name=name, findings=findings, in_chans=in_chans, meta_features=int(meta_features),
-        chans_policy=chans_policy, input_size=int(model.input_size), mean=float(model.mean),
-        std=float(model.std), saliency_layer=model.saliency_layer, classifier="classifier",
-        first_conv=model.first_conv, saliency_prefix_tokens=model.saliency_prefix_tokens,
-        init=init, kwargs=copy.deepcopy(kw))
+        name=name,
+        findings=findings,
+        in_chans=in_chans,
+        meta_features=int(meta_features),
+        chans_policy=chans_policy,
+        input_size=int(model.input_size),
+        mean=float(model.mean),
+        std=float(model.std),
+        saliency_layer=model.saliency_layer,
+        classifier="classifier",
+        first_conv=model.first_conv,
+        saliency_prefix_tokens=model.saliency_prefix_tokens,
+        init=init,
+        kwargs=copy.deepcopy(kw),
+    )
     _compare_stored(stored, config)
     model.cxr_config = config
     return model
@@ -207,8 +241,10 @@ def _check_plain_value(value, where: str) -> None:
                 raise TypeError(f"model keyword {where}: dict keys must be str, got {k!r}")
             _check_plain_value(v, f"{where}.{k}")
         return
-    raise TypeError(f"model keyword {where}={value!r} is not plain data (str, number, bool, "
-                    "None, list, dict): the model config must be storable in a checkpoint")
+    raise TypeError(
+        f"model keyword {where}={value!r} is not plain data (str, number, bool, "
+        "None, list, dict): the model config must be storable in a checkpoint"
+    )
 
 
 def _compare_stored(stored: dict, config: CXRModelConfig) -> None:
@@ -217,5 +253,8 @@ def _compare_stored(stored: dict, config: CXRModelConfig) -> None:
             continue
         mine = getattr(config, key)
         if value != mine:
-            warnings.warn(f"{config.name}: stored config says {key}={value!r} but the model "
-                          f"built now has {key}={mine!r}; using {mine!r}", stacklevel=3)
+            warnings.warn(
+                f"{config.name}: stored config says {key}={value!r} but the model "
+                f"built now has {key}={mine!r}; using {mine!r}",
+                stacklevel=3,
+            )

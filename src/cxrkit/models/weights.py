@@ -41,7 +41,8 @@ def refuse_pretrained(name: str, pretrained: bool, backbone_weights) -> None:
         raise PretrainedWeightsError(
             f"{name} is trained from scratch and has no ImageNet weights ({what}); use "
             "pretrained=False, or weights=PATH with the state dict of a cxrkit model of the "
-            f"same architecture (keys starting {', '.join(CXRKIT_PREFIXES)})")
+            f"same architecture (keys starting {', '.join(CXRKIT_PREFIXES)})"
+        )
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -55,6 +56,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         obj: dict = load_file(str(path), device="cpu")
     else:
         try:  # memory-mapped: a big file costs no RAM until its tensors are used
@@ -71,7 +73,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for k, v in obj.items():
         for prefix in ("module.", "_orig_mod."):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
 
@@ -80,8 +82,9 @@ def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise PretrainedWeightsError(f"{path}: refused: it holds objects other than tensors "
-                                     f"and plain data ({e})") from e
+        raise PretrainedWeightsError(
+            f"{path}: refused: it holds objects other than tensors and plain data ({e})"
+        ) from e
     except (RuntimeError, EOFError, OSError) as e:
         raise PretrainedWeightsError(f"{path}: not a readable weights file ({e})") from e
 
@@ -108,8 +111,9 @@ def fold_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     raise PretrainedWeightsError(f"cannot adapt a {have}-channel first conv to {in_chans}")
 
 
-def load_model_state(model: nn.Module, state: dict, *, first_conv: str, classifier: str,
-                     source: str) -> None:
+def load_model_state(
+    model: nn.Module, state: dict, *, first_conv: str, classifier: str, source: str
+) -> None:
     """Load a whole-model state dict into ``model``.
 
     The first conv is folded if its channel count differs (an RGB file into a grey
@@ -121,8 +125,11 @@ def load_model_state(model: nn.Module, state: dict, *, first_conv: str, classifi
     conv_key = f"{first_conv}.weight"
     if conv_key in state and conv_key in own and state[conv_key].shape != own[conv_key].shape:
         state[conv_key] = fold_input_conv(state[conv_key], own[conv_key].shape[1])
-    skipped = [k for k in state if k.startswith(classifier + ".") and k in own
-               and state[k].shape != own[k].shape]
+    skipped = [
+        k
+        for k in state
+        if k.startswith(classifier + ".") and k in own and state[k].shape != own[k].shape
+    ]
     for k in skipped:
         del state[k]
     bad = [k for k in state if k in own and state[k].shape != own[k].shape]
@@ -133,10 +140,14 @@ def load_model_state(model: nn.Module, state: dict, *, first_conv: str, classifi
         raise PretrainedWeightsError(
             f"{source} does not fit this model: "
             f"{summarise_key_mismatch(set(own) - set(skipped), state)}{shape}. Was it saved "
-            "from another architecture?")
+            "from another architecture?"
+        )
     if skipped:
-        warnings.warn(f"{source}: classifier shapes differ from this model's ({len(skipped)} "
-                      "tensors); the classifier keeps its fresh initialisation", stacklevel=3)
+        warnings.warn(
+            f"{source}: classifier shapes differ from this model's ({len(skipped)} "
+            "tensors); the classifier keeps its fresh initialisation",
+            stacklevel=3,
+        )
     model.load_state_dict({**own, **state}, strict=True)
 
 
@@ -151,10 +162,12 @@ def summarise_key_mismatch(expected, found, *, shown: int = 3) -> str:
     """
     expected, found = set(expected), set(found)
     missing, unexpected = sorted(expected - found), sorted(found - expected)
-    parts = [f"{len(missing)} of the model's {len(expected)} keys missing from the file"
-             + (f" (e.g. {', '.join(missing[:shown])})" if missing else ""),
-             f"{len(unexpected)} of the file's {len(found)} keys not in the model"
-             + (f" (e.g. {', '.join(unexpected[:shown])})" if unexpected else "")]
+    parts = [
+        f"{len(missing)} of the model's {len(expected)} keys missing from the file"
+        + (f" (e.g. {', '.join(missing[:shown])})" if missing else ""),
+        f"{len(unexpected)} of the file's {len(found)} keys not in the model"
+        + (f" (e.g. {', '.join(unexpected[:shown])})" if unexpected else ""),
+    ]
     hint = closest_prefix(missing, unexpected)
     if hint:
         parts.append(hint)
@@ -166,20 +179,23 @@ def closest_prefix(missing, unexpected) -> str | None:
     of them with the missing ones, said in words; None when no prefix lines up any."""
     missing_set = set(missing)
     votes: dict[tuple[str, str], int] = {}
-    for keys, other, action in ((unexpected, missing_set, "strip"),
-                                (missing, set(unexpected), "add")):
+    for keys, other, action in (
+        (unexpected, missing_set, "strip"),
+        (missing, set(unexpected), "add"),
+    ):
         for key in keys:
             for i, ch in enumerate(key):
-                if ch == "." and key[i + 1:] in other:
-                    votes[(action, key[:i + 1])] = votes.get((action, key[:i + 1]), 0) + 1
+                if ch == "." and key[i + 1 :] in other:
+                    votes[(action, key[: i + 1])] = votes.get((action, key[: i + 1]), 0) + 1
                     break
     if not votes:
         return None
     (action, prefix), n = max(votes.items(), key=lambda kv: (kv[1], kv[0]))
-    verb = ("the file's keys start with" if action == "strip"
-            else "the model's keys start with")
-    return (f"closest prefix: {verb} {prefix!r} where the other side's do not ({action} it "
-            f"and {n} of {len(missing)} missing keys line up)")
+    verb = "the file's keys start with" if action == "strip" else "the model's keys start with"
+    return (
+        f"closest prefix: {verb} {prefix!r} where the other side's do not ({action} it "
+        f"and {n} of {len(missing)} missing keys line up)"
+    )
 
 
 # --- ImageNet weights by name -------------------------------------------------------
@@ -188,9 +204,10 @@ def closest_prefix(missing, unexpected) -> str | None:
 #: torchvision compatibility import runs first: on a CPU torch with the CUDA-only
 #: torchvision wheel, ``import timm`` alone fails (``torchvision::nms does not exist``).
 DOWNLOAD_COMMAND = (
-    "python -c \"from cxrkit._compat import ensure_torchvision; ensure_torchvision(); "
+    'python -c "from cxrkit._compat import ensure_torchvision; ensure_torchvision(); '
     "import timm, torch; torch.save(timm.create_model('{timm_name}', pretrained=True)"
-    ".state_dict(), '{timm_name}.pth')\"")
+    ".state_dict(), '{timm_name}.pth')\""
+)
 
 
 def offline_message(model_name: str, timm_name: str, why: str) -> str:
@@ -200,7 +217,8 @@ def offline_message(model_name: str, timm_name: str, why: str) -> str:
         f"    {DOWNLOAD_COMMAND.format(timm_name=timm_name)}\n"
         f"  (or download model.safetensors from https://huggingface.co/timm/{timm_name}), "
         f"copy the file here and pass it as model.weights={timm_name}.pth (a recipe key or "
-        "override), or use model.pretrained=false to start from random weights.")
+        "override), or use model.pretrained=false to start from random weights."
+    )
 
 
 def cached_hub_file(hf_hub_id: str | None) -> Path | None:
@@ -252,7 +270,7 @@ def timm_load_report():
         msg = record.getMessage()
         for kind, start in (("missing", "Missing keys ("), ("unexpected", "Unexpected keys (")):
             if msg.startswith(start):
-                report[kind] += msg[len(start):].split(")")[0].split(", ")
+                report[kind] += msg[len(start) :].split(")")[0].split(", ")
                 return False
         if msg.startswith("Unable to convert pretrained"):
             report["unconverted"].append(msg)

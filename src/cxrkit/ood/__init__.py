@@ -18,5 +18,14 @@ from cxrkit.ood.record import (
     record_summary,
 )
 
-__all__ = ["FORMAT", "PERCENTILE", "STAT_NAMES", "OodResult", "OodScorer", "check_record",
-           "fit_record", "image_stats", "record_summary"]
+__all__ = [
+    "FORMAT",
+    "PERCENTILE",
+    "STAT_NAMES",
+    "OodResult",
+    "OodScorer",
+    "check_record",
+    "fit_record",
+    "image_stats",
+    "record_summary",
+]

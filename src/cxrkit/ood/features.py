@@ -44,8 +44,10 @@ def tap_features(model: torch.nn.Module) -> Iterator[FeatureTap]:
     """Within the block, every forward of ``model`` records its pooled features."""
     head = getattr(model, "classifier", None)
     if head is None:
-        raise ValueError(f"{type(model).__name__} has no `classifier` module whose input "
-                         "could be read as pooled features")
+        raise ValueError(
+            f"{type(model).__name__} has no `classifier` module whose input "
+            "could be read as pooled features"
+        )
     tap = FeatureTap()
     handle = head.register_forward_pre_hook(tap)
     try:
@@ -55,10 +57,20 @@ def tap_features(model: torch.nn.Module) -> Iterator[FeatureTap]:
 
 
 @torch.no_grad()
-def dataset_features(model, dataset, transform, *, device, metadata: bool, batch_size: int = 64,
-                     limit: int = MAX_IMAGES, seed: int = 0, desc: str = "ood features",
-                     progress: bool = False, precision=None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def dataset_features(
+    model,
+    dataset,
+    transform,
+    *,
+    device,
+    metadata: bool,
+    batch_size: int = 64,
+    limit: int = MAX_IMAGES,
+    seed: int = 0,
+    desc: str = "ood features",
+    progress: bool = False,
+    precision=None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(features (N, D), cache-stage images (N, 1, S, S) uint8, indices)`` of ``dataset``
     (a seeded sample of ``limit`` images when it is larger), in eval mode, float32.
 
@@ -97,22 +109,51 @@ def dataset_features(model, dataset, transform, *, device, metadata: bool, batch
     return np.concatenate(feats), np.concatenate(images), idx
 
 
-def fit_from_datasets(model, train, val, transform, *, device="cpu", metadata: bool = False,
-                      provenance: dict | None = None, seed: int = 0,
-                      progress: bool = False, precision=None) -> dict:
+def fit_from_datasets(
+    model,
+    train,
+    val,
+    transform,
+    *,
+    device="cpu",
+    metadata: bool = False,
+    provenance: dict | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    precision=None,
+) -> dict:
     """Fit the OOD record of ``model`` from its training and validation datasets
     (``precision``: see :func:`dataset_features`; recorded in the provenance)."""
-    tf, ti, _ = dataset_features(model, train, transform, device=device, metadata=metadata,
-                                 seed=seed, desc="ood: train features", progress=progress,
-                                 precision=precision)
-    vf, vi, _ = dataset_features(model, val, transform, device=device, metadata=metadata,
-                                 seed=seed, desc="ood: val features", progress=progress,
-                                 precision=precision)
+    tf, ti, _ = dataset_features(
+        model,
+        train,
+        transform,
+        device=device,
+        metadata=metadata,
+        seed=seed,
+        desc="ood: train features",
+        progress=progress,
+        precision=precision,
+    )
+    vf, vi, _ = dataset_features(
+        model,
+        val,
+        transform,
+        device=device,
+        metadata=metadata,
+        seed=seed,
+        desc="ood: val features",
+        progress=progress,
+        precision=precision,
+    )
     dtype = getattr(precision, "dtype", None)
-    prov = {"train_images_available": len(train), "val_images_available": len(val),
-            "sample_seed": seed,
-            "features_precision": "fp32" if dtype is None else str(dtype).replace("torch.", ""),
-            **(provenance or {})}
+    prov = {
+        "train_images_available": len(train),
+        "val_images_available": len(val),
+        "sample_seed": seed,
+        "features_precision": "fp32" if dtype is None else str(dtype).replace("torch.", ""),
+        **(provenance or {}),
+    }
     return fit_record(tf, ti, vf, vi, provenance=prov)
 
 

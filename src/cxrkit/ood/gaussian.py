@@ -49,8 +49,11 @@ MAGNITUDE_FLOOR = 1e-8
 def encode(a: np.ndarray) -> dict:
     """A float32 array as a checkpoint- and JSON-safe dict."""
     a = np.ascontiguousarray(a, dtype="<f4")
-    return {"dtype": "float32", "shape": list(a.shape),
-            "base64": base64.b64encode(a.tobytes()).decode("ascii")}
+    return {
+        "dtype": "float32",
+        "shape": list(a.shape),
+        "base64": base64.b64encode(a.tobytes()).decode("ascii"),
+    }
 
 
 def decode(d: dict) -> np.ndarray:
@@ -61,8 +64,9 @@ def decode(d: dict) -> np.ndarray:
     return a.reshape(d["shape"]).astype(np.float64)
 
 
-def fit_gaussian(x: np.ndarray, *, rank: int = RANK, standardize: bool = False,
-                 seed: int = 0) -> dict:
+def fit_gaussian(
+    x: np.ndarray, *, rank: int = RANK, standardize: bool = False, seed: int = 0
+) -> dict:
     """Fit on training vectors ``x`` ``(N, D)``; returns the encoded description.
 
     ``standardize``: divide each dimension by its training standard deviation first (for
@@ -94,18 +98,24 @@ def fit_gaussian(x: np.ndarray, *, rank: int = RANK, standardize: bool = False,
     # Without it, training vectors that do not vary at all (identical images) leave
     # variances of 1e-12, and float32 rounding alone scored the training image itself 3e11
     # times over the threshold. Only directions that hardly vary in training are touched.
-    lam = np.maximum(pca.explained_variance_,
-                     np.maximum(MAGNITUDE_FLOOR * (p ** 2 @ mu ** 2), 1e-12))
+    lam = np.maximum(pca.explained_variance_, np.maximum(MAGNITUDE_FLOOR * (p**2 @ mu**2), 1e-12))
     r = (x - mu) - ((x - mu) @ p.T) @ p
     psi = r.var(0)
     # floors: 1e-3 of psi's mean (dead units), and 1e-6 of the mean total variance (so the
     # float32 rounding of the stored directions, ~1e-7 relative, never dominates a distance)
-    psi = np.maximum(psi, max(PSI_FLOOR * float(psi.mean()), 1e-6 * float(x.var(0).mean()),
-                              1e-12))
-    psi = np.maximum(psi, MAGNITUDE_FLOOR * mu ** 2)
-    return {"unit": encode(unit), "mean": encode(mu), "directions": encode(p), "variances": encode(lam),
-            "residual_variances": encode(psi), "rank": k, "dim": int(dim), "n_fit": int(n),
-            "explained_variance_ratio": float(np.nan_to_num(pca.explained_variance_ratio_).sum())}
+    psi = np.maximum(psi, max(PSI_FLOOR * float(psi.mean()), 1e-6 * float(x.var(0).mean()), 1e-12))
+    psi = np.maximum(psi, MAGNITUDE_FLOOR * mu**2)
+    return {
+        "unit": encode(unit),
+        "mean": encode(mu),
+        "directions": encode(p),
+        "variances": encode(lam),
+        "residual_variances": encode(psi),
+        "rank": k,
+        "dim": int(dim),
+        "n_fit": int(n),
+        "explained_variance_ratio": float(np.nan_to_num(pca.explained_variance_ratio_).sum()),
+    }
 
 
 class Gaussian:
@@ -126,7 +136,7 @@ class Gaussian:
         c = x / self.unit - self.mu
         z = c @ self.p.T
         r = c - z @ self.p
-        return (z ** 2 / self.lam).sum(1) + (r ** 2 / self.psi).sum(1)
+        return (z**2 / self.lam).sum(1) + (r**2 / self.psi).sum(1)
 
 
 __all__ = ["Gaussian", "RANK", "decode", "encode", "fit_gaussian"]

@@ -47,10 +47,12 @@ FOLDS = 5
 #: the full 78k-image NIH training split to minutes.
 MAX_IMAGES = 5000
 PARTS = ("features", "image")
-METHOD = ("max over {pooled penultimate features, image statistics} of the squared "
-          "Mahalanobis distance (PCA covariance + diagonal rest) over that part's "
-          "threshold (97th percentile of val distances for features, of out-of-fold "
-          "train+val distances for image statistics); flagged when > 1")
+METHOD = (
+    "max over {pooled penultimate features, image statistics} of the squared "
+    "Mahalanobis distance (PCA covariance + diagonal rest) over that part's "
+    "threshold (97th percentile of val distances for features, of out-of-fold "
+    "train+val distances for image statistics); flagged when > 1"
+)
 
 
 @dataclass
@@ -63,9 +65,16 @@ class OodResult:
     parts: dict[str, np.ndarray]
 
 
-def fit_record(train_features: np.ndarray, train_images, val_features: np.ndarray,
-               val_images, *, provenance: dict | None = None,
-               percentile: float = PERCENTILE, seed: int = 0) -> dict:
+def fit_record(
+    train_features: np.ndarray,
+    train_images,
+    val_features: np.ndarray,
+    val_images,
+    *,
+    provenance: dict | None = None,
+    percentile: float = PERCENTILE,
+    seed: int = 0,
+) -> dict:
     """Fit a record on training features/images, calibrate it on validation ones.
 
     ``*_features``: ``(N, D)`` pooled features; ``*_images``: ``uint8`` ``(N, 1, S, S)``
@@ -81,39 +90,57 @@ def fit_record(train_features: np.ndarray, train_images, val_features: np.ndarra
 
     train_stats, val_stats = _stats(train_images), _stats(val_images)
     if len(val_features) < 2:
-        raise ValueError(f"need at least 2 validation images to choose a threshold, got "
-                         f"{len(val_features)}")
+        raise ValueError(
+            f"need at least 2 validation images to choose a threshold, got {len(val_features)}"
+        )
     feats = fit_gaussian(train_features)
     feat_cal = Gaussian(feats).mahalanobis2(val_features)
     pool = np.concatenate([train_stats, val_stats])
     image_cal = np.zeros(len(pool))
     folds = KFold(min(FOLDS, len(pool)), shuffle=True, random_state=seed)
     for fit_rows, held in folds.split(pool):
-        image_cal[held] = Gaussian(fit_gaussian(pool[fit_rows], standardize=True)
-                                   ).mahalanobis2(pool[held])
+        image_cal[held] = Gaussian(fit_gaussian(pool[fit_rows], standardize=True)).mahalanobis2(
+            pool[held]
+        )
     image = fit_gaussian(pool, standardize=True)
     parts = {"features": feats, "image": image}
     cal = {"features": feat_cal, "image": image_cal}
     for name in PARTS:
-        parts[name]["threshold_d2"] = float(max(np.percentile(cal[name], percentile),
-                                                MIN_THRESHOLD_D2))
-        parts[name]["calibrated_on"] = ("val" if name == "features" else
-                                        f"train+val, {folds.get_n_splits()}-fold out-of-fold")
+        parts[name]["threshold_d2"] = float(
+            max(np.percentile(cal[name], percentile), MIN_THRESHOLD_D2)
+        )
+        parts[name]["calibrated_on"] = (
+            "val" if name == "features" else f"train+val, {folds.get_n_splits()}-fold out-of-fold"
+        )
         parts[name]["n_calibration"] = int(len(cal[name]))
-    val_ratios = {"features": feat_cal / parts["features"]["threshold_d2"],
-                  "image": Gaussian(image).mahalanobis2(val_stats) / parts["image"]["threshold_d2"]}
+    val_ratios = {
+        "features": feat_cal / parts["features"]["threshold_d2"],
+        "image": Gaussian(image).mahalanobis2(val_stats) / parts["image"]["threshold_d2"],
+    }
     val_score = np.maximum(val_ratios["features"], val_ratios["image"])
     return {
-        "format": FORMAT, "method": METHOD, "parts": parts, "stat_names": list(STAT_NAMES),
-        "threshold": 1.0, "percentile": float(percentile),
-        "val": {"n": int(len(val_score)), "flag_rate": float((val_score > 1).mean()),
-                "score_quantiles": {q: float(np.percentile(val_score, float(q)))
-                                    for q in ("50", "90", "95", "99")}},
+        "format": FORMAT,
+        "method": METHOD,
+        "parts": parts,
+        "stat_names": list(STAT_NAMES),
+        "threshold": 1.0,
+        "percentile": float(percentile),
+        "val": {
+            "n": int(len(val_score)),
+            "flag_rate": float((val_score > 1).mean()),
+            "score_quantiles": {
+                q: float(np.percentile(val_score, float(q))) for q in ("50", "90", "95", "99")
+            },
+        },
         "train": {"n": int(len(train_features))},
         "provenance": dict(provenance or {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"cxrkit": __version__, "numpy": np.__version__,
-                     "scikit-learn": sklearn.__version__, "python": platform.python_version()},
+        "versions": {
+            "cxrkit": __version__,
+            "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__,
+            "python": platform.python_version(),
+        },
     }
 
 
@@ -143,8 +170,10 @@ class OodScorer:
     def score(self, features: np.ndarray, images) -> OodResult:
         """``features`` ``(N, D)`` pooled features and the ``uint8`` cache-stage images."""
         feats = np.asarray(features, np.float64).reshape(len(features), -1)
-        ratios = {"features": self.gaussians["features"].mahalanobis2(feats) / self.scales["features"],
-                  "image": self.gaussians["image"].mahalanobis2(_stats(images)) / self.scales["image"]}
+        ratios = {
+            "features": self.gaussians["features"].mahalanobis2(feats) / self.scales["features"],
+            "image": self.gaussians["image"].mahalanobis2(_stats(images)) / self.scales["image"],
+        }
         score = np.maximum(ratios["features"], ratios["image"])
         return OodResult(score=score, flag=score > self.threshold, parts=ratios)
 
@@ -152,25 +181,43 @@ class OodScorer:
 def check_record(record) -> None:
     """Raise ``ValueError`` naming what is wrong with a record (format, parts, threshold)."""
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ValueError(f"not a cxrkit OOD record (format {FORMAT!r} expected, got "
-                         f"{record.get('format') if isinstance(record, dict) else type(record).__name__!r})")
+        raise ValueError(
+            f"not a cxrkit OOD record (format {FORMAT!r} expected, got "
+            f"{record.get('format') if isinstance(record, dict) else type(record).__name__!r})"
+        )
     missing = [k for k in PARTS if k not in record.get("parts", {})]
     if missing or "threshold" not in record:
         raise ValueError(f"OOD record lacks {missing or ['threshold']}")
     if list(record.get("stat_names", [])) != list(STAT_NAMES):
-        raise ValueError("OOD record was made with other image statistics than this cxrkit "
-                         "computes; recompute it with `cxrkit ood RUN`")
+        raise ValueError(
+            "OOD record was made with other image statistics than this cxrkit "
+            "computes; recompute it with `cxrkit ood RUN`"
+        )
 
 
 def record_summary(record: dict) -> dict:
     """The small, human part of a record (for manifests, reports and ``/info``)."""
-    return {"method": record["method"], "threshold": record["threshold"],
-            "percentile": record["percentile"], "val": record["val"], "train": record["train"],
-            "calibration": {k: record["parts"][k]["calibrated_on"] for k in PARTS},
-            "feature_dim": record["parts"]["features"]["dim"],
-            "feature_rank": record["parts"]["features"]["rank"],
-            "provenance": record.get("provenance", {}), "created": record.get("created")}
+    return {
+        "method": record["method"],
+        "threshold": record["threshold"],
+        "percentile": record["percentile"],
+        "val": record["val"],
+        "train": record["train"],
+        "calibration": {k: record["parts"][k]["calibrated_on"] for k in PARTS},
+        "feature_dim": record["parts"]["features"]["dim"],
+        "feature_rank": record["parts"]["features"]["rank"],
+        "provenance": record.get("provenance", {}),
+        "created": record.get("created"),
+    }
 
 
-__all__ = ["FORMAT", "MAX_IMAGES", "PERCENTILE", "OodResult", "OodScorer", "check_record",
-           "fit_record", "record_summary"]
+__all__ = [
+    "FORMAT",
+    "MAX_IMAGES",
+    "PERCENTILE",
+    "OodResult",
+    "OodScorer",
+    "check_record",
+    "fit_record",
+    "record_summary",
+]

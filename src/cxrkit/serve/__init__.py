@@ -12,8 +12,14 @@ torch.
 
 import importlib
 
-_WHERE = {"DISCLAIMER": "app", "create_app": "app", "background_server": "runner",
-          "run_server": "runner", "UploadError": "uploads", "decode_upload": "uploads"}
+_WHERE = {
+    "DISCLAIMER": "app",
+    "create_app": "app",
+    "background_server": "runner",
+    "run_server": "runner",
+    "UploadError": "uploads",
+    "decode_upload": "uploads",
+}
 
 
 def __getattr__(name: str):
@@ -21,5 +27,12 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(f"cxrkit.serve.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'cxrkit.serve' has no attribute {name!r}")
 
-__all__ = ["DISCLAIMER", "UploadError", "background_server", "create_app", "decode_upload",
-           "run_server"]
+
+__all__ = [
+    "DISCLAIMER",
+    "UploadError",
+    "background_server",
+    "create_app",
+    "decode_upload",
+    "run_server",
+]

@@ -60,13 +60,20 @@ from cxrkit.messages import quote
 from cxrkit.metrics import sigmoid
 from cxrkit.inference.predictor import OodMissingWarning
 from cxrkit.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, Batcher
-from cxrkit.serve.uploads import (DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS,
-                                  DecodedUpload, UploadError, decode_upload)
+from cxrkit.serve.uploads import (
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_MAX_UPLOAD_PIXELS,
+    DecodedUpload,
+    UploadError,
+    decode_upload,
+)
 
 log = logging.getLogger(__name__)
 
-DISCLAIMER = ("Research use only. Not a medical device: not for diagnosis, treatment or any "
-              "clinical decision.")
+DISCLAIMER = (
+    "Research use only. Not a medical device: not for diagnosis, treatment or any "
+    "clinical decision."
+)
 #: Multipart framing (boundaries, part headers, the ``finding`` field) allowed on top of
 #: ``max_upload_bytes`` when FastAPI caps the whole request body.
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -74,15 +81,18 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 #: images are enlarged (bilinear) to this side in pixels so the overlay's label is legible.
 OVERLAY_MIN_SIDE = 512
 STATIC = Path(__file__).with_name("static")
-OOD_WARNING = ("This image does not look like the images this model was trained on "
-               "(out-of-distribution score {score:.1f}; above 1 is flagged). The findings "
-               "below are unreliable: check that it is a frontal chest radiograph, upright, "
-               "not inverted, of the kind the model was trained on.")
+OOD_WARNING = (
+    "This image does not look like the images this model was trained on "
+    "(out-of-distribution score {score:.1f}; above 1 is flagged). The findings "
+    "below are unreliable: check that it is a frontal chest radiograph, upright, "
+    "not inverted, of the kind the model was trained on."
+)
 #: How each patient-metadata form field is read, and what a refused value is told.
-META_PARSERS = {"age": (parse_age, "not an age: years from 0 to 120, or DICOM's 058Y / 011M "
-                                   "/ 006W / 003D"),
-                "sex": (parse_sex, "not a sex: M or F (male/female accepted)"),
-                "view": (parse_view, "not a view: PA or AP")}
+META_PARSERS = {
+    "age": (parse_age, "not an age: years from 0 to 120, or DICOM's 058Y / 011M / 006W / 003D"),
+    "sex": (parse_sex, "not a sex: M or F (male/female accepted)"),
+    "view": (parse_view, "not a view: PA or AP"),
+}
 
 
 # -- response schemas (they become the OpenAPI schema) ---------------------------------------
@@ -108,33 +118,43 @@ class ModelInfo(BaseModel):
     input_size: int = Field(description="side of the network input, pixels")
     cache_size: int = Field(description="side of the cache-stage image, pixels")
     tta: str
-    takes_metadata: bool = Field(description="whether the model was trained with patient "
-                                             "metadata (send age, sex and view with each image)")
+    takes_metadata: bool = Field(
+        description="whether the model was trained with patient "
+        "metadata (send age, sex and view with each image)"
+    )
     thresholds_source: str | None = None
     warning: str | None = Field(None, description="why the results need extra care, if any")
     disclaimer: str = DISCLAIMER
 
 
 class PatientMetadata(BaseModel):
-    age: float | None = Field(None, description="years; null: missing (the model's "
-                                                "'age missing' input is set)")
-    sex: str | None = Field(None, description="M or F; null: missing (the training default, "
-                                              "F, was used)")
-    view: str | None = Field(None, description="PA or AP; null: missing (the training "
-                                               "default, PA, was used)")
-    source: dict[str, str] = Field(description="per field: 'form', 'dicom' (the upload's "
-                                               "own tag) or 'missing'")
+    age: float | None = Field(
+        None, description="years; null: missing (the model's 'age missing' input is set)"
+    )
+    sex: str | None = Field(
+        None, description="M or F; null: missing (the training default, F, was used)"
+    )
+    view: str | None = Field(
+        None, description="PA or AP; null: missing (the training default, PA, was used)"
+    )
+    source: dict[str, str] = Field(
+        description="per field: 'form', 'dicom' (the upload's own tag) or 'missing'"
+    )
     missing: list[str] = Field(description="the fields no source gave")
 
 
 class PredictResponse(ModelInfo):
     image: ImageInfo
     metadata: PatientMetadata | None = Field(
-        None, description="the patient metadata the model was given; null when the model "
-                          "takes none (age, sex and view sent to it are ignored)")
+        None,
+        description="the patient metadata the model was given; null when the model "
+        "takes none (age, sex and view sent to it are ignored)",
+    )
     ood_score: float | None = Field(
-        None, description="out-of-distribution score: > 1 means unlike the training images "
-                          "(null when the checkpoint has no OOD record)")
+        None,
+        description="out-of-distribution score: > 1 means unlike the training images "
+        "(null when the checkpoint has no OOD record)",
+    )
     ood_flag: bool | None = Field(None, description="ood_score > 1")
     ood_warning: str | None = Field(None, description="what the flag means, when flagged")
     findings: list[FindingResult] = Field(description="one per finding, in the model's order")
@@ -142,8 +162,7 @@ class PredictResponse(ModelInfo):
 
 class ExplainResponse(ModelInfo):
     image: ImageInfo
-    metadata: PatientMetadata | None = Field(
-        None, description="as in /predict")
+    metadata: PatientMetadata | None = Field(None, description="as in /predict")
     finding: str
     probability: float
     threshold: float
@@ -157,10 +176,14 @@ class ExplainResponse(ModelInfo):
 class BatchingInfo(BaseModel):
     enabled: bool = Field(description="false when max_batch is 1: one forward pass per request")
     max_batch: int = Field(description="most images in one forward pass")
-    max_wait_ms: float = Field(description="longest wait for more requests after the first "
-                                           "(only while others are still decoding)")
-    batches: int = Field(description="forward passes run so far for /predict (a lone "
-                                     "request's own pass counts as a batch of 1)")
+    max_wait_ms: float = Field(
+        description="longest wait for more requests after the first "
+        "(only while others are still decoding)"
+    )
+    batches: int = Field(
+        description="forward passes run so far for /predict (a lone "
+        "request's own pass counts as a batch of 1)"
+    )
     images: int = Field(description="images in them")
     largest_batch: int
     mean_batch: float | None = None
@@ -171,9 +194,11 @@ class InfoResponse(ModelInfo):
     thresholds: dict[str, float]
     max_upload_bytes: int
     max_pixels: int
-    precision: dict = Field(description="how the forward pass runs (cxrkit.runtime): "
-                                        "requested, used (fp32, onnxruntime, openvino-bf16, "
-                                        "...), why, and the engine's details")
+    precision: dict = Field(
+        description="how the forward pass runs (cxrkit.runtime): "
+        "requested, used (fp32, onnxruntime, openvino-bf16, "
+        "...), why, and the engine's details"
+    )
     batching: BatchingInfo
 
 
@@ -187,20 +212,33 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
-ERRORS: dict[int | str, dict] = {s: {"model": ErrorResponse, "description": d} for s, d in (
-    (400, "empty upload"), (413, "file over max_upload_bytes or image over max_pixels"),
-    (415, "not a PNG, JPEG or DICOM image"), (422, "corrupt image, unknown finding, "
-                                                  "unreadable age/sex/view or missing file "
-                                                  "field"))}
+ERRORS: dict[int | str, dict] = {
+    s: {"model": ErrorResponse, "description": d}
+    for s, d in (
+        (400, "empty upload"),
+        (413, "file over max_upload_bytes or image over max_pixels"),
+        (415, "not a PNG, JPEG or DICOM image"),
+        (422, "corrupt image, unknown finding, unreadable age/sex/view or missing file field"),
+    )
+}
 
 
 # -- the model behind the service ------------------------------------------------------------
 class Service:
     """One loaded model, its thresholds and a lock; what every endpoint calls."""
 
-    def __init__(self, lm: LoadedModel, *, tta: str, max_upload_bytes: int, max_pixels: int,
-                 max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-                 decode_limits: DecodeLimits | None = None, decode_workers: int | None = None):
+    def __init__(
+        self,
+        lm: LoadedModel,
+        *,
+        tta: str,
+        max_upload_bytes: int,
+        max_pixels: int,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        decode_limits: DecodeLimits | None = None,
+        decode_workers: int | None = None,
+    ):
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
         self.lm, self.tta = lm, tta
@@ -208,16 +246,22 @@ class Service:
         limits = decode_limits or DecodeLimits()
         self.decode_limits = replace(limits, max_pixels=self.max_pixels)
         # uploads are decoded in worker processes: a hostile file costs one worker
-        self.decoder = Decoder(decode_workers or default_workers(64),
-                               limits=self.decode_limits, preload=("cxrkit.serve.uploads",))
+        self.decoder = Decoder(
+            decode_workers or default_workers(64),
+            limits=self.decode_limits,
+            preload=("cxrkit.serve.uploads",),
+        )
         self.lock = threading.Lock()
-        self.batcher = Batcher(lm, tta=tta, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                               lock=self.lock)
+        self.batcher = Batcher(
+            lm, tta=tta, max_batch=max_batch, max_wait_ms=max_wait_ms, lock=self.lock
+        )
         self.thresholds = {f: float(t) for f, t in zip(lm.findings, lm.threshold_vector())}
         notes = []
         if not lm.thresholds:
-            notes.append("no thresholds were chosen for this checkpoint (run cxrkit "
-                         "evaluate); 'positive' uses 0.5 for every finding")
+            notes.append(
+                "no thresholds were chosen for this checkpoint (run cxrkit "
+                "evaluate); 'positive' uses 0.5 for every finding"
+            )
         if lm.thresholds_mismatch(tta):
             notes.append(lm.thresholds_mismatch(tta))  # type: ignore[arg-type]  # not None: checked above
         if lm.tta_note(tta):
@@ -226,10 +270,15 @@ class Service:
             notes.append(lm.ood_note())  # type: ignore[arg-type]  # not None: checked above
         self.model_info = ModelInfo(
             model=str(getattr(lm.model.cxr_config, "name", type(lm.model).__name__)),
-            checkpoint=lm.checkpoint.name, checkpoint_sha256=lm.checkpoint_sha256,
-            input_size=lm.preprocessing.input_size, cache_size=lm.preprocessing.cache.size, tta=tta,
-            takes_metadata=bool(lm.metadata), thresholds_source=lm.thresholds_source,
-            warning="; ".join(notes) or None)
+            checkpoint=lm.checkpoint.name,
+            checkpoint_sha256=lm.checkpoint_sha256,
+            input_size=lm.preprocessing.input_size,
+            cache_size=lm.preprocessing.cache.size,
+            tta=tta,
+            takes_metadata=bool(lm.metadata),
+            thresholds_source=lm.thresholds_source,
+            warning="; ".join(notes) or None,
+        )
 
     def decode(self, data: bytes, filename: str) -> DecodedUpload:
         """The upload checked and decoded in a worker process (:mod:`cxrkit.data.decoder`:
@@ -240,8 +289,9 @@ class Service:
         try:
             return self.decoder.call(decode_upload, data, filename, label=filename, **kwargs)
         except DecodeLimitError as e:
-            raise UploadError(413 if e.kind == "memory" else 422,
-                              f"{filename}: cannot decode: {e.reason}") from None
+            raise UploadError(
+                413 if e.kind == "memory" else 422, f"{filename}: cannot decode: {e.reason}"
+            ) from None
 
     @staticmethod
     def _parse_field(name: str, raw) -> float | str | None:
@@ -265,8 +315,9 @@ class Service:
                 given[name] = value
         return given
 
-    def metadata(self, given: dict, up: DecodedUpload) -> tuple[list[dict] | None,
-                                                                PatientMetadata | None]:
+    def metadata(
+        self, given: dict, up: DecodedUpload
+    ) -> tuple[list[dict] | None, PatientMetadata | None]:
         """``meta`` for the model (None when it takes none) and what the response reports:
         per field the form value, else the upload's DICOM tag (an unreadable tag is a
         missing value, as in cxrkit predict), else missing."""
@@ -281,8 +332,9 @@ class Service:
                 values[name], source[name] = tag, "dicom"
             else:
                 values[name], source[name] = None, "missing"
-        report = PatientMetadata(**values, source=source,
-                                 missing=[n for n in FIELDS if source[n] == "missing"])
+        report = PatientMetadata(
+            **values, source=source, missing=[n for n in FIELDS if source[n] == "missing"]
+        )
         return [values], report
 
     def _decode_with_metadata(self, data: bytes, filename: str, form: dict | None):
@@ -292,28 +344,35 @@ class Service:
         return (up, *self.metadata(given, up))
 
     def _image_info(self, up: DecodedUpload, filename: str) -> ImageInfo:
-        return ImageInfo(filename=filename, format=up.format, width=up.width,
-                         height=up.height, bytes=up.bytes)
+        return ImageInfo(
+            filename=filename, format=up.format, width=up.width, height=up.height, bytes=up.bytes
+        )
 
     def _result(self, finding: str, p: float) -> FindingResult:
         t = self.thresholds[finding]
         return FindingResult(finding=finding, probability=p, threshold=t, positive=p >= t)
 
     def predict(self, data: bytes, filename: str, form: dict | None = None) -> PredictResponse:
-        with self.batcher.incoming():   # decoding: a batch being gathered may wait for it
+        with self.batcher.incoming():  # decoding: a batch being gathered may wait for it
             up, meta, meta_report = self._decode_with_metadata(data, filename, form)
-            cached = self.lm.cached_batch([up.image])[0]          # (1, S, S) uint8
+            cached = self.lm.cached_batch([up.image])[0]  # (1, S, S) uint8
             mm = self.lm.meta_matrix(1, meta)
         z, score, flag = self.batcher.score(cached, mm)
         p = sigmoid(np.asarray(z))
         rows = [self._result(f, float(v)) for f, v in zip(self.lm.findings, p, strict=True)]
-        return PredictResponse(**self.model_info.model_dump(),
-                               image=self._image_info(up, filename), findings=rows,
-                               metadata=meta_report, ood_score=score, ood_flag=flag,
-                               ood_warning=OOD_WARNING.format(score=score) if flag else None)
+        return PredictResponse(
+            **self.model_info.model_dump(),
+            image=self._image_info(up, filename),
+            findings=rows,
+            metadata=meta_report,
+            ood_score=score,
+            ood_flag=flag,
+            ood_warning=OOD_WARNING.format(score=score) if flag else None,
+        )
 
-    def explain(self, data: bytes, filename: str, finding: str | None,
-                form: dict | None = None) -> ExplainResponse:
+    def explain(
+        self, data: bytes, filename: str, finding: str | None, form: dict | None = None
+    ) -> ExplainResponse:
         from cxrkit.explain.overlay import overlay
         from cxrkit.explain.saliency import saliency_maps
 
@@ -331,17 +390,25 @@ class Service:
         p = float(probs[finding])
         base = cached[0, 0].numpy()
         if base.shape[0] < OVERLAY_MIN_SIDE:
-            base = cv2.resize(base, (OVERLAY_MIN_SIDE, OVERLAY_MIN_SIDE),
-                              interpolation=cv2.INTER_LINEAR)
+            base = cv2.resize(
+                base, (OVERLAY_MIN_SIDE, OVERLAY_MIN_SIDE), interpolation=cv2.INTER_LINEAR
+            )
         rgb = overlay(base, heat, label=f"{finding}  p={p:.2f}")
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG")
         r = self._result(finding, p)
-        return ExplainResponse(**self.model_info.model_dump(), image=self._image_info(up, filename),
-                               metadata=meta_report, finding=finding, probability=p, threshold=r.threshold,
-                               positive=r.positive,
-                               overlay_png_base64=base64.b64encode(buf.getvalue()).decode(),
-                               overlay_width=int(rgb.shape[1]), overlay_height=int(rgb.shape[0]))
+        return ExplainResponse(
+            **self.model_info.model_dump(),
+            image=self._image_info(up, filename),
+            metadata=meta_report,
+            finding=finding,
+            probability=p,
+            threshold=r.threshold,
+            positive=r.positive,
+            overlay_png_base64=base64.b64encode(buf.getvalue()).decode(),
+            overlay_width=int(rgb.shape[1]),
+            overlay_height=int(rgb.shape[0]),
+        )
 
     def _finding(self, name: str) -> str:
         """Canonical spelling (case and aliases as :func:`cxrkit.labels.canonical_finding`)."""
@@ -352,25 +419,40 @@ class Service:
         except ValueError:
             canonical = None
         if canonical not in self.lm.findings:
-            raise UploadError(422, f"finding {quote(name)} is not one of the model's findings: "
-                                   f"{', '.join(self.lm.findings)}")
+            raise UploadError(
+                422,
+                f"finding {quote(name)} is not one of the model's findings: "
+                f"{', '.join(self.lm.findings)}",
+            )
         return canonical
 
     def info(self) -> InfoResponse:
-        return InfoResponse(**self.model_info.model_dump(), findings=list(self.lm.findings),
-                            thresholds=self.thresholds, max_upload_bytes=self.max_upload_bytes,
-                            max_pixels=self.max_pixels, precision=self.lm.precision,
-                            batching=BatchingInfo(**self.batcher.stats()))
+        return InfoResponse(
+            **self.model_info.model_dump(),
+            findings=list(self.lm.findings),
+            thresholds=self.thresholds,
+            max_upload_bytes=self.max_upload_bytes,
+            max_pixels=self.max_pixels,
+            precision=self.lm.precision,
+            batching=BatchingInfo(**self.batcher.stats()),
+        )
 
 
 # -- the app ---------------------------------------------------------------------------------
-def create_app(checkpoint: str | Path | LoadedModel, *,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, tta: str = "none",
-               device: str | None = None, thresholds: str | Path | None = None,
-               precision: str | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-               max_wait_ms: float = DEFAULT_MAX_WAIT_MS, decode_limits: DecodeLimits | None = None,
-               decode_workers: int | None = None) -> FastAPI:
+def create_app(
+    checkpoint: str | Path | LoadedModel,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+    tta: str = "none",
+    device: str | None = None,
+    thresholds: str | Path | None = None,
+    precision: str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    decode_limits: DecodeLimits | None = None,
+    decode_workers: int | None = None,
+) -> FastAPI:
     """The service for one checkpoint (a file, a run folder, or an already loaded model).
 
     ``max_upload_bytes``: largest accepted file; the whole request body is capped at that
@@ -387,11 +469,21 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
     """
     if max_upload_bytes < 1 or max_pixels < 1:
         raise ValueError("max_upload_bytes and max_pixels must be positive")
-    lm = checkpoint if isinstance(checkpoint, LoadedModel) else load(
-        checkpoint, device=device, thresholds=thresholds, precision=precision)
-    service = Service(lm, tta=tta, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-                      max_batch=max_batch, max_wait_ms=max_wait_ms,
-                      decode_limits=decode_limits, decode_workers=decode_workers)
+    lm = (
+        checkpoint
+        if isinstance(checkpoint, LoadedModel)
+        else load(checkpoint, device=device, thresholds=thresholds, precision=precision)
+    )
+    service = Service(
+        lm,
+        tta=tta,
+        max_upload_bytes=max_upload_bytes,
+        max_pixels=max_pixels,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        decode_limits=decode_limits,
+        decode_workers=decode_workers,
+    )
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -401,11 +493,16 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
     body_limit = max_upload_bytes + FORM_OVERHEAD_BYTES
     # no /docs or /redoc: FastAPI's docs pages load Swagger/ReDoc from a CDN, and the
     # service must work without internet; the schema itself is at /openapi.json
-    app = FastAPI(title="cxrkit", version=_version(), lifespan=lifespan,
-                  docs_url=None, redoc_url=None,
-                  description=f"Chest X-ray findings from a cxrkit checkpoint "
-                              f"({service.model_info.model}, {lm.checkpoint.name}). "
-                              f"{DISCLAIMER}")
+    app = FastAPI(
+        title="cxrkit",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description=f"Chest X-ray findings from a cxrkit checkpoint "
+        f"({service.model_info.model}, {lm.checkpoint.name}). "
+        f"{DISCLAIMER}",
+    )
     app.state.service = service
 
     @app.exception_handler(UploadError)
@@ -418,25 +515,34 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
         return await file.read(max_upload_bytes + 1), file.filename or "upload"
 
     upload = File(description="a chest X-ray: PNG, JPEG or DICOM (checked by content)")
-    age_field = Form(None, description="patient age: years, or DICOM's 058Y (models trained "
-                                       "with metadata; default: the DICOM tag, else missing)")
+    age_field = Form(
+        None,
+        description="patient age: years, or DICOM's 058Y (models trained "
+        "with metadata; default: the DICOM tag, else missing)",
+    )
     sex_field = Form(None, description="M or F (default: the DICOM tag, else missing)")
     view_field = Form(None, description="PA or AP (default: the DICOM tag, else missing)")
 
     @app.post("/predict", response_model=PredictResponse, responses=ERRORS)
-    async def predict(file: UploadFile = upload, age: str | None = age_field,
-                      sex: str | None = sex_field, view: str | None = view_field
-                      ) -> PredictResponse:
+    async def predict(
+        file: UploadFile = upload,
+        age: str | None = age_field,
+        sex: str | None = sex_field,
+        view: str | None = view_field,
+    ) -> PredictResponse:
         """Probability, threshold and positive flag for every finding of one X-ray."""
         data, name = await read(file)
         form = {"age": age, "sex": sex, "view": view}
         return await run_in_threadpool(service.predict, data, name, form)
 
     @app.post("/explain", response_model=ExplainResponse, responses=ERRORS)
-    async def explain(file: UploadFile = upload,
-                      finding: str | None = Form(None, description="default: the most probable"),
-                      age: str | None = age_field, sex: str | None = sex_field,
-                      view: str | None = view_field) -> ExplainResponse:
+    async def explain(
+        file: UploadFile = upload,
+        finding: str | None = Form(None, description="default: the most probable"),
+        age: str | None = age_field,
+        sex: str | None = sex_field,
+        view: str | None = view_field,
+    ) -> ExplainResponse:
         """Grad-CAM overlay (base64 PNG) for one finding, with its probability."""
         data, name = await read(file)
         form = {"age": age, "sex": sex, "view": view}
@@ -454,10 +560,14 @@ def create_app(checkpoint: str | Path | LoadedModel, *,
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         # the page loads only its own files: no CDN, nothing from the internet
-        return FileResponse(STATIC / "index.html", headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
-                                       "object-src 'none'; base-uri 'none'",
-            "Cache-Control": "no-cache"})
+        return FileResponse(
+            STATIC / "index.html",
+            headers={
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                "object-src 'none'; base-uri 'none'",
+                "Cache-Control": "no-cache",
+            },
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_body_size=body_limit, max_upload_bytes=max_upload_bytes)
@@ -485,8 +595,10 @@ class BodyLimit:
 
     def detail(self, size: int | None) -> str:
         body = "request body" if size is None else f"request body of {size:,} bytes"
-        return (f"{body} is over the limit of {self.max_body_size:,} bytes: files are limited "
-                f"to {self.max_upload_bytes:,} bytes (max_upload_bytes)")
+        return (
+            f"{body} is over the limit of {self.max_body_size:,} bytes: files are limited "
+            f"to {self.max_upload_bytes:,} bytes (max_upload_bytes)"
+        )
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -511,6 +623,7 @@ class BodyLimit:
 
 def _version() -> str:
     from cxrkit import __version__
+
     return __version__
 
 

@@ -48,8 +48,8 @@ DEFAULT_MAX_WAIT_MS = 5.0
 
 @dataclass
 class _Item:
-    image: np.ndarray            #: cache-stage ``(1, S, S)`` uint8
-    meta: np.ndarray | None      #: ``(1, 4)`` float32 or None
+    image: np.ndarray  #: cache-stage ``(1, S, S)`` uint8
+    meta: np.ndarray | None  #: ``(1, 4)`` float32 or None
     future: Future
 
 
@@ -58,8 +58,15 @@ class Batcher:
     docstring). ``lock``: taken around every forward pass (shared with the endpoints that
     use the torch module directly, such as Grad-CAM)."""
 
-    def __init__(self, model, *, tta: str = "none", max_batch: int = DEFAULT_MAX_BATCH,
-                 max_wait_ms: float = DEFAULT_MAX_WAIT_MS, lock: threading.Lock | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        tta: str = "none",
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        lock: threading.Lock | None = None,
+    ):
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if not 0 <= float(max_wait_ms) <= 1000:
@@ -73,8 +80,7 @@ class Batcher:
         self.batches = self.images = self.largest = 0
         self._thread = None
         if self.max_batch > 1:
-            self._thread = threading.Thread(target=self._loop, daemon=True,
-                                            name="cxrkit-batcher")
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="cxrkit-batcher")
             self._thread.start()
 
     @property
@@ -83,10 +89,15 @@ class Batcher:
 
     def stats(self) -> dict:
         """Settings and counters for ``/info``."""
-        return {"enabled": self.enabled, "max_batch": self.max_batch,
-                "max_wait_ms": self.max_wait_ms, "batches": self.batches,
-                "images": self.images, "largest_batch": self.largest,
-                "mean_batch": round(self.images / self.batches, 2) if self.batches else None}
+        return {
+            "enabled": self.enabled,
+            "max_batch": self.max_batch,
+            "max_wait_ms": self.max_wait_ms,
+            "batches": self.batches,
+            "images": self.images,
+            "largest_batch": self.largest,
+            "mean_batch": round(self.images / self.batches, 2) if self.batches else None,
+        }
 
     @contextmanager
     def incoming(self):
@@ -110,7 +121,7 @@ class Batcher:
             try:
                 with self._count_lock:
                     alone = self._incoming == 0 and self._queue.empty()
-                if alone:   # nobody to batch with: run here, no hand-over to the thread
+                if alone:  # nobody to batch with: run here, no hand-over to the thread
                     row = self._rows(*self._run(image[None], meta))[0]
                     self._count([row])
                     return row
@@ -133,8 +144,14 @@ class Batcher:
 
     @staticmethod
     def _rows(z, ood) -> list[tuple]:
-        return [(z[i], None if ood is None else float(ood.score[i]),
-                 None if ood is None else bool(ood.flag[i])) for i in range(len(z))]
+        return [
+            (
+                z[i],
+                None if ood is None else float(ood.score[i]),
+                None if ood is None else bool(ood.flag[i]),
+            )
+            for i in range(len(z))
+        ]
 
     def _gather(self, first: _Item) -> list[_Item]:
         batch = [first]
@@ -146,7 +163,7 @@ class Batcher:
             except queue.Empty:
                 pass
             with self._count_lock:
-                coming = self._incoming      # requests still decoding
+                coming = self._incoming  # requests still decoding
             left = deadline - time.monotonic()
             if coming <= 0 or left <= 0:
                 break
@@ -169,8 +186,12 @@ class Batcher:
                 if len(batch) == 1:
                     batch[0].future.set_exception(e)
                     continue
-                log.info("a batch of %d failed (%s: %s); running its images one at a time",
-                         len(batch), type(e).__name__, e)
+                log.info(
+                    "a batch of %d failed (%s: %s); running its images one at a time",
+                    len(batch),
+                    type(e).__name__,
+                    e,
+                )
                 for it in batch:
                     try:
                         with self.lock:

@@ -65,7 +65,7 @@ class TimeoutH11Protocol(H11Protocol):
 
     def connection_made(self, transport) -> None:
         self._deadline: asyncio.TimerHandle | None = None
-        self._body_due: float | None = None   # loop time by which the current body must be complete
+        self._body_due: float | None = None  # loop time by which the current body must be complete
         super().connection_made(transport)
         self._arm(self.header_timeout)
 
@@ -88,13 +88,13 @@ class TimeoutH11Protocol(H11Protocol):
             self._arm(max(0.0, min(self.read_timeout, self._body_due - self.loop.time())))
         elif state is not h11.IDLE:
             self._body_due = None
-            self._disarm()                     # request complete: the app's turn
+            self._disarm()  # request complete: the app's turn
         # IDLE: still in the headers; their deadline keeps running
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
-            self._arm(self.header_timeout)     # the next request's headers
+            self._arm(self.header_timeout)  # the next request's headers
 
     def connection_lost(self, exc) -> None:
         self._disarm()
@@ -107,75 +107,137 @@ class TimeoutH11Protocol(H11Protocol):
         state = self.conn.their_state
         late = self._body_due is not None and self.loop.time() >= self._body_due
         if state is h11.SEND_BODY and self.flow.read_paused and not late:
-            self._arm(self.read_timeout)       # we stopped reading, not the client
+            self._arm(self.read_timeout)  # we stopped reading, not the client
             return
         if state is h11.IDLE and (self.cycle is None or self.cycle.response_complete):
-            log.info("closing a connection from %s: no complete request headers within "
-                     "%g s", self.client, self.header_timeout)
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-                                 b"Content-Length: 0\r\n\r\n")
+            log.info(
+                "closing a connection from %s: no complete request headers within %g s",
+                self.client,
+                self.header_timeout,
+            )
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            )
         elif state is h11.SEND_BODY and late:
-            log.info("closing a connection from %s: the request body took over %g s",
-                     self.client, self.body_timeout)
+            log.info(
+                "closing a connection from %s: the request body took over %g s",
+                self.client,
+                self.body_timeout,
+            )
         elif state is h11.SEND_BODY:
-            log.info("closing a connection from %s: the request body paused for over %g s",
-                     self.client, self.read_timeout)
+            log.info(
+                "closing a connection from %s: the request body paused for over %g s",
+                self.client,
+                self.read_timeout,
+            )
         else:
             return
         self.transport.close()
 
 
-def timeout_protocol(header_timeout: float = HEADER_TIMEOUT_S,
-                     read_timeout: float = READ_TIMEOUT_S,
-                     body_timeout: float = BODY_TIMEOUT_S) -> type[TimeoutH11Protocol]:
+def timeout_protocol(
+    header_timeout: float = HEADER_TIMEOUT_S,
+    read_timeout: float = READ_TIMEOUT_S,
+    body_timeout: float = BODY_TIMEOUT_S,
+) -> type[TimeoutH11Protocol]:
     """A :class:`TimeoutH11Protocol` subclass with these deadlines (seconds, > 0)."""
     if not (header_timeout > 0 and read_timeout > 0 and body_timeout > 0):
-        raise ValueError(f"timeouts must be positive seconds, got header_timeout="
-                         f"{header_timeout}, read_timeout={read_timeout}, "
-                         f"body_timeout={body_timeout}")
-    return type("TimeoutH11Protocol", (TimeoutH11Protocol,),
-                {"header_timeout": float(header_timeout), "read_timeout": float(read_timeout),
-                 "body_timeout": float(body_timeout)})
+        raise ValueError(
+            f"timeouts must be positive seconds, got header_timeout="
+            f"{header_timeout}, read_timeout={read_timeout}, "
+            f"body_timeout={body_timeout}"
+        )
+    return type(
+        "TimeoutH11Protocol",
+        (TimeoutH11Protocol,),
+        {
+            "header_timeout": float(header_timeout),
+            "read_timeout": float(read_timeout),
+            "body_timeout": float(body_timeout),
+        },
+    )
 
 
-def server_config(app, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-                  header_timeout: float = HEADER_TIMEOUT_S,
-                  read_timeout: float = READ_TIMEOUT_S,
-                  body_timeout: float = BODY_TIMEOUT_S, **kwargs) -> uvicorn.Config:
+def server_config(
+    app,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    header_timeout: float = HEADER_TIMEOUT_S,
+    read_timeout: float = READ_TIMEOUT_S,
+    body_timeout: float = BODY_TIMEOUT_S,
+    **kwargs,
+) -> uvicorn.Config:
     """The uvicorn configuration both servers use: h11 with the timeouts above."""
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                          http=timeout_protocol(header_timeout, read_timeout, body_timeout),
-                          timeout_keep_alive=KEEP_ALIVE_S, **kwargs)  # type: ignore[arg-type]  # uvicorn takes seconds as float too
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=timeout_protocol(header_timeout, read_timeout, body_timeout),
+        timeout_keep_alive=KEEP_ALIVE_S,
+        **kwargs,
+    )  # type: ignore[arg-type]  # uvicorn takes seconds as float too
 
 
-def run_server(app, *, host: str = "127.0.0.1", port: int = 8000,
-               log_level: str = "info", header_timeout: float = HEADER_TIMEOUT_S,
-               read_timeout: float = READ_TIMEOUT_S,
-               body_timeout: float = BODY_TIMEOUT_S) -> None:
+def run_server(
+    app,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    header_timeout: float = HEADER_TIMEOUT_S,
+    read_timeout: float = READ_TIMEOUT_S,
+    body_timeout: float = BODY_TIMEOUT_S,
+) -> None:
     """Serve ``app`` until interrupted (Ctrl-C)."""
-    uvicorn.Server(server_config(app, host=host, port=port, log_level=log_level,
-                                 header_timeout=header_timeout, read_timeout=read_timeout,
-                                 body_timeout=body_timeout)).run()
+    uvicorn.Server(
+        server_config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            header_timeout=header_timeout,
+            read_timeout=read_timeout,
+            body_timeout=body_timeout,
+        )
+    ).run()
 
 
 @contextmanager
-def background_server(app, *, host: str = "127.0.0.1", port: int = 0,
-                      log_level: str = "warning", timeout: float = 30.0,
-                      header_timeout: float = HEADER_TIMEOUT_S,
-                      read_timeout: float = READ_TIMEOUT_S,
-                      body_timeout: float = BODY_TIMEOUT_S) -> Iterator[str]:
+def background_server(
+    app,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    timeout: float = 30.0,
+    header_timeout: float = HEADER_TIMEOUT_S,
+    read_timeout: float = READ_TIMEOUT_S,
+    body_timeout: float = BODY_TIMEOUT_S,
+) -> Iterator[str]:
     """Serve ``app`` on a daemon thread; yields its base URL, stops it on exit."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(server_config(app, host=host, port=port, log_level=log_level,
-                                          lifespan="off", header_timeout=header_timeout,
-                                          read_timeout=read_timeout,
-                                          body_timeout=body_timeout))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
-                              name=f"cxrkit-serve-{port}")
+    server = uvicorn.Server(
+        server_config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            lifespan="off",
+            header_timeout=header_timeout,
+            read_timeout=read_timeout,
+            body_timeout=body_timeout,
+        )
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"cxrkit-serve-{port}"
+    )
     thread.start()
     deadline = time.monotonic() + timeout
     while not server.started:
@@ -192,5 +254,14 @@ def background_server(app, *, host: str = "127.0.0.1", port: int = 0,
         sock.close()
 
 
-__all__ = ["BODY_TIMEOUT_S", "HEADER_TIMEOUT_S", "READ_TIMEOUT_S", "TimeoutH11Protocol", "background_server",
-           "is_loopback", "run_server", "server_config", "timeout_protocol"]
+__all__ = [
+    "BODY_TIMEOUT_S",
+    "HEADER_TIMEOUT_S",
+    "READ_TIMEOUT_S",
+    "TimeoutH11Protocol",
+    "background_server",
+    "is_loopback",
+    "run_server",
+    "server_config",
+    "timeout_protocol",
+]

@@ -60,28 +60,36 @@ class UploadError(ValueError):
 class DecodedUpload:
     """A decoded upload: the grey image and what the file was."""
 
-    image: np.ndarray   #: grey uint8 (H, W), before the checkpoint's cache stage
-    format: str         #: "PNG", "JPEG" or "DICOM"
-    width: int          #: pixels
-    height: int         #: pixels
-    bytes: int          #: size of the uploaded file
+    image: np.ndarray  #: grey uint8 (H, W), before the checkpoint's cache stage
+    format: str  #: "PNG", "JPEG" or "DICOM"
+    width: int  #: pixels
+    height: int  #: pixels
+    bytes: int  #: size of the uploaded file
     #: patient metadata from a DICOM's header (``age``/``sex``/``view``: the raw
     #: ``PatientAge``/``PatientSex``/``ViewPosition`` values, None where absent); empty for
     #: PNG and JPEG
     tags: dict = field(default_factory=dict)
 
 
-def decode_upload(data: bytes, filename: str = "upload", *,
-                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-                  max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS) -> DecodedUpload:
+def decode_upload(
+    data: bytes,
+    filename: str = "upload",
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+) -> DecodedUpload:
     """Check and decode one uploaded file; see the module docstring for the rules."""
     name = filename or "upload"
     if len(data) == 0:
-        raise UploadError(400, f"{name}: empty file (0 bytes); upload a PNG, JPEG or "
-                               "DICOM chest X-ray")
+        raise UploadError(
+            400, f"{name}: empty file (0 bytes); upload a PNG, JPEG or DICOM chest X-ray"
+        )
     if len(data) > max_upload_bytes:
-        raise UploadError(413, f"{name}: {len(data):,} bytes is over the upload limit of "
-                               f"{max_upload_bytes:,} bytes (max_upload_bytes)")
+        raise UploadError(
+            413,
+            f"{name}: {len(data):,} bytes is over the upload limit of "
+            f"{max_upload_bytes:,} bytes (max_upload_bytes)",
+        )
     tags: dict = {}
     if has_dicom_preamble(data):
         fmt, (w, h, frames, tags) = "DICOM", _dicom_header(data, name)
@@ -90,13 +98,20 @@ def decode_upload(data: bytes, filename: str = "upload", *,
         frames = 1
     if w * h * frames > max_pixels:
         size = f"{w}x{h} pixels" + (f" x {frames} frames" if frames > 1 else "")
-        raise UploadError(413, f"{name}: {size} is over the limit of {max_pixels:,} pixels "
-                               "(max_pixels)")
+        raise UploadError(
+            413, f"{name}: {size} is over the limit of {max_pixels:,} pixels (max_pixels)"
+        )
     if w == 0 or h == 0:
         raise UploadError(422, f"{name}: the image has no pixels ({w}x{h})")
     image = _decode(data, name, fmt, max_pixels)
-    return DecodedUpload(image=image, format=fmt, width=int(image.shape[1]),
-                         height=int(image.shape[0]), bytes=len(data), tags=tags)
+    return DecodedUpload(
+        image=image,
+        format=fmt,
+        width=int(image.shape[1]),
+        height=int(image.shape[0]),
+        bytes=len(data),
+        tags=tags,
+    )
 
 
 def _probe(data: bytes, name: str, max_pixels: int) -> tuple[str, tuple[int, int]]:
@@ -107,17 +122,22 @@ def _probe(data: bytes, name: str, max_pixels: int) -> tuple[str, tuple[int, int
             with Image.open(io.BytesIO(data)) as im:
                 fmt, size = im.format, im.size
     except Image.DecompressionBombError as e:  # Pillow's own guard, at 2 x its warning size
-        raise UploadError(413, f"{name}: {e} The limit here is {max_pixels:,} pixels "
-                               "(max_pixels)") from None
+        raise UploadError(
+            413, f"{name}: {e} The limit here is {max_pixels:,} pixels (max_pixels)"
+        ) from None
     except Image.UnidentifiedImageError:
-        raise UploadError(415, f"{name}: not a recognised image (the content is neither "
-                               "PNG, JPEG nor DICOM, whatever its name says)") from None
+        raise UploadError(
+            415,
+            f"{name}: not a recognised image (the content is neither "
+            "PNG, JPEG nor DICOM, whatever its name says)",
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise UploadError(422, f"{name}: corrupt image header ({type(e).__name__}: "
-                               f"{e})") from None
+        raise UploadError(422, f"{name}: corrupt image header ({type(e).__name__}: {e})") from None
     if fmt not in ACCEPTED_FORMATS:
-        raise UploadError(415, f"{name}: a {fmt} image; the service accepts "
-                               f"{', '.join(ACCEPTED_FORMATS)} or DICOM")
+        raise UploadError(
+            415,
+            f"{name}: a {fmt} image; the service accepts {', '.join(ACCEPTED_FORMATS)} or DICOM",
+        )
     return fmt, size
 
 
@@ -139,5 +159,11 @@ def _decode(data: bytes, name: str, fmt: str, max_pixels: int) -> np.ndarray:
         raise UploadError(422, f"{name}: cannot decode: {e.reason}") from None
 
 
-__all__ = ["ACCEPTED_FORMATS", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_UPLOAD_PIXELS",
-           "DecodedUpload", "UploadError", "decode_upload"]
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "DEFAULT_MAX_UPLOAD_PIXELS",
+    "DecodedUpload",
+    "UploadError",
+    "decode_upload",
+]

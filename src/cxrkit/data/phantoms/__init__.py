@@ -49,11 +49,31 @@ from cxrkit.data.phantoms.labels import (
     write_expert_files,
 )
 
-__all__ = ["EXPERT_FRACTION", "MANIFEST_NAME", "MEASURED_NOISE", "NOISE_PRESETS", "READERS",
-           "TARGET_PREVALENCE", "Anatomy", "Drawing", "PhantomRelease", "describe_noise",
-           "draw_phantom", "existing_release", "finding_box", "generator_versions",
-           "make_phantoms", "noisy_findings", "render_phantom", "resolve_noise", "rng_stream",
-           "sample_anatomy", "sample_cohort", "write_ascii", "write_expert_files"]
+__all__ = [
+    "EXPERT_FRACTION",
+    "MANIFEST_NAME",
+    "MEASURED_NOISE",
+    "NOISE_PRESETS",
+    "READERS",
+    "TARGET_PREVALENCE",
+    "Anatomy",
+    "Drawing",
+    "PhantomRelease",
+    "describe_noise",
+    "draw_phantom",
+    "existing_release",
+    "finding_box",
+    "generator_versions",
+    "make_phantoms",
+    "noisy_findings",
+    "render_phantom",
+    "resolve_noise",
+    "rng_stream",
+    "sample_anatomy",
+    "sample_cohort",
+    "write_ascii",
+    "write_expert_files",
+]
 
 
 def __getattr__(name: str):

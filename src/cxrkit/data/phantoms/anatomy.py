@@ -41,20 +41,20 @@ class Anatomy:
     """
 
     thorax_half_width: float = 0.74  # chest wall at the lung bases
-    apex_y: float = -0.70            # top of the lung apices
-    dome_y: float = 0.40             # top of the left hemidiaphragm dome
+    apex_y: float = -0.70  # top of the lung apices
+    dome_y: float = 0.40  # top of the left hemidiaphragm dome
     dome_lift: tuple[float, float] = (0.04, 0.0)  # extra lift of the (right, left) dome
-    dome_rise: float = 0.16          # dome height above its costophrenic angle
-    heart_ctr: float = 0.45          # cardiothoracic ratio on a PA view (heart / thorax width)
+    dome_rise: float = 0.16  # dome height above its costophrenic angle
+    heart_ctr: float = 0.45  # cardiothoracic ratio on a PA view (heart / thorax width)
     mediastinum_half_width: float = 0.085
-    air: float = 0.62                # density removed by lung air at mid lung
-    markings: float = 1.0            # strength of the vessel markings (relative)
-    bone: float = 1.0                # bone density (lower in the elderly)
-    rib_spacing: float = 0.105       # distance between posterior ribs
+    air: float = 0.62  # density removed by lung air at mid lung
+    markings: float = 1.0  # strength of the vessel markings (relative)
+    bone: float = 1.0  # bone density (lower in the elderly)
+    rib_spacing: float = 0.105  # distance between posterior ribs
     rib_phase: float = 0.0
-    breast: float = 0.0              # density of the breast shadows (0 for men)
-    stomach_gas: float = 0.5         # size of the gastric air bubble (relative)
-    seed: int = 0                    # fixes the vessel tree and where findings sit
+    breast: float = 0.0  # density of the breast shadows (0 for men)
+    stomach_gas: float = 0.5  # size of the gastric air bubble (relative)
+    seed: int = 0  # fixes the vessel tree and where findings sit
 
     def dome(self, side: int, u):
         """Height ``y`` of the diaphragm on ``side`` at lateral distance ``u = side * x``."""
@@ -77,8 +77,12 @@ class Anatomy:
     def in_lung(self, side: int, x: float, y: float, margin: float = 0.04) -> bool:
         """Whether ``(x, y)`` lies inside the visible lung (clear of the heart) by ``margin``."""
         u = side * x
-        if not (u > 0.1 + margin and y > self.apex(u) + margin and y < self.dome(side, u) - margin
-                and u < self.chest_wall(y) - margin):
+        if not (
+            u > 0.1 + margin
+            and y > self.apex(u) + margin
+            and y < self.dome(side, u) - margin
+            and u < self.chest_wall(y) - margin
+        ):
             return False
         heart_top = self.dome_y - 0.35
         return not (side == LEFT and y > heart_top and u < self.heart_width("PA") * 0.62 + margin)
@@ -90,8 +94,8 @@ def sample_anatomy(rng: np.random.Generator, *, sex: str, age: float) -> Anatomy
     Heart size, lung height, diaphragm and ribs vary across the normal range; a normal
     heart stays at a cardiothoracic ratio <= 0.5 on a PA view, as radiologists define it.
     """
-    u = rng.uniform(size=8).tolist()   # Python floats: numpy scalars would turn the
-    n = rng.normal(size=6).tolist()    # float32 image arithmetic into (slower) float64
+    u = rng.uniform(size=8).tolist()  # Python floats: numpy scalars would turn the
+    n = rng.normal(size=6).tolist()  # float32 image arithmetic into (slower) float64
     female = sex == "F"
     old = min(max((float(age) - 40.0) / 40.0, -1.0), 1.2)
     return Anatomy(
@@ -100,8 +104,9 @@ def sample_anatomy(rng: np.random.Generator, *, sex: str, age: float) -> Anatomy
         dome_y=0.40 + 0.04 * n[2],
         dome_lift=(0.02 + 0.04 * u[0], 0.0),
         dome_rise=0.16 + 0.08 * u[1],
-        heart_ctr=min(max(0.44 + 0.03 * n[3] + 0.015 * old + (0.02 if age < 12 else 0.0), 0.36),
-                      0.5),
+        heart_ctr=min(
+            max(0.44 + 0.03 * n[3] + 0.015 * old + (0.02 if age < 12 else 0.0), 0.36), 0.5
+        ),
         mediastinum_half_width=0.08 + 0.015 * u[2] + 0.01 * max(old, 0),
         air=0.62 + 0.06 * n[4],
         markings=0.8 + 0.3 * u[3] + 0.15 * max(old, 0),
@@ -133,15 +138,18 @@ def sample_pose(rng: np.random.Generator, view: str) -> Pose:
     """
     spread = 1.5 if view == "AP" else 1.0
     n = rng.normal(size=4).tolist()
-    return Pose(scale=min(max(0.92 + 0.06 * n[0], 0.78), 1.06),
-                shift_x=0.05 * spread * n[1], shift_y=0.06 + 0.05 * spread * n[2],
-                angle=math.radians(2.0 * spread * n[3]))
+    return Pose(
+        scale=min(max(0.92 + 0.06 * n[0], 0.78), 1.06),
+        shift_x=0.05 * spread * n[1],
+        shift_y=0.06 + 0.05 * spread * n[2],
+        angle=math.radians(2.0 * spread * n[3]),
+    )
 
 
 @functools.lru_cache(maxsize=8)
 def _image_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel centres in image units ([-1, 1]); cached, read-only."""
-    c = ((np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0)
+    c = (np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0
     gx, gy = np.meshgrid(c, c)
     gx.setflags(write=False)
     gy.setflags(write=False)
@@ -189,7 +197,7 @@ class Frame:
 
         Small shapes are evaluated only there, which keeps rendering fast.
         """
-        (px, py), = self.to_pixels([[cx, cy]])
+        ((px, py),) = self.to_pixels([[cx, cy]])
         r = radius * self.size * self.pose.scale / 2 + 2
         lo = lambda v: int(np.clip(np.floor(v - r), 0, self.size))  # noqa: E731
         hi = lambda v: int(np.clip(np.ceil(v + r) + 1, 0, self.size))  # noqa: E731
@@ -214,8 +222,9 @@ class Frame:
         out[win] = np.exp(-0.5 * (((c * dx + s * dy) / sx) ** 2 + ((-s * dx + c * dy) / sy) ** 2))
         return out
 
-    def lines(self, polylines, thickness: float, weight: float = 1.0,
-              blur: float = 0.004) -> np.ndarray:
+    def lines(
+        self, polylines, thickness: float, weight: float = 1.0, blur: float = 0.004
+    ) -> np.ndarray:
         """Draw polylines given in body coordinates (anti-aliased), values in [0, 1].
 
         ``thickness`` and ``blur`` are in body units, so a line looks the same at any image
@@ -228,8 +237,9 @@ class Frame:
             canvas = cv2.GaussianBlur(canvas, (0, 0), sigma)
         return canvas
 
-    def draw_lines(self, canvas: np.ndarray, polylines, thickness: float,
-                   weight: float = 1.0) -> None:
+    def draw_lines(
+        self, canvas: np.ndarray, polylines, thickness: float, weight: float = 1.0
+    ) -> None:
         """Draw polylines (a list of ``(k, 2)`` arrays or one ``(N, k, 2)`` array, body
         coordinates) onto ``canvas`` in place; see :meth:`lines`."""
         if not len(polylines):
@@ -237,14 +247,18 @@ class Frame:
         t_px = thickness * self.size * self.pose.scale / 2
         if isinstance(polylines, np.ndarray):
             n, k, _ = polylines.shape
-            pts = list(np.round(self.to_pixels(polylines.reshape(-1, 2)) * 16).astype(np.int32)
-                       .reshape(n, k, 2))
+            pts = list(
+                np.round(self.to_pixels(polylines.reshape(-1, 2)) * 16)
+                .astype(np.int32)
+                .reshape(n, k, 2)
+            )
         else:
             lengths = [len(p) for p in polylines]
             flat = np.round(self.to_pixels(np.concatenate(polylines)) * 16).astype(np.int32)
             pts = np.split(flat, np.cumsum(lengths)[:-1])
-        cv2.polylines(canvas, pts, False, weight * min(1.0, t_px), max(1, int(round(t_px))),
-                      cv2.LINE_AA, 4)
+        cv2.polylines(
+            canvas, pts, False, weight * min(1.0, t_px), max(1, int(round(t_px))), cv2.LINE_AA, 4
+        )
 
 
 @functools.lru_cache(maxsize=64)
@@ -279,11 +293,11 @@ class Thorax:
     frame: Frame
     anatomy: Anatomy
     view: str
-    density: np.ndarray                    # total density (float32, H x W)
-    air: np.ndarray                        # density removed by lung air (>= 0)
-    lung: dict[int, np.ndarray]            # per side: lung field, 0..1 (behind heart too)
-    wall_depth: dict[int, np.ndarray]      # per side: distance inside chest wall / apex
-    markings: np.ndarray                   # vessel markings as drawn (density added)
+    density: np.ndarray  # total density (float32, H x W)
+    air: np.ndarray  # density removed by lung air (>= 0)
+    lung: dict[int, np.ndarray]  # per side: lung field, 0..1 (behind heart too)
+    wall_depth: dict[int, np.ndarray]  # per side: distance inside chest wall / apex
+    markings: np.ndarray  # vessel markings as drawn (density added)
 
 
 def render_thorax(frame: Frame, anatomy: Anatomy, view: str) -> Thorax:
@@ -302,8 +316,9 @@ def render_thorax(frame: Frame, anatomy: Anatomy, view: str) -> Thorax:
 
     # heart (a tilted ellipse resting on the left dome) and mediastinum hide the lungs
     hw = a.heart_width(view)
-    heart = frame.blob(0.17 * hw, a.dome_y - 0.06, 0.56 * hw, 0.25 * (hw / 0.66) ** 0.8,
-                       angle=0.45, edge=0.02)
+    heart = frame.blob(
+        0.17 * hw, a.dome_y - 0.06, 0.56 * hw, 0.25 * (hw / 0.66) ** 0.8, angle=0.45, edge=0.02
+    )
     mw = a.mediastinum_half_width * (1.15 if view == "AP" else 1.0)
     mediastinum = frame.ramp(mw - np.abs(X - 0.012), 0.015) * frame.ramp(a.dome_y - Y, 0.1)
     knob = frame.blob(mw, -0.34, 0.065, 0.055, edge=0.015)
@@ -325,8 +340,12 @@ def render_thorax(frame: Frame, anatomy: Anatomy, view: str) -> Thorax:
     density += 0.05 * heart
 
     # bones: posterior and anterior ribs as curved bands, clavicles, spine
-    ribcage = (frame.ramp(a.chest_wall(Y) + 0.04 - ax, 0.02) * frame.ramp(ax - 0.05, 0.03)
-               * frame.ramp(Y - a.apex_y + 0.1, 0.03) * frame.ramp(a.dome_y + 0.08 - Y, 0.08))
+    ribcage = (
+        frame.ramp(a.chest_wall(Y) + 0.04 - ax, 0.02)
+        * frame.ramp(ax - 0.05, 0.03)
+        * frame.ramp(Y - a.apex_y + 0.1, 0.03)
+        * frame.ramp(a.dome_y + 0.08 - Y, 0.08)
+    )
     phase = (Y - (0.6 * ax**2 + 0.2 * ax) - a.rib_phase) / a.rib_spacing
     ribs = np.clip((np.cos(2 * np.pi * phase) - 0.3) * 1.4, 0, 1)
     phase = (Y + 0.4 * ax - a.rib_phase) / (a.rib_spacing * 1.25)
@@ -334,8 +353,15 @@ def render_thorax(frame: Frame, anatomy: Anatomy, view: str) -> Thorax:
     ribs += 0.5 * anterior * frame.ramp(ax - 0.25, 0.15)
     spine = frame.ramp(0.055 - np.abs(X), 0.01) * (0.75 + 0.25 * np.cos(2 * np.pi * Y / 0.09))
     cy = -0.68 - (0.07 if view == "AP" else 0.0)
-    clavicles = frame.lines([np.array([[s * 0.04, cy + 0.05], [s * 0.22, cy], [s * 0.48, cy - 0.03],
-                                       [s * 0.7, cy - 0.1]]) for s in SIDES], 0.035)
+    clavicles = frame.lines(
+        [
+            np.array(
+                [[s * 0.04, cy + 0.05], [s * 0.22, cy], [s * 0.48, cy - 0.03], [s * 0.7, cy - 0.1]]
+            )
+            for s in SIDES
+        ],
+        0.035,
+    )
     bones = 0.04 * ribs * ribcage + 0.06 * spine + 0.12 * clavicles
     if view == "AP":  # scapulae are not rotated out of the lung fields on AP views
         scap = frame.ramp(ax - 0.55 - 0.3 * (Y + 0.6), 0.015) * frame.ramp(-0.05 - Y, 0.05)

@@ -32,8 +32,9 @@ def _side(rng: np.random.Generator, p_right: float = 0.55) -> int:
     return RIGHT if rng.uniform() < p_right else LEFT
 
 
-def _lung_point(a: Anatomy, rng: np.random.Generator, side: int, zone=(0.1, 0.9),
-                margin: float = 0.05) -> tuple[float, float]:
+def _lung_point(
+    a: Anatomy, rng: np.random.Generator, side: int, zone=(0.1, 0.9), margin: float = 0.05
+) -> tuple[float, float]:
     """A point inside the visible lung; ``zone`` is the height range as a fraction from
     apex (0) to diaphragm (1)."""
     top, bottom = a.apex_y, a.dome(side, 0.42 * a.thorax_half_width)
@@ -69,6 +70,7 @@ def _sphere(frame: Frame, cx, cy, radius, lobulation=0.0, rng=None) -> np.ndarra
 
 # -- shape changes ------------------------------------------------------------------------
 
+
 def _cardiomegaly(a: Anatomy, rng, severity: float) -> Anatomy:
     """Cardiothoracic ratio above 0.5: from moderate (0.62) to gross (0.74)."""
     ctr = max(a.heart_ctr + 0.13, _lerp(0.62, 0.74, severity) + rng.normal(0, 0.01))
@@ -77,11 +79,15 @@ def _cardiomegaly(a: Anatomy, rng, severity: float) -> Anatomy:
 
 def _emphysema(a: Anatomy, rng, severity: float) -> Anatomy:
     """Hyperinflation: low, flat domes, darker lungs with fewer markings, a narrow heart."""
-    return replace(a, dome_y=a.dome_y + _lerp(0.05, 0.12, severity),
-                   dome_rise=a.dome_rise * _lerp(0.6, 0.2, severity),
-                   air=a.air * _lerp(1.12, 1.3, severity),
-                   markings=a.markings * _lerp(0.8, 0.45, severity),
-                   apex_y=a.apex_y - 0.03, heart_ctr=a.heart_ctr * 0.92)
+    return replace(
+        a,
+        dome_y=a.dome_y + _lerp(0.05, 0.12, severity),
+        dome_rise=a.dome_rise * _lerp(0.6, 0.2, severity),
+        air=a.air * _lerp(1.12, 1.3, severity),
+        markings=a.markings * _lerp(0.8, 0.45, severity),
+        apex_y=a.apex_y - 0.03,
+        heart_ctr=a.heart_ctr * 0.92,
+    )
 
 
 def _atelectasis_volume_loss(a: Anatomy, rng, severity: float) -> Anatomy:
@@ -94,6 +100,7 @@ def _atelectasis_volume_loss(a: Anatomy, rng, severity: float) -> Anatomy:
 
 # -- overlays -----------------------------------------------------------------------------
 
+
 def _atelectasis(t: Thorax, rng, severity: float) -> np.ndarray:
     """A plate-like band or a wedge in a lower zone, replacing air."""
     side = _side(rng, 0.5)
@@ -103,8 +110,9 @@ def _atelectasis(t: Thorax, rng, severity: float) -> np.ndarray:
     if rng.uniform() < 0.5:  # plate-like (discoid) atelectasis
         half, tilt = _lerp(0.14, 0.22, severity), rng.uniform(-0.3, 0.3)
         d = np.array([np.cos(tilt), np.sin(tilt)]) * half
-        mask = f.lines([np.array([[x, y] - d, [x, y] + d])], _lerp(0.035, 0.055, severity),
-                       blur=0.008)
+        mask = f.lines(
+            [np.array([[x, y] - d, [x, y] + d])], _lerp(0.035, 0.055, severity), blur=0.008
+        )
     else:  # wedge from the hilum towards the base
         base_y = a.dome(side, side * x) - 0.02
         tri = np.array([[side * 0.2, 0.0], [x - side * 0.18, base_y], [x + side * 0.18, base_y]])
@@ -256,7 +264,7 @@ def _pleural_thickening(t: Thorax, rng, severity: float) -> np.ndarray:
     plaques), sometimes with calcified spots."""
     f, a = t.frame, t.anatomy
     out = np.zeros((f.size, f.size), np.float32)
-    for side in (SIDES if rng.uniform() < 0.3 else (_side(rng),)):
+    for side in SIDES if rng.uniform() < 0.3 else (_side(rng),):
         if rng.uniform() < 0.4:
             y0, y1 = a.apex_y - 0.05, a.apex_y + 0.2
         else:
@@ -265,8 +273,12 @@ def _pleural_thickening(t: Thorax, rng, severity: float) -> np.ndarray:
         phase = rng.uniform(0, 2 * np.pi, 2)
         lumps = 1 + 0.35 * np.sin(f.Y / 0.04 + phase[0]) + 0.25 * np.sin(f.Y / 0.017 + phase[1])
         thick = _lerp(0.05, 0.08, severity) * lumps
-        band = f.ramp(thick - t.wall_depth[side], 0.006) * f.ramp(f.Y - y0, 0.03) \
-            * f.ramp(y1 - f.Y, 0.03) * t.lung[side]
+        band = (
+            f.ramp(thick - t.wall_depth[side], 0.006)
+            * f.ramp(f.Y - y0, 0.03)
+            * f.ramp(y1 - f.Y, 0.03)
+            * t.lung[side]
+        )
         out += band * (t.air + 0.1)
         for _ in range(int(rng.integers(0, 4))):  # calcified plaques: denser than bone
             yy = rng.uniform(max(y0, a.apex_y + 0.05), y1)

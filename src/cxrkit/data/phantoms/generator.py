@@ -89,24 +89,62 @@ from cxrkit.labels import BOXED_FINDINGS, FINDINGS, NO_FINDING, canonical_findin
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Anatomy", "Drawing", "MANIFEST_NAME", "PhantomRelease", "TARGET_PREVALENCE", "draw_phantom",
-           "existing_release", "finding_box", "generator_versions", "make_phantoms",
-           "render_phantom", "rng_stream", "sample_anatomy", "sample_cohort", "write_ascii"]
+__all__ = [
+    "Anatomy",
+    "Drawing",
+    "MANIFEST_NAME",
+    "PhantomRelease",
+    "TARGET_PREVALENCE",
+    "draw_phantom",
+    "existing_release",
+    "finding_box",
+    "generator_versions",
+    "make_phantoms",
+    "render_phantom",
+    "rng_stream",
+    "sample_anatomy",
+    "sample_cohort",
+    "write_ascii",
+]
 
 #: Share of images showing each finding (boosted from NIH's for rare ones, see above).
 TARGET_PREVALENCE: dict[str, float] = {
-    "Atelectasis": 0.09, "Cardiomegaly": 0.05, "Effusion": 0.10, "Infiltration": 0.14,
-    "Mass": 0.05, "Nodule": 0.055, "Pneumonia": 0.04, "Pneumothorax": 0.05,
-    "Consolidation": 0.045, "Edema": 0.04, "Emphysema": 0.04, "Fibrosis": 0.04,
-    "Pleural_Thickening": 0.04, "Hernia": 0.035,
+    "Atelectasis": 0.09,
+    "Cardiomegaly": 0.05,
+    "Effusion": 0.10,
+    "Infiltration": 0.14,
+    "Mass": 0.05,
+    "Nodule": 0.055,
+    "Pneumonia": 0.04,
+    "Pneumothorax": 0.05,
+    "Consolidation": 0.045,
+    "Edema": 0.04,
+    "Emphysema": 0.04,
+    "Fibrosis": 0.04,
+    "Pleural_Thickening": 0.04,
+    "Hernia": 0.035,
 }
 #: Findings a patient has for good (then shown on each follow-up with ``CHRONIC_SHOWN``).
-CHRONIC = ("Cardiomegaly", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia", "Mass",
-           "Nodule")
+CHRONIC = (
+    "Cardiomegaly",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+    "Mass",
+    "Nodule",
+)
 CHRONIC_SHOWN = 0.85
 #: Findings of one image, sampled in this order so each can raise the later ones.
-ACUTE = ("Pneumonia", "Consolidation", "Effusion", "Edema", "Atelectasis", "Pneumothorax",
-         "Infiltration")
+ACUTE = (
+    "Pneumonia",
+    "Consolidation",
+    "Effusion",
+    "Edema",
+    "Atelectasis",
+    "Pneumothorax",
+    "Infiltration",
+)
 #: Log-odds added to a finding when another is present (NIH's common pairs).
 CO_OCCURRENCE: dict[str, dict[str, float]] = {
     "Cardiomegaly": {"Effusion": 1.0, "Edema": 1.5},
@@ -119,30 +157,55 @@ CO_OCCURRENCE: dict[str, dict[str, float]] = {
     "Edema": {"Infiltration": 0.9},
 }
 #: Log-odds per 20 years of age above 47 for chronic findings.
-AGE_EFFECT = {"Cardiomegaly": 0.4, "Emphysema": 0.6, "Fibrosis": 0.5, "Hernia": 0.8,
-              "Mass": 0.3, "Nodule": 0.3, "Pleural_Thickening": 0.4}
+AGE_EFFECT = {
+    "Cardiomegaly": 0.4,
+    "Emphysema": 0.6,
+    "Fibrosis": 0.5,
+    "Hernia": 0.8,
+    "Mass": 0.3,
+    "Nodule": 0.3,
+    "Pleural_Thickening": 0.4,
+}
 #: Baseline log-odds, calibrated by simulation so that the cohort meets TARGET_PREVALENCE
 #: (tests/test_phantoms.py checks it). Chronic ones are per patient, the rest per image.
 BASE_LOG_ODDS = {
-    "Cardiomegaly": -2.89, "Emphysema": -3.03, "Fibrosis": -3.08, "Pleural_Thickening": -3.25,
-    "Hernia": -3.31, "Mass": -2.96, "Nodule": -2.85, "Pneumonia": -3.79, "Consolidation": -3.69,
-    "Effusion": -2.79, "Edema": -4.03, "Atelectasis": -3.12, "Pneumothorax": -3.52,
+    "Cardiomegaly": -2.89,
+    "Emphysema": -3.03,
+    "Fibrosis": -3.08,
+    "Pleural_Thickening": -3.25,
+    "Hernia": -3.31,
+    "Mass": -2.96,
+    "Nodule": -2.85,
+    "Pneumonia": -3.79,
+    "Consolidation": -3.69,
+    "Effusion": -2.79,
+    "Edema": -4.03,
+    "Atelectasis": -3.12,
+    "Pneumothorax": -3.52,
     "Infiltration": -2.58,
 }
 #: NIH's most common scanner sizes and pixel spacings (OriginalImage / PixelSpacing columns).
-SCANNERS = ((2500, 2048, "0.168", 30), (2992, 2991, "0.143", 22), (3056, 2544, "0.139", 15),
-            (2500, 2048, "0.171", 7), (2048, 2500, "0.168", 6), (2021, 2021, "0.194311", 4))
+SCANNERS = (
+    (2500, 2048, "0.168", 30),
+    (2992, 2991, "0.143", 22),
+    (3056, 2544, "0.139", 15),
+    (2500, 2048, "0.171", 7),
+    (2048, 2500, "0.168", 6),
+    (2021, 2021, "0.194311", 4),
+)
 #: Weakest sign drawn (0..1): below ~0.3 a small CNN at 128 px barely sees some signs
 #: (a thin pneumothorax, a small nodule) and a demo-sized release cannot teach them.
 MIN_SEVERITY = 0.3
 IMAGES_PER_FOLDER = 10_000
-DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,"
-                     "Patient Gender,View Position,OriginalImage[Width,Height],"
-                     "OriginalImagePixelSpacing[x,y],")
+DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,"
+    "Patient Gender,View Position,OriginalImage[Width,Height],"
+    "OriginalImagePixelSpacing[x,y],"
+)
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 MANIFEST_NAME = "phantoms_manifest.json"
 #: Bump when the images or labels a seed produces change, so old releases are remade.
-GENERATOR_VERSION = 3   # 2: NIH-style label noise and expert files (phantom_labels)
+GENERATOR_VERSION = 3  # 2: NIH-style label noise and expert files (phantom_labels)
 # 3: chest_regions.npz and the optional planted shortcut (shortcut.py)
 
 
@@ -156,8 +219,9 @@ def _sigmoid(z: float) -> float:
     return float(1.0 / (1.0 + np.exp(-z)))
 
 
-def sample_cohort(*, n_patients: int = 300, images_per_patient=(1, 4),
-                  seed: int = 0) -> pd.DataFrame:
+def sample_cohort(
+    *, n_patients: int = 300, images_per_patient=(1, 4), seed: int = 0
+) -> pd.DataFrame:
     """The labels of a phantom release, one row per image, no pixels.
 
     Columns: ``image_id, patient_id, follow_up, age, sex, view, findings`` (a tuple in
@@ -169,8 +233,10 @@ def sample_cohort(*, n_patients: int = 300, images_per_patient=(1, 4),
     """
     lo, hi = images_per_patient
     if not 1 <= lo <= hi:
-        raise ValueError("images_per_patient must be (low, high) with 1 <= low <= high, got "
-                         f"{images_per_patient}")
+        raise ValueError(
+            "images_per_patient must be (low, high) with 1 <= low <= high, got "
+            f"{images_per_patient}"
+        )
     rows = []
     for pid in range(1, n_patients + 1):
         rng = rng_stream(seed, pid, 0)
@@ -194,17 +260,42 @@ def sample_cohort(*, n_patients: int = 300, images_per_patient=(1, 4),
                 if rng.uniform() < _sigmoid(z):
                     found.append(f)
             width, height, spacing, _ = SCANNERS[rng.choice(len(SCANNERS), p=_SCANNER_P)]
-            rows.append((f"{pid:08d}_{k:03d}.png", pid, k, int(min(age, 95)), sex,
-                         "AP" if ap else "PA", tuple(f for f in FINDINGS if f in found),
-                         width, height, spacing))
-    return pd.DataFrame(rows, columns=["image_id", "patient_id", "follow_up", "age", "sex", "view",
-                                       "findings", "orig_width", "orig_height", "spacing"])
+            rows.append(
+                (
+                    f"{pid:08d}_{k:03d}.png",
+                    pid,
+                    k,
+                    int(min(age, 95)),
+                    sex,
+                    "AP" if ap else "PA",
+                    tuple(f for f in FINDINGS if f in found),
+                    width,
+                    height,
+                    spacing,
+                )
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "image_id",
+            "patient_id",
+            "follow_up",
+            "age",
+            "sex",
+            "view",
+            "findings",
+            "orig_width",
+            "orig_height",
+            "spacing",
+        ],
+    )
 
 
 _SCANNER_P = np.array([s[3] for s in SCANNERS], float) / sum(s[3] for s in SCANNERS)
 
 
 # -- images ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Exposure:
@@ -228,11 +319,14 @@ def sample_exposure(rng: np.random.Generator, view: str) -> Exposure:
     """
     ap = view == "AP"
     n = rng.normal(size=5).tolist()
-    return Exposure(black=0.02 + (0.03 if ap else 0.0) + 0.06 * n[0],
-                    white=(1.35 if ap else 1.22) + 0.1 * n[1],
-                    gamma=float(np.exp(0.18 * n[2])),
-                    noise=(0.022 if ap else 0.015) * float(np.exp(0.3 * n[3])),
-                    heel=0.05 * n[4], heel_angle=rng.uniform(0, 2 * np.pi))
+    return Exposure(
+        black=0.02 + (0.03 if ap else 0.0) + 0.06 * n[0],
+        white=(1.35 if ap else 1.22) + 0.1 * n[1],
+        gamma=float(np.exp(0.18 * n[2])),
+        noise=(0.022 if ap else 0.015) * float(np.exp(0.3 * n[3])),
+        heel=0.05 * n[4],
+        heel_angle=rng.uniform(0, 2 * np.pi),
+    )
 
 
 Box = tuple[float, float, float, float]
@@ -251,9 +345,16 @@ def finding_box(delta: np.ndarray, fraction: float = 0.1) -> Box | None:
     return float(x), float(y), float(cols[-1] + 1 - x), float(rows[-1] + 1 - y)
 
 
-def render_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, sex: str = "M",
-                   age: float = 50.0, view: str = "PA",
-                   anatomy: Anatomy | None = None) -> tuple[np.ndarray, dict[str, Box]]:
+def render_phantom(
+    rng: np.random.Generator,
+    findings=(),
+    *,
+    size: int = 256,
+    sex: str = "M",
+    age: float = 50.0,
+    view: str = "PA",
+    anatomy: Anatomy | None = None,
+) -> tuple[np.ndarray, dict[str, Box]]:
     """Draw one frontal chest radiograph showing ``findings``.
 
     Returns ``(image, boxes)``: ``image`` is a ``(size, size)`` uint8 array (bright =
@@ -285,17 +386,27 @@ class Drawing:
 
     def boxes(self) -> dict[str, Box]:
         """Each drawn finding's ``(x, y, w, h)`` in pixels (:func:`finding_box`)."""
-        return {f: box for f, delta in self.deltas.items()
-                if (box := finding_box(delta)) is not None}
+        return {
+            f: box for f, delta in self.deltas.items() if (box := finding_box(delta)) is not None
+        }
 
     def expose(self, density: np.ndarray | None = None) -> np.ndarray:
         """The radiograph of ``density`` (default: this drawing's) under this exposure."""
-        return _expose(self.density if density is None else density, self.exposure,
-                       self.noise_rng, self.frame)
+        return _expose(
+            self.density if density is None else density, self.exposure, self.noise_rng, self.frame
+        )
 
 
-def draw_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, sex: str = "M",
-                 age: float = 50.0, view: str = "PA", anatomy: Anatomy | None = None) -> Drawing:
+def draw_phantom(
+    rng: np.random.Generator,
+    findings=(),
+    *,
+    size: int = 256,
+    sex: str = "M",
+    age: float = 50.0,
+    view: str = "PA",
+    anatomy: Anatomy | None = None,
+) -> Drawing:
     """:func:`render_phantom` before exposure: the density and each finding's own change
     of it, so that a caller can move a sign (``cxrkit.data.phantoms.twin`` draws signs inside
     NIH's real boxes). Same arguments and ``rng`` consumption as :func:`render_phantom`."""
@@ -331,8 +442,9 @@ def draw_phantom(rng: np.random.Generator, findings=(), *, size: int = 256, sex:
         delta = OVERLAYS[f](thorax, sign_rng(f), severity[f])
         density += delta
         deltas[f] = deltas[f] + delta if f in deltas else delta
-    return Drawing(density, deltas, frame, exposure, noise_rng,
-                   lungs=thorax.lung[-1] + thorax.lung[1])
+    return Drawing(
+        density, deltas, frame, exposure, noise_rng, lungs=thorax.lung[-1] + thorax.lung[1]
+    )
 
 
 def _expose(density: np.ndarray, e: Exposure, rng: np.random.Generator, frame: Frame) -> np.ndarray:
@@ -353,6 +465,7 @@ def _expose(density: np.ndarray, e: Exposure, rng: np.random.Generator, frame: F
 
 # -- the release ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class PhantomRelease:
     """What :func:`make_phantoms` wrote (paths are inside ``root``)."""
@@ -371,13 +484,20 @@ class PhantomRelease:
     seed: int
 
     def __str__(self) -> str:
-        return (f"{self.n_images:,} phantom images of {self.n_patients:,} patients "
-                f"({self.image_size}px, seed {self.seed}; {self.n_test_images:,} in the test "
-                f"list, {self.n_boxes:,} boxes) in {self.root}")
+        return (
+            f"{self.n_images:,} phantom images of {self.n_patients:,} patients "
+            f"({self.image_size}px, seed {self.seed}; {self.n_test_images:,} in the test "
+            f"list, {self.n_boxes:,} boxes) in {self.root}"
+        )
 
 
-def _choose_boxes(cohort: pd.DataFrame, test: set[str], rng: np.random.Generator,
-                  fraction: float = 0.6, per_image: int = 3) -> dict[str, list[str]]:
+def _choose_boxes(
+    cohort: pd.DataFrame,
+    test: set[str],
+    rng: np.random.Generator,
+    fraction: float = 0.6,
+    per_image: int = 3,
+) -> dict[str, list[str]]:
     """As NIH: boxes for a share of test images with a boxable finding, <= 3 per image."""
     chosen = {}
     for image_id, findings in zip(cohort["image_id"], cohort["findings"]):
@@ -392,8 +512,10 @@ def _choose_boxes(cohort: pd.DataFrame, test: set[str], rng: np.random.Generator
 def _clear_previous(root: Path) -> None:
     """Refuse to write over anything but an earlier phantom release; remove its images."""
     if (root / "Data_Entry_2017.csv").exists() and not (root / MANIFEST_NAME).exists():
-        raise FileExistsError(f"{root} holds a Data_Entry_2017.csv that is not a phantom release "
-                              f"(no {MANIFEST_NAME}); refusing to overwrite it")
+        raise FileExistsError(
+            f"{root} holds a Data_Entry_2017.csv that is not a phantom release "
+            f"(no {MANIFEST_NAME}); refusing to overwrite it"
+        )
     if (root / MANIFEST_NAME).exists():
         for png in root.glob("images_[0-9][0-9][0-9]/images/*.png"):
             png.unlink()
@@ -411,18 +533,31 @@ MAX_IMAGE_SIDE = 4096
 
 def check_image_size(image_size) -> int:
     """``image_size`` if it is a whole number of pixels in 16..:data:`MAX_IMAGE_SIDE`."""
-    if isinstance(image_size, bool) or not float(image_size).is_integer() \
-            or not 16 <= image_size <= MAX_IMAGE_SIDE:
-        raise ValueError(f"image_size must be a whole number of pixels from 16 to "
-                         f"{MAX_IMAGE_SIDE}, got {image_size!r}")
+    if (
+        isinstance(image_size, bool)
+        or not float(image_size).is_integer()
+        or not 16 <= image_size <= MAX_IMAGE_SIDE
+    ):
+        raise ValueError(
+            f"image_size must be a whole number of pixels from 16 to "
+            f"{MAX_IMAGE_SIDE}, got {image_size!r}"
+        )
     return int(image_size)
 
 
-def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
-                  image_size: int = 256, test_fraction: float = 0.25, seed: int = 0,
-                  label_noise="moderate", expert_fraction=EXPERT_FRACTION,
-                  shortcut: str | Shortcut | None = None,
-                  progress: bool = True) -> PhantomRelease:
+def make_phantoms(
+    out_dir,
+    *,
+    n_patients: int = 300,
+    images_per_patient=(1, 4),
+    image_size: int = 256,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    label_noise="moderate",
+    expert_fraction=EXPERT_FRACTION,
+    shortcut: str | Shortcut | None = None,
+    progress: bool = True,
+) -> PhantomRelease:
     """Write a phantom release in NIH's exact layout to ``out_dir`` (see module docstring).
 
     ``images_per_patient`` is an inclusive range (mean 2.5 for the default: 300 patients
@@ -448,10 +583,15 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     check_image_size(image_size)
     started = time.perf_counter()
     root = Path(out_dir)
-    settings = {"n_patients": n_patients, "images_per_patient": list(images_per_patient),
-                "image_size": image_size, "test_fraction": test_fraction, "seed": seed,
-                "label_noise": describe_noise(label_noise),
-                "expert_fraction": [float(x) for x in expert_fraction]}
+    settings = {
+        "n_patients": n_patients,
+        "images_per_patient": list(images_per_patient),
+        "image_size": image_size,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "label_noise": describe_noise(label_noise),
+        "expert_fraction": [float(x) for x in expert_fraction],
+    }
     if isinstance(shortcut, str):
         shortcut = Shortcut.parse(shortcut)
     if shortcut is not None:
@@ -464,40 +604,59 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     cohort = sample_cohort(n_patients=n_patients, images_per_patient=images_per_patient, seed=seed)
     root.mkdir(parents=True, exist_ok=True)
     _clear_previous(root)
-    write_json({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": False,
-                       "settings": settings}, manifest)
+    write_json(
+        {"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": False, "settings": settings},
+        manifest,
+    )
 
-    noisy = noisy_findings(cohort, label_noise, seed)    # what "NIH" publishes
+    noisy = noisy_findings(cohort, label_noise, seed)  # what "NIH" publishes
     published = cohort.assign(findings=noisy)
     onehot = pd.DataFrame({f: [int(f in t) for t in noisy] for f in FINDINGS})
     table = pd.concat([cohort[["image_id", "patient_id"]], onehot], axis=1)
     split_seed = int(rng_stream(seed, 0).integers(2**31))
     split = random_split(table, fractions=(1 - test_fraction, 0.0, test_fraction), seed=split_seed)
     test = set(split.loc[split["split"] == "test", "image_id"])
-    agreed = cohort.assign(findings=[tuple(f for f in t if f in n)
-                                     for t, n in zip(cohort["findings"], noisy, strict=True)])
+    agreed = cohort.assign(
+        findings=[
+            tuple(f for f in t if f in n) for t, n in zip(cohort["findings"], noisy, strict=True)
+        ]
+    )
     boxed = _choose_boxes(agreed, test, rng_stream(seed, 0, 1))
 
     anatomy, anatomy_of = None, None  # the current patient's, kept over their follow-ups
     box_lines, regions, planted = [], {}, 0
     scale = NIH_IMAGE_SIZE / image_size
-    for i, row in enumerate(tqdm(cohort.itertuples(index=False), total=len(cohort),
-                                 desc="phantoms", unit="img", disable=not progress)):
+    for i, row in enumerate(
+        tqdm(
+            cohort.itertuples(index=False),
+            total=len(cohort),
+            desc="phantoms",
+            unit="img",
+            disable=not progress,
+        )
+    ):
         pid = row.patient_id
         if anatomy_of != pid:
             anatomy = sample_anatomy(rng_stream(seed, pid, 1), sex=row.sex, age=row.age)
             anatomy_of = pid
-        drawing = draw_phantom(rng_stream(seed, pid, 2, row.follow_up), row.findings,
-                               size=image_size, sex=row.sex, age=row.age, view=row.view,
-                               anatomy=anatomy)
+        drawing = draw_phantom(
+            rng_stream(seed, pid, 2, row.follow_up),
+            row.findings,
+            size=image_size,
+            sex=row.sex,
+            age=row.age,
+            view=row.view,
+            anatomy=anatomy,
+        )
         image, boxes = drawing.expose(), drawing.boxes()
-        if drawing.lungs is None:   # draw_phantom always records them
+        if drawing.lungs is None:  # draw_phantom always records them
             raise RuntimeError(f"phantom {row.image_id}: no lung fields drawn")
         chest = chest_region(drawing.lungs)
         regions[row.image_id] = region_mask_for_file(chest)
-        token_rng = rng_stream(seed, pid, 5, row.follow_up)   # its own stream: images unchanged
-        if shortcut is not None and shortcut.plants(token_rng, in_test=row.image_id in test,
-                                                    published=noisy[i]):
+        token_rng = rng_stream(seed, pid, 5, row.follow_up)  # its own stream: images unchanged
+        if shortcut is not None and shortcut.plants(
+            token_rng, in_test=row.image_id in test, published=noisy[i]
+        ):
             image = burn_token(image, chest, token_rng)
             planted += 1
         folder = root / f"images_{i // IMAGES_PER_FOLDER + 1:03d}" / "images"
@@ -514,10 +673,15 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     entry = [DATA_ENTRY_HEADER] + [
         f"{r.image_id},{'|'.join(sorted(r.findings)) or NO_FINDING},{r.follow_up},{r.patient_id},"
         f"{r.age},{r.sex},{r.view},{r.orig_width},{r.orig_height},{r.spacing},{r.spacing}"
-        for r in published.itertuples(index=False)]
+        for r in published.itertuples(index=False)
+    ]
     names = sorted(cohort["image_id"])
-    files = {"labels": root / "Data_Entry_2017.csv", "boxes": root / "BBox_List_2017.csv",
-             "train_val": root / "train_val_list.txt", "test": root / "test_list.txt"}
+    files = {
+        "labels": root / "Data_Entry_2017.csv",
+        "boxes": root / "BBox_List_2017.csv",
+        "train_val": root / "train_val_list.txt",
+        "test": root / "test_list.txt",
+    }
     write_ascii(files["labels"], "\r\n".join(entry) + "\r\n")
     write_ascii(files["boxes"], "\n".join([BBOX_HEADER, *box_lines]) + "\n")
     write_ascii(files["train_val"], "\n".join(n for n in names if n not in test))
@@ -528,22 +692,49 @@ def make_phantoms(out_dir, *, n_patients: int = 300, images_per_patient=(1, 4),
     seconds = time.perf_counter() - started
     counts = {f: int(onehot[f].sum()) for f in FINDINGS}
     counts[NO_FINDING] = int((onehot.sum(axis=1) == 0).sum())
-    write_json({"made_by": "cxrkit.data.phantoms.make_phantoms", "complete": True,
-                       "versions": generator_versions(), "settings": settings,
-                       "n_images": len(cohort), "n_test_images": len(test),
-                       "n_boxes": len(box_lines), "finding_counts": counts,
-                       "true_finding_counts": {f: int(sum(f in t for t in cohort["findings"]))
-                                               for f in FINDINGS},
-                       "expert_images": experts,
-                       "chest_regions": {"file": CHEST_REGIONS, "region": "lung fields and the "
-                                         "mediastinum between them (phantoms.shortcut)"},
-                       **({"shortcut_images": planted} if shortcut is not None else {}),
-                       "files": {k: p.name for k, p in files.items()}}, manifest)
-    log.info("phantoms: %d images in %.1f s (%.0f images/s)", len(cohort), seconds,
-             len(cohort) / max(seconds, 1e-9))
-    return PhantomRelease(root, files["labels"], files["boxes"], files["train_val"], files["test"],
-                          manifest, n_patients, len(cohort), len(test), len(box_lines), image_size,
-                          seed)
+    write_json(
+        {
+            "made_by": "cxrkit.data.phantoms.make_phantoms",
+            "complete": True,
+            "versions": generator_versions(),
+            "settings": settings,
+            "n_images": len(cohort),
+            "n_test_images": len(test),
+            "n_boxes": len(box_lines),
+            "finding_counts": counts,
+            "true_finding_counts": {
+                f: int(sum(f in t for t in cohort["findings"])) for f in FINDINGS
+            },
+            "expert_images": experts,
+            "chest_regions": {
+                "file": CHEST_REGIONS,
+                "region": "lung fields and the mediastinum between them (phantoms.shortcut)",
+            },
+            **({"shortcut_images": planted} if shortcut is not None else {}),
+            "files": {k: p.name for k, p in files.items()},
+        },
+        manifest,
+    )
+    log.info(
+        "phantoms: %d images in %.1f s (%.0f images/s)",
+        len(cohort),
+        seconds,
+        len(cohort) / max(seconds, 1e-9),
+    )
+    return PhantomRelease(
+        root,
+        files["labels"],
+        files["boxes"],
+        files["train_val"],
+        files["test"],
+        manifest,
+        n_patients,
+        len(cohort),
+        len(test),
+        len(box_lines),
+        image_size,
+        seed,
+    )
 
 
 def existing_release(root: Path, settings: dict) -> PhantomRelease | None:
@@ -558,19 +749,36 @@ def existing_release(root: Path, settings: dict) -> PhantomRelease | None:
     except (OSError, ValueError):
         return None
     files = {k: root / name for k, name in m.get("files", {}).items()}
-    if (not m.get("complete") or m.get("settings") != settings or m.get("versions") != generator_versions()
-            or set(files) != {"labels", "boxes", "train_val", "test"}
-            or not all(p.exists() for p in files.values())):
+    if (
+        not m.get("complete")
+        or m.get("settings") != settings
+        or m.get("versions") != generator_versions()
+        or set(files) != {"labels", "boxes", "train_val", "test"}
+        or not all(p.exists() for p in files.values())
+    ):
         return None
-    return PhantomRelease(root, files["labels"], files["boxes"], files["train_val"],
-                          files["test"], root / MANIFEST_NAME,
-                          m.get("n_patients", settings.get("n_patients")),
-                          m["n_images"], m["n_test_images"], m["n_boxes"],
-                          settings["image_size"], settings["seed"])
+    return PhantomRelease(
+        root,
+        files["labels"],
+        files["boxes"],
+        files["train_val"],
+        files["test"],
+        root / MANIFEST_NAME,
+        m.get("n_patients", settings.get("n_patients")),
+        m["n_images"],
+        m["n_test_images"],
+        m["n_boxes"],
+        settings["image_size"],
+        settings["seed"],
+    )
 
 
 def generator_versions() -> dict[str, str]:
     from cxrkit import __version__
 
-    return {"cxrkit": __version__, "generator": str(GENERATOR_VERSION), "numpy": np.__version__,
-            "opencv": cv2.__version__}
+    return {
+        "cxrkit": __version__,
+        "generator": str(GENERATOR_VERSION),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }

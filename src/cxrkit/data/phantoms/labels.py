@@ -49,21 +49,30 @@ from cxrkit.labels import FINDINGS, NO_FINDING
 #: (miss = P(NIH no | radiologists yes), false alarm = P(NIH yes | radiologists no),
 #: radiologist-positive images).
 MEASURED_NOISE: dict[str, tuple[float, float, int]] = {
-    "Atelectasis": (0.776, 0.067, 303), "Cardiomegaly": (0.728, 0.018, 81),
-    "Effusion": (0.624, 0.082, 226), "Infiltration": (0.787, 0.121, 61),
-    "Mass": (0.667, 0.035, 99), "Nodule": (0.708, 0.046, 130),
-    "Pneumonia": (1.000, 0.015, 2), "Pneumothorax": (0.441, 0.056, 136),
-    "Consolidation": (0.855, 0.034, 83), "Edema": (1.000, 0.010, 23),
-    "Emphysema": (0.857, 0.047, 7), "Fibrosis": (0.923, 0.025, 13),
-    "Pleural_Thickening": (0.796, 0.041, 49), "Hernia": (0.600, 0.002, 5),
+    "Atelectasis": (0.776, 0.067, 303),
+    "Cardiomegaly": (0.728, 0.018, 81),
+    "Effusion": (0.624, 0.082, 226),
+    "Infiltration": (0.787, 0.121, 61),
+    "Mass": (0.667, 0.035, 99),
+    "Nodule": (0.708, 0.046, 130),
+    "Pneumonia": (1.000, 0.015, 2),
+    "Pneumothorax": (0.441, 0.056, 136),
+    "Consolidation": (0.855, 0.034, 83),
+    "Edema": (1.000, 0.010, 23),
+    "Emphysema": (0.857, 0.047, 7),
+    "Fibrosis": (0.923, 0.025, 13),
+    "Pleural_Thickening": (0.796, 0.041, 49),
+    "Hernia": (0.600, 0.002, 5),
 }
 MODERATE = (0.30, 0.02)
 MIN_MEASURED_POSITIVES = 30
 NOISE_PRESETS = {
     "none": {f: (0.0, 0.0) for f in FINDINGS},
     "moderate": {f: MODERATE for f in FINDINGS},
-    "measured": {f: (m, fa) if n >= MIN_MEASURED_POSITIVES else MODERATE
-                 for f, (m, fa, n) in MEASURED_NOISE.items()},
+    "measured": {
+        f: (m, fa) if n >= MIN_MEASURED_POSITIVES else MODERATE
+        for f, (m, fa, n) in MEASURED_NOISE.items()
+    },
 }
 #: Simulated readers: (number in the four-findings test cohort, in the validation cohort,
 #: readers per four-findings image, all-findings readers); per reader and finding a
@@ -90,15 +99,18 @@ def resolve_noise(noise) -> dict[str, tuple[float, float]]:
         noise = "none"
     if isinstance(noise, str):
         if noise not in NOISE_PRESETS:
-            raise ValueError(f"label noise must be one of {', '.join(NOISE_PRESETS)} or "
-                             f"{{'miss': ..., 'false_alarm': ...}}, got {noise!r}")
+            raise ValueError(
+                f"label noise must be one of {', '.join(NOISE_PRESETS)} or "
+                f"{{'miss': ..., 'false_alarm': ...}}, got {noise!r}"
+            )
         return dict(NOISE_PRESETS[noise])
     if not isinstance(noise, dict) or set(noise) != {"miss", "false_alarm"}:
         raise ValueError(f"label noise dict needs exactly 'miss' and 'false_alarm', got {noise!r}")
     out: dict = {}
     for f in FINDINGS:
-        pair = tuple(float(v[f] if isinstance(v, dict) else v)
-                     for v in (noise["miss"], noise["false_alarm"]))
+        pair = tuple(
+            float(v[f] if isinstance(v, dict) else v) for v in (noise["miss"], noise["false_alarm"])
+        )
         if not all(0.0 <= p <= 1.0 for p in pair):
             raise ValueError(f"label noise rates for {f} must be in [0, 1], got {pair}")
         out[f] = pair
@@ -109,8 +121,11 @@ def describe_noise(noise) -> dict:
     """What the manifest records: the preset (or "custom") and the rates used."""
     rates = resolve_noise(noise)
     name = noise if isinstance(noise, str) else ("none" if noise is None else "custom")
-    return {"preset": name, "miss": {f: r[0] for f, r in rates.items()},
-            "false_alarm": {f: r[1] for f, r in rates.items()}}
+    return {
+        "preset": name,
+        "miss": {f: r[0] for f, r in rates.items()},
+        "false_alarm": {f: r[1] for f, r in rates.items()},
+    }
 
 
 def noisy_findings(cohort: pd.DataFrame, noise, seed: int) -> list[tuple[str, ...]]:
@@ -136,7 +151,7 @@ def _yes(flag) -> str:
 
 
 def _four_truth(findings) -> dict[str, bool]:
-    out = {"Fracture": False}     # phantoms draw no fractures
+    out = {"Fracture": False}  # phantoms draw no fractures
     for m in MAPPINGS["four_findings"]:
         if m.nih:
             out[m.expert] = any(f in findings for f in m.nih)
@@ -164,14 +179,32 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
-FOUR_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
-               "Patient Gender", "View Position", "OriginalImage[Width", "Height]",
-               "OriginalImagePixelSpacing[x", "y]", *FOUR_FINDINGS, "Set Id"]
+FOUR_HEADER = [
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+    "OriginalImage[Width",
+    "Height]",
+    "OriginalImagePixelSpacing[x",
+    "y]",
+    *FOUR_FINDINGS,
+    "Set Id",
+]
 
 
-def write_expert_files(root: str | Path, cohort: pd.DataFrame, noisy: list[tuple[str, ...]],
-                       test: set[str], *, seed: int,
-                       fraction: tuple[float, float] = EXPERT_FRACTION) -> dict[str, int]:
+def write_expert_files(
+    root: str | Path,
+    cohort: pd.DataFrame,
+    noisy: list[tuple[str, ...]],
+    test: set[str],
+    *,
+    seed: int,
+    fraction: tuple[float, float] = EXPERT_FRACTION,
+) -> dict[str, int]:
     """Google-format expert files for a share of the test / train_val images of a phantom
     release (see the module docstring); returns how many images each file holds.
 
@@ -186,7 +219,7 @@ def write_expert_files(root: str | Path, cohort: pd.DataFrame, noisy: list[tuple
     in_test = cohort["image_id"].isin(test).to_numpy()
     chosen = {"test": in_test & (pick < fraction[0]), "val": ~in_test & (pick < fraction[1])}
     if not all(c.any() for c in chosen.values()):
-        return {}   # too small a release for both files (Google's set has both)
+        return {}  # too small a release for both files (Google's set has both)
     published = pd.Series(["|".join(sorted(n)) or NO_FINDING for n in noisy], index=cohort.index)
     four = root / FOLDER_NAMES["four_findings"][0]
     every = root / FOLDER_NAMES["all_findings"][0]
@@ -201,10 +234,23 @@ def write_expert_files(root: str | Path, cohort: pd.DataFrame, noisy: list[tuple
         for i in np.flatnonzero(chosen[part]):
             r = cohort.iloc[i]
             truth = _four_truth(r["findings"])
-            rows.append([r["image_id"], published.iloc[i], r["follow_up"], r["patient_id"],
-                         r["age"], r["sex"], r["view"], r["orig_width"], r["orig_height"],
-                         r["spacing"], r["spacing"], *(_yes(truth[f]) for f in FOUR_FINDINGS),
-                         part])
+            rows.append(
+                [
+                    r["image_id"],
+                    published.iloc[i],
+                    r["follow_up"],
+                    r["patient_id"],
+                    r["age"],
+                    r["sex"],
+                    r["view"],
+                    r["orig_width"],
+                    r["orig_height"],
+                    r["spacing"],
+                    r["spacing"],
+                    *(_yes(truth[f]) for f in FOUR_FINDINGS),
+                    part,
+                ]
+            )
             for j in sorted(rng.choice(n_readers, size=READERS[2], replace=False)):
                 calls = []
                 for f in FOUR_FINDINGS:
@@ -213,13 +259,25 @@ def write_expert_files(root: str | Path, cohort: pd.DataFrame, noisy: list[tuple
                     if f in ("Pneumothorax", "Nodule or mass") and rng.uniform() < HEDGE:
                         call = "HEDGE"
                     calls.append(call)
-                reader_rows.append([r["patient_id"], r["image_id"], first_id + int(j), *calls,
-                                    part])
+                reader_rows.append(
+                    [r["patient_id"], r["image_id"], first_id + int(j), *calls, part]
+                )
         _write_csv(four / FILES["four_findings"][part][0], FOUR_HEADER, rows)
         counts[f"four_findings/{part}"] = len(rows)
-    _write_csv(four / FILES["four_findings"]["readers"][0],
-               ["Patient ID", "Image ID", "Reader ID", "Fracture", "Pneumothorax",
-                "Airspace opacity", "Nodule/mass", "Set ID"], reader_rows)
+    _write_csv(
+        four / FILES["four_findings"]["readers"][0],
+        [
+            "Patient ID",
+            "Image ID",
+            "Reader ID",
+            "Fracture",
+            "Pneumothorax",
+            "Airspace opacity",
+            "Nodule/mass",
+            "Set ID",
+        ],
+        reader_rows,
+    )
     # all findings: the PA images among the chosen test images, five readers each
     pa = chosen["test"] & (cohort["view"] == "PA").to_numpy()
     if not pa.any():
@@ -234,16 +292,35 @@ def write_expert_files(root: str | Path, cohort: pd.DataFrame, noisy: list[tuple
         for j in range(READERS[3]):
             read = {f: _read(truth[f], *rates[j][f], rng) for f in ALL_FINDINGS[1:-1]}
             abnormal = any(read.values())
-            reader_rows.append([r["image_id"], r["patient_id"], 9_300_000_001 + j,
-                                int(abnormal), *(_yes(read[f]) for f in ALL_FINDINGS[1:-1]),
-                                "NO"])
-    _write_csv(every / FILES["all_findings"]["test"][0], ["Image ID", "Patient ID", *ALL_FINDINGS],
-               rows)
-    _write_csv(every / FILES["all_findings"]["readers"][0],
-               ["Image ID", "Patient ID", "Reader ID", *ALL_FINDINGS], reader_rows)
+            reader_rows.append(
+                [
+                    r["image_id"],
+                    r["patient_id"],
+                    9_300_000_001 + j,
+                    int(abnormal),
+                    *(_yes(read[f]) for f in ALL_FINDINGS[1:-1]),
+                    "NO",
+                ]
+            )
+    _write_csv(
+        every / FILES["all_findings"]["test"][0], ["Image ID", "Patient ID", *ALL_FINDINGS], rows
+    )
+    _write_csv(
+        every / FILES["all_findings"]["readers"][0],
+        ["Image ID", "Patient ID", "Reader ID", *ALL_FINDINGS],
+        reader_rows,
+    )
     counts["all_findings/test"] = len(rows)
     return counts
 
 
-__all__ = ["EXPERT_FRACTION", "MEASURED_NOISE", "NOISE_PRESETS", "READERS", "describe_noise",
-           "noisy_findings", "resolve_noise", "write_expert_files"]
+__all__ = [
+    "EXPERT_FRACTION",
+    "MEASURED_NOISE",
+    "NOISE_PRESETS",
+    "READERS",
+    "describe_noise",
+    "noisy_findings",
+    "resolve_noise",
+    "write_expert_files",
+]

@@ -53,8 +53,7 @@ class Shortcut:
     strength: float
 
     def __post_init__(self):
-        object.__setattr__(self, "finding", canonical_finding(self.finding,
-                                                              allow_no_finding=False))
+        object.__setattr__(self, "finding", canonical_finding(self.finding, allow_no_finding=False))
         if not 0.0 < float(self.strength) <= 1.0:
             raise ValueError(f"shortcut strength must be in (0, 1], got {self.strength}")
         object.__setattr__(self, "strength", float(self.strength))
@@ -72,10 +71,13 @@ class Shortcut:
         return cls(finding, value)
 
     def record(self) -> dict:
-        return {"finding": self.finding, "strength": self.strength,
-                "marker": "burnt-in token (bright L) in an upper corner, outside the chest",
-                "train_val": "on this share of the images whose published label has the finding",
-                "test": "on this share of all images, whatever their labels"}
+        return {
+            "finding": self.finding,
+            "strength": self.strength,
+            "marker": "burnt-in token (bright L) in an upper corner, outside the chest",
+            "train_val": "on this share of the images whose published label has the finding",
+            "test": "on this share of all images, whatever their labels",
+        }
 
     def plants(self, rng: np.random.Generator, *, in_test: bool, published: tuple) -> bool:
         """Whether this image gets the token (one uniform draw from its own ``rng``)."""
@@ -91,7 +93,7 @@ def chest_region(lungs: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero(inside.any(1))
     for r in rows:
         cols = np.flatnonzero(inside[r])
-        out[r, cols[0]:cols[-1] + 1] = True
+        out[r, cols[0] : cols[-1] + 1] = True
     return out
 
 
@@ -106,10 +108,10 @@ def burn_token(image: np.ndarray, chest: np.ndarray, rng: np.random.Generator) -
     x = int(rng.integers(max(1, size // 25), max(2, size // 8)))
     y = int(rng.integers(max(1, size // 25), max(2, size // 10)))
     out = image.copy()
-    for x0 in ((size - k - x, x) if right else (x, size - k - x)):   # the other corner if needed
-        if not clear[y:y + k, x0:x0 + k].any():
-            out[y:y + k, x0:x0 + t] = 255          # the L's upright
-            out[y + k - t:y + k, x0:x0 + k] = 255  # and its foot
+    for x0 in (size - k - x, x) if right else (x, size - k - x):  # the other corner if needed
+        if not clear[y : y + k, x0 : x0 + k].any():
+            out[y : y + k, x0 : x0 + t] = 255  # the L's upright
+            out[y + k - t : y + k, x0 : x0 + k] = 255  # and its foot
             return out
     raise RuntimeError("no upper corner is clear of the chest region for the shortcut token")
 
@@ -119,8 +121,9 @@ def region_mask_for_file(chest: np.ndarray) -> np.ndarray:
     size = chest.shape[0]
     if size <= REGION_SIZE:
         return chest.astype(bool)
-    small = cv2.resize(chest.astype(np.float32), (REGION_SIZE, REGION_SIZE),
-                       interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        chest.astype(np.float32), (REGION_SIZE, REGION_SIZE), interpolation=cv2.INTER_AREA
+    )
     return small >= 0.5
 
 
@@ -129,8 +132,12 @@ def write_chest_regions(root: Path, regions: dict[str, np.ndarray]) -> Path:
     ids = list(regions)
     masks = np.stack([regions[i] for i in ids]) if ids else np.zeros((0, 1, 1), bool)
     buf = io.BytesIO()
-    np.savez_compressed(buf, image_id=np.array(ids), shape=np.array(masks.shape),
-                        masks=np.packbits(masks.reshape(len(ids), -1), axis=1))
+    np.savez_compressed(
+        buf,
+        image_id=np.array(ids),
+        shape=np.array(masks.shape),
+        masks=np.packbits(masks.reshape(len(ids), -1), axis=1),
+    )
     path = Path(root) / CHEST_REGIONS
     write_bytes(buf.getvalue(), path)
     return path
@@ -147,5 +154,13 @@ def read_chest_regions(root: Path) -> dict[str, np.ndarray] | None:
         return dict(zip(z["image_id"].tolist(), bits, strict=True))
 
 
-__all__ = ["CHEST_REGIONS", "REGION_SIZE", "Shortcut", "burn_token", "chest_region",
-           "read_chest_regions", "region_mask_for_file", "write_chest_regions"]
+__all__ = [
+    "CHEST_REGIONS",
+    "REGION_SIZE",
+    "Shortcut",
+    "burn_token",
+    "chest_region",
+    "read_chest_regions",
+    "region_mask_for_file",
+    "write_chest_regions",
+]

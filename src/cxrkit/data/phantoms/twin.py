@@ -129,11 +129,14 @@ def _render(job: tuple) -> np.ndarray:
         x0, y0 = int(np.floor(x * scale)), int(np.floor(y * scale))
         x1 = max(x0 + 1, int(np.ceil((x + w) * scale)))
         y1 = max(y0 + 1, int(np.ceil((y + h) * scale)))
-        patch = cv2.resize(delta[sy:sy + sh, sx:sx + sw], (x1 - x0, y1 - y0),  # type: ignore[index]
-                           interpolation=cv2.INTER_AREA)
+        patch = cv2.resize(
+            delta[sy : sy + sh, sx : sx + sw],
+            (x1 - x0, y1 - y0),  # type: ignore[index]
+            interpolation=cv2.INTER_AREA,
+        )
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
         if cx1 > cx0 and cy1 > cy0:
-            density[cy0:cy1, cx0:cx1] += patch[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+            density[cy0:cy1, cx0:cx1] += patch[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
     return background.expose(density)
 
 
@@ -157,8 +160,9 @@ def _draw_chunk(root: str, seed: int, size: int, rows: list[tuple]) -> int:
     return written
 
 
-def _jobs(labels: pd.DataFrame, boxes: pd.DataFrame | None, folder_of: dict[str, str],
-          keep: set[int]) -> list[tuple]:
+def _jobs(
+    labels: pd.DataFrame, boxes: pd.DataFrame | None, folder_of: dict[str, str], keep: set[int]
+) -> list[tuple]:
     """One tuple per kept row, in file order: what a worker needs to draw it."""
     by_image: dict[str, list] = {}
     if boxes is not None:
@@ -170,15 +174,28 @@ def _jobs(labels: pd.DataFrame, boxes: pd.DataFrame | None, folder_of: dict[str,
     ages = kept["age"].fillna(47.0).clip(1, 95).astype(float)
     # a patient's chest is drawn once, for the sex and age of their first row, so that
     # each image is the same whichever of their images a resumed run draws first
-    first = pd.DataFrame({"patient_id": kept["patient_id"], "sex": kept["sex"], "age": ages}
-                         ).groupby("patient_id").first()
+    first = (
+        pd.DataFrame({"patient_id": kept["patient_id"], "sex": kept["sex"], "age": ages})
+        .groupby("patient_id")
+        .first()
+    )
     rows = []
     for r, age, hot in zip(kept.itertuples(index=False), ages, onehot):
         pid = int(r.patient_id)
-        rows.append((r.image_id, folder_of[r.image_id], pid, int(r.follow_up), float(age),
-                     str(first.at[pid, "sex"]), r.view,
-                     tuple(f for f, h in zip(FINDINGS, hot) if h), by_image.get(r.image_id, []),
-                     float(first.at[pid, "age"])))
+        rows.append(
+            (
+                r.image_id,
+                folder_of[r.image_id],
+                pid,
+                int(r.follow_up),
+                float(age),
+                str(first.at[pid, "sex"]),
+                r.view,
+                tuple(f for f, h in zip(FINDINGS, hot) if h),
+                by_image.get(r.image_id, []),
+                float(first.at[pid, "age"]),
+            )
+        )
     return rows
 
 
@@ -199,8 +216,10 @@ def _prepare_root(root: Path, image_settings: dict) -> None:
     differently (another seed, size, source or generator) and stale temporary files."""
     manifest = root / MANIFEST_NAME
     if (root / "Data_Entry_2017.csv").exists() and not manifest.exists():
-        raise FileExistsError(f"{root} holds a Data_Entry_2017.csv that is not a phantom release "
-                              f"(no {MANIFEST_NAME}); refusing to overwrite it")
+        raise FileExistsError(
+            f"{root} holds a Data_Entry_2017.csv that is not a phantom release "
+            f"(no {MANIFEST_NAME}); refusing to overwrite it"
+        )
     try:
         old = json.loads(manifest.read_text()).get("image_settings")
     except (OSError, ValueError):
@@ -212,8 +231,16 @@ def _prepare_root(root: Path, image_settings: dict) -> None:
         tmp.unlink()
 
 
-def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, seed: int = 0,
-              workers: int | None = None, progress: bool = True) -> PhantomRelease:
+def make_twin(
+    out_dir,
+    like,
+    *,
+    fraction: float = 1.0,
+    image_size: int = 256,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PhantomRelease:
     """Write the phantom twin of the release whose metadata is in ``like`` (see module
     docstring) to ``out_dir``; returns what was written.
 
@@ -227,14 +254,19 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     like, root = Path(like), Path(out_dir)
     real = load_release(like)
     if not real.has_official_split:
-        raise FileNotFoundError(f"{like}: the twin needs the official train_val_list.txt and "
-                                "test_list.txt next to the label file")
+        raise FileNotFoundError(
+            f"{like}: the twin needs the official train_val_list.txt and "
+            "test_list.txt next to the label file"
+        )
     sources = {k: Path(v) for k, v in real.files.items()}
     if "boxes" not in sources:
         raise FileNotFoundError(f"{like}: BBox_List_2017.csv not found")
     keep = select_patients(real.labels["patient_id"], fraction, seed)
-    image_settings = {"like_sha256": {k: file_sha256(p) for k, p in sorted(sources.items())},
-                      "image_size": image_size, "seed": seed}
+    image_settings = {
+        "like_sha256": {k: file_sha256(p) for k, p in sorted(sources.items())},
+        "image_size": image_size,
+        "seed": seed,
+    }
     settings = {"like": str(like.resolve()), "fraction": fraction, **image_settings}
     done = existing_release(root, settings)
     if done is not None:
@@ -247,9 +279,16 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     names = {r[0] for r in rows}
     root.mkdir(parents=True, exist_ok=True)
     _prepare_root(root, image_settings)
-    write_json({"made_by": "cxrkit.data.twin.make_twin", "complete": False,
-                       "versions": generator_versions(), "settings": settings,
-                       "image_settings": image_settings}, root / MANIFEST_NAME)
+    write_json(
+        {
+            "made_by": "cxrkit.data.twin.make_twin",
+            "complete": False,
+            "versions": generator_versions(),
+            "settings": settings,
+            "image_settings": image_settings,
+        },
+        root / MANIFEST_NAME,
+    )
     for png in root.glob("images_[0-9][0-9][0-9]/images/*.png"):
         if png.name not in names:  # drawn for a larger fraction
             png.unlink()
@@ -258,16 +297,22 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     _draw_all(root, rows, seed, image_size, workers, progress)
 
     # the real files' own lines, filtered to the images written
-    files = {"labels": root / "Data_Entry_2017.csv", "boxes": root / "BBox_List_2017.csv",
-             "train_val": root / "train_val_list.txt", "test": root / "test_list.txt"}
+    files = {
+        "labels": root / "Data_Entry_2017.csv",
+        "boxes": root / "BBox_List_2017.csv",
+        "train_val": root / "train_val_list.txt",
+        "test": root / "test_list.txt",
+    }
     counts = {}
     for key in ("labels", "boxes"):
         header, lines = _lines(sources[key])
         ids = [_first_field(ln) for ln in lines]
         expected = (real.labels if key == "labels" else real.boxes)["image_id"].tolist()  # type: ignore[index]  # boxes: required above
         if ids != expected:
-            raise ValueError(f"{sources[key]}: its lines do not match the rows read from it "
-                             "(blank or multi-line records?); cannot copy it line by line")
+            raise ValueError(
+                f"{sources[key]}: its lines do not match the rows read from it "
+                "(blank or multi-line records?); cannot copy it line by line"
+            )
         kept = [ln for ln, n in zip(lines, ids) if n in names]
         counts[key] = len(kept)
         write_bytes(header + b"".join(kept), files[key])
@@ -278,31 +323,63 @@ def make_twin(out_dir, like, *, fraction: float = 1.0, image_size: int = 256, se
     n_box_images = int(real.boxes.loc[real.boxes["image_id"].isin(names), "image_id"].nunique())  # type: ignore[union-attr, index]  # required above
     archives = pd.Series([r[1].split("/")[0] for r in rows]).value_counts().sort_index()
     seconds = time.perf_counter() - started
-    write_json({"made_by": "cxrkit.data.twin.make_twin", "complete": True,
-                       "versions": generator_versions(), "settings": settings,
-                       "image_settings": image_settings, "sources": {
-                           k: str(p) for k, p in sources.items()},
-                       "n_patients": len(keep), "n_images": len(rows),
-                       "n_train_val_images": counts["train_val"],
-                       "n_test_images": counts["test"], "n_boxes": counts["boxes"],
-                       "n_box_images": n_box_images, "archives": archives.to_dict(),
-                       "seconds": round(seconds, 1),
-                       "files": {k: p.name for k, p in files.items()}}, root / MANIFEST_NAME)
+    write_json(
+        {
+            "made_by": "cxrkit.data.twin.make_twin",
+            "complete": True,
+            "versions": generator_versions(),
+            "settings": settings,
+            "image_settings": image_settings,
+            "sources": {k: str(p) for k, p in sources.items()},
+            "n_patients": len(keep),
+            "n_images": len(rows),
+            "n_train_val_images": counts["train_val"],
+            "n_test_images": counts["test"],
+            "n_boxes": counts["boxes"],
+            "n_box_images": n_box_images,
+            "archives": archives.to_dict(),
+            "seconds": round(seconds, 1),
+            "files": {k: p.name for k, p in files.items()},
+        },
+        root / MANIFEST_NAME,
+    )
     log.info("phantoms: twin of %s, %d images in %.1f s", like, len(rows), seconds)
-    return PhantomRelease(root, files["labels"], files["boxes"], files["train_val"],
-                          files["test"], root / MANIFEST_NAME, len(keep), len(rows),
-                          counts["test"], counts["boxes"], image_size, seed)
+    return PhantomRelease(
+        root,
+        files["labels"],
+        files["boxes"],
+        files["train_val"],
+        files["test"],
+        root / MANIFEST_NAME,
+        len(keep),
+        len(rows),
+        counts["test"],
+        counts["boxes"],
+        image_size,
+        seed,
+    )
 
 
-def _draw_all(root: Path, rows: list[tuple], seed: int, size: int, workers: int | None,
-              progress: bool) -> None:
+def _draw_all(
+    root: Path, rows: list[tuple], seed: int, size: int, workers: int | None, progress: bool
+) -> None:
     todo = [r for r in rows if not (root / r[1] / r[0]).exists()]
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+        workers = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
     chunks = _chunks(todo)
-    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="img", desc="phantoms",
-               disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=len(rows),
+        initial=len(rows) - len(todo),
+        unit="img",
+        desc="phantoms",
+        disable=not progress,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
     try:
         if workers == 0 or len(chunks) <= 1:
             for c in chunks:
@@ -320,8 +397,12 @@ def _draw_all(root: Path, rows: list[tuple], seed: int, size: int, workers: int 
                     f.cancel()
                 raise
     except BaseException:
-        log.warning("phantoms: stopped with %d of %d images drawn in %s; run again to resume",
-                    sum(1 for r in rows if (root / r[1] / r[0]).exists()), len(rows), root)
+        log.warning(
+            "phantoms: stopped with %d of %d images drawn in %s; run again to resume",
+            sum(1 for r in rows if (root / r[1] / r[0]).exists()),
+            len(rows),
+            root,
+        )
         raise
     finally:
         bar.close()
