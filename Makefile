@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cxrkit-installed
 DEMO   := demo
 
-.PHONY: setup demo test lint typecheck bench bench-real browser clean
+.PHONY: setup demo test lint format typecheck bench bench-real browser clean
 
 setup: $(STAMP)
 
@@ -38,9 +38,14 @@ demo: setup
 test: setup browser
 	$(BIN)/python -m pytest -q -n 2 --durations=10
 
-# tests/test_lint.py runs the same check inside `make test` (rules: pyproject's [tool.ruff])
+# tests/test_lint.py runs the same checks inside `make test` (rules: pyproject's [tool.ruff])
 lint: setup
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+# Lay the code out the one way `make lint` and the tests expect
+format: setup
+	$(BIN)/ruff format src tests bench
 
 # tests/test_typecheck.py runs the same check inside `make test` (pyproject's [tool.mypy])
 typecheck: setup

@@ -1,5 +1,6 @@
-"""``ruff check src tests`` passes (the rules in pyproject.toml's ``[tool.ruff]``), so lint
-habits hold by themselves in ``make test``. Skipped where ruff is not installed."""
+"""``ruff check src tests`` passes (the rules in pyproject.toml's ``[tool.ruff]``) and
+``ruff format --check src tests bench`` finds nothing to reformat, so lint and layout habits
+hold by themselves in ``make test``. Skipped where ruff is not installed."""
 
 from __future__ import annotations
 
@@ -33,6 +34,25 @@ def test_ruff_check_passes():
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-1000:]
+
+
+def test_ruff_format_is_applied():
+    """The code is laid out by ``ruff format`` (``make format`` applies it)."""
+    ruff = _ruff()
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    proc = subprocess.run(
+        [*ruff, "format", "--check", "--no-cache", "src", "tests", "bench"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, (
+        "run `make format` (ruff format src tests bench):\n"
+        + proc.stdout[-4000:]
+        + proc.stderr[-1000:]
+    )
 
 
 def test_one_conftest_module():
