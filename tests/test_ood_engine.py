@@ -96,6 +96,7 @@ def test_record_is_computed_by_predicts_engine_and_its_graph_is_reused(
     monkeypatch.setenv("CXRKIT_PRECISION", "fp32")
     res = CliRunner().invoke(app, ["ood", str(ref_run), "--force", "--no-progress"])
     assert res.exit_code == 0, res.output
+    assert "features by torch" in res.output  # the engine, said
     ref = json.loads((ref_run / "best.ood.json").read_text())["record"]
     assert ref["provenance"]["features_engine"]["used"] == "fp32"
     assert ref["provenance"]["features_engine"]["ran_by"].startswith("torch")
