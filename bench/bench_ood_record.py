@@ -60,9 +60,11 @@ class Timed:
         return self.forward.describe()
 
 
-def random_checkpoint(folder: Path, name: str, cache: int, input_size: int) -> Path:
+def random_checkpoint(folder: Path, name: str, cache, input_size: int) -> Path:
+    """``name`` with random weights saved as a checkpoint of the prepared cache ``cache``
+    (its preprocessing contract built by the rules a new run uses)."""
     from cxrkit._compat import ensure_torchvision
-    from cxrkit.data.images import PreprocessSettings
+    from cxrkit.data.preprocessing import Preprocessing
     from cxrkit.engine.checkpoint import save_checkpoint
     from cxrkit.models import create_model
 
@@ -72,22 +74,17 @@ def random_checkpoint(folder: Path, name: str, cache: int, input_size: int) -> P
         warnings.simplefilter("ignore")
         model = create_model(name)
     c = model.cxr_config
-    return save_checkpoint(
-        {
-            "model": model.state_dict(),
-            "model_config": c.to_dict(),
-            "findings": list(c.findings),
-            "preprocess": {
-                "cache": PreprocessSettings(size=cache).to_dict(),
-                "input_size": input_size,
-                "eval_resize": None,
-                "mean": c.mean,
-                "std": c.std,
-                "channels": c.in_chans,
-            },
-        },
-        folder / name / "best.pt",
+    pre = Preprocessing.build(
+        cache=cache,
+        model_name=name,
+        model_input_size=c.input_size,
+        image_size=input_size,
+        mean=c.mean,
+        std=c.std,
+        channels=c.in_chans,
     )
+    body = {"model_config": c.to_dict(), "findings": list(c.findings), "preprocess": pre.to_dict()}
+    return save_checkpoint({"model": model.state_dict(), **body}, folder / name / "best.pt")
 
 
 def main() -> None:
@@ -125,7 +122,7 @@ def main() -> None:
 
     p = load_prepared(args.prepared)
     ck = args.checkpoint or random_checkpoint(
-        scratch, args.model, p.cache.settings.size, args.input_size
+        scratch, args.model, p.cache.settings, args.input_size
     )
     lm = cxrkit.load(ck, precision="fp32")
     name = lm.name + ("" if args.checkpoint else " (random init)")
