@@ -30,10 +30,10 @@ whose network call is a :class:`Forward` chosen here from ``precision``:
 
 The ONNX export is made once per network (:func:`weights_sha256`: its config and weights, so
 a checkpoint that only gained an OOD record keeps its graph), input shape and
-torch/onnxruntime/opset versions, under :func:`cache_dir`; its manifest (``.onnx.json``) records the graph's own
-sha256 and each engine's parity result. A graph whose bytes no longer match, or that an
-engine cannot read (truncated, not protobuf), is exported again with a
-:class:`CacheRebuiltWarning`; OpenVINO keeps its compiled model beside it (``openvino/``).
+torch/onnxruntime/opset versions, under :func:`cache_dir`; its manifest (``.onnx.json``)
+records the graph's own sha256 and each engine's parity result. A graph whose bytes no
+longer match, or that an engine cannot read (truncated, not protobuf), is exported again
+with a :class:`CacheRebuiltWarning`; OpenVINO keeps its compiled model beside it (``openvino/``).
 
 Why, measured on the 2-core development CPU (Xeon with AVX512-BF16, no AMX;
 ``bench/bench_predict.py``, README "Fast inference"): see the README for the table. In
