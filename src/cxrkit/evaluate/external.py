@@ -4,11 +4,11 @@ Most people who work on ChestX-ray14 have a model cxrkit did not train. Given it
 predictions (a CSV or a DataFrame: :mod:`cxrkit.evaluate.predictions_file`) and the
 release's metadata, :func:`evaluate_predictions` joins each row to NIH's labels, patient,
 age, sex and view, and scores it exactly as a cxrkit run is scored
-(:func:`cxrkit.evaluate.core.score`): the same patient-bootstrap intervals, subgroups,
+(:func:`cxrkit.evaluate.scoring.score`): the same patient-bootstrap intervals, subgroups,
 calibration, published numbers, radiologists' section, report and files, so a run and a
 predictions file can be set side by side by ``cxrkit compare``.
 
-The protocol is stated in every output (:func:`cxrkit.evaluate.core.protocol_line`):
+The protocol is stated in every output (:func:`cxrkit.evaluate.notes.protocol_line`):
 
 * ``rows="official-test"`` (default): only the rows in NIH's ``test_list.txt``; how many of
   its 25,596 images were scored is said, and a subset is said to be one;
@@ -33,7 +33,8 @@ import pandas as pd
 from cxrkit.artefacts import read_csv
 from cxrkit.data.release import NIHRelease, load_release
 from cxrkit.data.splits import LeakageError
-from cxrkit.evaluate.core import coverage, data_source, protocol_line, score
+from cxrkit.evaluate.notes import coverage, data_source, protocol_line
+from cxrkit.evaluate.scoring import score
 from cxrkit.evaluate.gallery import write_error_table
 from cxrkit.evaluate.predictions import Predictions
 from cxrkit.evaluate.predictions_file import PredictionTable, read_predictions
