@@ -545,6 +545,98 @@ def check_image_size(image_size) -> int:
     return int(image_size)
 
 
+def _draw_images(
+    root: Path,
+    cohort: pd.DataFrame,
+    noisy,
+    test: set,
+    boxed: dict,
+    *,
+    image_size: int,
+    seed: int,
+    shortcut: Shortcut | None,
+    progress: bool,
+) -> tuple[list[str], dict, int]:
+    """Draw and write every image of ``cohort`` (PNG, NIH's ``images_NNN/images`` folders).
+
+    Returns the NIH box lines (``boxed``: which findings of which image get a box, in
+    1024 px coordinates), each image's chest region mask and how many shortcut tokens were
+    planted. Each patient's anatomy is drawn once and kept over their follow-ups."""
+    anatomy, anatomy_of = None, None  # the current patient's, kept over their follow-ups
+    box_lines: list[str] = []
+    regions: dict = {}
+    planted = 0
+    scale = NIH_IMAGE_SIZE / image_size
+    for i, row in enumerate(
+        tqdm(
+            cohort.itertuples(index=False),
+            total=len(cohort),
+            desc="phantoms",
+            unit="img",
+            disable=not progress,
+        )
+    ):
+        pid = row.patient_id
+        if anatomy_of != pid:
+            anatomy = sample_anatomy(rng_stream(seed, pid, 1), sex=row.sex, age=row.age)
+            anatomy_of = pid
+        drawing = draw_phantom(
+            rng_stream(seed, pid, 2, row.follow_up),
+            row.findings,
+            size=image_size,
+            sex=row.sex,
+            age=row.age,
+            view=row.view,
+            anatomy=anatomy,
+        )
+        image, boxes = drawing.expose(), drawing.boxes()
+        if drawing.lungs is None:  # draw_phantom always records them
+            raise RuntimeError(f"phantom {row.image_id}: no lung fields drawn")
+        chest = chest_region(drawing.lungs)
+        regions[row.image_id] = region_mask_for_file(chest)
+        token_rng = rng_stream(seed, pid, 5, row.follow_up)  # its own stream: images unchanged
+        if shortcut is not None and shortcut.plants(
+            token_rng, in_test=row.image_id in test, published=noisy[i]
+        ):
+            image = burn_token(image, chest, token_rng)
+            planted += 1
+        folder = root / f"images_{i // IMAGES_PER_FOLDER + 1:03d}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        ok, png = cv2.imencode(".png", image)
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode {row.image_id} as PNG")
+        write_bytes(png.tobytes(), folder / row.image_id, durable=False)
+        for f in (f for f in boxed.get(row.image_id, ()) if f in boxes):
+            x, y, w, h = (v * scale for v in boxes[f])
+            label = "Infiltrate" if f == "Infiltration" else f
+            box_lines.append(f"{row.image_id},{label},{x:.15g},{y:.15g},{w:.15g},{h:.15g}")
+
+    return box_lines, regions, planted
+
+
+def _write_tables(
+    root: Path, published: pd.DataFrame, cohort: pd.DataFrame, test: set, box_lines: list[str]
+) -> dict[str, Path]:
+    """NIH's label file (the published, noisy labels), box list and official split lists."""
+    entry = [DATA_ENTRY_HEADER] + [
+        f"{r.image_id},{'|'.join(sorted(r.findings)) or NO_FINDING},{r.follow_up},{r.patient_id},"
+        f"{r.age},{r.sex},{r.view},{r.orig_width},{r.orig_height},{r.spacing},{r.spacing}"
+        for r in published.itertuples(index=False)
+    ]
+    names = sorted(cohort["image_id"])
+    files = {
+        "labels": root / "Data_Entry_2017.csv",
+        "boxes": root / "BBox_List_2017.csv",
+        "train_val": root / "train_val_list.txt",
+        "test": root / "test_list.txt",
+    }
+    write_ascii(files["labels"], "\r\n".join(entry) + "\r\n")
+    write_ascii(files["boxes"], "\n".join([BBOX_HEADER, *box_lines]) + "\n")
+    write_ascii(files["train_val"], "\n".join(n for n in names if n not in test))
+    write_ascii(files["test"], "\n".join(n for n in names if n in test))
+    return files
+
+
 def make_phantoms(
     out_dir,
     *,
@@ -623,69 +715,18 @@ def make_phantoms(
     )
     boxed = _choose_boxes(agreed, test, rng_stream(seed, 0, 1))
 
-    anatomy, anatomy_of = None, None  # the current patient's, kept over their follow-ups
-    box_lines, regions, planted = [], {}, 0
-    scale = NIH_IMAGE_SIZE / image_size
-    for i, row in enumerate(
-        tqdm(
-            cohort.itertuples(index=False),
-            total=len(cohort),
-            desc="phantoms",
-            unit="img",
-            disable=not progress,
-        )
-    ):
-        pid = row.patient_id
-        if anatomy_of != pid:
-            anatomy = sample_anatomy(rng_stream(seed, pid, 1), sex=row.sex, age=row.age)
-            anatomy_of = pid
-        drawing = draw_phantom(
-            rng_stream(seed, pid, 2, row.follow_up),
-            row.findings,
-            size=image_size,
-            sex=row.sex,
-            age=row.age,
-            view=row.view,
-            anatomy=anatomy,
-        )
-        image, boxes = drawing.expose(), drawing.boxes()
-        if drawing.lungs is None:  # draw_phantom always records them
-            raise RuntimeError(f"phantom {row.image_id}: no lung fields drawn")
-        chest = chest_region(drawing.lungs)
-        regions[row.image_id] = region_mask_for_file(chest)
-        token_rng = rng_stream(seed, pid, 5, row.follow_up)  # its own stream: images unchanged
-        if shortcut is not None and shortcut.plants(
-            token_rng, in_test=row.image_id in test, published=noisy[i]
-        ):
-            image = burn_token(image, chest, token_rng)
-            planted += 1
-        folder = root / f"images_{i // IMAGES_PER_FOLDER + 1:03d}" / "images"
-        folder.mkdir(parents=True, exist_ok=True)
-        ok, png = cv2.imencode(".png", image)
-        if not ok:
-            raise RuntimeError(f"OpenCV could not encode {row.image_id} as PNG")
-        write_bytes(png.tobytes(), folder / row.image_id, durable=False)
-        for f in (f for f in boxed.get(row.image_id, ()) if f in boxes):
-            x, y, w, h = (v * scale for v in boxes[f])
-            label = "Infiltrate" if f == "Infiltration" else f
-            box_lines.append(f"{row.image_id},{label},{x:.15g},{y:.15g},{w:.15g},{h:.15g}")
-
-    entry = [DATA_ENTRY_HEADER] + [
-        f"{r.image_id},{'|'.join(sorted(r.findings)) or NO_FINDING},{r.follow_up},{r.patient_id},"
-        f"{r.age},{r.sex},{r.view},{r.orig_width},{r.orig_height},{r.spacing},{r.spacing}"
-        for r in published.itertuples(index=False)
-    ]
-    names = sorted(cohort["image_id"])
-    files = {
-        "labels": root / "Data_Entry_2017.csv",
-        "boxes": root / "BBox_List_2017.csv",
-        "train_val": root / "train_val_list.txt",
-        "test": root / "test_list.txt",
-    }
-    write_ascii(files["labels"], "\r\n".join(entry) + "\r\n")
-    write_ascii(files["boxes"], "\n".join([BBOX_HEADER, *box_lines]) + "\n")
-    write_ascii(files["train_val"], "\n".join(n for n in names if n not in test))
-    write_ascii(files["test"], "\n".join(n for n in names if n in test))
+    box_lines, regions, planted = _draw_images(
+        root,
+        cohort,
+        noisy,
+        test,
+        boxed,
+        image_size=image_size,
+        seed=seed,
+        shortcut=shortcut,
+        progress=progress,
+    )
+    files = _write_tables(root, published, cohort, test, box_lines)
     experts = write_expert_files(root, cohort, noisy, test, seed=seed, fraction=expert_fraction)
     write_chest_regions(root, regions)
 
