@@ -413,29 +413,9 @@ def _kpis(metrics: dict, run: dict) -> str:
     )
 
 
-def render_html(
-    metrics: dict,
-    run_dir: Path | None,
-    figures: dict[str, Path],
-    extra_sections: tuple[str, ...] = (),
-    scored: dict[str, pd.DataFrame] | None = None,
-) -> str:
-    layout = RunFolder(run_dir) if run_dir else None
-    run = _read_json(layout.run_json) if layout else {}
-    config = layout.config.read_text() if layout and layout.config.exists() else ""
-    split, fit = metrics["split"], metrics["thresholds"]["chosen_on"]
-    what = (metrics.get("source") or {}).get("file") or metrics.get("checkpoint")
-    s = [
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>cxrkit evaluation: {_esc(title(metrics))}</title>"
-        f"<style>{CSS}</style></head><body><main>",
-        f"<h1>{_esc(title(metrics))}</h1>",
-        f"<p class='sub'>cxrkit evaluation report · {_esc(what)} · "
-        f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
-        f"<div class='ruo'>{_esc(RESEARCH_USE)}</div>",
-        _kpis(metrics, run),
-    ]
-    s += [f"<div class='warn'>{_esc(n)}</div>" for n in metrics["notes"]]
+def _data_section(metrics: dict, scored: dict[str, pd.DataFrame] | None) -> list[str]:
+    """The Data section: the evaluated split beside training (none without a data summary)."""
+    s: list[str] = []
     data = data_summary(metrics, scored)
     if data is not None:
         s.append(
@@ -456,20 +436,13 @@ def render_html(
             "<details><summary>Prevalence per finding and split</summary>"
             f"{_table(data[1])}</details>"
         )
-    s.append(ood_html(metrics))
-    s.append("<h2>Per-finding AUROC and AUPRC</h2>")
-    s.append(_table(auroc_table(metrics)))
-    s.append(
-        "<p>Published values (* = not comparable with this run):</p><ul>"
-        + "".join(f"<li>{_esc(n)}</li>" for n in published_notes(metrics))
-        + "</ul>"
-    )
-    s.append("<h2>Figures</h2>")
-    for name, path in figures.items():
-        s.append(
-            f"<figure>{_img(path, FIGURES.get(name, name))}<figcaption>"
-            f"{_esc(FIGURES.get(name, name))}</figcaption></figure>"
-        )
+    return s
+
+
+def _threshold_section(metrics: dict) -> list[str]:
+    """Decision thresholds: each method's, chosen on the fit split, applied to the evaluated one."""
+    s: list[str] = []
+    split, fit = metrics["split"], metrics["thresholds"]["chosen_on"]
     s.append("<h2>Decision thresholds</h2>")
     if fit is None:
         s.append(f"<p>{_esc(NOT_FITTED)}</p>")
@@ -503,28 +476,12 @@ def render_html(
             + (_esc(", ".join(written["few_positives"])) or "none")
             + ".</p>"
         )
-    cal = metrics["calibration"]
-    t = cal.get("temperature")
-    s.append(
-        "<h2>Calibration</h2><p>Brier score and expected calibration error "
-        f"({cal['bins']} bins) per finding; mean Brier {_num(cal['mean_brier'])}, mean ECE "
-        f"{_num(cal['mean_ece'])}. "
-        + (
-            f"Temperature scaling: T = {t:.3f}, fitted on {_esc(fit)}."
-            if t
-            else "No temperature fitted."
-        )
-        + "</p>"
-    )
-    s.append(_table(calibration_table(metrics)))
-    s.append(
-        "<h2>Subgroups</h2><p>† fewer than 10 positive patients (N pt): an anecdote, not "
-        "an estimate; below 5 no interval is given. AUROC [95% CI] (positives/images) per "
-        "finding within each "
-        "sex, age band and view. A model that learned a shortcut (say, AP view means "
-        "sick) shows large gaps between groups.</p>"
-    )
-    s.append(_table(subgroup_table(metrics)))
+    return s
+
+
+def _training_section(run: dict) -> list[str]:
+    """The run's training summary (run.json)."""
+    s: list[str] = []
     if run:
         keys = (
             "status",
@@ -542,6 +499,12 @@ def render_html(
         )
         s.append("<h2>Training</h2>")
         s.append(_table(pd.DataFrame([{k: run.get(k) for k in keys if k in run}])))
+    return s
+
+
+def _explanations_section(run_dir: Path | None) -> list[str]:
+    """Saliency overlays that ``cxrkit explain`` left in the run folder."""
+    s: list[str] = []
     examples = explanation_examples(run_dir) if run_dir else []
     if examples:
         s.append(
@@ -557,13 +520,12 @@ def render_html(
             )
             + "</div>"
         )
-    loc = localization_section(run_dir) if run_dir else ""
-    if loc:
-        s.append("<h2>Localisation against NIH's boxes</h2>" + loc)
-    from cxrkit.audit.report import audit_html  # late: the audit imports this module
+    return s
 
-    s.append(audit_html(run_dir) if run_dir else "")  # a predictions file has no run
-    s += [x for x in extra_sections if x]  # e.g. against radiologists, error gallery
+
+def _provenance_section(metrics: dict, run: dict, config: str) -> list[str]:
+    """What made the numbers: inputs, checksums, versions and the run's config.yaml."""
+    s: list[str] = []
     s.append("<h2>Configuration and provenance</h2>")
     prov = {
         k: metrics[k]
@@ -586,6 +548,80 @@ def render_html(
     s.append(f"<pre>{_esc(json.dumps(prov, indent=2))}</pre>")
     if config:
         s.append(f"<h3>config.yaml</h3><pre>{_esc(config)}</pre>")
+    return s
+
+
+def render_html(
+    metrics: dict,
+    run_dir: Path | None,
+    figures: dict[str, Path],
+    extra_sections: tuple[str, ...] = (),
+    scored: dict[str, pd.DataFrame] | None = None,
+) -> str:
+    layout = RunFolder(run_dir) if run_dir else None
+    run = _read_json(layout.run_json) if layout else {}
+    config = layout.config.read_text() if layout and layout.config.exists() else ""
+    fit = metrics["thresholds"]["chosen_on"]
+    what = (metrics.get("source") or {}).get("file") or metrics.get("checkpoint")
+    s = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>cxrkit evaluation: {_esc(title(metrics))}</title>"
+        f"<style>{CSS}</style></head><body><main>",
+        f"<h1>{_esc(title(metrics))}</h1>",
+        f"<p class='sub'>cxrkit evaluation report · {_esc(what)} · "
+        f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
+        f"<div class='ruo'>{_esc(RESEARCH_USE)}</div>",
+        _kpis(metrics, run),
+    ]
+    s += [f"<div class='warn'>{_esc(n)}</div>" for n in metrics["notes"]]
+    s += _data_section(metrics, scored)
+    s.append(ood_html(metrics))
+    s.append("<h2>Per-finding AUROC and AUPRC</h2>")
+    s.append(_table(auroc_table(metrics)))
+    s.append(
+        "<p>Published values (* = not comparable with this run):</p><ul>"
+        + "".join(f"<li>{_esc(n)}</li>" for n in published_notes(metrics))
+        + "</ul>"
+    )
+    s.append("<h2>Figures</h2>")
+    for name, path in figures.items():
+        s.append(
+            f"<figure>{_img(path, FIGURES.get(name, name))}<figcaption>"
+            f"{_esc(FIGURES.get(name, name))}</figcaption></figure>"
+        )
+    s += _threshold_section(metrics)
+    cal = metrics["calibration"]
+    t = cal.get("temperature")
+    s.append(
+        "<h2>Calibration</h2><p>Brier score and expected calibration error "
+        f"({cal['bins']} bins) per finding; mean Brier {_num(cal['mean_brier'])}, mean ECE "
+        f"{_num(cal['mean_ece'])}. "
+        + (
+            f"Temperature scaling: T = {t:.3f}, fitted on {_esc(fit)}."
+            if t
+            else "No temperature fitted."
+        )
+        + "</p>"
+    )
+    s.append(_table(calibration_table(metrics)))
+    s.append(
+        "<h2>Subgroups</h2><p>† fewer than 10 positive patients (N pt): an anecdote, not "
+        "an estimate; below 5 no interval is given. AUROC [95% CI] (positives/images) per "
+        "finding within each "
+        "sex, age band and view. A model that learned a shortcut (say, AP view means "
+        "sick) shows large gaps between groups.</p>"
+    )
+    s.append(_table(subgroup_table(metrics)))
+    s += _training_section(run)
+    s += _explanations_section(run_dir)
+    loc = localization_section(run_dir) if run_dir else ""
+    if loc:
+        s.append("<h2>Localisation against NIH's boxes</h2>" + loc)
+    from cxrkit.audit.report import audit_html  # late: the audit imports this module
+
+    s.append(audit_html(run_dir) if run_dir else "")  # a predictions file has no run
+    s += [x for x in extra_sections if x]  # e.g. against radiologists, error gallery
+    s += _provenance_section(metrics, run, config)
     s.append("</main></body></html>")
     return "\n".join(x for x in s if x)
 
