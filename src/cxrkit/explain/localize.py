@@ -129,7 +129,6 @@ def boxed_pairs(lm: LoadedModel, data, split: str) -> tuple[pd.DataFrame, dict, 
     return scored, counts, notes
 
 
-@writes_into_run("cxrkit localize")
 def _score_pairs(
     lm: LoadedModel,
     data: HeldOut,
@@ -237,6 +236,7 @@ def _record(
     }
 
 
+@writes_into_run("cxrkit localize")
 def localize_checkpoint(
     checkpoint,
     *,

@@ -151,7 +151,6 @@ def _graph(lm):
     return OnnxGraph().eval()
 
 
-@writes_into_run("cxrkit export")
 def _trace(lm: LoadedModel, out: Path, opset: int) -> tuple[dict[str, str], list | None]:
     """Export ``lm``'s graph (:func:`_graph`) to ``out`` with torch's dynamo exporter, the
     batch dimension dynamic; returns the graph's inputs (name -> what it holds) and the
@@ -222,6 +221,7 @@ def _write_metadata(out: Path, record: dict, ood_record: dict | None) -> None:
         onnx.save(proto, str(tmp))
 
 
+@writes_into_run("cxrkit export")
 def export_onnx(
     checkpoint: str | Path,
     out: str | Path | None = None,
