@@ -102,6 +102,59 @@ def _check_options(split, tta, threshold_method, threshold_split, bootstrap, sub
         raise ValueError("bootstrap replicates must be >= 1")
 
 
+def _ood_record(lm, data: HeldOut, prepared, *, progress: bool) -> dict | None:
+    """The run's out-of-distribution record, computed now (and kept) when it has none; None
+    when the run was trained without one (the user's choice) or it cannot be computed."""
+    ood_record = None
+    if lm.ood_record is None and not ood_record_wanted(lm):
+        log.warning(
+            "no out-of-distribution record: the run was trained with "
+            "train.ood_record=false (`cxrkit ood RUN` adds one)"
+        )
+    else:
+        if lm.ood_record is None:
+            log.info(
+                "%s has no out-of-distribution record: computing it from %s",
+                lm.checkpoint.name,
+                data.prepared.root,
+            )
+        try:
+            ood_record = ensure_ood_record(lm, prepared, progress=progress)
+        except ValueError as e:  # e.g. a validation split too small to calibrate on: said
+            log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
+    return ood_record
+
+
+def _write_thresholds(
+    lm, data: HeldOut, metrics: dict, folder: EvaluationFolder, *, method: str, tta: str, split: str
+) -> None:
+    """thresholds.json for ``cxrkit predict``: beside the checkpoint and in the evaluation
+    folder when the evaluation is the run's own (:func:`is_runs_own`), else in the
+    evaluation folder only, leaving the run's as it was."""
+    chosen = {f: t for f, t in metrics["thresholds"]["used"].items() if t is not None}
+    own = is_runs_own(
+        lm.checkpoint, lm.checkpoint_info.get("config") or {}, data.prepared.root, folder.root
+    )
+    sidecar = write_thresholds(
+        lm,
+        chosen,
+        method=method,
+        tta=tta,
+        chosen_on=f"{split} split of {data.split_path} (tta={tta})",
+        provenance=metrics["thresholds"]["written"],
+        path=None if own else folder.thresholds,
+    )
+    if own:
+        write_bytes(sidecar.read_bytes(), folder.thresholds)
+    else:
+        log.info(
+            "thresholds written to %s only: an evaluation outside the run folder or on "
+            "another prepared folder leaves the run's %s as it was",
+            sidecar,
+            THRESHOLDS_FILE,
+        )
+
+
 @writes_into_run("cxrkit evaluate")
 def evaluate_checkpoint(
     checkpoint: str | Path,
@@ -149,23 +202,7 @@ def evaluate_checkpoint(
     _check_options(split, tta, threshold_method, threshold_split, bootstrap, subgroup_bootstrap)
     lm = load(checkpoint, device=device, precision=precision)
     data = load_held_out(lm, prepared)
-    ood_record = None
-    if lm.ood_record is None and not ood_record_wanted(lm):
-        log.warning(
-            "no out-of-distribution record: the run was trained with "
-            "train.ood_record=false (`cxrkit ood RUN` adds one)"
-        )
-    else:
-        if lm.ood_record is None:
-            log.info(
-                "%s has no out-of-distribution record: computing it from %s",
-                lm.checkpoint.name,
-                data.prepared.root,
-            )
-        try:
-            ood_record = ensure_ood_record(lm, prepared, progress=progress)
-        except ValueError as e:  # e.g. a validation split too small to calibrate on: said
-            log.warning("no out-of-distribution record for %s: %s", lm.checkpoint.name, e)
+    ood_record = _ood_record(lm, data, prepared, progress=progress)
     run_folder = RunFolder.of(lm.checkpoint)
     folder = EvaluationFolder(Path(out) if out else run_folder.eval(split, tta))
     started, cpu = time.perf_counter(), time.process_time()
@@ -231,28 +268,9 @@ def evaluate_checkpoint(
         write_error_gallery(
             lm, data, test, metrics, folder.root, per_kind=gallery, progress=progress
         )
-    chosen = {f: t for f, t in metrics["thresholds"]["used"].items() if t is not None}
-    own = is_runs_own(
-        lm.checkpoint, lm.checkpoint_info.get("config") or {}, data.prepared.root, folder.root
+    _write_thresholds(
+        lm, data, metrics, folder, method=threshold_method, tta=tta, split=threshold_split
     )
-    sidecar = write_thresholds(
-        lm,
-        chosen,
-        method=threshold_method,
-        tta=tta,
-        chosen_on=f"{threshold_split} split of {data.split_path} (tta={tta})",
-        provenance=metrics["thresholds"]["written"],
-        path=None if own else folder.thresholds,
-    )
-    if own:
-        write_bytes(sidecar.read_bytes(), folder.thresholds)
-    else:
-        log.info(
-            "thresholds written to %s only: an evaluation outside the run folder or on "
-            "another prepared folder leaves the run's %s as it was",
-            sidecar,
-            THRESHOLDS_FILE,
-        )
     log.info(
         "evaluated %s on %s: mean AUROC %s, %s flagged out-of-distribution; wrote %s",
         lm.checkpoint.name,
