@@ -176,7 +176,7 @@ def server_config(
         port=port,
         log_level=log_level,
         http=timeout_protocol(header_timeout, read_timeout, body_timeout),
-        timeout_keep_alive=KEEP_ALIVE_S,  # type: ignore[arg-type]  # uvicorn takes seconds as float too
+        timeout_keep_alive=KEEP_ALIVE_S,  # type: ignore[arg-type]  # uvicorn takes float seconds too
         **kwargs,
     )
 
