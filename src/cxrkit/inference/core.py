@@ -201,8 +201,8 @@ def load(
     info = {k: ck.get(k) for k in ("config", "split", "versions", "epoch", "metrics")}
     lm = LoadedModel(
         model,
-        tuple(ck.get("findings") or model.cxr_config.findings),
-        preprocessing,  # type: ignore[union-attr, arg-type]
+        tuple(ck.get("findings") or model.cxr_config.findings),  # type: ignore[union-attr, arg-type]
+        preprocessing,
         metadata=int(ck["model_config"].get("meta_features", 0)) > 0,
         device=dev,
         checkpoint=path,
