@@ -33,11 +33,14 @@ from tqdm.auto import tqdm
 from cxrkit.artefacts import RunFolder, make_folder, versions, write_json, write_text
 from cxrkit.audit.measures import (
     feature_probes,
+    occlusion_peaks,
+    region_influence,
     region_reliance,
     saliency_share,
     size_detection,
     view_strata,
 )
+from cxrkit.audit.occlusion import occlusion_maps, window_for
 from cxrkit.audit.regions import blank, chest_regions, training_mean
 from cxrkit.data.dataset import CXRDataset
 from cxrkit.data.metadata import metadata_vector
@@ -47,7 +50,7 @@ from cxrkit.metrics import sigmoid, youden_threshold
 
 log = logging.getLogger(__name__)
 
-FORMAT = "cxrkit-audit/1"
+FORMAT = "cxrkit-audit/2"
 #: A finding needs this many positives in the split to be flagged (fewer: its intervals
 #: span most of [0, 1] and a flag would be noise).
 MIN_POSITIVES = 10
@@ -68,6 +71,30 @@ THRESHOLDS = {
         "interval excludes 0: hiding what lies outside the chest improves "
         "the ranking, so something outside moves the score without "
         "carrying the finding on this split (a shortcut that broke)",
+    ),
+    "outside_shift": (
+        0.69,
+        "the mean absolute change of the finding's logit when everything outside the "
+        "chest region is blanked has its interval's lower end at or above this (ln 2: "
+        "hiding the outside changes the finding's odds by more than a factor of 2 on an "
+        "average image) and exceeds the change when the chest is blanked: the score "
+        "depends on what lies outside the chest more than on the chest. Needs no labels, "
+        "so it sees a shortcut that is on random images of the audited split, which no "
+        "AUROC can. Blanking either side is itself unusual for the model and moves the "
+        "logit somewhat (clean phantom models: 0.2-0.3 for either side), hence a line "
+        "well above that rather than a comparison with the area shares",
+    ),
+    "occlusion_peak": (
+        0.25,
+        "on the finding's positives, the largest drop of the finding's logit that hiding "
+        "one patch outside the chest causes (occlusion sensitivity, training-mean patch) "
+        "averages at least this many standard deviations of the logit over the split "
+        "(interval's lower end) and exceeds the largest drop from a patch inside the "
+        "chest: a place outside the chest carries the model's evidence. Peaks, not the "
+        "share of the map inside the chest against its area: a mean-grey patch over a "
+        "dark lung reads as an opacity and raises the score, so a clean model's "
+        "positive map is nearly empty (measured: its positive part 0.1% of its total "
+        "absolute change) and any share of it is noise",
     ),
     "saliency_ratio": (
         0.5,
@@ -213,6 +240,49 @@ def flags_for(record: dict) -> list[dict]:
                     "(saliency examples) and retrain without it (mask or crop).",
                 }
             )
+    for f, r in (record.get("region_influence") or {}).items():
+        pos = record["region_reliance"].get(f, {}).get("positives", 0)
+        o, c = r["mean_shift_outside_blanked"], r["mean_shift_chest_blanked"]
+        if (
+            region_ok
+            and pos >= MIN_POSITIVES
+            and None not in (o["value"], o["lo"], c["value"])
+            and o["lo"] >= t["outside_shift"]
+            and o["value"] > c["value"]
+        ):
+            out.append(
+                {
+                    "finding": f,
+                    "measure": "outside_shift",
+                    "numbers": {"outside_blanked": o, "chest_blanked": c},
+                    "action": f"{f}: blanking what lies outside the chest changes the {f} "
+                    f"logit by {o['value']:.2f} on average (blanking the chest: "
+                    f"{c['value']:.2f}); the score rests on something outside the chest "
+                    "whatever the labels: find it (occlusion maps, cxrkit explain) and "
+                    "retrain without it (mask or crop).",
+                }
+            )
+    for f, s in (record.get("occlusion") or {}).items():
+        pos = record["region_reliance"].get(f, {}).get("positives", 0)
+        po, pi = s.get("peak_outside") or {}, s.get("peak_inside") or {}
+        if (
+            region_ok
+            and pos >= MIN_POSITIVES
+            and None not in (po.get("value"), po.get("lo"), pi.get("value"))
+            and po["lo"] >= t["occlusion_peak"]
+            and po["value"] > pi["value"]
+        ):
+            out.append(
+                {
+                    "finding": f,
+                    "measure": "occlusion_peak_outside",
+                    "numbers": {"peak_outside": po, "peak_inside": pi},
+                    "action": f"{f}: on its positives, hiding one patch outside the chest "
+                    f"lowers the {f} logit by {po['value']:.2f} standard deviations of the "
+                    f"score at most (inside the chest: {pi['value']:.2f}); the model's "
+                    "evidence sits outside the chest: look where (occlusion maps).",
+                }
+            )
     for f, s in record["saliency"].items():
         pos = record["region_reliance"].get(f, {}).get("positives", 0)
         e, area = s.get("energy_inside") or {}, (s.get("area_inside") or {}).get("value")
@@ -336,9 +406,12 @@ def audit_run(
         n=bootstrap,
         seed=seed,
     )
+    influence = region_influence(
+        full, chest, outside, regions.mean((1, 2)), groups, findings, n=bootstrap, seed=seed
+    )
 
     rng = np.random.default_rng(seed)
-    saliency = {}
+    saliency, occlusion = {}, {}
     for j, f in enumerate(findings):
         rows = np.flatnonzero(labels[:, j] == 1)
         if len(rows) == 0:
@@ -354,8 +427,24 @@ def audit_run(
             meta=None if meta is None else meta[rows],
             batch_size=min(batch_size, 32),
         )
+        occ = occlusion_maps(
+            lm,
+            images[rows],
+            j,
+            fill,
+            meta=None if meta is None else meta[rows],
+            batch_size=min(batch_size, 8),
+        )
         saliency[f] = {
             **saliency_share(maps, regions[rows], groups[rows], n=bootstrap, seed=seed),
+            "sampled": bool(sampled),
+        }
+        occ = occ.clip(0)  # evidence for the finding: the places whose hiding lowers it
+        occlusion[f] = {
+            **saliency_share(occ, regions[rows], groups[rows], n=bootstrap, seed=seed),
+            **occlusion_peaks(
+                occ, regions[rows], float(np.std(full[:, j])), groups[rows], n=bootstrap, seed=seed
+            ),
             "sampled": bool(sampled),
         }
 
@@ -386,6 +475,22 @@ def audit_run(
             "images, used to fill the hidden side",
         },
         "region_reliance": region,
+        "region_influence": influence,
+        "region_influence_method": "absolute change of the finding's logit when the outside "
+        "of the chest region is blanked (the chest-only image) and when the chest is blanked "
+        "(the outside-only image), over every image of the split; outside_share = sum of the "
+        "first / sum of both (ratio of sums), against outside_area (the outside's share of "
+        "the image). Needs no labels.",
+        "occlusion": occlusion,
+        "occlusion_method": {
+            "method": "occlusion sensitivity (captum Occlusion): the drop of the finding's "
+            "logit when a square patch of the training-mean grey covers each place, "
+            "positive part, averaged over the windows covering a pixel",
+            "window": window_for(images.shape[-1])[0],
+            "stride": window_for(images.shape[-1])[1],
+            "images": "the same positives as the Grad-CAM maps",
+            "space": "cache pixels",
+        },
         "saliency": saliency,
         "saliency_method": {
             "method": method,
