@@ -190,6 +190,25 @@ def _box_pairs(data, table, probs, findings, thresholds, size: int):
     return pairs
 
 
+def _occlusion(lm, images, rows, j, fill, meta, regions, groups, full, batch_size, n, seed):
+    """Occlusion sensitivity of finding ``j`` on the split's ``rows``: the positive part
+    of the maps (the places whose hiding lowers the score), its share in the chest and
+    its peaks outside and inside (:func:`cxrkit.audit.measures.occlusion_peaks`)."""
+    occ = occlusion_maps(
+        lm,
+        images[rows],
+        j,
+        fill,
+        meta=None if meta is None else meta[rows],
+        batch_size=min(batch_size, 8),
+    ).clip(0)
+    scale = float(np.std(full[:, j]))
+    return {
+        **saliency_share(occ, regions[rows], groups[rows], n=n, seed=seed),
+        **occlusion_peaks(occ, regions[rows], scale, groups[rows], n=n, seed=seed),
+    }
+
+
 def flags_for(record: dict) -> list[dict]:
     """The flags of an audit record (see :data:`THRESHOLDS`); each with ``finding``,
     ``measure``, ``numbers`` and ``action`` (a sentence a reader can act on)."""
@@ -362,6 +381,7 @@ def audit_run(
     bootstrap: int = 1000,
     seed: int = 0,
     saliency_limit: int = 200,
+    occlusion_limit: int = 200,
     batch_size: int = 64,
     device: str | None = None,
     precision: str | None = None,
@@ -370,7 +390,9 @@ def audit_run(
     """Audit the checkpoint of ``run`` on ``split``; write ``RUN/audit/SPLIT/`` (or ``out``).
 
     ``saliency_limit``: Grad-CAM on at most this many positives per finding (a seeded
-    sample; counted in the output). Returns the record written to ``audit.json`` plus
+    sample; counted in the output). ``occlusion_limit``: occlusion sensitivity on at most
+    this many of those (it costs ``(S / stride)^2`` forward passes an image; 0: none),
+    for findings with at least :data:`MIN_POSITIVES` positives (fewer are never flagged). Returns the record written to ``audit.json`` plus
     ``out``.
     """
     from cxrkit.audit.report import summary_markdown, write_figures
@@ -427,26 +449,18 @@ def audit_run(
             meta=None if meta is None else meta[rows],
             batch_size=min(batch_size, 32),
         )
-        occ = occlusion_maps(
-            lm,
-            images[rows],
-            j,
-            fill,
-            meta=None if meta is None else meta[rows],
-            batch_size=min(batch_size, 8),
-        )
         saliency[f] = {
             **saliency_share(maps, regions[rows], groups[rows], n=bootstrap, seed=seed),
             "sampled": bool(sampled),
         }
-        occ = occ.clip(0)  # evidence for the finding: the places whose hiding lowers it
-        occlusion[f] = {
-            **saliency_share(occ, regions[rows], groups[rows], n=bootstrap, seed=seed),
-            **occlusion_peaks(
-                occ, regions[rows], float(np.std(full[:, j])), groups[rows], n=bootstrap, seed=seed
-            ),
-            "sampled": bool(sampled),
-        }
+        positives = int((labels[:, j] == 1).sum())
+        if occlusion_limit > 0 and positives >= MIN_POSITIVES:  # fewer: never flagged
+            if len(rows) > occlusion_limit:
+                rows = np.sort(rng.choice(rows, occlusion_limit, replace=False))
+            occlusion[f] = _occlusion(
+                lm, images, rows, j, fill, meta, regions, groups, full, batch_size, bootstrap, seed
+            )
+            occlusion[f]["sampled"] = len(rows) < positives
 
     thresholds, threshold_source = _thresholds(lm, data, **kw)
     pairs = _box_pairs(data, table, probs, findings, thresholds, images.shape[-1])
@@ -488,7 +502,8 @@ def audit_run(
             "positive part, averaged over the windows covering a pixel",
             "window": window_for(images.shape[-1])[0],
             "stride": window_for(images.shape[-1])[1],
-            "images": "the same positives as the Grad-CAM maps",
+            "images": "the positives of the Grad-CAM maps (at most "
+            f"{occlusion_limit}, seeded sample)",
             "space": "cache pixels",
         },
         "saliency": saliency,
