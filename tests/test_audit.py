@@ -565,4 +565,5 @@ def test_planted_shortcut_is_flagged_and_the_clean_model_is_not(planted_pair):
     assert c_occ["peak_outside"]["hi"] < MARGIN_C_PEAK
     assert planted_pair["planted"]["chest_region"]["source"].startswith("true lung fields")
     assert planted_pair["planted"]["format"] == "cxrkit-audit/2"
+    assert "occlusion_maps.png" in planted_pair["planted"]["files"]
     assert planted_pair["planted"]["region_reliance"][PLANTED]["positives"] >= 15

@@ -230,9 +230,30 @@ def _shortcut_figure(record: dict, out: Path, plt) -> str:
     return "shortcut.png"
 
 
-def write_figures(record: dict, out: Path) -> list[str]:
-    """``region_reliance.png``, ``saliency.png`` and ``shortcut.png`` (and ``size.png``
-    with boxes)."""
+def _mean_maps_figure(maps: dict, region: np.ndarray, out: Path, plt) -> str:
+    """``occlusion_maps.png``: per finding, the mean positive occlusion map over the
+    audited positives, with the mean chest region's outline."""
+    fig, axes = plt.subplots(
+        1, len(maps), figsize=(2.6 * len(maps), 2.8), constrained_layout=True, squeeze=False
+    )
+    for ax, (f, m) in zip(axes[0], maps.items(), strict=True):
+        ax.imshow(m, cmap="magma")
+        ax.contour(region, levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.set_title(f, fontsize=8)
+        ax.axis("off")
+    fig.suptitle("Mean occlusion sensitivity on the positives (cyan: chest region)", fontsize=9)
+    with atomic_path(out / "occlusion_maps.png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return "occlusion_maps.png"
+
+
+def write_figures(
+    record: dict, out: Path, mean_maps: dict | None = None, region: np.ndarray | None = None
+) -> list[str]:
+    """``region_reliance.png``, ``saliency.png``, ``shortcut.png`` (and ``size.png`` with
+    boxes; ``occlusion_maps.png`` given the mean occlusion maps per finding and the mean
+    chest region)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,6 +313,8 @@ def write_figures(record: dict, out: Path) -> list[str]:
 
     if record.get("region_influence"):
         written.append(_shortcut_figure(record, out, plt))
+    if mean_maps and region is not None:
+        written.append(_mean_maps_figure(mean_maps, region, out, plt))
 
     q = record["size"].get("quartiles") or []
     if q:
