@@ -5,13 +5,20 @@
 (as they are; everything outside the chest region blanked; the chest region blanked;
 :mod:`cxrkit.audit.regions`), reads the pooled features from the first pass (the hook the
 OOD record uses, :meth:`cxrkit.inference.LoadedModel.forward_cached`), computes Grad-CAM
-on the positives (:func:`cxrkit.explain.saliency_maps`), and writes to
-``RUN/audit/SPLIT/``:
+(:func:`cxrkit.explain.saliency_maps`) and occlusion sensitivity
+(:mod:`cxrkit.audit.occlusion`) on the positives, and writes to ``RUN/audit/SPLIT/``:
 
 ``audit.json``   every measure with its 95% patient-bootstrap interval
                  (:mod:`cxrkit.audit.measures`), the chest region used, and ``flags``
 ``summary.md``   the flags in words, then one table per measure
-``*.png``        region reliance, saliency share, size (:mod:`cxrkit.audit.report`)
+``*.png``        region reliance, saliency share, shortcut measures, mean occlusion maps,
+                 size (:mod:`cxrkit.audit.report`)
+
+Two measures see a shortcut that is on random images of the audited split (so that no
+AUROC can): the **region influence** (how much the finding's logit moves when the outside
+is blanked, against the chest; no labels) and the **occlusion peak** (the largest drop one
+patch outside the chest causes on the positives). Grad-CAM is reported beside them but its
+flag rarely fires on small models: its map is too coarse to find a small token.
 
 Flags (:data:`THRESHOLDS`, each with its reason, written into ``audit.json``) are raised
 only for findings with at least :data:`MIN_POSITIVES` positives in the split, and only
