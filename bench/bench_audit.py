@@ -153,10 +153,11 @@ def run_phantoms(args) -> None:
     finding = args.shortcut.rpartition(":")[0]
     rows = [
         "| seed | model | split | positives | AUROC as is | chest only | outside only | "
-        "logit shift, outside blanked | chest blanked | occlusion peak outside (SD) | "
+        "evidence outside (SD) | evidence in chest (SD) | |shift| outside blanked | "
+        "chest blanked | occlusion peak outside (SD) | "
         "inside | occlusion energy in chest | CAM energy in chest | chest area | "
         "flags for the finding | train s | audit s |",
-        "|---|---|---|---:|---|---|---|---|---|---|---|---|---|---:|---|---:|---:|",
+        "|---|---|---|---:|---|---|---|---|---|---|---|---|---|---|---|---:|---|---:|---:|",
     ]
     for seed in args.seeds:
         pair = phantom_pair(
@@ -181,6 +182,7 @@ def run_phantoms(args) -> None:
             rows.append(
                 f"| {seed} | {kind} | {split} | {rr['positives']} | {_fmt(rr['auroc'])} | "
                 f"{_fmt(rr['auroc_chest_only'])} | {_fmt(rr['auroc_outside_only'])} | "
+                f"{_fmt(ri['evidence_outside'])} | {_fmt(ri['evidence_chest'])} | "
                 f"{_fmt(ri['mean_shift_outside_blanked'])} | "
                 f"{_fmt(ri['mean_shift_chest_blanked'])} | {_fmt(oc['peak_outside'])} | "
                 f"{_fmt(oc['peak_inside'])} | {_fmt(oc['energy_inside'])} | "

@@ -140,6 +140,13 @@ def test_region_influence_by_hand():
         assert r["mean_shift_outside_blanked"]["value"] == pytest.approx(d_out.mean())
         assert r["mean_shift_chest_blanked"]["value"] == pytest.approx(d_in.mean())
         assert r["outside_area"] == pytest.approx(0.7) and r["images"] == 40
+        sd = full[:, j].std()
+        drop = (full[:, j] - chest[:, j]).clip(0) / sd
+        assert r["evidence_outside"]["value"] == pytest.approx(drop.mean())
+        assert r["evidence_chest"]["value"] == pytest.approx(
+            ((full[:, j] - outside[:, j]).clip(0) / sd).mean()
+        )
+        assert r["logit_sd"] == pytest.approx(sd)
         s = r["outside_share"]
         assert s["lo"] < s["value"] < s["hi"] and s["lo"] > 0.6  # the outside dominates
     # the patient bootstrap by hand: the same resamples, the ratio of sums in each
@@ -224,14 +231,15 @@ def _record(
     area=0.4,
     positives=30,
     ap=(0.8, 0.7, 0.9),
-    shift=((0.3, 0.25, 0.35), (0.2, 0.15, 0.25)),
+    evidence=((0.01, 0.0, 0.02), (0.0, 0.0, 0.0)),
     peak=((0.05, 0.02, 0.08), (0.0, 0.0, 0.0)),
 ):
     return {
         "region_influence": {
             "Mass": {
-                "mean_shift_outside_blanked": _ci(*shift[0]),
-                "mean_shift_chest_blanked": _ci(*shift[1]),
+                "evidence_outside": _ci(*evidence[0]),
+                "evidence_chest": _ci(*evidence[1]),
+                "logit_sd": 1.0,
             }
         },
         "occlusion": {"Mass": {"peak_outside": _ci(*peak[0]), "peak_inside": _ci(*peak[1])}},
@@ -280,14 +288,14 @@ def test_flags_follow_the_stated_thresholds():
     assert measures(energy=(0.3, 0.15, 0.21)) == []  # below the area, not half
     assert measures(ap=(0.6, 0.5, 0.7)) == ["auroc_AP_only"]
     assert measures(ap=(0.6, 0.5, 0.85)) == []  # interval reaches the pooled
-    big, small = (1.5, 1.2, 1.8), (0.8, 0.7, 0.9)
-    assert measures(shift=(big, small)) == ["outside_shift"]
-    assert measures(shift=((1.5, 0.6, 1.8), small)) == []  # lower end under ln 2
-    assert measures(shift=(big, (1.6, 1.4, 1.8))) == []  # the chest moves it more
+    big, small = (0.6, 0.4, 0.8), (0.1, 0.0, 0.2)
+    assert measures(evidence=(big, small)) == ["evidence_outside"]
+    assert measures(evidence=((0.6, 0.2, 0.8), small)) == []  # lower end under 0.25
+    assert measures(evidence=(big, (0.7, 0.5, 0.9))) == []  # the chest holds more
     assert measures(peak=((0.7, 0.5, 0.9), (0.1, 0.0, 0.2))) == ["occlusion_peak_outside"]
     assert measures(peak=((0.7, 0.2, 0.9), (0.1, 0.0, 0.2))) == []  # lower end under 0.25
     assert measures(peak=((0.7, 0.5, 0.9), (0.8, 0.6, 1.0))) == []  # the chest's is larger
-    assert measures(shift=(big, small), peak=((0.7, 0.5, 0.9), (0, 0, 0)), positives=5) == []
+    assert measures(evidence=(big, small), peak=((0.7, 0.5, 0.9), (0, 0, 0)), positives=5) == []
     old = _record()
     del old["region_influence"], old["occlusion"]  # a cxrkit-audit/1 record
     assert flags_for(old) == []
@@ -408,7 +416,7 @@ def test_audit_writes_its_files_and_the_report_shows_them(audited):
     assert "shortcut.png" in record["files"] and set(saved["region_influence"]) == set(
         saved["findings"]
     )
-    assert {"outside_shift", "occlusion_peak"} <= set(saved["thresholds"])
+    assert {"outside_evidence", "occlusion_peak"} <= set(saved["thresholds"])
     from cxrkit.audit.report import audit_html
 
     section = audit_html(run)
@@ -466,7 +474,7 @@ def test_cli_audit(audited, tmp_path):
 #: lr 1e-3, no scheduler (the defaults' lr 3e-3 with the plateau scheduler left both models
 #: at the constant predictor's loss: nothing learnt, token or lungs); the token on 90% of
 #: the training positives and of random test images. Audited on test, where the token is
-#: on random images (so no AUROC can show it): the label-free measures (the logit's shift
+#: on random images (so no AUROC can show it): the label-free measures (the logit's drop
 #: with the outside blanked, occlusion sensitivity's peak outside the chest) flag the
 #: planted model and not the clean one. Occlusion on 16 of the ~29 positives (runtime).
 PLANTED = "Infiltration"
@@ -539,7 +547,7 @@ def planted_pair(tmp_path_factory):
 MARGIN_P_SHIFT, MARGIN_C_SHIFT, MARGIN_P_PEAK, MARGIN_C_PEAK = 1.0, 0.5, 0.3, 0.1  # TODO
 OUTSIDE = {
     "auroc_outside_only",
-    "outside_shift",
+    "evidence_outside",
     "occlusion_peak_outside",
     "saliency_energy_inside",
 }
@@ -553,14 +561,14 @@ def test_planted_shortcut_is_flagged_and_the_clean_model_is_not(planted_pair):
         kind: {f["measure"] for f in r["flags"] if f["finding"] == PLANTED}
         for kind, r in planted_pair.items()
     }
-    assert {"outside_shift", "occlusion_peak_outside"} <= flagged["planted"]
+    assert {"evidence_outside", "occlusion_peak_outside"} <= flagged["planted"]
     assert not flagged["clean"] & OUTSIDE
     (p_shift, c_shift), (p_occ, c_occ) = (
         [planted_pair[k][block][PLANTED] for k in ("planted", "clean")]
         for block in ("region_influence", "occlusion")
     )
-    assert p_shift["mean_shift_outside_blanked"]["lo"] > MARGIN_P_SHIFT
-    assert c_shift["mean_shift_outside_blanked"]["hi"] < MARGIN_C_SHIFT
+    assert p_shift["evidence_outside"]["lo"] > MARGIN_P_SHIFT
+    assert c_shift["evidence_outside"]["hi"] < MARGIN_C_SHIFT
     assert p_occ["peak_outside"]["lo"] > MARGIN_P_PEAK
     assert c_occ["peak_outside"]["hi"] < MARGIN_C_PEAK
     assert planted_pair["planted"]["chest_region"]["source"].startswith("true lung fields")

@@ -79,17 +79,18 @@ THRESHOLDS = {
         "the ranking, so something outside moves the score without "
         "carrying the finding on this split (a shortcut that broke)",
     ),
-    "outside_shift": (
-        0.69,
-        "the mean absolute change of the finding's logit when everything outside the "
-        "chest region is blanked has its interval's lower end at or above this (ln 2: "
-        "hiding the outside changes the finding's odds by more than a factor of 2 on an "
-        "average image) and exceeds the change when the chest is blanked: the score "
-        "depends on what lies outside the chest more than on the chest. Needs no labels, "
-        "so it sees a shortcut that is on random images of the audited split, which no "
-        "AUROC can. Blanking either side is itself unusual for the model and moves the "
-        "logit somewhat (clean phantom models: 0.2-0.3 for either side), hence a line "
-        "well above that rather than a comparison with the area shares",
+    "outside_evidence": (
+        0.25,
+        "blanking everything outside the chest region lowers the finding's logit by at "
+        "least this many standard deviations of the logit over the split, on average over "
+        "every image (positive part: the evidence removed; interval's lower end), and by "
+        "more than blanking the chest does: the score rests on something outside the "
+        "chest. Needs no labels, so it sees a shortcut that is on random images of the "
+        "audited split, which no AUROC can. The drop, not the absolute change: a "
+        "training-mean grey over a dark lung reads as an opacity and raises the score, so "
+        "blanking moves every model's logit (clean phantom models: 0.2-0.7 logits either "
+        "side) while it removes evidence only from a model that had some there (clean "
+        "phantom models: at most 0.002 SD outside, planted-token models 0.5-0.6 SD)",
     ),
     "occlusion_peak": (
         0.25,
@@ -269,24 +270,28 @@ def flags_for(record: dict) -> list[dict]:
             )
     for f, r in (record.get("region_influence") or {}).items():
         pos = record["region_reliance"].get(f, {}).get("positives", 0)
-        o, c = r["mean_shift_outside_blanked"], r["mean_shift_chest_blanked"]
+        o, c = r.get("evidence_outside") or {}, r.get("evidence_chest") or {}
         if (
             region_ok
             and pos >= MIN_POSITIVES
-            and None not in (o["value"], o["lo"], c["value"])
-            and o["lo"] >= t["outside_shift"]
+            and None not in (o.get("value"), o.get("lo"), c.get("value"))
+            and o["lo"] >= t["outside_evidence"]
             and o["value"] > c["value"]
         ):
             out.append(
                 {
                     "finding": f,
-                    "measure": "outside_shift",
-                    "numbers": {"outside_blanked": o, "chest_blanked": c},
-                    "action": f"{f}: blanking what lies outside the chest changes the {f} "
-                    f"logit by {o['value']:.2f} on average (blanking the chest: "
-                    f"{c['value']:.2f}); the score rests on something outside the chest "
-                    "whatever the labels: find it (occlusion maps, cxrkit explain) and "
-                    "retrain without it (mask or crop).",
+                    "measure": "evidence_outside",
+                    "numbers": {
+                        "evidence_outside": o,
+                        "evidence_chest": c,
+                        "logit_sd": r["logit_sd"],
+                    },
+                    "action": f"{f}: blanking what lies outside the chest lowers the {f} "
+                    f"logit by {o['value']:.2f} standard deviations on an average image "
+                    f"(blanking the chest: {c['value']:.2f}); the score rests on something "
+                    "outside the chest whatever the labels: find it (occlusion_maps.png, "
+                    "cxrkit explain) and retrain without it (mask or crop).",
                 }
             )
     for f, s in (record.get("occlusion") or {}).items():
@@ -498,11 +503,13 @@ def audit_run(
         },
         "region_reliance": region,
         "region_influence": influence,
-        "region_influence_method": "absolute change of the finding's logit when the outside "
-        "of the chest region is blanked (the chest-only image) and when the chest is blanked "
-        "(the outside-only image), over every image of the split; outside_share = sum of the "
-        "first / sum of both (ratio of sums), against outside_area (the outside's share of "
-        "the image). Needs no labels.",
+        "region_influence_method": "change of the finding's logit when the outside of the "
+        "chest region is blanked (the chest-only image) and when the chest is blanked (the "
+        "outside-only image), over every image of the split. evidence_*: mean drop "
+        "(positive part) in standard deviations of the logit over the split (logit_sd); "
+        "mean_shift_*: mean absolute change in logits; outside_share = sum of the first "
+        "absolute change / sum of both (ratio of sums), against outside_area (the outside's "
+        "share of the image). Needs no labels.",
         "occlusion": occlusion,
         "occlusion_method": {
             "method": "occlusion sensitivity (captum Occlusion): the drop of the finding's "

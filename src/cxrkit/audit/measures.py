@@ -95,29 +95,47 @@ def _share_interval(part: np.ndarray, other: np.ndarray, groups, *, n: int, seed
 def region_influence(
     full, chest, outside, area_inside, groups, findings, *, n: int, seed: int
 ) -> dict[str, dict]:
-    """Per finding, label-free: how much the finding's logit moves when the outside is
-    blanked (``|full - chest|``, chest-only image) against when the chest is blanked
-    (``|full - outside|``), over every image of the split.
+    """Per finding, label-free, over every image of the split: what happens to the
+    finding's logit when the outside is blanked (the chest-only image ``chest``) and when
+    the chest is blanked (``outside``).
 
-    ``outside_share``: the outside's share of the total movement, a ratio of sums with a
-    patient-bootstrap interval; ``outside_area``: the outside's share of the image (1 -
-    the chest region's mean ``area_inside``), what a model that weighed every pixel alike
-    would give; ``mean_shift_outside_blanked`` / ``mean_shift_chest_blanked``: the mean
-    absolute logit changes themselves. Needs no labels, so a shortcut that is on random
-    images of the split (and so cannot show in an AUROC) still shows: the score moves
-    when it is hidden.
+    ``evidence_outside`` / ``evidence_chest``: the mean **drop** of the logit (positive part
+    of ``full - chest`` / ``full - outside``: the evidence for the finding that blanking
+    removed) in standard deviations of the logit over the split (``logit_sd``); the flag
+    reads these. ``mean_shift_outside_blanked`` / ``mean_shift_chest_blanked``: the mean
+    absolute changes in logits, and ``outside_share`` (ratio of sums) against
+    ``outside_area`` (1 - the chest region's mean area): reported, not flagged (blanking
+    either side is unusual for a model and moves its logit whichever way; measured, a
+    mean-grey chest *raises* a phantom model's score). All with patient-bootstrap
+    intervals. Needs no labels, so a shortcut on random images of the split (invisible to
+    any AUROC) still shows: hiding it lowers the score.
     """
     full, chest, outside = (np.asarray(a, np.float64) for a in (full, chest, outside))
-    d_out, d_in = np.abs(full - chest), np.abs(full - outside)
+    d_out, d_in = full - chest, full - outside
     area_out = 1.0 - float(np.mean(area_inside))
     out = {}
     for j, name in enumerate(findings):
+        sd = float(np.std(full[:, j]))
+        scale = sd if sd > 0 else np.nan
+        drop_out, drop_in = d_out[:, j].clip(0) / scale, d_in[:, j].clip(0) / scale
+        nothing = np.isnan(scale)
         out[name] = {
             "images": int(len(full)),
-            "outside_share": _share_interval(d_out[:, j], d_in[:, j], groups, n=n, seed=seed),
+            "logit_sd": _f(sd),
+            "evidence_outside": _ci(None, None, None)
+            if nothing
+            else _mean_interval(drop_out, groups, n=n, seed=seed),
+            "evidence_chest": _ci(None, None, None)
+            if nothing
+            else _mean_interval(drop_in, groups, n=n, seed=seed),
+            "mean_shift_outside_blanked": _mean_interval(
+                np.abs(d_out[:, j]), groups, n=n, seed=seed
+            ),
+            "mean_shift_chest_blanked": _mean_interval(np.abs(d_in[:, j]), groups, n=n, seed=seed),
+            "outside_share": _share_interval(
+                np.abs(d_out[:, j]), np.abs(d_in[:, j]), groups, n=n, seed=seed
+            ),
             "outside_area": _f(area_out),
-            "mean_shift_outside_blanked": _mean_interval(d_out[:, j], groups, n=n, seed=seed),
-            "mean_shift_chest_blanked": _mean_interval(d_in[:, j], groups, n=n, seed=seed),
         }
     return out
 

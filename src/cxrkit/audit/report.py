@@ -38,15 +38,18 @@ def _new_measure_lines(record: dict) -> list[str]:
         "",
         "## Region influence (label-free, every image of the split)",
         "",
-        "Mean absolute change of the finding's logit when one side is blanked; the outside's "
-        "share of the two against its share of the image area.",
+        "Evidence: mean drop of the finding's logit when one side is blanked, in standard "
+        "deviations (SD) of the logit over the split. Shift: mean absolute change in logits; "
+        "the outside's share of the two shifts against its share of the image area.",
         "",
-        "| finding | images | outside blanked | chest blanked | outside's share | outside area |",
-        "|---|---:|---|---|---|---:|",
+        "| finding | images | evidence outside (SD) | evidence in chest (SD) | "
+        "shift, outside blanked | shift, chest blanked | outside's share | outside area |",
+        "|---|---:|---|---|---|---|---|---:|",
     ]
     for f, r in record["region_influence"].items():
         lines.append(
-            f"| {f} | {r['images']} | {_ci(r['mean_shift_outside_blanked'])} | "
+            f"| {f} | {r['images']} | {_ci(r['evidence_outside'])} | "
+            f"{_ci(r['evidence_chest'])} | {_ci(r['mean_shift_outside_blanked'])} | "
             f"{_ci(r['mean_shift_chest_blanked'])} | {_ci(r['outside_share'])} | "
             f"{_num(r['outside_area'])} |"
         )
@@ -199,16 +202,13 @@ def _shortcut_figure(record: dict, out: Path, plt) -> str:
         *_series(
             r,
             list(r),
-            {
-                "outside blanked": "mean_shift_outside_blanked",
-                "chest blanked": "mean_shift_chest_blanked",
-            },
+            {"outside blanked": "evidence_outside", "chest blanked": "evidence_chest"},
         ),
     )
-    line = record["thresholds"].get("outside_shift", {}).get("value")
+    line = record["thresholds"].get("outside_evidence", {}).get("value")
     if line is not None:
         a.axhline(line, color="grey", lw=0.8, ls="--")
-    a.set_ylabel("mean |change of the logit|")
+    a.set_ylabel("mean drop of the logit (SD of the logit)")
     a.set_title("Region influence (every image, no labels)", fontsize=9)
     o = record.get("occlusion") or {}
     if o:
