@@ -218,6 +218,29 @@ def _occlusion(lm, images, rows, j, fill, meta, regions, groups, full, batch_siz
     }, occ.mean(0)
 
 
+def _outside_flag(f: str, block: str, o: dict, c: dict) -> dict:
+    """The flag of :func:`flags_for` for evidence outside the chest (``o``) beyond that
+    inside (``c``), from the region influence or the occlusion peaks."""
+    if block == "region_influence":
+        measure, keys = "evidence_outside", ("evidence_outside", "evidence_chest")
+        action = (
+            f"{f}: blanking what lies outside the chest lowers the {f} logit by "
+            f"{o['value']:.2f} standard deviations on an average image (blanking the chest: "
+            f"{c['value']:.2f}); the score rests on something outside the chest whatever "
+            "the labels: find it (occlusion_maps.png, cxrkit explain) and retrain without "
+            "it (mask or crop)."
+        )
+    else:
+        measure, keys = "occlusion_peak_outside", ("peak_outside", "peak_inside")
+        action = (
+            f"{f}: on its positives, hiding one patch outside the chest lowers the {f} "
+            f"logit by up to {o['value']:.2f} standard deviations of the score on average "
+            f"(inside the chest: {c['value']:.2f}); the model's evidence sits outside the "
+            "chest: look where (occlusion_maps.png)."
+        )
+    return {"finding": f, "measure": measure, "numbers": dict(zip(keys, (o, c))), "action": action}
+
+
 def flags_for(record: dict) -> list[dict]:
     """The flags of an audit record (see :data:`THRESHOLDS`); each with ``finding``,
     ``measure``, ``numbers`` and ``action`` (a sentence a reader can act on)."""
@@ -268,53 +291,22 @@ def flags_for(record: dict) -> list[dict]:
                     "(saliency examples) and retrain without it (mask or crop).",
                 }
             )
-    for f, r in (record.get("region_influence") or {}).items():
-        pos = record["region_reliance"].get(f, {}).get("positives", 0)
-        o, c = r.get("evidence_outside") or {}, r.get("evidence_chest") or {}
-        if (
-            region_ok
-            and pos >= MIN_POSITIVES
-            and None not in (o.get("value"), o.get("lo"), c.get("value"))
-            and o["lo"] >= t["outside_evidence"]
-            and o["value"] > c["value"]
-        ):
-            out.append(
-                {
-                    "finding": f,
-                    "measure": "evidence_outside",
-                    "numbers": {
-                        "evidence_outside": o,
-                        "evidence_chest": c,
-                        "logit_sd": r["logit_sd"],
-                    },
-                    "action": f"{f}: blanking what lies outside the chest lowers the {f} "
-                    f"logit by {o['value']:.2f} standard deviations on an average image "
-                    f"(blanking the chest: {c['value']:.2f}); the score rests on something "
-                    "outside the chest whatever the labels: find it (occlusion_maps.png, "
-                    "cxrkit explain) and retrain without it (mask or crop).",
-                }
-            )
-    for f, s in (record.get("occlusion") or {}).items():
-        pos = record["region_reliance"].get(f, {}).get("positives", 0)
-        po, pi = s.get("peak_outside") or {}, s.get("peak_inside") or {}
-        if (
-            region_ok
-            and pos >= MIN_POSITIVES
-            and None not in (po.get("value"), po.get("lo"), pi.get("value"))
-            and po["lo"] >= t["occlusion_peak"]
-            and po["value"] > pi["value"]
-        ):
-            out.append(
-                {
-                    "finding": f,
-                    "measure": "occlusion_peak_outside",
-                    "numbers": {"peak_outside": po, "peak_inside": pi},
-                    "action": f"{f}: on its positives, hiding one patch outside the chest "
-                    f"lowers the {f} logit by up to {po['value']:.2f} standard deviations of "
-                    f"the score on average (inside the chest: {pi['value']:.2f}); the model's "
-                    "evidence sits outside the chest: look where (occlusion maps).",
-                }
-            )
+    blocks = (
+        ("region_influence", "evidence_outside", "evidence_chest", "outside_evidence"),
+        ("occlusion", "peak_outside", "peak_inside", "occlusion_peak"),
+    )
+    for block, outer, inner, line in blocks:
+        for f, r in (record.get(block) or {}).items():
+            pos = record["region_reliance"].get(f, {}).get("positives", 0)
+            o, c = r.get(outer) or {}, r.get(inner) or {}
+            if (
+                region_ok
+                and pos >= MIN_POSITIVES
+                and None not in (o.get("value"), o.get("lo"), c.get("value"))
+                and o["lo"] >= t[line]
+                and o["value"] > c["value"]
+            ):
+                out.append(_outside_flag(f, block, o, c))
     for f, s in record["saliency"].items():
         pos = record["region_reliance"].get(f, {}).get("positives", 0)
         e, area = s.get("energy_inside") or {}, (s.get("area_inside") or {}).get("value")

@@ -191,6 +191,14 @@ def _series(block: dict, names: list[str], keys: dict) -> tuple[dict, dict]:
     return values, errors
 
 
+def _save(fig, path: Path, plt) -> str:
+    """Write ``fig`` to ``path`` atomically, close it, return the file's name."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
 def _shortcut_figure(record: dict, out: Path, plt) -> str:
     """``shortcut.png``: the logit's shift with either side blanked, and the occlusion
     peaks outside and inside the chest (the two measures that flag on a random token)."""
@@ -224,10 +232,7 @@ def _shortcut_figure(record: dict, out: Path, plt) -> str:
         b.axhline(line, color="grey", lw=0.8, ls="--")
     b.set_ylabel("largest logit drop from one patch (SD of the logit)")
     b.set_title("Occlusion sensitivity (positives)", fontsize=9)
-    with atomic_path(out / "shortcut.png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return "shortcut.png"
+    return _save(fig, out / "shortcut.png", plt)
 
 
 def _mean_maps_figure(maps: dict, region: np.ndarray, out: Path, plt) -> str:
@@ -242,10 +247,7 @@ def _mean_maps_figure(maps: dict, region: np.ndarray, out: Path, plt) -> str:
         ax.set_title(f, fontsize=8)
         ax.axis("off")
     fig.suptitle("Mean occlusion sensitivity on the positives (cyan: chest region)", fontsize=9)
-    with atomic_path(out / "occlusion_maps.png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return "occlusion_maps.png"
+    return _save(fig, out / "occlusion_maps.png", plt)
 
 
 def write_figures(
