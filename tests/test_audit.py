@@ -544,7 +544,6 @@ def planted_pair(tmp_path_factory):
 #: The flags that say "the model reads outside the chest" (chest_only_gain says something
 #: outside moves the score without carrying the finding: it fired on a weak clean model's
 #: test split too, README).
-MARGIN_P_SHIFT, MARGIN_C_SHIFT, MARGIN_P_PEAK, MARGIN_C_PEAK = 1.0, 0.5, 0.3, 0.1  # TODO
 OUTSIDE = {
     "auroc_outside_only",
     "evidence_outside",
@@ -556,7 +555,11 @@ OUTSIDE = {
 @pytest.mark.slow
 def test_planted_shortcut_is_flagged_and_the_clean_model_is_not(planted_pair):
     """Seeds 1-3 of this recipe measured by the bench (README, "Shortcut audit"), on test
-    (token on random images): SEEDS_TEXT. The test runs seed 1."""
+    (token on random images): the planted model's logit drops by 0.56 / 0.60 / 0.21 SD
+    when the outside is blanked (interval's lower end 0.45 / 0.53 / 0.17), the clean one's
+    by at most 0.002; one patch outside the chest lowers the planted model's logit by up to
+    0.54 / 0.57 / 1.01 SD on its positives (lower end 0.40 / 0.40 / 0.85), the clean one's
+    by 0.02 / 0.05 / 0.03. The test runs seed 1 (occlusion on 16 positives)."""
     flagged = {
         kind: {f["measure"] for f in r["flags"] if f["finding"] == PLANTED}
         for kind, r in planted_pair.items()
@@ -567,10 +570,10 @@ def test_planted_shortcut_is_flagged_and_the_clean_model_is_not(planted_pair):
         [planted_pair[k][block][PLANTED] for k in ("planted", "clean")]
         for block in ("region_influence", "occlusion")
     )
-    assert p_shift["evidence_outside"]["lo"] > MARGIN_P_SHIFT
-    assert c_shift["evidence_outside"]["hi"] < MARGIN_C_SHIFT
-    assert p_occ["peak_outside"]["lo"] > MARGIN_P_PEAK
-    assert c_occ["peak_outside"]["hi"] < MARGIN_C_PEAK
+    assert p_shift["evidence_outside"]["lo"] > 0.1  # seen 0.17-0.53 over seeds 1-3
+    assert c_shift["evidence_outside"]["hi"] < 0.05  # seen <= 0.005
+    assert p_occ["peak_outside"]["lo"] > 0.25  # seen 0.40-0.85 (all positives)
+    assert c_occ["peak_outside"]["hi"] < 0.15  # seen <= 0.06
     assert planted_pair["planted"]["chest_region"]["source"].startswith("true lung fields")
     assert planted_pair["planted"]["format"] == "cxrkit-audit/2"
     assert "occlusion_maps.png" in planted_pair["planted"]["files"]
