@@ -290,7 +290,7 @@ def test_flags_follow_the_stated_thresholds():
     assert measures(ap=(0.6, 0.5, 0.85)) == []  # interval reaches the pooled
     big, small = (0.6, 0.4, 0.8), (0.1, 0.0, 0.2)
     assert measures(evidence=(big, small)) == ["evidence_outside"]
-    assert measures(evidence=((0.6, 0.2, 0.8), small)) == []  # lower end under 0.25
+    assert measures(evidence=((0.6, 0.08, 0.8), small)) == []  # lower end under 0.1
     assert measures(evidence=(big, (0.7, 0.5, 0.9))) == []  # the chest holds more
     assert measures(peak=((0.7, 0.5, 0.9), (0.1, 0.0, 0.2))) == ["occlusion_peak_outside"]
     assert measures(peak=((0.7, 0.2, 0.9), (0.1, 0.0, 0.2))) == []  # lower end under 0.25
