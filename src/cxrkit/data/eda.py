@@ -427,9 +427,9 @@ def summary_markdown(t, groups, prev, n_boxes, title) -> str:
         lines.append(
             row(
                 f"ages missing or impossible (> {MAX_AGE_YEARS:g} y)",
-                [f"{int((~age[g].between(0, MAX_AGE_YEARS)).sum()):,}" for g in groups],
+                [f"{int((~age[g].between(0, MAX_AGE_YEARS)).sum()):,}" for g in groups],  # type: ignore[union-attr]
             )
-        )  # type: ignore[union-attr]
+        )
     if n_boxes is not None:
         lines.append(row("images with boxes", [f"{n_boxes.get(g, 0):,}" for g in groups]))
     lines += [

@@ -406,9 +406,9 @@ def read_expert_set(
             patient_col,
             nih,
             label_file,
-            lists[list_name],
+            lists[list_name],  # type: ignore[index]  # set for val/test
             f"{list_name}_list.txt",
-        )  # type: ignore[index]  # set for val/test
+        )
         if set_col:
             wrong = raw[set_col[0]] != set_col[1]
             if wrong.any():

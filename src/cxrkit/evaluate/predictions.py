@@ -78,8 +78,8 @@ def predict_split(
         table=ds.table[["image_id", "patient_id", "age", "sex", "view"]].reset_index(drop=True),
         labels=ds.labels.numpy().astype(np.float64),
         logits=np.concatenate(parts).astype(np.float64),
-        ood_score=None if any(o is None for o in ood) else np.concatenate(ood),
-    )  # type: ignore[arg-type]
+        ood_score=None if any(o is None for o in ood) else np.concatenate(ood),  # type: ignore[arg-type]
+    )
 
 
 def predictions_frame(pred: Predictions, findings) -> pd.DataFrame:

@@ -161,8 +161,8 @@ def explain_cached(
     write_json(
         {
             "checkpoint": str(lm.checkpoint),
-            "model": lm.model.cxr_config.name,
-            "method": method,  # type: ignore[union-attr]
+            "model": lm.model.cxr_config.name,  # type: ignore[union-attr]
+            "method": method,
             "findings": "given: "
             + ", ".join(map(str, findings if isinstance(findings, (list, tuple)) else [findings]))
             if findings is not None

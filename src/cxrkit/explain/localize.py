@@ -166,8 +166,8 @@ def localize_checkpoint(
     if method == "attention" and not hasattr(lm.model, "attention_maps"):
         raise ValueError(
             f"method 'attention' needs a model with its own attention maps "
-            f"(gaussian_attention); {lm.model.cxr_config.name} has none"
-        )  # type: ignore[union-attr]
+            f"(gaussian_attention); {lm.model.cxr_config.name} has none"  # type: ignore[union-attr]
+        )
     data = load_held_out(lm, prepared)
     boxes, counts, notes = boxed_pairs(lm, data, split)
     if limit is not None:

@@ -226,8 +226,8 @@ def export_onnx(
         "findings": list(lm.findings),
         "thresholds": lm.thresholds,
         "thresholds_source": lm.thresholds_source,
-        "model": lm.model.cxr_config.to_dict(),
-        "checkpoint": str(lm.checkpoint),  # type: ignore[union-attr, operator]
+        "model": lm.model.cxr_config.to_dict(),  # type: ignore[union-attr, operator]
+        "checkpoint": str(lm.checkpoint),
         "checkpoint_sha256": lm.checkpoint_sha256,
         "opset": opset,
         "versions": versions("onnx", "onnxruntime", "onnxscript"),

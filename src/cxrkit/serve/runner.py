@@ -176,9 +176,9 @@ def server_config(
         port=port,
         log_level=log_level,
         http=timeout_protocol(header_timeout, read_timeout, body_timeout),
-        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_keep_alive=KEEP_ALIVE_S,  # type: ignore[arg-type]  # uvicorn takes float seconds too
         **kwargs,
-    )  # type: ignore[arg-type]  # uvicorn takes seconds as float too
+    )
 
 
 def run_server(

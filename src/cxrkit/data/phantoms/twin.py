@@ -130,8 +130,8 @@ def _render(job: tuple) -> np.ndarray:
         x1 = max(x0 + 1, int(np.ceil((x + w) * scale)))
         y1 = max(y0 + 1, int(np.ceil((y + h) * scale)))
         patch = cv2.resize(
-            delta[sy : sy + sh, sx : sx + sw],
-            (x1 - x0, y1 - y0),  # type: ignore[index]
+            delta[sy : sy + sh, sx : sx + sw],  # type: ignore[index]
+            (x1 - x0, y1 - y0),
             interpolation=cv2.INTER_AREA,
         )
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
