@@ -239,14 +239,18 @@ def _mean_maps_figure(maps: dict, region: np.ndarray, out: Path, plt) -> str:
     """``occlusion_maps.png``: per finding, the mean positive occlusion map over the
     audited positives, with the mean chest region's outline."""
     fig, axes = plt.subplots(
-        1, len(maps), figsize=(2.6 * len(maps), 2.8), constrained_layout=True, squeeze=False
+        1,
+        len(maps),
+        figsize=(max(2.6 * len(maps), 4.5), 2.8),
+        constrained_layout=True,
+        squeeze=False,
     )
     for ax, (f, m) in zip(axes[0], maps.items(), strict=True):
         ax.imshow(m, cmap="magma")
         ax.contour(region, levels=[0.5], colors="cyan", linewidths=0.8)
         ax.set_title(f, fontsize=8)
         ax.axis("off")
-    fig.suptitle("Mean occlusion sensitivity on the positives (cyan: chest region)", fontsize=9)
+    fig.suptitle("Mean occlusion map on the positives (cyan: chest)", fontsize=9)
     return _save(fig, out / "occlusion_maps.png", plt)
 
 
