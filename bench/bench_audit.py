@@ -79,6 +79,7 @@ def phantom_pair(
     batch_size: int = 32,
     lr: float = 3e-3,
     scheduler: str = "plateau",
+    reuse: bool = False,
 ) -> dict[tuple[str, str], dict]:
     """Audit records of the clean and the planted model of one seed, on test and val."""
     from cxrkit.audit import audit_run
@@ -89,6 +90,19 @@ def phantom_pair(
     out = {}
     for kind in ("clean", "planted"):
         root = work / f"seed{seed}" / kind
+        if reuse and (root / "run" / "best.pt").exists():  # trained by an earlier call
+            for split in ("test", "val"):
+                t2 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    out[kind, split] = audit_run(
+                        root / "run", split=split, bootstrap=200, progress=False
+                    )
+                out[kind, split]["bench_seconds"] = {
+                    "train": float("nan"),
+                    "audit": time.perf_counter() - t2,
+                }
+            continue
         make_phantoms(
             root / "release",
             n_patients=patients,
@@ -139,8 +153,11 @@ def run_phantoms(args) -> None:
     finding = args.shortcut.rpartition(":")[0]
     rows = [
         "| seed | model | split | positives | AUROC as is | chest only | outside only | "
-        "CAM energy in chest | chest area | flags for the finding | train s | audit s |",
-        "|---|---|---|---:|---|---|---|---|---:|---|---:|---:|",
+        "evidence outside (SD) | evidence in chest (SD) | |shift| outside blanked | "
+        "chest blanked | occlusion peak outside (SD) | "
+        "inside | occlusion energy in chest | CAM energy in chest | chest area | "
+        "flags for the finding | train s | audit s |",
+        "|---|---|---|---:|---|---|---|---|---|---|---|---|---|---|---|---:|---|---:|---:|",
     ]
     for seed in args.seeds:
         pair = phantom_pair(
@@ -156,13 +173,19 @@ def run_phantoms(args) -> None:
             batch_size=args.batch_size,
             lr=args.lr,
             scheduler=args.scheduler,
+            reuse=args.reuse,
         )
         for (kind, split), r in pair.items():
             rr, s = r["region_reliance"][finding], r["saliency"][finding]
+            ri, oc = r["region_influence"][finding], r["occlusion"][finding]
             flags = sorted(f["measure"] for f in r["flags"] if f["finding"] == finding)
             rows.append(
                 f"| {seed} | {kind} | {split} | {rr['positives']} | {_fmt(rr['auroc'])} | "
                 f"{_fmt(rr['auroc_chest_only'])} | {_fmt(rr['auroc_outside_only'])} | "
+                f"{_fmt(ri['evidence_outside'])} | {_fmt(ri['evidence_chest'])} | "
+                f"{_fmt(ri['mean_shift_outside_blanked'])} | "
+                f"{_fmt(ri['mean_shift_chest_blanked'])} | {_fmt(oc['peak_outside'])} | "
+                f"{_fmt(oc['peak_inside'])} | {_fmt(oc['energy_inside'])} | "
                 f"{_fmt(s['energy_inside'])} | {s['area_inside']['value']:.3f} | "
                 f"{', '.join(flags) or 'none'} | {r['bench_seconds']['train']:.0f} | "
                 f"{r['bench_seconds']['audit']:.0f} |"
@@ -222,6 +245,9 @@ def main() -> None:
     ap.add_argument("--scheduler", default="plateau")
     ap.add_argument("--test-fraction", type=float, default=0.4)
     ap.add_argument("--val-fraction", type=float, default=0.25)
+    ap.add_argument(
+        "--reuse", action="store_true", help="audit runs already trained in --work again"
+    )
     ap.add_argument("--nih", type=Path, default=REPO.parent / "shared" / "nih")
     args = ap.parse_args()
     args.work = args.work or REPO / "bench" / "out" / "audit" / args.dataset

@@ -181,3 +181,26 @@ def test_cli_spells_no_file_names():
         if pattern.search(line) and "help=" not in line
     ]
     assert found == [], found
+
+
+def test_csv_cells_escaped_and_read_back_keeping_dtypes(tmp_path):
+    """Formula-like text is escaped in every text column (a categorical's too) and read
+    back as written; a column read as str stays str when it is blank (it came back
+    float64, and ``.fillna("")`` on it is deprecated in pandas 3)."""
+    import numpy as np
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {
+            "cat": pd.Categorical(["=1+1", "x"]),
+            "text": ["@SUM(A1)", None],
+            "blank": [np.nan, np.nan],
+            "number": [-0.5, 1.0],
+        }
+    )
+    path = artefacts.write_csv(table, tmp_path / "t.csv")
+    assert path.read_text().splitlines()[1].startswith("'=1+1,'@SUM(A1),")
+    back = artefacts.read_csv(path, dtype={"blank": str})
+    assert back["cat"].tolist() == ["=1+1", "x"] and back["text"].iloc[0] == "@SUM(A1)"
+    assert pd.api.types.is_string_dtype(back["blank"]) and back["blank"].isna().all()
+    assert back["blank"].fillna("").eq("").all() and back["number"].tolist() == [-0.5, 1.0]

@@ -8,6 +8,7 @@ here, independently of cxrkit.importer), within 1e-5.
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 from pathlib import Path
@@ -171,38 +172,44 @@ def arnoweng_file(tmp_path_factory, real_files):
     return path
 
 
-def test_chexnet_state_dict(arnoweng_file, real_files, tmp_path):
-    images = at_side(real_files, 256)
-    m = import_model(arnoweng_file, "chexnet-state-dict", tmp_path / "run", images=checks(images))
-    assert m["parity"]["passed"] and m["parity"]["max_abs_diff_probability"] <= TOL
-    assert m["source"]["format"] == "chexnet-state-dict" and len(m["source"]["sha256"]) == 64
-    assert [r["finding"] for r in m["outputs"]] == list(FINDINGS)
-    # their loading: strip module., rename the old keys, load into their class
+@pytest.fixture(scope="module")
+def arnoweng_theirs(arnoweng_file, real_files):
+    """The file loaded as their code loads it (strip ``module.``, rename the old keys, into
+    their class) and its probabilities on the 256 px images (one DenseNet forward pass,
+    shared by the torchvision test, whose file holds the same weights)."""
     ck = torch.load(arnoweng_file, weights_only=True)
     theirs = ArnowengDenseNet121()
     theirs.load_state_dict(
         {new_names(k.split("module.", 1)[-1]): v for k, v in ck["state_dict"].items()}
     )
-    want = authors_probs(theirs, RESIZE256, images)  # their Sigmoid: already probabilities
+    want = authors_probs(theirs, RESIZE256, at_side(real_files, 256))  # their Sigmoid
     assert_informative(want)
-    got = cxrkit_probs(tmp_path / "run", images)
-    assert np.abs(got - want).max() <= TOL
-    # the whole public path too: files -> cache stage -> contract -> probabilities
-    import cxrkit
+    return theirs, want
 
-    table = cxrkit.load(tmp_path / "run", precision="fp32").predict(real_files)
-    assert np.abs(table[list(FINDINGS)].to_numpy() - want).max() <= TOL
+
+def test_chexnet_state_dict(arnoweng_file, arnoweng_theirs, real_files, tmp_path):
+    images = at_side(real_files, 256)
+    assert all(im.shape == (256, 256) for im in images)  # the files as they are
+    m = import_model(arnoweng_file, "chexnet-state-dict", tmp_path / "run", images=checks(images))
+    assert m["parity"]["passed"] and m["parity"]["max_abs_diff_probability"] <= TOL
+    assert m["source"]["format"] == "chexnet-state-dict" and len(m["source"]["sha256"]) == 64
+    assert [r["finding"] for r in m["outputs"]] == list(FINDINGS)
+    # the whole public path: files -> cache stage -> contract -> probabilities (the files
+    # are 256 px, so this is the same input as ``images``)
+    import cxrkit
+    from cxrkit.inference.predictor import OodMissingWarning
+
+    with pytest.warns(OodMissingWarning, match="cxrkit ood"):  # an import fits no record
+        table = cxrkit.load(tmp_path / "run", precision="fp32").predict(real_files)
+    assert np.abs(table[list(FINDINGS)].to_numpy() - arnoweng_theirs[1]).max() <= TOL
 
 
 # -- chexnet-pickled: jrzech/reproduce-chexnet's results/checkpoint --------------------------
 @pytest.fixture(scope="module")
-def jrzech_file(tmp_path_factory, real_files):
-    torch.manual_seed(2)
-    model = chexnet_densenet()
-    perturb_batchnorm(model, 2)
-    with torch.no_grad():
-        feats = densenet_features(model.eval(), authors_x(RESIZE224, at_side(real_files, 224)))
-    calibrate_head(model.classifier[0], feats, 2)
+def jrzech_file(tmp_path_factory, arnoweng_theirs):
+    """Their whole DenseNet object pickled: the arnoweng network's weights (its head was
+    calibrated at 256 px; at their 224 px the logits still spread: assert_informative)."""
+    model = copy.deepcopy(arnoweng_theirs[0].densenet121)
     path = tmp_path_factory.mktemp("jrzech") / "checkpoint"
     torch.save(
         {
@@ -337,23 +344,27 @@ def test_torchxrayvision(real_files, tmp_path):
 
 
 # -- torchvision / timm classifiers trained elsewhere ----------------------------------------
-def test_torchvision_densenet121(real_files, tmp_path):
-    torch.manual_seed(4)
-    net = torchvision.models.densenet121(weights=None, num_classes=14)
-    perturb_batchnorm(net, 4)
-    images = at_side(real_files, 256)
-    with torch.no_grad():
-        calibrate_head(net.classifier, densenet_features(net.eval(), authors_x(RESIZE256, images)))
+def test_torchvision_densenet121(arnoweng_theirs, real_files, tmp_path):
+    """A torchvision DenseNet-121's own state dict (head ``classifier``, no sigmoid), holding
+    the arnoweng network's weights: torchvision's model loads it and is that network with
+    the sigmoid outside, so its probabilities are the ones already computed for it."""
+    arno, want = arnoweng_theirs
+    state = {
+        k.replace("classifier.0.", "classifier."): v
+        for k, v in arno.densenet121.state_dict().items()
+    }
     path = tmp_path / "tv.pth"
-    torch.save(net.state_dict(), path)
+    torch.save(state, path)
+    theirs = torchvision.models.densenet121(weights=None, num_classes=14)
+    theirs.load_state_dict(torch.load(path, weights_only=True))  # strict: every key theirs
+    assert isinstance(theirs.classifier, nn.Linear) and torch.equal(
+        theirs.classifier.weight, arno.densenet121.classifier[0].weight
+    )
+    images = at_side(real_files, 256)
     m = import_model(
         path, "torchvision", tmp_path / "run", arch="densenet121", images=checks(images)
     )
-    assert m["parity"]["passed"]
-    theirs = torchvision.models.densenet121(weights=None, num_classes=14)
-    theirs.load_state_dict(torch.load(path, weights_only=True))
-    want = authors_probs(theirs, RESIZE256, images, sigmoid=True)
-    assert_informative(want)
+    assert m["parity"]["passed"] and m["output"].startswith("logit")
     assert np.abs(cxrkit_probs(tmp_path / "run", images) - want).max() <= TOL
 
 
@@ -392,7 +403,9 @@ def test_errors_name_file_and_expectation(arnoweng_file, tmp_path):
     with pytest.raises(ImportFormatError) as e:
         import_model(missing, "chexnet-state-dict", tmp_path / "r1")
     msg = str(e.value)
-    assert str(missing) in msg and "1 key(s) missing" in msg
+    assert str(missing) in msg and re.search(
+        r"\b1 of the model's \d+ keys missing from the file", msg
+    )
     assert "backbone.features.denseblock2.denselayer3.conv2.weight" in msg
     assert "closest present: 'backbone.features.denseblock" in msg
 
@@ -523,6 +536,13 @@ def test_imported_run_evaluates_compares_explains_serves_and_exports(
     assert (run / "eval" / "test" / "metrics.json").exists() and (run / "thresholds.json").exists()
 
     baseline = shutil.copytree(phantom_run, tmp_path / "cnn4")  # trained on the same folder
+    from cxrkit.evaluate import evaluate_checkpoint
+
+    # evaluated as cheaply as the imported run (compare would evaluate it in full: a report,
+    # a saliency gallery, 1000 resamples; compare's own test_report covers that path)
+    evaluate_checkpoint(
+        baseline, bootstrap=20, subgroup_bootstrap=5, report=False, gallery=0, progress=False
+    )
     r = cli.invoke(
         app,
         [

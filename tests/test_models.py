@@ -26,6 +26,7 @@ from cxrkit.models import (
     parameter_layers,
     register_model,
 )
+from cxrkit.models.weights import load_model_state
 
 MODELS = list_models()
 SIZE = 64
@@ -288,6 +289,34 @@ def test_cxrkit_model_file_round_trip_and_transfer(tmp_path):
     assert torch.equal(one.backbone.blocks[3].conv.weight, trained.backbone.blocks[3].conv.weight)
     with pytest.raises(PretrainedWeightsError, match="another architecture"):
         create_model("lenet", weights=tmp_path / "run.pt")
+
+
+def test_one_key_mismatch_summary_for_loaders_and_importer():
+    """models.weights.summarise_key_mismatch is the one summary (the importer's
+    mismatch_message wraps it): counts, first keys, closest present and prefix, shapes."""
+    from cxrkit.importer.formats import mismatch_message
+    from cxrkit.models.weights import summarise_key_mismatch
+
+    model = {"conv.weight": (8, 1, 3, 3), "fc.weight": (14, 8), "fc.bias": (14,)}
+    assert summarise_key_mismatch(model, dict(model)) == ""
+    assert mismatch_message("f.pth", model, dict(model), what="x") is None
+    file = {"net.conv.weight": (8, 1, 3, 3), "fc.weight": (15, 8), "fc.bias": (14,)}
+    line = summarise_key_mismatch(model, file)
+    assert "1 of the model's 3 keys missing from the file (e.g. conv.weight (closest " in line
+    assert "present: 'net.conv.weight'" in line
+    assert "1 of the file's 3 keys not in the model (e.g. net.conv.weight)" in line
+    assert "closest prefix: the file's keys start with 'net.'" in line
+    assert "fc.weight has shape (15, 8) in the file, the model expects (14, 8)" in line
+    assert "shape" not in summarise_key_mismatch(set(model), set(file))  # bare keys: no shapes
+    msg = mismatch_message("f.pth", model, file, what="a cnn4")
+    assert msg == f"f.pth: does not fit a cnn4: {line}"
+
+    cnn = create_model("cnn4", in_chans=3)
+    state = cnn.state_dict()
+    key = next(k for k, v in state.items() if k.startswith("backbone.") and v.ndim == 4)
+    state[key] = torch.zeros(1, *state[key].shape[1:])
+    with pytest.raises(PretrainedWeightsError, match=rf"{key} has shape \(1, "):
+        load_model_state(cnn, state, first_conv="x", classifier="classifier", source="f.pth")
 
 
 # --- freezing ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import shutil
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -218,6 +219,48 @@ def test_old_checkpoint_says_so_then_cxrkit_ood_computes_it(old_run, tmp_path):
     (tmp_path / "best.ood.json").write_text(json.dumps(doc))
     with pytest.warns(UserWarning, match="another checkpoint"):
         assert cxrkit.load(tmp_path / "best.pt").ood_record is None
+
+
+def test_refitted_record_is_the_one_predict_scores_with(phantom_run, tmp_path, monkeypatch):
+    """``cxrkit ood RUN --force`` writes best.ood.json and says so; from then on predict
+    (the default torch-free path and --backend torch) scores with it, not with the record
+    inside best.pt (it kept using that one)."""
+    from typer.testing import CliRunner
+
+    from cxrkit.cli import app
+
+    monkeypatch.setenv("CXRKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CXRKIT_PRECISION", raising=False)
+    run = shutil.copytree(phantom_run, tmp_path / "run")
+    image = tmp_path / "noise.png"
+    from PIL import Image
+
+    Image.fromarray(noise_images(1, size=64)[0]).save(image)
+    before = cxrkit.load(run)
+    assert before.ood_source == "recorded in best.pt"
+    embedded = before.predict(image)["ood_score"].iloc[0]
+
+    res = CliRunner().invoke(app, ["ood", str(run), "--force", "--no-progress"])
+    side = run / "best.ood.json"
+    assert res.exit_code == 0, res.output
+    assert f"computed, written to {side}" in res.output and "predict, serve" in res.output
+    # the refit is deterministic; scale its thresholds so that its scores are told apart
+    doc = json.loads(side.read_text())
+    for part in doc["record"]["parts"].values():
+        part["threshold_d2"] *= 1000.0
+    side.write_text(json.dumps(doc))
+    assert cxrkit.load(run).ood_source == str(side)
+
+    def predicted(*backend):
+        out = tmp_path / f"p{len(backend)}.csv"
+        args = ["predict", str(run), str(image), "--out", str(out), "--no-progress", *backend]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        return pd.read_csv(out)["ood_score"].iloc[0]
+
+    for backend in ([], ["--backend", "torch"]):
+        np.testing.assert_allclose(predicted(*backend), embedded / 1000.0, rtol=2e-3)
+    assert "ood" in doc["record"]["provenance"]["made_by"]
 
 
 def test_evaluate_reports_flagged_and_auroc_without_them(old_run, tmp_path):

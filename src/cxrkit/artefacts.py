@@ -353,18 +353,25 @@ def csv_row(values) -> list:
 
 
 def _cells(table, fn):
-    """``table`` with ``fn`` applied to its text cells, column names and index labels."""
+    """``table`` with ``fn`` applied to its text cells, column names and index labels; each
+    column keeps its dtype (a blank ``dtype=str`` column stays str, not float64)."""
+    import pandas as pd
     from pandas.api.types import is_object_dtype, is_string_dtype
 
-    def text(dtype) -> bool:
-        return is_object_dtype(dtype) or is_string_dtype(dtype)
+    def text(dtype) -> bool:  # a categorical's categories too (pandas calls it not text)
+        return is_object_dtype(dtype) or is_string_dtype(dtype) or text_categories(dtype)
+
+    def text_categories(dtype) -> bool:
+        return isinstance(dtype, pd.CategoricalDtype) and text(dtype.categories.dtype)
 
     table = table.rename(columns=fn, index=fn if text(table.index.dtype) else None)
     columns = [c for c in table.columns if text(table[c].dtype)]
     if columns:
         table = table.copy()
         for c in columns:
-            table[c] = table[c].map(fn)
+            mapped = table[c].map(fn, na_action="ignore")
+            categories = isinstance(table[c].dtype, pd.CategoricalDtype)  # map made new ones
+            table[c] = mapped if categories else mapped.astype(table[c].dtype)
     return table
 
 

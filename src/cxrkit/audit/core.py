@@ -5,13 +5,20 @@
 (as they are; everything outside the chest region blanked; the chest region blanked;
 :mod:`cxrkit.audit.regions`), reads the pooled features from the first pass (the hook the
 OOD record uses, :meth:`cxrkit.inference.LoadedModel.forward_cached`), computes Grad-CAM
-on the positives (:func:`cxrkit.explain.saliency_maps`), and writes to
-``RUN/audit/SPLIT/``:
+(:func:`cxrkit.explain.saliency_maps`) and occlusion sensitivity
+(:mod:`cxrkit.audit.occlusion`) on the positives, and writes to ``RUN/audit/SPLIT/``:
 
 ``audit.json``   every measure with its 95% patient-bootstrap interval
                  (:mod:`cxrkit.audit.measures`), the chest region used, and ``flags``
 ``summary.md``   the flags in words, then one table per measure
-``*.png``        region reliance, saliency share, size (:mod:`cxrkit.audit.report`)
+``*.png``        region reliance, saliency share, shortcut measures, mean occlusion maps,
+                 size (:mod:`cxrkit.audit.report`)
+
+Two measures see a shortcut that is on random images of the audited split (so that no
+AUROC can): the **region influence** (how much the finding's logit moves when the outside
+is blanked, against the chest; no labels) and the **occlusion peak** (the largest drop one
+patch outside the chest causes on the positives). Grad-CAM is reported beside them but its
+flag rarely fires on small models: its map is too coarse to find a small token.
 
 Flags (:data:`THRESHOLDS`, each with its reason, written into ``audit.json``) are raised
 only for findings with at least :data:`MIN_POSITIVES` positives in the split, and only
@@ -33,11 +40,14 @@ from tqdm.auto import tqdm
 from cxrkit.artefacts import RunFolder, make_folder, versions, write_json, write_text
 from cxrkit.audit.measures import (
     feature_probes,
+    occlusion_peaks,
+    region_influence,
     region_reliance,
     saliency_share,
     size_detection,
     view_strata,
 )
+from cxrkit.audit.occlusion import occlusion_maps, window_for
 from cxrkit.audit.regions import blank, chest_regions, training_mean
 from cxrkit.data.dataset import CXRDataset
 from cxrkit.data.metadata import metadata_vector
@@ -47,7 +57,7 @@ from cxrkit.metrics import sigmoid, youden_threshold
 
 log = logging.getLogger(__name__)
 
-FORMAT = "cxrkit-audit/1"
+FORMAT = "cxrkit-audit/2"
 #: A finding needs this many positives in the split to be flagged (fewer: its intervals
 #: span most of [0, 1] and a flag would be noise).
 MIN_POSITIVES = 10
@@ -68,6 +78,35 @@ THRESHOLDS = {
         "interval excludes 0: hiding what lies outside the chest improves "
         "the ranking, so something outside moves the score without "
         "carrying the finding on this split (a shortcut that broke)",
+    ),
+    "outside_evidence": (
+        0.1,
+        "blanking everything outside the chest region lowers the finding's logit by at "
+        "least this many standard deviations of the logit over the split, on average over "
+        "every image (positive part: the evidence removed; interval's lower end), and by "
+        "more than blanking the chest does: the score rests on something outside the "
+        "chest. Needs no labels, so it sees a shortcut that is on random images of the "
+        "audited split, which no AUROC can. The drop, not the absolute change: a "
+        "training-mean grey over a dark lung reads as an opacity and raises the score, so "
+        "blanking moves every model's logit (clean phantom models: 0.2-0.7 logits either "
+        "side) while it removes evidence only from a model that had some there. Measured "
+        "on test: clean phantom models 0.000-0.002 over 3 bench seeds and 0.07 [0.045, "
+        "0.10] for the suite's seed-1 model (trained on 1 thread; below its chest's 0.20), "
+        "planted-token models 0.21-0.67 (lower ends 0.17-0.55); a first line of "
+        "0.25, set after 2 seeds, missed the third seed's planted model (0.21), so the "
+        "line was set in the gap after seeing all three",
+    ),
+    "occlusion_peak": (
+        0.25,
+        "on the finding's positives, the largest drop of the finding's logit that hiding "
+        "one patch outside the chest causes (occlusion sensitivity, training-mean patch) "
+        "averages at least this many standard deviations of the logit over the split "
+        "(interval's lower end) and exceeds the largest drop from a patch inside the "
+        "chest: a place outside the chest carries the model's evidence. Peaks, not the "
+        "share of the map inside the chest against its area: a mean-grey patch over a "
+        "dark lung reads as an opacity and raises the score, so a clean model's "
+        "positive map is nearly empty (measured: its positive part 0.1% of its total "
+        "absolute change) and any share of it is noise",
     ),
     "saliency_ratio": (
         0.5,
@@ -163,6 +202,49 @@ def _box_pairs(data, table, probs, findings, thresholds, size: int):
     return pairs
 
 
+def _occlusion(lm, images, rows, j, fill, meta, regions, groups, full, batch_size, n, seed):
+    """Occlusion sensitivity of finding ``j`` on the split's ``rows``: the positive part
+    of the maps (the places whose hiding lowers the score), its share in the chest and
+    its peaks outside and inside (:func:`cxrkit.audit.measures.occlusion_peaks`); and the
+    mean map (for the figure)."""
+    occ = occlusion_maps(
+        lm,
+        images[rows],
+        j,
+        fill,
+        meta=None if meta is None else meta[rows],
+        batch_size=min(batch_size, 8),
+    ).clip(0)
+    scale = float(np.std(full[:, j]))
+    return {
+        **saliency_share(occ, regions[rows], groups[rows], n=n, seed=seed),
+        **occlusion_peaks(occ, regions[rows], scale, groups[rows], n=n, seed=seed),
+    }, occ.mean(0)
+
+
+def _outside_flag(f: str, block: str, o: dict, c: dict) -> dict:
+    """The flag of :func:`flags_for` for evidence outside the chest (``o``) beyond that
+    inside (``c``), from the region influence or the occlusion peaks."""
+    if block == "region_influence":
+        measure, keys = "evidence_outside", ("evidence_outside", "evidence_chest")
+        action = (
+            f"{f}: blanking what lies outside the chest lowers the {f} logit by "
+            f"{o['value']:.2f} standard deviations on an average image (blanking the chest: "
+            f"{c['value']:.2f}); the score rests on something outside the chest whatever "
+            "the labels: find it (occlusion_maps.png, cxrkit explain) and retrain without "
+            "it (mask or crop)."
+        )
+    else:
+        measure, keys = "occlusion_peak_outside", ("peak_outside", "peak_inside")
+        action = (
+            f"{f}: on its positives, hiding one patch outside the chest lowers the {f} "
+            f"logit by up to {o['value']:.2f} standard deviations of the score on average "
+            f"(inside the chest: {c['value']:.2f}); the model's evidence sits outside the "
+            "chest: look where (occlusion_maps.png)."
+        )
+    return {"finding": f, "measure": measure, "numbers": dict(zip(keys, (o, c))), "action": action}
+
+
 def flags_for(record: dict) -> list[dict]:
     """The flags of an audit record (see :data:`THRESHOLDS`); each with ``finding``,
     ``measure``, ``numbers`` and ``action`` (a sentence a reader can act on)."""
@@ -213,6 +295,22 @@ def flags_for(record: dict) -> list[dict]:
                     "(saliency examples) and retrain without it (mask or crop).",
                 }
             )
+    blocks = (
+        ("region_influence", "evidence_outside", "evidence_chest", "outside_evidence"),
+        ("occlusion", "peak_outside", "peak_inside", "occlusion_peak"),
+    )
+    for block, outer, inner, line in blocks:
+        for f, r in (record.get(block) or {}).items():
+            pos = record["region_reliance"].get(f, {}).get("positives", 0)
+            o, c = r.get(outer) or {}, r.get(inner) or {}
+            if (
+                region_ok
+                and pos >= MIN_POSITIVES
+                and None not in (o.get("value"), o.get("lo"), c.get("value"))
+                and o["lo"] >= t[line]
+                and o["value"] > c["value"]
+            ):
+                out.append(_outside_flag(f, block, o, c))
     for f, s in record["saliency"].items():
         pos = record["region_reliance"].get(f, {}).get("positives", 0)
         e, area = s.get("energy_inside") or {}, (s.get("area_inside") or {}).get("value")
@@ -292,6 +390,7 @@ def audit_run(
     bootstrap: int = 1000,
     seed: int = 0,
     saliency_limit: int = 200,
+    occlusion_limit: int = 200,
     batch_size: int = 64,
     device: str | None = None,
     precision: str | None = None,
@@ -300,7 +399,9 @@ def audit_run(
     """Audit the checkpoint of ``run`` on ``split``; write ``RUN/audit/SPLIT/`` (or ``out``).
 
     ``saliency_limit``: Grad-CAM on at most this many positives per finding (a seeded
-    sample; counted in the output). Returns the record written to ``audit.json`` plus
+    sample; counted in the output). ``occlusion_limit``: occlusion sensitivity on at most
+    this many of those (it costs ``(S / stride)^2`` forward passes an image; 0: none),
+    for findings with at least :data:`MIN_POSITIVES` positives (fewer are never flagged). Returns the record written to ``audit.json`` plus
     ``out``.
     """
     from cxrkit.audit.report import summary_markdown, write_figures
@@ -336,9 +437,12 @@ def audit_run(
         n=bootstrap,
         seed=seed,
     )
+    influence = region_influence(
+        full, chest, outside, regions.mean((1, 2)), groups, findings, n=bootstrap, seed=seed
+    )
 
     rng = np.random.default_rng(seed)
-    saliency = {}
+    saliency, occlusion, mean_maps = {}, {}, {}
     for j, f in enumerate(findings):
         rows = np.flatnonzero(labels[:, j] == 1)
         if len(rows) == 0:
@@ -358,6 +462,14 @@ def audit_run(
             **saliency_share(maps, regions[rows], groups[rows], n=bootstrap, seed=seed),
             "sampled": bool(sampled),
         }
+        positives = int((labels[:, j] == 1).sum())
+        if occlusion_limit > 0 and positives >= MIN_POSITIVES:  # fewer: never flagged
+            if len(rows) > occlusion_limit:
+                rows = np.sort(rng.choice(rows, occlusion_limit, replace=False))
+            occlusion[f], mean_maps[f] = _occlusion(
+                lm, images, rows, j, fill, meta, regions, groups, full, batch_size, bootstrap, seed
+            )
+            occlusion[f]["sampled"] = len(rows) < positives
 
     thresholds, threshold_source = _thresholds(lm, data, **kw)
     pairs = _box_pairs(data, table, probs, findings, thresholds, images.shape[-1])
@@ -386,6 +498,25 @@ def audit_run(
             "images, used to fill the hidden side",
         },
         "region_reliance": region,
+        "region_influence": influence,
+        "region_influence_method": "change of the finding's logit when the outside of the "
+        "chest region is blanked (the chest-only image) and when the chest is blanked (the "
+        "outside-only image), over every image of the split. evidence_*: mean drop "
+        "(positive part) in standard deviations of the logit over the split (logit_sd); "
+        "mean_shift_*: mean absolute change in logits; outside_share = sum of the first "
+        "absolute change / sum of both (ratio of sums), against outside_area (the outside's "
+        "share of the image). Needs no labels.",
+        "occlusion": occlusion,
+        "occlusion_method": {
+            "method": "occlusion sensitivity (captum Occlusion): the drop of the finding's "
+            "logit when a square patch of the training-mean grey covers each place, "
+            "positive part, averaged over the windows covering a pixel",
+            "window": window_for(images.shape[-1])[0],
+            "stride": window_for(images.shape[-1])[1],
+            "images": "the positives of the Grad-CAM maps (at most "
+            f"{occlusion_limit}, seeded sample)",
+            "space": "cache pixels",
+        },
         "saliency": saliency,
         "saliency_method": {
             "method": method,
@@ -416,7 +547,11 @@ def audit_run(
     record["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(out) if out else RunFolder.of(lm.checkpoint).audit / split
     make_folder(out)
-    record["files"] = ["audit.json", "summary.md", *write_figures(record, out)]
+    record["files"] = [
+        "audit.json",
+        "summary.md",
+        *write_figures(record, out, mean_maps, regions.mean(0)),
+    ]
     write_json(record, out / "audit.json")
     write_text(summary_markdown(record), out / "summary.md")
     log.info("audit of %s on %s: %d flag(s) -> %s", lm.checkpoint, split, len(flags), out)

@@ -5,7 +5,9 @@ Every interval is a 95% patient-bootstrap percentile interval from :mod:`cxrkit.
 :func:`~cxrkit.metrics.patient_resamples`), so the audit's AUROC is evaluate's AUROC.
 
 ``region_reliance``   AUROC as is, chest only, outside only, and chest only minus as is
-``saliency_share``    Grad-CAM energy inside the chest region vs the region's area share
+``region_influence``  label-free: the logit's shift with the outside blanked vs the chest
+``occlusion_peaks``   the largest occlusion drop outside vs inside the chest, in score SDs
+``saliency_share``    saliency (occlusion sensitivity, Grad-CAM) energy inside the chest region vs the region's area share
 ``feature_probes``    logistic probes on the pooled features, patient-grouped CV
 ``view_strata``       AUROC within AP and within PA against the pooled AUROC
 ``size_detection``    detection rate at a threshold per box-area quartile
@@ -73,6 +75,71 @@ def region_reliance(
     return out
 
 
+def _share_interval(part: np.ndarray, other: np.ndarray, groups, *, n: int, seed: int) -> dict:
+    """``sum(part) / (sum(part) + sum(other))`` over the images, with its patient-bootstrap
+    percentile interval (a ratio of sums: images where both are ~0 weigh ~nothing)."""
+    part, other = np.asarray(part, np.float64), np.asarray(other, np.float64)
+
+    def share(idx):
+        total = part[idx].sum() + other[idx].sum()
+        return part[idx].sum() / total if total > 0 else np.nan
+
+    if len(part) == 0:
+        return _ci(None, None, None)
+    reps = np.array([share(idx) for idx in patient_resamples(groups, n, seed)])
+    reps = reps[~np.isnan(reps)]
+    lo, hi = np.quantile(reps, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]) if len(reps) else (None,) * 2
+    return _ci(share(np.arange(len(part))), lo, hi)
+
+
+def region_influence(
+    full, chest, outside, area_inside, groups, findings, *, n: int, seed: int
+) -> dict[str, dict]:
+    """Per finding, label-free, over every image of the split: what happens to the
+    finding's logit when the outside is blanked (the chest-only image ``chest``) and when
+    the chest is blanked (``outside``).
+
+    ``evidence_outside`` / ``evidence_chest``: the mean **drop** of the logit (positive part
+    of ``full - chest`` / ``full - outside``: the evidence for the finding that blanking
+    removed) in standard deviations of the logit over the split (``logit_sd``); the flag
+    reads these. ``mean_shift_outside_blanked`` / ``mean_shift_chest_blanked``: the mean
+    absolute changes in logits, and ``outside_share`` (ratio of sums) against
+    ``outside_area`` (1 - the chest region's mean area): reported, not flagged (blanking
+    either side is unusual for a model and moves its logit whichever way; measured, a
+    mean-grey chest *raises* a phantom model's score). All with patient-bootstrap
+    intervals. Needs no labels, so a shortcut on random images of the split (invisible to
+    any AUROC) still shows: hiding it lowers the score.
+    """
+    full, chest, outside = (np.asarray(a, np.float64) for a in (full, chest, outside))
+    d_out, d_in = full - chest, full - outside
+    area_out = 1.0 - float(np.mean(area_inside))
+    out = {}
+    for j, name in enumerate(findings):
+        sd = float(np.std(full[:, j]))
+        scale = sd if sd > 0 else np.nan
+        drop_out, drop_in = d_out[:, j].clip(0) / scale, d_in[:, j].clip(0) / scale
+        nothing = np.isnan(scale)
+        out[name] = {
+            "images": int(len(full)),
+            "logit_sd": _f(sd),
+            "evidence_outside": _ci(None, None, None)
+            if nothing
+            else _mean_interval(drop_out, groups, n=n, seed=seed),
+            "evidence_chest": _ci(None, None, None)
+            if nothing
+            else _mean_interval(drop_in, groups, n=n, seed=seed),
+            "mean_shift_outside_blanked": _mean_interval(
+                np.abs(d_out[:, j]), groups, n=n, seed=seed
+            ),
+            "mean_shift_chest_blanked": _mean_interval(np.abs(d_in[:, j]), groups, n=n, seed=seed),
+            "outside_share": _share_interval(
+                np.abs(d_out[:, j]), np.abs(d_in[:, j]), groups, n=n, seed=seed
+            ),
+            "outside_area": _f(area_out),
+        }
+    return out
+
+
 # -- saliency ----------------------------------------------------------------------------
 def energy_shares(maps: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per image: share of the map's total inside the region (NaN for an all-zero map) and
@@ -106,6 +173,27 @@ def saliency_share(maps: np.ndarray, regions: np.ndarray, groups, *, n: int, see
         "energy_inside": _mean_interval(share[ok], g, n=n, seed=seed),
         "area_inside": _mean_interval(area[ok], g, n=n, seed=seed),
         "excess": _mean_interval(share[ok] - area[ok], g, n=n, seed=seed),
+    }
+
+
+def occlusion_peaks(
+    maps: np.ndarray, regions: np.ndarray, scale: float, groups, *, n: int, seed: int
+) -> dict:
+    """Per image, the largest value of an occlusion map (the biggest drop of the finding's
+    logit one patch causes) outside the chest region and inside it, divided by ``scale``
+    (the standard deviation of the finding's logit over the split, so 1 = one spread of
+    the model's own score); the means over the images with patient-bootstrap intervals."""
+    maps = np.asarray(maps, np.float64)
+    regions = np.asarray(regions, bool)
+    scale = float(scale) if scale and np.isfinite(scale) and scale > 0 else np.nan
+    outside = np.where(regions, 0.0, maps).max((1, 2), initial=0.0) / scale
+    inside = np.where(regions, maps, 0.0).max((1, 2), initial=0.0) / scale
+    if np.isnan(scale) or len(maps) == 0:
+        return {"peak_outside": _ci(None, None, None), "peak_inside": _ci(None, None, None)}
+    return {
+        "peak_outside": _mean_interval(outside, groups, n=n, seed=seed),
+        "peak_inside": _mean_interval(inside, groups, n=n, seed=seed),
+        "logit_sd": _f(scale),
     }
 
 
@@ -296,8 +384,10 @@ __all__ = [
     "band",
     "energy_shares",
     "feature_probes",
+    "occlusion_peaks",
     "probe",
     "probe_targets",
+    "region_influence",
     "region_reliance",
     "saliency_share",
     "size_detection",

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrkit.artefacts import RunFolder, atomic_path
+from cxrkit.audit.core import FORMAT
 from cxrkit.evaluate.report import _esc, _img, _num
 from cxrkit.evaluate.text import format_ci as _ci  # the one "value [CI]" formatter
 
@@ -22,6 +23,56 @@ def _flag_lines(record: dict) -> list[str]:
             f"for a finding with at least {record['min_positives']} positives."
         ]
     return [f"- **{f['finding']}**, `{f['measure']}`: {f['action']}" for f in flags]
+
+
+def _new_measure_lines(record: dict) -> list[str]:
+    """The label-free region influence and the occlusion sensitivity (``cxrkit-audit/2``);
+    a line saying they are missing for an older record."""
+    if "region_influence" not in record:
+        return [
+            "",
+            f"(This audit was written as `{record.get('format', 'cxrkit-audit/1')}`: it has "
+            "no region influence or occlusion sensitivity; run `cxrkit audit` again for them.)",
+        ]
+    lines = [
+        "",
+        "## Region influence (label-free, every image of the split)",
+        "",
+        "Evidence: mean drop of the finding's logit when one side is blanked, in standard "
+        "deviations (SD) of the logit over the split. Shift: mean absolute change in logits; "
+        "the outside's share of the two shifts against its share of the image area.",
+        "",
+        "| finding | images | evidence outside (SD) | evidence in chest (SD) | "
+        "shift, outside blanked | shift, chest blanked | outside's share | outside area |",
+        "|---|---:|---|---|---|---|---|---:|",
+    ]
+    for f, r in record["region_influence"].items():
+        lines.append(
+            f"| {f} | {r['images']} | {_ci(r['evidence_outside'])} | "
+            f"{_ci(r['evidence_chest'])} | {_ci(r['mean_shift_outside_blanked'])} | "
+            f"{_ci(r['mean_shift_chest_blanked'])} | {_ci(r['outside_share'])} | "
+            f"{_num(r['outside_area'])} |"
+        )
+    m = record["occlusion_method"]
+    lines += [
+        "",
+        f"## Occlusion sensitivity (positives; {m['window']} px patch, stride {m['stride']})",
+        "",
+        "Largest logit drop one patch causes, outside and inside the chest, in standard "
+        "deviations of the finding's logit over the split; share of the positive map in "
+        "the chest against the chest's area.",
+        "",
+        "| finding | images | empty maps | peak outside (SD) | peak inside (SD) | "
+        "energy in chest | area of chest |",
+        "|---|---:|---:|---|---|---|---|",
+    ]
+    for f, s in record["occlusion"].items():
+        lines.append(
+            f"| {f} | {s['images']} | {s['empty_maps']} | {_ci(s['peak_outside'])} | "
+            f"{_ci(s['peak_inside'])} | {_ci(s['energy_inside'])} | "
+            f"{_ci(s['area_inside'])} |"
+        )
+    return lines
 
 
 def summary_markdown(record: dict) -> str:
@@ -51,6 +102,7 @@ def summary_markdown(record: dict) -> str:
             f"{_ci(r['auroc_chest_only'])} | {_ci(r['auroc_outside_only'])} | "
             f"{_ci(r['chest_only_gain'])} |"
         )
+    lines += _new_measure_lines(record)
     lines += [
         "",
         f"## Where the saliency falls ({record['saliency_method']['method']}, positives)",
@@ -129,8 +181,85 @@ def _bars(ax, names, series: dict, errors: dict | None = None):
     ax.legend(fontsize=8)
 
 
-def write_figures(record: dict, out: Path) -> list[str]:
-    """``region_reliance.png`` and ``saliency.png`` (and ``size.png`` with boxes)."""
+def _series(block: dict, names: list[str], keys: dict) -> tuple[dict, dict]:
+    """Bar values and their (lo, hi) for ``keys`` (label -> measure) of ``block[name]``."""
+    values = {k: [block[f][v]["value"] for f in names] for k, v in keys.items()}
+    errors = {
+        k: ([block[f][v]["lo"] for f in names], [block[f][v]["hi"] for f in names])
+        for k, v in keys.items()
+    }
+    return values, errors
+
+
+def _save(fig, path: Path, plt) -> str:
+    """Write ``fig`` to ``path`` atomically, close it, return the file's name."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def _shortcut_figure(record: dict, out: Path, plt) -> str:
+    """``shortcut.png``: the logit's shift with either side blanked, and the occlusion
+    peaks outside and inside the chest (the two measures that flag on a random token)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
+    r = record["region_influence"]
+    _bars(
+        a,
+        list(r),
+        *_series(
+            r,
+            list(r),
+            {"outside blanked": "evidence_outside", "chest blanked": "evidence_chest"},
+        ),
+    )
+    line = record["thresholds"].get("outside_evidence", {}).get("value")
+    if line is not None:
+        a.axhline(line, color="grey", lw=0.8, ls="--")
+    a.set_ylabel("mean drop of the logit (SD of the logit)")
+    a.set_title("Region influence (every image, no labels)", fontsize=9)
+    o = record.get("occlusion") or {}
+    if o:
+        _bars(
+            b,
+            list(o),
+            *_series(o, list(o), {"peak outside": "peak_outside", "peak inside": "peak_inside"}),
+        )
+    else:
+        b.text(0.5, 0.5, f"no finding with {record['min_positives']}+ positives", ha="center")
+    line = record["thresholds"].get("occlusion_peak", {}).get("value")
+    if line is not None:
+        b.axhline(line, color="grey", lw=0.8, ls="--")
+    b.set_ylabel("largest logit drop from one patch (SD of the logit)")
+    b.set_title("Occlusion sensitivity (positives)", fontsize=9)
+    return _save(fig, out / "shortcut.png", plt)
+
+
+def _mean_maps_figure(maps: dict, region: np.ndarray, out: Path, plt) -> str:
+    """``occlusion_maps.png``: per finding, the mean positive occlusion map over the
+    audited positives, with the mean chest region's outline."""
+    fig, axes = plt.subplots(
+        1,
+        len(maps),
+        figsize=(max(2.6 * len(maps), 4.5), 2.8),
+        constrained_layout=True,
+        squeeze=False,
+    )
+    for ax, (f, m) in zip(axes[0], maps.items(), strict=True):
+        ax.imshow(m, cmap="magma")
+        ax.contour(region, levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.set_title(f, fontsize=8)
+        ax.axis("off")
+    fig.suptitle("Mean occlusion map on the positives (cyan: chest)", fontsize=9)
+    return _save(fig, out / "occlusion_maps.png", plt)
+
+
+def write_figures(
+    record: dict, out: Path, mean_maps: dict | None = None, region: np.ndarray | None = None
+) -> list[str]:
+    """``region_reliance.png``, ``saliency.png``, ``shortcut.png`` (and ``size.png`` with
+    boxes; ``occlusion_maps.png`` given the mean occlusion maps per finding and the mean
+    chest region)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,6 +317,11 @@ def write_figures(record: dict, out: Path) -> list[str]:
         plt.close(fig)
         written.append("saliency.png")
 
+    if record.get("region_influence"):
+        written.append(_shortcut_figure(record, out, plt))
+    if mean_maps and region is not None:
+        written.append(_mean_maps_figure(mean_maps, region, out, plt))
+
     q = record["size"].get("quartiles") or []
     if q:
         fig, ax = plt.subplots(figsize=(5, 4), constrained_layout=True)
@@ -227,6 +361,13 @@ def audit_html(run_dir: str | Path) -> str:
             f"{_esc(c['source'])} ({c['area_share']:.0%} of the image); hidden "
             f"parts filled with the training mean.</p>"
         )
+        if record.get("format") != FORMAT:
+            parts.append(
+                f"<p>This audit was written as <code>{_esc(record.get('format', '?'))}"
+                f"</code> by an older cxrkit (now <code>{FORMAT}</code>): it lacks the "
+                "occlusion and region-influence measures; run <code>cxrkit audit</code> "
+                "again for them.</p>"
+            )
         flags = record.get("flags") or []
         if flags:
             parts.append(

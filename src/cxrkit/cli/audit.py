@@ -23,6 +23,12 @@ def audit(
     saliency_limit: Annotated[
         int, typer.Option(min=1, help="Grad-CAM on at most this many positives per finding")
     ] = 200,
+    occlusion_limit: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Occlusion sensitivity on at most this many of those (0: none; slow)"
+        ),
+    ] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap, samples and probe folds")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cpu)")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
@@ -38,6 +44,7 @@ def audit(
         prepared=prepared,
         bootstrap=bootstrap,
         saliency_limit=saliency_limit,
+        occlusion_limit=occlusion_limit,
         seed=seed,
         device=device,
         progress=progress,

@@ -21,15 +21,21 @@ def ood(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cpu)")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars")] = True,
 ) -> None:
-    """Out-of-distribution record: show it, or compute it from the run's prepared cache."""
+    """Out-of-distribution record: show the one in use, or compute it from the run's prepared
+    cache (``--force``: again) into ``<checkpoint>.ood.json``, which is then the one used."""
     from cxrkit.inference.core import load
     from cxrkit.inference.heldout import ensure_ood_record
 
     lm = _run(load, checkpoint, device=device)
     had = lm.ood_record is not None and not force
     rec = _run(ensure_ood_record, lm, prepared, force=force, progress=progress)
-    how = f"recorded ({lm.ood_source})" if had else f"computed -> {lm.ood_source}"
+    how = f"recorded ({lm.ood_source})" if had else f"computed, written to {lm.ood_source}"
     typer.echo(f"{lm.checkpoint}: out-of-distribution record {how}")
+    if not had:
+        typer.echo(
+            f"  predict, serve, evaluate and export use it for this checkpoint from now on "
+            f"(in place of any record inside {lm.checkpoint.name})"
+        )
     typer.echo(
         f"  fitted on {rec['train']['n']:,} train images, calibrated on "
         f"{rec['val']['n']:,} val images; {rec['val']['flag_rate']:.1%} of val flagged"

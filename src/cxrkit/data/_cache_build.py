@@ -375,13 +375,30 @@ def _pool_context():
     Forking the caller copies its threads' locks mid-state: a process that has already
     run OpenCV (whose thread pool is then copied half-alive) or torch can deadlock its
     forked workers, and one such hang was seen in this test suite with plain ``fork``.
-    The server starts and preloads this module once per process (~0.5 s); each later
-    pool forks from it in milliseconds. Platforms without forkserver use ``spawn``.
+
+    The server is one per process, shared with every other forkserver user in it (the
+    decoder's workers, the phantom twin's pool): it is started by the first pool that
+    needs it, with the preload list set last before then, imports those modules once
+    (~0.5 s), and each later worker forks from it in milliseconds; a preload set after
+    the server is running changes nothing. Platforms without forkserver use ``spawn``.
+
+    The caller's main module: each worker imports it itself, as ``__mp_main__`` (from its
+    file, or by module name for ``python -m pkg.mod``; not for ``python -m pkg`` or a
+    ``-c`` string), because multiprocessing sends its path with every child.
+    Hence a script that builds a cache with workers must do so under
+    ``if __name__ == "__main__":``, must be a file (a script read from stdin kills every
+    worker: its ``<stdin>`` path cannot be opened), and pays its imports once per worker.
+    The ``"__main__"`` preload below would import it once in the server instead, but
+    CPython 3.10-3.12 ignore it (the server looks for a ``main_path`` that
+    ``spawn.get_preparation_data`` stopped sending in 2013: CPython gh-98552, gh-137996);
+    the fix (gh-126631) is in 3.14 and later 3.13 releases, where the server runs the
+    script once and the workers inherit it. Python 3.11 (this project's) is unfixed:
+    checked by a script printing its ``__name__``, imported once per worker.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", __name__])  # once per server; then no-op
+    ctx.set_forkserver_preload(["__main__", __name__])  # the server's first start only
     return ctx
 
 

@@ -176,17 +176,10 @@ def _parse_ages(raw: pd.Series, path: Path) -> tuple[np.ndarray, str]:
     return value, form
 
 
-def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
-    """Read any published form of ``Data_Entry_2017.csv`` (optionally ``.gz``).
-
-    Returns ``(table, report)``. ``table`` has one row per image, in file order, with
-    :data:`META_COLUMNS` (``age`` in years, NaN where missing or > 120; ``sex`` "M"/"F";
-    ``view`` "PA"/"AP"), then one uint8 0/1 column per finding in :data:`FINDINGS` order,
-    then a ``No Finding`` column. ``report.form`` says which form was read.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"label file not found: {path}")
+def _read_columns(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The label file's rows as text, its columns renamed to ours; refuses a missing
+    column, a value in the trailing empty column (2017 form) and a file without rows.
+    Also returns the names of the trailing columns (the 2017 form has one)."""
     raw = _read_csv(path, "label file", dtype=str, keep_default_na=False, skipinitialspace=True)
     raw.columns = [c.strip() for c in raw.columns]
     missing = [c for c in _REQUIRED if c not in raw.columns]
@@ -206,8 +199,11 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
     df = raw.rename(columns={**_REQUIRED, **_OPTIONAL})
     if len(df) == 0:
         raise NIHFormatError(f"{path}: no data rows")
+    return df, trailing
 
-    # identifiers
+
+def _identifiers(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``image_id`` (non-empty, unique), ``patient_id`` and ``follow_up`` (integers)."""
     df["image_id"] = df["image_id"].str.strip()
     empty = df["image_id"] == ""
     if empty.any():
@@ -228,25 +224,13 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
             _fail(path, f"{quote(df[_REQUIRED[src]].iloc[i])} is not an integer", i, src)
         out[col] = num.astype(np.int64).to_numpy()
 
-    ages, age_form = _parse_ages(df["age"], path)
-    impossible = ages > MAX_AGE_YEARS
-    out["age"] = np.where(impossible, np.nan, ages)
-    for col, src, allowed in (
-        ("sex", "Patient Gender", ("M", "F")),
-        ("view", "View Position", ("PA", "AP")),
-    ):
-        values = df[_REQUIRED[src]].str.strip().str.upper()
-        bad = ~values.isin(allowed)
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            _fail(
-                path, f"{quote(df[_REQUIRED[src]].iloc[i])} is not one of {list(allowed)}", i, src
-            )
-        out[col] = values.to_numpy()
-    for col in ("orig_width", "orig_height", "spacing_x", "spacing_y"):
-        out[col] = pd.to_numeric(df[col], errors="coerce").to_numpy() if col in df else np.nan
+    return out
 
-    # findings: vectorised one-hot, then name-check every distinct token
+
+def _finding_matrix(df: pd.DataFrame, path: Path) -> np.ndarray:
+    """The ``Finding Labels`` as a uint8 0/1 matrix (rows x :data:`FINDINGS`): vectorised
+    one-hot, then every distinct token name-checked (aliases merged); refuses an unknown
+    finding, an empty cell and "No Finding" together with findings."""
     labels = df["finding_labels"].str.strip()
     dummies = labels.str.get_dummies(sep="|")
     rename = {}
@@ -274,6 +258,41 @@ def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
             i,
             "Finding Labels",
         )
+    return positives
+
+
+def read_data_entry(path: str | Path) -> tuple[pd.DataFrame, LabelFileReport]:
+    """Read any published form of ``Data_Entry_2017.csv`` (optionally ``.gz``).
+
+    Returns ``(table, report)``. ``table`` has one row per image, in file order, with
+    :data:`META_COLUMNS` (``age`` in years, NaN where missing or > 120; ``sex`` "M"/"F";
+    ``view`` "PA"/"AP"), then one uint8 0/1 column per finding in :data:`FINDINGS` order,
+    then a ``No Finding`` column. ``report.form`` says which form was read.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"label file not found: {path}")
+    df, trailing = _read_columns(path)
+    out = _identifiers(df, path)
+    ages, age_form = _parse_ages(df["age"], path)
+    impossible = ages > MAX_AGE_YEARS
+    out["age"] = np.where(impossible, np.nan, ages)
+    for col, src, allowed in (
+        ("sex", "Patient Gender", ("M", "F")),
+        ("view", "View Position", ("PA", "AP")),
+    ):
+        values = df[_REQUIRED[src]].str.strip().str.upper()
+        bad = ~values.isin(allowed)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            _fail(
+                path, f"{quote(df[_REQUIRED[src]].iloc[i])} is not one of {list(allowed)}", i, src
+            )
+        out[col] = values.to_numpy()
+    for col in ("orig_width", "orig_height", "spacing_x", "spacing_y"):
+        out[col] = pd.to_numeric(df[col], errors="coerce").to_numpy() if col in df else np.nan
+
+    positives = _finding_matrix(df, path)
     for j, f in enumerate(FINDINGS):
         out[f] = positives[:, j]
     out[NO_FINDING] = (positives.sum(1) == 0).astype(np.uint8)

@@ -4,11 +4,11 @@ Most people who work on ChestX-ray14 have a model cxrkit did not train. Given it
 predictions (a CSV or a DataFrame: :mod:`cxrkit.evaluate.predictions_file`) and the
 release's metadata, :func:`evaluate_predictions` joins each row to NIH's labels, patient,
 age, sex and view, and scores it exactly as a cxrkit run is scored
-(:func:`cxrkit.evaluate.core.score`): the same patient-bootstrap intervals, subgroups,
+(:func:`cxrkit.evaluate.scoring.score`): the same patient-bootstrap intervals, subgroups,
 calibration, published numbers, radiologists' section, report and files, so a run and a
 predictions file can be set side by side by ``cxrkit compare``.
 
-The protocol is stated in every output (:func:`cxrkit.evaluate.core.protocol_line`):
+The protocol is stated in every output (:func:`cxrkit.evaluate.notes.protocol_line`):
 
 * ``rows="official-test"`` (default): only the rows in NIH's ``test_list.txt``; how many of
   its 25,596 images were scored is said, and a subset is said to be one;
@@ -33,7 +33,8 @@ import pandas as pd
 from cxrkit.artefacts import read_csv
 from cxrkit.data.release import NIHRelease, load_release
 from cxrkit.data.splits import LeakageError
-from cxrkit.evaluate.core import coverage, data_source, protocol_line, score
+from cxrkit.evaluate.notes import coverage, data_source, protocol_line
+from cxrkit.evaluate.scoring import score
 from cxrkit.evaluate.gallery import write_error_table
 from cxrkit.evaluate.predictions import Predictions
 from cxrkit.evaluate.predictions_file import PredictionTable, read_predictions
@@ -146,6 +147,71 @@ def check_patient_overlap(scored: pd.DataFrame, trained: pd.DataFrame, what: str
     }
 
 
+def _scored_rows(table: PredictionTable, rel: NIHRelease, rows: str) -> np.ndarray:
+    """Which rows of the predictions file are scored (a boolean mask): those on NIH's
+    official test list (``rows="official-test"``; none there is an error) or all."""
+    if rows == "official-test":
+        if rel.test is None:
+            raise FileNotFoundError(
+                f"--rows official-test needs NIH's test_list.txt, not found "
+                f"under {rel.root}; pass --rows all to score every row"
+            )
+        keep = np.isin(table.image_ids, rel.test)
+        if not keep.any():
+            raise ValueError(
+                f"{table.source}: none of its {len(table.image_ids):,} images is in NIH's "
+                "official test list; a model's own split is scored with --rows all"
+            )
+    else:
+        keep = np.ones(len(table.image_ids), bool)
+    return keep
+
+
+def _fit_predictions(
+    fit_on,
+    labels: pd.DataFrame,
+    findings: list[str],
+    test: Predictions,
+    table: PredictionTable,
+    logits: bool,
+) -> tuple[Predictions | None, dict | None, list[str]]:
+    """The ``--fit-on`` predictions (for other images: thresholds and the temperature are
+    fitted on them), what ``metrics.json`` records of them, and a note when their patients
+    also have scored images. ``(None, None, [])`` without ``fit_on``."""
+    if fit_on is None:
+        return None, None, []
+    fit_table = read_predictions(fit_on, known_ids=labels.index, logits=logits)
+    lacking = [f for f in findings if f not in fit_table.findings]
+    if lacking:
+        raise ValueError(
+            f"{fit_table.source}: no column for {', '.join(lacking)}, which "
+            f"{table.source} predicts; thresholds need every scored finding"
+        )
+    shared = sorted(set(fit_table.image_ids) & set(test.table["image_id"]))
+    if shared:
+        raise ValueError(
+            f"{fit_table.source}: {len(shared):,} of its images are also "
+            f"scored, e.g. {quote_list(shared, 3)}: thresholds and the "
+            "temperature must be fitted on other images (the model's "
+            "validation split), never on the scored ones"
+        )
+    fit = _predictions(fit_table, np.ones(len(fit_table.image_ids), bool), labels, findings, "val")
+    both = set(fit.table["patient_id"]) & set(test.table["patient_id"])
+    fit_record = {
+        "file": fit_table.source,
+        "sha256": fit_table.sha256,
+        "images": len(fit.table),
+        "patients_also_scored": len(both),
+    }
+    notes: list[str] = []
+    if both:
+        notes.append(
+            f"{len(both):,} patients of {fit_table.source} also have scored "
+            "images: thresholds fitted on them may be slightly optimistic."
+        )
+    return fit, fit_record, notes
+
+
 def evaluate_predictions(
     predictions,
     *,
@@ -195,20 +261,7 @@ def evaluate_predictions(
     labels = rel.labels.set_index("image_id")
     table = read_predictions(predictions, known_ids=labels.index, logits=logits)
     n_rows = len(table.image_ids)
-    if rows == "official-test":
-        if rel.test is None:
-            raise FileNotFoundError(
-                f"--rows official-test needs NIH's test_list.txt, not found "
-                f"under {rel.root}; pass --rows all to score every row"
-            )
-        keep = np.isin(table.image_ids, rel.test)
-        if not keep.any():
-            raise ValueError(
-                f"{table.source}: none of its {n_rows:,} images is in NIH's "
-                "official test list; a model's own split is scored with --rows all"
-            )
-    else:
-        keep = np.ones(n_rows, bool)
+    keep = _scored_rows(table, rel, rows)
     findings = list(table.findings)
     test = _predictions(table, keep, labels, findings, "test")
     info = {"release_root": str(rel.root), "files": rel.files, "label_report": rel.report.to_dict()}
@@ -224,38 +277,8 @@ def evaluate_predictions(
             f"No scored patient is among the {trained['patients']:,} patients of "
             f"{trained_on} (the images the model trained on)."
         )
-    fit = fit_record = None
-    if fit_on is not None:
-        fit_table = read_predictions(fit_on, known_ids=labels.index, logits=logits)
-        lacking = [f for f in findings if f not in fit_table.findings]
-        if lacking:
-            raise ValueError(
-                f"{fit_table.source}: no column for {', '.join(lacking)}, which "
-                f"{table.source} predicts; thresholds need every scored finding"
-            )
-        shared = sorted(set(fit_table.image_ids) & set(test.table["image_id"]))
-        if shared:
-            raise ValueError(
-                f"{fit_table.source}: {len(shared):,} of its images are also "
-                f"scored, e.g. {quote_list(shared, 3)}: thresholds and the "
-                "temperature must be fitted on other images (the model's "
-                "validation split), never on the scored ones"
-            )
-        fit = _predictions(
-            fit_table, np.ones(len(fit_table.image_ids), bool), labels, findings, "val"
-        )
-        both = set(fit.table["patient_id"]) & set(test.table["patient_id"])
-        fit_record = {
-            "file": fit_table.source,
-            "sha256": fit_table.sha256,
-            "images": len(fit.table),
-            "patients_also_scored": len(both),
-        }
-        if both:
-            before.append(
-                f"{len(both):,} patients of {fit_table.source} also have scored "
-                "images: thresholds fitted on them may be slightly optimistic."
-            )
+    fit, fit_record, overlap = _fit_predictions(fit_on, labels, findings, test, table, logits)
+    before += overlap
     split_protocol = "official" if rows == "official-test" else "custom"
     line = protocol_line(rows, cov, n_rows=n_rows)
     header = {

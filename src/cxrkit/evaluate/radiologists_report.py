@@ -243,7 +243,7 @@ def gallery_html(out: str | Path) -> str:
     path = EvaluationFolder(out).gallery_table
     if not path.exists():
         return ""
-    table = read_csv(path, dtype={"image_id": str})
+    table = read_csv(path, dtype={"image_id": str, "overlay": str})  # overlay: blank = none
     if table.empty:
         return ""
     model_free = bool(table["overlay"].fillna("").eq("").any() or table["threshold"].isna().any())

@@ -11,6 +11,7 @@ per-finding AUROC/AUPRC beside published results (each marked comparable or not,
 why); figures; threshold metrics; calibration; subgroups; training; explanations and
 the localisation benchmark when ``cxrkit explain`` / ``cxrkit localize`` have written
 them into the run folder; configuration and provenance.
+The tables come from :mod:`cxrkit.evaluate.report_tables`.
 
 Hand-written HTML (no template engine) because the page is one static document with a
 dozen tables; every value from a file goes through :func:`html.escape`.
@@ -28,6 +29,15 @@ import pandas as pd
 
 from cxrkit.artefacts import EvaluationFolder, RunFolder, read_csv, read_json, write_text
 from cxrkit.evaluate.plots import FIGURES, write_figures
+from cxrkit.evaluate.report_tables import (
+    _num,
+    auroc_table,
+    calibration_table,
+    data_summary,
+    published_notes,
+    subgroup_table,
+    threshold_table,
+)
 from cxrkit.evaluate.text import format_ci
 
 RESEARCH_USE = (
@@ -70,10 +80,6 @@ def _esc(x) -> str:
     return html.escape(str(x))
 
 
-def _num(x, digits: int = 3) -> str:
-    return "—" if x is None or (isinstance(x, float) and x != x) else f"{x:.{digits}f}"
-
-
 def _table(df: pd.DataFrame) -> str:
     df = df.copy()
     for col in df.columns:
@@ -91,161 +97,6 @@ def _img(path: Path, alt: str) -> str:
 
 def _read_json(path: Path) -> dict:
     return read_json(path, missing={})
-
-
-# -- tables -------------------------------------------------------------------------------
-def auroc_table(metrics: dict) -> pd.DataFrame:
-    """Per finding: AUROC and AUPRC with CIs, counts, and each published AUROC beside them."""
-    pub = pd.DataFrame(
-        metrics.get("published") or [], columns=["finding", "source", "auroc", "comparable"]
-    )
-    rows = []
-    for f in metrics["findings"]:
-        a, p = metrics["auroc"][f], metrics["auprc"][f]
-        row = {
-            "finding": f,
-            "positives": a["positives"],
-            "negatives": a["negatives"],
-            "AUROC [95% CI]": format_ci(a),
-            "AUPRC [95% CI]": format_ci(p),
-            "prevalence": _num(p.get("prevalence")),
-        }
-        for _, r in pub[pub["finding"] == f].iterrows():
-            mark = "" if r["comparable"] else " *"
-            row[f"{r['source']}{mark}"] = f"{r['auroc']:.3f}"
-        rows.append(row)
-    rows.append(
-        {
-            "finding": "mean over defined findings",
-            "AUROC [95% CI]": format_ci(metrics["mean_auroc"]),
-            "positives": None,
-            "negatives": None,
-        }
-    )
-    table = pd.DataFrame(rows)
-    for col in ("positives", "negatives"):
-        table[col] = table[col].astype("Int64")
-    return table
-
-
-def published_notes(metrics: dict) -> list[str]:
-    seen, out = set(), []
-    for r in metrics.get("published") or []:
-        if r["source"] not in seen:
-            seen.add(r["source"])
-            mark = "" if r["comparable"] else " *"
-            out.append(f"{r['source']}{mark} — {r['split']}: {r['note']}")
-    return out
-
-
-def threshold_table(metrics: dict, method: str) -> pd.DataFrame:
-    rows = []
-    for f in metrics["findings"]:
-        m = metrics["threshold_metrics"][method][f]
-        rows.append(
-            {
-                "finding": f,
-                "threshold": m["threshold"],
-                **{k: m[k] for k in ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")},
-                "TP": m["tp"],
-                "FP": m["fp"],
-                "TN": m["tn"],
-                "FN": m["fn"],
-            }
-        )
-    table = pd.DataFrame(rows)
-    for col in ("TP", "FP", "TN", "FN"):
-        table[col] = table[col].astype("Int64")
-    return table
-
-
-def calibration_table(metrics: dict) -> pd.DataFrame:
-    cal = metrics["calibration"]
-    after = cal.get("after_temperature") or {"brier": {}, "ece": {}}
-    return pd.DataFrame(
-        [
-            {
-                "finding": f,
-                "Brier": cal["brier"][f],
-                "ECE": cal["ece"][f],
-                "Brier after T": after["brier"].get(f),
-                "ECE after T": after["ece"].get(f),
-            }
-            for f in metrics["findings"]
-        ]
-    )
-
-
-def subgroup_table(metrics: dict) -> pd.DataFrame:
-    """Findings as rows, one column per subgroup: ``AUROC [CI] (positives/n)``."""
-    rows = pd.DataFrame(metrics["subgroups"])
-    if rows.empty:
-        return rows
-    caution = rows["caution"] if "caution" in rows else pd.Series(False, index=rows.index)
-    rows["cell"] = [
-        f"{format_ci({'value': r.auroc, 'lo': r.lo, 'hi': r.hi}, 2)} ({r.positives}/{r.n})"
-        + (f" † {r.positive_patients} pt" if c else "")
-        for r, c in zip(rows.itertuples(), caution, strict=True)
-    ]
-    rows["column"] = rows["attribute"].str.replace("_band", "") + " " + rows["group"].astype(str)
-    wide = rows.pivot(index="finding", columns="column", values="cell")
-    order = list(dict.fromkeys(rows["column"]))
-    wide = wide.reindex(index=metrics["findings"], columns=order).reset_index()
-    wide.columns.name = None
-    return wide
-
-
-def data_summary(
-    metrics: dict, scored: dict[str, pd.DataFrame] | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """Per split: images, patients, images per patient, AP share, sex, age; and prevalence.
-
-    From the prepared folder's labels and the run's split file (cached images only; a box
-    fold's moves are not shown); for a predictions file, from ``scored`` (split name ->
-    the predictions tables written: the scored rows, and those thresholds were fitted on).
-    ``None`` when neither is there.
-    """
-    from cxrkit.data.prepare import load_prepared
-    from cxrkit.data.splits import load_split
-
-    if metrics.get("prepared") and metrics.get("split_file"):
-        try:
-            prepared = load_prepared(metrics["prepared"])
-            split = load_split(metrics["split_file"])
-        except (OSError, ValueError, KeyError):
-            return None
-        t = prepared.labels.merge(split[["image_id", "split"]], on="image_id", how="inner")
-        groups = [
-            (name, t[t["split"] == name])
-            for name in ("train", "val", "test")
-            if (t["split"] == name).any()
-        ]
-    elif scored:
-        groups = [(name, t) for name, t in scored.items() if len(t)]
-    else:
-        return None
-    overview = pd.DataFrame(
-        [
-            {
-                "split": name,
-                "images": len(g),
-                "patients": g["patient_id"].nunique(),
-                "images per patient": len(g) / max(1, g["patient_id"].nunique()),
-                "AP view %": 100 * (g["view"] == "AP").mean(),
-                "male %": 100 * (g["sex"] == "M").mean(),
-                "median age": g["age"].median(),
-                "no finding %": 100 * (g[metrics["findings"]].fillna(0).sum(axis=1) == 0).mean(),
-            }
-            for name, g in groups
-        ]
-    )
-    prevalence = pd.DataFrame(
-        [
-            {"finding": f, **{f"{name} %": 100 * g[f].mean() for name, g in groups}}
-            for f in metrics["findings"]
-        ]
-    )
-    return overview, prevalence
 
 
 # -- optional sections written by other stages --------------------------------------------
@@ -413,29 +264,9 @@ def _kpis(metrics: dict, run: dict) -> str:
     )
 
 
-def render_html(
-    metrics: dict,
-    run_dir: Path | None,
-    figures: dict[str, Path],
-    extra_sections: tuple[str, ...] = (),
-    scored: dict[str, pd.DataFrame] | None = None,
-) -> str:
-    layout = RunFolder(run_dir) if run_dir else None
-    run = _read_json(layout.run_json) if layout else {}
-    config = layout.config.read_text() if layout and layout.config.exists() else ""
-    split, fit = metrics["split"], metrics["thresholds"]["chosen_on"]
-    what = (metrics.get("source") or {}).get("file") or metrics.get("checkpoint")
-    s = [
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>cxrkit evaluation: {_esc(title(metrics))}</title>"
-        f"<style>{CSS}</style></head><body><main>",
-        f"<h1>{_esc(title(metrics))}</h1>",
-        f"<p class='sub'>cxrkit evaluation report · {_esc(what)} · "
-        f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
-        f"<div class='ruo'>{_esc(RESEARCH_USE)}</div>",
-        _kpis(metrics, run),
-    ]
-    s += [f"<div class='warn'>{_esc(n)}</div>" for n in metrics["notes"]]
+def _data_section(metrics: dict, scored: dict[str, pd.DataFrame] | None) -> list[str]:
+    """The Data section: the evaluated split beside training (none without a data summary)."""
+    s: list[str] = []
     data = data_summary(metrics, scored)
     if data is not None:
         s.append(
@@ -456,20 +287,13 @@ def render_html(
             "<details><summary>Prevalence per finding and split</summary>"
             f"{_table(data[1])}</details>"
         )
-    s.append(ood_html(metrics))
-    s.append("<h2>Per-finding AUROC and AUPRC</h2>")
-    s.append(_table(auroc_table(metrics)))
-    s.append(
-        "<p>Published values (* = not comparable with this run):</p><ul>"
-        + "".join(f"<li>{_esc(n)}</li>" for n in published_notes(metrics))
-        + "</ul>"
-    )
-    s.append("<h2>Figures</h2>")
-    for name, path in figures.items():
-        s.append(
-            f"<figure>{_img(path, FIGURES.get(name, name))}<figcaption>"
-            f"{_esc(FIGURES.get(name, name))}</figcaption></figure>"
-        )
+    return s
+
+
+def _threshold_section(metrics: dict) -> list[str]:
+    """Decision thresholds: each method's, chosen on the fit split, applied to the evaluated one."""
+    s: list[str] = []
+    split, fit = metrics["split"], metrics["thresholds"]["chosen_on"]
     s.append("<h2>Decision thresholds</h2>")
     if fit is None:
         s.append(f"<p>{_esc(NOT_FITTED)}</p>")
@@ -503,28 +327,12 @@ def render_html(
             + (_esc(", ".join(written["few_positives"])) or "none")
             + ".</p>"
         )
-    cal = metrics["calibration"]
-    t = cal.get("temperature")
-    s.append(
-        "<h2>Calibration</h2><p>Brier score and expected calibration error "
-        f"({cal['bins']} bins) per finding; mean Brier {_num(cal['mean_brier'])}, mean ECE "
-        f"{_num(cal['mean_ece'])}. "
-        + (
-            f"Temperature scaling: T = {t:.3f}, fitted on {_esc(fit)}."
-            if t
-            else "No temperature fitted."
-        )
-        + "</p>"
-    )
-    s.append(_table(calibration_table(metrics)))
-    s.append(
-        "<h2>Subgroups</h2><p>† fewer than 10 positive patients (N pt): an anecdote, not "
-        "an estimate; below 5 no interval is given. AUROC [95% CI] (positives/images) per "
-        "finding within each "
-        "sex, age band and view. A model that learned a shortcut (say, AP view means "
-        "sick) shows large gaps between groups.</p>"
-    )
-    s.append(_table(subgroup_table(metrics)))
+    return s
+
+
+def _training_section(run: dict) -> list[str]:
+    """The run's training summary (run.json)."""
+    s: list[str] = []
     if run:
         keys = (
             "status",
@@ -542,6 +350,12 @@ def render_html(
         )
         s.append("<h2>Training</h2>")
         s.append(_table(pd.DataFrame([{k: run.get(k) for k in keys if k in run}])))
+    return s
+
+
+def _explanations_section(run_dir: Path | None) -> list[str]:
+    """Saliency overlays that ``cxrkit explain`` left in the run folder."""
+    s: list[str] = []
     examples = explanation_examples(run_dir) if run_dir else []
     if examples:
         s.append(
@@ -557,13 +371,12 @@ def render_html(
             )
             + "</div>"
         )
-    loc = localization_section(run_dir) if run_dir else ""
-    if loc:
-        s.append("<h2>Localisation against NIH's boxes</h2>" + loc)
-    from cxrkit.audit.report import audit_html  # late: the audit imports this module
+    return s
 
-    s.append(audit_html(run_dir) if run_dir else "")  # a predictions file has no run
-    s += [x for x in extra_sections if x]  # e.g. against radiologists, error gallery
+
+def _provenance_section(metrics: dict, run: dict, config: str) -> list[str]:
+    """What made the numbers: inputs, checksums, versions and the run's config.yaml."""
+    s: list[str] = []
     s.append("<h2>Configuration and provenance</h2>")
     prov = {
         k: metrics[k]
@@ -586,6 +399,80 @@ def render_html(
     s.append(f"<pre>{_esc(json.dumps(prov, indent=2))}</pre>")
     if config:
         s.append(f"<h3>config.yaml</h3><pre>{_esc(config)}</pre>")
+    return s
+
+
+def render_html(
+    metrics: dict,
+    run_dir: Path | None,
+    figures: dict[str, Path],
+    extra_sections: tuple[str, ...] = (),
+    scored: dict[str, pd.DataFrame] | None = None,
+) -> str:
+    layout = RunFolder(run_dir) if run_dir else None
+    run = _read_json(layout.run_json) if layout else {}
+    config = layout.config.read_text() if layout and layout.config.exists() else ""
+    fit = metrics["thresholds"]["chosen_on"]
+    what = (metrics.get("source") or {}).get("file") or metrics.get("checkpoint")
+    s = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>cxrkit evaluation: {_esc(title(metrics))}</title>"
+        f"<style>{CSS}</style></head><body><main>",
+        f"<h1>{_esc(title(metrics))}</h1>",
+        f"<p class='sub'>cxrkit evaluation report · {_esc(what)} · "
+        f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
+        f"<div class='ruo'>{_esc(RESEARCH_USE)}</div>",
+        _kpis(metrics, run),
+    ]
+    s += [f"<div class='warn'>{_esc(n)}</div>" for n in metrics["notes"]]
+    s += _data_section(metrics, scored)
+    s.append(ood_html(metrics))
+    s.append("<h2>Per-finding AUROC and AUPRC</h2>")
+    s.append(_table(auroc_table(metrics)))
+    s.append(
+        "<p>Published values (* = not comparable with this run):</p><ul>"
+        + "".join(f"<li>{_esc(n)}</li>" for n in published_notes(metrics))
+        + "</ul>"
+    )
+    s.append("<h2>Figures</h2>")
+    for name, path in figures.items():
+        s.append(
+            f"<figure>{_img(path, FIGURES.get(name, name))}<figcaption>"
+            f"{_esc(FIGURES.get(name, name))}</figcaption></figure>"
+        )
+    s += _threshold_section(metrics)
+    cal = metrics["calibration"]
+    t = cal.get("temperature")
+    s.append(
+        "<h2>Calibration</h2><p>Brier score and expected calibration error "
+        f"({cal['bins']} bins) per finding; mean Brier {_num(cal['mean_brier'])}, mean ECE "
+        f"{_num(cal['mean_ece'])}. "
+        + (
+            f"Temperature scaling: T = {t:.3f}, fitted on {_esc(fit)}."
+            if t
+            else "No temperature fitted."
+        )
+        + "</p>"
+    )
+    s.append(_table(calibration_table(metrics)))
+    s.append(
+        "<h2>Subgroups</h2><p>† fewer than 10 positive patients (N pt): an anecdote, not "
+        "an estimate; below 5 no interval is given. AUROC [95% CI] (positives/images) per "
+        "finding within each "
+        "sex, age band and view. A model that learned a shortcut (say, AP view means "
+        "sick) shows large gaps between groups.</p>"
+    )
+    s.append(_table(subgroup_table(metrics)))
+    s += _training_section(run)
+    s += _explanations_section(run_dir)
+    loc = localization_section(run_dir) if run_dir else ""
+    if loc:
+        s.append("<h2>Localisation against NIH's boxes</h2>" + loc)
+    from cxrkit.audit.report import audit_html  # late: the audit imports this module
+
+    s.append(audit_html(run_dir) if run_dir else "")  # a predictions file has no run
+    s += [x for x in extra_sections if x]  # e.g. against radiologists, error gallery
+    s += _provenance_section(metrics, run, config)
     s.append("</main></body></html>")
     return "\n".join(x for x in s if x)
 

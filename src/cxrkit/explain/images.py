@@ -73,6 +73,24 @@ def _chosen(lm: LoadedModel, probs: np.ndarray, findings, top_k: int) -> list[li
     return [list(np.argsort(-p, kind="stable")[:top_k]) for p in probs]
 
 
+def _write_explanation(
+    out: Path, stem: str, img: np.ndarray, hm, attention, *, label: str, finding: str
+) -> tuple[Path, Path, str]:
+    """Write one image's explanation of one finding under ``out``: the overlay PNG, the map
+    (``.npy``) and, for a model with its own attention maps, the attention overlay; returns
+    their paths relative to ``out`` (the attention one "" when there is none)."""
+    rel_png = Path("overlays") / f"{stem}.png"
+    rel_npy = Path("maps") / f"{stem}.npy"
+    write_png(overlay(img, hm, label=label), out / rel_png)
+    write_map(hm, out / rel_npy)
+    rel_att = ""
+    if attention is not None:
+        (out / "attention").mkdir(exist_ok=True)
+        rel_att = str(Path("attention") / f"{stem}.png")
+        write_png(overlay(img, attention, label=f"{finding} attention"), out / rel_att)
+    return rel_png, rel_npy, rel_att
+
+
 def explain_cached(
     lm: LoadedModel,
     images,
@@ -131,17 +149,15 @@ def explain_cached(
         for (i, k), hm in zip(which, maps, strict=True):
             g = start + i
             f = lm.findings[k]
-            label = f"{f} {probs[i, k]:.2f}"
-            img = np.asarray(x[i, 0])
-            rel_png = Path("overlays") / f"{stems[g]}__{f}{tag}.png"
-            rel_npy = Path("maps") / f"{stems[g]}__{f}{tag}.npy"
-            write_png(overlay(img, hm, label=label), out / rel_png)
-            write_map(hm, out / rel_npy)
-            rel_att = ""
-            if attn is not None:
-                (out / "attention").mkdir(exist_ok=True)
-                rel_att = str(Path("attention") / f"{stems[g]}__{f}{tag}.png")
-                write_png(overlay(img, attn[i, k], label=f"{f} attention"), out / rel_att)
+            rel_png, rel_npy, rel_att = _write_explanation(
+                out,
+                f"{stems[g]}__{f}{tag}",
+                np.asarray(x[i, 0]),
+                hm,
+                None if attn is None else attn[i, k],
+                label=f"{f} {probs[i, k]:.2f}",
+                finding=f,
+            )
             rows.append(
                 {
                     "image": str(sources[g]),

@@ -64,7 +64,7 @@ from cxrkit.explain.published import (
 )
 from cxrkit.explain.saliency import METHODS, attention_maps, saliency_maps
 from cxrkit.inference.core import LoadedModel, load
-from cxrkit.inference.heldout import load_held_out
+from cxrkit.inference.heldout import HeldOut, load_held_out
 from cxrkit.metrics import sigmoid
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,113 @@ def boxed_pairs(lm: LoadedModel, data, split: str) -> tuple[pd.DataFrame, dict, 
     return scored, counts, notes
 
 
+def _score_pairs(
+    lm: LoadedModel,
+    data: HeldOut,
+    pairs: pd.DataFrame,
+    *,
+    method: str,
+    threshold: float,
+    batch_size: int,
+    examples: int,
+    progress: bool,
+) -> tuple[list[dict], ExamplePicks]:
+    """Make ``method``'s map of each (image, finding) pair and score it against the pair's
+    boxes (:func:`score_pair`); returns one row per pair and the telling examples."""
+    cache = data.prepared.cache
+    labels = data.prepared.labels.set_index("image_id")
+    rows, picks = [], ExamplePicks()
+    batches = range(0, len(pairs), batch_size)
+    for start in tqdm(
+        batches, desc=f"localize {method}", unit="batch", disable=not progress, dynamic_ncols=True
+    ):
+        chunk = pairs.iloc[start : start + batch_size]
+        ids = chunk["image_id"].tolist()
+        images = torch.from_numpy(np.asarray(cache.images[cache.rows(ids)]))[:, None]
+        meta = metadata_vector(labels.loc[ids].reset_index()) if lm.metadata else None
+        wanted = [lm.findings.index(f) for f in chunk["finding"]]
+        if method == "attention":
+            maps = attention_maps(lm, images)[np.arange(len(ids)), wanted]  # type: ignore[index]  # an attention model: checked above
+        else:
+            maps = saliency_maps(
+                lm, images, wanted, method=method, meta=meta, batch_size=batch_size
+            )
+        probs = sigmoid(lm.logits_from_cached(images, meta))
+        for k, r in enumerate(chunk.itertuples()):
+            s = score_pair(maps[k], r.truth, threshold=threshold)
+            p = float(probs[k, wanted[k]])
+            rows.append(
+                {
+                    "image_id": r.image_id,
+                    "finding": r.finding,
+                    "truth_boxes": len(r.truth),
+                    "probability": p,
+                    **s,
+                }
+            )
+            if examples:
+                picks.offer(r, s, p, np.asarray(images[k, 0]), maps[k])
+    return rows, picks
+
+
+def _record(
+    lm: LoadedModel,
+    data: HeldOut,
+    *,
+    method: str,
+    split: str,
+    threshold: float,
+    counts: dict,
+    table: pd.DataFrame,
+    notes: list[str],
+    summary: dict,
+) -> dict:
+    """What ``localization.json`` holds: the protocol, counts, scores and published ones."""
+    cache = data.prepared.cache
+    return {
+        "checkpoint": str(lm.checkpoint),
+        "model": lm.model.cxr_config.name,  # type: ignore[union-attr]
+        "method": method,
+        "split": split,
+        "protocol": data.protocol,
+        "split_file": str(data.split_path),
+        "box_fold": data.box_fold,
+        "prepared": str(data.prepared.root),
+        "space": f"cache pixels ({cache.size} x {cache.size}, the prepared folder's crop and "
+        "resize; NIH's 1024-space boxes mapped with ImageCache.map_boxes)",
+        "box_from_map": {
+            "threshold": threshold,
+            "of": "the map's maximum",
+            "region": "largest 8-connected component",
+            "rule": "accuracy = share of (image, finding) pairs with value > T",
+        },
+        "iobb_thresholds": list(IOBB_THRESHOLDS),
+        "iou_thresholds": list(IOU_THRESHOLDS),
+        "counts": {
+            **counts,
+            "pairs_scored": int(len(table)),
+            "images_scored": int(table["image_id"].nunique()),
+        },
+        "notes": notes,
+        **summary,
+        "published": {
+            "source": SOURCE,
+            "iobb": {str(k): v for k, v in WANG_2017_IOBB.items()},
+            "iou": {str(k): v for k, v in WANG_2017_IOU.items()},
+            "protocol_differences": list(PROTOCOL_DIFFERENCES),
+        },
+        "files": [
+            "localization.json",
+            "accuracy.csv",
+            "pointing.csv",
+            "summary.md",
+            "localization.png",
+            "details/pairs.csv",
+            "examples/",
+        ],
+    }
+
+
 @writes_into_run("cxrkit localize")
 def localize_checkpoint(
     checkpoint,
@@ -185,40 +292,17 @@ def localize_checkpoint(
         .rename("truth")
         .reset_index()
     )
-    cache = data.prepared.cache
-    labels = data.prepared.labels.set_index("image_id")
-    rows, picks = [], ExamplePicks()
     (out / "examples").mkdir(exist_ok=True)
-    batches = range(0, len(pairs), batch_size)
-    for start in tqdm(
-        batches, desc=f"localize {method}", unit="batch", disable=not progress, dynamic_ncols=True
-    ):
-        chunk = pairs.iloc[start : start + batch_size]
-        ids = chunk["image_id"].tolist()
-        images = torch.from_numpy(np.asarray(cache.images[cache.rows(ids)]))[:, None]
-        meta = metadata_vector(labels.loc[ids].reset_index()) if lm.metadata else None
-        wanted = [lm.findings.index(f) for f in chunk["finding"]]
-        if method == "attention":
-            maps = attention_maps(lm, images)[np.arange(len(ids)), wanted]  # type: ignore[index]  # an attention model: checked above
-        else:
-            maps = saliency_maps(
-                lm, images, wanted, method=method, meta=meta, batch_size=batch_size
-            )
-        probs = sigmoid(lm.logits_from_cached(images, meta))
-        for k, r in enumerate(chunk.itertuples()):
-            s = score_pair(maps[k], r.truth, threshold=threshold)
-            p = float(probs[k, wanted[k]])
-            rows.append(
-                {
-                    "image_id": r.image_id,
-                    "finding": r.finding,
-                    "truth_boxes": len(r.truth),
-                    "probability": p,
-                    **s,
-                }
-            )
-            if examples:
-                picks.offer(r, s, p, np.asarray(images[k, 0]), maps[k])
+    rows, picks = _score_pairs(
+        lm,
+        data,
+        pairs,
+        method=method,
+        threshold=threshold,
+        batch_size=batch_size,
+        examples=examples,
+        progress=progress,
+    )
     picks.write(out / "examples", limit=examples)
     table = pd.DataFrame(rows)
     summary = summarise(table)
@@ -226,48 +310,17 @@ def localize_checkpoint(
     write_csv(table, out / "details" / "pairs.csv")
     write_csv(comparison_table(summary, published), out / "accuracy.csv")
     write_csv(pointing_table(summary), out / "pointing.csv")
-    record = {
-        "checkpoint": str(lm.checkpoint),
-        "model": lm.model.cxr_config.name,  # type: ignore[union-attr]
-        "method": method,
-        "split": split,
-        "protocol": data.protocol,
-        "split_file": str(data.split_path),
-        "box_fold": data.box_fold,
-        "prepared": str(data.prepared.root),
-        "space": f"cache pixels ({cache.size} x {cache.size}, the prepared folder's crop and "
-        "resize; NIH's 1024-space boxes mapped with ImageCache.map_boxes)",
-        "box_from_map": {
-            "threshold": threshold,
-            "of": "the map's maximum",
-            "region": "largest 8-connected component",
-            "rule": "accuracy = share of (image, finding) pairs with value > T",
-        },
-        "iobb_thresholds": list(IOBB_THRESHOLDS),
-        "iou_thresholds": list(IOU_THRESHOLDS),
-        "counts": {
-            **counts,
-            "pairs_scored": int(len(table)),
-            "images_scored": int(table["image_id"].nunique()),
-        },
-        "notes": notes,
-        **summary,
-        "published": {
-            "source": SOURCE,
-            "iobb": {str(k): v for k, v in WANG_2017_IOBB.items()},
-            "iou": {str(k): v for k, v in WANG_2017_IOU.items()},
-            "protocol_differences": list(PROTOCOL_DIFFERENCES),
-        },
-        "files": [
-            "localization.json",
-            "accuracy.csv",
-            "pointing.csv",
-            "summary.md",
-            "localization.png",
-            "details/pairs.csv",
-            "examples/",
-        ],
-    }
+    record = _record(
+        lm,
+        data,
+        method=method,
+        split=split,
+        threshold=threshold,
+        counts=counts,
+        table=table,
+        notes=notes,
+        summary=summary,
+    )
     write_json(record, out / "localization.json")
     write_text(summary_markdown(record), out / "summary.md")
     plot_localization(record, out / "localization.png")

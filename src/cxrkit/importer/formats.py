@@ -37,7 +37,11 @@ import torch
 
 from cxrkit.labels import FINDINGS, UnknownFindingError, canonical_finding
 from cxrkit.models.backbones import ARCHS
-from cxrkit.models.weights import PretrainedWeightsError, read_state_dict
+from cxrkit.models.weights import (
+    PretrainedWeightsError,
+    read_state_dict,
+    summarise_key_mismatch,
+)
 
 FORMATS = ("chexnet-state-dict", "chexnet-pickled", "torchxrayvision", "torchvision", "timm")
 #: Tried in this order by ``format="auto"`` (torchvision/timm need ``arch``, so come last).
@@ -160,36 +164,10 @@ class Published:
 
 # -- errors ---------------------------------------------------------------------------------
 def mismatch_message(source, expected: dict, got: dict, *, what: str) -> str | None:
-    """One line about keys/shapes of ``got`` against ``expected`` (name -> shape), or None.
-
-    Counts, the first few missing keys with the closest keys present, the first unexpected
-    ones, and each shape mismatch with both shapes.
-    """
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    shapes = [k for k in expected if k in got and tuple(got[k]) != tuple(expected[k])]
-    if not (missing or unexpected or shapes):
-        return None
-    parts = []
-    if missing:
-        first = missing[0]
-        close = difflib.get_close_matches(first, list(got), n=3, cutoff=0.5)
-        parts.append(
-            f"{len(missing)} key(s) missing, e.g. {first!r} (closest present: "
-            f"{', '.join(repr(c) for c in close) or 'none'})"
-            + (f", then {', '.join(repr(k) for k in missing[1:3])}" if len(missing) > 1 else "")
-        )
-    if unexpected:
-        parts.append(
-            f"{len(unexpected)} unexpected, e.g. {', '.join(repr(k) for k in unexpected[:3])}"
-        )
-    for k in shapes[:3]:
-        parts.append(
-            f"{k!r} has shape {tuple(got[k])} in the file, {what} expects {tuple(expected[k])}"
-        )
-    if len(shapes) > 3:
-        parts.append(f"{len(shapes) - 3} more of another shape")
-    return f"{source}: does not fit {what}: " + "; ".join(parts)
+    """One line about keys/shapes of ``got`` against ``expected`` (name -> shape), or None:
+    :func:`cxrkit.models.weights.summarise_key_mismatch` after the file and what it missed."""
+    summary = summarise_key_mismatch(expected, got)
+    return f"{source}: does not fit {what}: {summary}" if summary else None
 
 
 def _fail(path: Path, fmt: str, why: str) -> ImportFormatError:

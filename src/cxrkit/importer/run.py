@@ -117,38 +117,12 @@ def check_images(
     return CheckImages(names, images, y, "phantoms")
 
 
-def import_model(
-    path: str | Path,
-    fmt: str,
-    out: str | Path,
-    *,
-    arch: str | None = None,
-    outputs: list[str] | None = None,
-    prepared: str | Path | None = None,
-    images: CheckImages | Callable[[], CheckImages] | None = None,
-    parity_count: int = 4,
-    force: bool = False,
-) -> dict:
-    """Import ``path`` (format ``fmt``) as the run folder ``out``; returns the manifest
-    (also in ``out/run.json``). ``images``: the check images, or a function giving them
-    (called once the file has loaded; default: 8 phantoms). A folder that already holds a
-    checkpoint is refused unless ``force``. Raises :class:`~cxrkit.importer.formats.ImportFormatError`
-    for a file that does not fit its format; a failed parity check is recorded and
-    reported (``manifest["parity"]["passed"]``), not raised."""
-    from cxrkit.config import RunConfig
+def _published_model(path: Path, pub: Published, findings: list[str], index: dict[str, int]):
+    """cxrkit's ``published`` model for ``pub``, its weights loaded (outputs in ``findings``
+    order; ``index``: finding -> the file's output row); also returns the model's kwargs.
+    A state that does not fit the architecture is an :class:`ImportFormatError`."""
     from cxrkit.models import create_model
 
-    path = Path(path)
-    run = RunFolder(Path(out))
-    if not force and (run.best.exists() or run.last.exists()):
-        raise FileExistsError(
-            f"{run.root} already holds a run (best.pt/last.pt); choose "
-            "another --out, or --force to replace it"
-        )
-    pub = read_published(path, fmt, arch=arch, outputs=outputs)
-    findings = pub.findings()
-    mapping = pub.mapping()
-    index = {r["finding"]: r["index"] for r in mapping if r["finding"]}
     kwargs = {
         "arch": pub.arch,
         "channel_mean": list(pub.channel_mean),
@@ -172,7 +146,12 @@ def import_model(
     if bad:
         raise ImportFormatError(bad)
     model.load_state_dict(state, strict=True)
+    return model, kwargs
 
+
+def _cache_and_notes(pub: Published, prepared) -> tuple[PreprocessSettings, dict | None, list[str]]:
+    """The image cache the model is fed from (the prepared folder's, else the default), the
+    prepared folder's split file (None without one) and the notes the manifest carries."""
     cache = DEFAULT_CACHE
     split = None
     notes = list(pub.notes)
@@ -208,6 +187,43 @@ def import_model(
             "CheXNet averaged the probabilities of ten crops; cxrkit's --tta "
             "tencrop averages their logits (same crops)"
         )
+    return cache, split, notes
+
+
+def import_model(
+    path: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    arch: str | None = None,
+    outputs: list[str] | None = None,
+    prepared: str | Path | None = None,
+    images: CheckImages | Callable[[], CheckImages] | None = None,
+    parity_count: int = 4,
+    force: bool = False,
+) -> dict:
+    """Import ``path`` (format ``fmt``) as the run folder ``out``; returns the manifest
+    (also in ``out/run.json``). ``images``: the check images, or a function giving them
+    (called once the file has loaded; default: 8 phantoms). A folder that already holds a
+    checkpoint is refused unless ``force``. Raises :class:`~cxrkit.importer.formats.ImportFormatError`
+    for a file that does not fit its format; a failed parity check is recorded and
+    reported (``manifest["parity"]["passed"]``), not raised."""
+    from cxrkit.config import RunConfig
+
+    path = Path(path)
+    run = RunFolder(Path(out))
+    if not force and (run.best.exists() or run.last.exists()):
+        raise FileExistsError(
+            f"{run.root} already holds a run (best.pt/last.pt); choose "
+            "another --out, or --force to replace it"
+        )
+    pub = read_published(path, fmt, arch=arch, outputs=outputs)
+    findings = pub.findings()
+    mapping = pub.mapping()
+    index = {r["finding"]: r["index"] for r in mapping if r["finding"]}
+    model, kwargs = _published_model(path, pub, findings, index)
+
+    cache, split, notes = _cache_and_notes(pub, prepared)
     resize = max(pub.resize, pub.input_size)
     pre = Preprocessing(
         cache=cache,

@@ -215,62 +215,29 @@ def load(
 
 
 def ood_sidecar_path(checkpoint: Path) -> Path:
-    """``run/best.pt`` -> ``run/best.ood.json``: the OOD record of a checkpoint made before
-    checkpoints carried one (``cxrkit ood``); used only for the checkpoint of that sha256."""
-    return Path(checkpoint).with_suffix(".ood.json")
+    """``run/best.pt`` -> ``run/best.ood.json``: the record ``cxrkit ood`` fitted for the
+    checkpoint of that sha256 (:mod:`cxrkit.ood.sidecar`)."""
+    from cxrkit.ood.sidecar import sidecar_path
+
+    return sidecar_path(checkpoint)
 
 
 def _attach_ood(lm: LoadedModel, recorded: dict | None) -> None:
-    import json
+    """The record in use: the refitted sidecar, else the checkpoint's own
+    (:func:`cxrkit.ood.sidecar.choose_record`)."""
+    from cxrkit.ood.sidecar import choose_record
 
-    from cxrkit.ood import check_record
-
-    if recorded is not None:
-        try:
-            check_record(recorded)
-        except ValueError as e:  # made by another version: said, and treated as missing
-            warnings.warn(f"{lm.checkpoint.name}: its OOD record is not usable ({e})", stacklevel=3)
-        else:
-            lm.ood_record, lm.ood_source = recorded, f"recorded in {lm.checkpoint.name}"
-            return
-    side = ood_sidecar_path(lm.checkpoint)
-    if not side.exists():
-        return
-    try:
-        doc = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{side}: unreadable OOD record ({e}); delete it and run `cxrkit ood` again"
-        ) from e
-    if doc.get("checkpoint_sha256") != lm.checkpoint_sha256:
-        warnings.warn(
-            f"{side} was computed for another checkpoint (sha256 differs from "
-            f"{lm.checkpoint.name}); ignored: run `cxrkit ood` again",
-            stacklevel=3,
-        )
-        return
-    try:
-        check_record(doc["record"])
-    except ValueError as e:
-        warnings.warn(f"{side}: not usable ({e})", stacklevel=3)
-        return
-    lm.ood_record, lm.ood_source = doc["record"], str(side)
+    lm.ood_record, lm.ood_source = choose_record(
+        lm.checkpoint, lambda: lm.checkpoint_sha256, recorded, lm.checkpoint.name, stacklevel=3
+    )
 
 
 def write_ood_sidecar(lm: LoadedModel, record: dict) -> Path:
-    """Write ``record`` as :func:`ood_sidecar_path` of ``lm.checkpoint`` (atomically)."""
-    from cxrkit.artefacts import write_json
+    """Write ``record`` as :func:`ood_sidecar_path` of ``lm.checkpoint`` (atomically); from
+    now on it is the record ``lm`` and every later load of that checkpoint use."""
+    from cxrkit.ood.sidecar import write_sidecar
 
-    path = ood_sidecar_path(lm.checkpoint)
-    write_json(
-        {
-            "format": "cxrkit-ood-sidecar/1",
-            "checkpoint": str(lm.checkpoint),
-            "checkpoint_sha256": lm.checkpoint_sha256,
-            "record": record,
-        },
-        path,
-    )
+    path = write_sidecar(lm.checkpoint, lm.checkpoint_sha256, record)
     lm.ood_record, lm.ood_source = record, str(path)
     return path
 

@@ -44,6 +44,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -59,6 +60,9 @@ from cxrkit.artefacts import (
 from cxrkit.data.dicom import grey_uint8, read_image
 from cxrkit.inference.onnx_backend import META_KEYS, OnnxModel
 from cxrkit.metrics import sigmoid
+
+if TYPE_CHECKING:
+    from cxrkit.inference.core import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -147,36 +151,14 @@ def _graph(lm):
     return OnnxGraph().eval()
 
 
-@writes_into_run("cxrkit export")
-def export_onnx(
-    checkpoint: str | Path,
-    out: str | Path | None = None,
-    *,
-    parity_images: Sequence[str | Path] = (),
-    n_phantoms: int = 6,
-    opset: int = OPSET,
-    thresholds: str | Path | None = None,
-    parity_source: str | None = None,
-) -> dict:
-    """Export ``checkpoint`` (file or run folder) to ONNX, check parity, write the sidecar.
-
-    ``parity_images``: image files (any format :func:`read_image` reads) checked on top of
-    ``n_phantoms`` phantom radiographs; ``parity_source`` says where they came from, or
-    why there are none (recorded with the parity as ``checked`` / ``not_checked``, so a
-    check on phantoms alone says so). Returns the sidecar record (``path``, contract,
-    ``parity``). Raises :class:`ParityError` (after writing both files, so they can be
-    inspected) when the differences exceed the tolerances.
-    """
-    import onnx
+def _trace(lm: LoadedModel, out: Path, opset: int) -> tuple[dict[str, str], list | None]:
+    """Export ``lm``'s graph (:func:`_graph`) to ``out`` with torch's dynamo exporter, the
+    batch dimension dynamic; returns the graph's inputs (name -> what it holds) and the
+    metadata a model trained with it gets by default (None: none)."""
     import torch
 
-    from cxrkit.inference.core import load
     from cxrkit.inference.runtime import quiet_exporter_logs
 
-    # parity is checked against torch fp32 eager, the reference
-    lm = load(checkpoint, device="cpu", thresholds=thresholds, precision="fp32")
-    out = Path(out) if out else onnx_path(lm.checkpoint)
-    check_writable(out)
     graph = _graph(lm)
     s = lm.preprocessing.cache.size
     example: tuple = (torch.zeros(2, 1, s, s, dtype=torch.uint8),)
@@ -221,6 +203,51 @@ def export_onnx(
             f"{lm.model.cxr_config.name}) failed: {type(e).__name__}: "  # type: ignore[union-attr]
             f"{str(e).splitlines()[0] if str(e) else ''}"
         ) from e
+    return inputs, meta_default
+
+
+def _write_metadata(out: Path, record: dict, ood_record: dict | None) -> None:
+    """Write the contract (:data:`META_KEYS` of ``record``) and the OOD record into the
+    ONNX file's metadata, as ``cxrkit.KEY`` JSON strings, replacing any there."""
+    import onnx
+
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    for key, value in [*((k, record[k]) for k in META_KEYS), ("ood", ood_record)]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"cxrkit.{key}", json.dumps(value)
+    proto.producer_name = "cxrkit"
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
+
+
+@writes_into_run("cxrkit export")
+def export_onnx(
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    *,
+    parity_images: Sequence[str | Path] = (),
+    n_phantoms: int = 6,
+    opset: int = OPSET,
+    thresholds: str | Path | None = None,
+    parity_source: str | None = None,
+) -> dict:
+    """Export ``checkpoint`` (file or run folder) to ONNX, check parity, write the sidecar.
+
+    ``parity_images``: image files (any format :func:`read_image` reads) checked on top of
+    ``n_phantoms`` phantom radiographs; ``parity_source`` says where they came from, or
+    why there are none (recorded with the parity as ``checked`` / ``not_checked``, so a
+    check on phantoms alone says so). Returns the sidecar record (``path``, contract,
+    ``parity``). Raises :class:`ParityError` (after writing both files, so they can be
+    inspected) when the differences exceed the tolerances.
+    """
+    from cxrkit.inference.core import load
+
+    # parity is checked against torch fp32 eager, the reference
+    lm = load(checkpoint, device="cpu", thresholds=thresholds, precision="fp32")
+    out = Path(out) if out else onnx_path(lm.checkpoint)
+    check_writable(out)
+    inputs, meta_default = _trace(lm, out, opset)
     record = {
         "preprocess": lm.preprocess_record(),
         "findings": list(lm.findings),
@@ -242,14 +269,7 @@ def export_onnx(
     }
     if lm.ood_record is None:
         log.warning("%s", lm.ood_note())
-    proto = onnx.load(str(out))
-    del proto.metadata_props[:]
-    for key, value in [*((k, record[k]) for k in META_KEYS), ("ood", lm.ood_record)]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = f"cxrkit.{key}", json.dumps(value)
-    proto.producer_name = "cxrkit"
-    with atomic_path(out) as tmp:
-        onnx.save(proto, str(tmp))
+    _write_metadata(out, record, lm.ood_record)
 
     onnx_model = OnnxModel(out)
     images = _parity_images(n_phantoms, parity_images)

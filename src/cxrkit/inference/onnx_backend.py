@@ -94,13 +94,16 @@ class OnnxModel(Predictor):
         self.checkpoint = Path(self.record["checkpoint"])
         self.thresholds_file = thresholds_file
         self.thresholds, self.thresholds_source, self.thresholds_tta = self._thresholds()
-        if "cxrkit.ood" in props and "features" in self.outputs:
-            from cxrkit.ood import check_record
+        if "features" in self.outputs:  # the record refitted for its checkpoint, else its own
+            from cxrkit.ood.sidecar import choose_record
 
-            record = json.loads(props["cxrkit.ood"])
-            if record is not None:
-                check_record(record)
-                self.ood_record, self.ood_source = record, f"recorded in {self.path.name}"
+            self.ood_record, self.ood_source = choose_record(
+                self._source if source else self.checkpoint,  # the checkpoint, where it is now
+                self.record.get("checkpoint_sha256"),
+                json.loads(props.get("cxrkit.ood", "null")),
+                self.path.name,
+                stacklevel=3,
+            )
 
     def _open(self, providers) -> dict:
         """Load the file in the engine; its ``metadata_props``. Sets ``_run`` and ``outputs``."""

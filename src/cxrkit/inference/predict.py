@@ -363,6 +363,48 @@ def _short(name: str) -> str:
     return name if len(name) <= 48 else "..." + name[-45:]
 
 
+def _score_files(
+    model, files: list[Path], decoder: Decoder | None, meta, *, tta: str, batch_size: int, bar
+) -> tuple[list[np.ndarray], list[float], dict[str, str]]:
+    """Decode ``files`` (in ``decoder``'s workers) and score them ``batch_size`` at a time
+    while the next ones decode. Returns, per file in order, its probabilities and OOD
+    score (NaN where it was not decoded or the model has no OOD record), and the error of
+    each file that was not decoded."""
+    n_findings = len(model.findings)
+    probs = [np.full(n_findings, np.nan) for _ in files]
+    ood = [np.nan for _ in files]
+    errors: dict[str, str] = {}
+    pending: list[tuple[int, np.ndarray]] = []  # (index in files, image)
+
+    def flush():
+        if not pending:
+            return
+        rows = [k for k, _ in pending]
+        mm = None if meta is None else meta[rows]
+        z, result = model.score_cached(np.stack([im for _, im in pending])[:, None], mm, tta=tta)
+        for j, ((k, _), p) in enumerate(zip(pending, sigmoid(z), strict=True)):
+            probs[k] = p
+            if result is not None:
+                ood[k] = float(result.score[j])
+        pending.clear()
+
+    decoded = (
+        decoder.imap(files, cache=model.preprocessing.cache, ahead=2 * batch_size)
+        if decoder is not None
+        else iter(())
+    )
+    for k, (f, d) in enumerate(zip(files, decoded, strict=True)):
+        if d.image is not None:
+            pending.append((k, d.image))
+        else:
+            errors[str(f)] = d.error or "not decoded"
+        if len(pending) == batch_size:
+            flush()
+        bar.update(1)
+    flush()
+    return probs, ood, errors
+
+
 def predict_files(
     model,
     inputs: Inputs | Sequence[str | Path],
@@ -415,42 +457,18 @@ def predict_files(
         leave=False,
         disable=not progress or len(files) < 2,
     )
-    pending: list[tuple[int, int, np.ndarray]] = []  # (row of names, index in files, image)
-
-    def flush():
-        if not pending:
-            return
-        rows = [k for _, k, _ in pending]
-        mm = None if meta is None else meta[rows]
-        z, result = model.score_cached(np.stack([im for _, _, im in pending])[:, None], mm, tta=tta)
-        for j, ((row, _, _), p) in enumerate(zip(pending, sigmoid(z), strict=True)):
-            probs[row] = p
-            if result is not None:
-                ood[row] = float(result.score[j])
-        pending.clear()
-
     own = decoder is None and bool(files)  # no files: no worker started
     if own:
         decoder = Decoder(workers or default_workers(len(files)), limits=limits)
     try:
         with bar:
-            decoded = (
-                decoder.imap(files, cache=model.preprocessing.cache, ahead=2 * batch_size)
-                if decoder is not None
-                else iter(())
+            scored, scores, failed = _score_files(
+                model, files, decoder, meta, tta=tta, batch_size=batch_size, bar=bar
             )
-            for k, (f, d) in enumerate(zip(files, decoded, strict=True)):
-                names.append(str(f))
-                probs.append(np.full(len(findings), np.nan))
-                ood.append(np.nan)
-                if d.image is not None:
-                    pending.append((len(names) - 1, k, d.image))
-                else:
-                    errors[str(f)] = d.error or "not decoded"
-                if len(pending) == batch_size:
-                    flush()
-                bar.update(1)
-            flush()
+        names += [str(f) for f in files]
+        probs += scored
+        ood += scores
+        errors.update(failed)
     finally:
         if own and decoder is not None:
             decoder.close()

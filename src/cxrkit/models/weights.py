@@ -11,11 +11,13 @@ Files are read without unpickling code (``weights_only=True``; ``.safetensors`` 
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import pickle
 import socket
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -132,15 +134,10 @@ def load_model_state(
     ]
     for k in skipped:
         del state[k]
-    bad = [k for k in state if k in own and state[k].shape != own[k].shape]
-    missing = set(own) - set(state) - set(skipped)
-    unexpected = set(state) - set(own)
-    if bad or missing or unexpected:
-        shape = f"; {len(bad)} of another shape (e.g. {sorted(bad)[:3]})" if bad else ""
+    mismatch = summarise_key_mismatch({k: v for k, v in own.items() if k not in skipped}, state)
+    if mismatch:
         raise PretrainedWeightsError(
-            f"{source} does not fit this model: "
-            f"{summarise_key_mismatch(set(own) - set(skipped), state)}{shape}. Was it saved "
-            "from another architecture?"
+            f"{source} does not fit this model: {mismatch}. Was it saved from another architecture?"
         )
     if skipped:
         warnings.warn(
@@ -153,25 +150,51 @@ def load_model_state(
 
 def summarise_key_mismatch(expected, found, *, shown: int = 3) -> str:
     """How a weights file's keys (``found``) differ from a model's (``expected``), in one
-    line: the counts, the first few of each kind, and the key prefix that would line most
-    of them up (e.g. a CheXNet file whose keys start ``densenet121.``). Never the lists
-    themselves: a DenseNet has 600-odd keys, and a dump of both sides is 75 KB.
+    line: the counts, the first few of each kind (the first missing one with the file's
+    keys closest to it), the key prefix that would line most of them up (e.g. a CheXNet
+    file whose keys start ``densenet121.``) and, when both sides are mappings (a state
+    dict, or name -> shape), each key of another shape with both shapes. Never the lists
+    themselves: a DenseNet has 600-odd keys, and a dump of both sides is 75 KB. ``""``
+    when they agree.
 
-    ``expected``/``found``: key collections (a state dict works). Reusable by any loader
-    of foreign checkpoints.
+    The one summary of a state dict's mismatch: model loading (:func:`load_model_state`,
+    the backbone loaders) and the importer (``cxrkit.importer.formats``) both use it.
     """
+    exp_shapes, found_shapes = _shapes(expected), _shapes(found)
     expected, found = set(expected), set(found)
     missing, unexpected = sorted(expected - found), sorted(found - expected)
-    parts = [
-        f"{len(missing)} of the model's {len(expected)} keys missing from the file"
-        + (f" (e.g. {', '.join(missing[:shown])})" if missing else ""),
-        f"{len(unexpected)} of the file's {len(found)} keys not in the model"
-        + (f" (e.g. {', '.join(unexpected[:shown])})" if unexpected else ""),
-    ]
+    parts = []
+    if missing:
+        close = difflib.get_close_matches(missing[0], sorted(found), n=shown, cutoff=0.5)
+        first = f"{missing[0]} (closest present: {', '.join(map(repr, close)) or 'none'})"
+        parts.append(
+            f"{len(missing)} of the model's {len(expected)} keys missing from the file "
+            f"(e.g. {', '.join([first, *missing[1:shown]])})"
+        )
+    if unexpected:
+        parts.append(
+            f"{len(unexpected)} of the file's {len(found)} keys not in the model "
+            f"(e.g. {', '.join(unexpected[:shown])})"
+        )
     hint = closest_prefix(missing, unexpected)
     if hint:
         parts.append(hint)
+    if exp_shapes is not None and found_shapes is not None:
+        shapes = [k for k in sorted(expected & found) if exp_shapes[k] != found_shapes[k]]
+        parts += [
+            f"{k} has shape {found_shapes[k]} in the file, the model expects {exp_shapes[k]}"
+            for k in shapes[:shown]
+        ]
+        if len(shapes) > shown:
+            parts.append(f"{len(shapes) - shown} more of another shape")
     return "; ".join(parts)
+
+
+def _shapes(keys) -> dict[str, tuple] | None:
+    """name -> shape of a state dict or of a name -> shape mapping; None for bare keys."""
+    if not isinstance(keys, Mapping):
+        return None
+    return {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in keys.items()}
 
 
 def closest_prefix(missing, unexpected) -> str | None:

@@ -439,6 +439,77 @@ class Service:
 
 
 # -- the app ---------------------------------------------------------------------------------
+def _add_routes(app: FastAPI, service: Service, max_upload_bytes: int) -> None:
+    """The service's routes: ``/predict``, ``/explain``, ``/info``, ``/healthz`` and the page
+    at ``/``, and the handler that answers a refused upload with JSON ``{"detail": ...}``."""
+
+    @app.exception_handler(UploadError)
+    async def _upload_error(request: Request, e: UploadError):
+        log.info("refused %s %s: %s", request.method, request.url.path, e.detail)
+        return JSONResponse({"detail": e.detail}, status_code=e.status)
+
+    async def read(file: UploadFile) -> tuple[bytes, str]:
+        # one byte past the limit is enough to know it is over
+        return await file.read(max_upload_bytes + 1), file.filename or "upload"
+
+    upload = File(description="a chest X-ray: PNG, JPEG or DICOM (checked by content)")
+    age_field = Form(
+        None,
+        description="patient age: years, or DICOM's 058Y (models trained "
+        "with metadata; default: the DICOM tag, else missing)",
+    )
+    sex_field = Form(None, description="M or F (default: the DICOM tag, else missing)")
+    view_field = Form(None, description="PA or AP (default: the DICOM tag, else missing)")
+
+    @app.post("/predict", response_model=PredictResponse, responses=ERRORS)
+    async def predict(
+        file: UploadFile = upload,
+        age: str | None = age_field,
+        sex: str | None = sex_field,
+        view: str | None = view_field,
+    ) -> PredictResponse:
+        """Probability, threshold and positive flag for every finding of one X-ray."""
+        data, name = await read(file)
+        form = {"age": age, "sex": sex, "view": view}
+        return await run_in_threadpool(service.predict, data, name, form)
+
+    @app.post("/explain", response_model=ExplainResponse, responses=ERRORS)
+    async def explain(
+        file: UploadFile = upload,
+        finding: str | None = Form(None, description="default: the most probable"),
+        age: str | None = age_field,
+        sex: str | None = sex_field,
+        view: str | None = view_field,
+    ) -> ExplainResponse:
+        """Grad-CAM overlay (base64 PNG) for one finding, with its probability."""
+        data, name = await read(file)
+        form = {"age": age, "sex": sex, "view": view}
+        return await run_in_threadpool(service.explain, data, name, finding or None, form)
+
+    @app.get("/info", response_model=InfoResponse)
+    async def info() -> InfoResponse:
+        """The model, its findings and thresholds, and the upload limits."""
+        return service.info()
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return Health(
+            status="ok", model=service.model_info.model, checkpoint=service.lm.checkpoint.name
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        # the page loads only its own files: no CDN, nothing from the internet
+        return FileResponse(
+            STATIC / "index.html",
+            headers={
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                "object-src 'none'; base-uri 'none'",
+                "Cache-Control": "no-cache",
+            },
+        )
+
+
 def create_app(
     checkpoint: str | Path | LoadedModel,
     *,
@@ -505,70 +576,7 @@ def create_app(
     )
     app.state.service = service
 
-    @app.exception_handler(UploadError)
-    async def _upload_error(request: Request, e: UploadError):
-        log.info("refused %s %s: %s", request.method, request.url.path, e.detail)
-        return JSONResponse({"detail": e.detail}, status_code=e.status)
-
-    async def read(file: UploadFile) -> tuple[bytes, str]:
-        # one byte past the limit is enough to know it is over
-        return await file.read(max_upload_bytes + 1), file.filename or "upload"
-
-    upload = File(description="a chest X-ray: PNG, JPEG or DICOM (checked by content)")
-    age_field = Form(
-        None,
-        description="patient age: years, or DICOM's 058Y (models trained "
-        "with metadata; default: the DICOM tag, else missing)",
-    )
-    sex_field = Form(None, description="M or F (default: the DICOM tag, else missing)")
-    view_field = Form(None, description="PA or AP (default: the DICOM tag, else missing)")
-
-    @app.post("/predict", response_model=PredictResponse, responses=ERRORS)
-    async def predict(
-        file: UploadFile = upload,
-        age: str | None = age_field,
-        sex: str | None = sex_field,
-        view: str | None = view_field,
-    ) -> PredictResponse:
-        """Probability, threshold and positive flag for every finding of one X-ray."""
-        data, name = await read(file)
-        form = {"age": age, "sex": sex, "view": view}
-        return await run_in_threadpool(service.predict, data, name, form)
-
-    @app.post("/explain", response_model=ExplainResponse, responses=ERRORS)
-    async def explain(
-        file: UploadFile = upload,
-        finding: str | None = Form(None, description="default: the most probable"),
-        age: str | None = age_field,
-        sex: str | None = sex_field,
-        view: str | None = view_field,
-    ) -> ExplainResponse:
-        """Grad-CAM overlay (base64 PNG) for one finding, with its probability."""
-        data, name = await read(file)
-        form = {"age": age, "sex": sex, "view": view}
-        return await run_in_threadpool(service.explain, data, name, finding or None, form)
-
-    @app.get("/info", response_model=InfoResponse)
-    async def info() -> InfoResponse:
-        """The model, its findings and thresholds, and the upload limits."""
-        return service.info()
-
-    @app.get("/healthz", response_model=Health)
-    async def healthz() -> Health:
-        return Health(status="ok", model=service.model_info.model, checkpoint=lm.checkpoint.name)
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        # the page loads only its own files: no CDN, nothing from the internet
-        return FileResponse(
-            STATIC / "index.html",
-            headers={
-                "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
-                "object-src 'none'; base-uri 'none'",
-                "Cache-Control": "no-cache",
-            },
-        )
-
+    _add_routes(app, service, max_upload_bytes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_body_size=body_limit, max_upload_bytes=max_upload_bytes)
     return app

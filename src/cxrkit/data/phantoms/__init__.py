@@ -8,7 +8,9 @@ release's patients, labels and boxes. The modules, from the bottom up:
 ``anatomy``    the posed, exposed thorax (lungs, heart, ribs, ...)
 ``findings``   how each of the 14 findings is drawn into it
 ``labels``     NIH-style noisy labels and the radiologists' expert files
-``generator``  cohorts, images and the release on disk (:func:`make_phantoms`)
+``cohort``     the labels of a release, no pixels (:func:`sample_cohort`)
+``drawing``    one radiograph: thorax, findings, exposure (:func:`draw_phantom`)
+``generator``  the release on disk (:func:`make_phantoms`)
 ``twin``       the NIH-shaped twin (:func:`~cxrkit.data.phantoms.twin.make_twin`)
 =============  =========================================================================
 

@@ -300,6 +300,40 @@ class Thorax:
     markings: np.ndarray  # vessel markings as drawn (density added)
 
 
+def _bones(frame: Frame, a: Anatomy, view: str, body_w: float) -> np.ndarray:
+    """Bone density (before the patient's bone factor): posterior and anterior ribs as
+    curved bands, clavicles, spine, and on AP views the scapulae over the lung fields."""
+    X, Y = frame.X, frame.Y
+    ax = np.abs(X)
+    ribcage = (
+        frame.ramp(a.chest_wall(Y) + 0.04 - ax, 0.02)
+        * frame.ramp(ax - 0.05, 0.03)
+        * frame.ramp(Y - a.apex_y + 0.1, 0.03)
+        * frame.ramp(a.dome_y + 0.08 - Y, 0.08)
+    )
+    phase = (Y - (0.6 * ax**2 + 0.2 * ax) - a.rib_phase) / a.rib_spacing
+    ribs = np.clip((np.cos(2 * np.pi * phase) - 0.3) * 1.4, 0, 1)
+    phase = (Y + 0.4 * ax - a.rib_phase) / (a.rib_spacing * 1.25)
+    anterior = np.clip((np.cos(2 * np.pi * phase) - 0.4) * 1.6, 0, 1)
+    ribs += 0.5 * anterior * frame.ramp(ax - 0.25, 0.15)
+    spine = frame.ramp(0.055 - np.abs(X), 0.01) * (0.75 + 0.25 * np.cos(2 * np.pi * Y / 0.09))
+    cy = -0.68 - (0.07 if view == "AP" else 0.0)
+    clavicles = frame.lines(
+        [
+            np.array(
+                [[s * 0.04, cy + 0.05], [s * 0.22, cy], [s * 0.48, cy - 0.03], [s * 0.7, cy - 0.1]]
+            )
+            for s in SIDES
+        ],
+        0.035,
+    )
+    bones = 0.04 * ribs * ribcage + 0.06 * spine + 0.12 * clavicles
+    if view == "AP":  # scapulae are not rotated out of the lung fields on AP views
+        scap = frame.ramp(ax - 0.55 - 0.3 * (Y + 0.6), 0.015) * frame.ramp(-0.05 - Y, 0.05)
+        bones += 0.07 * scap * frame.ramp(Y + 0.72, 0.04) * frame.ramp(body_w - ax, 0.02)
+    return bones
+
+
 def render_thorax(frame: Frame, anatomy: Anatomy, view: str) -> Thorax:
     """Add up the layers of a normal chest into one density map (see module docstring)."""
     X, Y, a = frame.X, frame.Y, anatomy
@@ -340,32 +374,7 @@ def render_thorax(frame: Frame, anatomy: Anatomy, view: str) -> Thorax:
     density += 0.05 * heart
 
     # bones: posterior and anterior ribs as curved bands, clavicles, spine
-    ribcage = (
-        frame.ramp(a.chest_wall(Y) + 0.04 - ax, 0.02)
-        * frame.ramp(ax - 0.05, 0.03)
-        * frame.ramp(Y - a.apex_y + 0.1, 0.03)
-        * frame.ramp(a.dome_y + 0.08 - Y, 0.08)
-    )
-    phase = (Y - (0.6 * ax**2 + 0.2 * ax) - a.rib_phase) / a.rib_spacing
-    ribs = np.clip((np.cos(2 * np.pi * phase) - 0.3) * 1.4, 0, 1)
-    phase = (Y + 0.4 * ax - a.rib_phase) / (a.rib_spacing * 1.25)
-    anterior = np.clip((np.cos(2 * np.pi * phase) - 0.4) * 1.6, 0, 1)
-    ribs += 0.5 * anterior * frame.ramp(ax - 0.25, 0.15)
-    spine = frame.ramp(0.055 - np.abs(X), 0.01) * (0.75 + 0.25 * np.cos(2 * np.pi * Y / 0.09))
-    cy = -0.68 - (0.07 if view == "AP" else 0.0)
-    clavicles = frame.lines(
-        [
-            np.array(
-                [[s * 0.04, cy + 0.05], [s * 0.22, cy], [s * 0.48, cy - 0.03], [s * 0.7, cy - 0.1]]
-            )
-            for s in SIDES
-        ],
-        0.035,
-    )
-    bones = 0.04 * ribs * ribcage + 0.06 * spine + 0.12 * clavicles
-    if view == "AP":  # scapulae are not rotated out of the lung fields on AP views
-        scap = frame.ramp(ax - 0.55 - 0.3 * (Y + 0.6), 0.015) * frame.ramp(-0.05 - Y, 0.05)
-        bones += 0.07 * scap * frame.ramp(Y + 0.72, 0.04) * frame.ramp(body_w - ax, 0.02)
+    bones = _bones(frame, a, view, body_w)
     density += a.bone * bones
 
     # airways, gastric bubble, hila and vessel markings

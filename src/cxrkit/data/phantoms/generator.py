@@ -18,28 +18,29 @@ tested without the 45 GB download:
   per finding; :mod:`cxrkit.data.phantoms.labels`);
 * ``phantoms_manifest.json``: the settings and versions that made it (not an NIH file).
 
-The images (:func:`render_phantom`) show a chest with soft tissue, lungs, heart,
-mediastinum, ribs, clavicles and diaphragm, posed, exposed and noised differently each
-time; AP (bedside) views magnify the heart and are noisier, women have breast shadows,
-older patients fainter bones and a larger heart. Each of the 14 findings is a plausible
-sign at a plausible place (see :mod:`cxrkit.data.phantoms.findings`), varying in size,
-place and intensity, so a classifier must learn shapes, not pixel statistics. Sign
-strengths are tuned for the demo: a 4-block CNN trained from scratch for ~3 CPU-minutes
-on ~750 images reaches a mean test AUROC of about 0.85 (not 1.0), while image mean, std
-and the mean of any 8x8 grid cell stay below 0.9 AUROC for every finding (see
-tests/test_phantoms.py).
+The images (:func:`render_phantom`, in :mod:`~cxrkit.data.phantoms.drawing`) show a chest
+with soft tissue, lungs, heart, mediastinum, ribs, clavicles and diaphragm, posed, exposed
+and noised differently each time; AP (bedside) views magnify the heart and are noisier,
+women have breast shadows, older patients fainter bones and a larger heart. Each of the 14
+findings is a plausible sign at a plausible place (see
+:mod:`cxrkit.data.phantoms.findings`), varying in size, place and intensity, so a
+classifier must learn shapes, not pixel statistics. Sign strengths are tuned for the demo:
+a 4-block CNN trained from scratch for ~3 CPU-minutes on ~750 images reaches a mean test
+AUROC of about 0.85 (not 1.0), while image mean, std and the mean of any 8x8 grid cell
+stay below 0.9 AUROC for every finding (see tests/test_phantoms.py).
 
-Labels (:func:`sample_cohort`) follow NIH's structure: ~half the images "No Finding",
-several images per patient with follow-up numbers, ages and sexes distributed as in NIH,
-PA views in the majority and sicker patients more often imaged AP. Findings co-occur as
-in NIH (Effusion with Atelectasis, Cardiomegaly and Edema; Pneumonia with Infiltration
-and Consolidation; Emphysema with Pneumothorax) and chronic ones (Cardiomegaly,
-Emphysema, Fibrosis, Pleural_Thickening, Hernia, Mass, Nodule) persist across a
-patient's follow-ups. **Rare findings are boosted**: NIH has Hernia on 0.2% of images and
-Pneumonia on 1.3%, which in a 300-patient demo release (~750 images) would leave one or
-two positives and an undefined test AUROC. :data:`TARGET_PREVALENCE` puts every finding
-on 3.5-14% of images (keeping NIH's order: Infiltration, Effusion and Atelectasis most
-common) so that a small CNN trained for minutes has something to learn from for each.
+Labels (:func:`sample_cohort`, in :mod:`~cxrkit.data.phantoms.cohort`) follow NIH's
+structure: ~half the images "No Finding", several images per patient with follow-up
+numbers, ages and sexes distributed as in NIH, PA views in the majority and sicker
+patients more often imaged AP. Findings co-occur as in NIH (Effusion with Atelectasis,
+Cardiomegaly and Edema; Pneumonia with Infiltration and Consolidation; Emphysema with
+Pneumothorax) and chronic ones (Cardiomegaly, Emphysema, Fibrosis, Pleural_Thickening,
+Hernia, Mass, Nodule) persist across a patient's follow-ups. **Rare findings are
+boosted**: NIH has Hernia on 0.2% of images and Pneumonia on 1.3%, which in a 300-patient
+demo release (~750 images) would leave one or two positives and an undefined test AUROC.
+:data:`TARGET_PREVALENCE` puts every finding on 3.5-14% of images (keeping NIH's order:
+Infiltration, Effusion and Atelectasis most common) so that a small CNN trained for
+minutes has something to learn from for each.
 
 Everything is deterministic for a seed: each part of a release draws from its own
 ``numpy.random.SeedSequence(seed, spawn_key=...)`` stream (the split; each patient's
@@ -50,7 +51,6 @@ whatever the image size. The global RNG is never used.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,12 +64,31 @@ from cxrkit.artefacts import write_bytes, write_json
 from cxrkit.data.nih import NIH_IMAGE_SIZE
 from cxrkit.data.phantoms.anatomy import (
     Anatomy,
-    Frame,
-    render_thorax,
     sample_anatomy,
-    sample_pose,
 )
-from cxrkit.data.phantoms.findings import OVERLAYS, SHAPE_CHANGES
+
+# the cohort and the drawing were parts of this module: their names stay reachable here
+from cxrkit.data.phantoms.cohort import (
+    ACUTE as ACUTE,
+    AGE_EFFECT as AGE_EFFECT,
+    BASE_LOG_ODDS as BASE_LOG_ODDS,
+    CHRONIC as CHRONIC,
+    CHRONIC_SHOWN as CHRONIC_SHOWN,
+    CO_OCCURRENCE as CO_OCCURRENCE,
+    SCANNERS as SCANNERS,
+    TARGET_PREVALENCE as TARGET_PREVALENCE,
+    rng_stream as rng_stream,
+    sample_cohort as sample_cohort,
+)
+from cxrkit.data.phantoms.drawing import (
+    MIN_SEVERITY as MIN_SEVERITY,
+    Drawing as Drawing,
+    Exposure as Exposure,
+    draw_phantom as draw_phantom,
+    finding_box as finding_box,
+    render_phantom as render_phantom,
+    sample_exposure as sample_exposure,
+)
 from cxrkit.data.phantoms.labels import (
     EXPERT_FRACTION,
     describe_noise,
@@ -85,7 +104,7 @@ from cxrkit.data.phantoms.shortcut import (
     write_chest_regions,
 )
 from cxrkit.data.splits import random_split
-from cxrkit.labels import BOXED_FINDINGS, FINDINGS, NO_FINDING, canonical_finding
+from cxrkit.labels import BOXED_FINDINGS, FINDINGS, NO_FINDING
 
 log = logging.getLogger(__name__)
 
@@ -107,95 +126,6 @@ __all__ = [
     "write_ascii",
 ]
 
-#: Share of images showing each finding (boosted from NIH's for rare ones, see above).
-TARGET_PREVALENCE: dict[str, float] = {
-    "Atelectasis": 0.09,
-    "Cardiomegaly": 0.05,
-    "Effusion": 0.10,
-    "Infiltration": 0.14,
-    "Mass": 0.05,
-    "Nodule": 0.055,
-    "Pneumonia": 0.04,
-    "Pneumothorax": 0.05,
-    "Consolidation": 0.045,
-    "Edema": 0.04,
-    "Emphysema": 0.04,
-    "Fibrosis": 0.04,
-    "Pleural_Thickening": 0.04,
-    "Hernia": 0.035,
-}
-#: Findings a patient has for good (then shown on each follow-up with ``CHRONIC_SHOWN``).
-CHRONIC = (
-    "Cardiomegaly",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-    "Mass",
-    "Nodule",
-)
-CHRONIC_SHOWN = 0.85
-#: Findings of one image, sampled in this order so each can raise the later ones.
-ACUTE = (
-    "Pneumonia",
-    "Consolidation",
-    "Effusion",
-    "Edema",
-    "Atelectasis",
-    "Pneumothorax",
-    "Infiltration",
-)
-#: Log-odds added to a finding when another is present (NIH's common pairs).
-CO_OCCURRENCE: dict[str, dict[str, float]] = {
-    "Cardiomegaly": {"Effusion": 1.0, "Edema": 1.5},
-    "Emphysema": {"Pneumothorax": 1.2},
-    "Fibrosis": {"Pleural_Thickening": 0.8},
-    "Mass": {"Nodule": 1.0, "Effusion": 0.6},
-    "Pneumonia": {"Consolidation": 1.0, "Infiltration": 1.2},
-    "Consolidation": {"Infiltration": 0.8, "Effusion": 0.6, "Atelectasis": 0.5},
-    "Effusion": {"Atelectasis": 1.3, "Edema": 0.9, "Infiltration": 0.5},
-    "Edema": {"Infiltration": 0.9},
-}
-#: Log-odds per 20 years of age above 47 for chronic findings.
-AGE_EFFECT = {
-    "Cardiomegaly": 0.4,
-    "Emphysema": 0.6,
-    "Fibrosis": 0.5,
-    "Hernia": 0.8,
-    "Mass": 0.3,
-    "Nodule": 0.3,
-    "Pleural_Thickening": 0.4,
-}
-#: Baseline log-odds, calibrated by simulation so that the cohort meets TARGET_PREVALENCE
-#: (tests/test_phantoms.py checks it). Chronic ones are per patient, the rest per image.
-BASE_LOG_ODDS = {
-    "Cardiomegaly": -2.89,
-    "Emphysema": -3.03,
-    "Fibrosis": -3.08,
-    "Pleural_Thickening": -3.25,
-    "Hernia": -3.31,
-    "Mass": -2.96,
-    "Nodule": -2.85,
-    "Pneumonia": -3.79,
-    "Consolidation": -3.69,
-    "Effusion": -2.79,
-    "Edema": -4.03,
-    "Atelectasis": -3.12,
-    "Pneumothorax": -3.52,
-    "Infiltration": -2.58,
-}
-#: NIH's most common scanner sizes and pixel spacings (OriginalImage / PixelSpacing columns).
-SCANNERS = (
-    (2500, 2048, "0.168", 30),
-    (2992, 2991, "0.143", 22),
-    (3056, 2544, "0.139", 15),
-    (2500, 2048, "0.171", 7),
-    (2048, 2500, "0.168", 6),
-    (2021, 2021, "0.194311", 4),
-)
-#: Weakest sign drawn (0..1): below ~0.3 a small CNN at 128 px barely sees some signs
-#: (a thin pneumothorax, a small nodule) and a demo-sized release cannot teach them.
-MIN_SEVERITY = 0.3
 IMAGES_PER_FOLDER = 10_000
 DATA_ENTRY_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,"
@@ -207,260 +137,6 @@ MANIFEST_NAME = "phantoms_manifest.json"
 #: Bump when the images or labels a seed produces change, so old releases are remade.
 GENERATOR_VERSION = 3  # 2: NIH-style label noise and expert files (phantom_labels)
 # 3: chest_regions.npz and the optional planted shortcut (shortcut.py)
-
-
-def rng_stream(seed: int, *key: int) -> np.random.Generator:
-    """The generator of one part of a release: ``(0,)`` the split, ``(patient, 0)`` a
-    patient's labels, ``(patient, 1)`` their anatomy, ``(patient, 2, follow_up)`` an image."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-
-
-def _sigmoid(z: float) -> float:
-    return float(1.0 / (1.0 + np.exp(-z)))
-
-
-def sample_cohort(
-    *, n_patients: int = 300, images_per_patient=(1, 4), seed: int = 0
-) -> pd.DataFrame:
-    """The labels of a phantom release, one row per image, no pixels.
-
-    Columns: ``image_id, patient_id, follow_up, age, sex, view, findings`` (a tuple in
-    :data:`FINDINGS` order, empty for "No Finding"), ``orig_width, orig_height, spacing``.
-    Patients are numbered from 1; each has ``images_per_patient`` (inclusive range,
-    uniform) images. Per patient: sex (56% M as in NIH), age (NIH's mean 47, sd 17, 3%
-    children), a frailty that makes every finding and AP views likelier, and chronic
-    findings. Per image: the view and the acute findings.
-    """
-    lo, hi = images_per_patient
-    if not 1 <= lo <= hi:
-        raise ValueError(
-            "images_per_patient must be (low, high) with 1 <= low <= high, got "
-            f"{images_per_patient}"
-        )
-    rows = []
-    for pid in range(1, n_patients + 1):
-        rng = rng_stream(seed, pid, 0)
-        sex = "M" if rng.uniform() < 0.565 else "F"
-        age = rng.uniform(1, 16) if rng.uniform() < 0.03 else np.clip(rng.normal(47, 16.5), 16, 95)
-        frailty = rng.normal()
-        n_images = int(rng.integers(lo, hi + 1))
-        chronic: list[str] = []  # lists, not sets: set order changes with PYTHONHASHSEED
-        for f in CHRONIC:
-            z = BASE_LOG_ODDS[f] + 0.4 * frailty + AGE_EFFECT[f] * (age - 47) / 20
-            z += sum(CO_OCCURRENCE.get(g, {}).get(f, 0.0) for g in chronic)
-            if rng.uniform() < _sigmoid(z):
-                chronic.append(f)
-        for k in range(n_images):
-            age += rng.exponential(0.4)
-            ap = rng.uniform() < _sigmoid(-0.55 + 0.9 * frailty + 0.2 * min(k, 3))
-            found = [f for f in chronic if rng.uniform() < CHRONIC_SHOWN]
-            for f in ACUTE:
-                z = BASE_LOG_ODDS[f] + 0.7 * frailty + 0.5 * ap
-                z += sum(CO_OCCURRENCE.get(g, {}).get(f, 0.0) for g in found)
-                if rng.uniform() < _sigmoid(z):
-                    found.append(f)
-            width, height, spacing, _ = SCANNERS[rng.choice(len(SCANNERS), p=_SCANNER_P)]
-            rows.append(
-                (
-                    f"{pid:08d}_{k:03d}.png",
-                    pid,
-                    k,
-                    int(min(age, 95)),
-                    sex,
-                    "AP" if ap else "PA",
-                    tuple(f for f in FINDINGS if f in found),
-                    width,
-                    height,
-                    spacing,
-                )
-            )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "image_id",
-            "patient_id",
-            "follow_up",
-            "age",
-            "sex",
-            "view",
-            "findings",
-            "orig_width",
-            "orig_height",
-            "spacing",
-        ],
-    )
-
-
-_SCANNER_P = np.array([s[3] for s in SCANNERS], float) / sum(s[3] for s in SCANNERS)
-
-
-# -- images ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Exposure:
-    """How density becomes grey levels: ``black``/``white`` are the densities shown as 0
-    and 255, ``gamma`` bends the curve, ``noise`` is the quantum-noise std (fraction of
-    full scale), ``heel`` a brightness ramp across the image (anode heel effect)."""
-
-    black: float
-    white: float
-    gamma: float
-    noise: float
-    heel: float
-    heel_angle: float
-
-
-def sample_exposure(rng: np.random.Generator, view: str) -> Exposure:
-    """Exposure varies image to image; AP (portable) views are flatter and noisier.
-
-    The spread is deliberately wide: it hides a finding's effect on a region's mean grey
-    level, so that only its shape gives it away (see tests/test_phantoms.py).
-    """
-    ap = view == "AP"
-    n = rng.normal(size=5).tolist()
-    return Exposure(
-        black=0.02 + (0.03 if ap else 0.0) + 0.06 * n[0],
-        white=(1.35 if ap else 1.22) + 0.1 * n[1],
-        gamma=float(np.exp(0.18 * n[2])),
-        noise=(0.022 if ap else 0.015) * float(np.exp(0.3 * n[3])),
-        heel=0.05 * n[4],
-        heel_angle=rng.uniform(0, 2 * np.pi),
-    )
-
-
-Box = tuple[float, float, float, float]
-
-
-def finding_box(delta: np.ndarray, fraction: float = 0.1) -> Box | None:
-    """``(x, y, w, h)`` in pixels around where a finding changed the density by more than
-    ``fraction`` of its largest change; ``None`` if it changed nothing."""
-    mag = np.abs(delta)
-    peak = float(mag.max())
-    if peak <= 0:
-        return None
-    hit = mag > fraction * peak
-    rows, cols = np.flatnonzero(hit.any(1)), np.flatnonzero(hit.any(0))
-    x, y = int(cols[0]), int(rows[0])
-    return float(x), float(y), float(cols[-1] + 1 - x), float(rows[-1] + 1 - y)
-
-
-def render_phantom(
-    rng: np.random.Generator,
-    findings=(),
-    *,
-    size: int = 256,
-    sex: str = "M",
-    age: float = 50.0,
-    view: str = "PA",
-    anatomy: Anatomy | None = None,
-) -> tuple[np.ndarray, dict[str, Box]]:
-    """Draw one frontal chest radiograph showing ``findings``.
-
-    Returns ``(image, boxes)``: ``image`` is a ``(size, size)`` uint8 array (bright =
-    dense), ``boxes`` maps each drawn finding to ``(x, y, w, h)`` in pixels of this image
-    around where it changed the picture. ``anatomy`` (from :func:`sample_anatomy`) keeps
-    a patient's chest across follow-ups; without it one is drawn from ``rng`` for ``sex``
-    and ``age``. Each sign's strength is drawn in [``MIN_SEVERITY``, 1].
-
-    ``rng`` is consumed the same way whatever ``findings`` are, so two calls with equal
-    generators differ only by the signs of the findings that differ.
-    """
-    d = draw_phantom(rng, findings, size=size, sex=sex, age=age, view=view, anatomy=anatomy)
-    return d.expose(), d.boxes()
-
-
-@dataclass(frozen=True)
-class Drawing:
-    """A phantom before exposure (:func:`draw_phantom`): ``density`` the summed density
-    map, ``deltas`` each drawn finding's own change of density (pixels of this image);
-    ``expose()`` turns it into the 8-bit radiograph :func:`render_phantom` returns,
-    ``boxes()`` its findings' boxes; ``lungs`` the lung fields (0..1) of the chest drawn."""
-
-    density: np.ndarray
-    deltas: dict[str, np.ndarray]
-    frame: Frame
-    exposure: Exposure
-    noise_rng: np.random.Generator
-    lungs: np.ndarray | None = None
-
-    def boxes(self) -> dict[str, Box]:
-        """Each drawn finding's ``(x, y, w, h)`` in pixels (:func:`finding_box`)."""
-        return {
-            f: box for f, delta in self.deltas.items() if (box := finding_box(delta)) is not None
-        }
-
-    def expose(self, density: np.ndarray | None = None) -> np.ndarray:
-        """The radiograph of ``density`` (default: this drawing's) under this exposure."""
-        return _expose(
-            self.density if density is None else density, self.exposure, self.noise_rng, self.frame
-        )
-
-
-def draw_phantom(
-    rng: np.random.Generator,
-    findings=(),
-    *,
-    size: int = 256,
-    sex: str = "M",
-    age: float = 50.0,
-    view: str = "PA",
-    anatomy: Anatomy | None = None,
-) -> Drawing:
-    """:func:`render_phantom` before exposure: the density and each finding's own change
-    of it, so that a caller can move a sign (``cxrkit.data.phantoms.twin`` draws signs inside
-    NIH's real boxes). Same arguments and ``rng`` consumption as :func:`render_phantom`."""
-    if view not in ("PA", "AP"):
-        raise ValueError(f"view must be 'PA' or 'AP', got {view!r}")
-    if size < 16:
-        raise ValueError(f"image size must be at least 16 pixels, got {size}")
-    wanted = {canonical_finding(f, allow_no_finding=False) for f in findings}
-    if anatomy is None:
-        anatomy = sample_anatomy(rng, sex=sex, age=age)
-    frame = Frame.make(size, sample_pose(rng, view))
-    exposure = sample_exposure(rng, view)
-    severity = dict(zip(FINDINGS, rng.uniform(MIN_SEVERITY, 1.0, size=len(FINDINGS)).tolist()))
-    noise_rng = np.random.default_rng(rng.integers(2**63))
-
-    def sign_rng(f: str) -> np.random.Generator:  # the patient's own placement of a sign
-        return np.random.default_rng([anatomy.seed, FINDINGS.index(f)])
-
-    # findings that reshape the chest: each alone (for its box), then all together
-    base = thorax = render_thorax(frame, anatomy, view)
-    deltas: dict[str, np.ndarray] = {}
-    reshaping = [f for f in FINDINGS if f in wanted and f in SHAPE_CHANGES]
-    shaped = anatomy
-    for f in reshaping:
-        thorax = render_thorax(frame, SHAPE_CHANGES[f](anatomy, sign_rng(f), severity[f]), view)
-        deltas[f] = thorax.density - base.density
-        shaped = SHAPE_CHANGES[f](shaped, sign_rng(f), severity[f])
-    if len(reshaping) > 1:
-        thorax = render_thorax(frame, shaped, view)
-    # findings drawn on top
-    density = thorax.density.copy()
-    for f in (f for f in FINDINGS if f in wanted and f in OVERLAYS):
-        delta = OVERLAYS[f](thorax, sign_rng(f), severity[f])
-        density += delta
-        deltas[f] = deltas[f] + delta if f in deltas else delta
-    return Drawing(
-        density, deltas, frame, exposure, noise_rng, lungs=thorax.lung[-1] + thorax.lung[1]
-    )
-
-
-def _expose(density: np.ndarray, e: Exposure, rng: np.random.Generator, frame: Frame) -> np.ndarray:
-    """Density -> 8-bit grey levels: detector blur, exposure curve, heel effect, noise."""
-    size = frame.size
-    # unsharpness: 0.4% of the side (~4 px of a 1024 px NIH image), at least half a pixel
-    density = cv2.GaussianBlur(density, (0, 0), max(0.5, 0.004 * size))
-    grey = np.clip((density - e.black) / (e.white - e.black), 0, 1) ** e.gamma
-    ramp = np.arange(size, dtype=np.float32) / size - 0.5
-    grey += e.heel * math.cos(e.heel_angle) * ramp[None, :]
-    grey += e.heel * math.sin(e.heel_angle) * ramp[:, None]
-    coarse = rng.standard_normal((4, 4)).astype(np.float32)  # uneven exposure
-    grey += 0.03 * cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
-    grain = cv2.GaussianBlur(rng.standard_normal((size, size), dtype=np.float32), (0, 0), 0.7)
-    grey += (e.noise / 0.403) * grain  # 0.403: std of unit noise blurred with sigma 0.7 px
-    return np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)
 
 
 # -- the release ----------------------------------------------------------------------------
@@ -545,6 +221,98 @@ def check_image_size(image_size) -> int:
     return int(image_size)
 
 
+def _draw_images(
+    root: Path,
+    cohort: pd.DataFrame,
+    noisy,
+    test: set,
+    boxed: dict,
+    *,
+    image_size: int,
+    seed: int,
+    shortcut: Shortcut | None,
+    progress: bool,
+) -> tuple[list[str], dict, int]:
+    """Draw and write every image of ``cohort`` (PNG, NIH's ``images_NNN/images`` folders).
+
+    Returns the NIH box lines (``boxed``: which findings of which image get a box, in
+    1024 px coordinates), each image's chest region mask and how many shortcut tokens were
+    planted. Each patient's anatomy is drawn once and kept over their follow-ups."""
+    anatomy, anatomy_of = None, None  # the current patient's, kept over their follow-ups
+    box_lines: list[str] = []
+    regions: dict = {}
+    planted = 0
+    scale = NIH_IMAGE_SIZE / image_size
+    for i, row in enumerate(
+        tqdm(
+            cohort.itertuples(index=False),
+            total=len(cohort),
+            desc="phantoms",
+            unit="img",
+            disable=not progress,
+        )
+    ):
+        pid = row.patient_id
+        if anatomy_of != pid:
+            anatomy = sample_anatomy(rng_stream(seed, pid, 1), sex=row.sex, age=row.age)
+            anatomy_of = pid
+        drawing = draw_phantom(
+            rng_stream(seed, pid, 2, row.follow_up),
+            row.findings,
+            size=image_size,
+            sex=row.sex,
+            age=row.age,
+            view=row.view,
+            anatomy=anatomy,
+        )
+        image, boxes = drawing.expose(), drawing.boxes()
+        if drawing.lungs is None:  # draw_phantom always records them
+            raise RuntimeError(f"phantom {row.image_id}: no lung fields drawn")
+        chest = chest_region(drawing.lungs)
+        regions[row.image_id] = region_mask_for_file(chest)
+        token_rng = rng_stream(seed, pid, 5, row.follow_up)  # its own stream: images unchanged
+        if shortcut is not None and shortcut.plants(
+            token_rng, in_test=row.image_id in test, published=noisy[i]
+        ):
+            image = burn_token(image, chest, token_rng)
+            planted += 1
+        folder = root / f"images_{i // IMAGES_PER_FOLDER + 1:03d}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        ok, png = cv2.imencode(".png", image)
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode {row.image_id} as PNG")
+        write_bytes(png.tobytes(), folder / row.image_id, durable=False)
+        for f in (f for f in boxed.get(row.image_id, ()) if f in boxes):
+            x, y, w, h = (v * scale for v in boxes[f])
+            label = "Infiltrate" if f == "Infiltration" else f
+            box_lines.append(f"{row.image_id},{label},{x:.15g},{y:.15g},{w:.15g},{h:.15g}")
+
+    return box_lines, regions, planted
+
+
+def _write_tables(
+    root: Path, published: pd.DataFrame, cohort: pd.DataFrame, test: set, box_lines: list[str]
+) -> dict[str, Path]:
+    """NIH's label file (the published, noisy labels), box list and official split lists."""
+    entry = [DATA_ENTRY_HEADER] + [
+        f"{r.image_id},{'|'.join(sorted(r.findings)) or NO_FINDING},{r.follow_up},{r.patient_id},"
+        f"{r.age},{r.sex},{r.view},{r.orig_width},{r.orig_height},{r.spacing},{r.spacing}"
+        for r in published.itertuples(index=False)
+    ]
+    names = sorted(cohort["image_id"])
+    files = {
+        "labels": root / "Data_Entry_2017.csv",
+        "boxes": root / "BBox_List_2017.csv",
+        "train_val": root / "train_val_list.txt",
+        "test": root / "test_list.txt",
+    }
+    write_ascii(files["labels"], "\r\n".join(entry) + "\r\n")
+    write_ascii(files["boxes"], "\n".join([BBOX_HEADER, *box_lines]) + "\n")
+    write_ascii(files["train_val"], "\n".join(n for n in names if n not in test))
+    write_ascii(files["test"], "\n".join(n for n in names if n in test))
+    return files
+
+
 def make_phantoms(
     out_dir,
     *,
@@ -623,69 +391,18 @@ def make_phantoms(
     )
     boxed = _choose_boxes(agreed, test, rng_stream(seed, 0, 1))
 
-    anatomy, anatomy_of = None, None  # the current patient's, kept over their follow-ups
-    box_lines, regions, planted = [], {}, 0
-    scale = NIH_IMAGE_SIZE / image_size
-    for i, row in enumerate(
-        tqdm(
-            cohort.itertuples(index=False),
-            total=len(cohort),
-            desc="phantoms",
-            unit="img",
-            disable=not progress,
-        )
-    ):
-        pid = row.patient_id
-        if anatomy_of != pid:
-            anatomy = sample_anatomy(rng_stream(seed, pid, 1), sex=row.sex, age=row.age)
-            anatomy_of = pid
-        drawing = draw_phantom(
-            rng_stream(seed, pid, 2, row.follow_up),
-            row.findings,
-            size=image_size,
-            sex=row.sex,
-            age=row.age,
-            view=row.view,
-            anatomy=anatomy,
-        )
-        image, boxes = drawing.expose(), drawing.boxes()
-        if drawing.lungs is None:  # draw_phantom always records them
-            raise RuntimeError(f"phantom {row.image_id}: no lung fields drawn")
-        chest = chest_region(drawing.lungs)
-        regions[row.image_id] = region_mask_for_file(chest)
-        token_rng = rng_stream(seed, pid, 5, row.follow_up)  # its own stream: images unchanged
-        if shortcut is not None and shortcut.plants(
-            token_rng, in_test=row.image_id in test, published=noisy[i]
-        ):
-            image = burn_token(image, chest, token_rng)
-            planted += 1
-        folder = root / f"images_{i // IMAGES_PER_FOLDER + 1:03d}" / "images"
-        folder.mkdir(parents=True, exist_ok=True)
-        ok, png = cv2.imencode(".png", image)
-        if not ok:
-            raise RuntimeError(f"OpenCV could not encode {row.image_id} as PNG")
-        write_bytes(png.tobytes(), folder / row.image_id, durable=False)
-        for f in (f for f in boxed.get(row.image_id, ()) if f in boxes):
-            x, y, w, h = (v * scale for v in boxes[f])
-            label = "Infiltrate" if f == "Infiltration" else f
-            box_lines.append(f"{row.image_id},{label},{x:.15g},{y:.15g},{w:.15g},{h:.15g}")
-
-    entry = [DATA_ENTRY_HEADER] + [
-        f"{r.image_id},{'|'.join(sorted(r.findings)) or NO_FINDING},{r.follow_up},{r.patient_id},"
-        f"{r.age},{r.sex},{r.view},{r.orig_width},{r.orig_height},{r.spacing},{r.spacing}"
-        for r in published.itertuples(index=False)
-    ]
-    names = sorted(cohort["image_id"])
-    files = {
-        "labels": root / "Data_Entry_2017.csv",
-        "boxes": root / "BBox_List_2017.csv",
-        "train_val": root / "train_val_list.txt",
-        "test": root / "test_list.txt",
-    }
-    write_ascii(files["labels"], "\r\n".join(entry) + "\r\n")
-    write_ascii(files["boxes"], "\n".join([BBOX_HEADER, *box_lines]) + "\n")
-    write_ascii(files["train_val"], "\n".join(n for n in names if n not in test))
-    write_ascii(files["test"], "\n".join(n for n in names if n in test))
+    box_lines, regions, planted = _draw_images(
+        root,
+        cohort,
+        noisy,
+        test,
+        boxed,
+        image_size=image_size,
+        seed=seed,
+        shortcut=shortcut,
+        progress=progress,
+    )
+    files = _write_tables(root, published, cohort, test, box_lines)
     experts = write_expert_files(root, cohort, noisy, test, seed=seed, fraction=expert_fraction)
     write_chest_regions(root, regions)
 

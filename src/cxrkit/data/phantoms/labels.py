@@ -196,38 +196,15 @@ FOUR_HEADER = [
 ]
 
 
-def write_expert_files(
-    root: str | Path,
-    cohort: pd.DataFrame,
-    noisy: list[tuple[str, ...]],
-    test: set[str],
-    *,
-    seed: int,
-    fraction: tuple[float, float] = EXPERT_FRACTION,
+def _write_four_findings(
+    folder: Path, cohort: pd.DataFrame, published: pd.Series, chosen: dict, rng
 ) -> dict[str, int]:
-    """Google-format expert files for a share of the test / train_val images of a phantom
-    release (see the module docstring); returns how many images each file holds.
-
-    ``fraction = (0, 0)`` writes none (and removes any left from an earlier release).
-    """
-    root = Path(root)
-    for names in FOLDER_NAMES.values():
-        shutil.rmtree(root / names[0], ignore_errors=True)
-    if not 0 <= fraction[0] <= 1 or not 0 <= fraction[1] <= 1:
-        raise ValueError(f"expert fractions must be in [0, 1], got {fraction}")
-    pick = _stream(seed, 0, 3).uniform(size=len(cohort))
-    in_test = cohort["image_id"].isin(test).to_numpy()
-    chosen = {"test": in_test & (pick < fraction[0]), "val": ~in_test & (pick < fraction[1])}
-    if not all(c.any() for c in chosen.values()):
-        return {}  # too small a release for both files (Google's set has both)
-    published = pd.Series(["|".join(sorted(n)) or NO_FINDING for n in noisy], index=cohort.index)
-    four = root / FOLDER_NAMES["four_findings"][0]
-    every = root / FOLDER_NAMES["all_findings"][0]
-    four.mkdir(parents=True, exist_ok=True)
-    every.mkdir(parents=True, exist_ok=True)
-    counts, reader_rows = {}, []
+    """The four-findings set: its test and validation files (the ``chosen`` images, with
+    NIH's published labels and the adjudicated truth) and the readers' file (three of
+    each part's readers per image); returns how many images each part holds."""
+    counts: dict[str, int] = {}
+    reader_rows: list[list] = []
     cohorts = {"test": (9_100_000_001, READERS[0]), "val": (9_200_000_001, READERS[1])}
-    rng = _stream(seed, 0, 4)
     for part, (first_id, n_readers) in cohorts.items():
         rates = [_reader_rates(rng, FOUR_FINDINGS) for _ in range(n_readers)]
         rows = []
@@ -262,10 +239,10 @@ def write_expert_files(
                 reader_rows.append(
                     [r["patient_id"], r["image_id"], first_id + int(j), *calls, part]
                 )
-        _write_csv(four / FILES["four_findings"][part][0], FOUR_HEADER, rows)
+        _write_csv(folder / FILES["four_findings"][part][0], FOUR_HEADER, rows)
         counts[f"four_findings/{part}"] = len(rows)
     _write_csv(
-        four / FILES["four_findings"]["readers"][0],
+        folder / FILES["four_findings"]["readers"][0],
         [
             "Patient ID",
             "Image ID",
@@ -278,11 +255,12 @@ def write_expert_files(
         ],
         reader_rows,
     )
-    # all findings: the PA images among the chosen test images, five readers each
-    pa = chosen["test"] & (cohort["view"] == "PA").to_numpy()
-    if not pa.any():
-        shutil.rmtree(every)
-        return counts
+    return counts
+
+
+def _write_all_findings(folder: Path, cohort: pd.DataFrame, pa: np.ndarray, rng) -> int:
+    """The all-findings set: the ``pa`` images with their truth, five readers each;
+    returns how many images it holds."""
     rates = [_reader_rates(rng, ALL_FINDINGS[1:-1]) for _ in range(READERS[3])]
     rows, reader_rows = [], []
     for i in np.flatnonzero(pa):
@@ -303,14 +281,53 @@ def write_expert_files(
                 ]
             )
     _write_csv(
-        every / FILES["all_findings"]["test"][0], ["Image ID", "Patient ID", *ALL_FINDINGS], rows
+        folder / FILES["all_findings"]["test"][0], ["Image ID", "Patient ID", *ALL_FINDINGS], rows
     )
     _write_csv(
-        every / FILES["all_findings"]["readers"][0],
+        folder / FILES["all_findings"]["readers"][0],
         ["Image ID", "Patient ID", "Reader ID", *ALL_FINDINGS],
         reader_rows,
     )
-    counts["all_findings/test"] = len(rows)
+    return len(rows)
+
+
+def write_expert_files(
+    root: str | Path,
+    cohort: pd.DataFrame,
+    noisy: list[tuple[str, ...]],
+    test: set[str],
+    *,
+    seed: int,
+    fraction: tuple[float, float] = EXPERT_FRACTION,
+) -> dict[str, int]:
+    """Google-format expert files for a share of the test / train_val images of a phantom
+    release (see the module docstring); returns how many images each file holds.
+
+    ``fraction = (0, 0)`` writes none (and removes any left from an earlier release).
+    """
+    root = Path(root)
+    for names in FOLDER_NAMES.values():
+        shutil.rmtree(root / names[0], ignore_errors=True)
+    if not 0 <= fraction[0] <= 1 or not 0 <= fraction[1] <= 1:
+        raise ValueError(f"expert fractions must be in [0, 1], got {fraction}")
+    pick = _stream(seed, 0, 3).uniform(size=len(cohort))
+    in_test = cohort["image_id"].isin(test).to_numpy()
+    chosen = {"test": in_test & (pick < fraction[0]), "val": ~in_test & (pick < fraction[1])}
+    if not all(c.any() for c in chosen.values()):
+        return {}  # too small a release for both files (Google's set has both)
+    published = pd.Series(["|".join(sorted(n)) or NO_FINDING for n in noisy], index=cohort.index)
+    four = root / FOLDER_NAMES["four_findings"][0]
+    every = root / FOLDER_NAMES["all_findings"][0]
+    four.mkdir(parents=True, exist_ok=True)
+    every.mkdir(parents=True, exist_ok=True)
+    rng = _stream(seed, 0, 4)
+    counts = _write_four_findings(four, cohort, published, chosen, rng)
+    # all findings: the PA images among the chosen test images, five readers each
+    pa = chosen["test"] & (cohort["view"] == "PA").to_numpy()
+    if not pa.any():
+        shutil.rmtree(every)
+        return counts
+    counts["all_findings/test"] = _write_all_findings(every, cohort, pa, rng)
     return counts
 
 

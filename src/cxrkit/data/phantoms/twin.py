@@ -56,7 +56,7 @@ from cxrkit.data.phantoms import (
     sample_anatomy,
     write_ascii,
 )
-from cxrkit.data.release import load_release
+from cxrkit.data.release import NIHRelease, load_release
 from cxrkit.labels import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,37 @@ def _prepare_root(root: Path, image_settings: dict) -> None:
         tmp.unlink()
 
 
+def _copy_metadata(
+    real: NIHRelease, sources: dict[str, Path], root: Path, names: set[str]
+) -> tuple[dict[str, Path], dict[str, int]]:
+    """The real release's label file, box list and split lists, their own lines filtered to
+    the images written (``names``); returns the files and how many lines each kept."""
+    files = {
+        "labels": root / "Data_Entry_2017.csv",
+        "boxes": root / "BBox_List_2017.csv",
+        "train_val": root / "train_val_list.txt",
+        "test": root / "test_list.txt",
+    }
+    counts: dict[str, int] = {}
+    for key in ("labels", "boxes"):
+        header, lines = _lines(sources[key])
+        ids = [_first_field(ln) for ln in lines]
+        expected = (real.labels if key == "labels" else real.boxes)["image_id"].tolist()  # type: ignore[index]  # boxes: required above
+        if ids != expected:
+            raise ValueError(
+                f"{sources[key]}: its lines do not match the rows read from it "
+                "(blank or multi-line records?); cannot copy it line by line"
+            )
+        kept = [ln for ln, n in zip(lines, ids) if n in names]
+        counts[key] = len(kept)
+        write_bytes(header + b"".join(kept), files[key])
+    for key in ("train_val", "test"):
+        listed = [n for n in getattr(real, key) if n in names]
+        counts[key] = len(listed)
+        write_ascii(files[key], "\n".join(listed))
+    return files, counts
+
+
 def make_twin(
     out_dir,
     like,
@@ -296,30 +327,7 @@ def make_twin(
         (root / folder).mkdir(parents=True, exist_ok=True)
     _draw_all(root, rows, seed, image_size, workers, progress)
 
-    # the real files' own lines, filtered to the images written
-    files = {
-        "labels": root / "Data_Entry_2017.csv",
-        "boxes": root / "BBox_List_2017.csv",
-        "train_val": root / "train_val_list.txt",
-        "test": root / "test_list.txt",
-    }
-    counts = {}
-    for key in ("labels", "boxes"):
-        header, lines = _lines(sources[key])
-        ids = [_first_field(ln) for ln in lines]
-        expected = (real.labels if key == "labels" else real.boxes)["image_id"].tolist()  # type: ignore[index]  # boxes: required above
-        if ids != expected:
-            raise ValueError(
-                f"{sources[key]}: its lines do not match the rows read from it "
-                "(blank or multi-line records?); cannot copy it line by line"
-            )
-        kept = [ln for ln, n in zip(lines, ids) if n in names]
-        counts[key] = len(kept)
-        write_bytes(header + b"".join(kept), files[key])
-    for key in ("train_val", "test"):
-        listed = [n for n in getattr(real, key) if n in names]
-        counts[key] = len(listed)
-        write_ascii(files[key], "\n".join(listed))
+    files, counts = _copy_metadata(real, sources, root, names)
     n_box_images = int(real.boxes.loc[real.boxes["image_id"].isin(names), "image_id"].nunique())  # type: ignore[union-attr, index]  # required above
     archives = pd.Series([r[1].split("/")[0] for r in rows]).value_counts().sort_index()
     seconds = time.perf_counter() - started
