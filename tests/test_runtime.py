@@ -81,7 +81,7 @@ def test_onnxruntime_matches_fp32_for_every_tta_and_is_cached(meta_checkpoint, o
 
 
 def test_a_changed_checkpoint_gets_its_own_export(meta_checkpoint, onnx_cache, tmp_path):
-    """The cache is keyed by the checkpoint's sha256: other weights, other graph."""
+    """The cache is keyed by the network's weights (not the file): other weights, other graph."""
     other = make_checkpoint(
         tmp_path, "cnn4", cache=48, input_size=40, model_kw={"meta_features": 4}
     )

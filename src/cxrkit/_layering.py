@@ -42,11 +42,13 @@ LAYERS: dict[str, int] = {
     "models": 3,  # the registry and one file per family
     # 4: training
     "engine": 4,  # losses, checkpoint, distributed, train
+    "inference.runtime": 4,  # how a forward pass runs: fp32, bf16, onnxruntime, OpenVINO
+    # (--precision); below the trained-model layer because the end of training computes
+    # the OOD record with the engine predict uses (cxrkit.engine.train.record_ood)
     # 5: a trained model in use
     "inference": 5,  # the package's façade: cxrkit.inference.load (lazily, from core)
     "inference.core": 5,  # cxrkit.load: the one inference core
     "inference.heldout": 5,  # the held-out data a checkpoint was trained against
-    "inference.runtime": 5,  # how the forward pass runs: fp32, bf16, onnxruntime (--precision)
     "inference.onnx_backend": 5,  # the ONNX Runtime predictor
     # 6-7: what is done with a model
     "explain": 6,  # saliency maps, overlays, localisation

@@ -40,4 +40,7 @@ def ood(
         f"  fitted on {rec['train']['n']:,} train images, calibrated on "
         f"{rec['val']['n']:,} val images; {rec['val']['flag_rate']:.1%} of val flagged"
     )
+    engine = rec.get("provenance", {}).get("features_engine")
+    if engine:
+        typer.echo(f"  features by {engine['ran_by']} ({engine['used']})")
     typer.echo(f"  method: {rec['method']}")

@@ -550,10 +550,16 @@ def record_ood(
     show_progress: bool = False,
 ) -> None:
     """The end of training: fit the checkpoint's out-of-distribution record
-    (:func:`cxrkit.ood.features.fit_from_datasets`, with the checkpoint's own weights, in
-    fp32: the numerics ``predict`` scores with) and write it into the checkpoint (key
-    ``ood``), atomically. A checkpoint that already has one (a finished run re-run) is
-    left as it is; ``train.ood_record=false`` skips it."""
+    (:func:`cxrkit.ood.features.fit_from_datasets`, with the checkpoint's own weights) and
+    write it into the checkpoint (key ``ood``), atomically. A checkpoint that already has
+    one (a finished run re-run) is left as it is; ``train.ood_record=false`` skips it.
+
+    The features are computed by the engine ``predict`` uses by default on this device
+    (:func:`cxrkit.inference.runtime.choose_forward`, as ``cxrkit ood`` does): on a CPU the
+    checkpoint's network as a cached ONNX graph in OpenVINO bf16 or onnxruntime (the graph
+    is keyed by the weights, so ``predict`` later loads the same one), on a GPU torch fp32;
+    the record's provenance names it (``features_engine``)."""
+    from cxrkit.inference.runtime import SavedNetwork, choose_forward
     from cxrkit.ood.features import fit_from_datasets
     from cxrkit.ood.record import MAX_IMAGES
 
@@ -573,6 +579,19 @@ def record_ood(
         min(len(data.train), MAX_IMAGES),
         min(len(data.val), MAX_IMAGES),
     )
+    net = SavedNetwork(
+        model,
+        checkpoint,
+        Preprocessing.from_checkpoint(ck, checkpoint),
+        metadata=cfg.model.metadata,
+        device=torch.device(device),
+    )
+    try:
+        forward = choose_forward(net)
+    except (RuntimeError, ValueError, ImportError) as e:  # an engine asked for by name failed
+        log.warning("ood record: %s; computing the features in torch fp32", e)
+        forward = None
+    log.info("ood record: features by %s", forward.ran_by() if forward else "torch fp32")
     try:
         record = fit_from_datasets(
             model,
@@ -581,6 +600,7 @@ def record_ood(
             transform,
             device=device,
             metadata=cfg.model.metadata,
+            forward=forward,
             seed=cfg.train.seed,
             progress=show_progress,
             provenance={

@@ -150,7 +150,9 @@ def ensure_ood_record(
 
     A checkpoint made before records existed (or ``force``) gets one computed from the
     run's own prepared cache and split (verified by :func:`load_held_out`), exactly as the
-    end of training computes it (:func:`cxrkit.ood.features.fit_from_datasets`), written
+    end of training computes it (:func:`cxrkit.ood.features.fit_from_datasets`, the
+    features by ``lm.forward``: with ``load``'s default precision, the engine ``predict``
+    uses, as training picks it; the provenance names it), written
     atomically to ``<checkpoint>.ood.json`` (the checkpoint itself is not rewritten, so
     its sha256, which thresholds and exports refer to, stays).
     """
@@ -175,6 +177,7 @@ def ensure_ood_record(
         lm.transform,
         device=lm.device,
         metadata=lm.metadata,
+        forward=lm.forward,
         seed=seed,
         progress=progress,
         provenance={

@@ -28,11 +28,12 @@ whose network call is a :class:`Forward` chosen here from ``precision``:
                    * an engine that fails for this model (export, compile or parity): the
                      next one down (OpenVINO bf16, onnxruntime, torch fp32), with a warning.
 
-The ONNX export is made once per checkpoint (sha256), input shape and torch/onnxruntime/opset
-versions, under :func:`cache_dir`; its manifest (``.onnx.json``) records the graph's own
-sha256 and each engine's parity result. A graph whose bytes no longer match, or that an
-engine cannot read (truncated, not protobuf), is exported again with a
-:class:`CacheRebuiltWarning`; OpenVINO keeps its compiled model beside it (``openvino/``).
+The ONNX export is made once per network (:func:`weights_sha256`: its config and weights, so
+a checkpoint that only gained an OOD record keeps its graph), input shape and
+torch/onnxruntime/opset versions, under :func:`cache_dir`; its manifest (``.onnx.json``)
+records the graph's own sha256 and each engine's parity result. A graph whose bytes no
+longer match, or that an engine cannot read (truncated, not protobuf), is exported again
+with a :class:`CacheRebuiltWarning`; OpenVINO keeps its compiled model beside it (``openvino/``).
 
 Why, measured on the 2-core development CPU (Xeon with AVX512-BF16, no AMX;
 ``bench/bench_predict.py``, README "Fast inference"): see the README for the table. In
@@ -56,6 +57,7 @@ import os
 import platform
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from pathlib import Path
 
@@ -139,6 +141,29 @@ def quiet_exporter_logs(names=("onnx_ir", "onnxscript", "torch.onnx", "torch.exp
 
 
 # -- the forward passes ---------------------------------------------------------------------
+@dataclass
+class SavedNetwork:
+    """What :func:`choose_forward` needs of a model: the torch network in eval mode, the
+    checkpoint file it was saved to, its preprocessing contract, whether it takes patient
+    metadata, its device. :class:`cxrkit.inference.LoadedModel` is one; the end of
+    training makes one for its ``best.pt`` (:func:`cxrkit.engine.train.record_ood`), so its
+    OOD record is computed by the engine ``predict`` uses."""
+
+    model: torch.nn.Module
+    checkpoint: Path
+    preprocessing: Any  #: a cxrkit.data.preprocessing.Preprocessing
+    metadata: bool = False
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def name(self) -> str:
+        return self.model.cxr_config.name  # type: ignore[union-attr, return-value]  # every cxrkit model has one
+
+    @cached_property
+    def checkpoint_sha256(self) -> str:
+        return file_sha256(self.checkpoint)
+
+
 @dataclass
 class Forward:
     """``forward(x, meta) -> (float32 logits (B, F), pooled features (B, D))`` for
@@ -224,12 +249,29 @@ class _Network(torch.nn.Module):
             return logits, tap.take()
 
 
-def _key(sha256: str, shape: tuple, metadata: bool) -> str:
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a network's architecture config and state (names, dtypes, shapes, values).
+
+    The graph cache is keyed by this rather than by the checkpoint file's sha256: the end of
+    training computes the OOD record with the graph (:func:`cxrkit.engine.train.record_ood`)
+    and then writes the record into the checkpoint, which changes the file but not the
+    network, so ``predict``, ``evaluate`` and ``serve`` load the graph made then."""
+    h = hashlib.sha256()
+    cfg = getattr(model, "cxr_config", None)
+    h.update(json.dumps(cfg.to_dict() if cfg is not None else None, default=str).encode())
+    for name, t in model.state_dict().items():
+        a = t.detach().cpu().contiguous()
+        h.update(f"{name}:{a.dtype}:{tuple(a.shape)};".encode())
+        h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _key(weights: str, shape: tuple, metadata: bool) -> str:
     import onnxruntime
 
     text = json.dumps(
         [
-            sha256,
+            weights,
             list(shape),
             metadata,
             OPSET,
@@ -278,6 +320,7 @@ class _Graph:
     meta: torch.Tensor | None
     exported: bool = False
     manifest: dict | None = None
+    weights: str = ""  #: :func:`weights_sha256` of the network (the cache key)
 
     @property
     def sidecar(self) -> Path:
@@ -303,7 +346,8 @@ def _graph(lm) -> _Graph:
         )
     p = lm.preprocessing
     shape = (p.channels, p.input_size, p.input_size)
-    path = cache_dir() / f"{lm.name}-{_key(lm.checkpoint_sha256, shape, lm.metadata)}.onnx"
+    weights = weights_sha256(lm.model)
+    path = cache_dir() / f"{lm.name}-{_key(weights, shape, lm.metadata)}.onnx"
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, *shape, generator=gen)
     meta = (
@@ -311,7 +355,7 @@ def _graph(lm) -> _Graph:
         if lm.metadata
         else None
     )
-    g = _Graph(lm, path, _Network(lm.model, lm.metadata).eval(), x, meta)
+    g = _Graph(lm, path, _Network(lm.model, lm.metadata).eval(), x, meta, weights=weights)
     if path.exists():
         with contextlib.suppress(OSError, ValueError):
             g.manifest = json.loads(g.sidecar.read_text())
@@ -381,6 +425,7 @@ def _checked(g: _Graph, fwd: Forward, engine: str, tolerance: float) -> Forward:
             {
                 "checkpoint": str(lm.checkpoint),
                 "checkpoint_sha256": lm.checkpoint_sha256,
+                "weights_sha256": g.weights,
                 "model": lm.name,
                 "input": list(g.x.shape[1:]),
                 "opset": OPSET,
@@ -542,6 +587,7 @@ __all__ = [
     "Forward",
     "OpenVinoForward",
     "OrtForward",
+    "SavedNetwork",
     "cache_dir",
     "choose_forward",
     "cpu_has_bf16",
@@ -549,4 +595,5 @@ __all__ = [
     "graph_forward",
     "onnxruntime_forward",
     "quiet_exporter_logs",
+    "weights_sha256",
 ]
