@@ -292,6 +292,8 @@ def test_flags_follow_the_stated_thresholds():
     assert measures(evidence=(big, small)) == ["evidence_outside"]
     assert measures(evidence=((0.6, 0.08, 0.8), small)) == []  # lower end under 0.1
     assert measures(evidence=(big, (0.7, 0.5, 0.9))) == []  # the chest holds more
+    assert measures(evidence=(big, (0.25, 0.1, 0.4))) == []  # outside < 3 x the chest's
+    assert measures(evidence=(big, (0.19, 0.1, 0.3))) == ["evidence_outside"]  # > 3 x
     assert measures(peak=((0.7, 0.5, 0.9), (0.1, 0.0, 0.2))) == ["occlusion_peak_outside"]
     assert measures(peak=((0.7, 0.2, 0.9), (0.1, 0.0, 0.2))) == []  # lower end under 0.25
     assert measures(peak=((0.7, 0.5, 0.9), (0.8, 0.6, 1.0))) == []  # the chest's is larger
@@ -574,7 +576,7 @@ def test_planted_shortcut_is_flagged_and_the_clean_model_is_not(planted_pair):
     # clean: <= 0.002 (upper end 0.005) on the bench's models, 0.07 [0.045, 0.10] on this
     # test's (trained on one thread), below its chest's 0.20
     assert c_shift["evidence_outside"]["hi"] < 0.15
-    assert c_shift["evidence_outside"]["value"] < c_shift["evidence_chest"]["value"]
+    assert c_shift["evidence_outside"]["value"] < 3 * c_shift["evidence_chest"]["value"]
     assert p_occ["peak_outside"]["lo"] > 0.25  # seen 0.40-0.85 (here 0.47 on 16 positives)
     assert c_occ["peak_outside"]["hi"] < 0.15  # seen <= 0.06 (here 0.009)
     assert planted_pair["planted"]["chest_region"]["source"].startswith("true lung fields")

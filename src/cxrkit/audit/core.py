@@ -84,17 +84,26 @@ THRESHOLDS = {
         "blanking everything outside the chest region lowers the finding's logit by at "
         "least this many standard deviations of the logit over the split, on average over "
         "every image (positive part: the evidence removed; interval's lower end), and by "
-        "more than blanking the chest does: the score rests on something outside the "
-        "chest. Needs no labels, so it sees a shortcut that is on random images of the "
-        "audited split, which no AUROC can. The drop, not the absolute change: a "
-        "training-mean grey over a dark lung reads as an opacity and raises the score, so "
-        "blanking moves every model's logit (clean phantom models: 0.2-0.7 logits either "
-        "side) while it removes evidence only from a model that had some there. Measured "
-        "on test: clean phantom models 0.000-0.002 over 3 bench seeds and 0.07 [0.045, "
-        "0.10] for the suite's seed-1 model (trained on 1 thread; below its chest's 0.20), "
-        "planted-token models 0.21-0.67 (lower ends 0.17-0.55); a first line of "
-        "0.25, set after 2 seeds, missed the third seed's planted model (0.21), so the "
-        "line was set in the gap after seeing all three",
+        "at least outside_dominance times what blanking the chest removes: the score "
+        "rests mostly on something outside the chest. Needs no labels, so it sees a "
+        "shortcut that is on random images of the audited split, which no AUROC can. The "
+        "drop, not the absolute change: a training-mean grey over a dark lung reads as an "
+        "opacity and raises the score, so blanking moves every model's logit (clean "
+        "phantom models: 0.2-0.7 logits either side) while it removes evidence only from "
+        "a model that had some there. Measured on test (README, 'Shortcut audit'): "
+        "planted-token models 0.21-1.39 SD (lower ends 0.17-1.26) over seeds 1-5; clean "
+        "models 0.000-0.002 except seed 4's, 0.17 [0.14, 0.20] (see outside_dominance)",
+    ),
+    "outside_dominance": (
+        3.0,
+        "evidence_outside must be at least this multiple of evidence_chest for the "
+        "evidence_outside flag: the outside carries at least three quarters of the "
+        "evidence that blanking removes. Added after a held-out seed (4) showed the 0.1 "
+        "line alone is not enough: that clean model lost 0.17 SD with the outside hidden "
+        "and 0.10 with the chest hidden (ratio 1.7; it reads some outside context); "
+        "planted-token models' ratios were 40 or more on seeds 1-5 (chest 0.000-0.015 "
+        "SD), the suite's clean model's 0.36. A model that leans on a shortcut and on the "
+        "lungs alike is not flagged by this rule (the occlusion peak may still flag it)",
     ),
     "occlusion_peak": (
         0.25,
@@ -308,7 +317,8 @@ def flags_for(record: dict) -> list[dict]:
                 and pos >= MIN_POSITIVES
                 and None not in (o.get("value"), o.get("lo"), c.get("value"))
                 and o["lo"] >= t[line]
-                and o["value"] > c["value"]
+                and o["value"]
+                > c["value"] * (t["outside_dominance"] if block == "region_influence" else 1.0)
             ):
                 out.append(_outside_flag(f, block, o, c))
     for f, s in record["saliency"].items():
