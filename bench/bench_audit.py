@@ -79,6 +79,7 @@ def phantom_pair(
     batch_size: int = 32,
     lr: float = 3e-3,
     scheduler: str = "plateau",
+    independent: tuple[str, ...] = (),
     reuse: bool = False,
 ) -> dict[tuple[str, str], dict]:
     """Audit records of the clean and the planted model of one seed, on test and val."""
@@ -112,6 +113,7 @@ def phantom_pair(
             label_noise="none",
             progress=False,
             shortcut=shortcut if kind == "planted" else None,
+            independent=independent,
         )
         p = prepare(
             root / "release",
@@ -173,6 +175,7 @@ def run_phantoms(args) -> None:
             batch_size=args.batch_size,
             lr=args.lr,
             scheduler=args.scheduler,
+            independent=tuple(args.independent),
             reuse=args.reuse,
         )
         for (kind, split), r in pair.items():
@@ -195,7 +198,8 @@ def run_phantoms(args) -> None:
         f"\nshortcut {args.shortcut}, {args.patients} patients, {args.size} px, cnn4 "
         f"{args.epochs} epochs (batch {args.batch_size}, lr {args.lr}, scheduler "
         f"{args.scheduler}), findings={args.findings}, test fraction "
-        f"{args.test_fraction}, val fraction {args.val_fraction}, noise-free labels\n"
+        f"{args.test_fraction}, val fraction {args.val_fraction}, noise-free labels"
+        f"{', independent: ' + ' '.join(args.independent) if args.independent else ''}\n"
     )
     print("\n".join(rows))
 
@@ -240,6 +244,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--shortcut", default="Effusion:0.8")
     ap.add_argument("--findings", default="all")
+    ap.add_argument(
+        "--independent",
+        nargs="+",
+        default=[],
+        metavar="FINDING",
+        help="labels independent of view, sex, age and other findings (a confound-free cohort)",
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--scheduler", default="plateau")
