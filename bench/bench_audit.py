@@ -6,7 +6,9 @@
   per seed, model and split (test: the token is on random images; val: carved out of
   train_val, it carries the token as training does), the planted finding's AUROC as is /
   chest only / outside only, the Grad-CAM energy inside the chest against its area, and
-  the flags raised for the finding.
+  the flags raised for the finding. ``--independent FINDING ...`` draws those findings'
+  labels independent of view, sex, age and the other findings in both releases (a
+  confound-free control: do clean models still read outside the chest?).
 * ``real``      the 1,789 real 256 px images of ``../shared/nih`` (official split), a
   model trained from scratch (``--epochs``), audited on test; prints its summary.md.
 
