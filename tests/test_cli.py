@@ -172,3 +172,16 @@ def test_numeric_options_out_of_range_say_what_is_wrong(tmp_path, args, option):
     assert r.exit_code == 2, r.output
     assert f"Invalid value for '{option}'" in r.output, r.output
     assert "Traceback" not in r.output
+
+
+def test_phantoms_independent_option(tmp_path):
+    import json
+
+    r = run("phantoms", tmp_path / "a", "--patients", 4, "--size", 32, "--independent", "Edema")
+    assert r.exit_code == 0, r.output
+    settings = json.loads((tmp_path / "a" / "phantoms_manifest.json").read_text())["settings"]
+    assert settings["independent"] == ["Edema"]
+    r = run("phantoms", tmp_path / "b", "--patients", 4, "--size", 32, "--independent", "Edemaa")
+    assert r.exit_code == 2 and "unknown finding" in r.output and "Traceback" not in r.output
+    r = run("phantoms", tmp_path / "c", "--like", tmp_path, "--independent", "Edema")
+    assert r.exit_code == 2 and "--independent" in r.output

@@ -253,3 +253,38 @@ def test_rerun_with_same_settings_is_a_no_op(tmp_path):
     assert again == first and png.stat().st_mtime_ns == before
     make_phantoms(tmp_path / "rel", n_patients=4, image_size=32, seed=4, progress=False)
     assert not png.exists() or png.stat().st_mtime_ns != before
+
+
+def test_independent_finding_loses_its_confounds_and_nothing_else():
+    """``independent``: the finding's rate no longer depends on view or co-occurring findings
+    (it did before, so this can fail), its prevalence stays the target, other labels stay."""
+    confounded = sample_cohort(seed=5, n_patients=3000)
+    control = sample_cohort(seed=5, n_patients=3000, independent=["Infiltration"])
+    rest = [c for c in confounded.columns if c != "findings"]
+    assert confounded[rest].equals(control[rest])
+    drop = lambda t: tuple(f for f in t if f != "Infiltration")  # noqa: E731
+    assert confounded["findings"].map(drop).equals(control["findings"].map(drop))
+    ap = confounded["view"] == "AP"
+    for cohort, confounds in ((confounded, True), (control, False)):
+        inf = cohort["findings"].map(lambda t: "Infiltration" in t)
+        eff = cohort["findings"].map(lambda t: "Effusion" in t)
+        gaps = (inf[ap].mean() - inf[~ap].mean(), inf[eff].mean() - inf[~eff].mean())
+        if confounds:
+            assert gaps[0] > 0.08 and gaps[1] > 0.15, gaps
+        else:  # ~7,500 images: sd of the view gap ~0.008, of the effusion gap ~0.013
+            assert abs(gaps[0]) < 0.03 and abs(gaps[1]) < 0.05, gaps
+            assert abs(inf.mean() - TARGET_PREVALENCE["Infiltration"]) < 0.015
+    with pytest.raises(ValueError, match="Infiltrate"):
+        sample_cohort(n_patients=2, independent=["Infiltrate"])
+
+
+def test_independent_is_recorded_and_the_default_release_unchanged(small, tmp_path):
+    import json
+
+    control = make_phantoms(
+        tmp_path / "c", n_patients=40, image_size=64, seed=3, independent=["Edema"], progress=False
+    )
+    settings = json.loads(control.manifest.read_text())["settings"]
+    assert settings["independent"] == ["Edema"]
+    assert "independent" not in json.loads(small.manifest.read_text())["settings"]
+    assert control.label_file.read_bytes() != small.label_file.read_bytes()

@@ -60,10 +60,19 @@ def phantoms(
             "finding's train_val positives and of random test images (for cxrkit audit)"
         ),
     ] = None,
+    independent: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="FINDING (repeatable): draw its labels independent of view, sex, age and the "
+            "other findings, at the same prevalence (a confound-free control)"
+        ),
+    ] = None,
 ) -> None:
     """Write synthetic chest radiographs in NIH's exact layout (for demos and tests)."""
-    if like is not None and shortcut is not None:
-        raise typer.BadParameter("--shortcut applies to phantoms, not to a twin (--like)")
+    if like is not None and (shortcut is not None or independent):
+        raise typer.BadParameter(
+            "--shortcut and --independent apply to phantoms, not to a twin (--like)"
+        )
     if like is None and (fraction != 1.0 or workers is not None):
         raise typer.BadParameter("--fraction and --workers apply to a twin: add --like META_DIR")
     if like is not None:
@@ -84,6 +93,7 @@ def phantoms(
         seed=seed,
         label_noise=label_noise,
         shortcut=shortcut,
+        independent=independent or (),
     )
     typer.echo(f"wrote {release}")
 

@@ -111,7 +111,8 @@ SCANNERS = (
 
 def rng_stream(seed: int, *key: int) -> np.random.Generator:
     """The generator of one part of a release: ``(0,)`` the split, ``(patient, 0)`` a
-    patient's labels, ``(patient, 1)`` their anatomy, ``(patient, 2, follow_up)`` an image."""
+    patient's labels, ``(patient, 1)`` their anatomy, ``(patient, 2, follow_up)`` an image, ``(patient, 6,
+    finding, follow_up)`` an ``independent`` finding (:func:`sample_cohort`)."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
@@ -119,8 +120,16 @@ def _sigmoid(z: float) -> float:
     return float(1.0 / (1.0 + np.exp(-z)))
 
 
+def check_independent(independent) -> tuple[str, ...]:
+    """``independent`` as a tuple of findings in :data:`FINDINGS` order; unknown names fail."""
+    unknown = [f for f in independent if f not in FINDINGS]
+    if unknown:
+        raise ValueError(f"independent: unknown finding(s) {unknown}; known: {', '.join(FINDINGS)}")
+    return tuple(f for f in FINDINGS if f in independent)
+
+
 def sample_cohort(
-    *, n_patients: int = 300, images_per_patient=(1, 4), seed: int = 0
+    *, n_patients: int = 300, images_per_patient=(1, 4), seed: int = 0, independent=()
 ) -> pd.DataFrame:
     """The labels of a phantom release, one row per image, no pixels.
 
@@ -130,7 +139,13 @@ def sample_cohort(
     uniform) images. Per patient: sex (56% M as in NIH), age (NIH's mean 47, sd 17, 3%
     children), a frailty that makes every finding and AP views likelier, and chronic
     findings. Per image: the view and the acute findings.
+
+    Each finding in ``independent`` is then redrawn per image, present with probability
+    :data:`TARGET_PREVALENCE` from its own stream ``(patient, 6, finding, follow_up)``:
+    independent of view, sex, age, frailty and the other findings (a confound-free
+    control; the other labels and every other draw are unchanged).
     """
+    independent = check_independent(independent)
     lo, hi = images_per_patient
     if not 1 <= lo <= hi:
         raise ValueError(
@@ -159,6 +174,9 @@ def sample_cohort(
                 z += sum(CO_OCCURRENCE.get(g, {}).get(f, 0.0) for g in found)
                 if rng.uniform() < _sigmoid(z):
                     found.append(f)
+            for f in independent:
+                own = rng_stream(seed, pid, 6, FINDINGS.index(f), k).uniform()
+                found = [g for g in found if g != f] + ([f] if own < TARGET_PREVALENCE[f] else [])
             width, height, spacing, _ = SCANNERS[rng.choice(len(SCANNERS), p=_SCANNER_P)]
             rows.append(
                 (

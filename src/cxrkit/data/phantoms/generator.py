@@ -77,6 +77,7 @@ from cxrkit.data.phantoms.cohort import (
     CO_OCCURRENCE as CO_OCCURRENCE,
     SCANNERS as SCANNERS,
     TARGET_PREVALENCE as TARGET_PREVALENCE,
+    check_independent,
     rng_stream as rng_stream,
     sample_cohort as sample_cohort,
 )
@@ -324,6 +325,7 @@ def make_phantoms(
     label_noise="moderate",
     expert_fraction=EXPERT_FRACTION,
     shortcut: str | Shortcut | None = None,
+    independent=(),
     progress: bool = True,
 ) -> PhantomRelease:
     """Write a phantom release in NIH's exact layout to ``out_dir`` (see module docstring).
@@ -343,6 +345,9 @@ def make_phantoms(
     Every release holds its images' true chest regions (``chest_regions.npz``);
     ``shortcut`` (``"FINDING:STRENGTH"`` or a :class:`~cxrkit.data.phantoms.shortcut.Shortcut`)
     plants a spurious token outside the chest (:mod:`cxrkit.data.phantoms.shortcut`).
+    ``independent`` (finding names) makes those findings' labels independent of view, sex,
+    age and the other findings, at the same prevalence (:func:`sample_cohort`); recorded in
+    the manifest's settings only when given, so default releases are unchanged.
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
@@ -364,12 +369,20 @@ def make_phantoms(
         shortcut = Shortcut.parse(shortcut)
     if shortcut is not None:
         settings["shortcut"] = shortcut.record()
+    independent = check_independent(independent)
+    if independent:
+        settings["independent"] = list(independent)
     manifest = root / MANIFEST_NAME  # first, so that an interrupted run can be replaced
     existing = existing_release(root, settings)
     if existing is not None:
         log.info("phantoms: %s is up to date (same settings and versions)", root)
         return existing
-    cohort = sample_cohort(n_patients=n_patients, images_per_patient=images_per_patient, seed=seed)
+    cohort = sample_cohort(
+        n_patients=n_patients,
+        images_per_patient=images_per_patient,
+        seed=seed,
+        independent=independent,
+    )
     root.mkdir(parents=True, exist_ok=True)
     _clear_previous(root)
     write_json(
