@@ -91,8 +91,11 @@ THRESHOLDS = {
         "opacity and raises the score, so blanking moves every model's logit (clean "
         "phantom models: 0.2-0.7 logits either side) while it removes evidence only from "
         "a model that had some there. Measured on test (README, 'Shortcut audit'): "
-        "planted-token models 0.21-1.39 SD (lower ends 0.17-1.26) over seeds 1-5; clean "
-        "models 0.000-0.002 except seed 4's, 0.17 [0.14, 0.20] (see outside_dominance)",
+        "planted-token models 0.21-1.45 SD (lower ends 0.17-1.33) over seeds 1-8; clean "
+        "models 0.000-0.002 except seed 4's, 0.17 [0.14, 0.20] (see outside_dominance), "
+        "and seed 7's, 0.72 [0.62, 0.82], which reads the view outside the lungs (the "
+        "phantom cohort's Infiltration prevalence depends on it, as NIH's does; with "
+        "phantoms --independent no clean model was flagged over seeds 4-7)",
     ),
     "outside_dominance": (
         3.0,
@@ -304,11 +307,19 @@ def flags_for(record: dict) -> list[dict]:
                     "(saliency examples) and retrain without it (mask or crop).",
                 }
             )
+    # (block, measure outside, measure inside, line, factor by which the outside must
+    # exceed the inside)
     blocks = (
-        ("region_influence", "evidence_outside", "evidence_chest", "outside_evidence"),
-        ("occlusion", "peak_outside", "peak_inside", "occlusion_peak"),
+        (
+            "region_influence",
+            "evidence_outside",
+            "evidence_chest",
+            "outside_evidence",
+            t["outside_dominance"],
+        ),
+        ("occlusion", "peak_outside", "peak_inside", "occlusion_peak", 1.0),
     )
-    for block, outer, inner, line in blocks:
+    for block, outer, inner, line, dominance in blocks:
         for f, r in (record.get(block) or {}).items():
             pos = record["region_reliance"].get(f, {}).get("positives", 0)
             o, c = r.get(outer) or {}, r.get(inner) or {}
@@ -317,8 +328,7 @@ def flags_for(record: dict) -> list[dict]:
                 and pos >= MIN_POSITIVES
                 and None not in (o.get("value"), o.get("lo"), c.get("value"))
                 and o["lo"] >= t[line]
-                and o["value"]
-                > c["value"] * (t["outside_dominance"] if block == "region_influence" else 1.0)
+                and o["value"] > c["value"] * dominance
             ):
                 out.append(_outside_flag(f, block, o, c))
     for f, s in record["saliency"].items():
